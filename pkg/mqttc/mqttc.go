@@ -1,0 +1,34 @@
+// Package mqttc is the one small MQTT client interface every part of the system uses, with two
+// implementations: a paho client for a broker over the network (cars, phones, a gateway in
+// front of a foreign broker) and mochi's inline client for the gateway's embedded broker (no
+// loopback TCP and no write queue that could drop a delivery).
+package mqttc
+
+import "context"
+
+// Message is one received publication.
+type Message struct {
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Retained bool
+}
+
+// Handler receives messages. Handlers for one topic are called in order, one at a time;
+// handlers of different topics may run in parallel. A handler must not block for long: a slow
+// handler pushes back on the broker (and so on the publishers) rather than losing messages.
+type Handler func(Message)
+
+// Client publishes and subscribes.
+type Client interface {
+	// Publish sends a message. With qos 1 it returns once the broker acknowledged it, ctx
+	// ended, or the client gave up; a message is never reported sent when it was not.
+	Publish(ctx context.Context, topic string, qos byte, retain bool, payload []byte) error
+	// Subscribe registers h for filter. Subscriptions are remembered and made again after every
+	// reconnect.
+	Subscribe(ctx context.Context, filter string, qos byte, h Handler) error
+	// Connected reports whether the client currently has a session with the broker.
+	Connected() bool
+	// Close disconnects and stops every goroutine the client started. It is idempotent.
+	Close() error
+}
