@@ -12,6 +12,9 @@ type Message struct {
 	Payload  []byte
 	QoS      byte
 	Retained bool
+	// Origin is the publishing client's id where the broker tells it (mochi's inline client
+	// does); empty otherwise.
+	Origin string
 }
 
 // Handler receives messages. Handlers for one topic are called in order, one at a time;

@@ -1,0 +1,19 @@
+# One image with the three binaries: gateway, broker, vehicle-sim.
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -o /out/gateway ./gateway \
+ && CGO_ENABLED=0 go build -trimpath -o /out/broker ./broker \
+ && CGO_ENABLED=0 go build -trimpath -o /out/vehicle-sim ./vehicle-sim
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home /data telematics && mkdir -p /data && chown telematics /data
+COPY --from=build /out/ /usr/local/bin/
+COPY configs/ /etc/telematics/
+USER telematics
+WORKDIR /data
+EXPOSE 1883 1882 8080
+ENTRYPOINT ["/usr/local/bin/gateway"]
+CMD ["serve", "--config", "/etc/telematics/gateway.yaml"]

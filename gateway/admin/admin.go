@@ -1,0 +1,276 @@
+// Package admin is `gateway admin …`: a command-line client of the running gateway's admin
+// API (vehicles, users, assignments, audit).
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"telematics/gateway/httpapi"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+)
+
+// Env is what a command reads and writes.
+type Env struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+type client struct {
+	server string
+	token  string
+}
+
+const usage = `usage: gateway admin [--server URL] [--token-file FILE] COMMAND
+
+commands:
+  vehicle add [VIN…] [--count N] [--json]   provision cars; prints each car's credentials
+  vehicle list [--json]                       every car with its twin (online, last telemetry)
+  vehicle show VIN                            one car: users, roles, twin
+  vehicle assign VIN USER --role ROLE         give USER a role on VIN (owner, driver, valet)
+  user add NAME                               create a user; the password is read from stdin
+  audit [--vin VIN] [--user U] [--kind K] [--limit N]
+`
+
+// Run executes `gateway admin ARGS…` and returns the exit code.
+func Run(ctx context.Context, args []string, env Env) int {
+	fs := flag.NewFlagSet("gateway admin", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	server := fs.String("server", envOr("GATEWAY_ADMIN_SERVER", "http://127.0.0.1:8080"), "gateway URL")
+	tokenFile := fs.String("token-file", envOr("GATEWAY_ADMIN_TOKEN_FILE", "./data/admin.token"), "file holding the admin token")
+	fs.Usage = func() { fmt.Fprint(env.Stderr, usage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fs.Usage()
+		return 2
+	}
+	tok, err := os.ReadFile(*tokenFile)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "gateway admin: cannot read the admin token: %v\n(the gateway writes it to DATA/admin.token on start; pass --token-file)\n", err)
+		return 1
+	}
+	c := &client{server: strings.TrimRight(*server, "/"), token: strings.TrimSpace(string(tok))}
+	err = c.dispatch(ctx, rest, env)
+	var usageErr usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &usageErr):
+		fmt.Fprintf(env.Stderr, "gateway admin: %v\n\n", err)
+		fmt.Fprint(env.Stderr, usage)
+		return 2
+	default:
+		fmt.Fprintf(env.Stderr, "gateway admin: %v\n", err)
+		return 1
+	}
+}
+
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+func envOr(k, def string) string {
+	if v, ok := os.LookupEnv(k); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func (c *client) call(ctx context.Context, method, path string, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	return phone.Call(ctx, method, c.server+path, c.token, in, out)
+}
+
+// interleaved lets flags follow positional arguments ("vehicle add VIN --json").
+func interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
+	if len(args) < 2 && args[0] != "audit" {
+		return usageError("missing command")
+	}
+	switch args[0] + " " + first(args[1:]) {
+	case "vehicle add":
+		fs := flag.NewFlagSet("vehicle add", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		count := fs.Int("count", 0, "how many cars to make up VINs for")
+		asJSON := fs.Bool("json", false, "print a JSON list of credentials")
+		vins, err := interleaved(fs, args[2:])
+		if err != nil {
+			return usageError(err.Error())
+		}
+		if len(vins) == 0 && *count == 0 {
+			return usageError("vehicle add needs VINs or --count N")
+		}
+		var creds []protocol.Credentials
+		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{VINs: vins, Count: *count}, &creds); err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(env.Stdout).Encode(creds)
+		}
+		for _, cr := range creds {
+			fmt.Fprintf(env.Stdout, "vin=%s client_id=%s username=%s\ntoken=%s\n\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
+		}
+		fmt.Fprintf(env.Stderr, "%d vehicles added; keep the tokens secret (they are the cars' MQTT passwords)\n", len(creds))
+		return nil
+	case "vehicle list":
+		fs := flag.NewFlagSet("vehicle list", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		asJSON := fs.Bool("json", false, "print JSON")
+		if err := fs.Parse(args[2:]); err != nil {
+			return usageError(err.Error())
+		}
+		var vs []httpapi.VehicleView
+		if err := c.call(ctx, http.MethodGet, "/v1/admin/vehicles", nil, &vs); err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(env.Stdout).Encode(vs)
+		}
+		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VIN\tSTATUS\tLAST TELEMETRY\tUSERS")
+		for _, v := range vs {
+			status, last := "never seen", "-"
+			if v.Twin != nil {
+				if v.Twin.Status != "" {
+					status = v.Twin.Status
+				}
+				if v.Twin.TelemetryMs > 0 {
+					last = time.UnixMilli(v.Twin.TelemetryMs).Format(time.RFC3339)
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.VIN, status, last, usersOf(v))
+		}
+		return tw.Flush()
+	case "vehicle show":
+		if len(args) != 3 {
+			return usageError("vehicle show needs one VIN")
+		}
+		var v json.RawMessage
+		if err := c.call(ctx, http.MethodGet, "/v1/admin/vehicles/"+args[2], nil, &v); err != nil {
+			return err
+		}
+		return printIndented(env.Stdout, v)
+	case "vehicle assign":
+		fs := flag.NewFlagSet("vehicle assign", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		role := fs.String("role", "", "owner, driver or valet")
+		pos, err := interleaved(fs, args[2:])
+		if err != nil {
+			return usageError(err.Error())
+		}
+		if len(pos) != 2 || *role == "" {
+			return usageError("vehicle assign needs VIN USER --role owner|driver|valet")
+		}
+		var out map[string]string
+		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+pos[0]+"/assign", httpapi.AssignRequest{User: pos[1], Role: protocol.Role(*role)}, &out); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "%s is now %s of %s\n", pos[1], *role, pos[0])
+		return nil
+	case "user add":
+		if len(args) != 3 {
+			return usageError("user add needs one NAME (the password is read from stdin)")
+		}
+		pw, err := readPassword(env.Stdin)
+		if err != nil {
+			return err
+		}
+		if err := c.call(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: args[2], Password: pw}, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "user %s added\n", args[2])
+		return nil
+	}
+	if args[0] == "audit" {
+		fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		vin := fs.String("vin", "", "only this car")
+		user := fs.String("user", "", "only this user")
+		kind := fs.String("kind", "", "only this kind (command, result, login, 2fa, keys, admin, vehicle)")
+		limit := fs.Int("limit", 50, "newest N records")
+		if err := fs.Parse(args[1:]); err != nil {
+			return usageError(err.Error())
+		}
+		q := fmt.Sprintf("/v1/admin/audit?vin=%s&user=%s&kind=%s&limit=%d", *vin, *user, *kind, *limit)
+		var evs []json.RawMessage
+		if err := c.call(ctx, http.MethodGet, q, nil, &evs); err != nil {
+			return err
+		}
+		for _, e := range evs {
+			fmt.Fprintln(env.Stdout, string(e))
+		}
+		return nil
+	}
+	return usageError(fmt.Sprintf("unknown command %q", strings.Join(args, " ")))
+}
+
+func first(a []string) string {
+	if len(a) == 0 {
+		return ""
+	}
+	return a[0]
+}
+
+func usersOf(v httpapi.VehicleView) string {
+	if len(v.Users) == 0 {
+		return "-"
+	}
+	var parts []string
+	for u, r := range v.Users {
+		parts = append(parts, u+":"+string(r))
+	}
+	return strings.Join(parts, ",")
+}
+
+func printIndented(w io.Writer, raw json.RawMessage) error {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// readPassword reads the first line of r.
+func readPassword(r io.Reader) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 4096))
+	if err != nil {
+		return "", fmt.Errorf("read password from stdin: %w", err)
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	pw = strings.TrimRight(pw, "\r")
+	if pw == "" {
+		return "", errors.New("no password on stdin (e.g. `echo 'long passphrase' | gateway admin user add NAME`)")
+	}
+	return pw, nil
+}

@@ -1,0 +1,124 @@
+// Package audit is the gateway's append-only decision log, kept in the gateway's bbolt file.
+// Every command decision, every result and every security event is one record, written before
+// the gateway acts on it. Records never hold secrets, tokens or TOTP codes.
+package audit
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var bucketAudit = []byte("audit")
+
+// Event is one audit record.
+type Event struct {
+	Seq      uint64 `json:"seq"`
+	TsMs     int64  `json:"ts"`
+	Kind     string `json:"kind"`
+	User     string `json:"user,omitempty"`
+	ClientID string `json:"client_id,omitempty"`
+	VIN      string `json:"vin,omitempty"`
+	CmdID    string `json:"cmd_id,omitempty"`
+	Action   string `json:"action,omitempty"`
+	Outcome  string `json:"outcome,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+}
+
+// Kinds of events.
+const (
+	KindCommand   = "command"    // a decision about an app request
+	KindResult    = "result"     // a car's result, or the expiry of a request
+	KindAdmin     = "admin"      // provisioning through the admin API
+	KindLogin     = "login"      // password login
+	KindTwoFactor = "2fa"        // enrollment, verification, lockout, reset
+	KindKeys      = "keys"       // digital key changes
+	KindVehicle   = "vehicle"    // what a car reports of itself (local-link journal)
+	KindLate      = "late_reply" // a result that came after its request expired
+)
+
+// Log appends to and reads the audit bucket.
+type Log struct {
+	db *bolt.DB
+}
+
+// Open makes sure the bucket exists.
+func Open(db *bolt.DB) (*Log, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketAudit)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create audit bucket: %w", err)
+	}
+	return &Log{db: db}, nil
+}
+
+// Append writes events durably; concurrent callers share a commit (db.Batch).
+func (l *Log) Append(events ...Event) error {
+	return l.db.Batch(func(tx *bolt.Tx) error { return AppendTx(tx, events...) })
+}
+
+// AppendTx writes events inside the caller's transaction, so a decision and its side effects
+// commit together.
+func AppendTx(tx *bolt.Tx, events ...Event) error {
+	b := tx.Bucket(bucketAudit)
+	for _, e := range events {
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		e.Seq = seq
+		v, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Filter selects records; empty fields match everything.
+type Filter struct {
+	VIN   string
+	User  string
+	Kind  string
+	Limit int // newest first; 0 means 100
+}
+
+// Query returns the newest records matching f, newest first.
+func (l *Log) Query(f Filter) ([]Event, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	var out []Event
+	err := l.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < f.Limit; k, v = c.Prev() {
+			var e Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			if (f.VIN == "" || e.VIN == f.VIN) && (f.User == "" || e.User == f.User) && (f.Kind == "" || e.Kind == f.Kind) {
+				out = append(out, e)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Count returns how many records the log holds.
+func (l *Log) Count() (int, error) {
+	var n int
+	err := l.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketAudit).Stats().KeyN
+		return nil
+	})
+	return n, err
+}

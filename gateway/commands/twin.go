@@ -1,0 +1,146 @@
+package commands
+
+import (
+	"encoding/json"
+	"sync"
+
+	"telematics/gateway/store"
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+)
+
+// twins is the in-memory vehicle twin, written to bbolt in periodic batches: telemetry at fleet
+// rates must not cost a commit per message.
+type twins struct {
+	mu    sync.Mutex
+	byVIN map[string]*store.Twin
+	dirty map[string]bool
+	// received counts telemetry messages taken into the twin (for metrics and the bench).
+	received uint64
+}
+
+func newTwins(stored []store.Twin) *twins {
+	t := &twins{byVIN: map[string]*store.Twin{}, dirty: map[string]bool{}}
+	for i := range stored {
+		tw := stored[i]
+		t.byVIN[tw.VIN] = &tw
+	}
+	return t
+}
+
+func (t *twins) get(vin string) *store.Twin {
+	tw, ok := t.byVIN[vin]
+	if !ok {
+		tw = &store.Twin{VIN: vin}
+		t.byVIN[vin] = tw
+	}
+	return tw
+}
+
+func (t *twins) online(vin string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tw, ok := t.byVIN[vin]
+	return ok && tw.Status == protocol.StatusOnline
+}
+
+func (t *twins) snapshot(vin string) (store.Twin, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tw, ok := t.byVIN[vin]
+	if !ok {
+		return store.Twin{}, false
+	}
+	c := *tw
+	c.Signals = make(map[string]any, len(tw.Signals))
+	for k, v := range tw.Signals {
+		c.Signals[k] = v
+	}
+	return c, true
+}
+
+func (t *twins) takeDirty() []store.Twin {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]store.Twin, 0, len(t.dirty))
+	for vin := range t.dirty {
+		tw := *t.byVIN[vin]
+		// The signal map is replaced (never mutated) on update, so sharing it is safe.
+		out = append(out, tw)
+	}
+	t.dirty = map[string]bool{}
+	return out
+}
+
+func (t *twins) markDirty(ts []store.Twin) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tw := range ts {
+		t.dirty[tw.VIN] = true
+	}
+}
+
+func (r *Router) onStatus(m mqttc.Message) {
+	vin, suffix, ok := protocol.ParseVehicleTopic(m.Topic)
+	if !ok || suffix != protocol.SuffixStatus {
+		return
+	}
+	var st protocol.VehicleStatus
+	if err := protocol.Decode(m.Payload, &st); err != nil ||
+		(st.Status != protocol.StatusOnline && st.Status != protocol.StatusOffline) {
+		r.log.Warn("malformed status from car", "vin", vin)
+		return
+	}
+	r.twins.mu.Lock()
+	defer r.twins.mu.Unlock()
+	tw := r.twins.get(vin)
+	if st.TsMs != 0 && st.TsMs < tw.StatusMs {
+		return // an older status delivered late (e.g. a retained will after a newer online)
+	}
+	tw.Status, tw.StatusMs = st.Status, st.TsMs
+	r.twins.dirty[vin] = true
+}
+
+func (r *Router) onTelemetry(m mqttc.Message) {
+	vin, suffix, ok := protocol.ParseVehicleTopic(m.Topic)
+	if !ok || suffix != protocol.SuffixTelemetry {
+		return
+	}
+	var tel protocol.Telemetry
+	if err := protocol.Decode(m.Payload, &tel); err != nil {
+		r.log.Debug("malformed telemetry", "vin", vin)
+		return
+	}
+	r.twins.mu.Lock()
+	defer r.twins.mu.Unlock()
+	r.twins.received++
+	tw := r.twins.get(vin)
+	if tel.TsMs < tw.TelemetryMs {
+		return
+	}
+	merged := make(map[string]any, len(tw.Signals)+len(tel.Signals))
+	for k, v := range tw.Signals {
+		merged[k] = v
+	}
+	for k, v := range tel.Signals {
+		merged[k] = v
+	}
+	tw.Signals, tw.TelemetryMs, tw.TelemetrySeq = merged, tel.TsMs, tel.Seq
+	r.twins.dirty[vin] = true
+}
+
+// Twin returns the last known state of a car.
+func (r *Router) Twin(vin string) (store.Twin, bool) { return r.twins.snapshot(vin) }
+
+// TelemetryReceived counts telemetry messages taken into the twin since start.
+func (r *Router) TelemetryReceived() uint64 {
+	r.twins.mu.Lock()
+	defer r.twins.mu.Unlock()
+	return r.twins.received
+}
+
+// MarshalTwin is the JSON form the admin API shows.
+func MarshalTwin(t store.Twin) json.RawMessage {
+	b, _ := json.Marshal(t)
+	return b
+}

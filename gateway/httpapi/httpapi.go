@@ -1,0 +1,511 @@
+// Package httpapi is the gateway's HTTP surface: health and readiness, app login, and the admin
+// API that provisions vehicles and users. Errors are JSON {"error": reason, "message": text}
+// with the reason from the protocol's closed list.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"telematics/gateway/accounts"
+	"telematics/gateway/audit"
+	"telematics/gateway/store"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/token"
+)
+
+// Twins reads the live vehicle twin.
+type Twins interface {
+	Twin(vin string) (store.Twin, bool)
+}
+
+// LoginGuard is the brute-force and second-factor policy for password login (package twofa).
+// Nil means passwords alone log in.
+type LoginGuard interface {
+	// BeforeLogin refuses a locked-out user.
+	BeforeLogin(user string) error
+	// PasswordFailed counts a wrong password toward the lockout.
+	PasswordFailed(user, session string)
+	// AfterPassword checks the TOTP code a login needs under the policy ("" if none given).
+	AfterPassword(user, session, code string) error
+}
+
+// API serves the gateway's HTTP endpoints.
+type API struct {
+	Store       *store.Store
+	Audit       *audit.Log
+	Issuer      *token.Issuer
+	GatewayKey  *sign.Signer
+	Twins       Twins
+	Guard       LoginGuard
+	AdminToken  string
+	AllowRemote bool
+	Now         func() time.Time
+	Log         *slog.Logger
+	// Ready reports whether the gateway can serve commands (store open, bus connected).
+	Ready func() error
+	// BrokerURL is what apps are told to connect to.
+	BrokerURL       string
+	AppTokenTTL     time.Duration
+	VehicleTokenTTL time.Duration
+	PasswordParams  accounts.Params
+	// Extra routes (2FA, keys) registered by other packages.
+	Extra func(mux *http.ServeMux)
+
+	dummyOnce sync.Once
+	dummy     string
+}
+
+// maxBody bounds every request body.
+const maxBody = 64 * 1024
+
+// Handler returns the routed handler.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if a.Ready != nil {
+			if err := a.Ready(); err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "message": err.Error()})
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.HandleFunc("GET /v1/gateway-key", a.gatewayKey)
+	mux.HandleFunc("POST /v1/login", a.login)
+	mux.Handle("POST /v1/admin/vehicles", a.admin(a.addVehicles))
+	mux.Handle("GET /v1/admin/vehicles", a.admin(a.listVehicles))
+	mux.Handle("GET /v1/admin/vehicles/{vin}", a.admin(a.showVehicle))
+	mux.Handle("POST /v1/admin/vehicles/{vin}/assign", a.admin(a.assign))
+	mux.Handle("POST /v1/admin/users", a.admin(a.addUser))
+	mux.Handle("GET /v1/admin/audit", a.admin(a.queryAudit))
+	if a.Extra != nil {
+		a.Extra(mux)
+	}
+	return mux
+}
+
+// Error writes the JSON error form.
+func Error(w http.ResponseWriter, status int, reason protocol.Reason, msg string) {
+	writeJSON(w, status, map[string]string{"error": string(reason), "message": msg})
+}
+
+// StatusOf maps a reason to its HTTP status.
+func StatusOf(r protocol.Reason) int {
+	switch r {
+	case protocol.ReasonBadRequest:
+		return http.StatusBadRequest
+	case protocol.ReasonUnauthenticated, protocol.ReasonTOTPRequired, protocol.ReasonTOTPInvalid,
+		protocol.ReasonTOTPReplayed, protocol.ReasonSignatureInvalid:
+		return http.StatusUnauthorized
+	case protocol.ReasonForbidden, protocol.ReasonTOTPEnrollmentRequired, protocol.ReasonKeyRevoked,
+		protocol.ReasonKeyExpired, protocol.ReasonKeyUnknown:
+		return http.StatusForbidden
+	case protocol.ReasonVehicleUnknown:
+		return http.StatusNotFound
+	case protocol.ReasonDuplicate:
+		return http.StatusConflict
+	case protocol.ReasonLockedOut, protocol.ReasonRateLimited:
+		return http.StatusTooManyRequests
+	case protocol.ReasonVehicleOffline:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// Fail writes err as a JSON error with the status of its reason; internal detail is logged,
+// not shown.
+func Fail(w http.ResponseWriter, log *slog.Logger, err error) {
+	reason := protocol.ReasonOf(err)
+	msg := err.Error()
+	if reason == protocol.ReasonInternal {
+		log.Error("request failed", "err", err)
+		msg = "internal error; see the gateway log"
+	}
+	Error(w, StatusOf(reason), reason, msg)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteJSON writes v with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
+
+// DecodeBody reads a bounded JSON body into v.
+func DecodeBody(r *http.Request, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return protocol.Refuse(protocol.ReasonBadRequest, "read body: %v", err)
+	}
+	if len(b) > maxBody {
+		return protocol.Refuse(protocol.ReasonBadRequest, "body larger than %d bytes", maxBody)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return protocol.Refuse(protocol.ReasonBadRequest, "malformed JSON body: %v", err)
+	}
+	return nil
+}
+
+// BearerClaims verifies the request's app token and returns its claims.
+func (a *API) BearerClaims(r *http.Request, v *token.Verifier) (*token.Claims, error) {
+	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return nil, protocol.Refuse(protocol.ReasonUnauthenticated, "missing bearer token")
+	}
+	c, err := v.Verify(raw)
+	if err != nil || c.Role != protocol.RoleApp {
+		return nil, protocol.Refuse(protocol.ReasonUnauthenticated, "invalid or expired token; log in again")
+	}
+	return c, nil
+}
+
+func (a *API) gatewayKey(w http.ResponseWriter, _ *http.Request) {
+	pub, err := sign.EncodePublic(a.GatewayKey.Public())
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"kid": a.GatewayKey.KID(), "public_key": pub})
+}
+
+// LoginRequest is the body of POST /v1/login.
+type LoginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+	TOTP     string `json:"totp,omitempty"`
+}
+
+// LoginResponse is what a successful login returns.
+type LoginResponse struct {
+	User           string `json:"user"`
+	Token          string `json:"token"`
+	ExpiresAtMs    int64  `json:"expires_at"`
+	ClientIDPrefix string `json:"client_id_prefix"`
+	BrokerURL      string `json:"broker_url"`
+	GatewayKey     string `json:"gateway_key"`
+}
+
+func (a *API) login(w http.ResponseWriter, r *http.Request) {
+	var req LoginRequest
+	if err := DecodeBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	ev := audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindLogin, User: req.Username, ClientID: clientIP(r)}
+	fail := func(err error) {
+		ev.Outcome, ev.Reason = "refused", string(protocol.ReasonOf(err))
+		_ = a.Audit.Append(ev)
+		Fail(w, a.Log, err)
+	}
+	if !protocol.ValidUser(req.Username) {
+		fail(protocol.Refuse(protocol.ReasonUnauthenticated, "wrong user name or password"))
+		return
+	}
+	if a.Guard != nil {
+		if err := a.Guard.BeforeLogin(req.Username); err != nil {
+			fail(err)
+			return
+		}
+	}
+	u, err := a.Store.GetUser(req.Username)
+	if err == nil {
+		err = accounts.Verify(req.Password, u.PasswordHash)
+	} else if errors.Is(err, store.ErrNotFound) {
+		// Spend the same time as for a real user, so timing does not reveal who exists.
+		_ = accounts.Verify(req.Password, a.dummyHash())
+		err = accounts.ErrMismatch
+	}
+	if err != nil {
+		if errors.Is(err, accounts.ErrMismatch) {
+			if a.Guard != nil {
+				a.Guard.PasswordFailed(req.Username, clientIP(r))
+			}
+			fail(protocol.Refuse(protocol.ReasonUnauthenticated, "wrong user name or password"))
+			return
+		}
+		fail(err)
+		return
+	}
+	if a.Guard != nil {
+		if err := a.Guard.AfterPassword(req.Username, clientIP(r), req.TOTP); err != nil {
+			fail(err)
+			return
+		}
+	}
+	tok, exp, err := a.Issuer.Issue(req.Username, protocol.RoleApp, a.AppTokenTTL)
+	if err != nil {
+		fail(err)
+		return
+	}
+	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
+	ev.Outcome = "ok"
+	if err := a.Audit.Append(ev); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, LoginResponse{User: req.Username, Token: tok, ExpiresAtMs: exp.UnixMilli(),
+		ClientIDPrefix: req.Username + "-", BrokerURL: a.BrokerURL, GatewayKey: pub})
+}
+
+func (a *API) dummyHash() string {
+	a.dummyOnce.Do(func() { a.dummy, _ = accounts.Hash("no such user", a.PasswordParams) })
+	return a.dummy
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// admin wraps an admin handler: loopback only unless allowed, and the admin token.
+func (a *API) admin(h http.HandlerFunc) http.Handler {
+	want := []byte("Bearer " + a.AdminToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.AllowRemote {
+			if ip := net.ParseIP(clientIP(r)); ip == nil || !ip.IsLoopback() {
+				Error(w, http.StatusForbidden, protocol.ReasonForbidden, "the admin API answers loopback only (set admin_allow_remote to change that)")
+				return
+			}
+		}
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			Error(w, http.StatusUnauthorized, protocol.ReasonUnauthenticated, "missing or wrong admin token (see DATA/admin.token)")
+			return
+		}
+		h(w, r)
+	})
+}
+
+// AddVehiclesRequest is the body of POST /v1/admin/vehicles: explicit VINs, or a count of
+// cars to make up VINs for, or both.
+type AddVehiclesRequest struct {
+	VINs  []string `json:"vins,omitempty"`
+	Count int      `json:"count,omitempty"`
+}
+
+// MaxVehiclesPerRequest bounds one provisioning call.
+const MaxVehiclesPerRequest = 100_000
+
+func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
+	var req AddVehiclesRequest
+	if err := DecodeBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if req.Count < 0 || req.Count+len(req.VINs) == 0 || req.Count+len(req.VINs) > MaxVehiclesPerRequest {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("give 1 to %d vins or a count", MaxVehiclesPerRequest))
+		return
+	}
+	seen := map[string]bool{}
+	for _, v := range req.VINs {
+		if !protocol.ValidVIN(v) {
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN (17 characters, digits and capitals without I, O, Q)", v))
+			return
+		}
+		if seen[v] {
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%s given twice", v))
+			return
+		}
+		seen[v] = true
+	}
+	vins := append([]string(nil), req.VINs...)
+	for i := 0; i < req.Count; i++ {
+		vins = append(vins, RandomVIN())
+	}
+	nowMs := a.Now().UnixMilli()
+	vs := make([]store.Vehicle, len(vins))
+	for i, v := range vins {
+		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs}
+	}
+	if err := a.Store.AddVehicles(vs); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			Error(w, http.StatusConflict, protocol.ReasonDuplicate, err.Error())
+			return
+		}
+		Fail(w, a.Log, err)
+		return
+	}
+	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
+	out := make([]protocol.Credentials, len(vins))
+	for i, v := range vins {
+		tok, _, err := a.Issuer.Issue(v, protocol.RoleVehicle, a.VehicleTokenTTL)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub}
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: nowMs, Kind: audit.KindAdmin, Outcome: "vehicles_added",
+		Detail: fmt.Sprintf("%d vehicles", len(vins))})
+	writeJSON(w, http.StatusCreated, out)
+}
+
+// VehicleView is what the admin API shows of a car.
+type VehicleView struct {
+	store.Vehicle
+	Twin *store.Twin `json:"twin,omitempty"`
+}
+
+func (a *API) view(v store.Vehicle) VehicleView {
+	out := VehicleView{Vehicle: v}
+	if t, ok := a.Twins.Twin(v.VIN); ok {
+		out.Twin = &t
+	}
+	return out
+}
+
+func (a *API) listVehicles(w http.ResponseWriter, _ *http.Request) {
+	vs, err := a.Store.ListVehicles()
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	out := make([]VehicleView, len(vs))
+	for i, v := range vs {
+		out[i] = a.view(v)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) showVehicle(w http.ResponseWriter, r *http.Request) {
+	vin := r.PathValue("vin")
+	if !protocol.ValidVIN(vin) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN", vin))
+		return
+	}
+	v, err := a.Store.GetVehicle(vin)
+	if errors.Is(err, store.ErrNotFound) {
+		Error(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no vehicle "+vin)
+		return
+	}
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.view(v))
+}
+
+// AssignRequest is the body of POST /v1/admin/vehicles/{vin}/assign.
+type AssignRequest struct {
+	User string        `json:"user"`
+	Role protocol.Role `json:"role"`
+}
+
+func (a *API) assign(w http.ResponseWriter, r *http.Request) {
+	vin := r.PathValue("vin")
+	var req AssignRequest
+	if err := DecodeBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if !protocol.ValidVIN(vin) || !protocol.ValidUser(req.User) || !protocol.ValidKeyRole(req.Role) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "need a VIN, a user name and a role of owner, driver or valet")
+		return
+	}
+	if err := a.Store.Assign(vin, req.User, req.Role); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			reason := protocol.ReasonVehicleUnknown
+			if strings.HasPrefix(err.Error(), "user") {
+				reason = protocol.ReasonBadRequest
+			}
+			Error(w, http.StatusNotFound, reason, err.Error())
+			return
+		}
+		Fail(w, a.Log, err)
+		return
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: req.User, VIN: vin,
+		Outcome: "assigned", Detail: "role=" + string(req.Role)})
+	writeJSON(w, http.StatusOK, map[string]string{"vin": vin, "user": req.User, "role": string(req.Role)})
+}
+
+// AddUserRequest is the body of POST /v1/admin/users.
+type AddUserRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// MinPasswordLen is the shortest password accepted (OWASP ASVS 2.1.1).
+const MinPasswordLen = 12
+
+func (a *API) addUser(w http.ResponseWriter, r *http.Request) {
+	var req AddUserRequest
+	if err := DecodeBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if !protocol.ValidUser(req.Username) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "user names are 1-64 of a-z 0-9 _ . and not gateway, admin or broker")
+		return
+	}
+	if len(req.Password) < MinPasswordLen || len(req.Password) > accounts.MaxPasswordBytes {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("passwords are %d to %d bytes", MinPasswordLen, accounts.MaxPasswordBytes))
+		return
+	}
+	h, err := accounts.Hash(req.Password, a.PasswordParams)
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if err := a.Store.AddUser(store.User{Name: req.Username, PasswordHash: h, CreatedMs: a.Now().UnixMilli()}); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			Error(w, http.StatusConflict, protocol.ReasonDuplicate, err.Error())
+			return
+		}
+		Fail(w, a.Log, err)
+		return
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: req.Username, Outcome: "user_added"})
+	writeJSON(w, http.StatusCreated, map[string]string{"username": req.Username})
+}
+
+func (a *API) queryAudit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := audit.Filter{VIN: q.Get("vin"), User: q.Get("user"), Kind: q.Get("kind")}
+	if n := q.Get("limit"); n != "" {
+		fmt.Sscanf(n, "%d", &f.Limit)
+	}
+	evs, err := a.Audit.Query(f)
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, evs)
+}
+
+// Serve runs an http.Server on ln until ctx ends, then shuts it down gracefully.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-errc
+		return nil
+	}
+}

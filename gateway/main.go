@@ -1,0 +1,48 @@
+// Command gateway is the cloud side of the telematics system: `gateway serve` runs the
+// embedded broker, the command path and the HTTP API; `gateway admin` provisions through a
+// running gateway; `gateway demo` tells the whole story in one process.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"telematics/gateway/admin"
+	"telematics/gateway/demo"
+	"telematics/gateway/server"
+)
+
+const usage = `usage: gateway COMMAND [flags]
+
+commands:
+  demo    start everything in one process and tell the story (--json for a machine summary)
+  serve   run the gateway with its embedded broker (see --help)
+  admin   talk to a running gateway's admin API (vehicles, users, audit)
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var code int
+	switch os.Args[1] {
+	case "serve":
+		code = server.Serve(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	case "admin":
+		code = admin.Run(ctx, os.Args[2:], admin.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+	case "demo":
+		code = demo.Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(os.Stdout, usage)
+	default:
+		fmt.Fprintf(os.Stderr, "gateway: unknown command %q\n\n%s", os.Args[1], usage)
+		code = 2
+	}
+	os.Exit(code)
+}

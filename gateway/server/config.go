@@ -1,0 +1,260 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is every setting of `gateway serve`. Order of precedence: DefaultConfig, then the
+// YAML file, then GATEWAY_* environment variables, then flags. configs/gateway.yaml documents
+// every key with its default.
+type Config struct {
+	// Data is the directory of the bbolt file, the signing key, the admin token and the
+	// public key the standalone broker reads.
+	Data string `yaml:"data" env:"GATEWAY_DATA"`
+	// MQTTAddr and WSAddr are the embedded broker's listeners ("" disables one).
+	MQTTAddr string `yaml:"mqtt_addr" env:"GATEWAY_MQTT_ADDR"`
+	WSAddr   string `yaml:"ws_addr" env:"GATEWAY_WS_ADDR"`
+	// HTTPAddr serves health, login and the admin API.
+	HTTPAddr string `yaml:"http_addr" env:"GATEWAY_HTTP_ADDR"`
+	// ExternalBroker, when set (tcp://HOST:PORT), replaces the embedded broker.
+	ExternalBroker string `yaml:"external_broker" env:"GATEWAY_EXTERNAL_BROKER"`
+	// AdvertiseMQTTURL is the broker address apps are told at login; default derived from
+	// MQTTAddr (or ExternalBroker).
+	AdvertiseMQTTURL string `yaml:"advertise_mqtt_url" env:"GATEWAY_ADVERTISE_MQTT_URL"`
+	// AdminAllowRemote lets the admin API answer requests from non-loopback addresses (it
+	// always needs the admin token).
+	AdminAllowRemote bool `yaml:"admin_allow_remote" env:"GATEWAY_ADMIN_ALLOW_REMOTE"`
+	// AppTokenTTL and VehicleTokenTTL are the lifetimes of issued access tokens.
+	AppTokenTTL     time.Duration `yaml:"app_token_ttl" env:"GATEWAY_APP_TOKEN_TTL"`
+	VehicleTokenTTL time.Duration `yaml:"vehicle_token_ttl" env:"GATEWAY_VEHICLE_TOKEN_TTL"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level" env:"GATEWAY_LOG_LEVEL"`
+
+	Commands CommandsConfig `yaml:"commands"`
+	Broker   BrokerConfig   `yaml:"broker"`
+}
+
+// CommandsConfig tunes the command path.
+type CommandsConfig struct {
+	RatePerMinute     float64       `yaml:"rate_per_minute" env:"GATEWAY_RATE_PER_MINUTE"`
+	RateBurst         int           `yaml:"rate_burst" env:"GATEWAY_RATE_BURST"`
+	ResultGrace       time.Duration `yaml:"result_grace" env:"GATEWAY_RESULT_GRACE"`
+	Shards            int           `yaml:"shards" env:"GATEWAY_COMMAND_SHARDS"`
+	TwinFlushInterval time.Duration `yaml:"twin_flush_interval" env:"GATEWAY_TWIN_FLUSH_INTERVAL"`
+}
+
+// BrokerConfig tunes the embedded broker.
+type BrokerConfig struct {
+	MaxPacketBytes         int   `yaml:"max_packet_bytes" env:"GATEWAY_BROKER_MAX_PACKET_BYTES"`
+	MaxTopicBytes          int   `yaml:"max_topic_bytes" env:"GATEWAY_BROKER_MAX_TOPIC_BYTES"`
+	MaxConnsPerIdentity    int   `yaml:"max_conns_per_identity" env:"GATEWAY_BROKER_MAX_CONNS_PER_IDENTITY"`
+	MaxClientWritesPending int   `yaml:"max_client_writes_pending" env:"GATEWAY_BROKER_MAX_CLIENT_WRITES_PENDING"`
+	MaxClients             int   `yaml:"max_clients" env:"GATEWAY_BROKER_MAX_CLIENTS"`
+}
+
+// DefaultConfig returns the defaults documented in configs/gateway.yaml.
+func DefaultConfig() Config {
+	return Config{
+		Data:            "./data",
+		MQTTAddr:        "127.0.0.1:1883",
+		WSAddr:          "127.0.0.1:1882",
+		HTTPAddr:        "127.0.0.1:8080",
+		AppTokenTTL:     time.Hour,
+		VehicleTokenTTL: 365 * 24 * time.Hour,
+		LogLevel:        "info",
+		Commands: CommandsConfig{
+			RatePerMinute:     120,
+			RateBurst:         30,
+			ResultGrace:       time.Second,
+			Shards:            64,
+			TwinFlushInterval: time.Second,
+		},
+		Broker: BrokerConfig{
+			MaxPacketBytes:         64 * 1024,
+			MaxTopicBytes:          256,
+			MaxConnsPerIdentity:    4,
+			MaxClientWritesPending: 1024,
+			MaxClients:             0,
+		},
+	}
+}
+
+// LoadFile overlays the YAML file at path on c. Unknown keys are an error, so a typo does not
+// silently fall back to a default.
+func (c *Config) LoadFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config %q: %w", path, err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %q: %w", path, err)
+	}
+	return nil
+}
+
+// LoadEnv overlays GATEWAY_* variables (named in the env tags) on c.
+func (c *Config) LoadEnv(lookup func(string) (string, bool)) error {
+	return loadEnv(reflect.ValueOf(c).Elem(), lookup)
+}
+
+func loadEnv(v reflect.Value, lookup func(string) (string, bool)) error {
+	var errs []error
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := v.Field(i)
+		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(time.Duration(0)) {
+			errs = append(errs, loadEnv(f, lookup))
+			continue
+		}
+		name := t.Field(i).Tag.Get("env")
+		if name == "" {
+			continue
+		}
+		s, ok := lookup(name)
+		if !ok {
+			continue
+		}
+		if err := setFromString(f, s); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %w", name, s, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func setFromString(f reflect.Value, s string) error {
+	switch {
+	case f.Type() == reflect.TypeOf(time.Duration(0)):
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		f.SetInt(int64(d))
+	case f.Kind() == reflect.String:
+		f.SetString(s)
+	case f.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		f.SetBool(b)
+	case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return err
+		}
+		f.SetInt(n)
+	case f.Kind() == reflect.Float64:
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		f.SetFloat(n)
+	default:
+		return fmt.Errorf("unsupported setting type %s", f.Type())
+	}
+	return nil
+}
+
+// Validate reports every problem at once, naming the key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.Data == "" {
+		bad("data", "must name a directory")
+	}
+	checkAddr := func(key, addr string, optional bool) {
+		if addr == "" {
+			if !optional {
+				bad(key, "must be host:port")
+			}
+			return
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "%q is not host:port: %v", addr, err)
+		}
+	}
+	checkAddr("http_addr", c.HTTPAddr, false)
+	if c.ExternalBroker == "" {
+		checkAddr("mqtt_addr", c.MQTTAddr, false)
+		checkAddr("ws_addr", c.WSAddr, true)
+	} else if u, err := url.Parse(c.ExternalBroker); err != nil || (u.Scheme != "tcp" && u.Scheme != "mqtt" && u.Scheme != "ws") || u.Host == "" {
+		bad("external_broker", "%q must look like tcp://HOST:PORT", c.ExternalBroker)
+	}
+	if c.AdvertiseMQTTURL != "" {
+		if u, err := url.Parse(c.AdvertiseMQTTURL); err != nil || u.Host == "" {
+			bad("advertise_mqtt_url", "%q is not a URL like tcp://HOST:PORT", c.AdvertiseMQTTURL)
+		}
+	}
+	if c.AppTokenTTL < time.Minute {
+		bad("app_token_ttl", "must be at least 1m, got %v", c.AppTokenTTL)
+	}
+	if c.VehicleTokenTTL < time.Hour {
+		bad("vehicle_token_ttl", "must be at least 1h, got %v", c.VehicleTokenTTL)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if c.Commands.RatePerMinute < 0 {
+		bad("commands.rate_per_minute", "must not be negative")
+	}
+	if c.Commands.RateBurst < 1 {
+		bad("commands.rate_burst", "must be at least 1")
+	}
+	if c.Commands.Shards < 1 || c.Commands.Shards > 4096 {
+		bad("commands.shards", "must be 1..4096")
+	}
+	if c.Commands.ResultGrace < 0 || c.Commands.ResultGrace > 30*time.Second {
+		bad("commands.result_grace", "must be 0..30s")
+	}
+	if c.Commands.TwinFlushInterval < 10*time.Millisecond {
+		bad("commands.twin_flush_interval", "must be at least 10ms")
+	}
+	if c.Broker.MaxPacketBytes < 1024 {
+		bad("broker.max_packet_bytes", "must be at least 1024")
+	}
+	if c.Broker.MaxTopicBytes < 64 {
+		bad("broker.max_topic_bytes", "must be at least 64")
+	}
+	if c.Broker.MaxConnsPerIdentity < 1 {
+		bad("broker.max_conns_per_identity", "must be at least 1")
+	}
+	if c.Broker.MaxClientWritesPending < 16 {
+		bad("broker.max_client_writes_pending", "must be at least 16")
+	}
+	return errors.Join(errs...)
+}
+
+// advertisedMQTT is the broker URL apps are told at login.
+func (c *Config) advertisedMQTT(boundMQTT string) string {
+	switch {
+	case c.AdvertiseMQTTURL != "":
+		return c.AdvertiseMQTTURL
+	case c.ExternalBroker != "":
+		return c.ExternalBroker
+	}
+	host, port, err := net.SplitHostPort(boundMQTT)
+	if err != nil {
+		return "tcp://" + boundMQTT
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "tcp://" + net.JoinHostPort(host, port)
+}

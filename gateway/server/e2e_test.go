@@ -1,0 +1,359 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"telematics/gateway/accounts"
+	"telematics/gateway/httpapi"
+	"telematics/gateway/server"
+	"telematics/pkg/mqttc"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
+)
+
+var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
+
+const password = "correct horse battery"
+
+func eventually(t *testing.T, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type env struct {
+	t     *testing.T
+	dir   string
+	cfg   server.Config
+	g     *server.Gateway
+	creds []protocol.Credentials
+}
+
+func startGateway(t *testing.T, dir string, mutate func(*server.Config)) *server.Gateway {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.Data = dir
+	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
+	cfg.Commands.ResultGrace = 200 * time.Millisecond
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	g, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return g
+}
+
+func admin(t *testing.T, g *server.Gateway, method, path string, in, out any) {
+	t.Helper()
+	if err := phone.Call(context.Background(), method, g.HTTPURL()+path, g.AdminToken(), in, out); err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+}
+
+func provision(t *testing.T, g *server.Gateway, n int) []protocol.Credentials {
+	t.Helper()
+	var creds []protocol.Credentials
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: n}, &creds)
+	return creds
+}
+
+func addUser(t *testing.T, g *server.Gateway, name string, vin string, role protocol.Role) {
+	t.Helper()
+	admin(t, g, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil)
+	if vin != "" {
+		admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: role}, nil)
+	}
+}
+
+// runFleet runs cars until the test ends.
+func runFleet(t *testing.T, brokerURL string, creds []protocol.Credentials) {
+	t.Helper()
+	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), "sim.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, TelemetryInterval: 200 * time.Millisecond})
+	}()
+	t.Cleanup(func() { cancel(); <-done; st.Close() })
+}
+
+func waitOnline(t *testing.T, g *server.Gateway, vins ...string) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		for _, v := range vins {
+			if tw, ok := g.Router().Twin(v); !ok || tw.Status != protocol.StatusOnline {
+				return fmt.Errorf("%s not online", v)
+			}
+		}
+		return nil
+	})
+}
+
+func login(t *testing.T, g *server.Gateway, user, brokerURL string) *phone.App {
+	t.Helper()
+	sess, err := phone.Login(context.Background(), g.HTTPURL(), user, password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := phone.Connect(context.Background(), sess, brokerURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	return app
+}
+
+// replyLog is a second session of a user that records every reply, to prove that each request
+// gets exactly one terminal reply.
+type replyLog struct {
+	mu      sync.Mutex
+	replies map[string][]protocol.Reply
+}
+
+func watchReplies(t *testing.T, g *server.Gateway, user string) *replyLog {
+	t.Helper()
+	sess, err := phone.Login(context.Background(), g.HTTPURL(), user, password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := mqttc.Dial(context.Background(), mqttc.Options{BrokerURL: sess.BrokerURL, ClientID: user + "-watch",
+		Username: user, Password: sess.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	l := &replyLog{replies: map[string][]protocol.Reply{}}
+	err = c.Subscribe(context.Background(), protocol.AppTopic(user, protocol.SuffixReply), 1, func(m mqttc.Message) {
+		var r protocol.Reply
+		if json.Unmarshal(m.Payload, &r) == nil {
+			l.mu.Lock()
+			l.replies[r.ID] = append(l.replies[r.ID], r)
+			l.mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func (l *replyLog) terminalCount(id string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.replies[id] {
+		if protocol.Terminal(r.Status) {
+			n++
+		}
+	}
+	return n
+}
+
+func send(t *testing.T, app *phone.App, vin string, action protocol.Action) protocol.Reply {
+	t.Helper()
+	r, err := app.Send(context.Background(), phone.Request{VIN: vin, Action: action}, nil)
+	if err != nil {
+		t.Fatalf("send %s to %s: %v", action, vin, err)
+	}
+	return r
+}
+
+func expect(t *testing.T, r protocol.Reply, status string, reason protocol.Reason) {
+	t.Helper()
+	if r.Status != status || r.Reason != reason {
+		t.Fatalf("reply %s/%s, want %s/%s", r.Status, r.Reason, status, reason)
+	}
+}
+
+func TestEndToEndCommands(t *testing.T) {
+	g := startGateway(t, t.TempDir(), nil)
+	creds := provision(t, g, 4)
+	mine, valetCar, offline := creds[0].VIN, creds[1].VIN, creds[2].VIN
+	silent := creds[3]
+	addUser(t, g, "alice", mine, protocol.RoleOwner)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+valetCar+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleValet}, nil)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+offline+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+silent.VIN+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	addUser(t, g, "bob", "", "")
+
+	runFleet(t, g.BrokerURL(), creds[:2])
+	// A car that comes online but never answers: its commands must end "expired".
+	sc, err := mqttc.Dial(context.Background(), mqttc.Options{BrokerURL: g.BrokerURL(), ClientID: silent.ClientID,
+		Username: silent.Username, Password: silent.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	online, _ := json.Marshal(protocol.VehicleStatus{V: 1, Status: protocol.StatusOnline, TsMs: time.Now().UnixMilli()})
+	if err := sc.Publish(context.Background(), protocol.VehicleTopic(silent.VIN, protocol.SuffixStatus), 1, true, online); err != nil {
+		t.Fatal(err)
+	}
+	waitOnline(t, g, mine, valetCar, silent.VIN)
+
+	alice := login(t, g, "alice", "")
+	bob := login(t, g, "bob", "")
+	watch := watchReplies(t, g, "alice")
+
+	t.Run("unlock and lock round trip", func(t *testing.T) {
+		r := send(t, alice, mine, protocol.ActionUnlock)
+		expect(t, r, protocol.ReplyExecuted, "")
+		if locked, _ := r.State[protocol.VSSIsLocked].(bool); locked {
+			t.Fatalf("car still locked after unlock: %v", r.State)
+		}
+		r = send(t, alice, mine, protocol.ActionLock)
+		expect(t, r, protocol.ReplyExecuted, "")
+		if locked, _ := r.State[protocol.VSSIsLocked].(bool); !locked {
+			t.Fatalf("car not locked after lock: %v", r.State)
+		}
+	})
+	t.Run("offline car answered at once", func(t *testing.T) {
+		expect(t, send(t, alice, offline, protocol.ActionUnlock), protocol.ReplyRejected, protocol.ReasonVehicleOffline)
+	})
+	t.Run("unknown car", func(t *testing.T) {
+		expect(t, send(t, alice, "1HGCM82633A004352", protocol.ActionUnlock), protocol.ReplyRejected, protocol.ReasonVehicleUnknown)
+	})
+	t.Run("stranger refused", func(t *testing.T) {
+		expect(t, send(t, bob, mine, protocol.ActionUnlock), protocol.ReplyRejected, protocol.ReasonForbidden)
+	})
+	t.Run("valet may unlock but not open the trunk", func(t *testing.T) {
+		expect(t, send(t, alice, valetCar, protocol.ActionUnlock), protocol.ReplyExecuted, "")
+		expect(t, send(t, alice, valetCar, protocol.ActionOpenTrunk), protocol.ReplyRejected, protocol.ReasonForbidden)
+	})
+	t.Run("silent car: expired, never executed late", func(t *testing.T) {
+		r, err := alice.Send(context.Background(), phone.Request{VIN: silent.VIN, Action: protocol.ActionHonk, Lifetime: 500 * time.Millisecond}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expect(t, r, protocol.ReplyExpired, protocol.ReasonExpired)
+	})
+	t.Run("duplicate id", func(t *testing.T) {
+		cmd := alice.NewCommand(phone.Request{VIN: mine, Action: protocol.ActionFlash})
+		doc, _ := json.Marshal(cmd)
+		payload, _ := json.Marshal(protocol.AppRequest{V: 1, Command: protocol.Envelope{Doc: protocol.EncodeB64(doc)}})
+		exp := time.UnixMilli(cmd.ExpiresAtMs)
+		r, err := alice.SendRaw(context.Background(), cmd.ID, exp, payload, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expect(t, r, protocol.ReplyExecuted, "")
+		r, err = alice.SendRaw(context.Background(), cmd.ID, exp, payload, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expect(t, r, protocol.ReplyRejected, protocol.ReasonDuplicate)
+	})
+	t.Run("bad requests", func(t *testing.T) {
+		mk := func(mutate func(*protocol.Command)) []byte {
+			cmd := alice.NewCommand(phone.Request{VIN: mine, Action: protocol.ActionLock})
+			mutate(&cmd)
+			doc, _ := json.Marshal(cmd)
+			p, _ := json.Marshal(protocol.AppRequest{V: 1, Command: protocol.Envelope{Doc: protocol.EncodeB64(doc)}})
+			return p
+		}
+		cases := map[string][]byte{
+			"unknown action": mk(func(c *protocol.Command) { c.Action = "self_destruct" }),
+			"bad vin":        mk(func(c *protocol.Command) { c.VIN = "NOT-A-VIN" }),
+			"too far ahead":  mk(func(c *protocol.Command) { c.ExpiresAtMs = c.IssuedAtMs + 120_000 }),
+			"doc not base64": []byte(`{"v":1,"command":{"doc":"%%%"}}`),
+		}
+		for name, p := range cases {
+			var probe protocol.AppRequest
+			json.Unmarshal(p, &probe)
+			doc, _ := probe.Command.DocBytes()
+			var c protocol.Command
+			json.Unmarshal(doc, &c)
+			id := c.ID
+			if id == "" {
+				continue
+			}
+			r, err := alice.SendRaw(context.Background(), id, time.Now().Add(2*time.Second), p, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			expect(t, r, protocol.ReplyRejected, protocol.ReasonBadRequest)
+		}
+		// Payloads without a usable id are answered bad_request with an empty id.
+		before := watch.terminalCount("")
+		for _, p := range [][]byte{[]byte("{not json"), []byte(`{"v":1,"command":{"doc":"%%%"}}`), []byte(strings.Repeat("x", protocol.MaxPayloadBytes+10))} {
+			if err := alice.PublishRaw(context.Background(), p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, 5*time.Second, func() error {
+			if got := watch.terminalCount(""); got != before+3 {
+				return fmt.Errorf("%d bad_request replies without id, want %d", got-before, 3)
+			}
+			return nil
+		})
+		watch.mu.Lock()
+		for _, r := range watch.replies[""] {
+			if r.Status != protocol.ReplyRejected || r.Reason != protocol.ReasonBadRequest {
+				t.Errorf("reply to an unparseable request: %+v", r)
+			}
+		}
+		watch.mu.Unlock()
+	})
+	t.Run("exactly one terminal reply per request", func(t *testing.T) {
+		eventually(t, 5*time.Second, func() error {
+			watch.mu.Lock()
+			defer watch.mu.Unlock()
+			if len(watch.replies) < 8 {
+				return fmt.Errorf("watch saw %d request ids", len(watch.replies))
+			}
+			return nil
+		})
+		watch.mu.Lock()
+		ids := make([]string, 0, len(watch.replies))
+		for id := range watch.replies {
+			if id != "" {
+				ids = append(ids, id)
+			}
+		}
+		watch.mu.Unlock()
+		for _, id := range ids {
+			if n := watch.terminalCount(id); n != 1 {
+				// the duplicate's second request shares the id and gets its own terminal reply
+				if n == 2 && strings.Contains(fmt.Sprint(watch.replies[id]), protocol.ReplyExecuted) && strings.Contains(fmt.Sprint(watch.replies[id]), string(protocol.ReasonDuplicate)) {
+					continue
+				}
+				t.Errorf("request %s got %d terminal replies: %v", id, n, watch.replies[id])
+			}
+		}
+	})
+}

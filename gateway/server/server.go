@@ -1,0 +1,293 @@
+// Package server wires the gateway: the store, the signing key, the embedded broker (or a
+// connection to an external one), the command router and the HTTP API. `gateway serve` and
+// `gateway demo` run it, and end-to-end tests start it on 127.0.0.1:0 with a t.TempDir().
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"telematics/gateway/accounts"
+	"telematics/gateway/audit"
+	"telematics/gateway/commands"
+	"telematics/gateway/httpapi"
+	"telematics/gateway/store"
+	"telematics/pkg/broker"
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/token"
+)
+
+// Files in the data directory.
+const (
+	DBFile         = "gateway.db"
+	SigningKeyFile = "gateway.key" // ECDSA P-256 private key, 0600
+	PublicKeyFile  = "gateway.pub" // its public half, for `broker --gateway-pubkey`
+	AdminTokenFile = "admin.token" // 0600
+)
+
+// Gateway is one running gateway.
+type Gateway struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+
+	store  *store.Store
+	audit  *audit.Log
+	signer *sign.Signer
+	issuer *token.Issuer
+	broker *broker.Broker // nil with an external broker
+	bus    mqttc.Client
+	router *commands.Router
+	api    *httpapi.API
+
+	adminToken string
+	httpLn     net.Listener
+	brokerURL  string
+
+	cancel    context.CancelFunc
+	httpDone  chan error
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Options are what tests and the demo may change beyond Config.
+type Options struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// PasswordParams lets tests use cheap argon2id parameters.
+	PasswordParams *accounts.Params
+}
+
+// Start opens the store and keys, starts the broker (or connects to the external one), the
+// router and the HTTP listener, and returns once all are serving. Close undoes it.
+func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, httpDone: make(chan error, 1)}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir %q: %w", cfg.Data, err)
+	}
+	if g.store, err = store.Open(filepath.Join(cfg.Data, DBFile)); err != nil {
+		return nil, err
+	}
+	if g.audit, err = audit.Open(g.store.DB()); err != nil {
+		return nil, err
+	}
+	if err := g.loadKeys(); err != nil {
+		return nil, err
+	}
+	g.issuer = token.NewIssuer(g.signer, g.now)
+
+	if err := g.startBus(ctx); err != nil {
+		return nil, err
+	}
+	rcfg := commands.DefaultConfig()
+	rcfg.Shards = cfg.Commands.Shards
+	rcfg.RatePerMinute = cfg.Commands.RatePerMinute
+	rcfg.RateBurst = cfg.Commands.RateBurst
+	rcfg.ResultGrace = cfg.Commands.ResultGrace
+	rcfg.TwinFlushInterval = cfg.Commands.TwinFlushInterval
+	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.signer, nil, g.now, g.log); err != nil {
+		return nil, err
+	}
+	if err := g.router.Subscribe(ctx); err != nil {
+		return nil, fmt.Errorf("subscribe to car and app topics: %w", err)
+	}
+
+	params := accounts.DefaultParams
+	if o.PasswordParams != nil {
+		params = *o.PasswordParams
+	}
+	g.api = &httpapi.API{
+		Store: g.store, Audit: g.audit, Issuer: g.issuer, GatewayKey: g.signer, Twins: g.router,
+		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Now: g.now, Log: g.log,
+		Ready: g.ready, BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
+		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
+	}
+	if g.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	hctx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	go func() { g.httpDone <- httpapi.Serve(hctx, g.httpLn, g.api.Handler()) }()
+	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data)
+	return g, nil
+}
+
+func (g *Gateway) loadKeys() error {
+	s, created, err := sign.LoadOrCreate(filepath.Join(g.cfg.Data, SigningKeyFile))
+	if err != nil {
+		return err
+	}
+	g.signer = s
+	if created {
+		g.log.Info("created gateway signing key", "kid", s.KID())
+	}
+	pub, err := sign.PublicPEM(s.Public())
+	if err != nil {
+		return err
+	}
+	if err := sign.WriteFileAtomic(filepath.Join(g.cfg.Data, PublicKeyFile), pub, 0o644); err != nil {
+		return err
+	}
+	tokPath := filepath.Join(g.cfg.Data, AdminTokenFile)
+	b, err := os.ReadFile(tokPath)
+	switch {
+	case err == nil && len(strings.TrimSpace(string(b))) >= 32:
+		g.adminToken = strings.TrimSpace(string(b))
+	case err == nil || errors.Is(err, os.ErrNotExist):
+		raw := make([]byte, 32)
+		if _, err := rand.Read(raw); err != nil {
+			return err
+		}
+		g.adminToken = hex.EncodeToString(raw)
+		if err := sign.WriteFileAtomic(tokPath, []byte(g.adminToken+"\n"), 0o600); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("read admin token: %w", err)
+	}
+	return nil
+}
+
+func (g *Gateway) startBus(ctx context.Context) error {
+	if g.cfg.ExternalBroker != "" {
+		tok, _, err := g.issuer.Issue("gateway", protocol.RoleGateway, 365*24*time.Hour)
+		if err != nil {
+			return err
+		}
+		suffix := make([]byte, 4)
+		_, _ = rand.Read(suffix)
+		c, err := mqttc.Dial(ctx, mqttc.Options{
+			BrokerURL: g.cfg.ExternalBroker, ClientID: "gateway-" + hex.EncodeToString(suffix),
+			Username: "gateway", Password: tok, Logger: g.log,
+		})
+		if err != nil {
+			return fmt.Errorf("connect to external broker %s: %w", g.cfg.ExternalBroker, err)
+		}
+		g.bus = c
+		g.brokerURL = g.cfg.advertisedMQTT("")
+		return nil
+	}
+	bcfg := broker.DefaultConfig()
+	bcfg.MQTTAddr = g.cfg.MQTTAddr
+	bcfg.WSAddr = g.cfg.WSAddr
+	bcfg.MaxPacketBytes = g.cfg.Broker.MaxPacketBytes
+	bcfg.MaxTopicBytes = g.cfg.Broker.MaxTopicBytes
+	bcfg.MaxConnsPerIdentity = g.cfg.Broker.MaxConnsPerIdentity
+	bcfg.MaxClientWritesPending = g.cfg.Broker.MaxClientWritesPending
+	if g.cfg.Broker.MaxClients > 0 {
+		bcfg.MaxClients = g.cfg.Broker.MaxClients
+	}
+	b, err := broker.New(bcfg, []*ecdsa.PublicKey{g.signer.Public()}, g.log.With("component", "broker"))
+	if err != nil {
+		return err
+	}
+	if err := b.Start(); err != nil {
+		return err
+	}
+	g.broker = b
+	g.bus = mqttc.NewInline(b.Server(), mqttc.InlineOptions{})
+	g.brokerURL = g.cfg.advertisedMQTT(b.MQTTAddr())
+	return nil
+}
+
+func (g *Gateway) ready() error {
+	if !g.bus.Connected() {
+		return errors.New("not connected to the broker")
+	}
+	return nil
+}
+
+// HTTPURL is the base URL of the HTTP API.
+func (g *Gateway) HTTPURL() string { return "http://" + g.httpLn.Addr().String() }
+
+// BrokerURL is the MQTT URL apps and cars are told.
+func (g *Gateway) BrokerURL() string { return g.brokerURL }
+
+// WSAddr is the embedded broker's WebSocket address ("" if none).
+func (g *Gateway) WSAddr() string {
+	if g.broker == nil {
+		return ""
+	}
+	return g.broker.WSAddr()
+}
+
+// AdminToken is the admin API's bearer token.
+func (g *Gateway) AdminToken() string { return g.adminToken }
+
+// Router is the command path (for tests and the demo).
+func (g *Gateway) Router() *commands.Router { return g.router }
+
+// Audit is the audit log.
+func (g *Gateway) Audit() *audit.Log { return g.audit }
+
+// Signer is the gateway's signing key.
+func (g *Gateway) Signer() *sign.Signer { return g.signer }
+
+// Issuer mints tokens with the gateway's key.
+func (g *Gateway) Issuer() *token.Issuer { return g.issuer }
+
+// Wait blocks until the HTTP server stops on its own (an error) or ctx ends.
+func (g *Gateway) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-g.httpDone:
+		g.httpDone <- err
+		return err
+	}
+}
+
+// Close stops in reverse order of start: HTTP, router (draining queued requests), the bus and
+// broker, then the store. It is idempotent.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		var errs []error
+		if g.cancel != nil {
+			g.cancel()
+			<-g.httpDone
+		} else if g.httpLn != nil {
+			g.httpLn.Close()
+		}
+		if g.router != nil {
+			errs = append(errs, g.router.Close())
+		}
+		if g.bus != nil {
+			errs = append(errs, g.bus.Close())
+		}
+		if g.broker != nil {
+			errs = append(errs, g.broker.Close())
+		}
+		if g.store != nil {
+			errs = append(errs, g.store.Close())
+		}
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}
