@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"telematics/gateway/accounts"
+	"telematics/gateway/audit"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/pkg/mqttc"
@@ -357,3 +358,5 @@ func TestEndToEndCommands(t *testing.T) {
 		}
 	})
 }
+
+func auditFilterUser(u string) audit.Filter { return audit.Filter{User: u, Limit: 1000} }

@@ -1,0 +1,170 @@
+package twofa
+
+import (
+	"errors"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pquerna/otp/totp"
+	bolt "go.etcd.io/bbolt"
+
+	"telematics/pkg/protocol"
+)
+
+// t0 is the tests' epoch: 10 s into a time step, so that ±seconds never cross a step by
+// accident.
+var t0 = time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
+
+// fakeClock is the injected clock; tests move it, they never sleep.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newClock(t time.Time) *fakeClock {
+	c := &fakeClock{}
+	c.Set(t)
+	return c
+}
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *fakeClock) Set(t time.Time)         { c.ns.Store(t.UnixNano()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// recorder is an Auditor that keeps every event.
+type recorder struct {
+	mu     sync.Mutex
+	events []Event
+}
+
+func (r *recorder) Audit(e Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+}
+
+func (r *recorder) kinds() []EventKind {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ks []EventKind
+	for _, e := range r.events {
+		ks = append(ks, e.Kind)
+	}
+	return ks
+}
+
+func (r *recorder) count(kind EventKind) int {
+	n := 0
+	for _, k := range r.kinds() {
+		if k == kind {
+			n++
+		}
+	}
+	return n
+}
+
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+func openDB(t testing.TB, path string) *bolt.DB {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+type fixture struct {
+	s     *Service
+	clock *fakeClock
+	audit *recorder
+	db    *bolt.DB
+	path  string
+}
+
+func newFixture(t testing.TB, mutate ...func(*Policy)) *fixture {
+	t.Helper()
+	p := DefaultPolicy()
+	for _, m := range mutate {
+		m(&p)
+	}
+	f := &fixture{clock: newClock(t0), audit: &recorder{}, path: filepath.Join(t.TempDir(), "gateway.db")}
+	f.db = openDB(t, f.path)
+	s, err := New(f.db, testKey, p, f.clock.Now, f.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.s = s
+	return f
+}
+
+// reopen closes the database and starts a new service on the same file, as a gateway restart.
+func (f *fixture) reopen(t testing.TB) {
+	t.Helper()
+	if err := f.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.db = openDB(t, f.path)
+	s, err := New(f.db, testKey, f.s.Policy(), f.clock.Now, f.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.s = s
+}
+
+// enroll enrolls and confirms user at the current clock and moves the clock one minute on,
+// past the step the confirmation used. It returns the base32 secret and the recovery codes.
+func (f *fixture) enroll(t testing.TB, user string) (secret string, recovery []string) {
+	t.Helper()
+	e, err := f.s.Enroll(user, user+"-web", "")
+	if err != nil {
+		t.Fatalf("Enroll(%s): %v", user, err)
+	}
+	recovery, err = f.s.Confirm(user, user+"-web", code(t, e.Secret, f.clock.Now()))
+	if err != nil {
+		t.Fatalf("Confirm(%s): %v", user, err)
+	}
+	f.clock.Advance(time.Minute)
+	return e.Secret, recovery
+}
+
+// code is the TOTP code of secret at time at, from pquerna's generator.
+func code(t testing.TB, secret string, at time.Time) string {
+	t.Helper()
+	c, err := totp.GenerateCodeCustom(secret, at, codeOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// wrongCode returns a six-digit code that is not the code of any step within ±2 of at.
+func wrongCode(t testing.TB, secret string, at time.Time) string {
+	t.Helper()
+	bad := map[string]bool{}
+	for d := -2; d <= 2; d++ {
+		bad[code(t, secret, at.Add(time.Duration(d)*PeriodSeconds*time.Second))] = true
+	}
+	for _, c := range []string{"000000", "111111", "222222", "333333", "444444", "555555"} {
+		if !bad[c] {
+			return c
+		}
+	}
+	t.Fatal("no wrong code found")
+	return ""
+}
+
+// wantReason fails unless err carries reason (ReasonNone: err is nil).
+func wantReason(t testing.TB, err error, want protocol.Reason) {
+	t.Helper()
+	if got := protocol.ReasonOf(err); got != want {
+		t.Fatalf("reason %q (err %v), want %q", got, err, want)
+	}
+}
+
+func wantIs(t testing.TB, err, target error) {
+	t.Helper()
+	if !errors.Is(err, target) {
+		t.Fatalf("err %v, want errors.Is %v", err, target)
+	}
+}

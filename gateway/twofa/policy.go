@@ -1,0 +1,225 @@
+package twofa
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"telematics/pkg/protocol"
+)
+
+// Mode is the rollout stage of 2FA, so that it can be turned on user by user.
+type Mode string
+
+// Rollout modes.
+const (
+	ModeOff      Mode = "off"      // never ask for a code (a code presented anyway is still checked)
+	ModeEnrolled Mode = "enrolled" // ask users who have enrolled
+	ModeRequired Mode = "required" // ask everyone; users who have not enrolled are refused until they do
+)
+
+// Actions that are not vehicle commands but can be guarded like them.
+const (
+	ActionKeyPair   = "key_pair"   // add a phone key to a car
+	ActionKeyShare  = "key_share"  // give another user a key
+	ActionKeyRevoke = "key_revoke" // revoke a key
+	// ActionLogin stands for the password login; it needs a code when LoginRequiresTOTP is set.
+	ActionLogin = "login"
+)
+
+// DefaultIssuer is the issuer authenticator apps show next to the account.
+const DefaultIssuer = "Telematics Gateway"
+
+// Policy says which actions need a second factor and how brute force is stopped. The yaml
+// tags are the keys under the gateway configuration's "twofa" section.
+type Policy struct {
+	Mode Mode `yaml:"mode"`
+	// Actions need a second factor: protocol actions and ActionKey*.
+	Actions []string `yaml:"actions"`
+	// StepUpTTL is how long a session stays elevated after a code was accepted in it; 0 asks
+	// for a code on every guarded action.
+	StepUpTTL         time.Duration `yaml:"step_up_ttl"`
+	LoginRequiresTOTP bool          `yaml:"login_requires_totp"`
+	// MaxFailures failures within FailureWindow lock the user out for LockoutDuration.
+	MaxFailures     int           `yaml:"max_failures"`
+	FailureWindow   time.Duration `yaml:"failure_window"`
+	LockoutDuration time.Duration `yaml:"lockout_duration"`
+	// Issuer is shown by authenticator apps.
+	Issuer string `yaml:"issuer"`
+}
+
+// DefaultPolicy: mode enrolled; unlock, open_trunk, remote_start and key changes guarded;
+// step-up for 5 minutes; 5 failures in 5 minutes lock out for 15 minutes.
+func DefaultPolicy() Policy {
+	return Policy{
+		Mode: ModeEnrolled,
+		Actions: []string{
+			string(protocol.ActionUnlock), string(protocol.ActionOpenTrunk), string(protocol.ActionRemoteStart),
+			ActionKeyPair, ActionKeyShare, ActionKeyRevoke,
+		},
+		StepUpTTL:       5 * time.Minute,
+		MaxFailures:     5,
+		FailureWindow:   5 * time.Minute,
+		LockoutDuration: 15 * time.Minute,
+		Issuer:          DefaultIssuer,
+	}
+}
+
+// Validate reports every problem at once, each with its key.
+func (p Policy) Validate() error {
+	var errs []error
+	switch p.Mode {
+	case ModeOff, ModeEnrolled, ModeRequired:
+	default:
+		errs = append(errs, fmt.Errorf("twofa.mode: %q is not off, enrolled or required", p.Mode))
+	}
+	for _, a := range p.Actions {
+		if !protocol.Action(a).Valid() && a != ActionKeyPair && a != ActionKeyShare && a != ActionKeyRevoke {
+			errs = append(errs, fmt.Errorf("twofa.actions: unknown action %q", a))
+		}
+	}
+	if p.StepUpTTL < 0 {
+		errs = append(errs, fmt.Errorf("twofa.step_up_ttl: %v is negative", p.StepUpTTL))
+	}
+	if p.MaxFailures < 1 || p.MaxFailures > maxFailuresKept {
+		errs = append(errs, fmt.Errorf("twofa.max_failures: %d is not between 1 and %d", p.MaxFailures, maxFailuresKept))
+	}
+	if p.FailureWindow < time.Millisecond {
+		errs = append(errs, fmt.Errorf("twofa.failure_window: %v must be at least 1ms", p.FailureWindow))
+	}
+	if p.LockoutDuration < time.Millisecond {
+		errs = append(errs, fmt.Errorf("twofa.lockout_duration: %v must be at least 1ms", p.LockoutDuration))
+	}
+	if p.Issuer == "" {
+		errs = append(errs, errors.New("twofa.issuer: must not be empty"))
+	}
+	return errors.Join(errs...)
+}
+
+func (p Policy) clone() Policy {
+	p.Actions = slices.Clone(p.Actions)
+	return p
+}
+
+// guards reports whether the policy asks for a second factor for action at all.
+func (s *Service) guards(action string) bool {
+	if s.policy.Mode == ModeOff {
+		return false
+	}
+	if action == ActionLogin {
+		return s.policy.LoginRequiresTOTP
+	}
+	return s.actions[action]
+}
+
+// Decision is what Decide allowed.
+type Decision struct {
+	// Factors are the second factors that authorized the action: FactorTOTP or
+	// FactorRecovery (a code presented now), FactorStepUp (the session was elevated by an
+	// earlier code), or none when the policy did not ask. The gateway adds its own "key".
+	Factors []string
+	// Step is the TOTP time step accepted now, if a TOTP code was.
+	Step int64
+}
+
+// Decide is the gateway's 2FA check for one request by user in app session clientID (the
+// MQTT client id; "" outside a session) for action, with the code the request carried (""
+// if none). It returns nil or a refusal with reason totp_required,
+// totp_enrollment_required, totp_invalid, totp_replayed or locked_out.
+//
+//   - A presented code is always verified, whatever the mode and the action, and never
+//     ignored: a wrong one fails the request even when the session is elevated, and one from
+//     a user without an active enrollment is refused totp_enrollment_required. A six-digit
+//     code is taken for TOTP, anything else for a recovery code. An accepted code elevates
+//     the session for StepUpTTL.
+//   - Without a code: mode off never asks; mode enrolled asks only users who have enrolled;
+//     mode required asks everyone and refuses users who have not enrolled. A user who is
+//     asked is refused locked_out during a lockout (even in an elevated session), passes in
+//     an elevated session, and is told totp_required otherwise.
+//
+// Actions that are not guarded pass without a code even during a lockout: locking a car
+// must keep working while someone hammers the owner's account.
+func (s *Service) Decide(user, clientID, action, code string) (Decision, error) {
+	if err := checkUser(user); err != nil {
+		return Decision{}, err
+	}
+	if code = cleanCode(code); code != "" {
+		o, err := s.verify(user, clientID, action, factorOf(code), code)
+		if err != nil {
+			return Decision{}, err
+		}
+		s.elevate(user, clientID, o.now)
+		return Decision{Factors: []string{o.factor}, Step: o.step}, nil
+	}
+	if !s.guards(action) {
+		return Decision{}, nil
+	}
+	st, err := s.Status(user)
+	if err != nil {
+		return Decision{}, err
+	}
+	if !st.Enrolled && s.policy.Mode != ModeRequired {
+		return Decision{}, nil
+	}
+	if !st.LockedUntil.IsZero() {
+		return Decision{}, refuse(ErrLockedOut, "user %q until %s", user, st.LockedUntil.UTC().Format(time.RFC3339))
+	}
+	if !st.Enrolled {
+		return Decision{}, refuse(ErrEnrollmentRequired, "user %q, action %q", user, truncate(action))
+	}
+	if s.elevated(user, clientID, s.now()) {
+		return Decision{Factors: []string{FactorStepUp}}, nil
+	}
+	return Decision{}, refuse(ErrCodeRequired, "user %q, action %q", user, truncate(action))
+}
+
+// EndSession drops the elevation of one app session; the gateway calls it when the client
+// disconnects.
+func (s *Service) EndSession(user, clientID string) {
+	s.mu.Lock()
+	delete(s.stepUp, session{user, clientID})
+	s.mu.Unlock()
+}
+
+// elevate marks the session elevated until now+StepUpTTL, and now and then sweeps expired
+// elevations so the map stays as small as the set of recently active sessions.
+func (s *Service) elevate(user, clientID string, now time.Time) {
+	if clientID == "" || s.policy.StepUpTTL <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stepUp[session{user, clientID}] = now.Add(s.policy.StepUpTTL)
+	if now.Sub(s.lastSweep) >= s.policy.StepUpTTL {
+		for k, exp := range s.stepUp {
+			if !now.Before(exp) {
+				delete(s.stepUp, k)
+			}
+		}
+		s.lastSweep = now
+	}
+}
+
+// elevated reports whether the session is elevated at now; the elevation ends exactly
+// StepUpTTL after the code was accepted.
+func (s *Service) elevated(user, clientID string, now time.Time) bool {
+	if clientID == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	exp, ok := s.stepUp[session{user, clientID}]
+	return ok && now.Before(exp)
+}
+
+// endUserSessions drops every elevation of user, when the user's secret changes or goes.
+func (s *Service) endUserSessions(user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.stepUp {
+		if k.user == user {
+			delete(s.stepUp, k)
+		}
+	}
+}
