@@ -40,6 +40,7 @@ commands:
   vehicle show VIN                            one car: users, roles, twin
   vehicle assign VIN USER --role ROLE         give USER a role on VIN (owner, driver, valet)
   user add NAME                               create a user; the password is read from stdin
+  user reset-2fa NAME                         remove NAME's TOTP enrollment and lockout (audited)
   audit [--vin VIN] [--user U] [--kind K] [--limit N]
 `
 
@@ -208,6 +209,15 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "user %s added\n", args[2])
+		return nil
+	case "user reset-2fa":
+		if len(args) != 3 {
+			return usageError("user reset-2fa needs one NAME")
+		}
+		if err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+args[2]+"/reset-2fa", nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "two-factor authentication of %s reset; they can enroll again\n", args[2])
 		return nil
 	}
 	if args[0] == "audit" {

@@ -266,7 +266,13 @@ func (r *Router) decide(req request) {
 	}
 	factors := []string{"token"}
 	if r.twofa != nil {
-		f, err := r.twofa.Authorize(req.user, req.session, cmd.Action, ar.TOTP)
+		session := req.session
+		if session == "" {
+			// A broker that does not say which client published gives no session to elevate:
+			// such requests never share a step-up.
+			session = "unidentified-" + cmd.ID
+		}
+		f, err := r.twofa.Authorize(req.user, session, cmd.Action, ar.TOTP)
 		if err != nil {
 			r.refuse(req, ev, cmd, err, true)
 			return

@@ -17,8 +17,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/pquerna/otp/totp"
 
 	"telematics/gateway/audit"
 	"telematics/gateway/httpapi"
@@ -221,8 +224,10 @@ func Run(ctx context.Context, o Options) Summary {
 	}
 
 	var app *phone.App
+	var sess *phone.Session
 	if !s.do("Alice's phone logs in and connects to the broker", func() (string, error) {
-		sess, err := phone.Login(ctx, g.HTTPURL(), "alice", password, "")
+		var err error
+		sess, err = phone.Login(ctx, g.HTTPURL(), "alice", password, "")
 		if err != nil {
 			return "", err
 		}
@@ -237,10 +242,9 @@ func Run(ctx context.Context, o Options) Summary {
 	}
 	defer app.Close()
 
-	send := func(vin string, action protocol.Action, wantStatus string, wantReason protocol.Reason, check func(protocol.Reply) error) (string, error) {
+	send := func(vin string, action protocol.Action, code string, wantStatus string, wantReason protocol.Reason, check func(protocol.Reply) error) (string, error) {
 		var trail []string
-		t0 := time.Now()
-		final, err := app.Send(ctx, phone.Request{VIN: vin, Action: action}, func(r protocol.Reply) {
+		final, err := app.Send(ctx, phone.Request{VIN: vin, Action: action, TOTP: code}, func(r protocol.Reply) {
 			t := r.Status
 			if r.Reason != "" {
 				t += " (" + string(r.Reason) + ")"
@@ -259,7 +263,7 @@ func Run(ctx context.Context, o Options) Summary {
 				return "", err
 			}
 		}
-		return fmt.Sprintf("%v in %d ms", trail, time.Since(t0).Milliseconds()), nil
+		return strings.Join(trail, " → "), nil
 	}
 	lockedIs := func(want bool) func(protocol.Reply) error {
 		return func(r protocol.Reply) error {
@@ -270,14 +274,61 @@ func Run(ctx context.Context, o Options) Summary {
 		}
 	}
 
-	s.do("Alice unlocks her car through the cloud", func() (string, error) {
-		return send(mine, protocol.ActionUnlock, protocol.ReplyExecuted, "", lockedIs(false))
+	s.do("Alice unlocks her car through the cloud (no second factor enrolled yet)", func() (string, error) {
+		return send(mine, protocol.ActionUnlock, "", protocol.ReplyExecuted, "", lockedIs(false))
 	})
 	s.do("Alice locks it again", func() (string, error) {
-		return send(mine, protocol.ActionLock, protocol.ReplyExecuted, "", lockedIs(true))
+		return send(mine, protocol.ActionLock, "", protocol.ReplyExecuted, "", lockedIs(true))
+	})
+
+	var secret string
+	var confirmedAt time.Time
+	if !s.do("Alice enrolls her authenticator app (TOTP, RFC 6238)", func() (string, error) {
+		var e struct {
+			URL    string `json:"otpauth_url"`
+			Secret string `json:"secret"`
+		}
+		if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
+			return "", err
+		}
+		secret = e.Secret
+		s.say("the app shows a QR code of %s", redactSecret(e.URL))
+		confirmedAt = time.Now()
+		code, err := totp.GenerateCode(secret, confirmedAt)
+		if err != nil {
+			return "", err
+		}
+		var c struct {
+			Codes []string `json:"recovery_codes"`
+		}
+		if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/confirm", sess.Token, map[string]string{"code": code}, &c); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("confirmed with the authenticator's first code; %d single-use recovery codes issued", len(c.Codes)), nil
+	}) {
+		return finish()
+	}
+	s.do("Unlock without a code is now refused", func() (string, error) {
+		return send(mine, protocol.ActionUnlock, "", protocol.ReplyRejected, protocol.ReasonTOTPRequired, nil)
+	})
+	s.do("Unlock with the code from her authenticator", func() (string, error) {
+		// The confirmation used the current 30 s step; a code is accepted once, so the
+		// authenticator's next code (±1 step of skew is allowed) authorizes this one.
+		code, err := totp.GenerateCode(secret, confirmedAt.Add(30*time.Second))
+		if err != nil {
+			return "", err
+		}
+		return send(mine, protocol.ActionUnlock, code, protocol.ReplyExecuted, "", lockedIs(false))
+	})
+	s.do("The same code once more is a replay", func() (string, error) {
+		code, _ := totp.GenerateCode(secret, confirmedAt.Add(30*time.Second))
+		return send(mine, protocol.ActionUnlock, code, protocol.ReplyRejected, protocol.ReasonTOTPReplayed, nil)
+	})
+	s.do("Lock again: not a guarded action", func() (string, error) {
+		return send(mine, protocol.ActionLock, "", protocol.ReplyExecuted, "", lockedIs(true))
 	})
 	s.do("Alice tries to unlock a car that is not hers: refused", func() (string, error) {
-		return send(other, protocol.ActionUnlock, protocol.ReplyRejected, protocol.ReasonForbidden, nil)
+		return send(other, protocol.ActionUnlock, "", protocol.ReplyRejected, protocol.ReasonForbidden, nil)
 	})
 	s.do("Every decision is in the gateway's audit log", func() (string, error) {
 		evs, err := g.Audit().Query(auditFilter(mine))
@@ -290,12 +341,39 @@ func Run(ctx context.Context, o Options) Summary {
 				executed++
 			}
 		}
-		if executed != 2 {
-			return "", fmt.Errorf("expected 2 executed results for %s in the audit log, found %d", mine, executed)
+		if executed != 4 {
+			return "", fmt.Errorf("expected 4 executed results for %s in the audit log, found %d", mine, executed)
 		}
-		return fmt.Sprintf("%d records for %s, 2 executed commands", len(evs), mine), nil
+		tfa, err := g.Audit().Query(audit.Filter{User: "alice", Kind: audit.KindTwoFactor})
+		if err != nil {
+			return "", err
+		}
+		all, err := g.Audit().Query(audit.Filter{Limit: 100000})
+		if err != nil {
+			return "", err
+		}
+		for _, e := range all {
+			b, _ := json.Marshal(e)
+			if strings.Contains(string(b), secret) || strings.Contains(string(b), password) {
+				return "", fmt.Errorf("audit record %d contains a secret", e.Seq)
+			}
+		}
+		return fmt.Sprintf("%d records for %s (4 executed commands), %d 2FA events for alice; no code or secret in any", len(evs), mine, len(tfa)), nil
 	})
 	return finish()
+}
+
+// redactSecret hides the secret parameter of an otpauth URL.
+func redactSecret(u string) string {
+	i := strings.Index(u, "secret=")
+	if i < 0 {
+		return u
+	}
+	j := strings.IndexByte(u[i:], '&')
+	if j < 0 {
+		return u[:i] + "secret=…"
+	}
+	return u[:i] + "secret=…" + u[i+j:]
 }
 
 func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) error {

@@ -2,8 +2,8 @@ package server
 
 import (
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"telematics/gateway/twofa"
 )
 
 // Config is every setting of `gateway serve`. Order of precedence: DefaultConfig, then the
@@ -42,6 +44,10 @@ type Config struct {
 
 	Commands CommandsConfig `yaml:"commands"`
 	Broker   BrokerConfig   `yaml:"broker"`
+	TwoFA    twofa.Policy   `yaml:"twofa"`
+	// TwoFAKeyFile holds the AES-256 key that seals TOTP secrets at rest (base64, 0600; made
+	// on first start). GATEWAY_TWOFA_KEY (base64) replaces the file.
+	TwoFAKeyFile string `yaml:"twofa_key_file" env:"GATEWAY_TWOFA_KEY_FILE"`
 }
 
 // CommandsConfig tunes the command path.
@@ -55,11 +61,11 @@ type CommandsConfig struct {
 
 // BrokerConfig tunes the embedded broker.
 type BrokerConfig struct {
-	MaxPacketBytes         int   `yaml:"max_packet_bytes" env:"GATEWAY_BROKER_MAX_PACKET_BYTES"`
-	MaxTopicBytes          int   `yaml:"max_topic_bytes" env:"GATEWAY_BROKER_MAX_TOPIC_BYTES"`
-	MaxConnsPerIdentity    int   `yaml:"max_conns_per_identity" env:"GATEWAY_BROKER_MAX_CONNS_PER_IDENTITY"`
-	MaxClientWritesPending int   `yaml:"max_client_writes_pending" env:"GATEWAY_BROKER_MAX_CLIENT_WRITES_PENDING"`
-	MaxClients             int   `yaml:"max_clients" env:"GATEWAY_BROKER_MAX_CLIENTS"`
+	MaxPacketBytes         int `yaml:"max_packet_bytes" env:"GATEWAY_BROKER_MAX_PACKET_BYTES"`
+	MaxTopicBytes          int `yaml:"max_topic_bytes" env:"GATEWAY_BROKER_MAX_TOPIC_BYTES"`
+	MaxConnsPerIdentity    int `yaml:"max_conns_per_identity" env:"GATEWAY_BROKER_MAX_CONNS_PER_IDENTITY"`
+	MaxClientWritesPending int `yaml:"max_client_writes_pending" env:"GATEWAY_BROKER_MAX_CLIENT_WRITES_PENDING"`
+	MaxClients             int `yaml:"max_clients" env:"GATEWAY_BROKER_MAX_CLIENTS"`
 }
 
 // DefaultConfig returns the defaults documented in configs/gateway.yaml.
@@ -86,6 +92,7 @@ func DefaultConfig() Config {
 			MaxClientWritesPending: 1024,
 			MaxClients:             0,
 		},
+		TwoFA: twofa.DefaultPolicy(),
 	}
 }
 
@@ -237,6 +244,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Broker.MaxClientWritesPending < 16 {
 		bad("broker.max_client_writes_pending", "must be at least 16")
+	}
+	if err := c.TwoFA.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

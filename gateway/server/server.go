@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"telematics/gateway/commands"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/store"
+	"telematics/gateway/twofa"
 	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
@@ -51,6 +53,7 @@ type Gateway struct {
 	broker *broker.Broker // nil with an external broker
 	bus    mqttc.Client
 	router *commands.Router
+	twofa  *twofa.Service
 	api    *httpapi.API
 
 	adminToken string
@@ -112,7 +115,10 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	rcfg.RateBurst = cfg.Commands.RateBurst
 	rcfg.ResultGrace = cfg.Commands.ResultGrace
 	rcfg.TwinFlushInterval = cfg.Commands.TwinFlushInterval
-	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.signer, nil, g.now, g.log); err != nil {
+	if g.twofa, err = g.openTwoFA(); err != nil {
+		return nil, err
+	}
+	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.signer, secondFactor{g.twofa}, g.now, g.log); err != nil {
 		return nil, err
 	}
 	if err := g.router.Subscribe(ctx); err != nil {
@@ -128,7 +134,10 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Now: g.now, Log: g.log,
 		Ready: g.ready, BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
+		Guard: httpapi.TwoFactorGuard{Svc: g.twofa},
 	}
+	verifier := token.NewVerifier(g.now, g.signer.Public())
+	g.api.Extra = func(mux *http.ServeMux) { g.api.TwoFactorRoutes(mux, g.twofa, verifier) }
 	if g.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}

@@ -58,6 +58,9 @@ func Open(path string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open gateway store %q: %w", path, err)
 	}
+	// Concurrent writers share a commit (db.Batch); the default 10 ms wait for company would
+	// dominate a command's latency, while 2 ms still gathers a busy gateway's writes.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketVehicles, bucketTwin, bucketCmdIDs} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {

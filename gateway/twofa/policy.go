@@ -34,19 +34,19 @@ const DefaultIssuer = "Telematics Gateway"
 // Policy says which actions need a second factor and how brute force is stopped. The yaml
 // tags are the keys under the gateway configuration's "twofa" section.
 type Policy struct {
-	Mode Mode `yaml:"mode"`
+	Mode Mode `yaml:"mode" env:"GATEWAY_TWOFA_MODE"`
 	// Actions need a second factor: protocol actions and ActionKey*.
 	Actions []string `yaml:"actions"`
 	// StepUpTTL is how long a session stays elevated after a code was accepted in it; 0 asks
 	// for a code on every guarded action.
-	StepUpTTL         time.Duration `yaml:"step_up_ttl"`
-	LoginRequiresTOTP bool          `yaml:"login_requires_totp"`
+	StepUpTTL         time.Duration `yaml:"step_up_ttl" env:"GATEWAY_TWOFA_STEP_UP_TTL"`
+	LoginRequiresTOTP bool          `yaml:"login_requires_totp" env:"GATEWAY_TWOFA_LOGIN_REQUIRES_TOTP"`
 	// MaxFailures failures within FailureWindow lock the user out for LockoutDuration.
-	MaxFailures     int           `yaml:"max_failures"`
-	FailureWindow   time.Duration `yaml:"failure_window"`
-	LockoutDuration time.Duration `yaml:"lockout_duration"`
+	MaxFailures     int           `yaml:"max_failures" env:"GATEWAY_TWOFA_MAX_FAILURES"`
+	FailureWindow   time.Duration `yaml:"failure_window" env:"GATEWAY_TWOFA_FAILURE_WINDOW"`
+	LockoutDuration time.Duration `yaml:"lockout_duration" env:"GATEWAY_TWOFA_LOCKOUT_DURATION"`
 	// Issuer is shown by authenticator apps.
-	Issuer string `yaml:"issuer"`
+	Issuer string `yaml:"issuer" env:"GATEWAY_TWOFA_ISSUER"`
 }
 
 // DefaultPolicy: mode enrolled; unlock, open_trunk, remote_start and key changes guarded;

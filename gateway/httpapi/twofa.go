@@ -1,0 +1,130 @@
+package httpapi
+
+import (
+	"encoding/base64"
+	"net/http"
+	"time"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/twofa"
+	"telematics/pkg/protocol"
+	"telematics/pkg/token"
+)
+
+// TwoFactorRoutes registers the app's 2FA endpoints (bearer app token) and the admin reset.
+//
+//	GET  /v1/2fa            status: enrolled, pending, recovery codes left, locked until
+//	POST /v1/2fa/enroll     {"proof": CODE?} → {"otpauth_url", "secret", "qr_png"}; proof (a
+//	                        current code or a recovery code) is needed to replace an active one
+//	POST /v1/2fa/confirm    {"code": CODE} → {"recovery_codes": [10]}, shown once
+//	POST /v1/2fa/disable    {"code": CODE}
+//	POST /v1/admin/users/{user}/reset-2fa   (admin) removes the enrollment and any lockout
+func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token.Verifier) {
+	app := func(h func(w http.ResponseWriter, r *http.Request, user string)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			c, err := a.BearerClaims(r, verifier)
+			if err != nil {
+				Fail(w, a.Log, err)
+				return
+			}
+			h(w, r, c.Subject)
+		}
+	}
+	type codeBody struct {
+		Code  string `json:"code"`
+		Proof string `json:"proof"`
+	}
+	mux.HandleFunc("GET /v1/2fa", app(func(w http.ResponseWriter, r *http.Request, user string) {
+		st, err := svc.Status(user)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		out := map[string]any{"enrolled": st.Enrolled, "pending": st.Pending, "recovery_codes_left": st.RecoveryCodesLeft,
+			"mode": svc.Policy().Mode}
+		if !st.LockedUntil.IsZero() {
+			out["locked_until"] = st.LockedUntil.UTC().Format(time.RFC3339)
+		}
+		writeJSON(w, http.StatusOK, out)
+	}))
+	mux.HandleFunc("POST /v1/2fa/enroll", app(func(w http.ResponseWriter, r *http.Request, user string) {
+		var b codeBody
+		if r.ContentLength != 0 {
+			if err := DecodeBody(r, &b); err != nil {
+				Fail(w, a.Log, err)
+				return
+			}
+		}
+		e, err := svc.Enroll(user, clientIP(r), b.Proof)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"otpauth_url": e.URL, "secret": e.Secret,
+			"qr_png": base64.StdEncoding.EncodeToString(e.PNG)})
+	}))
+	mux.HandleFunc("POST /v1/2fa/confirm", app(func(w http.ResponseWriter, r *http.Request, user string) {
+		var b codeBody
+		if err := DecodeBody(r, &b); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		codes, err := svc.Confirm(user, clientIP(r), b.Code)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"recovery_codes": codes})
+	}))
+	mux.HandleFunc("POST /v1/2fa/disable", app(func(w http.ResponseWriter, r *http.Request, user string) {
+		var b codeBody
+		if err := DecodeBody(r, &b); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		if err := svc.Disable(user, clientIP(r), b.Code); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]bool{"enrolled": false})
+	}))
+	mux.Handle("POST /v1/admin/users/{user}/reset-2fa", a.admin(func(w http.ResponseWriter, r *http.Request) {
+		user := r.PathValue("user")
+		if !protocol.ValidUser(user) {
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "not a user name")
+			return
+		}
+		if _, err := a.Store.GetUser(user); err != nil {
+			Error(w, http.StatusNotFound, protocol.ReasonBadRequest, "no user "+user)
+			return
+		}
+		if err := svc.Reset(user, "admin@"+clientIP(r)); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		if err := svc.ClearLockout(user, "admin@"+clientIP(r)); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: user, ClientID: clientIP(r), Outcome: "reset_2fa"})
+		writeJSON(w, http.StatusOK, map[string]any{"user": user, "enrolled": false})
+	}))
+}
+
+// TwoFactorGuard adapts the 2FA service to password login: lockout before the password is
+// checked, password failures counted, and a code when the policy asks for one at login.
+type TwoFactorGuard struct{ Svc *twofa.Service }
+
+// BeforeLogin refuses a locked-out user without checking the password.
+func (g TwoFactorGuard) BeforeLogin(user string) error { return g.Svc.CheckLocked(user) }
+
+// PasswordFailed counts a wrong password.
+func (g TwoFactorGuard) PasswordFailed(user, session string) {
+	_ = g.Svc.RecordFailure(user, session, twofa.FactorPassword)
+}
+
+// AfterPassword asks for the code the login policy needs.
+func (g TwoFactorGuard) AfterPassword(user, session, code string) error {
+	_, err := g.Svc.Decide(user, session, twofa.ActionLogin, code)
+	return err
+}
