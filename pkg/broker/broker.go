@@ -1,0 +1,192 @@
+// Package broker is the project's MQTT broker: mochi-mqtt v2 with token authentication
+// (AuthHook), the per-identity topic ACL of DESIGN.md (ACL, ACLHook), and listeners that keep
+// accepting after an error such as running out of descriptors. The gateway embeds it and talks
+// to it through mochi's inline client (Server); cmd broker/ runs it on its own.
+package broker
+
+import (
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"telematics/pkg/token"
+)
+
+// ErrClosed is returned by Start after Close.
+var ErrClosed = errors.New("broker closed")
+
+// Listener ids, as they appear in mochi's logs and in mochi.Client.Net.Listener.
+const (
+	ListenerTCP = "tcp"
+	ListenerWS  = "ws"
+)
+
+// Broker is a configured mochi server with the project's hooks and listeners.
+type Broker struct {
+	cfg    Config
+	log    *slog.Logger
+	server *mqtt.Server
+	auth   *AuthHook
+	tcp    *tcpListener // nil when MQTTAddr is empty
+	ws     *wsListener  // nil when WSAddr is empty
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+}
+
+// New builds a broker that trusts tokens signed by any of keys. It binds nothing until Start.
+func New(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger) (*Broker, error) {
+	return newBroker(cfg, keys, logger, time.Now)
+}
+
+func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now func() time.Time) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid broker configuration:\n%w", err)
+	}
+	if len(keys) == 0 {
+		return nil, ErrNoGatewayKey
+	}
+	for i, k := range keys {
+		if k == nil {
+			return nil, fmt.Errorf("gateway key %d is nil", i)
+		}
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+
+	server := mqtt.New(&mqtt.Options{
+		Capabilities: capabilities(cfg),
+		Logger:       slog.New(redactPackets(logger.Handler())),
+		InlineClient: true, // the embedded gateway publishes and subscribes through it
+	})
+	b := &Broker{cfg: cfg, log: logger, server: server}
+	auth, err := AddHooks(server, cfg, keys, now)
+	if err != nil {
+		return nil, err
+	}
+	b.auth = auth
+	if cfg.MQTTAddr != "" {
+		b.tcp = newTCPListener(ListenerTCP, cfg.MQTTAddr, cfg.ConnectTimeout)
+	}
+	if cfg.WSAddr != "" {
+		b.ws = newWSListener(ListenerWS, cfg.WSAddr, cfg.ConnectTimeout, cfg.MaxPacketBytes)
+	}
+	return b, nil
+}
+
+// capabilities starts from mochi's defaults (a partial Capabilities struct admits no client)
+// and sets what the fleet needs.
+func capabilities(cfg Config) *mqtt.Capabilities {
+	c := mqtt.NewDefaultServerCapabilities()
+	c.MaximumPacketSize = uint32(cfg.MaxPacketBytes)
+	c.MaximumClientWritesPending = int32(cfg.MaxClientWritesPending)
+	c.MaximumSessionExpiryInterval = uint32(cfg.SessionExpiry / time.Second)
+	if cfg.MaxClients > 0 {
+		c.MaximumClients = int64(cfg.MaxClients)
+	} else {
+		c.MaximumClients = math.MaxInt64
+	}
+	// mochi deletes every retained message older than this (default one day); the retained
+	// whitelist on v/{vin}/keys must stay until the gateway replaces it.
+	c.MaximumMessageExpiryInterval = 0
+	// mochi checks the ACL on a publish's topic before resolving a topic alias, so an
+	// aliased publish would be checked against the wrong (empty) topic. With no aliases
+	// granted, MQTT 5 clients send full topic names.
+	c.TopicAliasMaximum = 0
+	return c
+}
+
+// AddHooks registers the project's hooks on server: the AuthHook (token authentication) and
+// the ACLHook (topic policy), with cfg's limits and the clock now (nil means time.Now). It
+// returns the AuthHook, which knows each connected client's Identity. Packet size is bounded
+// by the server's Capabilities.MaximumPacketSize, not by a hook.
+func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, now func() time.Time) (*AuthHook, error) {
+	if now == nil {
+		now = time.Now
+	}
+	acl := ACL{MaxTopicBytes: cfg.MaxTopicBytes, Now: now}
+	auth := NewAuthHook(token.NewVerifier(now, keys...), acl, cfg.MaxConnsPerIdentity)
+	if err := server.AddHook(auth, nil); err != nil {
+		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	if err := server.AddHook(NewACLHook(acl, auth), nil); err != nil {
+		return nil, fmt.Errorf("add acl hook: %w", err)
+	}
+	return auth, nil
+}
+
+// Start binds the listeners and starts serving. MQTTAddr and WSAddr then report the bound
+// addresses.
+func (b *Broker) Start() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return ErrClosed
+	case b.started:
+		return errors.New("broker already started")
+	}
+	b.started = true
+	if b.tcp != nil {
+		if err := b.server.AddListener(b.tcp); err != nil {
+			return fmt.Errorf("listen for MQTT on %s: %w", b.cfg.MQTTAddr, err)
+		}
+	}
+	if b.ws != nil {
+		if err := b.server.AddListener(b.ws); err != nil {
+			return fmt.Errorf("listen for MQTT over WebSocket on %s: %w", b.cfg.WSAddr, err)
+		}
+	}
+	if err := b.server.Serve(); err != nil {
+		return fmt.Errorf("start mqtt server: %w", err)
+	}
+	b.log.Info("broker started", "mqtt_addr", b.MQTTAddr(), "ws_addr", b.WSAddr())
+	return nil
+}
+
+// MQTTAddr is the TCP listener's address (the bound one after Start), or "" if disabled.
+func (b *Broker) MQTTAddr() string {
+	if b.tcp == nil {
+		return ""
+	}
+	return b.tcp.Address()
+}
+
+// WSAddr is the WebSocket listener's address (the bound one after Start), or "" if disabled.
+func (b *Broker) WSAddr() string {
+	if b.ws == nil {
+		return ""
+	}
+	return b.ws.Address()
+}
+
+// Server is the mochi server, for the embedded gateway's inline client (Publish, Subscribe).
+// Inline publishes bypass the ACL: the gateway is trusted.
+func (b *Broker) Server() *mqtt.Server { return b.server }
+
+// Auth is the authentication hook, which knows who each connected client is.
+func (b *Broker) Auth() *AuthHook { return b.auth }
+
+// Close stops the listeners, disconnects every client and waits for the goroutines the
+// broker started. It is idempotent.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	// mochi closes the listeners (each disconnects its clients and waits for them), then
+	// stops its event loop and the hooks. It must run once: it closes a channel.
+	err := b.server.Close()
+	b.log.Info("broker stopped")
+	return err
+}

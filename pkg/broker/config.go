@@ -1,0 +1,274 @@
+package broker
+
+import (
+	"crypto/ecdsa"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+)
+
+// Config is the broker's configuration. The standalone binary reads it with LoadConfig
+// (defaults, then the YAML file, then the environment, then flags); the gateway embeds a broker
+// with a Config of its own. The YAML keys are the field tags:
+//
+//	mqtt_addr: "127.0.0.1:1883"      # MQTT over TCP; "" disables it
+//	ws_addr: "127.0.0.1:1882"        # MQTT over WebSocket; "" disables it
+//	gateway_pubkeys: [gateway.pub]   # PEM public keys whose tokens are trusted (standalone only)
+//	max_packet_bytes: 65536          # largest MQTT packet accepted, CONNECT included
+//	max_topic_bytes: 256             # longer topics and filters are denied
+//	max_conns_per_identity: 4        # live sessions per app user
+//	max_client_writes_pending: 1024  # outbound queue per client, in packets
+//	max_clients: 0                   # connected clients; 0 means no limit
+//	connect_timeout: 10s             # time a new connection has to send CONNECT
+//	session_expiry: 1h               # how long a disconnected persistent session is kept
+type Config struct {
+	MQTTAddr       string   `yaml:"mqtt_addr"`
+	WSAddr         string   `yaml:"ws_addr"`
+	GatewayPubKeys []string `yaml:"gateway_pubkeys"`
+
+	// MaxPacketBytes bounds every packet a client sends, checked on the fixed header before
+	// anything is allocated, so an unauthenticated client cannot make the broker allocate
+	// more. It is larger than protocol.MaxPayloadBytes so that an oversized message reaches
+	// the gateway and is answered with bad_request instead of a dropped connection.
+	MaxPacketBytes int `yaml:"max_packet_bytes"`
+	// MaxTopicBytes bounds topic names and subscription filters.
+	MaxTopicBytes int `yaml:"max_topic_bytes"`
+	// MaxConnsPerIdentity bounds the live sessions of one app user (a user with several
+	// phones, or one reconnecting). A vehicle has exactly one session: its client id is its
+	// VIN, and a second connect takes the first over.
+	MaxConnsPerIdentity int `yaml:"max_conns_per_identity"`
+	// MaxClientWritesPending is the outbound queue of each client. mochi allocates it per
+	// connection (its default 8192 is what makes an idle connection cost about 80 KB) and
+	// drops deliveries, QoS 1 included, when it is full. The gateway's own subscriber is the
+	// inline client, which has no such queue.
+	MaxClientWritesPending int `yaml:"max_client_writes_pending"`
+	// MaxClients bounds the connected clients; 0 means no limit.
+	MaxClients int `yaml:"max_clients"`
+	// ConnectTimeout is how long a new connection may take to send its CONNECT packet; it
+	// stops idle sockets from holding descriptors. Afterwards the client's keepalive applies.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// SessionExpiry is how long the broker keeps the session (subscriptions) of a
+	// disconnected client that asked for a persistent one. Nothing is delivered to a session
+	// while its client is away (see ACLHook).
+	SessionExpiry time.Duration `yaml:"session_expiry"`
+}
+
+// Defaults.
+const (
+	DefaultMQTTAddr               = "127.0.0.1:1883"
+	DefaultWSAddr                 = "127.0.0.1:1882"
+	DefaultMaxPacketBytes         = 64 * 1024
+	DefaultMaxTopicBytes          = 256
+	DefaultMaxConnsPerIdentity    = 4
+	DefaultMaxClientWritesPending = 1024
+	DefaultConnectTimeout         = 10 * time.Second
+	DefaultSessionExpiry          = time.Hour
+)
+
+// Environment variables read by LoadConfig. BROKER_GATEWAY_PUBKEY takes a comma-separated list
+// of PEM files. Set to the empty string, BROKER_MQTT_ADDR or BROKER_WS_ADDR disable a listener.
+const (
+	EnvMQTTAddr      = "BROKER_MQTT_ADDR"
+	EnvWSAddr        = "BROKER_WS_ADDR"
+	EnvGatewayPubKey = "BROKER_GATEWAY_PUBKEY"
+)
+
+// minTopicBytes is the longest topic of the contract: an app reply topic of the longest user
+// name. A smaller MaxTopicBytes would lock legitimate clients out.
+var minTopicBytes = len(protocol.AppTopic(strings.Repeat("u", 64), protocol.SuffixReply))
+
+// maxMQTTPacketBytes is the largest packet MQTT can describe (a 4-byte remaining length).
+const maxMQTTPacketBytes = 268_435_455
+
+// ErrNoGatewayKey means the standalone broker was given no gateway public key: without one it
+// could admit nobody.
+var ErrNoGatewayKey = errors.New("no gateway public key: give --gateway-pubkey FILE (the PEM " +
+	"public key the gateway writes to its data directory), " + EnvGatewayPubKey + " or gateway_pubkeys in the config file")
+
+// DefaultConfig returns the configuration used when nothing is set.
+func DefaultConfig() Config {
+	return Config{
+		MQTTAddr:               DefaultMQTTAddr,
+		WSAddr:                 DefaultWSAddr,
+		MaxPacketBytes:         DefaultMaxPacketBytes,
+		MaxTopicBytes:          DefaultMaxTopicBytes,
+		MaxConnsPerIdentity:    DefaultMaxConnsPerIdentity,
+		MaxClientWritesPending: DefaultMaxClientWritesPending,
+		ConnectTimeout:         DefaultConnectTimeout,
+		SessionExpiry:          DefaultSessionExpiry,
+	}
+}
+
+// Validate reports every problem of c at once, each naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(key, addr string) {
+		if addr == "" {
+			return
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "%q is not host:port: %v", addr, err)
+		} else if port == "" {
+			bad(key, "%q has no port", addr)
+		}
+	}
+	checkAddr("mqtt_addr", c.MQTTAddr)
+	checkAddr("ws_addr", c.WSAddr)
+	if c.MQTTAddr != "" && c.MQTTAddr == c.WSAddr && !strings.HasSuffix(c.MQTTAddr, ":0") {
+		bad("ws_addr", "%q is also mqtt_addr", c.WSAddr)
+	}
+	for i, p := range c.GatewayPubKeys {
+		if strings.TrimSpace(p) == "" {
+			bad("gateway_pubkeys", "entry %d is empty", i)
+		}
+	}
+	if c.MaxPacketBytes < protocol.MaxPayloadBytes || c.MaxPacketBytes > maxMQTTPacketBytes {
+		bad("max_packet_bytes", "%d is outside [%d, %d]: every message of the protocol must fit",
+			c.MaxPacketBytes, protocol.MaxPayloadBytes, maxMQTTPacketBytes)
+	}
+	if c.MaxTopicBytes < minTopicBytes || c.MaxTopicBytes > math.MaxUint16 {
+		bad("max_topic_bytes", "%d is outside [%d, %d]: every topic of the protocol must fit",
+			c.MaxTopicBytes, minTopicBytes, math.MaxUint16)
+	}
+	if c.MaxConnsPerIdentity < 1 {
+		bad("max_conns_per_identity", "%d must be at least 1", c.MaxConnsPerIdentity)
+	}
+	if c.MaxClientWritesPending < 1 || c.MaxClientWritesPending > math.MaxInt32 {
+		bad("max_client_writes_pending", "%d must be at least 1", c.MaxClientWritesPending)
+	}
+	if c.MaxClients < 0 {
+		bad("max_clients", "%d must be 0 (no limit) or more", c.MaxClients)
+	}
+	if c.ConnectTimeout <= 0 {
+		bad("connect_timeout", "%s must be positive", c.ConnectTimeout)
+	}
+	if c.SessionExpiry < 0 || c.SessionExpiry > math.MaxUint32*time.Second {
+		bad("session_expiry", "%s must be between 0 and %d seconds", c.SessionExpiry, uint32(math.MaxUint32))
+	}
+	return errors.Join(errs...)
+}
+
+// stringList is a flag that may be given several times.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+
+func (s *stringList) Set(v string) error {
+	*s = append(*s, v)
+	return nil
+}
+
+// LoadConfig builds the standalone broker's configuration from its command line: the
+// defaults, then the YAML file named by --config, then the environment (lookupEnv, normally
+// os.LookupEnv), then the flags --mqtt-addr, --ws-addr and --gateway-pubkey (repeatable). It
+// returns flag.ErrHelp for -h, and a validated Config that names at least one gateway key,
+// else ErrNoGatewayKey. Usage and flag errors are written to output.
+func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+	fs.SetOutput(output)
+	var (
+		configPath = fs.String("config", "", "YAML configuration `file` (optional)")
+		mqttAddr   = fs.String("mqtt-addr", DefaultMQTTAddr, "MQTT over TCP listen `address`; empty disables it")
+		wsAddr     = fs.String("ws-addr", DefaultWSAddr, "MQTT over WebSocket listen `address`; empty disables it")
+		pubKeys    stringList
+	)
+	fs.Var(&pubKeys, "gateway-pubkey", "PEM public key `file` of the gateway whose tokens are trusted; repeat it during a key rotation")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+
+	cfg := DefaultConfig()
+	if *configPath != "" {
+		if err := readYAML(*configPath, &cfg); err != nil {
+			return Config{}, err
+		}
+	}
+	if lookupEnv == nil {
+		lookupEnv = func(string) (string, bool) { return "", false }
+	}
+	if v, ok := lookupEnv(EnvMQTTAddr); ok {
+		cfg.MQTTAddr = v
+	}
+	if v, ok := lookupEnv(EnvWSAddr); ok {
+		cfg.WSAddr = v
+	}
+	if v, ok := lookupEnv(EnvGatewayPubKey); ok {
+		cfg.GatewayPubKeys = splitList(v)
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "mqtt-addr":
+			cfg.MQTTAddr = *mqttAddr
+		case "ws-addr":
+			cfg.WSAddr = *wsAddr
+		case "gateway-pubkey":
+			cfg.GatewayPubKeys = pubKeys
+		}
+	})
+
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invalid broker configuration:\n%w", err)
+	}
+	if len(cfg.GatewayPubKeys) == 0 {
+		return Config{}, ErrNoGatewayKey
+	}
+	return cfg, nil
+}
+
+func readYAML(path string, cfg *Config) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true) // a misspelt key is an error, not a silently ignored setting
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %q: %w", path, err)
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// LoadKeys reads the gateway's PEM public keys (sign.PublicPEM format). It returns
+// ErrNoGatewayKey when paths is empty.
+func LoadKeys(paths []string) ([]*ecdsa.PublicKey, error) {
+	if len(paths) == 0 {
+		return nil, ErrNoGatewayKey
+	}
+	keys := make([]*ecdsa.PublicKey, 0, len(paths))
+	for _, p := range paths {
+		k, err := sign.LoadPublicPEM(p)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}

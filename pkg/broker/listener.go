@@ -1,0 +1,352 @@
+package broker
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// Accept backoff after an error such as EMFILE (out of file descriptors): the same bounds as
+// net/http's server.
+const (
+	minAcceptBackoff = 5 * time.Millisecond
+	maxAcceptBackoff = time.Second
+)
+
+// retryListener is a net.Listener whose Accept survives errors: it logs, backs off and tries
+// again, so a broker out of descriptors accepts again once some are free. mochi's own TCP
+// listener stops for good on its first accept error. Accept returns an error only once the
+// listener is closed.
+type retryListener struct {
+	net.Listener
+	log       *slog.Logger
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newRetryListener(ln net.Listener, log *slog.Logger) *retryListener {
+	return &retryListener{Listener: ln, log: log, done: make(chan struct{})}
+}
+
+func (l *retryListener) Accept() (net.Conn, error) {
+	var backoff time.Duration
+	for {
+		conn, err := l.Listener.Accept()
+		if err == nil {
+			return conn, nil
+		}
+		select {
+		case <-l.done:
+			return nil, net.ErrClosed
+		default:
+		}
+		if errors.Is(err, net.ErrClosed) {
+			l.log.Error("listener closed unexpectedly", "addr", l.Addr().String(), "error", err)
+			return nil, err
+		}
+		backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
+		l.log.Warn("accept failed; retrying", "addr", l.Addr().String(), "error", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-l.done:
+			t.Stop()
+			return nil, net.ErrClosed
+		case <-t.C:
+		}
+	}
+}
+
+func (l *retryListener) Close() error {
+	err := net.ErrClosed
+	l.closeOnce.Do(func() {
+		close(l.done)
+		err = l.Listener.Close()
+	})
+	return err
+}
+
+// connSet tracks the connections a listener has handed to mochi and the goroutines serving
+// them, so that Close can end connections mochi does not know yet (still before CONNECT) and
+// wait for every goroutine.
+type connSet struct {
+	mu      sync.Mutex
+	closing bool
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
+}
+
+// add registers a goroutine (and conn, if not nil); false once the set is closing.
+func (s *connSet) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	if c != nil {
+		if s.conns == nil {
+			s.conns = map[net.Conn]struct{}{}
+		}
+		s.conns[c] = struct{}{}
+	}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *connSet) done(c net.Conn) {
+	if c != nil {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		_ = c.Close()
+	}
+	s.wg.Done()
+}
+
+// close closes every tracked connection and waits for every goroutine.
+func (s *connSet) close() {
+	s.mu.Lock()
+	s.closing = true
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// tcpListener is a mochi listeners.Listener for MQTT over TCP built on retryListener. Go
+// enables TCP keepalive on accepted connections, which finds dead peers of clients that
+// asked for no MQTT keepalive.
+type tcpListener struct {
+	id             string
+	addr           string
+	connectTimeout time.Duration
+	listen         func(network, addr string) (net.Listener, error)
+
+	log   *slog.Logger
+	ln    *retryListener
+	conns connSet
+}
+
+var _ listeners.Listener = (*tcpListener)(nil)
+
+func newTCPListener(id, addr string, connectTimeout time.Duration) *tcpListener {
+	return &tcpListener{id: id, addr: addr, connectTimeout: connectTimeout, listen: net.Listen}
+}
+
+func (l *tcpListener) ID() string       { return l.id }
+func (l *tcpListener) Protocol() string { return "tcp" }
+
+// Address is the bound address once Init has run.
+func (l *tcpListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.addr
+}
+
+// Init binds the address.
+func (l *tcpListener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := l.listen("tcp", l.addr)
+	if err != nil {
+		return err
+	}
+	l.ln = newRetryListener(ln, log)
+	return nil
+}
+
+// Serve accepts connections until Close and hands each to mochi on its own goroutine.
+func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+	if !l.conns.add(nil) {
+		return
+	}
+	defer l.conns.done(nil)
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		if !l.conns.add(conn) {
+			_ = conn.Close()
+			return
+		}
+		go func() {
+			defer l.conns.done(conn)
+			// mochi reads CONNECT without a deadline; ours bounds it, and mochi replaces it
+			// with the keepalive deadline once the client is admitted.
+			_ = conn.SetDeadline(time.Now().Add(l.connectTimeout))
+			if err := establish(l.id, conn); err != nil {
+				l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+			}
+		}()
+	}
+}
+
+// Close stops accepting, disconnects this listener's clients and waits for their goroutines.
+func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+	if l.ln != nil {
+		_ = l.ln.Close()
+	}
+	closeClients(l.id)
+	l.conns.close()
+}
+
+// wsListener is a mochi listeners.Listener for MQTT over WebSocket (subprotocol "mqtt").
+// mochi's own does not report the address it bound, which tests on port 0 need.
+type wsListener struct {
+	id             string
+	addr           string
+	connectTimeout time.Duration
+	readLimit      int64
+
+	log       *slog.Logger
+	ln        *retryListener
+	srv       *http.Server
+	upgrader  websocket.Upgrader
+	establish listeners.EstablishFn
+	conns     connSet
+}
+
+var _ listeners.Listener = (*wsListener)(nil)
+
+func newWSListener(id, addr string, connectTimeout time.Duration, maxPacketBytes int) *wsListener {
+	return &wsListener{
+		id:             id,
+		addr:           addr,
+		connectTimeout: connectTimeout,
+		// A WebSocket message may carry several MQTT packets; mochi bounds each packet.
+		readLimit: int64(4 * maxPacketBytes),
+		upgrader: websocket.Upgrader{
+			Subprotocols:     []string{"mqtt"},
+			HandshakeTimeout: connectTimeout,
+			// Any origin: clients authenticate with a token inside CONNECT, never with
+			// cookies a browser would attach for a foreign page.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+	}
+}
+
+func (l *wsListener) ID() string       { return l.id }
+func (l *wsListener) Protocol() string { return "ws" }
+
+// Address is the bound address once Init has run.
+func (l *wsListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.addr
+}
+
+// Init binds the address.
+func (l *wsListener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		return err
+	}
+	l.ln = newRetryListener(ln, log)
+	l.srv = &http.Server{
+		Handler:           http.HandlerFunc(l.handle),
+		ReadHeaderTimeout: l.connectTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return nil
+}
+
+// Serve runs the HTTP server until Close.
+func (l *wsListener) Serve(establish listeners.EstablishFn) {
+	l.conns.mu.Lock()
+	l.establish = establish
+	l.conns.mu.Unlock()
+	if !l.conns.add(nil) {
+		return
+	}
+	defer l.conns.done(nil)
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		l.log.Error("websocket listener stopped", "error", err)
+	}
+}
+
+func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
+	ws, err := l.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered with an HTTP error
+	}
+	conn := &wsConn{Conn: ws.NetConn(), ws: ws}
+	if !l.conns.add(conn) {
+		_ = conn.Close()
+		return
+	}
+	defer l.conns.done(conn)
+	ws.SetReadLimit(l.readLimit)
+	_ = conn.SetDeadline(time.Now().Add(l.connectTimeout))
+	l.conns.mu.Lock()
+	establish := l.establish
+	l.conns.mu.Unlock()
+	if err := establish(l.id, conn); err != nil {
+		l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+	}
+}
+
+// Close stops the HTTP server, disconnects this listener's clients and waits for them.
+func (l *wsListener) Close(closeClients listeners.CloseFn) {
+	if l.srv != nil {
+		_ = l.srv.Close() // upgraded connections are not the server's but ours
+	}
+	if l.ln != nil {
+		_ = l.ln.Close() // in case Serve never ran
+	}
+	closeClients(l.id)
+	l.conns.close()
+}
+
+// wsConn is a WebSocket connection as the byte stream mochi reads and writes. Deadlines and
+// addresses are the underlying connection's.
+type wsConn struct {
+	net.Conn
+	ws *websocket.Conn
+	r  io.Reader // the message being read, if any
+}
+
+var errTextFrame = errors.New("websocket: MQTT needs binary messages")
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			typ, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if typ != websocket.BinaryMessage {
+				return 0, errTextFrame
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			c.r = nil
+			if n == 0 {
+				continue // next message
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+// Write sends p as one binary message. mochi serialises a client's writes.
+func (c *wsConn) Write(p []byte) (int, error) {
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) Close() error { return c.ws.Close() }

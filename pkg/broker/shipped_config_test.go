@@ -1,0 +1,22 @@
+package broker
+
+import (
+	"io"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+// The shipped configs/broker.yaml must state exactly the defaults.
+func TestShippedConfigMatchesDefaults(t *testing.T) {
+	path := filepath.Join("..", "..", "configs", "broker.yaml")
+	cfg, err := LoadConfig([]string{"--config", path, "--gateway-pubkey", "k.pem"}, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.GatewayPubKeys = []string{"k.pem"}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("configs/broker.yaml differs from DefaultConfig():\n file: %+v\n code: %+v", cfg, want)
+	}
+}
