@@ -33,6 +33,9 @@ type Session struct {
 	ClientIDPrefix string `json:"client_id_prefix"`
 	BrokerURL      string `json:"broker_url"`
 	GatewayKey     string `json:"gateway_key"`
+	// ClientID is this login's MQTT client id ({user}-{random}). The gateway's 2FA step-up is
+	// per session, so every command sent under one login shares it.
+	ClientID string `json:"client_id"`
 }
 
 // APIError is an error answer from the gateway's HTTP API.
@@ -108,6 +111,9 @@ func Login(ctx context.Context, gatewayURL, user, password, totp string) (*Sessi
 		return nil, err
 	}
 	s.Gateway = gatewayURL
+	suffix := make([]byte, 6)
+	_, _ = rand.Read(suffix)
+	s.ClientID = s.ClientIDPrefix + hex.EncodeToString(suffix)
 	return &s, nil
 }
 
@@ -130,11 +136,15 @@ func Connect(ctx context.Context, s *Session, brokerURL string, logger *slog.Log
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	suffix := make([]byte, 6)
-	_, _ = rand.Read(suffix)
+	clientID := s.ClientID
+	if clientID == "" {
+		suffix := make([]byte, 6)
+		_, _ = rand.Read(suffix)
+		clientID = s.ClientIDPrefix + hex.EncodeToString(suffix)
+	}
 	a := &App{sess: s, now: time.Now, waiters: map[string]chan protocol.Reply{}}
 	c, err := mqttc.Dial(ctx, mqttc.Options{
-		BrokerURL: brokerURL, ClientID: s.ClientIDPrefix + hex.EncodeToString(suffix),
+		BrokerURL: brokerURL, ClientID: clientID,
 		Username: s.User, Password: s.Token, Logger: logger,
 	})
 	if err != nil {

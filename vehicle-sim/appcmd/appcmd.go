@@ -34,6 +34,11 @@ commands:
   send VIN ACTION [--totp CODE] [--json] [--broker URL]
                                                send a command; prints each reply until the
                                                terminal one; exit 0 only for "executed"
+  totp enroll [--qr FILE] [--json] [--proof CODE]
+                                               start 2FA enrollment: QR code, otpauth URL, secret
+  totp confirm CODE                            activate it; prints ten single-use recovery codes
+  totp disable CODE                            turn 2FA off (a current code or a recovery code)
+  totp status                                  enrollment and lockout state
 
 actions: lock unlock open_trunk honk flash climate_on climate_off charge_start charge_stop
          remote_start locate
@@ -62,6 +67,8 @@ func Run(ctx context.Context, args []string, env Env) int {
 		return login(ctx, *gateway, *sessionPath, rest[1:], env)
 	case "send":
 		return send(ctx, *sessionPath, rest[1:], env)
+	case "totp":
+		return totpCmd(ctx, *sessionPath, rest[1:], env)
 	}
 	fmt.Fprintf(env.Stderr, "vehicle-sim app: unknown command %q\n\n%s", rest[0], usage)
 	return 2

@@ -1,0 +1,376 @@
+// Package vehicle is the simulated car: it verifies and executes the commands the gateway
+// sends on v/{vin}/cmd, keeps its state, replay cache and telemetry sequence in a bbolt store,
+// and drives around producing telemetry. Car holds the logic without any MQTT; RunFleet
+// connects many cars to a broker.
+package vehicle
+
+import (
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+)
+
+// Authorizer is the step of command verification that checks who asked for the command: the
+// phone's signature on it and the car's own key whitelist (key known, not revoked, within its
+// validity, role allows the action, channel allowed). It runs after the gateway grant and the
+// expiry checks and before the replay check, and returns a *protocol.Refusal (key_unknown,
+// key_revoked, key_expired, signature_invalid, forbidden) to refuse.
+//
+// SEAM (digital keys, a later issue): nothing implements it yet. Until then a Car built
+// without an Authorizer executes any command that carries a valid gateway grant, which is
+// weaker than DESIGN.md's trust model (a stolen gateway key alone must not open a car).
+type Authorizer interface {
+	Authorize(cmd *protocol.Command, cmdEnv protocol.Envelope, grant *protocol.Grant, now time.Time) error
+}
+
+// CarStore is the persistence a Car needs; *Store implements it.
+type CarStore interface {
+	LoadCar(vin string) (CarRecord, bool, error)
+	SaveCar(vin string, rec CarRecord) error
+	Executed(vin, id string) (bool, error)
+	CommitCommand(vin, id string, expiresAtMs, nowMs int64, state State) error
+}
+
+// CarOptions are a car's optional dependencies.
+type CarOptions struct {
+	// Now is the car's clock; time.Now when nil.
+	Now func() time.Time
+	// Logger receives the car's decisions; discarded when nil.
+	Logger *slog.Logger
+	// Authorizer checks phone signature and whitelist; nil until digital keys exist (see
+	// Authorizer).
+	Authorizer Authorizer
+	// Rand drives the motion model; seeded from the VIN and the clock when nil. A Car uses it
+	// only under its own lock.
+	Rand *rand.Rand
+}
+
+// seqBlock is how many telemetry sequence numbers a car reserves with one write: the store
+// holds a high-water mark, and a restarted car continues above it, so seq never repeats even
+// after a crash, at the cost of a gap.
+const seqBlock = 256
+
+// stateSaveInterval is how often a car's motion state is saved while it publishes telemetry;
+// commands save it at once.
+const stateSaveInterval = time.Minute
+
+// Car is one simulated vehicle. Its methods are safe for concurrent use and serialized: a car
+// handles one command (or telemetry tick) at a time, in the order they arrive.
+type Car struct {
+	vin        string
+	gatewayKey *ecdsa.PublicKey
+	store      CarStore
+	now        func() time.Time
+	log        *slog.Logger
+	auth       Authorizer
+
+	mu         sync.Mutex
+	state      State
+	lastMs     int64 // the time state was advanced to
+	seq        uint64
+	seqHigh    uint64
+	lastSaveMs int64
+	rng        *rand.Rand
+}
+
+// NewCar loads the car of creds from store, or creates it parked at its home point. The
+// credentials must carry the gateway's public key: without it the car cannot verify anything.
+func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, error) {
+	if !protocol.ValidVIN(creds.VIN) {
+		return nil, fmt.Errorf("credentials carry a malformed vin %q", creds.VIN)
+	}
+	if creds.GatewayKey == "" {
+		return nil, fmt.Errorf("credentials of %s carry no gateway_key: export them again with `gateway admin vehicle add --json`", creds.VIN)
+	}
+	key, err := sign.DecodePublic(creds.GatewayKey)
+	if err != nil {
+		return nil, fmt.Errorf("gateway_key of %s: %w", creds.VIN, err)
+	}
+	c := &Car{
+		vin:        creds.VIN,
+		gatewayKey: key,
+		store:      store,
+		now:        opts.Now,
+		log:        opts.Logger,
+		auth:       opts.Authorizer,
+		rng:        opts.Rand,
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.log = c.log.With("vin", c.vin)
+	nowMs := c.now().UnixMilli()
+	if c.rng == nil {
+		c.rng = rand.New(rand.NewPCG(vinHash(c.vin), uint64(c.now().UnixNano())))
+	}
+	rec, found, err := store.LoadCar(c.vin)
+	if err != nil {
+		return nil, err
+	}
+	if found {
+		c.state = rec.State
+	} else {
+		c.state = newState(c.vin, nowMs, c.rng)
+	}
+	c.seq, c.seqHigh = rec.SeqHigh, rec.SeqHigh
+	// The time the process was down is not simulated: the car resumes where it stopped.
+	c.lastMs, c.lastSaveMs = nowMs, nowMs
+	return c, nil
+}
+
+// VIN is the car's VIN.
+func (c *Car) VIN() string { return c.vin }
+
+// State returns a copy of the car's current state.
+func (c *Car) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// advanceTo runs the motion model up to nowMs. The caller holds mu.
+func (c *Car) advanceTo(nowMs int64) {
+	c.state.advance(c.lastMs, nowMs, c.rng)
+	if nowMs > c.lastMs {
+		c.lastMs = nowMs
+	}
+}
+
+// HandleCommand verifies and executes one message from v/{vin}/cmd and returns the result to
+// publish on v/{vin}/result. Checks, in order, each refusing with the first reason that applies:
+//
+//  1. the payload is a bounded, well-formed protocol.VehicleCommand (bad_request);
+//  2. the grant verifies with the gateway key from the credentials (signature_invalid);
+//  3. the grant is well-formed (bad_request), names this car and the SHA-256 of the command
+//     document's exact bytes (forbidden);
+//  4. the command document decodes and passes Command.Check (bad_request);
+//  5. the command names this car (forbidden);
+//  6. the command has not expired by the car's clock (expired);
+//  7. its expires_at lies at most protocol.MaxCommandAheadMs ahead (bad_request: the command
+//     asks for a validity the car never grants, so it is malformed rather than stale, and
+//     resending it cannot help; a car whose clock is far behind shows up here too);
+//  8. the grant has not expired (expired);
+//  9. the Authorizer, when set (phone signature, whitelist; see Authorizer);
+//  10. the id is not in the persisted replay cache (duplicate).
+//
+// An executed command's new state and its replay entry are written in one durable transaction
+// before the result is returned, so a result is never published for a command a restarted car
+// would execute again. A storage failure refuses the command with internal and changes nothing.
+func (c *Car) HandleCommand(payload []byte) protocol.Result {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	nowMs := now.UnixMilli()
+	c.advanceTo(nowMs)
+
+	res := protocol.Result{V: protocol.Version, TsMs: nowMs}
+	cmd, err := c.verify(payload, now)
+	if cmd != nil {
+		res.ID = cmd.ID
+	}
+	if err == nil {
+		var next State
+		next, err = c.execute(cmd, nowMs)
+		if err == nil {
+			c.state = next
+			c.lastSaveMs = nowMs
+			res.Status = protocol.ResultExecuted
+			res.State = next.Signals(cmd.Action == protocol.ActionLocate)
+			c.log.Info("command executed", "cmd_id", cmd.ID, "action", cmd.Action)
+			return res
+		}
+	}
+	res.Status = protocol.ResultRejected
+	res.Reason = protocol.ReasonOf(err)
+	if res.Reason == protocol.ReasonInternal {
+		c.log.Error("command failed", "cmd_id", res.ID, "reason", res.Reason, "err", err)
+	} else {
+		c.log.Info("command rejected", "cmd_id", res.ID, "reason", res.Reason, "err", err)
+	}
+	return res
+}
+
+// verify runs checks 1–9 of HandleCommand. The returned command is non-nil as soon as the
+// command document decodes, even when a later check fails, so that the result carries its id;
+// if an earlier check fails, the id is peeked from the unverified document for the same reason
+// (it only labels the refusal).
+func (c *Car) verify(payload []byte, now time.Time) (*protocol.Command, error) {
+	nowMs := now.UnixMilli()
+	var vc protocol.VehicleCommand
+	if err := protocol.Decode(payload, &vc); err != nil {
+		return nil, err
+	}
+	if vc.V != protocol.Version {
+		return peekCommand(vc.Command), protocol.Refuse(protocol.ReasonBadRequest, "unsupported version %d", vc.V)
+	}
+	grantDoc, err := sign.Verify(vc.Grant, c.gatewayKey)
+	if err != nil {
+		return peekCommand(vc.Command), fmt.Errorf("grant: %w", err)
+	}
+	var grant protocol.Grant
+	if err := protocol.Decode(grantDoc, &grant); err != nil {
+		return peekCommand(vc.Command), fmt.Errorf("grant: %w", err)
+	}
+	if grant.V != protocol.Version || grant.ExpiresAtMs <= 0 {
+		return peekCommand(vc.Command), protocol.Refuse(protocol.ReasonBadRequest, "grant: unsupported version or no expires_at")
+	}
+	cmdDoc, err := vc.Command.DocBytes()
+	if err != nil {
+		return nil, fmt.Errorf("command: %w", err)
+	}
+	if grant.VIN != c.vin {
+		return peekCommand(vc.Command), protocol.Refuse(protocol.ReasonForbidden, "grant is for another vehicle")
+	}
+	sum := sha256.Sum256(cmdDoc)
+	if grant.CmdSHA256 != hex.EncodeToString(sum[:]) {
+		return peekCommand(vc.Command), protocol.Refuse(protocol.ReasonForbidden, "grant is for another command")
+	}
+	var cmd protocol.Command
+	if err := protocol.Decode(cmdDoc, &cmd); err != nil {
+		return nil, fmt.Errorf("command: %w", err)
+	}
+	if err := cmd.Check(); err != nil {
+		if !protocol.ValidID(cmd.ID) {
+			return nil, err
+		}
+		return &cmd, err
+	}
+	switch {
+	case cmd.VIN != c.vin:
+		return &cmd, protocol.Refuse(protocol.ReasonForbidden, "command is for another vehicle")
+	case nowMs > cmd.ExpiresAtMs:
+		return &cmd, protocol.Refuse(protocol.ReasonExpired, "command expired %d ms ago", nowMs-cmd.ExpiresAtMs)
+	case cmd.ExpiresAtMs-nowMs > protocol.MaxCommandAheadMs:
+		return &cmd, protocol.Refuse(protocol.ReasonBadRequest, "expires_at is %d ms ahead, at most %d accepted",
+			cmd.ExpiresAtMs-nowMs, protocol.MaxCommandAheadMs)
+	case nowMs > grant.ExpiresAtMs:
+		return &cmd, protocol.Refuse(protocol.ReasonExpired, "grant expired %d ms ago", nowMs-grant.ExpiresAtMs)
+	}
+	if c.auth != nil {
+		if err := c.auth.Authorize(&cmd, vc.Command, &grant, now); err != nil {
+			return &cmd, err
+		}
+	}
+	executed, err := c.store.Executed(c.vin, cmd.ID)
+	if err != nil {
+		return &cmd, fmt.Errorf("replay cache: %w", err)
+	}
+	if executed {
+		return &cmd, protocol.Refuse(protocol.ReasonDuplicate, "command already executed")
+	}
+	return &cmd, nil
+}
+
+// peekCommand decodes an unverified command document only to label a refusal with its id.
+func peekCommand(env protocol.Envelope) *protocol.Command {
+	doc, err := env.DocBytes()
+	if err != nil {
+		return nil
+	}
+	var cmd protocol.Command
+	if protocol.Decode(doc, &cmd) != nil || !protocol.ValidID(cmd.ID) {
+		return nil
+	}
+	return &protocol.Command{ID: cmd.ID}
+}
+
+// execute computes the state cmd leaves the car in and commits it with the replay entry. The
+// car's state is not touched here: the caller adopts the returned state only after the commit.
+func (c *Car) execute(cmd *protocol.Command, nowMs int64) (State, error) {
+	next := c.state
+	switch cmd.Action {
+	case protocol.ActionLock:
+		next.Locked = true
+	case protocol.ActionUnlock:
+		next.Locked = false
+	case protocol.ActionOpenTrunk:
+		// The trunk interlock: no car releases its trunk while it moves.
+		if next.SpeedKmh > 0 {
+			return State{}, protocol.Refuse(protocol.ReasonForbidden, "trunk cannot open while the car moves")
+		}
+		next.TrunkOpen = true
+	case protocol.ActionClimateOn:
+		next.Climate = true
+	case protocol.ActionClimateOff:
+		next.Climate = false
+	case protocol.ActionChargeStart:
+		if next.Driving {
+			// The driver pulls over at a charger; the car plugs in once parked.
+			next.endTrip(nowMs)
+			next.PlugInOnPark = true
+		} else if next.SoCPercent < 100 {
+			next.Charging = true
+		}
+	case protocol.ActionChargeStop:
+		next.Charging = false
+		next.PlugInOnPark = false
+	case protocol.ActionRemoteStart:
+		if !next.Driving {
+			next.Running = true
+			next.Climate = true
+			next.RemoteStartUntilMs = nowMs + remoteStartDuration.Milliseconds()
+		}
+	case protocol.ActionHonk, protocol.ActionFlash, protocol.ActionLocate:
+		// No state change; locate's result carries the position.
+	}
+	if err := c.store.CommitCommand(c.vin, cmd.ID, cmd.ExpiresAtMs, nowMs, next); err != nil {
+		if errors.Is(err, ErrDuplicate) {
+			return State{}, &protocol.Refusal{Reason: protocol.ReasonDuplicate, Err: err}
+		}
+		return State{}, err
+	}
+	return next, nil
+}
+
+// NextTelemetry advances the car to now and returns its next telemetry message, with a
+// sequence number above every one it published before, restarts included. It fails (and the
+// message must not be sent) only when the store cannot reserve sequence numbers.
+func (c *Car) NextTelemetry() (protocol.Telemetry, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	nowMs := c.now().UnixMilli()
+	c.advanceTo(nowMs)
+	seq := c.seq + 1
+	switch {
+	case seq > c.seqHigh:
+		high := seq + seqBlock - 1
+		if err := c.store.SaveCar(c.vin, CarRecord{State: c.state, SeqHigh: high}); err != nil {
+			return protocol.Telemetry{}, fmt.Errorf("reserve telemetry sequence: %w", err)
+		}
+		c.seqHigh, c.lastSaveMs = high, nowMs
+	case nowMs-c.lastSaveMs >= stateSaveInterval.Milliseconds():
+		if err := c.store.SaveCar(c.vin, CarRecord{State: c.state, SeqHigh: c.seqHigh}); err != nil {
+			// Only the position is at stake; the next tick tries again.
+			c.log.Warn("save car state", "err", err)
+		} else {
+			c.lastSaveMs = nowMs
+		}
+	}
+	c.seq = seq
+	return protocol.Telemetry{V: protocol.Version, TsMs: nowMs, Seq: seq, Signals: c.state.Signals(true)}, nil
+}
+
+// Save durably writes the car's current state, e.g. before the process exits.
+func (c *Car) Save() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	nowMs := c.now().UnixMilli()
+	c.advanceTo(nowMs)
+	if err := c.store.SaveCar(c.vin, CarRecord{State: c.state, SeqHigh: c.seqHigh}); err != nil {
+		return err
+	}
+	c.lastSaveMs = nowMs
+	return nil
+}

@@ -1,0 +1,454 @@
+package vehicle
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+)
+
+// Defaults of FleetConfig.
+const (
+	DefaultTelemetryInterval = 10 * time.Second
+	DefaultConnectRate       = 200.0 // cars per second
+)
+
+const (
+	// telemetryJitter spreads the cars' ticks (±10 %) so they do not publish in lockstep.
+	telemetryJitter = 0.1
+	// resultTimeout bounds publishing one result. It is not derived from the fleet's context:
+	// a command that was executed gets its result out even while the fleet shuts down.
+	resultTimeout = 10 * time.Second
+	// statusTimeout bounds publishing an online/offline status.
+	statusTimeout = 5 * time.Second
+	// commandQueue is how many commands a car holds while it works on one; a full queue
+	// blocks the subscription handler, which pushes back on the broker instead of dropping.
+	commandQueue = 16
+	// resultRetry is how often a car that lost its connection tries again to publish a result.
+	resultRetry = 200 * time.Millisecond
+)
+
+// DialFunc connects one MQTT client; mqttc.Dial in production. It returns once the client is
+// connected and OnConnect has run, retrying unreachable brokers itself until ctx ends, and fails
+// with an error wrapping mqttc.ErrNotAuthorized when the broker refuses the credentials.
+type DialFunc func(ctx context.Context, opts mqttc.Options) (mqttc.Client, error)
+
+// dialPaho is mqttc.Dial as a DialFunc (without turning a nil *Paho into a non-nil Client).
+func dialPaho(ctx context.Context, opts mqttc.Options) (mqttc.Client, error) {
+	c, err := mqttc.Dial(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// FleetConfig configures RunFleet.
+type FleetConfig struct {
+	// BrokerURL is the broker every car connects to, e.g. tcp://127.0.0.1:1883.
+	BrokerURL string
+	// Creds are the cars to run, one MQTT connection each.
+	Creds []protocol.Credentials
+	// Store holds every car's state and replay cache; the caller opens and closes it.
+	Store *Store
+	// TelemetryInterval is the mean time between two telemetry messages of a car (default 10 s);
+	// each interval varies by ±10 %.
+	TelemetryInterval time.Duration
+	// ConnectRate bounds how many cars start connecting per second (default 200), so that a
+	// large fleet does not storm the broker.
+	ConnectRate float64
+	// Logger receives per-car events; discarded when nil.
+	Logger *slog.Logger
+	// Progress receives the human-readable progress and status line; nothing when nil. When it
+	// is a terminal the line is rewritten in place about once a second.
+	Progress io.Writer
+	// StatusInterval is how often a status line is printed when Progress is not a terminal
+	// (default 10 s).
+	StatusInterval time.Duration
+	// Now is the cars' clock; time.Now when nil.
+	Now func() time.Time
+	// Dial connects a car; mqttc.Dial when nil.
+	Dial DialFunc
+	// Authorizer is passed to every car (see Authorizer); nil until digital keys exist.
+	Authorizer Authorizer
+}
+
+// FleetStats counts what a fleet did.
+type FleetStats struct {
+	Cars          int    // cars in the fleet
+	Connected     int    // cars that connected at least once
+	Online        int    // cars connected at the moment
+	Failed        int    // cars given up on: refused credentials, unusable credentials
+	TelemetrySent uint64 // telemetry messages handed to the broker
+	Executed      uint64 // commands executed
+	Rejected      uint64 // commands rejected
+}
+
+// ErrNoCarConnected is returned by RunFleet when every car of the fleet failed for good.
+var ErrNoCarConnected = errors.New("no car could connect")
+
+type fleet struct {
+	cfg      FleetConfig
+	log      *slog.Logger
+	interval time.Duration
+
+	connected, failed       atomic.Int64
+	telemetry, exec, reject atomic.Uint64
+	settled                 chan struct{} // closed once every car connected or failed
+	settleOnce              sync.Once
+
+	mu         sync.Mutex
+	clients    []mqttc.Client
+	firstError string // the first permanent failure, for the progress report
+}
+
+// RunFleet connects every car to the broker and runs it until ctx is cancelled: each car has
+// its own MQTT connection (client id and user from its credentials, the token as password, a
+// retained "offline" will on v/{vin}/status), publishes a retained "online" status whenever it
+// connects, executes the commands it receives on v/{vin}/cmd one at a time and publishes each
+// result on v/{vin}/result (QoS 1), and publishes telemetry on v/{vin}/telemetry (QoS 0).
+//
+// A car whose connection is refused (bad or expired credentials) is reported and counted as
+// failed, not retried; a broker that cannot be reached is retried with backoff. On cancel every
+// car finishes the command it is executing and publishes its result, then saves its state,
+// publishes "offline" and disconnects; RunFleet returns once all of them have. It returns
+// ErrNoCarConnected (wrapped) if every car failed for good.
+func RunFleet(ctx context.Context, cfg FleetConfig) (FleetStats, error) {
+	if len(cfg.Creds) == 0 {
+		return FleetStats{}, errors.New("run fleet: no cars")
+	}
+	if cfg.Store == nil {
+		return FleetStats{}, errors.New("run fleet: no store")
+	}
+	if cfg.BrokerURL == "" {
+		return FleetStats{}, errors.New("run fleet: no broker url")
+	}
+	if cfg.TelemetryInterval <= 0 {
+		cfg.TelemetryInterval = DefaultTelemetryInterval
+	}
+	if cfg.ConnectRate <= 0 {
+		cfg.ConnectRate = DefaultConnectRate
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = dialPaho
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Authorizer == nil {
+		cfg.Logger.Warn("cars verify the gateway grant only: phone signatures and key whitelists are not checked yet")
+	}
+	f := &fleet{cfg: cfg, log: cfg.Logger, interval: cfg.TelemetryInterval, settled: make(chan struct{})}
+
+	progressCtx, stopProgress := context.WithCancel(context.Background())
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		f.progress(progressCtx, ctx)
+	}()
+
+	var wg sync.WaitGroup
+	f.startCars(ctx, &wg)
+	wg.Wait()
+	stopProgress()
+	<-progressDone
+
+	st := f.stats()
+	if st.Failed == st.Cars {
+		return st, fmt.Errorf("%w: all %d cars failed (first: %s)", ErrNoCarConnected, st.Cars, f.firstFailure())
+	}
+	return st, nil
+}
+
+// startCars starts one goroutine per car, at most ConnectRate per second. It returns when all
+// are started or ctx ends.
+func (f *fleet) startCars(ctx context.Context, wg *sync.WaitGroup) {
+	every := time.Duration(float64(time.Second) / f.cfg.ConnectRate)
+	tick := time.NewTicker(max(every, time.Microsecond))
+	defer tick.Stop()
+	for i, creds := range f.cfg.Creds {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.runCar(ctx, creds)
+		}()
+	}
+}
+
+func (f *fleet) fail(vin string, err error) {
+	f.log.Error("car failed", "vin", vin, "err", err)
+	f.mu.Lock()
+	if f.firstError == "" {
+		f.firstError = fmt.Sprintf("%s: %v", vin, err)
+	}
+	f.mu.Unlock()
+	f.failed.Add(1)
+	f.checkSettled()
+}
+
+// checkSettled closes settled once every car has either connected or failed.
+func (f *fleet) checkSettled() {
+	if int(f.connected.Load()+f.failed.Load()) == len(f.cfg.Creds) {
+		f.settleOnce.Do(func() { close(f.settled) })
+	}
+}
+
+func (f *fleet) firstFailure() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.firstError
+}
+
+func (f *fleet) stats() FleetStats {
+	f.mu.Lock()
+	online := 0
+	for _, c := range f.clients {
+		if c.Connected() {
+			online++
+		}
+	}
+	f.mu.Unlock()
+	return FleetStats{
+		Cars:          len(f.cfg.Creds),
+		Connected:     int(f.connected.Load()),
+		Online:        online,
+		Failed:        int(f.failed.Load()),
+		TelemetrySent: f.telemetry.Load(),
+		Executed:      f.exec.Load(),
+		Rejected:      f.reject.Load(),
+	}
+}
+
+func (f *fleet) statusPayload(status string) []byte {
+	b, _ := json.Marshal(protocol.VehicleStatus{V: protocol.Version, Status: status, TsMs: f.cfg.Now().UnixMilli()})
+	return b
+}
+
+// carRun is one running car: its logic, its connection and its command queue.
+type carRun struct {
+	f      *fleet
+	car    *Car
+	log    *slog.Logger
+	client mqttc.Client
+	queue  chan []byte
+
+	// statusMu orders the online status published on (re)connect against the offline status
+	// published on shutdown, so a late reconnect cannot leave the car "online".
+	statusMu sync.Mutex
+	stopping bool
+}
+
+func (f *fleet) runCar(ctx context.Context, creds protocol.Credentials) {
+	log := f.log.With("vin", creds.VIN)
+	car, err := NewCar(f.cfg.Store, creds, CarOptions{Now: f.cfg.Now, Logger: f.log, Authorizer: f.cfg.Authorizer})
+	if err != nil {
+		f.fail(creds.VIN, err)
+		return
+	}
+	r := &carRun{f: f, car: car, log: log, queue: make(chan []byte, commandQueue)}
+	client, err := r.dial(ctx, creds)
+	if err != nil {
+		if ctx.Err() == nil {
+			f.fail(creds.VIN, err)
+		}
+		return
+	}
+	r.client = client
+	f.mu.Lock()
+	f.clients = append(f.clients, client)
+	f.mu.Unlock()
+	f.connected.Add(1)
+	f.checkSettled()
+
+	cmdTopic := protocol.VehicleTopic(creds.VIN, protocol.SuffixCmd)
+	err = client.Subscribe(ctx, cmdTopic, 1, func(m mqttc.Message) {
+		select {
+		case r.queue <- m.Payload:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		// The client subscribes again after every reconnect, so a car that lost its first
+		// session keeps running; only a refusal is worth the log.
+		log.Warn("subscribe to commands", "topic", cmdTopic, "err", err)
+	}
+	r.loop(ctx)
+}
+
+// dial connects the car. mqttc.Dial itself retries, with backoff, while the broker cannot be
+// reached, and returns at once when the broker refuses the car: then the car has failed.
+func (r *carRun) dial(ctx context.Context, creds protocol.Credentials) (mqttc.Client, error) {
+	statusTopic := protocol.VehicleTopic(creds.VIN, protocol.SuffixStatus)
+	opts := mqttc.Options{
+		BrokerURL: r.f.cfg.BrokerURL,
+		ClientID:  creds.ClientID,
+		Username:  creds.Username,
+		Password:  creds.Token,
+		Will: &mqttc.Message{
+			Topic:    statusTopic,
+			Payload:  r.f.statusPayload(protocol.StatusOffline),
+			QoS:      1,
+			Retained: true,
+		},
+		OnConnect: r.publishOnline,
+		Logger:    r.log,
+	}
+	client, err := r.f.cfg.Dial(ctx, opts)
+	switch {
+	case err == nil:
+		return client, nil
+	case errors.Is(err, mqttc.ErrNotAuthorized):
+		return nil, fmt.Errorf("broker refused the credentials (bad or expired token: provision the car again): %w", err)
+	case errors.Is(err, mqttc.ErrRefused):
+		return nil, fmt.Errorf("broker refused the connection (is the client id the VIN?): %w", err)
+	}
+	return nil, err
+}
+
+// publishOnline publishes the retained online status after every (re)connect, unless the car
+// is shutting down.
+func (r *carRun) publishOnline(c mqttc.Client) {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	if r.stopping {
+		return
+	}
+	r.publishStatus(c, protocol.StatusOnline)
+}
+
+func (r *carRun) publishStatus(c mqttc.Client, status string) {
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	topic := protocol.VehicleTopic(r.car.VIN(), protocol.SuffixStatus)
+	if err := c.Publish(ctx, topic, 1, true, r.f.statusPayload(status)); err != nil {
+		r.log.Warn("publish status", "status", status, "err", err)
+	}
+}
+
+// loop is the car's single goroutine after connecting: commands and telemetry ticks, one at
+// a time, until ctx ends; then it shuts the car down.
+func (r *carRun) loop(ctx context.Context) {
+	defer r.shutdown()
+	// The first tick at a random point of the interval spreads the fleet out.
+	timer := time.NewTimer(rand.N(r.f.interval) + 1)
+	defer timer.Stop()
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case payload := <-r.queue:
+			r.handle(payload)
+		case <-timer.C:
+			r.sendTelemetry(ctx)
+			timer.Reset(jitter(r.f.interval))
+		}
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	spread := time.Duration(float64(d) * telemetryJitter)
+	return d - spread + rand.N(2*spread+1)
+}
+
+func (r *carRun) handle(payload []byte) {
+	res := r.car.HandleCommand(payload)
+	if res.Status == protocol.ResultExecuted {
+		r.f.exec.Add(1)
+	} else {
+		r.f.reject.Add(1)
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		r.log.Error("encode result", "cmd_id", res.ID, "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resultTimeout)
+	defer cancel()
+	topic := protocol.VehicleTopic(r.car.VIN(), protocol.SuffixResult)
+	// mqttc never queues while disconnected: a result that must get out is retried until the
+	// client is back or resultTimeout ends.
+	for {
+		err = r.client.Publish(ctx, topic, 1, false, b)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, mqttc.ErrNotConnected) || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(resultRetry):
+		}
+	}
+	// The command's effect is persisted; the gateway reports it expired.
+	r.log.Error("publish result", "cmd_id", res.ID, "status", res.Status, "err", err)
+}
+
+func (r *carRun) sendTelemetry(ctx context.Context) {
+	// A disconnected car skips the tick rather than spending a sequence number on a message
+	// that cannot be sent.
+	if !r.client.Connected() {
+		return
+	}
+	t, err := r.car.NextTelemetry()
+	if err != nil {
+		r.log.Error("telemetry", "err", err)
+		return
+	}
+	b, err := json.Marshal(t)
+	if err != nil {
+		r.log.Error("encode telemetry", "err", err)
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	topic := protocol.VehicleTopic(r.car.VIN(), protocol.SuffixTelemetry)
+	if err := r.client.Publish(pctx, topic, 0, false, b); err != nil {
+		if ctx.Err() == nil {
+			r.log.Debug("publish telemetry", "seq", t.Seq, "err", err)
+		}
+		return
+	}
+	r.f.telemetry.Add(1)
+}
+
+// shutdown saves the car, says goodbye and disconnects. Commands still queued were not
+// started and are dropped: the gateway reports them expired, and nothing runs half-way.
+func (r *carRun) shutdown() {
+	if err := r.car.Save(); err != nil {
+		r.log.Error("save car state", "err", err)
+	}
+	r.statusMu.Lock()
+	r.stopping = true
+	if r.client.Connected() {
+		r.publishStatus(r.client, protocol.StatusOffline)
+	}
+	r.statusMu.Unlock()
+	if err := r.client.Close(); err != nil {
+		r.log.Warn("close client", "err", err)
+	}
+}

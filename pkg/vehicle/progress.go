@@ -1,0 +1,101 @@
+package vehicle
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// isTerminal reports whether w is a character device (a terminal), where a status line can be
+// rewritten in place with \r.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// progress reports on cfg.Progress until done ends: first how far connecting has come, then a
+// live status line. On a terminal the line is rewritten about once a second; elsewhere (a log
+// file, a pipe) a plain line is written every StatusInterval.
+func (f *fleet) progress(done, run context.Context) {
+	w := f.cfg.Progress
+	if w == nil {
+		<-done.Done()
+		return
+	}
+	tty := isTerminal(w)
+	start := time.Now()
+	lastPrint := start
+	settled := f.settled
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	connectedLine := func() {
+		st := f.stats()
+		msg := fmt.Sprintf("connected %d/%d cars in %s%s", st.Connected, st.Cars,
+			time.Since(start).Round(10*time.Millisecond), failedSuffix(st))
+		if st.Failed > 0 {
+			msg += fmt.Sprintf(" (first failure: %s)", f.firstFailure())
+		}
+		if tty {
+			fmt.Fprint(w, "\r\x1b[K")
+		}
+		fmt.Fprintln(w, msg)
+	}
+	for {
+		select {
+		case <-done.Done():
+			if settled != nil && f.stats().Failed > 0 {
+				connectedLine() // the failures must not go unreported
+			}
+			st := f.stats()
+			if tty {
+				fmt.Fprint(w, "\r\x1b[K")
+			}
+			fmt.Fprintf(w, "stopped: %d/%d cars ran%s · telemetry sent %d · commands executed %d, rejected %d\n",
+				st.Connected, st.Cars, failedSuffix(st), st.TelemetrySent, st.Executed, st.Rejected)
+			return
+		case <-settled:
+			settled = nil
+			connectedLine()
+			lastPrint = time.Now()
+			continue
+		case <-tick.C:
+		}
+		st := f.stats()
+		now := time.Now()
+		if !tty && now.Sub(lastPrint) < f.cfg.StatusInterval {
+			continue
+		}
+		lastPrint = now
+		if settled != nil && run.Err() == nil {
+			printLine(w, tty, fmt.Sprintf("connected %d/%d cars%s…", st.Connected, st.Cars, failedSuffix(st)))
+		} else {
+			printLine(w, tty, statusLine(st))
+		}
+	}
+}
+
+func printLine(w io.Writer, tty bool, line string) {
+	if tty {
+		fmt.Fprintf(w, "\r\x1b[K%s", line)
+		return
+	}
+	fmt.Fprintln(w, line)
+}
+
+func failedSuffix(st FleetStats) string {
+	if st.Failed == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %d failed", st.Failed)
+}
+
+func statusLine(st FleetStats) string {
+	return fmt.Sprintf("online %d/%d cars%s · telemetry sent %d · commands executed %d, rejected %d",
+		st.Online, st.Cars, failedSuffix(st), st.TelemetrySent, st.Executed, st.Rejected)
+}

@@ -1,0 +1,142 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func load(t *testing.T, args []string, vars map[string]string) (Config, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return NewLoader(fs, RunKeys...).Load(args, env(vars))
+}
+
+func TestLayers(t *testing.T) {
+	dir := t.TempDir()
+	yml := filepath.Join(dir, "sim.yaml")
+	os.WriteFile(yml, []byte("broker: tcp://yaml:1883\ndata: /yaml\nrun:\n  cars: 5\n  telemetry_interval: 3s\n  connect_rate: 50\n"), 0o600)
+
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want func(Config) bool
+	}{
+		{"defaults", nil, nil, func(c Config) bool { return c == Default() }},
+		{"yaml over defaults", []string{"--config", yml}, nil, func(c Config) bool {
+			return c.Broker == "tcp://yaml:1883" && c.DataDir == "/yaml" && c.Run.Cars == 5 &&
+				c.Run.TelemetryInterval == 3*time.Second && c.Run.ConnectRate == 50 && c.Gateway == Default().Gateway
+		}},
+		{"config from env", nil, map[string]string{"SIM_CONFIG": yml}, func(c Config) bool { return c.Broker == "tcp://yaml:1883" }},
+		{"env over yaml", []string{"--config", yml}, map[string]string{"SIM_BROKER": "tcp://env:1", "SIM_CARS": "7"}, func(c Config) bool {
+			return c.Broker == "tcp://env:1" && c.Run.Cars == 7 && c.DataDir == "/yaml"
+		}},
+		{"flags over env", []string{"--config", yml, "--broker", "tcp://flag:2", "--telemetry-interval", "250ms"},
+			map[string]string{"SIM_BROKER": "tcp://env:1"}, func(c Config) bool {
+				return c.Broker == "tcp://flag:2" && c.Run.TelemetryInterval == 250*time.Millisecond && c.Run.Cars == 5
+			}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(t, tc.args, tc.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.want(c) {
+				t.Fatalf("got %+v", c)
+			}
+		})
+	}
+}
+
+func TestLoadErrorsNameTheSetting(t *testing.T) {
+	dir := t.TempDir()
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("brokr: tcp://x:1\n"), 0o600)
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"bad env number", nil, map[string]string{"SIM_CARS": "many"}, "SIM_CARS: run.cars"},
+		{"bad flag duration", []string{"--telemetry-interval", "often"}, nil, "--telemetry-interval: run.telemetry_interval"},
+		{"unknown yaml key", []string{"--config", typo}, nil, "brokr"},
+		{"missing config file", []string{"--config", filepath.Join(dir, "nope.yaml")}, nil, "nope.yaml"},
+		{"stray argument", []string{"extra"}, nil, "unexpected arguments: extra"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, tc.args, tc.env)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	c := Default()
+	c.Broker = "localhost"
+	c.Gateway = "ftp://x"
+	c.LogLevel = "loud"
+	c.Run.ConnectRate = 0
+	c.Run.TelemetryInterval = 0
+	c.Run.Cars = -1
+	err := c.Validate()
+	for _, key := range []string{"broker:", "gateway:", "log_level:", "run.connect_rate:", "run.telemetry_interval:", "run.cars:"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("validation error does not name %s: %v", key, err)
+		}
+	}
+	if err := Default().Validate(); err != nil {
+		t.Errorf("defaults invalid: %v", err)
+	}
+}
+
+func TestValidateRun(t *testing.T) {
+	c := Default()
+	if err := c.ValidateRun(); !errors.Is(err, ErrNoFleet) {
+		t.Errorf("no fleet: %v", err)
+	}
+	c.Run.Fleet, c.Run.Cars = "fleet.json", 3
+	if err := c.ValidateRun(); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("both: %v", err)
+	}
+	c.Run.Cars = 0
+	if err := c.ValidateRun(); err != nil {
+		t.Errorf("fleet only: %v", err)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	if _, err := load(t, []string{"-h"}, nil); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestExampleFileIsTheDefaults keeps the documented file and Default in step.
+func TestExampleFileIsTheDefaults(t *testing.T) {
+	c, err := load(t, []string{"--config", "../../configs/vehicle-sim.yaml"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != Default() {
+		t.Fatalf("vehicle-sim.yaml %+v\nDefault()       %+v", c, Default())
+	}
+	for _, st := range Settings {
+		b, _ := os.ReadFile("../../configs/vehicle-sim.yaml")
+		if !strings.Contains(string(b), st.Env) || !strings.Contains(string(b), "--"+st.Flag) {
+			t.Errorf("vehicle-sim.yaml does not document %s / --%s", st.Env, st.Flag)
+		}
+	}
+}

@@ -1,0 +1,265 @@
+// Package fleet is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
+// provisioned once through the gateway admin API and kept in the data dir), opens the cars'
+// store and runs them against the broker with vehicle.RunFleet until the context ends.
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
+	"telematics/vehicle-sim/config"
+)
+
+// ProvisionBatch is how many cars one admin API request asks for; each batch is stored before
+// the next is requested, so an interrupted provisioning loses nothing it got.
+const ProvisionBatch = 500
+
+// maxResponseBytes bounds what is read of one admin API response (500 credentials are about
+// 500 kB).
+const maxResponseBytes = 16 << 20
+
+// Options are Run's dependencies.
+type Options struct {
+	// Progress receives the connect progress and the live status line (stdout).
+	Progress io.Writer
+	// Logger receives per-car events.
+	Logger *slog.Logger
+	// HTTPClient talks to the gateway admin API; a client with a 60 s timeout when nil.
+	HTTPClient *http.Client
+	// Now is the cars' clock; time.Now when nil.
+	Now func() time.Time
+	// Dial connects a car; mqttc.Dial when nil.
+	Dial vehicle.DialFunc
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{Timeout: 60 * time.Second}
+	}
+	return o
+}
+
+// Run runs the fleet cfg describes until ctx ends. cfg must have passed ValidateRun.
+func Run(ctx context.Context, cfg config.Config, opts Options) error {
+	opts = opts.withDefaults()
+	// Read the fleet file before anything is created on disk: a typo in its name should not
+	// leave an empty data dir behind.
+	var fromFile []protocol.Credentials
+	if cfg.Run.Fleet != "" {
+		var err error
+		if fromFile, err = LoadFile(cfg.Run.Fleet); err != nil {
+			return err
+		}
+	}
+	store, err := vehicle.OpenStore(filepath.Join(cfg.DataDir, vehicle.StoreFile))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	var creds []protocol.Credentials
+	if fromFile != nil {
+		if err := store.SaveCredentials(fromFile...); err != nil {
+			return fmt.Errorf("keep fleet credentials: %w", err)
+		}
+		creds = fromFile
+	} else {
+		creds, err = provisioned(ctx, store, cfg, opts)
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(opts.Progress, "running %d cars against %s (data %s)\n", len(creds), cfg.Broker, store.Path())
+	_, err = vehicle.RunFleet(ctx, vehicle.FleetConfig{
+		BrokerURL:         cfg.Broker,
+		Creds:             creds,
+		Store:             store,
+		TelemetryInterval: cfg.Run.TelemetryInterval,
+		ConnectRate:       cfg.Run.ConnectRate,
+		Logger:            opts.Logger,
+		Progress:          opts.Progress,
+		Now:               opts.Now,
+		Dial:              opts.Dial,
+	})
+	return err
+}
+
+// provisioned returns cfg.Run.Cars cars: those the store already has (a restart reuses them),
+// topped up through the gateway admin API.
+func provisioned(ctx context.Context, store *vehicle.Store, cfg config.Config, opts Options) ([]protocol.Credentials, error) {
+	have, err := store.Credentials()
+	if err != nil {
+		return nil, err
+	}
+	want := cfg.Run.Cars
+	if len(have) >= want {
+		return have[:want], nil
+	}
+	token, err := readToken(cfg.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
+	fmt.Fprintf(opts.Progress, "provisioning %d cars through %s (%d already in %s)\n",
+		want-len(have), cfg.Gateway, len(have), cfg.DataDir)
+	for len(have) < want {
+		n := min(want-len(have), ProvisionBatch)
+		got, err := Provision(ctx, opts.HTTPClient, cfg.Gateway, token, n)
+		if err != nil {
+			return nil, err
+		}
+		if err := store.SaveCredentials(got...); err != nil {
+			return nil, fmt.Errorf("keep provisioned credentials: %w", err)
+		}
+		have = append(have, got...)
+	}
+	return have, nil
+}
+
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read the gateway admin token: %w (it is in the gateway's data dir; pass --token-file)", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("admin token file %s is empty", path)
+	}
+	return token, nil
+}
+
+// LoadFile reads a JSON list of credentials, as `gateway admin vehicle add --json` prints it,
+// and checks that every car can run: a well-formed VIN, a client id, a token and the gateway
+// key.
+func LoadFile(path string) ([]protocol.Credentials, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read fleet file: %w", err)
+	}
+	var creds []protocol.Credentials
+	if err := json.Unmarshal(b, &creds); err != nil {
+		return nil, fmt.Errorf("fleet file %s is not a JSON list of credentials (make one with `gateway admin vehicle add --json`): %w", path, err)
+	}
+	if len(creds) == 0 {
+		return nil, fmt.Errorf("fleet file %s lists no cars", path)
+	}
+	if err := checkCredentials(creds); err != nil {
+		return nil, fmt.Errorf("fleet file %s: %w", path, err)
+	}
+	return creds, nil
+}
+
+// checkCredentials reports every unusable entry (at most ten).
+func checkCredentials(creds []protocol.Credentials) error {
+	var errs []error
+	seen := make(map[string]bool, len(creds))
+	for i, c := range creds {
+		var missing []string
+		if !protocol.ValidVIN(c.VIN) {
+			missing = append(missing, "a well-formed vin")
+		}
+		if c.ClientID == "" {
+			missing = append(missing, "client_id")
+		}
+		if c.Token == "" {
+			missing = append(missing, "token")
+		}
+		if c.GatewayKey == "" {
+			missing = append(missing, "gateway_key")
+		}
+		if len(missing) > 0 {
+			errs = append(errs, fmt.Errorf("car %d (%q) lacks %s", i, c.VIN, strings.Join(missing, ", ")))
+		} else if seen[c.VIN] {
+			errs = append(errs, fmt.Errorf("car %d: vin %s listed twice", i, c.VIN))
+		}
+		seen[c.VIN] = true
+		if len(errs) == 10 {
+			errs = append(errs, errors.New("…"))
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Provision asks the gateway admin API for n new cars: POST {gateway}/v1/admin/vehicles with
+// {"count": n}, authorized by the admin token; the answer is a JSON list of credentials.
+func Provision(ctx context.Context, client *http.Client, gateway, token string, n int) ([]protocol.Credentials, error) {
+	body, _ := json.Marshal(map[string]int{"count": n})
+	endpoint := strings.TrimRight(gateway, "/") + "/v1/admin/vehicles"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("provision cars: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reach the gateway at %s: %w (is `gateway serve` running? pass --gateway)", gateway, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		return nil, fmt.Errorf("read provisioning answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		hint := ""
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			hint = " (is the admin token current? pass --token-file)"
+		}
+		return nil, fmt.Errorf("gateway refused to provision cars: %s%s%s", resp.Status, errorDetail(raw), hint)
+	}
+	var creds []protocol.Credentials
+	if err := json.Unmarshal(raw, &creds); err != nil {
+		return nil, fmt.Errorf("provisioning answer is not a JSON list of credentials: %w", err)
+	}
+	if len(creds) != n {
+		return nil, fmt.Errorf("asked the gateway for %d cars, got %d", n, len(creds))
+	}
+	if err := checkCredentials(creds); err != nil {
+		return nil, fmt.Errorf("provisioning answer: %w", err)
+	}
+	return creds, nil
+}
+
+// errorDetail extracts a short message from an error body: {"error": …} / {"reason": …} or
+// the first line of text.
+func errorDetail(raw []byte) string {
+	var e struct {
+		Error   string `json:"error"`
+		Reason  string `json:"reason"`
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(raw, &e) == nil {
+		for _, s := range []string{e.Message, e.Error, e.Reason} {
+			if s != "" {
+				return ": " + s
+			}
+		}
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(raw)), "\n")
+	if len(line) > 200 {
+		line = line[:200] + "…"
+	}
+	if line == "" {
+		return ""
+	}
+	return ": " + line
+}

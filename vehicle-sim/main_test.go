@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+)
+
+// syncBuffer collects output written by another goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func eventually(t *testing.T, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// runMain runs the binary's dispatch with args and an environment that has no SIM_* set.
+func runMain(ctx context.Context, args []string, vars map[string]string) (code int, stdout, stderr *syncBuffer) {
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	env := stdio{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: func(k string) string { return vars[k] }}
+	return dispatch(ctx, args, env), stdout, stderr
+}
+
+func TestDispatch(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		code    int
+		wantErr string
+	}{
+		{"no command", nil, 2, "usage: vehicle-sim COMMAND"},
+		{"unknown", []string{"fly"}, 2, `unknown command "fly"`},
+		{"app without command", []string{"app"}, 2, "usage: vehicle-sim app"},
+		{"app send without session", []string{"app", "--session", "/nonexistent/s.json", "send", "1HGCM82633A004352", "unlock"}, 1, "log in"},
+		{"run without fleet", []string{"run"}, 2, "no fleet given"},
+		{"run with both", []string{"run", "--fleet", "f.json", "--cars", "3"}, 2, "not both"},
+		{"run bad flag value", []string{"run", "--cars", "lots"}, 2, "run.cars"},
+		{"run unreadable fleet", []string{"run", "--fleet", "/nonexistent/fleet.json"}, 1, "read fleet file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runMain(context.Background(), tc.args, nil)
+			if code != tc.code || !strings.Contains(stderr.String(), tc.wantErr) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.wantErr)
+			}
+		})
+	}
+	if code, stdout, _ := runMain(context.Background(), []string{"help"}, nil); code != 0 || !strings.Contains(stdout.String(), "run ") {
+		t.Fatalf("help: %d %q", code, stdout)
+	}
+}
+
+// writeFleet writes a credentials file for n cars and returns its path.
+func writeFleet(t *testing.T, dir string, vins ...string) string {
+	t.Helper()
+	s, err := sign.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := sign.EncodePublic(s.Public())
+	var creds []protocol.Credentials
+	for _, v := range vins {
+		creds = append(creds, protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: "t", GatewayKey: pub})
+	}
+	b, _ := json.Marshal(creds)
+	p := filepath.Join(dir, "fleet.json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunDataDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	fleetFile := writeFleet(t, dir, "WVWZZZ1JZXW000001")
+	st, err := vehicle.OpenStore(filepath.Join(dir, "data", vehicle.StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	code, _, stderr := runMain(context.Background(), []string{"run", "--fleet", fleetFile, "--data", filepath.Join(dir, "data")}, nil)
+	if code != 1 || !strings.Contains(stderr.String(), "is in use by another vehicle-sim process") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestRunAgainstBroker runs `vehicle-sim run --fleet` against a real broker (admitting anyone:
+// tests only), sees the cars come online and publish telemetry, and stops it like SIGINT does.
+func TestRunAgainstBroker(t *testing.T) {
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
+	if err := srv.AddListener(tcp); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var mu sync.Mutex
+	seen := map[string]int{}
+	srv.Subscribe("v/#", 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		mu.Lock()
+		seen[pk.TopicName]++
+		mu.Unlock()
+	})
+
+	dir := t.TempDir()
+	vins := []string{"WVWZZZ1JZXW000001", "WVWZZZ1JZXW000002"}
+	fleetFile := writeFleet(t, dir, vins...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		code           int
+		stdout, stderr *syncBuffer
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errOut := runMain(ctx, []string{"run", "--fleet", fleetFile, "--telemetry-interval", "50ms", "--log-level", "warn"},
+			map[string]string{"SIM_BROKER": "tcp://" + tcp.Address(), "SIM_DATA": filepath.Join(dir, "data")})
+		done <- result{code, out, errOut}
+	}()
+	eventually(t, 10*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, v := range vins {
+			if seen[protocol.VehicleTopic(v, protocol.SuffixStatus)] == 0 || seen[protocol.VehicleTopic(v, protocol.SuffixTelemetry)] < 2 {
+				return fmt.Errorf("seen %v", seen)
+			}
+		}
+		return nil
+	})
+	cancel() // what SIGINT does through signal.NotifyContext
+	select {
+	case r := <-done:
+		if r.code != 0 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+		if out := r.stdout.String(); !strings.Contains(out, "running 2 cars") || !strings.Contains(out, "stopped: 2/2 cars ran") {
+			t.Errorf("stdout %q", out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop")
+	}
+	// The cars are in the data dir now, with their credentials.
+	st, err := vehicle.OpenStore(filepath.Join(dir, "data", vehicle.StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	creds, err := st.Credentials()
+	if err != nil || len(creds) != 2 {
+		t.Fatalf("stored credentials %v %v", creds, err)
+	}
+}
