@@ -73,7 +73,7 @@ func TestDispatch(t *testing.T) {
 		{"no command", nil, 2, "usage: vehicle-sim COMMAND"},
 		{"unknown", []string{"fly"}, 2, `unknown command "fly"`},
 		{"app without command", []string{"app"}, 2, "usage: vehicle-sim app"},
-		{"app send without session", []string{"app", "--session", "/nonexistent/s.json", "send", "1HGCM82633A004352", "unlock"}, 1, "log in"},
+		{"app send without session", []string{"app", "--session", "/nonexistent/s.json", "send", "1HGCM82633A004352", "unlock"}, 1, "vehicle-sim app login"},
 		{"run without fleet", []string{"run"}, 2, "no fleet given"},
 		{"run with both", []string{"run", "--fleet", "f.json", "--cars", "3"}, 2, "not both"},
 		{"run bad flag value", []string{"run", "--cars", "lots"}, 2, "run.cars"},
