@@ -194,7 +194,7 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		_, _ = rand.Read(suffix)
 		c, err := mqttc.Dial(ctx, mqttc.Options{
 			BrokerURL: g.cfg.ExternalBroker, ClientID: "gateway-" + hex.EncodeToString(suffix),
-			Username: "gateway", Password: tok, Logger: g.log,
+			Username: "gateway", Password: tok, Logger: g.log, CleanSession: true,
 		})
 		if err != nil {
 			return fmt.Errorf("connect to external broker %s: %w", g.cfg.ExternalBroker, err)

@@ -1,0 +1,399 @@
+package mqttc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// dialTest dials the broker with fast reconnects and closes the client at the end of the test.
+func dialTest(t testing.TB, url, id string, mod func(*Options)) *Paho {
+	t.Helper()
+	o := Options{
+		BrokerURL:            url,
+		ClientID:             id,
+		CleanSession:         true,
+		MinReconnectInterval: 20 * time.Millisecond,
+		MaxReconnectInterval: 200 * time.Millisecond,
+		PublishTimeout:       10 * time.Second,
+		Logger:               discard,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := Dial(ctx, o)
+	if err != nil {
+		t.Fatalf("dial %s: %v", id, err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// inbox collects messages for tests.
+type inbox struct {
+	mu   sync.Mutex
+	msgs []Message
+}
+
+func (b *inbox) handle(m Message) {
+	b.mu.Lock()
+	b.msgs = append(b.msgs, m)
+	b.mu.Unlock()
+}
+
+func (b *inbox) all() []Message {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]Message(nil), b.msgs...)
+}
+
+// has reports whether a message with topic and payload arrived.
+func (b *inbox) has(topic, payload string) error {
+	for _, m := range b.all() {
+		if m.Topic == topic && string(m.Payload) == payload {
+			return nil
+		}
+	}
+	return fmt.Errorf("no %q on %s among %d messages", payload, topic, len(b.all()))
+}
+
+func TestPahoRoundTrip(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	gw := NewInline(b.Server, InlineOptions{Logger: discard})
+	defer gw.Close()
+	ctx := context.Background()
+
+	var atGateway inbox
+	must(t, gw.Subscribe(ctx, "v/+/result", 1, atGateway.handle))
+	car := dialTest(t, b.URL(), "car1", nil)
+	var atCar inbox
+	must(t, car.Subscribe(ctx, "v/car1/cmd", 1, atCar.handle))
+	if !car.Connected() {
+		t.Fatal("not connected after Dial")
+	}
+
+	must(t, gw.Publish(ctx, "v/car1/cmd", 1, false, []byte("unlock")))
+	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/cmd", "unlock") })
+	for _, qos := range []byte{0, 1} {
+		payload := fmt.Sprintf("done qos %d", qos)
+		must(t, car.Publish(ctx, "v/car1/result", qos, false, []byte(payload)))
+		eventually(t, 5*time.Second, func() error { return atGateway.has("v/car1/result", payload) })
+	}
+	if m := atCar.all()[0]; m.QoS != 1 || m.Retained {
+		t.Fatalf("got %+v", m)
+	}
+}
+
+// Messages of one topic reach the Handler in publication order, also with tiny queues that
+// block paho's router all the time.
+func TestPahoPerTopicOrder(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	gw := NewInline(b.Server, InlineOptions{Logger: discard})
+	defer gw.Close()
+	ctx := context.Background()
+
+	// Stay below the broker's write queue for this client (1024): mochi drops beyond it, which
+	// is the fan-in problem the Inline client exists for, not what this test is about.
+	const topics, perTopic = 3, 300
+	var mu sync.Mutex
+	next := map[string]int{}
+	var errs []error
+	var got atomic.Int64
+	sub := dialTest(t, b.URL(), "sub", func(o *Options) { o.Workers, o.QueueSize = 2, 4 })
+	must(t, sub.Subscribe(ctx, "order/#", 1, func(m Message) {
+		var n int
+		fmt.Sscan(string(m.Payload), &n)
+		mu.Lock()
+		if n != next[m.Topic] {
+			errs = append(errs, fmt.Errorf("%s: got %d, want %d", m.Topic, n, next[m.Topic]))
+		}
+		next[m.Topic] = n + 1
+		mu.Unlock()
+		got.Add(1)
+	}))
+
+	var wg sync.WaitGroup
+	for i := range topics {
+		wg.Go(func() {
+			for n := range perTopic {
+				if err := gw.Publish(ctx, fmt.Sprintf("order/%d", i), 1, false, fmt.Appendf(nil, "%d", n)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	eventually(t, 10*time.Second, func() error {
+		if n := got.Load(); n != topics*perTopic {
+			return fmt.Errorf("received %d of %d", n, topics*perTopic)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The broker goes away and a new one comes up on the same address: the client reconnects by
+// itself, makes its subscription again, calls OnConnect again, and receives.
+func TestPahoResubscribesAfterBrokerRestart(t *testing.T) {
+	b1 := startBroker(t, brokerConfig{})
+	var connects atomic.Int32
+	car := dialTest(t, b1.URL(), "car1", func(o *Options) {
+		o.OnConnect = func(c Client) {
+			connects.Add(1)
+			if err := c.Publish(context.Background(), "v/car1/status", 1, true, []byte("online")); err != nil {
+				t.Errorf("publish status from OnConnect: %v", err)
+			}
+		}
+	})
+	var atCar inbox
+	ctx := context.Background()
+	must(t, car.Subscribe(ctx, "v/car1/keys", 1, atCar.handle))
+	gw1 := NewInline(b1.Server, InlineOptions{Logger: discard})
+	defer gw1.Close()
+	must(t, gw1.Publish(ctx, "v/car1/keys", 1, true, []byte("whitelist v1")))
+	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1") })
+
+	b1.Stop()
+	eventually(t, 5*time.Second, func() error {
+		if car.Connected() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+	b2 := startBroker(t, brokerConfig{addr: b1.addr})
+	gw2 := NewInline(b2.Server, InlineOptions{Logger: discard})
+	defer gw2.Close()
+	var status inbox
+	must(t, gw2.Subscribe(ctx, "v/+/status", 1, status.handle))
+	eventually(t, 10*time.Second, func() error {
+		if n := connects.Load(); n != 2 {
+			return fmt.Errorf("OnConnect called %d times", n)
+		}
+		return nil
+	})
+	// The new broker knows nothing: the gateway publishes the whitelist again (DESIGN.md).
+	must(t, gw2.Publish(ctx, "v/car1/keys", 1, true, []byte("whitelist v1 again")))
+	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1 again") })
+	eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "online") })
+}
+
+// A connection that drops without DISCONNECT makes the broker publish the will; the client
+// comes back by itself.
+func TestPahoWillAndReconnect(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	gw := NewInline(b.Server, InlineOptions{Logger: discard})
+	defer gw.Close()
+	ctx := context.Background()
+	var status inbox
+	must(t, gw.Subscribe(ctx, "v/+/status", 1, status.handle))
+	var connects atomic.Int32
+	car := dialTest(t, b.URL(), "car1", func(o *Options) {
+		o.Will = &Message{Topic: "v/car1/status", Payload: []byte("offline"), QoS: 1, Retained: true}
+		o.OnConnect = func(Client) { connects.Add(1) }
+	})
+
+	cl, ok := b.Clients.Get("car1")
+	if !ok {
+		t.Fatal("broker does not know car1")
+	}
+	cl.Stop(errors.New("test: connection cut")) // as a network failure would
+	eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "offline") })
+	eventually(t, 5*time.Second, func() error {
+		if connects.Load() != 2 || !car.Connected() {
+			return fmt.Errorf("connects %d, connected %v", connects.Load(), car.Connected())
+		}
+		return nil
+	})
+}
+
+// Nothing is queued while disconnected, and nothing is reported sent: Publish says so.
+func TestPahoPublishWhileDisconnected(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	car := dialTest(t, b.URL(), "car1", nil)
+	b.Stop()
+	eventually(t, 5*time.Second, func() error {
+		if car.Connected() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+	for _, qos := range []byte{0, 1} {
+		err := car.Publish(context.Background(), "v/car1/telemetry", qos, false, []byte("{}"))
+		if !errors.Is(err, ErrNotConnected) {
+			t.Fatalf("qos %d: got %v, want ErrNotConnected", qos, err)
+		}
+	}
+	// A subscription made while away is remembered, not refused.
+	must(t, car.Subscribe(context.Background(), "v/car1/cmd", 1, func(Message) {}))
+}
+
+func TestDialRefusedCredentials(t *testing.T) {
+	b := startBroker(t, brokerConfig{auth: &denyHook{}})
+	check := goroutineBaseline(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := Dial(ctx, Options{
+		BrokerURL: b.URL(), ClientID: "car1", Username: "car1", Password: "s3cret-token", Logger: discard,
+	})
+	if !errors.Is(err, ErrNotAuthorized) {
+		t.Fatalf("got %v, want ErrNotAuthorized", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Dial retried a refusal until the context ended")
+	}
+	if strings.Contains(err.Error(), "s3cret-token") {
+		t.Fatalf("error reveals the password: %v", err)
+	}
+	check()
+}
+
+// At the first connect a network error is retried until the context ends, and a broker that
+// comes up meanwhile is found.
+func TestDialRetriesNetworkErrors(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	addr := l.Addr().String()
+	must(t, l.Close()) // nobody listens there now
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	var draws atomic.Int32
+	o := Options{
+		BrokerURL: "tcp://" + addr, ClientID: "car1", Logger: discard,
+		MinReconnectInterval: 10 * time.Millisecond, MaxReconnectInterval: 50 * time.Millisecond,
+		Rand: func() float64 { draws.Add(1); return 0.5 },
+	}
+	if _, err := Dial(ctx, o); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want the context's error", err)
+	}
+	if draws.Load() == 0 {
+		t.Fatal("retries did not draw their jitter from Options.Rand")
+	}
+
+	type result struct {
+		p   *Paho
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p, err := Dial(ctx, o)
+		done <- result{p, err}
+	}()
+	startBroker(t, brokerConfig{addr: addr})
+	r := <-done
+	must(t, r.err)
+	_ = r.p.Close()
+}
+
+func TestDialValidatesOptions(t *testing.T) {
+	_, err := Dial(context.Background(), Options{BrokerURL: "localhost:1883"})
+	if err == nil || !strings.Contains(err.Error(), "ClientID") || !strings.Contains(err.Error(), "BrokerURL") {
+		t.Fatalf("want both problems reported, got %v", err)
+	}
+}
+
+func TestPahoSubscribeRefused(t *testing.T) {
+	b := startBroker(t, brokerConfig{auth: &aclHook{deny: "other/"}})
+	car := dialTest(t, b.URL(), "car1", nil)
+	err := car.Subscribe(context.Background(), "other/#", 1, func(Message) {})
+	if !errors.Is(err, ErrSubscribeRefused) {
+		t.Fatalf("got %v, want ErrSubscribeRefused", err)
+	}
+	car.mu.Lock()
+	_, remembered := car.subs["other/#"]
+	car.mu.Unlock()
+	if remembered {
+		t.Fatal("a refused subscription is remembered")
+	}
+}
+
+// A handler that publishes at QoS 1 and waits for the PUBACK, while its own queue is full and
+// paho's router is blocked behind it, must not wait on itself (see Paho's comment).
+func TestPahoHandlerPublishUnderFullQueue(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	gw := NewInline(b.Server, InlineOptions{Logger: discard})
+	defer gw.Close()
+	ctx := context.Background()
+	var replies atomic.Int64
+	must(t, gw.Subscribe(ctx, "out/+", 1, func(Message) { replies.Add(1) }))
+
+	const n = 300 // below the broker's write queue for the client
+	var failed atomic.Int64
+	car := dialTest(t, b.URL(), "car1", func(o *Options) { o.Workers, o.QueueSize = 1, 1 })
+	must(t, car.Subscribe(ctx, "in/+", 1, func(m Message) {
+		if err := car.Publish(ctx, "out/car1", 1, false, m.Payload); err != nil {
+			failed.Add(1)
+		}
+	}))
+	for i := range n {
+		must(t, gw.Publish(ctx, "in/car1", 1, false, fmt.Appendf(nil, "%d", i)))
+	}
+	eventually(t, 20*time.Second, func() error {
+		if r := replies.Load(); r+failed.Load() != n {
+			return fmt.Errorf("%d replies, %d failed of %d", r, failed.Load(), n)
+		}
+		return nil
+	})
+	if f := failed.Load(); f != 0 {
+		t.Fatalf("%d handler publishes failed (waited on their own blocked reader)", f)
+	}
+}
+
+func TestPahoCloseIdempotentNoLeak(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	gw := NewInline(b.Server, InlineOptions{Logger: discard})
+	defer gw.Close()
+	check := goroutineBaseline(t)
+	ctx := context.Background()
+	car, err := Dial(ctx, Options{BrokerURL: b.URL(), ClientID: "car1", CleanSession: true, Logger: discard})
+	must(t, err)
+	var atCar inbox
+	must(t, car.Subscribe(ctx, "v/car1/cmd", 1, atCar.handle))
+	must(t, gw.Publish(ctx, "v/car1/cmd", 1, false, []byte("lock")))
+	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/cmd", "lock") })
+	must(t, car.Publish(ctx, "v/car1/result", 1, false, []byte("ok")))
+
+	must(t, car.Close())
+	must(t, car.Close())
+	if car.Connected() {
+		t.Fatal("connected after Close")
+	}
+	if err := car.Publish(ctx, "v/car1/result", 0, false, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("publish after Close: %v", err)
+	}
+	if err := car.Subscribe(ctx, "v/car1/cmd", 1, atCar.handle); !errors.Is(err, ErrClosed) {
+		t.Fatalf("subscribe after Close: %v", err)
+	}
+	check() // paho's goroutines and the broker's for this client are gone too
+}
+
+// aclHook admits everyone and denies filters and topics under one prefix.
+type aclHook struct {
+	auth.AllowHook
+	deny string
+}
+
+func (h *aclHook) ID() string { return "acl-test" }
+func (h *aclHook) OnACLCheck(_ *mqtt.Client, topic string, _ bool) bool {
+	return !strings.HasPrefix(topic, h.deny)
+}
+func (h *aclHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
