@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -21,6 +22,8 @@ commands:
   demo    start everything in one process and tell the story (--json for a machine summary)
   serve   run the gateway with its embedded broker (see --help)
   admin   talk to a running gateway's admin API (vehicles, users, audit)
+  rotate-key [--data DIR]
+          with the gateway stopped: make a new signing key; cars follow on the next start
 `
 
 func main() {
@@ -38,6 +41,16 @@ func main() {
 		code = admin.Run(ctx, os.Args[2:], admin.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 	case "demo":
 		code = demo.Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	case "rotate-key":
+		fs := flag.NewFlagSet("gateway rotate-key", flag.ContinueOnError)
+		data := fs.String("data", "./data", "the gateway's data directory")
+		if err := fs.Parse(os.Args[2:]); err != nil {
+			os.Exit(2)
+		}
+		if err := server.RotateSigningKey(*data, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "gateway rotate-key: %v\n", err)
+			code = 1
+		}
 	case "-h", "--help", "help":
 		fmt.Fprint(os.Stdout, usage)
 	default:

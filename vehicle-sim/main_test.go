@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,7 +59,12 @@ func eventually(t *testing.T, timeout time.Duration, fn func() error) {
 
 // runMain runs the binary's dispatch with args and an environment that has no SIM_* set.
 func runMain(ctx context.Context, args []string, vars map[string]string) (code int, stdout, stderr *syncBuffer) {
-	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	return runMainOut(ctx, &syncBuffer{}, args, vars)
+}
+
+// runMainOut is runMain writing stdout where the test can read it while the command runs.
+func runMainOut(ctx context.Context, stdout *syncBuffer, args []string, vars map[string]string) (code int, _, stderr *syncBuffer) {
+	stderr = &syncBuffer{}
 	env := stdio{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: func(k string) string { return vars[k] }}
 	return dispatch(ctx, args, env), stdout, stderr
 }
@@ -77,6 +83,7 @@ func TestDispatch(t *testing.T) {
 		{"run without fleet", []string{"run"}, 2, "no fleet given"},
 		{"run with both", []string{"run", "--fleet", "f.json", "--cars", "3"}, 2, "not both"},
 		{"run bad flag value", []string{"run", "--cars", "lots"}, 2, "run.cars"},
+		{"run link on every interface", []string{"run", "--cars", "1", "--link-addr", "0.0.0.0:1884"}, 2, "link_addr"},
 		{"run unreadable fleet", []string{"run", "--fleet", "/nonexistent/fleet.json"}, 1, "read fleet file"},
 	}
 	for _, tc := range tests {
@@ -159,8 +166,10 @@ func TestRunAgainstBroker(t *testing.T) {
 		stdout, stderr *syncBuffer
 	}
 	done := make(chan result, 1)
+	stdout := &syncBuffer{}
 	go func() {
-		code, out, errOut := runMain(ctx, []string{"run", "--fleet", fleetFile, "--telemetry-interval", "50ms", "--log-level", "warn"},
+		code, out, errOut := runMainOut(ctx, stdout, []string{"run", "--fleet", fleetFile, "--telemetry-interval", "50ms", "--log-level", "warn",
+			"--link-addr", "127.0.0.1:0"},
 			map[string]string{"SIM_BROKER": "tcp://" + tcp.Address(), "SIM_DATA": filepath.Join(dir, "data")})
 		done <- result{code, out, errOut}
 	}()
@@ -174,6 +183,37 @@ func TestRunAgainstBroker(t *testing.T) {
 		}
 		return nil
 	})
+
+	// The cars are on the local link: a challenge for each, 404 for a car not run here.
+	var linkURL string
+	eventually(t, 5*time.Second, func() error {
+		_, rest, ok := strings.Cut(stdout.String(), "local link on ")
+		if !ok {
+			return fmt.Errorf("stdout %q names no local link", stdout)
+		}
+		linkURL, _, _ = strings.Cut(rest, " ")
+		return nil
+	})
+	for _, v := range vins {
+		resp, err := http.Post(linkURL+"/v1/link/"+v+"/challenge", "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ch protocol.Challenge
+		err = json.NewDecoder(resp.Body).Decode(&ch)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || err != nil || ch.VIN != v || ch.Nonce == "" {
+			t.Fatalf("challenge of %s: %d %+v %v", v, resp.StatusCode, ch, err)
+		}
+	}
+	resp, err := http.Post(linkURL+"/v1/link/WVWZZZ1JZXW000999/challenge", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("challenge of a car not run here: %d", resp.StatusCode)
+	}
 	cancel() // what SIGINT does through signal.NotifyContext
 	select {
 	case r := <-done:

@@ -20,6 +20,7 @@ import (
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/whitelist"
 )
 
 // SecondFactor is the 2FA policy: it decides whether a request needs a second factor and
@@ -27,6 +28,13 @@ import (
 // a step-up session covered the request).
 type SecondFactor interface {
 	Authorize(user, session string, action protocol.Action, code string) (factors []string, err error)
+}
+
+// Keys is the digital-key registry as the router needs it: each car's current whitelist, and
+// the key a grant for that car must be signed with.
+type Keys interface {
+	Whitelist(vin string) *protocol.Whitelist
+	GrantSigner(vin string) *sign.Signer
 }
 
 // Config tunes the router.
@@ -65,7 +73,7 @@ type Router struct {
 	store  *store.Store
 	audit  *audit.Log
 	bus    mqttc.Client
-	signer *sign.Signer
+	keys   Keys
 	twofa  SecondFactor
 	now    func() time.Time
 	log    *slog.Logger
@@ -100,7 +108,7 @@ type pending struct {
 }
 
 // New builds a router. twofa may be nil (no second factor is asked for).
-func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, signer *sign.Signer,
+func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Keys,
 	twofa SecondFactor, now func() time.Time, logger *slog.Logger) (*Router, error) {
 	if now == nil {
 		now = time.Now
@@ -121,8 +129,8 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, signer *
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Router{
-		cfg: cfg, store: st, audit: log, bus: bus, signer: signer, twofa: twofa, now: now,
-		log: logger, twins: newTwins(stored), rate: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst),
+		cfg: cfg, store: st, audit: log, bus: bus, twofa: twofa, now: now,
+		log: logger, keys: keys, twins: newTwins(stored), rate: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst),
 		seen: seen, pending: map[string]*pending{}, ctx: ctx, cancel: cancel,
 	}
 	r.shards = make([]chan request, cfg.Shards)
@@ -264,7 +272,17 @@ func (r *Router) decide(req request) {
 		r.refuse(req, ev, cmd, err, true)
 		return
 	}
-	factors := []string{"token"}
+	// The user holds an active key of the car whose role allows the action, and the command
+	// carries that key's signature: the same rule the car applies to its own whitelist.
+	_, key, err := whitelist.VerifyCommand(r.keys.Whitelist(cmd.VIN), ar.Command, protocol.ChannelCloud, r.now())
+	if err == nil && key.User != req.user {
+		err = protocol.Refuse(protocol.ReasonForbidden, "key %s belongs to another user", key.ID)
+	}
+	if err != nil {
+		r.refuse(req, ev, cmd, err, true)
+		return
+	}
+	factors := []string{"token", "key"}
 	if r.twofa != nil {
 		session := req.session
 		if session == "" {
@@ -289,7 +307,7 @@ func (r *Router) decide(req request) {
 	}
 
 	sum, _ := ar.Command.DocSHA256()
-	grant, err := r.signer.Seal(protocol.Grant{V: protocol.Version, CmdSHA256: sum, VIN: cmd.VIN,
+	grant, err := r.keys.GrantSigner(cmd.VIN).Seal(protocol.Grant{V: protocol.Version, CmdSHA256: sum, VIN: cmd.VIN,
 		User: req.user, Factors: factors, ExpiresAtMs: cmd.ExpiresAtMs})
 	if err != nil {
 		r.refuse(req, ev, cmd, err, true)
@@ -328,8 +346,7 @@ func (r *Router) decide(req request) {
 	}
 }
 
-// check runs the checks that need the store and the clock: expiry bounds, vehicle known, the
-// user's role on it.
+// check runs the checks that need the store and the clock: expiry bounds, vehicle known.
 func (r *Router) check(req request, cmd *protocol.Command, nowMs int64) error {
 	if cmd.ExpiresAtMs <= nowMs {
 		return protocol.Refuse(protocol.ReasonExpired, "command expired before the gateway saw it")
@@ -337,23 +354,11 @@ func (r *Router) check(req request, cmd *protocol.Command, nowMs int64) error {
 	if cmd.ExpiresAtMs > nowMs+protocol.MaxCommandAheadMs {
 		return protocol.Refuse(protocol.ReasonBadRequest, "expires_at lies more than %d ms ahead", protocol.MaxCommandAheadMs)
 	}
-	v, err := r.store.GetVehicle(cmd.VIN)
+	_, err := r.store.GetVehicle(cmd.VIN)
 	if errors.Is(err, store.ErrNotFound) {
 		return protocol.Refuse(protocol.ReasonVehicleUnknown, "no vehicle %s", cmd.VIN)
 	}
-	if err != nil {
-		return err
-	}
-	role, ok := v.Users[req.user]
-	if !ok {
-		// Not telling a stranger whether the car exists would need the same answer for
-		// unknown cars; the closed list has vehicle_unknown for those, so forbidden is exact.
-		return protocol.Refuse(protocol.ReasonForbidden, "user has no key for this car")
-	}
-	if !role.Allows(cmd.Action) {
-		return protocol.Refuse(protocol.ReasonForbidden, "role %s may not %s", role, cmd.Action)
-	}
-	return nil
+	return err
 }
 
 // refuse audits and answers a rejected request. persistID records the id as used, so a

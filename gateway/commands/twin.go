@@ -17,10 +17,17 @@ type twins struct {
 	dirty map[string]bool
 	// received counts telemetry messages taken into the twin (for metrics and the bench).
 	received uint64
+	// seqs counts each car's telemetry sequence numbers, so losses can be counted.
+	seqs map[string]*seqCount
+}
+
+// seqCount tracks one car's telemetry sequence numbers since the gateway started.
+type seqCount struct {
+	first, last, count uint64
 }
 
 func newTwins(stored []store.Twin) *twins {
-	t := &twins{byVIN: map[string]*store.Twin{}, dirty: map[string]bool{}}
+	t := &twins{byVIN: map[string]*store.Twin{}, dirty: map[string]bool{}, seqs: map[string]*seqCount{}}
 	for i := range stored {
 		tw := stored[i]
 		t.byVIN[tw.VIN] = &tw
@@ -114,6 +121,15 @@ func (r *Router) onTelemetry(m mqttc.Message) {
 	r.twins.mu.Lock()
 	defer r.twins.mu.Unlock()
 	r.twins.received++
+	if tel.Seq != 0 {
+		sc, ok := r.twins.seqs[vin]
+		if !ok {
+			sc = &seqCount{first: tel.Seq, last: tel.Seq}
+			r.twins.seqs[vin] = sc
+		}
+		sc.count++
+		sc.first, sc.last = min(sc.first, tel.Seq), max(sc.last, tel.Seq)
+	}
 	tw := r.twins.get(vin)
 	if tel.TsMs < tw.TelemetryMs {
 		return
@@ -137,6 +153,29 @@ func (r *Router) TelemetryReceived() uint64 {
 	r.twins.mu.Lock()
 	defer r.twins.mu.Unlock()
 	return r.twins.received
+}
+
+// TelemetryStats counts telemetry since the gateway started: messages received, cars
+// reporting, and messages lost (gaps in each car's sequence numbers between the first and the
+// last one seen; a car that restarted skips numbers on purpose, so run the count on a fresh
+// fleet).
+type TelemetryStats struct {
+	Received uint64 `json:"telemetry_received"`
+	Lost     uint64 `json:"telemetry_lost"`
+	Cars     int    `json:"cars_reporting"`
+}
+
+// TelemetryStats returns the counts.
+func (r *Router) TelemetryStats() TelemetryStats {
+	r.twins.mu.Lock()
+	defer r.twins.mu.Unlock()
+	st := TelemetryStats{Received: r.twins.received, Cars: len(r.twins.seqs)}
+	for _, sc := range r.twins.seqs {
+		if span := sc.last - sc.first + 1; span > sc.count {
+			st.Lost += span - sc.count
+		}
+	}
+	return st
 }
 
 // MarshalTwin is the JSON form the admin API shows.

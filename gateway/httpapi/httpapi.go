@@ -60,6 +60,10 @@ type API struct {
 	AppTokenTTL     time.Duration
 	VehicleTokenTTL time.Duration
 	PasswordParams  accounts.Params
+	// Stats reports counters for GET /v1/admin/stats (nil: not served).
+	Stats func() any
+	// KeyStatus reports a car's whitelist versions for the admin API (nil: not shown).
+	KeyStatus func(vin string) any
 	// Extra routes (2FA, keys) registered by other packages.
 	Extra func(mux *http.ServeMux)
 
@@ -93,6 +97,11 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("POST /v1/admin/vehicles/{vin}/assign", a.admin(a.assign))
 	mux.Handle("POST /v1/admin/users", a.admin(a.addUser))
 	mux.Handle("GET /v1/admin/audit", a.admin(a.queryAudit))
+	if a.Stats != nil {
+		mux.Handle("GET /v1/admin/stats", a.admin(func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, a.Stats())
+		}))
+	}
 	if a.Extra != nil {
 		a.Extra(mux)
 	}
@@ -132,6 +141,10 @@ func StatusOf(r protocol.Reason) int {
 func Fail(w http.ResponseWriter, log *slog.Logger, err error) {
 	reason := protocol.ReasonOf(err)
 	msg := err.Error()
+	var ref *protocol.Refusal
+	if errors.As(err, &ref) && ref.Err != nil {
+		msg = ref.Err.Error() // the reason is in "error" already
+	}
 	if reason == protocol.ReasonInternal {
 		log.Error("request failed", "err", err)
 		msg = "internal error; see the gateway log"
@@ -363,10 +376,16 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 type VehicleView struct {
 	store.Vehicle
 	Twin *store.Twin `json:"twin,omitempty"`
+	// Keys is the car's whitelist: version, the version the car acknowledged, and the keys,
+	// so an owner or operator sees whether a revocation has reached the car.
+	Keys any `json:"keys,omitempty"`
 }
 
 func (a *API) view(v store.Vehicle) VehicleView {
 	out := VehicleView{Vehicle: v}
+	if a.KeyStatus != nil {
+		out.Keys = a.KeyStatus(v.VIN)
+	}
 	if t, ok := a.Twins.Twin(v.VIN); ok {
 		out.Twin = &t
 	}

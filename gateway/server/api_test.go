@@ -183,9 +183,10 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	runFleet(t, g.BrokerURL(), creds)
 	waitOnline(t, g, creds[0].VIN)
 	session := filepath.Join(t.TempDir(), "session.json")
+	keyFile := filepath.Join(t.TempDir(), "phone.key")
 	app := func(stdin string, args ...string) (string, string, int) {
 		var out, errb bytes.Buffer
-		code := appcmd.Run(ctx, append([]string{"--gateway", g.HTTPURL(), "--session", session}, args...),
+		code := appcmd.Run(ctx, append([]string{"--gateway", g.HTTPURL(), "--session", session, "--key", keyFile}, args...),
 			appcmd.Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
 		return out.String(), errb.String(), code
 	}
@@ -198,6 +199,13 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	if fi, err := os.Stat(session); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("session file: %v %v", fi, err)
 	}
+	if _, errs, code := app("", "key", "create"); code != 0 {
+		t.Fatalf("key create: %s", errs)
+	}
+	if _, errs, code := app("", "key", "pair", creds[0].VIN); code != 0 {
+		t.Fatalf("key pair: %s", errs)
+	}
+	waitSynced(t, g, creds[0].VIN)
 	out, errs, code = app("", "send", creds[0].VIN, "unlock", "--json")
 	if code != 0 {
 		t.Fatalf("send unlock: %d %s %s", code, out, errs)
@@ -207,7 +215,7 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last.Status != protocol.ReplyExecuted || len(lines) != 2 {
 		t.Fatalf("send --json output: %q", out)
 	}
-	if out, _, code = app("", "send", creds[1].VIN, "unlock"); code != 1 || !strings.Contains(out, "rejected: forbidden") {
+	if out, _, code = app("", "send", creds[1].VIN, "unlock", "--cloud-only"); code != 1 || !strings.Contains(out, "rejected: key_unknown") {
 		t.Fatalf("send to a car not hers: %d %q", code, out)
 	}
 	if _, errs, code = app("", "send", "NOTAVIN", "unlock"); code != 2 || !strings.Contains(errs, "not a VIN") {

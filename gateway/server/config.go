@@ -30,6 +30,10 @@ type Config struct {
 	HTTPAddr string `yaml:"http_addr" env:"GATEWAY_HTTP_ADDR"`
 	// ExternalBroker, when set (tcp://HOST:PORT), replaces the embedded broker.
 	ExternalBroker string `yaml:"external_broker" env:"GATEWAY_EXTERNAL_BROKER"`
+	// ExternalBrokerPassword, when set, is the gateway's MQTT password on the external broker
+	// (username "gateway"), for brokers that do not verify the gateway's tokens, such as
+	// mosquitto with a password file. Empty: the gateway presents a token it signs itself.
+	ExternalBrokerPassword string `yaml:"external_broker_password" env:"GATEWAY_EXTERNAL_BROKER_PASSWORD"`
 	// AdvertiseMQTTURL is the broker address apps are told at login; default derived from
 	// MQTTAddr (or ExternalBroker).
 	AdvertiseMQTTURL string `yaml:"advertise_mqtt_url" env:"GATEWAY_ADVERTISE_MQTT_URL"`

@@ -47,10 +47,13 @@ func TestGatewayRestartKeepsStateAndCarsReconnect(t *testing.T) {
 	runFleet(t, "tcp://"+mqttAddr, creds)
 	waitOnline(t, g1, vin)
 
-	app := login(t, g1, "alice", "")
-	cmd := app.NewCommand(phone.Request{VIN: vin, Action: protocol.ActionUnlock})
-	doc, _ := json.Marshal(cmd)
-	payload, _ := json.Marshal(protocol.AppRequest{V: 1, Command: protocol.Envelope{Doc: protocol.EncodeB64(doc)}})
+	app, _, key := loginKey(t, g1, "alice", "", vin)
+	waitSynced(t, g1, vin)
+	cmd, env, err := phone.SignCommand(key, app.NewCommand(phone.Request{VIN: vin, Action: protocol.ActionUnlock}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := json.Marshal(protocol.AppRequest{V: 1, Command: env})
 	r, err := app.SendRaw(context.Background(), cmd.ID, time.UnixMilli(cmd.ExpiresAtMs), payload, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +77,8 @@ func TestGatewayRestartKeepsStateAndCarsReconnect(t *testing.T) {
 	}
 	// The cars reconnect by themselves and commands flow again.
 	waitOnline(t, g2, vin)
-	app2 := login(t, g2, "alice", "")
+	app2, _, _ := loginKey(t, g2, "alice", "")
+	app2.SetKey(key)
 	sendUntilExecuted(t, app2, vin, protocol.ActionLock)
 	// A command id seen before the restart is still a duplicate.
 	r, err = app2.SendRaw(context.Background(), cmd.ID, time.UnixMilli(cmd.ExpiresAtMs), payload, nil)
@@ -112,7 +116,8 @@ func TestBrokerRestartEverythingReconnects(t *testing.T) {
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 	runFleet(t, "tcp://"+addr, creds)
 	waitOnline(t, g, vin)
-	app := login(t, g, "alice", "")
+	app := login(t, g, "alice", "", vin)
+	waitSynced(t, g, vin)
 	expect(t, send(t, app, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
 
 	if err := b.Close(); err != nil {
@@ -127,6 +132,10 @@ func TestBrokerRestartEverythingReconnects(t *testing.T) {
 		return nil
 	})
 	b = startBroker()
-	// Nobody restarts anything: gateway, cars and phone reconnect with backoff.
+	// Nobody restarts anything: gateway, cars and phone reconnect with backoff; the gateway
+	// publishes the retained whitelists again, which the new broker did not have.
 	sendUntilExecuted(t, app, vin, protocol.ActionLock)
+	pairedLater := login(t, g, "alice", "", vin)
+	waitSynced(t, g, vin)
+	sendUntilExecuted(t, pairedLater, vin, protocol.ActionUnlock)
 }

@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -23,6 +22,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/commands"
 	"telematics/gateway/httpapi"
+	"telematics/gateway/keys"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
 	"telematics/pkg/broker"
@@ -49,13 +49,16 @@ type Gateway struct {
 	store  *store.Store
 	audit  *audit.Log
 	signer *sign.Signer
+	ring   *keyRing
 	issuer *token.Issuer
 	broker *broker.Broker // nil with an external broker
 	bus    mqttc.Client
 	router *commands.Router
 	twofa  *twofa.Service
+	keys   *keys.Service
 	api    *httpapi.API
 
+	keysMu     sync.Mutex
 	adminToken string
 	httpLn     net.Listener
 	brokerURL  string
@@ -118,12 +121,27 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if g.twofa, err = g.openTwoFA(); err != nil {
 		return nil, err
 	}
-	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.signer, secondFactor{g.twofa}, g.now, g.log); err != nil {
+	g.keysMu.Lock()
+	g.keys, err = keys.New(g.store, g.ring, g.bus, keyChangeFactor{g.twofa}, g.now, g.log.With("component", "keys"))
+	g.keysMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, secondFactor{g.twofa}, g.now, g.log); err != nil {
 		return nil, err
 	}
 	if err := g.router.Subscribe(ctx); err != nil {
 		return nil, fmt.Errorf("subscribe to car and app topics: %w", err)
 	}
+	if err := g.keys.Subscribe(ctx); err != nil {
+		return nil, fmt.Errorf("subscribe to whitelist acknowledgements: %w", err)
+	}
+	if err := g.finishRotationStart(ctx); err != nil {
+		return nil, err
+	}
+	// The broker keeps retained whitelists in memory only: publish them all at every start
+	// (and, on an external broker, at every reconnect).
+	g.keys.PublishAll(ctx)
 
 	params := accounts.DefaultParams
 	if o.PasswordParams != nil {
@@ -136,8 +154,20 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
 		Guard: httpapi.TwoFactorGuard{Svc: g.twofa},
 	}
-	verifier := token.NewVerifier(g.now, g.signer.Public())
-	g.api.Extra = func(mux *http.ServeMux) { g.api.TwoFactorRoutes(mux, g.twofa, verifier) }
+	verifier := token.NewVerifier(g.now, g.ring.publicKeys()...)
+	g.api.Extra = func(mux *http.ServeMux) {
+		g.api.TwoFactorRoutes(mux, g.twofa, verifier)
+		g.api.KeyRoutes(mux, g.keys, verifier)
+	}
+	g.api.Stats = func() any {
+		st := g.router.TelemetryStats()
+		return map[string]any{"telemetry_received": st.Received, "telemetry_lost": st.Lost,
+			"cars_reporting": st.Cars, "pending_commands": g.router.PendingCount()}
+	}
+	g.api.KeyStatus = func(vin string) any {
+		st := g.keys.Status(vin)
+		return st
+	}
 	if g.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
@@ -149,19 +179,15 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 }
 
 func (g *Gateway) loadKeys() error {
-	s, created, err := sign.LoadOrCreate(filepath.Join(g.cfg.Data, SigningKeyFile))
+	ring, created, err := loadKeyRing(g.cfg.Data)
 	if err != nil {
 		return err
 	}
-	g.signer = s
+	g.ring, g.signer = ring, ring.current
 	if created {
-		g.log.Info("created gateway signing key", "kid", s.KID())
+		g.log.Info("created gateway signing key", "kid", g.signer.KID())
 	}
-	pub, err := sign.PublicPEM(s.Public())
-	if err != nil {
-		return err
-	}
-	if err := sign.WriteFileAtomic(filepath.Join(g.cfg.Data, PublicKeyFile), pub, 0o644); err != nil {
+	if err := writePublicKeys(g.cfg.Data, ring); err != nil {
 		return err
 	}
 	tokPath := filepath.Join(g.cfg.Data, AdminTokenFile)
@@ -190,11 +216,20 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if g.cfg.ExternalBrokerPassword != "" {
+			tok = g.cfg.ExternalBrokerPassword
+		}
 		suffix := make([]byte, 4)
 		_, _ = rand.Read(suffix)
 		c, err := mqttc.Dial(ctx, mqttc.Options{
 			BrokerURL: g.cfg.ExternalBroker, ClientID: "gateway-" + hex.EncodeToString(suffix),
 			Username: "gateway", Password: tok, Logger: g.log, CleanSession: true,
+			OnConnect: func(mqttc.Client) {
+				// After a broker restart the broker holds no retained whitelist.
+				if k := g.keysReady(); k != nil {
+					go k.PublishAll(context.Background())
+				}
+			},
 		})
 		if err != nil {
 			return fmt.Errorf("connect to external broker %s: %w", g.cfg.ExternalBroker, err)
@@ -213,7 +248,7 @@ func (g *Gateway) startBus(ctx context.Context) error {
 	if g.cfg.Broker.MaxClients > 0 {
 		bcfg.MaxClients = g.cfg.Broker.MaxClients
 	}
-	b, err := broker.New(bcfg, []*ecdsa.PublicKey{g.signer.Public()}, g.log.With("component", "broker"))
+	b, err := broker.New(bcfg, g.ring.publicKeys(), g.log.With("component", "broker"))
 	if err != nil {
 		return err
 	}
@@ -224,6 +259,14 @@ func (g *Gateway) startBus(ctx context.Context) error {
 	g.bus = mqttc.NewInline(b.Server(), mqttc.InlineOptions{})
 	g.brokerURL = g.cfg.advertisedMQTT(b.MQTTAddr())
 	return nil
+}
+
+// keysReady returns the key registry once Start created it (the bus's OnConnect may run
+// before).
+func (g *Gateway) keysReady() *keys.Service {
+	g.keysMu.Lock()
+	defer g.keysMu.Unlock()
+	return g.keys
 }
 
 func (g *Gateway) ready() error {

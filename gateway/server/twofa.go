@@ -64,3 +64,22 @@ func (s secondFactor) Authorize(user, session string, action protocol.Action, co
 	}
 	return d.Factors, nil
 }
+
+// keyChangeFactor is the 2FA rule for key changes: unless 2FA is off altogether, they need an
+// enrolled user and a code (or a session a code elevated).
+type keyChangeFactor struct{ svc *twofa.Service }
+
+func (k keyChangeFactor) RequireForKeyChange(user, session, action, code string) error {
+	if k.svc.Policy().Mode == twofa.ModeOff {
+		return nil
+	}
+	enrolled, err := k.svc.Enrolled(user)
+	if err != nil {
+		return err
+	}
+	if !enrolled {
+		return protocol.Refuse(protocol.ReasonTOTPEnrollmentRequired, "key changes need two-factor authentication: enroll with `vehicle-sim app totp enroll`")
+	}
+	_, err = k.svc.Decide(user, session, action, code)
+	return err
+}

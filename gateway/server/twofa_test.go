@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -39,11 +40,17 @@ type cli struct {
 	g       *server.Gateway
 	session string
 	dir     string
+	key     string
+}
+
+func newCLI(t *testing.T, g *server.Gateway, dir string) cli {
+	d := t.TempDir()
+	return cli{t: t, g: g, session: filepath.Join(d, "s.json"), dir: dir, key: filepath.Join(d, "phone.key")}
 }
 
 func (c cli) app(stdin string, args ...string) (string, string, int) {
 	var out, errb bytes.Buffer
-	code := appcmd.Run(context.Background(), append([]string{"--gateway", c.g.HTTPURL(), "--session", c.session}, args...),
+	code := appcmd.Run(context.Background(), append([]string{"--gateway", c.g.HTTPURL(), "--session", c.session, "--key", c.key}, args...),
 		appcmd.Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
 	return out.String(), errb.String(), code
 }
@@ -62,19 +69,22 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 		t.Skip("oathtool not installed (Debian package oathtool; .ci/run installs it)")
 	}
 	dir := t.TempDir()
-	g := startGateway(t, dir, nil)
+	g := startGateway(t, dir, func(c *server.Config) { c.TwoFA.Mode = twofa.ModeEnrolled })
 	creds := provision(t, g, 1)
 	vin := creds[0].VIN
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 	runFleet(t, g.BrokerURL(), creds)
 	waitOnline(t, g, vin)
-	c := cli{t: t, g: g, session: filepath.Join(t.TempDir(), "s.json"), dir: dir}
+	c := newCLI(t, g, dir)
 	if _, errs, code := c.app(password+"\n", "login", "--user", "alice"); code != 0 {
 		t.Fatal(errs)
 	}
-	// Not enrolled, mode "enrolled": no code asked.
-	if out, errs, code := c.app("", "send", vin, "unlock"); code != 0 {
-		t.Fatalf("unlock before enrollment: %s %s", out, errs)
+	if _, errs, code := c.app("", "key", "create"); code != 0 {
+		t.Fatal(errs)
+	}
+	// Key changes need two-factor authentication: first enroll.
+	if _, errs, code := c.app("", "key", "pair", vin); code != 1 || !strings.Contains(errs, "totp_enrollment_required") {
+		t.Fatalf("pair before enrollment: %d %q", code, errs)
 	}
 
 	qr := filepath.Join(t.TempDir(), "qr.png")
@@ -99,12 +109,22 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 	out, _, _ = c.app("", "totp", "enroll", "--json")
 	json.Unmarshal([]byte(out), &e)
 
-	now := time.Now()
-	out, errs, code = c.app("", "totp", "confirm", oathtool(t, e.Secret, now))
+	// Three consecutive 30 s steps are all inside the ±1-step window: confirm with the
+	// previous step's code, pair with the current one, unlock with the next one. Start at the
+	// beginning of a step so the window cannot move during the sequence.
+	now := freshStep()
+	out, errs, code = c.app("", "totp", "confirm", oathtool(t, e.Secret, now.Add(-30*time.Second)))
 	if code != 0 || strings.Count(out, "\n  ") != 10 {
 		t.Fatalf("confirm: %d %q %s", code, out, errs)
 	}
 	recovery := strings.Fields(strings.SplitN(out, "\n", 2)[1])
+	if _, errs, code := c.app("", "key", "pair", vin); code != 1 || !strings.Contains(errs, "totp_required") {
+		t.Fatalf("pair without code: %d %q", code, errs)
+	}
+	if _, errs, code := c.app("", "key", "pair", vin, "--totp", oathtool(t, e.Secret, now)); code != 0 {
+		t.Fatalf("pair with code: %q", errs)
+	}
+	waitSynced(t, g, vin)
 
 	// Enrolled now: unlock without a code is refused, with a fresh oathtool code executed.
 	if out, _, code := c.app("", "send", vin, "unlock"); code != 1 || !strings.Contains(out, "totp_required") {
@@ -114,7 +134,7 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 	if out, errs, code := c.app("", "send", vin, "lock"); code != 0 {
 		t.Fatalf("lock: %s %s", out, errs)
 	}
-	next := oathtool(t, e.Secret, now.Add(30*time.Second)) // the confirm used this step's code
+	next := oathtool(t, e.Secret, now.Add(30*time.Second))
 	if out, errs, code := c.app("", "send", vin, "unlock", "--totp", next); code != 0 {
 		t.Fatalf("unlock with oathtool code: %q %s", out, errs)
 	}
@@ -126,19 +146,20 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 	if out, _, code := c.app("", "send", vin, "unlock", "--totp", next); code != 1 || !strings.Contains(out, "totp_replayed") {
 		t.Fatalf("replayed code: %d %q", code, out)
 	}
-	// Another session (a new login) is not elevated.
-	other := cli{t: t, g: g, session: filepath.Join(t.TempDir(), "s2.json"), dir: dir}
+	// Another session (a new login, same phone key) is not elevated.
+	other := c
+	other.session = filepath.Join(t.TempDir(), "s2.json")
 	other.app(password+"\n", "login", "--user", "alice")
 	if out, _, code := other.app("", "send", vin, "unlock"); code != 1 || !strings.Contains(out, "totp_required") {
 		t.Fatalf("second session elevated: %d %q", code, out)
 	}
 	// Wrong codes: four failures, then a fifth locks the user out; a correct code is refused too.
 	wrong := "000000"
-	if wrong == next || wrong == oathtool(t, e.Secret, time.Now()) {
+	if wrong == next || wrong == oathtool(t, e.Secret, now) || wrong == oathtool(t, e.Secret, now.Add(-30*time.Second)) {
 		wrong = "999999"
 	}
 	for i := 0; i < 5; i++ {
-		out, _, _ := other.app("", "send", vin, "unlock", "--totp", wrong)
+		out, _, _ := other.app("", "send", vin, "unlock", "--cloud-only", "--totp", wrong)
 		want := "totp_invalid"
 		if i == 4 {
 			want = "locked_out"
@@ -147,7 +168,7 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 			t.Fatalf("failure %d: %q, want %s", i+1, out, want)
 		}
 	}
-	if out, _, _ := other.app("", "send", vin, "unlock", "--totp", recovery[0]); !strings.Contains(out, "locked_out") {
+	if out, _, _ := other.app("", "send", vin, "unlock", "--cloud-only", "--totp", recovery[0]); !strings.Contains(out, "locked_out") {
 		t.Fatalf("recovery code during lockout: %q", out)
 	}
 	// Password login is locked out too.
@@ -174,17 +195,24 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 
 func TestTOTPPolicies(t *testing.T) {
 	t.Run("required mode refuses users who have not enrolled", func(t *testing.T) {
-		g := startGateway(t, t.TempDir(), func(c *server.Config) { c.TwoFA.Mode = twofa.ModeRequired })
+		// Bob paired his phone while 2FA was off; then the operator requires it.
+		dir, mqttAddr := t.TempDir(), freeAddr(t)
+		g := startGateway(t, dir, func(c *server.Config) { c.MQTTAddr = mqttAddr })
 		creds := provision(t, g, 1)
 		addUser(t, g, "bob", creds[0].VIN, protocol.RoleOwner)
-		runFleet(t, g.BrokerURL(), creds)
+		runFleet(t, "tcp://"+mqttAddr, creds)
+		_, _, key := loginKey(t, g, "bob", "", creds[0].VIN)
+		waitSynced(t, g, creds[0].VIN)
+		g.Close()
+		g = startGateway(t, dir, func(c *server.Config) { c.MQTTAddr = mqttAddr; c.TwoFA.Mode = twofa.ModeRequired })
 		waitOnline(t, g, creds[0].VIN)
-		app := login(t, g, "bob", "")
-		expect(t, send(t, app, creds[0].VIN, protocol.ActionUnlock), protocol.ReplyRejected, protocol.ReasonTOTPEnrollmentRequired)
-		expect(t, send(t, app, creds[0].VIN, protocol.ActionLock), protocol.ReplyExecuted, "")
+		app, _, _ := loginKey(t, g, "bob", "")
+		app.SetKey(key)
+		expect(t, sendUntilAnswered(t, app, creds[0].VIN, protocol.ActionUnlock), protocol.ReplyRejected, protocol.ReasonTOTPEnrollmentRequired)
+		expect(t, sendUntilAnswered(t, app, creds[0].VIN, protocol.ActionLock), protocol.ReplyExecuted, "")
 	})
 	t.Run("login requires totp: a password alone gets nothing", func(t *testing.T) {
-		g := startGateway(t, t.TempDir(), func(c *server.Config) { c.TwoFA.LoginRequiresTOTP = true })
+		g := startGateway(t, t.TempDir(), func(c *server.Config) { c.TwoFA.Mode = twofa.ModeEnrolled; c.TwoFA.LoginRequiresTOTP = true })
 		addUser(t, g, "carol", "", "")
 		ctx := context.Background()
 		// Before enrollment login works (mode enrolled); enroll and confirm.
@@ -215,4 +243,34 @@ func TestTOTPPolicies(t *testing.T) {
 			t.Fatal("re-enrollment without proof accepted")
 		}
 	})
+}
+
+// freshStep returns the current time once at least 10 s of the current 30 s TOTP step remain,
+// waiting for the next step if needed, so a sequence of codes computed from it stays valid.
+func freshStep() time.Time {
+	now := time.Now()
+	if left := 30 - now.Unix()%30; left < 10 {
+		time.Sleep(time.Duration(left)*time.Second + 100*time.Millisecond)
+		now = time.Now()
+	}
+	return now
+}
+
+// sendUntilAnswered retries while the car is reconnecting after a gateway restart (offline
+// or expired), and returns the first other answer.
+func sendUntilAnswered(t *testing.T, app *phone.App, vin string, action protocol.Action) protocol.Reply {
+	t.Helper()
+	var last protocol.Reply
+	eventually(t, 20*time.Second, func() error {
+		r, err := app.Send(context.Background(), phone.Request{VIN: vin, Action: action, Lifetime: 2 * time.Second}, nil)
+		if err != nil {
+			return err
+		}
+		last = r
+		if r.Reason == protocol.ReasonVehicleOffline || r.Status == protocol.ReplyExpired {
+			return fmt.Errorf("%s %s", r.Status, r.Reason)
+		}
+		return nil
+	})
+	return last
 }

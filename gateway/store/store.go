@@ -322,3 +322,20 @@ func (s *Store) UserNames() ([]string, error) {
 	sort.Strings(out)
 	return out, err
 }
+
+// GetMeta reads a value of the meta bucket (nil if absent).
+func (s *Store) GetMeta(key string) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get([]byte(key)); v != nil {
+			out = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PutMeta writes a value of the meta bucket.
+func (s *Store) PutMeta(key string, value []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte(key), value) })
+}

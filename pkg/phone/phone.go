@@ -1,6 +1,7 @@
-// Package phone is the simulated phone app: it logs in to the gateway over HTTP, keeps its
-// session, and sends commands to cars through the broker, following each request's replies
-// until the terminal one.
+// Package phone is the simulated phone app: it holds the phone's key (the private half never
+// leaves the phone), logs in to the gateway over HTTP, pairs and manages digital keys, and
+// sends signed commands to cars through the cloud (broker and gateway) or, when the cloud does
+// not answer, over the car's local link.
 package phone
 
 import (
@@ -22,6 +23,7 @@ import (
 
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
 )
 
 // Session is what a login yields; `vehicle-sim app login` stores it (0600) for later calls.
@@ -38,7 +40,8 @@ type Session struct {
 	ClientID string `json:"client_id"`
 }
 
-// APIError is an error answer from the gateway's HTTP API.
+// APIError is an error answer from the gateway's HTTP API or from a car's local link: the
+// HTTP status and the body {"error": REASON, "message": TEXT}.
 type APIError struct {
 	Status  int
 	Reason  protocol.Reason
@@ -86,12 +89,7 @@ func Call(ctx context.Context, method, url, bearer string, in, out any) error {
 		return fmt.Errorf("read gateway answer: %w", err)
 	}
 	if resp.StatusCode >= 300 {
-		var e struct {
-			Error   string `json:"error"`
-			Message string `json:"message"`
-		}
-		_ = json.Unmarshal(b, &e)
-		return &APIError{Status: resp.StatusCode, Reason: protocol.Reason(e.Error), Message: e.Message}
+		return apiError(resp.StatusCode, b)
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
@@ -99,6 +97,16 @@ func Call(ctx context.Context, method, url, bearer string, in, out any) error {
 		}
 	}
 	return nil
+}
+
+// apiError decodes an error answer's {"error", "message"} body.
+func apiError(status int, body []byte) *APIError {
+	var e struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}
+	_ = json.Unmarshal(body, &e)
+	return &APIError{Status: status, Reason: protocol.Reason(e.Error), Message: e.Message}
 }
 
 // Login authenticates user with password (and a TOTP code where the policy needs one).
@@ -124,15 +132,36 @@ type App struct {
 	now    func() time.Time
 
 	mu      sync.Mutex
+	key     *sign.Signer // signs every command; nil until SetKey
 	waiters map[string]chan protocol.Reply
 }
 
+// ConnectOptions tune ConnectWith. Zero values take the defaults given per field.
+type ConnectOptions struct {
+	// BrokerURL overrides the broker the gateway advertised at login.
+	BrokerURL string
+	// Key is the phone key that signs every command (see SetKey).
+	Key *sign.Signer
+	// ConnectTimeout bounds one connection attempt; default 5 s. Dial retries unreachable
+	// brokers until ctx ends, so ctx bounds the whole connect.
+	ConnectTimeout time.Duration
+	// Logger receives connection events; default discards.
+	Logger *slog.Logger
+}
+
 // Connect opens the app's MQTT session (brokerURL overrides the one the gateway advertised)
-// and subscribes to its replies.
+// and subscribes to its replies. Give the app its phone key with SetKey before Send.
 func Connect(ctx context.Context, s *Session, brokerURL string, logger *slog.Logger) (*App, error) {
+	return ConnectWith(ctx, s, ConnectOptions{BrokerURL: brokerURL, Logger: logger})
+}
+
+// ConnectWith is Connect with every option.
+func ConnectWith(ctx context.Context, s *Session, o ConnectOptions) (*App, error) {
+	brokerURL := o.BrokerURL
 	if brokerURL == "" {
 		brokerURL = s.BrokerURL
 	}
+	logger := o.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -142,10 +171,11 @@ func Connect(ctx context.Context, s *Session, brokerURL string, logger *slog.Log
 		_, _ = rand.Read(suffix)
 		clientID = s.ClientIDPrefix + hex.EncodeToString(suffix)
 	}
-	a := &App{sess: s, now: time.Now, waiters: map[string]chan protocol.Reply{}}
+	a := &App{sess: s, now: time.Now, key: o.Key, waiters: map[string]chan protocol.Reply{}}
 	c, err := mqttc.Dial(ctx, mqttc.Options{
 		BrokerURL: brokerURL, ClientID: clientID,
 		Username: s.User, Password: s.Token, Logger: logger,
+		ConnectTimeout: o.ConnectTimeout,
 	})
 	if err != nil {
 		return nil, err
@@ -156,6 +186,19 @@ func Connect(ctx context.Context, s *Session, brokerURL string, logger *slog.Log
 		return nil, fmt.Errorf("subscribe to replies: %w", err)
 	}
 	return a, nil
+}
+
+// SetKey sets the phone key that signs every command Send publishes.
+func (a *App) SetKey(key *sign.Signer) {
+	a.mu.Lock()
+	a.key = key
+	a.mu.Unlock()
+}
+
+func (a *App) signer() *sign.Signer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.key
 }
 
 // Close disconnects.
@@ -181,45 +224,85 @@ func (a *App) onReply(m mqttc.Message) {
 type Request struct {
 	VIN      string
 	Action   protocol.Action
-	TOTP     string
+	TOTP     string        // cloud path only: the gateway checks it, the car never sees it
 	Lifetime time.Duration // default protocol.DefaultCommandLifetimeMs
 	ID       string        // default a new UUIDv7
 }
 
-// NewCommand builds the command document for r.
+// NewCommand builds the command document for r, naming the app's key when it has one.
 func (a *App) NewCommand(r Request) protocol.Command {
-	now := a.now()
+	keyID := ""
+	if k := a.signer(); k != nil {
+		keyID = k.KID()
+	}
+	return newCommand(a.sess.User, keyID, r, a.now())
+}
+
+// newCommand builds the command document user sends with key keyID at now.
+func newCommand(user, keyID string, r Request, now time.Time) protocol.Command {
 	life := r.Lifetime
 	if life <= 0 {
 		life = protocol.DefaultCommandLifetimeMs * time.Millisecond
 	}
 	id := r.ID
 	if id == "" {
-		u, err := uuid.NewV7()
-		if err != nil {
-			u = uuid.New()
-		}
-		id = u.String()
+		id = newCommandID()
 	}
-	return protocol.Command{V: protocol.Version, ID: id, VIN: r.VIN, Action: r.Action, User: a.sess.User,
+	return protocol.Command{V: protocol.Version, ID: id, VIN: r.VIN, Action: r.Action, KeyID: keyID, User: user,
 		IssuedAtMs: now.UnixMilli(), ExpiresAtMs: now.Add(life).UnixMilli()}
 }
 
-// Send publishes the request and calls onReply for each reply until the terminal one, which
-// it returns. It gives up when ctx ends or the command's expiry plus a margin passes.
-func (a *App) Send(ctx context.Context, r Request, onReply func(protocol.Reply)) (protocol.Reply, error) {
-	cmd := a.NewCommand(r)
+// newCommandID returns a new UUIDv7 (time-ordered, so audit logs sort by it).
+func newCommandID() string {
+	u, err := uuid.NewV7()
+	if err != nil {
+		u = uuid.New()
+	}
+	return u.String()
+}
+
+// SignCommand stamps cmd with the key's id and signs its JSON bytes: the envelope carries
+// those exact bytes, the signature and the key id. Only the signature and the key id leave
+// the phone; the private key never does.
+func SignCommand(key *sign.Signer, cmd protocol.Command) (protocol.Command, protocol.Envelope, error) {
+	if key == nil {
+		return cmd, protocol.Envelope{}, ErrNoKey
+	}
+	cmd.KeyID = key.KID()
 	doc, err := json.Marshal(cmd)
 	if err != nil {
-		return protocol.Reply{}, err
+		return cmd, protocol.Envelope{}, fmt.Errorf("encode command: %w", err)
 	}
-	// Phone keys sign commands once the digital-key issue lands; until then the envelope
-	// carries the document unsigned and the gateway authorizes by token and role.
-	payload, err := json.Marshal(protocol.AppRequest{V: protocol.Version, Command: protocol.Envelope{Doc: protocol.EncodeB64(doc)}, TOTP: r.TOTP})
+	env, err := key.Sign(doc)
+	if err != nil {
+		return cmd, protocol.Envelope{}, err
+	}
+	return cmd, env, nil
+}
+
+// Send signs the request with the app's phone key, publishes it and calls onReply for each
+// reply until the terminal one, which it returns. It gives up when ctx ends or the command's
+// expiry plus a margin passes. Without a key (SetKey) it returns ErrNoKey.
+func (a *App) Send(ctx context.Context, r Request, onReply func(protocol.Reply)) (protocol.Reply, error) {
+	return a.send(ctx, r, onReply, time.Time{})
+}
+
+// send is Send; a non-zero firstReplyBy makes it give up with errCloudSilent when no reply at
+// all has come by then.
+func (a *App) send(ctx context.Context, r Request, onReply func(protocol.Reply), firstReplyBy time.Time) (protocol.Reply, error) {
+	key := a.signer()
+	if key == nil {
+		return protocol.Reply{}, ErrNoKey
+	}
+	cmd, env, err := SignCommand(key, a.NewCommand(r))
 	if err != nil {
 		return protocol.Reply{}, err
 	}
-	return a.SendRaw(ctx, cmd.ID, time.UnixMilli(cmd.ExpiresAtMs), payload, onReply)
+	payload, err := json.Marshal(protocol.AppRequest{V: protocol.Version, Command: env, TOTP: r.TOTP})
+	if err != nil {
+		return protocol.Reply{}, err
+	}
+	return a.follow(ctx, cmd.ID, time.UnixMilli(cmd.ExpiresAtMs), payload, onReply, firstReplyBy)
 }
 
 // PublishRaw publishes payload on the user's request topic without waiting for anything.
@@ -230,8 +313,24 @@ func (a *App) PublishRaw(ctx context.Context, payload []byte) error {
 }
 
 // SendRaw publishes payload as a request with the given id and follows its replies; tests use
-// it to send malformed or replayed requests.
+// it to send malformed, unsigned or replayed requests.
 func (a *App) SendRaw(ctx context.Context, id string, expiresAt time.Time, payload []byte, onReply func(protocol.Reply)) (protocol.Reply, error) {
+	return a.follow(ctx, id, expiresAt, payload, onReply, time.Time{})
+}
+
+// ErrNoTerminalReply means the gateway answered a request (or took it) but sent no terminal
+// reply in time: the command may or may not have run.
+var ErrNoTerminalReply = errors.New("no terminal reply from the gateway")
+
+// errCloudSilent: the request went to the broker but no reply came by the first-reply
+// deadline. errNotPublished: the broker did not confirm the request. Both let SendAuto fall
+// back to the local link; nothing after a first reply does.
+var (
+	errCloudSilent  = errors.New("no reply from the cloud")
+	errNotPublished = errors.New("request not confirmed by the broker")
+)
+
+func (a *App) follow(ctx context.Context, id string, expiresAt time.Time, payload []byte, onReply func(protocol.Reply), firstReplyBy time.Time) (protocol.Reply, error) {
 	ch := make(chan protocol.Reply, 8)
 	a.mu.Lock()
 	if _, busy := a.waiters[id]; busy {
@@ -245,26 +344,45 @@ func (a *App) SendRaw(ctx context.Context, id string, expiresAt time.Time, paylo
 		delete(a.waiters, id)
 		a.mu.Unlock()
 	}()
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	publishWithin := 5 * time.Second
+	if !firstReplyBy.IsZero() {
+		publishWithin = min(publishWithin, time.Until(firstReplyBy))
+	}
+	pctx, cancel := context.WithTimeout(ctx, publishWithin)
 	err := a.client.Publish(pctx, protocol.AppTopic(a.sess.User, protocol.SuffixCmd), 1, false, payload)
 	cancel()
 	if err != nil {
-		return protocol.Reply{}, fmt.Errorf("publish request: %w", err)
+		if ctx.Err() != nil {
+			return protocol.Reply{}, ctx.Err()
+		}
+		if !firstReplyBy.IsZero() && !time.Now().Before(firstReplyBy) {
+			return protocol.Reply{}, fmt.Errorf("%w (publish: %w)", errCloudSilent, err)
+		}
+		return protocol.Reply{}, fmt.Errorf("publish request: %w (%w)", errNotPublished, err)
 	}
 	// The gateway answers expired shortly after expiry; wait a little longer than that.
 	deadline := time.NewTimer(time.Until(expiresAt) + 5*time.Second)
 	defer deadline.Stop()
+	var first <-chan time.Time // nil (never fires) unless a first-reply deadline is set
+	if !firstReplyBy.IsZero() {
+		t := time.NewTimer(time.Until(firstReplyBy))
+		defer t.Stop()
+		first = t.C
+	}
 	for {
 		select {
 		case r := <-ch:
+			first = nil // the cloud answered: from here on its answer is final
 			if onReply != nil {
 				onReply(r)
 			}
 			if protocol.Terminal(r.Status) {
 				return r, nil
 			}
+		case <-first:
+			return protocol.Reply{}, errCloudSilent
 		case <-deadline.C:
-			return protocol.Reply{}, fmt.Errorf("no terminal reply for %s from the gateway", id)
+			return protocol.Reply{}, fmt.Errorf("%w for %s", ErrNoTerminalReply, id)
 		case <-ctx.Done():
 			return protocol.Reply{}, ctx.Err()
 		}

@@ -1,13 +1,16 @@
-// Package vehicle is the simulated car: it verifies and executes the commands the gateway
-// sends on v/{vin}/cmd, keeps its state, replay cache and telemetry sequence in a bbolt store,
-// and drives around producing telemetry. Car holds the logic without any MQTT; RunFleet
-// connects many cars to a broker.
+// Package vehicle is the simulated car: it keeps the digital-key whitelist the gateway sends on
+// v/{vin}/keys, verifies and executes the commands that reach it through the cloud (v/{vin}/cmd)
+// or over the local link (LinkServer), journals what it did on the local link for
+// v/{vin}/events, keeps its state, keys, replay cache and journal in a bbolt store, and drives
+// around producing telemetry. Car holds the logic without any MQTT or HTTP; RunFleet connects
+// many cars to a broker and LinkServer puts them on the local link.
 package vehicle
 
 import (
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,19 +20,35 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/whitelist"
 )
 
-// Authorizer is the step of command verification that checks who asked for the command: the
-// phone's signature on it and the car's own key whitelist (key known, not revoked, within its
-// validity, role allows the action, channel allowed). It runs after the gateway grant and the
-// expiry checks and before the replay check, and returns a *protocol.Refusal (key_unknown,
-// key_revoked, key_expired, signature_invalid, forbidden) to refuse.
-//
-// SEAM (digital keys, a later issue): nothing implements it yet. Until then a Car built
-// without an Authorizer executes any command that carries a valid gateway grant, which is
-// weaker than DESIGN.md's trust model (a stolen gateway key alone must not open a car).
+// Authorizer is the step of cloud-command verification that checks who asked for the
+// command: the phone's signature on it and the car's own key whitelist. It runs after the
+// gateway grant and the expiry checks and before the replay check (see HandleCommand), gets the
+// car's current whitelist (nil when the car has none), and returns the key that signed the
+// command, or a *protocol.Refusal (key_unknown, key_revoked, key_expired, signature_invalid,
+// forbidden). WhitelistAuthorizer is the one every car uses unless CarOptions says otherwise.
 type Authorizer interface {
-	Authorize(cmd *protocol.Command, cmdEnv protocol.Envelope, grant *protocol.Grant, now time.Time) error
+	Authorize(wl *protocol.Whitelist, cmdEnv protocol.Envelope, grant *protocol.Grant, now time.Time) (protocol.WhitelistKey, error)
+}
+
+// WhitelistAuthorizer is DESIGN.md's rule for the cloud path: the command is signed by a key
+// on the car's whitelist that may, now, be used on the cloud channel for the action
+// (whitelist.VerifyCommand), and the gateway's grant names that key's user. A car without a
+// whitelist refuses every command (key_unknown), so a stolen gateway key alone opens nothing.
+type WhitelistAuthorizer struct{}
+
+// Authorize implements Authorizer.
+func (WhitelistAuthorizer) Authorize(wl *protocol.Whitelist, cmdEnv protocol.Envelope, grant *protocol.Grant, now time.Time) (protocol.WhitelistKey, error) {
+	_, key, err := whitelist.VerifyCommand(wl, cmdEnv, protocol.ChannelCloud, now)
+	if err != nil {
+		return key, err
+	}
+	if grant.User != key.User {
+		return key, protocol.Refuse(protocol.ReasonForbidden, "grant is for user %q, the key belongs to %q", grant.User, key.User)
+	}
+	return key, nil
 }
 
 // CarStore is the persistence a Car needs; *Store implements it.
@@ -37,7 +56,12 @@ type CarStore interface {
 	LoadCar(vin string) (CarRecord, bool, error)
 	SaveCar(vin string, rec CarRecord) error
 	Executed(vin, id string) (bool, error)
-	CommitCommand(vin, id string, expiresAtMs, nowMs int64, state State) error
+	CommitCommand(vin string, c Commit) error
+	LoadKeys(vin string) (KeyRecord, bool, error)
+	SaveKeys(vin string, rec KeyRecord) error
+	AppendJournal(vin string, ev protocol.VehicleEvent) (uint64, error)
+	Journal(vin string, max int) ([]protocol.VehicleEvent, error)
+	DeleteJournal(vin string, seqs []uint64) error
 }
 
 // CarOptions are a car's optional dependencies.
@@ -46,8 +70,8 @@ type CarOptions struct {
 	Now func() time.Time
 	// Logger receives the car's decisions; discarded when nil.
 	Logger *slog.Logger
-	// Authorizer checks phone signature and whitelist; nil until digital keys exist (see
-	// Authorizer).
+	// Authorizer checks the phone signature of cloud commands against the whitelist;
+	// WhitelistAuthorizer when nil.
 	Authorizer Authorizer
 	// Rand drives the motion model; seeded from the VIN and the clock when nil. A Car uses it
 	// only under its own lock.
@@ -64,14 +88,21 @@ const seqBlock = 256
 const stateSaveInterval = time.Minute
 
 // Car is one simulated vehicle. Its methods are safe for concurrent use and serialized: a car
-// handles one command (or telemetry tick) at a time, in the order they arrive.
+// handles one command (cloud or local), whitelist or telemetry tick at a time, in the order they
+// arrive. Only Challenge does not wait for a command in progress.
 type Car struct {
-	vin        string
-	gatewayKey *ecdsa.PublicKey
-	store      CarStore
-	now        func() time.Time
-	log        *slog.Logger
-	auth       Authorizer
+	vin   string
+	store CarStore
+	now   func() time.Time
+	log   *slog.Logger
+	auth  Authorizer
+
+	// nonces are the local link's outstanding challenges: in memory only, so a restarted car
+	// knows none of the nonces it issued before.
+	nonces nonceTable
+	// journaled is signalled (capacity 1) whenever a journal entry was written, so whoever
+	// publishes the journal (the fleet) need not poll.
+	journaled chan struct{}
 
 	mu         sync.Mutex
 	state      State
@@ -80,10 +111,17 @@ type Car struct {
 	seqHigh    uint64
 	lastSaveMs int64
 	rng        *rand.Rand
+	// The digital keys: the whitelist (nil until the first one is stored), its version, and
+	// the gateway keys the car trusts for whitelists and grants.
+	wl        *protocol.Whitelist
+	wlVersion uint64
+	trusted   []*ecdsa.PublicKey
 }
 
 // NewCar loads the car of creds from store, or creates it parked at its home point. The
 // credentials must carry the gateway's public key: without it the car cannot verify anything.
+// The car's whitelist and trust set come from the store; a car that never received a whitelist
+// trusts the credentials' gateway key and refuses every command (key_unknown).
 func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, error) {
 	if !protocol.ValidVIN(creds.VIN) {
 		return nil, fmt.Errorf("credentials carry a malformed vin %q", creds.VIN)
@@ -96,19 +134,23 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 		return nil, fmt.Errorf("gateway_key of %s: %w", creds.VIN, err)
 	}
 	c := &Car{
-		vin:        creds.VIN,
-		gatewayKey: key,
-		store:      store,
-		now:        opts.Now,
-		log:        opts.Logger,
-		auth:       opts.Authorizer,
-		rng:        opts.Rand,
+		vin:       creds.VIN,
+		store:     store,
+		now:       opts.Now,
+		log:       opts.Logger,
+		auth:      opts.Authorizer,
+		rng:       opts.Rand,
+		journaled: make(chan struct{}, 1),
+		trusted:   []*ecdsa.PublicKey{key},
 	}
 	if c.now == nil {
 		c.now = time.Now
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.auth == nil {
+		c.auth = WhitelistAuthorizer{}
 	}
 	c.log = c.log.With("vin", c.vin)
 	nowMs := c.now().UnixMilli()
@@ -127,7 +169,52 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 	c.seq, c.seqHigh = rec.SeqHigh, rec.SeqHigh
 	// The time the process was down is not simulated: the car resumes where it stopped.
 	c.lastMs, c.lastSaveMs = nowMs, nowMs
+	if err := c.loadKeys(); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// loadKeys reads the stored whitelist and trust set. They were verified when they were stored;
+// the store is the car's own, so they are not verified again (the key that signed the
+// whitelist may no longer be trusted after a rotation).
+func (c *Car) loadKeys() error {
+	rec, found, err := c.store.LoadKeys(c.vin)
+	if err != nil {
+		return err
+	}
+	if len(rec.Trust) > 0 {
+		trusted, err := decodeTrust(rec.Trust)
+		if err != nil {
+			return fmt.Errorf("stored trust set of %s: %w", c.vin, err)
+		}
+		c.trusted = trusted
+	}
+	if !found {
+		return nil
+	}
+	doc, err := rec.Envelope.DocBytes()
+	if err != nil {
+		return fmt.Errorf("stored whitelist of %s: %w", c.vin, err)
+	}
+	var wl protocol.Whitelist
+	if err := json.Unmarshal(doc, &wl); err != nil {
+		return fmt.Errorf("stored whitelist of %s: %w", c.vin, err)
+	}
+	c.wl, c.wlVersion = &wl, rec.Version
+	return nil
+}
+
+func decodeTrust(keys []string) ([]*ecdsa.PublicKey, error) {
+	out := make([]*ecdsa.PublicKey, 0, len(keys))
+	for _, k := range keys {
+		pub, err := sign.DecodePublic(k)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pub)
+	}
+	return out, nil
 }
 
 // VIN is the car's VIN.
@@ -152,7 +239,8 @@ func (c *Car) advanceTo(nowMs int64) {
 // publish on v/{vin}/result. Checks, in order, each refusing with the first reason that applies:
 //
 //  1. the payload is a bounded, well-formed protocol.VehicleCommand (bad_request);
-//  2. the grant verifies with the gateway key from the credentials (signature_invalid);
+//  2. the grant verifies with a gateway key the car trusts (signature_invalid; see
+//     HandleWhitelist for how the trusted set changes);
 //  3. the grant is well-formed (bad_request), names this car and the SHA-256 of the command
 //     document's exact bytes (forbidden);
 //  4. the command document decodes and passes Command.Check (bad_request);
@@ -162,8 +250,10 @@ func (c *Car) advanceTo(nowMs int64) {
 //     asks for a validity the car never grants, so it is malformed rather than stale, and
 //     resending it cannot help; a car whose clock is far behind shows up here too);
 //  8. the grant has not expired (expired);
-//  9. the Authorizer, when set (phone signature, whitelist; see Authorizer);
-//  10. the id is not in the persisted replay cache (duplicate).
+//  9. the Authorizer (WhitelistAuthorizer: the phone signature, the key on the whitelist, not
+//     revoked, valid now, allowed on the cloud channel and for the action, the grant's user
+//     the key's user: signature_invalid, key_unknown, key_revoked, key_expired, forbidden);
+//  10. the id is not in the persisted replay cache, shared with the local link (duplicate).
 //
 // An executed command's new state and its replay entry are written in one durable transaction
 // before the result is returned, so a result is never published for a command a restarted car
@@ -182,7 +272,7 @@ func (c *Car) HandleCommand(payload []byte) protocol.Result {
 	}
 	if err == nil {
 		var next State
-		next, err = c.execute(cmd, nowMs)
+		next, err = c.execute(cmd, nowMs, nil)
 		if err == nil {
 			c.state = next
 			c.lastSaveMs = nowMs
@@ -215,7 +305,7 @@ func (c *Car) verify(payload []byte, now time.Time) (*protocol.Command, error) {
 	if vc.V != protocol.Version {
 		return peekCommand(vc.Command), protocol.Refuse(protocol.ReasonBadRequest, "unsupported version %d", vc.V)
 	}
-	grantDoc, err := sign.Verify(vc.Grant, c.gatewayKey)
+	grantDoc, err := c.verifyGateway(vc.Grant)
 	if err != nil {
 		return peekCommand(vc.Command), fmt.Errorf("grant: %w", err)
 	}
@@ -247,30 +337,63 @@ func (c *Car) verify(payload []byte, now time.Time) (*protocol.Command, error) {
 		}
 		return &cmd, err
 	}
-	switch {
-	case cmd.VIN != c.vin:
+	if cmd.VIN != c.vin {
 		return &cmd, protocol.Refuse(protocol.ReasonForbidden, "command is for another vehicle")
-	case nowMs > cmd.ExpiresAtMs:
-		return &cmd, protocol.Refuse(protocol.ReasonExpired, "command expired %d ms ago", nowMs-cmd.ExpiresAtMs)
-	case cmd.ExpiresAtMs-nowMs > protocol.MaxCommandAheadMs:
-		return &cmd, protocol.Refuse(protocol.ReasonBadRequest, "expires_at is %d ms ahead, at most %d accepted",
-			cmd.ExpiresAtMs-nowMs, protocol.MaxCommandAheadMs)
-	case nowMs > grant.ExpiresAtMs:
+	}
+	if err := checkExpiry(&cmd, nowMs); err != nil {
+		return &cmd, err
+	}
+	if nowMs > grant.ExpiresAtMs {
 		return &cmd, protocol.Refuse(protocol.ReasonExpired, "grant expired %d ms ago", nowMs-grant.ExpiresAtMs)
 	}
-	if c.auth != nil {
-		if err := c.auth.Authorize(&cmd, vc.Command, &grant, now); err != nil {
-			return &cmd, err
-		}
+	if _, err := c.auth.Authorize(c.wl, vc.Command, &grant, now); err != nil {
+		return &cmd, err
 	}
-	executed, err := c.store.Executed(c.vin, cmd.ID)
-	if err != nil {
-		return &cmd, fmt.Errorf("replay cache: %w", err)
-	}
-	if executed {
-		return &cmd, protocol.Refuse(protocol.ReasonDuplicate, "command already executed")
+	if err := c.checkReplay(cmd.ID); err != nil {
+		return &cmd, err
 	}
 	return &cmd, nil
+}
+
+// verifyGateway checks env against every gateway key the car trusts and returns the document.
+func (c *Car) verifyGateway(env protocol.Envelope) ([]byte, error) {
+	var err error
+	for _, k := range c.trusted {
+		var doc []byte
+		if doc, err = sign.Verify(env, k); err == nil {
+			return doc, nil
+		}
+	}
+	if err == nil {
+		err = protocol.Refuse(protocol.ReasonSignatureInvalid, "the car trusts no gateway key")
+	}
+	return nil, err
+}
+
+// checkExpiry applies the car's clock to a command's expiry: not past (expired), and at most
+// protocol.MaxCommandAheadMs ahead (bad_request: the command asks for a validity the car never
+// grants, so it is malformed rather than stale, and resending it cannot help).
+func checkExpiry(cmd *protocol.Command, nowMs int64) error {
+	switch {
+	case nowMs > cmd.ExpiresAtMs:
+		return protocol.Refuse(protocol.ReasonExpired, "command expired %d ms ago", nowMs-cmd.ExpiresAtMs)
+	case cmd.ExpiresAtMs-nowMs > protocol.MaxCommandAheadMs:
+		return protocol.Refuse(protocol.ReasonBadRequest, "expires_at is %d ms ahead, at most %d accepted",
+			cmd.ExpiresAtMs-nowMs, protocol.MaxCommandAheadMs)
+	}
+	return nil
+}
+
+// checkReplay refuses an id in the persisted replay cache (duplicate).
+func (c *Car) checkReplay(id string) error {
+	executed, err := c.store.Executed(c.vin, id)
+	if err != nil {
+		return fmt.Errorf("replay cache: %w", err)
+	}
+	if executed {
+		return protocol.Refuse(protocol.ReasonDuplicate, "command already executed")
+	}
+	return nil
 }
 
 // peekCommand decodes an unverified command document only to label a refusal with its id.
@@ -286,9 +409,10 @@ func peekCommand(env protocol.Envelope) *protocol.Command {
 	return &protocol.Command{ID: cmd.ID}
 }
 
-// execute computes the state cmd leaves the car in and commits it with the replay entry. The
-// car's state is not touched here: the caller adopts the returned state only after the commit.
-func (c *Car) execute(cmd *protocol.Command, nowMs int64) (State, error) {
+// execute computes the state cmd leaves the car in and commits it with the replay entry and,
+// when ev is set, the journal entry. The car's state is not touched here: the caller adopts the
+// returned state only after the commit.
+func (c *Car) execute(cmd *protocol.Command, nowMs int64, ev *protocol.VehicleEvent) (State, error) {
 	next := c.state
 	switch cmd.Action {
 	case protocol.ActionLock:
@@ -325,7 +449,8 @@ func (c *Car) execute(cmd *protocol.Command, nowMs int64) (State, error) {
 	case protocol.ActionHonk, protocol.ActionFlash, protocol.ActionLocate:
 		// No state change; locate's result carries the position.
 	}
-	if err := c.store.CommitCommand(c.vin, cmd.ID, cmd.ExpiresAtMs, nowMs, next); err != nil {
+	commit := Commit{ID: cmd.ID, ExpiresAtMs: cmd.ExpiresAtMs, NowMs: nowMs, State: next, Event: ev}
+	if err := c.store.CommitCommand(c.vin, commit); err != nil {
 		if errors.Is(err, ErrDuplicate) {
 			return State{}, &protocol.Refusal{Reason: protocol.ReasonDuplicate, Err: err}
 		}

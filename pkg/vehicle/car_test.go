@@ -14,8 +14,11 @@ import (
 
 var t0 = time.UnixMilli(1_760_000_000_000)
 
+// TestHandleCommandRefusals has one case per reason a car refuses a cloud command, in the
+// order of HandleCommand's checks.
 func TestHandleCommandRefusals(t *testing.T) {
 	gw := newTestGateway(t)
+	cast := gw.cast
 	forger, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -23,10 +26,11 @@ func TestHandleCommandRefusals(t *testing.T) {
 	valid := func(a protocol.Action) protocol.Command { return newCmd(testVIN, a, t0) }
 
 	tests := []struct {
-		name    string
-		payload func() []byte
-		reason  protocol.Reason
-		wantID  bool // the result names the command id
+		name        string
+		payload     func() []byte
+		reason      protocol.Reason
+		wantID      bool // the result names the command id
+		noWhitelist bool // the car never received a whitelist
 	}{
 		{name: "not json", payload: func() []byte { return []byte("unlock please") }, reason: protocol.ReasonBadRequest},
 		{name: "empty", payload: func() []byte { return nil }, reason: protocol.ReasonBadRequest},
@@ -47,6 +51,9 @@ func TestHandleCommandRefusals(t *testing.T) {
 			delete(m, "grant")
 			b, _ := json.Marshal(m)
 			return b
+		}, reason: protocol.ReasonBadRequest, wantID: true},
+		{name: "empty grant", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), noGrant: true})
 		}, reason: protocol.ReasonBadRequest, wantID: true},
 		{name: "grant signed by another key", payload: func() []byte {
 			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantSigner: forger})
@@ -82,11 +89,55 @@ func TestHandleCommandRefusals(t *testing.T) {
 		{name: "expired grant", payload: func() []byte {
 			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantExpMs: t0.UnixMilli() - 1})
 		}, reason: protocol.ReasonExpired, wantID: true},
+		// The phone signature and the whitelist (WhitelistAuthorizer).
+		{name: "car has no whitelist", noWhitelist: true, payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock)})
+		}, reason: protocol.ReasonKeyUnknown, wantID: true},
+		{name: "command not signed by a phone", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), unsigned: true})
+		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
+		{name: "signed by a key other than the kid it names", payload: func() []byte {
+			c := valid(protocol.ActionUnlock)
+			c.KeyID, c.User = cast.owner.key.ID, cast.owner.key.User
+			return gw.build(t, cmdSpec{cmd: c, phone: cast.stranger, phoneKID: cast.owner.key.ID, grantUser: "alice"})
+		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
+		{name: "command document tampered after signing", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), tamperCmd: true})
+		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
+		{name: "key not on the whitelist", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.stranger})
+		}, reason: protocol.ReasonKeyUnknown, wantID: true},
+		{name: "key revoked", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.revoked})
+		}, reason: protocol.ReasonKeyRevoked, wantID: true},
+		{name: "key not yet valid", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.notYet})
+		}, reason: protocol.ReasonKeyExpired, wantID: true},
+		{name: "key expired", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.expired})
+		}, reason: protocol.ReasonKeyExpired, wantID: true},
+		{name: "local-only key on the cloud path", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.localOnly})
+		}, reason: protocol.ReasonForbidden, wantID: true},
+		{name: "valet may not open the trunk", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionOpenTrunk), phone: cast.valet})
+		}, reason: protocol.ReasonForbidden, wantID: true},
+		{name: "grant for another user than the key's", payload: func() []byte {
+			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantUser: "victor"})
+		}, reason: protocol.ReasonForbidden, wantID: true},
+		{name: "command names another user than the key's", payload: func() []byte {
+			c := valid(protocol.ActionUnlock)
+			c.User = "victor"
+			return gw.build(t, cmdSpec{cmd: c, grantUser: "victor"})
+		}, reason: protocol.ReasonForbidden, wantID: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			st := openTestStore(t, t.TempDir())
 			car := newTestCar(t, st, gw.creds(t, testVIN), newClock(t0))
+			if !tc.noWhitelist {
+				install(t, car, gw.whitelist(t, wlSpec{}))
+			}
 			before := car.State()
 			payload := tc.payload()
 			res := car.HandleCommand(payload)
@@ -120,7 +171,7 @@ func TestDuplicateRefusedAlsoAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	car := newTestCar(t, st, creds, clock)
+	car := newKeyedCar(t, st, gw, clock)
 	if res := car.HandleCommand(payload); res.Status != protocol.ResultExecuted {
 		t.Fatalf("first delivery: %s/%s", res.Status, res.Reason)
 	}
@@ -154,7 +205,7 @@ func TestLockUnlockPersistsAcrossRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	car := newTestCar(t, st, creds, clock)
+	car := newKeyedCar(t, st, gw, clock)
 	if !car.State().Locked {
 		t.Fatal("a new car should be parked locked")
 	}
@@ -205,7 +256,7 @@ func TestActionsChangeState(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(string(tc.action), func(t *testing.T) {
 			st := openTestStore(t, t.TempDir())
-			car := newTestCar(t, st, gw.creds(t, testVIN), newClock(t0))
+			car := newKeyedCar(t, st, gw, newClock(t0))
 			before := car.State()
 			res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, tc.action, t0)}))
 			if res.Status != protocol.ResultExecuted {
@@ -226,7 +277,7 @@ func TestOpenTrunkRefusedWhileMoving(t *testing.T) {
 	gw := newTestGateway(t)
 	st := openTestStore(t, t.TempDir())
 	clock := newClock(t0)
-	car := newTestCar(t, st, gw.creds(t, testVIN), clock)
+	car := newKeyedCar(t, st, gw, clock)
 	// Drive until the car moves.
 	eventuallyState(t, car, clock, func(s State) bool { return s.SpeedKmh > 0 })
 	res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionOpenTrunk, clock.Now())}))
@@ -256,7 +307,7 @@ func TestReplayCachePruned(t *testing.T) {
 	gw := newTestGateway(t)
 	st := openTestStore(t, t.TempDir())
 	clock := newClock(t0)
-	car := newTestCar(t, st, gw.creds(t, testVIN), clock)
+	car := newKeyedCar(t, st, gw, clock)
 	first := newCmd(testVIN, protocol.ActionHonk, t0)
 	if res := car.HandleCommand(gw.build(t, cmdSpec{cmd: first})); res.Status != protocol.ResultExecuted {
 		t.Fatal(res)

@@ -35,6 +35,12 @@ const (
 	commandQueue = 16
 	// resultRetry is how often a car that lost its connection tries again to publish a result.
 	resultRetry = 200 * time.Millisecond
+	// keysQueue is how many whitelist messages a car holds while it works (the gateway
+	// publishes a car's whitelist rarely, and retained: only the newest matters).
+	keysQueue = 4
+	// journalBatch is how many journal entries a car reads from its store at a time to
+	// publish them.
+	journalBatch = 32
 )
 
 // DialFunc connects one MQTT client; mqttc.Dial in production. It returns once the client is
@@ -77,8 +83,14 @@ type FleetConfig struct {
 	Now func() time.Time
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial DialFunc
-	// Authorizer is passed to every car (see Authorizer); nil until digital keys exist.
+	// Authorizer is passed to every car (see Authorizer); WhitelistAuthorizer when nil.
 	Authorizer Authorizer
+	// Garage, when set, receives every car RunFleet builds, so that a LinkServer on the same
+	// garage serves them over the local link, also while the broker is down. A car already in
+	// the garage under a VIN of Creds is run as it is instead of being built again (a drill can
+	// stop RunFleet and start it again around the same cars). Cars stay in the garage after
+	// RunFleet returns.
+	Garage *Garage
 }
 
 // FleetStats counts what a fleet did.
@@ -88,8 +100,10 @@ type FleetStats struct {
 	Online        int    // cars connected at the moment
 	Failed        int    // cars given up on: refused credentials, unusable credentials
 	TelemetrySent uint64 // telemetry messages handed to the broker
-	Executed      uint64 // commands executed
-	Rejected      uint64 // commands rejected
+	Executed      uint64 // cloud commands executed
+	Rejected      uint64 // cloud commands rejected
+	Whitelists    uint64 // whitelists acknowledged (stored or redelivered)
+	EventsSent    uint64 // journal entries published on v/{vin}/events
 }
 
 // ErrNoCarConnected is returned by RunFleet when every car of the fleet failed for good.
@@ -102,6 +116,7 @@ type fleet struct {
 
 	connected, failed       atomic.Int64
 	telemetry, exec, reject atomic.Uint64
+	whitelists, eventsSent  atomic.Uint64
 	settled                 chan struct{} // closed once every car connected or failed
 	settleOnce              sync.Once
 
@@ -115,6 +130,12 @@ type fleet struct {
 // retained "offline" will on v/{vin}/status), publishes a retained "online" status whenever it
 // connects, executes the commands it receives on v/{vin}/cmd one at a time and publishes each
 // result on v/{vin}/result (QoS 1), and publishes telemetry on v/{vin}/telemetry (QoS 0).
+//
+// Each car also subscribes to v/{vin}/keys (QoS 1, retained by the gateway), stores each newer
+// whitelist and acknowledges it on v/{vin}/keys/ack (Car.HandleWhitelist), and, whenever it is
+// connected, publishes its journal of local-link decisions on v/{vin}/events (QoS 1), oldest
+// first, deleting each entry only once the broker acknowledged it: entries journaled while the
+// car was offline go out when it is next online.
 //
 // A car whose connection is refused (bad or expired credentials) is reported and counted as
 // failed, not retried; a broker that cannot be reached is retried with backoff. On cancel every
@@ -148,9 +169,6 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (FleetStats, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Authorizer == nil {
-		cfg.Logger.Warn("cars verify the gateway grant only: phone signatures and key whitelists are not checked yet")
 	}
 	f := &fleet{cfg: cfg, log: cfg.Logger, interval: cfg.TelemetryInterval, settled: make(chan struct{})}
 
@@ -237,6 +255,8 @@ func (f *fleet) stats() FleetStats {
 		TelemetrySent: f.telemetry.Load(),
 		Executed:      f.exec.Load(),
 		Rejected:      f.reject.Load(),
+		Whitelists:    f.whitelists.Load(),
+		EventsSent:    f.eventsSent.Load(),
 	}
 }
 
@@ -245,13 +265,16 @@ func (f *fleet) statusPayload(status string) []byte {
 	return b
 }
 
-// carRun is one running car: its logic, its connection and its command queue.
+// carRun is one running car: its logic, its connection and its queues.
 type carRun struct {
 	f      *fleet
 	car    *Car
 	log    *slog.Logger
 	client mqttc.Client
-	queue  chan []byte
+	queue  chan []byte // v/{vin}/cmd
+	keys   chan []byte // v/{vin}/keys
+	// connected is signalled (capacity 1) after every (re)connect: time to publish the journal.
+	connected chan struct{}
 
 	// statusMu orders the online status published on (re)connect against the offline status
 	// published on shutdown, so a late reconnect cannot leave the car "online".
@@ -259,14 +282,34 @@ type carRun struct {
 	stopping bool
 }
 
+// buildCar returns the garage's car for creds, or builds one (and puts it in the garage).
+func (f *fleet) buildCar(creds protocol.Credentials) (*Car, error) {
+	if f.cfg.Garage != nil {
+		if car, ok := f.cfg.Garage.Car(creds.VIN); ok {
+			return car, nil
+		}
+	}
+	car, err := NewCar(f.cfg.Store, creds, CarOptions{Now: f.cfg.Now, Logger: f.log, Authorizer: f.cfg.Authorizer})
+	if err != nil {
+		return nil, err
+	}
+	if f.cfg.Garage != nil {
+		f.cfg.Garage.Put(car)
+	}
+	return car, nil
+}
+
 func (f *fleet) runCar(ctx context.Context, creds protocol.Credentials) {
 	log := f.log.With("vin", creds.VIN)
-	car, err := NewCar(f.cfg.Store, creds, CarOptions{Now: f.cfg.Now, Logger: f.log, Authorizer: f.cfg.Authorizer})
+	// The car exists (and is on the local link) before it connects: a car that cannot reach
+	// the broker still opens for its owner's phone.
+	car, err := f.buildCar(creds)
 	if err != nil {
 		f.fail(creds.VIN, err)
 		return
 	}
-	r := &carRun{f: f, car: car, log: log, queue: make(chan []byte, commandQueue)}
+	r := &carRun{f: f, car: car, log: log, queue: make(chan []byte, commandQueue),
+		keys: make(chan []byte, keysQueue), connected: make(chan struct{}, 1)}
 	client, err := r.dial(ctx, creds)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -293,6 +336,16 @@ func (f *fleet) runCar(ctx context.Context, creds protocol.Credentials) {
 		// session keeps running; only a refusal is worth the log.
 		log.Warn("subscribe to commands", "topic", cmdTopic, "err", err)
 	}
+	keysTopic := protocol.VehicleTopic(creds.VIN, protocol.SuffixKeys)
+	err = client.Subscribe(ctx, keysTopic, 1, func(m mqttc.Message) {
+		select {
+		case r.keys <- m.Payload:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		log.Warn("subscribe to whitelists", "topic", keysTopic, "err", err)
+	}
 	r.loop(ctx)
 }
 
@@ -311,7 +364,7 @@ func (r *carRun) dial(ctx context.Context, creds protocol.Credentials) (mqttc.Cl
 			QoS:      1,
 			Retained: true,
 		},
-		OnConnect: r.publishOnline,
+		OnConnect: r.onConnect,
 		Logger:    r.log,
 	}
 	client, err := r.f.cfg.Dial(ctx, opts)
@@ -326,15 +379,19 @@ func (r *carRun) dial(ctx context.Context, creds protocol.Credentials) (mqttc.Cl
 	return nil, err
 }
 
-// publishOnline publishes the retained online status after every (re)connect, unless the car
-// is shutting down.
-func (r *carRun) publishOnline(c mqttc.Client) {
+// onConnect publishes the retained online status after every (re)connect, unless the car is
+// shutting down, and has the car's loop publish its journal.
+func (r *carRun) onConnect(c mqttc.Client) {
 	r.statusMu.Lock()
 	defer r.statusMu.Unlock()
 	if r.stopping {
 		return
 	}
 	r.publishStatus(c, protocol.StatusOnline)
+	select {
+	case r.connected <- struct{}{}:
+	default:
+	}
 }
 
 func (r *carRun) publishStatus(c mqttc.Client, status string) {
@@ -346,27 +403,104 @@ func (r *carRun) publishStatus(c mqttc.Client, status string) {
 	}
 }
 
-// loop is the car's single goroutine after connecting: commands and telemetry ticks, one at
-// a time, until ctx ends; then it shuts the car down.
+// loop is the car's single goroutine after connecting: commands, whitelists, journal and
+// telemetry ticks, one at a time, until ctx ends; then it shuts the car down.
 func (r *carRun) loop(ctx context.Context) {
 	defer r.shutdown()
 	// The first tick at a random point of the interval spreads the fleet out.
 	timer := time.NewTimer(rand.N(r.f.interval) + 1)
 	defer timer.Stop()
+	// The journal may hold entries from before this run; a failed attempt is retried on the
+	// next event or tick.
+	journalPending := true
 	for {
 		if ctx.Err() != nil {
 			return
+		}
+		if journalPending && r.client.Connected() {
+			journalPending = !r.publishJournal(ctx)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case payload := <-r.queue:
 			r.handle(payload)
+		case payload := <-r.keys:
+			r.handleKeys(payload)
+		case <-r.car.Journaled():
+			journalPending = true
+		case <-r.connected:
+			journalPending = true
 		case <-timer.C:
 			r.sendTelemetry(ctx)
 			timer.Reset(jitter(r.f.interval))
 		}
 	}
+}
+
+// handleKeys stores a whitelist and acknowledges it. An acknowledgement that cannot be
+// published is not retried: the broker redelivers the retained whitelist on the next connect,
+// and the car acknowledges it again.
+func (r *carRun) handleKeys(payload []byte) {
+	ack, err := r.car.HandleWhitelist(payload)
+	if err != nil {
+		return // the car logged the reason
+	}
+	r.f.whitelists.Add(1)
+	b, err := json.Marshal(ack)
+	if err != nil {
+		r.log.Error("encode whitelist ack", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	if err := r.client.Publish(ctx, protocol.VehicleTopic(r.car.VIN(), protocol.SuffixKeysAck), 1, false, b); err != nil {
+		r.log.Warn("publish whitelist ack; it is sent again when the whitelist is redelivered", "version", ack.Version, "err", err)
+	}
+}
+
+// publishJournal publishes the car's journal in order, one QoS 1 message at a time, and deletes
+// each entry once the broker acknowledged it. It reports whether the journal is empty now. A
+// crash between publish and delete sends an entry twice; the gateway keeps the highest seq it
+// filed per car and ignores the repeat.
+func (r *carRun) publishJournal(ctx context.Context) bool {
+	topic := protocol.VehicleTopic(r.car.VIN(), protocol.SuffixEvents)
+	for ctx.Err() == nil {
+		evs, err := r.car.Journal(journalBatch)
+		if err != nil {
+			r.log.Error("read journal", "err", err)
+			return false
+		}
+		if len(evs) == 0 {
+			return true
+		}
+		sent := make([]uint64, 0, len(evs))
+		for _, ev := range evs {
+			b, err := json.Marshal(ev)
+			if err != nil {
+				r.log.Error("encode journal entry", "seq", ev.Seq, "err", err)
+				break
+			}
+			pctx, cancel := context.WithTimeout(ctx, statusTimeout)
+			err = r.client.Publish(pctx, topic, 1, false, b)
+			cancel()
+			if err != nil {
+				r.log.Debug("publish journal entry; kept for later", "seq", ev.Seq, "err", err)
+				break
+			}
+			sent = append(sent, ev.Seq)
+		}
+		if err := r.car.JournalDelivered(sent); err != nil {
+			// Published but kept: sent again later, and ignored by the gateway then.
+			r.log.Error("delete published journal entries", "err", err)
+			return false
+		}
+		r.f.eventsSent.Add(uint64(len(sent)))
+		if len(sent) < len(evs) {
+			return false
+		}
+	}
+	return false
 }
 
 func jitter(d time.Duration) time.Duration {
@@ -437,7 +571,8 @@ func (r *carRun) sendTelemetry(ctx context.Context) {
 }
 
 // shutdown saves the car, says goodbye and disconnects. Commands still queued were not
-// started and are dropped: the gateway reports them expired, and nothing runs half-way.
+// started and are dropped: the gateway reports them expired, and nothing runs half-way. The
+// journal stays in the store for the next run.
 func (r *carRun) shutdown() {
 	if err := r.car.Save(); err != nil {
 		r.log.Error("save car state", "err", err)

@@ -38,21 +38,35 @@ func (h *testAuth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool { 
 // startBroker runs a mochi broker on a loopback port with the inline client enabled.
 func startBroker(t *testing.T) (*mqtt.Server, string) {
 	t.Helper()
+	srv, url, _ := startBrokerAt(t, "127.0.0.1:0", nil)
+	return srv, url
+}
+
+// startBrokerAt runs a broker on addr (to restart one on the port it had); before, when set,
+// runs before the broker admits anyone (to subscribe without missing a message). stop closes
+// the broker before the test ends (mochi's Close may be called only once).
+func startBrokerAt(t *testing.T, addr string, before func(*mqtt.Server)) (srv *mqtt.Server, url string, stop func()) {
+	t.Helper()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumClientWritesPending = 1024
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
+	srv = mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
 	if err := srv.AddHook(new(testAuth), nil); err != nil {
 		t.Fatal(err)
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
+	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: addr})
 	if err := srv.AddListener(tcp); err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(srv)
 	}
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
-	return srv, "tcp://" + tcp.Address()
+	var once sync.Once
+	stop = func() { once.Do(func() { srv.Close() }) }
+	t.Cleanup(stop)
+	return srv, "tcp://" + tcp.Address(), stop
 }
 
 // recorder keeps what the broker saw, per topic.
@@ -97,17 +111,21 @@ func (s *syncBuffer) String() string {
 func TestFleetAgainstBroker(t *testing.T) {
 	srv, url := startBroker(t)
 	rec := &recorder{}
-	for i, f := range []string{"v/+/status", "v/+/telemetry", "v/+/result"} {
+	for i, f := range []string{"v/+/status", "v/+/telemetry", "v/+/result", "v/+/keys/ack"} {
 		if err := srv.Subscribe(f, i+1, rec.record); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	gw := newTestGateway(t)
+	gw := newTestGatewayAt(t, time.Now())
 	vins := []string{"WVWZZZ1JZXW000011", "WVWZZZ1JZXW000012", "WVWZZZ1JZXW000013"}
 	var creds []protocol.Credentials
 	for _, v := range vins {
 		creds = append(creds, gw.creds(t, v))
+		// The gateway's retained whitelist waits for the car.
+		if err := srv.Publish(protocol.VehicleTopic(v, protocol.SuffixKeys), gw.whitelist(t, wlSpec{vin: v, version: 3}), true, 1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	bad := gw.creds(t, "WVWZZZ1JZXW000666")
 	bad.Token = "bad"
@@ -152,11 +170,20 @@ func TestFleetAgainstBroker(t *testing.T) {
 		return s, msgs[len(msgs)-1], err
 	}
 
-	// Every good car comes online and publishes telemetry with rising seq.
+	// Every good car comes online, acknowledges its whitelist, and publishes telemetry with
+	// rising seq.
 	eventually(t, 10*time.Second, func() error {
 		for _, v := range vins {
 			if s, _, err := lastStatus(v); err != nil || s.Status != protocol.StatusOnline {
 				return fmt.Errorf("%s status %+v %v", v, s, err)
+			}
+			acks := rec.get(protocol.VehicleTopic(v, protocol.SuffixKeysAck))
+			if len(acks) == 0 {
+				return fmt.Errorf("%s acknowledged no whitelist", v)
+			}
+			var ack protocol.KeysAck
+			if err := json.Unmarshal(acks[0].Payload, &ack); err != nil || ack.VIN != v || ack.Version != 3 {
+				t.Fatalf("%s: ack %s", v, acks[0].Payload)
 			}
 			tm := rec.get(protocol.VehicleTopic(v, protocol.SuffixTelemetry))
 			if len(tm) < 3 {
@@ -243,7 +270,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 		t.Fatal(out.err)
 	}
 	s := out.st
-	if s.Cars != 4 || s.Connected != 3 || s.Failed != 1 || s.Executed != 1 || s.Rejected != 1 || s.TelemetrySent == 0 {
+	if s.Cars != 4 || s.Connected != 3 || s.Failed != 1 || s.Executed != 1 || s.Rejected != 1 || s.TelemetrySent == 0 || s.Whitelists != 3 {
 		t.Errorf("stats %+v", s)
 	}
 	// A clean stop says offline (the will is only for crashes), and persists the state. mochi

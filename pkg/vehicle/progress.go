@@ -56,8 +56,8 @@ func (f *fleet) progress(done, run context.Context) {
 			if tty {
 				fmt.Fprint(w, "\r\x1b[K")
 			}
-			fmt.Fprintf(w, "stopped: %d/%d cars ran%s · telemetry sent %d · commands executed %d, rejected %d\n",
-				st.Connected, st.Cars, failedSuffix(st), st.TelemetrySent, st.Executed, st.Rejected)
+			fmt.Fprintf(w, "stopped: %d/%d cars ran%s · telemetry sent %d · commands executed %d, rejected %d · whitelists acked %d · journal entries sent %d\n",
+				st.Connected, st.Cars, failedSuffix(st), st.TelemetrySent, st.Executed, st.Rejected, st.Whitelists, st.EventsSent)
 			return
 		case <-settled:
 			settled = nil

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -19,28 +20,43 @@ import (
 
 // Bucket layout of the vehicle-sim store (one bbolt file per vehicle-sim process):
 //
-//	meta                     schema → "1"
+//	meta                     schema → "2"
 //	cars/                    one nested bucket per car, named by VIN
 //	  {VIN}/
 //	    creds                JSON protocol.Credentials
 //	    state                JSON State (doors, trunk, climate, charging, position, SoC, …)
 //	    seq                  uint64 big-endian: telemetry sequence high-water mark (see Car)
-//	    replay/              executed command ids: id → int64 big-endian expires_at (unix ms)
+//	    replay/              executed command ids, both paths: id → int64 big-endian expires_at
+//	    whitelist            JSON protocol.Envelope: the whitelist exactly as the gateway signed it
+//	    whitelist_version    uint64 big-endian: its version (a car accepts only higher ones)
+//	    trust                JSON []string, base64url DER: the gateway keys the car trusts, set by
+//	                         the last whitelist that carried a trust list; absent: the gateway_key
+//	                         of the credentials
+//	    journal/             local-link decisions not yet published on v/{vin}/events: seq
+//	                         (uint64 big-endian) → JSON protocol.VehicleEvent; the bucket's own
+//	                         sequence is the last seq given out, so a seq is never reused
 //
-// Later issues (digital keys) add the whitelist and the local-link journal beside replay/.
+// Schema 2 only adds to schema 1 (whitelist, trust, journal), so a schema-1 file is upgraded in
+// place when it is opened.
 var (
-	bucketMeta   = []byte("meta")
-	bucketCars   = []byte("cars")
-	bucketReplay = []byte("replay")
-	keySchema    = []byte("schema")
-	keyCreds     = []byte("creds")
-	keyState     = []byte("state")
-	keySeq       = []byte("seq")
+	bucketMeta      = []byte("meta")
+	bucketCars      = []byte("cars")
+	bucketReplay    = []byte("replay")
+	bucketJournal   = []byte("journal")
+	keySchema       = []byte("schema")
+	keyCreds        = []byte("creds")
+	keyState        = []byte("state")
+	keySeq          = []byte("seq")
+	keyWhitelist    = []byte("whitelist")
+	keyWhitelistVer = []byte("whitelist_version")
+	keyTrust        = []byte("trust")
 )
 
 // schemaVersion is the layout above. A store written by a newer layout is refused rather than
-// misread.
-const schemaVersion = "1"
+// misread; schemaUpgradable lists the older layouts this build upgrades in place.
+const schemaVersion = "2"
+
+var schemaUpgradable = []string{"1"}
 
 // StoreFile is the name of the bbolt file inside a vehicle-sim data directory.
 const StoreFile = "vehicle-sim.db"
@@ -59,7 +75,18 @@ var (
 	ErrStoreLocked = errors.New("store is in use by another process")
 	// ErrDuplicate means a command id is already in a car's replay cache: it was executed.
 	ErrDuplicate = errors.New("command already executed")
+	// ErrStaleWhitelist means a whitelist is not newer than the one the car stored.
+	ErrStaleWhitelist = errors.New("whitelist is not newer than the stored one")
+	// ErrJournalFull means a car's journal holds MaxJournalEntries unpublished entries; only
+	// executed commands are journaled beyond it (see AppendJournal).
+	ErrJournalFull = errors.New("journal is full")
 )
+
+// MaxJournalEntries bounds the unpublished refusals a car keeps. Anyone who can reach the
+// local link can make the car refuse things, and each refusal is a journal entry: without a
+// bound a car kept offline could be made to fill its disk. Executed commands need a valid phone
+// key, so they are journaled even beyond the bound, and none is ever lost.
+const MaxJournalEntries = 1024
 
 // lockedError is ErrStoreLocked with the directory, worded for the person who started the
 // second process.
@@ -97,7 +124,7 @@ func OpenStore(path string) (*Store, error) {
 			return err
 		}
 		switch v := meta.Get(keySchema); {
-		case v == nil:
+		case v == nil || slices.Contains(schemaUpgradable, string(v)):
 			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
 				return err
 			}
@@ -240,17 +267,31 @@ func (s *Store) SaveCar(vin string, rec CarRecord) error {
 	return nil
 }
 
-// CommitCommand records that command id was executed and writes the state it left the car in,
-// in one durable transaction. It fails with ErrDuplicate (and writes nothing) if id is already
-// in the replay cache. Entries whose expires_at+ReplaySlack lies before nowMs are pruned.
-func (s *Store) CommitCommand(vin, id string, expiresAtMs, nowMs int64, state State) error {
-	doc, err := json.Marshal(state)
+// Commit is what executing one command writes, in one transaction.
+type Commit struct {
+	// ID is the command id that enters the replay cache; ExpiresAtMs its expiry (unix ms).
+	ID          string
+	ExpiresAtMs int64
+	// NowMs is the car's clock: replay entries whose expires_at+ReplaySlack lies before it are
+	// pruned.
+	NowMs int64
+	// State is the state the command left the car in.
+	State State
+	// Event, when set (local-link commands), is appended to the journal; its Seq is assigned.
+	Event *protocol.VehicleEvent
+}
+
+// CommitCommand records that command c.ID was executed, writes the state it left the car in
+// and, if c.Event is set, appends it to the journal, in one durable transaction. It fails with
+// ErrDuplicate (and writes nothing) if the id is already in the replay cache.
+func (s *Store) CommitCommand(vin string, c Commit) error {
+	doc, err := json.Marshal(c.State)
 	if err != nil {
 		return fmt.Errorf("encode state of %s: %w", vin, err)
 	}
-	idKey := []byte(id)
-	exp := binary.BigEndian.AppendUint64(nil, uint64(expiresAtMs))
-	cutoffMs := nowMs - ReplaySlack.Milliseconds()
+	idKey := []byte(c.ID)
+	exp := binary.BigEndian.AppendUint64(nil, uint64(c.ExpiresAtMs))
+	cutoffMs := c.NowMs - ReplaySlack.Milliseconds()
 	// Batch may run this twice (after a rollback caused by another car's function): it reads
 	// and writes only through tx, so a second run sees exactly what the first saw.
 	err = s.db.Batch(func(tx *bolt.Tx) error {
@@ -271,13 +312,18 @@ func (s *Store) CommitCommand(vin, id string, expiresAtMs, nowMs int64, state St
 		if err := replay.Put(idKey, exp); err != nil {
 			return err
 		}
+		if c.Event != nil {
+			if err := appendJournal(b, *c.Event); err != nil {
+				return err
+			}
+		}
 		return b.Put(keyState, doc)
 	})
 	if err != nil {
 		if errors.Is(err, ErrDuplicate) {
-			return fmt.Errorf("car %s command %s: %w", vin, id, ErrDuplicate)
+			return fmt.Errorf("car %s command %s: %w", vin, c.ID, ErrDuplicate)
 		}
-		return fmt.Errorf("commit command %s of %s: %w", id, vin, err)
+		return fmt.Errorf("commit command %s of %s: %w", c.ID, vin, err)
 	}
 	return nil
 }
@@ -330,4 +376,197 @@ func (s *Store) ReplayLen(vin string) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// KeyRecord is what a car keeps of its digital keys.
+type KeyRecord struct {
+	// Envelope is the whitelist exactly as the gateway signed it.
+	Envelope protocol.Envelope
+	// Version is the whitelist's version.
+	Version uint64
+	// Trust is the set of gateway keys (base64url DER) the car trusts. Empty: the gateway_key
+	// of the car's credentials.
+	Trust []string
+}
+
+// LoadKeys returns the car's stored whitelist and trust set; found is false when the car has
+// never stored a whitelist.
+func (s *Store) LoadKeys(vin string) (rec KeyRecord, found bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := carBucket(tx, vin)
+		if b == nil {
+			return nil
+		}
+		if raw := b.Get(keyTrust); raw != nil {
+			if err := json.Unmarshal(raw, &rec.Trust); err != nil {
+				return fmt.Errorf("trust: %w", err)
+			}
+		}
+		raw := b.Get(keyWhitelist)
+		if raw == nil {
+			return nil
+		}
+		if err := json.Unmarshal(raw, &rec.Envelope); err != nil {
+			return fmt.Errorf("whitelist: %w", err)
+		}
+		if v := b.Get(keyWhitelistVer); len(v) == 8 {
+			rec.Version = binary.BigEndian.Uint64(v)
+		}
+		found = true
+		return nil
+	})
+	if err != nil {
+		return KeyRecord{}, false, fmt.Errorf("load keys of %s: %w", vin, err)
+	}
+	return rec, found, nil
+}
+
+// SaveKeys durably stores a whitelist, its version and, when rec.Trust is not empty, the new
+// trust set, in one transaction. It fails with ErrStaleWhitelist (and writes nothing) unless
+// rec.Version is higher than the stored version: no rollback, even between two cars' goroutines
+// racing on one VIN.
+func (s *Store) SaveKeys(vin string, rec KeyRecord) error {
+	env, err := json.Marshal(rec.Envelope)
+	if err != nil {
+		return fmt.Errorf("encode whitelist of %s: %w", vin, err)
+	}
+	var trust []byte
+	if len(rec.Trust) > 0 {
+		if trust, err = json.Marshal(rec.Trust); err != nil {
+			return fmt.Errorf("encode trust of %s: %w", vin, err)
+		}
+	}
+	ver := binary.BigEndian.AppendUint64(nil, rec.Version)
+	// Idempotent: the version check reads through tx, and the puts are the same on a rerun.
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
+		if err != nil {
+			return err
+		}
+		if v := b.Get(keyWhitelistVer); len(v) == 8 && binary.BigEndian.Uint64(v) >= rec.Version {
+			return ErrStaleWhitelist
+		}
+		if err := b.Put(keyWhitelist, env); err != nil {
+			return err
+		}
+		if err := b.Put(keyWhitelistVer, ver); err != nil {
+			return err
+		}
+		if trust != nil {
+			return b.Put(keyTrust, trust)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save whitelist %d of %s: %w", rec.Version, vin, err)
+	}
+	return nil
+}
+
+// AppendJournal durably appends ev to the car's journal and returns the seq it got. It fails
+// with ErrJournalFull when MaxJournalEntries entries are waiting to be published.
+func (s *Store) AppendJournal(vin string, ev protocol.VehicleEvent) (uint64, error) {
+	var seq uint64
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
+		if err != nil {
+			return err
+		}
+		if journalLen(b.Bucket(bucketJournal)) >= MaxJournalEntries {
+			return ErrJournalFull
+		}
+		ev.Seq = 0
+		if err := appendJournal(b, ev); err != nil {
+			return err
+		}
+		seq = b.Bucket(bucketJournal).Sequence()
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("journal of %s: %w", vin, err)
+	}
+	return seq, nil
+}
+
+// appendJournal gives ev the journal's next seq and stores it. NextSequence is rolled back with
+// the transaction, so a Batch rerun hands out the same seq again.
+func appendJournal(car *bolt.Bucket, ev protocol.VehicleEvent) error {
+	j, err := car.CreateBucketIfNotExists(bucketJournal)
+	if err != nil {
+		return err
+	}
+	seq, err := j.NextSequence()
+	if err != nil {
+		return err
+	}
+	ev.Seq = seq
+	doc, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	return j.Put(binary.BigEndian.AppendUint64(nil, seq), doc)
+}
+
+// journalLen counts the entries of a journal bucket. Entries are removed only from the front
+// (they are published in order), so the keys are contiguous and first and last suffice.
+func journalLen(j *bolt.Bucket) int {
+	if j == nil {
+		return 0
+	}
+	c := j.Cursor()
+	first, _ := c.First()
+	last, _ := c.Last()
+	if len(first) != 8 || len(last) != 8 {
+		return 0
+	}
+	return int(binary.BigEndian.Uint64(last)-binary.BigEndian.Uint64(first)) + 1
+}
+
+// Journal returns up to max of the car's unpublished journal entries, oldest first.
+func (s *Store) Journal(vin string, max int) ([]protocol.VehicleEvent, error) {
+	var out []protocol.VehicleEvent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := carBucket(tx, vin)
+		if b == nil || b.Bucket(bucketJournal) == nil {
+			return nil
+		}
+		c := b.Bucket(bucketJournal).Cursor()
+		for k, v := c.First(); k != nil && len(out) < max; k, v = c.Next() {
+			var ev protocol.VehicleEvent
+			// Unmarshal copies: nothing of v outlives the transaction.
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return fmt.Errorf("journal entry %x: %w", k, err)
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read journal of %s: %w", vin, err)
+	}
+	return out, nil
+}
+
+// DeleteJournal removes the entries with the given seqs, once they are published.
+func (s *Store) DeleteJournal(vin string, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := carBucket(tx, vin)
+		if b == nil || b.Bucket(bucketJournal) == nil {
+			return nil
+		}
+		j := b.Bucket(bucketJournal)
+		for _, seq := range seqs {
+			if err := j.Delete(binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete journal entries of %s: %w", vin, err)
+	}
+	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"telematics/pkg/vehicle"
 )
 
 // Config holds every vehicle-sim setting. The YAML keys are the `yaml` tags (run settings
@@ -31,6 +33,9 @@ type Config struct {
 	TokenFile string `yaml:"token_file"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// LinkAddr is the local link (simulated BLE/NFC) of the cars: `vehicle-sim run` serves it
+	// for all its cars on this loopback address; "off" (or "") disables it.
+	LinkAddr string `yaml:"link_addr"`
 	// Run configures `vehicle-sim run`.
 	Run Run `yaml:"run"`
 }
@@ -56,6 +61,7 @@ func Default() Config {
 		Gateway:   "http://127.0.0.1:8080",
 		TokenFile: "./data/admin.token",
 		LogLevel:  "info",
+		LinkAddr:  vehicle.DefaultLinkAddr,
 		Run: Run{
 			TelemetryInterval: 10 * time.Second,
 			ConnectRate:       200,
@@ -79,6 +85,7 @@ var Settings = []Setting{
 	{"gateway", "SIM_GATEWAY", "gateway", "`URL` of the gateway HTTP API", func(c *Config) any { return &c.Gateway }},
 	{"token_file", "SIM_TOKEN_FILE", "token-file", "`FILE` holding the gateway admin token", func(c *Config) any { return &c.TokenFile }},
 	{"log_level", "SIM_LOG_LEVEL", "log-level", "log `LEVEL`: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
+	{"link_addr", "SIM_LINK_ADDR", "link-addr", "loopback `ADDR` (host:port) of the cars' local link (simulated BLE/NFC), or off", func(c *Config) any { return &c.LinkAddr }},
 	{"run.fleet", "SIM_FLEET", "fleet", "`FILE` of JSON credentials, from 'gateway admin vehicle add --json'", func(c *Config) any { return &c.Run.Fleet }},
 	{"run.cars", "SIM_CARS", "cars", "provision `N` cars through the gateway admin API (kept in the data dir and reused on restart)", func(c *Config) any { return &c.Run.Cars }},
 	{"run.telemetry_interval", "SIM_TELEMETRY_INTERVAL", "telemetry-interval", "mean `DURATION` between two telemetry messages of a car", func(c *Config) any { return &c.Run.TelemetryInterval }},
@@ -86,7 +93,7 @@ var Settings = []Setting{
 }
 
 // RunKeys are the settings `vehicle-sim run` accepts as flags.
-var RunKeys = []string{"broker", "data", "gateway", "token_file", "log_level",
+var RunKeys = []string{"broker", "data", "gateway", "token_file", "log_level", "link_addr",
 	"run.fleet", "run.cars", "run.telemetry_interval", "run.connect_rate"}
 
 // EnvConfig names the YAML file when --config is not given.
@@ -249,6 +256,11 @@ func (c Config) Validate() error {
 	default:
 		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
 	}
+	if c.LinkEnabled() {
+		if err := vehicle.CheckLinkAddr(c.LinkAddr); err != nil {
+			bad("link_addr", "%v (or off to disable it)", err)
+		}
+	}
 	if c.Run.Cars < 0 {
 		bad("run.cars", "must not be negative")
 	}
@@ -259,6 +271,11 @@ func (c Config) Validate() error {
 		bad("run.connect_rate", "must be more than 0 cars per second")
 	}
 	return errors.Join(errs...)
+}
+
+// LinkEnabled reports whether the local link is on: link_addr is neither empty nor "off".
+func (c Config) LinkEnabled() bool {
+	return strings.TrimSpace(c.LinkAddr) != "" && c.LinkAddr != "off"
 }
 
 // ErrNoFleet means `vehicle-sim run` was told neither which cars to run nor how many to make.

@@ -92,8 +92,9 @@ func TestValidate(t *testing.T) {
 	c.Run.ConnectRate = 0
 	c.Run.TelemetryInterval = 0
 	c.Run.Cars = -1
+	c.LinkAddr = "0.0.0.0:1884"
 	err := c.Validate()
-	for _, key := range []string{"broker:", "gateway:", "log_level:", "run.connect_rate:", "run.telemetry_interval:", "run.cars:"} {
+	for _, key := range []string{"broker:", "gateway:", "log_level:", "link_addr:", "run.connect_rate:", "run.telemetry_interval:", "run.cars:"} {
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("validation error does not name %s: %v", key, err)
 		}
@@ -138,5 +139,45 @@ func TestExampleFileIsTheDefaults(t *testing.T) {
 		if !strings.Contains(string(b), st.Env) || !strings.Contains(string(b), "--"+st.Flag) {
 			t.Errorf("vehicle-sim.yaml does not document %s / --%s", st.Env, st.Flag)
 		}
+	}
+}
+
+func TestLinkAddr(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    string
+		enabled bool
+		invalid bool
+	}{
+		{"default", nil, nil, "127.0.0.1:1884", true, false},
+		{"flag", []string{"--link-addr", "127.0.0.1:0"}, nil, "127.0.0.1:0", true, false},
+		{"env", nil, map[string]string{"SIM_LINK_ADDR": "[::1]:2000"}, "[::1]:2000", true, false},
+		{"flag over env", []string{"--link-addr", "localhost:3"}, map[string]string{"SIM_LINK_ADDR": "127.0.0.1:4"}, "localhost:3", true, false},
+		{"off", []string{"--link-addr", "off"}, nil, "off", false, false},
+		{"off by env", nil, map[string]string{"SIM_LINK_ADDR": "off"}, "off", false, false},
+		{"empty flag", []string{"--link-addr", ""}, nil, "", false, false},
+		{"every interface", []string{"--link-addr", ":1884"}, nil, ":1884", true, true},
+		{"lan address", nil, map[string]string{"SIM_LINK_ADDR": "192.168.1.5:1884"}, "192.168.1.5:1884", true, true},
+		{"no port", []string{"--link-addr", "127.0.0.1"}, nil, "127.0.0.1", true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(t, tc.args, tc.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.LinkAddr != tc.want || c.LinkEnabled() != tc.enabled {
+				t.Fatalf("link_addr %q enabled %v", c.LinkAddr, c.LinkEnabled())
+			}
+			err = c.Validate()
+			if tc.invalid != (err != nil) {
+				t.Fatalf("Validate: %v", err)
+			}
+			if err != nil && !strings.Contains(err.Error(), "link_addr:") {
+				t.Errorf("error does not name link_addr: %v", err)
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
 // Package fleet is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
 // provisioned once through the gateway admin API and kept in the data dir), opens the cars'
-// store and runs them against the broker with vehicle.RunFleet until the context ends.
+// store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker with
+// vehicle.RunFleet until the context ends.
 package fleet
 
 import (
@@ -42,6 +43,10 @@ type Options struct {
 	Now func() time.Time
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial vehicle.DialFunc
+	// Garage, when set, receives the cars as they are built, so that an in-process caller (a
+	// drill) can reach them, e.g. with its own vehicle.LinkServer. The link Run opens itself
+	// (link_addr) serves the same garage.
+	Garage *vehicle.Garage
 }
 
 func (o Options) withDefaults() Options {
@@ -87,6 +92,20 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 			return err
 		}
 	}
+	garage := opts.Garage
+	if garage == nil {
+		garage = vehicle.NewGarage()
+	}
+	if cfg.LinkEnabled() {
+		link := vehicle.NewLinkServer(garage, opts.Logger)
+		if err := link.Start(cfg.LinkAddr); err != nil {
+			return err
+		}
+		// Deferred after the store's Close, so it runs before it: no local command can reach a
+		// closed store.
+		defer link.Close()
+		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
+	}
 	fmt.Fprintf(opts.Progress, "running %d cars against %s (data %s)\n", len(creds), cfg.Broker, store.Path())
 	_, err = vehicle.RunFleet(ctx, vehicle.FleetConfig{
 		BrokerURL:         cfg.Broker,
@@ -98,6 +117,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		Progress:          opts.Progress,
 		Now:               opts.Now,
 		Dial:              opts.Dial,
+		Garage:            garage,
 	})
 	return err
 }

@@ -1,0 +1,86 @@
+package httpapi
+
+import (
+	"net/http"
+
+	"telematics/gateway/keys"
+	"telematics/pkg/protocol"
+	"telematics/pkg/token"
+)
+
+// KeyRoutes registers the digital-key endpoints (bearer app token; the session for 2FA step-up
+// is the token's id, i.e. one login):
+//
+//	POST /v1/keys/pair    {"vin","public_key","label","totp"} → 201 the new whitelist entry
+//	GET  /v1/keys?vin=VIN → whitelist version, acknowledged version, keys (owners see all)
+//	POST /v1/keys/share   {"vin","user","role","not_after","channels","totp"} → 201 the share
+//	POST /v1/keys/revoke  {"vin","key_id","totp","allow_last_owner"} → the new version
+func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.Verifier) {
+	app := func(h func(w http.ResponseWriter, r *http.Request, c *token.Claims)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			c, err := a.BearerClaims(r, verifier)
+			if err != nil {
+				Fail(w, a.Log, err)
+				return
+			}
+			h(w, r, c)
+		}
+	}
+	mux.HandleFunc("POST /v1/keys/pair", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
+		var b struct {
+			VIN       string `json:"vin"`
+			PublicKey string `json:"public_key"`
+			Label     string `json:"label"`
+			TOTP      string `json:"totp"`
+		}
+		if err := DecodeBody(r, &b); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		k, err := svc.Pair(r.Context(), c.Subject, c.ID, b.VIN, b.PublicKey, b.Label, b.TOTP)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, k)
+	}))
+	mux.HandleFunc("GET /v1/keys", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
+		vin := r.URL.Query().Get("vin")
+		if !protocol.ValidVIN(vin) {
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "give ?vin=VIN")
+			return
+		}
+		st, err := svc.List(c.Subject, vin)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.HandleFunc("POST /v1/keys/share", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
+		var b keys.ShareRequest
+		if err := DecodeBody(r, &b); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		sh, err := svc.Share(r.Context(), c.Subject, c.ID, b)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, sh)
+	}))
+	mux.HandleFunc("POST /v1/keys/revoke", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
+		var b keys.RevokeRequest
+		if err := DecodeBody(r, &b); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		v, err := svc.Revoke(r.Context(), c.Subject, c.ID, b)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"vin": b.VIN, "key_id": b.KeyID, "version": v})
+	}))
+}

@@ -1,0 +1,645 @@
+// Package keys is the gateway's digital-key registry: the phone keys paired with each car, the
+// terms owners share a car on, and each car's signed, versioned whitelist, which is published
+// retained on v/{vin}/keys and acknowledged by the car. Every key change needs the user's
+// second factor and is audited in the same transaction that makes it.
+package keys
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/store"
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/whitelist"
+)
+
+var (
+	bucketKeys       = []byte("keys")       // vin/keyID -> protocol.WhitelistKey
+	bucketShares     = []byte("shares")     // vin/user -> Share
+	bucketWhitelists = []byte("whitelists") // vin -> record
+	bucketJournal    = []byte("journal")    // vin -> last filed vehicle event seq
+)
+
+// Key-change actions, as the 2FA policy names them.
+const (
+	ActionPair   = "key_pair"
+	ActionShare  = "key_share"
+	ActionRevoke = "key_revoke"
+)
+
+// SecondFactor checks the code a key change carries. It must refuse (totp_required,
+// totp_enrollment_required, …) unless the user proved a second factor now or in this session.
+type SecondFactor interface {
+	RequireForKeyChange(user, session, action, code string) error
+}
+
+// KeyRing holds the gateway's signing keys: the current one, and during a rotation the
+// previous one, which cars that have not yet learned the new key still trust.
+type KeyRing interface {
+	Current() *sign.Signer
+	Previous() *sign.Signer // nil when no rotation is under way
+}
+
+// Share is what an owner granted another user on one car.
+type Share struct {
+	VIN        string        `json:"vin"`
+	User       string        `json:"user"`
+	Role       protocol.Role `json:"role"`
+	NotAfterMs int64         `json:"not_after,omitempty"`
+	Channels   []string      `json:"channels"`
+	By         string        `json:"by"`
+	CreatedMs  int64         `json:"created"`
+}
+
+// record is a car's whitelist state at the gateway.
+type record struct {
+	Version      uint64            `json:"version"`
+	AckedVersion uint64            `json:"acked_version"`
+	AckedMs      int64             `json:"acked_ts,omitempty"`
+	Envelope     protocol.Envelope `json:"envelope"`
+	// TrustFrom is the first version that carried the current signing key in its trust list;
+	// once the car acknowledged it, the car trusts the new key and grants may use it.
+	TrustFrom uint64 `json:"trust_from,omitempty"`
+}
+
+// Status is what an owner and the admin API see of a car's whitelist.
+type Status struct {
+	VIN          string                  `json:"vin"`
+	Version      uint64                  `json:"version"`
+	AckedVersion uint64                  `json:"acked_version"`
+	AckedMs      int64                   `json:"acked_ts,omitempty"`
+	InSync       bool                    `json:"in_sync"`
+	Keys         []protocol.WhitelistKey `json:"keys"`
+}
+
+// Service is the key registry.
+type Service struct {
+	db   *bolt.DB
+	st   *store.Store
+	ring KeyRing
+	bus  mqttc.Client
+	tfa  SecondFactor
+	now  func() time.Time
+	log  *slog.Logger
+	// changeMu serializes key changes and their publication, so versions rise without gaps
+	// and the retained whitelist on the broker is always the newest.
+	changeMu sync.Mutex
+	mu       sync.RWMutex                   // guards cache and recs
+	cache    map[string]*protocol.Whitelist // vin -> current whitelist document
+	recs     map[string]record
+}
+
+// New opens the registry's buckets and loads every car's current whitelist.
+func New(st *store.Store, ring KeyRing, bus mqttc.Client, tfa SecondFactor, now func() time.Time, log *slog.Logger) (*Service, error) {
+	s := &Service{db: st.DB(), st: st, ring: ring, bus: bus, tfa: tfa, now: now, log: log,
+		cache: map[string]*protocol.Whitelist{}, recs: map[string]record{}}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketKeys, bucketShares, bucketWhitelists, bucketJournal} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketWhitelists).ForEach(func(k, v []byte) error {
+			var r record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("whitelist record of %s: %w", k, err)
+			}
+			doc, err := r.Envelope.DocBytes()
+			if err != nil {
+				return err
+			}
+			var wl protocol.Whitelist
+			if err := json.Unmarshal(doc, &wl); err != nil {
+				return err
+			}
+			s.cache[string(k)] = &wl
+			s.recs[string(k)] = r
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open key registry: %w", err)
+	}
+	return s, nil
+}
+
+// Whitelist returns a car's current whitelist (nil if it has none).
+func (s *Service) Whitelist(vin string) *protocol.Whitelist {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cache[vin]
+}
+
+// GrantSigner is the key a grant for vin must be signed with: the current key once the car
+// trusts it, the previous key while a rotation has not reached the car.
+func (s *Service) GrantSigner(vin string) *sign.Signer {
+	prev := s.ring.Previous()
+	if prev == nil {
+		return s.ring.Current()
+	}
+	s.mu.RLock()
+	r, ok := s.recs[vin]
+	s.mu.RUnlock()
+	if ok && r.TrustFrom != 0 && r.AckedVersion >= r.TrustFrom {
+		return s.ring.Current()
+	}
+	return prev
+}
+
+func keyOf(vin, id string) []byte { return []byte(vin + "/" + id) }
+
+// Pair registers a phone's public key for user on vin with the role the user holds there.
+func (s *Service) Pair(ctx context.Context, user, session, vin, pubB64, label, code string) (protocol.WhitelistKey, error) {
+	if !protocol.ValidVIN(vin) {
+		return protocol.WhitelistKey{}, protocol.Refuse(protocol.ReasonBadRequest, "%q is not a VIN", vin)
+	}
+	if len(label) > 64 {
+		return protocol.WhitelistKey{}, protocol.Refuse(protocol.ReasonBadRequest, "label longer than 64 characters")
+	}
+	pub, err := sign.DecodePublic(pubB64)
+	if err != nil {
+		return protocol.WhitelistKey{}, protocol.Refuse(protocol.ReasonBadRequest, "public_key: %v", err)
+	}
+	v, err := s.vehicle(vin)
+	if err != nil {
+		return protocol.WhitelistKey{}, err
+	}
+	role, ok := v.Users[user]
+	if !ok {
+		return protocol.WhitelistKey{}, protocol.Refuse(protocol.ReasonForbidden, "you hold no role on %s: its owner must share it with you", vin)
+	}
+	if err := s.tfa.RequireForKeyChange(user, session, ActionPair, code); err != nil {
+		return protocol.WhitelistKey{}, err
+	}
+	k := protocol.WhitelistKey{ID: sign.KeyID(pub), Pub: pubB64, User: user, Role: role,
+		Channels: []string{protocol.ChannelCloud, protocol.ChannelLocal}, Label: label}
+	var out protocol.WhitelistKey
+	err = s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		kb := tx.Bucket(bucketKeys)
+		if kb.Get(keyOf(vin, k.ID)) != nil {
+			return audit.Event{}, protocol.Refuse(protocol.ReasonDuplicate, "this phone key is already paired with %s", vin)
+		}
+		k.NotBeforeMs = nowMs
+		if b := tx.Bucket(bucketShares).Get(keyOf(vin, user)); b != nil {
+			var sh Share
+			if err := json.Unmarshal(b, &sh); err != nil {
+				return audit.Event{}, err
+			}
+			k.NotAfterMs, k.Channels = sh.NotAfterMs, sh.Channels
+		}
+		b, err := json.Marshal(k)
+		if err != nil {
+			return audit.Event{}, err
+		}
+		out = k
+		return audit.Event{Kind: audit.KindKeys, User: user, ClientID: session, VIN: vin, Outcome: "paired",
+			Detail: fmt.Sprintf("key=%s role=%s", k.ID, k.Role)}, kb.Put(keyOf(vin, k.ID), b)
+	})
+	return out, err
+}
+
+// ShareRequest is what an owner gives another user.
+type ShareRequest struct {
+	VIN        string        `json:"vin"`
+	User       string        `json:"user"`
+	Role       protocol.Role `json:"role"`
+	NotAfterMs int64         `json:"not_after,omitempty"`
+	Channels   []string      `json:"channels,omitempty"`
+	TOTP       string        `json:"totp,omitempty"`
+}
+
+// Share lets another user pair their own phone key with owner's car, as driver or valet,
+// optionally until a time and on some channels only.
+func (s *Service) Share(ctx context.Context, owner, session string, r ShareRequest) (Share, error) {
+	if !protocol.ValidVIN(r.VIN) || !protocol.ValidUser(r.User) {
+		return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "need a VIN and a user name")
+	}
+	if r.Role != protocol.RoleDriver && r.Role != protocol.RoleValet {
+		return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "a shared key's role is driver or valet, not %q", r.Role)
+	}
+	if len(r.Channels) == 0 {
+		r.Channels = []string{protocol.ChannelCloud, protocol.ChannelLocal}
+	}
+	for _, c := range r.Channels {
+		if c != protocol.ChannelCloud && c != protocol.ChannelLocal {
+			return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "channel %q is not cloud or local", c)
+		}
+	}
+	if r.NotAfterMs != 0 && r.NotAfterMs <= s.now().UnixMilli() {
+		return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "not_after lies in the past")
+	}
+	if r.User == owner {
+		return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "you cannot share a car with yourself")
+	}
+	v, err := s.vehicle(r.VIN)
+	if err != nil {
+		return Share{}, err
+	}
+	if v.Users[owner] != protocol.RoleOwner {
+		return Share{}, protocol.Refuse(protocol.ReasonForbidden, "only an owner of %s shares it", r.VIN)
+	}
+	if _, err := s.st.GetUser(r.User); err != nil {
+		return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "no user %q", r.User)
+	}
+	if v.Users[r.User] == protocol.RoleOwner {
+		return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "%s is an owner of %s already", r.User, r.VIN)
+	}
+	if err := s.tfa.RequireForKeyChange(owner, session, ActionShare, r.TOTP); err != nil {
+		return Share{}, err
+	}
+	sh := Share{VIN: r.VIN, User: r.User, Role: r.Role, NotAfterMs: r.NotAfterMs, Channels: r.Channels, By: owner, CreatedMs: s.now().UnixMilli()}
+	if err := s.st.Assign(r.VIN, r.User, r.Role); err != nil {
+		return Share{}, err
+	}
+	b, err := json.Marshal(sh)
+	if err != nil {
+		return Share{}, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketShares).Put(keyOf(r.VIN, r.User), b); err != nil {
+			return err
+		}
+		return audit.AppendTx(tx, audit.Event{TsMs: sh.CreatedMs, Kind: audit.KindKeys, User: owner, ClientID: session, VIN: r.VIN,
+			Outcome: "shared", Detail: fmt.Sprintf("with=%s role=%s not_after=%d channels=%v", r.User, r.Role, r.NotAfterMs, r.Channels)})
+	})
+	return sh, err
+}
+
+// RevokeRequest names a key to revoke.
+type RevokeRequest struct {
+	VIN            string `json:"vin"`
+	KeyID          string `json:"key_id"`
+	TOTP           string `json:"totp,omitempty"`
+	AllowLastOwner bool   `json:"allow_last_owner,omitempty"`
+}
+
+// ErrLastOwnerKey refuses to revoke the last active owner key of a car without the explicit
+// flag: it would leave nobody able to manage the car's keys.
+var ErrLastOwnerKey = errors.New("this is the car's last active owner key; pass allow_last_owner to revoke it anyway")
+
+// Revoke marks a key revoked (an owner may revoke any key of the car, a user their own).
+func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequest) (uint64, error) {
+	if !protocol.ValidVIN(r.VIN) || r.KeyID == "" || len(r.KeyID) > 64 {
+		return 0, protocol.Refuse(protocol.ReasonBadRequest, "need a VIN and a key id")
+	}
+	v, err := s.vehicle(r.VIN)
+	if err != nil {
+		return 0, err
+	}
+	wl := s.Whitelist(r.VIN)
+	var k protocol.WhitelistKey
+	found := false
+	if wl != nil {
+		k, found = wl.Find(r.KeyID)
+	}
+	if !found {
+		return 0, protocol.Refuse(protocol.ReasonKeyUnknown, "no key %q on %s", r.KeyID, r.VIN)
+	}
+	if v.Users[user] != protocol.RoleOwner && k.User != user {
+		return 0, protocol.Refuse(protocol.ReasonForbidden, "only an owner of %s revokes other users' keys", r.VIN)
+	}
+	if k.RevokedAtMs != 0 {
+		return 0, protocol.Refuse(protocol.ReasonKeyRevoked, "key %q is revoked already", r.KeyID)
+	}
+	if k.Role == protocol.RoleOwner && !r.AllowLastOwner {
+		others := 0
+		for _, o := range wl.Keys {
+			if o.ID != k.ID && o.Role == protocol.RoleOwner && o.RevokedAtMs == 0 {
+				others++
+			}
+		}
+		if others == 0 {
+			return 0, &protocol.Refusal{Reason: protocol.ReasonForbidden, Err: ErrLastOwnerKey}
+		}
+	}
+	if err := s.tfa.RequireForKeyChange(user, session, ActionRevoke, r.TOTP); err != nil {
+		return 0, err
+	}
+	var version uint64
+	err = s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		kb := tx.Bucket(bucketKeys)
+		b := kb.Get(keyOf(r.VIN, r.KeyID))
+		if b == nil {
+			return audit.Event{}, protocol.Refuse(protocol.ReasonKeyUnknown, "no key %q on %s", r.KeyID, r.VIN)
+		}
+		var stored protocol.WhitelistKey
+		if err := json.Unmarshal(b, &stored); err != nil {
+			return audit.Event{}, err
+		}
+		if stored.RevokedAtMs == 0 {
+			stored.RevokedAtMs = nowMs
+		}
+		nb, err := json.Marshal(stored)
+		if err != nil {
+			return audit.Event{}, err
+		}
+		return audit.Event{Kind: audit.KindKeys, User: user, ClientID: session, VIN: r.VIN, Outcome: "revoked",
+			Detail: fmt.Sprintf("key=%s of=%s", r.KeyID, stored.User)}, kb.Put(keyOf(r.VIN, r.KeyID), nb)
+	})
+	if err == nil {
+		version = s.Status(r.VIN).Version
+	}
+	return version, err
+}
+
+// change applies mutate to a car's keys, builds and signs the next whitelist version and
+// writes both with the audit record in one transaction; then it publishes the whitelist. A
+// change is acknowledged to the user only after the commit, so an acknowledged change
+// survives a crash.
+func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error)) error {
+	s.changeMu.Lock()
+	defer s.changeMu.Unlock()
+	nowMs := s.now().UnixMilli()
+	var env protocol.Envelope
+	var wl protocol.Whitelist
+	var rec record
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		ev, err := mutate(tx, nowMs)
+		if err != nil {
+			return err
+		}
+		wl, rec, err = s.build(tx, vin, nowMs)
+		if err != nil {
+			return err
+		}
+		env = rec.Envelope
+		ev.TsMs = nowMs
+		ev.Detail += fmt.Sprintf(" version=%d", wl.Version)
+		return audit.AppendTx(tx, ev)
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.cache[vin] = &wl
+	if cur, ok := s.recs[vin]; ok && cur.AckedVersion > rec.AckedVersion {
+		rec.AckedVersion, rec.AckedMs = cur.AckedVersion, cur.AckedMs
+	}
+	s.recs[vin] = rec
+	s.mu.Unlock()
+	s.publish(ctx, vin, env)
+	return nil
+}
+
+// build makes the next whitelist version of vin from the keys bucket, signs it and stores the
+// record, inside tx.
+func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64) (protocol.Whitelist, record, error) {
+	wb := tx.Bucket(bucketWhitelists)
+	var rec record
+	if b := wb.Get([]byte(vin)); b != nil {
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return protocol.Whitelist{}, rec, err
+		}
+	}
+	wl := protocol.Whitelist{V: protocol.Version, VIN: vin, Version: rec.Version + 1, IssuedAtMs: nowMs}
+	c := tx.Bucket(bucketKeys).Cursor()
+	prefix := []byte(vin + "/")
+	for k, v := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
+		var key protocol.WhitelistKey
+		if err := json.Unmarshal(v, &key); err != nil {
+			return wl, rec, err
+		}
+		wl.Keys = append(wl.Keys, key)
+	}
+	sort.Slice(wl.Keys, func(i, j int) bool { return wl.Keys[i].ID < wl.Keys[j].ID })
+	signer := s.ring.Current()
+	if prev := s.ring.Previous(); prev != nil {
+		// A rotation is under way: until this car acknowledged a version that told it to trust
+		// the new key, sign with the key it trusts and tell it about the new one.
+		if rec.TrustFrom == 0 || rec.AckedVersion < rec.TrustFrom {
+			signer = prev
+			cur, err := sign.EncodePublic(s.ring.Current().Public())
+			if err != nil {
+				return wl, rec, err
+			}
+			old, err := sign.EncodePublic(prev.Public())
+			if err != nil {
+				return wl, rec, err
+			}
+			wl.Trust = []string{cur, old}
+			if rec.TrustFrom == 0 {
+				rec.TrustFrom = wl.Version
+			}
+		} else {
+			cur, err := sign.EncodePublic(s.ring.Current().Public())
+			if err != nil {
+				return wl, rec, err
+			}
+			wl.Trust = []string{cur}
+		}
+	}
+	env, err := whitelist.Sign(signer, wl)
+	if err != nil {
+		return wl, rec, err
+	}
+	rec.Version, rec.Envelope = wl.Version, env
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return wl, rec, err
+	}
+	return wl, rec, wb.Put([]byte(vin), b)
+}
+
+func (s *Service) publish(ctx context.Context, vin string, env protocol.Envelope) {
+	b, err := json.Marshal(env)
+	if err != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.bus.Publish(pctx, protocol.VehicleTopic(vin, protocol.SuffixKeys), 1, true, b); err != nil {
+		// The whitelist is committed; it goes out again on the next broker (re)connect.
+		s.log.Warn("whitelist not published; will retry on reconnect", "vin", vin, "err", err)
+	}
+}
+
+// PublishAll publishes every car's current whitelist, retained: after a broker (re)start the
+// broker has none of them. During a rotation it first re-signs the whitelists of cars that
+// have not yet learned the new key.
+func (s *Service) PublishAll(ctx context.Context) int {
+	s.mu.RLock()
+	envs := make(map[string]protocol.Envelope, len(s.recs))
+	for vin, r := range s.recs {
+		envs[vin] = r.Envelope
+	}
+	s.mu.RUnlock()
+	for vin, env := range envs {
+		s.publish(ctx, vin, env)
+	}
+	return len(envs)
+}
+
+// Rotate re-signs every car's whitelist after the signing key changed, so each learns to
+// trust the new key from a document signed by the old one.
+func (s *Service) Rotate(ctx context.Context) error {
+	s.mu.RLock()
+	vins := make([]string, 0, len(s.recs))
+	for vin := range s.recs {
+		vins = append(vins, vin)
+	}
+	s.mu.RUnlock()
+	for _, vin := range vins {
+		err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_rotated"}, nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OnAck records a car's acknowledgement of a whitelist version.
+func (s *Service) OnAck(m mqttc.Message) {
+	vin, suffix, ok := protocol.ParseVehicleTopic(m.Topic)
+	if !ok || suffix != protocol.SuffixKeysAck {
+		return
+	}
+	var ack protocol.KeysAck
+	if err := protocol.Decode(m.Payload, &ack); err != nil || ack.VIN != vin {
+		s.log.Warn("malformed whitelist ack", "vin", vin)
+		return
+	}
+	nowMs := s.now().UnixMilli()
+	var r record
+	updated := false
+	// Read-modify-write inside one transaction: a key change may have stored a newer version
+	// since, and must not be rolled back by a stale copy.
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		updated = false
+		b := tx.Bucket(bucketWhitelists).Get([]byte(vin))
+		if b == nil {
+			return nil
+		}
+		if err := json.Unmarshal(b, &r); err != nil {
+			return err
+		}
+		if ack.Version <= r.AckedVersion || ack.Version > r.Version {
+			return nil
+		}
+		r.AckedVersion, r.AckedMs = ack.Version, nowMs
+		nb, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		updated = true
+		return tx.Bucket(bucketWhitelists).Put([]byte(vin), nb)
+	})
+	if err != nil {
+		s.log.Error("store whitelist ack", "vin", vin, "err", err)
+		return
+	}
+	if !updated {
+		return
+	}
+	s.mu.Lock()
+	if cur, ok := s.recs[vin]; ok && cur.AckedVersion < r.AckedVersion {
+		cur.AckedVersion, cur.AckedMs = r.AckedVersion, r.AckedMs
+		s.recs[vin] = cur
+	}
+	s.mu.Unlock()
+	if s.ring.Previous() != nil && r.TrustFrom != 0 && ack.Version == r.TrustFrom {
+		// The car trusts the new key now: move it onto a whitelist signed by that key.
+		go func() {
+			_ = s.change(context.Background(), vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+				return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_adopted"}, nil
+			})
+		}()
+	}
+}
+
+// OnEvent files a car's journal entry (what it did over the local link) in the audit log,
+// once: entries carry a per-car sequence, and a redelivered one is ignored.
+func (s *Service) OnEvent(m mqttc.Message) {
+	vin, suffix, ok := protocol.ParseVehicleTopic(m.Topic)
+	if !ok || suffix != protocol.SuffixEvents {
+		return
+	}
+	var ev protocol.VehicleEvent
+	if err := protocol.Decode(m.Payload, &ev); err != nil || ev.VIN != vin || ev.Seq == 0 {
+		s.log.Warn("malformed vehicle event", "vin", vin)
+		return
+	}
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		jb := tx.Bucket(bucketJournal)
+		var last uint64
+		if b := jb.Get([]byte(vin)); len(b) == 8 {
+			last = binary.BigEndian.Uint64(b)
+		}
+		if ev.Seq <= last {
+			return nil
+		}
+		if err := jb.Put([]byte(vin), binary.BigEndian.AppendUint64(nil, ev.Seq)); err != nil {
+			return err
+		}
+		return audit.AppendTx(tx, audit.Event{TsMs: ev.TsMs, Kind: audit.KindVehicle, User: ev.User, VIN: vin, CmdID: ev.CmdID,
+			Action: string(ev.Action), Outcome: ev.Status, Reason: string(ev.Reason),
+			Detail: fmt.Sprintf("%s key=%s seq=%d", ev.Kind, ev.KeyID, ev.Seq)})
+	})
+	if err != nil {
+		s.log.Error("file vehicle event", "vin", vin, "err", err)
+	}
+}
+
+// Status reports a car's whitelist version, what the car acknowledged, and its keys.
+func (s *Service) Status(vin string) Status {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r := s.recs[vin]
+	st := Status{VIN: vin, Version: r.Version, AckedVersion: r.AckedVersion, AckedMs: r.AckedMs, InSync: r.Version == r.AckedVersion}
+	if wl := s.cache[vin]; wl != nil {
+		st.Keys = append(st.Keys, wl.Keys...)
+	}
+	return st
+}
+
+// List is what user may see of vin's keys: everything for an owner, their own keys otherwise.
+func (s *Service) List(user, vin string) (Status, error) {
+	v, err := s.vehicle(vin)
+	if err != nil {
+		return Status{}, err
+	}
+	role, ok := v.Users[user]
+	if !ok {
+		return Status{}, protocol.Refuse(protocol.ReasonForbidden, "you hold no role on %s", vin)
+	}
+	st := s.Status(vin)
+	if role != protocol.RoleOwner {
+		own := st.Keys[:0:0]
+		for _, k := range st.Keys {
+			if k.User == user {
+				own = append(own, k)
+			}
+		}
+		st.Keys = own
+	}
+	return st, nil
+}
+
+func (s *Service) vehicle(vin string) (store.Vehicle, error) {
+	v, err := s.st.GetVehicle(vin)
+	if errors.Is(err, store.ErrNotFound) {
+		return v, protocol.Refuse(protocol.ReasonVehicleUnknown, "no vehicle %s", vin)
+	}
+	return v, err
+}
+
+// Subscribe registers the acknowledgement and journal handlers.
+func (s *Service) Subscribe(ctx context.Context) error {
+	if err := s.bus.Subscribe(ctx, "v/+/keys/ack", 1, s.OnAck); err != nil {
+		return err
+	}
+	return s.bus.Subscribe(ctx, "v/+/events", 1, s.OnEvent)
+}

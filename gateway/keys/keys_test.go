@@ -1,0 +1,323 @@
+package keys
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/store"
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/whitelist"
+)
+
+// recorder is the bus: it keeps what was published. The real buses are tested in pkg/mqttc
+// and end to end in gateway/server.
+type recorder struct {
+	mu   sync.Mutex
+	msgs []mqttc.Message
+}
+
+func (r *recorder) Publish(_ context.Context, topic string, qos byte, retain bool, p []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, mqttc.Message{Topic: topic, Payload: p, QoS: qos, Retained: retain})
+	return nil
+}
+func (r *recorder) Subscribe(context.Context, string, byte, mqttc.Handler) error { return nil }
+func (r *recorder) Connected() bool                                              { return true }
+func (r *recorder) Close() error                                                 { return nil }
+
+// codeFactor accepts exactly the code "123456".
+type codeFactor struct{}
+
+func (codeFactor) RequireForKeyChange(user, session, action, code string) error {
+	switch code {
+	case "123456":
+		return nil
+	case "":
+		return protocol.Refuse(protocol.ReasonTOTPRequired, "code needed")
+	}
+	return protocol.Refuse(protocol.ReasonTOTPInvalid, "wrong code")
+}
+
+type ring struct{ cur, prev *sign.Signer }
+
+func (r *ring) Current() *sign.Signer  { return r.cur }
+func (r *ring) Previous() *sign.Signer { return r.prev }
+
+const vin = "1HGCM82633A004352"
+
+type fixture struct {
+	t    *testing.T
+	st   *store.Store
+	svc  *Service
+	bus  *recorder
+	ring *ring
+	now  time.Time
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "g.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := audit.Open(st.DB()); err != nil {
+		t.Fatal(err)
+	}
+	gk, _ := sign.Generate()
+	f := &fixture{t: t, st: st, bus: &recorder{}, ring: &ring{cur: gk}, now: time.UnixMilli(1_800_000_000_000)}
+	f.svc, err = New(st, f.ring, f.bus, codeFactor{}, func() time.Time { return f.now }, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddVehicles([]store.Vehicle{{VIN: vin}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"alice", "bob", "carol"} {
+		if err := st.AddUser(store.User{Name: u, PasswordHash: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Assign(vin, "alice", protocol.RoleOwner); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func phoneKey(t *testing.T) (*sign.Signer, string) {
+	s, _ := sign.Generate()
+	pub, _ := sign.EncodePublic(s.Public())
+	return s, pub
+}
+
+func reasonOf(err error) protocol.Reason { return protocol.ReasonOf(err) }
+
+func TestPairShareRevoke(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, alicePub := phoneKey(t)
+	if _, err := f.svc.Pair(ctx, "alice", "s1", vin, alicePub, "phone", ""); reasonOf(err) != protocol.ReasonTOTPRequired {
+		t.Fatalf("pair without code: %v", err)
+	}
+	if _, err := f.svc.Pair(ctx, "bob", "s2", vin, alicePub, "", "123456"); reasonOf(err) != protocol.ReasonForbidden {
+		t.Fatalf("pair by a user without a role: %v", err)
+	}
+	if _, err := f.svc.Pair(ctx, "alice", "s1", "2HGCM82633A004352", alicePub, "", "123456"); reasonOf(err) != protocol.ReasonVehicleUnknown {
+		t.Fatalf("pair on unknown car: %v", err)
+	}
+	if _, err := f.svc.Pair(ctx, "alice", "s1", vin, "not-a-key", "", "123456"); reasonOf(err) != protocol.ReasonBadRequest {
+		t.Fatalf("pair with garbage key: %v", err)
+	}
+	ak, err := f.svc.Pair(ctx, "alice", "s1", vin, alicePub, "phone", "123456")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ak.Role != protocol.RoleOwner || len(ak.Channels) != 2 {
+		t.Fatalf("owner key: %+v", ak)
+	}
+	if _, err := f.svc.Pair(ctx, "alice", "s1", vin, alicePub, "", "123456"); reasonOf(err) != protocol.ReasonDuplicate {
+		t.Fatalf("pair twice: %v", err)
+	}
+	// Share: only owners, only driver/valet, with a code.
+	if _, err := f.svc.Share(ctx, "bob", "s2", ShareRequest{VIN: vin, User: "carol", Role: protocol.RoleDriver, TOTP: "123456"}); reasonOf(err) != protocol.ReasonForbidden {
+		t.Fatalf("share by non-owner: %v", err)
+	}
+	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleOwner, TOTP: "123456"}); reasonOf(err) != protocol.ReasonBadRequest {
+		t.Fatalf("share as owner: %v", err)
+	}
+	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleValet, TOTP: "000000"}); reasonOf(err) != protocol.ReasonTOTPInvalid {
+		t.Fatalf("share with wrong code: %v", err)
+	}
+	until := f.now.Add(24 * time.Hour).UnixMilli()
+	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleValet, NotAfterMs: until, Channels: []string{"local"}, TOTP: "123456"}); err != nil {
+		t.Fatal(err)
+	}
+	_, bobPub := phoneKey(t)
+	bk, err := f.svc.Pair(ctx, "bob", "s2", vin, bobPub, "", "123456")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bk.Role != protocol.RoleValet || bk.NotAfterMs != until || len(bk.Channels) != 1 || bk.Channels[0] != "local" {
+		t.Fatalf("shared key does not carry the share's terms: %+v", bk)
+	}
+	// Bob sees his own key only; Alice sees both.
+	if st, _ := f.svc.List("bob", vin); len(st.Keys) != 1 {
+		t.Fatalf("bob sees %d keys", len(st.Keys))
+	}
+	if st, _ := f.svc.List("alice", vin); len(st.Keys) != 2 || st.Version != 2 {
+		t.Fatalf("alice sees %+v", st)
+	}
+	if _, err := f.svc.List("carol", vin); reasonOf(err) != protocol.ReasonForbidden {
+		t.Fatalf("stranger lists keys: %v", err)
+	}
+	// Bob may not revoke Alice's key; Alice may not revoke her last owner key without the flag.
+	if _, err := f.svc.Revoke(ctx, "bob", "s2", RevokeRequest{VIN: vin, KeyID: ak.ID, TOTP: "123456"}); reasonOf(err) != protocol.ReasonForbidden {
+		t.Fatalf("non-owner revokes owner key: %v", err)
+	}
+	if _, err := f.svc.Revoke(ctx, "alice", "s1", RevokeRequest{VIN: vin, KeyID: ak.ID, TOTP: "123456"}); !errors.Is(err, ErrLastOwnerKey) {
+		t.Fatalf("last owner key revoked without flag: %v", err)
+	}
+	if _, err := f.svc.Revoke(ctx, "alice", "s1", RevokeRequest{VIN: vin, KeyID: bk.ID}); reasonOf(err) != protocol.ReasonTOTPRequired {
+		t.Fatalf("revoke without code: %v", err)
+	}
+	v, err := f.svc.Revoke(ctx, "alice", "s1", RevokeRequest{VIN: vin, KeyID: bk.ID, TOTP: "123456"})
+	if err != nil || v != 3 {
+		t.Fatalf("revoke: version %d, %v", v, err)
+	}
+	if _, err := f.svc.Revoke(ctx, "alice", "s1", RevokeRequest{VIN: vin, KeyID: bk.ID, TOTP: "123456"}); reasonOf(err) != protocol.ReasonKeyRevoked {
+		t.Fatalf("revoke twice: %v", err)
+	}
+	if _, err := f.svc.Revoke(ctx, "alice", "s1", RevokeRequest{VIN: vin, KeyID: "nope", TOTP: "123456"}); reasonOf(err) != protocol.ReasonKeyUnknown {
+		t.Fatalf("revoke unknown key: %v", err)
+	}
+	if _, err := f.svc.Revoke(ctx, "alice", "s1", RevokeRequest{VIN: vin, KeyID: ak.ID, TOTP: "123456", AllowLastOwner: true}); err != nil {
+		t.Fatalf("revoke last owner key with flag: %v", err)
+	}
+
+	// Every version was published retained, signed by the gateway, and the car would accept
+	// each in turn.
+	f.bus.mu.Lock()
+	msgs := append([]mqttc.Message(nil), f.bus.msgs...)
+	f.bus.mu.Unlock()
+	if len(msgs) != 4 {
+		t.Fatalf("%d whitelists published, want 4", len(msgs))
+	}
+	var stored uint64
+	for _, m := range msgs {
+		if m.Topic != "v/"+vin+"/keys" || !m.Retained || m.QoS != 1 {
+			t.Fatalf("published %+v", m)
+		}
+		var env protocol.Envelope
+		json.Unmarshal(m.Payload, &env)
+		wl, err := whitelist.Verify(env, vin, stored, []*ecdsa.PublicKey{f.ring.cur.Public()})
+		if err != nil {
+			t.Fatalf("car would refuse version after %d: %v", stored, err)
+		}
+		stored = wl.Version
+	}
+	if wl := f.svc.Whitelist(vin); wl.Version != 4 {
+		t.Fatalf("current whitelist version %d", wl.Version)
+	}
+	// Every change is audited, without key material.
+	lg, _ := audit.Open(f.st.DB())
+	evs, _ := lg.Query(audit.Filter{Kind: audit.KindKeys})
+	if len(evs) != 5 { // pair, share, pair, revoke, revoke
+		t.Fatalf("%d key audit records", len(evs))
+	}
+}
+
+func TestAcksAndRestart(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, pub := phoneKey(t)
+	if _, err := f.svc.Pair(ctx, "alice", "s", vin, pub, "", "123456"); err != nil {
+		t.Fatal(err)
+	}
+	ack := func(v uint64, forVIN string) {
+		b, _ := json.Marshal(protocol.KeysAck{V: 1, VIN: forVIN, Version: v})
+		f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	}
+	if st := f.svc.Status(vin); st.InSync || st.AckedVersion != 0 {
+		t.Fatalf("before ack: %+v", st)
+	}
+	ack(7, vin)                 // a version the gateway never issued
+	ack(1, "2HGCM82633A004352") // names another car
+	if st := f.svc.Status(vin); st.AckedVersion != 0 {
+		t.Fatalf("bogus acks accepted: %+v", st)
+	}
+	ack(1, vin)
+	if st := f.svc.Status(vin); !st.InSync || st.AckedVersion != 1 {
+		t.Fatalf("after ack: %+v", st)
+	}
+	// A restarted registry remembers versions and acknowledgements.
+	svc2, err := New(f.st, f.ring, f.bus, codeFactor{}, func() time.Time { return f.now }, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := svc2.Status(vin); st.Version != 1 || st.AckedVersion != 1 || len(st.Keys) != 1 {
+		t.Fatalf("after restart: %+v", st)
+	}
+	if n := svc2.PublishAll(ctx); n != 1 {
+		t.Fatalf("PublishAll published %d", n)
+	}
+}
+
+func TestVehicleEventsFiledOnce(t *testing.T) {
+	f := newFixture(t)
+	ev := protocol.VehicleEvent{V: 1, VIN: vin, Seq: 1, Kind: protocol.EventLocalCommand, CmdID: "c1", User: "alice", Action: "unlock", Status: "executed", TsMs: 1}
+	b, _ := json.Marshal(ev)
+	m := mqttc.Message{Topic: "v/" + vin + "/events", Payload: b}
+	f.svc.OnEvent(m)
+	f.svc.OnEvent(m) // redelivered
+	lg, _ := audit.Open(f.st.DB())
+	evs, _ := lg.Query(audit.Filter{Kind: audit.KindVehicle})
+	if len(evs) != 1 || evs[0].CmdID != "c1" || evs[0].Outcome != "executed" {
+		t.Fatalf("vehicle events in audit: %+v", evs)
+	}
+	// An event published on another car's topic is ignored.
+	f.svc.OnEvent(mqttc.Message{Topic: "v/2HGCM82633A004352/events", Payload: b})
+	if evs, _ := lg.Query(audit.Filter{Kind: audit.KindVehicle}); len(evs) != 1 {
+		t.Fatalf("event for another VIN filed: %d", len(evs))
+	}
+}
+
+func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, pub := phoneKey(t)
+	if _, err := f.svc.Pair(ctx, "alice", "s", vin, pub, "", "123456"); err != nil {
+		t.Fatal(err)
+	}
+	old := f.ring.cur
+	fresh, _ := sign.Generate()
+	f.ring.cur, f.ring.prev = fresh, old
+	if f.svc.GrantSigner(vin) != old {
+		t.Fatal("grants must stay on the old key until the car learned the new one")
+	}
+	if err := f.svc.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	last := func() protocol.Envelope {
+		f.bus.mu.Lock()
+		defer f.bus.mu.Unlock()
+		var env protocol.Envelope
+		json.Unmarshal(f.bus.msgs[len(f.bus.msgs)-1].Payload, &env)
+		return env
+	}
+	wl, err := whitelist.Verify(last(), vin, 1, []*ecdsa.PublicKey{old.Public()})
+	if err != nil || len(wl.Trust) != 2 {
+		t.Fatalf("rotation whitelist must be signed by the old key and name both: %+v %v", wl, err)
+	}
+	b, _ := json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: wl.Version})
+	f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	waitFor(t, func() bool { return f.svc.Status(vin).Version == wl.Version+1 })
+	if f.svc.GrantSigner(vin) != fresh {
+		t.Fatal("grants not moved to the new key after the car acknowledged it")
+	}
+	wl2, err := whitelist.Verify(last(), vin, wl.Version, []*ecdsa.PublicKey{fresh.Public()})
+	if err != nil || len(wl2.Trust) != 1 {
+		t.Fatalf("after adoption the whitelist is signed by the new key alone: %+v %v", wl2, err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

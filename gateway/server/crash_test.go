@@ -1,0 +1,163 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"telematics/gateway/httpapi"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+)
+
+type gwProcess struct {
+	cmd      *exec.Cmd
+	httpURL  string
+	mqttAddr string
+	dir      string
+}
+
+func buildGateway(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "gateway")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "telematics/gateway").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build gateway: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startProcess(t *testing.T, bin, dir, httpAddr, mqttAddr string) *gwProcess {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--data", dir, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--ws-addr", "off")
+	cmd.Env = append(os.Environ(), "GATEWAY_TWOFA_MODE=off", "GATEWAY_LOG_LEVEL=warn")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &gwProcess{cmd: cmd, httpURL: "http://" + httpAddr, mqttAddr: mqttAddr, dir: dir}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	eventually(t, 20*time.Second, func() error {
+		return phone.Call(context.Background(), http.MethodGet, p.httpURL+"/readyz", "", nil, nil)
+	})
+	return p
+}
+
+func (p *gwProcess) admin(t *testing.T, method, path string, in, out any) {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(p.dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := phone.Call(context.Background(), method, p.httpURL+path, strings.TrimSpace(string(tok)), in, out); err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+}
+
+// TestKillDuringKeyBurst: kill -9 the gateway during a burst of key changes; after the
+// restart every acknowledged change is there and the car converges on the same version.
+func TestKillDuringKeyBurst(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills a gateway process")
+	}
+	bin := buildGateway(t)
+	dir := t.TempDir()
+	httpAddr, mqttAddr := freeAddr(t), freeAddr(t)
+	p := startProcess(t, bin, dir, httpAddr, mqttAddr)
+	var creds []protocol.Credentials
+	p.admin(t, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: 1}, &creds)
+	vin := creds[0].VIN
+	p.admin(t, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: "alice", Password: password}, nil)
+	p.admin(t, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	runFleet(t, "tcp://"+mqttAddr, creds)
+	sess, err := phone.Login(context.Background(), p.httpURL, "alice", password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var acked []string
+	var wg sync.WaitGroup
+	ctx, stop := context.WithCancel(context.Background())
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				s, _ := sign.Generate()
+				pub, _ := sign.EncodePublic(s.Public())
+				var k protocol.WhitelistKey
+				err := phone.Call(ctx, http.MethodPost, p.httpURL+"/v1/keys/pair", sess.Token,
+					map[string]string{"vin": vin, "public_key": pub}, &k)
+				if err != nil {
+					return // the gateway died mid-request: not acknowledged
+				}
+				mu.Lock()
+				acked = append(acked, k.ID)
+				mu.Unlock()
+			}
+		}()
+	}
+	eventually(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(acked) < 20 {
+			return fmt.Errorf("%d keys paired", len(acked))
+		}
+		return nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Wait()
+	stop()
+	wg.Wait()
+
+	p2 := startProcess(t, bin, dir, httpAddr, mqttAddr)
+	sess, err = phone.Login(context.Background(), p2.httpURL, "alice", password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Version      uint64                  `json:"version"`
+		AckedVersion uint64                  `json:"acked_version"`
+		Keys         []protocol.WhitelistKey `json:"keys"`
+	}
+	if err := phone.Call(context.Background(), http.MethodGet, p2.httpURL+"/v1/keys?vin="+vin, sess.Token, nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, k := range st.Keys {
+		have[k.ID] = true
+	}
+	for _, id := range acked {
+		if !have[id] {
+			t.Errorf("acknowledged key %s lost in the crash", id)
+		}
+	}
+	if st.Version != uint64(len(st.Keys)) {
+		t.Errorf("whitelist version %d for %d keys: a version was skipped or reused", st.Version, len(st.Keys))
+	}
+	// The car converges on the gateway's version.
+	eventually(t, 20*time.Second, func() error {
+		if err := phone.Call(context.Background(), http.MethodGet, p2.httpURL+"/v1/keys?vin="+vin, sess.Token, nil, &st); err != nil {
+			return err
+		}
+		if st.AckedVersion != st.Version {
+			return fmt.Errorf("car acknowledged %d of %d", st.AckedVersion, st.Version)
+		}
+		return nil
+	})
+	t.Logf("%d key changes acknowledged before kill -9, %d keys after restart, car at version %d", len(acked), len(st.Keys), st.AckedVersion)
+}

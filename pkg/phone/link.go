@@ -1,0 +1,155 @@
+package phone
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+)
+
+// The local link is the simulated short-range link (BLE/NFC) between a phone and a car: a
+// small HTTP endpoint the car side opens on loopback. The phone asks the car for a challenge
+// (a single-use nonce), signs a command that carries it, and the car checks the signature
+// against its own whitelist. No broker and no gateway are involved.
+
+// DefaultLinkAddr is where vehicle-sim serves the local link of the cars it runs.
+const DefaultLinkAddr = "127.0.0.1:1884"
+
+// LocalTimeout bounds one local-link exchange (challenge and command): the car is close by,
+// so an answer that takes longer is not coming.
+const LocalTimeout = 3 * time.Second
+
+// ErrCarUnreachable means nothing answered on the local link's address: the phone is not near
+// the car (or, in the simulation, vehicle-sim serves its link elsewhere).
+var ErrCarUnreachable = errors.New("car unreachable")
+
+// linkClient talks to cars. Never through a proxy (the car is next to the phone, not on the
+// internet), and without keep-alive: a phone sends a command now and then, and no idle
+// connection should outlive the exchange.
+var linkClient = &http.Client{Transport: &http.Transport{
+	Proxy:             nil,
+	DialContext:       (&net.Dialer{Timeout: LocalTimeout}).DialContext,
+	DisableKeepAlives: true,
+}}
+
+// LocalSend sends r to the car over the local link at linkAddr (host:port, or an http:// URL),
+// signed with the phone key for user, and returns the car's result: executed, or rejected with
+// the car's reason (a rejection is a result, not an error). Errors are for a car that could not
+// be asked: unreachable, silent for LocalTimeout, or answering with an error (*APIError:
+// vehicle_unknown when the link serves no such car, bad_request).
+func LocalSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request) (protocol.Result, error) {
+	return localSend(ctx, linkAddr, key, user, r, time.Now)
+}
+
+func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request, now func() time.Time) (protocol.Result, error) {
+	switch {
+	case key == nil:
+		return protocol.Result{}, ErrNoKey
+	case !protocol.ValidVIN(r.VIN):
+		return protocol.Result{}, fmt.Errorf("%q is not a VIN", r.VIN)
+	case !r.Action.Valid():
+		return protocol.Result{}, fmt.Errorf("unknown action %q", r.Action)
+	case !protocol.ValidUser(user):
+		return protocol.Result{}, fmt.Errorf("%q is not a user name", user)
+	}
+	base := linkBase(linkAddr)
+	ctx, cancel := context.WithTimeout(ctx, LocalTimeout)
+	defer cancel()
+
+	var ch protocol.Challenge
+	if err := linkPost(ctx, base+"/v1/link/"+r.VIN+"/challenge", nil, &ch); err != nil {
+		return protocol.Result{}, fmt.Errorf("local link %s: challenge: %w", linkAddr, err)
+	}
+	if ch.VIN != r.VIN || ch.Nonce == "" {
+		return protocol.Result{}, fmt.Errorf("local link %s: the challenge names car %q, not %q, or has no nonce", linkAddr, ch.VIN, r.VIN)
+	}
+
+	cmd := newCommand(user, key.KID(), r, now())
+	cmd.Nonce = ch.Nonce
+	cmd, env, err := SignCommand(key, cmd)
+	if err != nil {
+		return protocol.Result{}, err
+	}
+	var res protocol.Result
+	err = linkPost(ctx, base+"/v1/link/"+r.VIN+"/command", protocol.LocalRequest{V: protocol.Version, Command: env}, &res)
+	if err != nil {
+		return protocol.Result{}, fmt.Errorf("local link %s: command: %w", linkAddr, err)
+	}
+	if res.ID != "" && res.ID != cmd.ID {
+		return protocol.Result{}, fmt.Errorf("local link %s: the car answered for command %q, not %q", linkAddr, res.ID, cmd.ID)
+	}
+	if res.Status != protocol.ResultExecuted && res.Status != protocol.ResultRejected {
+		return protocol.Result{}, fmt.Errorf("local link %s: the car answered with status %q", linkAddr, res.Status)
+	}
+	res.ID = cmd.ID
+	return res, nil
+}
+
+// linkBase turns "host:port" into "http://host:port"; URLs are kept as they are.
+func linkBase(addr string) string {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	return strings.TrimRight(addr, "/")
+}
+
+// linkPost posts in (nothing when nil) and decodes a 2xx answer into out. An error answer is
+// an *APIError, except a rejected Result a car may send with an error status: that is
+// decoded into out like any result, because the car did answer the command.
+func linkPost(ctx context.Context, endpoint string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := linkClient.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("the car did not answer in time: %w", context.DeadlineExceeded)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL is in the caller's message already
+		}
+		return fmt.Errorf("%w: %w", ErrCarUnreachable, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, protocol.MaxPayloadBytes+1))
+	if err != nil {
+		return fmt.Errorf("read the car's answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		if res, ok := out.(*protocol.Result); ok {
+			var r protocol.Result
+			if json.Unmarshal(b, &r) == nil && r.Status == protocol.ResultRejected {
+				*res = r
+				return nil
+			}
+		}
+		return apiError(resp.StatusCode, b)
+	}
+	if err := protocol.Decode(b, out); err != nil {
+		return fmt.Errorf("the car's answer is not the expected JSON: %w", err)
+	}
+	return nil
+}

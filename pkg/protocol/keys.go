@@ -1,0 +1,104 @@
+package protocol
+
+// Channels a digital key may be used on.
+const (
+	ChannelCloud = "cloud" // commands through the gateway and the broker
+	ChannelLocal = "local" // the short-range link (simulated BLE/NFC), no network involved
+)
+
+// WhitelistKey is one phone key on a car's whitelist.
+type WhitelistKey struct {
+	ID          string   `json:"id"`  // sign.KeyID of Pub
+	Pub         string   `json:"pub"` // base64url DER (SPKI) of the P-256 public key
+	User        string   `json:"user"`
+	Role        Role     `json:"role"`
+	Channels    []string `json:"channels"`
+	NotBeforeMs int64    `json:"not_before,omitempty"` // 0: no lower bound
+	NotAfterMs  int64    `json:"not_after,omitempty"`  // 0: no upper bound
+	Label       string   `json:"label,omitempty"`
+	RevokedAtMs int64    `json:"revoked_at,omitempty"` // set: the key is revoked (kept so the car can say so)
+}
+
+// AllowsChannel reports whether the key may be used on channel ch.
+func (k WhitelistKey) AllowsChannel(ch string) bool {
+	for _, c := range k.Channels {
+		if c == ch {
+			return true
+		}
+	}
+	return false
+}
+
+// Whitelist is the document the gateway signs for one car and publishes, retained, on
+// v/{vin}/keys. A car accepts it only if a gateway key it trusts signed it, it names the car,
+// and its version is higher than the one stored (no rollback).
+type Whitelist struct {
+	V          int            `json:"v"`
+	VIN        string         `json:"vin"`
+	Version    uint64         `json:"version"`
+	IssuedAtMs int64          `json:"issued_at"`
+	Keys       []WhitelistKey `json:"keys"`
+	// Trust, when present, is the set of gateway public keys (base64url DER) the car trusts
+	// from this version on: this is how a gateway signing-key rotation reaches cars without
+	// re-provisioning them. The document itself must be signed by a key the car already trusts.
+	Trust []string `json:"trust,omitempty"`
+}
+
+// Find returns the key with id.
+func (w *Whitelist) Find(id string) (WhitelistKey, bool) {
+	for _, k := range w.Keys {
+		if k.ID == id {
+			return k, true
+		}
+	}
+	return WhitelistKey{}, false
+}
+
+// KeysAck is what a car publishes on v/{vin}/keys/ack once it stored a whitelist version.
+type KeysAck struct {
+	V       int    `json:"v"`
+	VIN     string `json:"vin"`
+	Version uint64 `json:"version"`
+	TsMs    int64  `json:"ts"`
+}
+
+// Challenge is the local link's answer to POST /v1/link/{vin}/challenge: a single-use nonce,
+// valid until ExpiresAtMs (10 s).
+type Challenge struct {
+	V           int    `json:"v"`
+	VIN         string `json:"vin"`
+	Nonce       string `json:"nonce"`
+	ExpiresAtMs int64  `json:"expires_at"`
+}
+
+// LocalRequest is the body of POST /v1/link/{vin}/command: a command signed by the phone key,
+// carrying the challenge's nonce. The answer is a Result.
+type LocalRequest struct {
+	V       int      `json:"v"`
+	Command Envelope `json:"command"`
+}
+
+// ChallengeLifetimeMs is how long a local-link nonce stays valid.
+const ChallengeLifetimeMs = 10_000
+
+// Vehicle event kinds on v/{vin}/events.
+const (
+	EventLocalCommand = "local_command"
+)
+
+// VehicleEvent is one entry of a car's journal, published on v/{vin}/events when the car is
+// online; the gateway files it in its audit log. Seq increases per car, so the gateway can
+// ignore a redelivered entry.
+type VehicleEvent struct {
+	V      int    `json:"v"`
+	VIN    string `json:"vin"`
+	Seq    uint64 `json:"seq"`
+	Kind   string `json:"kind"`
+	CmdID  string `json:"cmd_id,omitempty"`
+	KeyID  string `json:"key_id,omitempty"`
+	User   string `json:"user,omitempty"`
+	Action Action `json:"action,omitempty"`
+	Status string `json:"status,omitempty"`
+	Reason Reason `json:"reason,omitempty"`
+	TsMs   int64  `json:"ts"`
+}

@@ -1,0 +1,266 @@
+package vehicle
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"telematics/pkg/protocol"
+)
+
+// Garage is the set of cars one process runs, by VIN. RunFleet puts every car it builds into
+// FleetConfig.Garage, and a LinkServer serves the cars of its garage. A car stays in the garage
+// after RunFleet returns: it needs no broker, only its store, so an outage drill can stop the
+// broker (or the whole fleet) and still open cars over the link.
+type Garage struct {
+	mu   sync.RWMutex
+	cars map[string]*Car
+}
+
+// NewGarage returns an empty garage.
+func NewGarage() *Garage { return &Garage{cars: make(map[string]*Car)} }
+
+// Put adds car, replacing a car of the same VIN.
+func (g *Garage) Put(car *Car) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.cars[car.VIN()] = car
+}
+
+// Car returns the car with vin.
+func (g *Garage) Car(vin string) (*Car, bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	c, ok := g.cars[vin]
+	return c, ok
+}
+
+// VINs lists the cars, sorted.
+func (g *Garage) VINs() []string {
+	g.mu.RLock()
+	out := make([]string, 0, len(g.cars))
+	for v := range g.cars {
+		out = append(out, v)
+	}
+	g.mu.RUnlock()
+	sort.Strings(out)
+	return out
+}
+
+// Timeouts of the link's HTTP server. A local exchange is one small request; anything slower
+// is a stuck or hostile client.
+const (
+	linkReadTimeout     = 5 * time.Second
+	linkWriteTimeout    = 10 * time.Second // a command may wait for the car's current one and an fsync
+	linkIdleTimeout     = 30 * time.Second
+	linkMaxHeaderBytes  = 8 << 10
+	linkShutdownTimeout = 5 * time.Second
+)
+
+// DefaultLinkAddr is where vehicle-sim opens the local link unless told otherwise.
+const DefaultLinkAddr = "127.0.0.1:1884"
+
+// CheckLinkAddr accepts host:port addresses on loopback only (an IP literal or localhost; port
+// 0 picks a free one). Reaching the link stands for standing next to the car: on any other
+// interface, everyone on the network would be next to every car.
+func CheckLinkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("local link address %q: %w (want 127.0.0.1:PORT)", addr, err)
+	}
+	if port == "" {
+		return fmt.Errorf("local link address %q has no port", addr)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("local link address %q is not on loopback: being able to reach the link stands for being next to the car (use 127.0.0.1:PORT)", addr)
+	}
+	return nil
+}
+
+// LinkServer is the simulated short-range link (BLE/NFC) of every car in a garage: one HTTP
+// server on loopback.
+//
+//	POST /v1/link/{vin}/challenge   → 200 protocol.Challenge
+//	POST /v1/link/{vin}/command     body protocol.LocalRequest → 200 protocol.Result
+//
+// A command the car refuses is answered 200 with status rejected and its reason (see
+// Car.HandleLocal). Errors that never reach a car are {"error": REASON, "message": TEXT}: 400
+// bad_request for a malformed VIN or a body that is not a LocalRequest (bodies are bounded to
+// protocol.MaxPayloadBytes), 404 vehicle_unknown for a VIN this process does not run, 405 for
+// another method.
+//
+// Use: NewLinkServer(garage, logger), Start("127.0.0.1:0"), Addr(), Close(); or Handler() to
+// mount it elsewhere.
+type LinkServer struct {
+	garage *Garage
+	log    *slog.Logger
+	mux    *http.ServeMux
+
+	mu     sync.Mutex
+	srv    *http.Server
+	ln     net.Listener
+	served chan struct{} // closed when Serve returned
+	closed bool
+}
+
+// NewLinkServer returns a link for the cars of garage; logger may be nil.
+func NewLinkServer(garage *Garage, logger *slog.Logger) *LinkServer {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &LinkServer{garage: garage, log: logger.With("component", "link"), mux: http.NewServeMux()}
+	s.mux.HandleFunc("POST /v1/link/{vin}/challenge", s.challenge)
+	s.mux.HandleFunc("POST /v1/link/{vin}/command", s.command)
+	return s
+}
+
+// Handler is the link's HTTP handler.
+func (s *LinkServer) Handler() http.Handler { return s.mux }
+
+// Start listens on addr, which must be on loopback (CheckLinkAddr), and serves in the
+// background until Close.
+func (s *LinkServer) Start(addr string) error {
+	if err := CheckLinkAddr(addr); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.srv != nil {
+		return errors.New("local link: already started or closed")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("local link: %w (pass another --link-addr, or off)", err)
+	}
+	s.ln = ln
+	s.srv = &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: linkReadTimeout,
+		ReadTimeout:       linkReadTimeout,
+		WriteTimeout:      linkWriteTimeout,
+		IdleTimeout:       linkIdleTimeout,
+		MaxHeaderBytes:    linkMaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.served = make(chan struct{})
+	go func() {
+		defer close(s.served)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("local link stopped", "err", err)
+		}
+	}()
+	s.log.Info("local link listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Addr is the address the link listens on (with the port chosen for :0); "" before Start.
+func (s *LinkServer) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// URL is http://Addr().
+func (s *LinkServer) URL() string { return "http://" + s.Addr() }
+
+// Close stops accepting requests, lets those in progress finish (for at most 5 s) and waits
+// for the server's goroutine. It is idempotent.
+func (s *LinkServer) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	srv, served := s.srv, s.served
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), linkShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		err = srv.Close()
+	}
+	<-served
+	return err
+}
+
+// car finds the request's car, or answers 400/404.
+func (s *LinkServer) car(w http.ResponseWriter, r *http.Request) (*Car, bool) {
+	vin := r.PathValue("vin")
+	if !protocol.ValidVIN(vin) {
+		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "malformed VIN")
+		return nil, false
+	}
+	car, ok := s.garage.Car(vin)
+	if !ok {
+		writeLinkError(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no car with this VIN on this link")
+		return nil, false
+	}
+	return car, true
+}
+
+func (s *LinkServer) challenge(w http.ResponseWriter, r *http.Request) {
+	car, ok := s.car(w, r)
+	if !ok {
+		return
+	}
+	writeLinkJSON(w, http.StatusOK, car.Challenge())
+}
+
+func (s *LinkServer) command(w http.ResponseWriter, r *http.Request) {
+	car, ok := s.car(w, r)
+	if !ok {
+		return
+	}
+	// One byte more than allowed tells an oversized body from one of exactly the limit.
+	body, err := io.ReadAll(io.LimitReader(r.Body, protocol.MaxPayloadBytes+1))
+	if err != nil {
+		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "could not read the request body")
+		return
+	}
+	req, err := DecodeLocalRequest(body)
+	if err != nil {
+		s.log.Debug("malformed local request", "vin", car.VIN(), "err", err)
+		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
+			fmt.Sprintf("the body must be a JSON LocalRequest {\"v\":1,\"command\":{doc,sig,kid}} of at most %d bytes", protocol.MaxPayloadBytes))
+		return
+	}
+	writeLinkJSON(w, http.StatusOK, car.HandleLocal(req))
+}
+
+func writeLinkJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"internal","message":"encoding the answer failed"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func writeLinkError(w http.ResponseWriter, status int, reason protocol.Reason, msg string) {
+	writeLinkJSON(w, status, struct {
+		Error   protocol.Reason `json:"error"`
+		Message string          `json:"message"`
+	}{reason, msg})
+}

@@ -1,0 +1,231 @@
+package vehicle
+
+import (
+	"crypto/rand"
+	"errors"
+	"sync"
+	"time"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/whitelist"
+)
+
+// MaxOutstandingChallenges bounds the nonces a car remembers; issuing one more forgets the
+// oldest. Challenges are free to ask for, so without a bound anyone on the link could make a
+// car hold any number of them.
+const MaxOutstandingChallenges = 64
+
+// nonceTable holds a car's local-link challenges in issue order. Used nonces are kept until
+// they expire or are evicted, so that presenting one again is told apart (duplicate) from
+// presenting one the car never issued or no longer knows (expired).
+type nonceTable struct {
+	mu      sync.Mutex
+	entries []nonceEntry
+}
+
+type nonceEntry struct {
+	nonce       string
+	expiresAtMs int64
+	used        bool
+}
+
+// add remembers a new nonce, dropping expired ones and, at the bound, the oldest.
+func (t *nonceTable) add(nonce string, expiresAtMs, nowMs int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	live := t.entries[:0]
+	for _, e := range t.entries {
+		if e.expiresAtMs >= nowMs {
+			live = append(live, e)
+		}
+	}
+	t.entries = live
+	if len(t.entries) >= MaxOutstandingChallenges {
+		t.entries = append(t.entries[:0], t.entries[len(t.entries)-MaxOutstandingChallenges+1:]...)
+	}
+	t.entries = append(t.entries, nonceEntry{nonce: nonce, expiresAtMs: expiresAtMs})
+}
+
+// use marks nonce used. Refusals: expired (unknown to this car, or past its lifetime),
+// duplicate (used before).
+func (t *nonceTable) use(nonce string, nowMs int64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range t.entries {
+		e := &t.entries[i]
+		if e.nonce != nonce {
+			continue
+		}
+		switch {
+		case nowMs > e.expiresAtMs:
+			return protocol.Refuse(protocol.ReasonExpired, "challenge expired %d ms ago", nowMs-e.expiresAtMs)
+		case e.used:
+			return protocol.Refuse(protocol.ReasonDuplicate, "challenge already used")
+		}
+		e.used = true
+		return nil
+	}
+	return protocol.Refuse(protocol.ReasonExpired, "challenge unknown to this car (never issued here, evicted, or issued before a restart)")
+}
+
+// Challenge issues a local-link challenge: a random 16-byte nonce, single use, valid for
+// protocol.ChallengeLifetimeMs. Nonces live in memory only, so a restarted car refuses every
+// nonce it issued before. It does not wait for a command in progress.
+func (c *Car) Challenge() protocol.Challenge {
+	b := make([]byte, 16)
+	rand.Read(b) // never fails (crypto/rand: a failure crashes the program)
+	nowMs := c.now().UnixMilli()
+	ch := protocol.Challenge{
+		V:           protocol.Version,
+		VIN:         c.vin,
+		Nonce:       protocol.EncodeB64(b),
+		ExpiresAtMs: nowMs + protocol.ChallengeLifetimeMs,
+	}
+	c.nonces.add(ch.Nonce, ch.ExpiresAtMs, nowMs)
+	return ch
+}
+
+// HandleLocal verifies and executes a command that reached the car over the local link, and
+// returns the answer. Checks, in order, each refusing with the first reason that applies:
+//
+//  1. whitelist.VerifyCommand on the local channel: the document is a well-formed command
+//     (bad_request), signed (signature_invalid) by a key on the car's whitelist (key_unknown;
+//     every command while the car has no whitelist), not revoked (key_revoked), valid now
+//     (key_expired), allowed on the local link and for the action (forbidden);
+//  2. the command names this car (forbidden);
+//  3. it carries a nonce (bad_request) that this car issued and that has not expired
+//     (expired) and was not used before (duplicate); the nonce is used up from here on, whatever
+//     the outcome;
+//  4. its expiry: not past (expired), at most protocol.MaxCommandAheadMs ahead (bad_request);
+//  5. the id is not in the persisted replay cache, shared with the cloud path (duplicate).
+//
+// An executed command changes the car exactly like a cloud command, one at a time with the
+// car's other work, and its state, replay entry and journal entry are written in one durable
+// transaction before the answer. A refusal is journaled too (its own transaction; see
+// MaxJournalEntries). Journal entries name the key, user, action, status and reason; never a
+// signature or a nonce.
+func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	nowMs := now.UnixMilli()
+	c.advanceTo(nowMs)
+
+	res := protocol.Result{V: protocol.Version, TsMs: nowMs}
+	ev := protocol.VehicleEvent{V: protocol.Version, VIN: c.vin, Kind: protocol.EventLocalCommand, TsMs: nowMs}
+	cmd, key, err := c.verifyLocal(req, now)
+	// Label the answer and the journal entry with what is known; the key id as presented (the
+	// signature may not verify) and the user only as the whitelist knows the key.
+	if protocol.ValidID(cmd.ID) {
+		res.ID, ev.CmdID = cmd.ID, cmd.ID
+	}
+	if cmd.Action.Valid() {
+		ev.Action = cmd.Action
+	}
+	if protocol.ValidID(req.Command.KID) {
+		ev.KeyID = req.Command.KID
+	}
+	ev.User = key.User
+	if err == nil {
+		ev.Status = protocol.ResultExecuted
+		var next State
+		next, err = c.execute(&cmd, nowMs, &ev)
+		if err == nil {
+			c.state = next
+			c.lastSaveMs = nowMs
+			c.signalJournal()
+			res.Status = protocol.ResultExecuted
+			res.State = next.Signals(cmd.Action == protocol.ActionLocate)
+			c.log.Info("local command executed", "cmd_id", cmd.ID, "action", cmd.Action, "key_id", key.ID, "user", key.User)
+			return res
+		}
+	}
+	res.Status = protocol.ResultRejected
+	res.Reason = protocol.ReasonOf(err)
+	ev.Status, ev.Reason = protocol.ResultRejected, res.Reason
+	if res.Reason == protocol.ReasonInternal {
+		c.log.Error("local command failed", "cmd_id", res.ID, "reason", res.Reason, "err", err)
+	} else {
+		c.log.Info("local command rejected", "cmd_id", res.ID, "key_id", ev.KeyID, "reason", res.Reason, "err", err)
+	}
+	if _, jerr := c.store.AppendJournal(c.vin, ev); jerr != nil {
+		if errors.Is(jerr, ErrJournalFull) {
+			c.log.Warn("journal full: local refusal not journaled", "cmd_id", res.ID, "reason", res.Reason)
+		} else {
+			c.log.Error("journal local refusal", "cmd_id", res.ID, "err", jerr)
+		}
+	} else {
+		c.signalJournal()
+	}
+	return res
+}
+
+// verifyLocal runs checks 1–5 of HandleLocal. The command and key are returned as far as they
+// are known, to label a refusal.
+func (c *Car) verifyLocal(req protocol.LocalRequest, now time.Time) (protocol.Command, protocol.WhitelistKey, error) {
+	nowMs := now.UnixMilli()
+	cmd, key, err := whitelist.VerifyCommand(c.wl, req.Command, protocol.ChannelLocal, now)
+	if err != nil {
+		if protocol.ReasonOf(err) == protocol.ReasonSignatureInvalid || protocol.ReasonOf(err) == protocol.ReasonKeyUnknown {
+			// Whose key was presented is known; that its holder sent this is not.
+			key.User = ""
+		}
+		return cmd, key, err
+	}
+	if cmd.VIN != c.vin {
+		return cmd, key, protocol.Refuse(protocol.ReasonForbidden, "command is for another vehicle")
+	}
+	if cmd.Nonce == "" {
+		return cmd, key, protocol.Refuse(protocol.ReasonBadRequest, "a local command must carry the nonce of a challenge from this car")
+	}
+	if err := c.nonces.use(cmd.Nonce, nowMs); err != nil {
+		return cmd, key, err
+	}
+	if err := checkExpiry(&cmd, nowMs); err != nil {
+		return cmd, key, err
+	}
+	if err := c.checkReplay(cmd.ID); err != nil {
+		return cmd, key, err
+	}
+	return cmd, key, nil
+}
+
+// DecodeLocalRequest decodes the body of a local-link command request: bounded, well-formed
+// JSON of version 1 carrying a command envelope (bad_request otherwise). What the envelope
+// holds is for HandleLocal to judge.
+func DecodeLocalRequest(body []byte) (protocol.LocalRequest, error) {
+	var req protocol.LocalRequest
+	if err := protocol.Decode(body, &req); err != nil {
+		return req, err
+	}
+	if req.V != protocol.Version {
+		return req, protocol.Refuse(protocol.ReasonBadRequest, "unsupported version %d", req.V)
+	}
+	if req.Command.Doc == "" {
+		return req, protocol.Refuse(protocol.ReasonBadRequest, "no command")
+	}
+	return req, nil
+}
+
+// signalJournal tells the journal's publisher that there is something new.
+func (c *Car) signalJournal() {
+	select {
+	case c.journaled <- struct{}{}:
+	default:
+	}
+}
+
+// Journaled is signalled whenever the car wrote a journal entry: a car connected to the broker
+// then publishes its journal (see Journal).
+func (c *Car) Journaled() <-chan struct{} { return c.journaled }
+
+// Journal returns up to max of the car's unpublished journal entries, oldest first. They stay
+// in the store, across restarts, until JournalDelivered removes them.
+func (c *Car) Journal(max int) ([]protocol.VehicleEvent, error) {
+	return c.store.Journal(c.vin, max)
+}
+
+// JournalDelivered removes the journal entries with the given seqs, once they are published.
+func (c *Car) JournalDelivered(seqs []uint64) error {
+	return c.store.DeleteJournal(c.vin, seqs)
+}

@@ -1,0 +1,224 @@
+package vehicle
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+)
+
+// fastDial is mqttc.Dial with a quick reconnect, so a test need not wait for the default
+// backoff after a broker restart.
+func fastDial(ctx context.Context, o mqttc.Options) (mqttc.Client, error) {
+	o.MinReconnectInterval, o.MaxReconnectInterval = 20*time.Millisecond, 100*time.Millisecond
+	return dialPaho(ctx, o)
+}
+
+// runTestFleet runs RunFleet until the test ends (or stop is called) and returns stop.
+func runTestFleet(t *testing.T, cfg FleetConfig) (stop func() FleetStats) {
+	t.Helper()
+	logBuf := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logBuf.String())
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan FleetStats, 1)
+	go func() {
+		st, err := RunFleet(ctx, cfg)
+		if err != nil {
+			t.Errorf("RunFleet: %v", err)
+		}
+		done <- st
+	}()
+	var stats *FleetStats
+	stop = func() FleetStats {
+		if stats == nil {
+			cancel()
+			select {
+			case st := <-done:
+				stats = &st
+			case <-time.After(20 * time.Second):
+				t.Fatal("RunFleet did not return after cancel")
+			}
+		}
+		return *stats
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// events decodes what the broker saw on vin's events topic.
+func events(t *testing.T, rec *recorder, vin string) []protocol.VehicleEvent {
+	t.Helper()
+	var out []protocol.VehicleEvent
+	for _, pk := range rec.get(protocol.VehicleTopic(vin, protocol.SuffixEvents)) {
+		var ev protocol.VehicleEvent
+		if err := json.Unmarshal(pk.Payload, &ev); err != nil {
+			t.Fatalf("event %q: %v", pk.Payload, err)
+		}
+		if strings.Contains(string(pk.Payload), `"nonce"`) || strings.Contains(string(pk.Payload), `"sig"`) {
+			t.Fatalf("event carries a nonce or signature: %s", pk.Payload)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func summary(evs []protocol.VehicleEvent) string {
+	var parts []string
+	for _, ev := range evs {
+		parts = append(parts, fmt.Sprintf("%d:%s/%s/%s", ev.Seq, ev.Action, ev.Status, ev.Reason))
+	}
+	return strings.Join(parts, " ")
+}
+
+// TestOutageDrill is the story of the issue: the cloud is down (here: the broker), the owner
+// still opens her car over the local link, the car journals what it did and delivers the
+// journal once the broker is back.
+func TestOutageDrill(t *testing.T) {
+	srv, url, stopBroker := startBrokerAt(t, "127.0.0.1:0", nil)
+	addr := strings.TrimPrefix(url, "tcp://")
+	rec := &recorder{}
+	for _, f := range []string{"v/+/events", "v/+/keys/ack"} {
+		if err := srv.Subscribe(f, 1, rec.record); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gw := newTestGatewayAt(t, time.Now())
+	if err := srv.Publish(protocol.VehicleTopic(testVIN, protocol.SuffixKeys), gw.whitelist(t, wlSpec{version: 1}), true, 1); err != nil {
+		t.Fatal(err)
+	}
+
+	st := openTestStore(t, t.TempDir())
+	garage := NewGarage()
+	link := NewLinkServer(garage, nil)
+	if err := link.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer link.Close()
+	stop := runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.creds(t, testVIN)}, Store: st,
+		TelemetryInterval: time.Second, Garage: garage, Dial: fastDial})
+	eventually(t, 10*time.Second, func() error {
+		if len(rec.get(protocol.VehicleTopic(testVIN, protocol.SuffixKeysAck))) == 0 {
+			return fmt.Errorf("no whitelist ack")
+		}
+		return nil
+	})
+	car, ok := garage.Car(testVIN)
+	if !ok {
+		t.Fatal("RunFleet did not put the car in the garage")
+	}
+
+	r := &linkRig{gw: gw, clock: newClock(time.Now()), st: st, car: car, link: link, client: &http.Client{Timeout: 10 * time.Second}}
+	local := func(phone *testPhone, a protocol.Action) protocol.Result {
+		r.clock = newClock(time.Now())
+		return r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, a), phone: phone}))
+	}
+
+	// Online: the journal entry goes out at once and leaves the store.
+	if res := local(nil, protocol.ActionUnlock); res.Status != protocol.ResultExecuted {
+		t.Fatalf("local unlock while online: %+v", res)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if got := summary(events(t, rec, testVIN)); got != "1:unlock/executed/" {
+			return fmt.Errorf("events %q", got)
+		}
+		if n := len(journal(t, st, testVIN)); n != 0 {
+			return fmt.Errorf("%d entries left in the journal", n)
+		}
+		return nil
+	})
+
+	// The broker goes down. The link does not need it.
+	stopBroker()
+	if res := local(nil, protocol.ActionLock); res.Status != protocol.ResultExecuted {
+		t.Fatalf("local lock while the broker is down: %+v", res)
+	}
+	if res := local(gw.cast.stranger, protocol.ActionUnlock); res.Reason != protocol.ReasonKeyUnknown {
+		t.Fatalf("a stranger's unlock while the broker is down: %+v", res)
+	}
+	if !car.State().Locked {
+		t.Fatal("the car is not locked")
+	}
+	if evs := journal(t, st, testVIN); summary(evs) != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
+		t.Fatalf("journal while offline: %s", summary(evs))
+	}
+
+	// The broker comes back on the same address (with no retained whitelist: it holds
+	// nothing); the car reconnects and delivers its journal, in order.
+	rec2 := &recorder{}
+	startBrokerAt(t, addr, func(srv2 *mqtt.Server) {
+		if err := srv2.Subscribe("v/+/events", 1, rec2.record); err != nil {
+			t.Fatal(err)
+		}
+	})
+	eventually(t, 15*time.Second, func() error {
+		if got := summary(events(t, rec2, testVIN)); got != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
+			return fmt.Errorf("events after reconnect %q", got)
+		}
+		if n := len(journal(t, st, testVIN)); n != 0 {
+			return fmt.Errorf("%d entries left in the journal", n)
+		}
+		return nil
+	})
+	evs := events(t, rec2, testVIN)
+	if evs[1].User != "" || evs[1].KeyID != gw.cast.stranger.key.ID || evs[0].User != "alice" || evs[0].VIN != testVIN {
+		t.Errorf("events %+v", evs)
+	}
+	if st := stop(); st.EventsSent != 3 || st.Whitelists != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestJournalSurvivesRestart: local decisions made while no fleet runs (no broker at all) are
+// in the store after a restart and go out when the car is first online.
+func TestJournalSurvivesRestart(t *testing.T) {
+	gw := newTestGatewayAt(t, time.Now())
+	dir := t.TempDir()
+	r := newLinkRig(t, gw, newClock(time.Now()), dir, false)
+	for _, a := range []protocol.Action{protocol.ActionUnlock, protocol.ActionOpenTrunk} {
+		if res := r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, a)})); res.Status != protocol.ResultExecuted {
+			t.Fatal(res)
+		}
+	}
+	if res := r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, protocol.ActionOpenTrunk), phone: gw.cast.valet})); res.Reason != protocol.ReasonForbidden {
+		t.Fatal(res)
+	}
+	r.stop()
+
+	srv, url := startBroker(t)
+	rec := &recorder{}
+	if err := srv.Subscribe("v/+/events", 1, rec.record); err != nil {
+		t.Fatal(err)
+	}
+	st := openTestStore(t, dir)
+	if n := len(journal(t, st, testVIN)); n != 3 {
+		t.Fatalf("journal after restart holds %d entries", n)
+	}
+	runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.creds(t, testVIN)}, Store: st, TelemetryInterval: time.Second})
+	want := "1:unlock/executed/ 2:open_trunk/executed/ 3:open_trunk/rejected/forbidden"
+	eventually(t, 10*time.Second, func() error {
+		if got := summary(events(t, rec, testVIN)); got != want {
+			return fmt.Errorf("events %q, want %q", got, want)
+		}
+		if n := len(journal(t, st, testVIN)); n != 0 {
+			return fmt.Errorf("%d entries left in the journal", n)
+		}
+		return nil
+	})
+	if evs := events(t, rec, testVIN); evs[2].User != "victor" || evs[2].KeyID != gw.cast.valet.key.ID {
+		t.Errorf("refusal event %+v", evs[2])
+	}
+}
