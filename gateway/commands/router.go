@@ -69,14 +69,14 @@ func DefaultConfig() Config {
 
 // Router is the gateway's command path.
 type Router struct {
-	cfg    Config
-	store  *store.Store
-	audit  *audit.Log
-	bus    mqttc.Client
-	keys   Keys
-	twofa  SecondFactor
-	now    func() time.Time
-	log    *slog.Logger
+	cfg   Config
+	store *store.Store
+	audit *audit.Log
+	bus   mqttc.Client
+	keys  Keys
+	twofa SecondFactor
+	now   func() time.Time
+	log   *slog.Logger
 
 	twins *twins
 	rate  *rateLimiter

@@ -416,3 +416,5 @@ func TestEndToEndCommands(t *testing.T) {
 }
 
 func auditFilterUser(u string) audit.Filter { return audit.Filter{User: u, Limit: 1000} }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -141,7 +141,7 @@ func (s *LinkServer) Start(addr string) error {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("local link: %w (pass another --link-addr, or off)", err)
+		return fmt.Errorf("local link: %w", err)
 	}
 	s.ln = ln
 	s.srv = &http.Server{

@@ -99,7 +99,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	if cfg.LinkEnabled() {
 		link := vehicle.NewLinkServer(garage, opts.Logger)
 		if err := link.Start(cfg.LinkAddr); err != nil {
-			return err
+			return fmt.Errorf("%w (pass another --link-addr, or off to run without the local link)", err)
 		}
 		// Deferred after the store's Close, so it runs before it: no local command can reach a
 		// closed store.

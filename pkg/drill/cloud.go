@@ -1,0 +1,304 @@
+// Package drill is the outage drill and the pieces the demo shares with it: a cloud (gateway
+// with its embedded broker) that can be taken down and brought back on the same addresses and
+// data, users who enroll TOTP and pair phone keys the way a person would, and a fleet whose
+// cars serve the local link.
+package drill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/pquerna/otp/totp"
+
+	"telematics/gateway/httpapi"
+	"telematics/gateway/server"
+	"telematics/gateway/twofa"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+)
+
+// Cloud is a gateway with its embedded broker on fixed loopback addresses, so that it can be
+// stopped and started again on the same data while cars and phones keep their addresses.
+type Cloud struct {
+	Dir      string
+	httpAddr string
+	mqttAddr string
+	log      *slog.Logger
+	G        *server.Gateway
+}
+
+// NewCloud picks free loopback ports for a cloud whose data lives in dir.
+func NewCloud(dir string, log *slog.Logger) (*Cloud, error) {
+	c := &Cloud{Dir: dir, log: log}
+	var err error
+	if c.httpAddr, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	if c.mqttAddr, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// Up starts the gateway and its broker (again).
+func (c *Cloud) Up(ctx context.Context) error {
+	cfg := server.DefaultConfig()
+	cfg.Data = c.Dir
+	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = c.mqttAddr, "", c.httpAddr
+	cfg.TwoFA.Mode = twofa.ModeEnrolled
+	// A drill's owners send many commands in a burst; the per-user limit is not its subject.
+	cfg.Commands.RatePerMinute, cfg.Commands.RateBurst = 6000, 1000
+	var err error
+	for attempt := 0; ; attempt++ {
+		c.G, err = server.Start(ctx, cfg, server.Options{Logger: c.log})
+		// A port just released may take a moment to be free again.
+		if err == nil || attempt == 20 || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Down stops the gateway and the broker: the cloud outage.
+func (c *Cloud) Down() error {
+	if c.G == nil {
+		return nil
+	}
+	err := c.G.Close()
+	c.G = nil
+	return err
+}
+
+// HTTPURL is the gateway's base URL.
+func (c *Cloud) HTTPURL() string { return "http://" + c.httpAddr }
+
+// BrokerURL is the broker's URL.
+func (c *Cloud) BrokerURL() string { return "tcp://" + c.mqttAddr }
+
+// Admin calls the admin API.
+func (c *Cloud) Admin(ctx context.Context, method, path string, in, out any) error {
+	return phone.Call(ctx, method, c.HTTPURL()+path, c.G.AdminToken(), in, out)
+}
+
+// Provision adds n cars.
+func (c *Cloud) Provision(ctx context.Context, n int) ([]protocol.Credentials, error) {
+	var creds []protocol.Credentials
+	err := c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: n}, &creds)
+	return creds, err
+}
+
+// AddUser creates a user, and makes them owner of vin unless vin is "".
+func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
+	if err := c.Admin(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil); err != nil {
+		return err
+	}
+	if vin == "" {
+		return nil
+	}
+	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
+}
+
+// KeyStatus is a car's whitelist state at the gateway.
+type KeyStatus struct {
+	Version      uint64 `json:"version"`
+	AckedVersion uint64 `json:"acked_version"`
+}
+
+// WaitSynced waits until every car acknowledged its current whitelist.
+func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...string) error {
+	return waitFor(ctx, timeout, func() error {
+		for _, vin := range vins {
+			var v struct {
+				Keys KeyStatus `json:"keys"`
+			}
+			if err := c.Admin(ctx, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
+				return err
+			}
+			if v.Keys.Version == 0 || v.Keys.AckedVersion != v.Keys.Version {
+				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
+			}
+		}
+		return nil
+	})
+}
+
+// WaitOnline waits until the gateway's twin shows every car online.
+func (c *Cloud) WaitOnline(ctx context.Context, timeout time.Duration, vins ...string) error {
+	return waitFor(ctx, timeout, func() error {
+		for _, vin := range vins {
+			if tw, ok := c.G.Router().Twin(vin); !ok || tw.Status != protocol.StatusOnline {
+				return fmt.Errorf("%s is not online", vin)
+			}
+		}
+		return nil
+	})
+}
+
+func waitFor(ctx context.Context, timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// Person is a user with a phone: a login session, a TOTP authenticator and a phone key.
+type Person struct {
+	Name     string
+	Password string
+	Session  *phone.Session
+	Key      *sign.Signer
+	secret   string
+	lastStep int64
+}
+
+// Code is what the person's authenticator shows: the code of a time step after every code
+// used before (so no code is a replay), at most one step ahead of now, which the gateway
+// accepts (RFC 6238's ±1 step). When every usable step was used, it waits for the next one,
+// as a person would.
+func (p *Person) Code() (string, error) {
+	now := time.Now()
+	step := now.Unix() / 30
+	for s := step - 1; s <= step+1; s++ {
+		if s > p.lastStep {
+			p.lastStep = s
+			return totp.GenerateCode(p.secret, time.Unix(s*30, 0))
+		}
+	}
+	// Every usable step was used already: wait for the next one, as a person would.
+	wait := time.Until(time.Unix((step+1)*30, 0))
+	time.Sleep(wait + 10*time.Millisecond)
+	return p.Code()
+}
+
+// Login logs the person in.
+func (p *Person) Login(ctx context.Context, c *Cloud) error {
+	s, err := phone.Login(ctx, c.HTTPURL(), p.Name, p.Password, "")
+	if err != nil {
+		return fmt.Errorf("%s logs in: %w", p.Name, err)
+	}
+	p.Session = s
+	return nil
+}
+
+// Enroll enrolls a TOTP authenticator and confirms it with its first code.
+func (p *Person) Enroll(ctx context.Context, c *Cloud) (recovery []string, err error) {
+	var e struct {
+		Secret string `json:"secret"`
+	}
+	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/enroll", p.Session.Token, map[string]string{}, &e); err != nil {
+		return nil, fmt.Errorf("%s enrolls: %w", p.Name, err)
+	}
+	p.secret = e.Secret
+	code, err := p.Code()
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Codes []string `json:"recovery_codes"`
+	}
+	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/confirm", p.Session.Token, map[string]string{"code": code}, &out); err != nil {
+		return nil, fmt.Errorf("%s confirms 2FA: %w", p.Name, err)
+	}
+	return out.Codes, nil
+}
+
+// Pair makes a phone key (if the person has none) and pairs it with vin, with a TOTP code.
+func (p *Person) Pair(ctx context.Context, vin string) (protocol.WhitelistKey, error) {
+	if p.Key == nil {
+		k, err := sign.Generate()
+		if err != nil {
+			return protocol.WhitelistKey{}, err
+		}
+		p.Key = k
+	}
+	code, err := p.Code()
+	if err != nil {
+		return protocol.WhitelistKey{}, err
+	}
+	k, err := phone.PairKey(ctx, p.Session, p.Key, vin, p.Name+"'s phone", code)
+	if err != nil {
+		return k, fmt.Errorf("%s pairs a key with %s: %w", p.Name, vin, err)
+	}
+	return k, nil
+}
+
+// Fleet runs cars with their local link until Stop.
+type Fleet struct {
+	Link   *vehicle.LinkServer
+	store  *vehicle.Store
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// StartFleet starts the cars of creds against brokerURL and their local link on loopback.
+func StartFleet(ctx context.Context, dir, brokerURL string, creds []protocol.Credentials, log *slog.Logger) (*Fleet, error) {
+	st, err := vehicle.OpenStore(filepath.Join(dir, vehicle.StoreFile))
+	if err != nil {
+		return nil, err
+	}
+	garage := vehicle.NewGarage()
+	f := &Fleet{store: st, Link: vehicle.NewLinkServer(garage, log)}
+	fctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		_, err := vehicle.RunFleet(fctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
+			TelemetryInterval: 2 * time.Second, ConnectRate: 2000, Logger: log})
+		if err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("fleet stopped", "err", err)
+		}
+	}()
+	// The link serves the cars as RunFleet builds them.
+	if err := waitFor(ctx, 15*time.Second, func() error {
+		if n := len(garage.VINs()); n < len(creds) {
+			return fmt.Errorf("%d of %d cars built", n, len(creds))
+		}
+		return nil
+	}); err != nil {
+		f.Stop()
+		return nil, err
+	}
+	if err := f.Link.Start("127.0.0.1:0"); err != nil {
+		f.Stop()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Stop stops the link and the cars and closes their store.
+func (f *Fleet) Stop() {
+	f.Link.Close()
+	f.cancel()
+	f.wg.Wait()
+	f.store.Close()
+}
