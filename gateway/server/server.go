@@ -136,6 +136,9 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err := g.keys.Subscribe(ctx); err != nil {
 		return nil, fmt.Errorf("subscribe to whitelist acknowledgements: %w", err)
 	}
+	if err := g.startListeners(); err != nil {
+		return nil, err
+	}
 	if err := g.finishRotationStart(ctx); err != nil {
 		return nil, err
 	}
@@ -252,12 +255,23 @@ func (g *Gateway) startBus(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := b.Start(); err != nil {
-		return err
-	}
+	// The listeners open only in startListeners, after the gateway subscribed: a car that
+	// connects at once must find its journal's subscriber there, or the broker would
+	// acknowledge and drop what it sends.
 	g.broker = b
 	g.bus = mqttc.NewInline(b.Server(), mqttc.InlineOptions{})
-	g.brokerURL = g.cfg.advertisedMQTT(b.MQTTAddr())
+	return nil
+}
+
+// startListeners opens the embedded broker to clients.
+func (g *Gateway) startListeners() error {
+	if g.broker == nil {
+		return nil
+	}
+	if err := g.broker.Start(); err != nil {
+		return err
+	}
+	g.brokerURL = g.cfg.advertisedMQTT(g.broker.MQTTAddr())
 	return nil
 }
 

@@ -273,7 +273,9 @@ func StartFleet(ctx context.Context, dir, brokerURL string, creds []protocol.Cre
 	go func() {
 		defer f.wg.Done()
 		_, err := vehicle.RunFleet(fctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
-			TelemetryInterval: 2 * time.Second, ConnectRate: 2000, Logger: log})
+			TelemetryInterval: 2 * time.Second, ConnectRate: 2000, Logger: log,
+			// The drill waits for the cars to come back; production cars keep mqttc's 30 s cap.
+			MaxReconnectInterval: 2 * time.Second})
 		if err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("fleet stopped", "err", err)
 		}

@@ -202,17 +202,31 @@ func Run(ctx context.Context, o Options) Report {
 	}
 	say("the cloud is down: gateway and broker stopped")
 
-	// Every owner unlocks: the phone tries the cloud, gets nothing, uses the local link.
+	// Every owner unlocks at about the same time: each phone tries the cloud, gets nothing,
+	// and uses the local link.
+	type result struct {
+		i   int
+		d   time.Duration
+		out phone.Outcome
+		err error
+	}
+	results := make(chan result, len(owners))
 	for i, p := range owners {
-		t0 := time.Now()
-		out, err := phone.SendAuto(ctx, phone.AutoOptions{Session: p.Session, Key: p.Key, LinkAddr: fleet.Link.Addr(),
-			CloudTimeout: o.CloudTimeout}, phone.Request{VIN: creds[i].VIN, Action: protocol.ActionUnlock}, nil)
-		ok := err == nil && out.Path == phone.PathLocal && out.Reply.Status == protocol.ReplyExecuted
-		rep.Paths["local"].add(time.Since(t0), ok)
+		go func(i int, p *Person) {
+			t0 := time.Now()
+			out, err := phone.SendAuto(ctx, phone.AutoOptions{Session: p.Session, Key: p.Key, LinkAddr: fleet.Link.Addr(),
+				CloudTimeout: o.CloudTimeout}, phone.Request{VIN: creds[i].VIN, Action: protocol.ActionUnlock}, nil)
+			results <- result{i, time.Since(t0), out, err}
+		}(i, p)
+	}
+	for range owners {
+		r := <-results
+		ok := r.err == nil && r.out.Path == phone.PathLocal && r.out.Reply.Status == protocol.ReplyExecuted
+		rep.Paths["local"].add(r.d, ok)
 		rep.JournalExpected++
 		if !ok {
 			rep.LegitimateFailed++
-			rep.Problems = append(rep.Problems, fmt.Sprintf("outage unlock of %s by %s: %v path=%s %s %s", creds[i].VIN, p.Name, err, out.Path, out.Reply.Status, out.Reply.Reason))
+			rep.Problems = append(rep.Problems, fmt.Sprintf("outage unlock of %s by %s: %v path=%s %s %s", creds[r.i].VIN, owners[r.i].Name, r.err, r.out.Path, r.out.Reply.Status, r.out.Reply.Reason))
 		}
 	}
 	say("local path: %d/%d owners unlocked through the fallback", rep.Paths["local"].Successes, len(owners))

@@ -71,6 +71,9 @@ type FleetConfig struct {
 	// ConnectRate bounds how many cars start connecting per second (default 200), so that a
 	// large fleet does not storm the broker.
 	ConnectRate float64
+	// MaxReconnectInterval caps a car's reconnect backoff (mqttc's default, 30 s, when zero).
+	// After a broker outage cars come back spread over up to this long.
+	MaxReconnectInterval time.Duration
 	// Logger receives per-car events; discarded when nil.
 	Logger *slog.Logger
 	// Progress receives the human-readable progress and status line; nothing when nil. When it
@@ -354,10 +357,11 @@ func (f *fleet) runCar(ctx context.Context, creds protocol.Credentials) {
 func (r *carRun) dial(ctx context.Context, creds protocol.Credentials) (mqttc.Client, error) {
 	statusTopic := protocol.VehicleTopic(creds.VIN, protocol.SuffixStatus)
 	opts := mqttc.Options{
-		BrokerURL: r.f.cfg.BrokerURL,
-		ClientID:  creds.ClientID,
-		Username:  creds.Username,
-		Password:  creds.Token,
+		MaxReconnectInterval: r.f.cfg.MaxReconnectInterval,
+		BrokerURL:            r.f.cfg.BrokerURL,
+		ClientID:             creds.ClientID,
+		Username:             creds.Username,
+		Password:             creds.Token,
 		Will: &mqttc.Message{
 			Topic:    statusTopic,
 			Payload:  r.f.statusPayload(protocol.StatusOffline),
