@@ -6,8 +6,8 @@ package main
 import (
 	"context"
 	"flag"
-	"net/http"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
