@@ -157,7 +157,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 			return json.NewEncoder(env.Stdout).Encode(vs)
 		}
 		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "VIN\tSTATUS\tLAST TELEMETRY\tUSERS")
+		fmt.Fprintln(tw, "VIN\tSTATUS\tLAST TELEMETRY\tWHITELIST (CAR)\tUSERS")
 		for _, v := range vs {
 			status, last := "never seen", "-"
 			if v.Twin != nil {
@@ -168,7 +168,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 					last = time.UnixMilli(v.Twin.TelemetryMs).Format(time.RFC3339)
 				}
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.VIN, status, last, usersOf(v))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.VIN, status, last, whitelistOf(v), usersOf(v))
 		}
 		return tw.Flush()
 	case "vehicle show":
@@ -248,6 +248,24 @@ func first(a []string) string {
 		return ""
 	}
 	return a[0]
+}
+
+// whitelistOf shows the whitelist version and the version the car acknowledged.
+func whitelistOf(v httpapi.VehicleView) string {
+	m, ok := v.Keys.(map[string]any)
+	if !ok {
+		return "-"
+	}
+	ver, _ := m["version"].(float64)
+	acked, _ := m["acked_version"].(float64)
+	if ver == 0 {
+		return "none"
+	}
+	out := fmt.Sprintf("v%d (v%d)", int64(ver), int64(acked))
+	if acked < ver {
+		out += " NOT YET ON THE CAR"
+	}
+	return out
 }
 
 func usersOf(v httpapi.VehicleView) string {
