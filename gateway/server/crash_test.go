@@ -47,7 +47,12 @@ func startProcess(t *testing.T, bin, dir, httpAddr, mqttAddr string) *gwProcess 
 		t.Fatal(err)
 	}
 	p := &gwProcess{cmd: cmd, httpURL: "http://" + httpAddr, mqttAddr: mqttAddr, dir: dir}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
 	eventually(t, 20*time.Second, func() error {
 		return phone.Call(context.Background(), http.MethodGet, p.httpURL+"/readyz", "", nil, nil)
 	})
@@ -160,4 +165,19 @@ func TestKillDuringKeyBurst(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d key changes acknowledged before kill -9, %d keys after restart, car at version %d", len(acked), len(st.Keys), st.AckedVersion)
+
+	// SIGTERM shuts the gateway down cleanly: exit status 0, promptly.
+	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p2.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("gateway exited with %v after SIGTERM", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("gateway did not exit within 15 s of SIGTERM")
+	}
 }
