@@ -118,6 +118,9 @@ func OpenStore(path string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open vehicle store %q: %w", path, err)
 	}
+	// A car's command waits for its commit before it answers: bbolt's default 10 ms wait for
+	// company would dominate that; 2 ms still lets a busy fleet share commits.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
