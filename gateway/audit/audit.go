@@ -42,10 +42,21 @@ const (
 
 // Log appends to and reads the audit bucket.
 type Log struct {
-	db *bolt.DB
+	db    *bolt.DB
+	write func(func(*bolt.Tx) error) error
 }
 
-// Open makes sure the bucket exists.
+// OpenWith is Open with the writer durable appends go through (the gateway's group committer).
+func OpenWith(db *bolt.DB, write func(func(*bolt.Tx) error) error) (*Log, error) {
+	l, err := Open(db)
+	if err != nil {
+		return nil, err
+	}
+	l.write = write
+	return l, nil
+}
+
+// Open makes sure the bucket exists; appends use db.Batch.
 func Open(db *bolt.DB) (*Log, error) {
 	err := db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketAudit)
@@ -54,12 +65,12 @@ func Open(db *bolt.DB) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create audit bucket: %w", err)
 	}
-	return &Log{db: db}, nil
+	return &Log{db: db, write: db.Batch}, nil
 }
 
-// Append writes events durably; concurrent callers share a commit (db.Batch).
+// Append writes events durably; concurrent callers share a commit.
 func (l *Log) Append(events ...Event) error {
-	return l.db.Batch(func(tx *bolt.Tx) error { return AppendTx(tx, events...) })
+	return l.write(func(tx *bolt.Tx) error { return AppendTx(tx, events...) })
 }
 
 // AppendTx writes events inside the caller's transaction, so a decision and its side effects

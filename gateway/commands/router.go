@@ -388,7 +388,7 @@ func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64) error 
 	// Ids are remembered past their command's expiry by the car's replay horizon, so no
 	// replay of a still-valid command can pass.
 	until := untilMs + protocol.MaxCommandAheadMs
-	return r.store.DB().Batch(func(tx *bolt.Tx) error {
+	return r.store.Write(func(tx *bolt.Tx) error {
 		if err := store.PutCommandID(tx, id, until); err != nil {
 			return err
 		}

@@ -517,7 +517,7 @@ func (s *Service) OnAck(m mqttc.Message) {
 	updated := false
 	// Read-modify-write inside one transaction: a key change may have stored a newer version
 	// since, and must not be rolled back by a stale copy.
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.st.Write(func(tx *bolt.Tx) error {
 		updated = false
 		b := tx.Bucket(bucketWhitelists).Get([]byte(vin))
 		if b == nil {
@@ -572,7 +572,7 @@ func (s *Service) OnEvent(m mqttc.Message) {
 		s.log.Warn("malformed vehicle event", "vin", vin)
 		return
 	}
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.st.Write(func(tx *bolt.Tx) error {
 		jb := tx.Bucket(bucketJournal)
 		var last uint64
 		if b := jb.Get([]byte(vin)); len(b) == 8 {

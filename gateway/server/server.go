@@ -101,7 +101,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if g.store, err = store.Open(filepath.Join(cfg.Data, DBFile)); err != nil {
 		return nil, err
 	}
-	if g.audit, err = audit.Open(g.store.DB()); err != nil {
+	if g.audit, err = audit.OpenWith(g.store.DB(), g.store.Write); err != nil {
 		return nil, err
 	}
 	if err := g.loadKeys(); err != nil {

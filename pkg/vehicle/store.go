@@ -15,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"telematics/pkg/groupcommit"
 	"telematics/pkg/protocol"
 )
 
@@ -103,6 +104,9 @@ func (e *lockedError) Is(target error) bool { return target == ErrStoreLocked }
 type Store struct {
 	db   *bolt.DB
 	path string
+	// commit shares each fsync among the cars writing at that moment (group commit): a lone
+	// command commits at once, a busy fleet in batches.
+	commit *groupcommit.Committer
 }
 
 // OpenStore opens (creating if needed) the store file at path. If another process holds the
@@ -118,9 +122,6 @@ func OpenStore(path string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open vehicle store %q: %w", path, err)
 	}
-	// A car's command waits for its commit before it answers: bbolt's default 10 ms wait for
-	// company would dominate that; 2 ms still lets a busy fleet share commits.
-	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -141,7 +142,7 @@ func OpenStore(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialise vehicle store %q: %w", path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	return &Store{db: db, path: path, commit: groupcommit.New(db)}, nil
 }
 
 // Path is the store's file name.
@@ -149,6 +150,7 @@ func (s *Store) Path() string { return s.path }
 
 // Close closes the file. It is idempotent.
 func (s *Store) Close() error {
+	s.commit.Close()
 	if err := s.db.Close(); err != nil && !errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 		return err
 	}
@@ -174,7 +176,7 @@ func (s *Store) SaveCredentials(creds ...protocol.Credentials) error {
 		}
 		docs[i] = b
 	}
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.commit.Update(func(tx *bolt.Tx) error {
 		cars := tx.Bucket(bucketCars)
 		for i, c := range creds {
 			b, err := cars.CreateBucketIfNotExists([]byte(c.VIN))
@@ -254,7 +256,7 @@ func (s *Store) SaveCar(vin string, rec CarRecord) error {
 	}
 	seq := binary.BigEndian.AppendUint64(nil, rec.SeqHigh)
 	// Idempotent: the same two puts whether Batch runs it once or twice.
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.commit.Update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
 		if err != nil {
 			return err
@@ -297,7 +299,7 @@ func (s *Store) CommitCommand(vin string, c Commit) error {
 	cutoffMs := c.NowMs - ReplaySlack.Milliseconds()
 	// Batch may run this twice (after a rollback caused by another car's function): it reads
 	// and writes only through tx, so a second run sees exactly what the first saw.
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.commit.Update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
 		if err != nil {
 			return err
@@ -441,7 +443,7 @@ func (s *Store) SaveKeys(vin string, rec KeyRecord) error {
 	}
 	ver := binary.BigEndian.AppendUint64(nil, rec.Version)
 	// Idempotent: the version check reads through tx, and the puts are the same on a rerun.
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.commit.Update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
 		if err != nil {
 			return err
@@ -470,7 +472,7 @@ func (s *Store) SaveKeys(vin string, rec KeyRecord) error {
 // with ErrJournalFull when MaxJournalEntries entries are waiting to be published.
 func (s *Store) AppendJournal(vin string, ev protocol.VehicleEvent) (uint64, error) {
 	var seq uint64
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.commit.Update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
 		if err != nil {
 			return err
@@ -555,7 +557,7 @@ func (s *Store) DeleteJournal(vin string, seqs []uint64) error {
 	if len(seqs) == 0 {
 		return nil
 	}
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.commit.Update(func(tx *bolt.Tx) error {
 		b := carBucket(tx, vin)
 		if b == nil || b.Bucket(bucketJournal) == nil {
 			return nil

@@ -1,0 +1,111 @@
+// Package groupcommit writes to bbolt with natural group commit: a writer goroutine commits
+// every write waiting at that moment in one transaction (one fsync), and starts the next
+// commit as soon as the previous one is done. An idle store commits a lone write at once,
+// unlike db.Batch, which always waits MaxBatchDelay for company; a busy store shares each fsync
+// among all the writers that arrived during the previous one.
+package groupcommit
+
+import (
+	"errors"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrClosed is returned for writes submitted after Close.
+var ErrClosed = errors.New("group commit closed")
+
+// MaxGroup bounds how many writes share one transaction.
+const MaxGroup = 1000
+
+type write struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// Committer serializes writes to one bbolt file.
+type Committer struct {
+	db    *bolt.DB
+	queue chan write
+	once  sync.Once
+	mu    sync.RWMutex
+	quit  bool
+	wg    sync.WaitGroup
+}
+
+// New starts a committer for db.
+func New(db *bolt.DB) *Committer {
+	c := &Committer{db: db, queue: make(chan write, MaxGroup)}
+	c.wg.Add(1)
+	go c.run()
+	return c
+}
+
+// Update runs fn in a read-write transaction shared with other writers and returns once it is
+// durable. fn may run twice (when a shared transaction fails, each write is retried alone, so
+// that one failing write does not fail the others): keep it idempotent, as with db.Batch.
+func (c *Committer) Update(fn func(*bolt.Tx) error) error {
+	c.mu.RLock()
+	if c.quit {
+		c.mu.RUnlock()
+		return ErrClosed
+	}
+	w := write{fn: fn, done: make(chan error, 1)}
+	c.queue <- w
+	c.mu.RUnlock()
+	return <-w.done
+}
+
+func (c *Committer) run() {
+	defer c.wg.Done()
+	group := make([]write, 0, MaxGroup)
+	for w := range c.queue {
+		group = append(group[:0], w)
+	drain:
+		for len(group) < MaxGroup {
+			select {
+			case w, ok := <-c.queue:
+				if !ok {
+					break drain
+				}
+				group = append(group, w)
+			default:
+				break drain
+			}
+		}
+		c.commit(group)
+	}
+}
+
+func (c *Committer) commit(group []write) {
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		for _, w := range group {
+			if err := w.fn(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil || len(group) == 1 {
+		for _, w := range group {
+			w.done <- err
+		}
+		return
+	}
+	// One write failed the shared transaction: give each its own.
+	for _, w := range group {
+		w.done <- c.db.Update(w.fn)
+	}
+}
+
+// Close waits for queued writes to commit and stops the writer; later writes get ErrClosed.
+// It does not close the database.
+func (c *Committer) Close() {
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.quit = true
+		close(c.queue)
+		c.mu.Unlock()
+		c.wg.Wait()
+	})
+}
