@@ -28,7 +28,7 @@ var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
 
 const password = "correct horse battery"
 
-func eventually(t *testing.T, timeout time.Duration, fn func() error) {
+func eventually(t testing.TB, timeout time.Duration, fn func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -43,7 +43,7 @@ func eventually(t *testing.T, timeout time.Duration, fn func() error) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -61,7 +61,7 @@ type env struct {
 	creds []protocol.Credentials
 }
 
-func startGateway(t *testing.T, dir string, mutate func(*server.Config)) *server.Gateway {
+func startGateway(t testing.TB, dir string, mutate func(*server.Config)) *server.Gateway {
 	t.Helper()
 	cfg := server.DefaultConfig()
 	cfg.Data = dir
@@ -80,21 +80,21 @@ func startGateway(t *testing.T, dir string, mutate func(*server.Config)) *server
 	return g
 }
 
-func admin(t *testing.T, g *server.Gateway, method, path string, in, out any) {
+func admin(t testing.TB, g *server.Gateway, method, path string, in, out any) {
 	t.Helper()
 	if err := phone.Call(context.Background(), method, g.HTTPURL()+path, g.AdminToken(), in, out); err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 }
 
-func provision(t *testing.T, g *server.Gateway, n int) []protocol.Credentials {
+func provision(t testing.TB, g *server.Gateway, n int) []protocol.Credentials {
 	t.Helper()
 	var creds []protocol.Credentials
 	admin(t, g, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: n}, &creds)
 	return creds
 }
 
-func addUser(t *testing.T, g *server.Gateway, name string, vin string, role protocol.Role) {
+func addUser(t testing.TB, g *server.Gateway, name string, vin string, role protocol.Role) {
 	t.Helper()
 	admin(t, g, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil)
 	if vin != "" {
@@ -103,7 +103,7 @@ func addUser(t *testing.T, g *server.Gateway, name string, vin string, role prot
 }
 
 // runFleet runs cars until the test ends.
-func runFleet(t *testing.T, brokerURL string, creds []protocol.Credentials) {
+func runFleet(t testing.TB, brokerURL string, creds []protocol.Credentials) {
 	t.Helper()
 	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), "sim.db"))
 	if err != nil {
@@ -118,7 +118,7 @@ func runFleet(t *testing.T, brokerURL string, creds []protocol.Credentials) {
 	t.Cleanup(func() { cancel(); <-done; st.Close() })
 }
 
-func waitOnline(t *testing.T, g *server.Gateway, vins ...string) {
+func waitOnline(t testing.TB, g *server.Gateway, vins ...string) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() error {
 		for _, v := range vins {
@@ -131,13 +131,13 @@ func waitOnline(t *testing.T, g *server.Gateway, vins ...string) {
 }
 
 // login logs user in with a new phone key, connects, and pairs the key with each of vins.
-func login(t *testing.T, g *server.Gateway, user, brokerURL string, vins ...string) *phone.App {
+func login(t testing.TB, g *server.Gateway, user, brokerURL string, vins ...string) *phone.App {
 	t.Helper()
 	app, _, _ := loginKey(t, g, user, brokerURL, vins...)
 	return app
 }
 
-func loginKey(t *testing.T, g *server.Gateway, user, brokerURL string, vins ...string) (*phone.App, *phone.Session, *sign.Signer) {
+func loginKey(t testing.TB, g *server.Gateway, user, brokerURL string, vins ...string) (*phone.App, *phone.Session, *sign.Signer) {
 	t.Helper()
 	sess, err := phone.Login(context.Background(), g.HTTPURL(), user, password, "")
 	if err != nil {
@@ -161,7 +161,7 @@ func loginKey(t *testing.T, g *server.Gateway, user, brokerURL string, vins ...s
 }
 
 // waitSynced waits until each car acknowledged its current whitelist.
-func waitSynced(t *testing.T, g *server.Gateway, vins ...string) {
+func waitSynced(t testing.TB, g *server.Gateway, vins ...string) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() error {
 		for _, vin := range vins {
