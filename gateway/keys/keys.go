@@ -29,7 +29,7 @@ var (
 	bucketKeys       = []byte("keys")       // vin/keyID -> protocol.WhitelistKey
 	bucketShares     = []byte("shares")     // vin/user -> Share
 	bucketWhitelists = []byte("whitelists") // vin -> record
-	bucketJournal    = []byte("journal")    // vin -> last filed vehicle event seq
+	bucketJournal    = []byte("journal")    // vin/seq -> filed vehicle events
 )
 
 // Key-change actions, as the 2FA policy names them.
@@ -561,7 +561,7 @@ func (s *Service) OnAck(m mqttc.Message) {
 }
 
 // OnEvent files a car's journal entry (what it did over the local link) in the audit log,
-// once: entries carry a per-car sequence, and a redelivered one is ignored.
+// once: entries carry a per-car sequence number, and a redelivered one is ignored.
 func (s *Service) OnEvent(m mqttc.Message) {
 	vin, suffix, ok := protocol.ParseVehicleTopic(m.Topic)
 	if !ok || suffix != protocol.SuffixEvents {
@@ -573,15 +573,14 @@ func (s *Service) OnEvent(m mqttc.Message) {
 		return
 	}
 	err := s.st.Write(func(tx *bolt.Tx) error {
+		// Every filed (vin, seq) is remembered, so a redelivered entry is ignored even when
+		// entries arrive out of order.
 		jb := tx.Bucket(bucketJournal)
-		var last uint64
-		if b := jb.Get([]byte(vin)); len(b) == 8 {
-			last = binary.BigEndian.Uint64(b)
-		}
-		if ev.Seq <= last {
+		k := binary.BigEndian.AppendUint64([]byte(vin+"/"), ev.Seq)
+		if jb.Get(k) != nil {
 			return nil
 		}
-		if err := jb.Put([]byte(vin), binary.BigEndian.AppendUint64(nil, ev.Seq)); err != nil {
+		if err := jb.Put(k, []byte{1}); err != nil {
 			return err
 		}
 		return audit.AppendTx(tx, audit.Event{TsMs: ev.TsMs, Kind: audit.KindVehicle, User: ev.User, VIN: vin, CmdID: ev.CmdID,

@@ -321,3 +321,15 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestVehicleEventsOutOfOrder(t *testing.T) {
+	f := newFixture(t)
+	for _, seq := range []uint64{3, 1, 2, 3, 1} {
+		b, _ := json.Marshal(protocol.VehicleEvent{V: 1, VIN: vin, Seq: seq, Kind: protocol.EventLocalCommand, Status: "executed", TsMs: 1})
+		f.svc.OnEvent(mqttc.Message{Topic: "v/" + vin + "/events", Payload: b})
+	}
+	lg, _ := audit.Open(f.st.DB())
+	if evs, _ := lg.Query(audit.Filter{Kind: audit.KindVehicle}); len(evs) != 3 {
+		t.Fatalf("%d events filed from seqs 3,1,2 (+2 redelivered), want 3", len(evs))
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -227,6 +228,9 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		c, err := mqttc.Dial(ctx, mqttc.Options{
 			BrokerURL: g.cfg.ExternalBroker, ClientID: "gateway-" + hex.EncodeToString(suffix),
 			Username: "gateway", Password: tok, Logger: g.log, CleanSession: true,
+			// Every car's traffic flows through this one client: decode in parallel (each
+			// topic, i.e. each car, stays in order on one worker).
+			Workers: 4 * runtime.GOMAXPROCS(0), QueueSize: 4096,
 			OnConnect: func(mqttc.Client) {
 				// After a broker restart the broker holds no retained whitelist.
 				if k := g.keysReady(); k != nil {

@@ -120,6 +120,9 @@ func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, now func
 	if err := server.AddHook(NewACLHook(acl, auth), nil); err != nil {
 		return nil, fmt.Errorf("add acl hook: %w", err)
 	}
+	if err := server.AddHook(NewGatewayDeliveryHook(auth), nil); err != nil {
+		return nil, fmt.Errorf("add gateway delivery hook: %w", err)
+	}
 	return auth, nil
 }
 

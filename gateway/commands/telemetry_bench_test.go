@@ -1,0 +1,72 @@
+package commands
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/store"
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+)
+
+// BenchmarkOnTelemetry is the gateway's work per telemetry message once the broker handed it
+// over: topic parse, JSON decode, the twin update under the twins' lock (the sequence count
+// included). "parallel" has GOMAXPROCS callers over 1,000 cars, as the inline client's workers
+// call it, so it shows what the shared lock costs.
+func BenchmarkOnTelemetry(b *testing.B) {
+	st, err := store.Open(filepath.Join(b.TempDir(), "gateway.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = st.Close() })
+	log, err := audit.Open(st.DB())
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The telemetry path uses neither the bus nor the keys.
+	r, err := New(DefaultConfig(), st, log, nil, nil, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = r.Close() })
+
+	const cars = 1000
+	msgs := make([]mqttc.Message, cars)
+	for i := range msgs {
+		vin := fmt.Sprintf("WVWZZZ1JZXW%06d", i)
+		payload, err := json.Marshal(protocol.Telemetry{V: protocol.Version, TsMs: 1_700_000_000_123, Seq: 1, Signals: map[string]any{
+			protocol.VSSSpeed: 87.5, protocol.VSSSoC: 63.2, protocol.VSSIsLocked: true,
+			protocol.VSSCharging: false, protocol.VSSClimate: false, protocol.VSSTrunkOpen: false,
+			protocol.VSSRunning: true, "Vehicle.TraveledDistance": 12345.6,
+			protocol.VSSLatitude: 48.137154, protocol.VSSLongitude: 11.576124,
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs[i] = mqttc.Message{Topic: protocol.VehicleTopic(vin, protocol.SuffixTelemetry), Payload: payload}
+	}
+	b.Run("sequential", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(msgs[0].Payload)))
+		i := 0
+		for b.Loop() {
+			r.onTelemetry(msgs[i%cars])
+			i++
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(msgs[0].Payload)))
+		var next atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				r.onTelemetry(msgs[next.Add(1)%cars])
+			}
+		})
+	})
+}

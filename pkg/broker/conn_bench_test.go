@@ -1,0 +1,256 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/token"
+)
+
+// connHeapProfile, when set, is where BenchmarkIdleConnections writes a heap profile taken
+// while its connections are up (go test's -memprofile is written after they are closed).
+var connHeapProfile = flag.String("conn-heap-profile", "", "write a heap profile of the broker holding BenchmarkIdleConnections' cars to this file")
+
+// benchVIN is the i-th VIN of a benchmark fleet (valid per ISO 3779).
+func benchVIN(i int) string { return fmt.Sprintf("WVWZZZ1JZXW%06d", i) }
+
+// BenchmarkIdleConnections measures what one connected, idle car costs the broker: heap and
+// goroutine stacks per connection, after a GC, with the car's session as a real car makes it
+// (CONNECT with its will, SUBSCRIBE to its cmd and keys topics, its retained online status).
+// The cars' own sockets live in this process too; "tcp-only" is that share (both ends of a
+// loopback TCP connection, nothing else), to subtract. Sizes are per MaxClientWritesPending,
+// which sizes mochi's per-client outbound channel; "after-telemetry" has every car publish
+// one message to an inline subscriber (as the embedded gateway is) before the measurement,
+// which is where the reader goroutines' stacks grow.
+func BenchmarkIdleConnections(b *testing.B) {
+	const cars = 500
+	b.Run(fmt.Sprintf("tcp-only/cars=%d", cars), func(b *testing.B) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		accepted := make(chan net.Conn, cars)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accepted <- c
+			}
+		}()
+		for b.Loop() {
+			before := memNow()
+			conns := make([]net.Conn, 0, 2*cars)
+			for range cars {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns = append(conns, c, <-accepted)
+			}
+			reportPerConn(b, before, memNow(), cars)
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}
+	})
+	type variant struct {
+		pending   int
+		telemetry bool // each car publishes one telemetry message to an inline subscriber
+	}
+	for _, v := range []variant{{128, false}, {1024, false}, {8192, false}, {1024, true}} {
+		name := fmt.Sprintf("writes-pending=%d/cars=%d", v.pending, cars)
+		if v.telemetry {
+			name += "/after-telemetry"
+		}
+		b.Run(name, func(b *testing.B) {
+			pending := v.pending
+			f := startQuietBroker(b, pending)
+			if v.telemetry {
+				// The gateway's subscriber: mochi calls it on the publisher's reader goroutine.
+				var got atomic.Int64
+				if err := f.b.Server().Subscribe("v/+/telemetry", 1, func(*mqtt.Client, packets.Subscription, packets.Packet) { got.Add(1) }); err != nil {
+					b.Fatal(err)
+				}
+			}
+			creds := make([]creds, cars)
+			for i := range creds {
+				creds[i] = f.creds(b, benchVIN(i), protocol.RoleVehicle, "")
+			}
+			for b.Loop() {
+				before := memNow()
+				conns := make([]net.Conn, 0, cars)
+				for i := range cars {
+					conns = append(conns, connectCar(b, f.b.MQTTAddr(), creds[i]))
+				}
+				if v.telemetry {
+					for i, c := range conns {
+						pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+							TopicName: "v/" + benchVIN(i) + "/telemetry", Payload: []byte(`{"v":1,"ts":1700000000000,"seq":1,"signals":{"Vehicle.Speed":50}}`)}
+						var buf bytes.Buffer
+						must(b, pk.PublishEncode(&buf))
+						if _, err := c.Write(buf.Bytes()); err != nil {
+							b.Fatal(err)
+						}
+					}
+					// A PINGREQ answered means the broker has handled the publish before it.
+					for _, c := range conns {
+						if _, err := c.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
+							b.Fatal(err)
+						}
+						resp := make([]byte, 2)
+						if _, err := io.ReadFull(c, resp); err != nil || resp[0]>>4 != packets.Pingresp {
+							b.Fatalf("no PINGRESP: % x %v", resp, err)
+						}
+					}
+				}
+				eventually(b, waitFor, func() error {
+					if n := f.b.Auth().Sessions(); n != cars {
+						return fmt.Errorf("%d of %d sessions", n, cars)
+					}
+					return nil
+				})
+				after := memNow()
+				reportPerConn(b, before, after, cars)
+				if *connHeapProfile != "" {
+					writeHeapProfile(b, *connHeapProfile)
+				}
+				for _, c := range conns {
+					_ = c.Close()
+				}
+				eventually(b, waitFor, func() error {
+					if n := f.b.Auth().Sessions(); n != 0 {
+						return fmt.Errorf("%d sessions left", n)
+					}
+					return nil
+				})
+			}
+		})
+	}
+}
+
+// startQuietBroker is startBroker without the debug log (a test's log buffer would grow with
+// every connection and be counted as the broker's memory).
+func startQuietBroker(b *testing.B, writesPending int) *fixture {
+	signer, err := sign.Generate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.WSAddr = ""
+	cfg.MaxClientWritesPending = writesPending
+	clock := newTestClock()
+	br, err := newBroker(cfg, []*ecdsa.PublicKey{signer.Public()}, slog.New(slog.DiscardHandler), clock.Now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := br.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = br.Close() })
+	return &fixture{b: br, signer: signer, issuer: token.NewIssuer(signer, clock.Now), clock: clock}
+}
+
+type memSample struct {
+	heap, stack uint64
+	goroutines  int
+}
+
+func memNow() memSample {
+	runtime.GC()
+	runtime.GC() // the second cycle frees what the first one's finalizers released
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return memSample{heap: m.HeapInuse, stack: m.StackInuse, goroutines: runtime.NumGoroutine()}
+}
+
+func reportPerConn(b *testing.B, before, after memSample, n int) {
+	b.ReportMetric(float64(int64(after.heap)-int64(before.heap))/float64(n), "heap-B/conn")
+	b.ReportMetric(float64(int64(after.stack)-int64(before.stack))/float64(n), "stack-B/conn")
+	b.ReportMetric(float64(after.goroutines-before.goroutines)/float64(n), "goroutines/conn")
+}
+
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// connectCar opens a car's session the way a car does and leaves it idle (keep-alive 0, so
+// the broker never expects a ping): CONNECT with the offline will, SUBSCRIBE to v/VIN/cmd and
+// v/VIN/keys, PUBLISH the retained online status at QoS 1.
+func connectCar(b *testing.B, addr string, c creds) net.Conn {
+	b.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(waitFor))
+	status := func(s string) []byte { return []byte(`{"v":1,"status":"` + s + `","ts":1700000000000}`) }
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: c.clientID,
+			UsernameFlag: true, Username: []byte(c.username), PasswordFlag: true, Password: []byte(c.password),
+			WillFlag: true, WillTopic: "v/" + c.username + "/status", WillPayload: status("offline"), WillQos: 1, WillRetain: true}}
+	must(b, pk.ConnectEncode(&buf))
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "v/" + c.username + "/cmd", Qos: 1}, {Filter: "v/" + c.username + "/keys", Qos: 1}}}
+	must(b, sub.SubscribeEncode(&buf))
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}, ProtocolVersion: 4,
+		PacketID: 2, TopicName: "v/" + c.username + "/status", Payload: status("online")}
+	must(b, pub.PublishEncode(&buf))
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		b.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	for _, want := range []byte{packets.Connack, packets.Suback, packets.Puback} {
+		first, err := r.ReadByte()
+		if err != nil {
+			b.Fatalf("car %s: waiting for packet type %d: %v", c.clientID, want, err)
+		}
+		n, _, err := packets.DecodeLength(r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			b.Fatal(err)
+		}
+		if first>>4 != want || (want == packets.Connack && body[1] != 0) || (want == packets.Suback && bytes.Contains(body[2:], []byte{0x80})) {
+			b.Fatalf("car %s: got packet type %d % x, want type %d accepted", c.clientID, first>>4, body, want)
+		}
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn
+}
+
+func must(b *testing.B, err error) {
+	b.Helper()
+	if err != nil {
+		b.Fatal(err)
+	}
+}

@@ -1,0 +1,353 @@
+// Package bench is `vehicle-sim bench`, the load generator: it starts the system under test
+// itself (the gateway binary as a separate process, with its embedded broker, the standalone
+// broker, or Debian's mosquitto) or targets running addresses, drives lean simulated cars
+// against it, measures the processes through /proc, and reports a table or one JSON object.
+//
+// Scenarios: "connect" (N cars connect at a rate: time until all are connected, failures,
+// memory per connected car and its slope) and "telemetry" (N cars publish telemetry at a rate:
+// messages per second that reach the gateway's twin, losses counted from sequence numbers).
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Scenarios.
+const (
+	ScenarioConnect   = "connect"
+	ScenarioTelemetry = "telemetry"
+)
+
+// Config is one bench invocation.
+type Config struct {
+	Scenario string
+
+	Cars               int
+	ConnectRate        float64 // cars/s over all load processes; 0: as fast as they go
+	ConnectConcurrency int     // handshakes in flight over all load processes
+	ConnectTimeout     time.Duration
+	Steps              int // connect in this many equal steps, measuring memory after each (the slope)
+	Settle             time.Duration
+
+	Rate      float64 // telemetry messages/s per car; 0: none; negative: as fast as the system takes them
+	QoS       int
+	Inflight  int // unacknowledged QoS 1 publishes per car
+	Duration  time.Duration
+	KeepAlive time.Duration
+
+	Broker     string // embedded, standalone, mosquitto or tcp://HOST:PORT
+	Gateway    string // target mode: the gateway's HTTP URL
+	TokenFile  string // target mode: the admin token
+	GatewayPID int    // target mode: processes to measure
+	BrokerPID  int
+
+	Compare bool // embedded and mosquitto, alternately
+	Rounds  int
+
+	Procs       int // load processes; 0: in this process up to CarsPerProc cars, else enough children
+	CarsPerProc int
+	SourceAddrs int // dial from 127.0.0.1 … 127.0.0.N; 0: one address per 25,000 cars
+
+	JSON         bool
+	Src          string   // the module to build the gateway from
+	GatewayBin   string   // a built gateway instead
+	BrokerBin    string   // a built broker instead
+	MosquittoBin string   // Debian's mosquitto
+	GatewayEnv   []string // KEY=VALUE for the gateway process
+	KeepDir      bool
+}
+
+// carsPerSourceAddr is how many connections the bench puts on one loopback source address:
+// below the 28,232 ephemeral ports of Linux's default range (32768–60999).
+const carsPerSourceAddr = 25_000
+
+// defaultCarsPerProc keeps a load process well under a 20,000-descriptor limit.
+const defaultCarsPerProc = 15_000
+
+// Env is what Run needs from its process.
+type Env struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// LoadProcess returns the command of one load process (its stdin and stdout are taken by
+	// the bench); nil means re-executing this program as `vehicle-sim bench worker`.
+	LoadProcess func() *exec.Cmd
+}
+
+// Run is `vehicle-sim bench`: it returns the exit code (0 done, 1 a run failed, 2 usage).
+func Run(ctx context.Context, args []string, env Env) int {
+	if len(args) > 0 && args[0] == "worker" {
+		if err := RunWorker(ctx, env.Stdin, env.Stdout); err != nil {
+			fmt.Fprintf(env.Stderr, "vehicle-sim bench worker: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	cfg, err := ParseFlags(args, env.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "vehicle-sim bench: %v\n", err)
+		return 2
+	}
+	results, err := Execute(ctx, cfg, env)
+	if len(results) > 0 {
+		if cfg.JSON {
+			enc := json.NewEncoder(env.Stdout)
+			if len(results) == 1 {
+				_ = enc.Encode(results[0])
+			} else {
+				_ = enc.Encode(compareReport(cfg, results))
+			}
+		} else {
+			printTable(env.Stdout, cfg, results)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "vehicle-sim bench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// Execute runs the configured scenario once per mode and round, and returns the results of
+// the runs that finished.
+func Execute(ctx context.Context, cfg Config, env Env) ([]Result, error) {
+	if env.Stderr == nil {
+		env.Stderr = io.Discard
+	}
+	modes := []string{cfg.Broker}
+	if cfg.Compare {
+		modes = []string{ModeEmbedded, ModeMosquitto}
+	} else if strings.Contains(cfg.Broker, "://") {
+		modes = []string{ModeTarget}
+	}
+	binDir, err := os.MkdirTemp("", "vehicle-sim-bench-bin-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(binDir)
+	bins, err := buildBinaries(ctx, cfg, binDir, modes, env.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	var results []Result
+	for round := 1; round <= cfg.Rounds; round++ {
+		for _, mode := range modes {
+			r := &runner{cfg: cfg, mode: mode, round: round, bins: bins, env: env}
+			res, err := r.run(ctx)
+			if err != nil {
+				return results, fmt.Errorf("%s run (round %d): %w", mode, round, err)
+			}
+			results = append(results, res)
+		}
+	}
+	return results, nil
+}
+
+// rateFlag is --rate: a number of messages per second per car, or "max".
+type rateFlag struct{ v *float64 }
+
+func (r rateFlag) String() string {
+	if r.v == nil {
+		return "0"
+	}
+	if *r.v < 0 {
+		return "max"
+	}
+	return strconv.FormatFloat(*r.v, 'g', -1, 64)
+}
+
+func (r rateFlag) Set(s string) error {
+	if s == "max" {
+		*r.v = -1
+		return nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+		return errors.New(`want messages per second per car (0 for none) or "max"`)
+	}
+	*r.v = f
+	return nil
+}
+
+type listFlag struct{ v *[]string }
+
+func (l listFlag) String() string {
+	if l.v == nil {
+		return ""
+	}
+	return strings.Join(*l.v, " ")
+}
+
+func (l listFlag) Set(s string) error {
+	if !strings.Contains(s, "=") {
+		return errors.New("want KEY=VALUE")
+	}
+	*l.v = append(*l.v, s)
+	return nil
+}
+
+// ParseFlags reads `vehicle-sim bench SCENARIO [flags]`. Defaults depend on the scenario:
+// connect 1,000 cars at 2,000/s in 2 steps and no telemetry; telemetry 100 cars as fast as
+// they go for 10 s.
+func ParseFlags(args []string, stderr io.Writer) (Config, error) {
+	cfg := Config{Broker: ModeEmbedded, Rounds: 1, QoS: 0, Inflight: 32, KeepAlive: 60 * time.Second,
+		ConnectConcurrency: 512, ConnectTimeout: 10 * time.Second, Settle: 2 * time.Second,
+		CarsPerProc: defaultCarsPerProc, MosquittoBin: "/usr/sbin/mosquitto", TokenFile: "./data/admin.token",
+		Gateway: "http://127.0.0.1:8080"}
+	fs := flag.NewFlagSet("vehicle-sim bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintln(w, "usage: vehicle-sim bench connect|telemetry [flags]")
+		fmt.Fprintln(w, "\nStarts the system under test (the gateway built from --src as its own process, with")
+		fmt.Fprintln(w, "its embedded broker, the standalone broker, or mosquitto), provisions cars through")
+		fmt.Fprintln(w, "its admin API, drives them, and reports what the processes used (from /proc).")
+		fmt.Fprintln(w, "\n  connect     N cars connect at --connect-rate: time until all are connected, failures,")
+		fmt.Fprintln(w, "              memory per connected car and per added car (the slope, over --steps)")
+		fmt.Fprintln(w, "  telemetry   N cars publish telemetry at --rate each: messages/s into the gateway's twin,")
+		fmt.Fprintln(w, "              and how many were lost (sequence numbers, and sent minus received)")
+		fmt.Fprintln(w, "\nflags:")
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&cfg.Cars, "cars", 0, "cars (default: connect 1000, telemetry 100)")
+	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 2000, "cars connecting per second, over all load processes; 0: as fast as they go")
+	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", cfg.ConnectConcurrency, "handshakes in flight at once, over all load processes")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "bound of one car's dial and CONNACK")
+	fs.IntVar(&cfg.Steps, "steps", 0, "connect in this many equal steps, memory measured after each (default: connect 2, telemetry 1)")
+	fs.DurationVar(&cfg.Settle, "settle", cfg.Settle, "wait after each connect step before measuring memory")
+	fs.Var(rateFlag{&cfg.Rate}, "rate", `telemetry messages per second per car, or "max" (default: connect 0, telemetry max)`)
+	fs.IntVar(&cfg.QoS, "qos", cfg.QoS, "telemetry QoS, 0 or 1")
+	fs.IntVar(&cfg.Inflight, "inflight", cfg.Inflight, "QoS 1 publishes per car awaiting their PUBACK")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "how long the cars publish (default: connect 0, telemetry 10s)")
+	fs.DurationVar(&cfg.KeepAlive, "keepalive", cfg.KeepAlive, "MQTT keep-alive of the cars")
+	fs.StringVar(&cfg.Broker, "broker", cfg.Broker, "system under test: embedded (gateway serve), standalone (broker + gateway),\nmosquitto (mosquitto + gateway), or tcp://HOST:PORT of a running broker (with --gateway, --token-file)")
+	fs.StringVar(&cfg.Gateway, "gateway", cfg.Gateway, "with --broker tcp://…: the running gateway's HTTP URL")
+	fs.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "with --broker tcp://…: the gateway's admin token file (DATA/admin.token)")
+	fs.IntVar(&cfg.GatewayPID, "gateway-pid", 0, "with --broker tcp://…: measure this gateway process")
+	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "with --broker tcp://…: measure this broker process (the gateway's pid if embedded)")
+	fs.BoolVar(&cfg.Compare, "compare", false, "run the scenario against embedded and mosquitto, alternately, and print the ratios")
+	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "runs per broker mode")
+	fs.IntVar(&cfg.Procs, "procs", 0, "load processes (0: this process up to --cars-per-proc cars, else as many children as needed)")
+	fs.IntVar(&cfg.CarsPerProc, "cars-per-proc", cfg.CarsPerProc, "most cars one load process runs (each holds one descriptor per car)")
+	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "dial from 127.0.0.1 … 127.0.0.N (0: one address per 25,000 cars)")
+	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object instead of the table")
+	fs.StringVar(&cfg.Src, "src", "", "the telematics module to build the gateway from (default: found from the working directory)")
+	fs.StringVar(&cfg.GatewayBin, "gateway-bin", "", "a built gateway binary instead of building one")
+	fs.StringVar(&cfg.BrokerBin, "broker-bin", "", "a built broker binary instead of building one (standalone mode)")
+	fs.StringVar(&cfg.MosquittoBin, "mosquitto", cfg.MosquittoBin, "the mosquitto binary")
+	fs.Var(listFlag{&cfg.GatewayEnv}, "gateway-env", "KEY=VALUE for the gateway process, e.g. GATEWAY_BROKER_MAX_CLIENT_WRITES_PENDING=128 (repeatable)")
+	fs.BoolVar(&cfg.KeepDir, "keep", false, "keep the system under test's directory (data, configs, logs)")
+
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+			fs.Usage()
+			return cfg, flag.ErrHelp
+		}
+		fs.Usage()
+		return cfg, errors.New("name a scenario: connect or telemetry")
+	}
+	cfg.Scenario = args[0]
+	if err := fs.Parse(args[1:]); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch cfg.Scenario {
+	case ScenarioConnect:
+		cfg.Cars = or(cfg.Cars, 1000)
+		cfg.Steps = or(cfg.Steps, 2)
+	case ScenarioTelemetry:
+		cfg.Cars = or(cfg.Cars, 100)
+		cfg.Steps = or(cfg.Steps, 1)
+		if !set["rate"] {
+			cfg.Rate = -1
+		}
+		if !set["duration"] {
+			cfg.Duration = 10 * time.Second
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+func or(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// Validate reports every problem at once, naming the flag.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	if c.Scenario != ScenarioConnect && c.Scenario != ScenarioTelemetry {
+		errs = append(errs, fmt.Errorf("unknown scenario %q: want connect or telemetry (commands, revoke and local depend on the digital-keys feature and are not built yet)", c.Scenario))
+	}
+	if c.Cars < 1 {
+		bad("cars", "%d: want at least 1", c.Cars)
+	}
+	if c.ConnectRate < 0 {
+		bad("connect-rate", "%g must not be negative", c.ConnectRate)
+	}
+	if c.ConnectConcurrency < 1 {
+		bad("connect-concurrency", "%d: want at least 1", c.ConnectConcurrency)
+	}
+	if c.Steps < 1 || c.Steps > c.Cars {
+		bad("steps", "%d: want 1 to --cars", c.Steps)
+	}
+	if c.QoS != 0 && c.QoS != 1 {
+		bad("qos", "%d: want 0 or 1", c.QoS)
+	}
+	if c.Inflight < 1 || c.Inflight > 1024 {
+		bad("inflight", "%d: want 1 to 1024", c.Inflight)
+	}
+	if c.Duration < 0 {
+		bad("duration", "%s must not be negative", c.Duration)
+	}
+	if c.Scenario == ScenarioTelemetry && (c.Rate == 0 || c.Duration <= 0) {
+		bad("rate", "the telemetry scenario needs a rate and a --duration")
+	}
+	if c.KeepAlive < 0 || c.KeepAlive > 18*time.Hour {
+		bad("keepalive", "%s: want 0 (none) to 18h", c.KeepAlive)
+	}
+	switch {
+	case c.Broker == ModeEmbedded || c.Broker == ModeStandalone || c.Broker == ModeMosquitto:
+	case strings.HasPrefix(c.Broker, "tcp://"):
+		if c.Compare {
+			bad("compare", "starts its own brokers; it cannot be used with --broker %s", c.Broker)
+		}
+	default:
+		bad("broker", "%q: want embedded, standalone, mosquitto or tcp://HOST:PORT", c.Broker)
+	}
+	if c.Rounds < 1 {
+		bad("rounds", "%d: want at least 1", c.Rounds)
+	}
+	if c.Procs < 0 {
+		bad("procs", "%d must not be negative", c.Procs)
+	}
+	if c.CarsPerProc < 1 {
+		bad("cars-per-proc", "%d: want at least 1", c.CarsPerProc)
+	}
+	if c.SourceAddrs < 0 || c.SourceAddrs > 254 {
+		bad("source-addrs", "%d: want 0 to 254", c.SourceAddrs)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,284 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// row is one line of the table: a label and how to show a result's value (ok false: not
+// measured). num, when set, is the value the compare ratio is taken of.
+type row struct {
+	label string
+	show  func(Result) (string, bool)
+	num   func(Result) (float64, bool)
+}
+
+func intRow(label string, f func(Result) int64) row {
+	return row{label: label,
+		show: func(r Result) (string, bool) { return group(f(r)), true },
+		num:  func(r Result) (float64, bool) { return float64(f(r)), true }}
+}
+
+func floatRow(label, format string, f func(Result) (float64, bool)) row {
+	return row{label: label,
+		show: func(r Result) (string, bool) {
+			v, ok := f(r)
+			if !ok {
+				return "", false
+			}
+			return fmt.Sprintf(format, v), true
+		},
+		num: f}
+}
+
+func ptr(p *float64) (float64, bool) {
+	if p == nil {
+		return 0, false
+	}
+	return *p, true
+}
+
+// rows lists the table's lines for the scenario.
+func rows(cfg Config, results []Result) []row {
+	out := []row{
+		{label: "cars", show: func(r Result) (string, bool) { return group(int64(r.Cars)), true }},
+		{label: "load processes", show: func(r Result) (string, bool) { return fmt.Sprint(r.LoadProcs), true }},
+		intRow("connected", func(r Result) int64 { return r.Connected }),
+		intRow("connect failed", func(r Result) int64 { return r.ConnectFailed }),
+		intRow("refused (CONNACK)", func(r Result) int64 { return r.Refused }),
+		floatRow("time until connected (s)", "%.2f", func(r Result) (float64, bool) { return r.ConnectS, true }),
+		floatRow("connect rate (cars/s)", "%.0f", func(r Result) (float64, bool) { return r.ConnectPerS, true }),
+	}
+	latency := "connect latency"
+	if cfg.Scenario == ScenarioTelemetry {
+		latency = "PUBACK latency"
+	}
+	out = append(out,
+		floatRow(latency+" p50 (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.P50Ms) }),
+		floatRow(latency+" p99 (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.P99Ms) }),
+		floatRow(latency+" max (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.MaxMs) }),
+		floatRow("broker KB per connected car", "%.1f", func(r Result) (float64, bool) { return ptr(r.BrokerKBPerCar) }),
+		floatRow("broker KB per added car (slope)", "%.1f", func(r Result) (float64, bool) { return ptr(r.BrokerSlopeKBPerCar) }),
+		floatRow("gateway KB per connected car", "%.1f", func(r Result) (float64, bool) { return ptr(r.GatewayKBPerCar) }),
+		floatRow("gateway KB per added car (slope)", "%.1f", func(r Result) (float64, bool) { return ptr(r.GatewaySlopeKBPerCar) }),
+		floatRow("broker KB per car at end (after telemetry)", "%.1f", func(r Result) (float64, bool) { return ptr(r.BrokerKBPerCarEnd) }),
+		floatRow("gateway KB per car at end (after telemetry)", "%.1f", func(r Result) (float64, bool) { return ptr(r.GatewayKBPerCarEnd) }),
+	)
+	if cfg.Rate != 0 && cfg.Duration > 0 {
+		out = append(out,
+			row{label: "telemetry rate per car, QoS", show: func(r Result) (string, bool) {
+				rate := "max"
+				if r.RatePerCar > 0 {
+					rate = fmt.Sprintf("%g/s", r.RatePerCar)
+				}
+				return fmt.Sprintf("%s, QoS %d", rate, r.QoS), true
+			}},
+			floatRow("publishing window (s)", "%.1f", func(r Result) (float64, bool) { return r.DurationS, true }),
+			intRow("sent", func(r Result) int64 { return r.Sent }),
+			floatRow("sent per s", "%.0f", func(r Result) (float64, bool) { return r.SentPerS, true }),
+			floatRow("into the twin per s", "%.0f", func(r Result) (float64, bool) { return r.MsgsPerS, true }),
+			intRow("lost (sent/acked − received)", func(r Result) int64 { return r.Lost }),
+			intRow("lost (gateway's sequence gaps)", func(r Result) int64 { return r.GatewayLost }),
+		)
+	}
+	// One line per process role seen in any run.
+	var roles []string
+	seen := map[string]bool{}
+	for _, res := range results {
+		for _, p := range res.Processes {
+			if !seen[p.Role] {
+				seen[p.Role] = true
+				roles = append(roles, p.Role)
+			}
+		}
+	}
+	for _, role := range roles {
+		find := func(r Result) (ProcResult, bool) {
+			for _, p := range r.Processes {
+				if p.Role == role {
+					return p, true
+				}
+			}
+			return ProcResult{}, false
+		}
+		out = append(out,
+			floatRow(role+" RSS at end (MB)", "%.1f", func(r Result) (float64, bool) {
+				p, ok := find(r)
+				return float64(p.RSSKB) / 1024, ok
+			}),
+			floatRow(role+" CPU (% of a core)", "%.0f", func(r Result) (float64, bool) {
+				p, ok := find(r)
+				return p.CPUPct, ok
+			}),
+		)
+		if cfg.Rate != 0 && cfg.Duration > 0 {
+			out = append(out, floatRow(role+" CPU per message (µs)", "%.1f", func(r Result) (float64, bool) {
+				p, ok := find(r)
+				if !ok || p.CPUUsPerMsg == nil {
+					return 0, false
+				}
+				return *p.CPUUsPerMsg, true
+			}))
+		}
+	}
+	out = append(out,
+		floatRow("load generator CPU (% of a core)", "%.0f", func(r Result) (float64, bool) { return r.LoaderCPUPct, true }),
+		intRow("errors", func(r Result) int64 { return r.Errors }),
+		row{label: "host load average (start → end)", show: func(r Result) (string, bool) {
+			return fmt.Sprintf("%.1f → %.1f", r.HostLoad[0], r.HostLoad[1]), true
+		}},
+	)
+	return out
+}
+
+// printTable prints one column per run, and with --compare the ratio of the modes' means.
+func printTable(w io.Writer, cfg Config, results []Result) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	header := []string{"scenario " + cfg.Scenario}
+	for _, r := range results {
+		h := r.Broker
+		if cfg.Rounds > 1 {
+			h += fmt.Sprintf(" #%d", r.Round)
+		}
+		header = append(header, h)
+	}
+	modes := modeOrder(results)
+	compare := len(modes) == 2
+	if compare {
+		header = append(header, modes[0]+" ÷ "+modes[1])
+	}
+	all := rows(cfg, results)
+	// Labels left-aligned (padded to one width), figures right-aligned.
+	width := len([]rune(header[0]))
+	for _, rw := range all {
+		width = max(width, len([]rune(rw.label)))
+	}
+	pad := func(s string) string { return s + strings.Repeat(" ", width-len([]rune(s))) }
+	header[0] = pad(header[0])
+	fmt.Fprintln(tw, strings.Join(header, "\t")+"\t")
+	for _, rw := range all {
+		cells := []string{pad(rw.label)}
+		any := false
+		for _, r := range results {
+			v, ok := rw.show(r)
+			if !ok {
+				v = "–"
+			} else {
+				any = true
+			}
+			cells = append(cells, v)
+		}
+		if !any {
+			continue
+		}
+		if compare {
+			cells = append(cells, ratioCell(rw, results, modes))
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+	}
+	tw.Flush()
+	for _, r := range results {
+		if r.FirstError != "" {
+			fmt.Fprintf(w, "%s: first error: %s\n", r.Broker, r.FirstError)
+		}
+	}
+}
+
+func ratioCell(rw row, results []Result, modes []string) string {
+	if rw.num == nil {
+		return ""
+	}
+	a, okA := meanOf(rw, results, modes[0])
+	b, okB := meanOf(rw, results, modes[1])
+	if !okA || !okB || b == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+func meanOf(rw row, results []Result, mode string) (float64, bool) {
+	var sum float64
+	n := 0
+	for _, r := range results {
+		if r.Broker != mode {
+			continue
+		}
+		if v, ok := rw.num(r); ok {
+			sum += v
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, false
+	}
+	return sum / float64(n), true
+}
+
+func modeOrder(results []Result) []string {
+	var modes []string
+	seen := map[string]bool{}
+	for _, r := range results {
+		if !seen[r.Broker] {
+			seen[r.Broker] = true
+			modes = append(modes, r.Broker)
+		}
+	}
+	return modes
+}
+
+// CompareReport is the JSON of several runs: the runs, and with two broker modes the ratios
+// of their means (first mode ÷ second).
+type CompareReport struct {
+	Scenario  string             `json:"scenario"`
+	Cars      int                `json:"cars"`
+	DurationS float64            `json:"duration_s"` // mean over the runs
+	Modes     []string           `json:"modes"`
+	Runs      []Result           `json:"runs"`
+	Ratios    map[string]float64 `json:"ratios,omitempty"`
+}
+
+func compareReport(cfg Config, results []Result) CompareReport {
+	rep := CompareReport{Scenario: cfg.Scenario, Cars: cfg.Cars, Modes: modeOrder(results), Runs: results}
+	for _, r := range results {
+		rep.DurationS += r.DurationS / float64(len(results))
+	}
+	if len(rep.Modes) == 2 {
+		rep.Ratios = map[string]float64{}
+		keys := map[string]func(Result) (float64, bool){
+			"connect_per_s":         func(r Result) (float64, bool) { return r.ConnectPerS, true },
+			"msgs_per_s":            func(r Result) (float64, bool) { return r.MsgsPerS, true },
+			"broker_kb_per_car":     func(r Result) (float64, bool) { return ptr(r.BrokerKBPerCar) },
+			"broker_kb_per_car_end": func(r Result) (float64, bool) { return ptr(r.BrokerKBPerCarEnd) },
+			"p99_ms":                func(r Result) (float64, bool) { return ptr(r.P99Ms) },
+		}
+		for k, f := range keys {
+			rw := row{num: f}
+			a, okA := meanOf(rw, results, rep.Modes[0])
+			b, okB := meanOf(rw, results, rep.Modes[1])
+			if okA && okB && b != 0 {
+				rep.Ratios[k] = a / b
+			}
+		}
+	}
+	return rep
+}
+
+// group writes an integer with thousands separators.
+func group(n int64) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
