@@ -51,7 +51,12 @@ func (g *Gateway) openTwoFA() (*twofa.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TOTP sealing key: %w", err)
 	}
-	return twofa.New(g.store.DB(), key, g.cfg.TwoFA, g.now, twofaAuditor{g.audit})
+	svc, err := twofa.New(g.store.DB(), key, g.cfg.TwoFA, g.now, twofaAuditor{g.audit})
+	if err != nil {
+		return nil, err
+	}
+	svc.SetWriter(g.store.Write)
+	return svc, nil
 }
 
 // secondFactor adapts the 2FA service to the command router.

@@ -69,6 +69,7 @@ func refuse(sentinel error, format string, args ...any) error {
 // Service is the 2FA state of every user. It is safe for concurrent use.
 type Service struct {
 	db      *bolt.DB
+	writeTx func(func(*bolt.Tx) error) error // db.Batch unless SetWriter chose another
 	aead    cipher.AEAD
 	policy  Policy
 	actions map[string]bool // actions that need a second factor
@@ -179,6 +180,10 @@ func (o *op) event(kind EventKind, factor string, reason protocol.Reason, step i
 	})
 }
 
+// SetWriter makes durable writes go through write (the gateway's group committer) instead of
+// db.Batch. write may run its function twice, as db.Batch does. Call it before use.
+func (s *Service) SetWriter(write func(func(*bolt.Tx) error) error) { s.writeTx = write }
+
 // write runs fn in a batched write transaction. fn must be idempotent: it reads everything
 // it decides on from tx and records its decision in the op it is given. A refusal is not a
 // transaction error: the failures it counts must commit.
@@ -189,7 +194,11 @@ func (s *Service) write(user, clientID string, now time.Time, fn func(tx *bolt.T
 // writeAction is write for a Decide about action.
 func (s *Service) writeAction(user, clientID, action string, now time.Time, fn func(tx *bolt.Tx, o *op) error) (*op, error) {
 	var o *op
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	writeTx := s.writeTx
+	if writeTx == nil {
+		writeTx = s.db.Batch
+	}
+	err := writeTx(func(tx *bolt.Tx) error {
 		o = &op{user: user, clientID: clientID, action: action, now: now}
 		if err := fn(tx, o); err != nil {
 			return err
