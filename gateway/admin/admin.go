@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"telematics/gateway/httpapi"
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
@@ -97,22 +98,6 @@ func (c *client) call(ctx context.Context, method, path string, in, out any) err
 	return phone.Call(ctx, method, c.server+path, c.token, in, out)
 }
 
-// interleaved lets flags follow positional arguments ("vehicle add VIN --json").
-func interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
 func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 	if len(args) < 2 && args[0] != "audit" {
 		return usageError("missing command")
@@ -123,7 +108,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 		fs.SetOutput(env.Stderr)
 		count := fs.Int("count", 0, "how many cars to make up VINs for")
 		asJSON := fs.Bool("json", false, "print a JSON list of credentials")
-		vins, err := interleaved(fs, args[2:])
+		vins, err := cmdline.Interleaved(fs, args[2:])
 		if err != nil {
 			return usageError(err.Error())
 		}
@@ -184,7 +169,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 		fs := flag.NewFlagSet("vehicle assign", flag.ContinueOnError)
 		fs.SetOutput(env.Stderr)
 		role := fs.String("role", "", "owner, driver or valet")
-		pos, err := interleaved(fs, args[2:])
+		pos, err := cmdline.Interleaved(fs, args[2:])
 		if err != nil {
 			return usageError(err.Error())
 		}
@@ -201,7 +186,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 		if len(args) != 3 {
 			return usageError("user add needs one NAME (the password is read from stdin)")
 		}
-		pw, err := readPassword(env.Stdin)
+		pw, err := cmdline.ReadPassword(env.Stdin)
 		if err != nil {
 			return err
 		}
@@ -287,18 +272,4 @@ func printIndented(w io.Writer, raw json.RawMessage) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-// readPassword reads the first line of r.
-func readPassword(r io.Reader) (string, error) {
-	b, err := io.ReadAll(io.LimitReader(r, 4096))
-	if err != nil {
-		return "", fmt.Errorf("read password from stdin: %w", err)
-	}
-	pw, _, _ := strings.Cut(string(b), "\n")
-	pw = strings.TrimRight(pw, "\r")
-	if pw == "" {
-		return "", errors.New("no password on stdin (e.g. `echo 'long passphrase' | gateway admin user add NAME`)")
-	}
-	return pw, nil
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -119,44 +120,22 @@ func defaultPath(env Env, name string) string {
 	return filepath.Join(home, ".vehicle-sim", name)
 }
 
-// interleaved lets flags follow positional arguments ("send VIN unlock --json").
-func interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
 func login(ctx context.Context, gateway, sessionPath string, args []string, env Env) int {
 	fs := flag.NewFlagSet("vehicle-sim app login", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	user := fs.String("user", "", "user name")
 	broker := fs.String("broker", "", "broker URL to use instead of the one the gateway advertises")
 	totp := fs.String("totp", "", "TOTP code, where the gateway's policy asks for one at login")
-	if _, err := interleaved(fs, args); err != nil {
+	if _, err := cmdline.Interleaved(fs, args); err != nil {
 		return 2
 	}
 	if *user == "" {
 		fmt.Fprintln(env.Stderr, "vehicle-sim app login: --user is required (the password is read from stdin)")
 		return 2
 	}
-	b, err := io.ReadAll(io.LimitReader(env.Stdin, 4096))
+	pw, err := cmdline.ReadPassword(env.Stdin)
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app login: read password: %v\n", err)
-		return 1
-	}
-	pw, _, _ := strings.Cut(string(b), "\n")
-	pw = strings.TrimRight(pw, "\r")
-	if pw == "" {
-		fmt.Fprintln(env.Stderr, "vehicle-sim app login: no password on stdin")
+		fmt.Fprintf(env.Stderr, "vehicle-sim app login: %v\n", err)
 		return 2
 	}
 	sess, err := phone.Login(ctx, gateway, *user, pw, *totp)
@@ -223,7 +202,7 @@ func send(ctx context.Context, g globals, args []string, env Env) int {
 	cloudTimeout := fs.Duration("cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
 	link := fs.String("link", orDefault(env.Getenv("SIM_LINK"), phone.DefaultLinkAddr), "the car's local link address")
 	userFlag := fs.String("user", "", "user name, for the local link without a login session")
-	pos, err := interleaved(fs, args)
+	pos, err := cmdline.Interleaved(fs, args)
 	if err != nil {
 		return 2
 	}

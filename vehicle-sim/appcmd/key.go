@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -59,7 +60,7 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 	switch sub {
 	case "create":
 		force := fs.Bool("force", false, "replace an existing key (the cars it was paired with keep it until it is revoked)")
-		if pos, err := interleaved(fs, args); err != nil {
+		if pos, err := cmdline.Interleaved(fs, args); err != nil {
 			return 2
 		} else if len(pos) != 0 {
 			return usageErr("takes no arguments")
@@ -90,7 +91,7 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 
 	case "show":
 		asJSON := fs.Bool("json", false, `print {"key_id", "public_key", "path"}`)
-		if pos, err := interleaved(fs, args); err != nil {
+		if pos, err := cmdline.Interleaved(fs, args); err != nil {
 			return 2
 		} else if len(pos) != 0 {
 			return usageErr("takes no arguments")
@@ -112,7 +113,7 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 	case "pair":
 		totp := fs.String("totp", "", "TOTP code (key changes need one unless the gateway's policy says otherwise)")
 		label := fs.String("label", "", "a name for this phone on the car's key list")
-		pos, err := interleaved(fs, args)
+		pos, err := cmdline.Interleaved(fs, args)
 		if err != nil {
 			return 2
 		}
@@ -142,7 +143,7 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 
 	case "list":
 		asJSON := fs.Bool("json", false, "print the gateway's answer as JSON")
-		pos, err := interleaved(fs, args)
+		pos, err := cmdline.Interleaved(fs, args)
 		if err != nil {
 			return 2
 		}
@@ -192,7 +193,7 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 		until := fs.String("until", "", "the share (and the keys paired under it) ends then, RFC 3339; default never")
 		channels := fs.String("channels", protocol.ChannelCloud+","+protocol.ChannelLocal, "where the keys may be used: cloud, local or both")
 		totp := fs.String("totp", "", "TOTP code")
-		pos, err := interleaved(fs, args)
+		pos, err := cmdline.Interleaved(fs, args)
 		if err != nil {
 			return 2
 		}
@@ -239,7 +240,7 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 	case "revoke":
 		totp := fs.String("totp", "", "TOTP code")
 		allowLast := fs.Bool("allow-last-owner", false, "allow revoking the car's last owner key (nobody can manage its keys afterwards)")
-		pos, err := interleaved(fs, args)
+		pos, err := cmdline.Interleaved(fs, args)
 		if err != nil {
 			return 2
 		}

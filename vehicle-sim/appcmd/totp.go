@@ -11,6 +11,7 @@ import (
 
 	"github.com/mdp/qrterminal/v3"
 
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 )
 
@@ -39,7 +40,7 @@ func totpCmd(ctx context.Context, sessionPath string, args []string, env Env) in
 		qrFile := fs.String("qr", "", "also write the QR code as a PNG file")
 		asJSON := fs.Bool("json", false, `print {"otpauth_url", "secret"} only`)
 		proof := fs.String("proof", "", "a current code or a recovery code, to replace an active enrollment")
-		if _, err := interleaved(fs, args[1:]); err != nil {
+		if _, err := cmdline.Interleaved(fs, args[1:]); err != nil {
 			return 2
 		}
 		var e struct {

@@ -1,0 +1,46 @@
+// Package cmdline holds the two habits the command-line clients (gateway admin, vehicle-sim
+// app) share: flags may follow positional arguments, and a password comes on standard input,
+// never as an argument (where ps and shell history would see it).
+package cmdline
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// ErrNoPassword means standard input held no password.
+var ErrNoPassword = errors.New("no password on stdin (e.g. `echo 'a long passphrase' | COMMAND`)")
+
+// Interleaved parses fs from args where flags and positional arguments may be mixed
+// ("vehicle add VIN --json"), and returns the positional ones in order.
+func Interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// ReadPassword reads the first line of r (at most 4 KiB).
+func ReadPassword(r io.Reader) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 4096))
+	if err != nil {
+		return "", fmt.Errorf("read password from stdin: %w", err)
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	pw = strings.TrimRight(pw, "\r")
+	if pw == "" {
+		return "", ErrNoPassword
+	}
+	return pw, nil
+}
