@@ -330,7 +330,7 @@ func (r *Router) decide(req request) {
 	}
 	if r.now().UnixMilli() >= cmd.ExpiresAtMs {
 		// Deciding took longer than the command lives: never send a stale command.
-		r.terminal(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, "expired before it could be sent")
+		r.terminal(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "expired before it could be sent")
 		return
 	}
 	r.mu.Lock()
@@ -342,7 +342,7 @@ func (r *Router) decide(req request) {
 	defer cancel()
 	if err := r.bus.Publish(ctx, protocol.VehicleTopic(cmd.VIN, protocol.SuffixCmd), 1, false, out); err != nil {
 		r.log.Warn("command not delivered to broker", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
-		r.finish(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyFailed, protocol.ReasonInternal, nil, "publish to car failed: "+err.Error())
+		r.finish(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyFailed, protocol.ReasonInternal, nil, 0, "publish to car failed: "+err.Error())
 	}
 }
 
@@ -462,27 +462,28 @@ func (r *Router) onResult(m mqttc.Message) {
 	default:
 		status, reason = protocol.ReplyFailed, protocol.ReasonInternal
 	}
-	r.finish(res.ID, p.user, vin, p.action, status, reason, res.State, "")
+	r.finish(res.ID, p.user, vin, p.action, status, reason, res.State, res.TsMs, "")
 }
 
-// finish answers a pending request with its terminal reply, at most once.
-func (r *Router) finish(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, detail string) {
+// finish answers a pending request with its terminal reply, at most once. carTsMs is the car's
+// result timestamp (0 when the reply does not come from a result).
+func (r *Router) finish(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail string) {
 	r.mu.Lock()
 	_, wasPending := r.pending[id]
 	delete(r.pending, id)
 	r.mu.Unlock()
 	if wasPending {
-		r.terminal(id, user, vin, action, status, reason, state, detail)
+		r.terminal(id, user, vin, action, status, reason, state, carTsMs, detail)
 	}
 }
 
 // terminal audits and sends a terminal reply.
-func (r *Router) terminal(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, detail string) {
+func (r *Router) terminal(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail string) {
 	if err := r.audit.Append(audit.Event{TsMs: r.now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
 		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail}); err != nil {
 		r.log.Error("audit write failed", "cmd_id", id, "err", err)
 	}
-	r.reply(user, protocol.Reply{ID: id, Status: status, Reason: reason, VIN: vin, Action: action, State: state})
+	r.reply(user, protocol.Reply{ID: id, Status: status, Reason: reason, VIN: vin, Action: action, State: state, CarTsMs: carTsMs})
 }
 
 // SweepExpired answers "expired" for every request whose car has not answered by its expiry
@@ -509,7 +510,7 @@ func (r *Router) SweepExpired() {
 		p, ok := r.pending[id]
 		r.mu.Unlock()
 		if ok {
-			r.finish(id, p.user, p.vin, p.action, protocol.ReplyExpired, protocol.ReasonExpired, nil, "no result from the car before expiry")
+			r.finish(id, p.user, p.vin, p.action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "no result from the car before expiry")
 		}
 	}
 }

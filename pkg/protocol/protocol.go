@@ -399,6 +399,9 @@ type Reply struct {
 	Action Action         `json:"action,omitempty"`
 	State  map[string]any `json:"state,omitempty"`
 	TsMs   int64          `json:"ts"`
+	// CarTsMs is the car's Result.TsMs, on a terminal reply relayed from the car's result, so
+	// the app can tell the car's share of the time from the cloud's.
+	CarTsMs int64 `json:"car_ts,omitempty"`
 }
 
 // Decode unmarshals a bounded JSON payload into v, refusing unknown fields is not done on

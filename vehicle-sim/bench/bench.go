@@ -5,7 +5,12 @@
 //
 // Scenarios: "connect" (N cars connect at a rate: time until all are connected, failures,
 // memory per connected car and its slope) and "telemetry" (N cars publish telemetry at a rate:
-// messages per second that reach the gateway's twin, losses counted from sequence numbers).
+// messages per second that reach the gateway's twin, losses counted from sequence numbers),
+// driven by lean cars; and the digital-key scenarios, driven by real cars (pkg/vehicle) and
+// phones (pkg/phone) whose owners enrolled TOTP and paired phone keys: "commands" (signed
+// cloud commands at a total rate: round-trip latency and where the time goes), "revoke" (a
+// shared key revoked on K cars: time until every car acknowledged the new whitelist) and
+// "local" (unlocks over the cars' local link).
 package bench
 
 import (
@@ -21,13 +26,23 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"telematics/pkg/protocol"
 )
 
 // Scenarios.
 const (
 	ScenarioConnect   = "connect"
 	ScenarioTelemetry = "telemetry"
+	ScenarioCommands  = "commands"
+	ScenarioRevoke    = "revoke"
+	ScenarioLocal     = "local"
 )
+
+// keyScenario reports whether the scenario runs real cars with owners and phone keys.
+func keyScenario(s string) bool {
+	return s == ScenarioCommands || s == ScenarioRevoke || s == ScenarioLocal
+}
 
 // Config is one bench invocation.
 type Config struct {
@@ -40,7 +55,7 @@ type Config struct {
 	Steps              int // connect in this many equal steps, measuring memory after each (the slope)
 	Settle             time.Duration
 
-	Rate      float64 // telemetry messages/s per car; 0: none; negative: as fast as the system takes them
+	Rate      float64 // telemetry messages/s per car; 0: none; negative: as fast as the system takes them. commands, local: commands/s over all cars
 	QoS       int
 	Inflight  int // unacknowledged QoS 1 publishes per car
 	Duration  time.Duration
@@ -58,6 +73,11 @@ type Config struct {
 	Procs       int // load processes; 0: in this process up to CarsPerProc cars, else enough children
 	CarsPerProc int
 	SourceAddrs int // dial from 127.0.0.1 … 127.0.0.N; 0: one address per 25,000 cars
+
+	// The digital-key scenarios.
+	Actions          []string // commands, local: actions each car's owner cycles through
+	SetupConcurrency int      // owners set up at once (users, logins, TOTP, pairing)
+	Concurrency      int      // revoke: revocations in flight at once
 
 	JSON         bool
 	Src          string   // the module to build the gateway from
@@ -211,7 +231,7 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		w := fs.Output()
-		fmt.Fprintln(w, "usage: vehicle-sim bench connect|telemetry [flags]")
+		fmt.Fprintln(w, "usage: vehicle-sim bench connect|telemetry|commands|revoke|local [flags]")
 		fmt.Fprintln(w, "\nStarts the system under test (the gateway built from --src as its own process, with")
 		fmt.Fprintln(w, "its embedded broker, the standalone broker, or mosquitto), provisions cars through")
 		fmt.Fprintln(w, "its admin API, drives them, and reports what the processes used (from /proc).")
@@ -219,6 +239,14 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 		fmt.Fprintln(w, "              memory per connected car and per added car (the slope, over --steps)")
 		fmt.Fprintln(w, "  telemetry   N cars publish telemetry at --rate each: messages/s into the gateway's twin,")
 		fmt.Fprintln(w, "              and how many were lost (sequence numbers, and sent minus received)")
+		fmt.Fprintln(w, "  commands    N real cars, each with an owner who enrolled TOTP, paired a phone key and did one")
+		fmt.Fprintln(w, "              TOTP-authorized command (step-up); then signed cloud commands at --rate per second")
+		fmt.Fprintln(w, "              in total for --duration: latency percentiles, where the time goes, errors by reason")
+		fmt.Fprintln(w, "              (the gateway runs with GATEWAY_RATE_PER_MINUTE=0: no per-user rate limit)")
+		fmt.Fprintln(w, "  revoke      N cars with an owner key and a key shared with another user; the owners revoke the")
+		fmt.Fprintln(w, "              shared key on every car: time until every car acknowledged its new whitelist")
+		fmt.Fprintln(w, "  local       N cars with owners' keys; unlock/lock over the cars' local link at --rate per second")
+		fmt.Fprintln(w, "              in total: latency percentiles")
 		fmt.Fprintln(w, "\nflags:")
 		fs.PrintDefaults()
 	}
@@ -228,10 +256,11 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "bound of one car's dial and CONNACK")
 	fs.IntVar(&cfg.Steps, "steps", 0, "connect in this many equal steps, memory measured after each (default: connect 2, telemetry 1)")
 	fs.DurationVar(&cfg.Settle, "settle", cfg.Settle, "wait after each connect step before measuring memory")
-	fs.Var(rateFlag{&cfg.Rate}, "rate", `telemetry messages per second per car, or "max" (default: connect 0, telemetry max)`)
+	fs.Var(rateFlag{&cfg.Rate}, "rate", `telemetry messages per second per car, or "max" (default: connect 0, telemetry max);`+"\n"+
+		`commands and local: commands per second over all cars (default: commands 100, local 200)`)
 	fs.IntVar(&cfg.QoS, "qos", cfg.QoS, "telemetry QoS, 0 or 1")
 	fs.IntVar(&cfg.Inflight, "inflight", cfg.Inflight, "QoS 1 publishes per car awaiting their PUBACK")
-	fs.DurationVar(&cfg.Duration, "duration", 0, "how long the cars publish (default: connect 0, telemetry 10s)")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "how long the cars publish or the phones send (default: connect 0, telemetry, commands, local 10s)")
 	fs.DurationVar(&cfg.KeepAlive, "keepalive", cfg.KeepAlive, "MQTT keep-alive of the cars")
 	fs.StringVar(&cfg.Broker, "broker", cfg.Broker, "system under test: embedded (gateway serve), standalone (broker + gateway),\nmosquitto (mosquitto + gateway), or tcp://HOST:PORT of a running broker (with --gateway, --token-file)")
 	fs.StringVar(&cfg.Gateway, "gateway", cfg.Gateway, "with --broker tcp://…: the running gateway's HTTP URL")
@@ -243,6 +272,11 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.Procs, "procs", 0, "load processes (0: this process up to --cars-per-proc cars, else as many children as needed)")
 	fs.IntVar(&cfg.CarsPerProc, "cars-per-proc", cfg.CarsPerProc, "most cars one load process runs (each holds one descriptor per car)")
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "dial from 127.0.0.1 … 127.0.0.N (0: one address per 25,000 cars)")
+	actions := fs.String("actions", "", "commands, local: the actions each owner cycles through, comma-separated (default unlock,lock;\n"+
+		"commands through a network broker, or with --compare: lock,flash: the gateway does not learn the app's\n"+
+		"MQTT session there, so there is no step-up, and every unlock would need a new code)")
+	fs.IntVar(&cfg.SetupConcurrency, "setup-concurrency", 16, "commands, revoke, local: owners set up at once (user, login, TOTP, pairing)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 32, "revoke: revocations in flight at once")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object instead of the table")
 	fs.StringVar(&cfg.Src, "src", "", "the telematics module to build the gateway from (default: found from the working directory)")
 	fs.StringVar(&cfg.GatewayBin, "gateway-bin", "", "a built gateway binary instead of building one")
@@ -257,7 +291,7 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 			return cfg, flag.ErrHelp
 		}
 		fs.Usage()
-		return cfg, errors.New("name a scenario: connect or telemetry")
+		return cfg, errors.New("name a scenario: connect, telemetry, commands, revoke or local")
 	}
 	cfg.Scenario = args[0]
 	if err := fs.Parse(args[1:]); err != nil {
@@ -281,6 +315,26 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 		if !set["duration"] {
 			cfg.Duration = 10 * time.Second
 		}
+	case ScenarioCommands, ScenarioLocal:
+		cfg.Cars = or(cfg.Cars, 100)
+		cfg.Steps = 1
+		if !set["rate"] {
+			cfg.Rate = 100
+			if cfg.Scenario == ScenarioLocal {
+				cfg.Rate = 200
+			}
+		}
+		if !set["duration"] {
+			cfg.Duration = 10 * time.Second
+		}
+	case ScenarioRevoke:
+		cfg.Cars = or(cfg.Cars, 100)
+		cfg.Steps = 1
+	}
+	if *actions != "" {
+		for _, a := range strings.Split(*actions, ",") {
+			cfg.Actions = append(cfg.Actions, strings.TrimSpace(a))
+		}
 	}
 	return cfg, cfg.Validate()
 }
@@ -298,8 +352,29 @@ func (c Config) Validate() error {
 	bad := func(flag, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
 	}
-	if c.Scenario != ScenarioConnect && c.Scenario != ScenarioTelemetry {
-		errs = append(errs, fmt.Errorf("unknown scenario %q: want connect or telemetry (commands, revoke and local depend on the digital-keys feature and are not built yet)", c.Scenario))
+	if c.Scenario != ScenarioConnect && c.Scenario != ScenarioTelemetry && !keyScenario(c.Scenario) {
+		errs = append(errs, fmt.Errorf("unknown scenario %q: want connect, telemetry, commands, revoke or local", c.Scenario))
+	}
+	if c.Scenario == ScenarioCommands || c.Scenario == ScenarioLocal {
+		if c.Rate <= 0 || c.Duration <= 0 {
+			bad("rate", "the %s scenario needs commands per second over all cars (not max) and a --duration", c.Scenario)
+		}
+		if c.Scenario == ScenarioCommands && c.Duration > maxCommandsWindow {
+			bad("duration", "%s: at most %s, so that the owners' 2FA step-up (twofa.step_up_ttl, 5m) covers the whole run", c.Duration, maxCommandsWindow)
+		}
+		for _, a := range c.Actions {
+			if !protocol.Action(a).Valid() {
+				bad("actions", "%q is not an action (docs/PROTOCOL.md, \"Actions and roles\")", a)
+			}
+		}
+	}
+	if keyScenario(c.Scenario) {
+		if c.SetupConcurrency < 1 {
+			bad("setup-concurrency", "%d: want at least 1", c.SetupConcurrency)
+		}
+		if c.Concurrency < 1 {
+			bad("concurrency", "%d: want at least 1", c.Concurrency)
+		}
 	}
 	if c.Cars < 1 {
 		bad("cars", "%d: want at least 1", c.Cars)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/gateway/accounts"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/pkg/protocol"
@@ -59,7 +60,18 @@ func TestParseFlags(t *testing.T) {
 		{"gateway env", []string{"connect", "--gateway-env", "GATEWAY_BROKER_MAX_CLIENT_WRITES_PENDING=128"}, func(c Config) bool {
 			return len(c.GatewayEnv) == 1
 		}, ""},
-		{"unknown scenario", []string{"revoke"}, nil, "unknown scenario"},
+		{"unknown scenario", []string{"unlock"}, nil, "unknown scenario"},
+		{"commands defaults", []string{"commands"}, func(c Config) bool {
+			return c.Cars == 100 && c.Rate == 100 && c.Duration == 10*time.Second && c.SetupConcurrency == 16 && len(c.Actions) == 0
+		}, ""},
+		{"commands at a rate", []string{"commands", "--cars", "1000", "--rate", "1000", "--duration", "30s", "--actions", "lock,flash"}, func(c Config) bool {
+			return c.Cars == 1000 && c.Rate == 1000 && c.Duration == 30*time.Second && len(c.Actions) == 2 && c.Actions[1] == "flash"
+		}, ""},
+		{"revoke defaults", []string{"revoke"}, func(c Config) bool { return c.Cars == 100 && c.Concurrency == 32 }, ""},
+		{"local defaults", []string{"local"}, func(c Config) bool { return c.Cars == 100 && c.Rate == 200 }, ""},
+		{"commands beyond the step-up", []string{"commands", "--duration", "10m"}, nil, "step-up"},
+		{"commands at max", []string{"commands", "--rate", "max"}, nil, "--rate"},
+		{"unknown action", []string{"local", "--actions", "unlock,fly"}, nil, "--actions"},
 		{"no scenario", nil, nil, "name a scenario"},
 		{"bad qos", []string{"telemetry", "--qos", "2"}, nil, "--qos"},
 		{"bad rate", []string{"telemetry", "--rate", "fast"}, nil, "rate"},
@@ -290,6 +302,109 @@ func TestSpawnedModes(t *testing.T) {
 			}
 			if len(r.Processes) != wantProcs {
 				t.Fatalf("measured %d processes, want %d", len(r.Processes), wantProcs)
+			}
+		})
+	}
+	// Commands through mosquitto: the apps' tokens in its password file, their topics in its
+	// ACL, and the gateway started as the digital-key scenarios start it (TOTP enrolled, no
+	// per-user rate limit).
+	if _, err := os.Stat(cfg.MosquittoBin); err == nil {
+		t.Run("commands through mosquitto", func(t *testing.T) {
+			kcfg, err := ParseFlags([]string{"commands", "--cars", "2", "--rate", "20", "--duration", "300ms", "--broker", ModeMosquitto, "--src", root}, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kcfg.GatewayBin = bins.gateway
+			results, err := Execute(context.Background(), kcfg, testEnv(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := results[0]
+			if r.Errors != 0 || r.Executed == 0 || r.Executed != r.Commands || r.StepUps != 2 || len(r.Processes) != 2 {
+				t.Fatalf("result %+v %+v", r, r.KeyResult)
+			}
+		})
+	}
+}
+
+// startKeyTarget runs a gateway in this process as the digital-key scenarios expect it: TOTP
+// for users who enrolled (the default), no per-user rate limit; cheap password hashing.
+func startKeyTarget(t *testing.T) (*server.Gateway, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.Data = dir
+	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
+	cfg.TwoFA.Mode = twofa.ModeEnrolled
+	cfg.Commands.RatePerMinute = 0
+	cfg.LogLevel = "error"
+	cheap := accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
+	g, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return g, filepath.Join(dir, server.AdminTokenFile)
+}
+
+// The digital-key scenarios against a gateway in this process, with real cars and phones, at
+// tiny sizes, side by side (their users and cars are their own): no figure is checked, only
+// that everything the scenario did succeeded and was reported.
+func TestKeyScenariosAgainstTarget(t *testing.T) {
+	g, tokenFile := startKeyTarget(t)
+	cases := []struct {
+		name string
+		args []string
+		keys []string // JSON fields the scenario must report
+	}{
+		{"commands", []string{"commands", "--cars", "3", "--rate", "40", "--duration", "500ms"},
+			[]string{"p90_ms", "p999_ms", "split", "executed", "accepted", "step_ups", "rate_target"}},
+		{"revoke", []string{"revoke", "--cars", "3", "--concurrency", "2"},
+			[]string{"p90_ms", "revoked", "cars_acked", "revoke_request_p99_ms"}},
+		{"local", []string{"local", "--cars", "3", "--rate", "40", "--duration", "500ms"},
+			[]string{"p90_ms", "p999_ms", "executed", "link_addr"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := targetConfig(t, g, tokenFile, c.args...)
+			results, err := Execute(context.Background(), cfg, testEnv(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := results[0]
+			if r.Errors != 0 || r.KeyResult == nil || r.Owners != cfg.Cars || r.Connected != int64(cfg.Cars) || r.P50Ms == nil {
+				t.Fatalf("result %+v %+v", r, r.KeyResult)
+			}
+			switch cfg.Scenario {
+			case ScenarioCommands:
+				if r.Executed == 0 || r.Executed != r.Commands || r.Accepted != r.Commands || r.StepUps != cfg.Cars || len(r.Split) != 4 {
+					t.Fatalf("commands: %+v", r.KeyResult)
+				}
+			case ScenarioLocal:
+				if r.Executed == 0 || r.Executed != r.Commands {
+					t.Fatalf("local: %+v", r.KeyResult)
+				}
+			case ScenarioRevoke:
+				if r.Revoked != cfg.Cars || r.AckedCars != cfg.Cars || r.DurationS <= 0 {
+					t.Fatalf("revoke: %+v", r.KeyResult)
+				}
+			}
+			var table, js bytes.Buffer
+			printTable(&table, cfg, results)
+			if !strings.Contains(table.String(), "p99.9 (ms)") {
+				t.Fatalf("table:\n%s", table.String())
+			}
+			t.Logf("table:\n%s", table.String())
+			if err := json.NewEncoder(&js).Encode(r); err != nil {
+				t.Fatal(err)
+			}
+			var obj map[string]any
+			_ = json.Unmarshal(js.Bytes(), &obj)
+			for _, k := range append([]string{"scenario", "cars", "duration_s", "p50_ms", "p99_ms", "max_ms", "errors", "owners", "setup_s"}, c.keys...) {
+				if _, ok := obj[k]; !ok {
+					t.Fatalf("JSON lacks %q: %s", k, js.String())
+				}
 			}
 		})
 	}

@@ -33,8 +33,10 @@ type mosquittoConf struct {
 	probe                         int // reloads so far; names the probe user
 }
 
-// mosquittoACL grants each car its own topics (%u is the username, the VIN) in the directions
-// of docs/PROTOCOL.md, and the gateway both trees.
+// mosquittoACL grants each car its own topics (%u is the username, the VIN) and each app user
+// its own request and reply topics, in the directions of docs/PROTOCOL.md, and the gateway both
+// trees. (A car may thereby also write app/VIN/cmd: no user is called like a VIN, since user
+// names are lower case, and the gateway answers such a request for no user.)
 const mosquittoACL = `# written by vehicle-sim bench
 user gateway
 topic readwrite v/#
@@ -47,6 +49,8 @@ pattern write v/%u/keys/ack
 pattern write v/%u/events
 pattern read v/%u/cmd
 pattern read v/%u/keys
+pattern write app/%u/cmd
+pattern read app/%u/reply
 `
 
 func newMosquittoConf(dir, addr, bin string) (*mosquittoConf, error) {
@@ -134,8 +138,11 @@ func (m *mosquittoConf) writePasswd() error {
 	return os.Rename(tmp, m.passwdPath)
 }
 
-// allow adds the cars to the password file and has mosquitto reload it (SIGHUP). It returns
-// once a probe user added in the same reload is admitted, so the cars are too.
+// allow adds the cars (or app users: username and token) to the password file and has
+// mosquitto reload it (SIGHUP). It returns once a probe user added in the same reload is
+// admitted, so the others are too. The file holds a PBKDF2 hash of each token, so a token's
+// length (an ES256 JWT of a few hundred bytes) does not matter to the file, and mosquitto takes
+// such a token as the CONNECT password (TestSpawnedModes runs cars and apps through it).
 func (m *mosquittoConf) allow(ctx context.Context, creds []protocol.Credentials) error {
 	for _, c := range creds {
 		line, err := passwdLine(c.Username, c.Token)

@@ -42,6 +42,9 @@ func ptr(p *float64) (float64, bool) {
 
 // rows lists the table's lines for the scenario.
 func rows(cfg Config, results []Result) []row {
+	if keyScenario(cfg.Scenario) {
+		return append(keyRows(cfg), procRows(cfg, results)...)
+	}
 	out := []row{
 		{label: "cars", show: func(r Result) (string, bool) { return group(int64(r.Cars)), true }},
 		{label: "load processes", show: func(r Result) (string, bool) { return fmt.Sprint(r.LoadProcs), true }},
@@ -83,6 +86,13 @@ func rows(cfg Config, results []Result) []row {
 			intRow("lost (gateway's sequence gaps)", func(r Result) int64 { return r.GatewayLost }),
 		)
 	}
+	return append(out, procRows(cfg, results)...)
+}
+
+// procRows are the lines of the processes' memory and CPU, the load generator's CPU, the
+// errors and the host's load.
+func procRows(cfg Config, results []Result) []row {
+	var out []row
 	// One line per process role seen in any run.
 	var roles []string
 	seen := map[string]bool{}
@@ -113,7 +123,7 @@ func rows(cfg Config, results []Result) []row {
 				return p.CPUPct, ok
 			}),
 		)
-		if cfg.Rate != 0 && cfg.Duration > 0 {
+		if cfg.Rate != 0 && cfg.Duration > 0 && !keyScenario(cfg.Scenario) {
 			out = append(out, floatRow(role+" CPU per message (µs)", "%.1f", func(r Result) (float64, bool) {
 				p, ok := find(r)
 				if !ok || p.CPUUsPerMsg == nil {
@@ -126,10 +136,116 @@ func rows(cfg Config, results []Result) []row {
 	out = append(out,
 		floatRow("load generator CPU (% of a core)", "%.0f", func(r Result) (float64, bool) { return r.LoaderCPUPct, true }),
 		intRow("errors", func(r Result) int64 { return r.Errors }),
+		row{label: "errors by reason", show: func(r Result) (string, bool) {
+			if len(r.ErrorsByReason) == 0 {
+				return "", false
+			}
+			var parts []string
+			for _, k := range sortedKeys(r.ErrorsByReason) {
+				parts = append(parts, fmt.Sprintf("%s %d", k, r.ErrorsByReason[k]))
+			}
+			return strings.Join(parts, ", "), true
+		}},
 		row{label: "host load average (start → end)", show: func(r Result) (string, bool) {
 			return fmt.Sprintf("%.1f → %.1f", r.HostLoad[0], r.HostLoad[1]), true
 		}},
 	)
+	return out
+}
+
+// keyRows are the lines of the digital-key scenarios.
+func keyRows(cfg Config) []row {
+	key := func(f func(*KeyResult) (float64, bool)) func(Result) (float64, bool) {
+		return func(r Result) (float64, bool) {
+			if r.KeyResult == nil {
+				return 0, false
+			}
+			return f(r.KeyResult)
+		}
+	}
+	keyInt := func(label string, f func(*KeyResult) int64) row {
+		return row{label: label,
+			show: func(r Result) (string, bool) {
+				if r.KeyResult == nil {
+					return "", false
+				}
+				return group(f(r.KeyResult)), true
+			},
+			num: key(func(k *KeyResult) (float64, bool) { return float64(f(k)), true })}
+	}
+	out := []row{
+		{label: "cars (each with an owner)", show: func(r Result) (string, bool) { return group(int64(r.Cars)), true }},
+		intRow("cars online", func(r Result) int64 { return r.Connected }),
+		floatRow("setup, not measured (s)", "%.1f", key(func(k *KeyResult) (float64, bool) { return k.SetupS, true })),
+	}
+	latency := "latency"
+	switch cfg.Scenario {
+	case ScenarioCommands, ScenarioLocal:
+		latency = "send → executed"
+		if cfg.Scenario == ScenarioLocal {
+			latency = "challenge + command → executed"
+		}
+		out = append(out,
+			floatRow("rate requested (commands/s)", "%g", key(func(k *KeyResult) (float64, bool) { return k.RateTarget, true })),
+			row{label: "actions (each car cycles)", show: func(r Result) (string, bool) {
+				if r.KeyResult == nil {
+					return "", false
+				}
+				return strings.Join(r.Actions, ","), true
+			}},
+			floatRow("window (s)", "%.1f", func(r Result) (float64, bool) { return r.DurationS, true }),
+			keyInt("commands sent", func(k *KeyResult) int64 { return k.Commands }),
+			floatRow("sent per s", "%.0f", key(func(k *KeyResult) (float64, bool) { return k.CommandsPerS, true })),
+		)
+		if cfg.Scenario == ScenarioCommands {
+			out = append(out,
+				keyInt("TOTP step-ups before the window", func(k *KeyResult) int64 { return int64(k.StepUps) }),
+				keyInt("accepted (each audited before it went out)", func(k *KeyResult) int64 { return k.Accepted }))
+		}
+		out = append(out,
+			keyInt("executed", func(k *KeyResult) int64 { return k.Executed }),
+			floatRow("executed per s", "%.0f", key(func(k *KeyResult) (float64, bool) { return k.ExecutedPerS, true })),
+			floatRow("bench's dispatch lag p99 (ms)", "%.2f", key(func(k *KeyResult) (float64, bool) { return ptr(k.DispatchLagP99Ms) })),
+		)
+	case ScenarioRevoke:
+		latency = "revoke → car's ack"
+		out = append(out,
+			keyInt("revocations answered", func(k *KeyResult) int64 { return int64(k.Revoked) }),
+			keyInt("cars that acknowledged", func(k *KeyResult) int64 { return int64(k.AckedCars) }),
+			floatRow("first revoke → last car's ack (s)", "%.3f", func(r Result) (float64, bool) { return r.DurationS, true }),
+			floatRow("first revoke → last answer (s)", "%.3f", key(func(k *KeyResult) (float64, bool) { return k.RevokeAnsweredS, true })),
+			floatRow("revoke request p50 (ms)", "%.2f", key(func(k *KeyResult) (float64, bool) { return ptr(k.RevokeRequestP50Ms) })),
+			floatRow("revoke request p99 (ms)", "%.2f", key(func(k *KeyResult) (float64, bool) { return ptr(k.RevokeRequestP99Ms) })),
+		)
+	}
+	out = append(out,
+		floatRow(latency+" p50 (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.P50Ms) }),
+		floatRow(latency+" p90 (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.P90Ms) }),
+		floatRow(latency+" p99 (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.P99Ms) }),
+		floatRow(latency+" p99.9 (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.P999Ms) }),
+		floatRow(latency+" max (ms)", "%.2f", func(r Result) (float64, bool) { return ptr(r.MaxMs) }),
+	)
+	if cfg.Scenario == ScenarioLocal {
+		out = append(out,
+			floatRow("a challenge alone, probed p50 (ms)", "%.2f", key(func(k *KeyResult) (float64, bool) { return ptr(k.ChallengeP50Ms) })),
+			floatRow("a challenge alone, probed p99 (ms)", "%.2f", key(func(k *KeyResult) (float64, bool) { return ptr(k.ChallengeP99Ms) })))
+	}
+	if cfg.Scenario == ScenarioCommands {
+		for i, name := range segmentNames {
+			out = append(out, row{label: name + " mean / p50 / p99 (ms)", show: func(r Result) (string, bool) {
+				if r.KeyResult == nil || len(r.Split) <= i {
+					return "", false
+				}
+				s := r.Split[i]
+				return fmt.Sprintf("%.2f / %.1f / %.1f", s.MeanMs, s.P50Ms, s.P99Ms), true
+			}, num: key(func(k *KeyResult) (float64, bool) {
+				if len(k.Split) <= i {
+					return 0, false
+				}
+				return k.Split[i].MeanMs, true
+			})})
+		}
+	}
 	return out
 }
 

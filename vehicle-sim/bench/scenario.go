@@ -42,13 +42,20 @@ type Result struct {
 	Lost        int64   `json:"lost"`       // sent (QoS 0) or acknowledged (QoS 1), never received
 	GatewayLost int64   `json:"gateway_lost"`
 
-	Latency string   `json:"latency,omitempty"` // what p50/p99/max measure: connect (dial to CONNACK) or puback
+	// What p50…max measure: connect (dial to CONNACK), puback, or a digital-key scenario's
+	// round trip (see KeyResult). p90 and p99.9 only for the digital-key scenarios.
+	Latency string   `json:"latency,omitempty"`
 	P50Ms   *float64 `json:"p50_ms,omitempty"`
+	P90Ms   *float64 `json:"p90_ms,omitempty"`
 	P99Ms   *float64 `json:"p99_ms,omitempty"`
+	P999Ms  *float64 `json:"p999_ms,omitempty"`
 	MaxMs   *float64 `json:"max_ms,omitempty"`
 
-	Errors     int64  `json:"errors"`
-	FirstError string `json:"first_error,omitempty"`
+	Errors         int64            `json:"errors"`
+	ErrorsByReason map[string]int64 `json:"errors_by_reason,omitempty"` // digital-key scenarios
+	FirstError     string           `json:"first_error,omitempty"`
+
+	*KeyResult // commands, revoke, local
 
 	// HostLoad is the 1-minute load average at the start and the end of the run: on a shared
 	// machine, other work competes with both sides.
@@ -58,6 +65,53 @@ type Result struct {
 	LoaderCPUPct float64      `json:"loader_cpu_pct"`
 	LoadProcs    int          `json:"load_procs"`
 	Steps        []StepResult `json:"steps,omitempty"`
+}
+
+// KeyResult is what the digital-key scenarios measure beyond the common fields. Their p50…max
+// are the round trip of an executed command (commands: the phone's Send until the executed
+// reply; local: challenge and command until the car's answer) or, for revoke, a car's time
+// from its owner's revoke request to the gateway's record of the car's acknowledgement;
+// duration_s is the sending window, or for revoke the time from the first revoke request to
+// the last acknowledgement.
+type KeyResult struct {
+	Owners int `json:"owners"`
+	// SetupS is provisioning, cars online, owners set up (user, login, TOTP enrollment,
+	// pairing) and, for commands, the step-ups; not part of any figure.
+	SetupS float64 `json:"setup_s"`
+
+	RateTarget       float64   `json:"rate_target,omitempty"` // commands/s requested over all cars
+	Actions          []string  `json:"actions,omitempty"`     // each car's owner cycles through these
+	StepUps          int       `json:"step_ups,omitempty"`    // TOTP-authorized commands that elevated the owners' sessions
+	Commands         int64     `json:"commands,omitempty"`    // sent during the window
+	Accepted         int64     `json:"accepted,omitempty"`    // accepted replies: each decision was in the audit log before the command went out
+	Executed         int64     `json:"executed,omitempty"`
+	CommandsPerS     float64   `json:"commands_per_s,omitempty"`
+	ExecutedPerS     float64   `json:"executed_per_s,omitempty"`
+	DispatchLagP99Ms *float64  `json:"dispatch_lag_p99_ms,omitempty"` // how late the bench sent against its schedule
+	Split            []Segment `json:"split,omitempty"`               // commands: where the time of an executed command goes
+	LinkAddr         string    `json:"link_addr,omitempty"`
+	// local: a challenge alone (new connection, no signature check, no commit), probed every
+	// 20 ms during the window.
+	ChallengeP50Ms *float64 `json:"challenge_p50_ms,omitempty"`
+	ChallengeP99Ms *float64 `json:"challenge_p99_ms,omitempty"`
+
+	Revoked            int      `json:"revoked,omitempty"`           // revocations the gateway answered
+	AckedCars          int      `json:"cars_acked,omitempty"`        // cars that acknowledged the revoking whitelist
+	RevokeAnsweredS    float64  `json:"revoke_answered_s,omitempty"` // first request to the last answer
+	AllAckedObservedS  float64  `json:"all_acked_observed_s,omitempty"`
+	RevokeRequestP50Ms *float64 `json:"revoke_request_p50_ms,omitempty"` // POST /v1/keys/revoke round trip
+	RevokeRequestP99Ms *float64 `json:"revoke_request_p99_ms,omitempty"`
+	RetriedWithTOTP    int      `json:"retried_with_totp,omitempty"` // revocations whose step-up had lapsed
+}
+
+// Segment is one part of a command's round trip, from the replies' millisecond timestamps
+// and the phone's clock (one machine): the mean over executed commands, and percentiles that
+// are good to ±0.5 ms.
+type Segment struct {
+	Name   string  `json:"segment"`
+	MeanMs float64 `json:"mean_ms"`
+	P50Ms  float64 `json:"p50_ms"`
+	P99Ms  float64 `json:"p99_ms"`
 }
 
 // ProcResult is what one process of the system under test used.
@@ -97,6 +151,9 @@ func (r *runner) logf(format string, args ...any) {
 
 func (r *runner) run(ctx context.Context) (res Result, err error) {
 	cfg := r.cfg
+	if keyScenario(cfg.Scenario) {
+		return r.runKeys(ctx)
+	}
 	res = Result{Scenario: cfg.Scenario, Broker: r.mode, Round: r.round, Cars: cfg.Cars, RatePerCar: cfg.Rate, QoS: cfg.QoS}
 	if r.mode == ModeTarget {
 		res.Broker = cfg.Broker

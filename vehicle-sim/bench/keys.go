@@ -1,0 +1,617 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/pquerna/otp/totp"
+
+	"telematics/gateway/httpapi"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+)
+
+// The digital-key scenarios (commands, revoke, local) run real cars: pkg/vehicle's RunFleet in
+// this process, which verify the gateway's grant and the phone's signature against their own
+// whitelists, commit each command to their bbolt store and serve the local link from the same
+// Garage. Each car gets an owner who does what a person does through the gateway's HTTP API
+// (pkg/drill's Person, against a gateway in another process): the admin adds the user and
+// assigns the car, the owner logs in, enrolls TOTP and confirms it with a code, and pairs a
+// phone key with a code. Setup is not measured; it ends when every car acknowledged the
+// whitelist that holds its keys.
+
+// person is a user with a phone: a login session, a TOTP authenticator and a phone key.
+type person struct {
+	name, password string
+	vin            string // the car they own ("" for the revoke scenario's friend)
+	sess           *phone.Session
+	key            *sign.Signer
+
+	mu       sync.Mutex
+	secret   string
+	lastStep int64
+}
+
+// code is what the person's authenticator shows: the code of a time step after every code
+// used before (the gateway refuses an earlier or repeated step as totp_replayed), at most one
+// step behind or ahead of now (RFC 6238's ±1 step). The previous step's code is used only while
+// more than codeMargin of the current step remains: a busy gateway may take a while to look at
+// it, and by then it would be two steps old. When every usable step was used it waits for the
+// next one, as a person would; setting up an owner takes two or three codes, which rarely waits.
+func (p *person) code() (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		now := time.Now()
+		step := now.Unix() / 30
+		first := step - 1
+		if time.Until(time.Unix((step+1)*30, 0)) < codeMargin {
+			first = step
+		}
+		for s := first; s <= step+1; s++ {
+			if s > p.lastStep {
+				p.lastStep = s
+				return totp.GenerateCode(p.secret, time.Unix(s*30, 0))
+			}
+		}
+		time.Sleep(time.Until(time.Unix((step+1)*30, 0)) + 10*time.Millisecond)
+	}
+}
+
+// codeMargin is how long a code must stay acceptable after the person reads it: longer than a
+// request to a busy gateway takes (setting up 1,000 owners 16 at a time, a previous-step code
+// read just before the step ended came back totp_invalid), short enough that an owner's third
+// code rarely waits for the next step.
+const codeMargin = 2 * time.Second
+
+// keyWorld is the cars, owners and phones of one digital-key run.
+type keyWorld struct {
+	r      *runner
+	s      *sut
+	creds  []protocol.Credentials
+	owners []*person // owners[i] owns creds[i].VIN
+	runID  string    // makes user names unique on a gateway that is reused (target mode)
+
+	garage *vehicle.Garage
+	store  *vehicle.Store
+	dir    string
+	cancel context.CancelFunc
+	done   chan struct{}
+	stats  vehicle.FleetStats
+	err    error
+}
+
+// startCars runs the cars of creds against the system under test's broker, in this process.
+func (w *keyWorld) startCars(ctx context.Context) error {
+	var err error
+	if w.dir, err = os.MkdirTemp("", "vehicle-sim-bench-cars-"); err != nil {
+		return err
+	}
+	if w.store, err = vehicle.OpenStore(filepath.Join(w.dir, vehicle.StoreFile)); err != nil {
+		return err
+	}
+	w.garage = vehicle.NewGarage()
+	fctx, cancel := context.WithCancel(context.Background())
+	w.cancel, w.done = cancel, make(chan struct{})
+	go func() {
+		defer close(w.done)
+		w.stats, w.err = vehicle.RunFleet(fctx, vehicle.FleetConfig{
+			BrokerURL: "tcp://" + w.s.mqttAddr, Creds: w.creds, Store: w.store, Garage: w.garage,
+			TelemetryInterval: vehicle.DefaultTelemetryInterval, ConnectRate: 2000,
+			MaxReconnectInterval: 2 * time.Second,
+		})
+	}()
+	return nil
+}
+
+// stopCars stops the cars (each finishes its command and says offline) and removes their store.
+func (w *keyWorld) stopCars() error {
+	if w.cancel == nil {
+		return nil
+	}
+	w.cancel()
+	<-w.done
+	w.cancel = nil
+	err := w.store.Close()
+	os.RemoveAll(w.dir)
+	if w.err != nil && !errors.Is(w.err, context.Canceled) {
+		return errors.Join(err, w.err)
+	}
+	return err
+}
+
+// vehicleView is what the bench reads of GET /v1/admin/vehicles.
+type vehicleView struct {
+	VIN  string `json:"vin"`
+	Twin *struct {
+		Status string `json:"status"`
+	} `json:"twin"`
+	Keys struct {
+		Version      uint64 `json:"version"`
+		AckedVersion uint64 `json:"acked_version"`
+		AckedMs      int64  `json:"acked_ts"`
+	} `json:"keys"`
+}
+
+// views returns the gateway's view of the run's cars, by VIN (one request for all of them).
+func (w *keyWorld) views(ctx context.Context) (map[string]vehicleView, error) {
+	var all []vehicleView
+	if err := w.s.call(ctx, http.MethodGet, "/v1/admin/vehicles", nil, &all); err != nil {
+		return nil, err
+	}
+	out := make(map[string]vehicleView, len(w.creds))
+	for _, v := range all {
+		out[v.VIN] = v
+	}
+	return out, nil
+}
+
+// waitCars polls the gateway until cond holds for every car of the run, or timeout.
+func (w *keyWorld) waitCars(ctx context.Context, what string, timeout time.Duration, cond func(vehicleView) bool) error {
+	deadline := time.Now().Add(timeout)
+	lastLog := time.Now()
+	for {
+		vs, err := w.views(ctx)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, c := range w.creds {
+			if cond(vs[c.VIN]) {
+				n++
+			}
+		}
+		if n == len(w.creds) {
+			return nil
+		}
+		if err := w.s.checkAlive(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d cars %s after %s", n, len(w.creds), what, timeout)
+		}
+		if time.Since(lastLog) > 5*time.Second {
+			w.r.logf("%d/%d cars %s", n, len(w.creds), what)
+			lastLog = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func online(v vehicleView) bool { return v.Twin != nil && v.Twin.Status == protocol.StatusOnline }
+
+func synced(v vehicleView) bool { return v.Keys.Version > 0 && v.Keys.AckedVersion >= v.Keys.Version }
+
+// newPerson adds a user (owner of vin unless vin is ""), logs them in and enrolls TOTP.
+func (w *keyWorld) newPerson(ctx context.Context, name, vin string) (*person, error) {
+	pw := make([]byte, 12)
+	rand.Read(pw)
+	p := &person{name: name, password: "bench-" + hex.EncodeToString(pw), vin: vin}
+	var ignore json.RawMessage
+	if err := w.s.call(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: p.password}, &ignore); err != nil {
+		return nil, err
+	}
+	if vin != "" {
+		if err := w.s.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign",
+			httpapi.AssignRequest{User: name, Role: protocol.RoleOwner}, &ignore); err != nil {
+			return nil, err
+		}
+	}
+	sess, err := phone.Login(ctx, w.s.gatewayURL, name, p.password, "")
+	if err != nil {
+		return nil, fmt.Errorf("%s logs in: %w", name, err)
+	}
+	p.sess = sess
+	var e struct {
+		Secret string `json:"secret"`
+	}
+	if err := phone.Call(ctx, http.MethodPost, w.s.gatewayURL+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
+		return nil, fmt.Errorf("%s enrolls TOTP: %w", name, err)
+	}
+	p.secret = e.Secret
+	code, err := p.code()
+	if err != nil {
+		return nil, err
+	}
+	if err := phone.Call(ctx, http.MethodPost, w.s.gatewayURL+"/v1/2fa/confirm", sess.Token, map[string]string{"code": code}, nil); err != nil {
+		return nil, fmt.Errorf("%s confirms TOTP: %w", name, err)
+	}
+	if p.key, err = sign.Generate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// pair pairs p's phone key with vin: with a code, or on the login session a code elevated
+// (withCode false).
+func (p *person) pair(ctx context.Context, vin string, withCode bool) error {
+	code := ""
+	if withCode {
+		var err error
+		if code, err = p.code(); err != nil {
+			return err
+		}
+	}
+	if _, err := phone.PairKey(ctx, p.sess, p.key, vin, p.name+"'s phone", code); err != nil {
+		return fmt.Errorf("%s pairs a key with %s: %w", p.name, vin, err)
+	}
+	return nil
+}
+
+// parallel runs f(i) for i in [0, n), at most conc at once, and returns the first error.
+func parallel(ctx context.Context, n, conc int, f func(i int) error) error {
+	var (
+		next  atomic.Int64
+		first error
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for range min(conc, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					cancel()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// setUpOwners makes every car's owner: user, login, TOTP, a paired phone key.
+func (w *keyWorld) setUpOwners(ctx context.Context) error {
+	w.owners = make([]*person, len(w.creds))
+	var done atomic.Int64
+	return parallel(ctx, len(w.creds), w.r.cfg.SetupConcurrency, func(i int) error {
+		vin := w.creds[i].VIN
+		p, err := w.newPerson(ctx, fmt.Sprintf("bench%s_o%d", w.runID, i), vin)
+		if err != nil {
+			return err
+		}
+		if err := p.pair(ctx, vin, true); err != nil {
+			return err
+		}
+		w.owners[i] = p
+		if n := done.Add(1); n%500 == 0 {
+			w.r.logf("%d/%d owners set up", n, len(w.creds))
+		}
+		return nil
+	})
+}
+
+// allowApps puts the owners' app tokens into mosquitto's password file.
+func (w *keyWorld) allowApps(ctx context.Context, ps []*person) error {
+	if w.s.mosq == nil {
+		return nil
+	}
+	users := make([]protocol.Credentials, len(ps))
+	for i, p := range ps {
+		users[i] = protocol.Credentials{VIN: p.name, ClientID: p.sess.ClientID, Username: p.name, Token: p.sess.Token}
+	}
+	return w.s.mosq.allow(ctx, users)
+}
+
+// runKeys is the common frame of the three scenarios: the system under test, the cars, the
+// owners; the scenario's phase does its own part and fills res.
+func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
+	cfg := r.cfg
+	res = Result{Scenario: cfg.Scenario, Broker: r.mode, Round: r.round, Cars: cfg.Cars, KeyResult: &KeyResult{}}
+	if r.mode == ModeTarget {
+		res.Broker = cfg.Broker
+	}
+	start := time.Now()
+	res.HostLoad[0] = loadAverage()
+	s, err := startSUT(ctx, cfg, r.mode, r.bins, r.env.Stderr)
+	if err != nil {
+		return res, fmt.Errorf("start the system under test: %w", err)
+	}
+	defer func() {
+		if cerr := s.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	r.logf("system under test up in %.1fs (MQTT %s, HTTP %s)%s", time.Since(start).Seconds(), s.mqttAddr, s.gatewayURL, keptDir(s))
+
+	setup := time.Now()
+	creds, err := s.provision(ctx, cfg.Cars, nil)
+	if err != nil {
+		return res, err
+	}
+	if s.mosq != nil {
+		if err := s.mosq.allow(ctx, creds); err != nil {
+			return res, err
+		}
+	}
+	id := make([]byte, 3)
+	rand.Read(id)
+	w := &keyWorld{r: r, s: s, creds: creds, runID: hex.EncodeToString(id)}
+	if err := w.startCars(ctx); err != nil {
+		return res, err
+	}
+	defer func() {
+		if serr := w.stopCars(); serr != nil && err == nil {
+			err = fmt.Errorf("stop the cars: %w", serr)
+		}
+	}()
+	if err := w.waitCars(ctx, "online", 60*time.Second+time.Duration(cfg.Cars)*time.Millisecond, online); err != nil {
+		return res, err
+	}
+	res.Connected = int64(cfg.Cars)
+	r.logf("%d cars online in %.1fs; setting up their owners (user, login, TOTP, phone key)", cfg.Cars, time.Since(setup).Seconds())
+	if err := w.setUpOwners(ctx); err != nil {
+		return res, fmt.Errorf("set up owners: %w", err)
+	}
+	res.Owners = len(w.owners)
+
+	var phase func(context.Context, *keyWorld, *measure, *Result) error
+	switch cfg.Scenario {
+	case ScenarioCommands:
+		phase = runCommands
+	case ScenarioRevoke:
+		phase = runRevoke
+	case ScenarioLocal:
+		phase = runLocal
+	default:
+		return res, fmt.Errorf("scenario %q is not a digital-key scenario", cfg.Scenario)
+	}
+	m := &measure{s: s, setupStart: setup}
+	if err := phase(ctx, w, m, &res); err != nil {
+		return res, err
+	}
+	if err := s.checkAlive(); err != nil {
+		return res, err
+	}
+	end, err := s.sample()
+	if err != nil {
+		return res, err
+	}
+	res.HostLoad[1] = loadAverage()
+	for i, p := range s.procs {
+		pr := ProcResult{Role: p.role, PID: p.pid, RSSKB: end[i].RSSKB, AnonKB: end[i].AnonKB, HWMKB: end[i].HWMKB}
+		if len(m.cpu0) == len(s.procs) && len(m.cpu1) == len(s.procs) {
+			pr.RSSKBBase = m.cpu0[i].RSSKB
+			pr.CPUPct = cpuPercent(m.cpu0[i], m.cpu1[i])
+		}
+		res.Processes = append(res.Processes, pr)
+	}
+	if !m.load0.IsZero() {
+		res.LoaderCPUPct = 100 * float64(m.loadCPU1-m.loadCPU0) / float64(m.load1.Sub(m.load0))
+	}
+	res.LoadProcs = 1
+	for _, n := range res.ErrorsByReason {
+		res.Errors += n
+	}
+	r.logf("done: %d errors", res.Errors)
+	return res, nil
+}
+
+// measure brackets a scenario's measured phase: the system under test's CPU and the load
+// generator's (this process: cars and phones).
+type measure struct {
+	s                  *sut
+	setupStart         time.Time
+	cpu0, cpu1         []procSample
+	load0, load1       time.Time
+	loadCPU0, loadCPU1 time.Duration
+}
+
+func (m *measure) begin() error {
+	var err error
+	m.cpu0, err = m.s.sample()
+	m.load0, m.loadCPU0 = time.Now(), selfCPU()
+	return err
+}
+
+func (m *measure) end() error {
+	var err error
+	m.cpu1, err = m.s.sample()
+	m.load1, m.loadCPU1 = time.Now(), selfCPU()
+	return err
+}
+
+func selfCPU() time.Duration {
+	s, err := readProc(os.Getpid())
+	if err != nil {
+		return 0
+	}
+	return s.CPU
+}
+
+// errorCounts counts errors by reason, concurrently, and keeps the first error's text.
+type errorCounts struct {
+	mu    sync.Mutex
+	m     map[string]int64
+	first string
+}
+
+func (e *errorCounts) add(reason string) { e.addN(reason, 1) }
+
+// addErr counts err under its reason (sendErrorReason) and keeps its text if it is the first.
+func (e *errorCounts) addErr(err error) {
+	e.add(sendErrorReason(err))
+	e.mu.Lock()
+	if e.first == "" {
+		e.first = err.Error()
+	}
+	e.mu.Unlock()
+}
+
+func (e *errorCounts) firstError() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.first
+}
+
+func (e *errorCounts) addN(reason string, n int64) {
+	e.mu.Lock()
+	if e.m == nil {
+		e.m = map[string]int64{}
+	}
+	e.m[reason] += n
+	e.mu.Unlock()
+}
+
+func (e *errorCounts) snapshot() map[string]int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.m) == 0 {
+		return nil
+	}
+	out := make(map[string]int64, len(e.m))
+	for k, v := range e.m {
+		out[k] = v
+	}
+	return out
+}
+
+// sendErrorReason names an error that kept a phone from getting a car's answer.
+func sendErrorReason(err error) string {
+	switch {
+	case errors.Is(err, phone.ErrNoTerminalReply):
+		return "no_terminal_reply"
+	case strings.HasPrefix(err.Error(), "publish request:"):
+		// pkg/phone: the broker did not acknowledge the request (PUBACK) within 5 s.
+		return "request_not_acknowledged"
+	case errors.Is(err, phone.ErrCarUnreachable):
+		return "car_unreachable"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	}
+	var api *phone.APIError
+	if errors.As(err, &api) && api.Reason != "" {
+		return string(api.Reason)
+	}
+	return "send_failed"
+}
+
+// setPercentiles fills the latency fields of res from h (µs).
+func setPercentiles(res *Result, what string, h *hdrhistogram.Histogram) {
+	if h == nil || h.TotalCount() == 0 {
+		return
+	}
+	ms := func(us int64) *float64 { v := float64(us) / 1000; return &v }
+	res.Latency = what
+	res.P50Ms, res.P90Ms, res.P99Ms = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(90)), ms(h.ValueAtQuantile(99))
+	res.P999Ms, res.MaxMs = ms(h.ValueAtQuantile(99.9)), ms(h.Max())
+}
+
+// paced calls fire(k) for k = 0, 1, … at rate calls per second over all k for d, each in its
+// own goroutine (an open loop: a slow answer does not delay the next call), with at most
+// maxInflight unanswered at once; a call due while that many are outstanding is not made and
+// counted in skipped. lag records how late each call started against its schedule. It returns
+// the calls made and the dispatch window, after every call returned.
+func paced(ctx context.Context, rate float64, d time.Duration, maxInflight int, lag *latency, fire func(k int)) (made, skipped int64, window time.Duration) {
+	var (
+		wg       sync.WaitGroup
+		inflight atomic.Int64
+	)
+	start := time.Now()
+	end := start.Add(d)
+	for k := 0; ctx.Err() == nil; k++ {
+		due := start.Add(time.Duration(float64(k) / rate * float64(time.Second)))
+		if !due.Before(end) {
+			break
+		}
+		// Sleep only when more than 200 µs ahead: a shorter sleep oversleeps by about as much.
+		if wait := time.Until(due); wait > 200*time.Microsecond {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+		lag.record(max(time.Since(due), 0))
+		if inflight.Load() >= int64(maxInflight) {
+			skipped++
+			continue
+		}
+		inflight.Add(1)
+		wg.Add(1)
+		made++
+		go func() {
+			defer wg.Done()
+			defer inflight.Add(-1)
+			fire(k)
+		}()
+	}
+	window = time.Since(start)
+	wg.Wait()
+	return made, skipped, window
+}
+
+// defaultActions are the actions the owners cycle through: ones that need no second code once
+// the session is elevated. Through a network broker the gateway does not learn the app's
+// client id, so there is no session to elevate and every unlock would need a fresh code (one
+// per 30 s time step): there, and in a comparison with such a broker, actions outside
+// twofa.actions.
+func defaultActions(cfg Config, mode string) []protocol.Action {
+	names := cfg.Actions
+	if len(names) == 0 {
+		names = []string{"unlock", "lock"}
+		if cfg.Scenario == ScenarioCommands && (mode == ModeStandalone || mode == ModeMosquitto || cfg.Compare) {
+			names = []string{"lock", "flash"}
+		}
+	}
+	out := make([]protocol.Action, len(names))
+	for i, n := range names {
+		out[i] = protocol.Action(n)
+	}
+	return out
+}
+
+func actionNames(as []protocol.Action) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = string(a)
+	}
+	return out
+}
+
+// sortedKeys lists a map's keys in order.
+func sortedKeys(m map[string]int64) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,138 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
+)
+
+// runLocal opens the cars' local link (vehicle.LinkServer on 127.0.0.1:0, serving the fleet's
+// Garage) and has the owners send commands over it at cfg.Rate per second over all cars for
+// cfg.Duration, each with phone.LocalSend: a challenge, then the command signed with the
+// owner's key and carrying the nonce, each over its own connection (the phone's link client
+// keeps no connection open). The car checks the signature against its own whitelist, executes,
+// and commits its state, replay entry and journal entry before it answers; its journal then
+// goes to the gateway on v/{vin}/events.
+func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
+	r, cfg := w.r, w.r.cfg
+	if err := w.waitCars(ctx, "acknowledged their whitelists", 2*time.Minute, synced); err != nil {
+		return err
+	}
+	link := vehicle.NewLinkServer(w.garage, nil)
+	if err := link.Start("127.0.0.1:0"); err != nil {
+		return err
+	}
+	defer link.Close()
+	addr := link.Addr()
+	actions := defaultActions(cfg, r.mode)
+	res.Actions = actionNames(actions)
+	res.RateTarget = cfg.Rate
+	res.LinkAddr = addr
+	r.logf("local link on %s; %g commands/s over %d cars for %s (%v)", addr, cfg.Rate, len(w.owners), cfg.Duration, res.Actions)
+
+	total, lag := newLatency(), newLatency()
+	var executed atomic.Int64
+	var errs errorCounts
+	n := len(w.owners)
+	if err := m.begin(); err != nil {
+		return err
+	}
+	res.SetupS = time.Since(m.setupStart).Seconds()
+	stopProgress := progress(ctx, r, func() string {
+		return fmt.Sprintf("local: %d executed, %d errors", executed.Load(), sumCounts(errs.snapshot()))
+	})
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	probe := newLatency()
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		challengeProbe(probeCtx, addr, w.owners, probe)
+	}()
+	made, skipped, window := paced(ctx, cfg.Rate, cfg.Duration, maxInflight, lag, func(k int) {
+		o := w.owners[k%n]
+		action := actions[(k/n)%len(actions)]
+		t0 := time.Now()
+		out, err := phone.LocalSend(ctx, addr, o.key, o.name, phone.Request{VIN: o.vin, Action: action})
+		d := time.Since(t0)
+		switch {
+		case err != nil:
+			errs.addErr(err)
+		case out.Status != protocol.ResultExecuted:
+			errs.add(string(out.Reason))
+		default:
+			executed.Add(1)
+			total.record(d)
+		}
+	})
+	stopProbe()
+	<-probeDone
+	stopProgress()
+	if err := m.end(); err != nil {
+		return err
+	}
+	if skipped > 0 {
+		errs.addN("bench_backlog", skipped)
+	}
+	res.DurationS = window.Seconds()
+	res.Commands, res.Executed = made, executed.Load()
+	res.CommandsPerS = float64(made) / window.Seconds()
+	res.ExecutedPerS = float64(res.Executed) / window.Seconds()
+	res.ErrorsByReason, res.FirstError = errs.snapshot(), errs.firstError()
+	if h := lag.snapshot(); h != nil {
+		v := float64(hdrhistogram.Import(h).ValueAtQuantile(99)) / 1000
+		res.DispatchLagP99Ms = &v
+	}
+	if snap := total.snapshot(); snap != nil {
+		setPercentiles(res, "challenge + command → executed", hdrhistogram.Import(snap))
+	}
+	if snap := probe.snapshot(); snap != nil {
+		h := hdrhistogram.Import(snap)
+		p50, p99 := float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000
+		res.ChallengeP50Ms, res.ChallengeP99Ms = &p50, &p99
+	}
+	return nil
+}
+
+// challengeProbe asks a car for a challenge every probeEvery, over a new connection each time
+// as the phone does, until ctx ends: one exchange on the link without the car's work (no
+// signature check, no commit), beside the commands. The nonces it is given expire unused.
+func challengeProbe(ctx context.Context, addr string, owners []*person, lat *latency) {
+	client := &http.Client{Timeout: phone.LocalTimeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for k := 0; ; k++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		vin := owners[k%len(owners)].vin
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/link/"+vin+"/challenge", nil)
+		if err != nil {
+			return
+		}
+		t0 := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			continue
+		}
+		var ch protocol.Challenge
+		err = json.NewDecoder(resp.Body).Decode(&ch)
+		resp.Body.Close()
+		if err == nil && ch.Nonce != "" {
+			lat.record(time.Since(t0))
+		}
+	}
+}
+
+// probeEvery is the challenge probe's interval.
+const probeEvery = 20 * time.Millisecond
