@@ -552,11 +552,14 @@ func (s *Service) OnAck(m mqttc.Message) {
 	s.mu.Unlock()
 	if s.ring.Previous() != nil && r.TrustFrom != 0 && ack.Version == r.TrustFrom {
 		// The car trusts the new key now: move it onto a whitelist signed by that key.
-		go func() {
-			_ = s.change(context.Background(), vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
-				return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_adopted"}, nil
-			})
-		}()
+		// Done here, not on a goroutine of its own: no goroutine without an owner. Rotations
+		// are rare, and an inline publish from a handler does not block.
+		err := s.change(context.Background(), vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_adopted"}, nil
+		})
+		if err != nil {
+			s.log.Error("move car to the new signing key", "vin", vin, "err", err)
+		}
 	}
 }
 
