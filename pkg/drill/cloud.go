@@ -15,8 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pquerna/otp/totp"
-
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
@@ -176,27 +174,15 @@ type Person struct {
 	Password string
 	Session  *phone.Session
 	Key      *sign.Signer
-	secret   string
-	lastStep int64
+	auth     *phone.Authenticator
 }
 
-// Code is what the person's authenticator shows: the code of a time step after every code
-// used before (so no code is a replay), at most one step ahead of now, which the gateway
-// accepts (RFC 6238's ±1 step). When every usable step was used, it waits for the next one,
-// as a person would.
+// Code is what the person's authenticator shows (phone.Authenticator).
 func (p *Person) Code() (string, error) {
-	now := time.Now()
-	step := now.Unix() / 30
-	for s := step - 1; s <= step+1; s++ {
-		if s > p.lastStep {
-			p.lastStep = s
-			return totp.GenerateCode(p.secret, time.Unix(s*30, 0))
-		}
+	if p.auth == nil {
+		return "", fmt.Errorf("%s has no authenticator: enroll first", p.Name)
 	}
-	// Every usable step was used already: wait for the next one, as a person would.
-	wait := time.Until(time.Unix((step+1)*30, 0))
-	time.Sleep(wait + 10*time.Millisecond)
-	return p.Code()
+	return p.auth.Code()
 }
 
 // Login logs the person in.
@@ -217,7 +203,7 @@ func (p *Person) Enroll(ctx context.Context, c *Cloud) (recovery []string, err e
 	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/enroll", p.Session.Token, map[string]string{}, &e); err != nil {
 		return nil, fmt.Errorf("%s enrolls: %w", p.Name, err)
 	}
-	p.secret = e.Secret
+	p.auth = phone.NewAuthenticator(e.Secret)
 	code, err := p.Code()
 	if err != nil {
 		return nil, err

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/pquerna/otp/totp"
 
 	"telematics/gateway/httpapi"
 	"telematics/pkg/phone"
@@ -42,42 +41,20 @@ type person struct {
 	sess           *phone.Session
 	key            *sign.Signer
 
-	mu       sync.Mutex
-	secret   string
-	lastStep int64
+	mu   sync.Mutex
+	auth *phone.Authenticator
 }
 
-// code is what the person's authenticator shows: the code of a time step after every code
-// used before (the gateway refuses an earlier or repeated step as totp_replayed), at most one
-// step behind or ahead of now (RFC 6238's ±1 step). The previous step's code is used only while
-// more than codeMargin of the current step remains: a busy gateway may take a while to look at
-// it, and by then it would be two steps old. When every usable step was used it waits for the
-// next one, as a person would; setting up an owner takes two or three codes, which rarely waits.
+// code is what the person's authenticator shows (phone.Authenticator).
 func (p *person) code() (string, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	for {
-		now := time.Now()
-		step := now.Unix() / 30
-		first := step - 1
-		if time.Until(time.Unix((step+1)*30, 0)) < codeMargin {
-			first = step
-		}
-		for s := first; s <= step+1; s++ {
-			if s > p.lastStep {
-				p.lastStep = s
-				return totp.GenerateCode(p.secret, time.Unix(s*30, 0))
-			}
-		}
-		time.Sleep(time.Until(time.Unix((step+1)*30, 0)) + 10*time.Millisecond)
+	a := p.auth
+	p.mu.Unlock()
+	if a == nil {
+		return "", fmt.Errorf("%s has no authenticator: enroll first", p.name)
 	}
+	return a.Code()
 }
-
-// codeMargin is how long a code must stay acceptable after the person reads it: longer than a
-// request to a busy gateway takes (setting up 1,000 owners 16 at a time, a previous-step code
-// read just before the step ended came back totp_invalid), short enough that an owner's third
-// code rarely waits for the next step.
-const codeMargin = 2 * time.Second
 
 // keyWorld is the cars, owners and phones of one digital-key run.
 type keyWorld struct {
@@ -227,7 +204,9 @@ func (w *keyWorld) newPerson(ctx context.Context, name, vin string) (*person, er
 	if err := phone.Call(ctx, http.MethodPost, w.s.gatewayURL+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
 		return nil, fmt.Errorf("%s enrolls TOTP: %w", name, err)
 	}
-	p.secret = e.Secret
+	p.mu.Lock()
+	p.auth = phone.NewAuthenticator(e.Secret)
+	p.mu.Unlock()
 	code, err := p.code()
 	if err != nil {
 		return nil, err
