@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"sort"
 	"sync"
@@ -93,12 +94,13 @@ type Service struct {
 	tfa  SecondFactor
 	now  func() time.Time
 	log  *slog.Logger
-	// changeMu serializes key changes and their publication, so versions rise without gaps
-	// and the retained whitelist on the broker is always the newest.
-	changeMu sync.Mutex
-	mu       sync.RWMutex                   // guards cache and recs
-	cache    map[string]*protocol.Whitelist // vin -> current whitelist document
-	recs     map[string]record
+	// carMu serializes the key changes of one car and their publication (striped by VIN), so
+	// its versions rise without gaps and the retained whitelist on the broker is always its
+	// newest. Changes of different cars run side by side and share commits.
+	carMu [64]sync.Mutex
+	mu    sync.RWMutex                   // guards cache and recs
+	cache map[string]*protocol.Whitelist // vin -> current whitelist document
+	recs  map[string]record
 }
 
 // New opens the registry's buckets and loads every car's current whitelist.
@@ -354,18 +356,28 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 	return version, err
 }
 
+// carLock returns the mutex that serializes vin's key changes.
+func (s *Service) carLock(vin string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(vin))
+	return &s.carMu[h.Sum32()%uint32(len(s.carMu))]
+}
+
 // change applies mutate to a car's keys, builds and signs the next whitelist version and
 // writes both with the audit record in one transaction; then it publishes the whitelist. A
 // change is acknowledged to the user only after the commit, so an acknowledged change
 // survives a crash.
 func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error)) error {
-	s.changeMu.Lock()
-	defer s.changeMu.Unlock()
+	mu := s.carLock(vin)
+	mu.Lock()
+	defer mu.Unlock()
 	nowMs := s.now().UnixMilli()
 	var env protocol.Envelope
 	var wl protocol.Whitelist
 	var rec record
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	// Through the group committer: changes of many cars (a fleet-wide revocation) share
+	// fsyncs. The function may run twice (see groupcommit.Update); it only writes and signs.
+	err := s.st.Write(func(tx *bolt.Tx) error {
 		ev, err := mutate(tx, nowMs)
 		if err != nil {
 			return err
@@ -470,15 +482,23 @@ func (s *Service) publish(ctx context.Context, vin string, env protocol.Envelope
 // have not yet learned the new key.
 func (s *Service) PublishAll(ctx context.Context) int {
 	s.mu.RLock()
-	envs := make(map[string]protocol.Envelope, len(s.recs))
-	for vin, r := range s.recs {
-		envs[vin] = r.Envelope
+	vins := make([]string, 0, len(s.recs))
+	for vin := range s.recs {
+		vins = append(vins, vin)
 	}
 	s.mu.RUnlock()
-	for vin, env := range envs {
+	for _, vin := range vins {
+		// Under the car's lock, so a change publishing a newer version cannot be overtaken
+		// by this older one.
+		mu := s.carLock(vin)
+		mu.Lock()
+		s.mu.RLock()
+		env := s.recs[vin].Envelope
+		s.mu.RUnlock()
 		s.publish(ctx, vin, env)
+		mu.Unlock()
 	}
-	return len(envs)
+	return len(vins)
 }
 
 // Rotate re-signs every car's whitelist after the signing key changed, so each learns to
