@@ -33,14 +33,19 @@ const LocalTimeout = 3 * time.Second
 // the car (or, in the simulation, vehicle-sim serves its link elsewhere).
 var ErrCarUnreachable = errors.New("car unreachable")
 
-// linkClient talks to cars. Never through a proxy (the car is next to the phone, not on the
-// internet), and without keep-alive: a phone sends a command now and then, and no idle
-// connection should outlive the exchange.
-var linkClient = &http.Client{Transport: &http.Transport{
-	Proxy:             nil,
-	DialContext:       (&net.Dialer{Timeout: LocalTimeout}).DialContext,
-	DisableKeepAlives: true,
-}}
+// newLinkClient returns the client of one exchange with a car (challenge, then command): never
+// through a proxy (the car is next to the phone, not on the internet), and with keep-alive, so
+// the command goes over the connection the challenge opened. The caller closes it when the
+// exchange is over: no connection outlives the exchange, and phones never share one.
+func newLinkClient() (*http.Client, func()) {
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: LocalTimeout}).DialContext,
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     LocalTimeout,
+	}
+	return &http.Client{Transport: tr}, tr.CloseIdleConnections
+}
 
 // LocalSend sends r to the car over the local link at linkAddr (host:port, or an http:// URL),
 // signed with the phone key for user, and returns the car's result: executed, or rejected with
@@ -65,9 +70,11 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 	base := linkBase(linkAddr)
 	ctx, cancel := context.WithTimeout(ctx, LocalTimeout)
 	defer cancel()
+	client, closeLink := newLinkClient()
+	defer closeLink()
 
 	var ch protocol.Challenge
-	if err := linkPost(ctx, base+"/v1/link/"+r.VIN+"/challenge", nil, &ch); err != nil {
+	if err := linkPost(ctx, client, base+"/v1/link/"+r.VIN+"/challenge", nil, &ch); err != nil {
 		return protocol.Result{}, fmt.Errorf("local link %s: challenge: %w", linkAddr, err)
 	}
 	if ch.VIN != r.VIN || ch.Nonce == "" {
@@ -81,7 +88,7 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 		return protocol.Result{}, err
 	}
 	var res protocol.Result
-	err = linkPost(ctx, base+"/v1/link/"+r.VIN+"/command", protocol.LocalRequest{V: protocol.Version, Command: env}, &res)
+	err = linkPost(ctx, client, base+"/v1/link/"+r.VIN+"/command", protocol.LocalRequest{V: protocol.Version, Command: env}, &res)
 	if err != nil {
 		return protocol.Result{}, fmt.Errorf("local link %s: command: %w", linkAddr, err)
 	}
@@ -106,7 +113,7 @@ func linkBase(addr string) string {
 // linkPost posts in (nothing when nil) and decodes a 2xx answer into out. An error answer is
 // an *APIError, except a rejected Result a car may send with an error status: that is
 // decoded into out like any result, because the car did answer the command.
-func linkPost(ctx context.Context, endpoint string, in, out any) error {
+func linkPost(ctx context.Context, client *http.Client, endpoint string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -122,7 +129,7 @@ func linkPost(ctx context.Context, endpoint string, in, out any) error {
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := linkClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("the car did not answer in time: %w", context.DeadlineExceeded)

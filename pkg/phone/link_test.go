@@ -39,6 +39,8 @@ func TestLocalSendChallengeRoundTrip(t *testing.T) {
 		t.Fatalf("commands the car saw: %+v", cmds)
 	}
 	assertNoSecret(t, key, bodies...)
+	// One connection for the exchange (the command reuses the challenge's), closed after it.
+	assertConns(t, link, 1)
 
 	// Every command asks for a fresh nonce; an http:// URL works as the address too.
 	res2, err := LocalSend(context.Background(), "http://"+link.Addr()+"/", key, testUser, Request{VIN: testVIN, Action: protocol.ActionUnlock})
@@ -47,6 +49,27 @@ func TestLocalSendChallengeRoundTrip(t *testing.T) {
 	}
 	if cmds := link.Commands(); len(cmds) != 2 || cmds[1].Nonce == cmds[0].Nonce {
 		t.Fatalf("nonces %q and %q", cmds[0].Nonce, cmds[1].Nonce)
+	}
+	assertConns(t, link, 2)
+}
+
+// assertConns checks that the link accepted want connections in all and that the phone closed
+// each when its exchange was over (the server sees the close a moment later).
+func assertConns(t *testing.T, link *phonetest.Link, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		accepted, open := link.Conns()
+		if accepted != want {
+			t.Fatalf("the link accepted %d connections, want %d (one per exchange)", accepted, want)
+		}
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still open after the exchange", open)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

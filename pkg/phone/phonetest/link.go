@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -29,6 +30,8 @@ type Link struct {
 	bodies   [][]byte                 // every request body received, in order
 	commands []protocol.Command       // every command the link decoded, in order
 	hold     map[string]chan struct{} // vin -> closed when the link may answer (Hold)
+	conns    int                      // connections accepted
+	open     int                      // connections not yet closed
 }
 
 type nonce struct {
@@ -44,7 +47,19 @@ func NewLink(t testing.TB) *Link {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/link/{vin}/challenge", l.challenge)
 	mux.HandleFunc("POST /v1/link/{vin}/command", l.command)
-	l.srv = httptest.NewServer(mux)
+	l.srv = httptest.NewUnstartedServer(mux)
+	l.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		switch st {
+		case http.StateNew:
+			l.conns++
+			l.open++
+		case http.StateClosed, http.StateHijacked:
+			l.open--
+		}
+	}
+	l.srv.Start()
 	t.Cleanup(func() {
 		l.mu.Lock()
 		for _, ch := range l.hold {
@@ -55,6 +70,13 @@ func NewLink(t testing.TB) *Link {
 		l.srv.Close()
 	})
 	return l
+}
+
+// Conns returns how many connections the link accepted and how many of them are still open.
+func (l *Link) Conns() (accepted, open int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conns, l.open
 }
 
 // Addr is the link's host:port.
