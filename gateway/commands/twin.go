@@ -10,8 +10,17 @@ import (
 )
 
 // twins is the in-memory vehicle twin, written to bbolt in periodic batches: telemetry at fleet
-// rates must not cost a commit per message.
+// rates must not cost a commit per message. It is split into shards by VIN, each with its own
+// lock, so the handler workers updating different cars do not queue on one mutex.
 type twins struct {
+	shards [twinShards]twinShard
+}
+
+// twinShards is how many locks the twins are spread over: far more than the cores that update
+// them, few enough that a full scan (stats, flush) stays cheap.
+const twinShards = 64
+
+type twinShard struct {
 	mu    sync.Mutex
 	byVIN map[string]*store.Twin
 	dirty map[string]bool
@@ -27,63 +36,86 @@ type seqCount struct {
 }
 
 func newTwins(stored []store.Twin) *twins {
-	t := &twins{byVIN: map[string]*store.Twin{}, dirty: map[string]bool{}, seqs: map[string]*seqCount{}}
+	t := &twins{}
+	for i := range t.shards {
+		t.shards[i] = twinShard{byVIN: map[string]*store.Twin{}, dirty: map[string]bool{}, seqs: map[string]*seqCount{}}
+	}
 	for i := range stored {
 		tw := stored[i]
-		t.byVIN[tw.VIN] = &tw
+		t.shard(tw.VIN).byVIN[tw.VIN] = &tw
 	}
 	return t
 }
 
-func (t *twins) get(vin string) *store.Twin {
-	tw, ok := t.byVIN[vin]
+// shard returns vin's shard (FNV-1a of the VIN, inlined: this runs for every message).
+func (t *twins) shard(vin string) *twinShard {
+	h := uint32(2166136261)
+	for i := 0; i < len(vin); i++ {
+		h ^= uint32(vin[i])
+		h *= 16777619
+	}
+	return &t.shards[h%twinShards]
+}
+
+// get returns vin's twin, created if new; the caller holds the shard's lock.
+func (sh *twinShard) get(vin string) *store.Twin {
+	tw, ok := sh.byVIN[vin]
 	if !ok {
 		tw = &store.Twin{VIN: vin}
-		t.byVIN[vin] = tw
+		sh.byVIN[vin] = tw
 	}
 	return tw
 }
 
 func (t *twins) online(vin string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tw, ok := t.byVIN[vin]
+	sh := t.shard(vin)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	tw, ok := sh.byVIN[vin]
 	return ok && tw.Status == protocol.StatusOnline
 }
 
-func (t *twins) snapshot(vin string) (store.Twin, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tw, ok := t.byVIN[vin]
-	if !ok {
-		return store.Twin{}, false
-	}
+// copyTwin copies tw with its own signal map: the twin's map is updated in place.
+func copyTwin(tw *store.Twin) store.Twin {
 	c := *tw
 	c.Signals = make(map[string]any, len(tw.Signals))
 	for k, v := range tw.Signals {
 		c.Signals[k] = v
 	}
-	return c, true
+	return c
+}
+
+func (t *twins) snapshot(vin string) (store.Twin, bool) {
+	sh := t.shard(vin)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	tw, ok := sh.byVIN[vin]
+	if !ok {
+		return store.Twin{}, false
+	}
+	return copyTwin(tw), true
 }
 
 func (t *twins) takeDirty() []store.Twin {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]store.Twin, 0, len(t.dirty))
-	for vin := range t.dirty {
-		tw := *t.byVIN[vin]
-		// The signal map is replaced (never mutated) on update, so sharing it is safe.
-		out = append(out, tw)
+	var out []store.Twin
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for vin := range sh.dirty {
+			out = append(out, copyTwin(sh.byVIN[vin]))
+		}
+		clear(sh.dirty)
+		sh.mu.Unlock()
 	}
-	t.dirty = map[string]bool{}
 	return out
 }
 
 func (t *twins) markDirty(ts []store.Twin) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	for _, tw := range ts {
-		t.dirty[tw.VIN] = true
+		sh := t.shard(tw.VIN)
+		sh.mu.Lock()
+		sh.dirty[tw.VIN] = true
+		sh.mu.Unlock()
 	}
 }
 
@@ -98,14 +130,15 @@ func (r *Router) onStatus(m mqttc.Message) {
 		r.log.Warn("malformed status from car", "vin", vin)
 		return
 	}
-	r.twins.mu.Lock()
-	defer r.twins.mu.Unlock()
-	tw := r.twins.get(vin)
+	sh := r.twins.shard(vin)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	tw := sh.get(vin)
 	if st.TsMs != 0 && st.TsMs < tw.StatusMs {
 		return // an older status delivered late (e.g. a retained will after a newer online)
 	}
 	tw.Status, tw.StatusMs = st.Status, st.TsMs
-	r.twins.dirty[vin] = true
+	sh.dirty[vin] = true
 }
 
 func (r *Router) onTelemetry(m mqttc.Message) {
@@ -118,42 +151,35 @@ func (r *Router) onTelemetry(m mqttc.Message) {
 		r.log.Debug("malformed telemetry", "vin", vin)
 		return
 	}
-	r.twins.mu.Lock()
-	defer r.twins.mu.Unlock()
-	r.twins.received++
+	sh := r.twins.shard(vin)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.received++
 	if tel.Seq != 0 {
-		sc, ok := r.twins.seqs[vin]
+		sc, ok := sh.seqs[vin]
 		if !ok {
 			sc = &seqCount{first: tel.Seq, last: tel.Seq}
-			r.twins.seqs[vin] = sc
+			sh.seqs[vin] = sc
 		}
 		sc.count++
 		sc.first, sc.last = min(sc.first, tel.Seq), max(sc.last, tel.Seq)
 	}
-	tw := r.twins.get(vin)
+	tw := sh.get(vin)
 	if tel.TsMs < tw.TelemetryMs {
 		return
 	}
-	merged := make(map[string]any, len(tw.Signals)+len(tel.Signals))
-	for k, v := range tw.Signals {
-		merged[k] = v
+	if tw.Signals == nil {
+		tw.Signals = make(map[string]any, len(tel.Signals))
 	}
 	for k, v := range tel.Signals {
-		merged[k] = v
+		tw.Signals[k] = v
 	}
-	tw.Signals, tw.TelemetryMs, tw.TelemetrySeq = merged, tel.TsMs, tel.Seq
-	r.twins.dirty[vin] = true
+	tw.TelemetryMs, tw.TelemetrySeq = tel.TsMs, tel.Seq
+	sh.dirty[vin] = true
 }
 
 // Twin returns the last known state of a car.
 func (r *Router) Twin(vin string) (store.Twin, bool) { return r.twins.snapshot(vin) }
-
-// TelemetryReceived counts telemetry messages taken into the twin since start.
-func (r *Router) TelemetryReceived() uint64 {
-	r.twins.mu.Lock()
-	defer r.twins.mu.Unlock()
-	return r.twins.received
-}
 
 // TelemetryStats counts telemetry since the gateway started: messages received, cars
 // reporting, and messages lost (gaps in each car's sequence numbers between the first and the
@@ -167,13 +193,18 @@ type TelemetryStats struct {
 
 // TelemetryStats returns the counts.
 func (r *Router) TelemetryStats() TelemetryStats {
-	r.twins.mu.Lock()
-	defer r.twins.mu.Unlock()
-	st := TelemetryStats{Received: r.twins.received, Cars: len(r.twins.seqs)}
-	for _, sc := range r.twins.seqs {
-		if span := sc.last - sc.first + 1; span > sc.count {
-			st.Lost += span - sc.count
+	var st TelemetryStats
+	for i := range r.twins.shards {
+		sh := &r.twins.shards[i]
+		sh.mu.Lock()
+		st.Received += sh.received
+		st.Cars += len(sh.seqs)
+		for _, sc := range sh.seqs {
+			if span := sc.last - sc.first + 1; span > sc.count {
+				st.Lost += span - sc.count
+			}
 		}
+		sh.mu.Unlock()
 	}
 	return st
 }
