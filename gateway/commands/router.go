@@ -186,6 +186,10 @@ func (r *Router) onAppRequest(m mqttc.Message) {
 	r.Submit(user, m.Origin, m.Payload)
 }
 
+// stepUpKeySession is the 2FA step-up session of requests whose broker does not name the
+// publishing client: the phone key that signed them.
+func stepUpKeySession(keyID string) string { return "key:" + keyID }
+
 // Submit queues one app request from user's session (the app's MQTT client id, "" if the
 // broker does not say). It blocks while the car's shard is full and returns a channel closed
 // once the request has been decided.
@@ -286,9 +290,11 @@ func (r *Router) decide(req request) {
 	if r.twofa != nil {
 		session := req.session
 		if session == "" {
-			// A broker that does not say which client published gives no session to elevate:
-			// such requests never share a step-up.
-			session = "unidentified-" + cmd.ID
+			// A broker that does not say which client published (any broker but the embedded
+			// one): the step-up is bound to the phone key whose signature was just verified,
+			// that is to the device, whose private key never leaves it. Another device of the
+			// same user, with a stolen password or not, has another key and no step-up.
+			session = stepUpKeySession(key.ID)
 		}
 		f, err := r.twofa.Authorize(req.user, session, cmd.Action, ar.TOTP)
 		if err != nil {

@@ -272,9 +272,7 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.Procs, "procs", 0, "load processes (0: this process up to --cars-per-proc cars, else as many children as needed)")
 	fs.IntVar(&cfg.CarsPerProc, "cars-per-proc", cfg.CarsPerProc, "most cars one load process runs (each holds one descriptor per car)")
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "dial from 127.0.0.1 … 127.0.0.N (0: one address per 25,000 cars)")
-	actions := fs.String("actions", "", "commands, local: the actions each owner cycles through, comma-separated (default unlock,lock;\n"+
-		"commands through a network broker, or with --compare: lock,flash: the gateway does not learn the app's\n"+
-		"MQTT session there, so there is no step-up, and every unlock would need a new code)")
+	actions := fs.String("actions", "", "commands, local: the actions each owner cycles through, comma-separated (default unlock,lock)")
 	fs.IntVar(&cfg.SetupConcurrency, "setup-concurrency", 16, "commands, revoke, local: owners set up at once (user, login, TOTP, pairing)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 32, "revoke: revocations in flight at once")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object instead of the table")

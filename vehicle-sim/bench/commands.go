@@ -87,7 +87,7 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 		return err
 	}
 	res.StepUps = int(stepUps.Load())
-	actions := defaultActions(cfg, w.r.mode)
+	actions := defaultActions(cfg)
 	res.Actions = actionNames(actions)
 	res.RateTarget = cfg.Rate
 	r.logf("%d owners' apps connected, each elevated by one TOTP-authorized unlock; %g commands/s over %d cars for %s (%v)",

@@ -557,18 +557,14 @@ func paced(ctx context.Context, rate float64, d time.Duration, maxInflight int, 
 	return made, skipped, window
 }
 
-// defaultActions are the actions the owners cycle through: ones that need no second code once
-// the session is elevated. Through a network broker the gateway does not learn the app's
-// client id, so there is no session to elevate and every unlock would need a fresh code (one
-// per 30 s time step): there, and in a comparison with such a broker, actions outside
-// twofa.actions.
-func defaultActions(cfg Config, mode string) []protocol.Action {
+// defaultActions are the actions the owners cycle through: unlock needs a code, which the
+// owner's step-up (the TOTP-authorized unlock before the window) covers for twofa.step_up_ttl,
+// behind every broker (the app's MQTT session with the embedded one, its phone key behind
+// another).
+func defaultActions(cfg Config) []protocol.Action {
 	names := cfg.Actions
 	if len(names) == 0 {
 		names = []string{"unlock", "lock"}
-		if cfg.Scenario == ScenarioCommands && (mode == ModeStandalone || mode == ModeMosquitto || cfg.Compare) {
-			names = []string{"lock", "flash"}
-		}
 	}
 	out := make([]protocol.Action, len(names))
 	for i, n := range names {

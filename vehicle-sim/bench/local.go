@@ -33,7 +33,7 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	}
 	defer link.Close()
 	addr := link.Addr()
-	actions := defaultActions(cfg, r.mode)
+	actions := defaultActions(cfg)
 	res.Actions = actionNames(actions)
 	res.RateTarget = cfg.Rate
 	res.LinkAddr = addr

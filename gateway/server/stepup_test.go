@@ -1,0 +1,108 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"net/http"
+	"path/filepath"
+	"testing"
+
+	"telematics/gateway/server"
+	"telematics/gateway/twofa"
+	"telematics/pkg/broker"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+)
+
+// Behind a broker that does not tell the gateway which client published a request (here the
+// standalone broker, reached over MQTT like mosquitto), a TOTP-authorized command elevates the
+// phone key that signed it: the same device's next unlock needs no code, another device of
+// the same user does.
+func TestStepUpBehindExternalBroker(t *testing.T) {
+	dir := t.TempDir()
+	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := broker.DefaultConfig()
+	cfg.MQTTAddr, cfg.WSAddr = freeAddr(t), ""
+	b, err := broker.New(cfg, []*ecdsa.PublicKey{signer.Public()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	brokerURL := "tcp://" + cfg.MQTTAddr
+
+	g := startGateway(t, dir, func(c *server.Config) {
+		c.ExternalBroker = brokerURL
+		c.TwoFA.Mode = twofa.ModeEnrolled
+	})
+	creds := provision(t, g, 1)
+	vin := creds[0].VIN
+	addUser(t, g, "alice", vin, protocol.RoleOwner)
+	runFleet(t, brokerURL, creds)
+	waitOnline(t, g, vin)
+	// Alice logs in, enrolls, and pairs her phone with a code.
+	ctx := context.Background()
+	sess, err := phone.Login(ctx, g.HTTPURL(), "alice", password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e struct {
+		Secret string `json:"secret"`
+	}
+	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
+		t.Fatal(err)
+	}
+	auth := phone.NewAuthenticator(e.Secret)
+	code := func() string {
+		c, err := auth.Code()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/confirm", sess.Token, map[string]string{"code": code()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	connect := func(label string) *phone.App {
+		key, err := sign.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := phone.Login(ctx, g.HTTPURL(), "alice", password, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := phone.PairKey(ctx, s, key, vin, label, code()); err != nil {
+			t.Fatal(err)
+		}
+		waitSynced(t, g, vin)
+		app, err := phone.ConnectWith(ctx, s, phone.ConnectOptions{BrokerURL: brokerURL, Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { app.Close() })
+		return app
+	}
+	phoneA := connect("phone")
+
+	expect(t, sendUntilAnswered(t, phoneA, vin, protocol.ActionUnlock), protocol.ReplyRejected, protocol.ReasonTOTPRequired)
+	r, err := phoneA.Send(ctx, phone.Request{VIN: vin, Action: protocol.ActionUnlock, TOTP: code()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, r, protocol.ReplyExecuted, "")
+	// Step-up: the same phone key, no code.
+	expect(t, send(t, phoneA, vin, protocol.ActionOpenTrunk), protocol.ReplyExecuted, "")
+	expect(t, send(t, phoneA, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
+
+	// A second device of Alice's, paired with a code: its own key is not elevated.
+	phoneB := connect("tablet")
+	expect(t, sendUntilAnswered(t, phoneB, vin, protocol.ActionUnlock), protocol.ReplyRejected, protocol.ReasonTOTPRequired)
+	expect(t, send(t, phoneA, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
+}
