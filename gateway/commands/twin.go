@@ -147,7 +147,7 @@ func (r *Router) onTelemetry(m mqttc.Message) {
 		return
 	}
 	var tel protocol.Telemetry
-	if err := protocol.Decode(m.Payload, &tel); err != nil {
+	if err := protocol.DecodeTelemetry(m.Payload, &tel); err != nil {
 		r.log.Debug("malformed telemetry", "vin", vin)
 		return
 	}

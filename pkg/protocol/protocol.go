@@ -272,6 +272,8 @@ const (
 	VSSClimate   = "Vehicle.Cabin.HVAC.IsAirConditioningActive"
 	VSSTrunkOpen = "Vehicle.Body.Trunk.Rear.IsOpen"
 	VSSRunning   = "Vehicle.Powertrain.CombustionEngine.IsRunning"
+	// VSSTraveledDistance is the odometer (km).
+	VSSTraveledDistance = "Vehicle.TraveledDistance"
 )
 
 // Command is the document a phone signs: what to do to which car, valid until ExpiresAtMs.

@@ -15,7 +15,7 @@ func telemetryPayloads(b *testing.B) map[string][]byte {
 	full := protocol.Telemetry{V: protocol.Version, TsMs: 1_700_000_000_123, Seq: 4242, Signals: map[string]any{
 		protocol.VSSSpeed: 87.5, protocol.VSSSoC: 63.2, protocol.VSSIsLocked: true,
 		protocol.VSSCharging: false, protocol.VSSClimate: true, protocol.VSSTrunkOpen: false,
-		protocol.VSSRunning: true, "Vehicle.TraveledDistance": 12345.6,
+		protocol.VSSRunning: true, protocol.VSSTraveledDistance: 12345.6,
 		protocol.VSSLatitude: 48.137154, protocol.VSSLongitude: 11.576124,
 	}}
 	small := protocol.Telemetry{V: protocol.Version, TsMs: 1_700_000_000_123, Seq: 4242, Signals: map[string]any{
@@ -33,20 +33,27 @@ func telemetryPayloads(b *testing.B) map[string][]byte {
 }
 
 // BenchmarkDecodeTelemetry is the gateway's per-message cost of v/+/telemetry before the twin
-// update: protocol.Decode into a Telemetry (signals as map[string]any, as the twin keeps them).
+// update, into a Telemetry (signals as map[string]any, as the twin keeps them): "fast" is
+// protocol.DecodeTelemetry, which the gateway uses, "json" protocol.Decode (encoding/json).
 func BenchmarkDecodeTelemetry(b *testing.B) {
+	decoders := map[string]func([]byte, *protocol.Telemetry) error{
+		"fast": protocol.DecodeTelemetry,
+		"json": func(p []byte, t *protocol.Telemetry) error { return protocol.Decode(p, t) },
+	}
 	for _, name := range []string{"position", "car"} {
 		payload := telemetryPayloads(b)[name]
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(len(payload)))
-			for b.Loop() {
-				var t protocol.Telemetry
-				if err := protocol.Decode(payload, &t); err != nil || t.Seq != 4242 {
-					b.Fatalf("decode: %v", err)
+		for _, dec := range []string{"fast", "json"} {
+			b.Run(name+"/"+dec, func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(len(payload)))
+				for b.Loop() {
+					var t protocol.Telemetry
+					if err := decoders[dec](payload, &t); err != nil || t.Seq != 4242 {
+						b.Fatalf("decode: %v", err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 

@@ -6,8 +6,8 @@ import (
 	"telematics/pkg/protocol"
 )
 
-// VSSTraveledDistance is the odometer (km). It is not yet among protocol's VSS constants.
-const VSSTraveledDistance = "Vehicle.TraveledDistance"
+// VSSTraveledDistance is the odometer (km).
+const VSSTraveledDistance = protocol.VSSTraveledDistance
 
 // State is what a car knows about itself. It is persisted in the store after every executed
 // command and periodically while the car drives, so a restarted car resumes where it was.
