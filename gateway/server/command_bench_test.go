@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"sort"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,4 +58,37 @@ func loginB(b *testing.B, g *server.Gateway, u, vin string) *phone.App {
 	app := login(b, g, u, "", vin)
 	waitSynced(b, g, vin)
 	return app
+}
+
+// BenchmarkCloudCommandParallel is throughput: 20 cars, each with its owner's app, commands in
+// flight on all of them at once (GOMAXPROCS×4 senders). Profile it to see where the whole
+// system's CPU goes per command (gateway, broker, cars and phones share the process):
+//
+//	go test -run XXX -bench CloudCommandParallel -benchtime 5000x -cpuprofile cpu.out ./gateway/server/
+func BenchmarkCloudCommandParallel(b *testing.B) {
+	g := startGatewayB(b)
+	const cars = 20
+	creds := provisionB(b, g, cars)
+	apps := make([]*phone.App, cars)
+	for i, c := range creds {
+		addUserB(b, g, "user"+strconv.Itoa(i), c.VIN)
+	}
+	runFleetB(b, g.BrokerURL(), creds)
+	for i, c := range creds {
+		apps[i] = loginB(b, g, "user"+strconv.Itoa(i), c.VIN)
+	}
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := int(next.Add(1)) % cars
+			r, err := apps[i].Send(context.Background(), phone.Request{VIN: creds[i].VIN, Action: protocol.ActionFlash}, nil)
+			if err != nil || r.Status != protocol.ReplyExecuted {
+				b.Errorf("%v %+v", err, r)
+				return
+			}
+		}
+	})
 }
