@@ -1,0 +1,63 @@
+package vehicle
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+)
+
+// BenchmarkLocalUnlock is one unlock over the local link as a phone does it (phone.LocalSend:
+// challenge, signed command, the car's verification and durable commit) against a car behind a
+// LinkServer on loopback, sequentially, so it is latency. "challenge" is the challenge's round
+// trip alone on a new connection; "exchange" the whole LocalSend, alternating unlock and lock.
+//
+//	go test -run XXX -bench LocalUnlock -benchtime 2000x ./pkg/vehicle/
+func BenchmarkLocalUnlock(b *testing.B) {
+	now := time.Now()
+	gw := newTestGatewayAt(b, now)
+	st := openTestStore(b, b.TempDir())
+	// The car's clock stands still at now: commands expire 10 s after the phone's time.Now,
+	// so a run must stay well under that.
+	car := newTestCar(b, st, gw.creds(b, testVIN), newClock(now))
+	install(b, car, gw.whitelist(b, wlSpec{}))
+	garage := NewGarage()
+	garage.Put(car)
+	link := NewLinkServer(garage, nil)
+	if err := link.Start("127.0.0.1:0"); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { link.Close() })
+	owner := gw.cast.owner
+
+	b.Run("challenge", func(b *testing.B) {
+		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		b.ReportAllocs()
+		for b.Loop() {
+			resp, err := client.Post(link.URL()+"/v1/link/"+testVIN+"/challenge", "application/json", nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Fatalf("challenge: %s", resp.Status)
+			}
+		}
+	})
+	b.Run("exchange", func(b *testing.B) {
+		actions := []protocol.Action{protocol.ActionUnlock, protocol.ActionLock}
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			res, err := phone.LocalSend(context.Background(), link.Addr(), owner.signer, owner.key.User,
+				phone.Request{VIN: testVIN, Action: actions[i%2]})
+			if err != nil || res.Status != protocol.ResultExecuted {
+				b.Fatalf("%+v %v", res, err)
+			}
+			i++
+		}
+	})
+}
