@@ -78,6 +78,10 @@ type Config struct {
 	Actions          []string // commands, local: actions each car's owner cycles through
 	SetupConcurrency int      // owners set up at once (users, logins, TOTP, pairing)
 	Concurrency      int      // revoke: revocations in flight at once
+	// Owners spreads the cars over this many owners (commands, local), round-robin: owner j
+	// owns cars j, j+Owners, j+2·Owners, …, with one phone key paired with each of them and,
+	// for commands, one app session; 0: one owner per car.
+	Owners int
 
 	JSON         bool
 	Src          string   // the module to build the gateway from
@@ -242,7 +246,8 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 		fmt.Fprintln(w, "  commands    N real cars, each with an owner who enrolled TOTP, paired a phone key and did one")
 		fmt.Fprintln(w, "              TOTP-authorized command (step-up); then signed cloud commands at --rate per second")
 		fmt.Fprintln(w, "              in total for --duration: latency percentiles, where the time goes, errors by reason")
-		fmt.Fprintln(w, "              (the gateway runs with GATEWAY_RATE_PER_MINUTE=0: no per-user rate limit)")
+		fmt.Fprintln(w, "              (the gateway runs with GATEWAY_RATE_PER_MINUTE=0: no per-user rate limit); with")
+		fmt.Fprintln(w, "              --owners M the cars belong to M owners, each with one phone key and one app session")
 		fmt.Fprintln(w, "  revoke      N cars with an owner key and a key shared with another user; the owners revoke the")
 		fmt.Fprintln(w, "              shared key on every car: time until every car acknowledged its new whitelist")
 		fmt.Fprintln(w, "  local       N cars with owners' keys; unlock/lock over the cars' local link at --rate per second")
@@ -274,6 +279,8 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "dial from 127.0.0.1 … 127.0.0.N (0: one address per 25,000 cars)")
 	actions := fs.String("actions", "", "commands, local: the actions each owner cycles through, comma-separated (default unlock,lock)")
 	fs.IntVar(&cfg.SetupConcurrency, "setup-concurrency", 16, "commands, revoke, local: owners set up at once (user, login, TOTP, pairing)")
+	fs.IntVar(&cfg.Owners, "owners", 0, "commands, local: spread the cars over this many owners, round-robin (a fleet operator's accounts):\n"+
+		"each enrolls TOTP once, pairs one phone key with each of its cars and keeps one app session (0: one owner per car)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 32, "revoke: revocations in flight at once")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object instead of the table")
 	fs.StringVar(&cfg.Src, "src", "", "the telematics module to build the gateway from (default: found from the working directory)")
@@ -365,6 +372,14 @@ func (c Config) Validate() error {
 				bad("actions", "%q is not an action (docs/PROTOCOL.md, \"Actions and roles\")", a)
 			}
 		}
+	}
+	switch {
+	case c.Owners < 0:
+		bad("owners", "%d must not be negative (0: one owner per car)", c.Owners)
+	case c.Owners > 0 && c.Scenario != ScenarioCommands && c.Scenario != ScenarioLocal:
+		bad("owners", "only for the commands and local scenarios, not %s", c.Scenario)
+	case c.Owners > c.Cars && c.Cars >= 1:
+		bad("owners", "%d owners for %d cars: want at most --cars (every owner owns at least one car)", c.Owners, c.Cars)
 	}
 	if keyScenario(c.Scenario) {
 		if c.SetupConcurrency < 1 {

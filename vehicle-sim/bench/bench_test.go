@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -62,8 +63,17 @@ func TestParseFlags(t *testing.T) {
 		}, ""},
 		{"unknown scenario", []string{"unlock"}, nil, "unknown scenario"},
 		{"commands defaults", []string{"commands"}, func(c Config) bool {
-			return c.Cars == 100 && c.Rate == 100 && c.Duration == 10*time.Second && c.SetupConcurrency == 16 && len(c.Actions) == 0
+			return c.Cars == 100 && c.Rate == 100 && c.Duration == 10*time.Second && c.SetupConcurrency == 16 && len(c.Actions) == 0 && c.Owners == 0
 		}, ""},
+		{"commands over fewer owners", []string{"commands", "--cars", "10000", "--owners", "100", "--rate", "1000"}, func(c Config) bool {
+			return c.Cars == 10000 && c.Owners == 100 && c.Rate == 1000
+		}, ""},
+		{"local over fewer owners", []string{"local", "--cars", "6", "--owners", "2"}, func(c Config) bool { return c.Owners == 2 }, ""},
+		{"as many owners as cars", []string{"commands", "--cars", "6", "--owners", "6"}, func(c Config) bool { return c.Owners == 6 }, ""},
+		{"negative owners", []string{"commands", "--owners", "-1"}, nil, "--owners: -1 must not be negative"},
+		{"more owners than cars", []string{"commands", "--cars", "6", "--owners", "7"}, nil, "want at most --cars"},
+		{"owners for revoke", []string{"revoke", "--owners", "2"}, nil, "--owners: only for the commands and local"},
+		{"owners not a number", []string{"commands", "--owners", "many"}, nil, "-owners"},
 		{"commands at a rate", []string{"commands", "--cars", "1000", "--rate", "1000", "--duration", "30s", "--actions", "lock,flash"}, func(c Config) bool {
 			return c.Cars == 1000 && c.Rate == 1000 && c.Duration == 30*time.Second && len(c.Actions) == 2 && c.Actions[1] == "flash"
 		}, ""},
@@ -363,6 +373,12 @@ func TestKeyScenariosAgainstTarget(t *testing.T) {
 			[]string{"p90_ms", "revoked", "cars_acked", "revoke_request_p99_ms"}},
 		{"local", []string{"local", "--cars", "3", "--rate", "40", "--duration", "500ms"},
 			[]string{"p90_ms", "p999_ms", "executed", "link_addr"}},
+		// A fleet operator's accounts: 6 cars over 2 owners, each with one phone key paired
+		// with its 3 cars and one app session with several commands in flight.
+		{"commands over 2 owners", []string{"commands", "--cars", "6", "--owners", "2", "--rate", "60", "--duration", "500ms"},
+			[]string{"p90_ms", "split", "executed", "accepted", "step_ups"}},
+		{"local over 2 owners", []string{"local", "--cars", "6", "--owners", "2", "--rate", "60", "--duration", "500ms"},
+			[]string{"p90_ms", "executed", "link_addr"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -373,12 +389,16 @@ func TestKeyScenariosAgainstTarget(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := results[0]
-			if r.Errors != 0 || r.KeyResult == nil || r.Owners != cfg.Cars || r.Connected != int64(cfg.Cars) || r.P50Ms == nil {
+			owners := cfg.Cars
+			if cfg.Owners > 0 {
+				owners = cfg.Owners
+			}
+			if r.Errors != 0 || r.KeyResult == nil || r.Owners != owners || r.Connected != int64(cfg.Cars) || r.P50Ms == nil {
 				t.Fatalf("result %+v %+v", r, r.KeyResult)
 			}
 			switch cfg.Scenario {
 			case ScenarioCommands:
-				if r.Executed == 0 || r.Executed != r.Commands || r.Accepted != r.Commands || r.StepUps != cfg.Cars || len(r.Split) != 4 {
+				if r.Executed == 0 || r.Executed != r.Commands || r.Accepted != r.Commands || r.StepUps != owners || len(r.Split) != 4 {
 					t.Fatalf("commands: %+v", r.KeyResult)
 				}
 			case ScenarioLocal:
@@ -392,7 +412,7 @@ func TestKeyScenariosAgainstTarget(t *testing.T) {
 			}
 			var table, js bytes.Buffer
 			printTable(&table, cfg, results)
-			if !strings.Contains(table.String(), "p99.9 (ms)") {
+			if !strings.Contains(table.String(), "p99.9 (ms)") || (cfg.Owners > 0) != strings.Contains(table.String(), " owners   ") {
 				t.Fatalf("table:\n%s", table.String())
 			}
 			t.Logf("table:\n%s", table.String())
@@ -407,5 +427,27 @@ func TestKeyScenariosAgainstTarget(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// --owners M: owner j owns cars j, j+M, j+2M, …, and every car has exactly one owner.
+func TestSpreadCars(t *testing.T) {
+	carOwner, cars := spreadCars(7, 3)
+	want := [][]int{{0, 3, 6}, {1, 4}, {2, 5}}
+	if len(cars) != 3 {
+		t.Fatalf("cars %v", cars)
+	}
+	for j := range want {
+		if !slices.Equal(cars[j], want[j]) {
+			t.Fatalf("owner %d owns %v, want %v", j, cars[j], want[j])
+		}
+		for _, i := range cars[j] {
+			if carOwner[i] != j {
+				t.Fatalf("car %d: owner %d, want %d", i, carOwner[i], j)
+			}
+		}
+	}
+	if carOwner, cars := spreadCars(4, 4); !slices.Equal(carOwner, []int{0, 1, 2, 3}) || len(cars[3]) != 1 {
+		t.Fatalf("one owner per car: %v %v", carOwner, cars)
 	}
 }

@@ -45,10 +45,20 @@ type cmdStats struct {
 }
 
 // runCommands connects a phone app per owner (one MQTT session each: the 2FA step-up belongs
-// to the session), has every owner send one TOTP-authorized command (the step-up), then sends
-// signed commands at cfg.Rate per second over all cars for cfg.Duration.
+// to the session), has every owner send one TOTP-authorized command to one of its cars (the
+// step-up), then sends signed commands at cfg.Rate per second over all cars for cfg.Duration,
+// each from its car's owner's app. With --owners an app has commands to many cars in flight
+// at once: pkg/phone's App.Send is safe for concurrent use and follows each command's replies
+// by its id.
 func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	r, cfg := w.r, w.r.cfg
+	if cfg.Owners > 0 {
+		// Only one car per owner gets a step-up before the window: the others must hold their
+		// owner's key before it opens.
+		if err := w.waitCars(ctx, "acknowledged their whitelists", 2*time.Minute+time.Duration(len(w.creds))*10*time.Millisecond, synced); err != nil {
+			return err
+		}
+	}
 	if err := w.allowApps(ctx, w.owners); err != nil {
 		return err
 	}
@@ -91,14 +101,14 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 	res.Actions = actionNames(actions)
 	res.RateTarget = cfg.Rate
 	r.logf("%d owners' apps connected, each elevated by one TOTP-authorized unlock; %g commands/s over %d cars for %s (%v)",
-		len(apps), cfg.Rate, len(apps), cfg.Duration, res.Actions)
+		len(apps), cfg.Rate, len(w.creds), cfg.Duration, res.Actions)
 
 	st := &cmdStats{total: newLatency()}
 	for i := range st.segs {
 		st.segs[i] = newLatency()
 	}
 	lag := newLatency()
-	n := len(apps)
+	n := len(w.creds)
 	if err := m.begin(); err != nil {
 		return err
 	}
@@ -107,9 +117,9 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 		return fmt.Sprintf("commands: %d executed, %d errors", st.executed.Load(), sumCounts(st.errs.snapshot()))
 	})
 	made, skipped, window := paced(ctx, cfg.Rate, cfg.Duration, maxInflight, lag, func(k int) {
-		i := k % n
+		i := k % n // the car; its owner's app sends
 		action := actions[(k/n)%len(actions)]
-		sendOne(ctx, apps[i], w.owners[i].vin, action, st)
+		sendOne(ctx, apps[w.carOwner[i]], w.creds[i].VIN, action, st)
 	})
 	stopProgress()
 	if err := m.end(); err != nil {

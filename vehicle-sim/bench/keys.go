@@ -37,12 +37,15 @@ import (
 // person is a user with a phone: a login session, a TOTP authenticator and a phone key.
 type person struct {
 	name, password string
-	vin            string // the car they own ("" for the revoke scenario's friend)
+	vin            string   // the (first) car they own ("" for the revoke scenario's friend)
+	vins           []string // every car they own, vin first (--owners: cars j, j+M, j+2M, …)
 	sess           *phone.Session
 	key            *sign.Signer
 
 	mu   sync.Mutex
 	auth *phone.Authenticator
+
+	codeMu sync.Mutex // one code-bearing retry at a time (pairElevated)
 }
 
 // code is what the person's authenticator shows (phone.Authenticator).
@@ -61,8 +64,10 @@ type keyWorld struct {
 	r      *runner
 	s      *sut
 	creds  []protocol.Credentials
-	owners []*person // owners[i] owns creds[i].VIN
-	runID  string    // makes user names unique on a gateway that is reused (target mode)
+	owners []*person // the owners: owners[i] owns creds[i].VIN, or with --owners M cars i, i+M, …
+	// carOwner[i] is the index in owners of car creds[i]'s owner.
+	carOwner []int
+	runID    string // makes user names unique on a gateway that is reused (target mode)
 
 	garage *vehicle.Garage
 	store  *vehicle.Store
@@ -169,9 +174,16 @@ func (w *keyWorld) waitCars(ctx context.Context, what string, timeout time.Durat
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(w.pollEvery()):
 		}
 	}
+}
+
+// pollEvery is how often waitCars asks: every poll has the gateway encode every car (~1 KB
+// each, with its keys), so a large fleet is polled less often (200 ms up to 2,000 cars, then
+// 100 µs a car: 1 s at 10,000).
+func (w *keyWorld) pollEvery() time.Duration {
+	return max(200*time.Millisecond, time.Duration(len(w.creds))*100*time.Microsecond)
 }
 
 func online(v vehicleView) bool { return v.Twin != nil && v.Twin.Status == protocol.StatusOnline }
@@ -273,9 +285,14 @@ func parallel(ctx context.Context, n, conc int, f func(i int) error) error {
 	return first
 }
 
-// setUpOwners makes every car's owner: user, login, TOTP, a paired phone key.
+// setUpOwners makes every car's owner: user, login, TOTP, a paired phone key. With --owners M
+// (fleetOwners) M owners share the cars.
 func (w *keyWorld) setUpOwners(ctx context.Context) error {
+	if w.r.cfg.Owners > 0 {
+		return w.setUpFleetOwners(ctx, w.r.cfg.Owners)
+	}
 	w.owners = make([]*person, len(w.creds))
+	w.carOwner = make([]int, len(w.creds))
 	var done atomic.Int64
 	return parallel(ctx, len(w.creds), w.r.cfg.SetupConcurrency, func(i int) error {
 		vin := w.creds[i].VIN
@@ -283,15 +300,126 @@ func (w *keyWorld) setUpOwners(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		p.vins = []string{vin}
 		if err := p.pair(ctx, vin, true); err != nil {
 			return err
 		}
-		w.owners[i] = p
+		w.owners[i], w.carOwner[i] = p, i
 		if n := done.Add(1); n%500 == 0 {
 			w.r.logf("%d/%d owners set up", n, len(w.creds))
 		}
 		return nil
 	})
+}
+
+// spreadCars gives n cars to m owners round-robin: owner j gets cars j, j+m, j+2m, …; it
+// returns each car's owner and each owner's cars (its first car is car j).
+func spreadCars(n, m int) (carOwner []int, cars [][]int) {
+	carOwner = make([]int, n)
+	cars = make([][]int, m)
+	for i := range n {
+		j := i % m
+		carOwner[i] = j
+		cars[j] = append(cars[j], i)
+	}
+	return carOwner, cars
+}
+
+// setUpFleetOwners spreads the cars over m owners, as a fleet operator's accounts hold them:
+// each owner is added, owns its first car, logs in, enrolls TOTP and pairs one phone key with
+// that car with a code (m owners, cfg.SetupConcurrency at once: two argon2id hashes each);
+// then every other car is assigned to its owner and paired with the owner's key on the login
+// session that first code elevated, cfg.SetupConcurrency cars at once (each pairing is one
+// key change of its own car, which the gateway commits concurrently with other cars').
+func (w *keyWorld) setUpFleetOwners(ctx context.Context, m int) error {
+	cfg := w.r.cfg
+	carOwner, cars := spreadCars(len(w.creds), m)
+	w.carOwner = carOwner
+	w.owners = make([]*person, m)
+	t0 := time.Now()
+	var done atomic.Int64
+	err := parallel(ctx, m, cfg.SetupConcurrency, func(j int) error {
+		first := w.creds[cars[j][0]].VIN
+		p, err := w.newPerson(ctx, fmt.Sprintf("bench%s_f%d", w.runID, j), first)
+		if err != nil {
+			return err
+		}
+		p.vins = make([]string, len(cars[j]))
+		for k, i := range cars[j] {
+			p.vins[k] = w.creds[i].VIN
+		}
+		if err := p.pair(ctx, first, true); err != nil {
+			return err
+		}
+		w.owners[j] = p
+		if n := done.Add(1); n%100 == 0 {
+			w.r.logf("%d/%d owners set up", n, m)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	rest := make([]int, 0, len(w.creds)-m)
+	for i := range w.creds {
+		if cars[carOwner[i]][0] != i {
+			rest = append(rest, i)
+		}
+	}
+	w.r.logf("%d owners set up in %.1fs (user, login, TOTP, first car paired); assigning and pairing their other %d cars, %d at a time",
+		m, time.Since(t0).Seconds(), len(rest), cfg.SetupConcurrency)
+	t1 := time.Now()
+	done.Store(0)
+	var retried atomic.Int64
+	err = parallel(ctx, len(rest), cfg.SetupConcurrency, func(k int) error {
+		i := rest[k]
+		p, vin := w.owners[carOwner[i]], w.creds[i].VIN
+		var ignore json.RawMessage
+		if err := w.s.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign",
+			httpapi.AssignRequest{User: p.name, Role: protocol.RoleOwner}, &ignore); err != nil {
+			return fmt.Errorf("assign %s to %s: %w", vin, p.name, err)
+		}
+		withCode, err := p.pairElevated(ctx, vin)
+		if err != nil {
+			return err
+		}
+		if withCode {
+			retried.Add(1)
+		}
+		if n := done.Add(1); n%1000 == 0 {
+			w.r.logf("%d/%d further cars assigned and paired", n, len(rest))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	w.r.logf("%d further cars assigned and paired in %.1fs (%d needed a new code: the step-up had lapsed)",
+		len(rest), time.Since(t1).Seconds(), retried.Load())
+	return nil
+}
+
+// pairElevated pairs p's key with vin on the login session a code elevated; if the elevation
+// lapsed (a long setup) the owner types a new code, one retry of the person's at a time so
+// that concurrent retries do not spend each other's codes (a code of an earlier step than one
+// accepted is refused as replayed). withCode reports whether it took a code.
+func (p *person) pairElevated(ctx context.Context, vin string) (withCode bool, err error) {
+	err = p.pair(ctx, vin, false)
+	if !totpRequired(err) {
+		return false, err
+	}
+	p.codeMu.Lock()
+	defer p.codeMu.Unlock()
+	// Another pairing of p's may have elevated the session again while this one waited.
+	if err = p.pair(ctx, vin, false); !totpRequired(err) {
+		return false, err
+	}
+	return true, p.pair(ctx, vin, true)
+}
+
+func totpRequired(err error) bool {
+	var api *phone.APIError
+	return errors.As(err, &api) && api.Reason == protocol.ReasonTOTPRequired
 }
 
 // allowApps puts the owners' app tokens into mosquitto's password file.
@@ -352,11 +480,16 @@ func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
 		return res, err
 	}
 	res.Connected = int64(cfg.Cars)
-	r.logf("%d cars online in %.1fs; setting up their owners (user, login, TOTP, phone key)", cfg.Cars, time.Since(setup).Seconds())
+	owners := "their owners"
+	if cfg.Owners > 0 {
+		owners = fmt.Sprintf("%d owners, round-robin", cfg.Owners)
+	}
+	r.logf("%d cars online in %.1fs; setting up %s (user, login, TOTP, phone key)", cfg.Cars, time.Since(setup).Seconds(), owners)
 	if err := w.setUpOwners(ctx); err != nil {
 		return res, fmt.Errorf("set up owners: %w", err)
 	}
 	res.Owners = len(w.owners)
+	r.logf("owners set up %.1fs after the start of the setup", time.Since(setup).Seconds())
 
 	var phase func(context.Context, *keyWorld, *measure, *Result) error
 	switch cfg.Scenario {

@@ -37,12 +37,12 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	res.Actions = actionNames(actions)
 	res.RateTarget = cfg.Rate
 	res.LinkAddr = addr
-	r.logf("local link on %s; %g commands/s over %d cars for %s (%v)", addr, cfg.Rate, len(w.owners), cfg.Duration, res.Actions)
+	r.logf("local link on %s; %g commands/s over %d cars of %d owners for %s (%v)", addr, cfg.Rate, len(w.creds), len(w.owners), cfg.Duration, res.Actions)
 
 	total, lag := newLatency(), newLatency()
 	var executed atomic.Int64
 	var errs errorCounts
-	n := len(w.owners)
+	n := len(w.creds)
 	if err := m.begin(); err != nil {
 		return err
 	}
@@ -55,13 +55,14 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	probeDone := make(chan struct{})
 	go func() {
 		defer close(probeDone)
-		challengeProbe(probeCtx, addr, w.owners, probe)
+		challengeProbe(probeCtx, addr, w.creds, probe)
 	}()
 	made, skipped, window := paced(ctx, cfg.Rate, cfg.Duration, maxInflight, lag, func(k int) {
-		o := w.owners[k%n]
+		i := k % n // the car; its owner's phone sends, with the owner's key
+		o := w.owners[w.carOwner[i]]
 		action := actions[(k/n)%len(actions)]
 		t0 := time.Now()
-		out, err := phone.LocalSend(ctx, addr, o.key, o.name, phone.Request{VIN: o.vin, Action: action})
+		out, err := phone.LocalSend(ctx, addr, o.key, o.name, phone.Request{VIN: w.creds[i].VIN, Action: action})
 		d := time.Since(t0)
 		switch {
 		case err != nil:
@@ -105,7 +106,7 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 // challengeProbe asks a car for a challenge every probeEvery, over a new connection each time
 // as the phone does, until ctx ends: one exchange on the link without the car's work (no
 // signature check, no commit), beside the commands. The nonces it is given expire unused.
-func challengeProbe(ctx context.Context, addr string, owners []*person, lat *latency) {
+func challengeProbe(ctx context.Context, addr string, cars []protocol.Credentials, lat *latency) {
 	client := &http.Client{Timeout: phone.LocalTimeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	t := time.NewTicker(probeEvery)
 	defer t.Stop()
@@ -115,7 +116,7 @@ func challengeProbe(ctx context.Context, addr string, owners []*person, lat *lat
 			return
 		case <-t.C:
 		}
-		vin := owners[k%len(owners)].vin
+		vin := cars[k%len(cars)].VIN
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/link/"+vin+"/challenge", nil)
 		if err != nil {
 			return

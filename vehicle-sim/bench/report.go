@@ -175,9 +175,17 @@ func keyRows(cfg Config) []row {
 	}
 	out := []row{
 		{label: "cars (each with an owner)", show: func(r Result) (string, bool) { return group(int64(r.Cars)), true }},
+	}
+	if cfg.Owners > 0 {
+		// --owners: the cars are spread over fewer owners (one phone key and, for commands,
+		// one app session each).
+		out[0].label = "cars (spread over the owners)"
+		out = append(out, keyInt("owners", func(k *KeyResult) int64 { return int64(k.Owners) }))
+	}
+	out = append(out,
 		intRow("cars online", func(r Result) int64 { return r.Connected }),
 		floatRow("setup, not measured (s)", "%.1f", key(func(k *KeyResult) (float64, bool) { return k.SetupS, true })),
-	}
+	)
 	latency := "latency"
 	switch cfg.Scenario {
 	case ScenarioCommands, ScenarioLocal:

@@ -74,7 +74,7 @@ type Result struct {
 // duration_s is the sending window, or for revoke the time from the first revoke request to
 // the last acknowledgement.
 type KeyResult struct {
-	Owners int `json:"owners"`
+	Owners int `json:"owners"` // the cars' owners: one per car, or --owners (round-robin)
 	// SetupS is provisioning, cars online, owners set up (user, login, TOTP enrollment,
 	// pairing) and, for commands, the step-ups; not part of any figure.
 	SetupS float64 `json:"setup_s"`
