@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -141,7 +142,18 @@ type Paho struct {
 
 	mu   sync.Mutex
 	subs map[string]*subscription // remembered; made again after every reconnect
+
+	// earlyMu orders the messages a persistent session delivers before their subscription
+	// is registered (see unrouted) with the ones that follow it.
+	earlyMu sync.Mutex
+	early   []paho.Message // arrived before any matching subscription, unacknowledged
 }
+
+// maxEarly bounds the messages kept for subscriptions not yet made. A broker sends only as
+// many unacknowledged QoS 1 messages as its in-flight window (mosquitto: 20), so this is
+// rarely reached; beyond it a message stays unacknowledged and comes again on the next
+// connection.
+const maxEarly = 4096
 
 type subscription struct {
 	qos byte
@@ -188,7 +200,8 @@ func Dial(ctx context.Context, o Options) (*Paho, error) {
 		SetConnectTimeout(o.ConnectTimeout).
 		SetWriteTimeout(o.PublishTimeout).
 		SetKeepAlive(o.KeepAlive).
-		SetConnectionLostHandler(p.connectionLost)
+		SetConnectionLostHandler(p.connectionLost).
+		SetDefaultPublishHandler(p.unrouted)
 	if o.Will != nil {
 		po.SetBinaryWill(o.Will.Topic, o.Will.Payload, o.Will.QoS, o.Will.Retained)
 	}
@@ -341,9 +354,23 @@ func (p *Paho) Subscribe(ctx context.Context, filter string, qos byte, h Handler
 		return fmt.Errorf("subscribe %q qos %d: %w", filter, qos, ErrInvalidTopic)
 	}
 	s := &subscription{qos: qos, h: h}
+	p.earlyMu.Lock()
 	p.mu.Lock()
 	p.subs[filter] = s
 	p.mu.Unlock()
+	// Messages of this filter that a persistent session delivered before it was registered
+	// go first, in their order; later ones find s in unrouted, until paho's route takes over.
+	keep := p.early[:0]
+	for _, pm := range p.early {
+		if !filterMatches(filter, pm.Topic()) {
+			keep = append(keep, pm)
+			continue
+		}
+		p.deliver(h, pm)
+	}
+	clear(p.early[len(keep):])
+	p.early = keep
+	p.earlyMu.Unlock()
 	// Checked after remembering: either onConnected's snapshot includes s, or the session was
 	// already open here and we subscribe ourselves.
 	if !p.client.IsConnectionOpen() {
@@ -376,18 +403,72 @@ func (p *Paho) subscribe(ctx context.Context, filter string, s *subscription) er
 	return nil
 }
 
+// unrouted is paho's default handler: it gets the messages no registered route matches. With
+// a persistent session (CleanSession false) the broker sends what it queued for the client as
+// soon as the connection is up, before the process has subscribed (after a restart paho has no
+// routes yet). Those are kept, unacknowledged, until Subscribe registers a matching filter, so
+// nothing the broker held for the gateway (results, journals, acknowledgements) is lost.
+func (p *Paho) unrouted(_ paho.Client, pm paho.Message) {
+	p.earlyMu.Lock()
+	defer p.earlyMu.Unlock()
+	p.mu.Lock()
+	var h Handler
+	for filter, s := range p.subs {
+		if filterMatches(filter, pm.Topic()) {
+			h = s.h
+			break
+		}
+	}
+	p.mu.Unlock()
+	if h != nil {
+		p.deliver(h, pm)
+		return
+	}
+	if len(p.early) < maxEarly {
+		p.early = append(p.early, pm)
+		return
+	}
+	p.log.Warn("message for no subscription left unacknowledged", "topic", pm.Topic())
+}
+
+// deliver queues a message for h and acknowledges it once queued (see route).
+func (p *Paho) deliver(h Handler, pm paho.Message) {
+	m := Message{Topic: pm.Topic(), Payload: pm.Payload(), QoS: pm.Qos(), Retained: pm.Retained()}
+	if err := p.disp.dispatch(h, m, false); err != nil {
+		return
+	}
+	pm.Ack()
+}
+
+// filterMatches reports whether an MQTT topic filter matches a topic name: "+" is one level,
+// a trailing "#" any number (zero included); wildcards never match a topic starting with "$".
+func filterMatches(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" {
+			return true
+		}
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		if !fmore || !tmore {
+			// "a/#" matches "a" too: the filter's remaining level is a lone "#".
+			return fmore == tmore || (fmore && frest == "#")
+		}
+		filter, topic = frest, trest
+	}
+}
+
 // route is the callback paho's router calls, in arrival order, for a subscription. It only
 // queues the message; the acknowledgement goes out once the message is queued (handled or
 // not, it is ours then). A message that could not be queued because the client is closing is
 // not acknowledged, so a persistent session gets it again.
 func (p *Paho) route(h Handler) paho.MessageHandler {
-	return func(_ paho.Client, pm paho.Message) {
-		m := Message{Topic: pm.Topic(), Payload: pm.Payload(), QoS: pm.Qos(), Retained: pm.Retained()}
-		if err := p.disp.dispatch(h, m, false); err != nil {
-			return
-		}
-		pm.Ack()
-	}
+	return func(_ paho.Client, pm paho.Message) { p.deliver(h, pm) }
 }
 
 // wait waits for a token, bounded by ctx, PublishTimeout and Close: never an unbounded Wait.
