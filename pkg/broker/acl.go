@@ -174,7 +174,8 @@ func (h *ACLHook) Provides(b byte) bool { return b == mqtt.OnACLCheck }
 // topic?
 func (h *ACLHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	id, ok := h.auth.Identity(cl)
-	if !ok {
+	if !ok || (write && cl.Closed()) {
+		// A disconnected client keeps its identity only to receive what is queued for it.
 		return false
 	}
 	if h.acl.Allow(id, topic, write) {

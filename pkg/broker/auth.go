@@ -64,9 +64,13 @@ type AuthHook struct {
 	maxAppSessions int
 	now            func() time.Time
 
-	mu        sync.RWMutex
-	clients   map[*mqtt.Client]Identity // keyed by client, not id: a takeover is a new client
-	apps      map[string]map[*mqtt.Client]struct{}
+	mu      sync.RWMutex
+	clients map[*mqtt.Client]Identity // keyed by client, not id: a takeover is a new client
+	apps    map[string]map[*mqtt.Client]struct{}
+	// offline holds, by client id, the disconnected clients whose session the broker keeps
+	// (CleanSession false): mochi still delivers QoS 1 messages to them, queued until they
+	// return, and the ACL checks each delivery against the identity they were admitted with.
+	offline   map[string]*mqtt.Client
 	lastSweep time.Time
 }
 
@@ -84,6 +88,7 @@ func NewAuthHook(v *token.Verifier, acl ACL, maxAppSessions int) *AuthHook {
 		now:            now,
 		clients:        map[*mqtt.Client]Identity{},
 		apps:           map[string]map[*mqtt.Client]struct{}{},
+		offline:        map[string]*mqtt.Client{},
 	}
 }
 
@@ -93,13 +98,14 @@ func (h *AuthHook) ID() string { return "telematics-auth" }
 // Provides declares the events this hook handles.
 func (h *AuthHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnDisconnect, mqtt.OnSysInfoTick:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnSysInfoTick:
 		return true
 	}
 	return false
 }
 
-// Identity returns who cl is, if it is an admitted, connected client.
+// Identity returns who cl is, if it is an admitted client: connected, or disconnected with a
+// session the broker keeps (for the deliveries queued for it).
 func (h *AuthHook) Identity(cl *mqtt.Client) (Identity, bool) {
 	h.mu.RLock()
 	id, ok := h.clients[cl]
@@ -138,8 +144,34 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool
 	return ok
 }
 
-// OnDisconnect forgets cl.
-func (h *AuthHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+// OnDisconnect forgets cl, unless the broker keeps its session (expire false): then cl keeps
+// its identity for the messages queued for it, until its session expires or it connects again,
+// but no longer counts as a live app session.
+func (h *AuthHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if expire || cl.IsTakenOver() {
+		h.removeLocked(cl)
+		return
+	}
+	id, ok := h.clients[cl]
+	if !ok {
+		return
+	}
+	if set := h.apps[id.Subject]; set != nil && id.Role == protocol.RoleApp {
+		delete(set, cl)
+		if len(set) == 0 {
+			delete(h.apps, id.Subject)
+		}
+	}
+	if old := h.offline[cl.ID]; old != nil && old != cl {
+		delete(h.clients, old)
+	}
+	h.offline[cl.ID] = cl
+}
+
+// OnClientExpired forgets a disconnected client whose session the broker dropped.
+func (h *AuthHook) OnClientExpired(cl *mqtt.Client) {
 	h.remove(cl)
 }
 
@@ -154,7 +186,7 @@ func (h *AuthHook) OnSysInfoTick(_ *system.Info) {
 	}
 	h.lastSweep = now
 	for cl := range h.clients {
-		if cl.Closed() {
+		if cl.Closed() && h.offline[cl.ID] != cl {
 			h.removeLocked(cl)
 		}
 	}
@@ -238,6 +270,10 @@ func (h *AuthHook) add(cl *mqtt.Client, id Identity) error {
 		}
 		set[cl] = struct{}{}
 	}
+	// The client takes its session back: the disconnected one it replaces is gone.
+	if old := h.offline[cl.ID]; old != nil {
+		h.removeLocked(old)
+	}
 	h.clients[cl] = id
 	return nil
 }
@@ -254,6 +290,9 @@ func (h *AuthHook) removeLocked(cl *mqtt.Client) {
 		return
 	}
 	delete(h.clients, cl)
+	if h.offline[cl.ID] == cl {
+		delete(h.offline, cl.ID)
+	}
 	if set := h.apps[id.Subject]; set != nil && id.Role == protocol.RoleApp {
 		delete(set, cl)
 		if len(set) == 0 {

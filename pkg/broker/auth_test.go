@@ -244,3 +244,61 @@ func TestSweepForgetsClosedClients(t *testing.T) {
 		t.Fatalf("%d identities, %d app users left", n, apps)
 	}
 }
+
+// TestOfflineSessionKeepsIdentity: a client that disconnects with a session the broker keeps
+// (CleanSession false) keeps its identity, so the ACL admits the deliveries queued for it, but
+// it may not publish, is no live app session, survives the sweep, and is forgotten when it
+// connects again, when its session expires, or when it disconnects with a clean session.
+func TestOfflineSessionKeepsIdentity(t *testing.T) {
+	f := startBroker(t, func(c *Config) { c.MQTTAddr, c.WSAddr = "", "" })
+	auth := f.b.Auth()
+	acl := NewACLHook(ACL{}, auth)
+	exp := f.clock.Now().Add(time.Hour)
+	newClient := func(id string) *mqtt.Client {
+		a, b := net.Pipe()
+		t.Cleanup(func() { a.Close(); b.Close() })
+		return f.b.Server().NewClient(a, ListenerTCP, id, false)
+	}
+	gwID := Identity{protocol.RoleGateway, gwSub, exp}
+	appID := Identity{protocol.RoleApp, userX, exp}
+
+	gw := newClient(gwSub + "-1")
+	app := newClient(userX + "-1")
+	for cl, id := range map[*mqtt.Client]Identity{gw: gwID, app: appID} {
+		if err := auth.add(cl, id); err != nil {
+			t.Fatal(err)
+		}
+		cl.Stop(nil)
+		auth.OnDisconnect(cl, nil, false)
+	}
+	if !acl.OnACLCheck(gw, "v/"+vinA+"/events", false) {
+		t.Fatal("a queued delivery to the disconnected gateway session was denied")
+	}
+	if acl.OnACLCheck(gw, "v/"+vinA+"/cmd", true) {
+		t.Fatal("a disconnected client may publish")
+	}
+	if len(auth.apps) != 0 {
+		t.Fatal("a disconnected app session still counts as live")
+	}
+	f.clock.Advance(sweepInterval)
+	auth.OnSysInfoTick(nil)
+	if n := auth.Sessions(); n != 2 {
+		t.Fatalf("%d identities after the sweep, want the 2 kept sessions", n)
+	}
+
+	// The gateway connects again: one identity for its client id, the new connection's.
+	gw2 := newClient(gwSub + "-1")
+	if err := auth.add(gw2, gwID); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := auth.Identity(gw); ok {
+		t.Fatal("the replaced session is still known")
+	}
+	// A session that expires, and one that ends clean, are forgotten.
+	auth.OnClientExpired(app)
+	gw2.Stop(nil)
+	auth.OnDisconnect(gw2, nil, true)
+	if n, off := auth.Sessions(), len(auth.offline); n != 0 || off != 0 {
+		t.Fatalf("%d identities, %d offline sessions left", n, off)
+	}
+}
