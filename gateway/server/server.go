@@ -214,6 +214,27 @@ func (g *Gateway) loadKeys() error {
 	return nil
 }
 
+// brokerClientID is the gateway's MQTT client id on an external broker, "gateway-" and a random
+// suffix made on first use and kept in the store, so a restarted gateway resumes its session.
+func (g *Gateway) brokerClientID() (string, error) {
+	const key = "broker_client_id"
+	id, err := g.store.GetMeta(key)
+	if err != nil {
+		return "", err
+	}
+	if len(id) == 0 {
+		suffix := make([]byte, 6)
+		if _, err := rand.Read(suffix); err != nil {
+			return "", err
+		}
+		id = []byte("gateway-" + hex.EncodeToString(suffix))
+		if err := g.store.PutMeta(key, id); err != nil {
+			return "", err
+		}
+	}
+	return string(id), nil
+}
+
 func (g *Gateway) startBus(ctx context.Context) error {
 	if g.cfg.ExternalBroker != "" {
 		tok, _, err := g.issuer.Issue("gateway", protocol.RoleGateway, 365*24*time.Hour)
@@ -223,11 +244,17 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		if g.cfg.ExternalBrokerPassword != "" {
 			tok = g.cfg.ExternalBrokerPassword
 		}
-		suffix := make([]byte, 4)
-		_, _ = rand.Read(suffix)
+		clientID, err := g.brokerClientID()
+		if err != nil {
+			return err
+		}
 		c, err := mqttc.Dial(ctx, mqttc.Options{
-			BrokerURL: g.cfg.ExternalBroker, ClientID: "gateway-" + hex.EncodeToString(suffix),
-			Username: "gateway", Password: tok, Logger: g.log, CleanSession: true,
+			// A persistent session under a client id that stays with the data dir: while the
+			// gateway is away (a restart, a network break) the broker queues the QoS 1
+			// messages of its subscriptions (results, journals, key acknowledgements) and
+			// hands them over when it is back, instead of dropping them.
+			BrokerURL: g.cfg.ExternalBroker, ClientID: clientID,
+			Username: "gateway", Password: tok, Logger: g.log, CleanSession: false,
 			// Every car's traffic flows through this one client: decode in parallel (each
 			// topic, i.e. each car, stays in order on one worker).
 			Workers: 4 * runtime.GOMAXPROCS(0), QueueSize: 4096,

@@ -1,0 +1,111 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/server"
+	"telematics/gateway/twofa"
+	"telematics/pkg/broker"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+)
+
+// Behind an external broker the gateway keeps a persistent session, so what cars publish while
+// the gateway is away is queued by the broker and filed when it is back: here a local-link
+// unlock while the gateway is stopped (the car journals it and publishes the journal, which the
+// broker acknowledges, so the car deletes its copy). Before, the broker dropped it for lack of
+// a subscriber, and the audit log never learned of the unlock.
+func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
+	dir := t.TempDir()
+	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := broker.DefaultConfig()
+	cfg.MQTTAddr, cfg.WSAddr = freeAddr(t), ""
+	b, err := broker.New(cfg, []*ecdsa.PublicKey{signer.Public()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	brokerURL := "tcp://" + cfg.MQTTAddr
+	httpAddr := freeAddr(t)
+	gwConfig := func(c *server.Config) {
+		c.ExternalBroker, c.HTTPAddr = brokerURL, httpAddr
+		c.TwoFA.Mode = twofa.ModeOff // key pairing without a code; 2FA is not the subject
+	}
+	g := startGateway(t, dir, gwConfig)
+	creds := provision(t, g, 1)
+	vin := creds[0].VIN
+	addUser(t, g, "alice", vin, protocol.RoleOwner)
+
+	// The cars, with their local link.
+	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	garage := vehicle.NewGarage()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
+			TelemetryInterval: time.Second, MaxReconnectInterval: time.Second})
+	}()
+	t.Cleanup(func() { cancel(); <-done; st.Close() })
+	link := vehicle.NewLinkServer(garage, nil)
+	t.Cleanup(func() { link.Close() })
+	waitOnline(t, g, vin)
+	if err := link.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
+	waitSynced(t, g, vin)
+
+	// The gateway goes away; the broker and the car stay.
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := phone.LocalSend(context.Background(), link.Addr(), key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
+	if err != nil || res.Status != protocol.ResultExecuted {
+		t.Fatalf("local unlock: %+v %v", res, err)
+	}
+	car, _ := garage.Car(vin)
+	eventually(t, 10*time.Second, func() error {
+		pending, err := car.Journal(10)
+		if err != nil {
+			return err
+		}
+		if len(pending) > 0 {
+			return fmt.Errorf("%d journal entries not yet acknowledged by the broker", len(pending))
+		}
+		return nil
+	})
+
+	// The gateway comes back on the same data: the broker hands over the queued journal.
+	g = startGateway(t, dir, gwConfig)
+	eventually(t, 10*time.Second, func() error {
+		evs, err := g.Audit().Query(audit.Filter{VIN: vin, Limit: 1000})
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs {
+			if ev.Kind == audit.KindVehicle && ev.CmdID == res.ID && ev.Outcome == protocol.ResultExecuted {
+				return nil
+			}
+		}
+		return errors.New("the local unlock done while the gateway was away is not in its audit log")
+	})
+}
