@@ -113,7 +113,8 @@ func (h *AuthHook) Identity(cl *mqtt.Client) (Identity, bool) {
 	return id, ok
 }
 
-// Sessions returns the number of admitted clients the hook currently knows.
+// Sessions returns the number of admitted clients the hook currently knows: connected ones and
+// disconnected ones whose session the broker keeps.
 func (h *AuthHook) Sessions() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
