@@ -60,6 +60,8 @@ type API struct {
 	AppTokenTTL     time.Duration
 	VehicleTokenTTL time.Duration
 	PasswordParams  accounts.Params
+	// Hashes bounds the password hashes computed at once (nil: one per CPU, 5 s wait).
+	Hashes *accounts.Gate
 	// Stats reports counters for GET /v1/admin/stats (nil: not served).
 	Stats func() any
 	// KeyStatus reports a car's whitelist versions for the admin API (nil: not shown).
@@ -68,6 +70,7 @@ type API struct {
 	Extra func(mux *http.ServeMux)
 
 	dummyOnce sync.Once
+	gateOnce  sync.Once
 	dummy     string
 }
 
@@ -239,13 +242,19 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	}
 	u, err := a.Store.GetUser(req.Username)
 	if err == nil {
-		err = accounts.Verify(req.Password, u.PasswordHash)
+		err = a.hashes().Verify(req.Password, u.PasswordHash)
 	} else if errors.Is(err, store.ErrNotFound) {
 		// Spend the same time as for a real user, so timing does not reveal who exists.
-		_ = accounts.Verify(req.Password, a.dummyHash())
-		err = accounts.ErrMismatch
+		if err = a.hashes().Verify(req.Password, a.dummyHash()); !errors.Is(err, accounts.ErrBusy) {
+			err = accounts.ErrMismatch
+		}
 	}
 	if err != nil {
+		if errors.Is(err, accounts.ErrBusy) {
+			// Not a password failure: a flood must not lock real users out.
+			fail(protocol.Refuse(protocol.ReasonRateLimited, "too many logins at once; try again shortly"))
+			return
+		}
 		if errors.Is(err, accounts.ErrMismatch) {
 			if a.Guard != nil {
 				a.Guard.PasswordFailed(req.Username, clientIP(r))
@@ -275,6 +284,16 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, LoginResponse{User: req.Username, Token: tok, ExpiresAtMs: exp.UnixMilli(),
 		ClientIDPrefix: req.Username + "-", BrokerURL: a.BrokerURL, GatewayKey: pub})
+}
+
+// hashes is the gate every password hash of the API goes through.
+func (a *API) hashes() *accounts.Gate {
+	a.gateOnce.Do(func() {
+		if a.Hashes == nil {
+			a.Hashes = accounts.NewGate(0, 0)
+		}
+	})
+	return a.Hashes
 }
 
 func (a *API) dummyHash() string {
@@ -480,7 +499,11 @@ func (a *API) addUser(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("passwords are %d to %d bytes", MinPasswordLen, accounts.MaxPasswordBytes))
 		return
 	}
-	h, err := accounts.Hash(req.Password, a.PasswordParams)
+	h, err := a.hashes().Hash(req.Password, a.PasswordParams)
+	if errors.Is(err, accounts.ErrBusy) {
+		Error(w, http.StatusTooManyRequests, protocol.ReasonRateLimited, "too many password hashes at once; try again shortly")
+		return
+	}
 	if err != nil {
 		Fail(w, a.Log, err)
 		return

@@ -9,11 +9,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	admincli "telematics/gateway/admin"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
+	"telematics/gateway/twofa"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -220,5 +224,52 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	}
 	if _, errs, code = app("", "send", "NOTAVIN", "unlock"); code != 2 || !strings.Contains(errs, "not a VIN") {
 		t.Fatalf("send bad VIN: %d %q", code, errs)
+	}
+}
+
+// A flood of logins is held to password_hash_concurrency argon2id hashes at once (each holds
+// 19 MiB): the logins that cannot get a turn within password_hash_wait are refused with
+// rate_limited, the others are answered, and the refusals are not password failures, so the
+// user is not locked out by somebody else's flood.
+func TestLoginFloodIsBounded(t *testing.T) {
+	cfg := server.DefaultConfig()
+	cfg.Data = t.TempDir()
+	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
+	cfg.TwoFA.Mode = twofa.ModeEnrolled // the lockout counts password failures in this mode
+	cfg.PasswordHashConcurrency, cfg.PasswordHashWait = 1, time.Millisecond
+	// The real argon2id parameters: a hash takes long enough for the others to queue.
+	g, err := server.Start(context.Background(), cfg, server.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	addUser(t, g, "erin", "", "")
+
+	ctx := context.Background()
+	const logins = 20
+	var wg sync.WaitGroup
+	var ok, limited atomic.Int32
+	for range logins {
+		wg.Go(func() {
+			_, err := phone.Login(ctx, g.HTTPURL(), "erin", password, "")
+			var api *phone.APIError
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.As(err, &api) && api.Status == http.StatusTooManyRequests && api.Reason == protocol.ReasonRateLimited:
+				limited.Add(1)
+			default:
+				t.Errorf("login: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	// One hash at a time, the others may wait 1 ms for it: most are refused. At least as many
+	// as the 5 password failures that would lock erin out.
+	if ok.Load() == 0 || limited.Load() < 5 || ok.Load()+limited.Load() != logins {
+		t.Fatalf("%d logins: %d ok, %d rate_limited; want some of each (5 or more refused) and nothing else", logins, ok.Load(), limited.Load())
+	}
+	if _, err := phone.Login(ctx, g.HTTPURL(), "erin", password, ""); err != nil {
+		t.Fatalf("login after the flood: %v", err)
 	}
 }

@@ -43,6 +43,11 @@ type Config struct {
 	// AppTokenTTL and VehicleTokenTTL are the lifetimes of issued access tokens.
 	AppTokenTTL     time.Duration `yaml:"app_token_ttl" env:"GATEWAY_APP_TOKEN_TTL"`
 	VehicleTokenTTL time.Duration `yaml:"vehicle_token_ttl" env:"GATEWAY_VEHICLE_TOKEN_TTL"`
+	// PasswordHashConcurrency bounds the argon2id hashes (logins, new users) computed at once,
+	// each holding 19 MiB while it runs (0: one per CPU); PasswordHashWait is how long a login
+	// waits for a turn before it is refused with rate_limited.
+	PasswordHashConcurrency int           `yaml:"password_hash_concurrency" env:"GATEWAY_PASSWORD_HASH_CONCURRENCY"`
+	PasswordHashWait        time.Duration `yaml:"password_hash_wait" env:"GATEWAY_PASSWORD_HASH_WAIT"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level" env:"GATEWAY_LOG_LEVEL"`
 
@@ -75,13 +80,14 @@ type BrokerConfig struct {
 // DefaultConfig returns the defaults documented in configs/gateway.yaml.
 func DefaultConfig() Config {
 	return Config{
-		Data:            "./data",
-		MQTTAddr:        "127.0.0.1:1883",
-		WSAddr:          "127.0.0.1:1882",
-		HTTPAddr:        "127.0.0.1:8080",
-		AppTokenTTL:     time.Hour,
-		VehicleTokenTTL: 365 * 24 * time.Hour,
-		LogLevel:        "info",
+		Data:             "./data",
+		MQTTAddr:         "127.0.0.1:1883",
+		WSAddr:           "127.0.0.1:1882",
+		HTTPAddr:         "127.0.0.1:8080",
+		AppTokenTTL:      time.Hour,
+		VehicleTokenTTL:  365 * 24 * time.Hour,
+		PasswordHashWait: 5 * time.Second,
+		LogLevel:         "info",
 		Commands: CommandsConfig{
 			RatePerMinute:     120,
 			RateBurst:         30,
@@ -216,6 +222,12 @@ func (c *Config) Validate() error {
 	}
 	if c.VehicleTokenTTL < time.Hour {
 		bad("vehicle_token_ttl", "must be at least 1h, got %v", c.VehicleTokenTTL)
+	}
+	if c.PasswordHashConcurrency < 0 {
+		bad("password_hash_concurrency", "must be 0 (one per CPU) or more, got %d", c.PasswordHashConcurrency)
+	}
+	if c.PasswordHashWait <= 0 {
+		bad("password_hash_wait", "must be positive, got %v", c.PasswordHashWait)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

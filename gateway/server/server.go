@@ -156,7 +156,8 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Now: g.now, Log: g.log,
 		Ready: g.ready, BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
-		Guard: httpapi.TwoFactorGuard{Svc: g.twofa},
+		Hashes: accounts.NewGate(cfg.PasswordHashConcurrency, cfg.PasswordHashWait),
+		Guard:  httpapi.TwoFactorGuard{Svc: g.twofa},
 	}
 	verifier := token.NewVerifier(g.now, g.ring.publicKeys()...)
 	g.api.Extra = func(mux *http.ServeMux) {
