@@ -67,9 +67,10 @@ type AuthHook struct {
 	mu      sync.RWMutex
 	clients map[*mqtt.Client]Identity // keyed by client, not id: a takeover is a new client
 	apps    map[string]map[*mqtt.Client]struct{}
-	// offline holds, by client id, the disconnected clients whose session the broker keeps
-	// (CleanSession false): mochi still delivers QoS 1 messages to them, queued until they
-	// return, and the ACL checks each delivery against the identity they were admitted with.
+	// offline holds, by client id, the disconnected gateway clients whose session the broker
+	// keeps (CleanSession false): mochi still delivers QoS 1 messages to them, queued until
+	// they return, and the ACL checks each delivery against the identity they were admitted
+	// with.
 	offline   map[string]*mqtt.Client
 	lastSweep time.Time
 }
@@ -145,25 +146,21 @@ func (h *AuthHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool
 	return ok
 }
 
-// OnDisconnect forgets cl, unless the broker keeps its session (expire false): then cl keeps
-// its identity for the messages queued for it, until its session expires or it connects again,
-// but no longer counts as a live app session.
+// OnDisconnect forgets cl, unless it is the gateway and the broker keeps its session (expire
+// false): then cl keeps its identity for the messages queued for it, until its session expires
+// or it connects again.
 func (h *AuthHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if expire || cl.IsTakenOver() {
+	id, ok := h.clients[cl]
+	// Only the gateway's session is kept: what is queued for it (results, journals, key
+	// acknowledgements) is what must not be lost. A car's queued commands would have expired
+	// and its whitelist is retained; every session of an app user gets all of that user's
+	// replies, so abandoned app sessions would fill with them (mochi keeps 8,192 each and logs
+	// every message beyond).
+	if !ok || expire || cl.IsTakenOver() || id.Role != protocol.RoleGateway {
 		h.removeLocked(cl)
 		return
-	}
-	id, ok := h.clients[cl]
-	if !ok {
-		return
-	}
-	if set := h.apps[id.Subject]; set != nil && id.Role == protocol.RoleApp {
-		delete(set, cl)
-		if len(set) == 0 {
-			delete(h.apps, id.Subject)
-		}
 	}
 	if old := h.offline[cl.ID]; old != nil && old != cl {
 		delete(h.clients, old)

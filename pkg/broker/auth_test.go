@@ -245,10 +245,11 @@ func TestSweepForgetsClosedClients(t *testing.T) {
 	}
 }
 
-// TestOfflineSessionKeepsIdentity: a client that disconnects with a session the broker keeps
-// (CleanSession false) keeps its identity, so the ACL admits the deliveries queued for it, but
-// it may not publish, is no live app session, survives the sweep, and is forgotten when it
-// connects again, when its session expires, or when it disconnects with a clean session.
+// TestOfflineSessionKeepsIdentity: the gateway's client that disconnects with a session the
+// broker keeps (CleanSession false) keeps its identity, so the ACL admits the deliveries queued
+// for it, but it may not publish, survives the sweep, and is forgotten when it connects again,
+// when its session expires, or when it disconnects with a clean session. Other roles are
+// forgotten at once, persistent session or not.
 func TestOfflineSessionKeepsIdentity(t *testing.T) {
 	f := startBroker(t, func(c *Config) { c.MQTTAddr, c.WSAddr = "", "" })
 	auth := f.b.Auth()
@@ -260,11 +261,10 @@ func TestOfflineSessionKeepsIdentity(t *testing.T) {
 		return f.b.Server().NewClient(a, ListenerTCP, id, false)
 	}
 	gwID := Identity{protocol.RoleGateway, gwSub, exp}
-	appID := Identity{protocol.RoleApp, userX, exp}
-
 	gw := newClient(gwSub + "-1")
 	app := newClient(userX + "-1")
-	for cl, id := range map[*mqtt.Client]Identity{gw: gwID, app: appID} {
+	car := newClient(vinA)
+	for cl, id := range map[*mqtt.Client]Identity{gw: gwID, app: {protocol.RoleApp, userX, exp}, car: {protocol.RoleVehicle, vinA, exp}} {
 		if err := auth.add(cl, id); err != nil {
 			t.Fatal(err)
 		}
@@ -277,13 +277,18 @@ func TestOfflineSessionKeepsIdentity(t *testing.T) {
 	if acl.OnACLCheck(gw, "v/"+vinA+"/cmd", true) {
 		t.Fatal("a disconnected client may publish")
 	}
+	for _, cl := range []*mqtt.Client{app, car} {
+		if _, ok := auth.Identity(cl); ok {
+			t.Fatalf("the disconnected %s is still known", cl.ID)
+		}
+	}
 	if len(auth.apps) != 0 {
 		t.Fatal("a disconnected app session still counts as live")
 	}
 	f.clock.Advance(sweepInterval)
 	auth.OnSysInfoTick(nil)
-	if n := auth.Sessions(); n != 2 {
-		t.Fatalf("%d identities after the sweep, want the 2 kept sessions", n)
+	if n := auth.Sessions(); n != 1 {
+		t.Fatalf("%d identities after the sweep, want the gateway's kept session", n)
 	}
 
 	// The gateway connects again: one identity for its client id, the new connection's.
@@ -294,10 +299,16 @@ func TestOfflineSessionKeepsIdentity(t *testing.T) {
 	if _, ok := auth.Identity(gw); ok {
 		t.Fatal("the replaced session is still known")
 	}
-	// A session that expires, and one that ends clean, are forgotten.
-	auth.OnClientExpired(app)
+	// A kept session that expires, and one that ends clean, are forgotten.
 	gw2.Stop(nil)
-	auth.OnDisconnect(gw2, nil, true)
+	auth.OnDisconnect(gw2, nil, false)
+	auth.OnClientExpired(gw2)
+	gw3 := newClient(gwSub + "-1")
+	if err := auth.add(gw3, gwID); err != nil {
+		t.Fatal(err)
+	}
+	gw3.Stop(nil)
+	auth.OnDisconnect(gw3, nil, true)
 	if n, off := auth.Sessions(), len(auth.offline); n != 0 || off != 0 {
 		t.Fatalf("%d identities, %d offline sessions left", n, off)
 	}
