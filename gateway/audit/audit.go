@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -73,9 +75,33 @@ func (l *Log) Append(events ...Event) error {
 	return l.write(func(tx *bolt.Tx) error { return AppendTx(tx, events...) })
 }
 
+// observers holds each database's observer (see Log.Observe): AppendTx is called with the
+// caller's transaction, not with a Log.
+var observers sync.Map // *bolt.DB -> func(Event)
+
+// Observe calls fn with every event appended to l's database (through Append or AppendTx),
+// once the transaction that holds it has committed: an event of a transaction that failed or
+// was retried is seen once, or not at all. fn runs on the committing goroutine and must be
+// quick (the gateway's metrics count events with it). nil removes the observer.
+func (l *Log) Observe(fn func(Event)) {
+	if fn == nil {
+		observers.Delete(l.db)
+		return
+	}
+	observers.Store(l.db, fn)
+}
+
 // AppendTx writes events inside the caller's transaction, so a decision and its side effects
 // commit together.
 func AppendTx(tx *bolt.Tx, events ...Event) error {
+	if fn, ok := observers.Load(tx.DB()); ok {
+		seen := slices.Clone(events)
+		tx.OnCommit(func() {
+			for _, e := range seen {
+				fn.(func(Event))(e)
+			}
+		})
+	}
 	b := tx.Bucket(bucketAudit)
 	for _, e := range events {
 		seq, err := b.NextSequence()

@@ -209,6 +209,22 @@ func (r *Router) TelemetryStats() TelemetryStats {
 	return st
 }
 
+// OnlineCount is how many cars the twin holds as online.
+func (r *Router) OnlineCount() int {
+	n := 0
+	for i := range r.twins.shards {
+		sh := &r.twins.shards[i]
+		sh.mu.Lock()
+		for _, tw := range sh.byVIN {
+			if tw.Status == protocol.StatusOnline {
+				n++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
 // MarshalTwin is the JSON form the admin API shows.
 func MarshalTwin(t store.Twin) json.RawMessage {
 	b, _ := json.Marshal(t)

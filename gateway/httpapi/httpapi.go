@@ -62,6 +62,9 @@ type API struct {
 	PasswordParams  accounts.Params
 	// Hashes bounds the password hashes computed at once (nil: one per CPU, 5 s wait).
 	Hashes *accounts.Gate
+	// Metrics serves GET /metrics in Prometheus' format, behind the admin token (nil: not
+	// served).
+	Metrics http.Handler
 	// Stats reports counters for GET /v1/admin/stats (nil: not served).
 	Stats func() any
 	// KeyStatus reports a car's whitelist versions for the admin API (nil: not shown).
@@ -100,6 +103,9 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("POST /v1/admin/vehicles/{vin}/assign", a.admin(a.assign))
 	mux.Handle("POST /v1/admin/users", a.admin(a.addUser))
 	mux.Handle("GET /v1/admin/audit", a.admin(a.queryAudit))
+	if a.Metrics != nil {
+		mux.Handle("GET /metrics", a.admin(a.Metrics.ServeHTTP))
+	}
 	if a.Stats != nil {
 		mux.Handle("GET /v1/admin/stats", a.admin(func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, a.Stats())

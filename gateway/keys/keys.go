@@ -615,6 +615,20 @@ func (s *Service) OnEvent(m mqttc.Message) {
 	}
 }
 
+// OutOfSync is how many cars have not yet acknowledged their current whitelist (a key change,
+// a revocation included, that has not reached the car).
+func (s *Service) OutOfSync() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, r := range s.recs {
+		if r.AckedVersion < r.Version {
+			n++
+		}
+	}
+	return n
+}
+
 // Status reports a car's whitelist version, what the car acknowledged, and its keys.
 func (s *Service) Status(vin string) Status {
 	s.mu.RLock()

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"telematics/gateway/accounts"
@@ -24,6 +25,7 @@ import (
 	"telematics/gateway/commands"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/keys"
+	"telematics/gateway/metrics"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
 	"telematics/pkg/broker"
@@ -58,6 +60,8 @@ type Gateway struct {
 	twofa  *twofa.Service
 	keys   *keys.Service
 	api    *httpapi.API
+	// metrics counts every committed audit record and reads gauges from the parts above.
+	metrics *metrics.Metrics
 
 	keysMu     sync.Mutex
 	adminToken string
@@ -105,6 +109,8 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if g.audit, err = audit.OpenWith(g.store.DB(), g.store.Write); err != nil {
 		return nil, err
 	}
+	g.metrics = metrics.New()
+	g.audit.Observe(g.metrics.ObserveAudit)
 	if err := g.loadKeys(); err != nil {
 		return nil, err
 	}
@@ -169,6 +175,8 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return map[string]any{"telemetry_received": st.Received, "telemetry_lost": st.Lost,
 			"cars_reporting": st.Cars, "pending_commands": g.router.PendingCount()}
 	}
+	g.registerGauges()
+	g.api.Metrics = g.metrics.Handler()
 	g.api.KeyStatus = func(vin string) any {
 		st := g.keys.Status(vin)
 		return st
@@ -181,6 +189,36 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	go func() { g.httpDone <- httpapi.Serve(hctx, g.httpLn, g.api.Handler()) }()
 	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data)
 	return g, nil
+}
+
+// registerGauges adds the gauges and counters read from the running gateway at each scrape.
+func (g *Gateway) registerGauges() {
+	m := g.metrics
+	m.Gauge("gateway_cars_online", "Cars whose last status is online.", func() float64 { return float64(g.router.OnlineCount()) })
+	m.Gauge("gateway_commands_pending", "Accepted commands waiting for their car's result.", func() float64 { return float64(g.router.PendingCount()) })
+	m.Gauge("gateway_whitelists_unacknowledged", "Cars that have not yet acknowledged their current whitelist (a key change or revocation not yet on the car).",
+		func() float64 { return float64(g.keys.OutOfSync()) })
+	m.Counter("gateway_telemetry_messages_total", "Telemetry messages taken into the twin since the gateway started.",
+		func() float64 { return float64(g.router.TelemetryStats().Received) })
+	m.Gauge("gateway_telemetry_lost", "Telemetry messages missing from the cars' sequence numbers since the gateway started.",
+		func() float64 { return float64(g.router.TelemetryStats().Lost) })
+	m.Gauge("gateway_bus_connected", "1 while the gateway's connection to its broker is up.", func() float64 {
+		if g.bus != nil && g.bus.Connected() {
+			return 1
+		}
+		return 0
+	})
+	if g.broker == nil {
+		return
+	}
+	info := g.broker.Server().Info
+	m.Gauge("broker_clients_connected", "MQTT clients connected to the embedded broker.", func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) })
+	m.Counter("broker_messages_received_total", "PUBLISH packets the embedded broker received.", func() float64 { return float64(atomic.LoadInt64(&info.MessagesReceived)) })
+	m.Counter("broker_messages_sent_total", "PUBLISH packets the embedded broker sent.", func() float64 { return float64(atomic.LoadInt64(&info.MessagesSent)) })
+	m.Counter("broker_messages_dropped_total", "Deliveries the embedded broker dropped because a client's write queue was full.",
+		func() float64 { return float64(atomic.LoadInt64(&info.MessagesDropped)) })
+	m.Counter("broker_inflight_dropped_total", "QoS 1/2 messages the embedded broker dropped for a client's full in-flight store.",
+		func() float64 { return float64(atomic.LoadInt64(&info.InflightDropped)) })
 }
 
 func (g *Gateway) loadKeys() error {
@@ -384,6 +422,9 @@ func (g *Gateway) Close() error {
 		}
 		if g.broker != nil {
 			errs = append(errs, g.broker.Close())
+		}
+		if g.audit != nil {
+			g.audit.Observe(nil)
 		}
 		if g.store != nil {
 			errs = append(errs, g.store.Close())

@@ -1,0 +1,91 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+)
+
+// scrape reads GET /metrics with token (none: "") and returns the status and the body.
+func scrape(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// The Prometheus endpoint counts what the audit log records (logins, refusals and their
+// reasons, commands and results) and reads the fleet's state at each scrape; it needs the admin
+// token and shows no secret.
+func TestMetrics(t *testing.T) {
+	g := startGateway(t, t.TempDir(), nil)
+	creds := provision(t, g, 2)
+	vin := creds[0].VIN
+	addUser(t, g, "mia", vin, protocol.RoleOwner)
+	runFleet(t, g.BrokerURL(), creds)
+	waitOnline(t, g, creds[0].VIN, creds[1].VIN)
+	if _, err := phone.Login(context.Background(), g.HTTPURL(), "mia", "not her password", ""); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	app := login(t, g, "mia", "", vin)
+	waitSynced(t, g, vin)
+	expect(t, send(t, app, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
+
+	if code, _ := scrape(t, g.HTTPURL(), ""); code != http.StatusUnauthorized {
+		t.Fatalf("GET /metrics without the admin token: %d", code)
+	}
+	want := []string{
+		`gateway_audit_events_total{kind="login",outcome="refused",reason="unauthenticated"} 1`,
+		`gateway_audit_events_total{kind="login",outcome="ok",reason=""} 1`,
+		`gateway_audit_events_total{kind="command",outcome="accepted",reason=""} 1`,
+		`gateway_audit_events_total{kind="result",outcome="executed",reason=""} 1`,
+		`gateway_cars_online 2`,
+		`gateway_commands_pending 0`,
+		`gateway_whitelists_unacknowledged 0`,
+		`gateway_bus_connected 1`,
+		`go_goroutines `,
+	}
+	var body string
+	eventually(t, 5*time.Second, func() error {
+		code, b := scrape(t, g.HTTPURL(), g.AdminToken())
+		if code != http.StatusOK {
+			return fmt.Errorf("status %d", code)
+		}
+		body = b
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return fmt.Errorf("no %q in the metrics", w)
+			}
+		}
+		return nil
+	})
+	for _, secret := range []string{password, g.AdminToken(), "not her password"} {
+		if strings.Contains(body, secret) {
+			t.Fatal("the metrics contain a secret")
+		}
+	}
+	if !strings.Contains(body, "broker_clients_connected ") {
+		t.Fatal("no broker gauges for the embedded broker")
+	}
+}
