@@ -40,6 +40,7 @@ commands:
   vehicle list [--json]                       every car with its twin (online, last telemetry)
   vehicle show VIN                            one car: users, roles, twin
   vehicle assign VIN USER --role ROLE         give USER a role on VIN (owner, driver, valet)
+  vehicle reissue VIN [--json]                new credentials for VIN; its old token stops working
   user add NAME                               create a user; the password is read from stdin
   user reset-2fa NAME                         remove NAME's TOTP enrollment and lockout (audited)
   audit [--vin VIN] [--user U] [--kind K] [--limit N]
@@ -181,6 +182,27 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "%s is now %s of %s\n", pos[1], *role, pos[0])
+		return nil
+	case "vehicle reissue":
+		fs := flag.NewFlagSet("vehicle reissue", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		asJSON := fs.Bool("json", false, "print the credentials as JSON")
+		pos, err := cmdline.Interleaved(fs, args[2:])
+		if err != nil {
+			return usageError(err.Error())
+		}
+		if len(pos) != 1 {
+			return usageError("vehicle reissue needs one VIN")
+		}
+		var cr protocol.Credentials
+		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+pos[0]+"/credentials", struct{}{}, &cr); err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(env.Stdout).Encode(cr)
+		}
+		fmt.Fprintf(env.Stdout, "vin=%s client_id=%s username=%s\ntoken=%s\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
+		fmt.Fprintf(env.Stderr, "%s has new credentials; its previous token is refused by the embedded broker from now on\n", cr.VIN)
 		return nil
 	case "user add":
 		if len(args) != 3 {

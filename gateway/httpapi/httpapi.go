@@ -62,6 +62,9 @@ type API struct {
 	PasswordParams  accounts.Params
 	// Hashes bounds the password hashes computed at once (nil: one per CPU, 5 s wait).
 	Hashes *accounts.Gate
+	// TokenRetired is told a car's new token id once its credentials were reissued, so the
+	// broker refuses the old token and closes its sessions (nil: nobody is told).
+	TokenRetired func(vin, currentJTI string)
 	// Metrics serves GET /metrics in Prometheus' format, behind the admin token (nil: not
 	// served).
 	Metrics http.Handler
@@ -101,6 +104,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET /v1/admin/vehicles", a.admin(a.listVehicles))
 	mux.Handle("GET /v1/admin/vehicles/{vin}", a.admin(a.showVehicle))
 	mux.Handle("POST /v1/admin/vehicles/{vin}/assign", a.admin(a.assign))
+	mux.Handle("POST /v1/admin/vehicles/{vin}/credentials", a.admin(a.reissue))
 	mux.Handle("POST /v1/admin/users", a.admin(a.addUser))
 	mux.Handle("GET /v1/admin/audit", a.admin(a.queryAudit))
 	if a.Metrics != nil {
@@ -302,6 +306,40 @@ func (a *API) hashes() *accounts.Gate {
 	return a.Hashes
 }
 
+// reissue issues a car new credentials and retires its old token: for a car whose token may
+// have leaked (a dumped head unit, a car sold without a factory reset). The new token is
+// recorded before it is returned, so an answered reissue survives a crash.
+func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
+	vin := r.PathValue("vin")
+	if !protocol.ValidVIN(vin) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN", vin))
+		return
+	}
+	if _, err := a.Store.GetVehicle(vin); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			Error(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no such vehicle")
+			return
+		}
+		Fail(w, a.Log, err)
+		return
+	}
+	tok, jti, _, err := a.Issuer.IssueID(vin, protocol.RoleVehicle, a.VehicleTokenTTL)
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if err := a.Store.SetVehicleTokenID(vin, jti); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, Outcome: "credentials_reissued"})
+	if a.TokenRetired != nil {
+		a.TokenRetired(vin, jti)
+	}
+	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
+	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub})
+}
+
 func (a *API) dummyHash() string {
 	a.dummyOnce.Do(func() { a.dummy, _ = accounts.Hash("no such user", a.PasswordParams) })
 	return a.dummy
@@ -370,9 +408,17 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 		vins = append(vins, RandomVIN())
 	}
 	nowMs := a.Now().UnixMilli()
+	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
 	vs := make([]store.Vehicle, len(vins))
+	out := make([]protocol.Credentials, len(vins))
 	for i, v := range vins {
-		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs}
+		tok, jti, _, err := a.Issuer.IssueID(v, protocol.RoleVehicle, a.VehicleTokenTTL)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs, TokenID: jti}
+		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub}
 	}
 	if err := a.Store.AddVehicles(vs); err != nil {
 		if errors.Is(err, store.ErrExists) {
@@ -381,16 +427,6 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 		}
 		Fail(w, a.Log, err)
 		return
-	}
-	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
-	out := make([]protocol.Credentials, len(vins))
-	for i, v := range vins {
-		tok, _, err := a.Issuer.Issue(v, protocol.RoleVehicle, a.VehicleTokenTTL)
-		if err != nil {
-			Fail(w, a.Log, err)
-			return
-		}
-		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub}
 	}
 	_ = a.Audit.Append(audit.Event{TsMs: nowMs, Kind: audit.KindAdmin, Outcome: "vehicles_added",
 		Detail: fmt.Sprintf("%d vehicles", len(vins))})

@@ -64,6 +64,10 @@ type Gateway struct {
 	metrics *metrics.Metrics
 
 	keysMu     sync.Mutex
+	// tokensMu guards vehicleTokens: each car's current token id, for cars whose id is
+	// recorded; the embedded broker refuses their other tokens.
+	tokensMu      sync.RWMutex
+	vehicleTokens map[string]string
 	adminToken string
 	httpLn     net.Listener
 	brokerURL  string
@@ -176,6 +180,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 			"cars_reporting": st.Cars, "pending_commands": g.router.PendingCount()}
 	}
 	g.registerGauges()
+	g.api.TokenRetired = g.retireVehicleToken
 	g.api.Metrics = g.metrics.Handler()
 	g.api.KeyStatus = func(vin string) any {
 		st := g.keys.Status(vin)
@@ -189,6 +194,49 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	go func() { g.httpDone <- httpapi.Serve(hctx, g.httpLn, g.api.Handler()) }()
 	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data)
 	return g, nil
+}
+
+// loadVehicleTokens reads each car's current token id from the store.
+func (g *Gateway) loadVehicleTokens() error {
+	vs, err := g.store.ListVehicles()
+	if err != nil {
+		return err
+	}
+	m := make(map[string]string, len(vs))
+	for _, v := range vs {
+		if v.TokenID != "" {
+			m[v.VIN] = v.TokenID
+		}
+	}
+	g.tokensMu.Lock()
+	g.vehicleTokens = m
+	g.tokensMu.Unlock()
+	return nil
+}
+
+// tokenRetired reports whether id is a car's token other than its current one.
+func (g *Gateway) tokenRetired(id broker.Identity) bool {
+	if id.Role != protocol.RoleVehicle {
+		return false
+	}
+	g.tokensMu.RLock()
+	cur, ok := g.vehicleTokens[id.Subject]
+	g.tokensMu.RUnlock()
+	return ok && cur != id.TokenID
+}
+
+// retireVehicleToken makes jti vin's only accepted token and closes sessions opened with
+// another one.
+func (g *Gateway) retireVehicleToken(vin, jti string) {
+	g.tokensMu.Lock()
+	if g.vehicleTokens == nil {
+		g.vehicleTokens = map[string]string{}
+	}
+	g.vehicleTokens[vin] = jti
+	g.tokensMu.Unlock()
+	if g.broker != nil {
+		g.broker.Auth().DropRetired()
+	}
 }
 
 // registerGauges adds the gauges and counters read from the running gateway at each scrape.
@@ -329,6 +377,10 @@ func (g *Gateway) startBus(ctx context.Context) error {
 	// connects at once must find its journal's subscriber there, or the broker would
 	// acknowledge and drop what it sends.
 	g.broker = b
+	if err := g.loadVehicleTokens(); err != nil {
+		return err
+	}
+	b.Auth().SetRetired(g.tokenRetired)
 	// Handlers wait for durable writes (a result's audit record), so workers are many more than
 	// cores; each topic, i.e. each car, stays on one worker and in order. With 2 workers the
 	// bench saturated between 500 and 700 commands/s (docs/PERFORMANCE.md).

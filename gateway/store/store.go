@@ -142,6 +142,10 @@ type Vehicle struct {
 	VIN       string                   `json:"vin"`
 	CreatedMs int64                    `json:"created"`
 	Users     map[string]protocol.Role `json:"users,omitempty"`
+	// TokenID is the jti of the car's current access token; the embedded broker refuses the
+	// car's older tokens (credentials reissued). Empty for cars provisioned before it was
+	// recorded: any valid token of theirs is accepted.
+	TokenID string `json:"token_id,omitempty"`
 }
 
 // AddVehicles creates the given vehicles in one transaction; ErrExists if any exists already,
@@ -196,6 +200,27 @@ func (s *Store) ListVehicles() ([]Vehicle, error) {
 		})
 	})
 	return out, err
+}
+
+// SetVehicleTokenID records the jti of vin's new access token (credentials reissued).
+func (s *Store) SetVehicleTokenID(vin, jti string) error {
+	return s.Write(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketVehicles)
+		b := bk.Get([]byte(vin))
+		if b == nil {
+			return fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
+		}
+		var v Vehicle
+		if err := json.Unmarshal(b, &v); err != nil {
+			return err
+		}
+		v.TokenID = jti
+		nb, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		return bk.Put([]byte(vin), nb)
+	})
 }
 
 // Assign gives user the role on vehicle vin (replacing any previous role).

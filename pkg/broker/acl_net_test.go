@@ -29,7 +29,7 @@ func connectMatrix(t *testing.T, f *fixture) []*netIdentity {
 	t.Helper()
 	exp := f.clock.Now().Add(time.Hour)
 	mk := func(name, sub string, role protocol.Role, suffix, sentinel string) *netIdentity {
-		n := &netIdentity{name: name, id: Identity{role, sub, exp}, rec: &recorder{}, sentinel: sentinel}
+		n := &netIdentity{name: name, id: Identity{Role: role, Subject: sub, ExpiresAt: exp}, rec: &recorder{}, sentinel: sentinel}
 		// Order matters (paho's default): handlers run in arrival order, so a sentinel
 		// arrives after everything published before it.
 		n.cl = mustPaho(t, f.tcpURL(), f.creds(t, sub, role, suffix), nil)

@@ -74,19 +74,19 @@ func TestACLMatrix(t *testing.T) {
 		id       Identity
 		pub, sub []string
 	}{
-		{"car A", Identity{protocol.RoleVehicle, vinA, valid}, carAPub, carASub},
-		{"car B", Identity{protocol.RoleVehicle, vinB, valid}, carBPub, carBSub},
-		{"app X", Identity{protocol.RoleApp, userX, valid}, []string{"app/" + userX + "/cmd"}, []string{"app/" + userX + "/reply"}},
-		{"app Y", Identity{protocol.RoleApp, userY, valid}, []string{"app/" + userY + "/cmd"}, []string{"app/" + userY + "/reply"}},
-		{"gateway", Identity{protocol.RoleGateway, gwSub, valid}, gwPub, gatewaySubs},
-		{"admin", Identity{protocol.RoleAdmin, admSub, valid}, nil, []string{"$SYS/#", "$SYS/broker/clients/connected", "$SYS/+", "$SYS/broker/uptime"}},
+		{"car A", Identity{Role: protocol.RoleVehicle, Subject: vinA, ExpiresAt: valid}, carAPub, carASub},
+		{"car B", Identity{Role: protocol.RoleVehicle, Subject: vinB, ExpiresAt: valid}, carBPub, carBSub},
+		{"app X", Identity{Role: protocol.RoleApp, Subject: userX, ExpiresAt: valid}, []string{"app/" + userX + "/cmd"}, []string{"app/" + userX + "/reply"}},
+		{"app Y", Identity{Role: protocol.RoleApp, Subject: userY, ExpiresAt: valid}, []string{"app/" + userY + "/cmd"}, []string{"app/" + userY + "/reply"}},
+		{"gateway", Identity{Role: protocol.RoleGateway, Subject: gwSub, ExpiresAt: valid}, gwPub, gatewaySubs},
+		{"admin", Identity{Role: protocol.RoleAdmin, Subject: admSub, ExpiresAt: valid}, nil, []string{"$SYS/#", "$SYS/broker/clients/connected", "$SYS/+", "$SYS/broker/uptime"}},
 		// Denied everything:
-		{"car A, token expired", Identity{protocol.RoleVehicle, vinA, now}, nil, nil},
-		{"gateway, token expired", Identity{protocol.RoleGateway, gwSub, now.Add(-time.Second)}, nil, nil},
+		{"car A, token expired", Identity{Role: protocol.RoleVehicle, Subject: vinA, ExpiresAt: now}, nil, nil},
+		{"gateway, token expired", Identity{Role: protocol.RoleGateway, Subject: gwSub, ExpiresAt: now.Add(-time.Second)}, nil, nil},
 		{"anonymous (no identity)", Identity{}, nil, nil},
-		{"unknown role", Identity{"superuser", gwSub, valid}, nil, nil},
-		{"vehicle whose sub is no VIN", Identity{protocol.RoleVehicle, "car1", valid}, nil, nil},
-		{"app whose sub is reserved", Identity{protocol.RoleApp, "gateway", valid}, nil, nil},
+		{"unknown role", Identity{Role: "superuser", Subject: gwSub, ExpiresAt: valid}, nil, nil},
+		{"vehicle whose sub is no VIN", Identity{Role: protocol.RoleVehicle, Subject: "car1", ExpiresAt: valid}, nil, nil},
+		{"app whose sub is reserved", Identity{Role: protocol.RoleApp, Subject: "gateway", ExpiresAt: valid}, nil, nil},
 	}
 	set := func(l []string) map[string]bool {
 		m := map[string]bool{}
@@ -117,7 +117,7 @@ func TestACLMatrix(t *testing.T) {
 
 // TestACLMaxTopicBytes checks the bound is the configured one.
 func TestACLMaxTopicBytes(t *testing.T) {
-	id := Identity{protocol.RoleGateway, gwSub, time.Now().Add(time.Hour)}
+	id := Identity{Role: protocol.RoleGateway, Subject: gwSub, ExpiresAt: time.Now().Add(time.Hour)}
 	acl := ACL{MaxTopicBytes: 100}
 	for n := 90; n <= 110; n++ {
 		topic := "v/" + strings.Repeat("x", n-2)

@@ -22,6 +22,8 @@ type Identity struct {
 	Subject string
 	// ExpiresAt is the token's exp; from then on the ACL grants the client nothing.
 	ExpiresAt time.Time
+	// TokenID is the token's jti.
+	TokenID string
 }
 
 // Why a CONNECT is refused. The log gets the error; the client gets the CONNACK code and, on
@@ -34,6 +36,7 @@ var (
 	errClientID        = refusal(protocol.ReasonForbidden, "client id does not match the token's subject")
 	errWillTopic       = refusal(protocol.ReasonForbidden, "will topic not allowed")
 	errTooManySessions = refusal(protocol.ReasonRateLimited, "too many connections for this identity")
+	errTokenRetired    = refusal(protocol.ReasonUnauthenticated, "token retired: the credentials were reissued")
 )
 
 func refusal(r protocol.Reason, msg string) error {
@@ -73,6 +76,10 @@ type AuthHook struct {
 	// with.
 	offline   map[string]*mqtt.Client
 	lastSweep time.Time
+	isRetired func(Identity) bool
+	// latest is, per client id, the client most recently admitted with it: a new connection
+	// is admitted before it takes the old one's session over.
+	latest map[string]*mqtt.Client
 }
 
 // NewAuthHook returns the hook. acl checks will topics and supplies the clock; maxAppSessions
@@ -90,6 +97,7 @@ func NewAuthHook(v *token.Verifier, acl ACL, maxAppSessions int) *AuthHook {
 		clients:        map[*mqtt.Client]Identity{},
 		apps:           map[string]map[*mqtt.Client]struct{}{},
 		offline:        map[string]*mqtt.Client{},
+		latest:         map[string]*mqtt.Client{},
 	}
 }
 
@@ -103,6 +111,55 @@ func (h *AuthHook) Provides(b byte) bool {
 		return true
 	}
 	return false
+}
+
+// SetRetired installs the check for tokens that are still valid by signature and expiry but
+// no longer current (a car whose credentials were reissued): f reports whether the token of
+// id is retired. The gateway sets it on its embedded broker; nil accepts every valid token.
+// Call DropRetired after a token is retired, to close the sessions it had opened.
+func (h *AuthHook) SetRetired(f func(Identity) bool) {
+	h.mu.Lock()
+	h.isRetired = f
+	h.mu.Unlock()
+}
+
+func (h *AuthHook) retired(id Identity) bool {
+	h.mu.RLock()
+	f := h.isRetired
+	h.mu.RUnlock()
+	return f != nil && f(id)
+}
+
+// DropRetired disconnects every client admitted with a token that is retired now, and
+// returns how many. A car with new credentials then connects with them; one with only the old
+// token is refused.
+func (h *AuthHook) DropRetired() int {
+	h.mu.RLock()
+	f := h.isRetired
+	var drop []*mqtt.Client
+	if f != nil {
+		for cl, id := range h.clients {
+			if f(id) {
+				drop = append(drop, cl)
+			}
+		}
+	}
+	h.mu.RUnlock()
+	for _, cl := range drop {
+		h.Log.Info("mqtt session closed: its token was retired", "client_id", clip(cl.ID))
+		cl.Stop(errTokenRetired)
+		h.remove(cl)
+	}
+	return len(drop)
+}
+
+// superseded reports whether a newer connection with cl's client id has been admitted (it is
+// taking cl's session over).
+func (h *AuthHook) superseded(cl *mqtt.Client) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	latest, ok := h.latest[cl.ID]
+	return ok && latest != cl
 }
 
 // Identity returns who cl is, if it is an admitted client: connected, or disconnected with a
@@ -203,7 +260,10 @@ func (h *AuthHook) authenticate(cl *mqtt.Client, pk packets.Packet) (Identity, e
 	if string(pk.Connect.Username) != claims.Subject {
 		return Identity{}, errUsernameNotSub
 	}
-	id := Identity{Role: claims.Role, Subject: claims.Subject, ExpiresAt: claims.ExpiresAt.Time}
+	id := Identity{Role: claims.Role, Subject: claims.Subject, ExpiresAt: claims.ExpiresAt.Time, TokenID: claims.ID}
+	if h.retired(id) {
+		return Identity{}, errTokenRetired
+	}
 
 	// cl.ID is the id mochi uses for the session (it assigns one when the client sent none).
 	cid := cl.ID
@@ -273,6 +333,7 @@ func (h *AuthHook) add(cl *mqtt.Client, id Identity) error {
 		h.removeLocked(old)
 	}
 	h.clients[cl] = id
+	h.latest[cl.ID] = cl
 	return nil
 }
 
@@ -288,6 +349,9 @@ func (h *AuthHook) removeLocked(cl *mqtt.Client) {
 		return
 	}
 	delete(h.clients, cl)
+	if h.latest[cl.ID] == cl {
+		delete(h.latest, cl.ID)
+	}
 	if h.offline[cl.ID] == cl {
 		delete(h.offline, cl.ID)
 	}

@@ -226,7 +226,7 @@ func TestSweepForgetsClosedClients(t *testing.T) {
 	}
 	dead, live := newClient(userX+"-dead"), newClient(userX+"-live")
 	for _, cl := range []*mqtt.Client{dead, live} {
-		if err := auth.add(cl, Identity{protocol.RoleApp, userX, exp}); err != nil {
+		if err := auth.add(cl, Identity{Role: protocol.RoleApp, Subject: userX, ExpiresAt: exp}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -260,11 +260,11 @@ func TestOfflineSessionKeepsIdentity(t *testing.T) {
 		t.Cleanup(func() { a.Close(); b.Close() })
 		return f.b.Server().NewClient(a, ListenerTCP, id, false)
 	}
-	gwID := Identity{protocol.RoleGateway, gwSub, exp}
+	gwID := Identity{Role: protocol.RoleGateway, Subject: gwSub, ExpiresAt: exp}
 	gw := newClient(gwSub + "-1")
 	app := newClient(userX + "-1")
 	car := newClient(vinA)
-	for cl, id := range map[*mqtt.Client]Identity{gw: gwID, app: {protocol.RoleApp, userX, exp}, car: {protocol.RoleVehicle, vinA, exp}} {
+	for cl, id := range map[*mqtt.Client]Identity{gw: gwID, app: {Role: protocol.RoleApp, Subject: userX, ExpiresAt: exp}, car: {Role: protocol.RoleVehicle, Subject: vinA, ExpiresAt: exp}} {
 		if err := auth.add(cl, id); err != nil {
 			t.Fatal(err)
 		}

@@ -123,6 +123,9 @@ func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, now func
 	if err := server.AddHook(NewGatewayDeliveryHook(auth), nil); err != nil {
 		return nil, fmt.Errorf("add gateway delivery hook: %w", err)
 	}
+	if err := server.AddHook(NewStatusWillHook(auth, now), nil); err != nil {
+		return nil, fmt.Errorf("add status will hook: %w", err)
+	}
 	return auth, nil
 }
 

@@ -39,10 +39,17 @@ func NewIssuer(s *sign.Signer, now func() time.Time) *Issuer {
 	return &Issuer{signer: s, now: now}
 }
 
-// Issue returns a signed token for sub with role, valid for ttl.
+// Issue signs a token for sub with role, valid for ttl.
 func (i *Issuer) Issue(sub string, role protocol.Role, ttl time.Duration) (string, time.Time, error) {
+	tok, _, exp, err := i.IssueID(sub, role, ttl)
+	return tok, exp, err
+}
+
+// IssueID is Issue that also returns the token's id (its jti), for a caller that keeps track of
+// which token is current (a car's credentials can be reissued, which retires the old token).
+func (i *Issuer) IssueID(sub string, role protocol.Role, ttl time.Duration) (tok, jti string, exp time.Time, err error) {
 	now := i.now()
-	exp := now.Add(ttl)
+	exp = now.Add(ttl)
 	c := Claims{
 		Role: role,
 		RegisteredClaims: jwt.RegisteredClaims{
@@ -56,9 +63,9 @@ func (i *Issuer) Issue(sub string, role protocol.Role, ttl time.Duration) (strin
 	t.Header["kid"] = i.signer.KID()
 	s, err := t.SignedString(i.signer.Private())
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
+		return "", "", time.Time{}, fmt.Errorf("sign token: %w", err)
 	}
-	return s, exp, nil
+	return s, c.ID, exp, nil
 }
 
 // Verifier checks tokens against one or more trusted gateway public keys (more than one during
