@@ -63,14 +63,14 @@ type Gateway struct {
 	// metrics counts every committed audit record and reads gauges from the parts above.
 	metrics *metrics.Metrics
 
-	keysMu     sync.Mutex
+	keysMu sync.Mutex
 	// tokensMu guards vehicleTokens: each car's current token id, for cars whose id is
 	// recorded; the embedded broker refuses their other tokens.
 	tokensMu      sync.RWMutex
 	vehicleTokens map[string]string
-	adminToken string
-	httpLn     net.Listener
-	brokerURL  string
+	adminToken    string
+	httpLn        net.Listener
+	brokerURL     string
 
 	cancel    context.CancelFunc
 	httpDone  chan error
