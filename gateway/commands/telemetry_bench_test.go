@@ -3,13 +3,9 @@ package commands
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 
-	"telematics/gateway/audit"
-	"telematics/gateway/store"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -19,21 +15,7 @@ import (
 // included). "parallel" has GOMAXPROCS callers over 1,000 cars, as the inline client's workers
 // call it, so it shows what the shared lock costs.
 func BenchmarkOnTelemetry(b *testing.B) {
-	st, err := store.Open(filepath.Join(b.TempDir(), "gateway.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = st.Close() })
-	log, err := audit.Open(st.DB())
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The telemetry path uses neither the bus nor the keys.
-	r, err := New(DefaultConfig(), st, log, nil, nil, nil, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = r.Close() })
+	r := newTwinRouter(b)
 
 	const cars = 1000
 	msgs := make([]mqttc.Message, cars)

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -100,6 +102,28 @@ func addUser(t testing.TB, g *server.Gateway, name string, vin string, role prot
 	if vin != "" {
 		admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: role}, nil)
 	}
+}
+
+// standaloneBroker starts the standalone broker on a free loopback port, trusting the signing
+// key of the gateway whose data dir is dir (made now when the gateway has not run yet), until
+// the test ends, and returns its URL.
+func standaloneBroker(t testing.TB, dir string) string {
+	t.Helper()
+	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := broker.DefaultConfig()
+	cfg.MQTTAddr, cfg.WSAddr = freeAddr(t), ""
+	b, err := broker.New(cfg, []*ecdsa.PublicKey{signer.Public()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return "tcp://" + cfg.MQTTAddr
 }
 
 // runFleet runs cars until the test ends.

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -12,10 +11,8 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
-	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
-	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
 )
 
@@ -26,21 +23,7 @@ import (
 // a subscriber, and the audit log never learned of the unlock.
 func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 	dir := t.TempDir()
-	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := broker.DefaultConfig()
-	cfg.MQTTAddr, cfg.WSAddr = freeAddr(t), ""
-	b, err := broker.New(cfg, []*ecdsa.PublicKey{signer.Public()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	brokerURL := "tcp://" + cfg.MQTTAddr
+	brokerURL := standaloneBroker(t, dir)
 	httpAddr := freeAddr(t)
 	gwConfig := func(c *server.Config) {
 		c.ExternalBroker, c.HTTPAddr = brokerURL, httpAddr

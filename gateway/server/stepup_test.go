@@ -2,14 +2,11 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"net/http"
-	"path/filepath"
 	"testing"
 
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
-	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -21,21 +18,7 @@ import (
 // the same user does.
 func TestStepUpBehindExternalBroker(t *testing.T) {
 	dir := t.TempDir()
-	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := broker.DefaultConfig()
-	cfg.MQTTAddr, cfg.WSAddr = freeAddr(t), ""
-	b, err := broker.New(cfg, []*ecdsa.PublicKey{signer.Public()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	brokerURL := "tcp://" + cfg.MQTTAddr
+	brokerURL := standaloneBroker(t, dir)
 
 	g := startGateway(t, dir, func(c *server.Config) {
 		c.ExternalBroker = brokerURL

@@ -205,21 +205,7 @@ func (s *Store) ListVehicles() ([]Vehicle, error) {
 // SetVehicleTokenID records the jti of vin's new access token (credentials reissued).
 func (s *Store) SetVehicleTokenID(vin, jti string) error {
 	return s.Write(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketVehicles)
-		b := bk.Get([]byte(vin))
-		if b == nil {
-			return fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
-		}
-		var v Vehicle
-		if err := json.Unmarshal(b, &v); err != nil {
-			return err
-		}
-		v.TokenID = jti
-		nb, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		return bk.Put([]byte(vin), nb)
+		return updateVehicle(tx, vin, func(v *Vehicle) { v.TokenID = jti })
 	})
 }
 
@@ -229,25 +215,33 @@ func (s *Store) Assign(vin, user string, role protocol.Role) error {
 		if tx.Bucket(bucketUsers).Get([]byte(user)) == nil {
 			return fmt.Errorf("user %q: %w", user, ErrNotFound)
 		}
-		bk := tx.Bucket(bucketVehicles)
-		b := bk.Get([]byte(vin))
-		if b == nil {
-			return fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
-		}
-		var v Vehicle
-		if err := json.Unmarshal(b, &v); err != nil {
-			return err
-		}
-		if v.Users == nil {
-			v.Users = map[string]protocol.Role{}
-		}
-		v.Users[user] = role
-		nb, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		return bk.Put([]byte(vin), nb)
+		return updateVehicle(tx, vin, func(v *Vehicle) {
+			if v.Users == nil {
+				v.Users = map[string]protocol.Role{}
+			}
+			v.Users[user] = role
+		})
 	})
+}
+
+// updateVehicle reads vin's record in tx, applies change and writes it back; ErrNotFound for an
+// unknown vin.
+func updateVehicle(tx *bolt.Tx, vin string, change func(*Vehicle)) error {
+	bk := tx.Bucket(bucketVehicles)
+	b := bk.Get([]byte(vin))
+	if b == nil {
+		return fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
+	}
+	var v Vehicle
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	change(&v)
+	nb, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return bk.Put([]byte(vin), nb)
 }
 
 // Twin is a car's last known state: online or offline from its status (and will), and its
