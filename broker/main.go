@@ -51,6 +51,11 @@ func run() int {
 		return 2
 	}
 	defer b.Close()
+	// Cars whose credentials the gateway reissued: their old tokens are refused here too.
+	if err := b.FollowCarTokens(keys); err != nil {
+		fmt.Fprintln(os.Stderr, "broker:", err)
+		return 1
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

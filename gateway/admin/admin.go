@@ -202,7 +202,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 			return json.NewEncoder(env.Stdout).Encode(cr)
 		}
 		fmt.Fprintf(env.Stdout, "vin=%s client_id=%s username=%s\ntoken=%s\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
-		fmt.Fprintf(env.Stderr, "%s has new credentials; its previous token is refused by the embedded broker from now on\n", cr.VIN)
+		fmt.Fprintf(env.Stderr, "%s has new credentials; its previous token is refused from now on (embedded and standalone broker)\n", cr.VIN)
 		return nil
 	case "user add":
 		if len(args) != 3 {

@@ -115,8 +115,12 @@ func standaloneBroker(t testing.TB, dir string) string {
 	}
 	cfg := broker.DefaultConfig()
 	cfg.MQTTAddr, cfg.WSAddr = freeAddr(t), ""
-	b, err := broker.New(cfg, []*ecdsa.PublicKey{signer.Public()}, nil)
+	keys := []*ecdsa.PublicKey{signer.Public()}
+	b, err := broker.New(cfg, keys, nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.FollowCarTokens(keys); err != nil { // as broker/main.go does
 		t.Fatal(err)
 	}
 	if err := b.Start(); err != nil {

@@ -2,17 +2,21 @@ package server_test
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
 	"telematics/gateway/server"
+	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
 )
 
 // dialCar connects as a car with creds, once; the caller closes the client.
@@ -77,4 +81,66 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 	g.Close()
 	g = startGateway(t, dir, func(c *server.Config) { c.MQTTAddr = mqttAddr })
 	checkTokens(g)
+}
+
+// Behind the standalone broker (as docker-compose runs it) a reissue retires the old token
+// there too: the gateway publishes the car's signed current token, the broker follows it. A
+// broker that restarts (and forgets) learns it again when the gateway reconnects.
+func TestReissueBehindStandaloneBroker(t *testing.T) {
+	dir := t.TempDir()
+	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	brokerURL := "tcp://" + addr
+	startBroker := func() *broker.Broker {
+		cfg := broker.DefaultConfig()
+		cfg.MQTTAddr, cfg.WSAddr = addr, ""
+		keys := []*ecdsa.PublicKey{signer.Public()}
+		b, err := broker.New(cfg, keys, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.FollowCarTokens(keys); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b := startBroker()
+	t.Cleanup(func() { b.Close() })
+	g := startGateway(t, dir, func(c *server.Config) { c.ExternalBroker = brokerURL })
+	creds := provision(t, g, 1)
+	old := creds[0]
+	if c, err := dialCar(brokerURL, old); err != nil {
+		t.Fatalf("car's first token: %v", err)
+	} else {
+		c.Close()
+	}
+	var fresh protocol.Credentials
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+old.VIN+"/credentials", struct{}{}, &fresh)
+	retired := func() error {
+		c, err := dialCar(brokerURL, old)
+		if err == nil {
+			c.Close()
+			return errors.New("the standalone broker still admits the old token")
+		}
+		if !errors.Is(err, mqttc.ErrNotAuthorized) {
+			return err
+		}
+		c, err = dialCar(brokerURL, fresh)
+		if err != nil {
+			return fmt.Errorf("new token refused: %w", err)
+		}
+		c.Close()
+		return nil
+	}
+	eventually(t, 5*time.Second, retired)
+
+	b.Close()
+	b = startBroker()
+	eventually(t, 10*time.Second, retired)
 }

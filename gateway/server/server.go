@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -68,6 +69,7 @@ type Gateway struct {
 	// recorded; the embedded broker refuses their other tokens.
 	tokensMu      sync.RWMutex
 	vehicleTokens map[string]string
+	reissued      map[string]bool // cars whose credentials were reissued (publishCarTokens)
 	adminToken    string
 	httpLn        net.Listener
 	brokerURL     string
@@ -120,6 +122,9 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	}
 	g.issuer = token.NewIssuer(g.signer, g.now)
 
+	if err := g.loadVehicleTokens(); err != nil {
+		return nil, err
+	}
 	if err := g.startBus(ctx); err != nil {
 		return nil, err
 	}
@@ -203,15 +208,60 @@ func (g *Gateway) loadVehicleTokens() error {
 		return err
 	}
 	m := make(map[string]string, len(vs))
+	re := map[string]bool{}
 	for _, v := range vs {
 		if v.TokenID != "" {
 			m[v.VIN] = v.TokenID
 		}
+		if v.Reissued {
+			re[v.VIN] = true
+		}
 	}
 	g.tokensMu.Lock()
-	g.vehicleTokens = m
+	g.vehicleTokens, g.reissued = m, re
 	g.tokensMu.Unlock()
 	return nil
+}
+
+// publishCarTokens tells a broker that runs apart from the gateway the current token of each
+// car in vins whose credentials were reissued (every such car when vins is empty): one signed,
+// retained message per car on v/_tokens/{vin}. The embedded broker asks the gateway directly
+// and needs none.
+func (g *Gateway) publishCarTokens(ctx context.Context, bus mqttc.Client, vins ...string) {
+	if g.cfg.ExternalBroker == "" || bus == nil {
+		return
+	}
+	g.tokensMu.RLock()
+	if len(vins) == 0 {
+		for vin := range g.reissued {
+			vins = append(vins, vin)
+		}
+	}
+	cts := make([]protocol.CarToken, 0, len(vins))
+	for _, vin := range vins {
+		if g.reissued[vin] {
+			cts = append(cts, protocol.CarToken{V: protocol.Version, VIN: vin, JTI: g.vehicleTokens[vin]})
+		}
+	}
+	g.tokensMu.RUnlock()
+	for _, ct := range cts {
+		ct.IssuedAtMs = g.now().UnixMilli()
+		env, err := g.signer.Seal(ct)
+		if err != nil {
+			g.log.Error("sign a car token", "vin", ct.VIN, "err", err)
+			continue
+		}
+		b, err := json.Marshal(env)
+		if err != nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = bus.Publish(pctx, protocol.CarTokenPrefix+ct.VIN, 1, true, b)
+		cancel()
+		if err != nil {
+			g.log.Warn("car token not published; will retry on reconnect", "vin", ct.VIN, "err", err)
+		}
+	}
 }
 
 // tokenRetired reports whether id is a car's token other than its current one.
@@ -232,11 +282,15 @@ func (g *Gateway) retireVehicleToken(vin, jti string) {
 	if g.vehicleTokens == nil {
 		g.vehicleTokens = map[string]string{}
 	}
-	g.vehicleTokens[vin] = jti
+	if g.reissued == nil {
+		g.reissued = map[string]bool{}
+	}
+	g.vehicleTokens[vin], g.reissued[vin] = jti, true
 	g.tokensMu.Unlock()
 	if g.broker != nil {
 		g.broker.Auth().DropRetired()
 	}
+	g.publishCarTokens(context.Background(), g.bus, vin)
 }
 
 // registerGauges adds the gauges and counters read from the running gateway at each scrape.
@@ -345,7 +399,10 @@ func (g *Gateway) startBus(ctx context.Context) error {
 			// Every car's traffic flows through this one client: decode in parallel (each
 			// topic, i.e. each car, stays in order on one worker).
 			Workers: 4 * runtime.GOMAXPROCS(0), QueueSize: 4096,
-			OnConnect: func(mqttc.Client) {
+			OnConnect: func(c mqttc.Client) {
+				// A broker that runs apart from the gateway learns which car tokens are
+				// retired (again after its own restart, which forgets them).
+				g.publishCarTokens(context.Background(), c)
 				// After a broker restart the broker holds no retained whitelist.
 				if k := g.keysReady(); k != nil {
 					go k.PublishAll(context.Background())
@@ -377,9 +434,6 @@ func (g *Gateway) startBus(ctx context.Context) error {
 	// connects at once must find its journal's subscriber there, or the broker would
 	// acknowledge and drop what it sends.
 	g.broker = b
-	if err := g.loadVehicleTokens(); err != nil {
-		return err
-	}
 	b.Auth().SetRetired(g.tokenRetired)
 	// Handlers wait for durable writes (a result's audit record), so workers are many more than
 	// cores; each topic, i.e. each car, stays on one worker and in order. With 2 workers the

@@ -146,6 +146,9 @@ type Vehicle struct {
 	// car's older tokens (credentials reissued). Empty for cars provisioned before it was
 	// recorded: any valid token of theirs is accepted.
 	TokenID string `json:"token_id,omitempty"`
+	// Reissued is set once the car's credentials were reissued: a broker that runs apart from
+	// the gateway is told its current token (protocol.TokenList).
+	Reissued bool `json:"reissued,omitempty"`
 }
 
 // AddVehicles creates the given vehicles in one transaction; ErrExists if any exists already,
@@ -205,7 +208,7 @@ func (s *Store) ListVehicles() ([]Vehicle, error) {
 // SetVehicleTokenID records the jti of vin's new access token (credentials reissued).
 func (s *Store) SetVehicleTokenID(vin, jti string) error {
 	return s.Write(func(tx *bolt.Tx) error {
-		return updateVehicle(tx, vin, func(v *Vehicle) { v.TokenID = jti })
+		return updateVehicle(tx, vin, func(v *Vehicle) { v.TokenID, v.Reissued = jti, true })
 	})
 }
 

@@ -246,6 +246,25 @@ const (
 	StatusOffline = "offline"
 )
 
+// CarTokenPrefix starts the topics v/_tokens/{vin} on which the gateway tells a broker that
+// runs apart from it (the standalone broker) a car's current token (CarToken, signed,
+// retained). They sit in the gateway's tree, where only the gateway may publish; "_tokens" is
+// no VIN, so no car or app can read them.
+const CarTokenPrefix = "v/_tokens/"
+
+// CarTokenFilter subscribes to every car's CarToken.
+const CarTokenFilter = CarTokenPrefix + "+"
+
+// CarToken names the id (jti) of the one current token of a car whose credentials were
+// reissued; a broker refuses that car's other tokens. Signed by the gateway; a broker takes only
+// one newer (issued_at) than the one it has for that car.
+type CarToken struct {
+	V          int    `json:"v"`
+	VIN        string `json:"vin"`
+	JTI        string `json:"jti"`
+	IssuedAtMs int64  `json:"issued_at"`
+}
+
 // VehicleStatus is the retained message on v/{vin}/status; the will carries "offline".
 type VehicleStatus struct {
 	V      int    `json:"v"`
