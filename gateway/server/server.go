@@ -288,7 +288,7 @@ func (g *Gateway) retireVehicleToken(vin, jti string) {
 	g.vehicleTokens[vin], g.reissued[vin] = jti, true
 	g.tokensMu.Unlock()
 	if g.broker != nil {
-		g.broker.Auth().DropRetired()
+		g.broker.DropRetired()
 	}
 	g.publishCarTokens(context.Background(), g.bus, vin)
 }

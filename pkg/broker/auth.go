@@ -116,7 +116,7 @@ func (h *AuthHook) Provides(b byte) bool {
 // SetRetired installs the check for tokens that are still valid by signature and expiry but
 // no longer current (a car whose credentials were reissued): f reports whether the token of
 // id is retired. The gateway sets it on its embedded broker; nil accepts every valid token.
-// Call DropRetired after a token is retired, to close the sessions it had opened.
+// Call Broker.DropRetired after a token is retired, to close the sessions it had opened.
 func (h *AuthHook) SetRetired(f func(Identity) bool) {
 	h.mu.Lock()
 	h.isRetired = f
@@ -130,27 +130,21 @@ func (h *AuthHook) retired(id Identity) bool {
 	return f != nil && f(id)
 }
 
-// DropRetired disconnects every client admitted with a token that is retired now, and
-// returns how many. A car with new credentials then connects with them; one with only the old
-// token is refused.
-func (h *AuthHook) DropRetired() int {
+// retiredClients returns the admitted clients whose token is retired now (Broker.DropRetired
+// closes their sessions).
+func (h *AuthHook) retiredClients() []*mqtt.Client {
 	h.mu.RLock()
+	defer h.mu.RUnlock()
 	f := h.isRetired
 	var drop []*mqtt.Client
 	if f != nil {
 		for cl, id := range h.clients {
-			if f(id) {
+			if !cl.Closed() && f(id) {
 				drop = append(drop, cl)
 			}
 		}
 	}
-	h.mu.RUnlock()
-	for _, cl := range drop {
-		h.Log.Info("mqtt session closed: its token was retired", "client_id", clip(cl.ID))
-		cl.Stop(errTokenRetired)
-		h.remove(cl)
-	}
-	return len(drop)
+	return drop
 }
 
 // superseded reports whether a newer connection with cl's client id has been admitted (it is

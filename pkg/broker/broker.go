@@ -33,6 +33,7 @@ type Broker struct {
 	log    *slog.Logger
 	server *mqtt.Server
 	auth   *AuthHook
+	now    func() time.Time
 	tcp    *tcpListener // nil when MQTTAddr is empty
 	ws     *wsListener  // nil when WSAddr is empty
 
@@ -67,7 +68,10 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now fun
 		Logger:       slog.New(redactPackets(logger.Handler())),
 		InlineClient: true, // the embedded gateway publishes and subscribes through it
 	})
-	b := &Broker{cfg: cfg, log: logger, server: server}
+	if now == nil {
+		now = time.Now
+	}
+	b := &Broker{cfg: cfg, log: logger, server: server, now: now}
 	auth, err := AddHooks(server, cfg, keys, now)
 	if err != nil {
 		return nil, err

@@ -76,7 +76,7 @@ func (f *tokenFollower) onCarToken(_ *mqtt.Client, _ packets.Subscription, pk pa
 	}
 	f.current[ct.VIN] = ct
 	f.mu.Unlock()
-	if n := f.b.auth.DropRetired(); n > 0 {
+	if n := f.b.DropRetired(); n > 0 {
 		f.b.log.Info("closed sessions of a retired car token", "vin", ct.VIN, "sessions", n)
 	}
 }

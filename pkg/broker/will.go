@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/json"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -45,24 +46,51 @@ func (h *StatusWillHook) Provides(b byte) bool { return b == mqtt.OnWill }
 // OnWill returns the will to publish: a car's status will re-dated to now, anything else as it
 // is.
 func (h *StatusWillHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	vin, suffix, ok := protocol.ParseVehicleTopic(will.TopicName)
-	if !ok || suffix != protocol.SuffixStatus || vin != cl.ID {
-		return will, nil
-	}
 	// mochi closes the old connection before it records why, so the stop cause may not say
 	// "taken over" yet; the AuthHook has already admitted the new connection.
 	if h.auth.superseded(cl) || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
 		return will, nil
 	}
+	return redateStatusWill(cl, will, h.now), nil
+}
+
+// redateStatusWill returns cl's will re-dated to now when it is cl's car's "offline" status,
+// and will unchanged otherwise.
+func redateStatusWill(cl *mqtt.Client, will mqtt.Will, now func() time.Time) mqtt.Will {
+	vin, suffix, ok := protocol.ParseVehicleTopic(will.TopicName)
+	if !ok || suffix != protocol.SuffixStatus || vin != cl.ID {
+		return will
+	}
 	var st protocol.VehicleStatus
 	if err := protocol.Decode(will.Payload, &st); err != nil || st.Status != protocol.StatusOffline {
-		return will, nil
+		return will
 	}
-	st.TsMs = h.now().UnixMilli()
+	st.TsMs = now().UnixMilli()
 	b, err := json.Marshal(st)
 	if err != nil {
-		return will, nil
+		return will
 	}
 	will.Payload = b
-	return will, nil
+	return will
+}
+
+// DropRetired closes the session of every client admitted with a token that is retired now and
+// returns how many. A car with new credentials then connects with them; one with only the old
+// token is refused. Each closed car's will goes out first, dated now: mochi sends the will of a
+// client it stops itself only if the client's reader happens to be blocked on the socket, not
+// when it is between two packets.
+func (b *Broker) DropRetired() int {
+	drop := b.auth.retiredClients()
+	for _, cl := range drop {
+		if atomic.CompareAndSwapUint32(&cl.Properties.Will.Flag, 1, 0) {
+			will := redateStatusWill(cl, cl.Properties.Will, b.now)
+			if err := b.server.Publish(will.TopicName, will.Payload, will.Retain, will.Qos); err != nil {
+				b.log.Warn("will of a retired session not published", "client_id", clip(cl.ID), "err", err)
+			}
+		}
+		b.log.Info("mqtt session closed: its token was retired", "client_id", clip(cl.ID))
+		cl.Stop(errTokenRetired)
+		b.auth.remove(cl)
+	}
+	return len(drop)
 }
