@@ -441,6 +441,14 @@ func TestPahoPersistentSessionDeliversQueuedBeforeSubscribe(t *testing.T) {
 	first := dialTest(t, b.URL(), "gateway-x", persistent)
 	must(t, first.Subscribe(ctx, "v/+/events", 1, func(Message) {}))
 	must(t, first.Close())
+	// Until the broker has seen it go, the first client could still take (and acknowledge) a
+	// message; the test is about what the broker queues for the session while nobody is there.
+	eventually(t, 5*time.Second, func() error {
+		if cl, ok := b.Server.Clients.Get("gateway-x"); ok && !cl.Closed() {
+			return errors.New("the broker still holds the first connection")
+		}
+		return nil
+	})
 
 	car := dialTest(t, b.URL(), "car1", nil)
 	const queued = 20
