@@ -114,6 +114,14 @@ func TestSendSignsEveryCommand(t *testing.T) {
 	if final.Status != protocol.ReplyExecuted || fmt.Sprint(seen) != "[accepted executed]" {
 		t.Fatalf("final %+v, replies %v", final, seen)
 	}
+	// The fake gateway's recorder and answerer are two inline subscriptions that mochi calls in
+	// map order: the answer can reach the phone a moment before the request is recorded.
+	eventually(t, 5*time.Second, func() error {
+		if len(b.Requests()) == 0 {
+			return errors.New("the request is not recorded yet")
+		}
+		return nil
+	})
 	reqs := b.Requests()
 	if len(reqs) != 1 {
 		t.Fatalf("%d requests on the broker, want 1 (none for the keyless Send)", len(reqs))
