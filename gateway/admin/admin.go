@@ -186,7 +186,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 	case "vehicle reissue":
 		fs := flag.NewFlagSet("vehicle reissue", flag.ContinueOnError)
 		fs.SetOutput(env.Stderr)
-		asJSON := fs.Bool("json", false, "print the credentials as JSON")
+		asJSON := fs.Bool("json", false, "print a JSON list of credentials, as vehicle add --json does (for vehicle-sim run --fleet)")
 		pos, err := cmdline.Interleaved(fs, args[2:])
 		if err != nil {
 			return usageError(err.Error())
@@ -199,7 +199,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 			return err
 		}
 		if *asJSON {
-			return json.NewEncoder(env.Stdout).Encode(cr)
+			return json.NewEncoder(env.Stdout).Encode([]protocol.Credentials{cr})
 		}
 		fmt.Fprintf(env.Stdout, "vin=%s client_id=%s username=%s\ntoken=%s\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
 		fmt.Fprintf(env.Stderr, "%s has new credentials; its previous token is refused from now on (embedded and standalone broker)\n", cr.VIN)

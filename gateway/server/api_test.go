@@ -183,6 +183,14 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	if _, errs, code = run("", "vehicle", "show", "1HGCM82633A004352"); code != 1 || !strings.Contains(errs, "vehicle_unknown") {
 		t.Fatalf("show unknown: %d %q", code, errs)
 	}
+	// reissue --json has vehicle add --json's shape, so it feeds vehicle-sim run --fleet.
+	out, errs, code = run("", "vehicle", "reissue", creds[1].VIN, "--json")
+	var reissued []protocol.Credentials
+	if code != 0 || json.Unmarshal([]byte(out), &reissued) != nil || len(reissued) != 1 ||
+		reissued[0].VIN != creds[1].VIN || reissued[0].Token == creds[1].Token {
+		t.Fatalf("vehicle reissue --json: %d %q %s", code, out, errs)
+	}
+	creds[1] = reissued[0]
 
 	runFleet(t, g.BrokerURL(), creds)
 	waitOnline(t, g, creds[0].VIN)
