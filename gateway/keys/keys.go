@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -477,16 +479,18 @@ func (s *Service) publish(ctx context.Context, vin string, env protocol.Envelope
 	}
 }
 
+// vins returns the cars that have a whitelist.
+func (s *Service) vins() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Collect(maps.Keys(s.recs))
+}
+
 // PublishAll publishes every car's current whitelist, retained: after a broker (re)start the
 // broker has none of them. During a rotation it first re-signs the whitelists of cars that
 // have not yet learned the new key.
 func (s *Service) PublishAll(ctx context.Context) int {
-	s.mu.RLock()
-	vins := make([]string, 0, len(s.recs))
-	for vin := range s.recs {
-		vins = append(vins, vin)
-	}
-	s.mu.RUnlock()
+	vins := s.vins()
 	for _, vin := range vins {
 		// Under the car's lock, so a change publishing a newer version cannot be overtaken
 		// by this older one.
@@ -504,13 +508,7 @@ func (s *Service) PublishAll(ctx context.Context) int {
 // Rotate re-signs every car's whitelist after the signing key changed, so each learns to
 // trust the new key from a document signed by the old one.
 func (s *Service) Rotate(ctx context.Context) error {
-	s.mu.RLock()
-	vins := make([]string, 0, len(s.recs))
-	for vin := range s.recs {
-		vins = append(vins, vin)
-	}
-	s.mu.RUnlock()
-	for _, vin := range vins {
+	for _, vin := range s.vins() {
 		err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_rotated"}, nil
 		})

@@ -442,18 +442,16 @@ func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
 	if r.mode == ModeTarget {
 		res.Broker = cfg.Broker
 	}
-	start := time.Now()
 	res.HostLoad[0] = loadAverage()
-	s, err := startSUT(ctx, cfg, r.mode, r.bins, r.env.Stderr)
+	s, err := r.startSUT(ctx)
 	if err != nil {
-		return res, fmt.Errorf("start the system under test: %w", err)
+		return res, err
 	}
 	defer func() {
 		if cerr := s.close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	r.logf("system under test up in %.1fs (MQTT %s, HTTP %s)%s", time.Since(start).Seconds(), s.mqttAddr, s.gatewayURL, keptDir(s))
 
 	setup := time.Now()
 	creds, err := s.provision(ctx, cfg.Cars, nil)

@@ -149,6 +149,17 @@ func (r *runner) logf(format string, args ...any) {
 	fmt.Fprintf(r.env.Stderr, "[%s] "+format+"\n", append([]any{r.mode}, args...)...)
 }
 
+// startSUT starts the system under test for this run and says so; the caller closes it.
+func (r *runner) startSUT(ctx context.Context) (*sut, error) {
+	start := time.Now()
+	s, err := startSUT(ctx, r.cfg, r.mode, r.bins, r.env.Stderr)
+	if err != nil {
+		return nil, fmt.Errorf("start the system under test: %w", err)
+	}
+	r.logf("system under test up in %.1fs (MQTT %s, HTTP %s)%s", time.Since(start).Seconds(), s.mqttAddr, s.gatewayURL, keptDir(s))
+	return s, nil
+}
+
 func (r *runner) run(ctx context.Context) (res Result, err error) {
 	cfg := r.cfg
 	if keyScenario(cfg.Scenario) {
@@ -158,18 +169,16 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 	if r.mode == ModeTarget {
 		res.Broker = cfg.Broker
 	}
-	start := time.Now()
 	res.HostLoad[0] = loadAverage()
-	s, err := startSUT(ctx, cfg, r.mode, r.bins, r.env.Stderr)
+	s, err := r.startSUT(ctx)
 	if err != nil {
-		return res, fmt.Errorf("start the system under test: %w", err)
+		return res, err
 	}
 	defer func() {
 		if cerr := s.close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	r.logf("system under test up in %.1fs (MQTT %s, HTTP %s)%s", time.Since(start).Seconds(), s.mqttAddr, s.gatewayURL, keptDir(s))
 
 	creds, err := s.provision(ctx, cfg.Cars, func(n int) {
 		if cfg.Cars > provisionBatch {
