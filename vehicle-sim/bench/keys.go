@@ -434,40 +434,15 @@ func (w *keyWorld) allowApps(ctx context.Context, ps []*person) error {
 	return w.s.mosq.allow(ctx, users)
 }
 
-// runKeys is the common frame of the three scenarios: the system under test, the cars, the
-// owners; the scenario's phase does its own part and fills res.
-func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
+// runKeys runs a digital-key scenario on the system under test run has started and
+// provisioned: the cars, their owners, then the scenario's phase, which fills res.
+func (r *runner) runKeys(ctx context.Context, s *sut, creds []protocol.Credentials, setup time.Time, res *Result) (err error) {
 	cfg := r.cfg
-	res = Result{Scenario: cfg.Scenario, Broker: r.mode, Round: r.round, Cars: cfg.Cars, KeyResult: &KeyResult{}}
-	if r.mode == ModeTarget {
-		res.Broker = cfg.Broker
-	}
-	res.HostLoad[0] = loadAverage()
-	s, err := r.startSUT(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer func() {
-		if cerr := s.close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-
-	setup := time.Now()
-	creds, err := s.provision(ctx, cfg.Cars, nil)
-	if err != nil {
-		return res, err
-	}
-	if s.mosq != nil {
-		if err := s.mosq.allow(ctx, creds); err != nil {
-			return res, err
-		}
-	}
 	id := make([]byte, 3)
 	rand.Read(id)
 	w := &keyWorld{r: r, s: s, creds: creds, runID: hex.EncodeToString(id)}
 	if err := w.startCars(ctx); err != nil {
-		return res, err
+		return err
 	}
 	defer func() {
 		if serr := w.stopCars(); serr != nil && err == nil {
@@ -475,7 +450,7 @@ func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
 		}
 	}()
 	if err := w.waitCars(ctx, "online", 60*time.Second+time.Duration(cfg.Cars)*time.Millisecond, online); err != nil {
-		return res, err
+		return err
 	}
 	res.Connected = int64(cfg.Cars)
 	owners := "their owners"
@@ -484,7 +459,7 @@ func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
 	}
 	r.logf("%d cars online in %.1fs; setting up %s (user, login, TOTP, phone key)", cfg.Cars, time.Since(setup).Seconds(), owners)
 	if err := w.setUpOwners(ctx); err != nil {
-		return res, fmt.Errorf("set up owners: %w", err)
+		return fmt.Errorf("set up owners: %w", err)
 	}
 	res.Owners = len(w.owners)
 	r.logf("owners set up %.1fs after the start of the setup", time.Since(setup).Seconds())
@@ -498,18 +473,18 @@ func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
 	case ScenarioLocal:
 		phase = runLocal
 	default:
-		return res, fmt.Errorf("scenario %q is not a digital-key scenario", cfg.Scenario)
+		return fmt.Errorf("scenario %q is not a digital-key scenario", cfg.Scenario)
 	}
 	m := &measure{s: s, setupStart: setup}
-	if err := phase(ctx, w, m, &res); err != nil {
-		return res, err
+	if err := phase(ctx, w, m, res); err != nil {
+		return err
 	}
 	if err := s.checkAlive(); err != nil {
-		return res, err
+		return err
 	}
 	end, err := s.sample()
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.HostLoad[1] = loadAverage()
 	for i, p := range s.procs {
@@ -528,7 +503,7 @@ func (r *runner) runKeys(ctx context.Context) (res Result, err error) {
 		res.Errors += n
 	}
 	r.logf("done: %d errors", res.Errors)
-	return res, nil
+	return nil
 }
 
 // measure brackets a scenario's measured phase: the system under test's CPU and the load

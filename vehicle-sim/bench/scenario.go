@@ -162,10 +162,7 @@ func (r *runner) startSUT(ctx context.Context) (*sut, error) {
 
 func (r *runner) run(ctx context.Context) (res Result, err error) {
 	cfg := r.cfg
-	if keyScenario(cfg.Scenario) {
-		return r.runKeys(ctx)
-	}
-	res = Result{Scenario: cfg.Scenario, Broker: r.mode, Round: r.round, Cars: cfg.Cars, RatePerCar: cfg.Rate, QoS: cfg.QoS}
+	res = Result{Scenario: cfg.Scenario, Broker: r.mode, Round: r.round, Cars: cfg.Cars}
 	if r.mode == ModeTarget {
 		res.Broker = cfg.Broker
 	}
@@ -180,6 +177,7 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 		}
 	}()
 
+	setup := time.Now()
 	creds, err := s.provision(ctx, cfg.Cars, func(n int) {
 		if cfg.Cars > provisionBatch {
 			r.logf("provisioned %d/%d cars", n, cfg.Cars)
@@ -193,6 +191,11 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 			return res, err
 		}
 	}
+	if keyScenario(cfg.Scenario) {
+		res.KeyResult = &KeyResult{}
+		return res, r.runKeys(ctx, s, creds, setup, &res)
+	}
+	res.RatePerCar, res.QoS = cfg.Rate, cfg.QoS
 	f, err := startFleet(ctx, cfg, r.env, s.mqttAddr, creds)
 	if err != nil {
 		return res, err

@@ -1,10 +1,8 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -442,30 +441,7 @@ func (s *sut) stats(ctx context.Context) (gatewayStats, error) {
 
 // call makes an admin API request.
 func (s *sut) call(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, s.gatewayURL+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+s.token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := s.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("reach the gateway at %s: %w", s.gatewayURL, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		line, _ := bufio.NewReader(io.LimitReader(resp.Body, 512)).ReadString('\n')
-		return fmt.Errorf("%s %s: %s %s", method, path, resp.Status, strings.TrimSpace(line))
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return phone.Call(ctx, method, s.gatewayURL+path, s.token, body, out)
 }
 
 // sample reads memory and CPU of every process of the system under test.
