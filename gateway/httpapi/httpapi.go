@@ -43,10 +43,13 @@ type LoginGuard interface {
 
 // API serves the gateway's HTTP endpoints.
 type API struct {
-	Store       *store.Store
-	Audit       *audit.Log
-	Issuer      *token.Issuer
-	GatewayKey  *sign.Signer
+	Store      *store.Store
+	Audit      *audit.Log
+	Issuer     *token.Issuer
+	GatewayKey *sign.Signer
+	// CarKey is the gateway key a car's credentials name: the one its whitelists and grants
+	// are signed with (during a rotation, the previous key until the car made the hop).
+	CarKey      func(vin string) *sign.Signer
 	Twins       Twins
 	Guard       LoginGuard
 	AdminToken  string
@@ -336,7 +339,7 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 	if a.TokenRetired != nil {
 		a.TokenRetired(vin, jti)
 	}
-	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
+	pub, _ := sign.EncodePublic(a.CarKey(vin).Public())
 	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub})
 }
 
@@ -408,7 +411,6 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 		vins = append(vins, RandomVIN())
 	}
 	nowMs := a.Now().UnixMilli()
-	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
 	vs := make([]store.Vehicle, len(vins))
 	out := make([]protocol.Credentials, len(vins))
 	for i, v := range vins {
@@ -417,6 +419,7 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 			Fail(w, a.Log, err)
 			return
 		}
+		pub, _ := sign.EncodePublic(a.CarKey(v).Public())
 		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs, TokenID: jti}
 		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub}
 	}

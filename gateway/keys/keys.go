@@ -72,9 +72,17 @@ type record struct {
 	AckedVersion uint64            `json:"acked_version"`
 	AckedMs      int64             `json:"acked_ts,omitempty"`
 	Envelope     protocol.Envelope `json:"envelope"`
-	// TrustFrom is the first version that carried the current signing key in its trust list;
-	// once the car acknowledged it, the car trusts the new key and grants may use it.
+	// TrustFrom is the first version that named TrustKID, the gateway's current signing key,
+	// in its trust list; once the car acknowledged it, the car trusts that key and grants and
+	// whitelists for it are signed with it. A rotation makes a new current key, so the hop
+	// starts again for every car, also one that made the hop of an earlier rotation.
 	TrustFrom uint64 `json:"trust_from,omitempty"`
+	TrustKID  string `json:"trust_kid,omitempty"`
+}
+
+// trusts reports whether the car is known to trust the signing key kid.
+func (r record) trusts(kid string) bool {
+	return r.TrustKID == kid && r.TrustFrom != 0 && r.AckedVersion >= r.TrustFrom
 }
 
 // Status is what an owner and the admin API see of a car's whitelist.
@@ -147,17 +155,19 @@ func (s *Service) Whitelist(vin string) *protocol.Whitelist {
 }
 
 // GrantSigner is the key a grant for vin must be signed with: the current key once the car
-// trusts it, the previous key while a rotation has not reached the car.
+// trusts it, the previous key while a rotation has not reached the car. It is also the key a
+// car's credentials name, so that a car provisioned during a rotation trusts what its first
+// whitelist is signed with, and then makes the hop like every other car.
 func (s *Service) GrantSigner(vin string) *sign.Signer {
-	prev := s.ring.Previous()
+	cur, prev := s.ring.Current(), s.ring.Previous()
 	if prev == nil {
-		return s.ring.Current()
+		return cur
 	}
 	s.mu.RLock()
-	r, ok := s.recs[vin]
+	r := s.recs[vin]
 	s.mu.RUnlock()
-	if ok && r.TrustFrom != 0 && r.AckedVersion >= r.TrustFrom {
-		return s.ring.Current()
+	if r.trusts(cur.KID()) {
+		return cur
 	}
 	return prev
 }
@@ -432,26 +442,26 @@ func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64) (protocol.Whitelis
 	if prev := s.ring.Previous(); prev != nil {
 		// A rotation is under way: until this car acknowledged a version that told it to trust
 		// the new key, sign with the key it trusts and tell it about the new one.
-		if rec.TrustFrom == 0 || rec.AckedVersion < rec.TrustFrom {
+		cur := signer
+		if rec.TrustKID != cur.KID() {
+			rec.TrustFrom, rec.TrustKID = 0, cur.KID() // the hop to this key starts now
+		}
+		curPub, err := sign.EncodePublic(cur.Public())
+		if err != nil {
+			return wl, rec, err
+		}
+		if rec.trusts(cur.KID()) {
+			wl.Trust = []string{curPub}
+		} else {
 			signer = prev
-			cur, err := sign.EncodePublic(s.ring.Current().Public())
+			prevPub, err := sign.EncodePublic(prev.Public())
 			if err != nil {
 				return wl, rec, err
 			}
-			old, err := sign.EncodePublic(prev.Public())
-			if err != nil {
-				return wl, rec, err
-			}
-			wl.Trust = []string{cur, old}
+			wl.Trust = []string{curPub, prevPub}
 			if rec.TrustFrom == 0 {
 				rec.TrustFrom = wl.Version
 			}
-		} else {
-			cur, err := sign.EncodePublic(s.ring.Current().Public())
-			if err != nil {
-				return wl, rec, err
-			}
-			wl.Trust = []string{cur}
 		}
 	}
 	env, err := whitelist.Sign(signer, wl)
@@ -532,11 +542,12 @@ func (s *Service) OnAck(m mqttc.Message) {
 	}
 	nowMs := s.now().UnixMilli()
 	var r record
-	updated := false
+	updated, adopted := false, false
+	rotating, curKID := s.ring.Previous() != nil, s.ring.Current().KID()
 	// Read-modify-write inside one transaction: a key change may have stored a newer version
 	// since, and must not be rolled back by a stale copy.
 	err := s.st.Write(func(tx *bolt.Tx) error {
-		updated = false
+		updated, adopted = false, false
 		b := tx.Bucket(bucketWhitelists).Get([]byte(vin))
 		if b == nil {
 			return nil
@@ -547,7 +558,10 @@ func (s *Service) OnAck(m mqttc.Message) {
 		if ack.Version <= r.AckedVersion || ack.Version > r.Version {
 			return nil
 		}
+		// This acknowledgement is the car's first of a version naming the current key.
+		adopted = rotating && !r.trusts(curKID)
 		r.AckedVersion, r.AckedMs = ack.Version, nowMs
+		adopted = adopted && r.trusts(curKID)
 		nb, err := json.Marshal(r)
 		if err != nil {
 			return err
@@ -568,7 +582,7 @@ func (s *Service) OnAck(m mqttc.Message) {
 		s.recs[vin] = cur
 	}
 	s.mu.Unlock()
-	if s.ring.Previous() != nil && r.TrustFrom != 0 && ack.Version == r.TrustFrom {
+	if adopted {
 		// The car trusts the new key now: move it onto a whitelist signed by that key.
 		// Done here, not on a goroutine of its own: no goroutine without an owner. Rotations
 		// are rare, and an inline publish from a handler does not block.

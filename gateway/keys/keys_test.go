@@ -310,6 +310,33 @@ func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 	if err != nil || len(wl2.Trust) != 1 {
 		t.Fatalf("after adoption the whitelist is signed by the new key alone: %+v %v", wl2, err)
 	}
+	b, _ = json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: wl2.Version})
+	f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	waitFor(t, func() bool { return f.svc.Status(vin).AckedVersion == wl2.Version })
+
+	// A second rotation: the car trusts fresh alone now, so everything stays on fresh until
+	// the car acknowledged a version naming the newest key.
+	newest, _ := sign.Generate()
+	f.ring.cur, f.ring.prev = newest, fresh
+	if f.svc.GrantSigner(vin) != fresh {
+		t.Fatal("after a second rotation grants must stay on the key the car trusts")
+	}
+	if err := f.svc.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wl3, err := whitelist.Verify(last(), vin, wl2.Version, []*ecdsa.PublicKey{fresh.Public()})
+	if err != nil || len(wl3.Trust) != 2 {
+		t.Fatalf("second rotation whitelist must be signed by the key the car trusts and name both: %+v %v", wl3, err)
+	}
+	b, _ = json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: wl3.Version})
+	f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	waitFor(t, func() bool { return f.svc.Status(vin).Version == wl3.Version+1 })
+	if f.svc.GrantSigner(vin) != newest {
+		t.Fatal("grants not moved to the newest key after the car acknowledged it")
+	}
+	if _, err := whitelist.Verify(last(), vin, wl3.Version, []*ecdsa.PublicKey{newest.Public()}); err != nil {
+		t.Fatalf("after the second adoption the whitelist is signed by the newest key: %v", err)
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool) {

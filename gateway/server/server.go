@@ -167,7 +167,8 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		params = *o.PasswordParams
 	}
 	g.api = &httpapi.API{
-		Store: g.store, Audit: g.audit, Issuer: g.issuer, GatewayKey: g.signer, Twins: g.router,
+		Store: g.store, Audit: g.audit, Issuer: g.issuer, GatewayKey: g.signer,
+		CarKey: g.keys.GrantSigner, Twins: g.router,
 		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Now: g.now, Log: g.log,
 		Ready: g.ready, BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
