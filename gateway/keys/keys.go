@@ -5,6 +5,7 @@
 package keys
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -273,22 +275,57 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 	if err := s.tfa.RequireForKeyChange(owner, session, ActionShare, r.TOTP); err != nil {
 		return Share{}, err
 	}
-	sh := Share{VIN: r.VIN, User: r.User, Role: r.Role, NotAfterMs: r.NotAfterMs, Channels: r.Channels, By: owner, CreatedMs: s.now().UnixMilli()}
-	if err := s.st.Assign(r.VIN, r.User, r.Role); err != nil {
-		return Share{}, err
-	}
-	b, err := json.Marshal(sh)
+	sh := Share{VIN: r.VIN, User: r.User, Role: r.Role, NotAfterMs: r.NotAfterMs, Channels: r.Channels, By: owner}
+	// One transaction, under the car's lock: the role, the share, the user's keys already
+	// paired with the car (a share changed later, a downgrade included, reaches them and the
+	// car with the new whitelist version) and the audit record.
+	err = s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		sh.CreatedMs = nowMs
+		if err := store.AssignTx(tx, r.VIN, r.User, r.Role); err != nil {
+			return audit.Event{}, err
+		}
+		b, err := json.Marshal(sh)
+		if err != nil {
+			return audit.Event{}, err
+		}
+		if err := tx.Bucket(bucketShares).Put(keyOf(r.VIN, r.User), b); err != nil {
+			return audit.Event{}, err
+		}
+		kb := tx.Bucket(bucketKeys)
+		prefix := []byte(r.VIN + "/")
+		var updated [][2][]byte
+		c := kb.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var key protocol.WhitelistKey
+			if err := json.Unmarshal(v, &key); err != nil {
+				return audit.Event{}, err
+			}
+			if key.User != r.User {
+				continue
+			}
+			key.Role, key.NotAfterMs, key.Channels = sh.Role, sh.NotAfterMs, sh.Channels
+			nb, err := json.Marshal(key)
+			if err != nil {
+				return audit.Event{}, err
+			}
+			updated = append(updated, [2][]byte{slices.Clone(k), nb})
+		}
+		for _, kv := range updated { // not while the cursor walks the bucket
+			if err := kb.Put(kv[0], kv[1]); err != nil {
+				return audit.Event{}, err
+			}
+		}
+		ev := audit.Event{Kind: audit.KindKeys, User: owner, ClientID: session, VIN: r.VIN, Outcome: "shared",
+			Detail: fmt.Sprintf("with=%s role=%s not_after=%d channels=%v keys_updated=%d", r.User, r.Role, r.NotAfterMs, r.Channels, len(updated))}
+		if len(updated) == 0 {
+			return ev, errKeysUnchanged
+		}
+		return ev, nil
+	})
 	if err != nil {
 		return Share{}, err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketShares).Put(keyOf(r.VIN, r.User), b); err != nil {
-			return err
-		}
-		return audit.AppendTx(tx, audit.Event{TsMs: sh.CreatedMs, Kind: audit.KindKeys, User: owner, ClientID: session, VIN: r.VIN,
-			Outcome: "shared", Detail: fmt.Sprintf("with=%s role=%s not_after=%d channels=%v", r.User, r.Role, r.NotAfterMs, r.Channels)})
-	})
-	return sh, err
+	return sh, nil
 }
 
 // RevokeRequest names a key to revoke.
@@ -387,23 +424,26 @@ func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.T
 	var env protocol.Envelope
 	var wl protocol.Whitelist
 	var rec record
+	var rebuilt bool
 	// Through the group committer: changes of many cars (a fleet-wide revocation) share
 	// fsyncs. The function may run twice (see groupcommit.Update); it only writes and signs.
 	err := s.st.Write(func(tx *bolt.Tx) error {
 		ev, err := mutate(tx, nowMs)
-		if err != nil {
+		rebuilt = !errors.Is(err, errKeysUnchanged)
+		if err != nil && rebuilt {
 			return err
 		}
-		wl, rec, err = s.build(tx, vin, nowMs)
-		if err != nil {
-			return err
-		}
-		env = rec.Envelope
 		ev.TsMs = nowMs
-		ev.Detail += fmt.Sprintf(" version=%d", wl.Version)
+		if rebuilt {
+			if wl, rec, err = s.build(tx, vin, nowMs); err != nil {
+				return err
+			}
+			env = rec.Envelope
+			ev.Detail = strings.TrimSpace(ev.Detail + fmt.Sprintf(" version=%d", wl.Version))
+		}
 		return audit.AppendTx(tx, ev)
 	})
-	if err != nil {
+	if err != nil || !rebuilt {
 		return err
 	}
 	s.mu.Lock()
@@ -416,6 +456,10 @@ func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.T
 	s.publish(ctx, vin, env)
 	return nil
 }
+
+// errKeysUnchanged is what a change's mutate returns when it wrote nothing the whitelist
+// holds: its writes and audit record commit, and no new version is made.
+var errKeysUnchanged = errors.New("no key changed")
 
 // build makes the next whitelist version of vin from the keys bucket, signs it and stores the
 // record, inside tx.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -270,6 +271,56 @@ func TestVehicleEventsFiledOnce(t *testing.T) {
 	f.svc.OnEvent(mqttc.Message{Topic: "v/2HGCM82633A004352/events", Payload: b})
 	if evs, _ := lg.Query(audit.Filter{Kind: audit.KindVehicle}); len(evs) != 1 {
 		t.Fatalf("event for another VIN filed: %d", len(evs))
+	}
+}
+
+// Sharing again changes the terms of the keys the user already paired, in the same
+// transaction as the role, and the car gets them with the next whitelist version: an owner
+// who downgrades a driver to valet, local only, until tomorrow, does not leave the driver's
+// key as it was.
+func TestReshareReachesPairedKeys(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleDriver, TOTP: "123456"}); err != nil {
+		t.Fatal(err)
+	}
+	_, bobPub := phoneKey(t)
+	bk, err := f.svc.Pair(ctx, "bob", "s2", vin, bobPub, "", "123456")
+	if err != nil || bk.Role != protocol.RoleDriver || len(bk.Channels) != 2 {
+		t.Fatalf("driver's key: %+v %v", bk, err)
+	}
+	before := f.svc.Status(vin).Version
+	until := f.now.Add(24 * time.Hour).UnixMilli()
+	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleValet, NotAfterMs: until, Channels: []string{protocol.ChannelLocal}, TOTP: "123456"}); err != nil {
+		t.Fatal(err)
+	}
+	wl := f.svc.Whitelist(vin)
+	if wl.Version != before+1 {
+		t.Fatalf("whitelist version %d after the new share, want %d", wl.Version, before+1)
+	}
+	for _, k := range wl.Keys {
+		if k.ID == bk.ID && (k.Role != protocol.RoleValet || k.NotAfterMs != until || len(k.Channels) != 1 || k.Channels[0] != protocol.ChannelLocal) {
+			t.Fatalf("bob's key after the downgrade: %+v", k)
+		}
+	}
+	var env protocol.Envelope
+	f.bus.mu.Lock()
+	json.Unmarshal(f.bus.msgs[len(f.bus.msgs)-1].Payload, &env)
+	f.bus.mu.Unlock()
+	if sent, err := whitelist.Verify(env, vin, before, []*ecdsa.PublicKey{f.ring.cur.Public()}); err != nil || sent.Version != wl.Version {
+		t.Fatalf("the new version was not published: %+v %v", sent, err)
+	}
+	if v, _ := f.st.GetVehicle(vin); v.Users["bob"] != protocol.RoleValet {
+		t.Fatalf("bob's role on the car: %q", v.Users["bob"])
+	}
+	lg, _ := audit.Open(f.st.DB())
+	evs, _ := lg.Query(audit.Filter{Kind: audit.KindKeys})
+	found := false
+	for _, e := range evs {
+		found = found || e.Outcome == "shared" && strings.Contains(e.Detail, "role=valet") && strings.Contains(e.Detail, "keys_updated=1")
+	}
+	if !found {
+		t.Fatalf("no audit record of the new share: %+v", evs)
 	}
 }
 

@@ -214,16 +214,19 @@ func (s *Store) SetVehicleTokenID(vin, jti string) error {
 
 // Assign gives user the role on vehicle vin (replacing any previous role).
 func (s *Store) Assign(vin, user string, role protocol.Role) error {
-	return s.Write(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketUsers).Get([]byte(user)) == nil {
-			return fmt.Errorf("user %q: %w", user, ErrNotFound)
+	return s.Write(func(tx *bolt.Tx) error { return AssignTx(tx, vin, user, role) })
+}
+
+// AssignTx is Assign inside tx, for a change that must commit together with it.
+func AssignTx(tx *bolt.Tx, vin, user string, role protocol.Role) error {
+	if tx.Bucket(bucketUsers).Get([]byte(user)) == nil {
+		return fmt.Errorf("user %q: %w", user, ErrNotFound)
+	}
+	return updateVehicle(tx, vin, func(v *Vehicle) {
+		if v.Users == nil {
+			v.Users = map[string]protocol.Role{}
 		}
-		return updateVehicle(tx, vin, func(v *Vehicle) {
-			if v.Users == nil {
-				v.Users = map[string]protocol.Role{}
-			}
-			v.Users[user] = role
-		})
+		v.Users[user] = role
 	})
 }
 
