@@ -202,7 +202,7 @@ func (s *Service) Pair(ctx context.Context, user, session, vin, pubB64, label, c
 	k := protocol.WhitelistKey{ID: sign.KeyID(pub), Pub: pubB64, User: user, Role: role,
 		Channels: []string{protocol.ChannelCloud, protocol.ChannelLocal}, Label: label}
 	var out protocol.WhitelistKey
-	err = s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	_, err = s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 		kb := tx.Bucket(bucketKeys)
 		if kb.Get(keyOf(vin, k.ID)) != nil {
 			return audit.Event{}, protocol.Refuse(protocol.ReasonDuplicate, "this phone key is already paired with %s", vin)
@@ -279,7 +279,7 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 	// One transaction, under the car's lock: the role, the share, the user's keys already
 	// paired with the car (a share changed later, a downgrade included, reaches them and the
 	// car with the new whitelist version) and the audit record.
-	err = s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	_, err = s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 		sh.CreatedMs = nowMs
 		if err := store.AssignTx(tx, r.VIN, r.User, r.Role); err != nil {
 			return audit.Event{}, err
@@ -378,8 +378,7 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 	if err := s.tfa.RequireForKeyChange(user, session, ActionRevoke, r.TOTP); err != nil {
 		return 0, err
 	}
-	var version uint64
-	err = s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	return s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 		kb := tx.Bucket(bucketKeys)
 		b := kb.Get(keyOf(r.VIN, r.KeyID))
 		if b == nil {
@@ -388,6 +387,17 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 		var stored protocol.WhitelistKey
 		if err := json.Unmarshal(b, &stored); err != nil {
 			return audit.Event{}, err
+		}
+		// Again under the car's lock: two owners revoking each other's key at once must not
+		// both pass the check above.
+		if stored.Role == protocol.RoleOwner && stored.RevokedAtMs == 0 && !r.AllowLastOwner {
+			others, err := activeOwnerKeys(tx, r.VIN, r.KeyID)
+			if err != nil {
+				return audit.Event{}, err
+			}
+			if others == 0 {
+				return audit.Event{}, &protocol.Refusal{Reason: protocol.ReasonForbidden, Err: ErrLastOwnerKey}
+			}
 		}
 		if stored.RevokedAtMs == 0 {
 			stored.RevokedAtMs = nowMs
@@ -399,10 +409,23 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 		return audit.Event{Kind: audit.KindKeys, User: user, ClientID: session, VIN: r.VIN, Outcome: "revoked",
 			Detail: fmt.Sprintf("key=%s of=%s", r.KeyID, stored.User)}, kb.Put(keyOf(r.VIN, r.KeyID), nb)
 	})
-	if err == nil {
-		version = s.Status(r.VIN).Version
+}
+
+// activeOwnerKeys counts vin's owner keys that are not revoked, but for the key except.
+func activeOwnerKeys(tx *bolt.Tx, vin, except string) (int, error) {
+	n := 0
+	prefix := []byte(vin + "/")
+	c := tx.Bucket(bucketKeys).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var key protocol.WhitelistKey
+		if err := json.Unmarshal(v, &key); err != nil {
+			return 0, err
+		}
+		if key.ID != except && key.Role == protocol.RoleOwner && key.RevokedAtMs == 0 {
+			n++
+		}
 	}
-	return version, err
+	return n, nil
 }
 
 // carLock returns the mutex that serializes vin's key changes.
@@ -416,7 +439,7 @@ func (s *Service) carLock(vin string) *sync.Mutex {
 // writes both with the audit record in one transaction; then it publishes the whitelist. A
 // change is acknowledged to the user only after the commit, so an acknowledged change
 // survives a crash.
-func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error)) error {
+func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error)) (uint64, error) {
 	mu := s.carLock(vin)
 	mu.Lock()
 	defer mu.Unlock()
@@ -444,7 +467,7 @@ func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.T
 		return audit.AppendTx(tx, ev)
 	})
 	if err != nil || !rebuilt {
-		return err
+		return 0, err
 	}
 	s.mu.Lock()
 	s.cache[vin] = &wl
@@ -454,7 +477,7 @@ func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.T
 	s.recs[vin] = rec
 	s.mu.Unlock()
 	s.publish(ctx, vin, env)
-	return nil
+	return wl.Version, nil
 }
 
 // errKeysUnchanged is what a change's mutate returns when it wrote nothing the whitelist
@@ -563,7 +586,7 @@ func (s *Service) PublishAll(ctx context.Context) int {
 // trust the new key from a document signed by the old one.
 func (s *Service) Rotate(ctx context.Context) error {
 	for _, vin := range s.vins() {
-		err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		_, err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_rotated"}, nil
 		})
 		if err != nil {
@@ -630,7 +653,7 @@ func (s *Service) OnAck(m mqttc.Message) {
 		// The car trusts the new key now: move it onto a whitelist signed by that key.
 		// Done here, not on a goroutine of its own: no goroutine without an owner. Rotations
 		// are rare, and an inline publish from a handler does not block.
-		err := s.change(context.Background(), vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		_, err := s.change(context.Background(), vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_adopted"}, nil
 		})
 		if err != nil {

@@ -324,6 +324,71 @@ func TestReshareReachesPairedKeys(t *testing.T) {
 	}
 }
 
+// barrierFactor accepts any code once both revokers have passed the early checks, so that the
+// two revocations below race for the car's lock.
+type barrierFactor struct{ ready *sync.WaitGroup }
+
+func (b barrierFactor) RequireForKeyChange(user, session, action, code string) error {
+	b.ready.Done()
+	b.ready.Wait()
+	return nil
+}
+
+// Two owners revoking each other's key at the same time: one wins, the other is told it would
+// remove the last owner key. The car is never left without one.
+func TestConcurrentRevokesKeepAnOwnerKey(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if err := f.st.Assign(vin, "bob", protocol.RoleOwner); err != nil {
+		t.Fatal(err)
+	}
+	_, alicePub := phoneKey(t)
+	_, bobPub := phoneKey(t)
+	ak, err := f.svc.Pair(ctx, "alice", "s1", vin, alicePub, "", "123456")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bk, err := f.svc.Pair(ctx, "bob", "s2", vin, bobPub, "", "123456")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready sync.WaitGroup
+	ready.Add(2)
+	f.svc.tfa = barrierFactor{&ready}
+	errs := make(chan error, 2)
+	go func() {
+		_, err := f.svc.Revoke(ctx, "alice", "s1", RevokeRequest{VIN: vin, KeyID: bk.ID, TOTP: "123456"})
+		errs <- err
+	}()
+	go func() {
+		_, err := f.svc.Revoke(ctx, "bob", "s2", RevokeRequest{VIN: vin, KeyID: ak.ID, TOTP: "123456"})
+		errs <- err
+	}()
+	var ok, last int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case errors.Is(err, ErrLastOwnerKey) && reasonOf(err) == protocol.ReasonForbidden:
+			last++
+		default:
+			t.Fatalf("unexpected: %v", err)
+		}
+	}
+	if ok != 1 || last != 1 {
+		t.Fatalf("%d revocations went through and %d were refused; want one each", ok, last)
+	}
+	active := 0
+	for _, k := range f.svc.Whitelist(vin).Keys {
+		if k.RevokedAtMs == 0 {
+			active++
+		}
+	}
+	if active != 1 {
+		t.Fatalf("%d owner keys left unrevoked, want 1", active)
+	}
+}
+
 func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
