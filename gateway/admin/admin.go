@@ -42,7 +42,7 @@ commands:
   vehicle assign VIN USER --role ROLE         give USER a role on VIN (owner, driver, valet)
   vehicle reissue VIN [--json]                new credentials for VIN; its old token stops working
   user add NAME                               create a user; the password is read from stdin
-  user reset-2fa NAME                         remove NAME's TOTP enrollment and lockout (audited)
+  user reset-2fa NAME                         remove NAME's TOTP enrollment, clear any lockout (audited)
   audit [--vin VIN] [--user U] [--kind K] [--limit N]
 `
 
@@ -221,10 +221,17 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 		if len(args) != 3 {
 			return usageError("user reset-2fa needs one NAME")
 		}
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+args[2]+"/reset-2fa", nil, nil); err != nil {
+		var res struct {
+			Removed bool `json:"enrollment_removed"`
+		}
+		if err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+args[2]+"/reset-2fa", nil, &res); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.Stdout, "two-factor authentication of %s reset; they can enroll again\n", args[2])
+		if res.Removed {
+			fmt.Fprintf(env.Stdout, "two-factor authentication of %s reset and any lockout cleared; they can enroll again\n", args[2])
+		} else {
+			fmt.Fprintf(env.Stdout, "%s had no TOTP enrollment; any lockout is cleared\n", args[2])
+		}
 		return nil
 	}
 	if args[0] == "audit" {

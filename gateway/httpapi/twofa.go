@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"encoding/base64"
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -98,7 +100,12 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 			Error(w, http.StatusNotFound, protocol.ReasonBadRequest, "no user "+user)
 			return
 		}
-		if err := svc.Reset(user, "admin@"+clientIP(r)); err != nil {
+		// A user without TOTP may be locked out by password failures: the lockout is cleared
+		// whether or not there was an enrollment to remove.
+		removed := true
+		if err := svc.Reset(user, "admin@"+clientIP(r)); errors.Is(err, twofa.ErrNotEnrolled) {
+			removed = false
+		} else if err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
@@ -106,8 +113,9 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 			Fail(w, a.Log, err)
 			return
 		}
-		_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: user, ClientID: clientIP(r), Outcome: "reset_2fa"})
-		writeJSON(w, http.StatusOK, map[string]any{"user": user, "enrolled": false})
+		_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: user, ClientID: clientIP(r),
+			Outcome: "reset_2fa", Detail: fmt.Sprintf("enrollment_removed=%t", removed)})
+		writeJSON(w, http.StatusOK, map[string]any{"user": user, "enrolled": false, "enrollment_removed": removed, "lockout_cleared": true})
 	}))
 }
 

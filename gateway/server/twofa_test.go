@@ -274,3 +274,31 @@ func sendUntilAnswered(t *testing.T, app *phone.App, vin string, action protocol
 	})
 	return last
 }
+
+// A user without TOTP locked out by wrong passwords: the administrator's reset-2fa clears the
+// lockout (there is no enrollment to remove) and says so; the user logs in again.
+func TestAdminClearsPasswordLockout(t *testing.T) {
+	dir := t.TempDir()
+	g := startGateway(t, dir, nil)
+	addUser(t, g, "bob", "", "")
+	c := newCLI(t, g, dir)
+	for i := range 5 {
+		if _, errs, code := c.app("wrong password\n", "login", "--user", "bob"); code == 0 {
+			t.Fatalf("login %d with a wrong password succeeded: %s", i+1, errs)
+		}
+	}
+	if _, errs, code := c.app(password+"\n", "login", "--user", "bob"); code != 1 || !strings.Contains(errs, "locked_out") {
+		t.Fatalf("login during the lockout: %d %q", code, errs)
+	}
+	out, errs, code := c.admin("user", "reset-2fa", "bob")
+	if code != 0 || !strings.Contains(out, "no TOTP enrollment") || !strings.Contains(out, "lockout is cleared") {
+		t.Fatalf("reset-2fa of a password-only user: %d %q %q", code, out, errs)
+	}
+	if _, errs, code := c.app(password+"\n", "login", "--user", "bob"); code != 0 {
+		t.Fatalf("login after the reset: %q", errs)
+	}
+	out, _, _ = c.admin("audit", "--user", "bob", "--limit", "50")
+	if !strings.Contains(out, `"outcome":"reset_2fa"`) || !strings.Contains(out, "enrollment_removed=false") {
+		t.Fatalf("the reset is not audited: %s", out)
+	}
+}
