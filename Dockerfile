@@ -9,7 +9,10 @@ RUN CGO_ENABLED=0 go build -trimpath -o /out/gateway ./gateway \
  && CGO_ENABLED=0 go build -trimpath -o /out/vehicle-sim ./vehicle-sim
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home /data telematics && mkdir -p /data && chown telematics /data
+# The compose volumes mount at /data/gateway and /data/sim: made here, so that a new named
+# volume takes this owner instead of root.
+RUN useradd --system --uid 10001 --home /data telematics \
+ && mkdir -p /data/gateway /data/sim && chown -R telematics /data
 COPY --from=build /out/ /usr/local/bin/
 COPY configs/ /etc/telematics/
 USER telematics
