@@ -149,11 +149,11 @@ type Paho struct {
 	early   []paho.Message // arrived before any matching subscription, unacknowledged
 }
 
-// maxEarly bounds the messages kept for subscriptions not yet made. A broker sends only as
-// many unacknowledged QoS 1 messages as its in-flight window (mosquitto: 20), so this is
-// rarely reached; beyond it a message stays unacknowledged and comes again on the next
-// connection.
-const maxEarly = 4096
+// maxEarly bounds the messages kept for subscriptions not yet made: one per packet id, which
+// is as many unacknowledged QoS 1/2 messages as a session can hold (mosquitto sends 20 at a
+// time, mochi its whole in-flight store, 8,192 by default). Beyond it a message stays
+// unacknowledged and comes again on the next connection.
+const maxEarly = 65535
 
 type subscription struct {
 	qos byte
@@ -268,6 +268,13 @@ func (p *Paho) connectOnce() error {
 // connectionLost is paho's callback (on a goroutine of paho's): wake the reconnect loop.
 func (p *Paho) connectionLost(_ paho.Client, err error) {
 	p.log.Warn("mqtt connection lost", "error", err)
+	// Messages kept for a subscription not yet made can no longer be acknowledged (paho drops
+	// an acknowledgement for a connection that is gone); the broker sends them again on the
+	// next connection, and keeping these too would deliver them twice.
+	p.earlyMu.Lock()
+	clear(p.early)
+	p.early = p.early[:0]
+	p.earlyMu.Unlock()
 	select {
 	case p.lost <- struct{}{}:
 	default: // a wake-up is already pending

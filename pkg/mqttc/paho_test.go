@@ -498,3 +498,77 @@ func TestPahoPersistentSessionDeliversQueuedBeforeSubscribe(t *testing.T) {
 		}
 	}
 }
+
+// A connection lost between the connect and the subscription: what the broker queued arrives
+// again on the next connection (it was never acknowledged), and is handed over once, not twice.
+func TestPahoEarlyMessagesAcrossAReconnect(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	ctx := context.Background()
+	persistent := func(o *Options) { o.CleanSession = false }
+
+	first := dialTest(t, b.URL(), "gateway-y", persistent)
+	must(t, first.Subscribe(ctx, "v/+/events", 1, func(Message) {}))
+	must(t, first.Close())
+	eventually(t, 5*time.Second, func() error {
+		if cl, ok := b.Server.Clients.Get("gateway-y"); ok && !cl.Closed() {
+			return errors.New("the broker still holds the first connection")
+		}
+		return nil
+	})
+	car := dialTest(t, b.URL(), "car1", nil)
+	const queued = 5
+	for i := range queued {
+		must(t, car.Publish(ctx, "v/car1/events", 1, false, []byte(fmt.Sprint(i))))
+	}
+	eventually(t, 5*time.Second, func() error {
+		if cl, ok := b.Server.Clients.Get("gateway-y"); !ok || cl.State.Inflight.Len() != queued {
+			return errors.New("the broker has not queued them all yet")
+		}
+		return nil
+	})
+
+	second := dialTest(t, b.URL(), "gateway-y", persistent)
+	eventually(t, 5*time.Second, func() error {
+		second.earlyMu.Lock()
+		defer second.earlyMu.Unlock()
+		if n := len(second.early); n != queued {
+			return fmt.Errorf("%d of %d queued messages arrived", n, queued)
+		}
+		return nil
+	})
+	cl, _ := b.Server.Clients.Get("gateway-y")
+	cl.Stop(errors.New("test: connection dropped"))
+	eventually(t, 5*time.Second, func() error {
+		if cl2, ok := b.Server.Clients.Get("gateway-y"); !ok || cl2 == cl || cl2.Closed() {
+			return errors.New("not reconnected yet")
+		}
+		return nil
+	})
+	// The broker sends the queue again on the new connection.
+	eventually(t, 5*time.Second, func() error {
+		second.earlyMu.Lock()
+		defer second.earlyMu.Unlock()
+		if n := len(second.early); n < queued {
+			return fmt.Errorf("%d of %d queued messages arrived again", n, queued)
+		}
+		return nil
+	})
+	var got inbox
+	must(t, second.Subscribe(ctx, "v/+/events", 1, got.handle))
+	eventually(t, 5*time.Second, func() error {
+		if n := len(got.all()); n < queued {
+			return fmt.Errorf("%d of %d messages", n, queued)
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond) // time for a second copy to show
+	seen := map[string]int{}
+	for _, m := range got.all() {
+		seen[string(m.Payload)]++
+	}
+	for i := range queued {
+		if n := seen[fmt.Sprint(i)]; n != 1 {
+			t.Fatalf("message %d delivered %d times; got %d messages", i, n, len(got.all()))
+		}
+	}
+}
