@@ -289,7 +289,7 @@ func (g *Gateway) retireVehicleToken(vin, jti string) {
 	g.vehicleTokens[vin], g.reissued[vin] = jti, true
 	g.tokensMu.Unlock()
 	if g.broker != nil {
-		g.broker.DropRetired()
+		g.broker.DropRetired(vin)
 	}
 	g.publishCarTokens(context.Background(), g.bus, vin)
 }

@@ -116,7 +116,7 @@ func (h *AuthHook) Provides(b byte) bool {
 // SetRetired installs the check for tokens that are still valid by signature and expiry but
 // no longer current (a car whose credentials were reissued): f reports whether the token of
 // id is retired. The gateway sets it on its embedded broker; nil accepts every valid token.
-// Call Broker.DropRetired after a token is retired, to close the sessions it had opened.
+// Call Broker.DropRetired after a car's token is retired, to close the session it had opened.
 func (h *AuthHook) SetRetired(f func(Identity) bool) {
 	h.mu.Lock()
 	h.isRetired = f
@@ -130,21 +130,20 @@ func (h *AuthHook) retired(id Identity) bool {
 	return f != nil && f(id)
 }
 
-// retiredClients returns the admitted clients whose token is retired now (Broker.DropRetired
-// closes their sessions).
-func (h *AuthHook) retiredClients() []*mqtt.Client {
+// retiredClient returns the car vin's open connection if its token is retired now
+// (Broker.DropRetired closes it). A car's client id is its VIN, so the newest connection with
+// that id is the one to look at; an older one is being taken over by it.
+func (h *AuthHook) retiredClient(vin string) *mqtt.Client {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	f := h.isRetired
-	var drop []*mqtt.Client
-	if f != nil {
-		for cl, id := range h.clients {
-			if !cl.Closed() && f(id) {
-				drop = append(drop, cl)
-			}
-		}
+	cl := h.latest[vin]
+	if cl == nil || cl.Closed() || h.isRetired == nil {
+		return nil
 	}
-	return drop
+	if id, ok := h.clients[cl]; ok && id.Role == protocol.RoleVehicle && h.isRetired(id) {
+		return cl
+	}
+	return nil
 }
 
 // superseded reports whether a newer connection with cl's client id has been admitted (it is

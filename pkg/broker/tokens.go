@@ -70,13 +70,16 @@ func (f *tokenFollower) onCarToken(_ *mqtt.Client, _ packets.Subscription, pk pa
 		return
 	}
 	f.mu.Lock()
-	if ct.IssuedAtMs <= f.current[ct.VIN].IssuedAtMs {
+	prev := f.current[ct.VIN]
+	if ct.IssuedAtMs <= prev.IssuedAtMs {
 		f.mu.Unlock()
 		return // a replay of an older one, or the same one again
 	}
 	f.current[ct.VIN] = ct
 	f.mu.Unlock()
-	if n := f.b.DropRetired(); n > 0 {
-		f.b.log.Info("closed sessions of a retired car token", "vin", ct.VIN, "sessions", n)
+	// The gateway signs the current tokens again at each of its connects: only a new token
+	// retires a session.
+	if ct.JTI != prev.JTI {
+		f.b.DropRetired(ct.VIN)
 	}
 }

@@ -74,23 +74,24 @@ func redateStatusWill(cl *mqtt.Client, will mqtt.Will, now func() time.Time) mqt
 	return will
 }
 
-// DropRetired closes the session of every client admitted with a token that is retired now and
-// returns how many. A car with new credentials then connects with them; one with only the old
-// token is refused. Each closed car's will goes out first, dated now: mochi sends the will of a
-// client it stops itself only if the client's reader happens to be blocked on the socket, not
-// when it is between two packets.
-func (b *Broker) DropRetired() int {
-	drop := b.auth.retiredClients()
-	for _, cl := range drop {
-		if atomic.CompareAndSwapUint32(&cl.Properties.Will.Flag, 1, 0) {
-			will := redateStatusWill(cl, cl.Properties.Will, b.now)
-			if err := b.server.Publish(will.TopicName, will.Payload, will.Retain, will.Qos); err != nil {
-				b.log.Warn("will of a retired session not published", "client_id", clip(cl.ID), "err", err)
-			}
-		}
-		b.log.Info("mqtt session closed: its token was retired", "client_id", clip(cl.ID))
-		cl.Stop(errTokenRetired)
-		b.auth.remove(cl)
+// DropRetired closes car vin's session if its token is retired now, and reports whether it
+// did. A car with new credentials then connects with them; one with only the old token is
+// refused. The will goes out first, dated now: mochi sends the will of a client it stops
+// itself only if the client's reader happens to be blocked on the socket, not when it is
+// between two packets.
+func (b *Broker) DropRetired(vin string) bool {
+	cl := b.auth.retiredClient(vin)
+	if cl == nil {
+		return false
 	}
-	return len(drop)
+	if atomic.CompareAndSwapUint32(&cl.Properties.Will.Flag, 1, 0) {
+		will := redateStatusWill(cl, cl.Properties.Will, b.now)
+		if err := b.server.Publish(will.TopicName, will.Payload, will.Retain, will.Qos); err != nil {
+			b.log.Warn("will of a retired session not published", "client_id", clip(cl.ID), "err", err)
+		}
+	}
+	b.log.Info("mqtt session closed: its token was retired", "client_id", clip(cl.ID))
+	cl.Stop(errTokenRetired)
+	b.auth.remove(cl)
+	return true
 }
