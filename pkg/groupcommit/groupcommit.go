@@ -42,8 +42,9 @@ func New(db *bolt.DB) *Committer {
 }
 
 // Update runs fn in a read-write transaction shared with other writers and returns once it is
-// durable. fn may run twice (when a shared transaction fails, each write is retried alone, so
-// that one failing write does not fail the others): keep it idempotent, as with db.Batch.
+// durable. fn may run more than once (when another write of its transaction fails, the others
+// are run again without it, so that one failing write does not fail the others): keep it
+// idempotent, as with db.Batch.
 func (c *Committer) Update(fn func(*bolt.Tx) error) error {
 	c.mu.RLock()
 	if c.quit {
@@ -78,23 +79,40 @@ func (c *Committer) run() {
 }
 
 func (c *Committer) commit(group []write) {
-	err := c.db.Update(func(tx *bolt.Tx) error {
-		for _, w := range group {
-			if err := w.fn(tx); err != nil {
-				return err
+	for {
+		failed := -1
+		err := c.db.Update(func(tx *bolt.Tx) error {
+			for i, w := range group {
+				if err := w.fn(tx); err != nil {
+					failed = i
+					return err
+				}
 			}
+			return nil
+		})
+		switch {
+		case err == nil || len(group) == 1:
+			for _, w := range group {
+				w.done <- err
+			}
+			return
+		case failed < 0:
+			// The commit itself failed (a full disk, an I/O error): each write alone, so that
+			// each gets its own answer.
+			for _, w := range group {
+				w.done <- c.db.Update(w.fn)
+			}
+			return
 		}
-		return nil
-	})
-	if err == nil || len(group) == 1 {
-		for _, w := range group {
-			w.done <- err
+		// One write refused: it gets its error (as if it ran after the writes before it, which
+		// the retry commits), and the others share one transaction again. A refusal rolls
+		// back without an fsync, so a batch with a refusing write still costs one fsync, not
+		// one per write.
+		group[failed].done <- err
+		group = append(group[:failed], group[failed+1:]...)
+		if len(group) == 0 {
+			return
 		}
-		return
-	}
-	// One write failed the shared transaction: give each its own.
-	for _, w := range group {
-		w.done <- c.db.Update(w.fn)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -89,4 +90,73 @@ func BenchmarkParallelWrites(b *testing.B) {
 			c.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(fmt.Sprint(k)), []byte("x")) })
 		}
 	})
+}
+
+// A write that refuses does not split its batch: the others still commit together, in one
+// transaction (one fsync), not one each.
+func TestRefusingWriteKeepsTheBatchTogether(t *testing.T) {
+	db := open(t)
+	c := New(db)
+	defer c.Close()
+	release := make(chan struct{})
+	blocked := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- c.Update(func(*bolt.Tx) error {
+			select {
+			case <-blocked:
+			default:
+				close(blocked)
+			}
+			<-release
+			return nil
+		})
+	}()
+	<-blocked // the writer is busy: the writes below queue up and form one batch
+	const n = 10
+	var mu sync.Mutex
+	txOf := map[int]int{} // write → the transaction it last ran in
+	errs := make(chan error, n)
+	var queued sync.WaitGroup
+	for i := range n {
+		queued.Add(1)
+		go func() {
+			queued.Done()
+			errs <- c.Update(func(tx *bolt.Tx) error {
+				mu.Lock()
+				txOf[i] = tx.ID()
+				mu.Unlock()
+				if i == 3 {
+					return errors.New("refused")
+				}
+				return tx.Bucket([]byte("b")).Put([]byte(fmt.Sprint(i)), []byte("x"))
+			})
+		}()
+	}
+	queued.Wait()
+	for len(c.queue) < n { // all ten waiting behind the first write
+		runtime.Gosched()
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for range n {
+		if err := <-errs; err != nil {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("%d writes refused, want 1", refused)
+	}
+	txs := map[int]bool{}
+	for i, id := range txOf {
+		if i != 3 {
+			txs[id] = true
+		}
+	}
+	if len(txs) != 1 {
+		t.Fatalf("the 9 accepted writes committed in %d transactions, want 1", len(txs))
+	}
 }
