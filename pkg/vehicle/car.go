@@ -23,32 +23,20 @@ import (
 	"telematics/pkg/whitelist"
 )
 
-// Authorizer is the step of cloud-command verification that checks who asked for the
-// command: the phone's signature on it and the car's own key whitelist. It runs after the
-// gateway grant and the expiry checks and before the replay check (see HandleCommand), gets the
-// car's current whitelist (nil when the car has none), and returns the key that signed the
-// command, or a *protocol.Refusal (key_unknown, key_revoked, key_expired, signature_invalid,
-// forbidden). WhitelistAuthorizer is the one every car uses unless CarOptions says otherwise.
-type Authorizer interface {
-	Authorize(wl *protocol.Whitelist, cmdEnv protocol.Envelope, grant *protocol.Grant, now time.Time) (protocol.WhitelistKey, error)
-}
-
-// WhitelistAuthorizer is DESIGN.md's rule for the cloud path: the command is signed by a key
-// on the car's whitelist that may, now, be used on the cloud channel for the action
-// (whitelist.VerifyCommand), and the gateway's grant names that key's user. A car without a
-// whitelist refuses every command (key_unknown), so a stolen gateway key alone opens nothing.
-type WhitelistAuthorizer struct{}
-
-// Authorize implements Authorizer.
-func (WhitelistAuthorizer) Authorize(wl *protocol.Whitelist, cmdEnv protocol.Envelope, grant *protocol.Grant, now time.Time) (protocol.WhitelistKey, error) {
+// authorizeCloud is DESIGN.md's rule for who may ask for a cloud command: the command is
+// signed by a key on the car's whitelist that may, now, be used on the cloud channel for the
+// action (whitelist.VerifyCommand), and the gateway's grant names that key's user. A car
+// without a whitelist refuses every command (key_unknown), so a stolen gateway key alone
+// opens nothing. Refusals: key_unknown, key_revoked, key_expired, signature_invalid, forbidden.
+func authorizeCloud(wl *protocol.Whitelist, cmdEnv protocol.Envelope, grant *protocol.Grant, now time.Time) error {
 	_, key, err := whitelist.VerifyCommand(wl, cmdEnv, protocol.ChannelCloud, now)
 	if err != nil {
-		return key, err
+		return err
 	}
 	if grant.User != key.User {
-		return key, protocol.Refuse(protocol.ReasonForbidden, "grant is for user %q, the key belongs to %q", grant.User, key.User)
+		return protocol.Refuse(protocol.ReasonForbidden, "grant is for user %q, the key belongs to %q", grant.User, key.User)
 	}
-	return key, nil
+	return nil
 }
 
 // CarStore is the persistence a Car needs; *Store implements it.
@@ -70,9 +58,6 @@ type CarOptions struct {
 	Now func() time.Time
 	// Logger receives the car's decisions; discarded when nil.
 	Logger *slog.Logger
-	// Authorizer checks the phone signature of cloud commands against the whitelist;
-	// WhitelistAuthorizer when nil.
-	Authorizer Authorizer
 	// Rand drives the motion model; seeded from the VIN and the clock when nil. A Car uses it
 	// only under its own lock.
 	Rand *rand.Rand
@@ -95,7 +80,6 @@ type Car struct {
 	store CarStore
 	now   func() time.Time
 	log   *slog.Logger
-	auth  Authorizer
 
 	// nonces are the local link's outstanding challenges: in memory only, so a restarted car
 	// knows none of the nonces it issued before.
@@ -138,7 +122,6 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 		store:     store,
 		now:       opts.Now,
 		log:       opts.Logger,
-		auth:      opts.Authorizer,
 		rng:       opts.Rand,
 		journaled: make(chan struct{}, 1),
 		trusted:   []*ecdsa.PublicKey{key},
@@ -148,9 +131,6 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
-	}
-	if c.auth == nil {
-		c.auth = WhitelistAuthorizer{}
 	}
 	c.log = c.log.With("vin", c.vin)
 	nowMs := c.now().UnixMilli()
@@ -250,7 +230,7 @@ func (c *Car) advanceTo(nowMs int64) {
 //     asks for a validity the car never grants, so it is malformed rather than stale, and
 //     resending it cannot help; a car whose clock is far behind shows up here too);
 //  8. the grant has not expired (expired);
-//  9. the Authorizer (WhitelistAuthorizer: the phone signature, the key on the whitelist, not
+//  9. who asked (authorizeCloud: the phone signature, the key on the whitelist, not
 //     revoked, valid now, allowed on the cloud channel and for the action, the grant's user
 //     the key's user: signature_invalid, key_unknown, key_revoked, key_expired, forbidden);
 //  10. the id is not in the persisted replay cache, shared with the local link (duplicate).
@@ -346,7 +326,7 @@ func (c *Car) verify(payload []byte, now time.Time) (*protocol.Command, error) {
 	if nowMs > grant.ExpiresAtMs {
 		return &cmd, protocol.Refuse(protocol.ReasonExpired, "grant expired %d ms ago", nowMs-grant.ExpiresAtMs)
 	}
-	if _, err := c.auth.Authorize(c.wl, vc.Command, &grant, now); err != nil {
+	if err := authorizeCloud(c.wl, vc.Command, &grant, now); err != nil {
 		return &cmd, err
 	}
 	if err := c.checkReplay(cmd.ID); err != nil {

@@ -89,7 +89,7 @@ func TestHandleCommandRefusals(t *testing.T) {
 		{name: "expired grant", payload: func() []byte {
 			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantExpMs: t0.UnixMilli() - 1})
 		}, reason: protocol.ReasonExpired, wantID: true},
-		// The phone signature and the whitelist (WhitelistAuthorizer).
+		// The phone signature and the whitelist (authorizeCloud).
 		{name: "car has no whitelist", noWhitelist: true, payload: func() []byte {
 			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock)})
 		}, reason: protocol.ReasonKeyUnknown, wantID: true},

@@ -86,8 +86,6 @@ type FleetConfig struct {
 	Now func() time.Time
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial DialFunc
-	// Authorizer is passed to every car (see Authorizer); WhitelistAuthorizer when nil.
-	Authorizer Authorizer
 	// Garage, when set, receives every car RunFleet builds, so that a LinkServer on the same
 	// garage serves them over the local link, also while the broker is down. A car already in
 	// the garage under a VIN of Creds is run as it is instead of being built again (a drill can
@@ -292,7 +290,7 @@ func (f *fleet) buildCar(creds protocol.Credentials) (*Car, error) {
 			return car, nil
 		}
 	}
-	car, err := NewCar(f.cfg.Store, creds, CarOptions{Now: f.cfg.Now, Logger: f.log, Authorizer: f.cfg.Authorizer})
+	car, err := NewCar(f.cfg.Store, creds, CarOptions{Now: f.cfg.Now, Logger: f.log})
 	if err != nil {
 		return nil, err
 	}
