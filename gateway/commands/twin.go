@@ -30,9 +30,28 @@ type twinShard struct {
 	seqs map[string]*seqCount
 }
 
-// seqCount tracks one car's telemetry sequence numbers since the gateway started.
+// seqCount tracks one car's telemetry sequence numbers since the gateway started. skipped
+// counts the numbers a restarted car left unused: a jump forward to the start of a block
+// (protocol.TelemetrySeqBlock) is a restart, not a loss.
 type seqCount struct {
-	first, last, count uint64
+	first, last, count, skipped uint64
+}
+
+// add counts seq.
+func (sc *seqCount) add(seq uint64) {
+	if seq > sc.last+1 && seq%protocol.TelemetrySeqBlock == 1 {
+		sc.skipped += seq - sc.last - 1
+	}
+	sc.count++
+	sc.first, sc.last = min(sc.first, seq), max(sc.last, seq)
+}
+
+// lost is how many numbers between the first and the last seen never arrived.
+func (sc *seqCount) lost() uint64 {
+	if seen := sc.count + sc.skipped; sc.last-sc.first+1 > seen {
+		return sc.last - sc.first + 1 - seen
+	}
+	return 0
 }
 
 func newTwins(stored []store.Twin) *twins {
@@ -161,8 +180,7 @@ func (r *Router) onTelemetry(m mqttc.Message) {
 			sc = &seqCount{first: tel.Seq, last: tel.Seq}
 			sh.seqs[vin] = sc
 		}
-		sc.count++
-		sc.first, sc.last = min(sc.first, tel.Seq), max(sc.last, tel.Seq)
+		sc.add(tel.Seq)
 	}
 	tw := sh.get(vin)
 	if tel.TsMs < tw.TelemetryMs {
@@ -183,8 +201,7 @@ func (r *Router) Twin(vin string) (store.Twin, bool) { return r.twins.snapshot(v
 
 // TelemetryStats counts telemetry since the gateway started: messages received, cars
 // reporting, and messages lost (gaps in each car's sequence numbers between the first and the
-// last one seen; a car that restarted skips numbers on purpose, so run the count on a fresh
-// fleet).
+// last one seen, but for the numbers a restarted car skips on purpose).
 type TelemetryStats struct {
 	Received uint64 `json:"telemetry_received"`
 	Lost     uint64 `json:"telemetry_lost"`
@@ -200,9 +217,7 @@ func (r *Router) TelemetryStats() TelemetryStats {
 		st.Received += sh.received
 		st.Cars += len(sh.seqs)
 		for _, sc := range sh.seqs {
-			if span := sc.last - sc.first + 1; span > sc.count {
-				st.Lost += span - sc.count
-			}
+			st.Lost += sc.lost()
 		}
 		sh.mu.Unlock()
 	}

@@ -69,6 +69,25 @@ func TestTwinMergesSignals(t *testing.T) {
 	}
 }
 
+// A car that restarts continues at its next block of sequence numbers: the numbers it skipped
+// are not lost messages, a gap after that is.
+func TestTelemetryLossAcrossACarRestart(t *testing.T) {
+	r := newTwinRouter(t)
+	const vin = "WVWZZZ1JZXW000001"
+	var seqs []uint64
+	for seq := uint64(1); seq <= 10; seq++ { // runs, then restarts at the next block
+		seqs = append(seqs, seq)
+	}
+	seqs = append(seqs, 257, 258, 260) // 259 lost
+	seqs = append(seqs, 513, 514)      // restarted again
+	for i, seq := range seqs {
+		r.onTelemetry(telemetryMsg(t, vin, int64(i+1), seq, map[string]any{protocol.VSSSpeed: 1.0}))
+	}
+	if st := r.TelemetryStats(); st.Received != uint64(len(seqs)) || st.Lost != 1 {
+		t.Fatalf("stats %+v, want %d received and 1 lost", st, len(seqs))
+	}
+}
+
 // Many workers update many cars while the twins are read and flushed: no race (go test -race),
 // every message counted, every gap in a car's sequence counted as lost, and the flushed copies
 // hold each car's newest values.

@@ -272,6 +272,11 @@ type VehicleStatus struct {
 	TsMs   int64  `json:"ts"`
 }
 
+// TelemetrySeqBlock is how many telemetry sequence numbers a car reserves at a time. A car
+// that restarts continues with the next block, at a seq of the form k×TelemetrySeqBlock+1, so
+// a receiver does not count the unused rest of the previous block as lost.
+const TelemetrySeqBlock = 256
+
 // Telemetry is published on v/{vin}/telemetry; signals are keyed by COVESA VSS paths.
 type Telemetry struct {
 	V       int            `json:"v"`

@@ -65,8 +65,8 @@ type CarOptions struct {
 
 // seqBlock is how many telemetry sequence numbers a car reserves with one write: the store
 // holds a high-water mark, and a restarted car continues above it, so seq never repeats even
-// after a crash, at the cost of a gap.
-const seqBlock = 256
+// after a crash, at the cost of a gap, which the gateway recognises (see the protocol constant).
+const seqBlock = protocol.TelemetrySeqBlock
 
 // stateSaveInterval is how often a car's motion state is saved while it publishes telemetry;
 // commands save it at once.

@@ -378,6 +378,10 @@ func TestTelemetrySeqMonotonicAcrossRestarts(t *testing.T) {
 			if tm.Seq <= last {
 				t.Fatalf("run %d: seq %d after %d", run, tm.Seq, last)
 			}
+			// Each run starts a block, as PROTOCOL.md promises receivers counting losses.
+			if i == 0 && tm.Seq%protocol.TelemetrySeqBlock != 1 {
+				t.Fatalf("run %d starts at seq %d, not at a block", run, tm.Seq)
+			}
 			last = tm.Seq
 			for _, k := range []string{protocol.VSSSpeed, protocol.VSSLatitude, protocol.VSSLongitude, protocol.VSSSoC, protocol.VSSIsLocked} {
 				if _, ok := tm.Signals[k]; !ok {
@@ -399,7 +403,7 @@ func TestTelemetrySeqMonotonicAcrossRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tm.Seq <= last {
-		t.Fatalf("after restarts seq %d, last sent %d", tm.Seq, last)
+	if tm.Seq <= last || tm.Seq%protocol.TelemetrySeqBlock != 1 {
+		t.Fatalf("after restarts seq %d, last sent %d: want the start of the next block", tm.Seq, last)
 	}
 }
