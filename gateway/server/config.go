@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -11,9 +10,8 @@ import (
 	"strconv"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"telematics/gateway/twofa"
+	"telematics/pkg/cmdline"
 )
 
 // Config is every setting of `gateway serve`. Order of precedence: DefaultConfig, then the
@@ -109,14 +107,11 @@ func DefaultConfig() Config {
 // LoadFile overlays the YAML file at path on c. Unknown keys are an error, so a typo does not
 // silently fall back to a default.
 func (c *Config) LoadFile(path string) error {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config %q: %w", path, err)
 	}
-	defer f.Close()
-	dec := yaml.NewDecoder(f)
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+	if err := cmdline.DecodeYAML(b, c); err != nil {
 		return fmt.Errorf("config %q: %w", path, err)
 	}
 	return nil

@@ -12,8 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
+	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -233,14 +232,12 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.
 }
 
 func readYAML(path string, cfg *Config) error {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	defer f.Close()
-	dec := yaml.NewDecoder(f)
-	dec.KnownFields(true) // a misspelt key is an error, not a silently ignored setting
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+	// A misspelt key is an error, not a silently ignored setting.
+	if err := cmdline.DecodeYAML(b, cfg); err != nil {
 		return fmt.Errorf("config %q: %w", path, err)
 	}
 	return nil

@@ -1,6 +1,6 @@
-// Package cmdline holds the two habits the command-line clients (gateway admin, vehicle-sim
-// app) share: flags may follow positional arguments, and a password comes on standard input,
-// never as an argument (where ps and shell history would see it).
+// Package cmdline holds the habits the commands share: flags may follow positional arguments,
+// a password comes on standard input, never as an argument (where ps and shell history would
+// see it), and a YAML configuration file is read strictly, with errors that name the key.
 package cmdline
 
 import (

@@ -4,19 +4,16 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
+	"telematics/pkg/cmdline"
 	"telematics/pkg/vehicle"
 )
 
@@ -228,9 +225,7 @@ func loadYAML(cfg *Config, path string) error {
 	if err != nil {
 		return fmt.Errorf("read config file: %w", err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) { // empty file: no settings
+	if err := cmdline.DecodeYAML(b, cfg); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	return nil
