@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
 
 	"telematics/gateway/keys"
@@ -46,8 +47,17 @@ func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.V
 	}))
 	mux.HandleFunc("GET /v1/keys", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
 		vin := r.URL.Query().Get("vin")
+		if vin == "" { // every car the user holds a role on
+			all, err := svc.ListAll(c.Subject)
+			if err != nil {
+				Fail(w, a.Log, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, all)
+			return
+		}
 		if !protocol.ValidVIN(vin) {
-			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "give ?vin=VIN")
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN", vin))
 			return
 		}
 		st, err := svc.List(c.Subject, vin)

@@ -743,6 +743,26 @@ func (s *Service) List(user, vin string) (Status, error) {
 	return st, nil
 }
 
+// ListAll is List for every car the user holds a role on, in VIN order.
+func (s *Service) ListAll(user string) ([]Status, error) {
+	vs, err := s.st.ListVehicles()
+	if err != nil {
+		return nil, err
+	}
+	out := []Status{}
+	for _, v := range vs {
+		if _, ok := v.Users[user]; !ok {
+			continue
+		}
+		st, err := s.List(user, v.VIN)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
 func (s *Service) vehicle(vin string) (store.Vehicle, error) {
 	v, err := s.st.GetVehicle(vin)
 	if errors.Is(err, store.ErrNotFound) {

@@ -233,6 +233,10 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	if _, errs, code = app("", "send", "NOTAVIN", "unlock"); code != 2 || !strings.Contains(errs, "not a VIN") {
 		t.Fatalf("send bad VIN: %d %q", code, errs)
 	}
+	// key list without a VIN: every car erin holds a role on (one), not the others.
+	if out, errs, code = app("", "key", "list"); code != 0 || !strings.Contains(out, creds[0].VIN) || strings.Contains(out, creds[1].VIN) {
+		t.Fatalf("key list: %d %q %s", code, out, errs)
+	}
 }
 
 // A flood of logins is held to password_hash_concurrency argon2id hashes at once (each holds

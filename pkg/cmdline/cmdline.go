@@ -15,19 +15,23 @@ import (
 var ErrNoPassword = errors.New("no password on stdin (e.g. `echo 'a long passphrase' | COMMAND`)")
 
 // Interleaved parses fs from args where flags and positional arguments may be mixed
-// ("vehicle add VIN --json"), and returns the positional ones in order.
+// ("vehicle add VIN --json"), and returns the positional ones in order. Everything after "--"
+// is positional, also what starts with "-" (a key id may: "key revoke VIN -- -AbC…").
 func Interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			return nil, err
 		}
-		args = fs.Args()
-		if len(args) == 0 {
+		rest := fs.Args()
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
 			return pos, nil
 		}
-		pos = append(pos, args[0])
-		args = args[1:]
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
 }
 
