@@ -52,13 +52,7 @@ func (f *tokenFollower) onCarToken(_ *mqtt.Client, _ packets.Subscription, pk pa
 		f.b.log.Warn("car token ignored: not a signed envelope", "err", err)
 		return
 	}
-	var doc []byte
-	var err error
-	for _, k := range f.keys {
-		if doc, err = sign.Verify(env, k); err == nil {
-			break
-		}
-	}
+	doc, err := sign.VerifyAny(env, f.keys)
 	if err != nil {
 		f.b.log.Warn("car token ignored: not signed by the gateway", "err", err)
 		return

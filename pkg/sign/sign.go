@@ -23,6 +23,9 @@ import (
 // ErrBadSignature means a signature does not verify with the key it names.
 var ErrBadSignature = errors.New("signature does not verify")
 
+// ErrNoTrustedKey means there was no key to verify a signature with.
+var ErrNoTrustedKey = errors.New("no trusted key to verify with")
+
 // Signer holds a private key and its key id.
 type Signer struct {
 	priv *ecdsa.PrivateKey
@@ -109,6 +112,20 @@ func Verify(env protocol.Envelope, pub *ecdsa.PublicKey) ([]byte, error) {
 		return nil, &protocol.Refusal{Reason: protocol.ReasonSignatureInvalid, Err: ErrBadSignature}
 	}
 	return doc, nil
+}
+
+// VerifyAny checks env against each of keys in turn and returns the document's bytes for the
+// first that verifies. No keys, or none that verifies: a signature_invalid refusal.
+func VerifyAny(env protocol.Envelope, keys []*ecdsa.PublicKey) ([]byte, error) {
+	err := error(&protocol.Refusal{Reason: protocol.ReasonSignatureInvalid, Err: ErrNoTrustedKey})
+	for _, k := range keys {
+		doc, verr := Verify(env, k)
+		if verr == nil {
+			return doc, nil
+		}
+		err = verr
+	}
+	return nil, err
 }
 
 // KeyID derives a key id from a public key: the first 16 bytes of SHA-256 of its DER form.

@@ -285,7 +285,7 @@ func (c *Car) verify(payload []byte, now time.Time) (*protocol.Command, error) {
 	if vc.V != protocol.Version {
 		return peekCommand(vc.Command), protocol.Refuse(protocol.ReasonBadRequest, "unsupported version %d", vc.V)
 	}
-	grantDoc, err := c.verifyGateway(vc.Grant)
+	grantDoc, err := sign.VerifyAny(vc.Grant, c.trusted)
 	if err != nil {
 		return peekCommand(vc.Command), fmt.Errorf("grant: %w", err)
 	}
@@ -333,21 +333,6 @@ func (c *Car) verify(payload []byte, now time.Time) (*protocol.Command, error) {
 		return &cmd, err
 	}
 	return &cmd, nil
-}
-
-// verifyGateway checks env against every gateway key the car trusts and returns the document.
-func (c *Car) verifyGateway(env protocol.Envelope) ([]byte, error) {
-	var err error
-	for _, k := range c.trusted {
-		var doc []byte
-		if doc, err = sign.Verify(env, k); err == nil {
-			return doc, nil
-		}
-	}
-	if err == nil {
-		err = protocol.Refuse(protocol.ReasonSignatureInvalid, "the car trusts no gateway key")
-	}
-	return nil, err
 }
 
 // checkExpiry applies the car's clock to a command's expiry: not past (expired), and at most

@@ -80,17 +80,8 @@ func CheckKey(k protocol.WhitelistKey, channel string, action protocol.Action, n
 // naming vin, and newer than storedVersion. Refusals: signature_invalid, forbidden (another
 // car), duplicate (not newer: a replay or a rollback), bad_request (malformed).
 func Verify(env protocol.Envelope, vin string, storedVersion uint64, trusted []*ecdsa.PublicKey) (*protocol.Whitelist, error) {
-	var doc []byte
-	var err error
-	for _, k := range trusted {
-		if doc, err = sign.Verify(env, k); err == nil {
-			break
-		}
-	}
-	if doc == nil {
-		if err == nil {
-			err = protocol.Refuse(protocol.ReasonSignatureInvalid, "no trusted gateway key")
-		}
+	doc, err := sign.VerifyAny(env, trusted)
+	if err != nil {
 		return nil, err
 	}
 	var wl protocol.Whitelist
