@@ -66,15 +66,8 @@ func newTwins(stored []store.Twin) *twins {
 	return t
 }
 
-// shard returns vin's shard (FNV-1a of the VIN, inlined: this runs for every message).
-func (t *twins) shard(vin string) *twinShard {
-	h := uint32(2166136261)
-	for i := 0; i < len(vin); i++ {
-		h ^= uint32(vin[i])
-		h *= 16777619
-	}
-	return &t.shards[h%twinShards]
-}
+// shard returns vin's shard.
+func (t *twins) shard(vin string) *twinShard { return &t.shards[shardOf(vin, twinShards)] }
 
 // get returns vin's twin, created if new; the caller holds the shard's lock.
 func (sh *twinShard) get(vin string) *store.Twin {

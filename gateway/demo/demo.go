@@ -339,9 +339,11 @@ func Run(ctx context.Context, o Options) Summary {
 			return "", err
 		}
 		var filed []audit.Event
-		err := waitFor(ctx, 30*time.Second, func() bool {
-			filed, _ = cloud.G.Audit().Query(audit.Filter{VIN: mine, Kind: audit.KindVehicle})
-			return len(filed) >= 2
+		err := drill.WaitFor(ctx, 30*time.Second, func() error {
+			if filed, _ = cloud.G.Audit().Query(audit.Filter{VIN: mine, Kind: audit.KindVehicle}); len(filed) < 2 {
+				return errors.New("not yet")
+			}
+			return nil
 		})
 		if err != nil {
 			return "", fmt.Errorf("the car's journal did not reach the audit log: %d entries", len(filed))
@@ -398,21 +400,6 @@ func containsToken(s, secret string) bool {
 
 func isAlnum(b byte) bool {
 	return '0' <= b && b <= '9' || 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z'
-}
-
-func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 func randomPassword() string {

@@ -24,6 +24,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/gateway/twofa"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -37,11 +38,11 @@ var (
 	bucketJournal    = []byte("journal")    // vin/seq -> filed vehicle events
 )
 
-// Key-change actions, as the 2FA policy names them.
+// Key-change actions: the 2FA policy's names for them.
 const (
-	ActionPair   = "key_pair"
-	ActionShare  = "key_share"
-	ActionRevoke = "key_revoke"
+	ActionPair   = twofa.ActionKeyPair
+	ActionShare  = twofa.ActionKeyShare
+	ActionRevoke = twofa.ActionKeyRevoke
 )
 
 // SecondFactor checks the code a key change carries. It must refuse (totp_required,

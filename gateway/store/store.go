@@ -60,8 +60,9 @@ func Open(path string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open gateway store %q: %w", path, err)
 	}
-	// 2FA state is written with db.Batch; the default 10 ms wait for company would dominate a
-	// request's latency. Everything else goes through the group committer (Write).
+	// The gateway writes everything through the group committer (Write). The packages that
+	// can also run on their own (audit, twofa: their tests) write with db.Batch there, whose
+	// default 10 ms wait for company would dominate their latency.
 	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketVehicles, bucketTwin, bucketCmdIDs} {

@@ -114,23 +114,17 @@ func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
 	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
 }
 
-// KeyStatus is a car's whitelist state at the gateway.
-type KeyStatus struct {
-	Version      uint64 `json:"version"`
-	AckedVersion uint64 `json:"acked_version"`
-}
-
 // WaitSynced waits until every car acknowledged its current whitelist.
 func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...string) error {
-	return waitFor(ctx, timeout, func() error {
+	return WaitFor(ctx, timeout, func() error {
 		for _, vin := range vins {
 			var v struct {
-				Keys KeyStatus `json:"keys"`
+				Keys phone.KeyStatus `json:"keys"`
 			}
 			if err := c.Admin(ctx, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
 				return err
 			}
-			if v.Keys.Version == 0 || v.Keys.AckedVersion != v.Keys.Version {
+			if v.Keys.Version == 0 || !v.Keys.InSync() {
 				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
 			}
 		}
@@ -140,7 +134,7 @@ func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...s
 
 // WaitOnline waits until the gateway's twin shows every car online.
 func (c *Cloud) WaitOnline(ctx context.Context, timeout time.Duration, vins ...string) error {
-	return waitFor(ctx, timeout, func() error {
+	return WaitFor(ctx, timeout, func() error {
 		for _, vin := range vins {
 			if tw, ok := c.G.Router().Twin(vin); !ok || tw.Status != protocol.StatusOnline {
 				return fmt.Errorf("%s is not online", vin)
@@ -150,7 +144,9 @@ func (c *Cloud) WaitOnline(ctx context.Context, timeout time.Duration, vins ...s
 	})
 }
 
-func waitFor(ctx context.Context, timeout time.Duration, cond func() error) error {
+// WaitFor calls cond until it returns nil, every 25 ms, for at most timeout; then it returns
+// cond's last error (or the context's).
+func WaitFor(ctx context.Context, timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
@@ -267,7 +263,7 @@ func StartFleet(ctx context.Context, dir, brokerURL string, creds []protocol.Cre
 		}
 	}()
 	// The link serves the cars as RunFleet builds them.
-	if err := waitFor(ctx, 15*time.Second, func() error {
+	if err := WaitFor(ctx, 15*time.Second, func() error {
 		if n := len(garage.VINs()); n < len(creds) {
 			return fmt.Errorf("%d of %d cars built", n, len(creds))
 		}

@@ -268,7 +268,7 @@ func Run(ctx context.Context, o Options) Report {
 		return fail("bring the cloud back: %v", err)
 	}
 	say("the cloud is back; cars reconnect and send their journals")
-	err = waitFor(ctx, 30*time.Second, func() error {
+	err = WaitFor(ctx, 30*time.Second, func() error {
 		evs, err := cloud.G.Audit().Query(audit.Filter{Kind: audit.KindVehicle, Limit: 1 << 30})
 		if err != nil {
 			return err

@@ -23,7 +23,7 @@ import (
 // against its own whitelist. No broker and no gateway are involved.
 
 // DefaultLinkAddr is where vehicle-sim serves the local link of the cars it runs.
-const DefaultLinkAddr = "127.0.0.1:1884"
+const DefaultLinkAddr = protocol.DefaultLinkAddr
 
 // LocalTimeout bounds one local-link exchange (challenge and command): the car is close by,
 // so an answer that takes longer is not coming.

@@ -78,6 +78,10 @@ type LocalRequest struct {
 	Command Envelope `json:"command"`
 }
 
+// DefaultLinkAddr is where vehicle-sim serves its cars' local link and where the app looks for
+// it, unless told otherwise (being able to reach it stands for being next to the car).
+const DefaultLinkAddr = "127.0.0.1:1884"
+
 // ChallengeLifetimeMs is how long a local-link nonce stays valid.
 const ChallengeLifetimeMs = 10_000
 

@@ -57,14 +57,13 @@ func (g *testGateway) fuzzWhitelist(t testing.TB) []byte {
 }
 
 // openFuzzStore is a store for the fuzzers, which look for logic errors, not for durability:
-// without fsync and batch delay an input costs microseconds instead of about 12 ms, which
+// without fsync an input costs microseconds instead of milliseconds, which
 // matters most when the fuzzer minimizes an input by running it thousands of times. Never
 // outside a fuzz harness: the cars' store is always synced.
 func openFuzzStore(t testing.TB) *Store {
 	t.Helper()
 	st := openTestStore(t, t.TempDir())
 	st.db.NoSync = true
-	st.db.MaxBatchDelay = 0
 	return st
 }
 

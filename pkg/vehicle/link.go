@@ -66,7 +66,7 @@ const (
 )
 
 // DefaultLinkAddr is where vehicle-sim opens the local link unless told otherwise.
-const DefaultLinkAddr = "127.0.0.1:1884"
+const DefaultLinkAddr = protocol.DefaultLinkAddr
 
 // CheckLinkAddr accepts host:port addresses on loopback only (an IP literal or localhost; port
 // 0 picks a free one). Reaching the link stands for standing next to the car: on any other

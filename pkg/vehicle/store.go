@@ -100,7 +100,8 @@ func (e *lockedError) Error() string {
 func (e *lockedError) Is(target error) bool { return target == ErrStoreLocked }
 
 // Store is the bbolt file that holds every car of one vehicle-sim process: a bucket per car.
-// It is safe for concurrent use; writes go through db.Batch so that many cars share an fsync.
+// It is safe for concurrent use; writes go through a group committer, so that many cars share
+// an fsync.
 type Store struct {
 	db   *bolt.DB
 	path string
