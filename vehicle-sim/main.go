@@ -33,7 +33,7 @@ func commands() map[string]command {
 		"run":   {"run a fleet of simulated cars against the broker", runCommand},
 		"app":   {"act as a phone: login, 2FA, keys, commands, local link", appCommand},
 		"drill": {"outage drill: cloud down, cars still open for their owners", drillCommand},
-		"bench": {"load generator: connect and telemetry scenarios against a gateway it starts", benchCommand},
+		"bench": {"load generator: connect, telemetry, commands, revoke and local scenarios", benchCommand},
 	}
 }
 

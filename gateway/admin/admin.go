@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -239,14 +241,14 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 		fs.SetOutput(env.Stderr)
 		vin := fs.String("vin", "", "only this car")
 		user := fs.String("user", "", "only this user")
-		kind := fs.String("kind", "", "only this kind (command, result, login, 2fa, keys, admin, vehicle)")
+		kind := fs.String("kind", "", "only this kind (command, result, login, 2fa, keys, admin, vehicle, late_reply)")
 		limit := fs.Int("limit", 50, "newest N records")
 		if err := fs.Parse(args[1:]); err != nil {
 			return usageError(err.Error())
 		}
-		q := fmt.Sprintf("/v1/admin/audit?vin=%s&user=%s&kind=%s&limit=%d", *vin, *user, *kind, *limit)
+		q := url.Values{"vin": {*vin}, "user": {*user}, "kind": {*kind}, "limit": {strconv.Itoa(*limit)}}
 		var evs []json.RawMessage
-		if err := c.call(ctx, http.MethodGet, q, nil, &evs); err != nil {
+		if err := c.call(ctx, http.MethodGet, "/v1/admin/audit?"+q.Encode(), nil, &evs); err != nil {
 			return err
 		}
 		for _, e := range evs {

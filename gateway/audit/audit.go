@@ -42,6 +42,9 @@ const (
 	KindLate      = "late_reply" // a result that came after its request expired
 )
 
+// Kinds lists every kind, for a query that names one.
+var Kinds = []string{KindCommand, KindResult, KindAdmin, KindLogin, KindTwoFactor, KindKeys, KindVehicle, KindLate}
+
 // Log appends to and reads the audit bucket.
 type Log struct {
 	db    *bolt.DB

@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -568,8 +570,18 @@ func (a *API) addUser(w http.ResponseWriter, r *http.Request) {
 func (a *API) queryAudit(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := audit.Filter{VIN: q.Get("vin"), User: q.Get("user"), Kind: q.Get("kind")}
+	if f.Kind != "" && !slices.Contains(audit.Kinds, f.Kind) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest,
+			fmt.Sprintf("kind %q: want one of %s", f.Kind, strings.Join(audit.Kinds, ", ")))
+		return
+	}
 	if n := q.Get("limit"); n != "" {
-		fmt.Sscanf(n, "%d", &f.Limit)
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 0 {
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("limit %q: want a number, 0 or more", n))
+			return
+		}
+		f.Limit = v
 	}
 	evs, err := a.Audit.Query(f)
 	if err != nil {

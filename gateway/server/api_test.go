@@ -183,6 +183,12 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	if _, errs, code = run("", "vehicle", "show", "1HGCM82633A004352"); code != 1 || !strings.Contains(errs, "vehicle_unknown") {
 		t.Fatalf("show unknown: %d %q", code, errs)
 	}
+	if _, errs, code = run("", "audit", "--kind", "bogus"); code != 1 || !strings.Contains(errs, "want one of command, result") {
+		t.Fatalf("audit with an unknown kind: %d %q", code, errs)
+	}
+	if out, _, code = run("", "audit", "--kind", "admin", "--user", "erin&kind=login"); code != 0 || strings.TrimSpace(out) != "" {
+		t.Fatalf("audit for a user name with query syntax in it: %d %q", code, out)
+	}
 	// reissue --json has vehicle add --json's shape, so it feeds vehicle-sim run --fleet.
 	out, errs, code = run("", "vehicle", "reissue", creds[1].VIN, "--json")
 	var reissued []protocol.Credentials
