@@ -268,17 +268,14 @@ func first(a []string) string {
 
 // whitelistOf shows the whitelist version and the version the car acknowledged.
 func whitelistOf(v httpapi.VehicleView) string {
-	m, ok := v.Keys.(map[string]any)
-	if !ok {
+	if v.Keys == nil {
 		return "-"
 	}
-	ver, _ := m["version"].(float64)
-	acked, _ := m["acked_version"].(float64)
-	if ver == 0 {
+	if v.Keys.Version == 0 {
 		return "none"
 	}
-	out := fmt.Sprintf("v%d (v%d)", int64(ver), int64(acked))
-	if acked < ver {
+	out := fmt.Sprintf("v%d (v%d)", v.Keys.Version, v.Keys.AckedVersion)
+	if !v.Keys.InSync {
 		out += " NOT YET ON THE CAR"
 	}
 	return out

@@ -21,6 +21,7 @@ import (
 
 	"telematics/gateway/accounts"
 	"telematics/gateway/audit"
+	"telematics/gateway/keys"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -76,7 +77,7 @@ type API struct {
 	// Stats reports counters for GET /v1/admin/stats (nil: not served).
 	Stats func() any
 	// KeyStatus reports a car's whitelist versions for the admin API (nil: not shown).
-	KeyStatus func(vin string) any
+	KeyStatus func(vin string) keys.Status
 	// Extra routes (2FA, keys) registered by other packages.
 	Extra func(mux *http.ServeMux)
 
@@ -444,13 +445,14 @@ type VehicleView struct {
 	Twin *store.Twin `json:"twin,omitempty"`
 	// Keys is the car's whitelist: version, the version the car acknowledged, and the keys,
 	// so an owner or operator sees whether a revocation has reached the car.
-	Keys any `json:"keys,omitempty"`
+	Keys *keys.Status `json:"keys,omitempty"`
 }
 
 func (a *API) view(v store.Vehicle) VehicleView {
 	out := VehicleView{Vehicle: v}
 	if a.KeyStatus != nil {
-		out.Keys = a.KeyStatus(v.VIN)
+		st := a.KeyStatus(v.VIN)
+		out.Keys = &st
 	}
 	if t, ok := a.Twins.Twin(v.VIN); ok {
 		out.Twin = &t

@@ -188,10 +188,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	g.registerGauges()
 	g.api.TokenRetired = g.retireVehicleToken
 	g.api.Metrics = g.metrics.Handler()
-	g.api.KeyStatus = func(vin string) any {
-		st := g.keys.Status(vin)
-		return st
-	}
+	g.api.KeyStatus = g.keys.Status
 	if g.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
