@@ -276,7 +276,7 @@ func (r *Router) decide(req request) {
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
 		return
 	}
-	if err := r.check(req, &cmd, nowMs); err != nil {
+	if err := r.check(&cmd, nowMs); err != nil {
 		r.refuse(req, ev, cmd, err, true)
 		return
 	}
@@ -357,7 +357,7 @@ func (r *Router) decide(req request) {
 }
 
 // check runs the checks that need the store and the clock: expiry bounds, vehicle known.
-func (r *Router) check(req request, cmd *protocol.Command, nowMs int64) error {
+func (r *Router) check(cmd *protocol.Command, nowMs int64) error {
 	if cmd.ExpiresAtMs <= nowMs {
 		return protocol.Refuse(protocol.ReasonExpired, "command expired before the gateway saw it")
 	}
