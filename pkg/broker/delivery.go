@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"sync/atomic"
+	"time"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -18,6 +21,9 @@ import (
 type GatewayDeliveryHook struct {
 	mqtt.HookBase
 	auth *AuthHook
+
+	lost    atomic.Int64 // deliveries to a gateway lost on a broken connection
+	lastLog atomic.Int64 // unix ns of the last warning: one a second, not one per message
 }
 
 // NewGatewayDeliveryHook returns the hook; auth tells which clients are gateways.
@@ -42,6 +48,10 @@ func (h *GatewayDeliveryHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packe
 	out.FixedHeader.Retain = false
 	out.PacketID = 0
 	if err := cl.WritePacket(out); err != nil {
-		h.Log.Warn("delivery to the gateway lost", "client", cl.ID, "topic", clip(pk.TopicName), "error", err)
+		n := h.lost.Add(1)
+		now, last := time.Now().UnixNano(), h.lastLog.Load()
+		if now-last >= int64(time.Second) && h.lastLog.CompareAndSwap(last, now) {
+			h.Log.Warn("delivery to the gateway lost", "client", cl.ID, "topic", clip(pk.TopicName), "error", err, "lost_so_far", n)
+		}
 	}
 }
