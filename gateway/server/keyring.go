@@ -88,6 +88,8 @@ func RotateSigningKey(dir string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "new signing key %s; previous key %s kept in %s\n", ring.current.KID(), ring.previous.KID(), PrevSigningKeyFile)
+	fmt.Fprintf(out, "a standalone broker: restart it with --gateway-pubkey %s --gateway-pubkey %s (else it refuses the gateway's new token)\n",
+		filepath.Join(dir, PublicKeyFile), filepath.Join(dir, PrevPublicKeyFile))
 	fmt.Fprintf(out, "start the gateway: it moves every car to the new key as the car acknowledges (see `gateway admin vehicle list`)\n")
 	return nil
 }
