@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,9 @@ func drillCommand(ctx context.Context, args []string, env stdio) int {
 	cloudTimeout := fs.Duration("cloud-timeout", 0, "how long a phone waits for the cloud before the local link (default 1s)")
 	verbose := fs.Bool("v", false, "show the components' logs")
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // asked for the usage, got it
+		}
 		return 2
 	}
 	if *cars < 1 || *cars > 2000 {

@@ -56,6 +56,9 @@ func Run(ctx context.Context, args []string, env Env) int {
 	tokenFile := fs.String("token-file", envOr("GATEWAY_ADMIN_TOKEN_FILE", "./data/admin.token"), "file holding the admin token")
 	fs.Usage = func() { fmt.Fprint(env.Stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // asked for the usage, got it
+		}
 		return 2
 	}
 	rest := fs.Args()

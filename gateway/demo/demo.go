@@ -58,6 +58,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	data := fs.String("data", "", "keep the demo's data here instead of a temporary directory")
 	verbose := fs.Bool("v", false, "show the components' logs")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // asked for the usage, got it
+		}
 		return 2
 	}
 	if *cars < 2 || *cars > 5000 {

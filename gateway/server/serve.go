@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -63,10 +64,11 @@ func NewLogger(w io.Writer, level string) *slog.Logger {
 // Serve runs `gateway serve` until ctx ends (SIGINT/SIGTERM), then shuts down cleanly.
 func Serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := ParseServeFlags(args, stderr, os.LookupEnv)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0 // asked for the usage, got it
+	}
 	if err != nil {
-		if err != flag.ErrHelp {
-			fmt.Fprintf(stderr, "gateway serve: %v\n", err)
-		}
+		fmt.Fprintf(stderr, "gateway serve: %v\n", err)
 		return 2
 	}
 	log := NewLogger(stderr, cfg.LogLevel)

@@ -83,6 +83,9 @@ func Run(ctx context.Context, args []string, env Env) int {
 	fs.StringVar(&g.key, "key", orDefault(env.Getenv("SIM_PHONE_KEY"), defaultPath(env, "phone.key")), "phone key file (private key, 0600)")
 	fs.Usage = func() { fmt.Fprint(env.Stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // asked for the usage, got it
+		}
 		return 2
 	}
 	rest := fs.Args()
