@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -353,7 +354,12 @@ func (r Report) Summary() string {
 		fmt.Fprintf(&b, "%-8s %8d %9d %8.2f %8.2f %8.2f\n", name, p.Attempts, p.Successes, p.P50Ms, p.P99Ms, p.MaxMs)
 	}
 	fmt.Fprintf(&b, "legitimate unlocks failed: %d\n", r.LegitimateFailed)
-	fmt.Fprintf(&b, "illegitimate attempts: %d, succeeded: %d, refused by reason: %v\n", r.IllegitimateAttempts, r.IllegitimateSucceeded, r.Refusals)
+	reasons := make([]string, 0, len(r.Refusals))
+	for reason, n := range r.Refusals {
+		reasons = append(reasons, fmt.Sprintf("%s %d", reason, n))
+	}
+	slices.Sort(reasons)
+	fmt.Fprintf(&b, "illegitimate attempts: %d, succeeded: %d, refused by reason: %s\n", r.IllegitimateAttempts, r.IllegitimateSucceeded, strings.Join(reasons, ", "))
 	fmt.Fprintf(&b, "journal entries filed after the outage: %d of %d\n", r.JournalFiled, r.JournalExpected)
 	for _, p := range r.Problems {
 		fmt.Fprintf(&b, "problem: %s\n", p)
