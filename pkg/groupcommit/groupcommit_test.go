@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -88,6 +89,29 @@ func BenchmarkParallelWrites(b *testing.B) {
 			k := n
 			mu.Unlock()
 			c.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(fmt.Sprint(k)), []byte("x")) })
+		}
+	})
+}
+
+// BenchmarkParallelWritesSomeRefused is BenchmarkParallelWrites with one write in 50 refused
+// (a duplicate, a full journal): the refusals must not cost the other writers their shared
+// fsync.
+func BenchmarkParallelWritesSomeRefused(b *testing.B) {
+	db := open(b)
+	c := New(db)
+	defer c.Close()
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			k := n.Add(1)
+			c.Update(func(tx *bolt.Tx) error {
+				if k%50 == 0 {
+					return errors.New("refused")
+				}
+				return tx.Bucket([]byte("b")).Put([]byte(fmt.Sprint(k)), []byte("x"))
+			})
 		}
 	})
 }
