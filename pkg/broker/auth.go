@@ -208,7 +208,9 @@ func (h *AuthHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	// and its whitelist is retained; every session of an app user gets all of that user's
 	// replies, so abandoned app sessions would fill with them (mochi keeps 8,192 each and logs
 	// every message beyond).
-	if !ok || expire || cl.IsTakenOver() || id.Role != protocol.RoleGateway {
+	// Superseded: a newer connection with this id was admitted (add runs before mochi's
+	// takeover, which sets IsTakenOver only once it has disconnected this one).
+	if !ok || expire || cl.IsTakenOver() || h.latest[cl.ID] != cl || id.Role != protocol.RoleGateway {
 		h.removeLocked(cl)
 		return
 	}
