@@ -433,42 +433,48 @@ func TestFilterMatches(t *testing.T) {
 // A persistent session's queued messages arrive right after CONNECT, before the restarted
 // process has subscribed again: they are kept until it does and delivered first, then the
 // live ones. Nothing the broker queued for the client is lost.
-func TestPahoPersistentSessionDeliversQueuedBeforeSubscribe(t *testing.T) {
-	b := startBroker(t, brokerConfig{})
+// queueForAbsentSession makes a persistent session id subscribed to v/+/events, with nobody
+// connected, and has car1 publish n QoS 1 events ("0", "1", …) into it; it returns car1.
+func queueForAbsentSession(t *testing.T, b *testBroker, id string, n int) *Paho {
+	t.Helper()
 	ctx := context.Background()
-	persistent := func(o *Options) { o.CleanSession = false }
-
-	first := dialTest(t, b.URL(), "gateway-x", persistent)
+	first := dialTest(t, b.URL(), id, func(o *Options) { o.CleanSession = false })
 	must(t, first.Subscribe(ctx, "v/+/events", 1, func(Message) {}))
 	must(t, first.Close())
 	// Until the broker has seen it go, the first client could still take (and acknowledge) a
-	// message; the test is about what the broker queues for the session while nobody is there.
+	// message; the tests are about what the broker queues for the session while nobody is there.
 	eventually(t, 5*time.Second, func() error {
-		if cl, ok := b.Server.Clients.Get("gateway-x"); ok && !cl.Closed() {
+		if cl, ok := b.Server.Clients.Get(id); ok && !cl.Closed() {
 			return errors.New("the broker still holds the first connection")
 		}
 		return nil
 	})
-
 	car := dialTest(t, b.URL(), "car1", nil)
-	const queued = 20
-	for i := range queued {
+	for i := range n {
 		must(t, car.Publish(ctx, "v/car1/events", 1, false, []byte(fmt.Sprint(i))))
 	}
-
 	// mochi acknowledges a QoS 1 publish before it fans it out, so the last of them may not be
 	// queued yet; a takeover that clones the session meanwhile would miss it (see
-	// docs/ARCHITECTURE.md, Known limits). The test is about what was queued: wait for all.
+	// docs/ARCHITECTURE.md, Known limits). The tests are about what was queued: wait for all.
 	eventually(t, 5*time.Second, func() error {
-		cl, ok := b.Server.Clients.Get("gateway-x")
+		cl, ok := b.Server.Clients.Get(id)
 		if !ok {
 			return errors.New("the broker forgot the session")
 		}
-		if n := cl.State.Inflight.Len(); n != queued {
-			return fmt.Errorf("%d of %d messages queued for the session", n, queued)
+		if q := cl.State.Inflight.Len(); q != n {
+			return fmt.Errorf("%d of %d messages queued for the session", q, n)
 		}
 		return nil
 	})
+	return car
+}
+
+func TestPahoPersistentSessionDeliversQueuedBeforeSubscribe(t *testing.T) {
+	b := startBroker(t, brokerConfig{})
+	ctx := context.Background()
+	persistent := func(o *Options) { o.CleanSession = false }
+	const queued = 20
+	car := queueForAbsentSession(t, b, "gateway-x", queued)
 
 	// The "restarted" process: the broker delivers the queue as soon as it connects.
 	second := dialTest(t, b.URL(), "gateway-x", persistent)
@@ -505,27 +511,8 @@ func TestPahoEarlyMessagesAcrossAReconnect(t *testing.T) {
 	b := startBroker(t, brokerConfig{})
 	ctx := context.Background()
 	persistent := func(o *Options) { o.CleanSession = false }
-
-	first := dialTest(t, b.URL(), "gateway-y", persistent)
-	must(t, first.Subscribe(ctx, "v/+/events", 1, func(Message) {}))
-	must(t, first.Close())
-	eventually(t, 5*time.Second, func() error {
-		if cl, ok := b.Server.Clients.Get("gateway-y"); ok && !cl.Closed() {
-			return errors.New("the broker still holds the first connection")
-		}
-		return nil
-	})
-	car := dialTest(t, b.URL(), "car1", nil)
 	const queued = 5
-	for i := range queued {
-		must(t, car.Publish(ctx, "v/car1/events", 1, false, []byte(fmt.Sprint(i))))
-	}
-	eventually(t, 5*time.Second, func() error {
-		if cl, ok := b.Server.Clients.Get("gateway-y"); !ok || cl.State.Inflight.Len() != queued {
-			return errors.New("the broker has not queued them all yet")
-		}
-		return nil
-	})
+	queueForAbsentSession(t, b, "gateway-y", queued)
 
 	second := dialTest(t, b.URL(), "gateway-y", persistent)
 	eventually(t, 5*time.Second, func() error {
