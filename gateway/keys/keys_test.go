@@ -412,12 +412,15 @@ func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 		json.Unmarshal(f.bus.msgs[len(f.bus.msgs)-1].Payload, &env)
 		return env
 	}
+	ack := func(version uint64) { // the car acknowledges version
+		b, _ := json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: version})
+		f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	}
 	wl, err := whitelist.Verify(last(), vin, 1, []*ecdsa.PublicKey{old.Public()})
 	if err != nil || len(wl.Trust) != 2 {
 		t.Fatalf("rotation whitelist must be signed by the old key and name both: %+v %v", wl, err)
 	}
-	b, _ := json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: wl.Version})
-	f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	ack(wl.Version)
 	waitFor(t, func() bool { return f.svc.Status(vin).Version == wl.Version+1 })
 	if f.svc.GrantSigner(vin) != fresh {
 		t.Fatal("grants not moved to the new key after the car acknowledged it")
@@ -426,8 +429,7 @@ func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 	if err != nil || len(wl2.Trust) != 1 {
 		t.Fatalf("after adoption the whitelist is signed by the new key alone: %+v %v", wl2, err)
 	}
-	b, _ = json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: wl2.Version})
-	f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	ack(wl2.Version)
 	waitFor(t, func() bool { return f.svc.Status(vin).AckedVersion == wl2.Version })
 
 	// A second rotation: the car trusts fresh alone now, so everything stays on fresh until
@@ -444,8 +446,7 @@ func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 	if err != nil || len(wl3.Trust) != 2 {
 		t.Fatalf("second rotation whitelist must be signed by the key the car trusts and name both: %+v %v", wl3, err)
 	}
-	b, _ = json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: wl3.Version})
-	f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+	ack(wl3.Version)
 	waitFor(t, func() bool { return f.svc.Status(vin).Version == wl3.Version+1 })
 	if f.svc.GrantSigner(vin) != newest {
 		t.Fatal("grants not moved to the newest key after the car acknowledged it")
