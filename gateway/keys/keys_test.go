@@ -97,6 +97,12 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// ack delivers a whitelist acknowledgement on vin's topic that names forVIN and version v.
+func (f *fixture) ack(v uint64, forVIN string) {
+	b, _ := json.Marshal(protocol.KeysAck{V: 1, VIN: forVIN, Version: v})
+	f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
+}
+
 func phoneKey(t *testing.T) (*sign.Signer, string) {
 	s, _ := sign.Generate()
 	pub, _ := sign.EncodePublic(s.Public())
@@ -226,10 +232,7 @@ func TestAcksAndRestart(t *testing.T) {
 	if _, err := f.svc.Pair(ctx, "alice", "s", vin, pub, "", "123456"); err != nil {
 		t.Fatal(err)
 	}
-	ack := func(v uint64, forVIN string) {
-		b, _ := json.Marshal(protocol.KeysAck{V: 1, VIN: forVIN, Version: v})
-		f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
-	}
+	ack := f.ack
 	if st := f.svc.Status(vin); st.InSync || st.AckedVersion != 0 {
 		t.Fatalf("before ack: %+v", st)
 	}
@@ -412,10 +415,7 @@ func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 		json.Unmarshal(f.bus.msgs[len(f.bus.msgs)-1].Payload, &env)
 		return env
 	}
-	ack := func(version uint64) { // the car acknowledges version
-		b, _ := json.Marshal(protocol.KeysAck{V: 1, VIN: vin, Version: version})
-		f.svc.OnAck(mqttc.Message{Topic: "v/" + vin + "/keys/ack", Payload: b})
-	}
+	ack := func(version uint64) { f.ack(version, vin) } // the car acknowledges version
 	wl, err := whitelist.Verify(last(), vin, 1, []*ecdsa.PublicKey{old.Public()})
 	if err != nil || len(wl.Trust) != 2 {
 		t.Fatalf("rotation whitelist must be signed by the old key and name both: %+v %v", wl, err)
