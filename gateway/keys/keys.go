@@ -81,6 +81,12 @@ type record struct {
 	// starts again for every car, also one that made the hop of an earlier rotation.
 	TrustFrom uint64 `json:"trust_from,omitempty"`
 	TrustKID  string `json:"trust_kid,omitempty"`
+	// RetireOnAck is the version of a decommissioned car's empty whitelist: once the car
+	// acknowledged it, its credentials are retired (0: nothing to do).
+	RetireOnAck uint64 `json:"retire_on_ack,omitempty"`
+	// Retired is set once the car's credentials were retired: it cannot connect, so it is no
+	// longer waited for (rotation, unacknowledged whitelists).
+	Retired bool `json:"retired,omitempty"`
 }
 
 // trusts reports whether the car is known to trust the signing key kid.
@@ -114,6 +120,10 @@ type Service struct {
 	mu    sync.RWMutex                   // guards cache and recs
 	cache map[string]*protocol.Whitelist // vin -> current whitelist document
 	recs  map[string]record
+	// CredentialsRetired is told a decommissioned car's new token id once its credentials
+	// were retired (recorded in the store in the same transaction), so the broker refuses
+	// every token the car holds. Set it before Subscribe; nil: nobody is told.
+	CredentialsRetired func(vin, jti string)
 }
 
 // New opens the registry's buckets and loads every car's current whitelist.
@@ -193,26 +203,39 @@ func (s *Service) Pair(ctx context.Context, user, session, vin, pubB64, label, c
 	if err != nil {
 		return protocol.WhitelistKey{}, err
 	}
-	role, ok := v.Users[user]
-	if !ok {
+	if _, ok := v.Users[user]; !ok {
 		return protocol.WhitelistKey{}, protocol.Refuse(protocol.ReasonForbidden, "you hold no role on %s: its owner must share it with you", vin)
 	}
 	if err := s.tfa.RequireForKeyChange(user, session, ActionPair, code); err != nil {
 		return protocol.WhitelistKey{}, err
 	}
-	k := protocol.WhitelistKey{ID: sign.KeyID(pub), Pub: pubB64, User: user, Role: role,
-		Channels: []string{protocol.ChannelCloud, protocol.ChannelLocal}, Label: label}
+	id := sign.KeyID(pub)
 	var out protocol.WhitelistKey
 	_, err = s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 		kb := tx.Bucket(bucketKeys)
-		if kb.Get(keyOf(vin, k.ID)) != nil {
+		if kb.Get(keyOf(vin, id)) != nil {
 			return audit.Event{}, protocol.Refuse(protocol.ReasonDuplicate, "this phone key is already paired with %s", vin)
 		}
-		k.NotBeforeMs = nowMs
+		// The role again, under the car's lock: an owner or the admin may have removed the
+		// user since the check above, and a removed user must not get a key.
+		v, err := store.GetVehicleTx(tx, vin)
+		if err != nil {
+			return audit.Event{}, err
+		}
+		role, ok := v.Users[user]
+		if !ok {
+			return audit.Event{}, protocol.Refuse(protocol.ReasonForbidden, "you hold no role on %s: its owner must share it with you", vin)
+		}
+		k := protocol.WhitelistKey{ID: id, Pub: pubB64, User: user, Role: role, NotBeforeMs: nowMs,
+			Channels: []string{protocol.ChannelCloud, protocol.ChannelLocal}, Label: label}
 		if b := tx.Bucket(bucketShares).Get(keyOf(vin, user)); b != nil {
 			var sh Share
 			if err := json.Unmarshal(b, &sh); err != nil {
 				return audit.Event{}, err
+			}
+			if sh.NotAfterMs != 0 && sh.NotAfterMs <= nowMs {
+				return audit.Event{}, protocol.Refuse(protocol.ReasonForbidden, "your share of %s ended at %s: its owner must share it with you again",
+					vin, time.UnixMilli(sh.NotAfterMs).UTC().Format(time.RFC3339))
 			}
 			k.NotAfterMs, k.Channels = sh.NotAfterMs, sh.Channels
 		}
@@ -282,6 +305,17 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 	// car with the new whitelist version) and the audit record.
 	_, err = s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 		sh.CreatedMs = nowMs
+		// The roles again, under the car's lock: the admin may have changed them since.
+		v, err := store.GetVehicleTx(tx, r.VIN)
+		if err != nil {
+			return audit.Event{}, err
+		}
+		if v.Users[owner] != protocol.RoleOwner {
+			return audit.Event{}, protocol.Refuse(protocol.ReasonForbidden, "only an owner of %s shares it", r.VIN)
+		}
+		if v.Users[r.User] == protocol.RoleOwner {
+			return audit.Event{}, protocol.Refuse(protocol.ReasonBadRequest, "%s is an owner of %s already", r.User, r.VIN)
+		}
 		if err := store.AssignTx(tx, r.VIN, r.User, r.Role); err != nil {
 			return audit.Event{}, err
 		}
@@ -335,20 +369,46 @@ type RevokeRequest struct {
 	KeyID          string `json:"key_id"`
 	TOTP           string `json:"totp,omitempty"`
 	AllowLastOwner bool   `json:"allow_last_owner,omitempty"`
+	// KeepShare keeps the share of a driver or valet whose last key an owner revokes. Without
+	// it their share and role on the car end with that key: they cannot pair another phone
+	// until an owner shares the car with them again.
+	KeepShare bool `json:"keep_share,omitempty"`
+}
+
+// Revocation is what a revocation did.
+type Revocation struct {
+	VIN     string `json:"vin"`
+	KeyID   string `json:"key_id"`
+	User    string `json:"user"`    // whose key it was
+	Version uint64 `json:"version"` // the whitelist version without it
+	// ShareEnded: the key was the last of a driver or valet, and their share and role on the
+	// car ended with it.
+	ShareEnded bool `json:"share_ended"`
 }
 
 // ErrLastOwnerKey refuses to revoke the last active owner key of a car without the explicit
 // flag: it would leave nobody able to manage the car's keys.
 var ErrLastOwnerKey = errors.New("this is the car's last active owner key; pass allow_last_owner to revoke it anyway")
 
-// Revoke marks a key revoked (an owner may revoke any key of the car, a user their own).
+// Revoke marks a key revoked (an owner may revoke any key of the car, a user their own) and
+// returns the whitelist version without it. See RevokeKey.
 func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequest) (uint64, error) {
+	rv, err := s.RevokeKey(ctx, user, session, r)
+	return rv.Version, err
+}
+
+// RevokeKey marks a key revoked: an owner may revoke any key of the car, a user their own.
+// When an owner revokes the last key of a driver or valet, that user's share and role on the
+// car end too (unless r.KeepShare), so the user cannot pair a new phone and be back: a user
+// whose access the owner revoked does not get it back without the owner. A user revoking
+// their own key keeps their share (a phone replaced).
+func (s *Service) RevokeKey(ctx context.Context, user, session string, r RevokeRequest) (Revocation, error) {
 	if !protocol.ValidVIN(r.VIN) || r.KeyID == "" || len(r.KeyID) > 64 {
-		return 0, protocol.Refuse(protocol.ReasonBadRequest, "need a VIN and a key id")
+		return Revocation{}, protocol.Refuse(protocol.ReasonBadRequest, "need a VIN and a key id")
 	}
 	v, err := s.vehicle(r.VIN)
 	if err != nil {
-		return 0, err
+		return Revocation{}, err
 	}
 	wl := s.Whitelist(r.VIN)
 	var k protocol.WhitelistKey
@@ -357,13 +417,13 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 		k, found = wl.Find(r.KeyID)
 	}
 	if !found {
-		return 0, protocol.Refuse(protocol.ReasonKeyUnknown, "no key %q on %s", r.KeyID, r.VIN)
+		return Revocation{}, protocol.Refuse(protocol.ReasonKeyUnknown, "no key %q on %s", r.KeyID, r.VIN)
 	}
 	if v.Users[user] != protocol.RoleOwner && k.User != user {
-		return 0, protocol.Refuse(protocol.ReasonForbidden, "only an owner of %s revokes other users' keys", r.VIN)
+		return Revocation{}, protocol.Refuse(protocol.ReasonForbidden, "only an owner of %s revokes other users' keys", r.VIN)
 	}
 	if k.RevokedAtMs != 0 {
-		return 0, protocol.Refuse(protocol.ReasonKeyRevoked, "key %q is revoked already", r.KeyID)
+		return Revocation{}, protocol.Refuse(protocol.ReasonKeyRevoked, "key %q is revoked already", r.KeyID)
 	}
 	if k.Role == protocol.RoleOwner && !r.AllowLastOwner {
 		others := 0
@@ -373,13 +433,21 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 			}
 		}
 		if others == 0 {
-			return 0, &protocol.Refusal{Reason: protocol.ReasonForbidden, Err: ErrLastOwnerKey}
+			return Revocation{}, &protocol.Refusal{Reason: protocol.ReasonForbidden, Err: ErrLastOwnerKey}
 		}
 	}
 	if err := s.tfa.RequireForKeyChange(user, session, ActionRevoke, r.TOTP); err != nil {
-		return 0, err
+		return Revocation{}, err
 	}
-	return s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	return s.revoke(ctx, user, session, r)
+}
+
+// revoke is a revocation once the caller is authorized: by user (an owner, or the key's own
+// user), or by the admin when user is "".
+func (s *Service) revoke(ctx context.Context, user, session string, r RevokeRequest) (Revocation, error) {
+	var out Revocation
+	version, err := s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		out = Revocation{VIN: r.VIN, KeyID: r.KeyID}
 		kb := tx.Bucket(bucketKeys)
 		b := kb.Get(keyOf(r.VIN, r.KeyID))
 		if b == nil {
@@ -389,9 +457,25 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 		if err := json.Unmarshal(b, &stored); err != nil {
 			return audit.Event{}, err
 		}
+		if stored.RevokedAtMs != 0 {
+			return audit.Event{}, protocol.Refuse(protocol.ReasonKeyRevoked, "key %q is revoked already", r.KeyID)
+		}
+		out.User = stored.User
+		byOwner := user == "" // the admin
+		if user != "" {
+			// Again under the car's lock: the revoker's role may have changed since.
+			v, err := store.GetVehicleTx(tx, r.VIN)
+			if err != nil {
+				return audit.Event{}, err
+			}
+			byOwner = v.Users[user] == protocol.RoleOwner
+			if !byOwner && stored.User != user {
+				return audit.Event{}, protocol.Refuse(protocol.ReasonForbidden, "only an owner of %s revokes other users' keys", r.VIN)
+			}
+		}
 		// Again under the car's lock: two owners revoking each other's key at once must not
 		// both pass the check above.
-		if stored.Role == protocol.RoleOwner && stored.RevokedAtMs == 0 && !r.AllowLastOwner {
+		if stored.Role == protocol.RoleOwner && !r.AllowLastOwner {
 			others, err := activeOwnerKeys(tx, r.VIN, r.KeyID)
 			if err != nil {
 				return audit.Event{}, err
@@ -400,16 +484,70 @@ func (s *Service) Revoke(ctx context.Context, user, session string, r RevokeRequ
 				return audit.Event{}, &protocol.Refusal{Reason: protocol.ReasonForbidden, Err: ErrLastOwnerKey}
 			}
 		}
-		if stored.RevokedAtMs == 0 {
-			stored.RevokedAtMs = nowMs
-		}
+		stored.RevokedAtMs = nowMs
 		nb, err := json.Marshal(stored)
 		if err != nil {
 			return audit.Event{}, err
 		}
-		return audit.Event{Kind: audit.KindKeys, User: user, ClientID: session, VIN: r.VIN, Outcome: "revoked",
-			Detail: fmt.Sprintf("key=%s of=%s", r.KeyID, stored.User)}, kb.Put(keyOf(r.VIN, r.KeyID), nb)
+		if err := kb.Put(keyOf(r.VIN, r.KeyID), nb); err != nil {
+			return audit.Event{}, err
+		}
+		if byOwner && stored.User != user && !r.KeepShare {
+			if out.ShareEnded, err = endShareIfNoKeyLeft(tx, r.VIN, stored.User); err != nil {
+				return audit.Event{}, err
+			}
+		}
+		ev := audit.Event{Kind: audit.KindKeys, User: user, ClientID: session, VIN: r.VIN, Outcome: "revoked",
+			Detail: fmt.Sprintf("key=%s of=%s share_ended=%t", r.KeyID, stored.User, out.ShareEnded)}
+		if user == "" {
+			ev.Kind, ev.User, ev.Outcome = audit.KindAdmin, stored.User, "key_revoked"
+		}
+		return ev, nil
 	})
+	out.Version = version
+	return out, err
+}
+
+// endShareIfNoKeyLeft ends the share and removes the role of user on vin, inside tx, when
+// user is a driver or valet there (not an owner) and holds no unrevoked key of the car.
+func endShareIfNoKeyLeft(tx *bolt.Tx, vin, user string) (bool, error) {
+	v, err := store.GetVehicleTx(tx, vin)
+	if err != nil {
+		return false, err
+	}
+	if role, ok := v.Users[user]; !ok || role == protocol.RoleOwner {
+		return false, nil
+	}
+	keys, err := userKeys(tx, vin, user)
+	if err != nil {
+		return false, err
+	}
+	for _, k := range keys {
+		if k.RevokedAtMs == 0 {
+			return false, nil
+		}
+	}
+	if err := tx.Bucket(bucketShares).Delete(keyOf(vin, user)); err != nil {
+		return false, err
+	}
+	return true, store.UnassignTx(tx, vin, user)
+}
+
+// userKeys returns user's keys of vin (revoked ones too), inside tx.
+func userKeys(tx *bolt.Tx, vin, user string) ([]protocol.WhitelistKey, error) {
+	var out []protocol.WhitelistKey
+	prefix := []byte(vin + "/")
+	c := tx.Bucket(bucketKeys).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var key protocol.WhitelistKey
+		if err := json.Unmarshal(v, &key); err != nil {
+			return nil, err
+		}
+		if key.User == user {
+			out = append(out, key)
+		}
+	}
+	return out, nil
 }
 
 // activeOwnerKeys counts vin's owner keys that are not revoked, but for the key except.
@@ -441,6 +579,12 @@ func (s *Service) carLock(vin string) *sync.Mutex {
 // change is acknowledged to the user only after the commit, so an acknowledged change
 // survives a crash.
 func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error)) (uint64, error) {
+	return s.changeWith(ctx, vin, mutate, nil)
+}
+
+// changeWith is change, with adjust applied to the car's new whitelist record before it is
+// stored (nil: nothing to adjust).
+func (s *Service) changeWith(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error), adjust func(*record)) (uint64, error) {
 	mu := s.carLock(vin)
 	mu.Lock()
 	defer mu.Unlock()
@@ -459,7 +603,7 @@ func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.T
 		}
 		ev.TsMs = nowMs
 		if rebuilt {
-			if wl, rec, err = s.build(tx, vin, nowMs); err != nil {
+			if wl, rec, err = s.build(tx, vin, nowMs, adjust); err != nil {
 				return err
 			}
 			env = rec.Envelope
@@ -486,8 +630,8 @@ func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.T
 var errKeysUnchanged = errors.New("no key changed")
 
 // build makes the next whitelist version of vin from the keys bucket, signs it and stores the
-// record, inside tx.
-func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64) (protocol.Whitelist, record, error) {
+// record, adjusted by adjust when not nil, inside tx.
+func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64, adjust func(*record)) (protocol.Whitelist, record, error) {
 	wb := tx.Bucket(bucketWhitelists)
 	var rec record
 	if b := wb.Get([]byte(vin)); b != nil {
@@ -537,6 +681,9 @@ func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64) (protocol.Whitelis
 		return wl, rec, err
 	}
 	rec.Version, rec.Envelope = wl.Version, env
+	if adjust != nil {
+		adjust(&rec)
+	}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return wl, rec, err
@@ -587,6 +734,9 @@ func (s *Service) PublishAll(ctx context.Context) int {
 // trust the new key from a document signed by the old one.
 func (s *Service) Rotate(ctx context.Context) error {
 	for _, vin := range s.vins() {
+		if s.retired(vin) {
+			continue // a decommissioned car that cannot connect any more
+		}
 		_, err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
 			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_rotated"}, nil
 		})
@@ -610,12 +760,17 @@ func (s *Service) OnAck(m mqttc.Message) {
 	}
 	nowMs := s.now().UnixMilli()
 	var r record
-	updated, adopted := false, false
+	updated, adopted, retired := false, false, ""
+	retireJTI, err := newRetiredJTI()
+	if err != nil {
+		s.log.Error("whitelist ack", "vin", vin, "err", err)
+		return
+	}
 	rotating, curKID := s.ring.Previous() != nil, s.ring.Current().KID()
 	// Read-modify-write inside one transaction: a key change may have stored a newer version
 	// since, and must not be rolled back by a stale copy.
-	err := s.st.Write(func(tx *bolt.Tx) error {
-		updated, adopted = false, false
+	err = s.st.Write(func(tx *bolt.Tx) error {
+		updated, adopted, retired = false, false, ""
 		b := tx.Bucket(bucketWhitelists).Get([]byte(vin))
 		if b == nil {
 			return nil
@@ -630,6 +785,14 @@ func (s *Service) OnAck(m mqttc.Message) {
 		adopted = rotating && !r.trusts(curKID)
 		r.AckedVersion, r.AckedMs = ack.Version, nowMs
 		adopted = adopted && r.trusts(curKID)
+		if r.RetireOnAck != 0 && r.AckedVersion >= r.RetireOnAck {
+			// A decommissioned car has its empty whitelist: retire its credentials now, in
+			// the transaction that records the acknowledgement.
+			if err := retireTx(tx, vin, retireJTI, nowMs); err != nil {
+				return err
+			}
+			r.RetireOnAck, r.Retired, retired = 0, true, retireJTI
+		}
 		nb, err := json.Marshal(r)
 		if err != nil {
 			return err
@@ -647,9 +810,15 @@ func (s *Service) OnAck(m mqttc.Message) {
 	s.mu.Lock()
 	if cur, ok := s.recs[vin]; ok && cur.AckedVersion < r.AckedVersion {
 		cur.AckedVersion, cur.AckedMs = r.AckedVersion, r.AckedMs
+		if retired != "" {
+			cur.RetireOnAck, cur.Retired = 0, true
+		}
 		s.recs[vin] = cur
 	}
 	s.mu.Unlock()
+	if retired != "" {
+		s.credentialsRetired(vin, retired)
+	}
 	if adopted {
 		// The car trusts the new key now: move it onto a whitelist signed by that key.
 		// Done here, not on a goroutine of its own: no goroutine without an owner. Rotations
@@ -702,7 +871,7 @@ func (s *Service) OutOfSync() int {
 	defer s.mu.RUnlock()
 	n := 0
 	for _, r := range s.recs {
-		if r.AckedVersion < r.Version {
+		if r.AckedVersion < r.Version && !r.Retired {
 			n++
 		}
 	}

@@ -150,6 +150,12 @@ type Vehicle struct {
 	// Reissued is set once the car's credentials were reissued: a broker that runs apart from
 	// the gateway is told its current token (protocol.TokenList).
 	Reissued bool `json:"reissued,omitempty"`
+	// DecommissionedMs is when the car was decommissioned (0: in service): it has no users and
+	// no keys, and nobody can be given a role on it.
+	DecommissionedMs int64 `json:"decommissioned,omitempty"`
+	// RetiredMs is when a decommissioned car's credentials were retired (0: not yet): from
+	// then on the broker refuses every token of the car.
+	RetiredMs int64 `json:"credentials_retired,omitempty"`
 }
 
 // AddVehicles creates the given vehicles in one transaction; ErrExists if any exists already,
@@ -213,7 +219,9 @@ func (s *Store) SetVehicleTokenID(vin, jti string) error {
 	})
 }
 
-// Assign gives user the role on vehicle vin (replacing any previous role).
+// Assign gives user the role on vehicle vin (replacing any previous role). For provisioning
+// and tests only: the running gateway changes roles through package keys, which rewrites the
+// user's keys and the car's whitelist in the same transaction.
 func (s *Store) Assign(vin, user string, role protocol.Role) error {
 	return s.Write(func(tx *bolt.Tx) error { return AssignTx(tx, vin, user, role) })
 }
@@ -229,6 +237,31 @@ func AssignTx(tx *bolt.Tx, vin, user string, role protocol.Role) error {
 		}
 		v.Users[user] = role
 	})
+}
+
+// UnassignTx removes user's role on vin inside tx (nothing to do when they hold none).
+func UnassignTx(tx *bolt.Tx, vin, user string) error {
+	return updateVehicle(tx, vin, func(v *Vehicle) { delete(v.Users, user) })
+}
+
+// GetVehicleTx is GetVehicle inside tx, for a decision that must see what tx writes.
+func GetVehicleTx(tx *bolt.Tx, vin string) (Vehicle, error) {
+	var v Vehicle
+	b := tx.Bucket(bucketVehicles).Get([]byte(vin))
+	if b == nil {
+		return v, fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
+	}
+	return v, json.Unmarshal(b, &v)
+}
+
+// UpdateVehicleTx applies change to vin's record inside tx; ErrNotFound for an unknown vin.
+func UpdateVehicleTx(tx *bolt.Tx, vin string, change func(*Vehicle)) error {
+	return updateVehicle(tx, vin, change)
+}
+
+// UserExistsTx reports whether user exists, inside tx.
+func UserExistsTx(tx *bolt.Tx, user string) bool {
+	return tx.Bucket(bucketUsers).Get([]byte(user)) != nil
 }
 
 // updateVehicle reads vin's record in tx, applies change and writes it back; ErrNotFound for an
