@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"telematics/gateway/httpapi"
+	"telematics/gateway/keys"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -41,9 +42,10 @@ commands:
   vehicle add [VIN…] [--count N] [--json]   provision cars; prints each car's credentials
   vehicle list [--json]                       every car with its twin (online, last telemetry)
   vehicle show VIN                            one car: users, roles, twin
-  vehicle assign VIN USER --role ROLE         give USER a role on VIN (owner, driver, valet)
+  vehicle assign VIN USER --role ROLE         give USER a role on VIN (owner, driver, valet; none
+                                              removes them); their paired keys get it too
   vehicle reissue VIN [--json]                new credentials for VIN; its old token stops working
-  user add NAME                               create a user; the password is read from stdin
+` + offboardUsage + `  user add NAME                               create a user; the password is read from stdin
   user reset-2fa NAME                         remove NAME's TOTP enrollment, clear any lockout (audited)
   audit [--vin VIN] [--user U] [--kind K] [--limit N]
 `
@@ -107,6 +109,9 @@ func (c *client) call(ctx context.Context, method, path string, in, out any) err
 func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 	if len(args) < 2 && args[0] != "audit" {
 		return usageError("missing command")
+	}
+	if handled, err := c.offboard(ctx, args, env); handled {
+		return err
 	}
 	switch args[0] + " " + first(args[1:]) {
 	case "vehicle add":
@@ -174,19 +179,19 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 	case "vehicle assign":
 		fs := flag.NewFlagSet("vehicle assign", flag.ContinueOnError)
 		fs.SetOutput(env.Stderr)
-		role := fs.String("role", "", "owner, driver or valet")
+		role := fs.String("role", "", "owner, driver, valet, or none to remove the user")
 		pos, err := cmdline.Interleaved(fs, args[2:])
 		if err != nil {
 			return usageError(err.Error())
 		}
 		if len(pos) != 2 || *role == "" {
-			return usageError("vehicle assign needs VIN USER --role owner|driver|valet")
+			return usageError("vehicle assign needs VIN USER --role owner|driver|valet|none")
 		}
-		var out map[string]string
+		var out keys.RoleChange
 		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+pos[0]+"/assign", httpapi.AssignRequest{User: pos[1], Role: protocol.Role(*role)}, &out); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.Stdout, "%s is now %s of %s\n", pos[1], *role, pos[0])
+		printRoleChange(env, out)
 		return nil
 	case "vehicle reissue":
 		fs := flag.NewFlagSet("vehicle reissue", flag.ContinueOnError)

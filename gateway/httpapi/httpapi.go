@@ -78,6 +78,9 @@ type API struct {
 	Stats func() any
 	// KeyStatus reports a car's whitelist versions for the admin API (nil: not shown).
 	KeyStatus func(vin string) keys.Status
+	// Keys changes who is on a car (assign, unassign, transfer, decommission, key revocation):
+	// every role change goes through it, with the user's keys and a new whitelist version.
+	Keys *keys.Service
 	// Extra routes (2FA, keys) registered by other packages.
 	Extra func(mux *http.ServeMux)
 
@@ -111,6 +114,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET /v1/admin/vehicles/{vin}", a.admin(a.showVehicle))
 	mux.Handle("POST /v1/admin/vehicles/{vin}/assign", a.admin(a.assign))
 	mux.Handle("POST /v1/admin/vehicles/{vin}/credentials", a.admin(a.reissue))
+	a.vehicleAdminRoutes(mux)
 	mux.Handle("POST /v1/admin/users", a.admin(a.addUser))
 	mux.Handle("GET /v1/admin/audit", a.admin(a.queryAudit))
 	if a.Metrics != nil {
@@ -491,7 +495,8 @@ func (a *API) showVehicle(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.view(v))
 }
 
-// AssignRequest is the body of POST /v1/admin/vehicles/{vin}/assign.
+// AssignRequest is the body of POST /v1/admin/vehicles/{vin}/assign. Role "none" removes the
+// user from the car.
 type AssignRequest struct {
 	User string        `json:"user"`
 	Role protocol.Role `json:"role"`
@@ -504,25 +509,14 @@ func (a *API) assign(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
-	if !protocol.ValidVIN(vin) || !protocol.ValidUser(req.User) || !protocol.ValidKeyRole(req.Role) {
-		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "need a VIN, a user name and a role of owner, driver or valet")
-		return
-	}
-	if err := a.Store.Assign(vin, req.User, req.Role); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			reason := protocol.ReasonVehicleUnknown
-			if strings.HasPrefix(err.Error(), "user") {
-				reason = protocol.ReasonBadRequest
-			}
-			Error(w, http.StatusNotFound, reason, err.Error())
-			return
-		}
+	// Through the key registry: the user's keys get the new role (or are revoked for "none")
+	// in the same transaction, and the car a new whitelist version; audited there.
+	out, err := a.Keys.Assign(r.Context(), vin, req.User, req.Role)
+	if err != nil {
 		Fail(w, a.Log, err)
 		return
 	}
-	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: req.User, VIN: vin,
-		Outcome: "assigned", Detail: "role=" + string(req.Role)})
-	writeJSON(w, http.StatusOK, map[string]string{"vin": vin, "user": req.User, "role": string(req.Role)})
+	writeJSON(w, http.StatusOK, out)
 }
 
 // AddUserRequest is the body of POST /v1/admin/users.

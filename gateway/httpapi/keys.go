@@ -15,7 +15,10 @@ import (
 //	POST /v1/keys/pair    {"vin","public_key","label","totp"} → 201 the new whitelist entry
 //	GET  /v1/keys?vin=VIN → whitelist version, acknowledged version, keys (owners see all)
 //	POST /v1/keys/share   {"vin","user","role","not_after","channels","totp"} → 201 the share
-//	POST /v1/keys/revoke  {"vin","key_id","totp","allow_last_owner"} → the new version
+//	POST /v1/keys/revoke  {"vin","key_id","totp","allow_last_owner","keep_share"} → the new
+//	                      version, whose key it was, and whether their share ended with it
+//	POST /v1/keys/remove-user {"vin","user","totp"} → an owner removes a driver or valet: all
+//	                      their keys revoked, their share and role ended, one new version
 func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.Verifier) {
 	app := func(h func(w http.ResponseWriter, r *http.Request, c *token.Claims)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -86,11 +89,24 @@ func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.V
 			Fail(w, a.Log, err)
 			return
 		}
-		v, err := svc.Revoke(r.Context(), c.Subject, c.ID, b)
+		rv, err := svc.RevokeKey(r.Context(), c.Subject, c.ID, b)
 		if err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"vin": b.VIN, "key_id": b.KeyID, "version": v})
+		writeJSON(w, http.StatusOK, rv)
+	}))
+	mux.HandleFunc("POST /v1/keys/remove-user", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
+		var b keys.RemoveUserRequest
+		if err := DecodeBody(r, &b); err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		rc, err := svc.RemoveUser(r.Context(), c.Subject, c.ID, b)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rc)
 	}))
 }

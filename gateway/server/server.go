@@ -143,6 +143,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	g.keys.CredentialsRetired = g.retireVehicleToken // a decommissioned car's, once it has its empty whitelist
 	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, secondFactor{g.twofa}, g.now, g.log); err != nil {
 		return nil, err
 	}
@@ -189,6 +190,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	g.api.TokenRetired = g.retireVehicleToken
 	g.api.Metrics = g.metrics.Handler()
 	g.api.KeyStatus = g.keys.Status
+	g.api.Keys = g.keys
 	if g.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
 	}
