@@ -48,7 +48,32 @@ type Share struct {
 type Revocation struct {
 	VIN     string `json:"vin"`
 	KeyID   string `json:"key_id"`
+	User    string `json:"user,omitempty"` // whose key it was
 	Version uint64 `json:"version"`
+	// ShareEnded: the key was the last one of a driver or valet the owner had shared the car
+	// with, and their share ended with it (they cannot pair again unless shared again).
+	ShareEnded bool `json:"share_ended,omitempty"`
+}
+
+// RevokeRequest is a revocation with every option.
+type RevokeRequest struct {
+	VIN   string `json:"vin"`
+	KeyID string `json:"key_id"`
+	TOTP  string `json:"totp,omitempty"`
+	// AllowLastOwner allows revoking the car's last owner key.
+	AllowLastOwner bool `json:"allow_last_owner"`
+	// KeepShare keeps the share of a driver or valet whose last key an owner revokes; without
+	// it, their share and role on the car end with that key.
+	KeepShare bool `json:"keep_share,omitempty"`
+}
+
+// RoleChange is the gateway's answer to a user's removal from a car.
+type RoleChange struct {
+	VIN         string        `json:"vin"`
+	User        string        `json:"user"`
+	Role        protocol.Role `json:"role"`         // "none" once removed
+	KeysChanged int           `json:"keys_changed"` // keys revoked
+	Version     uint64        `json:"version,omitempty"`
 }
 
 func keyCall(ctx context.Context, s *Session, method, path string, in, out any) error {
@@ -128,13 +153,27 @@ func ShareKey(ctx context.Context, s *Session, sh Share, totp string) (Share, er
 // RevokeKey takes key keyID off car vin's whitelist. The gateway refuses to revoke the car's
 // last owner key unless allowLastOwner is set: without it nobody could manage the car's keys.
 func RevokeKey(ctx context.Context, s *Session, vin, keyID, totp string, allowLastOwner bool) (Revocation, error) {
-	in := struct {
-		VIN            string `json:"vin"`
-		KeyID          string `json:"key_id"`
-		TOTP           string `json:"totp,omitempty"`
-		AllowLastOwner bool   `json:"allow_last_owner"`
-	}{vin, keyID, totp, allowLastOwner}
+	return Revoke(ctx, s, RevokeRequest{VIN: vin, KeyID: keyID, TOTP: totp, AllowLastOwner: allowLastOwner})
+}
+
+// Revoke is RevokeKey with every option. When an owner revokes the last key of a driver or
+// valet, that user's share of the car ends too (Revocation.ShareEnded) unless r.KeepShare.
+func Revoke(ctx context.Context, s *Session, r RevokeRequest) (Revocation, error) {
 	var out Revocation
-	err := keyCall(ctx, s, http.MethodPost, "/v1/keys/revoke", in, &out)
+	err := keyCall(ctx, s, http.MethodPost, "/v1/keys/revoke", r, &out)
+	return out, err
+}
+
+// RemoveUser takes user off car vin (the session's user must own it; user must be a driver
+// or valet): all their keys are revoked and their share and role end, in one whitelist
+// version. They cannot pair again unless shared the car again.
+func RemoveUser(ctx context.Context, s *Session, vin, user, totp string) (RoleChange, error) {
+	in := struct {
+		VIN  string `json:"vin"`
+		User string `json:"user"`
+		TOTP string `json:"totp,omitempty"`
+	}{vin, user, totp}
+	var out RoleChange
+	err := keyCall(ctx, s, http.MethodPost, "/v1/keys/remove-user", in, &out)
 	return out, err
 }

@@ -52,8 +52,12 @@ commands:
                                                counts on the car only once it is acknowledged)
   key share VIN USER --role driver|valet [--until RFC3339] [--channels cloud,local] --totp CODE
                                                let USER pair a phone with your car
-  key revoke VIN KEYID --totp CODE [--allow-last-owner]
-                                               take a key off the car's whitelist
+  key revoke VIN KEYID --totp CODE [--allow-last-owner] [--keep-share]
+                                               take a key off the car's whitelist; a driver's
+                                               or valet's last key ends their share unless
+                                               --keep-share
+  key remove-user VIN USER --totp CODE         remove a driver or valet from your car: all
+                                               their keys revoked, their share ended
   totp enroll [--qr FILE] [--json] [--proof CODE]
                                                start 2FA enrollment: QR code, otpauth URL, secret
   totp confirm CODE                            activate it; prints ten single-use recovery codes

@@ -16,10 +16,10 @@ import (
 	"telematics/pkg/sign"
 )
 
-// keyCmd is `vehicle-sim app key create|show|pair|list|share|revoke`.
+// keyCmd is `vehicle-sim app key create|show|pair|list|share|revoke|remove-user`.
 func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 	if len(args) == 0 {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app key: need create, show, pair, list, share or revoke\n\n%s", usage)
+		fmt.Fprintf(env.Stderr, "vehicle-sim app key: need create, show, pair, list, share, revoke or remove-user\n\n%s", usage)
 		return 2
 	}
 	sub, args := args[0], args[1:]
@@ -240,6 +240,7 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 	case "revoke":
 		totp := fs.String("totp", "", "TOTP code")
 		allowLast := fs.Bool("allow-last-owner", false, "allow revoking the car's last owner key (nobody can manage its keys afterwards)")
+		keepShare := fs.Bool("keep-share", false, "when this is the last key of a driver or valet, keep their share (they may pair another phone)")
 		pos, err := cmdline.Interleaved(fs, args)
 		if err != nil {
 			return 2
@@ -255,12 +256,45 @@ func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
 		if err != nil {
 			return fail(err)
 		}
-		rv, err := phone.RevokeKey(ctx, sess, vin, pos[1], *totp, *allowLast)
+		rv, err := phone.Revoke(ctx, sess, phone.RevokeRequest{VIN: vin, KeyID: pos[1], TOTP: *totp, AllowLastOwner: *allowLast, KeepShare: *keepShare})
 		if err != nil {
 			return fail(err)
 		}
 		fmt.Fprintf(env.Stdout, "key %s revoked on %s in whitelist version %d\n", rv.KeyID, rv.VIN, rv.Version)
+		if rv.ShareEnded {
+			fmt.Fprintf(env.Stdout, "it was %s's last key: their share of %s ended; they pair again only if you share it again (--keep-share keeps it)\n", rv.User, rv.VIN)
+		}
 		fmt.Fprintf(env.Stdout, "the car refuses it once it acknowledges version %d (see: vehicle-sim app key list %s)\n", rv.Version, rv.VIN)
+		return 0
+
+	case "remove-user":
+		totp := fs.String("totp", "", "TOTP code")
+		pos, err := cmdline.Interleaved(fs, args)
+		if err != nil {
+			return 2
+		}
+		if len(pos) != 2 {
+			return usageErr("need VIN and USER")
+		}
+		vin, ok := vinArg(pos[0])
+		if !ok {
+			return usageErr("%q is not a VIN", pos[0])
+		}
+		if !protocol.ValidUser(pos[1]) {
+			return usageErr("%q is not a user name", pos[1])
+		}
+		sess, err := session()
+		if err != nil {
+			return fail(err)
+		}
+		rc, err := phone.RemoveUser(ctx, sess, vin, pos[1], *totp)
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(env.Stdout, "%s removed from %s: %d keys revoked, their share ended\n", rc.User, rc.VIN, rc.KeysChanged)
+		if rc.Version != 0 {
+			fmt.Fprintf(env.Stdout, "the car refuses their keys once it acknowledges version %d (see: vehicle-sim app key list %s)\n", rc.Version, rc.VIN)
+		}
 		return 0
 	}
 	fmt.Fprintf(env.Stderr, "vehicle-sim app key: unknown command %q\n\n%s", sub, usage)
@@ -349,6 +383,8 @@ func keyHint(sub string, r protocol.Reason) string {
 			return "only the car's owner may share it"
 		case "revoke":
 			return "only the car's owner may revoke its keys; the last owner key only with --allow-last-owner"
+		case "remove-user":
+			return "only the car's owner removes its drivers and valets; an owner is removed by the admin"
 		}
 	case protocol.ReasonVehicleUnknown:
 		return "the gateway knows no such car"
