@@ -164,6 +164,9 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 					last = time.UnixMilli(v.Twin.TelemetryMs).Format(time.RFC3339)
 				}
 			}
+			if v.DecommissionedMs != 0 {
+				status = decommissionedStatus(v)
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.VIN, status, last, whitelistOf(v), usersOf(v))
 		}
 		return tw.Flush()

@@ -94,6 +94,14 @@ func (c *client) offboard(ctx context.Context, args []string, env Env) (handled 
 	return false, nil
 }
 
+// decommissionedStatus is a decommissioned car's STATUS in `vehicle list`.
+func decommissionedStatus(v httpapi.VehicleView) string {
+	if v.RetiredMs != 0 {
+		return "decommissioned (credentials retired)"
+	}
+	return "decommissioned (credentials retired once it acknowledges its empty whitelist)"
+}
+
 // printRoleChange reports an assignment or removal.
 func printRoleChange(env Env, out keys.RoleChange) {
 	if out.Role == keys.RoleNone {

@@ -325,12 +325,18 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN", vin))
 		return
 	}
-	if _, err := a.Store.GetVehicle(vin); err != nil {
+	v, err := a.Store.GetVehicle(vin)
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			Error(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no such vehicle")
 			return
 		}
 		Fail(w, a.Log, err)
+		return
+	}
+	if v.DecommissionedMs != 0 {
+		// New credentials would undo the retirement of the old ones.
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, vin+" is decommissioned: it gets no new credentials")
 		return
 	}
 	tok, jti, _, err := a.Issuer.IssueID(vin, protocol.RoleVehicle, a.VehicleTokenTTL)

@@ -194,6 +194,12 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 	if _, errs, code := adminCLI(t, g, dir, "vehicle", "decommission", vin); code != 1 || !strings.Contains(errs, "duplicate") {
 		t.Fatalf("decommission twice: %d %q", code, errs)
 	}
+	if _, errs, code := adminCLI(t, g, dir, "vehicle", "reissue", vin); code != 1 || !strings.Contains(errs, "decommissioned") {
+		t.Fatalf("reissue of a decommissioned car: %d %q", code, errs)
+	}
+	if out, _, code := adminCLI(t, g, dir, "vehicle", "list"); code != 0 || !strings.Contains(out, "decommissioned (credentials retired)") {
+		t.Fatalf("vehicle list: %d %q", code, out)
+	}
 	evs, _ := g.Audit().Query(audit.Filter{VIN: vin, Kind: audit.KindAdmin})
 	seen := map[string]bool{}
 	for _, e := range evs {
