@@ -761,15 +761,10 @@ func (s *Service) OnAck(m mqttc.Message) {
 	nowMs := s.now().UnixMilli()
 	var r record
 	updated, adopted, retired := false, false, ""
-	retireJTI, err := newRetiredJTI()
-	if err != nil {
-		s.log.Error("whitelist ack", "vin", vin, "err", err)
-		return
-	}
 	rotating, curKID := s.ring.Previous() != nil, s.ring.Current().KID()
 	// Read-modify-write inside one transaction: a key change may have stored a newer version
 	// since, and must not be rolled back by a stale copy.
-	err = s.st.Write(func(tx *bolt.Tx) error {
+	err := s.st.Write(func(tx *bolt.Tx) error {
 		updated, adopted, retired = false, false, ""
 		b := tx.Bucket(bucketWhitelists).Get([]byte(vin))
 		if b == nil {
@@ -788,10 +783,14 @@ func (s *Service) OnAck(m mqttc.Message) {
 		if r.RetireOnAck != 0 && r.AckedVersion >= r.RetireOnAck {
 			// A decommissioned car has its empty whitelist: retire its credentials now, in
 			// the transaction that records the acknowledgement.
-			if err := retireTx(tx, vin, retireJTI, nowMs); err != nil {
+			jti, err := newRetiredJTI()
+			if err != nil {
 				return err
 			}
-			r.RetireOnAck, r.Retired, retired = 0, true, retireJTI
+			if err := retireTx(tx, vin, jti, nowMs); err != nil {
+				return err
+			}
+			r.RetireOnAck, r.Retired, retired = 0, true, jti
 		}
 		nb, err := json.Marshal(r)
 		if err != nil {

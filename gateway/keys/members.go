@@ -93,6 +93,30 @@ func (s *Service) Unassign(ctx context.Context, vin, user string) (RoleChange, e
 	return s.Assign(ctx, vin, user, RoleNone)
 }
 
+// UnassignEverywhere removes user from every car they hold a role on, each as Unassign (for a
+// user being disabled or deleted). It returns the changes made, in VIN order.
+func (s *Service) UnassignEverywhere(ctx context.Context, user string) ([]RoleChange, error) {
+	vs, err := s.st.ListVehicles()
+	if err != nil {
+		return nil, err
+	}
+	var out []RoleChange
+	for _, v := range vs {
+		if _, ok := v.Users[user]; !ok {
+			continue
+		}
+		rc, err := s.Unassign(ctx, v.VIN, user)
+		if protocol.ReasonOf(err) == protocol.ReasonBadRequest {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return out, fmt.Errorf("remove %s from %s: %w", user, v.VIN, err)
+		}
+		out = append(out, rc)
+	}
+	return out, nil
+}
+
 // RemoveUserRequest is an owner's "remove this user from this car".
 type RemoveUserRequest struct {
 	VIN  string `json:"vin"`

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/store"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/whitelist"
@@ -479,5 +480,32 @@ func TestAdminRevokesKey(t *testing.T) {
 	}
 	if n != 3 {
 		t.Fatalf("%d admin revocations audited, want 3", n)
+	}
+}
+
+// A user disabled or deleted (the user side of issue 8, case 15) leaves every car at once.
+func TestUnassignEverywhere(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	const vin2 = "1HGCM82633A000777"
+	if err := f.st.AddVehicles([]store.Vehicle{{VIN: vin2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.Assign(vin2, "bob", protocol.RoleOwner); err != nil {
+		t.Fatal(err)
+	}
+	bk := f.shareAndPair("bob", protocol.RoleDriver, 1)[0]
+	rcs, err := f.svc.UnassignEverywhere(ctx, "bob")
+	if err != nil || len(rcs) != 2 || rcs[0].VIN != vin2 && rcs[1].VIN != vin2 {
+		t.Fatalf("unassign everywhere: %+v %v", rcs, err)
+	}
+	if f.role("bob") != "" || f.key(bk.ID).RevokedAtMs == 0 {
+		t.Fatal("bob kept his role or key")
+	}
+	if v, _ := f.st.GetVehicle(vin2); len(v.Users) != 0 {
+		t.Fatalf("bob still on %s: %v", vin2, v.Users)
+	}
+	if rcs, err := f.svc.UnassignEverywhere(ctx, "bob"); err != nil || len(rcs) != 0 {
+		t.Fatalf("again: %+v %v", rcs, err)
 	}
 }
