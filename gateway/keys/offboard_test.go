@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -507,5 +508,45 @@ func TestUnassignEverywhere(t *testing.T) {
 	}
 	if rcs, err := f.svc.UnassignEverywhere(ctx, "bob"); err != nil || len(rcs) != 0 {
 		t.Fatalf("again: %+v %v", rcs, err)
+	}
+}
+
+// A pairing racing the user's removal never leaves the removed user a key: both pass their
+// early checks, then the car's lock orders them, and the pairing checks the role again.
+func TestPairRacingRemovalLeavesNoKey(t *testing.T) {
+	for range 10 {
+		f := newFixture(t)
+		ctx := context.Background()
+		f.shareAndPair("bob", protocol.RoleDriver, 1)
+		var ready sync.WaitGroup
+		ready.Add(2)
+		f.svc.tfa = barrierFactor{&ready}
+		errs := make(chan error, 2)
+		go func() {
+			_, pub := phoneKey(t)
+			_, err := f.svc.Pair(ctx, "bob", "s2", vin, pub, "", "123456")
+			if err != nil && reasonOf(err) != protocol.ReasonForbidden {
+				errs <- err
+				return
+			}
+			errs <- nil
+		}()
+		go func() {
+			_, err := f.svc.RemoveUser(ctx, "alice", "s1", RemoveUserRequest{VIN: vin, User: "bob", TOTP: "123456"})
+			errs <- err
+		}()
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, k := range f.svc.Whitelist(vin).Keys {
+			if k.User == "bob" && k.RevokedAtMs == 0 {
+				t.Fatalf("bob kept key %s after his removal", k.ID)
+			}
+		}
+		if f.role("bob") != "" {
+			t.Fatalf("bob kept role %q", f.role("bob"))
+		}
 	}
 }

@@ -93,12 +93,25 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 	_, err := phone.PairKey(ctx, bobSess, fresh, vin, "new phone", "")
 	apiErr(t, err, http.StatusForbidden, protocol.ReasonForbidden)
 
+	// The owner removes dave (shared, paired) through the app API.
+	addUser(t, g, "dave", "", "")
+	if _, err := phone.ShareKey(ctx, aliceSess, phone.Share{VIN: vin, User: "dave", Role: protocol.RoleValet}, ""); err != nil {
+		t.Fatal(err)
+	}
+	loginKey(t, g, "dave", "", vin)
+	rc, err := phone.RemoveUser(ctx, aliceSess, vin, "dave", "")
+	if err != nil || rc.KeysChanged != 1 || rc.Role != "none" || rc.Version == 0 {
+		t.Fatalf("remove-user: %+v %v", rc, err)
+	}
+	_, err = phone.RemoveUser(ctx, aliceSess, vin, "alice", "")
+	apiErr(t, err, http.StatusBadRequest, protocol.ReasonBadRequest)
+
 	out, errs, code := adminCLI(t, g, dir, "vehicle", "unassign", vin, "carol")
 	if code != 0 || !strings.Contains(out, "carol removed from "+vin) {
 		t.Fatalf("unassign: %d %q %q", code, out, errs)
 	}
 	out, _, code = adminCLI(t, g, dir, "vehicle", "list")
-	if code != 0 || strings.Contains(out, "bob:") || strings.Contains(out, "carol:") || !strings.Contains(out, "alice:owner") {
+	if code != 0 || strings.Contains(out, "bob:") || strings.Contains(out, "carol:") || strings.Contains(out, "dave:") || !strings.Contains(out, "alice:owner") {
 		t.Fatalf("vehicle list after the removals: %d %q", code, out)
 	}
 	out, _, code = adminCLI(t, g, dir, "vehicle", "show", vin)
@@ -213,4 +226,43 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 	g.Close()
 	g = startGateway(t, dir, withAddr)
 	checkTokens(g)
+}
+
+// The offboarding endpoints refuse what they cannot do with reasons from the closed list.
+func TestOffboardingAdminAPIRefusals(t *testing.T) {
+	g := startGateway(t, t.TempDir(), nil)
+	creds := provision(t, g, 1)
+	vin := creds[0].VIN
+	addUser(t, g, "erin", vin, protocol.RoleDriver)
+	call := func(path string, in any) error {
+		return phone.Call(context.Background(), http.MethodPost, g.HTTPURL()+path, g.AdminToken(), in, nil)
+	}
+	const unknown = "1HGCM82633A004352"
+	for _, tc := range []struct {
+		path   string
+		in     any
+		status int
+		reason protocol.Reason
+	}{
+		{"/v1/admin/vehicles/" + unknown + "/unassign", httpapi.UnassignRequest{User: "erin"}, 404, protocol.ReasonVehicleUnknown},
+		{"/v1/admin/vehicles/NOTAVIN/unassign", httpapi.UnassignRequest{User: "erin"}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + vin + "/unassign", httpapi.UnassignRequest{User: "nobody"}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + vin + "/unassign", map[string]any{"user": 7}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + vin + "/assign", httpapi.AssignRequest{User: "nobody", Role: protocol.RoleDriver}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + vin + "/transfer", httpapi.TransferRequest{Owner: "nobody"}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + unknown + "/transfer", httpapi.TransferRequest{Owner: "erin"}, 404, protocol.ReasonVehicleUnknown},
+		{"/v1/admin/vehicles/" + unknown + "/decommission", nil, 404, protocol.ReasonVehicleUnknown},
+		{"/v1/admin/vehicles/" + vin + "/keys/nokey/revoke", nil, 403, protocol.ReasonKeyUnknown},
+		{"/v1/admin/vehicles/" + vin + "/keys/" + strings.Repeat("k", 65) + "/revoke", nil, 400, protocol.ReasonBadRequest},
+	} {
+		apiErr(t, call(tc.path, tc.in), tc.status, tc.reason)
+	}
+	// Without the admin token, nothing.
+	err := phone.Call(context.Background(), http.MethodPost, g.HTTPURL()+"/v1/admin/vehicles/"+vin+"/decommission", "", nil, nil)
+	apiErr(t, err, http.StatusUnauthorized, protocol.ReasonUnauthenticated)
+	var v httpapi.VehicleView
+	admin(t, g, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v)
+	if v.DecommissionedMs != 0 || v.Users["erin"] != protocol.RoleDriver {
+		t.Fatalf("a refused request changed the car: %+v", v.Vehicle)
+	}
 }
