@@ -73,6 +73,9 @@ type Gateway struct {
 	adminToken    string
 	httpLn        net.Listener
 	brokerURL     string
+	// retentionStop ends the audit retention sweep; retentionDone closes when it has.
+	retentionStop context.CancelFunc
+	retentionDone chan struct{}
 
 	cancel    context.CancelFunc
 	httpDone  chan error
@@ -117,6 +120,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	}
 	g.metrics = metrics.New()
 	g.audit.Observe(g.metrics.ObserveAudit)
+	g.startRetention()
 	if err := g.loadKeys(); err != nil {
 		return nil, err
 	}
@@ -527,6 +531,7 @@ func (g *Gateway) Close() error {
 		if g.broker != nil {
 			errs = append(errs, g.broker.Close())
 		}
+		g.stopRetention()
 		if g.audit != nil {
 			g.audit.Observe(nil)
 		}
