@@ -147,7 +147,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, secondFactor{g.twofa}, g.now, g.log); err != nil {
+	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, activeUsers{g.store, secondFactor{g.twofa}}, g.now, g.log); err != nil {
 		return nil, err
 	}
 	if err := g.router.Subscribe(ctx); err != nil {
@@ -178,12 +178,17 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
 		Hashes: accounts.NewGate(cfg.PasswordHashConcurrency, cfg.PasswordHashWait),
 		Guard:  httpapi.TwoFactorGuard{Svc: g.twofa},
+		// The password lockout counts with the 2FA policy's numbers, apart from its lockout.
+		Lockout:            accounts.NewLockout(cfg.TwoFA.MaxFailures, cfg.TwoFA.FailureWindow, cfg.TwoFA.LockoutDuration, g.now),
+		LoginRatePerMinute: cfg.Login.PerIPRatePerMinute, LoginBurst: cfg.Login.PerIPBurst,
 	}
 	verifier := token.NewVerifier(g.now, g.ring.publicKeys()...)
 	g.api.Extra = func(mux *http.ServeMux) {
 		g.api.TwoFactorRoutes(mux, g.twofa, verifier)
 		g.api.KeyRoutes(mux, g.keys, verifier)
+		g.api.UserRoutes(mux, g.twofa, verifier)
 	}
+	g.api.TokensEnded = g.userTokensEnded
 	g.api.Stats = func() any {
 		st := g.router.TelemetryStats()
 		return map[string]any{"telemetry_received": st.Received, "telemetry_lost": st.Lost,
@@ -266,8 +271,12 @@ func (g *Gateway) publishCarTokens(ctx context.Context, bus mqttc.Client, vins .
 	}
 }
 
-// tokenRetired reports whether id is a car's token other than its current one.
+// tokenRetired reports whether id is a car's token other than its current one, or an app
+// token that was ended (appTokenEnded).
 func (g *Gateway) tokenRetired(id broker.Identity) bool {
+	if id.Role == protocol.RoleApp {
+		return g.appTokenEnded(id.Subject, id.Gen)
+	}
 	if id.Role != protocol.RoleVehicle {
 		return false
 	}
