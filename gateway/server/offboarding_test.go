@@ -115,6 +115,20 @@ func TestUserOffboarding(t *testing.T) {
 	defer app3.Close()
 	expect(t, send(t, app3, vin, protocol.ActionLock), protocol.ReplyExecuted, "")
 
+	// The same from the command line: `vehicle-sim app password` keeps the new token.
+	if _, errs, code := cl.app("a brand new password\n", "login", "--user", "alice"); code != 0 {
+		t.Fatal(errs)
+	}
+	if out, errs, code := cl.app("a brand new password\nthe third password\n", "password"); code != 0 || !strings.Contains(out, "changed") {
+		t.Fatalf("app password: %d %q %q", code, out, errs)
+	}
+	if out, errs, code := cl.app("", "key", "list"); code != 0 {
+		t.Fatalf("the session after app password: %q %q", out, errs)
+	}
+	if _, err := phone.Login(ctx, g.HTTPURL(), "alice", "the third password", ""); err != nil {
+		t.Fatal(err)
+	}
+
 	// The administrator resets bob's password: bob's tokens end.
 	bob, err := phone.Login(ctx, g.HTTPURL(), "bob", password, "")
 	if err != nil {
