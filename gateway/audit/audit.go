@@ -100,6 +100,9 @@ func (l *Log) Observe(fn func(Event)) {
 func AppendTx(tx *bolt.Tx, events ...Event) error {
 	if fn, ok := observers.Load(tx.DB()); ok {
 		seen := slices.Clone(events)
+		for i := range seen {
+			seen[i] = bounded(seen[i])
+		}
 		tx.OnCommit(func() {
 			for _, e := range seen {
 				fn.(func(Event))(e)

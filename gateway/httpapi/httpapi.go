@@ -371,6 +371,8 @@ func (a *API) initLogin() {
 		a.Lockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, a.Now)
 	}
 	a.perAddr = newAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Now)
+	// Made now, so the first login with an unknown name costs one hash like any other.
+	a.dummyHash()
 }
 
 // issueAppToken signs an app token for u.

@@ -271,6 +271,9 @@ func (h *AuthHook) authenticate(cl *mqtt.Client, pk packets.Packet) (Identity, e
 	}
 	id := Identity{Role: claims.Role, Subject: claims.Subject, ExpiresAt: claims.ExpiresAt.Time, TokenID: claims.ID, Gen: claims.Gen}
 	if h.retired(id) {
+		if id.Role == protocol.RoleApp {
+			return Identity{}, errUserTokensEnded
+		}
 		return Identity{}, errTokenRetired
 	}
 
