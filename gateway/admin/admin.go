@@ -47,6 +47,12 @@ commands:
   vehicle reissue VIN [--json]                new credentials for VIN; its old token stops working
 ` + offboardUsage + `  user add NAME                               create a user; the password is read from stdin
   user reset-2fa NAME                         remove NAME's TOTP enrollment, clear any lockout (audited)
+  user list [--json]                          every user: active or disabled, 2FA, lockouts, vehicles
+  user unlock NAME                            clear NAME's password and 2FA lockouts, keep the enrollment
+  user disable NAME | user enable NAME        refuse NAME's logins and end their tokens; or allow again
+  user password NAME                          set NAME's password (read from stdin); ends their tokens
+  user delete NAME [--from-cars]              remove a user (refused while they hold a role on a car,
+                                              unless --from-cars removes them from every car first)
   audit [--vin VIN] [--user U] [--kind K] [--limit N]
 `
 
@@ -246,6 +252,9 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 			fmt.Fprintf(env.Stdout, "%s had no TOTP enrollment; any lockout is cleared\n", args[2])
 		}
 		return nil
+	}
+	if handled, err := c.userCommand(ctx, args, env); handled {
+		return err
 	}
 	if args[0] == "audit" {
 		fs := flag.NewFlagSet("audit", flag.ContinueOnError)

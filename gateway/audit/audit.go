@@ -95,10 +95,14 @@ func (l *Log) Observe(fn func(Event)) {
 }
 
 // AppendTx writes events inside the caller's transaction, so a decision and its side effects
-// commit together.
+// commit together. Each event is bounded first (MaxFieldBytes, MaxDetailBytes,
+// MaxRecordBytes): a field that is too long is stored cut, with a marker.
 func AppendTx(tx *bolt.Tx, events ...Event) error {
 	if fn, ok := observers.Load(tx.DB()); ok {
 		seen := slices.Clone(events)
+		for i := range seen {
+			seen[i] = bounded(seen[i])
+		}
 		tx.OnCommit(func() {
 			for _, e := range seen {
 				fn.(func(Event))(e)
@@ -112,7 +116,7 @@ func AppendTx(tx *bolt.Tx, events ...Event) error {
 			return err
 		}
 		e.Seq = seq
-		v, err := json.Marshal(e)
+		v, err := encode(e)
 		if err != nil {
 			return err
 		}

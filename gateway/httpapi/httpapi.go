@@ -33,13 +33,11 @@ type Twins interface {
 	Twin(vin string) (store.Twin, bool)
 }
 
-// LoginGuard is the brute-force and second-factor policy for password login (package twofa).
-// Nil means passwords alone log in.
+// LoginGuard is the second-factor policy for password login (package twofa), asked once the
+// password was right. Nil means passwords alone log in.
 type LoginGuard interface {
-	// BeforeLogin refuses a locked-out user.
+	// BeforeLogin refuses a user whose second factor is locked out.
 	BeforeLogin(user string) error
-	// PasswordFailed counts a wrong password toward the lockout.
-	PasswordFailed(user, session string)
 	// AfterPassword checks the TOTP code a login needs under the policy ("" if none given).
 	AfterPassword(user, session, code string) error
 }
@@ -68,9 +66,17 @@ type API struct {
 	PasswordParams  accounts.Params
 	// Hashes bounds the password hashes computed at once (nil: one per CPU, 5 s wait).
 	Hashes *accounts.Gate
+	// Lockout counts wrong passwords per user name (nil: 5 in 5 minutes lock for 15).
+	Lockout *accounts.Lockout
+	// LoginRatePerMinute and LoginBurst limit failed logins per client address (0: no limit).
+	LoginRatePerMinute float64
+	LoginBurst         int
 	// TokenRetired is told a car's new token id once its credentials were reissued, so the
 	// broker refuses the old token and closes its sessions (nil: nobody is told).
 	TokenRetired func(vin, currentJTI string)
+	// TokensEnded is told a user whose app tokens were ended (password changed, account
+	// disabled or deleted), so the broker closes their sessions (nil: nobody is told).
+	TokensEnded func(user string)
 	// Metrics serves GET /metrics in Prometheus' format, behind the admin token (nil: not
 	// served).
 	Metrics http.Handler
@@ -87,6 +93,8 @@ type API struct {
 	dummyOnce sync.Once
 	gateOnce  sync.Once
 	dummy     string
+	loginOnce sync.Once
+	perAddr   *addrLimiter
 }
 
 // maxBody bounds every request body.
@@ -209,6 +217,9 @@ func (a *API) BearerClaims(r *http.Request, v *token.Verifier) (*token.Claims, e
 	if err != nil || c.Role != protocol.RoleApp {
 		return nil, protocol.Refuse(protocol.ReasonUnauthenticated, "invalid or expired token; log in again")
 	}
+	if err := a.CheckAppToken(c.Subject, c.Gen); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -244,14 +255,33 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
-	ev := audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindLogin, User: req.Username, ClientID: clientIP(r)}
+	ip := clientIP(r)
+	// Every attempt takes a token from its address's bucket, before anything is checked or
+	// written; a successful login gives it back.
+	if !a.loginLimits().take(ip) {
+		Error(w, http.StatusTooManyRequests, protocol.ReasonRateLimited, "too many failed logins from this address; wait a few minutes")
+		return
+	}
+	// A name no user can have is refused before any write: nothing a stranger sends reaches
+	// the audit log unchecked (an audit record is bounded anyway).
+	if !protocol.ValidUser(req.Username) {
+		a.Log.Debug("login refused: malformed user name", "bytes", len(req.Username), "remote", ip)
+		Error(w, http.StatusUnauthorized, protocol.ReasonUnauthenticated, "wrong user name or password")
+		return
+	}
+	ev := audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindLogin, User: req.Username, ClientID: ip}
 	fail := func(err error) {
 		ev.Outcome, ev.Reason = "refused", string(protocol.ReasonOf(err))
 		_ = a.Audit.Append(ev)
 		Fail(w, a.Log, err)
 	}
-	if !protocol.ValidUser(req.Username) {
-		fail(protocol.Refuse(protocol.ReasonUnauthenticated, "wrong user name or password"))
+	u, err := a.checkPassword(req.Username, req.Password, &ev)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if u.Disabled {
+		fail(protocol.Refuse(protocol.ReasonForbidden, "this account is disabled; ask the administrator"))
 		return
 	}
 	if a.Guard != nil {
@@ -259,39 +289,12 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 			fail(err)
 			return
 		}
-	}
-	u, err := a.Store.GetUser(req.Username)
-	if err == nil {
-		err = a.hashes().Verify(req.Password, u.PasswordHash)
-	} else if errors.Is(err, store.ErrNotFound) {
-		// Spend the same time as for a real user, so timing does not reveal who exists.
-		if err = a.hashes().Verify(req.Password, a.dummyHash()); !errors.Is(err, accounts.ErrBusy) {
-			err = accounts.ErrMismatch
-		}
-	}
-	if err != nil {
-		if errors.Is(err, accounts.ErrBusy) {
-			// Not a password failure: a flood must not lock real users out.
-			fail(protocol.Refuse(protocol.ReasonRateLimited, "too many logins at once; try again shortly"))
-			return
-		}
-		if errors.Is(err, accounts.ErrMismatch) {
-			if a.Guard != nil {
-				a.Guard.PasswordFailed(req.Username, clientIP(r))
-			}
-			fail(protocol.Refuse(protocol.ReasonUnauthenticated, "wrong user name or password"))
-			return
-		}
-		fail(err)
-		return
-	}
-	if a.Guard != nil {
-		if err := a.Guard.AfterPassword(req.Username, clientIP(r), req.TOTP); err != nil {
+		if err := a.Guard.AfterPassword(req.Username, ip, req.TOTP); err != nil {
 			fail(err)
 			return
 		}
 	}
-	tok, exp, err := a.Issuer.Issue(req.Username, protocol.RoleApp, a.AppTokenTTL)
+	tok, exp, err := a.issueAppToken(u)
 	if err != nil {
 		fail(err)
 		return
@@ -302,8 +305,84 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
+	a.loginLimits().refund(ip)
 	writeJSON(w, http.StatusOK, LoginResponse{User: req.Username, Token: tok, ExpiresAtMs: exp.UnixMilli(),
 		ClientIDPrefix: req.Username + "-", BrokerURL: a.BrokerURL, GatewayKey: pub})
+}
+
+// checkPassword checks name's password under the lockout and returns the user. The attempt
+// is counted before the hash is computed, and a name no user has costs the same hash and
+// gets the same answers, so neither answers nor timing tell which names exist. ev's Detail
+// says whether the password was checked.
+func (a *API) checkPassword(name, password string, ev *audit.Event) (store.User, error) {
+	lockedOut := func(until time.Time) error {
+		return protocol.Refuse(protocol.ReasonLockedOut, "too many failed logins for %q; try again after %s, or ask the administrator to unlock it",
+			name, until.UTC().Format(time.RFC3339))
+	}
+	att, until, err := a.lockout().Reserve(name)
+	if err != nil {
+		ev.Detail = "password=unchecked"
+		if errors.Is(err, accounts.ErrInFlight) {
+			return store.User{}, protocol.Refuse(protocol.ReasonRateLimited, "too many logins for %q at once; try again shortly", name)
+		}
+		return store.User{}, lockedOut(until)
+	}
+	u, err := a.Store.GetUser(name)
+	if err == nil {
+		err = a.hashes().Verify(password, u.PasswordHash)
+	} else if errors.Is(err, store.ErrNotFound) {
+		if err = a.hashes().Verify(password, a.dummyHash()); !errors.Is(err, accounts.ErrBusy) {
+			err = accounts.ErrMismatch
+		}
+	}
+	switch {
+	case err == nil:
+		att.Succeeded()
+		ev.Detail = "password=right"
+		return u, nil
+	case errors.Is(err, accounts.ErrMismatch):
+		ev.Detail = "password=wrong"
+		if until, locked := att.Failed(); locked {
+			ev.Detail += " lockout"
+			return store.User{}, lockedOut(until)
+		}
+		return store.User{}, protocol.Refuse(protocol.ReasonUnauthenticated, "wrong user name or password")
+	case errors.Is(err, accounts.ErrBusy):
+		// Not a password failure: a flood must not lock real users out.
+		att.Cancel()
+		ev.Detail = "password=unchecked"
+		return store.User{}, protocol.Refuse(protocol.ReasonRateLimited, "too many logins at once; try again shortly")
+	default:
+		att.Cancel()
+		return store.User{}, err
+	}
+}
+
+// lockout is the password lockout of the API.
+func (a *API) lockout() *accounts.Lockout {
+	a.loginOnce.Do(a.initLogin)
+	return a.Lockout
+}
+
+// loginLimits is the per-address limit of failed logins.
+func (a *API) loginLimits() *addrLimiter {
+	a.loginOnce.Do(a.initLogin)
+	return a.perAddr
+}
+
+func (a *API) initLogin() {
+	if a.Lockout == nil {
+		a.Lockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, a.Now)
+	}
+	a.perAddr = newAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Now)
+	// Made now, so the first login with an unknown name costs one hash like any other.
+	a.dummyHash()
+}
+
+// issueAppToken signs an app token for u.
+func (a *API) issueAppToken(u store.User) (string, time.Time, error) {
+	tok, _, exp, err := a.Issuer.IssueGen(u.Name, protocol.RoleApp, a.AppTokenTTL, u.TokenGen)
+	return tok, exp, err
 }
 
 // hashes is the gate every password hash of the API goes through.
@@ -557,7 +636,8 @@ func (a *API) addUser(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
-	if err := a.Store.AddUser(store.User{Name: req.Username, PasswordHash: h, CreatedMs: a.Now().UnixMilli()}); err != nil {
+	nowMs := a.Now().UnixMilli()
+	if err := a.Store.AddUser(store.User{Name: req.Username, PasswordHash: h, CreatedMs: nowMs, TokenGen: store.NextTokenGen(0, nowMs)}); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			Error(w, http.StatusConflict, protocol.ReasonDuplicate, err.Error())
 			return

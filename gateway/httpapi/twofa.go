@@ -113,23 +113,21 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 			Fail(w, a.Log, err)
 			return
 		}
+		a.lockout().Clear(user) // the password lockout too (`user unlock` clears both, keeping the enrollment)
 		_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: user, ClientID: clientIP(r),
 			Outcome: "reset_2fa", Detail: fmt.Sprintf("enrollment_removed=%t", removed)})
 		writeJSON(w, http.StatusOK, map[string]any{"user": user, "enrolled": false, "enrollment_removed": removed, "lockout_cleared": true})
 	}))
 }
 
-// TwoFactorGuard adapts the 2FA service to password login: lockout before the password is
-// checked, password failures counted, and a code when the policy asks for one at login.
+// TwoFactorGuard adapts the 2FA service to password login, once the password was right: a
+// user whose second factor is locked out (wrong codes) cannot log in either, and a code is
+// asked when the policy wants one at login. Wrong passwords are counted by the password
+// lockout (accounts.Lockout), apart from the second factor's.
 type TwoFactorGuard struct{ Svc *twofa.Service }
 
-// BeforeLogin refuses a locked-out user without checking the password.
+// BeforeLogin refuses a user whose second factor is locked out.
 func (g TwoFactorGuard) BeforeLogin(user string) error { return g.Svc.CheckLocked(user) }
-
-// PasswordFailed counts a wrong password.
-func (g TwoFactorGuard) PasswordFailed(user, session string) {
-	_ = g.Svc.RecordFailure(user, session, twofa.FactorPassword)
-}
 
 // AfterPassword asks for the code the login policy needs.
 func (g TwoFactorGuard) AfterPassword(user, session, code string) error {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"telematics/gateway/audit"
 	"telematics/gateway/twofa"
 	"telematics/pkg/cmdline"
 )
@@ -52,6 +53,8 @@ type Config struct {
 	Commands CommandsConfig `yaml:"commands"`
 	Broker   BrokerConfig   `yaml:"broker"`
 	TwoFA    twofa.Policy   `yaml:"twofa"`
+	Login    LoginConfig    `yaml:"login"`
+	Audit    AuditConfig    `yaml:"audit"`
 	// TwoFAKeyFile holds the AES-256 key that seals TOTP secrets at rest (base64, 0600; made
 	// on first start). GATEWAY_TWOFA_KEY (base64) replaces the file.
 	TwoFAKeyFile string `yaml:"twofa_key_file" env:"GATEWAY_TWOFA_KEY_FILE"`
@@ -64,6 +67,21 @@ type CommandsConfig struct {
 	ResultGrace       time.Duration `yaml:"result_grace" env:"GATEWAY_RESULT_GRACE"`
 	Shards            int           `yaml:"shards" env:"GATEWAY_COMMAND_SHARDS"`
 	TwinFlushInterval time.Duration `yaml:"twin_flush_interval" env:"GATEWAY_TWIN_FLUSH_INTERVAL"`
+}
+
+// LoginConfig limits password logins per client address.
+type LoginConfig struct {
+	// PerIPRatePerMinute and PerIPBurst are a token bucket per client address (IPv6: per /64)
+	// that every login attempt takes from and a successful one gives back: an address that
+	// sends PerIPBurst failed logins is refused rate_limited until the bucket refills.
+	// PerIPRatePerMinute 0 turns the limit off.
+	PerIPRatePerMinute float64 `yaml:"per_ip_rate_per_minute" env:"GATEWAY_LOGIN_PER_IP_RATE_PER_MINUTE"`
+	PerIPBurst         int     `yaml:"per_ip_burst" env:"GATEWAY_LOGIN_PER_IP_BURST"`
+}
+
+// AuditConfig is the audit log's retention.
+type AuditConfig struct {
+	Retention audit.Retention `yaml:"retention"`
 }
 
 // BrokerConfig tunes the embedded broker.
@@ -101,6 +119,8 @@ func DefaultConfig() Config {
 			MaxClients:             0,
 		},
 		TwoFA: twofa.DefaultPolicy(),
+		Login: LoginConfig{PerIPRatePerMinute: 10, PerIPBurst: 20},
+		Audit: AuditConfig{Retention: audit.DefaultRetention()},
 	}
 }
 
@@ -257,6 +277,15 @@ func (c *Config) Validate() error {
 		bad("broker.max_client_writes_pending", "must be at least 16")
 	}
 	if err := c.TwoFA.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Login.PerIPRatePerMinute < 0 {
+		bad("login.per_ip_rate_per_minute", "must not be negative (0 turns the limit off)")
+	}
+	if c.Login.PerIPRatePerMinute > 0 && c.Login.PerIPBurst < 1 {
+		bad("login.per_ip_burst", "must be at least 1")
+	}
+	if err := c.Audit.Retention.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -73,6 +73,9 @@ type Gateway struct {
 	adminToken    string
 	httpLn        net.Listener
 	brokerURL     string
+	// retentionStop ends the audit retention sweep; retentionDone closes when it has.
+	retentionStop context.CancelFunc
+	retentionDone chan struct{}
 
 	cancel    context.CancelFunc
 	httpDone  chan error
@@ -117,6 +120,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	}
 	g.metrics = metrics.New()
 	g.audit.Observe(g.metrics.ObserveAudit)
+	g.startRetention()
 	if err := g.loadKeys(); err != nil {
 		return nil, err
 	}
@@ -144,7 +148,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	g.keys.CredentialsRetired = g.retireVehicleToken // a decommissioned car's, once it has its empty whitelist
-	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, secondFactor{g.twofa}, g.now, g.log); err != nil {
+	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, activeUsers{g.store, secondFactor{g.twofa}}, g.now, g.log); err != nil {
 		return nil, err
 	}
 	if err := g.router.Subscribe(ctx); err != nil {
@@ -175,12 +179,17 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
 		Hashes: accounts.NewGate(cfg.PasswordHashConcurrency, cfg.PasswordHashWait),
 		Guard:  httpapi.TwoFactorGuard{Svc: g.twofa},
+		// The password lockout counts with the 2FA policy's numbers, apart from its lockout.
+		Lockout:            accounts.NewLockout(cfg.TwoFA.MaxFailures, cfg.TwoFA.FailureWindow, cfg.TwoFA.LockoutDuration, g.now),
+		LoginRatePerMinute: cfg.Login.PerIPRatePerMinute, LoginBurst: cfg.Login.PerIPBurst,
 	}
 	verifier := token.NewVerifier(g.now, g.ring.publicKeys()...)
 	g.api.Extra = func(mux *http.ServeMux) {
 		g.api.TwoFactorRoutes(mux, g.twofa, verifier)
 		g.api.KeyRoutes(mux, g.keys, verifier)
+		g.api.UserRoutes(mux, g.twofa, verifier)
 	}
+	g.api.TokensEnded = g.userTokensEnded
 	g.api.Stats = func() any {
 		st := g.router.TelemetryStats()
 		return map[string]any{"telemetry_received": st.Received, "telemetry_lost": st.Lost,
@@ -264,8 +273,12 @@ func (g *Gateway) publishCarTokens(ctx context.Context, bus mqttc.Client, vins .
 	}
 }
 
-// tokenRetired reports whether id is a car's token other than its current one.
+// tokenRetired reports whether id is a car's token other than its current one, or an app
+// token that was ended (appTokenEnded).
 func (g *Gateway) tokenRetired(id broker.Identity) bool {
+	if id.Role == protocol.RoleApp {
+		return g.appTokenEnded(id.Subject, id.Gen)
+	}
 	if id.Role != protocol.RoleVehicle {
 		return false
 	}
@@ -529,6 +542,7 @@ func (g *Gateway) Close() error {
 		if g.broker != nil {
 			errs = append(errs, g.broker.Close())
 		}
+		g.stopRetention()
 		if g.audit != nil {
 			g.audit.Observe(nil)
 		}

@@ -104,6 +104,11 @@ type User struct {
 	Name         string `json:"name"`
 	PasswordHash string `json:"password_hash"`
 	CreatedMs    int64  `json:"created"`
+	// Disabled users cannot log in and their tokens are refused.
+	Disabled bool `json:"disabled,omitempty"`
+	// TokenGen is the generation of the user's app tokens (token.Claims.Gen): a token of
+	// another generation is refused. NextTokenGen moves it on.
+	TokenGen uint64 `json:"token_gen,omitempty"`
 }
 
 // AddUser creates a user; ErrExists if the name is taken.

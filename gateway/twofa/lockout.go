@@ -9,7 +9,10 @@ import (
 )
 
 // Brute-force lockout (OWASP ASVS V2.2.1, V2.8): MaxFailures failures of any factor (TOTP,
-// recovery code, password) within FailureWindow lock the user out for LockoutDuration. The
+// recovery code, or another one a caller reports with RecordFailure) within FailureWindow
+// lock the user out for LockoutDuration. The gateway counts wrong passwords apart
+// (accounts.Lockout), so that a stranger who knows only a user name cannot lock the second
+// factor of a user who has it. The
 // window slides: a success does not erase earlier failures, so an attacker's guesses
 // interleaved with the owner's own logins still add up. Attempts during a lockout are refused
 // without being checked and are not counted, so a lockout ends exactly LockoutDuration after

@@ -24,6 +24,8 @@ type Identity struct {
 	ExpiresAt time.Time
 	// TokenID is the token's jti.
 	TokenID string
+	// Gen is an app token's generation (token.Claims.Gen), for the retired-token check.
+	Gen uint64
 }
 
 // Why a CONNECT is refused. The log gets the error; the client gets the CONNACK code and, on
@@ -37,6 +39,7 @@ var (
 	errWillTopic       = refusal(protocol.ReasonForbidden, "will topic not allowed")
 	errTooManySessions = refusal(protocol.ReasonRateLimited, "too many connections for this identity")
 	errTokenRetired    = refusal(protocol.ReasonUnauthenticated, "token retired: the credentials were reissued")
+	errUserTokensEnded = refusal(protocol.ReasonUnauthenticated, "token ended: password changed or account disabled; log in again")
 )
 
 func refusal(r protocol.Reason, msg string) error {
@@ -144,6 +147,17 @@ func (h *AuthHook) retiredClient(vin string) *mqtt.Client {
 		return cl
 	}
 	return nil
+}
+
+// appClients returns the admitted clients of app user.
+func (h *AuthHook) appClients(user string) []*mqtt.Client {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*mqtt.Client, 0, len(h.apps[user]))
+	for cl := range h.apps[user] {
+		out = append(out, cl)
+	}
+	return out
 }
 
 // superseded reports whether a newer connection with cl's client id has been admitted (it is
@@ -255,8 +269,11 @@ func (h *AuthHook) authenticate(cl *mqtt.Client, pk packets.Packet) (Identity, e
 	if string(pk.Connect.Username) != claims.Subject {
 		return Identity{}, errUsernameNotSub
 	}
-	id := Identity{Role: claims.Role, Subject: claims.Subject, ExpiresAt: claims.ExpiresAt.Time, TokenID: claims.ID}
+	id := Identity{Role: claims.Role, Subject: claims.Subject, ExpiresAt: claims.ExpiresAt.Time, TokenID: claims.ID, Gen: claims.Gen}
 	if h.retired(id) {
+		if id.Role == protocol.RoleApp {
+			return Identity{}, errUserTokensEnded
+		}
 		return Identity{}, errTokenRetired
 	}
 

@@ -95,3 +95,17 @@ func (b *Broker) DropRetired(vin string) bool {
 	b.auth.remove(cl)
 	return true
 }
+
+// DropUser closes every session of app user, whose tokens were ended (a password change, an
+// account disabled or deleted), and returns how many it closed. The retired-token check
+// (SetRetired) must already refuse those tokens, or the app just reconnects.
+func (b *Broker) DropUser(user string) int {
+	n := 0
+	for _, cl := range b.auth.appClients(user) {
+		b.log.Info("mqtt session closed: the user's tokens were ended", "client_id", clip(cl.ID))
+		cl.Stop(errUserTokensEnded)
+		b.auth.remove(cl)
+		n++
+	}
+	return n
+}

@@ -22,6 +22,10 @@ var ErrInvalid = errors.New("invalid token")
 // Claims are the fields of an access token.
 type Claims struct {
 	Role protocol.Role `json:"role"`
+	// Gen is an app token's generation: the gateway refuses a user's tokens of any other
+	// generation than the user's current one (it moves on when the password changes or the
+	// account is disabled, ending every token issued before).
+	Gen uint64 `json:"gen,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -48,10 +52,16 @@ func (i *Issuer) Issue(sub string, role protocol.Role, ttl time.Duration) (strin
 // IssueID is Issue that also returns the token's id (its jti), for a caller that keeps track of
 // which token is current (a car's credentials can be reissued, which retires the old token).
 func (i *Issuer) IssueID(sub string, role protocol.Role, ttl time.Duration) (tok, jti string, exp time.Time, err error) {
+	return i.IssueGen(sub, role, ttl, 0)
+}
+
+// IssueGen is IssueID for a token of generation gen (Claims.Gen).
+func (i *Issuer) IssueGen(sub string, role protocol.Role, ttl time.Duration, gen uint64) (tok, jti string, exp time.Time, err error) {
 	now := i.now()
 	exp = now.Add(ttl)
 	c := Claims{
 		Role: role,
+		Gen:  gen,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   sub,
 			IssuedAt:  jwt.NewNumericDate(now),

@@ -32,6 +32,8 @@ const usage = `usage: vehicle-sim app [--gateway URL] [--session FILE] [--key FI
 
 commands:
   login --user U [--broker URL] [--totp CODE]   log in (password on stdin); keeps the session
+  password                                     change the password (current and new on stdin,
+                                               one per line); ends every other session
   send VIN ACTION [--totp CODE] [--json] [--broker URL] [--lifetime D]
                   [--local | --cloud-only] [--cloud-timeout D] [--link ADDR] [--user U]
                                                send a command signed with this phone's key:
@@ -100,6 +102,8 @@ func Run(ctx context.Context, args []string, env Env) int {
 	switch rest[0] {
 	case "login":
 		return login(ctx, g.gateway, g.session, rest[1:], env)
+	case "password":
+		return password(ctx, g.session, rest[1:], env)
 	case "send":
 		return send(ctx, g, rest[1:], env)
 	case "key":

@@ -1,0 +1,135 @@
+package audit
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Retention bounds how much of the past the log keeps. The yaml tags are the keys under the
+// gateway configuration's "audit.retention" section. A zero bound does not apply.
+type Retention struct {
+	// MaxAge: records older than this are deleted.
+	MaxAge time.Duration `yaml:"max_age" env:"GATEWAY_AUDIT_MAX_AGE"`
+	// MaxRecords: beyond this many records, the oldest are deleted.
+	MaxRecords int `yaml:"max_records" env:"GATEWAY_AUDIT_MAX_RECORDS"`
+	// SweepInterval is how often the bounds are enforced.
+	SweepInterval time.Duration `yaml:"sweep_interval" env:"GATEWAY_AUDIT_SWEEP_INTERVAL"`
+}
+
+// DefaultRetention: 90 days, at most 10 million records (a few GB at most: each record is at
+// most MaxRecordBytes, typically 200-400 bytes), enforced every minute.
+func DefaultRetention() Retention {
+	return Retention{MaxAge: 90 * 24 * time.Hour, MaxRecords: 10_000_000, SweepInterval: time.Minute}
+}
+
+// Validate reports every problem at once, each with its key.
+func (r Retention) Validate() error {
+	var errs []error
+	if r.MaxAge < 0 {
+		errs = append(errs, fmt.Errorf("audit.retention.max_age: %v is negative (0 keeps records of any age)", r.MaxAge))
+	} else if r.MaxAge > 0 && r.MaxAge < time.Hour {
+		errs = append(errs, fmt.Errorf("audit.retention.max_age: %v is less than 1h", r.MaxAge))
+	}
+	if r.MaxRecords < 0 {
+		errs = append(errs, fmt.Errorf("audit.retention.max_records: %d is negative (0 keeps any number)", r.MaxRecords))
+	}
+	if r.SweepInterval < time.Second {
+		errs = append(errs, fmt.Errorf("audit.retention.sweep_interval: %v is less than 1s", r.SweepInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// pruneBatch bounds the records one sweep transaction deletes, so a sweep that has much to do
+// (the first one after the bounds were lowered) never holds the writer for long.
+const pruneBatch = 1000
+
+// Prune deletes the oldest records until the log meets r at now: first those beyond
+// MaxRecords, then, in sequence order, those older than MaxAge (it stops at the first record
+// young enough, so a record stamped earlier than one before it waits for that one). It works
+// in transactions of at most pruneBatch deletions and returns how many it deleted.
+func (l *Log) Prune(ctx context.Context, r Retention, now time.Time) (int, error) {
+	cutoffMs := int64(0)
+	if r.MaxAge > 0 {
+		cutoffMs = now.Add(-r.MaxAge).UnixMilli()
+	}
+	total := 0
+	for ctx.Err() == nil {
+		var n int
+		err := l.write(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketAudit)
+			c := b.Cursor()
+			first, _ := c.First()
+			last, _ := c.Last()
+			if first == nil {
+				return nil
+			}
+			// Records are keyed by their sequence and only ever deleted from the front: the
+			// keys from first to last are contiguous.
+			count := int64(binary.BigEndian.Uint64(last)-binary.BigEndian.Uint64(first)) + 1
+			excess := int64(0)
+			if r.MaxRecords > 0 && count > int64(r.MaxRecords) {
+				excess = count - int64(r.MaxRecords)
+			}
+			// Collected first, deleted after: deleting under a moving cursor can skip keys.
+			var dead [][]byte
+			for k, v := c.First(); k != nil && len(dead) < pruneBatch; k, v = c.Next() {
+				if int64(len(dead)) >= excess {
+					if cutoffMs == 0 {
+						break
+					}
+					var e struct {
+						TsMs int64 `json:"ts"`
+					}
+					if err := json.Unmarshal(v, &e); err == nil && e.TsMs >= cutoffMs {
+						break
+					}
+				}
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			for _, k := range dead {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+			n = len(dead) // the writer may run this function twice: set, not added
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("prune audit log: %w", err)
+		}
+		total += n
+		if n < pruneBatch {
+			break
+		}
+	}
+	return total, nil
+}
+
+// RunRetention enforces r every r.SweepInterval until ctx ends; errors go to log. It returns
+// at once if r sets no bound.
+func (l *Log) RunRetention(ctx context.Context, r Retention, now func() time.Time, log *slog.Logger) {
+	if r.MaxAge <= 0 && r.MaxRecords <= 0 {
+		return
+	}
+	t := time.NewTicker(r.SweepInterval)
+	defer t.Stop()
+	for {
+		if n, err := l.Prune(ctx, r, now()); err != nil {
+			log.Error("audit retention", "err", err)
+		} else if n > 0 {
+			log.Info("audit retention deleted old records", "records", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,35 @@
+package httpapi
+
+import (
+	"testing"
+	"time"
+)
+
+func TestAddrLimiter(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	l := newAddrLimiter(6, 2, func() time.Time { return now }) // one token per 10 s
+	if !l.take("192.0.2.1") || !l.take("192.0.2.1") || l.take("192.0.2.1") {
+		t.Fatal("burst of 2 not enforced")
+	}
+	if !l.take("192.0.2.2") {
+		t.Fatal("another address is limited")
+	}
+	l.refund("192.0.2.1")
+	if !l.take("192.0.2.1") {
+		t.Fatal("a refunded token is not given back")
+	}
+	now = now.Add(10 * time.Second)
+	if !l.take("192.0.2.1") || l.take("192.0.2.1") {
+		t.Fatal("refill: one token per 10 s")
+	}
+	// IPv6 counts per /64.
+	if !l.take("2001:db8::1") || !l.take("2001:db8::2") || l.take("2001:db8::3") {
+		t.Fatal("IPv6 addresses of one /64 do not share a bucket")
+	}
+	if !l.take("2001:db8:0:1::1") {
+		t.Fatal("another /64 is limited")
+	}
+	if newAddrLimiter(0, 5, time.Now) != nil || !(*addrLimiter)(nil).take("x") {
+		t.Fatal("rate 0 must turn the limit off")
+	}
+}
