@@ -40,6 +40,11 @@ func (k *keyRing) publicKeys() []*ecdsa.PublicKey {
 }
 
 func loadKeyRing(dir string) (*keyRing, bool, error) {
+	for _, name := range []string{SigningKeyFile, PrevSigningKeyFile} {
+		if err := checkSecretFile(filepath.Join(dir, name)); err != nil {
+			return nil, false, err
+		}
+	}
 	cur, created, err := sign.LoadOrCreate(filepath.Join(dir, SigningKeyFile))
 	if err != nil {
 		return nil, false, err

@@ -334,6 +334,9 @@ func (g *Gateway) loadKeys() error {
 		return err
 	}
 	tokPath := filepath.Join(g.cfg.Data, AdminTokenFile)
+	if err := checkSecretFile(tokPath); err != nil {
+		return err
+	}
 	b, err := os.ReadFile(tokPath)
 	switch {
 	case err == nil && len(strings.TrimSpace(string(b))) >= 32:
