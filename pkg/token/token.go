@@ -56,7 +56,7 @@ func (i *Issuer) IssueID(sub string, role protocol.Role, ttl time.Duration) (tok
 			Subject:   sub,
 			IssuedAt:  jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(exp),
-			ID:        uuid.NewString(),
+			ID:        newTokenID(i.signer.KID(), uuid.NewString()),
 		},
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodES256, c)
