@@ -114,6 +114,11 @@ func writePublicKeys(dir string, ring *keyRing) error {
 		}
 		return sign.WriteFileAtomic(filepath.Join(dir, PrevPublicKeyFile), prev, 0o644)
 	}
+	// No rotation under way (any more): a broker that reads this directory must not be
+	// offered a retired key.
+	if err := os.Remove(filepath.Join(dir, PrevPublicKeyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 )
 
 // ErrSecretFileMode means a secret file of the data directory (a signing key, the admin
@@ -25,4 +26,12 @@ func checkSecretFile(path string) error {
 		return fmt.Errorf("%w: %s has mode %v; run `chmod 600 %s`", ErrSecretFileMode, path, perm, path)
 	}
 	return nil
+}
+
+// adminTokenPath is where the admin token is kept: AdminTokenFile, else DATA/admin.token.
+func (c Config) adminTokenPath() string {
+	if c.AdminTokenFile != "" {
+		return c.AdminTokenFile
+	}
+	return filepath.Join(c.Data, AdminTokenFile)
 }
