@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -148,5 +149,31 @@ func TestStandaloneBrokerRemembersRetiredTokensAcrossRestart(t *testing.T) {
 	}
 	if _, err := start(); err == nil || !strings.Contains(err.Error(), state) {
 		t.Fatalf("a broken state file: %v, want an error naming it", err)
+	}
+}
+
+// state_file comes from the YAML file, then BROKER_STATE_FILE, then --state-file.
+func TestStateFileSetting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.yaml")
+	if err := os.WriteFile(path, []byte("state_file: yaml.json\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--config", path}, nil, "yaml.json"},
+		{[]string{"--config", path}, map[string]string{EnvStateFile: "env.json"}, "env.json"},
+		{[]string{"--config", path, "--state-file", "flag.json"}, map[string]string{EnvStateFile: "env.json"}, "flag.json"},
+	} {
+		args := append(tc.args, "--gateway-pubkey", "k.pem")
+		cfg, err := LoadConfig(args, func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.StateFile != tc.want {
+			t.Errorf("%v %v: state_file %q, want %q", tc.args, tc.env, cfg.StateFile, tc.want)
+		}
 	}
 }
