@@ -3,10 +3,11 @@
 // broker by default; this binary is for docker-compose and for a broker on its own machine.
 //
 //	broker --gateway-pubkey DATA/gateway.pub [--gateway-pubkey OLD.pub] [--config broker.yaml]
-//	       [--mqtt-addr 127.0.0.1:1883] [--ws-addr 127.0.0.1:1882]
+//	       [--mqtt-addr 127.0.0.1:1883] [--ws-addr 127.0.0.1:1882] [--state-file FILE]
 //
-// Settings come from the defaults, then the YAML file, then BROKER_MQTT_ADDR, BROKER_WS_ADDR and
-// BROKER_GATEWAY_PUBKEY (comma-separated files), then the flags; broker.Config lists the YAML
+// Settings come from the defaults, then the YAML file, then BROKER_MQTT_ADDR, BROKER_WS_ADDR,
+// BROKER_GATEWAY_PUBKEY (comma-separated files) and BROKER_STATE_FILE, then the flags;
+// broker.Config lists the YAML
 // keys. Exit status: 0 after SIGINT/SIGTERM, 2 for a configuration error (no gateway key
 // included), 1 when the broker cannot start.
 package main
@@ -51,7 +52,8 @@ func run() int {
 		return 2
 	}
 	defer b.Close()
-	// Cars whose credentials the gateway reissued: their old tokens are refused here too.
+	// Cars whose credentials the gateway reissued: their old tokens are refused here too, also
+	// after a restart with the gateway away when a state file is set.
 	if err := b.FollowCarTokens(keys); err != nil {
 		fmt.Fprintln(os.Stderr, "broker:", err)
 		return 1

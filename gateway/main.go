@@ -27,6 +27,8 @@ commands:
   probe URL  exit 0 if URL answers 2xx within 3 s (container health checks: /readyz)
   rotate-key [--data DIR]
           with the gateway stopped: make a new signing key; cars follow on the next start
+  rotate-key --retire-previous [--data DIR]
+          with the gateway stopped: once every car is on the new key, stop trusting the previous one
 `
 
 func main() {
@@ -49,10 +51,15 @@ func main() {
 	case "rotate-key":
 		fs := flag.NewFlagSet("gateway rotate-key", flag.ContinueOnError)
 		data := fs.String("data", "./data", "the gateway's data directory")
+		retire := fs.Bool("retire-previous", false, "end the rotation: drop the previous key (refused while a car still depends on it)")
 		if err := fs.Parse(os.Args[2:]); err != nil {
 			os.Exit(2)
 		}
-		if err := server.RotateSigningKey(*data, os.Stdout); err != nil {
+		rotate := server.RotateSigningKey
+		if *retire {
+			rotate = server.RetirePreviousKey
+		}
+		if err := rotate(*data, os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "gateway rotate-key: %v\n", err)
 			code = 1
 		}

@@ -22,6 +22,13 @@ type Config struct {
 	// Data is the directory of the bbolt file, the signing key, the admin token and the
 	// public key the standalone broker reads.
 	Data string `yaml:"data" env:"GATEWAY_DATA"`
+	// PublicDir, when set, is a second directory the gateway writes its public keys to
+	// (gateway.pub, and gateway.prev.pub while a rotation is under way): what a standalone
+	// broker needs, without the secrets of the data directory.
+	PublicDir string `yaml:"public_dir" env:"GATEWAY_PUBLIC_DIR"`
+	// AdminTokenFile holds the admin API's bearer token (0600, made on first start); "" means
+	// DATA/admin.token. `gateway admin` reads the same variable.
+	AdminTokenFile string `yaml:"admin_token_file" env:"GATEWAY_ADMIN_TOKEN_FILE"`
 	// MQTTAddr and WSAddr are the embedded broker's listeners ("" disables one).
 	MQTTAddr string `yaml:"mqtt_addr" env:"GATEWAY_MQTT_ADDR"`
 	WSAddr   string `yaml:"ws_addr" env:"GATEWAY_WS_ADDR"`

@@ -40,6 +40,11 @@ func (k *keyRing) publicKeys() []*ecdsa.PublicKey {
 }
 
 func loadKeyRing(dir string) (*keyRing, bool, error) {
+	for _, name := range []string{SigningKeyFile, PrevSigningKeyFile} {
+		if err := checkSecretFile(filepath.Join(dir, name)); err != nil {
+			return nil, false, err
+		}
+	}
 	cur, created, err := sign.LoadOrCreate(filepath.Join(dir, SigningKeyFile))
 	if err != nil {
 		return nil, false, err
@@ -108,6 +113,11 @@ func writePublicKeys(dir string, ring *keyRing) error {
 			return err
 		}
 		return sign.WriteFileAtomic(filepath.Join(dir, PrevPublicKeyFile), prev, 0o644)
+	}
+	// No rotation under way (any more): a broker that reads this directory must not be
+	// offered a retired key.
+	if err := os.Remove(filepath.Join(dir, PrevPublicKeyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	return nil
 }

@@ -81,7 +81,7 @@ func Serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if ws := g.WSAddr(); ws != "" {
 		fmt.Fprintf(stdout, ", MQTT over WebSocket ws://%s", ws)
 	}
-	fmt.Fprintf(stdout, "\nadmin token in %s/%s, gateway public key in %s/%s\n", cfg.Data, AdminTokenFile, cfg.Data, PublicKeyFile)
+	fmt.Fprintf(stdout, "\nadmin token in %s, gateway public key in %s/%s\n", cfg.adminTokenPath(), cfg.Data, PublicKeyFile)
 	werr := g.Wait(ctx)
 	log.Info("shutting down")
 	if err := g.Close(); err != nil {

@@ -345,10 +345,18 @@ func (g *Gateway) loadKeys() error {
 	if created {
 		g.log.Info("created gateway signing key", "kid", g.signer.KID())
 	}
-	if err := writePublicKeys(g.cfg.Data, ring); err != nil {
+	for _, dir := range []string{g.cfg.Data, g.cfg.PublicDir} {
+		if dir == "" {
+			continue
+		}
+		if err := writePublicKeys(dir, ring); err != nil {
+			return err
+		}
+	}
+	tokPath := g.cfg.adminTokenPath()
+	if err := checkSecretFile(tokPath); err != nil {
 		return err
 	}
-	tokPath := filepath.Join(g.cfg.Data, AdminTokenFile)
 	b, err := os.ReadFile(tokPath)
 	switch {
 	case err == nil && len(strings.TrimSpace(string(b))) >= 32:

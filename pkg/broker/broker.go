@@ -38,6 +38,7 @@ type Broker struct {
 	ws     *wsListener  // nil when WSAddr is empty
 
 	mu      sync.Mutex
+	tokens  *tokenFollower // writes the state file; nil without one
 	started bool
 	closed  bool
 }
@@ -197,6 +198,9 @@ func (b *Broker) Close() error {
 	// mochi closes the listeners (each disconnects its clients and waits for them), then
 	// stops its event loop and the hooks. It must run once: it closes a channel.
 	err := b.server.Close()
+	if b.tokens != nil {
+		b.tokens.close() // after the server: no car token arrives any more
+	}
 	b.log.Info("broker stopped")
 	return err
 }

@@ -24,6 +24,7 @@ import (
 //	mqtt_addr: "127.0.0.1:1883"      # MQTT over TCP; "" disables it
 //	ws_addr: "127.0.0.1:1882"        # MQTT over WebSocket; "" disables it
 //	gateway_pubkeys: [gateway.pub]   # PEM public keys whose tokens are trusted (standalone only)
+//	state_file: ""                   # retired car tokens kept across restarts (standalone only)
 //	max_packet_bytes: 65536          # largest MQTT packet accepted, CONNECT included
 //	max_topic_bytes: 256             # longer topics and filters are denied
 //	max_conns_per_identity: 4        # live sessions per app user
@@ -35,6 +36,10 @@ type Config struct {
 	MQTTAddr       string   `yaml:"mqtt_addr"`
 	WSAddr         string   `yaml:"ws_addr"`
 	GatewayPubKeys []string `yaml:"gateway_pubkeys"`
+	// StateFile is where the standalone broker keeps what must survive its restart: which car
+	// tokens the gateway retired (FollowCarTokens). "" keeps nothing: after a restart the
+	// broker admits retired tokens again until the gateway reconnects and names them.
+	StateFile string `yaml:"state_file"`
 
 	// MaxPacketBytes bounds every packet a client sends, checked on the fixed header before
 	// anything is allocated, so an unauthenticated client cannot make the broker allocate
@@ -81,6 +86,7 @@ const (
 	EnvMQTTAddr      = "BROKER_MQTT_ADDR"
 	EnvWSAddr        = "BROKER_WS_ADDR"
 	EnvGatewayPubKey = "BROKER_GATEWAY_PUBKEY"
+	EnvStateFile     = "BROKER_STATE_FILE"
 )
 
 // minTopicBytes is the longest topic of the contract: an app reply topic of the longest user
@@ -173,7 +179,8 @@ func (s *stringList) Set(v string) error {
 
 // LoadConfig builds the standalone broker's configuration from its command line: the
 // defaults, then the YAML file named by --config, then the environment (lookupEnv, normally
-// os.LookupEnv), then the flags --mqtt-addr, --ws-addr and --gateway-pubkey (repeatable). It
+// os.LookupEnv), then the flags --mqtt-addr, --ws-addr, --state-file and --gateway-pubkey
+// (repeatable). It
 // returns flag.ErrHelp for -h, and a validated Config that names at least one gateway key,
 // else ErrNoGatewayKey. Usage and flag errors are written to output.
 func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.Writer) (Config, error) {
@@ -183,6 +190,7 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.
 		configPath = fs.String("config", "", "YAML configuration `file` (optional)")
 		mqttAddr   = fs.String("mqtt-addr", DefaultMQTTAddr, "MQTT over TCP listen `address`; empty disables it")
 		wsAddr     = fs.String("ws-addr", DefaultWSAddr, "MQTT over WebSocket listen `address`; empty disables it")
+		stateFile  = fs.String("state-file", "", "`file` that keeps the retired car tokens across restarts (written 0600)")
 		pubKeys    stringList
 	)
 	fs.Var(&pubKeys, "gateway-pubkey", "PEM public key `file` of the gateway whose tokens are trusted; repeat it during a key rotation")
@@ -211,6 +219,9 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.
 	if v, ok := lookupEnv(EnvGatewayPubKey); ok {
 		cfg.GatewayPubKeys = splitList(v)
 	}
+	if v, ok := lookupEnv(EnvStateFile); ok {
+		cfg.StateFile = v
+	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "mqtt-addr":
@@ -219,6 +230,8 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.
 			cfg.WSAddr = *wsAddr
 		case "gateway-pubkey":
 			cfg.GatewayPubKeys = pubKeys
+		case "state-file":
+			cfg.StateFile = *stateFile
 		}
 	})
 

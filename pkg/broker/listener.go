@@ -255,8 +255,14 @@ func (l *wsListener) Init(log *slog.Logger) error {
 	l.srv = &http.Server{
 		Handler:           http.HandlerFunc(l.handle),
 		ReadHeaderTimeout: l.connectTimeout,
+		ReadTimeout:       l.connectTimeout,
+		WriteTimeout:      l.connectTimeout,
+		IdleTimeout:       l.connectTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	// One request per connection: a request that is not an upgrade (answered 400) ends it,
+	// instead of leaving an idle keep-alive socket that never authenticates.
+	l.srv.SetKeepAlivesEnabled(false)
 	return nil
 }
 
@@ -269,7 +275,7 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 		return
 	}
 	defer l.conns.done(nil)
-	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	if err := l.srv.Serve(&guardListener{Listener: l.ln, timeout: l.connectTimeout}); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		l.log.Error("websocket listener stopped", "error", err)
 	}
 }
@@ -279,6 +285,17 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has answered with an HTTP error
 	}
+	// The guard of the accepted connection stops closing it: from here the deadline bounds
+	// the wait for CONNECT, counted from the accept, and mochi replaces it once the client is
+	// admitted.
+	deadline := time.Now().Add(l.connectTimeout)
+	if g, ok := ws.NetConn().(*guardedConn); ok {
+		if !g.disarm() {
+			_ = ws.Close() // the connect timeout ran out during the upgrade
+			return
+		}
+		deadline = g.acceptedAt.Add(l.connectTimeout)
+	}
 	conn := &wsConn{Conn: ws.NetConn(), ws: ws}
 	if !l.conns.add(conn) {
 		_ = conn.Close()
@@ -286,7 +303,7 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	defer l.conns.done(conn)
 	ws.SetReadLimit(l.readLimit)
-	_ = conn.SetDeadline(time.Now().Add(l.connectTimeout))
+	_ = conn.SetDeadline(deadline)
 	l.conns.mu.Lock()
 	establish := l.establish
 	l.conns.mu.Unlock()
@@ -350,3 +367,46 @@ func (c *wsConn) Write(p []byte) (int, error) {
 }
 
 func (c *wsConn) Close() error { return c.ws.Close() }
+
+// guardListener hands out connections that close themselves timeout after the accept unless
+// they were upgraded to WebSocket first. net/http moves a connection's deadlines as it reads
+// requests and clears them while it waits for the next one, so a deadline alone does not bound
+// how long a socket that never speaks MQTT may stay open.
+type guardListener struct {
+	net.Listener
+	timeout time.Duration
+}
+
+func (l *guardListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	g := &guardedConn{Conn: c, acceptedAt: time.Now()}
+	g.timer = time.AfterFunc(l.timeout, func() { _ = c.Close() })
+	return g, nil
+}
+
+// guardedConn is an accepted connection that its timer closes unless disarmed.
+type guardedConn struct {
+	net.Conn
+	acceptedAt time.Time
+	timer      *time.Timer
+}
+
+// disarm stops the timer; false if it has fired (the connection is closed).
+func (c *guardedConn) disarm() bool { return c.timer.Stop() }
+
+func (c *guardedConn) Close() error {
+	c.timer.Stop()
+	return c.Conn.Close()
+}
+
+// CloseWrite lets net/http half-close before it closes, so the client reads the response and
+// then EOF rather than a reset.
+func (c *guardedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/ecdsa"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -19,21 +20,49 @@ import (
 // signed CarToken messages and, from then on, refuses every token of such a car other than its
 // current one and closes the sessions opened with them. A message not signed by one of keys,
 // for another topic's car, or not newer than the one in force for that car is ignored.
+//
+// With Config.StateFile set, what it learnt survives a restart: the file is read here (each
+// message's signature checked again) and rewritten whenever a car's current token changes, so
+// a restarted broker refuses retired tokens before the gateway is back to tell it again.
 func (b *Broker) FollowCarTokens(keys []*ecdsa.PublicKey) error {
-	f := &tokenFollower{b: b, keys: keys, current: map[string]protocol.CarToken{}}
+	f := &tokenFollower{b: b, keys: keys, current: map[string]carTokenState{}, path: b.cfg.StateFile}
+	if f.path == "" {
+		b.log.Warn("no state_file: after a restart this broker admits retired car tokens again until the gateway reconnects")
+	} else {
+		if err := f.load(); err != nil {
+			return err
+		}
+		f.dirty, f.stop, f.stopped = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+		go f.persistLoop()
+		b.mu.Lock()
+		b.tokens = f
+		b.mu.Unlock()
+	}
+	b.auth.SetRetired(f.retired)
 	if err := b.server.Subscribe(protocol.CarTokenFilter, 1, f.onCarToken); err != nil {
 		return fmt.Errorf("subscribe to the gateway's car tokens: %w", err)
 	}
-	b.auth.SetRetired(f.retired)
 	return nil
 }
 
 type tokenFollower struct {
 	b    *Broker
 	keys []*ecdsa.PublicKey
+	path string // the state file; "" keeps nothing across restarts
 
 	mu      sync.RWMutex
-	current map[string]protocol.CarToken // by VIN
+	current map[string]carTokenState // by VIN
+
+	// persistLoop's signals: dirty (capacity 1) asks for a write; stop ends the loop after a
+	// last write; stopped is closed when it has ended.
+	dirty, stop, stopped chan struct{}
+	closeOnce            sync.Once
+}
+
+// carTokenState is the CarToken in force for a car, with the signed message that said so.
+type carTokenState struct {
+	protocol.CarToken
+	env protocol.Envelope
 }
 
 func (f *tokenFollower) retired(id Identity) bool {
@@ -52,15 +81,13 @@ func (f *tokenFollower) onCarToken(_ *mqtt.Client, _ packets.Subscription, pk pa
 		f.b.log.Warn("car token ignored: not a signed envelope", "err", err)
 		return
 	}
-	doc, err := sign.VerifyAny(env, f.keys)
+	ct, err := f.verify(env)
 	if err != nil {
-		f.b.log.Warn("car token ignored: not signed by the gateway", "err", err)
+		f.b.log.Warn("car token ignored", "topic", pk.TopicName, "err", err)
 		return
 	}
-	var ct protocol.CarToken
-	if err := protocol.Decode(doc, &ct); err != nil || ct.V != protocol.Version || !protocol.ValidVIN(ct.VIN) ||
-		ct.JTI == "" || strings.TrimPrefix(pk.TopicName, protocol.CarTokenPrefix) != ct.VIN {
-		f.b.log.Warn("car token ignored: malformed", "topic", pk.TopicName, "err", err)
+	if strings.TrimPrefix(pk.TopicName, protocol.CarTokenPrefix) != ct.VIN {
+		f.b.log.Warn("car token ignored: for another car's topic", "topic", pk.TopicName)
 		return
 	}
 	f.mu.Lock()
@@ -69,11 +96,35 @@ func (f *tokenFollower) onCarToken(_ *mqtt.Client, _ packets.Subscription, pk pa
 		f.mu.Unlock()
 		return // a replay of an older one, or the same one again
 	}
-	f.current[ct.VIN] = ct
+	if ct.JTI != prev.JTI {
+		f.current[ct.VIN] = carTokenState{CarToken: ct, env: env}
+	} else {
+		// The same token signed again: newer, but the state file keeps the first message
+		// that named it, so a gateway reconnect does not rewrite the file for every car.
+		prev.IssuedAtMs = ct.IssuedAtMs
+		f.current[ct.VIN] = prev
+	}
 	f.mu.Unlock()
 	// The gateway signs the current tokens again at each of its connects: only a new token
 	// retires a session.
 	if ct.JTI != prev.JTI {
+		f.markDirty()
 		f.b.DropRetired(ct.VIN)
 	}
+}
+
+// verify checks a CarToken message's signature and fields.
+func (f *tokenFollower) verify(env protocol.Envelope) (protocol.CarToken, error) {
+	doc, err := sign.VerifyAny(env, f.keys)
+	if err != nil {
+		return protocol.CarToken{}, fmt.Errorf("not signed by the gateway: %w", err)
+	}
+	var ct protocol.CarToken
+	if err := protocol.Decode(doc, &ct); err != nil {
+		return ct, fmt.Errorf("malformed: %w", err)
+	}
+	if ct.V != protocol.Version || !protocol.ValidVIN(ct.VIN) || ct.JTI == "" {
+		return ct, errors.New("malformed: version, vin or jti")
+	}
+	return ct, nil
 }

@@ -66,7 +66,7 @@ func (i *Issuer) IssueGen(sub string, role protocol.Role, ttl time.Duration, gen
 			Subject:   sub,
 			IssuedAt:  jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(exp),
-			ID:        uuid.NewString(),
+			ID:        newTokenID(i.signer.KID(), uuid.NewString()),
 		},
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodES256, c)

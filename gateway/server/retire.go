@@ -1,0 +1,110 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/keys"
+	"telematics/gateway/store"
+	"telematics/pkg/token"
+)
+
+// ErrCarsNotHopped refuses to retire the previous signing key while some car still depends on
+// it: retired, the key would lock those cars out (their token would be refused by the broker,
+// or they would refuse every whitelist and grant signed by the new key).
+var ErrCarsNotHopped = errors.New("some cars have not made the hop to the new signing key")
+
+// ErrNoPreviousKey means there is no rotation to end.
+var ErrNoPreviousKey = errors.New("no previous signing key: nothing to retire")
+
+// maxListedVINs bounds the VINs an error lists; the count is always given.
+const maxListedVINs = 20
+
+// RetirePreviousKey is `gateway rotate-key --retire-previous`: with the gateway stopped, it
+// ends a rotation by deleting the previous signing key (gateway.prev.key, gateway.prev.pub), so
+// that the gateway and its embedded broker trust only the current key from their next start,
+// and a stolen previous key opens nothing. It refuses (ErrCarsNotHopped, naming the cars) while
+// any car has not acknowledged a whitelist signed by the current key, or holds a token that
+// the current key did not sign.
+func RetirePreviousKey(dir string, out io.Writer) error {
+	st, err := store.Open(filepath.Join(dir, DBFile))
+	if err != nil {
+		if errors.Is(err, store.ErrLocked) {
+			return fmt.Errorf("stop the gateway first: %w", err)
+		}
+		return err
+	}
+	defer st.Close()
+	ring, _, err := loadKeyRing(dir)
+	if err != nil {
+		return err
+	}
+	if ring.previous == nil {
+		return ErrNoPreviousKey
+	}
+	cur, prev := ring.current.KID(), ring.previous.KID()
+	vehicles, err := st.ListVehicles()
+	if err != nil {
+		return err
+	}
+	vins := make([]string, 0, len(vehicles))
+	var oldToken []string
+	for _, v := range vehicles {
+		vins = append(vins, v.VIN)
+		// A token id without a key id was issued before ids named their key: which key
+		// signed it is unknown, so it counts as the previous one.
+		if token.KeyIDOf(v.TokenID) != cur {
+			oldToken = append(oldToken, v.VIN)
+		}
+	}
+	notAcked, err := keys.NotOnKey(st.DB(), vins, cur)
+	if err != nil {
+		return err
+	}
+	if len(notAcked) > 0 || len(oldToken) > 0 {
+		var b strings.Builder
+		fmt.Fprintf(&b, "the previous key %s is kept (of %d cars):", prev, len(vins))
+		if len(notAcked) > 0 {
+			fmt.Fprintf(&b, "\n  %d have not acknowledged a whitelist signed by the new key %s (start the gateway, bring them online and wait until `gateway admin vehicle list` shows them in sync; a car with no paired key has no whitelist yet): %s",
+				len(notAcked), cur, listVINs(notAcked))
+		}
+		if len(oldToken) > 0 {
+			fmt.Fprintf(&b, "\n  %d hold a token not signed by the new key (give each new credentials with `gateway admin vehicle reissue VIN` and install them in the car): %s",
+				len(oldToken), listVINs(oldToken))
+		}
+		return fmt.Errorf("%w: %s", ErrCarsNotHopped, b.String())
+	}
+
+	// The audit record first: if it cannot be written, nothing is retired.
+	log, err := audit.OpenWith(st.DB(), st.Write)
+	if err != nil {
+		return err
+	}
+	if err := log.Append(audit.Event{TsMs: time.Now().UnixMilli(), Kind: audit.KindAdmin, Outcome: "signing_key_retired",
+		Detail: fmt.Sprintf("kid=%s current=%s cars=%d", prev, cur, len(vins))}); err != nil {
+		return err
+	}
+	for _, name := range []string{PrevSigningKeyFile, PrevPublicKeyFile} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("retire the previous key: %w", err)
+		}
+	}
+	fmt.Fprintf(out, "previous signing key %s retired: %d cars are on %s; tokens, whitelists and grants signed by %s are refused from the gateway's next start\n",
+		prev, len(vins), cur, prev)
+	fmt.Fprintf(out, "a standalone broker: restart it with only --gateway-pubkey %s (docker-compose: restart the broker service)\n",
+		filepath.Join(dir, PublicKeyFile))
+	return nil
+}
+
+func listVINs(vins []string) string {
+	if len(vins) <= maxListedVINs {
+		return strings.Join(vins, ", ")
+	}
+	return strings.Join(vins[:maxListedVINs], ", ") + fmt.Sprintf(" and %d more", len(vins)-maxListedVINs)
+}
