@@ -56,6 +56,9 @@ func RetirePreviousKey(dir string, out io.Writer) error {
 	vins := make([]string, 0, len(vehicles))
 	var oldToken []string
 	for _, v := range vehicles {
+		if v.RetiredMs != 0 {
+			continue // decommissioned: it will never connect or take a whitelist again
+		}
 		vins = append(vins, v.VIN)
 		// A token id without a key id was issued before ids named their key: which key
 		// signed it is unknown, so it counts as the previous one.

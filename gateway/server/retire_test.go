@@ -30,8 +30,11 @@ func TestRetirePreviousKeyRefusedUntilEveryCarHopped(t *testing.T) {
 	dir, mqttAddr := t.TempDir(), freeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)
-	car := provision(t, g, 1)[0]
-	vin := car.VIN
+	cars := provision(t, g, 2)
+	car, vin := cars[0], cars[0].VIN
+	// A decommissioned car whose credentials are retired never makes the hop: it must not
+	// keep the previous key alive.
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+cars[1].VIN+"/decommission", map[string]bool{"retire_now": true}, nil)
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 	runFleet(t, g.BrokerURL(), []protocol.Credentials{car})
 	_, _, key := loginKey(t, g, "alice", "", vin)
