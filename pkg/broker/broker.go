@@ -40,6 +40,9 @@ type Broker struct {
 	mu      sync.Mutex
 	started bool
 	closed  bool
+
+	// sessions reports ended app sessions (OnAppSessionEnd).
+	sessions *AppSessionHook
 }
 
 // New builds a broker that trusts tokens signed by any of keys. It binds nothing until Start.
@@ -77,6 +80,10 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now fun
 		return nil, err
 	}
 	b.auth = auth
+	b.sessions = NewAppSessionHook(auth)
+	if err := server.AddHook(b.sessions, nil); err != nil {
+		return nil, fmt.Errorf("add app session hook: %w", err)
+	}
 	if cfg.MQTTAddr != "" {
 		b.tcp = newTCPListener(ListenerTCP, cfg.MQTTAddr, cfg.ConnectTimeout)
 	}
