@@ -62,13 +62,23 @@ type KeysAck struct {
 	TsMs    int64  `json:"ts"`
 }
 
+// ChallengeRequest is the optional body of POST /v1/link/{vin}/challenge: the id of the phone
+// key that will sign the command. A car gives each key on its whitelist a budget of its own and
+// binds the challenge to it; without a key id (or with one it does not know) the challenge
+// comes out of a small budget shared by every such requester.
+type ChallengeRequest struct {
+	V     int    `json:"v"`
+	KeyID string `json:"key_id,omitempty"`
+}
+
 // Challenge is the local link's answer to POST /v1/link/{vin}/challenge: a single-use nonce,
-// valid until ExpiresAtMs (10 s).
+// valid until ExpiresAtMs (10 s), usable only by a command signed by KeyID when that is set.
 type Challenge struct {
 	V           int    `json:"v"`
 	VIN         string `json:"vin"`
 	Nonce       string `json:"nonce"`
 	ExpiresAtMs int64  `json:"expires_at"`
+	KeyID       string `json:"key_id,omitempty"`
 }
 
 // LocalRequest is the body of POST /v1/link/{vin}/command: a command signed by the phone key,

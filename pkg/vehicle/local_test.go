@@ -392,29 +392,6 @@ func TestLinkHTTPErrors(t *testing.T) {
 	}
 }
 
-func TestChallengesBounded(t *testing.T) {
-	gw := newTestGateway(t)
-	r := newLinkRig(t, gw, newClock(t0), t.TempDir(), false)
-	first := r.localCmd(t, testVIN, protocol.ActionHonk)
-	seen := map[string]bool{first.Nonce: true}
-	var last string
-	for i := 0; i < MaxOutstandingChallenges; i++ {
-		last = r.challenge(t, testVIN).Nonce
-		if seen[last] {
-			t.Fatalf("nonce %s issued twice", last)
-		}
-		seen[last] = true
-	}
-	if res := r.command(t, gw.local(t, cmdSpec{cmd: first})); res.Reason != protocol.ReasonExpired {
-		t.Fatalf("the oldest of %d challenges: %+v, want it evicted (expired)", MaxOutstandingChallenges+1, res)
-	}
-	c := newCmd(testVIN, protocol.ActionHonk, t0)
-	c.Nonce = last
-	if res := r.command(t, gw.local(t, cmdSpec{cmd: c})); res.Status != protocol.ResultExecuted {
-		t.Fatalf("the newest challenge: %+v", res)
-	}
-}
-
 // TestLocalConcurrent: phones racing for one car are served one at a time, each exactly once.
 func TestLocalConcurrent(t *testing.T) {
 	gw := newTestGateway(t)
