@@ -49,7 +49,7 @@ type CarStore interface {
 	LoadKeys(vin string) (KeyRecord, bool, error)
 	SaveKeys(vin string, rec KeyRecord) error
 	AppendJournal(vin string, ev protocol.VehicleEvent) (uint64, error)
-	Journal(vin string, max int) ([]protocol.VehicleEvent, error)
+	Journal(vin string, afterSeq uint64, max int) ([]protocol.VehicleEvent, error)
 	DeleteJournal(vin string, seqs []uint64) error
 }
 

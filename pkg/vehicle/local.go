@@ -2,7 +2,6 @@ package vehicle
 
 import (
 	"crypto/rand"
-	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -170,8 +169,8 @@ func (c *Car) localKey(keyID string, now time.Time) bool {
 //
 // An executed command changes the car exactly like a cloud command, one at a time with the
 // car's other work, and its state, replay entry and journal entry are written in one durable
-// transaction before the answer. A refusal is journaled too (its own transaction; see
-// MaxJournalEntries). Journal entries name the key, user, action, status and reason; never a
+// transaction before the answer. A refusal is journaled too (its own transaction; beyond
+// MaxJournalEntries it is counted in a summary entry). Journal entries name the key, user, action, status and reason; never a
 // signature or a nonce.
 func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
 	c.mu.Lock()
@@ -217,13 +216,12 @@ func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
 	} else {
 		c.log.Info("local command rejected", "cmd_id", res.ID, "key_id", ev.KeyID, "reason", res.Reason, "err", err)
 	}
-	if _, jerr := c.store.AppendJournal(c.vin, ev); jerr != nil {
-		if errors.Is(jerr, ErrJournalFull) {
-			c.log.Warn("journal full: local refusal not journaled", "cmd_id", res.ID, "reason", res.Reason)
-		} else {
-			c.log.Error("journal local refusal", "cmd_id", res.ID, "err", jerr)
-		}
+	if seq, jerr := c.store.AppendJournal(c.vin, ev); jerr != nil {
+		c.log.Error("journal local refusal", "cmd_id", res.ID, "err", jerr)
 	} else {
+		if seq == 0 {
+			c.log.Warn("journal full: local refusal counted in a summary entry", "cmd_id", res.ID, "key_id", ev.KeyID, "reason", res.Reason)
+		}
 		c.signalJournal()
 	}
 	return res
@@ -288,13 +286,19 @@ func (c *Car) signalJournal() {
 // then publishes its journal (see Journal).
 func (c *Car) Journaled() <-chan struct{} { return c.journaled }
 
-// Journal returns up to max of the car's unpublished journal entries, oldest first. They stay
-// in the store, across restarts, until JournalDelivered removes them.
-func (c *Car) Journal(max int) ([]protocol.VehicleEvent, error) {
-	return c.store.Journal(c.vin, max)
+// Journal returns up to max of the car's journal entries with a seq above afterSeq that the
+// gateway has not acknowledged, oldest first. They stay in the store, across restarts, until
+// JournalAcked removes them.
+func (c *Car) Journal(afterSeq uint64, max int) ([]protocol.VehicleEvent, error) {
+	return c.store.Journal(c.vin, afterSeq, max)
 }
 
-// JournalDelivered removes the journal entries with the given seqs, once they are published.
-func (c *Car) JournalDelivered(seqs []uint64) error {
-	return c.store.DeleteJournal(c.vin, seqs)
+// JournalAcked removes the journal entries the gateway acknowledged (they are in its audit
+// log), and signals Journaled: summaries waiting for room may have become entries.
+func (c *Car) JournalAcked(seqs []uint64) error {
+	if err := c.store.DeleteJournal(c.vin, seqs); err != nil {
+		return err
+	}
+	c.signalJournal()
+	return nil
 }
