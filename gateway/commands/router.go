@@ -47,7 +47,8 @@ type Config struct {
 	// result before it answers "expired" (a car never executes after expiry, but its result
 	// may be on the wire).
 	ResultGrace time.Duration
-	// RatePerMinute and RateBurst limit each user's requests.
+	// RatePerMinute and RateBurst limit each user's accepted requests and, in a budget of its
+	// own, each user's refused ones (0: no limit).
 	RatePerMinute float64
 	RateBurst     int
 	// TwinFlushInterval is how often the in-memory twin is written to bbolt.
