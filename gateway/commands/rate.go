@@ -45,3 +45,17 @@ func (l *rateLimiter) allow(user string, now time.Time) bool {
 	b.tokens--
 	return true
 }
+
+// available reports whether user's bucket holds a token now, without taking it.
+func (l *rateLimiter) available(user string, now time.Time) bool {
+	if l.perSec <= 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.users[user]
+	if !ok {
+		return true
+	}
+	return b.tokens+now.Sub(b.last).Seconds()*l.perSec >= 1
+}

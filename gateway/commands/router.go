@@ -47,7 +47,8 @@ type Config struct {
 	// result before it answers "expired" (a car never executes after expiry, but its result
 	// may be on the wire).
 	ResultGrace time.Duration
-	// RatePerMinute and RateBurst limit each user's requests.
+	// RatePerMinute and RateBurst limit each user's accepted requests and, in a budget of its
+	// own, each user's refused ones (0: no limit).
 	RatePerMinute float64
 	RateBurst     int
 	// TwinFlushInterval is how often the in-memory twin is written to bbolt.
@@ -79,6 +80,10 @@ type Router struct {
 
 	twins *twins
 	rate  *rateLimiter
+	// refusals is each user's budget of refused requests (the same rate and burst as rate);
+	// throttled counts the requests refused for an exhausted budget, audited as summaries.
+	refusals  *rateLimiter
+	throttled throttled
 
 	mu      sync.Mutex
 	seen    map[string]int64 // command id -> remembered until (unix ms)
@@ -130,7 +135,8 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 	r := &Router{
 		cfg: cfg, store: st, audit: log, bus: bus, twofa: twofa, now: now,
 		log: logger, keys: keys, twins: newTwins(stored), rate: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst),
-		seen: seen, pending: map[string]*pending{}, ctx: ctx, cancel: cancel,
+		refusals: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst), throttled: throttled{users: map[string]*throttledRun{}},
+		seen: clampSeen(seen, now().UnixMilli()), pending: map[string]*pending{}, ctx: ctx, cancel: cancel,
 	}
 	r.shards = make([]chan request, cfg.Shards)
 	for i := range r.shards {
@@ -173,6 +179,7 @@ func (r *Router) Close() error {
 		r.cancel()
 		r.wg.Wait()
 		r.flushTwins()
+		r.flushThrottled(true)
 	})
 	return nil
 }
@@ -261,10 +268,26 @@ func (r *Router) decide(req request) {
 	}
 	// The id is echoed whenever there is one, so the app can match even a bad_request.
 	ev.CmdID, ev.VIN, ev.Action = cmd.ID, cmd.VIN, string(cmd.Action)
+	if !protocol.ValidID(cmd.ID) {
+		ev.CmdID = ""
+	}
+	// A user whose refusals used up their budget is answered rate_limited before anything
+	// else is looked at, written or remembered: a flood of bad requests costs the gateway a
+	// decode and a reply each, and one audit record a second per user (throttled.go).
+	if !r.refusals.available(req.user, r.now()) {
+		r.throttle(req, ev)
+		return
+	}
+	// Everything that can be judged from the request alone is judged before its id is
+	// remembered: only a well-formed, signed-looking command that expires within
+	// MaxCommandAheadMs costs a remembered id, and then for at most twice that long.
+	if err == nil {
+		err = checkExpiry(&cmd, nowMs)
+	}
+	if err == nil {
+		err = ar.Command.CheckSignatureShape()
+	}
 	if err != nil {
-		if !protocol.ValidID(cmd.ID) {
-			ev.CmdID = ""
-		}
 		r.refuse(req, ev, cmd, err, false)
 		return
 	}
@@ -356,14 +379,20 @@ func (r *Router) decide(req request) {
 	}
 }
 
-// check runs the checks that need the store and the clock: expiry bounds, vehicle known.
-func (r *Router) check(cmd *protocol.Command, nowMs int64) error {
+// checkExpiry refuses a command that has expired or that expires more than
+// protocol.MaxCommandAheadMs after nowMs.
+func checkExpiry(cmd *protocol.Command, nowMs int64) error {
 	if cmd.ExpiresAtMs <= nowMs {
 		return protocol.Refuse(protocol.ReasonExpired, "command expired before the gateway saw it")
 	}
 	if cmd.ExpiresAtMs > nowMs+protocol.MaxCommandAheadMs {
 		return protocol.Refuse(protocol.ReasonBadRequest, "expires_at lies more than %d ms ahead", protocol.MaxCommandAheadMs)
 	}
+	return nil
+}
+
+// check runs the checks that need the store: vehicle known.
+func (r *Router) check(cmd *protocol.Command, nowMs int64) error {
 	_, err := r.store.GetVehicle(cmd.VIN)
 	if errors.Is(err, store.ErrNotFound) {
 		return protocol.Refuse(protocol.ReasonVehicleUnknown, "no vehicle %s", cmd.VIN)
@@ -374,6 +403,7 @@ func (r *Router) check(cmd *protocol.Command, nowMs int64) error {
 // refuse audits and answers a rejected request. persistID records the id as used, so a
 // replay of the same request is a duplicate even after a restart.
 func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err error, persistID bool) {
+	r.refusals.allow(req.user, r.now())
 	reason := protocol.ReasonOf(err)
 	ev.Outcome = protocol.ReplyRejected
 	ev.Reason = string(reason)
@@ -543,10 +573,12 @@ func (r *Router) housekeeping() {
 			return
 		case <-sweep.C:
 			r.SweepExpired()
+			r.flushThrottled(false)
 		case <-flush.C:
 			r.flushTwins()
 		case <-prune.C:
-			if _, err := r.store.PruneCommandIDs(r.now().UnixMilli()); err != nil {
+			nowMs := r.now().UnixMilli()
+			if _, err := r.store.PruneCommandIDs(nowMs, nowMs+maxRememberMs); err != nil {
 				r.log.Warn("prune command ids", "err", err)
 			}
 		}

@@ -843,6 +843,11 @@ func (s *Service) OnEvent(m mqttc.Message) {
 		s.log.Warn("malformed vehicle event", "vin", vin)
 		return
 	}
+	detail := fmt.Sprintf("%s key=%s seq=%d", ev.Kind, ev.KeyID, ev.Seq)
+	if ev.Count > 1 {
+		// A summary the car wrote while its journal was full: every refusal it stands for.
+		detail += fmt.Sprintf(" count=%d first_ts=%d", ev.Count, ev.FirstTsMs)
+	}
 	err := s.st.Write(func(tx *bolt.Tx) error {
 		// Every filed (vin, seq) is remembered, so a redelivered entry is ignored even when
 		// entries arrive out of order.
@@ -855,11 +860,22 @@ func (s *Service) OnEvent(m mqttc.Message) {
 			return err
 		}
 		return audit.AppendTx(tx, audit.Event{TsMs: ev.TsMs, Kind: audit.KindVehicle, User: ev.User, VIN: vin, CmdID: ev.CmdID,
-			Action: string(ev.Action), Outcome: ev.Status, Reason: string(ev.Reason),
-			Detail: fmt.Sprintf("%s key=%s seq=%d", ev.Kind, ev.KeyID, ev.Seq)})
+			Action: string(ev.Action), Outcome: ev.Status, Reason: string(ev.Reason), Detail: detail})
 	})
 	if err != nil {
 		s.log.Error("file vehicle event", "vin", vin, "err", err)
+		return
+	}
+	// The entry is committed (now or before): the car may delete it. A lost acknowledgement
+	// costs a redelivery after the car's next reconnect, which is ignored and acknowledged.
+	ack, err := json.Marshal(protocol.EventsAck{V: protocol.Version, VIN: vin, Seqs: []uint64{ev.Seq}})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.bus.Publish(ctx, protocol.VehicleTopic(vin, protocol.SuffixEventsAck), 1, false, ack); err != nil {
+		s.log.Warn("journal acknowledgement not published; the car sends the entry again after its next reconnect", "vin", vin, "seq", ev.Seq, "err", err)
 	}
 }
 

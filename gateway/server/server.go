@@ -141,6 +141,10 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if g.twofa, err = g.openTwoFA(); err != nil {
 		return nil, err
 	}
+	if g.broker != nil {
+		// A step-up lives as long as the app's MQTT connection (its client id) and no longer.
+		g.broker.OnAppSessionEnd(g.twofa.EndSession)
+	}
 	g.keysMu.Lock()
 	g.keys, err = keys.New(g.store, g.ring, g.bus, keyChangeFactor{g.twofa}, g.now, g.log.With("component", "keys"))
 	g.keysMu.Unlock()

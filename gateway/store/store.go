@@ -360,20 +360,30 @@ func PutCommandID(tx *bolt.Tx, id string, untilMs int64) error {
 	return tx.Bucket(bucketCmdIDs).Put([]byte(id), binary.BigEndian.AppendUint64(nil, uint64(untilMs)))
 }
 
-// PruneCommandIDs forgets ids that expired before nowMs.
-func (s *Store) PruneCommandIDs(nowMs int64) (int, error) {
+// PruneCommandIDs forgets ids that expired before nowMs, and cuts down to maxUntilMs those
+// remembered for longer than any command can live (ids that a gateway without that bound
+// remembered until an expiry its sender chose).
+func (s *Store) PruneCommandIDs(nowMs, maxUntilMs int64) (int, error) {
 	var n int
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketCmdIDs).Cursor()
-		var dead [][]byte
+		var dead, long [][]byte
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs {
+			switch {
+			case len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs:
 				dead = append(dead, append([]byte(nil), k...))
+			case int64(binary.BigEndian.Uint64(v)) > maxUntilMs:
+				long = append(long, append([]byte(nil), k...))
 			}
 		}
 		b := tx.Bucket(bucketCmdIDs)
 		for _, k := range dead {
 			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, k := range long {
+			if err := b.Put(k, binary.BigEndian.AppendUint64(nil, uint64(maxUntilMs))); err != nil {
 				return err
 			}
 		}

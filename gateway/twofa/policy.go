@@ -175,7 +175,9 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 }
 
 // EndSession drops the elevation of one app session; the gateway calls it when the client
-// disconnects.
+// disconnects from the embedded broker, or another connection takes its client id
+// (broker.OnAppSessionEnd). Behind an external broker sessions are phone keys and end only
+// with StepUpTTL.
 func (s *Service) EndSession(user, clientID string) {
 	s.mu.Lock()
 	delete(s.stepUp, session{user, clientID})

@@ -15,7 +15,7 @@ import (
 // which topic or filter, and which direction:
 //
 //	vehicle VIN  publish   v/VIN/telemetry, v/VIN/status, v/VIN/result, v/VIN/keys/ack, v/VIN/events
-//	             subscribe v/VIN/cmd, v/VIN/keys
+//	             subscribe v/VIN/cmd, v/VIN/keys, v/VIN/events/ack
 //	app user U   publish   app/U/cmd
 //	             subscribe app/U/reply
 //	gateway      publish   any topic under v/ or app/
@@ -105,7 +105,7 @@ var (
 		protocol.SuffixTelemetry, protocol.SuffixStatus, protocol.SuffixResult,
 		protocol.SuffixKeysAck, protocol.SuffixEvents,
 	}
-	vehicleReceives = []string{protocol.SuffixCmd, protocol.SuffixKeys}
+	vehicleReceives = []string{protocol.SuffixCmd, protocol.SuffixKeys, protocol.SuffixEventsAck}
 )
 
 func gatewayTree(first string) bool {

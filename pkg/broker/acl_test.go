@@ -14,9 +14,9 @@ import (
 var (
 	aclFamilies = []string{
 		"v/" + vinA + "/telemetry", "v/" + vinA + "/status", "v/" + vinA + "/cmd", "v/" + vinA + "/result",
-		"v/" + vinA + "/keys", "v/" + vinA + "/keys/ack", "v/" + vinA + "/events",
+		"v/" + vinA + "/keys", "v/" + vinA + "/keys/ack", "v/" + vinA + "/events", "v/" + vinA + "/events/ack",
 		"v/" + vinB + "/telemetry", "v/" + vinB + "/status", "v/" + vinB + "/cmd", "v/" + vinB + "/result",
-		"v/" + vinB + "/keys", "v/" + vinB + "/keys/ack", "v/" + vinB + "/events",
+		"v/" + vinB + "/keys", "v/" + vinB + "/keys/ack", "v/" + vinB + "/events", "v/" + vinB + "/events/ack",
 		"app/" + userX + "/cmd", "app/" + userX + "/reply",
 		"app/" + userY + "/cmd", "app/" + userY + "/reply",
 		"v/" + vinA + "/other", "v/" + vinA, "app/" + userX + "/other",
@@ -56,7 +56,7 @@ func TestACLMatrix(t *testing.T) {
 		for _, s := range []string{"telemetry", "status", "result", "keys/ack", "events"} {
 			pub = append(pub, "v/"+vin+"/"+s)
 		}
-		return pub, []string{"v/" + vin + "/cmd", "v/" + vin + "/keys"}
+		return pub, []string{"v/" + vin + "/cmd", "v/" + vin + "/keys", "v/" + vin + "/events/ack"}
 	}
 	carAPub, carASub := vehicle(vinA)
 	carBPub, carBSub := vehicle(vinB)

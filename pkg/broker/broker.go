@@ -41,6 +41,9 @@ type Broker struct {
 	tokens  *tokenFollower // writes the state file; nil without one
 	started bool
 	closed  bool
+
+	// sessions reports ended app sessions (OnAppSessionEnd).
+	sessions *AppSessionHook
 }
 
 // New builds a broker that trusts tokens signed by any of keys. It binds nothing until Start.
@@ -78,6 +81,10 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now fun
 		return nil, err
 	}
 	b.auth = auth
+	b.sessions = NewAppSessionHook(auth)
+	if err := server.AddHook(b.sessions, nil); err != nil {
+		return nil, fmt.Errorf("add app session hook: %w", err)
+	}
 	if cfg.MQTTAddr != "" {
 		b.tcp = newTCPListener(ListenerTCP, cfg.MQTTAddr, cfg.ConnectTimeout)
 	}

@@ -74,7 +74,10 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 	defer closeLink()
 
 	var ch protocol.Challenge
-	if err := linkPost(ctx, client, base+"/v1/link/"+r.VIN+"/challenge", nil, &ch); err != nil {
+	// The key id gets the challenge out of this key's own budget on the car, which nobody
+	// else's requests can spend, and binds it to this key.
+	chReq := protocol.ChallengeRequest{V: protocol.Version, KeyID: key.KID()}
+	if err := linkPost(ctx, client, base+"/v1/link/"+r.VIN+"/challenge", chReq, &ch); err != nil {
 		return protocol.Result{}, fmt.Errorf("local link %s: challenge: %w", linkAddr, err)
 	}
 	if ch.VIN != r.VIN || ch.Nonce == "" {

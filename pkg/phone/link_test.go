@@ -27,8 +27,9 @@ func TestLocalSendChallengeRoundTrip(t *testing.T) {
 		t.Fatalf("result %+v", res)
 	}
 	bodies := link.Bodies()
-	if len(bodies) != 2 || len(bodies[0]) != 0 {
-		t.Fatalf("want an empty challenge request and a command, got %q", bodies)
+	var chReq protocol.ChallengeRequest
+	if len(bodies) != 2 || json.Unmarshal(bodies[0], &chReq) != nil || chReq.V != protocol.Version || chReq.KeyID != key.KID() {
+		t.Fatalf("want a challenge request naming the key, then a command, got %q", bodies)
 	}
 	var req protocol.LocalRequest
 	if err := json.Unmarshal(bodies[1], &req); err != nil || req.V != protocol.Version {

@@ -45,3 +45,26 @@ func (e Envelope) DocSHA256() (string, error) {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:]), nil
 }
+
+// SignatureBytes is the length of an ES256 signature (r||s) on the wire, decoded.
+const SignatureBytes = 64
+
+// CheckSignatureShape refuses (signature_invalid) an envelope that cannot carry a valid
+// signature: no key id or one that is no id, no signature or one that is not 64 bytes of
+// base64url. It proves nothing about the signature; it lets a receiver turn away, before it
+// remembers or looks anything up, what no key could have signed.
+func (e Envelope) CheckSignatureShape() error {
+	if e.KID == "" || e.Sig == "" {
+		return Refuse(ReasonSignatureInvalid, "command is not signed by a phone key")
+	}
+	if !ValidID(e.KID) {
+		return Refuse(ReasonSignatureInvalid, "kid is not a key id")
+	}
+	if len(e.Sig) != b64.EncodedLen(SignatureBytes) {
+		return Refuse(ReasonSignatureInvalid, "signature is not %d bytes of base64url", SignatureBytes)
+	}
+	if _, err := b64.DecodeString(e.Sig); err != nil {
+		return Refuse(ReasonSignatureInvalid, "signature is not base64url")
+	}
+	return nil
+}

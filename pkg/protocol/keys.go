@@ -62,13 +62,23 @@ type KeysAck struct {
 	TsMs    int64  `json:"ts"`
 }
 
+// ChallengeRequest is the optional body of POST /v1/link/{vin}/challenge: the id of the phone
+// key that will sign the command. A car gives each key on its whitelist a budget of its own and
+// binds the challenge to it; without a key id (or with one it does not know) the challenge
+// comes out of a small budget shared by every such requester.
+type ChallengeRequest struct {
+	V     int    `json:"v"`
+	KeyID string `json:"key_id,omitempty"`
+}
+
 // Challenge is the local link's answer to POST /v1/link/{vin}/challenge: a single-use nonce,
-// valid until ExpiresAtMs (10 s).
+// valid until ExpiresAtMs (10 s), usable only by a command signed by KeyID when that is set.
 type Challenge struct {
 	V           int    `json:"v"`
 	VIN         string `json:"vin"`
 	Nonce       string `json:"nonce"`
 	ExpiresAtMs int64  `json:"expires_at"`
+	KeyID       string `json:"key_id,omitempty"`
 }
 
 // LocalRequest is the body of POST /v1/link/{vin}/command: a command signed by the phone key,
@@ -91,8 +101,13 @@ const (
 )
 
 // VehicleEvent is one entry of a car's journal, published on v/{vin}/events when the car is
-// online; the gateway files it in its audit log. Seq increases per car, so the gateway can
+// online; the gateway files it in its audit log and acknowledges it on v/{vin}/events/ack
+// (EventsAck), and only then does the car delete it. Seq increases per car, so the gateway can
 // ignore a redelivered entry.
+//
+// An entry with Count above 1 is a summary: a car whose journal was full (too many refusals
+// not yet acknowledged) counts each further refusal into one entry per key id and reason
+// instead of dropping it; FirstTsMs and TsMs are the first and last of them.
 type VehicleEvent struct {
 	V      int    `json:"v"`
 	VIN    string `json:"vin"`
@@ -105,4 +120,16 @@ type VehicleEvent struct {
 	Status string `json:"status,omitempty"`
 	Reason Reason `json:"reason,omitempty"`
 	TsMs   int64  `json:"ts"`
+	// Count is how many decisions the entry stands for; absent (0) means one.
+	Count     int   `json:"count,omitempty"`
+	FirstTsMs int64 `json:"first_ts,omitempty"`
+}
+
+// EventsAck is what the gateway publishes on v/{vin}/events/ack once the journal entries
+// with the given seqs are in its audit log (newly filed or filed before). A car keeps each
+// entry until it is acknowledged, across restarts of itself, the broker and the gateway.
+type EventsAck struct {
+	V    int      `json:"v"`
+	VIN  string   `json:"vin"`
+	Seqs []uint64 `json:"seqs"`
 }

@@ -205,6 +205,7 @@ const (
 	SuffixKeys      = "keys"
 	SuffixKeysAck   = "keys/ack"
 	SuffixEvents    = "events"
+	SuffixEventsAck = "events/ack"
 	SuffixReply     = "reply"
 )
 

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"telematics/pkg/protocol"
@@ -48,7 +49,7 @@ type CarStore interface {
 	LoadKeys(vin string) (KeyRecord, bool, error)
 	SaveKeys(vin string, rec KeyRecord) error
 	AppendJournal(vin string, ev protocol.VehicleEvent) (uint64, error)
-	Journal(vin string, max int) ([]protocol.VehicleEvent, error)
+	Journal(vin string, afterSeq uint64, max int) ([]protocol.VehicleEvent, error)
 	DeleteJournal(vin string, seqs []uint64) error
 }
 
@@ -84,6 +85,9 @@ type Car struct {
 	// nonces are the local link's outstanding challenges: in memory only, so a restarted car
 	// knows none of the nonces it issued before.
 	nonces nonceTable
+	// keys is the whitelist c.wl points to, for Challenge, which must not wait for c.mu (held
+	// through a command's fsync).
+	keys atomic.Pointer[protocol.Whitelist]
 	// journaled is signalled (capacity 1) whenever a journal entry was written, so whoever
 	// publishes the journal (the fleet) need not poll.
 	journaled chan struct{}
@@ -182,6 +186,7 @@ func (c *Car) loadKeys() error {
 		return fmt.Errorf("stored whitelist of %s: %w", c.vin, err)
 	}
 	c.wl, c.wlVersion = &wl, rec.Version
+	c.keys.Store(&wl)
 	return nil
 }
 

@@ -104,7 +104,7 @@ type FleetStats struct {
 	Executed      uint64 // cloud commands executed
 	Rejected      uint64 // cloud commands rejected
 	Whitelists    uint64 // whitelists acknowledged (stored or redelivered)
-	EventsSent    uint64 // journal entries published on v/{vin}/events
+	EventsSent    uint64 // journal entries published on v/{vin}/events (again after a reconnect, too)
 }
 
 // ErrNoCarConnected is returned by RunFleet when every car of the fleet failed for good.
@@ -135,8 +135,10 @@ type fleet struct {
 // Each car also subscribes to v/{vin}/keys (QoS 1, retained by the gateway), stores each newer
 // whitelist and acknowledges it on v/{vin}/keys/ack (Car.HandleWhitelist), and, whenever it is
 // connected, publishes its journal of local-link decisions on v/{vin}/events (QoS 1), oldest
-// first, deleting each entry only once the broker acknowledged it: entries journaled while the
-// car was offline go out when it is next online.
+// first. It deletes an entry only once the gateway acknowledged it on v/{vin}/events/ack (it
+// is in the audit log), not when the broker did: a broker restart loses what it held for the
+// gateway. Entries journaled while the car was offline go out when it is next online, and
+// after every reconnect the car sends again every entry still unacknowledged.
 //
 // A car whose connection is refused (bad or expired credentials) is reported and counted as
 // failed, not retried; a broker that cannot be reached is retried with backoff. On cancel every
@@ -276,6 +278,9 @@ type carRun struct {
 	keys   chan []byte // v/{vin}/keys
 	// connected is signalled (capacity 1) after every (re)connect: time to publish the journal.
 	connected chan struct{}
+	// journalSent is the highest journal seq published on the current connection (the loop's
+	// own); after a reconnect everything unacknowledged goes out again.
+	journalSent uint64
 
 	// statusMu orders the online status published on (re)connect against the offline status
 	// published on shutdown, so a late reconnect cannot leave the car "online".
@@ -336,6 +341,10 @@ func (f *fleet) runCar(ctx context.Context, creds protocol.Credentials) {
 		// The client subscribes again after every reconnect, so a car that lost its first
 		// session keeps running; only a refusal is worth the log.
 		log.Warn("subscribe to commands", "topic", cmdTopic, "err", err)
+	}
+	ackTopic := protocol.VehicleTopic(creds.VIN, protocol.SuffixEventsAck)
+	if err := client.Subscribe(ctx, ackTopic, 1, r.onEventsAck); err != nil {
+		log.Warn("subscribe to journal acknowledgements", "topic", ackTopic, "err", err)
 	}
 	keysTopic := protocol.VehicleTopic(creds.VIN, protocol.SuffixKeys)
 	err = client.Subscribe(ctx, keysTopic, 1, func(m mqttc.Message) {
@@ -413,8 +422,12 @@ func (r *carRun) loop(ctx context.Context) {
 	timer := time.NewTimer(rand.N(r.f.interval) + 1)
 	defer timer.Stop()
 	// The journal may hold entries from before this run; a failed attempt is retried on the
-	// next event or tick.
+	// next event or tick. The first connection's signal is this start itself.
 	journalPending := true
+	select {
+	case <-r.connected:
+	default:
+	}
 	for {
 		if ctx.Err() != nil {
 			return
@@ -432,6 +445,9 @@ func (r *carRun) loop(ctx context.Context) {
 		case <-r.car.Journaled():
 			journalPending = true
 		case <-r.connected:
+			// What was sent on the old connection may be lost with it (or with a broker
+			// that restarted): send everything unacknowledged again.
+			r.journalSent = 0
 			journalPending = true
 		case <-timer.C:
 			r.sendTelemetry(ctx)
@@ -461,14 +477,14 @@ func (r *carRun) handleKeys(payload []byte) {
 	}
 }
 
-// publishJournal publishes the car's journal in order, one QoS 1 message at a time, and deletes
-// each entry once the broker acknowledged it. It reports whether the journal is empty now. A
-// crash between publish and delete sends an entry twice; the gateway keeps the highest seq it
-// filed per car and ignores the repeat.
+// publishJournal publishes, in order, one QoS 1 message at a time, the car's unacknowledged
+// journal entries not yet sent on this connection. It reports whether all were sent. Entries
+// stay in the store until the gateway acknowledges them (onEventsAck); the gateway ignores an
+// entry it filed before, and acknowledges it again.
 func (r *carRun) publishJournal(ctx context.Context) bool {
 	topic := protocol.VehicleTopic(r.car.VIN(), protocol.SuffixEvents)
 	for ctx.Err() == nil {
-		evs, err := r.car.Journal(journalBatch)
+		evs, err := r.car.Journal(r.journalSent, journalBatch)
 		if err != nil {
 			r.log.Error("read journal", "err", err)
 			return false
@@ -476,33 +492,36 @@ func (r *carRun) publishJournal(ctx context.Context) bool {
 		if len(evs) == 0 {
 			return true
 		}
-		sent := make([]uint64, 0, len(evs))
 		for _, ev := range evs {
 			b, err := json.Marshal(ev)
 			if err != nil {
 				r.log.Error("encode journal entry", "seq", ev.Seq, "err", err)
-				break
+				return false
 			}
 			pctx, cancel := context.WithTimeout(ctx, statusTimeout)
 			err = r.client.Publish(pctx, topic, 1, false, b)
 			cancel()
 			if err != nil {
 				r.log.Debug("publish journal entry; kept for later", "seq", ev.Seq, "err", err)
-				break
+				return false
 			}
-			sent = append(sent, ev.Seq)
-		}
-		if err := r.car.JournalDelivered(sent); err != nil {
-			// Published but kept: sent again later, and ignored by the gateway then.
-			r.log.Error("delete published journal entries", "err", err)
-			return false
-		}
-		r.f.eventsSent.Add(uint64(len(sent)))
-		if len(sent) < len(evs) {
-			return false
+			r.journalSent = ev.Seq
+			r.f.eventsSent.Add(1)
 		}
 	}
 	return false
+}
+
+// onEventsAck deletes the journal entries the gateway acknowledged on v/{vin}/events/ack.
+func (r *carRun) onEventsAck(m mqttc.Message) {
+	var ack protocol.EventsAck
+	if err := protocol.Decode(m.Payload, &ack); err != nil || ack.VIN != r.car.VIN() || len(ack.Seqs) > MaxJournalEntries {
+		r.log.Warn("malformed journal acknowledgement", "err", err)
+		return
+	}
+	if err := r.car.JournalAcked(ack.Seqs); err != nil {
+		r.log.Error("delete acknowledged journal entries; they are sent again after a reconnect", "err", err)
+	}
 }
 
 func jitter(d time.Duration) time.Duration {

@@ -64,6 +64,7 @@ func (c *Car) HandleWhitelist(payload []byte) (*protocol.KeysAck, error) {
 		return nil, err
 	}
 	c.wl, c.wlVersion, c.trusted = wl, wl.Version, trusted
+	c.keys.Store(wl)
 	c.log.Info("whitelist stored", "version", wl.Version, "keys", len(wl.Keys), "trust_keys", len(trusted), "trust_changed", len(wl.Trust) > 0)
 	return ack, nil
 }

@@ -91,9 +91,11 @@ func CheckLinkAddr(addr string) error {
 // LinkServer is the simulated short-range link (BLE/NFC) of every car in a garage: one HTTP
 // server on loopback.
 //
-//	POST /v1/link/{vin}/challenge   → 200 protocol.Challenge
+//	POST /v1/link/{vin}/challenge   body empty or protocol.ChallengeRequest → 200 protocol.Challenge
 //	POST /v1/link/{vin}/command     body protocol.LocalRequest → 200 protocol.Result
 //
+// A challenge request over its key's budget, or over the shared budget of requesters the car's
+// whitelist does not know, is answered 429 rate_limited (see MaxChallengesPerKey).
 // A command the car refuses is answered 200 with status rejected and its reason (see
 // Car.HandleLocal). Errors that never reach a car are {"error": REASON, "message": TEXT}: 400
 // bad_request for a malformed VIN or a body that is not a LocalRequest (bodies are bounded to
@@ -216,12 +218,33 @@ func (s *LinkServer) car(w http.ResponseWriter, r *http.Request) (*Car, bool) {
 	return car, true
 }
 
+// maxChallengeBodyBytes bounds a challenge request's body ({"v":1,"key_id":"…"}).
+const maxChallengeBodyBytes = 1 << 10
+
 func (s *LinkServer) challenge(w http.ResponseWriter, r *http.Request) {
 	car, ok := s.car(w, r)
 	if !ok {
 		return
 	}
-	writeLinkJSON(w, http.StatusOK, car.Challenge())
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxChallengeBodyBytes+1))
+	var req protocol.ChallengeRequest
+	if err == nil && len(body) > 0 {
+		if len(body) > maxChallengeBodyBytes || json.Unmarshal(body, &req) != nil || (req.KeyID != "" && !protocol.ValidID(req.KeyID)) {
+			err = errors.New("malformed")
+		}
+	}
+	if err != nil {
+		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
+			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
+		return
+	}
+	ch, err := car.Challenge(req.KeyID)
+	if err != nil {
+		s.log.Debug("challenge refused", "vin", car.VIN(), "key_id", req.KeyID, "err", err)
+		writeLinkError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), err.Error())
+		return
+	}
+	writeLinkJSON(w, http.StatusOK, ch)
 }
 
 func (s *LinkServer) command(w http.ResponseWriter, r *http.Request) {

@@ -2,7 +2,7 @@ package vehicle
 
 import (
 	"crypto/rand"
-	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -10,13 +10,28 @@ import (
 	"telematics/pkg/whitelist"
 )
 
-// MaxOutstandingChallenges bounds the nonces a car remembers; issuing one more forgets the
-// oldest. Challenges are free to ask for, so without a bound anyone on the link could make a
-// car hold any number of them.
-const MaxOutstandingChallenges = 64
+// Bounds of a car's local-link challenges. Challenges are free to ask for, so anyone on the
+// link could otherwise make a car hold any number of them, or, with a bound that evicts the
+// oldest, push out the challenge a phone is about to sign. So each phone key on the car's
+// whitelist has a budget of its own, requesters the whitelist does not know (no key id, or an
+// unknown, revoked or cloud-only one) share one small budget, and a full budget refuses the
+// request (rate_limited) instead of evicting anything: a stranger's flood never touches a
+// challenge issued to a phone, nor that phone's budget.
+const (
+	// MaxChallengesPerKey is how many unused, unexpired challenges one whitelisted key may hold.
+	MaxChallengesPerKey = 4
+	// MaxSharedChallenges is how many unused, unexpired challenges requesters the whitelist
+	// does not know may hold, together.
+	MaxSharedChallenges = 16
+	// maxNonceEntries bounds the table, used challenges included (kept until they expire to tell
+	// a reused nonce from an unknown one). Only a command signed by a whitelisted key uses a
+	// challenge, so what is beyond the pending budgets is its owners' doing; at the bound the
+	// oldest used entry goes (its id is in the replay cache all the same).
+	maxNonceEntries = 1024
+)
 
 // nonceTable holds a car's local-link challenges in issue order. Used nonces are kept until
-// they expire or are evicted, so that presenting one again is told apart (duplicate) from
+// they expire or make room, so that presenting one again is told apart (duplicate) from
 // presenting one the car never issued or no longer knows (expired).
 type nonceTable struct {
 	mu      sync.Mutex
@@ -24,31 +39,57 @@ type nonceTable struct {
 }
 
 type nonceEntry struct {
-	nonce       string
+	nonce string
+	// keyID is the whitelisted key the challenge was issued to, whose signature alone may use
+	// it; "" for a challenge of the shared budget, which any key may use.
+	keyID       string
 	expiresAtMs int64
 	used        bool
 }
 
-// add remembers a new nonce, dropping expired ones and, at the bound, the oldest.
-func (t *nonceTable) add(nonce string, expiresAtMs, nowMs int64) {
+// add remembers a new nonce issued to keyID ("" for the shared budget), dropping expired
+// entries first. It refuses (rate_limited) when keyID's budget is spent, and never evicts an
+// unused challenge.
+func (t *nonceTable) add(nonce, keyID string, expiresAtMs, nowMs int64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	live := t.entries[:0]
+	pending := 0
 	for _, e := range t.entries {
-		if e.expiresAtMs >= nowMs {
-			live = append(live, e)
+		if e.expiresAtMs < nowMs {
+			continue
+		}
+		live = append(live, e)
+		if !e.used && e.keyID == keyID {
+			pending++
 		}
 	}
+	clear(t.entries[len(live):])
 	t.entries = live
-	if len(t.entries) >= MaxOutstandingChallenges {
-		t.entries = append(t.entries[:0], t.entries[len(t.entries)-MaxOutstandingChallenges+1:]...)
+	budget := MaxChallengesPerKey
+	if keyID == "" {
+		budget = MaxSharedChallenges
 	}
-	t.entries = append(t.entries, nonceEntry{nonce: nonce, expiresAtMs: expiresAtMs})
+	if pending >= budget {
+		if keyID == "" {
+			return protocol.Refuse(protocol.ReasonRateLimited, "%d challenges for unknown keys are pending; ask with the key id of a phone key of this car, or try again in up to %d s", budget, protocol.ChallengeLifetimeMs/1000)
+		}
+		return protocol.Refuse(protocol.ReasonRateLimited, "key %s holds %d unused challenges; use one, or try again in up to %d s", keyID, budget, protocol.ChallengeLifetimeMs/1000)
+	}
+	if len(t.entries) >= maxNonceEntries {
+		i := slices.IndexFunc(t.entries, func(e nonceEntry) bool { return e.used })
+		if i < 0 {
+			return protocol.Refuse(protocol.ReasonRateLimited, "too many challenges pending; try again in up to %d s", protocol.ChallengeLifetimeMs/1000)
+		}
+		t.entries = slices.Delete(t.entries, i, i+1)
+	}
+	t.entries = append(t.entries, nonceEntry{nonce: nonce, keyID: keyID, expiresAtMs: expiresAtMs})
+	return nil
 }
 
-// use marks nonce used. Refusals: expired (unknown to this car, or past its lifetime),
-// duplicate (used before).
-func (t *nonceTable) use(nonce string, nowMs int64) error {
+// use marks nonce used by a command that keyID signed. Refusals: expired (unknown to this
+// car, or past its lifetime), forbidden (issued to another key), duplicate (used before).
+func (t *nonceTable) use(nonce, keyID string, nowMs int64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for i := range t.entries {
@@ -59,30 +100,57 @@ func (t *nonceTable) use(nonce string, nowMs int64) error {
 		switch {
 		case nowMs > e.expiresAtMs:
 			return protocol.Refuse(protocol.ReasonExpired, "challenge expired %d ms ago", nowMs-e.expiresAtMs)
+		case e.keyID != "" && e.keyID != keyID:
+			return protocol.Refuse(protocol.ReasonForbidden, "challenge was issued to another key")
 		case e.used:
 			return protocol.Refuse(protocol.ReasonDuplicate, "challenge already used")
 		}
 		e.used = true
 		return nil
 	}
-	return protocol.Refuse(protocol.ReasonExpired, "challenge unknown to this car (never issued here, evicted, or issued before a restart)")
+	return protocol.Refuse(protocol.ReasonExpired, "challenge unknown to this car (never issued here, or issued before a restart)")
 }
 
 // Challenge issues a local-link challenge: a random 16-byte nonce, single use, valid for
-// protocol.ChallengeLifetimeMs. Nonces live in memory only, so a restarted car refuses every
-// nonce it issued before. It does not wait for a command in progress.
-func (c *Car) Challenge() protocol.Challenge {
+// protocol.ChallengeLifetimeMs, to the phone key keyID when that key may use the local link on
+// this car now (then only its signature can use the nonce, and it comes out of the key's own
+// budget), else ("" or a key the whitelist does not allow) out of the shared budget. A spent
+// budget is refused with rate_limited (see MaxChallengesPerKey). Nonces live in memory only,
+// so a restarted car refuses every nonce it issued before. It does not wait for a command in
+// progress.
+func (c *Car) Challenge(keyID string) (protocol.Challenge, error) {
 	b := make([]byte, 16)
 	rand.Read(b) // never fails (crypto/rand: a failure crashes the program)
-	nowMs := c.now().UnixMilli()
+	now := c.now()
+	nowMs := now.UnixMilli()
+	if !c.localKey(keyID, now) {
+		keyID = ""
+	}
 	ch := protocol.Challenge{
 		V:           protocol.Version,
 		VIN:         c.vin,
 		Nonce:       protocol.EncodeB64(b),
 		ExpiresAtMs: nowMs + protocol.ChallengeLifetimeMs,
+		KeyID:       keyID,
 	}
-	c.nonces.add(ch.Nonce, ch.ExpiresAtMs, nowMs)
-	return ch
+	if err := c.nonces.add(ch.Nonce, keyID, ch.ExpiresAtMs, nowMs); err != nil {
+		return protocol.Challenge{}, err
+	}
+	return ch, nil
+}
+
+// localKey reports whether keyID names a key on the car's whitelist that may be used on the
+// local link at now (any action).
+func (c *Car) localKey(keyID string, now time.Time) bool {
+	if keyID == "" {
+		return false
+	}
+	wl := c.keys.Load()
+	if wl == nil {
+		return false
+	}
+	k, ok := wl.Find(keyID)
+	return ok && whitelist.CheckKey(k, protocol.ChannelLocal, protocol.ActionLocate, now) == nil
 }
 
 // HandleLocal verifies and executes a command that reached the car over the local link, and
@@ -101,8 +169,8 @@ func (c *Car) Challenge() protocol.Challenge {
 //
 // An executed command changes the car exactly like a cloud command, one at a time with the
 // car's other work, and its state, replay entry and journal entry are written in one durable
-// transaction before the answer. A refusal is journaled too (its own transaction; see
-// MaxJournalEntries). Journal entries name the key, user, action, status and reason; never a
+// transaction before the answer. A refusal is journaled too (its own transaction; beyond
+// MaxJournalEntries it is counted in a summary entry). Journal entries name the key, user, action, status and reason; never a
 // signature or a nonce.
 func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
 	c.mu.Lock()
@@ -148,13 +216,12 @@ func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
 	} else {
 		c.log.Info("local command rejected", "cmd_id", res.ID, "key_id", ev.KeyID, "reason", res.Reason, "err", err)
 	}
-	if _, jerr := c.store.AppendJournal(c.vin, ev); jerr != nil {
-		if errors.Is(jerr, ErrJournalFull) {
-			c.log.Warn("journal full: local refusal not journaled", "cmd_id", res.ID, "reason", res.Reason)
-		} else {
-			c.log.Error("journal local refusal", "cmd_id", res.ID, "err", jerr)
-		}
+	if seq, jerr := c.store.AppendJournal(c.vin, ev); jerr != nil {
+		c.log.Error("journal local refusal", "cmd_id", res.ID, "err", jerr)
 	} else {
+		if seq == 0 {
+			c.log.Warn("journal full: local refusal counted in a summary entry", "cmd_id", res.ID, "key_id", ev.KeyID, "reason", res.Reason)
+		}
 		c.signalJournal()
 	}
 	return res
@@ -178,7 +245,7 @@ func (c *Car) verifyLocal(req protocol.LocalRequest, now time.Time) (protocol.Co
 	if cmd.Nonce == "" {
 		return cmd, key, protocol.Refuse(protocol.ReasonBadRequest, "a local command must carry the nonce of a challenge from this car")
 	}
-	if err := c.nonces.use(cmd.Nonce, nowMs); err != nil {
+	if err := c.nonces.use(cmd.Nonce, req.Command.KID, nowMs); err != nil {
 		return cmd, key, err
 	}
 	if err := checkExpiry(&cmd, nowMs); err != nil {
@@ -219,13 +286,19 @@ func (c *Car) signalJournal() {
 // then publishes its journal (see Journal).
 func (c *Car) Journaled() <-chan struct{} { return c.journaled }
 
-// Journal returns up to max of the car's unpublished journal entries, oldest first. They stay
-// in the store, across restarts, until JournalDelivered removes them.
-func (c *Car) Journal(max int) ([]protocol.VehicleEvent, error) {
-	return c.store.Journal(c.vin, max)
+// Journal returns up to max of the car's journal entries with a seq above afterSeq that the
+// gateway has not acknowledged, oldest first. They stay in the store, across restarts, until
+// JournalAcked removes them.
+func (c *Car) Journal(afterSeq uint64, max int) ([]protocol.VehicleEvent, error) {
+	return c.store.Journal(c.vin, afterSeq, max)
 }
 
-// JournalDelivered removes the journal entries with the given seqs, once they are published.
-func (c *Car) JournalDelivered(seqs []uint64) error {
-	return c.store.DeleteJournal(c.vin, seqs)
+// JournalAcked removes the journal entries the gateway acknowledged (they are in its audit
+// log), and signals Journaled: summaries waiting for room may have become entries.
+func (c *Car) JournalAcked(seqs []uint64) error {
+	if err := c.store.DeleteJournal(c.vin, seqs); err != nil {
+		return err
+	}
+	c.signalJournal()
+	return nil
 }

@@ -96,6 +96,7 @@ func TestOutageDrill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	ackJournal(t, srv)
 	gw := newTestGatewayAt(t, time.Now())
 	if err := srv.Publish(protocol.VehicleTopic(testVIN, protocol.SuffixKeys), gw.whitelist(t, wlSpec{version: 1}), true, 1); err != nil {
 		t.Fatal(err)
@@ -127,7 +128,7 @@ func TestOutageDrill(t *testing.T) {
 		return r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, a), phone: phone}))
 	}
 
-	// Online: the journal entry goes out at once and leaves the store.
+	// Online: the journal entry goes out at once and leaves the store once acknowledged.
 	if res := local(nil, protocol.ActionUnlock); res.Status != protocol.ResultExecuted {
 		t.Fatalf("local unlock while online: %+v", res)
 	}
@@ -163,6 +164,7 @@ func TestOutageDrill(t *testing.T) {
 		if err := srv2.Subscribe("v/+/events", 1, rec2.record); err != nil {
 			t.Fatal(err)
 		}
+		ackJournal(t, srv2)
 	})
 	eventually(t, 15*time.Second, func() error {
 		if got := summary(events(t, rec2, testVIN)); got != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
@@ -203,6 +205,7 @@ func TestJournalSurvivesRestart(t *testing.T) {
 	if err := srv.Subscribe("v/+/events", 1, rec.record); err != nil {
 		t.Fatal(err)
 	}
+	ackJournal(t, srv)
 	st := openTestStore(t, dir)
 	if n := len(journal(t, st, testVIN)); n != 3 {
 		t.Fatalf("journal after restart holds %d entries", n)

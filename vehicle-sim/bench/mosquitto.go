@@ -49,6 +49,7 @@ pattern write v/%u/keys/ack
 pattern write v/%u/events
 pattern read v/%u/cmd
 pattern read v/%u/keys
+pattern read v/%u/events/ack
 pattern write app/%u/cmd
 pattern read app/%u/reply
 `

@@ -1,0 +1,149 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/server"
+	"telematics/gateway/twofa"
+	"telematics/pkg/broker"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+)
+
+// startStandaloneAt starts the standalone broker on addr, trusting the signing key of the
+// gateway whose data dir is dir, and returns it (the caller or the test's end closes it).
+func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
+	t.Helper()
+	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := broker.DefaultConfig()
+	cfg.MQTTAddr, cfg.WSAddr = addr, ""
+	keys := []*ecdsa.PublicKey{signer.Public()}
+	b, err := broker.New(cfg, keys, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.FollowCarTokens(keys); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// The "also" of issue 8: a journal entry made while the gateway is away is not lost when the
+// standalone broker restarts before the gateway is back (a key rotation causes one). The car
+// keeps the entry until the gateway has it in its audit log and says so on v/{vin}/events/ack;
+// it sends it again to the restarted broker, and the gateway files it once.
+func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	brokerURL := "tcp://" + addr
+	b := startStandaloneAt(t, dir, addr)
+	httpAddr := freeAddr(t)
+	gwConfig := func(c *server.Config) {
+		c.ExternalBroker, c.HTTPAddr = brokerURL, httpAddr
+		c.TwoFA.Mode = twofa.ModeOff
+	}
+	g := startGateway(t, dir, gwConfig)
+	creds := provision(t, g, 1)
+	vin := creds[0].VIN
+	addUser(t, g, "alice", vin, protocol.RoleOwner)
+
+	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	garage := vehicle.NewGarage()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
+			TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond})
+	}()
+	t.Cleanup(func() { cancel(); <-done; st.Close() })
+	link := vehicle.NewLinkServer(garage, nil)
+	t.Cleanup(func() { link.Close() })
+	waitOnline(t, g, vin)
+	if err := link.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
+	waitSynced(t, g, vin)
+	car, _ := garage.Car(vin)
+
+	var sent atomic.Int32
+	err = b.Server().Subscribe(protocol.VehicleTopic(vin, protocol.SuffixEvents), 9, func(*mqtt.Client, packets.Subscription, packets.Packet) {
+		sent.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The gateway goes away; the car unlocks over the link and publishes its journal to the
+	// broker, which queues it for the gateway's session.
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := phone.LocalSend(context.Background(), link.Addr(), key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
+	if err != nil || res.Status != protocol.ResultExecuted {
+		t.Fatalf("local unlock: %+v %v", res, err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if sent.Load() == 0 {
+			return fmt.Errorf("the car has not published its journal")
+		}
+		pending, err := car.Journal(0, 10)
+		if err != nil || len(pending) != 1 || pending[0].CmdID != res.ID {
+			return fmt.Errorf("journal %v %v, want the unlock kept", pending, err)
+		}
+		return nil
+	})
+
+	// The broker restarts on its address: what it queued for the gateway is gone.
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	startStandaloneAt(t, dir, addr)
+	g = startGateway(t, dir, gwConfig)
+
+	filed := func() (int, error) {
+		evs, err := g.Audit().Query(audit.Filter{VIN: vin, Kind: audit.KindVehicle, Limit: 1000})
+		n := 0
+		for _, ev := range evs {
+			if ev.CmdID == res.ID {
+				n++
+			}
+		}
+		return n, err
+	}
+	eventually(t, 20*time.Second, func() error {
+		if n, err := filed(); err != nil || n != 1 {
+			return fmt.Errorf("the unlock is in the audit log %d times (%v)", n, err)
+		}
+		if pending, err := car.Journal(0, 10); err != nil || len(pending) != 0 {
+			return fmt.Errorf("journal once the gateway filed it: %v %v", pending, err)
+		}
+		return nil
+	})
+	// A reconnect sends nothing acknowledged again, and nothing is filed twice.
+	if n, _ := filed(); n != 1 {
+		t.Fatalf("the unlock is in the audit log %d times", n)
+	}
+}

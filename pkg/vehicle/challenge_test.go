@@ -1,0 +1,106 @@
+package vehicle
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+)
+
+// challengeFor asks testVIN for a challenge with body (nil: none) and returns the status and
+// the challenge or error body.
+func (r *linkRig) challengeFor(t *testing.T, keyID string) (int, protocol.Challenge, []byte) {
+	t.Helper()
+	var body []byte
+	if keyID != "" {
+		body, _ = json.Marshal(protocol.ChallengeRequest{V: protocol.Version, KeyID: keyID})
+	}
+	code, b := r.post(t, "/v1/link/"+testVIN+"/challenge", body)
+	var ch protocol.Challenge
+	if code == http.StatusOK {
+		if err := json.Unmarshal(b, &ch); err != nil {
+			t.Fatalf("challenge: %s", b)
+		}
+	}
+	return code, ch, b
+}
+
+// Case 7 of issue 8: someone next to the car asks for challenges by the hundred, between a
+// phone's challenge and its signed command, without a key id, with made-up key ids and with
+// the phone's own key id. The phone's pending challenge is never pushed out: its command is
+// executed. Every budget stays bounded, and a full one is refused rate_limited.
+func TestChallengeFloodCannotEvictPhone(t *testing.T) {
+	gw := newTestGateway(t)
+	r := newLinkRig(t, gw, newClock(t0), t.TempDir(), false)
+	owner := gw.cast.owner
+
+	code, ch, b := r.challengeFor(t, owner.key.ID)
+	if code != http.StatusOK {
+		t.Fatalf("the phone's challenge: %d %s", code, b)
+	}
+	if ch.KeyID != owner.key.ID {
+		t.Errorf("the phone's challenge is not bound to its key: %s", b)
+	}
+	granted := map[string]int{}
+	refused := 0
+	flood := func(label, keyID string, n int) {
+		for i := 0; i < n; i++ {
+			code, _, b := r.challengeFor(t, keyID)
+			switch code {
+			case http.StatusOK:
+				granted[label]++
+			case http.StatusTooManyRequests:
+				var e struct{ Error protocol.Reason }
+				if json.Unmarshal(b, &e) != nil || e.Error != protocol.ReasonRateLimited {
+					t.Fatalf("%s: 429 %s", label, b)
+				}
+				refused++
+			default:
+				t.Fatalf("%s: %d %s", label, code, b)
+			}
+		}
+	}
+	flood("no key id", "", 100)
+	for i := 0; i < 100; i++ {
+		s, err := sign.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood("unknown key ids", s.KID(), 1)
+	}
+	flood("revoked key", gw.cast.revoked.key.ID, 20)
+	flood("the phone's key id", owner.key.ID, 20)
+	if granted["no key id"]+granted["unknown key ids"]+granted["revoked key"] != MaxSharedChallenges ||
+		granted["the phone's key id"] != MaxChallengesPerKey-1 || refused != 240-MaxSharedChallenges-(MaxChallengesPerKey-1) {
+		t.Errorf("granted %v, refused %d; want %d shared, %d more for the phone's key, the rest refused",
+			granted, refused, MaxSharedChallenges, MaxChallengesPerKey-1)
+	}
+	// Another phone of the car still gets its own challenge.
+	if code, _, b := r.challengeFor(t, gw.cast.valet.key.ID); code != http.StatusOK {
+		t.Errorf("another phone's challenge after the flood: %d %s", code, b)
+	}
+
+	c := newCmd(testVIN, protocol.ActionUnlock, r.clock.Now())
+	c.Nonce = ch.Nonce
+	// A challenge bound to the phone's key is no use to another key.
+	if res := r.command(t, gw.local(t, cmdSpec{cmd: c, phone: gw.cast.localOnly})); res.Reason != protocol.ReasonForbidden {
+		t.Errorf("another key's command with the phone's challenge: %+v", res)
+	}
+	if res := r.command(t, gw.local(t, cmdSpec{cmd: c, phone: owner})); res.Status != protocol.ResultExecuted {
+		t.Fatalf("the phone's command after the flood: %+v", res)
+	}
+
+	// Budgets refill as challenges expire.
+	r.clock.Advance(protocol.ChallengeLifetimeMs*1e6 + 1e6)
+	if code, _, b := r.challengeFor(t, ""); code != http.StatusOK {
+		t.Fatalf("a shared challenge once the flood expired: %d %s", code, b)
+	}
+	r.car.nonces.mu.Lock()
+	n := len(r.car.nonces.entries)
+	r.car.nonces.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d nonces held after the flood expired, want the one just issued", n)
+	}
+}
