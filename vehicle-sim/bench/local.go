@@ -103,12 +103,17 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	return nil
 }
 
-// challengeProbe asks a car for a challenge every probeEvery, over a new connection each time
+// challengeProbe asks a car for a challenge every probeEvery (slower for a small fleet), over a new connection each time
 // as the phone does, until ctx ends: one exchange on the link without the car's work (no
 // signature check, no commit), beside the commands. The nonces it is given expire unused.
 func challengeProbe(ctx context.Context, addr string, cars []protocol.Credentials, lat *latency) {
 	client := &http.Client{Timeout: phone.LocalTimeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
-	t := time.NewTicker(probeEvery)
+	// At most one challenge a second per car: the nonces expire unused after 10 s, and a car
+	// keeps at most 16 unused ones for requesters that name no key of its whitelist (it
+	// refuses more with 429 instead of evicting a phone's), so a faster probe would measure
+	// refusals.
+	every := max(probeEvery, time.Second/time.Duration(len(cars)))
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for k := 0; ; k++ {
 		select {
