@@ -55,30 +55,53 @@ func Verify(password, phc string) error {
 	if len(password) > MaxPasswordBytes {
 		return ErrMismatch
 	}
-	parts := strings.Split(phc, "$")
-	if len(parts) != 6 || parts[1] != "argon2id" {
-		return errors.New("stored hash is not argon2id")
-	}
-	var version int
-	var p Params
-	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
-		return errors.New("stored hash has an unsupported argon2 version")
-	}
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.MemoryKiB, &p.Iterations, &p.Parallelism); err != nil {
-		return fmt.Errorf("stored hash parameters: %w", err)
-	}
-	enc := base64.RawStdEncoding
-	salt, err := enc.DecodeString(parts[4])
+	p, salt, want, err := decodePHC(phc)
 	if err != nil {
-		return fmt.Errorf("stored hash salt: %w", err)
-	}
-	want, err := enc.DecodeString(parts[5])
-	if err != nil {
-		return fmt.Errorf("stored hash key: %w", err)
+		return err
 	}
 	got := argon2.IDKey([]byte(password), salt, p.Iterations, p.MemoryKiB, p.Parallelism, uint32(len(want)))
 	if subtle.ConstantTimeCompare(got, want) != 1 {
 		return ErrMismatch
 	}
 	return nil
+}
+
+// Bounds on what a stored hash may ask of Verify. argon2 panics on zero iterations, zero
+// lanes or an empty key, and allocates MemoryKiB: a damaged or planted record must get an
+// error, not a crash or a multi-gigabyte allocation on every login.
+const (
+	maxMemoryKiB  = 1 << 20 // 1 GiB
+	maxIterations = 64
+	minSaltLen    = 8
+	maxSaltLen    = 64
+	minKeyLen     = 16
+	maxKeyLen     = 64
+)
+
+// decodePHC parses an argon2id PHC string and checks its parameters are within bounds.
+func decodePHC(phc string) (p Params, salt, key []byte, err error) {
+	parts := strings.Split(phc, "$")
+	if len(parts) != 6 || parts[1] != "argon2id" {
+		return p, nil, nil, errors.New("stored hash is not argon2id")
+	}
+	var version int
+	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
+		return p, nil, nil, errors.New("stored hash has an unsupported argon2 version")
+	}
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.MemoryKiB, &p.Iterations, &p.Parallelism); err != nil {
+		return p, nil, nil, fmt.Errorf("stored hash parameters: %w", err)
+	}
+	if p.Iterations < 1 || p.Iterations > maxIterations || p.Parallelism < 1 || p.MemoryKiB > maxMemoryKiB {
+		return p, nil, nil, fmt.Errorf("stored hash parameters out of range: m=%d, t=%d, p=%d", p.MemoryKiB, p.Iterations, p.Parallelism)
+	}
+	enc := base64.RawStdEncoding
+	salt, err = enc.DecodeString(parts[4])
+	if err != nil || len(salt) < minSaltLen || len(salt) > maxSaltLen {
+		return p, nil, nil, errors.New("stored hash salt is not base64 of 8 to 64 bytes")
+	}
+	key, err = enc.DecodeString(parts[5])
+	if err != nil || len(key) < minKeyLen || len(key) > maxKeyLen {
+		return p, nil, nil, errors.New("stored hash key is not base64 of 16 to 64 bytes")
+	}
+	return p, salt, key, nil
 }

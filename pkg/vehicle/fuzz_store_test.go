@@ -1,0 +1,77 @@
+package vehicle
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// FuzzStoredCar plants arbitrary records in a car's store (its state, its stored whitelist and
+// its trust set, as a tampered or damaged file could hold them) and starts the car on them: no
+// panic; a car that starts answers a real command with a result from the closed list and keeps
+// producing telemetry with finite values.
+func FuzzStoredCar(f *testing.F) {
+	gw := fuzzGateway(f)
+	car := fuzzCar(f, gw)
+	st := car.store.(*Store)
+	var seedState, seedWL, seedTrust []byte
+	if err := st.db.View(func(tx *bolt.Tx) error {
+		b := carBucket(tx, testVIN)
+		seedState = append([]byte(nil), b.Get(keyState)...)
+		seedWL = append([]byte(nil), b.Get(keyWhitelist)...)
+		seedTrust = append([]byte(nil), b.Get(keyTrust)...)
+		return nil
+	}); err != nil {
+		f.Fatal(err)
+	}
+	trust, _ := json.Marshal([]string{encodePub(f, gw.signer)})
+	f.Add(seedState, seedWL, seedTrust)
+	f.Add(seedState, seedWL, trust)
+	f.Add([]byte(`{"soc":-5,"speed_kmh":1e308,"phase_until_ms":-9223372036854775808,"heading_deg":720}`), seedWL, []byte(nil))
+	f.Add([]byte(`null`), []byte(`{"doc":"e30"}`), []byte(`["x"]`))
+	unlock := commandSeeds(f, gw)["unlock"]
+	creds := gw.creds(f, testVIN)
+	f.Fuzz(func(t *testing.T, state, wl, trust []byte) {
+		if err := st.db.Update(func(tx *bolt.Tx) error {
+			b := carBucket(tx, testVIN)
+			for _, kv := range []struct{ k, v []byte }{{keyState, state}, {keyWhitelist, wl}, {keyTrust, trust}} {
+				var err error
+				if len(kv.v) == 0 {
+					err = b.Delete(kv.k)
+				} else {
+					err = b.Put(kv.k, kv.v)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		now := t0
+		c, err := NewCar(st, creds, CarOptions{Now: func() time.Time { return now }})
+		if err != nil {
+			return
+		}
+		checkResult(t, c.HandleCommand(unlock))
+		for range 3 {
+			now = now.Add(7 * time.Second)
+			tel, err := c.NextTelemetry()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tel.Signals {
+				if x, ok := v.(float64); ok && (math.IsNaN(x) || math.IsInf(x, 0)) {
+					t.Fatalf("signal %s = %v from stored state %q", k, x, state)
+				}
+			}
+			if _, err := json.Marshal(tel); err != nil {
+				t.Fatalf("telemetry does not encode: %v", err)
+			}
+		}
+	})
+}
