@@ -3,6 +3,7 @@ package vehicle
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"telematics/pkg/protocol"
@@ -61,5 +62,28 @@ func TestChallengeKeyBudgetNeedsKeySignature(t *testing.T) {
 	c.Nonce = ch.Nonce
 	if res := r.command(t, gw.local(t, cmdSpec{cmd: c, phone: owner})); res.Status != protocol.ResultExecuted {
 		t.Fatalf("the phone's command: %+v", res)
+	}
+}
+
+// A refused challenge request says its reason once: in "error", not again at the start of
+// "message" (the app printed "rate_limited: rate_limited: …").
+func TestChallengeRefusalSaysReasonOnce(t *testing.T) {
+	gw := newTestGateway(t)
+	r := newLinkRig(t, gw, newClock(t0), t.TempDir(), false)
+	for i := 0; i < MaxSharedChallenges; i++ {
+		if code, _, b := r.challengeFor(t, ""); code != http.StatusOK {
+			t.Fatalf("challenge %d: %d %s", i, code, b)
+		}
+	}
+	code, _, b := r.challengeFor(t, "")
+	var e struct {
+		Error   protocol.Reason `json:"error"`
+		Message string          `json:"message"`
+	}
+	if code != http.StatusTooManyRequests || json.Unmarshal(b, &e) != nil || e.Error != protocol.ReasonRateLimited {
+		t.Fatalf("over the shared budget: %d %s", code, b)
+	}
+	if strings.HasPrefix(e.Message, string(protocol.ReasonRateLimited)) || e.Message == "" {
+		t.Errorf("message %q repeats the reason", e.Message)
 	}
 }

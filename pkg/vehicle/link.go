@@ -241,7 +241,11 @@ func (s *LinkServer) challenge(w http.ResponseWriter, r *http.Request) {
 	ch, err := car.Challenge(req)
 	if err != nil {
 		s.log.Debug("challenge refused", "vin", car.VIN(), "key_id", req.KeyID, "err", err)
-		writeLinkError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), err.Error())
+		msg := err.Error()
+		if inner := errors.Unwrap(err); inner != nil {
+			msg = inner.Error() // the reason is in "error" already
+		}
+		writeLinkError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), msg)
 		return
 	}
 	writeLinkJSON(w, http.StatusOK, ch)
