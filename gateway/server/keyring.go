@@ -122,7 +122,9 @@ func writePublicKeys(dir string, ring *keyRing) error {
 	return nil
 }
 
-// finishRotationStart re-signs whitelists once after a rotation.
+// finishRotationStart re-signs whitelists once after a rotation, and at every start of a
+// rotation gives the cars that have none an empty one (a car provisioned since has none either,
+// and retiring the previous key waits for every car).
 func (g *Gateway) finishRotationStart(ctx context.Context) error {
 	if g.ring.previous == nil {
 		return nil
@@ -131,11 +133,16 @@ func (g *Gateway) finishRotationStart(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if string(done) == g.ring.current.KID() {
-		return nil
+	if string(done) != g.ring.current.KID() {
+		if err := g.keys.Rotate(ctx); err != nil {
+			return fmt.Errorf("re-sign whitelists for the new signing key: %w", err)
+		}
+		if err := g.store.PutMeta("rotated_to", []byte(g.ring.current.KID())); err != nil {
+			return err
+		}
 	}
-	if err := g.keys.Rotate(ctx); err != nil {
-		return fmt.Errorf("re-sign whitelists for the new signing key: %w", err)
+	if _, err := g.keys.WhitelistUnpaired(ctx); err != nil {
+		return fmt.Errorf("give unpaired cars a whitelist for the new signing key: %w", err)
 	}
-	return g.store.PutMeta("rotated_to", []byte(g.ring.current.KID()))
+	return nil
 }

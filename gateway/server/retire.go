@@ -74,7 +74,7 @@ func RetirePreviousKey(dir string, out io.Writer) error {
 		var b strings.Builder
 		fmt.Fprintf(&b, "the previous key %s is kept (of %d cars):", prev, len(vins))
 		if len(notAcked) > 0 {
-			fmt.Fprintf(&b, "\n  %d have not acknowledged a whitelist signed by the new key %s (start the gateway, bring them online and wait until `gateway admin vehicle list` shows them in sync; a car with no paired key has no whitelist yet): %s",
+			fmt.Fprintf(&b, "\n  %d have not acknowledged a whitelist signed by the new key %s (start the gateway, bring them online and wait until `gateway admin vehicle list` shows them in sync; a car with no paired key gets an empty whitelist when the gateway starts): %s",
 				len(notAcked), cur, listVINs(notAcked))
 		}
 		if len(oldToken) > 0 {

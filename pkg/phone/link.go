@@ -74,9 +74,15 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 	defer closeLink()
 
 	var ch protocol.Challenge
-	// The key id gets the challenge out of this key's own budget on the car, which nobody
-	// else's requests can spend, and binds it to this key.
-	chReq := protocol.ChallengeRequest{V: protocol.Version, KeyID: key.KID()}
+	// Signed by the key, the request gets the challenge out of this key's own budget on the
+	// car, which nobody without the key can spend (its id alone is not secret), and binds it to
+	// this key.
+	chReq := protocol.ChallengeRequest{V: protocol.Version, KeyID: key.KID(), TsMs: now().UnixMilli()}
+	sig, err := sign.SignRaw(key.Private(), protocol.ChallengeRequestMessage(r.VIN, chReq.KeyID, chReq.TsMs))
+	if err != nil {
+		return protocol.Result{}, err
+	}
+	chReq.Sig = protocol.EncodeB64(sig)
 	if err := linkPost(ctx, client, base+"/v1/link/"+r.VIN+"/challenge", chReq, &ch); err != nil {
 		return protocol.Result{}, fmt.Errorf("local link %s: challenge: %w", linkAddr, err)
 	}

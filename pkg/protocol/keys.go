@@ -1,5 +1,7 @@
 package protocol
 
+import "fmt"
+
 // Channels a digital key may be used on.
 const (
 	ChannelCloud = "cloud" // commands through the gateway and the broker
@@ -63,12 +65,24 @@ type KeysAck struct {
 }
 
 // ChallengeRequest is the optional body of POST /v1/link/{vin}/challenge: the id of the phone
-// key that will sign the command. A car gives each key on its whitelist a budget of its own and
-// binds the challenge to it; without a key id (or with one it does not know) the challenge
+// key that will sign the command, with that key's signature (Sig, base64url r||s) over
+// ChallengeRequestMessage(vin, KeyID, TsMs). A car gives each key on its whitelist a budget of
+// its own and binds the challenge to it, but only for a request the key signed, with a TsMs
+// newer than that of the key's last such request and within MaxCommandAheadMs of the car's
+// clock: a key id is not secret, and whoever names it without the key must not spend its
+// budget. Any other request (no key id, an unknown one, no or a bad signature, a replayed one)
 // comes out of a small budget shared by every such requester.
 type ChallengeRequest struct {
 	V     int    `json:"v"`
 	KeyID string `json:"key_id,omitempty"`
+	TsMs  int64  `json:"ts,omitempty"`
+	Sig   string `json:"sig,omitempty"`
+}
+
+// ChallengeRequestMessage is what a phone key signs to ask car vin for a challenge of its own
+// budget at tsMs (unix ms).
+func ChallengeRequestMessage(vin, keyID string, tsMs int64) []byte {
+	return fmt.Appendf(nil, "telematics local-link challenge v1\n%s\n%s\n%d", vin, keyID, tsMs)
 }
 
 // Challenge is the local link's answer to POST /v1/link/{vin}/challenge: a single-use nonce,

@@ -287,7 +287,7 @@ func FuzzLocalRequest(f *testing.F) {
 		car.nonces.mu.Lock()
 		car.nonces.entries = nil
 		car.nonces.mu.Unlock()
-		car.nonces.add(fuzzNonce, "", t0.UnixMilli()+protocol.ChallengeLifetimeMs, t0.UnixMilli())
+		car.nonces.add(fuzzNonce, "", 0, t0.UnixMilli()+protocol.ChallengeLifetimeMs, t0.UnixMilli())
 
 		code, out := post(t, body)
 		switch code {
@@ -341,7 +341,7 @@ func TestFuzzCorpusIsLive(t *testing.T) {
 	if res := car.HandleCommand(readSeed(t, "FuzzHandleCommand", "seed_unlock")); res.Status != protocol.ResultExecuted {
 		t.Errorf("FuzzHandleCommand/seed_unlock: %+v", res)
 	}
-	car.nonces.add(fuzzNonce, "", t0.UnixMilli()+protocol.ChallengeLifetimeMs, t0.UnixMilli())
+	car.nonces.add(fuzzNonce, "", 0, t0.UnixMilli()+protocol.ChallengeLifetimeMs, t0.UnixMilli())
 	req, err := DecodeLocalRequest(readSeed(t, "FuzzLocalRequest", "seed_unlock"))
 	if err != nil {
 		t.Fatal(err)

@@ -94,8 +94,8 @@ func CheckLinkAddr(addr string) error {
 //	POST /v1/link/{vin}/challenge   body empty or protocol.ChallengeRequest → 200 protocol.Challenge
 //	POST /v1/link/{vin}/command     body protocol.LocalRequest → 200 protocol.Result
 //
-// A challenge request over its key's budget, or over the shared budget of requesters the car's
-// whitelist does not know, is answered 429 rate_limited (see MaxChallengesPerKey).
+// A challenge request over its key's budget, or over the budget shared by requests no whitelisted
+// key signed, is answered 429 rate_limited (see MaxChallengesPerKey).
 // A command the car refuses is answered 200 with status rejected and its reason (see
 // Car.HandleLocal). Errors that never reach a car are {"error": REASON, "message": TEXT}: 400
 // bad_request for a malformed VIN or a body that is not a LocalRequest (bodies are bounded to
@@ -229,19 +229,23 @@ func (s *LinkServer) challenge(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxChallengeBodyBytes+1))
 	var req protocol.ChallengeRequest
 	if err == nil && len(body) > 0 {
-		if len(body) > maxChallengeBodyBytes || json.Unmarshal(body, &req) != nil || (req.KeyID != "" && !protocol.ValidID(req.KeyID)) {
+		if len(body) > maxChallengeBodyBytes || json.Unmarshal(body, &req) != nil || (req.KeyID != "" && !protocol.ValidID(req.KeyID)) || len(req.Sig) > 128 {
 			err = errors.New("malformed")
 		}
 	}
 	if err != nil {
 		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
-			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
+			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\",\"ts\":…,\"sig\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
 		return
 	}
-	ch, err := car.Challenge(req.KeyID)
+	ch, err := car.Challenge(req)
 	if err != nil {
 		s.log.Debug("challenge refused", "vin", car.VIN(), "key_id", req.KeyID, "err", err)
-		writeLinkError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), err.Error())
+		msg := err.Error()
+		if inner := errors.Unwrap(err); inner != nil {
+			msg = inner.Error() // the reason is in "error" already
+		}
+		writeLinkError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), msg)
 		return
 	}
 	writeLinkJSON(w, http.StatusOK, ch)

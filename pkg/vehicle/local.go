@@ -7,16 +7,18 @@ import (
 	"time"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
 	"telematics/pkg/whitelist"
 )
 
 // Bounds of a car's local-link challenges. Challenges are free to ask for, so anyone on the
 // link could otherwise make a car hold any number of them, or, with a bound that evicts the
 // oldest, push out the challenge a phone is about to sign. So each phone key on the car's
-// whitelist has a budget of its own, requesters the whitelist does not know (no key id, or an
-// unknown, revoked or cloud-only one) share one small budget, and a full budget refuses the
-// request (rate_limited) instead of evicting anything: a stranger's flood never touches a
-// challenge issued to a phone, nor that phone's budget.
+// whitelist has a budget of its own, spent only by requests that key signed (a key id is not
+// secret: naming it proves nothing), every other requester (no key id; an unknown, revoked or
+// cloud-only one; no, a bad or a replayed signature) shares one small budget, and a full budget
+// refuses the request (rate_limited) instead of evicting anything: a stranger's flood never
+// touches a challenge issued to a phone, nor that phone's budget.
 const (
 	// MaxChallengesPerKey is how many unused, unexpired challenges one whitelisted key may hold.
 	MaxChallengesPerKey = 4
@@ -36,6 +38,11 @@ const (
 type nonceTable struct {
 	mu      sync.Mutex
 	entries []nonceEntry
+	// lastSignedMs is, per key, the ts of the newest challenge request the key signed: an
+	// older or equal one is a replay (someone who overheard it) and gets the shared budget.
+	// Only whitelisted keys with a valid signature get an entry, dropped once its ts is out of
+	// the accepted window.
+	lastSignedMs map[string]int64
 }
 
 type nonceEntry struct {
@@ -48,11 +55,28 @@ type nonceEntry struct {
 }
 
 // add remembers a new nonce issued to keyID ("" for the shared budget), dropping expired
-// entries first. It refuses (rate_limited) when keyID's budget is spent, and never evicts an
-// unused challenge.
-func (t *nonceTable) add(nonce, keyID string, expiresAtMs, nowMs int64) error {
+// entries first, and returns the key it was issued to. keyID's request must have been signed
+// at signedMs by that key (checked by the caller): a request not newer than the key's last one
+// is a replay and gets the shared budget. It refuses (rate_limited) when the budget is spent,
+// and never evicts an unused challenge.
+func (t *nonceTable) add(nonce, keyID string, signedMs, expiresAtMs, nowMs int64) (string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	for k, ts := range t.lastSignedMs {
+		if ts < nowMs-protocol.MaxCommandAheadMs {
+			delete(t.lastSignedMs, k)
+		}
+	}
+	if keyID != "" {
+		if signedMs <= t.lastSignedMs[keyID] {
+			keyID = ""
+		} else {
+			if t.lastSignedMs == nil {
+				t.lastSignedMs = map[string]int64{}
+			}
+			t.lastSignedMs[keyID] = signedMs
+		}
+	}
 	live := t.entries[:0]
 	pending := 0
 	for _, e := range t.entries {
@@ -72,19 +96,19 @@ func (t *nonceTable) add(nonce, keyID string, expiresAtMs, nowMs int64) error {
 	}
 	if pending >= budget {
 		if keyID == "" {
-			return protocol.Refuse(protocol.ReasonRateLimited, "%d challenges for unknown keys are pending; ask with the key id of a phone key of this car, or try again in up to %d s", budget, protocol.ChallengeLifetimeMs/1000)
+			return "", protocol.Refuse(protocol.ReasonRateLimited, "%d challenges for requesters without a signed key id are pending; ask with a request signed by a phone key of this car, or try again in up to %d s", budget, protocol.ChallengeLifetimeMs/1000)
 		}
-		return protocol.Refuse(protocol.ReasonRateLimited, "key %s holds %d unused challenges; use one, or try again in up to %d s", keyID, budget, protocol.ChallengeLifetimeMs/1000)
+		return "", protocol.Refuse(protocol.ReasonRateLimited, "key %s holds %d unused challenges; use one, or try again in up to %d s", keyID, budget, protocol.ChallengeLifetimeMs/1000)
 	}
 	if len(t.entries) >= maxNonceEntries {
 		i := slices.IndexFunc(t.entries, func(e nonceEntry) bool { return e.used })
 		if i < 0 {
-			return protocol.Refuse(protocol.ReasonRateLimited, "too many challenges pending; try again in up to %d s", protocol.ChallengeLifetimeMs/1000)
+			return "", protocol.Refuse(protocol.ReasonRateLimited, "too many challenges pending; try again in up to %d s", protocol.ChallengeLifetimeMs/1000)
 		}
 		t.entries = slices.Delete(t.entries, i, i+1)
 	}
 	t.entries = append(t.entries, nonceEntry{nonce: nonce, keyID: keyID, expiresAtMs: expiresAtMs})
-	return nil
+	return keyID, nil
 }
 
 // use marks nonce used by a command that keyID signed. Refusals: expired (unknown to this
@@ -112,18 +136,19 @@ func (t *nonceTable) use(nonce, keyID string, nowMs int64) error {
 }
 
 // Challenge issues a local-link challenge: a random 16-byte nonce, single use, valid for
-// protocol.ChallengeLifetimeMs, to the phone key keyID when that key may use the local link on
-// this car now (then only its signature can use the nonce, and it comes out of the key's own
-// budget), else ("" or a key the whitelist does not allow) out of the shared budget. A spent
+// protocol.ChallengeLifetimeMs, to the phone key req.KeyID when that key may use the local link
+// on this car now and signed req (see protocol.ChallengeRequest; then only its signature can
+// use the nonce, and it comes out of the key's own budget), else out of the shared budget. A spent
 // budget is refused with rate_limited (see MaxChallengesPerKey). Nonces live in memory only,
 // so a restarted car refuses every nonce it issued before. It does not wait for a command in
 // progress.
-func (c *Car) Challenge(keyID string) (protocol.Challenge, error) {
+func (c *Car) Challenge(req protocol.ChallengeRequest) (protocol.Challenge, error) {
 	b := make([]byte, 16)
 	rand.Read(b) // never fails (crypto/rand: a failure crashes the program)
 	now := c.now()
 	nowMs := now.UnixMilli()
-	if !c.localKey(keyID, now) {
+	keyID := req.KeyID
+	if !c.signedByLocalKey(req, now) {
 		keyID = ""
 	}
 	ch := protocol.Challenge{
@@ -131,26 +156,38 @@ func (c *Car) Challenge(keyID string) (protocol.Challenge, error) {
 		VIN:         c.vin,
 		Nonce:       protocol.EncodeB64(b),
 		ExpiresAtMs: nowMs + protocol.ChallengeLifetimeMs,
-		KeyID:       keyID,
 	}
-	if err := c.nonces.add(ch.Nonce, keyID, ch.ExpiresAtMs, nowMs); err != nil {
+	var err error
+	if ch.KeyID, err = c.nonces.add(ch.Nonce, keyID, req.TsMs, ch.ExpiresAtMs, nowMs); err != nil {
 		return protocol.Challenge{}, err
 	}
 	return ch, nil
 }
 
-// localKey reports whether keyID names a key on the car's whitelist that may be used on the
-// local link at now (any action).
-func (c *Car) localKey(keyID string, now time.Time) bool {
-	if keyID == "" {
+// signedByLocalKey reports whether req names a key on the car's whitelist that may be used on
+// the local link at now (any action), and carries that key's signature of a time within
+// protocol.MaxCommandAheadMs of now.
+func (c *Car) signedByLocalKey(req protocol.ChallengeRequest, now time.Time) bool {
+	if req.KeyID == "" || req.Sig == "" {
+		return false
+	}
+	if d := req.TsMs - now.UnixMilli(); d > protocol.MaxCommandAheadMs || d < -protocol.MaxCommandAheadMs {
 		return false
 	}
 	wl := c.keys.Load()
 	if wl == nil {
 		return false
 	}
-	k, ok := wl.Find(keyID)
-	return ok && whitelist.CheckKey(k, protocol.ChannelLocal, protocol.ActionLocate, now) == nil
+	k, ok := wl.Find(req.KeyID)
+	if !ok || whitelist.CheckKey(k, protocol.ChannelLocal, protocol.ActionLocate, now) != nil {
+		return false
+	}
+	pub, err := sign.DecodePublic(k.Pub)
+	if err != nil {
+		return false
+	}
+	sig, err := protocol.DecodeB64(req.Sig)
+	return err == nil && sign.VerifyRaw(pub, protocol.ChallengeRequestMessage(c.vin, req.KeyID, req.TsMs), sig)
 }
 
 // HandleLocal verifies and executes a command that reached the car over the local link, and

@@ -57,12 +57,21 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 		defer close(probeDone)
 		challengeProbe(probeCtx, addr, w.creds, probe)
 	}()
+	// A phone key may hold vehicle.MaxChallengesPerKey unused challenges of a car at once (the
+	// car refuses more, rate_limited): an owner's phone has at most that many commands of a car
+	// in flight, as a real phone has one. Per car and owner, as the car counts them.
+	perKey := make([]chan struct{}, n)
+	for i := range perKey {
+		perKey[i] = make(chan struct{}, vehicle.MaxChallengesPerKey)
+	}
 	made, skipped, window := paced(ctx, cfg.Rate, cfg.Duration, maxInflight, lag, func(k int) {
 		i := k % n // the car; its owner's phone sends, with the owner's key
 		o := w.owners[w.carOwner[i]]
 		action := actions[(k/n)%len(actions)]
+		perKey[i] <- struct{}{}
 		t0 := time.Now()
 		out, err := phone.LocalSend(ctx, addr, o.key, o.name, phone.Request{VIN: w.creds[i].VIN, Action: action})
+		<-perKey[i]
 		d := time.Since(t0)
 		switch {
 		case err != nil:

@@ -1,0 +1,59 @@
+package keys
+
+import (
+	"context"
+	"errors"
+
+	bolt "go.etcd.io/bbolt"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/store"
+)
+
+// WhitelistUnpaired gives every car in service that has no whitelist yet (nobody paired a
+// phone key with it) an empty one, during a rotation: no other document would ever tell such a
+// car to trust the new signing key, and `gateway rotate-key --retire-previous` waits for every
+// car to acknowledge one signed by it. Like Rotate's, the whitelist is signed by the key the car
+// trusts and names the new one. It returns how many cars got one; nothing is done when no
+// rotation is under way.
+func (s *Service) WhitelistUnpaired(ctx context.Context) (int, error) {
+	if s.ring.Previous() == nil {
+		return 0, nil
+	}
+	vs, err := s.st.ListVehicles()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, v := range vs {
+		if v.RetiredMs != 0 || v.DecommissionedMs != 0 {
+			continue // it will never need another key
+		}
+		s.mu.RLock()
+		_, has := s.recs[v.VIN]
+		s.mu.RUnlock()
+		if has {
+			continue
+		}
+		_, err := s.change(ctx, v.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+			if tx.Bucket(bucketWhitelists).Get([]byte(v.VIN)) != nil {
+				return audit.Event{}, errHasWhitelist // made meanwhile by a pairing
+			}
+			if _, err := store.GetVehicleTx(tx, v.VIN); err != nil {
+				return audit.Event{}, err
+			}
+			return audit.Event{Kind: audit.KindKeys, VIN: v.VIN, Outcome: "signing_key_rotated", Detail: "empty whitelist for the hop"}, nil
+		})
+		if errors.Is(err, errHasWhitelist) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// errHasWhitelist aborts WhitelistUnpaired's change of a car that got a whitelist meanwhile.
+var errHasWhitelist = errors.New("the car has a whitelist")
