@@ -856,7 +856,11 @@ func (s *Service) OnEvent(m mqttc.Message) {
 		if jb.Get(k) != nil {
 			return nil
 		}
-		if err := jb.Put(k, []byte{1}); err != nil {
+		nowMs := s.now().UnixMilli()
+		if err := pruneJournalTx(jb, vin, nowMs-journalMarkerTTL.Milliseconds()); err != nil {
+			return err
+		}
+		if err := jb.Put(k, binary.BigEndian.AppendUint64(nil, uint64(nowMs))); err != nil {
 			return err
 		}
 		return audit.AppendTx(tx, audit.Event{TsMs: ev.TsMs, Kind: audit.KindVehicle, User: ev.User, VIN: vin, CmdID: ev.CmdID,
@@ -877,6 +881,39 @@ func (s *Service) OnEvent(m mqttc.Message) {
 	if err := s.bus.Publish(ctx, protocol.VehicleTopic(vin, protocol.SuffixEventsAck), 1, false, ack); err != nil {
 		s.log.Warn("journal acknowledgement not published; the car sends the entry again after its next reconnect", "vin", vin, "seq", ev.Seq, "err", err)
 	}
+}
+
+// journalMarkerTTL is how long the gateway remembers that it filed a car's journal entry. A
+// car resends an entry only until the gateway's acknowledgement reaches it (after its next
+// reconnect at the latest), so a week covers a car off the network for days; an entry resent
+// later still is filed a second time, never lost. Without an end, the markers of a car that
+// journals for years (someone next to it trying keys, every refusal is an entry) would grow
+// without bound.
+const journalMarkerTTL = 7 * 24 * time.Hour
+
+// journalPruneBatch bounds the markers one filing deletes, so a backlog is worked off a little
+// at each entry instead of in one long transaction.
+const journalPruneBatch = 64
+
+// pruneJournalTx deletes vin's oldest filing markers made before cutoffMs. Markers are keyed
+// by the car's sequence numbers, which grow with time, so the scan stops at the first newer
+// one. Markers of older builds hold no time and go first.
+func pruneJournalTx(jb *bolt.Bucket, vin string, cutoffMs int64) error {
+	prefix := []byte(vin + "/")
+	c := jb.Cursor()
+	var old [][]byte
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(old) < journalPruneBatch; k, v = c.Next() {
+		if len(v) == 8 && int64(binary.BigEndian.Uint64(v)) >= cutoffMs {
+			break
+		}
+		old = append(old, bytes.Clone(k))
+	}
+	for _, k := range old {
+		if err := jb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // OutOfSync is how many cars have not yet acknowledged their current whitelist (a key change,

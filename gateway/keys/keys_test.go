@@ -1,6 +1,8 @@
 package keys
 
 import (
+	bolt "go.etcd.io/bbolt"
+
 	"context"
 	"crypto/ecdsa"
 	"encoding/json"
@@ -274,6 +276,46 @@ func TestVehicleEventsFiledOnce(t *testing.T) {
 	f.svc.OnEvent(mqttc.Message{Topic: "v/2HGCM82633A004352/events", Payload: b})
 	if evs, _ := lg.Query(audit.Filter{Kind: audit.KindVehicle}); len(evs) != 1 {
 		t.Fatalf("event for another VIN filed: %d", len(evs))
+	}
+}
+
+// TestJournalMarkersDoNotGrowForever: the gateway remembers each filed journal entry (to
+// ignore redeliveries) for journalMarkerTTL, not for ever: a car whose link is tried day after
+// day (every refusal is an entry) must not grow the gateway's database without bound. A
+// redelivery within the TTL is still ignored.
+func TestJournalMarkersDoNotGrowForever(t *testing.T) {
+	f := newFixture(t)
+	file := func(seq uint64) {
+		ev := protocol.VehicleEvent{V: 1, VIN: vin, Seq: seq, Kind: protocol.EventLocalCommand, User: "mallory", Action: "unlock",
+			Status: "rejected", Reason: protocol.ReasonKeyUnknown, TsMs: f.now.UnixMilli()}
+		b, _ := json.Marshal(ev)
+		f.svc.OnEvent(mqttc.Message{Topic: "v/" + vin + "/events", Payload: b})
+	}
+	markers := func() int {
+		n := 0
+		_ = f.st.DB().View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketJournal).ForEach(func(_, _ []byte) error { n++; return nil })
+		})
+		return n
+	}
+	const perDay = 100
+	seq := uint64(0)
+	for day := 0; day < 30; day++ {
+		for i := 0; i < perDay; i++ {
+			seq++
+			file(seq)
+		}
+		f.now = f.now.Add(24 * time.Hour)
+	}
+	// About a week of markers stays (plus one batch not yet worked off), not 30 days'.
+	if n, most := markers(), (int(journalMarkerTTL/(24*time.Hour))+1)*perDay+journalPruneBatch; n > most {
+		t.Fatalf("%d journal markers after 30 days of %d entries a day, want at most %d", n, perDay, most)
+	}
+	lg, _ := audit.Open(f.st.DB())
+	before, _ := lg.Count()
+	file(seq) // a redelivery of the newest entry is still recognised
+	if after, _ := lg.Count(); after != before {
+		t.Fatalf("a redelivered entry was filed again: %d audit records, then %d", before, after)
 	}
 }
 
