@@ -105,7 +105,10 @@ func (c *Cloud) Provision(ctx context.Context, n int) ([]protocol.Credentials, e
 
 // AddUser creates a user, and makes them owner of vin unless vin is "".
 func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
-	if err := c.Admin(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil); err != nil {
+	err := whileBusy(ctx, func() error {
+		return c.Admin(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil)
+	})
+	if err != nil {
 		return err
 	}
 	if vin == "" {
@@ -183,7 +186,11 @@ func (p *Person) Code() (string, error) {
 
 // Login logs the person in.
 func (p *Person) Login(ctx context.Context, c *Cloud) error {
-	s, err := phone.Login(ctx, c.HTTPURL(), p.Name, p.Password, "")
+	var s *phone.Session
+	err := whileBusy(ctx, func() (err error) {
+		s, err = phone.Login(ctx, c.HTTPURL(), p.Name, p.Password, "")
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("%s logs in: %w", p.Name, err)
 	}
@@ -285,4 +292,27 @@ func (f *Fleet) Stop() {
 	f.cancel()
 	f.wg.Wait()
 	f.store.Close()
+}
+
+// whileBusy runs call again, after a growing pause, while the gateway answers rate_limited
+// (429) because its password hashes are all busy: a drill or demo that sets up many people
+// at once is exactly such a burst, and a real app would come back the same way. Any other
+// answer, or the end of ctx, ends it.
+func whileBusy(ctx context.Context, call func() error) error {
+	pause := 50 * time.Millisecond
+	for {
+		err := call()
+		var apiErr *phone.APIError
+		if !errors.As(err, &apiErr) || apiErr.Reason != protocol.ReasonRateLimited {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
