@@ -34,6 +34,9 @@ commands:
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A closed stdout (`gateway demo | head -1`) is an EPIPE error the commands handle (they
+	// stop and clean up), not a SIGPIPE that kills the process before its deferred cleanup.
+	signal.Ignore(syscall.SIGPIPE)
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
