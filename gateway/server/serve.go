@@ -15,43 +15,74 @@ import (
 // configs/gateway.yaml is NOT read implicitly: the defaults are the file's defaults), then the
 // environment, then flags.
 func ParseServeFlags(args []string, stderr io.Writer, lookupEnv func(string) (string, bool)) (Config, error) {
+	cfg, _, err := parseServe(args, stderr, lookupEnv)
+	return cfg, err
+}
+
+// parseServe is ParseServeFlags, and whether --init was given.
+func parseServe(args []string, stderr io.Writer, lookupEnv func(string) (string, bool)) (Config, bool, error) {
 	cfg := DefaultConfig()
 	fs := flag.NewFlagSet("gateway serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML configuration file (see configs/gateway.yaml)")
-	data := fs.String("data", "", "data directory (default ./data)")
+	data := fs.String("data", "", "data directory (default ./data); it must exist unless --init")
+	initData := fs.Bool("init", false, "create the data directory if it does not exist (a new gateway with new keys)")
 	mqttAddr := fs.String("mqtt-addr", "", "embedded broker's MQTT listener (default 127.0.0.1:1883)")
-	wsAddr := fs.String("ws-addr", "", "embedded broker's MQTT-over-WebSocket listener (default 127.0.0.1:1882; \"off\" disables)")
+	wsAddr := fs.String("ws-addr", "", "embedded broker's MQTT-over-WebSocket listener (default 127.0.0.1:1882; off disables)")
 	httpAddr := fs.String("http-addr", "", "HTTP listener (default 127.0.0.1:8080)")
 	external := fs.String("external-broker", "", "use this broker (tcp://HOST:PORT) instead of the embedded one")
 	if err := fs.Parse(args); err != nil {
-		return cfg, err
+		return cfg, false, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+		return cfg, false, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if *configPath != "" {
 		if err := cfg.LoadFile(*configPath); err != nil {
-			return cfg, err
+			return cfg, false, err
 		}
 	}
 	if err := cfg.LoadEnv(lookupEnv); err != nil {
-		return cfg, err
+		return cfg, false, err
 	}
-	set := func(dst *string, v string) {
-		if v != "" {
-			*dst = v
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	set := func(dst *string, name, v string) {
+		if !given[name] {
+			return
 		}
+		if v == "" && name != "external-broker" && name != "ws-addr" { // ws-addr: listenerAddr says "write off"
+			errs = append(errs, fmt.Errorf("--%s is empty: give a value (or leave the flag out for the default)", name))
+			return
+		}
+		*dst = v
 	}
-	set(&cfg.Data, *data)
-	set(&cfg.MQTTAddr, *mqttAddr)
-	set(&cfg.WSAddr, *wsAddr)
-	set(&cfg.HTTPAddr, *httpAddr)
-	set(&cfg.ExternalBroker, *external)
-	if cfg.WSAddr == "off" {
-		cfg.WSAddr = ""
+	set(&cfg.Data, "data", *data)
+	set(&cfg.MQTTAddr, "mqtt-addr", *mqttAddr)
+	set(&cfg.WSAddr, "ws-addr", *wsAddr)
+	set(&cfg.HTTPAddr, "http-addr", *httpAddr)
+	set(&cfg.ExternalBroker, "external-broker", *external)
+	var err error
+	if cfg.WSAddr, err = listenerAddr("ws_addr (--ws-addr, GATEWAY_WS_ADDR)", cfg.WSAddr); err != nil {
+		errs = append(errs, err)
 	}
-	return cfg, cfg.Validate()
+	if len(errs) > 0 {
+		return cfg, false, errors.Join(errs...)
+	}
+	return cfg, *initData, cfg.Validate()
+}
+
+// listenerAddr applies the one spelling of a disabled listener, "off". An empty value is
+// refused: it once meant "the default" on the command line and "disabled" in the file.
+func listenerAddr(key, v string) (string, error) {
+	switch v {
+	case "off":
+		return "", nil
+	case "":
+		return "", fmt.Errorf("%s is empty: write off to disable the listener", key)
+	}
+	return v, nil
 }
 
 // NewLogger returns the JSON logger of `gateway serve` at the configured level.
@@ -63,13 +94,17 @@ func NewLogger(w io.Writer, level string) *slog.Logger {
 
 // Serve runs `gateway serve` until ctx ends (SIGINT/SIGTERM), then shuts down cleanly.
 func Serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, err := ParseServeFlags(args, stderr, os.LookupEnv)
+	cfg, initData, err := parseServe(args, stderr, os.LookupEnv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0 // asked for the usage, got it
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway serve: %v\n", err)
 		return 2
+	}
+	if err := CheckDataDir(cfg.Data, initData); err != nil {
+		fmt.Fprintf(stderr, "gateway serve: %v\n", err)
+		return 1
 	}
 	log := NewLogger(stderr, cfg.LogLevel)
 	g, err := Start(ctx, cfg, Options{Logger: log})
