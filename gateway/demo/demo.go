@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,7 +18,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"telematics/gateway/audit"
+	"telematics/pkg/cmdline"
 	"telematics/pkg/drill"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -55,25 +57,46 @@ type Options struct {
 // the demo stops, removes its temporary directory and exits, instead of dying of SIGPIPE.
 var ErrOutputClosed = errors.New("output closed")
 
-// Main is `gateway demo [--json] [--cars N] [--data DIR]`.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("gateway demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "tell the story on stderr and print one JSON summary on stdout")
-	cars := fs.Int("cars", 20, "simulated cars")
-	data := fs.String("data", "", "keep the demo's data here instead of a temporary directory")
-	verbose := fs.Bool("v", false, "show the components' logs")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0 // asked for the usage, got it
+// Command is `gateway demo`.
+func Command() *cobra.Command {
+	var (
+		o               Options
+		asJSON, verbose bool
+	)
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Start everything in one process and tell the story (--json for a machine summary)",
+		Long: `Start the embedded broker, the gateway (data in a temporary directory, removed at the end),
+a fleet of simulated cars and two phones in one process, and tell the story step by step:
+enrollment, pairing, unlocking with a code, a replay refused, sharing and revoking, then the
+cloud goes down and the car still opens over the local link. Exit status 0 when every step
+did what the story expects. With --json the story goes to stderr and stdout holds one JSON
+line: gateway demo --json | jq .ok`,
+		Args: cobra.NoArgs,
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "tell the story on stderr and print one JSON summary on stdout")
+	cmd.Flags().IntVar(&o.Cars, "cars", 20, "simulated cars (2 to 5000)")
+	cmd.Flags().StringVar(&o.DataDir, "data", "", "keep the demo's data in this `directory` instead of a temporary one")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the components' logs")
+	// GATEWAY_DATA names the gateway's own data directory, never the demo's.
+	cmdline.SetEnv(cmd, "data", "GATEWAY_DEMO_DATA")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if o.Cars < 2 || o.Cars > 5000 {
+			return cmdline.UsageError("--cars must be 2..5000, got %d", o.Cars)
 		}
-		return 2
+		if code := runMain(cmd.Context(), o, asJSON, verbose, cmd.OutOrStdout(), cmd.ErrOrStderr()); code != 0 {
+			return cmdline.WithExitCode(code, nil) // the story told what happened
+		}
+		return nil
 	}
-	if *cars < 2 || *cars > 5000 {
-		fmt.Fprintln(stderr, "gateway demo: --cars must be 2..5000")
-		return 2
-	}
-	return runMain(ctx, Options{Cars: *cars, DataDir: *data}, *asJSON, *verbose, stdout, stderr)
+	return cmd
+}
+
+// Main is `gateway demo ARGS…` as the gateway binary runs it; it returns the exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := cmdline.NewRoot("gateway", "The cloud side of the telematics system", "GATEWAY")
+	root.AddCommand(Command())
+	return cmdline.Execute(ctx, root, append([]string{"demo"}, args...), strings.NewReader(""), stdout, stderr)
 }
 
 // runMain runs the story for Main: the narration goes to stdout, or to stderr with asJSON

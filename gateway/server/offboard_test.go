@@ -114,7 +114,7 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 	if code != 0 || strings.Contains(out, "bob:") || strings.Contains(out, "carol:") || strings.Contains(out, "dave:") || !strings.Contains(out, "alice:owner") {
 		t.Fatalf("vehicle list after the removals: %d %q", code, out)
 	}
-	out, _, code = adminCLI(t, g, dir, "vehicle", "show", vin)
+	out, _, code = adminCLI(t, g, dir, "vehicle", "show", vin, "--json")
 	if code != 0 || strings.Contains(out, `"bob": "driver"`) || strings.Contains(out, `"carol"`) {
 		t.Fatalf("vehicle show after the removals: %d %q", code, out)
 	}
