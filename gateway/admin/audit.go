@@ -39,7 +39,14 @@ local midnight) or a duration before now (24h, 90m); since is included, until is
 			if len(args) > 0 {
 				return fmt.Errorf("takes no arguments (got %q): filter with --user NAME, --vin VIN or --kind KIND", args[0])
 			}
-			return nil
+			// Checked here, before the token is read: a usage error, whatever the token.
+			now := time.Now()
+			var err error
+			if f.SinceMs, err = parseWhen("--since", since, now); err != nil {
+				return err
+			}
+			f.UntilMs, err = parseWhen("--until", until, now)
+			return err
 		},
 	}
 	fs := cmd.Flags()
@@ -52,14 +59,6 @@ local midnight) or a duration before now (24h, 90m); since is included, until is
 	fs.StringVar(&output, "output", "table", "table, json or csv")
 	fs.BoolVar(&asCSV, "csv", false, "the same as --output csv")
 	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, _ []string) error {
-		now := time.Now()
-		var err error
-		if f.SinceMs, err = parseWhen("--since", since, now); err != nil {
-			return err
-		}
-		if f.UntilMs, err = parseWhen("--until", until, now); err != nil {
-			return err
-		}
 		switch {
 		case asCSV:
 			output = "csv"
