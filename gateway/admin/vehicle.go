@@ -319,7 +319,7 @@ func printRoleChange(w io.Writer, out keys.RoleChange) {
 	}
 	fmt.Fprintf(w, "%s is now %s of %s", out.User, out.Role, out.VIN)
 	if out.KeysChanged > 0 {
-		fmt.Fprintf(w, "; %s of theirs rewritten", cmdline.Plural(out.KeysChanged, "key"))
+		fmt.Fprintf(w, "; %d of their keys rewritten", out.KeysChanged)
 	}
 	fmt.Fprintf(w, "%s\n", versionNote(out.Version))
 }

@@ -59,7 +59,7 @@ func TestAdminRoleChangeRewritesKeysEndToEnd(t *testing.T) {
 	expect(t, send(t, bob, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
 
 	out, errs, code = adminCLI(t, g, dir, "vehicle", "assign", vin, "bob", "--role", "none")
-	if code != 0 || !strings.Contains(out, "bob removed from "+vin+": 1 keys revoked") {
+	if code != 0 || !strings.Contains(out, "bob removed from "+vin+": 1 key revoked") {
 		t.Fatalf("assign none: %d %q %q", code, out, errs)
 	}
 	waitSynced(t, g, vin)
@@ -166,7 +166,7 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 	expect(t, send(t, dave, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
 
 	out, errs, code = adminCLI(t, g, dir, "vehicle", "decommission", vin)
-	if code != 0 || !strings.Contains(out, vin+" decommissioned: users dave and 1 keys removed") {
+	if code != 0 || !strings.Contains(out, vin+" decommissioned: users dave and 1 key removed") {
 		t.Fatalf("decommission: %d %q %q", code, out, errs)
 	}
 	// The car acknowledges the empty whitelist; then its token is refused and it goes offline.
