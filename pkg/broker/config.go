@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"reflect"
 	"strings"
 	"time"
 
@@ -171,53 +170,28 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// flagUsage is the help of each setting's flag, by YAML key. Every key has a flag: the key
-// with dashes (--max-clients for max_clients), except gateway_pubkeys, --gateway-pubkey
-// (repeated, one file each).
-var flagUsage = map[string]string{
-	"mqtt_addr":                 "MQTT over TCP listen `address`, or off",
-	"ws_addr":                   "MQTT over WebSocket listen `address`, or off",
-	"gateway_pubkeys":           "PEM public key `file` of the gateway whose tokens are trusted; repeat it during a key rotation (the variable takes a comma-separated list)",
-	"state_file":                "`file` that keeps the retired car tokens across restarts (written 0600); none when empty",
-	"max_packet_bytes":          "largest MQTT packet accepted, CONNECT included, in `bytes`",
-	"max_topic_bytes":           "longest topic name or filter, in `bytes`",
-	"max_conns_per_identity":    "live sessions one app user may hold",
-	"max_client_writes_pending": "outbound queue of each client, in `packets`",
-	"max_clients":               "most connected clients; 0: no limit",
-	"connect_timeout":           "how long a new connection may take to send CONNECT",
-	"session_expiry":            "how long a disconnected persistent session is kept",
-}
-
-// flagName is the flag of a YAML key.
-func flagName(key string) string {
-	if key == "gateway_pubkeys" {
-		return "gateway-pubkey"
-	}
-	return strings.ReplaceAll(key, "_", "-")
+// settingFlags are the standalone broker's flags, one per key: the key with dashes
+// (--max-clients for max_clients), except gateway_pubkeys, --gateway-pubkey (repeated).
+var settingFlags = []cmdline.ConfigFlag{
+	{Key: "mqtt_addr", Usage: "MQTT over TCP listen `address`, or off"},
+	{Key: "ws_addr", Usage: "MQTT over WebSocket listen `address`, or off"},
+	{Key: "gateway_pubkeys", Flag: "gateway-pubkey", Usage: "PEM public key `file` of the gateway whose tokens are trusted; repeat it during a key rotation (the variable takes a comma-separated list)"},
+	{Key: "state_file", Usage: "`file` that keeps the retired car tokens across restarts (written 0600); none when empty"},
+	{Key: "max_packet_bytes", Usage: "largest MQTT packet accepted, CONNECT included, in `bytes`"},
+	{Key: "max_topic_bytes", Usage: "longest topic name or filter, in `bytes`"},
+	{Key: "max_conns_per_identity", Usage: "live sessions one app user may hold"},
+	{Key: "max_client_writes_pending", Usage: "outbound queue of each client, in `packets`"},
+	{Key: "max_clients", Usage: "most connected clients; 0: no limit"},
+	{Key: "connect_timeout", Usage: "how long a new connection may take to send CONNECT"},
+	{Key: "session_expiry", Usage: "how long a disconnected persistent session is kept"},
 }
 
 // AddFlags defines the standalone broker's flags on fs: --config FILE and one flag per
 // setting, whose help shows the default.
 func AddFlags(fs *pflag.FlagSet) {
 	fs.String("config", "", "YAML configuration `file` (configs/broker.yaml lists every key)")
-	def := reflect.ValueOf(DefaultConfig())
-	t := def.Type()
-	for i := range t.NumField() {
-		key, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
-		name, usage := flagName(key), flagUsage[key]
-		switch v := def.Field(i).Interface().(type) {
-		case string:
-			fs.String(name, v, usage)
-		case int:
-			fs.Int(name, v, usage)
-		case time.Duration:
-			fs.Duration(name, v, usage)
-		case []string:
-			fs.StringSlice(name, v, usage)
-		default:
-			panic(fmt.Sprintf("broker: no flag type for %s", key))
-		}
-	}
+	def := DefaultConfig()
+	cmdline.AddConfigFlags(fs, &def, settingFlags...)
 }
 
 // LoadConfig builds the standalone broker's configuration: DefaultConfig(), then the YAML file
@@ -242,7 +216,7 @@ func LoadConfig(fs *pflag.FlagSet, environ []string) (Config, error) {
 			cfg.GatewayPubKeys = splitList(v)
 		}
 	}
-	if err := applyFlags(fs, &cfg); err != nil {
+	if err := cmdline.ApplyFlags(fs, &cfg, settingFlags...); err != nil {
 		return Config{}, err
 	}
 
@@ -251,7 +225,7 @@ func LoadConfig(fs *pflag.FlagSet, environ []string) (Config, error) {
 		key  string
 		addr *string
 	}{{"mqtt_addr", &cfg.MQTTAddr}, {"ws_addr", &cfg.WSAddr}} {
-		name := fmt.Sprintf("%s (--%s, %s)", a.key, flagName(a.key), cmdline.EnvName("BROKER", a.key))
+		name := fmt.Sprintf("%s (--%s, %s)", a.key, strings.ReplaceAll(a.key, "_", "-"), cmdline.EnvName("BROKER", a.key))
 		addr, _, err := cmdline.Addr(name, *a.addr)
 		if err != nil {
 			errs = append(errs, err)
@@ -268,37 +242,6 @@ func LoadConfig(fs *pflag.FlagSet, environ []string) (Config, error) {
 		return Config{}, ErrNoGatewayKey
 	}
 	return cfg, nil
-}
-
-// applyFlags copies the flags given on the command line (or set from their variable by
-// cmdline.Execute) into cfg.
-func applyFlags(fs *pflag.FlagSet, cfg *Config) error {
-	v := reflect.ValueOf(cfg).Elem()
-	t := v.Type()
-	for i := range t.NumField() {
-		key, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
-		name := flagName(key)
-		if !fs.Changed(name) {
-			continue
-		}
-		var val any
-		var err error
-		switch v.Field(i).Interface().(type) {
-		case string:
-			val, err = fs.GetString(name)
-		case int:
-			val, err = fs.GetInt(name)
-		case time.Duration:
-			val, err = fs.GetDuration(name)
-		case []string:
-			val, err = fs.GetStringSlice(name)
-		}
-		if err != nil {
-			return fmt.Errorf("--%s: %w", name, err)
-		}
-		v.Field(i).Set(reflect.ValueOf(val))
-	}
-	return nil
 }
 
 // LoadKeys reads the gateway's PEM public keys (sign.PublicPEM format). It returns
