@@ -393,16 +393,16 @@ const (
 
 // Result is what a car publishes after handling a command.
 type Result struct {
-	V      int    `json:"v"`
-	ID     string `json:"id"`
-	Status string `json:"status"`
-	Reason Reason `json:"reason,omitempty"`
+	V      int            `json:"v"`
+	ID     string         `json:"id"`
+	Status string         `json:"status"`
+	Reason Reason         `json:"reason,omitempty"`
+	State  map[string]any `json:"state,omitempty"`
+	TsMs   int64          `json:"ts"`
 	// Message says, on a refusal for the car's state (reason forbidden: "the trunk cannot open
 	// while the car moves"), what the state forbids, for the user. At most MaxMessageBytes;
 	// never internal detail.
-	Message string         `json:"message,omitempty"`
-	State   map[string]any `json:"state,omitempty"`
-	TsMs    int64          `json:"ts"`
+	Message string `json:"message,omitempty"`
 }
 
 // MaxMessageBytes bounds the car's message in a Result and a Reply.
@@ -425,20 +425,20 @@ func Terminal(status string) bool {
 // Reply is what the gateway sends an app about one request. Every request gets exactly one
 // terminal reply.
 type Reply struct {
-	V      int    `json:"v"`
-	ID     string `json:"id"`
-	Status string `json:"status"`
-	Reason Reason `json:"reason,omitempty"`
-	// Message is the car's Message, relayed on the terminal reply of a refusal for the car's
-	// state, so the user learns why ("the trunk cannot open while the car moves").
-	Message string         `json:"message,omitempty"`
-	VIN     string         `json:"vin,omitempty"`
-	Action  Action         `json:"action,omitempty"`
-	State   map[string]any `json:"state,omitempty"`
-	TsMs    int64          `json:"ts"`
+	V      int            `json:"v"`
+	ID     string         `json:"id"`
+	Status string         `json:"status"`
+	Reason Reason         `json:"reason,omitempty"`
+	VIN    string         `json:"vin,omitempty"`
+	Action Action         `json:"action,omitempty"`
+	State  map[string]any `json:"state,omitempty"`
+	TsMs   int64          `json:"ts"`
 	// CarTsMs is the car's Result.TsMs, on a terminal reply relayed from the car's result, so
 	// the app can tell the car's share of the time from the cloud's.
 	CarTsMs int64 `json:"car_ts,omitempty"`
+	// Message is the car's Message, relayed on the terminal reply of a refusal for the car's
+	// state, so the user learns why ("the trunk cannot open while the car moves").
+	Message string `json:"message,omitempty"`
 }
 
 // Decode unmarshals a bounded JSON payload into v, refusing unknown fields is not done on
