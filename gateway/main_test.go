@@ -150,7 +150,7 @@ func TestAdminArgumentErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"admin", "vehicle", "list", "x", "--json"}, "got 1 argument"},
+		{[]string{"admin", "vehicle", "list", "x", "--json"}, `takes no arguments, got "x"`},
 		{[]string{"admin", "audit", "alice", "--limit", "5"}, "--user"},
 		{[]string{"admin", "vehicle", "show"}, "needs VIN, got 0 arguments"},
 		{[]string{"admin", "vehicle", "assign", "VIN"}, "needs VIN USER"},

@@ -121,7 +121,10 @@ func (o *options) print(cmd *cobra.Command, v any, human func(w io.Writer) error
 // args checks the positional arguments against their names ("VIN", "USER").
 func args(names ...string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, got []string) error {
-		if len(got) != len(names) {
+		switch {
+		case len(names) == 0 && len(got) > 0:
+			return fmt.Errorf("takes no arguments, got %q", strings.Join(got, " "))
+		case len(got) != len(names):
 			return fmt.Errorf("needs %s, got %s", strings.Join(names, " "), cmdline.Plural(len(got), "argument"))
 		}
 		return nil
