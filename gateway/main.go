@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,81 +12,93 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"telematics/gateway/admin"
 	"telematics/gateway/demo"
 	"telematics/gateway/server"
+	"telematics/pkg/cmdline"
 )
-
-const usage = `usage: gateway COMMAND [flags]
-
-commands:
-  demo    start everything in one process and tell the story (--json for a machine summary)
-  serve   run the gateway with its embedded broker (see --help)
-  admin   talk to a running gateway's admin API (vehicles, users, audit)
-  probe URL  exit 0 if URL answers 2xx within 3 s (container health checks: /readyz)
-  rotate-key [--data DIR]
-          with the gateway stopped: make a new signing key; cars follow on the next start
-  rotate-key --retire-previous [--data DIR]
-          with the gateway stopped: once every car is on the new key, stop trusting the previous one
-`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
-	}
-	var code int
-	switch os.Args[1] {
-	case "serve":
-		code = server.Serve(ctx, os.Args[2:], os.Stdout, os.Stderr)
-	case "admin":
-		code = admin.Run(ctx, os.Args[2:], admin.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
-	case "demo":
-		code = demo.Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
-	case "probe":
-		code = probe(os.Args[2:])
-	case "rotate-key":
-		fs := flag.NewFlagSet("gateway rotate-key", flag.ContinueOnError)
-		data := fs.String("data", "./data", "the gateway's data directory")
-		retire := fs.Bool("retire-previous", false, "end the rotation: drop the previous key (refused while a car still depends on it)")
-		if err := fs.Parse(os.Args[2:]); err != nil {
-			os.Exit(2)
-		}
-		rotate := server.RotateSigningKey
-		if *retire {
-			rotate = server.RetirePreviousKey
-		}
-		if err := rotate(*data, os.Stdout); err != nil {
-			fmt.Fprintf(os.Stderr, "gateway rotate-key: %v\n", err)
-			code = 1
-		}
-	case "-h", "--help", "help":
-		fmt.Fprint(os.Stdout, usage)
-	default:
-		fmt.Fprintf(os.Stderr, "gateway: unknown command %q\n\n%s", os.Args[1], usage)
-		code = 2
-	}
+	// A closed stdout (`gateway demo | head -1`) is an EPIPE error the commands handle (they
+	// stop and clean up), not a SIGPIPE that kills the process before its deferred cleanup.
+	signal.Ignore(syscall.SIGPIPE)
+	code := cmdline.Execute(ctx, newRoot(os.Environ()), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
 	os.Exit(code)
 }
 
-// probe is a health check for images without curl.
-func probe(args []string) int {
-	if len(args) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: gateway probe URL")
-		return 2
+// newRoot is the gateway's command line; environ is the environment Execute is given.
+func newRoot(environ []string) *cobra.Command {
+	root := cmdline.NewRoot("gateway", "The cloud side of the telematics system", server.EnvPrefix)
+	root.Long = `The cloud side of the telematics system: the gateway (HTTP API, command path, key registry,
+2FA, audit) with its embedded MQTT broker, an admin client, and a demo of the whole product.
+
+Every flag can also be set by the environment variable shown beside it. Exit status: 0,
+1 for a failure, 2 for a usage error.`
+	root.AddCommand(server.ServeCommand(environ), admin.Command(), demo.Command(), probeCommand(), rotateKeyCommand())
+	return root
+}
+
+// probeCommand is a health check for images without curl.
+func probeCommand() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:     "probe URL",
+		Short:   "Exit 0 if URL answers 2xx within the timeout (container health checks: /readyz)",
+		Example: "  gateway probe http://127.0.0.1:8080/readyz",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("needs one URL, got %s", cmdline.Plural(len(args), "argument"))
+			}
+			return nil
+		},
 	}
-	c := &http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get(args[0])
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "gateway probe: %v\n", err)
-		return 1
+	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long to wait for the answer")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c := &http.Client{Timeout: timeout}
+		req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, args[0], nil)
+		if err != nil {
+			return cmdline.UsageError("%v", err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("%s answered %s", args[0], resp.Status)
+		}
+		return nil
 	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		fmt.Fprintf(os.Stderr, "gateway probe: %s answered %s\n", args[0], resp.Status)
-		return 1
+	return cmd
+}
+
+func rotateKeyCommand() *cobra.Command {
+	var (
+		data   string
+		retire bool
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "With the gateway stopped: make a new signing key (cars follow on the next start)",
+		Long: `With the gateway stopped: the current signing key becomes the previous one and a new key is
+made; on its next start the gateway moves every car to the new key as the car acknowledges.
+Once every car is on the new key, --retire-previous ends the rotation: the previous key is
+deleted (refused while a car still depends on it). The data directory must hold a gateway.`,
+		Example: `  gateway rotate-key --data ./data
+  gateway rotate-key --retire-previous --data ./data`,
+		Args: cobra.NoArgs,
 	}
-	return 0
+	cmd.Flags().StringVar(&data, "data", server.DefaultConfig().Data, "the gateway's data `directory`")
+	cmd.Flags().BoolVar(&retire, "retire-previous", false, "end the rotation: drop the previous key (refused while a car still depends on it)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if retire {
+			return server.RetirePreviousKey(data, cmd.OutOrStdout())
+		}
+		return server.RotateSigningKey(data, cmd.OutOrStdout())
+	}
+	return cmd
 }

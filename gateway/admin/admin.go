@@ -1,24 +1,23 @@
 // Package admin is `gateway admin …`: a command-line client of the running gateway's admin
-// API (vehicles, users, assignments, audit).
+// API (vehicles, users, assignments, keys, audit), as a cobra command tree.
 package admin
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
+	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"telematics/gateway/httpapi"
-	"telematics/gateway/keys"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -31,79 +30,67 @@ type Env struct {
 	Stderr io.Writer
 }
 
+// Run executes `gateway admin ARGS…` as the gateway binary does and returns the exit code.
+func Run(ctx context.Context, args []string, env Env) int {
+	root := cmdline.NewRoot("gateway", "The cloud side of the telematics system", "GATEWAY")
+	root.AddCommand(Command())
+	return cmdline.Execute(ctx, root, append([]string{"admin"}, args...), env.Stdin, env.Stdout, env.Stderr)
+}
+
+// Variables of the persistent flags: names operators already use.
+const (
+	EnvServer    = "GATEWAY_ADMIN_SERVER"
+	EnvTokenFile = "GATEWAY_ADMIN_TOKEN_FILE"
+)
+
+// options are the flags every admin command has.
+type options struct {
+	server    string
+	tokenFile string
+	json      bool
+}
+
+// Command is `gateway admin`.
+func Command() *cobra.Command {
+	o := &options{}
+	cmd := &cobra.Command{
+		Use:   "admin",
+		Short: "Talk to a running gateway's admin API (vehicles, users, keys, audit)",
+		Long: `Talk to a running gateway's admin API: provision vehicles, manage users and their roles,
+revoke keys, read the audit log. Every command needs the admin token, which the gateway
+writes to DATA/admin.token when it starts (--token-file). Flags may come anywhere on the
+command line. Text for people by default, --json for scripts.`,
+		Example: `  gateway admin vehicle add --count 2
+  gateway admin vehicle list --server http://gw:8080 --token-file /secrets/admin.token
+  GATEWAY_ADMIN_SERVER=http://gw:8080 gateway admin audit --since 24h --csv > audit.csv`,
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&o.server, "server", "http://127.0.0.1:8080", "the gateway's `URL`")
+	pf.StringVar(&o.tokenFile, "token-file", "./data/admin.token", "`file` holding the admin token (the gateway writes DATA/admin.token)")
+	pf.BoolVar(&o.json, "json", false, "print JSON, for scripts")
+	cmdline.SetEnv(cmd, "server", EnvServer)
+	cmdline.SetEnv(cmd, "token-file", EnvTokenFile)
+	cmd.AddCommand(vehicleCommand(o), userCommand(o), keyCommand(o), auditCommand(o))
+	return cmd
+}
+
 type client struct {
 	server string
 	token  string
 }
 
-const usage = `usage: gateway admin [--server URL] [--token-file FILE] COMMAND
-
-commands:
-  vehicle add [VIN…] [--count N] [--json]   provision cars; prints each car's credentials
-  vehicle list [--json]                       every car with its twin (online, last telemetry)
-  vehicle show VIN                            one car: users, roles, twin
-  vehicle assign VIN USER --role ROLE         give USER a role on VIN (owner, driver, valet; none
-                                              removes them); their paired keys get it too
-  vehicle reissue VIN [--json]                new credentials for VIN; its old token stops working
-` + offboardUsage + `  user add NAME                               create a user; the password is read from stdin
-  user reset-2fa NAME                         remove NAME's TOTP enrollment, clear any lockout (audited)
-  user list [--json]                          every user: active or disabled, 2FA, lockouts, vehicles
-  user unlock NAME                            clear NAME's password and 2FA lockouts, keep the enrollment
-  user disable NAME | user enable NAME        refuse NAME's logins and end their tokens; or allow again
-  user password NAME                          set NAME's password (read from stdin); ends their tokens
-  user delete NAME [--from-cars]              remove a user (refused while they hold a role on a car,
-                                              unless --from-cars removes them from every car first)
-  audit [--vin VIN] [--user U] [--kind K] [--limit N]
-`
-
-// Run executes `gateway admin ARGS…` and returns the exit code.
-func Run(ctx context.Context, args []string, env Env) int {
-	fs := flag.NewFlagSet("gateway admin", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	server := fs.String("server", envOr("GATEWAY_ADMIN_SERVER", "http://127.0.0.1:8080"), "gateway URL")
-	tokenFile := fs.String("token-file", envOr("GATEWAY_ADMIN_TOKEN_FILE", "./data/admin.token"), "file holding the admin token")
-	fs.Usage = func() { fmt.Fprint(env.Stderr, usage); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0 // asked for the usage, got it
-		}
-		return 2
+// client reads the admin token: only when a command runs, never for help.
+func (o *options) client() (*client, error) {
+	tok, err := os.ReadFile(o.tokenFile)
+	if err == nil && strings.TrimSpace(string(tok)) == "" {
+		err = errors.New("the file is empty")
 	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		fs.Usage()
-		return 2
-	}
-	tok, err := os.ReadFile(*tokenFile)
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "gateway admin: cannot read the admin token: %v\n(the gateway writes it to DATA/admin.token on start; pass --token-file)\n", err)
-		return 1
+		return nil, fmt.Errorf("cannot read the admin token from %s: %v\n"+
+			"name the file with --token-file or $%s (the gateway writes it to DATA/admin.token when it starts)",
+			o.tokenFile, err, EnvTokenFile)
 	}
-	c := &client{server: strings.TrimRight(*server, "/"), token: strings.TrimSpace(string(tok))}
-	err = c.dispatch(ctx, rest, env)
-	var usageErr usageError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &usageErr):
-		fmt.Fprintf(env.Stderr, "gateway admin: %v\n\n", err)
-		fmt.Fprint(env.Stderr, usage)
-		return 2
-	default:
-		fmt.Fprintf(env.Stderr, "gateway admin: %v\n", err)
-		return 1
-	}
-}
-
-type usageError string
-
-func (e usageError) Error() string { return string(e) }
-
-func envOr(k, def string) string {
-	if v, ok := os.LookupEnv(k); ok && v != "" {
-		return v
-	}
-	return def
+	return &client{server: strings.TrimRight(o.server, "/"), token: strings.TrimSpace(string(tok))}, nil
 }
 
 func (c *client) call(ctx context.Context, method, path string, in, out any) error {
@@ -112,178 +99,48 @@ func (c *client) call(ctx context.Context, method, path string, in, out any) err
 	return phone.Call(ctx, method, c.server+path, c.token, in, out)
 }
 
-func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
-	if len(args) < 2 && args[0] != "audit" {
-		return usageError("missing command")
-	}
-	if handled, err := c.offboard(ctx, args, env); handled {
-		return err
-	}
-	switch args[0] + " " + first(args[1:]) {
-	case "vehicle add":
-		fs := flag.NewFlagSet("vehicle add", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		count := fs.Int("count", 0, "how many cars to make up VINs for")
-		asJSON := fs.Bool("json", false, "print a JSON list of credentials")
-		vins, err := cmdline.Interleaved(fs, args[2:])
-		if err != nil {
-			return usageError(err.Error())
-		}
-		if len(vins) == 0 && *count == 0 {
-			return usageError("vehicle add needs VINs or --count N")
-		}
-		var creds []protocol.Credentials
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{VINs: vins, Count: *count}, &creds); err != nil {
-			return err
-		}
-		if *asJSON {
-			return json.NewEncoder(env.Stdout).Encode(creds)
-		}
-		for _, cr := range creds {
-			fmt.Fprintf(env.Stdout, "vin=%s client_id=%s username=%s\ntoken=%s\n\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
-		}
-		fmt.Fprintf(env.Stderr, "%d vehicles added; keep the tokens secret (they are the cars' MQTT passwords)\n", len(creds))
-		return nil
-	case "vehicle list":
-		fs := flag.NewFlagSet("vehicle list", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		asJSON := fs.Bool("json", false, "print JSON")
-		if err := fs.Parse(args[2:]); err != nil {
-			return usageError(err.Error())
-		}
-		var vs []httpapi.VehicleView
-		if err := c.call(ctx, http.MethodGet, "/v1/admin/vehicles", nil, &vs); err != nil {
-			return err
-		}
-		if *asJSON {
-			return json.NewEncoder(env.Stdout).Encode(vs)
-		}
-		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "VIN\tSTATUS\tLAST TELEMETRY\tWHITELIST (CAR)\tUSERS")
-		for _, v := range vs {
-			status, last := "never seen", "-"
-			if v.Twin != nil {
-				if v.Twin.Status != "" {
-					status = v.Twin.Status
-				}
-				if v.Twin.TelemetryMs > 0 {
-					last = time.UnixMilli(v.Twin.TelemetryMs).Format(time.RFC3339)
-				}
-			}
-			if v.DecommissionedMs != 0 {
-				status = decommissionedStatus(v)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.VIN, status, last, whitelistOf(v), usersOf(v))
-		}
-		return tw.Flush()
-	case "vehicle show":
-		if len(args) != 3 {
-			return usageError("vehicle show needs one VIN")
-		}
-		var v json.RawMessage
-		if err := c.call(ctx, http.MethodGet, "/v1/admin/vehicles/"+args[2], nil, &v); err != nil {
-			return err
-		}
-		return printIndented(env.Stdout, v)
-	case "vehicle assign":
-		fs := flag.NewFlagSet("vehicle assign", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		role := fs.String("role", "", "owner, driver, valet, or none to remove the user")
-		pos, err := cmdline.Interleaved(fs, args[2:])
-		if err != nil {
-			return usageError(err.Error())
-		}
-		if len(pos) != 2 || *role == "" {
-			return usageError("vehicle assign needs VIN USER --role owner|driver|valet|none")
-		}
-		var out keys.RoleChange
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+pos[0]+"/assign", httpapi.AssignRequest{User: pos[1], Role: protocol.Role(*role)}, &out); err != nil {
-			return err
-		}
-		printRoleChange(env, out)
-		return nil
-	case "vehicle reissue":
-		fs := flag.NewFlagSet("vehicle reissue", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		asJSON := fs.Bool("json", false, "print a JSON list of credentials, as vehicle add --json does (for vehicle-sim run --fleet)")
-		pos, err := cmdline.Interleaved(fs, args[2:])
-		if err != nil {
-			return usageError(err.Error())
-		}
-		if len(pos) != 1 {
-			return usageError("vehicle reissue needs one VIN")
-		}
-		var cr protocol.Credentials
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+pos[0]+"/credentials", struct{}{}, &cr); err != nil {
-			return err
-		}
-		if *asJSON {
-			return json.NewEncoder(env.Stdout).Encode([]protocol.Credentials{cr})
-		}
-		fmt.Fprintf(env.Stdout, "vin=%s client_id=%s username=%s\ntoken=%s\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
-		fmt.Fprintf(env.Stderr, "%s has new credentials; its previous token is refused from now on (embedded and standalone broker)\n", cr.VIN)
-		return nil
-	case "user add":
-		if len(args) != 3 {
-			return usageError("user add needs one NAME (the password is read from stdin)")
-		}
-		pw, err := cmdline.ReadPasswordLine(env.Stdin)
+// do runs fn with a client: the RunE of every command that talks to the gateway.
+func (o *options) do(fn func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, err := o.client()
 		if err != nil {
 			return err
 		}
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: args[2], Password: pw}, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(env.Stdout, "user %s added\n", args[2])
-		return nil
-	case "user reset-2fa":
-		if len(args) != 3 {
-			return usageError("user reset-2fa needs one NAME")
-		}
-		var res struct {
-			Removed bool `json:"enrollment_removed"`
-		}
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+args[2]+"/reset-2fa", nil, &res); err != nil {
-			return err
-		}
-		if res.Removed {
-			fmt.Fprintf(env.Stdout, "two-factor authentication of %s reset and any lockout cleared; they can enroll again\n", args[2])
-		} else {
-			fmt.Fprintf(env.Stdout, "%s had no TOTP enrollment; any lockout is cleared\n", args[2])
-		}
-		return nil
+		return fn(cmd.Context(), c, cmd, args)
 	}
-	if handled, err := c.userCommand(ctx, args, env); handled {
-		return err
-	}
-	if args[0] == "audit" {
-		fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		vin := fs.String("vin", "", "only this car")
-		user := fs.String("user", "", "only this user")
-		kind := fs.String("kind", "", "only this kind (command, result, login, 2fa, keys, admin, vehicle, late_reply)")
-		limit := fs.Int("limit", 50, "newest N records")
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError(err.Error())
-		}
-		q := url.Values{"vin": {*vin}, "user": {*user}, "kind": {*kind}, "limit": {strconv.Itoa(*limit)}}
-		var evs []json.RawMessage
-		if err := c.call(ctx, http.MethodGet, "/v1/admin/audit?"+q.Encode(), nil, &evs); err != nil {
-			return err
-		}
-		for _, e := range evs {
-			fmt.Fprintln(env.Stdout, string(e))
-		}
-		return nil
-	}
-	return usageError(fmt.Sprintf("unknown command %q", strings.Join(args, " ")))
 }
 
-func first(a []string) string {
-	if len(a) == 0 {
-		return ""
+// print writes v as JSON with --json, else calls human.
+func (o *options) print(cmd *cobra.Command, v any, human func(w io.Writer) error) error {
+	if o.json {
+		return cmdline.PrintJSON(cmd.OutOrStdout(), v)
 	}
-	return a[0]
+	return human(cmd.OutOrStdout())
+}
+
+// args checks the positional arguments against their names ("VIN", "USER").
+func args(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, got []string) error {
+		switch {
+		case len(names) == 0 && len(got) > 0:
+			return fmt.Errorf("takes no arguments, got %q", strings.Join(got, " "))
+		case len(got) != len(names):
+			return fmt.Errorf("needs %s, got %s", strings.Join(names, " "), cmdline.Plural(len(got), "argument"))
+		}
+		return nil
+	}
+}
+
+// vin normalises a VIN given on the command line: VINs are upper case (ISO 3779).
+func vin(s string) string { return strings.ToUpper(strings.TrimSpace(s)) }
+
+// vinPath is the API path of a car.
+func vinPath(v string, rest ...string) string {
+	p := "/v1/admin/vehicles/" + url.PathEscape(vin(v))
+	for _, r := range rest {
+		p += "/" + r
+	}
+	return p
 }
 
 // whitelistOf shows the whitelist version and the version the car acknowledged.
@@ -301,23 +158,25 @@ func whitelistOf(v httpapi.VehicleView) string {
 	return out
 }
 
-func usersOf(v httpapi.VehicleView) string {
-	if len(v.Users) == 0 {
+func usersOf(users map[string]protocol.Role) string {
+	if len(users) == 0 {
 		return "-"
 	}
-	var parts []string
-	for u, r := range v.Users {
+	parts := make([]string, 0, len(users))
+	for u, r := range users {
 		parts = append(parts, u+":"+string(r))
 	}
+	sort.Strings(parts)
 	return strings.Join(parts, ",")
 }
 
-func printIndented(w io.Writer, raw json.RawMessage) error {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return err
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+// encodeLine writes v as one JSON line (what vehicle-sim run --fleet reads).
+func encodeLine(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// post is a POST without a response body.
+func (c *client) post(ctx context.Context, path string, in any) error {
+	return c.call(ctx, http.MethodPost, path, in, nil)
 }
+
+// escape makes a name or id one path segment.
+func escape(s string) string { return url.PathEscape(s) }

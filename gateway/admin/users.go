@@ -2,145 +2,180 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
-	"text/tabwriter"
-	"time"
+
+	"github.com/spf13/cobra"
 
 	"telematics/gateway/httpapi"
 	"telematics/pkg/cmdline"
 )
 
-// userCommand runs the `user …` commands of offboarding and lockouts; handled is false for
-// any other command.
-func (c *client) userCommand(ctx context.Context, args []string, env Env) (handled bool, err error) {
-	if args[0] != "user" || len(args) < 2 {
-		return false, nil
+func userCommand(o *options) *cobra.Command {
+	cmd := &cobra.Command{Use: "user", Short: "Users: create, list, lockouts, 2FA reset, disable, password, delete"}
+	cmd.AddCommand(userAdd(o), userList(o), userPassword(o),
+		userAction(o, "reset-2fa", "Remove NAME's TOTP enrollment and clear any lockout (audited)", "reset-2fa",
+			func(name string) string {
+				return "two-factor authentication of " + name + " reset (if enrolled) and any lockout cleared; they can enroll again"
+			}),
+		userAction(o, "unlock", "Clear NAME's password and 2FA lockouts, keep the enrollment", "unlock",
+			func(name string) string {
+				return "lockouts of " + name + " cleared (password and 2FA); the TOTP enrollment is kept"
+			}),
+		userAction(o, "disable", "Refuse NAME's logins and end their tokens and sessions", "disable",
+			func(name string) string {
+				return name + " is disabled: logins refused, every app token and session ended"
+			}),
+		userAction(o, "enable", "Allow a disabled user to log in again", "enable",
+			func(name string) string { return name + " is enabled and may log in again" }),
+		userDelete(o))
+	return cmd
+}
+
+// readPassword prompts without echo on a terminal, else reads one line of stdin.
+func readPassword(cmd *cobra.Command, name string) (string, error) {
+	return cmdline.ReadPassword(cmd.InOrStdin(), cmd.ErrOrStderr(), "Password for "+name+": ", true)
+}
+
+func userAdd(o *options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Create a user; the password is prompted for (no echo) or read from stdin",
+		Example: `  gateway admin user add alice                       # prompts twice, without echo
+  printf '%s\n' "$PASSWORD" | gateway admin user add alice`,
+		Args: args("NAME"),
 	}
-	one := func() (string, error) {
-		if len(args) != 3 {
-			return "", usageError("user " + args[1] + " needs one NAME")
-		}
-		return args[2], nil
-	}
-	post := func(path string, in any) error {
-		return c.call(ctx, http.MethodPost, path, in, nil)
-	}
-	switch args[1] {
-	case "list":
-		fs := flag.NewFlagSet("user list", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		asJSON := fs.Bool("json", false, "print JSON")
-		if err := fs.Parse(args[2:]); err != nil {
-			return true, usageError(err.Error())
-		}
-		var us []httpapi.UserView
-		if err := c.call(ctx, http.MethodGet, "/v1/admin/users", nil, &us); err != nil {
-			return true, err
-		}
-		if *asJSON {
-			return true, json.NewEncoder(env.Stdout).Encode(us)
-		}
-		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "USER\tSTATE\t2FA\tLOCKED UNTIL\tVEHICLES")
-		for _, u := range us {
-			state, twofa, locked := "active", "no", "-"
-			if u.Disabled {
-				state = "DISABLED"
-			}
-			if u.TOTPEnrolled {
-				twofa = "yes"
-			}
-			var ends []string
-			if u.PasswordLockedUntilMs > 0 {
-				ends = append(ends, "password "+time.UnixMilli(u.PasswordLockedUntilMs).Format(time.RFC3339))
-			}
-			if u.TOTPLockedUntilMs > 0 {
-				ends = append(ends, "2fa "+time.UnixMilli(u.TOTPLockedUntilMs).Format(time.RFC3339))
-			}
-			if len(ends) > 0 {
-				locked = strings.Join(ends, ", ")
-			}
-			var cars []string
-			for vin, role := range u.Vehicles {
-				cars = append(cars, vin+":"+string(role))
-			}
-			sort.Strings(cars)
-			vehicles := "-"
-			if len(cars) > 0 {
-				vehicles = strings.Join(cars, ",")
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Name, state, twofa, locked, vehicles)
-		}
-		return true, tw.Flush()
-	case "unlock":
-		name, err := one()
+	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+		pw, err := readPassword(cmd, args[0])
 		if err != nil {
-			return true, err
+			return err
 		}
-		if err := post("/v1/admin/users/"+name+"/unlock", struct{}{}); err != nil {
-			return true, err
+		if err := c.post(ctx, "/v1/admin/users", httpapi.AddUserRequest{Username: args[0], Password: pw}); err != nil {
+			return err
 		}
-		fmt.Fprintf(env.Stdout, "lockouts of %s cleared (password and 2FA); the TOTP enrollment is kept\n", name)
-		return true, nil
-	case "disable", "enable":
-		name, err := one()
+		return o.print(cmd, map[string]any{"user": args[0], "added": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "user %s added\n", args[0])
+			return err
+		})
+	})
+	return cmd
+}
+
+func userPassword(o *options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "password NAME",
+		Short: "Set NAME's password (prompted for, or read from stdin); ends their tokens",
+		Args:  args("NAME"),
+	}
+	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+		pw, err := readPassword(cmd, args[0])
 		if err != nil {
-			return true, err
+			return err
 		}
-		if err := post("/v1/admin/users/"+name+"/"+args[1], struct{}{}); err != nil {
-			return true, err
+		if err := c.post(ctx, "/v1/admin/users/"+escape(args[0])+"/password", httpapi.PasswordRequest{Password: pw}); err != nil {
+			return err
 		}
-		if args[1] == "disable" {
-			fmt.Fprintf(env.Stdout, "%s is disabled: logins refused, every app token and session ended\n", name)
-		} else {
-			fmt.Fprintf(env.Stdout, "%s is enabled and may log in again\n", name)
+		return o.print(cmd, map[string]any{"user": args[0], "password_set": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "password of %s set; every app token and session of theirs ended\n", args[0])
+			return err
+		})
+	})
+	return cmd
+}
+
+// userAction is a command NAME that POSTs to /v1/admin/users/NAME/PATH.
+func userAction(o *options, use, short, path string, done func(name string) string) *cobra.Command {
+	cmd := &cobra.Command{Use: use + " NAME", Short: short, Args: args("NAME")}
+	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+		var res map[string]any
+		if err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+escape(args[0])+"/"+path, struct{}{}, &res); err != nil {
+			return err
 		}
-		return true, nil
-	case "delete":
-		fs := flag.NewFlagSet("user delete", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		fromCars := fs.Bool("from-cars", false, "first remove the user from every car (keys revoked, roles ended)")
-		var name string
-		rest := args[2:]
-		if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-			name, rest = rest[0], rest[1:]
+		if res == nil {
+			res = map[string]any{}
 		}
-		if err := fs.Parse(rest); err != nil {
-			return true, usageError(err.Error())
-		}
-		if name == "" && fs.NArg() == 1 {
-			name = fs.Arg(0)
-		} else if name == "" || fs.NArg() != 0 {
-			return true, usageError("user delete needs one NAME")
-		}
-		path := "/v1/admin/users/" + name
-		if *fromCars {
+		res["user"] = args[0]
+		return o.print(cmd, res, func(w io.Writer) error {
+			msg := done(args[0])
+			if removed, ok := res["enrollment_removed"].(bool); ok && !removed {
+				msg = args[0] + " had no TOTP enrollment; any lockout is cleared"
+			}
+			_, err := fmt.Fprintln(w, msg)
+			return err
+		})
+	})
+	return cmd
+}
+
+func userDelete(o *options) *cobra.Command {
+	var fromCars bool
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Remove a user (refused while they hold a role on a car, unless --from-cars)",
+		Args:  args("NAME"),
+	}
+	cmd.Flags().BoolVar(&fromCars, "from-cars", false, "first remove the user from every car (keys revoked, roles ended)")
+	cmdline.NoEnv(cmd, "from-cars") // never from the environment: it removes the user from every car
+	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+		path := "/v1/admin/users/" + escape(args[0])
+		if fromCars {
 			path += "?from_cars=true"
 		}
 		if err := c.call(ctx, http.MethodDelete, path, nil, nil); err != nil {
-			return true, err
+			return err
 		}
-		fmt.Fprintf(env.Stdout, "user %s deleted, with their TOTP enrollment; their tokens no longer work\n", name)
-		return true, nil
-	case "password":
-		name, err := one()
-		if err != nil {
-			return true, err
+		return o.print(cmd, map[string]any{"user": args[0], "deleted": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "user %s deleted, with their TOTP enrollment; their tokens no longer work\n", args[0])
+			return err
+		})
+	})
+	return cmd
+}
+
+func userList(o *options) *cobra.Command {
+	cmd := &cobra.Command{Use: "list", Short: "Every user: active or disabled, 2FA, lockouts, vehicles", Args: args()}
+	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, _ []string) error {
+		var us []httpapi.UserView
+		if err := c.call(ctx, http.MethodGet, "/v1/admin/users", nil, &us); err != nil {
+			return err
 		}
-		pw, err := cmdline.ReadPasswordLine(env.Stdin)
-		if err != nil {
-			return true, err
-		}
-		if err := post("/v1/admin/users/"+name+"/password", httpapi.PasswordRequest{Password: pw}); err != nil {
-			return true, err
-		}
-		fmt.Fprintf(env.Stdout, "password of %s set; every app token and session of theirs ended\n", name)
-		return true, nil
-	}
-	return false, nil
+		return o.print(cmd, us, func(w io.Writer) error {
+			t := cmdline.NewTable(w)
+			t.Row("USER", "STATE", "2FA", "LOCKED UNTIL", "VEHICLES")
+			for _, u := range us {
+				state, twofa, locked := "active", "no", "-"
+				if u.Disabled {
+					state = "DISABLED"
+				}
+				if u.TOTPEnrolled {
+					twofa = "yes"
+				}
+				var ends []string
+				if u.PasswordLockedUntilMs > 0 {
+					ends = append(ends, "password "+cmdline.Time(u.PasswordLockedUntilMs))
+				}
+				if u.TOTPLockedUntilMs > 0 {
+					ends = append(ends, "2fa "+cmdline.Time(u.TOTPLockedUntilMs))
+				}
+				if len(ends) > 0 {
+					locked = strings.Join(ends, ", ")
+				}
+				var cars []string
+				for v, role := range u.Vehicles {
+					cars = append(cars, v+":"+string(role))
+				}
+				sort.Strings(cars)
+				vehicles := "-"
+				if len(cars) > 0 {
+					vehicles = strings.Join(cars, ",")
+				}
+				t.Row(u.Name, state, twofa, locked, vehicles)
+			}
+			return t.Flush()
+		})
+	})
+	return cmd
 }

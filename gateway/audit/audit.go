@@ -133,6 +133,10 @@ type Filter struct {
 	User  string
 	Kind  string
 	Limit int // newest first; 0 means 100
+	// SinceMs and UntilMs bound the records' time (Unix ms): since included, until not; 0 is
+	// no bound.
+	SinceMs int64
+	UntilMs int64
 }
 
 // Query returns the newest records matching f, newest first.
@@ -148,7 +152,8 @@ func (l *Log) Query(f Filter) ([]Event, error) {
 			if err := json.Unmarshal(v, &e); err != nil {
 				return err
 			}
-			if (f.VIN == "" || e.VIN == f.VIN) && (f.User == "" || e.User == f.User) && (f.Kind == "" || e.Kind == f.Kind) {
+			if (f.VIN == "" || e.VIN == f.VIN) && (f.User == "" || e.User == f.User) && (f.Kind == "" || e.Kind == f.Kind) &&
+				(f.SinceMs == 0 || e.TsMs >= f.SinceMs) && (f.UntilMs == 0 || e.TsMs < f.UntilMs) {
 				out = append(out, e)
 			}
 		}

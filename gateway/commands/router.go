@@ -9,8 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -491,7 +494,7 @@ func (r *Router) onResult(m mqttc.Message) {
 			Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request"})
 		return
 	}
-	status, reason := protocol.ReplyExecuted, protocol.ReasonNone
+	status, reason, message := protocol.ReplyExecuted, protocol.ReasonNone, ""
 	switch res.Status {
 	case protocol.ResultExecuted:
 	case protocol.ResultRejected:
@@ -499,10 +502,46 @@ func (r *Router) onResult(m mqttc.Message) {
 		if !reason.Valid() {
 			reason = protocol.ReasonInternal
 		}
+		if reason == protocol.ReasonForbidden {
+			// The car's word on a refusal for its state ("the trunk cannot open while the
+			// car moves") reaches the user, bounded and printable.
+			message = carMessage(res.Message)
+		}
 	default:
 		status, reason = protocol.ReplyFailed, protocol.ReasonInternal
 	}
-	r.finish(res.ID, p.user, vin, p.action, status, reason, res.State, res.TsMs, "")
+	r.finishWithMessage(res.ID, p.user, vin, p.action, status, reason, res.State, res.TsMs, message)
+}
+
+// carMessage bounds a car's message to protocol.MaxMessageBytes of printable text.
+func carMessage(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if b.Len()+utf8.RuneLen(c) > protocol.MaxMessageBytes {
+			break
+		}
+		if unicode.IsPrint(c) {
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
+}
+
+// finishWithMessage is finish for a car's result, with the car's message for the user (also in
+// the audit record's detail).
+func (r *Router) finishWithMessage(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, message string) {
+	r.mu.Lock()
+	_, wasPending := r.pending[id]
+	delete(r.pending, id)
+	r.mu.Unlock()
+	if !wasPending {
+		return
+	}
+	detail := ""
+	if message != "" {
+		detail = "car: " + message
+	}
+	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, detail, message)
 }
 
 // finish answers a pending request with its terminal reply, at most once. carTsMs is the car's
@@ -519,11 +558,16 @@ func (r *Router) finish(id, user, vin string, action protocol.Action, status str
 
 // terminal audits and sends a terminal reply.
 func (r *Router) terminal(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail string) {
+	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, detail, "")
+}
+
+// terminalReply is terminal with the car's message for the user.
+func (r *Router) terminalReply(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail, message string) {
 	if err := r.audit.Append(audit.Event{TsMs: r.now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
 		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail}); err != nil {
 		r.log.Error("audit write failed", "cmd_id", id, "err", err)
 	}
-	r.reply(user, protocol.Reply{ID: id, Status: status, Reason: reason, VIN: vin, Action: action, State: state, CarTsMs: carTsMs})
+	r.reply(user, protocol.Reply{ID: id, Status: status, Reason: reason, Message: message, VIN: vin, Action: action, State: state, CarTsMs: carTsMs})
 }
 
 // SweepExpired answers "expired" for every request whose car has not answered by its expiry

@@ -1,7 +1,7 @@
 // Package demo is `gateway demo`: one process starts the embedded broker, the gateway (data in
 // a temporary directory), a fleet of simulated cars and a phone, and tells the story step by
-// step. With --json the last line is one JSON object whose "ok" is true only when every step
-// did what the story expects.
+// step. With --json the story is told on stderr and stdout holds one JSON object whose "ok" is
+// true only when every step did what the story expects.
 package demo
 
 import (
@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,7 +18,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"telematics/gateway/audit"
+	"telematics/pkg/cmdline"
 	"telematics/pkg/drill"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -39,6 +41,8 @@ type Summary struct {
 	Cars   int    `json:"cars"`
 	Steps  []Step `json:"steps"`
 	Millis int64  `json:"duration_ms"`
+	// Interrupted: the run was stopped (Ctrl-C, or stdout closed) before the story ended.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 // Options configure a demo run.
@@ -49,32 +53,74 @@ type Options struct {
 	Logger  *slog.Logger
 }
 
-// Main is `gateway demo [--json] [--cars N] [--data DIR]`.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("gateway demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "end with one JSON summary line")
-	cars := fs.Int("cars", 20, "simulated cars")
-	data := fs.String("data", "", "keep the demo's data here instead of a temporary directory")
-	verbose := fs.Bool("v", false, "show the components' logs")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0 // asked for the usage, got it
+// ErrOutputClosed means the reader of the demo's output went away (`gateway demo | head -1`):
+// the demo stops, removes its temporary directory and exits, instead of dying of SIGPIPE.
+var ErrOutputClosed = errors.New("output closed")
+
+// Command is `gateway demo`.
+func Command() *cobra.Command {
+	var (
+		o               Options
+		asJSON, verbose bool
+	)
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Start everything in one process and tell the story (--json for a machine summary)",
+		Long: `Start the embedded broker, the gateway (data in a temporary directory, removed at the end),
+a fleet of simulated cars and two phones in one process, and tell the story step by step:
+enrollment, pairing, unlocking with a code, a replay refused, sharing and revoking, then the
+cloud goes down and the car still opens over the local link. Exit status 0 when every step
+did what the story expects. With --json the story goes to stderr and stdout holds one JSON
+line: gateway demo --json | jq .ok`,
+		Args: cobra.NoArgs,
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "tell the story on stderr and print one JSON summary on stdout")
+	cmd.Flags().IntVar(&o.Cars, "cars", 20, "simulated cars (2 to 5000)")
+	cmd.Flags().StringVar(&o.DataDir, "data", "", "keep the demo's data in this `directory` instead of a temporary one")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the components' logs")
+	// GATEWAY_DATA names the gateway's own data directory, never the demo's.
+	cmdline.SetEnv(cmd, "data", "GATEWAY_DEMO_DATA")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if o.Cars < 2 || o.Cars > 5000 {
+			return cmdline.UsageError("--cars must be 2..5000, got %d", o.Cars)
 		}
-		return 2
+		if code := runMain(cmd.Context(), o, asJSON, verbose, cmd.OutOrStdout(), cmd.ErrOrStderr()); code != 0 {
+			return cmdline.WithExitCode(code, nil) // the story told what happened
+		}
+		return nil
 	}
-	if *cars < 2 || *cars > 5000 {
-		fmt.Fprintln(stderr, "gateway demo: --cars must be 2..5000")
-		return 2
+	return cmd
+}
+
+// Main is `gateway demo ARGS…` as the gateway binary runs it; it returns the exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := cmdline.NewRoot("gateway", "The cloud side of the telematics system", "GATEWAY")
+	root.AddCommand(Command())
+	return cmdline.Execute(ctx, root, append([]string{"demo"}, args...), strings.NewReader(""), stdout, stderr)
+}
+
+// runMain runs the story for Main: the narration goes to stdout, or to stderr with asJSON
+// (stdout then holds only the summary line). A write that fails on stdout stops the run.
+func runMain(ctx context.Context, o Options, asJSON, verbose bool, stdout, stderr io.Writer) int {
+	o.Logger = slog.New(slog.DiscardHandler)
+	if verbose {
+		o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	logger := slog.New(slog.DiscardHandler)
-	if *verbose {
-		logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	out := &watchedWriter{w: stdout, cancel: cancel}
+	o.Out = out
+	if asJSON {
+		o.Out = stderr
 	}
-	sum := Run(ctx, Options{Cars: *cars, DataDir: *data, Out: stdout, Logger: logger})
-	if *asJSON {
+	sum := Run(ctx, o)
+	if asJSON {
 		b, _ := json.Marshal(sum)
-		fmt.Fprintln(stdout, string(b))
+		fmt.Fprintln(out, string(b))
+	}
+	if errors.Is(context.Cause(ctx), ErrOutputClosed) {
+		fmt.Fprintln(stderr, "gateway demo: stdout was closed; stopped and cleaned up")
+		return 1
 	}
 	if !sum.OK {
 		return 1
@@ -82,20 +128,45 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// watchedWriter cancels the run with ErrOutputClosed once a write fails (EPIPE: the reader
+// went away), so the demo ends and cleans up instead of telling the story to nobody.
+type watchedWriter struct {
+	w      io.Writer
+	cancel context.CancelCauseFunc
+}
+
+func (w *watchedWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil {
+		w.cancel(ErrOutputClosed)
+	}
+	return n, err
+}
+
 type story struct {
+	ctx   context.Context
 	out   io.Writer
 	steps []Step
 	n     int
+	// interrupted is set once the run's context ended: the remaining steps are skipped, and
+	// "interrupted" is said once instead of a failure per step.
+	interrupted bool
 }
 
 func (s *story) say(format string, args ...any) { fmt.Fprintf(s.out, "      "+format+"\n", args...) }
 
 // do runs one step, narrating its title and its outcome.
 func (s *story) do(name string, fn func() (string, error)) bool {
+	if s.stopped() {
+		return false
+	}
 	s.n++
 	fmt.Fprintf(s.out, "[%d] %s\n", s.n, name)
 	start := time.Now()
 	detail, err := fn()
+	if err != nil && s.stopped() {
+		return false // the step did not fail: it was cut short
+	}
 	st := Step{Name: name, OK: err == nil, Detail: detail, Ms: time.Since(start).Milliseconds()}
 	if err != nil {
 		st.Detail = err.Error()
@@ -107,10 +178,23 @@ func (s *story) do(name string, fn func() (string, error)) bool {
 	return err == nil
 }
 
-// Run tells the story and returns its summary.
+// stopped reports whether the run's context ended, and says "interrupted" the first time.
+func (s *story) stopped() bool {
+	if s.ctx.Err() == nil {
+		return false
+	}
+	if !s.interrupted {
+		s.interrupted = true
+		fmt.Fprintf(s.out, "      interrupted\n")
+	}
+	return true
+}
+
+// Run tells the story and returns its summary. When ctx ends the story stops where it is,
+// cleans up (the temporary directory too) and the summary says Interrupted.
 func Run(ctx context.Context, o Options) Summary {
 	start := time.Now()
-	s := &story{out: o.Out}
+	s := &story{ctx: ctx, out: o.Out}
 	sum := Summary{Cars: o.Cars}
 	finish := func() Summary {
 		sum.Steps = s.steps
@@ -119,7 +203,10 @@ func Run(ctx context.Context, o Options) Summary {
 			sum.OK = sum.OK && st.OK
 		}
 		sum.Millis = time.Since(start).Milliseconds()
-		if sum.OK {
+		if s.interrupted {
+			sum.OK, sum.Interrupted = false, true
+			fmt.Fprintf(o.Out, "\nThe demo was interrupted after %d steps.\n", len(s.steps))
+		} else if sum.OK {
 			fmt.Fprintf(o.Out, "\nAll %d steps did what the story expects (%d ms).\n", len(s.steps), sum.Millis)
 		} else {
 			fmt.Fprintf(o.Out, "\nThe demo did NOT go as expected; see FAILED above.\n")

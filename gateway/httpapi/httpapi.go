@@ -665,6 +665,16 @@ func (a *API) queryAudit(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = v
 	}
+	for key, dst := range map[string]*int64{"since": &f.SinceMs, "until": &f.UntilMs} {
+		if n := q.Get(key); n != "" {
+			v, err := strconv.ParseInt(n, 10, 64)
+			if err != nil || v < 0 {
+				Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%s %q: want Unix milliseconds", key, n))
+				return
+			}
+			*dst = v
+		}
+	}
 	evs, err := a.Audit.Query(f)
 	if err != nil {
 		Fail(w, a.Log, err)

@@ -174,7 +174,7 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 	if out, _, code = run("", "vehicle", "list"); code != 0 || !strings.Contains(out, creds[1].VIN) || !strings.Contains(out, "erin:owner") {
 		t.Fatalf("vehicle list: %d %q", code, out)
 	}
-	if out, _, code = run("", "vehicle", "show", creds[0].VIN); code != 0 || !strings.Contains(out, `"erin": "owner"`) {
+	if out, _, code = run("", "vehicle", "show", creds[0].VIN, "--json"); code != 0 || !strings.Contains(out, `"erin": "owner"`) {
 		t.Fatalf("vehicle show: %d %q", code, out)
 	}
 	if _, errs, code = run("", "vehicle", "assign", creds[0].VIN, "erin"); code != 2 || !strings.Contains(errs, "--role") {

@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
-	"reflect"
-	"strconv"
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/commands"
 	"telematics/gateway/twofa"
+	"telematics/pkg/broker"
 	"telematics/pkg/cmdline"
 )
 
@@ -100,30 +99,32 @@ type BrokerConfig struct {
 	MaxClients             int `yaml:"max_clients" env:"GATEWAY_BROKER_MAX_CLIENTS"`
 }
 
-// DefaultConfig returns the defaults documented in configs/gateway.yaml.
+// DefaultConfig returns the defaults documented in configs/gateway.yaml. The command path's
+// and the embedded broker's numbers come from their packages, which own them.
 func DefaultConfig() Config {
+	rc, bc := commands.DefaultConfig(), broker.DefaultConfig()
 	return Config{
 		Data:             "./data",
-		MQTTAddr:         "127.0.0.1:1883",
-		WSAddr:           "127.0.0.1:1882",
+		MQTTAddr:         bc.MQTTAddr,
+		WSAddr:           bc.WSAddr,
 		HTTPAddr:         "127.0.0.1:8080",
 		AppTokenTTL:      time.Hour,
 		VehicleTokenTTL:  365 * 24 * time.Hour,
 		PasswordHashWait: 5 * time.Second,
 		LogLevel:         "info",
 		Commands: CommandsConfig{
-			RatePerMinute:     120,
-			RateBurst:         30,
-			ResultGrace:       time.Second,
-			Shards:            64,
-			TwinFlushInterval: time.Second,
+			RatePerMinute:     rc.RatePerMinute,
+			RateBurst:         rc.RateBurst,
+			ResultGrace:       rc.ResultGrace,
+			Shards:            rc.Shards,
+			TwinFlushInterval: rc.TwinFlushInterval,
 		},
 		Broker: BrokerConfig{
-			MaxPacketBytes:         64 * 1024,
-			MaxTopicBytes:          256,
-			MaxConnsPerIdentity:    4,
-			MaxClientWritesPending: 1024,
-			MaxClients:             0,
+			MaxPacketBytes:         bc.MaxPacketBytes,
+			MaxTopicBytes:          bc.MaxTopicBytes,
+			MaxConnsPerIdentity:    bc.MaxConnsPerIdentity,
+			MaxClientWritesPending: bc.MaxClientWritesPending,
+			MaxClients:             bc.MaxClients,
 		},
 		TwoFA: twofa.DefaultPolicy(),
 		Login: LoginConfig{PerIPRatePerMinute: 10, PerIPBurst: 20},
@@ -131,80 +132,25 @@ func DefaultConfig() Config {
 	}
 }
 
+// EnvPrefix starts the name of every variable of `gateway` (GATEWAY_DATA, GATEWAY_TWOFA_MODE).
+const EnvPrefix = "GATEWAY"
+
 // LoadFile overlays the YAML file at path on c. Unknown keys are an error, so a typo does not
-// silently fall back to a default.
+// silently fall back to a default; errors name the key and its line.
 func (c *Config) LoadFile(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config %q: %w", path, err)
-	}
-	if err := cmdline.DecodeYAML(b, c); err != nil {
-		return fmt.Errorf("config %q: %w", path, err)
-	}
-	return nil
+	return cmdline.LoadFile(path, c)
 }
 
-// LoadEnv overlays GATEWAY_* variables (named in the env tags) on c.
+// LoadEnv overlays the GATEWAY_* variables that lookup finds on c (cmdline.ApplyEnv: the env
+// tags, or GATEWAY_ and the key's path).
 func (c *Config) LoadEnv(lookup func(string) (string, bool)) error {
-	return loadEnv(reflect.ValueOf(c).Elem(), lookup)
-}
-
-func loadEnv(v reflect.Value, lookup func(string) (string, bool)) error {
-	var errs []error
-	t := v.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := v.Field(i)
-		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(time.Duration(0)) {
-			errs = append(errs, loadEnv(f, lookup))
-			continue
-		}
-		name := t.Field(i).Tag.Get("env")
-		if name == "" {
-			continue
-		}
-		s, ok := lookup(name)
-		if !ok {
-			continue
-		}
-		if err := setFromString(f, s); err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: %w", name, s, err))
+	var environ []string
+	for _, name := range cmdline.EnvVars(EnvPrefix, c) {
+		if v, ok := lookup(name); ok {
+			environ = append(environ, name+"="+v)
 		}
 	}
-	return errors.Join(errs...)
-}
-
-func setFromString(f reflect.Value, s string) error {
-	switch {
-	case f.Type() == reflect.TypeOf(time.Duration(0)):
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			return err
-		}
-		f.SetInt(int64(d))
-	case f.Kind() == reflect.String:
-		f.SetString(s)
-	case f.Kind() == reflect.Bool:
-		b, err := strconv.ParseBool(s)
-		if err != nil {
-			return err
-		}
-		f.SetBool(b)
-	case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return err
-		}
-		f.SetInt(n)
-	case f.Kind() == reflect.Float64:
-		n, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			return err
-		}
-		f.SetFloat(n)
-	default:
-		return fmt.Errorf("unsupported setting type %s", f.Type())
-	}
-	return nil
+	return cmdline.ApplyEnv(EnvPrefix, c, environ)
 }
 
 // Validate reports every problem at once, naming the key.

@@ -66,6 +66,9 @@ func loadKeyRing(dir string) (*keyRing, bool, error) {
 // re-provisioned: tokens signed by the previous key stay valid (the broker trusts both keys;
 // give the standalone broker --gateway-pubkey for gateway.pub and gateway.prev.pub).
 func RotateSigningKey(dir string, out io.Writer) error {
+	if err := existingGateway(dir); err != nil {
+		return err
+	}
 	st, err := store.Open(filepath.Join(dir, DBFile))
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {

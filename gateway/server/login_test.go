@@ -254,7 +254,7 @@ func TestAdminClearsLockoutKeepsEnrollment(t *testing.T) {
 	if err := phone.Call(ctx, http.MethodGet, g.HTTPURL()+"/v1/2fa", sess.Token, nil, &st); err != nil || !st.Enrolled {
 		t.Fatalf("enrollment after unlock: %+v %v", st, err)
 	}
-	out, _, _ := cl.admin("audit", "--user", "carol", "--kind", "admin")
+	out, _, _ := cl.admin("audit", "--user", "carol", "--kind", "admin", "--json")
 	if !strings.Contains(out, `"outcome":"lockout_cleared"`) || !strings.Contains(out, "enrollment=kept") {
 		t.Fatalf("unlock not audited: %s", out)
 	}

@@ -59,7 +59,7 @@ func TestAdminRoleChangeRewritesKeysEndToEnd(t *testing.T) {
 	expect(t, send(t, bob, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
 
 	out, errs, code = adminCLI(t, g, dir, "vehicle", "assign", vin, "bob", "--role", "none")
-	if code != 0 || !strings.Contains(out, "bob removed from "+vin+": 1 keys revoked") {
+	if code != 0 || !strings.Contains(out, "bob removed from "+vin+": 1 key revoked") {
 		t.Fatalf("assign none: %d %q %q", code, out, errs)
 	}
 	waitSynced(t, g, vin)
@@ -114,7 +114,7 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 	if code != 0 || strings.Contains(out, "bob:") || strings.Contains(out, "carol:") || strings.Contains(out, "dave:") || !strings.Contains(out, "alice:owner") {
 		t.Fatalf("vehicle list after the removals: %d %q", code, out)
 	}
-	out, _, code = adminCLI(t, g, dir, "vehicle", "show", vin)
+	out, _, code = adminCLI(t, g, dir, "vehicle", "show", vin, "--json")
 	if code != 0 || strings.Contains(out, `"bob": "driver"`) || strings.Contains(out, `"carol"`) {
 		t.Fatalf("vehicle show after the removals: %d %q", code, out)
 	}
@@ -166,7 +166,7 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 	expect(t, send(t, dave, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
 
 	out, errs, code = adminCLI(t, g, dir, "vehicle", "decommission", vin)
-	if code != 0 || !strings.Contains(out, vin+" decommissioned: users dave and 1 keys removed") {
+	if code != 0 || !strings.Contains(out, vin+" decommissioned: users dave and 1 key removed") {
 		t.Fatalf("decommission: %d %q %q", code, out, errs)
 	}
 	// The car acknowledges the empty whitelist; then its token is refused and it goes offline.

@@ -167,7 +167,7 @@ func TestUserOffboarding(t *testing.T) {
 			Keys []protocol.WhitelistKey `json:"keys"`
 		} `json:"keys"`
 	}
-	if err := json.Unmarshal([]byte(admin("vehicle", "show", vin)), &shown); err != nil {
+	if err := json.Unmarshal([]byte(admin("vehicle", "show", vin, "--json")), &shown); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := shown.Users["alice"]; ok {
@@ -184,16 +184,16 @@ func TestUserOffboarding(t *testing.T) {
 		t.Fatal("a deleted user's token works for a new user of the same name")
 	}
 
-	out = admin("audit", "--kind", "admin", "--limit", "100")
+	out = admin("audit", "--kind", "admin", "--limit", "100", "--json")
 	for _, want := range []string{"user_disabled", "user_enabled", "password_reset", "user_deleted"} {
 		if !strings.Contains(out, `"outcome":"`+want+`"`) {
 			t.Errorf("audit lacks %s", want)
 		}
 	}
-	if out := admin("audit", "--user", "alice", "--kind", "login"); !strings.Contains(out, `"outcome":"password_changed"`) {
+	if out := admin("audit", "--user", "alice", "--kind", "login", "--json"); !strings.Contains(out, `"outcome":"password_changed"`) {
 		t.Errorf("the password change is not audited:\n%s", out)
 	}
-	if out := admin("audit", "--limit", "500"); strings.Contains(out, "brand new password") || strings.Contains(out, "another new password") {
+	if out := admin("audit", "--limit", "500", "--json"); strings.Contains(out, "brand new password") || strings.Contains(out, "another new password") {
 		t.Fatal("a password reached the audit log")
 	}
 }

@@ -33,6 +33,9 @@ const maxListedVINs = 20
 // any car has not acknowledged a whitelist signed by the current key, or holds a token that
 // the current key did not sign.
 func RetirePreviousKey(dir string, out io.Writer) error {
+	if err := existingGateway(dir); err != nil {
+		return err
+	}
 	st, err := store.Open(filepath.Join(dir, DBFile))
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {

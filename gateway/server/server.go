@@ -72,6 +72,7 @@ type Gateway struct {
 	reissued      map[string]bool // cars whose credentials were reissued (publishCarTokens)
 	adminToken    string
 	httpLn        net.Listener
+	http          swappableHandler // "starting" answers, then the API (listenHTTP)
 	brokerURL     string
 	// retentionStop ends the audit retention sweep; retentionDone closes when it has.
 	retentionStop context.CancelFunc
@@ -104,13 +105,18 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if g.now == nil {
 		g.now = time.Now
 	}
+	var made *footprint
 	defer func() {
 		if err != nil {
 			g.Close()
+			made.undo() // a failed start leaves no fresh keys behind
 		}
 	}()
-	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
-		return nil, fmt.Errorf("create data dir %q: %w", cfg.Data, err)
+	if err := g.listenHTTP(); err != nil {
+		return nil, err
+	}
+	if made, err = prepareDataDir(cfg); err != nil {
+		return nil, err
 	}
 	if g.store, err = store.Open(filepath.Join(cfg.Data, DBFile)); err != nil {
 		return nil, err
@@ -204,12 +210,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	g.api.Metrics = g.metrics.Handler()
 	g.api.KeyStatus = g.keys.Status
 	g.api.Keys = g.keys
-	if g.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
-	}
-	hctx, cancel := context.WithCancel(context.Background())
-	g.cancel = cancel
-	go func() { g.httpDone <- httpapi.Serve(hctx, g.httpLn, g.api.Handler()) }()
+	g.http.set(g.api.Handler())
 	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data)
 	return g, nil
 }

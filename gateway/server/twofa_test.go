@@ -183,7 +183,7 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 	if out, errs, code := other.app("", "send", vin, "unlock"); code != 0 {
 		t.Fatalf("unlock after reset (no longer enrolled): %q %s", out, errs)
 	}
-	out, _, _ = c.admin("audit", "--user", "alice", "--kind", "2fa", "--limit", "200")
+	out, _, _ = c.admin("audit", "--user", "alice", "--kind", "2fa", "--limit", "200", "--json")
 	for _, ev := range []string{`"outcome":"enroll"`, `"outcome":"confirm"`, `"outcome":"success"`, `"outcome":"failure"`, `"outcome":"replay"`, `"outcome":"lockout"`, `"outcome":"reset"`} {
 		if !strings.Contains(out, ev) {
 			t.Errorf("audit lacks %s", ev)
@@ -298,7 +298,7 @@ func TestAdminClearsPasswordLockout(t *testing.T) {
 	if _, errs, code := c.app(password+"\n", "login", "--user", "bob"); code != 0 {
 		t.Fatalf("login after the reset: %q", errs)
 	}
-	out, _, _ = c.admin("audit", "--user", "bob", "--limit", "50")
+	out, _, _ = c.admin("audit", "--user", "bob", "--limit", "50", "--json")
 	if !strings.Contains(out, `"outcome":"reset_2fa"`) || !strings.Contains(out, "enrollment_removed=false") {
 		t.Fatalf("the reset is not audited: %s", out)
 	}

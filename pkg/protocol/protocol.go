@@ -399,7 +399,14 @@ type Result struct {
 	Reason Reason         `json:"reason,omitempty"`
 	State  map[string]any `json:"state,omitempty"`
 	TsMs   int64          `json:"ts"`
+	// Message says, on a refusal for the car's state (reason forbidden: "the trunk cannot open
+	// while the car moves"), what the state forbids, for the user. At most MaxMessageBytes;
+	// never internal detail.
+	Message string `json:"message,omitempty"`
 }
+
+// MaxMessageBytes bounds the car's message in a Result and a Reply.
+const MaxMessageBytes = 200
 
 // Reply statuses the gateway sends on app/{user}/reply.
 const (
@@ -429,6 +436,9 @@ type Reply struct {
 	// CarTsMs is the car's Result.TsMs, on a terminal reply relayed from the car's result, so
 	// the app can tell the car's share of the time from the cloud's.
 	CarTsMs int64 `json:"car_ts,omitempty"`
+	// Message is the car's Message, relayed on the terminal reply of a refusal for the car's
+	// state, so the user learns why ("the trunk cannot open while the car moves").
+	Message string `json:"message,omitempty"`
 }
 
 // Decode unmarshals a bounded JSON payload into v, refusing unknown fields is not done on

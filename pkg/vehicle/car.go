@@ -269,6 +269,7 @@ func (c *Car) HandleCommand(payload []byte) protocol.Result {
 	}
 	res.Status = protocol.ResultRejected
 	res.Reason = protocol.ReasonOf(err)
+	res.Message = stateMessage(err)
 	if res.Reason == protocol.ReasonInternal {
 		c.log.Error("command failed", "cmd_id", res.ID, "reason", res.Reason, "err", err)
 	} else {
@@ -392,7 +393,7 @@ func (c *Car) execute(cmd *protocol.Command, nowMs int64, ev *protocol.VehicleEv
 	case protocol.ActionOpenTrunk:
 		// The trunk interlock: no car releases its trunk while it moves.
 		if next.SpeedKmh > 0 {
-			return State{}, protocol.Refuse(protocol.ReasonForbidden, "trunk cannot open while the car moves")
+			return State{}, refuseForState("the trunk cannot open while the car moves")
 		}
 		next.TrunkOpen = true
 	case protocol.ActionClimateOn:

@@ -247,6 +247,7 @@ func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
 	}
 	res.Status = protocol.ResultRejected
 	res.Reason = protocol.ReasonOf(err)
+	res.Message = stateMessage(err)
 	ev.Status, ev.Reason = protocol.ResultRejected, res.Reason
 	if res.Reason == protocol.ReasonInternal {
 		c.log.Error("local command failed", "cmd_id", res.ID, "reason", res.Reason, "err", err)

@@ -221,7 +221,7 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		gwEnv = []string{"GATEWAY_TWOFA_MODE=enrolled", "GATEWAY_RATE_PER_MINUTE=0", "GATEWAY_LOG_LEVEL=warn"}
 	}
 	gwEnv = append(gwEnv, cfg.GatewayEnv...) // the last value of a variable wins
-	gwArgs := []string{"serve", "--data", data, "--http-addr", httpAddr, "--ws-addr", "off"}
+	gwArgs := []string{"serve", "--init", "--data", data, "--http-addr", httpAddr, "--ws-addr", "off"}
 
 	switch mode {
 	case ModeEmbedded:
