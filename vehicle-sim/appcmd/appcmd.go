@@ -300,8 +300,19 @@ func send(ctx context.Context, g globals, args []string, env Env) int {
 			show(out)
 		}
 	} else {
-		out, err = phone.SendAuto(ctx, phone.AutoOptions{Session: sess, BrokerURL: *broker, Key: key, User: user,
-			LinkAddr: *link, CloudTimeout: *cloudTimeout, CloudOnly: *cloudOnly}, req, show)
+		opts := phone.AutoOptions{Session: sess, BrokerURL: *broker, Key: key, User: user,
+			LinkAddr: *link, CloudTimeout: *cloudTimeout, CloudOnly: *cloudOnly}
+		stale := ""
+		if sess != nil {
+			opts.CurrentBroker = func(ctx context.Context) (string, error) { return phone.CurrentBroker(ctx, sess) }
+			opts.BrokerChecked = func(current string, err error) {
+				stale = brokerChecked(sess, g.session, current, err, env)
+			}
+		}
+		out, err = phone.SendAuto(ctx, opts, req, show)
+		if stale != "" && (err != nil || out.Path == phone.PathLocal) {
+			fmt.Fprintln(env.Stderr, stale)
+		}
 	}
 	if err != nil {
 		if h := sendHint(err, vin, *link); h != "" {
@@ -316,6 +327,30 @@ func send(ctx context.Context, g globals, args []string, env Env) int {
 		return 1
 	}
 	return 0
+}
+
+// brokerChecked handles the gateway's answer about its current broker, asked when the
+// session's broker could not be used: a new broker is kept in the session (and said on
+// stderr); an answer that could not be had returns what to tell the user if the cloud fails.
+func brokerChecked(sess *phone.Session, sessionPath, current string, err error, env Env) (stale string) {
+	old := sess.BrokerURL
+	var ae *phone.APIError
+	switch {
+	case err != nil && !errors.As(err, &ae) && !errors.Is(err, phone.ErrNoSessionEndpoint):
+		return "" // the gateway is not answering either: an outage, not a moved broker
+	case err != nil:
+		return fmt.Sprintf("the session's broker %s did not answer and the gateway could not say which broker it uses now (%v); "+
+			"if the broker moved, log in again (vehicle-sim app login --user NAME) or give --broker URL", old, err)
+	case current == old:
+		return ""
+	}
+	sess.BrokerURL = current
+	if err := SaveSession(sessionPath, sess); err != nil {
+		fmt.Fprintf(env.Stderr, "the gateway now names the broker %s (the session had %s), but the session file could not be updated: %v\n", current, old, err)
+		return ""
+	}
+	fmt.Fprintf(env.Stderr, "the session's broker %s did not answer; the gateway now names %s: using it, and kept in %s\n", old, current, sessionPath)
+	return ""
 }
 
 // replyLine is one reply in text: "ID ACTION STATUS[: REASON] [(locked=…)]".
