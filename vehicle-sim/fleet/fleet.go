@@ -181,10 +181,28 @@ func LoadFile(path string) ([]protocol.Credentials, error) {
 	if len(creds) == 0 {
 		return nil, fmt.Errorf("fleet file %s lists no cars", path)
 	}
+	normaliseVINs(creds)
 	if err := checkCredentials(creds); err != nil {
 		return nil, fmt.Errorf("fleet file %s: %w", path, err)
 	}
 	return creds, nil
+}
+
+// normaliseVINs writes VINs in capitals, as the gateway issues them (a hand-edited file may
+// have them in lower case), and the client id and user name that are the VIN with them: the
+// car's token names the VIN in capitals.
+func normaliseVINs(creds []protocol.Credentials) {
+	for i := range creds {
+		c := &creds[i]
+		vin := strings.ToUpper(strings.TrimSpace(c.VIN))
+		if strings.EqualFold(c.ClientID, vin) {
+			c.ClientID = vin
+		}
+		if strings.EqualFold(c.Username, vin) {
+			c.Username = vin
+		}
+		c.VIN = vin
+	}
 }
 
 // checkCredentials reports every unusable entry (at most ten).

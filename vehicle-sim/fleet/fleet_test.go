@@ -153,3 +153,19 @@ func TestLoadFile(t *testing.T) {
 		t.Fatalf("good file: %v %v", creds, err)
 	}
 }
+
+// TestFleetFileLowercaseVINNormalised: a fleet file with a VIN in lower case (typed by hand)
+// runs the car under its VIN in capitals, as the gateway issued it, instead of refusing it.
+func TestFleetFileLowercaseVINNormalised(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "fleet.json")
+	lower := "wvwzzz1jzxw000001"
+	body := `[{"vin":"` + lower + `","client_id":"` + lower + `","username":"` + lower + `","token":"t","gateway_key":"k"}]`
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := LoadFile(p)
+	want := strings.ToUpper(lower)
+	if err != nil || len(creds) != 1 || creds[0].VIN != want || creds[0].ClientID != want || creds[0].Username != want {
+		t.Fatalf("got %+v, %v; want every name %s", creds, err, want)
+	}
+}
