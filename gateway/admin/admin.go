@@ -227,7 +227,7 @@ func (c *client) dispatch(ctx context.Context, args []string, env Env) error {
 		if len(args) != 3 {
 			return usageError("user add needs one NAME (the password is read from stdin)")
 		}
-		pw, err := cmdline.ReadPassword(env.Stdin)
+		pw, err := cmdline.ReadPasswordLine(env.Stdin)
 		if err != nil {
 			return err
 		}

@@ -132,7 +132,7 @@ func (c *client) userCommand(ctx context.Context, args []string, env Env) (handl
 		if err != nil {
 			return true, err
 		}
-		pw, err := cmdline.ReadPassword(env.Stdin)
+		pw, err := cmdline.ReadPasswordLine(env.Stdin)
 		if err != nil {
 			return true, err
 		}

@@ -1,6 +1,11 @@
-// Package cmdline holds the habits the commands share: flags may follow positional arguments,
-// a password comes on standard input, never as an argument (where ps and shell history would
-// see it), and a YAML configuration file is read strictly, with errors that name the key.
+// Package cmdline holds the habits the three binaries share, on spf13/cobra: a root command
+// with --version and shell completion, help on stdout with exit status 0, exit status 2 for a
+// usage error, every flag settable from an environment variable shown in its help (NewRoot,
+// Execute); a password prompted for without echo, never taken as an argument where ps and
+// shell history would see it (ReadPassword); "off" as the one spelling of a disabled address
+// (Addr); one configuration loader, defaults then a strict YAML file then the environment then
+// flags, whose errors name the key and its line (LoadFile, ApplyEnv); and human output helpers
+// (Plural, Time, Table).
 package cmdline
 
 import (
@@ -17,6 +22,8 @@ var ErrNoPassword = errors.New("no password on stdin (e.g. `echo 'a long passphr
 // Interleaved parses fs from args where flags and positional arguments may be mixed
 // ("vehicle add VIN --json"), and returns the positional ones in order. Everything after "--"
 // is positional, also what starts with "-" (a key id may: "key revoke VIN -- -AbC…").
+//
+// Deprecated: commands built with NewRoot get this from cobra; kept until every binary moved.
 func Interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
@@ -35,8 +42,11 @@ func Interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// ReadPassword reads the first line of r (at most 4 KiB).
-func ReadPassword(r io.Reader) (string, error) {
+// ReadPasswordLine reads the first line of r (at most 4 KiB).
+//
+// Deprecated: use ReadPassword, which prompts without echo on a terminal; kept until every
+// binary moved.
+func ReadPasswordLine(r io.Reader) (string, error) {
 	b, err := io.ReadAll(io.LimitReader(r, 4096))
 	if err != nil {
 		return "", fmt.Errorf("read password from stdin: %w", err)

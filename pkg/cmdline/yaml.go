@@ -18,6 +18,7 @@ import (
 //
 //	line 2: twofa.modee: unknown key
 //	line 6: commands.result_grace: cannot unmarshal !!str `5sec` into time.Duration
+//	line 81: did not find expected key (check this line's indentation: …)
 func DecodeYAML(b []byte, out any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -27,7 +28,7 @@ func DecodeYAML(b []byte, out any) error {
 	}
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
-		return err // not YAML at all: the parser's message has the line
+		return syntaxError(b, err)
 	}
 	keys := keyLines(b)
 	msgs := make([]string, len(te.Errors))
@@ -92,4 +93,52 @@ func keyLines(b []byte) map[int]string {
 	}
 	walk(&doc, "")
 	return keys
+}
+
+var syntaxMsg = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// maxRescanLines bounds the rescan of syntaxError (quadratic in the lines of the file).
+const maxRescanLines = 5000
+
+// syntaxError gives a YAML syntax error the line of the problem. yaml.v3 reports the line where
+// the enclosing block starts ("yaml: line 8: did not find expected key" for a key mis-indented
+// on line 81), so the line is found again: the first prefix of the document, from that line
+// on, that fails with the same message ends on the problem's line.
+func syntaxError(b []byte, err error) error {
+	m := syntaxMsg.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	blockLine, _ := strconv.Atoi(m[1])
+	msg := m[2]
+	lines := strings.SplitAfter(string(b), "\n")
+	if len(lines) > maxRescanLines {
+		return fmt.Errorf("line %d: %s", blockLine, msg)
+	}
+	for n := max(blockLine, 1); n <= len(lines); n++ {
+		var doc yaml.Node
+		perr := yaml.Unmarshal([]byte(strings.Join(lines[:n], "")), &doc)
+		if perr == nil {
+			continue
+		}
+		pm := syntaxMsg.FindStringSubmatch(perr.Error())
+		if pm == nil || pm[2] != msg {
+			continue
+		}
+		if n == blockLine {
+			break
+		}
+		return fmt.Errorf("line %d: %s (check its indentation%s)", n, msg, sibling(lines[:n-1], blockLine))
+	}
+	return fmt.Errorf("line %d: %s", blockLine, msg)
+}
+
+// sibling names the first key of the block yaml.v3 reported, which it numbers from 0 (the
+// line before the block): " against listeners.tcp on line 9", or "" when there is none. prefix
+// is the valid part of the document before the problem.
+func sibling(prefix []string, blockLine int) string {
+	if key, ok := keyLines([]byte(strings.Join(prefix, "")))[blockLine+1]; ok {
+		return fmt.Sprintf(" against %s on line %d", key, blockLine+1)
+	}
+	return ""
 }

@@ -144,7 +144,7 @@ func login(ctx context.Context, gateway, sessionPath string, args []string, env 
 		fmt.Fprintln(env.Stderr, "vehicle-sim app login: --user is required (the password is read from stdin)")
 		return 2
 	}
-	pw, err := cmdline.ReadPassword(env.Stdin)
+	pw, err := cmdline.ReadPasswordLine(env.Stdin)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "vehicle-sim app login: %v\n", err)
 		return 2
