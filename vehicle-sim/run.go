@@ -49,4 +49,3 @@ func logLevel(s string) slog.Level {
 	}
 	return l
 }
-

@@ -32,7 +32,9 @@ func load(t *testing.T, args []string, vars map[string]string) (Config, error) {
 		return nil
 	}}
 	cfg.Flags(run.Flags(), &path)
-	run.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return cmdline.UsageError("%v", FlagError(cmd.Flags(), err)) })
+	run.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return cmdline.UsageError("%v", FlagError(cmd.Flags(), err))
+	})
 	root := cmdline.NewRoot("vehicle-sim", "test", EnvPrefix)
 	root.AddCommand(run)
 	var environ []string
