@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -150,7 +151,7 @@ func Run(ctx context.Context, o Options) Report {
 	if err := cloud.WaitOnline(ctx, 30*time.Second, vins...); err != nil {
 		return fail("cars online: %v", err)
 	}
-	say("%d cars online; local link on %s", len(creds), fleet.Link.Addr())
+	say("%s online; local link on %s", cmdline.Plural(len(creds), "car"), fleet.Link.Addr())
 
 	// Owners (and every third car's friend) set up in parallel, as many people would.
 	owners := make([]*Person, len(creds))
@@ -188,7 +189,8 @@ func Run(ctx context.Context, o Options) Report {
 			nRevoked++
 		}
 	}
-	say("%d owners enrolled TOTP and paired their phones; %d shared keys revoked; every car acknowledged its whitelist", len(owners), nRevoked)
+	say("%s enrolled TOTP and paired their phones; %s revoked; every car acknowledged its whitelist",
+		cmdline.Plural(len(owners), "owner"), cmdline.Plural(nRevoked, "shared key"))
 
 	// One TOTP-authorized cloud unlock per owner, before the outage.
 	for i, p := range owners {
@@ -358,7 +360,7 @@ func setUp(ctx context.Context, cloud *Cloud, vin string, i int, owners, friends
 // Summary is a human-readable table of a report.
 func (r Report) Summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "outage drill with %d cars: ", r.Cars)
+	fmt.Fprintf(&b, "outage drill with %s: ", cmdline.Plural(r.Cars, "car"))
 	if r.OK {
 		b.WriteString("PASSED\n")
 	} else {

@@ -47,10 +47,18 @@ func TestDrillSummarySplitsTheFallback(t *testing.T) {
 	rep.Fallback.CloudWait = PathStats{Attempts: 2, Successes: 2, P50Ms: 1000}
 	rep.Fallback.Link = PathStats{Attempts: 2, Successes: 2, P50Ms: 10}
 	s := rep.Summary()
-	for _, want := range []string{"local, tap to answer (fallback)", "of which waiting for the cloud", "1000.00",
+	for _, want := range []string{"outage drill with 2 cars", "local, tap to answer (fallback)", "of which waiting for the cloud", "1000.00",
 		"of which the local link itself", "10.00", "--cloud-timeout (" + time.Second.String() + ")"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("summary lacks %q:\n%s", want, s)
 		}
+	}
+}
+
+// TestDrillSummaryCountsInTheSingular: "outage drill with 1 car", not "1 cars".
+func TestDrillSummaryCountsInTheSingular(t *testing.T) {
+	rep := Report{OK: true, Cars: 1, Paths: map[string]*PathStats{"cloud": {}, "local": {}}}
+	if s := rep.Summary(); !strings.Contains(s, "outage drill with 1 car: PASSED") {
+		t.Fatalf("summary:\n%s", s)
 	}
 }
