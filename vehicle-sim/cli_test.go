@@ -112,19 +112,27 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// loginStub is the gateway's login endpoint: it records the passwords it was given.
+// loginStub is the gateway's login and password-change endpoints: it records the passwords
+// it was given (for a change: the current one, then the new one).
 func loginStub(t *testing.T) (*httptest.Server, func() []string) {
 	var mu sync.Mutex
 	var passwords []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req struct{ Username, Password string }
+		var req struct {
+			Username string `json:"username"`
+			Password string `json:"password"`
+			Old      string `json:"old_password"`
+		}
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		mu.Lock()
+		if req.Old != "" {
+			passwords = append(passwords, req.Old)
+		}
 		passwords = append(passwords, req.Password)
 		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]any{"user": req.Username, "token": "tok", "broker_url": "tcp://127.0.0.1:1883",
-			"client_id_prefix": req.Username + "-", "expires_at": time.Now().Add(time.Hour).UnixMilli()})
+		_ = json.NewEncoder(w).Encode(map[string]any{"user": "alice", "token": "tok", "broker_url": "tcp://127.0.0.1:1883",
+			"client_id_prefix": "alice-", "expires_at": time.Now().Add(time.Hour).UnixMilli()})
 	}))
 	t.Cleanup(srv.Close)
 	return srv, func() []string {
@@ -202,50 +210,53 @@ func TestFlagsInEveryPosition(t *testing.T) {
 	}
 }
 
-// TestLoginPromptsForThePasswordWithoutEcho: at a terminal, `app login` asks for the password
-// on stderr and reads it with echo off; the password never appears on the screen. Before,
-// nothing prompted and the typed password was echoed.
-func TestLoginPromptsForThePasswordWithoutEcho(t *testing.T) {
-	srv, passwords := loginStub(t)
+// terminal is a pseudo-terminal: tty is the command's stdin and stderr; what the screen shows
+// is read from the other end.
+type terminal struct {
+	tty, ptmx *os.File
+	mu        sync.Mutex
+	screen    bytes.Buffer
+}
+
+func newTerminal(t *testing.T) *terminal {
+	t.Helper()
 	ptmx, tty, err := pty.Open()
 	if err != nil {
 		t.Skipf("no pseudo-terminal: %v", err)
 	}
-	var mu sync.Mutex
-	var screen bytes.Buffer
+	term := &terminal{tty: tty, ptmx: ptmx}
 	readDone := make(chan struct{})
 	go func() { // reads what the terminal shows until it is closed
 		defer close(readDone)
 		buf := make([]byte, 1024)
 		for {
 			n, err := ptmx.Read(buf)
-			mu.Lock()
-			screen.Write(buf[:n])
-			mu.Unlock()
+			term.mu.Lock()
+			term.screen.Write(buf[:n])
+			term.mu.Unlock()
 			if err != nil {
 				return
 			}
 		}
 	}()
-	shown := func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		return screen.String()
-	}
-	defer func() { tty.Close(); ptmx.Close(); <-readDone }()
+	t.Cleanup(func() { tty.Close(); ptmx.Close(); <-readDone })
+	return term
+}
 
-	session := filepath.Join(t.TempDir(), "s.json")
-	var stdout syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- dispatch(context.Background(), []string{"app", "login", "--user", "alice", "--gateway", srv.URL, "--session", session},
-			stdio{Stdin: tty, Stdout: &stdout, Stderr: tty, Getenv: func(string) string { return "" }, Environ: []string{}})
-	}()
+func (term *terminal) shown() string {
+	term.mu.Lock()
+	defer term.mu.Unlock()
+	return term.screen.String()
+}
+
+// typeAt waits until the screen shows prompt n times with echo off, then types line.
+func (term *terminal) typeAt(t *testing.T, prompt string, n int, line string) {
+	t.Helper()
 	eventually(t, 10*time.Second, func() error {
-		if !strings.Contains(shown(), "password for alice: ") {
-			return errors.New("no prompt yet: " + shown())
+		if strings.Count(term.shown(), prompt) < n {
+			return errors.New("no prompt yet: " + term.shown())
 		}
-		tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+		tio, err := unix.IoctlGetTermios(int(term.tty.Fd()), unix.TCGETS)
 		if err != nil {
 			return err
 		}
@@ -254,26 +265,66 @@ func TestLoginPromptsForThePasswordWithoutEcho(t *testing.T) {
 		}
 		return nil
 	})
-	const secret = "tr0ub4dor & 3"
-	if _, err := ptmx.Write([]byte(secret + "\n")); err != nil {
+	if _, err := term.ptmx.Write([]byte(line + "\n")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// runAtTerminal runs vehicle-sim with the terminal as stdin and stderr, in the background.
+func runAtTerminal(term *terminal, args []string) (<-chan int, *syncBuffer) {
+	stdout := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- dispatch(context.Background(), args,
+			stdio{Stdin: term.tty, Stdout: stdout, Stderr: term.tty, Getenv: func(string) string { return "" }, Environ: []string{}})
+	}()
+	return done, stdout
+}
+
+func exitOf(t *testing.T, done <-chan int) int {
+	t.Helper()
 	select {
 	case code := <-done:
-		if code != 0 || !strings.Contains(stdout.String(), "logged in as alice") {
-			t.Fatalf("exit %d, stdout %s, screen %q", code, stdout.String(), shown())
-		}
+		return code
 	case <-time.After(20 * time.Second):
-		t.Fatal("login did not finish")
+		t.Fatal("the command did not finish")
+		return -1
+	}
+}
+
+// TestLoginPromptsForThePasswordWithoutEcho: at a terminal, `app login` asks for the password
+// on stderr and reads it with echo off; the password never appears on the screen. Before,
+// nothing prompted and the typed password was echoed.
+func TestLoginPromptsForThePasswordWithoutEcho(t *testing.T) {
+	srv, passwords := loginStub(t)
+	term := newTerminal(t)
+	session := filepath.Join(t.TempDir(), "s.json")
+	done, stdout := runAtTerminal(term, []string{"app", "login", "--user", "alice", "--gateway", srv.URL, "--session", session})
+	const secret = "tr0ub4dor & 3"
+	term.typeAt(t, "password for alice: ", 1, secret)
+	if code := exitOf(t, done); code != 0 || !strings.Contains(stdout.String(), "logged in as alice") {
+		t.Fatalf("exit %d, stdout %s, screen %q", code, stdout.String(), term.shown())
 	}
 	if p := passwords(); len(p) != 1 || p[0] != secret {
 		t.Fatalf("the gateway got %q", p)
 	}
-	if strings.Contains(shown(), secret) {
-		t.Fatalf("the password was echoed: %q", shown())
+	if strings.Contains(term.shown(), secret) {
+		t.Fatalf("the password was echoed: %q", term.shown())
 	}
 	if _, err := phoneSession(session); err != nil {
 		t.Fatal(err)
+	}
+
+	// `app password`: the current one, the new one twice, none echoed.
+	done, _ = runAtTerminal(term, []string{"app", "password", "--session", session})
+	term.typeAt(t, "current password: ", 1, secret)
+	term.typeAt(t, "new password: ", 1, "a new passphrase")
+	term.typeAt(t, "again: ", 1, "a new passphrase")
+	if code, p := exitOf(t, done), passwords(); code != 0 || len(p) != 3 || p[1] != secret || p[2] != "a new passphrase" {
+		t.Fatalf("password: exit %d, gateway got %q, screen %q", code, p, term.shown())
+	}
+	if strings.Contains(term.shown(), "a new passphrase") {
+		t.Fatalf("the new password was echoed: %q", term.shown())
 	}
 }
 
