@@ -3,73 +3,76 @@
 // broker by default; this binary is for docker-compose and for a broker on its own machine.
 //
 //	broker --gateway-pubkey DATA/gateway.pub [--gateway-pubkey OLD.pub] [--config broker.yaml]
-//	       [--mqtt-addr 127.0.0.1:1883] [--ws-addr 127.0.0.1:1882] [--state-file FILE]
+//	       [--mqtt-addr 127.0.0.1:1883|off] [--ws-addr 127.0.0.1:1882|off] [--state-file FILE]
 //
-// Settings come from the defaults, then the YAML file, then BROKER_MQTT_ADDR, BROKER_WS_ADDR,
-// BROKER_GATEWAY_PUBKEY (comma-separated files) and BROKER_STATE_FILE, then the flags;
-// broker.Config lists the YAML
-// keys. Exit status: 0 after SIGINT/SIGTERM, 2 for a configuration error (no gateway key
-// included), 1 when the broker cannot start.
+// Settings come from the defaults, then the YAML file, then the environment (BROKER_ and the
+// key: BROKER_MQTT_ADDR, BROKER_GATEWAY_PUBKEY with comma-separated files, ...), then the
+// flags; `broker --help` lists them all. Exit status: 0 after SIGINT/SIGTERM and for --help,
+// 2 for a usage or configuration error (no gateway key included), 1 when the broker cannot
+// start.
 package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/spf13/cobra"
+
 	"telematics/pkg/broker"
+	"telematics/pkg/cmdline"
 )
 
 func main() {
-	os.Exit(run())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cmdline.Execute(ctx, newRoot(os.Environ()), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
-func run() int {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+// newRoot is the broker's command line; environ is the environment cmdline.Execute is given.
+func newRoot(environ []string) *cobra.Command {
+	root := cmdline.NewRoot("broker", "The standalone MQTT broker of the telematics gateway", "BROKER")
+	root.Long = `The standalone MQTT broker: it admits cars and apps by the tokens the gateway signs,
+checked with the gateway's public key (--gateway-pubkey, twice during a key rotation), and
+enforces the topic ACL. It needs no database and keeps running while the gateway is down.
 
-	cfg, err := broker.LoadConfig(os.Args[1:], os.LookupEnv, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+Settings: the defaults shown below, then the YAML file (--config; configs/broker.yaml lists
+every key), then the environment (each flag's variable is shown beside it), then the flags.
+A listener address is HOST:PORT, or off to disable it.`
+	root.Example = `  broker --gateway-pubkey data/gateway.pub
+  broker --config configs/broker.yaml --gateway-pubkey data/gateway.pub --ws-addr off
+  BROKER_GATEWAY_PUBKEY=data/gateway.pub,data/gateway.prev.pub broker --state-file broker/state.json`
+	root.Args = cobra.NoArgs
+	broker.AddFlags(root.Flags())
+	root.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := broker.LoadConfig(cmd.Flags(), environ)
+		if err != nil {
+			return cmdline.WithExitCode(2, err)
+		}
+		keys, err := broker.LoadKeys(cfg.GatewayPubKeys)
+		if err != nil {
+			return cmdline.WithExitCode(2, err)
+		}
+		logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+		b, err := broker.New(cfg, keys, logger)
+		if err != nil {
+			return cmdline.WithExitCode(2, err)
+		}
+		defer b.Close()
+		// Cars whose credentials the gateway reissued: their old tokens are refused here too,
+		// also after a restart with the gateway away when a state file is set.
+		if err := b.FollowCarTokens(keys); err != nil {
+			return err
+		}
+		if err := b.Start(); err != nil {
+			return err
+		}
+		<-cmd.Context().Done()
+		logger.Info("signal received; shutting down")
+		return b.Close()
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "broker:", err)
-		return 2
-	}
-	keys, err := broker.LoadKeys(cfg.GatewayPubKeys)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "broker:", err)
-		return 2
-	}
-
-	b, err := broker.New(cfg, keys, logger)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "broker:", err)
-		return 2
-	}
-	defer b.Close()
-	// Cars whose credentials the gateway reissued: their old tokens are refused here too, also
-	// after a restart with the gateway away when a state file is set.
-	if err := b.FollowCarTokens(keys); err != nil {
-		fmt.Fprintln(os.Stderr, "broker:", err)
-		return 1
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := b.Start(); err != nil {
-		logger.Error("broker failed to start", "error", err)
-		return 1
-	}
-	<-ctx.Done()
-	logger.Info("signal received; shutting down")
-	if err := b.Close(); err != nil {
-		logger.Error("broker close", "error", err)
-		return 1
-	}
-	return 0
+	return root
 }

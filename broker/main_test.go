@@ -90,7 +90,7 @@ func TestServeAndSignal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cmd := brokerCmd(ctx, "--mqtt-addr", "127.0.0.1:0")
-	cmd.Env = append(cmd.Env, "BROKER_GATEWAY_PUBKEY="+keyPath, "BROKER_WS_ADDR=")
+	cmd.Env = append(cmd.Env, "BROKER_GATEWAY_PUBKEY="+keyPath, "BROKER_WS_ADDR=off")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"telematics/pkg/cmdline"
 	"telematics/pkg/token"
 )
 
@@ -85,10 +86,10 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now fun
 	if err := server.AddHook(b.sessions, nil); err != nil {
 		return nil, fmt.Errorf("add app session hook: %w", err)
 	}
-	if cfg.MQTTAddr != "" {
+	if cfg.MQTTAddr != "" && cfg.MQTTAddr != cmdline.Off {
 		b.tcp = newTCPListener(ListenerTCP, cfg.MQTTAddr, cfg.ConnectTimeout)
 	}
-	if cfg.WSAddr != "" {
+	if cfg.WSAddr != "" && cfg.WSAddr != cmdline.Off {
 		b.ws = newWSListener(ListenerWS, cfg.WSAddr, cfg.ConnectTimeout, cfg.MaxPacketBytes)
 	}
 	return b, nil

@@ -3,14 +3,13 @@ package broker
 import (
 	"crypto/ecdsa"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"math"
 	"net"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
@@ -21,8 +20,8 @@ import (
 // (defaults, then the YAML file, then the environment, then flags); the gateway embeds a broker
 // with a Config of its own. The YAML keys are the field tags:
 //
-//	mqtt_addr: "127.0.0.1:1883"      # MQTT over TCP; "" disables it
-//	ws_addr: "127.0.0.1:1882"        # MQTT over WebSocket; "" disables it
+//	mqtt_addr: "127.0.0.1:1883"      # MQTT over TCP; off disables it
+//	ws_addr: "127.0.0.1:1882"        # MQTT over WebSocket; off disables it
 //	gateway_pubkeys: [gateway.pub]   # PEM public keys whose tokens are trusted (standalone only)
 //	state_file: ""                   # retired car tokens kept across restarts (standalone only)
 //	max_packet_bytes: 65536          # largest MQTT packet accepted, CONNECT included
@@ -32,6 +31,9 @@ import (
 //	max_clients: 0                   # connected clients; 0 means no limit
 //	connect_timeout: 10s             # time a new connection has to send CONNECT
 //	session_expiry: 1h               # how long a disconnected persistent session is kept
+//
+// In a Config, "" (or "off") is a disabled listener; LoadConfig turns the user's "off" into ""
+// and refuses an empty address, which used to mean the default in some places.
 type Config struct {
 	MQTTAddr       string   `yaml:"mqtt_addr"`
 	WSAddr         string   `yaml:"ws_addr"`
@@ -80,8 +82,9 @@ const (
 	DefaultSessionExpiry          = time.Hour
 )
 
-// Environment variables read by LoadConfig. BROKER_GATEWAY_PUBKEY takes a comma-separated list
-// of PEM files. Set to the empty string, BROKER_MQTT_ADDR or BROKER_WS_ADDR disable a listener.
+// Some of the environment variables read by LoadConfig: every key has one, BROKER_ and the key
+// in upper case. BROKER_GATEWAY_PUBKEY takes a comma-separated list of PEM files. Set to off,
+// BROKER_MQTT_ADDR or BROKER_WS_ADDR disable a listener.
 const (
 	EnvMQTTAddr      = "BROKER_MQTT_ADDR"
 	EnvWSAddr        = "BROKER_WS_ADDR"
@@ -122,7 +125,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
 	checkAddr := func(key, addr string) {
-		if addr == "" {
+		if addr == "" || addr == cmdline.Off {
 			return
 		}
 		if _, port, err := net.SplitHostPort(addr); err != nil {
@@ -133,7 +136,7 @@ func (c Config) Validate() error {
 	}
 	checkAddr("mqtt_addr", c.MQTTAddr)
 	checkAddr("ws_addr", c.WSAddr)
-	if c.MQTTAddr != "" && c.MQTTAddr == c.WSAddr && !strings.HasSuffix(c.MQTTAddr, ":0") {
+	if c.MQTTAddr != "" && c.MQTTAddr != cmdline.Off && c.MQTTAddr == c.WSAddr && !strings.HasSuffix(c.MQTTAddr, ":0") {
 		bad("ws_addr", "%q is also mqtt_addr", c.WSAddr)
 	}
 	for i, p := range c.GatewayPubKeys {
@@ -167,74 +170,71 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// stringList is a flag that may be given several times.
-type stringList []string
-
-func (s *stringList) String() string { return strings.Join(*s, ",") }
-
-func (s *stringList) Set(v string) error {
-	*s = append(*s, v)
-	return nil
+// settingFlags are the standalone broker's flags, one per key: the key with dashes
+// (--max-clients for max_clients), except gateway_pubkeys, --gateway-pubkey (repeated).
+var settingFlags = []cmdline.ConfigFlag{
+	{Key: "mqtt_addr", Usage: "MQTT over TCP listen `address`, or off"},
+	{Key: "ws_addr", Usage: "MQTT over WebSocket listen `address`, or off"},
+	{Key: "gateway_pubkeys", Flag: "gateway-pubkey", Usage: "PEM public key `file` of the gateway whose tokens are trusted; repeat it during a key rotation (the variable takes a comma-separated list)"},
+	{Key: "state_file", Usage: "`file` that keeps the retired car tokens across restarts (written 0600); none when empty"},
+	{Key: "max_packet_bytes", Usage: "largest MQTT packet accepted, CONNECT included, in `bytes`"},
+	{Key: "max_topic_bytes", Usage: "longest topic name or filter, in `bytes`"},
+	{Key: "max_conns_per_identity", Usage: "live sessions one app user may hold"},
+	{Key: "max_client_writes_pending", Usage: "outbound queue of each client, in `packets`"},
+	{Key: "max_clients", Usage: "most connected clients; 0: no limit"},
+	{Key: "connect_timeout", Usage: "how long a new connection may take to send CONNECT"},
+	{Key: "session_expiry", Usage: "how long a disconnected persistent session is kept"},
 }
 
-// LoadConfig builds the standalone broker's configuration from its command line: the
-// defaults, then the YAML file named by --config, then the environment (lookupEnv, normally
-// os.LookupEnv), then the flags --mqtt-addr, --ws-addr, --state-file and --gateway-pubkey
-// (repeatable). It
-// returns flag.ErrHelp for -h, and a validated Config that names at least one gateway key,
-// else ErrNoGatewayKey. Usage and flag errors are written to output.
-func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.Writer) (Config, error) {
-	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
-	fs.SetOutput(output)
-	var (
-		configPath = fs.String("config", "", "YAML configuration `file` (optional)")
-		mqttAddr   = fs.String("mqtt-addr", DefaultMQTTAddr, "MQTT over TCP listen `address`; empty disables it")
-		wsAddr     = fs.String("ws-addr", DefaultWSAddr, "MQTT over WebSocket listen `address`; empty disables it")
-		stateFile  = fs.String("state-file", "", "`file` that keeps the retired car tokens across restarts (written 0600)")
-		pubKeys    stringList
-	)
-	fs.Var(&pubKeys, "gateway-pubkey", "PEM public key `file` of the gateway whose tokens are trusted; repeat it during a key rotation")
-	if err := fs.Parse(args); err != nil {
-		return Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
+// AddFlags defines the standalone broker's flags on fs: --config FILE and one flag per
+// setting, whose help shows the default.
+func AddFlags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML configuration `file` (configs/broker.yaml lists every key)")
+	def := DefaultConfig()
+	cmdline.AddConfigFlags(fs, &def, settingFlags...)
+}
 
+// LoadConfig builds the standalone broker's configuration: DefaultConfig(), then the YAML file
+// named by --config (strict: an unknown key, a bad value or a bad indentation is an error
+// naming the key and its line), then the environment (environ, os.Environ() normally: BROKER_
+// and the key in upper case, BROKER_MAX_CLIENTS for max_clients, and BROKER_GATEWAY_PUBKEY, a
+// comma-separated list), then the flags of fs (AddFlags) that were given. A listener address
+// is HOST:PORT or "off", which disables it (the Config then holds ""); an empty one is refused.
+// It returns a validated Config that names at least one gateway key, else ErrNoGatewayKey.
+func LoadConfig(fs *pflag.FlagSet, environ []string) (Config, error) {
 	cfg := DefaultConfig()
-	if *configPath != "" {
-		if err := readYAML(*configPath, &cfg); err != nil {
+	if path, _ := fs.GetString("config"); path != "" {
+		if err := cmdline.LoadFile(path, &cfg); err != nil {
 			return Config{}, err
 		}
 	}
-	if lookupEnv == nil {
-		lookupEnv = func(string) (string, bool) { return "", false }
+	if err := cmdline.ApplyEnv("BROKER", &cfg, environ); err != nil {
+		return Config{}, err
 	}
-	if v, ok := lookupEnv(EnvMQTTAddr); ok {
-		cfg.MQTTAddr = v
-	}
-	if v, ok := lookupEnv(EnvWSAddr); ok {
-		cfg.WSAddr = v
-	}
-	if v, ok := lookupEnv(EnvGatewayPubKey); ok {
-		cfg.GatewayPubKeys = splitList(v)
-	}
-	if v, ok := lookupEnv(EnvStateFile); ok {
-		cfg.StateFile = v
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "mqtt-addr":
-			cfg.MQTTAddr = *mqttAddr
-		case "ws-addr":
-			cfg.WSAddr = *wsAddr
-		case "gateway-pubkey":
-			cfg.GatewayPubKeys = pubKeys
-		case "state-file":
-			cfg.StateFile = *stateFile
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, EnvGatewayPubKey+"="); ok {
+			cfg.GatewayPubKeys = splitList(v)
 		}
-	})
+	}
+	if err := cmdline.ApplyFlags(fs, &cfg, settingFlags...); err != nil {
+		return Config{}, err
+	}
 
+	var errs []error
+	for _, a := range []struct {
+		key  string
+		addr *string
+	}{{"mqtt_addr", &cfg.MQTTAddr}, {"ws_addr", &cfg.WSAddr}} {
+		name := fmt.Sprintf("%s (--%s, %s)", a.key, strings.ReplaceAll(a.key, "_", "-"), cmdline.EnvName("BROKER", a.key))
+		addr, _, err := cmdline.Addr(name, *a.addr)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		*a.addr = addr
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, fmt.Errorf("invalid broker configuration:\n%w", err)
+	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, fmt.Errorf("invalid broker configuration:\n%w", err)
 	}
@@ -242,28 +242,6 @@ func LoadConfig(args []string, lookupEnv func(string) (string, bool), output io.
 		return Config{}, ErrNoGatewayKey
 	}
 	return cfg, nil
-}
-
-func readYAML(path string, cfg *Config) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("read config: %w", err)
-	}
-	// A misspelt key is an error, not a silently ignored setting.
-	if err := cmdline.DecodeYAML(b, cfg); err != nil {
-		return fmt.Errorf("config %q: %w", path, err)
-	}
-	return nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // LoadKeys reads the gateway's PEM public keys (sign.PublicPEM format). It returns
@@ -281,4 +259,14 @@ func LoadKeys(paths []string) ([]*ecdsa.PublicKey, error) {
 		keys = append(keys, k)
 	}
 	return keys, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

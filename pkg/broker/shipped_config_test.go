@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"io"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -10,7 +9,7 @@ import (
 // The shipped configs/broker.yaml must state exactly the defaults.
 func TestShippedConfigMatchesDefaults(t *testing.T) {
 	path := filepath.Join("..", "..", "configs", "broker.yaml")
-	cfg, err := LoadConfig([]string{"--config", path, "--gateway-pubkey", "k.pem"}, func(string) (string, bool) { return "", false }, io.Discard)
+	cfg, err := loadArgs([]string{"--config", path, "--gateway-pubkey", "k.pem"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,7 +167,7 @@ func TestStateFileSetting(t *testing.T) {
 		{[]string{"--config", path, "--state-file", "flag.json"}, map[string]string{EnvStateFile: "env.json"}, "flag.json"},
 	} {
 		args := append(tc.args, "--gateway-pubkey", "k.pem")
-		cfg, err := LoadConfig(args, func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }, io.Discard)
+		cfg, err := loadArgs(args, tc.env)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,7 +31,9 @@ func LoadFile(path string, dst any) error {
 // field's YAML key path joined by "_", upper case: GATEWAY_TWOFA_MODE for twofa.mode. A value is
 // read as the YAML file would read it (durations "5s", numbers, booleans, a type's own
 // UnmarshalYAML); a list takes comma-separated items. Maps and lists of structs have no
-// variables. Every bad value is reported, naming the variable.
+// variables. A field's `env:"NAME"` tag, where present, names its variable instead (a name
+// operators already use); `env:"-"` gives it none. Every bad value is reported, naming the
+// variable.
 func ApplyEnv(prefix string, dst any, environ []string) error {
 	v := reflect.ValueOf(dst)
 	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
@@ -77,7 +79,7 @@ func walkEnv(t reflect.Type, prefix string, f func(string)) {
 			walkEnv(ft, name, f)
 			continue
 		}
-		if envSettable(ft) {
+		if name, ok := envTag(sf, name); ok && envSettable(ft) {
 			f(name)
 		}
 	}
@@ -101,6 +103,18 @@ func yamlKey(sf reflect.StructField) (key string, inline, ok bool) {
 		name = strings.ToLower(sf.Name)
 	}
 	return name, false, true
+}
+
+// envTag returns the variable of a leaf field: its env tag, else derived; false for env:"-".
+func envTag(sf reflect.StructField, derived string) (string, bool) {
+	switch tag := sf.Tag.Get("env"); tag {
+	case "":
+		return derived, true
+	case "-":
+		return "", false
+	default:
+		return tag, true
+	}
 }
 
 // isLeaf reports whether a struct (or pointer) type decodes itself from one scalar.
@@ -151,6 +165,10 @@ func applyEnvStruct(v reflect.Value, prefix string, env map[string]string, errs 
 		}
 		if ft.Kind() == reflect.Struct && !isLeaf(ft) {
 			applyEnvStruct(fv, name, env, errs)
+			continue
+		}
+		name, ok = envTag(sf, name)
+		if !ok {
 			continue
 		}
 		val, set := env[name]

@@ -28,6 +28,8 @@ type loaderConfig struct {
 	} `yaml:"limits"`
 	Hidden string `yaml:"-"`
 	Extra  map[string]string
+	Rate   float64 `yaml:"rate_per_minute" env:"TOOL_RATE"`
+	Secret string  `yaml:"secret" env:"-"`
 }
 
 func defaultLoaderConfig() loaderConfig {
@@ -115,13 +117,17 @@ func TestApplyEnv(t *testing.T) {
 		"TOOL_LIMITS_RATE=2.5",
 		"TOOL_HIDDEN=x",
 		"OTHER_MAX=9",
+		"TOOL_RATE=60",
+		"TOOL_RATE_PER_MINUTE=1",
+		"TOOL_SECRET=x",
 	}
 	if err := ApplyEnv("TOOL", &c, env); err != nil {
 		t.Fatal(err)
 	}
 	if c.Listeners.WS != "off" || c.Listeners.TCP != "127.0.0.1:1883" || c.TwoFA.Mode != "required" ||
 		c.TwoFA.Window != 90*time.Second || fmt.Sprint(c.Keys) != "[a.pub b.pub]" || fmt.Sprint(c.Ports) != "[1 2]" ||
-		!c.Verbose || c.Max != 4 || c.Limits == nil || c.Limits.Rate != 2.5 || c.Hidden != "" {
+		!c.Verbose || c.Max != 4 || c.Limits == nil || c.Limits.Rate != 2.5 || c.Hidden != "" ||
+		c.Rate != 60 || c.Secret != "" {
 		t.Errorf("got %+v", c)
 	}
 
@@ -134,7 +140,7 @@ func TestApplyEnv(t *testing.T) {
 		t.Errorf("bad values: %v", err)
 	}
 
-	want := "[TOOL_LISTENERS_TCP TOOL_LISTENERS_WS TOOL_TWOFA_MODE TOOL_TWOFA_WINDOW TOOL_KEYS TOOL_PORTS TOOL_VERBOSE TOOL_MAX TOOL_LIMITS_RATE]"
+	want := "[TOOL_LISTENERS_TCP TOOL_LISTENERS_WS TOOL_TWOFA_MODE TOOL_TWOFA_WINDOW TOOL_KEYS TOOL_PORTS TOOL_VERBOSE TOOL_MAX TOOL_LIMITS_RATE TOOL_RATE]"
 	if got := fmt.Sprint(EnvVars("TOOL", &c)); got != want {
 		t.Errorf("EnvVars: %s", got)
 	}

@@ -62,7 +62,7 @@ func (term *terminal) shown() string {
 // echoes, then types line and Enter.
 func (term *terminal) typeLine(t *testing.T, prompt string, n int, line string) {
 	t.Helper()
-	eventually(t, 5*time.Second, func() error {
+	eventually(t, 10*time.Second, func() error {
 		if strings.Count(term.shown(), prompt) < n {
 			return errors.New("prompt not shown yet: " + term.shown())
 		}
@@ -117,7 +117,7 @@ func TestReadPasswordPromptsWithoutEchoOnATerminal(t *testing.T) {
 	if r.err != nil || r.pw != "correct horse battery" {
 		t.Fatalf("got %q, %v", r.pw, r.err)
 	}
-	eventually(t, 5*time.Second, func() error {
+	eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(term.shown(), "password for alice: \r\n") {
 			return errors.New("no newline after the prompt: " + term.shown())
 		}

@@ -171,6 +171,10 @@ func ExecuteWithEnv(ctx context.Context, root *cobra.Command, args, environ []st
 	root.SetErr(stderr)
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd(args...)
+	if !root.HasSubCommands() && len(args) == 1 && args[0] == "help" {
+		args = []string{"--help"} // cobra has a help command only beside other subcommands
+		root.SetArgs(args)
+	}
 	ctx = context.WithValue(ctx, envKey{}, envMap(environ))
 	prepare(root, envPrefix(root), ctx, false)
 

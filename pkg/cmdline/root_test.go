@@ -178,6 +178,12 @@ func TestExecuteCompletion(t *testing.T) {
 	if code, stdout, stderr := run(t, leaf, nil, "completion", "bash"); code != 0 || !strings.Contains(stdout, "leaf") {
 		t.Errorf("leaf: exit %d, %s", code, stderr)
 	}
+	if code, stdout, stderr := run(t, leaf, nil, "help"); code != 0 || !strings.Contains(stdout, "Usage:") {
+		t.Errorf("leaf help: exit %d, %s", code, stderr)
+	}
+	if code, _, stderr := run(t, leaf, nil, "extra"); code != 2 || !strings.Contains(stderr, `unknown command "extra" for "leaf"`) {
+		t.Errorf("leaf extra: exit %d, %s", code, stderr)
+	}
 }
 
 func TestExecuteEnvironment(t *testing.T) {

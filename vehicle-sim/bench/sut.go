@@ -248,7 +248,7 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		if err := os.WriteFile(pubPath, pemPub, 0o644); err != nil {
 			return nil, err
 		}
-		br, err := startProc(s.dir, "broker", nil, bins.broker, "--gateway-pubkey", pubPath, "--mqtt-addr", s.mqttAddr, "--ws-addr", "")
+		br, err := startProc(s.dir, "broker", nil, bins.broker, "--gateway-pubkey", pubPath, "--mqtt-addr", s.mqttAddr, "--ws-addr", "off")
 		if err != nil {
 			return nil, err
 		}
