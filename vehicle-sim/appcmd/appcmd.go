@@ -183,6 +183,8 @@ func loginCommand(g *globals, env Env) *cobra.Command {
 		Long: `Logs in to the gateway and keeps the session (token, broker address) in --session, mode 0600.
 At a terminal the password is prompted for without echo; otherwise it is the first line of stdin
 (echo 'a long passphrase' | vehicle-sim app login --user alice).`,
+		Example: `  vehicle-sim app login --user alice --gateway http://127.0.0.1:8080
+  echo 'a long passphrase' | vehicle-sim app login --user alice`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if user == "" {
@@ -274,6 +276,9 @@ uses now and follows it (the session keeps the new address).
 
 actions: lock unlock open_trunk honk flash climate_on climate_off charge_start charge_stop
          remote_start locate`,
+		Example: `  vehicle-sim app send 1HGCM82633A004352 unlock --totp 345678
+  vehicle-sim app send 1HGCM82633A004352 lock --json
+  vehicle-sim app send 1hgcm82633a004352 unlock --local --user alice --link 127.0.0.1:1884`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) != 2 {
 				return cmdline.UsageError("need VIN and ACTION (got %d arguments)", len(args))
@@ -389,7 +394,7 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 	f.BoolVar(&local, "local", false, "use the car's local link only, not the cloud")
 	f.BoolVar(&cloudOnly, "cloud-only", false, "use the cloud only: no fallback to the local link")
 	f.DurationVar(&cloudTimeout, "cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
-	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link `ADDR`ess")
+	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port)")
 	f.StringVar(&userFlag, "user", "", "user `NAME`, for the local link without a login session")
 	return c
 }
