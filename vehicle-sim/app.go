@@ -1,11 +1,12 @@
 package main
 
 import (
-	"context"
+	"github.com/spf13/cobra"
 
 	"telematics/vehicle-sim/appcmd"
 )
 
-func appCommand(ctx context.Context, args []string, env stdio) int {
-	return appcmd.Run(ctx, args, appcmd.Env{Stdin: env.Stdin, Stdout: env.Stdout, Stderr: env.Stderr, Getenv: env.Getenv})
+// appCommand is `vehicle-sim app`: the simulated phone (package appcmd).
+func appCommand(env stdio) *cobra.Command {
+	return appcmd.NewCommand(appcmd.Env{Stdin: env.Stdin, Stdout: env.Stdout, Stderr: env.Stderr, Getenv: env.Getenv, Environ: env.Environ})
 }

@@ -1,56 +1,81 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
+	"time"
 
+	"github.com/spf13/cobra"
+
+	"telematics/pkg/cmdline"
 	"telematics/pkg/drill"
+	"telematics/vehicle-sim/config"
 )
 
 // drillCommand is `vehicle-sim drill outage`.
-func drillCommand(ctx context.Context, args []string, env stdio) int {
-	if len(args) == 0 || args[0] != "outage" {
-		fmt.Fprintln(env.Stderr, "usage: vehicle-sim drill outage [--cars N] [--json] [--data DIR] [--cloud-timeout D] [-v]")
-		return 2
+func drillCommand(env stdio) *cobra.Command {
+	group := &cobra.Command{
+		Use:   "drill NAME",
+		Short: "outage drill: cloud down, cars still open for their owners",
+		RunE: func(*cobra.Command, []string) error {
+			return cmdline.UsageError("name a drill: outage")
+		},
 	}
-	fs := flag.NewFlagSet("vehicle-sim drill outage", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	cars := fs.Int("cars", 50, "cars in the fleet, one owner each")
-	asJSON := fs.Bool("json", false, `print the report as one JSON object (with "ok")`)
-	data := fs.String("data", "", "keep the drill's data here (default: a temporary directory)")
-	cloudTimeout := fs.Duration("cloud-timeout", 0, "how long a phone waits for the cloud before the local link (default 1s)")
-	verbose := fs.Bool("v", false, "show the components' logs")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0 // asked for the usage, got it
-		}
-		return 2
+	var (
+		cars         int
+		asJSON       bool
+		data         string
+		cloudTimeout time.Duration
+		verbose      bool
+	)
+	outage := &cobra.Command{
+		Use:   "outage",
+		Short: "cloud down, cars still open for their owners; revoked and foreign keys refused; journals filed",
+		Long: `Starts a gateway and a fleet whose owners enrolled TOTP and paired phones (every third car with
+a friend's shared key, then revoked); one cloud unlock each; the gateway and broker are stopped;
+every owner unlocks through the fallback; revoked and foreign keys try the local link; the cloud
+comes back and every car's journal must reach the audit log. Exit status 1 if any legitimate
+unlock failed or any illegitimate one succeeded.
+
+The fallback's latency is shown with its two parts: the time each phone waited for the cloud to
+fail (about --cloud-timeout) and the local link's own exchange.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cars < 1 || cars > 2000 {
+				return cmdline.UsageError("--cars must be 1..2000")
+			}
+			if cloudTimeout <= 0 {
+				return cmdline.UsageError("--cloud-timeout must be positive")
+			}
+			logger := slog.New(slog.DiscardHandler)
+			if verbose {
+				logger = slog.New(slog.NewTextHandler(env.Stderr, nil))
+			}
+			progress := env.Stderr
+			if !asJSON {
+				progress = env.Stdout
+			}
+			rep := drill.Run(cmd.Context(), drill.Options{Cars: cars, Dir: data, Progress: progress, Logger: logger, CloudTimeout: cloudTimeout})
+			if asJSON {
+				b, _ := json.Marshal(rep)
+				fmt.Fprintln(env.Stdout, string(b))
+			} else {
+				fmt.Fprint(env.Stdout, "\n"+rep.Summary())
+			}
+			if !rep.OK {
+				return cmdline.WithExitCode(1, nil) // the report says why
+			}
+			return nil
+		},
 	}
-	if *cars < 1 || *cars > 2000 {
-		fmt.Fprintln(env.Stderr, "vehicle-sim drill outage: --cars must be 1..2000")
-		return 2
-	}
-	logger := slog.New(slog.DiscardHandler)
-	if *verbose {
-		logger = slog.New(slog.NewTextHandler(env.Stderr, nil))
-	}
-	progress := env.Stderr
-	if !*asJSON {
-		progress = env.Stdout
-	}
-	rep := drill.Run(ctx, drill.Options{Cars: *cars, Dir: *data, Progress: progress, Logger: logger, CloudTimeout: *cloudTimeout})
-	if *asJSON {
-		b, _ := json.Marshal(rep)
-		fmt.Fprintln(env.Stdout, string(b))
-	} else {
-		fmt.Fprint(env.Stdout, "\n"+rep.Summary())
-	}
-	if !rep.OK {
-		return 1
-	}
-	return 0
+	f := outage.Flags()
+	f.IntVar(&cars, "cars", 50, "cars in the fleet, one owner each (1..2000)")
+	f.BoolVar(&asJSON, "json", false, `print the report as one JSON object (with "ok"); the progress goes to stderr`)
+	f.StringVar(&data, "data", "", "keep the drill's data in `DIR` (default: a temporary directory, removed at the end)")
+	f.DurationVar(&cloudTimeout, "cloud-timeout", time.Second, "how long a phone waits for the cloud before it uses the local link")
+	f.BoolVarP(&verbose, "verbose", "v", false, "show the components' logs")
+	group.AddCommand(outage)
+	config.PrefixEnv(group, "SIM_DRILL_")
+	return group
 }

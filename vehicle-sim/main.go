@@ -1,6 +1,7 @@
 // Command vehicle-sim runs simulated vehicles and phones against the telematics gateway:
 // `run` a fleet of cars, `app` a phone, `bench` the load generator, `drill` the outage drill.
-// Each subcommand parses its own flags (config in vehicle-sim/config) and calls a package.
+// The commands are cobra commands (pkg/cmdline): flags in any position, help on stdout with
+// exit 0, every flag's SIM_* variable in its help; each calls a package.
 package main
 
 import (
@@ -9,71 +10,48 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"telematics/pkg/cmdline"
+	"telematics/vehicle-sim/config"
 )
 
-// stdio is what a subcommand reads and writes besides its arguments.
+// stdio is what a command reads and writes besides its arguments.
 type stdio struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
-	Getenv         func(string) string
-}
-
-// command is one subcommand: run returns the process exit code (0 ok, 1 failure, 2 usage).
-type command struct {
-	summary string
-	run     func(ctx context.Context, args []string, env stdio) int
-}
-
-// commands is the dispatch table. A subcommand lives in its own file (run.go, app.go, …) and
-// is listed here.
-func commands() map[string]command {
-	return map[string]command{
-		"run":   {"run a fleet of simulated cars against the broker", runCommand},
-		"app":   {"act as a phone: login, 2FA, keys, commands, local link", appCommand},
-		"drill": {"outage drill: cloud down, cars still open for their owners", drillCommand},
-		"bench": {"load generator: connect, telemetry, commands, revoke and local scenarios", benchCommand},
-	}
+	// Getenv reads HOME and the like; Environ ("KEY=value") holds the SIM_* variables the
+	// flags are bound to.
+	Getenv  func(string) string
+	Environ []string
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := dispatch(ctx, os.Args[1:], stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+	code := dispatch(ctx, os.Args[1:], stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Environ: os.Environ()})
 	stop()
 	os.Exit(code)
 }
 
-// dispatch runs the subcommand named by args[0].
+// dispatch runs the command line args and returns the exit code: 0 ok (and help), 1 failure,
+// 2 usage.
 func dispatch(ctx context.Context, args []string, env stdio) int {
-	cmds := commands()
-	if len(args) == 0 {
-		usage(env.Stderr, cmds)
-		return 2
-	}
-	switch args[0] {
-	case "-h", "-help", "--help", "help":
-		usage(env.Stdout, cmds)
-		return 0
-	}
-	cmd, ok := cmds[args[0]]
-	if !ok {
-		fmt.Fprintf(env.Stderr, "vehicle-sim: unknown command %q\n\n", args[0])
-		usage(env.Stderr, cmds)
-		return 2
-	}
-	return cmd.run(ctx, args[1:], env)
+	return cmdline.ExecuteWithEnv(ctx, newRoot(env), args, env.Environ, env.Stdin, env.Stdout, env.Stderr)
 }
 
-func usage(w io.Writer, cmds map[string]command) {
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
-		names = append(names, n)
+// newRoot builds the command tree; a new one per run, since cobra keeps parsed flags in it.
+func newRoot(env stdio) *cobra.Command {
+	root := cmdline.NewRoot("vehicle-sim", "simulated cars and phones for the telematics gateway", config.EnvPrefix)
+	root.Long = `vehicle-sim runs simulated cars and phones against the telematics gateway: run a fleet of
+cars, act as a phone app, generate load, or run the outage drill. Every flag may also be set by
+the SIM_* variable shown in its help; flags go anywhere after the command.`
+	root.AddCommand(runCommand(env), appCommand(env), benchCommand(env), drillCommand(env))
+	root.RunE = func(c *cobra.Command, _ []string) error {
+		// No command: the usage on stderr, exit 2 (as a shell script that forgot it wants).
+		fmt.Fprintf(env.Stderr, "usage: vehicle-sim COMMAND [flags]   (vehicle-sim COMMAND --help for its flags)\n\n%s", c.UsageString())
+		return cmdline.WithExitCode(2, nil)
 	}
-	sort.Strings(names)
-	fmt.Fprintln(w, "usage: vehicle-sim COMMAND [flags]   (vehicle-sim COMMAND -h for its flags)")
-	fmt.Fprintln(w, "\ncommands:")
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-6s %s\n", n, cmds[n].summary)
-	}
+	return root
 }

@@ -65,7 +65,11 @@ func runMain(ctx context.Context, args []string, vars map[string]string) (code i
 // runMainOut is runMain writing stdout where the test can read it while the command runs.
 func runMainOut(ctx context.Context, stdout *syncBuffer, args []string, vars map[string]string) (code int, _, stderr *syncBuffer) {
 	stderr = &syncBuffer{}
-	env := stdio{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: func(k string) string { return vars[k] }}
+	var environ []string
+	for k, v := range vars {
+		environ = append(environ, k+"="+v)
+	}
+	env := stdio{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Getenv: func(k string) string { return vars[k] }, Environ: environ}
 	return dispatch(ctx, args, env), stdout, stderr
 }
 

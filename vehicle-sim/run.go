@@ -1,43 +1,45 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"log/slog"
 
+	"github.com/spf13/cobra"
+
+	"telematics/pkg/cmdline"
 	"telematics/vehicle-sim/config"
 	"telematics/vehicle-sim/fleet"
 )
 
 // runCommand is `vehicle-sim run`: a fleet of cars until SIGINT/SIGTERM.
-func runCommand(ctx context.Context, args []string, env stdio) int {
-	fs := flag.NewFlagSet("vehicle-sim run", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: vehicle-sim run (--fleet FILE | --cars N) [flags]")
-		fmt.Fprintln(fs.Output(), "\nRuns simulated cars against the broker until interrupted. Settings come from")
-		fmt.Fprintln(fs.Output(), "defaults, then --config FILE (YAML), then SIM_* variables, then these flags:")
-		fs.PrintDefaults()
+func runCommand(env stdio) *cobra.Command {
+	cfg := config.Default()
+	var configPath string
+	c := &cobra.Command{
+		Use:   "run (--fleet FILE | --cars N)",
+		Short: "run a fleet of simulated cars against the broker",
+		Long: `Runs simulated cars against the broker until interrupted, with their local link (simulated
+BLE/NFC) on --link-addr. Settings come from the defaults, then --config FILE (YAML, see
+configs/vehicle-sim.yaml), then SIM_* variables, then these flags.`,
+		Args: config.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Load(cmd.Flags(), configPath, &cfg); err != nil {
+				return cmdline.UsageError("%v", err)
+			}
+			if err := cfg.ValidateRun(); err != nil {
+				return cmdline.UsageError("%v", err)
+			}
+			log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
+			if err := fleet.Run(cmd.Context(), cfg, fleet.Options{Progress: env.Stdout, Logger: log}); err != nil {
+				return err
+			}
+			return nil
+		},
 	}
-	cfg, err := config.NewLoader(fs, config.RunKeys...).Load(args, env.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err == nil {
-		err = cfg.ValidateRun()
-	}
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim run: %v\n", err)
-		return 2
-	}
-	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
-	if err := fleet.Run(ctx, cfg, fleet.Options{Progress: env.Stdout, Logger: log}); err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim run: %v\n", err)
-		return 1
-	}
-	return 0
+	cfg.Flags(c.Flags(), &configPath)
+	c.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return cmdline.UsageError("%v", config.FlagError(cmd.Flags(), err))
+	})
+	return c
 }
 
 func logLevel(s string) slog.Level {

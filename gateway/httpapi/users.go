@@ -68,10 +68,12 @@ type PasswordRequest struct {
 //	POST   /v1/admin/users/{user}/password  {"password"}: set a new password, end their tokens
 //	DELETE /v1/admin/users/{user}           remove a user who has no role on any car
 //	POST   /v1/password                     (app) {"old_password", "password"} → a new token
+//	GET    /v1/session                      (app) the user, the token's expiry, the broker now
 //
 // Every change is audited. Ending a user's tokens moves their token generation on (every app
 // token issued before is refused), ends their step-up sessions, and calls a.TokensEnded.
 func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token.Verifier) {
+	a.sessionRoutes(mux, verifier)
 	mux.Handle("GET /v1/admin/users", a.admin(func(w http.ResponseWriter, r *http.Request) {
 		a.listUsers(w, svc)
 	}))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -66,8 +67,17 @@ type Report struct {
 	OK   bool `json:"ok"`
 	Cars int  `json:"cars"`
 	// Paths: "cloud" (owners' TOTP unlocks before the outage), "local" (owners' unlocks during
-	// the outage, through the fallback).
+	// the outage, through the fallback: from the tap to the car's answer, so the time the phone
+	// waited for the cloud to fail is part of it).
 	Paths map[string]*PathStats `json:"paths"`
+	// Fallback splits the "local" path's latency in two: CloudWait, the time each phone spent
+	// on the cloud before it gave up (about CloudTimeoutMs: the broker is down), and Link, the
+	// local link's own exchange (challenge and command) after that.
+	Fallback struct {
+		CloudWait PathStats `json:"cloud_wait"`
+		Link      PathStats `json:"local_link"`
+	} `json:"fallback"`
+	CloudTimeoutMs int64 `json:"cloud_timeout_ms"`
 	// LegitimateFailed counts owners' unlocks that did not execute; IllegitimateSucceeded
 	// counts revoked or foreign keys that opened a car. Both must be 0.
 	LegitimateFailed      int `json:"legitimate_failed"`
@@ -99,6 +109,7 @@ func Run(ctx context.Context, o Options) Report {
 	if o.CloudTimeout <= 0 {
 		o.CloudTimeout = time.Second
 	}
+	rep.CloudTimeoutMs = o.CloudTimeout.Milliseconds()
 	say := func(format string, args ...any) { fmt.Fprintf(o.Progress, format+"\n", args...) }
 	fail := func(format string, args ...any) Report {
 		rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...))
@@ -140,7 +151,7 @@ func Run(ctx context.Context, o Options) Report {
 	if err := cloud.WaitOnline(ctx, 30*time.Second, vins...); err != nil {
 		return fail("cars online: %v", err)
 	}
-	say("%d cars online; local link on %s", len(creds), fleet.Link.Addr())
+	say("%s online; local link on %s", cmdline.Plural(len(creds), "car"), fleet.Link.Addr())
 
 	// Owners (and every third car's friend) set up in parallel, as many people would.
 	owners := make([]*Person, len(creds))
@@ -178,7 +189,8 @@ func Run(ctx context.Context, o Options) Report {
 			nRevoked++
 		}
 	}
-	say("%d owners enrolled TOTP and paired their phones; %d shared keys revoked; every car acknowledged its whitelist", len(owners), nRevoked)
+	say("%s enrolled TOTP and paired their phones; %s revoked; every car acknowledged its whitelist",
+		cmdline.Plural(len(owners), "owner"), cmdline.Plural(nRevoked, "shared key"))
 
 	// One TOTP-authorized cloud unlock per owner, before the outage.
 	for i, p := range owners {
@@ -224,6 +236,10 @@ func Run(ctx context.Context, o Options) Report {
 		r := <-results
 		ok := r.err == nil && r.out.Path == phone.PathLocal && r.out.Reply.Status == protocol.ReplyExecuted
 		rep.Paths["local"].add(r.d, ok)
+		if r.out.Path == phone.PathLocal {
+			rep.Fallback.CloudWait.add(r.out.CloudWait, ok)
+			rep.Fallback.Link.add(r.d-r.out.CloudWait, ok)
+		}
 		rep.JournalExpected++
 		if !ok {
 			rep.LegitimateFailed++
@@ -288,6 +304,8 @@ func Run(ctx context.Context, o Options) Report {
 	for _, p := range rep.Paths {
 		p.finish()
 	}
+	rep.Fallback.CloudWait.finish()
+	rep.Fallback.Link.finish()
 	rep.OK = rep.LegitimateFailed == 0 && rep.IllegitimateSucceeded == 0 && rep.JournalFiled >= rep.JournalExpected &&
 		rep.Paths["local"].Successes == len(owners) && len(rep.Problems) == 0
 	rep.DurationMs = time.Since(start).Milliseconds()
@@ -342,16 +360,24 @@ func setUp(ctx context.Context, cloud *Cloud, vin string, i int, owners, friends
 // Summary is a human-readable table of a report.
 func (r Report) Summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "outage drill with %d cars: ", r.Cars)
+	fmt.Fprintf(&b, "outage drill with %s: ", cmdline.Plural(r.Cars, "car"))
 	if r.OK {
 		b.WriteString("PASSED\n")
 	} else {
 		b.WriteString("FAILED\n")
 	}
-	fmt.Fprintf(&b, "%-8s %8s %9s %8s %8s %8s\n", "path", "attempts", "successes", "p50 ms", "p99 ms", "max ms")
+	const row = "%-34s %8d %9d %8.2f %8.2f %8.2f\n"
+	fmt.Fprintf(&b, "%-34s %8s %9s %8s %8s %8s\n", "path", "attempts", "successes", "p50 ms", "p99 ms", "max ms")
+	labels := map[string]string{"cloud": "cloud (before the outage)", "local": "local, tap to answer (fallback)¹"}
 	for _, name := range []string{"cloud", "local"} {
 		p := r.Paths[name]
-		fmt.Fprintf(&b, "%-8s %8d %9d %8.2f %8.2f %8.2f\n", name, p.Attempts, p.Successes, p.P50Ms, p.P99Ms, p.MaxMs)
+		fmt.Fprintf(&b, row, labels[name], p.Attempts, p.Successes, p.P50Ms, p.P99Ms, p.MaxMs)
+	}
+	if w, l := r.Fallback.CloudWait, r.Fallback.Link; w.Attempts > 0 {
+		fmt.Fprintf(&b, row, "  of which waiting for the cloud", w.Attempts, w.Successes, w.P50Ms, w.P99Ms, w.MaxMs)
+		fmt.Fprintf(&b, row, "  of which the local link itself", l.Attempts, l.Successes, l.P50Ms, l.P99Ms, l.MaxMs)
+		fmt.Fprintf(&b, "¹ each phone first tries the cloud and gives up after --cloud-timeout (%s); only then does it use the local link\n",
+			time.Duration(r.CloudTimeoutMs)*time.Millisecond)
 	}
 	fmt.Fprintf(&b, "legitimate unlocks failed: %d\n", r.LegitimateFailed)
 	reasons := make([]string, 0, len(r.Refusals))

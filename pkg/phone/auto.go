@@ -48,6 +48,14 @@ type AutoOptions struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// CurrentBroker, when set (and BrokerURL is not), asks the gateway which broker it
+	// advertises now (a session keeps the one its login named; see CurrentBroker). SendAuto
+	// asks while it connects; when the session's broker cannot be used and the gateway names
+	// another, SendAuto tries that one, with a new CloudTimeout, before any fallback.
+	CurrentBroker func(ctx context.Context) (string, error)
+	// BrokerChecked, when set, is told what CurrentBroker answered once the session's broker
+	// could not be used: the broker the gateway names now, or why it could not tell.
+	BrokerChecked func(current string, err error)
 }
 
 // Outcome is one answer to a SendAuto request, and which way it came.
@@ -56,6 +64,9 @@ type Outcome struct {
 	// Fallback says why the local link was used after the cloud was tried (or could not be);
 	// empty on the cloud path.
 	Fallback string
+	// CloudWait is how long the cloud attempt took before the local link was used (on the
+	// local path after a fallback): a fallback's latency is CloudWait plus the local link's.
+	CloudWait time.Duration
 	// Reply is the answer; on the local path it is the car's result (executed or rejected) in
 	// the form of a reply.
 	Reply protocol.Reply
@@ -100,11 +111,12 @@ func SendAuto(ctx context.Context, o AutoOptions, r Request, onReply func(Outcom
 		}
 	}
 
+	start := time.Now()
 	out, fallback, err := sendCloud(ctx, o, r, emit)
 	if fallback == "" || o.CloudOnly {
 		return out, err
 	}
-	out = Outcome{Path: PathLocal, Fallback: fallback}
+	out = Outcome{Path: PathLocal, Fallback: fallback, CloudWait: time.Since(start)}
 	res, lerr := localSend(ctx, o.LinkAddr, o.Key, o.User, r, o.Now)
 	if lerr != nil {
 		return out, fmt.Errorf("cloud: %s; %w", fallback, lerr)
@@ -133,10 +145,27 @@ func sendCloud(ctx context.Context, o AutoOptions, r Request, emit func(Outcome)
 		return out, "the login session has expired", errors.New("the login session has expired: log in again")
 	}
 	firstBy := time.Now().Add(o.CloudTimeout)
-	cctx, cancel := context.WithDeadline(ctx, firstBy)
-	app, err := ConnectWith(cctx, o.Session, ConnectOptions{BrokerURL: o.BrokerURL, Key: o.Key,
-		ConnectTimeout: o.CloudTimeout, Logger: o.Logger})
-	cancel()
+	connect := func(brokerURL string) (*App, error) {
+		cctx, cancel := context.WithDeadline(ctx, firstBy)
+		defer cancel()
+		return ConnectWith(cctx, o.Session, ConnectOptions{BrokerURL: brokerURL, Key: o.Key,
+			ConnectTimeout: o.CloudTimeout, Logger: o.Logger})
+	}
+	current, stopAsking := askCurrentBroker(ctx, o, firstBy)
+	app, err := connect(o.BrokerURL)
+	if err != nil && current != nil && ctx.Err() == nil {
+		// The session's broker cannot be used: if the gateway now names another, try that.
+		a := <-current
+		moved := a.err == nil && a.url != o.Session.BrokerURL
+		if o.BrokerChecked != nil {
+			o.BrokerChecked(a.url, a.err)
+		}
+		if moved {
+			firstBy = time.Now().Add(o.CloudTimeout)
+			app, err = connect(a.url)
+		}
+	}
+	stopAsking()
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
@@ -162,4 +191,27 @@ func sendCloud(ctx context.Context, o AutoOptions, r Request, emit func(Outcome)
 	}
 	out.Reply = reply
 	return out, "", err
+}
+
+type brokerAnswer struct {
+	url string
+	err error
+}
+
+// askCurrentBroker starts o.CurrentBroker (bounded by deadline) and returns where its answer
+// comes, and a stop that cancels it and waits for it; without a CurrentBroker, or with a
+// broker given explicitly, the channel is nil.
+func askCurrentBroker(ctx context.Context, o AutoOptions, deadline time.Time) (<-chan brokerAnswer, func()) {
+	if o.CurrentBroker == nil || o.BrokerURL != "" {
+		return nil, func() {}
+	}
+	ch := make(chan brokerAnswer, 1)
+	actx, cancel := context.WithDeadline(ctx, deadline)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		u, err := o.CurrentBroker(actx)
+		ch <- brokerAnswer{u, err}
+	}()
+	return ch, func() { cancel(); <-done }
 }

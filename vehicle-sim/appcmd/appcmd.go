@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,25 +14,58 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/vehicle-sim/config"
 )
 
 // Env is what a command reads and writes.
 type Env struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
-	Getenv         func(string) string
+	// Getenv reads HOME (for the default session and key files); nil: os.Getenv.
+	Getenv func(string) string
+	// Environ is the environment the SIM_* variables of the flags come from ("KEY=value").
+	// Nil: os.Environ() when Getenv is nil too, else no variables.
+	Environ []string
 }
 
-const usage = `usage: vehicle-sim app [--gateway URL] [--session FILE] [--key FILE] COMMAND
+func (e Env) getenv(k string) string {
+	if e.Getenv != nil {
+		return e.Getenv(k)
+	}
+	for _, kv := range e.Environ {
+		if name, v, ok := strings.Cut(kv, "="); ok && name == k {
+			return v
+		}
+	}
+	if e.Environ == nil {
+		return os.Getenv(k)
+	}
+	return ""
+}
+
+func (e Env) environ() []string {
+	if e.Environ == nil && e.Getenv == nil {
+		return os.Environ()
+	}
+	return e.Environ
+}
+
+// overview is the app command's description: every subcommand in one screen.
+const overview = `The simulated phone app: log in to the gateway, set up 2FA, make this phone's key and pair it
+with cars, and send signed commands through the cloud or over the car's local link.
 
 commands:
-  login --user U [--broker URL] [--totp CODE]   log in (password on stdin); keeps the session
-  password                                     change the password (current and new on stdin,
-                                               one per line); ends every other session
+  login --user U [--broker URL] [--totp CODE]   log in (the password is prompted for, or read
+                                               from stdin); keeps the session
+  password                                     change the password (prompted for, or current
+                                               and new on stdin, one per line); ends every
+                                               other session
   send VIN ACTION [--totp CODE] [--json] [--broker URL] [--lifetime D]
                   [--local | --cloud-only] [--cloud-timeout D] [--link ADDR] [--user U]
                                                send a command signed with this phone's key:
@@ -66,104 +98,129 @@ commands:
   totp disable CODE                            turn 2FA off (a current code or a recovery code)
   totp status                                  enrollment and lockout state
 
+Flags go anywhere after "app" (vehicle-sim app send VIN unlock --totp 123456). VINs may be
+typed in lower case.
+
 actions: lock unlock open_trunk honk flash climate_on climate_off charge_start charge_stop
          remote_start locate
-environment: SIM_GATEWAY, SIM_APP_SESSION, SIM_PHONE_KEY (--key), SIM_LINK (--link)
-`
+environment: every flag has a variable, shown in its help: SIM_GATEWAY, SIM_APP_SESSION,
+             SIM_PHONE_KEY (--key), SIM_LINK (--link), SIM_APP_… for the others`
 
-// globals are the flags before the command.
+// globals are the app's persistent flags.
 type globals struct {
 	gateway, session, key string
 }
 
-// Run executes `vehicle-sim app ARGS…` and returns the exit code.
-func Run(ctx context.Context, args []string, env Env) int {
-	if env.Getenv == nil {
-		env.Getenv = os.Getenv
-	}
-	fs := flag.NewFlagSet("vehicle-sim app", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
+// NewCommand returns `vehicle-sim app` and its subcommands.
+func NewCommand(env Env) *cobra.Command {
 	var g globals
-	fs.StringVar(&g.gateway, "gateway", orDefault(env.Getenv("SIM_GATEWAY"), "http://127.0.0.1:8080"), "gateway URL (login)")
-	fs.StringVar(&g.session, "session", orDefault(env.Getenv("SIM_APP_SESSION"), defaultPath(env, "session.json")), "session file (0600)")
-	fs.StringVar(&g.key, "key", orDefault(env.Getenv("SIM_PHONE_KEY"), defaultPath(env, "phone.key")), "phone key file (private key, 0600)")
-	fs.Usage = func() { fmt.Fprint(env.Stderr, usage); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0 // asked for the usage, got it
-		}
-		return 2
+	app := &cobra.Command{
+		Use:   "app COMMAND",
+		Short: "act as a phone: login, 2FA, keys, commands, local link",
+		Long:  overview,
+		RunE: func(c *cobra.Command, _ []string) error {
+			// No command: the overview on stderr, a usage error.
+			fmt.Fprintf(env.Stderr, "usage: vehicle-sim app COMMAND [flags]\n\n%s\n\n%s", overview, c.UsageString())
+			return cmdline.WithExitCode(2, nil)
+		},
 	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		fs.Usage()
-		return 2
+	pf := app.PersistentFlags()
+	pf.StringVar(&g.gateway, "gateway", config.Default().Gateway, "gateway `URL` (login)")
+	pf.StringVar(&g.session, "session", defaultPath(env, "session.json"), "session `FILE` (0600)")
+	pf.StringVar(&g.key, "key", defaultPath(env, "phone.key"), "phone key `FILE` (private key, 0600)")
+	app.AddCommand(loginCommand(&g, env), passwordCommand(&g, env), sendCommand(&g, env), keyCommand(&g, env), totpCommand(&g, env))
+
+	// Every flag of the app has a variable SIM_APP_FLAG, but for the names documented before.
+	config.PrefixEnv(app, "SIM_APP_", "totp", "proof")
+	cmdline.SetEnv(app, "gateway", "SIM_GATEWAY")
+	cmdline.SetEnv(app, "session", "SIM_APP_SESSION")
+	cmdline.SetEnv(app, "key", "SIM_PHONE_KEY")
+	if send, _, err := app.Find([]string{"send"}); err == nil {
+		cmdline.SetEnv(send, "link", "SIM_LINK")
 	}
-	switch rest[0] {
-	case "login":
-		return login(ctx, g.gateway, g.session, rest[1:], env)
-	case "password":
-		return password(ctx, g.session, rest[1:], env)
-	case "send":
-		return send(ctx, g, rest[1:], env)
-	case "key":
-		return keyCmd(ctx, g, rest[1:], env)
-	case "totp":
-		return totpCmd(ctx, g.session, rest[1:], env)
-	}
-	fmt.Fprintf(env.Stderr, "vehicle-sim app: unknown command %q\n\n%s", rest[0], usage)
-	return 2
+	return app
 }
 
-func orDefault(v, def string) string {
-	if v != "" {
-		return v
-	}
-	return def
+// Run executes `vehicle-sim app ARGS…` and returns the exit code (0 ok, 1 failure, 2 usage).
+func Run(ctx context.Context, args []string, env Env) int {
+	root := cmdline.NewRoot("vehicle-sim", "simulated cars and phones", config.EnvPrefix)
+	root.AddCommand(NewCommand(env))
+	return cmdline.ExecuteWithEnv(ctx, root, append([]string{"app"}, args...), env.environ(), env.Stdin, env.Stdout, env.Stderr)
 }
 
 // defaultPath is ~/.vehicle-sim/name.
 func defaultPath(env Env, name string) string {
-	home := env.Getenv("HOME")
+	home := env.getenv("HOME")
 	if home == "" {
 		home = "."
 	}
 	return filepath.Join(home, ".vehicle-sim", name)
 }
 
-func login(ctx context.Context, gateway, sessionPath string, args []string, env Env) int {
-	fs := flag.NewFlagSet("vehicle-sim app login", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	user := fs.String("user", "", "user name")
-	broker := fs.String("broker", "", "broker URL to use instead of the one the gateway advertises")
-	totp := fs.String("totp", "", "TOTP code, where the gateway's policy asks for one at login")
-	if _, err := cmdline.Interleaved(fs, args); err != nil {
-		return 2
+// vinArg reads a VIN argument: lower case is normalised; anything else malformed is a usage
+// error.
+func vinArg(s string) (string, error) {
+	v := strings.ToUpper(strings.TrimSpace(s))
+	if !protocol.ValidVIN(v) {
+		return "", cmdline.UsageError("%q is not a VIN (17 characters, digits and capitals without I, O, Q)", s)
 	}
-	if *user == "" {
-		fmt.Fprintln(env.Stderr, "vehicle-sim app login: --user is required (the password is read from stdin)")
-		return 2
+	return v, nil
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(env Env, v any) error {
+	enc := json.NewEncoder(env.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func loginCommand(g *globals, env Env) *cobra.Command {
+	var user, broker, totp string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "login --user NAME",
+		Short: "log in to the gateway; the password is prompted for (no echo), or read from stdin",
+		Long: `Logs in to the gateway and keeps the session (token, broker address) in --session, mode 0600.
+At a terminal the password is prompted for without echo; otherwise it is the first line of stdin
+(echo 'a long passphrase' | vehicle-sim app login --user alice).`,
+		Example: `  vehicle-sim app login --user alice --gateway http://127.0.0.1:8080
+  echo 'a long passphrase' | vehicle-sim app login --user alice`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if user == "" {
+				return cmdline.UsageError("--user is required (the password is prompted for, or read from stdin)")
+			}
+			pw, err := cmdline.ReadPassword(env.Stdin, env.Stderr, fmt.Sprintf("password for %s: ", user), false)
+			if errors.Is(err, cmdline.ErrNoPassword) {
+				return cmdline.UsageError("%v", err)
+			}
+			if err != nil {
+				return err
+			}
+			sess, err := phone.Login(cmd.Context(), g.gateway, user, pw, totp)
+			if err != nil {
+				return err
+			}
+			if broker != "" {
+				sess.BrokerURL = broker
+			}
+			if err := SaveSession(g.session, sess); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(env, map[string]any{"user": sess.User, "expires_at": sess.ExpiresAtMs,
+					"broker_url": sess.BrokerURL, "gateway": sess.Gateway, "session": g.session})
+			}
+			fmt.Fprintf(env.Stdout, "logged in as %s until %s; broker %s; session in %s\n", sess.User,
+				cmdline.Time(sess.ExpiresAtMs), sess.BrokerURL, g.session)
+			return nil
+		},
 	}
-	pw, err := cmdline.ReadPasswordLine(env.Stdin)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app login: %v\n", err)
-		return 2
-	}
-	sess, err := phone.Login(ctx, gateway, *user, pw, *totp)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app login: %v\n", err)
-		return 1
-	}
-	if *broker != "" {
-		sess.BrokerURL = *broker
-	}
-	if err := SaveSession(sessionPath, sess); err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app login: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(env.Stdout, "logged in as %s until %s; broker %s; session in %s\n", sess.User,
-		time.UnixMilli(sess.ExpiresAtMs).Format(time.RFC3339), sess.BrokerURL, sessionPath)
-	return 0
+	c.Flags().StringVar(&user, "user", "", "user `NAME`")
+	c.Flags().StringVar(&broker, "broker", "", "broker `URL` to use instead of the one the gateway advertises")
+	c.Flags().StringVar(&totp, "totp", "", "TOTP `CODE`, where the gateway's policy asks for one at login")
+	c.Flags().BoolVar(&asJSON, "json", false, `print {"user", "expires_at", "broker_url", "gateway", "session"} (never the token)`)
+	return c
 }
 
 // SaveSession writes the session 0600: it holds an access token.
@@ -201,121 +258,169 @@ func loadKey(path string) (*sign.Signer, error) {
 	return key, err
 }
 
-func send(ctx context.Context, g globals, args []string, env Env) int {
-	fs := flag.NewFlagSet("vehicle-sim app send", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	totp := fs.String("totp", "", "TOTP code for actions that need one (cloud path)")
-	asJSON := fs.Bool("json", false, "print one JSON object per reply, with the path it came by")
-	broker := fs.String("broker", "", "broker URL (overrides the session's)")
-	lifetime := fs.Duration("lifetime", protocol.DefaultCommandLifetimeMs*time.Millisecond, "how long the command stays valid (at most 30s)")
-	local := fs.Bool("local", false, "use the car's local link only, not the cloud")
-	cloudOnly := fs.Bool("cloud-only", false, "use the cloud only: no fallback to the local link")
-	cloudTimeout := fs.Duration("cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
-	link := fs.String("link", orDefault(env.Getenv("SIM_LINK"), phone.DefaultLinkAddr), "the car's local link address")
-	userFlag := fs.String("user", "", "user name, for the local link without a login session")
-	pos, err := cmdline.Interleaved(fs, args)
-	if err != nil {
-		return 2
-	}
-	if len(pos) != 2 {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app send: need VIN and ACTION\n\n%s", usage)
-		return 2
-	}
-	vin, action := strings.ToUpper(pos[0]), protocol.Action(pos[1])
-	if !protocol.ValidVIN(vin) {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app send: %q is not a VIN (17 characters, digits and capitals without I, O, Q)\n", pos[0])
-		return 2
-	}
-	if !action.Valid() {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app send: unknown action %q\n\n%s", pos[1], usage)
-		return 2
-	}
-	switch {
-	case *local && *cloudOnly:
-		fmt.Fprintln(env.Stderr, "vehicle-sim app send: --local and --cloud-only exclude each other")
-		return 2
-	case *cloudTimeout <= 0:
-		fmt.Fprintln(env.Stderr, "vehicle-sim app send: --cloud-timeout must be positive")
-		return 2
-	case *userFlag != "" && !protocol.ValidUser(*userFlag):
-		fmt.Fprintf(env.Stderr, "vehicle-sim app send: %q is not a user name\n", *userFlag)
-		return 2
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app send: %v\n", err)
-		return 1
-	}
+func sendCommand(g *globals, env Env) *cobra.Command {
+	var (
+		totp, broker, link, userFlag string
+		asJSON, local, cloudOnly     bool
+		lifetime, cloudTimeout       time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "send VIN ACTION",
+		Short: "send a command signed with this phone's key: through the cloud, else over the car's local link",
+		Long: `Sends ACTION to car VIN, signed with this phone's key: through the cloud (the broker the
+session names), or over the car's local link when the cloud does not answer within
+--cloud-timeout; --local uses the link only (no login needed: give --user). Prints the path
+("path: cloud" or "path: local (why)") and each reply until the terminal one; exit 0 only for
+"executed". When the session's broker does not answer, send asks the gateway which broker it
+uses now and follows it (the session keeps the new address).
 
-	// The cloud needs the login session; the local link only the user name and the key.
-	sess, sessErr := LoadSession(g.session)
-	user := *userFlag
-	switch {
-	case sessErr == nil && user != "" && user != sess.User:
-		fmt.Fprintf(env.Stderr, "vehicle-sim app send: --user %s, but the session is %s's\n", user, sess.User)
-		return 2
-	case sessErr == nil:
-		user = sess.User
-	case *cloudOnly || user == "":
-		if !*cloudOnly {
-			sessErr = fmt.Errorf("%w\n(to use the car's local link without logging in: --local --user NAME)", sessErr)
-		}
-		return fail(sessErr)
-	default:
-		sess = nil // no session, --user given: the local link is all there is
-	}
-	key, err := loadKey(g.key)
-	if err != nil {
-		return fail(err)
-	}
-
-	req := phone.Request{VIN: vin, Action: action, TOTP: *totp, Lifetime: *lifetime}
-	enc := json.NewEncoder(env.Stdout)
-	var printed phone.Path
-	show := func(o phone.Outcome) {
-		if *asJSON {
-			_ = enc.Encode(struct {
-				protocol.Reply
-				Path     phone.Path `json:"path"`
-				Fallback string     `json:"fallback,omitempty"`
-			}{o.Reply, o.Path, o.Fallback})
-			return
-		}
-		if o.Path != printed {
-			printed = o.Path
-			if o.Fallback != "" {
-				fmt.Fprintf(env.Stdout, "path: %s (%s)\n", o.Path, o.Fallback)
-			} else {
-				fmt.Fprintf(env.Stdout, "path: %s\n", o.Path)
+actions: lock unlock open_trunk honk flash climate_on climate_off charge_start charge_stop
+         remote_start locate`,
+		Example: `  vehicle-sim app send 1HGCM82633A004352 unlock --totp 345678
+  vehicle-sim app send 1HGCM82633A004352 lock --json
+  vehicle-sim app send 1hgcm82633a004352 unlock --local --user alice --link 127.0.0.1:1884`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return cmdline.UsageError("need VIN and ACTION (got %d arguments)", len(args))
 			}
-		}
-		fmt.Fprintln(env.Stdout, replyLine(o.Reply))
-	}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			vin, err := vinArg(args[0])
+			if err != nil {
+				return err
+			}
+			action := protocol.Action(args[1])
+			if !action.Valid() {
+				return cmdline.UsageError("unknown action %q (see vehicle-sim app send --help)", args[1])
+			}
+			switch {
+			case local && cloudOnly:
+				return cmdline.UsageError("--local and --cloud-only exclude each other")
+			case cloudTimeout <= 0:
+				return cmdline.UsageError("--cloud-timeout must be positive")
+			case userFlag != "" && !protocol.ValidUser(userFlag):
+				return cmdline.UsageError("%q is not a user name", userFlag)
+			}
 
-	var out phone.Outcome
-	if *local {
-		var res protocol.Result
-		res, err = phone.LocalSend(ctx, *link, key, user, req)
-		if err == nil {
-			out = phone.Outcome{Path: phone.PathLocal, Reply: phone.ResultReply(req, res)}
-			show(out)
-		}
-	} else {
-		out, err = phone.SendAuto(ctx, phone.AutoOptions{Session: sess, BrokerURL: *broker, Key: key, User: user,
-			LinkAddr: *link, CloudTimeout: *cloudTimeout, CloudOnly: *cloudOnly}, req, show)
+			// The cloud needs the login session; the local link only the user name and the key.
+			sess, sessErr := LoadSession(g.session)
+			user := userFlag
+			switch {
+			case sessErr == nil && user != "" && user != sess.User:
+				return cmdline.UsageError("--user %s, but the session is %s's", user, sess.User)
+			case sessErr == nil:
+				user = sess.User
+			case cloudOnly || user == "":
+				if !cloudOnly {
+					sessErr = fmt.Errorf("%w\n(to use the car's local link without logging in: --local --user NAME)", sessErr)
+				}
+				return sessErr
+			default:
+				sess = nil // no session, --user given: the local link is all there is
+			}
+			key, err := loadKey(g.key)
+			if err != nil {
+				return err
+			}
+
+			req := phone.Request{VIN: vin, Action: action, TOTP: totp, Lifetime: lifetime}
+			enc := json.NewEncoder(env.Stdout)
+			var printed phone.Path
+			show := func(o phone.Outcome) {
+				if asJSON {
+					_ = enc.Encode(struct {
+						protocol.Reply
+						Path     phone.Path `json:"path"`
+						Fallback string     `json:"fallback,omitempty"`
+					}{o.Reply, o.Path, o.Fallback})
+					return
+				}
+				if o.Path != printed {
+					printed = o.Path
+					if o.Fallback != "" {
+						fmt.Fprintf(env.Stdout, "path: %s (%s)\n", o.Path, o.Fallback)
+					} else {
+						fmt.Fprintf(env.Stdout, "path: %s\n", o.Path)
+					}
+				}
+				fmt.Fprintln(env.Stdout, replyLine(o.Reply))
+			}
+
+			var out phone.Outcome
+			if local {
+				var res protocol.Result
+				res, err = phone.LocalSend(ctx, link, key, user, req)
+				if err == nil {
+					out = phone.Outcome{Path: phone.PathLocal, Reply: phone.ResultReply(req, res)}
+					show(out)
+				}
+			} else {
+				opts := phone.AutoOptions{Session: sess, BrokerURL: broker, Key: key, User: user,
+					LinkAddr: link, CloudTimeout: cloudTimeout, CloudOnly: cloudOnly}
+				stale := ""
+				if sess != nil {
+					opts.CurrentBroker = func(ctx context.Context) (string, error) { return phone.CurrentBroker(ctx, sess) }
+					opts.BrokerChecked = func(current string, err error) {
+						stale = brokerChecked(sess, g.session, current, err, env)
+					}
+				}
+				out, err = phone.SendAuto(ctx, opts, req, show)
+				if stale != "" && (err != nil || out.Path == phone.PathLocal) {
+					fmt.Fprintln(env.Stderr, stale)
+				}
+			}
+			if err != nil {
+				if h := sendHint(err, vin, link); h != "" {
+					err = fmt.Errorf("%w\n%s", err, h)
+				}
+				return err
+			}
+			if h := outcomeHint(out, key.KID()); h != "" {
+				fmt.Fprintln(env.Stderr, h)
+			}
+			if out.Reply.Status != protocol.ReplyExecuted {
+				return cmdline.WithExitCode(1, nil) // the reply, printed, says why
+			}
+			return nil
+		},
 	}
-	if err != nil {
-		if h := sendHint(err, vin, *link); h != "" {
-			err = fmt.Errorf("%w\n%s", err, h)
-		}
-		return fail(err)
+	f := c.Flags()
+	f.StringVar(&totp, "totp", "", "TOTP `CODE` for actions that need one (cloud path)")
+	f.BoolVar(&asJSON, "json", false, "print one JSON object per reply, with the path it came by")
+	f.StringVar(&broker, "broker", "", "broker `URL` (overrides the session's)")
+	f.DurationVar(&lifetime, "lifetime", protocol.DefaultCommandLifetimeMs*time.Millisecond, "how long the command stays valid (at most 30s)")
+	f.BoolVar(&local, "local", false, "use the car's local link only, not the cloud")
+	f.BoolVar(&cloudOnly, "cloud-only", false, "use the cloud only: no fallback to the local link")
+	f.DurationVar(&cloudTimeout, "cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
+	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port)")
+	f.StringVar(&userFlag, "user", "", "user `NAME`, for the local link without a login session")
+	return c
+}
+
+// brokerChecked handles the gateway's answer about its current broker, asked when the
+// session's broker could not be used: a new broker is kept in the session (and said on
+// stderr); an answer that could not be had returns what to tell the user if the cloud fails.
+func brokerChecked(sess *phone.Session, sessionPath, current string, err error, env Env) (stale string) {
+	old := sess.BrokerURL
+	var ae *phone.APIError
+	switch {
+	case err != nil && !errors.As(err, &ae) && !errors.Is(err, phone.ErrNoSessionEndpoint):
+		return "" // the gateway is not answering either: an outage, not a moved broker
+	case err != nil:
+		return fmt.Sprintf("the session's broker %s did not answer and the gateway could not say which broker it uses now (%v); "+
+			"if the broker moved, log in again (vehicle-sim app login --user NAME) or give --broker URL", old, err)
+	case current == old:
+		return ""
 	}
-	if h := outcomeHint(out, key.KID()); h != "" {
-		fmt.Fprintln(env.Stderr, h)
+	sess.BrokerURL = current
+	if err := SaveSession(sessionPath, sess); err != nil {
+		fmt.Fprintf(env.Stderr, "the gateway now names the broker %s (the session had %s), but the session file could not be updated: %v\n", current, old, err)
+		return ""
 	}
-	if out.Reply.Status != protocol.ReplyExecuted {
-		return 1
-	}
-	return 0
+	fmt.Fprintf(env.Stderr, "the session's broker %s did not answer; the gateway now names %s: using it, and kept in %s\n", old, current, sessionPath)
+	return ""
 }
 
 // replyLine is one reply in text: "ID ACTION STATUS[: REASON] [(locked=…)]".

@@ -57,7 +57,12 @@ func (p *phoneEnv) run(args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	code := Run(ctx, args, Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return p.vars[k] }})
+	var environ []string
+	for k, v := range p.vars {
+		environ = append(environ, k+"="+v)
+	}
+	code := Run(ctx, args, Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return p.vars[k] },
+		Environ: environ})
 	return code, out.String(), errb.String()
 }
 

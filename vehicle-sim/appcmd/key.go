@@ -1,14 +1,14 @@
 package appcmd
 
 import (
-	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
@@ -16,289 +16,359 @@ import (
 	"telematics/pkg/sign"
 )
 
-// keyCmd is `vehicle-sim app key create|show|pair|list|share|revoke|remove-user`.
-func keyCmd(ctx context.Context, g globals, args []string, env Env) int {
-	if len(args) == 0 {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app key: need create, show, pair, list, share, revoke or remove-user\n\n%s", usage)
-		return 2
+// keyCommand is `vehicle-sim app key create|show|pair|list|share|revoke|remove-user`.
+func keyCommand(g *globals, env Env) *cobra.Command {
+	key := &cobra.Command{
+		Use:   "key COMMAND",
+		Short: "this phone's key: create, show, pair with a car, list, share, revoke, remove a user",
+		RunE: func(*cobra.Command, []string) error {
+			return cmdline.UsageError("need create, show, pair, list, share, revoke or remove-user")
+		},
 	}
-	sub, args := args[0], args[1:]
-	name := "vehicle-sim app key " + sub
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	fail := func(err error) int {
-		msg := err.Error()
-		var ae *phone.APIError
-		if errors.As(err, &ae) {
-			if h := keyHint(sub, ae.Reason); h != "" {
-				msg += "\n" + h
-			}
-		}
-		fmt.Fprintf(env.Stderr, "%s: %s\n", name, msg)
-		return 1
-	}
-	usageErr := func(format string, a ...any) int {
-		fmt.Fprintf(env.Stderr, "%s: %s\n", name, fmt.Sprintf(format, a...))
-		return 2
-	}
-	// session loads the login session the gateway's key API needs.
-	session := func() (*phone.Session, error) {
-		s, err := LoadSession(g.session)
-		if err != nil {
-			return nil, err
-		}
-		if time.Now().UnixMilli() >= s.ExpiresAtMs {
-			return nil, errors.New("the session has expired: log in again")
-		}
-		return s, nil
-	}
-	vinArg := func(s string) (string, bool) {
-		v := strings.ToUpper(s)
-		return v, protocol.ValidVIN(v)
-	}
+	key.AddCommand(keyCreate(g, env), keyShow(g, env), keyPair(g, env), keyList(g, env), keyShare(g, env),
+		keyRevoke(g, env), keyRemoveUser(g, env))
+	return key
+}
 
-	switch sub {
-	case "create":
-		force := fs.Bool("force", false, "replace an existing key (the cars it was paired with keep it until it is revoked)")
-		if pos, err := cmdline.Interleaved(fs, args); err != nil {
-			return 2
-		} else if len(pos) != 0 {
-			return usageErr("takes no arguments")
+// keyFail adds what to do to a refusal of key command sub.
+func keyFail(sub string, err error) error {
+	var ae *phone.APIError
+	if errors.As(err, &ae) {
+		if h := keyHint(sub, ae.Reason); h != "" {
+			return fmt.Errorf("%w\n%s", err, h)
 		}
-		var old *sign.Signer
-		var key *sign.Signer
-		var err error
-		if *force {
-			old, _ = phone.LoadKey(g.key)
-			key, err = phone.ReplaceKey(g.key)
-		} else {
-			key, err = phone.CreateKey(g.key)
-		}
-		if errors.Is(err, phone.ErrKeyExists) {
-			return fail(fmt.Errorf("%s already holds a key; replacing it unpairs this phone from its cars. "+
-				"Use --force to replace it anyway, or --key FILE for another one", g.key))
-		}
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintln(env.Stdout, key.KID())
-		fmt.Fprintf(env.Stderr, "phone key %s created in %s (mode 0600; its private half never leaves this file)\n", key.KID(), g.key)
-		if old != nil && old.KID() != key.KID() {
-			fmt.Fprintf(env.Stderr, "it replaces key %s: revoke that one on its cars (vehicle-sim app key revoke VIN %s --totp CODE)\n", old.KID(), old.KID())
-		}
-		fmt.Fprintln(env.Stderr, "next: vehicle-sim app key pair VIN --totp CODE")
-		return 0
+	}
+	return err
+}
 
-	case "show":
-		asJSON := fs.Bool("json", false, `print {"key_id", "public_key", "path"}`)
-		if pos, err := cmdline.Interleaved(fs, args); err != nil {
-			return 2
-		} else if len(pos) != 0 {
-			return usageErr("takes no arguments")
-		}
-		key, err := loadKey(g.key)
-		if err != nil {
-			return fail(err)
-		}
-		pub, err := sign.EncodePublic(key.Public())
-		if err != nil {
-			return fail(err)
-		}
-		if *asJSON {
-			return printJSON(env, map[string]string{"key_id": key.KID(), "public_key": pub, "path": g.key})
-		}
-		fmt.Fprintf(env.Stdout, "key id:     %s\npublic key: %s\nfile:       %s\n", key.KID(), pub, g.key)
-		return 0
+// liveSession loads the login session the gateway's key API needs.
+func liveSession(g *globals) (*phone.Session, error) {
+	s, err := LoadSession(g.session)
+	if err != nil {
+		return nil, err
+	}
+	if time.Now().UnixMilli() >= s.ExpiresAtMs {
+		return nil, errors.New("the session has expired: log in again")
+	}
+	return s, nil
+}
 
-	case "pair":
-		totp := fs.String("totp", "", "TOTP code (key changes need one unless the gateway's policy says otherwise)")
-		label := fs.String("label", "", "a name for this phone on the car's key list")
-		pos, err := cmdline.Interleaved(fs, args)
-		if err != nil {
-			return 2
+// exactly returns a cobra argument check that wants n arguments, saying which with what.
+func exactly(n int, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != n {
+			return cmdline.UsageError("need %s", what)
 		}
-		if len(pos) != 1 {
-			return usageErr("need VIN")
-		}
-		vin, ok := vinArg(pos[0])
-		if !ok {
-			return usageErr("%q is not a VIN", pos[0])
-		}
-		key, err := loadKey(g.key)
-		if err != nil {
-			return fail(err)
-		}
-		sess, err := session()
-		if err != nil {
-			return fail(err)
-		}
-		k, err := phone.PairKey(ctx, sess, key, vin, *label, *totp)
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(env.Stdout, "key %s is now a key of %s: role %s, channels %s, %s\n",
-			k.ID, vin, k.Role, strings.Join(k.Channels, ","), validity(k.NotAfterMs))
-		fmt.Fprintln(env.Stdout, "the car can use it over the local link once it has the new whitelist (see: vehicle-sim app key list "+vin+")")
-		return 0
+		return nil
+	}
+}
 
-	case "list":
-		asJSON := fs.Bool("json", false, "print the gateway's answer as JSON")
-		pos, err := cmdline.Interleaved(fs, args)
-		if err != nil {
-			return 2
-		}
-		if len(pos) > 1 {
-			return usageErr("takes at most one VIN")
-		}
-		sess, err := session()
-		if err != nil {
-			return fail(err)
-		}
-		var cars []phone.KeyStatus
-		if len(pos) == 1 {
-			vin, ok := vinArg(pos[0])
-			if !ok {
-				return usageErr("%q is not a VIN", pos[0])
+func noArgs(_ *cobra.Command, args []string) error {
+	if len(args) != 0 {
+		return cmdline.UsageError("takes no arguments")
+	}
+	return nil
+}
+
+func keyCreate(g *globals, env Env) *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:   "create",
+		Short: "make this phone's key (the private half stays in the --key file, mode 0600); prints its key id",
+		Args:  noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var old, key *sign.Signer
+			var err error
+			if force {
+				old, _ = phone.LoadKey(g.key)
+				key, err = phone.ReplaceKey(g.key)
+			} else {
+				key, err = phone.CreateKey(g.key)
 			}
-			st, err := phone.ListKeys(ctx, sess, vin)
-			if err != nil {
-				return fail(err)
-			}
-			if *asJSON {
-				return printJSON(env, st)
-			}
-			cars = []phone.KeyStatus{st}
-		} else {
-			cars, err = phone.ListAllKeys(ctx, sess)
-			var ae *phone.APIError
-			if errors.As(err, &ae) && (ae.Reason == protocol.ReasonBadRequest || ae.Status == 404 || ae.Status == 405) {
-				return fail(errors.New("the gateway lists keys per car: vehicle-sim app key list VIN"))
+			if errors.Is(err, phone.ErrKeyExists) {
+				return fmt.Errorf("%s already holds a key; replacing it unpairs this phone from its cars. "+
+					"Use --force to replace it anyway, or --key FILE for another one", g.key)
 			}
 			if err != nil {
-				return fail(err)
+				return err
 			}
-			if *asJSON {
-				return printJSON(env, cars)
+			fmt.Fprintln(env.Stdout, key.KID())
+			fmt.Fprintf(env.Stderr, "phone key %s created in %s (mode 0600; its private half never leaves this file)\n", key.KID(), g.key)
+			if old != nil && old.KID() != key.KID() {
+				fmt.Fprintf(env.Stderr, "it replaces key %s: revoke that one on its cars (vehicle-sim app key revoke VIN %s --totp CODE)\n", old.KID(), old.KID())
 			}
-		}
-		mine := ""
-		if key, err := phone.LoadKey(g.key); err == nil {
-			mine = key.KID()
-		}
-		printKeyTable(env, cars, mine)
-		return 0
-
-	case "share":
-		role := fs.String("role", "", "driver or valet")
-		until := fs.String("until", "", "the share (and the keys paired under it) ends then, RFC 3339; default never")
-		channels := fs.String("channels", protocol.ChannelCloud+","+protocol.ChannelLocal, "where the keys may be used: cloud, local or both")
-		totp := fs.String("totp", "", "TOTP code")
-		pos, err := cmdline.Interleaved(fs, args)
-		if err != nil {
-			return 2
-		}
-		if len(pos) != 2 {
-			return usageErr("need VIN and USER")
-		}
-		vin, ok := vinArg(pos[0])
-		if !ok {
-			return usageErr("%q is not a VIN", pos[0])
-		}
-		sh := phone.Share{VIN: vin, User: pos[1], Role: protocol.Role(*role)}
-		if !protocol.ValidUser(sh.User) {
-			return usageErr("%q is not a user name", sh.User)
-		}
-		if sh.Role != protocol.RoleDriver && sh.Role != protocol.RoleValet {
-			return usageErr("--role must be driver or valet")
-		}
-		if *until != "" {
-			t, err := time.Parse(time.RFC3339, *until)
-			if err != nil {
-				return usageErr("--until %q is not an RFC 3339 time (e.g. 2030-01-31T18:00:00Z)", *until)
-			}
-			if !t.After(time.Now()) {
-				return usageErr("--until %s is in the past", *until)
-			}
-			sh.NotAfterMs = t.UnixMilli()
-		}
-		if sh.Channels, err = parseChannels(*channels); err != nil {
-			return usageErr("--channels: %v", err)
-		}
-		sess, err := session()
-		if err != nil {
-			return fail(err)
-		}
-		out, err := phone.ShareKey(ctx, sess, sh, *totp)
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(env.Stdout, "%s may now use %s: role %s, channels %s, %s\n",
-			out.User, out.VIN, out.Role, strings.Join(out.Channels, ","), validity(out.NotAfterMs))
-		fmt.Fprintf(env.Stdout, "%s pairs their own phone with: vehicle-sim app key pair %s --totp CODE\n", out.User, out.VIN)
-		return 0
-
-	case "revoke":
-		totp := fs.String("totp", "", "TOTP code")
-		allowLast := fs.Bool("allow-last-owner", false, "allow revoking the car's last owner key (nobody can manage its keys afterwards)")
-		keepShare := fs.Bool("keep-share", false, "when this is the last key of a driver or valet, keep their share (they may pair another phone)")
-		pos, err := cmdline.Interleaved(fs, args)
-		if err != nil {
-			return 2
-		}
-		if len(pos) != 2 {
-			return usageErr("need VIN and KEYID")
-		}
-		vin, ok := vinArg(pos[0])
-		if !ok {
-			return usageErr("%q is not a VIN", pos[0])
-		}
-		sess, err := session()
-		if err != nil {
-			return fail(err)
-		}
-		rv, err := phone.Revoke(ctx, sess, phone.RevokeRequest{VIN: vin, KeyID: pos[1], TOTP: *totp, AllowLastOwner: *allowLast, KeepShare: *keepShare})
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(env.Stdout, "key %s revoked on %s in whitelist version %d\n", rv.KeyID, rv.VIN, rv.Version)
-		if rv.ShareEnded {
-			fmt.Fprintf(env.Stdout, "it was %s's last key: their share of %s ended; they pair again only if you share it again (--keep-share keeps it)\n", rv.User, rv.VIN)
-		}
-		fmt.Fprintf(env.Stdout, "the car refuses it once it acknowledges version %d (see: vehicle-sim app key list %s)\n", rv.Version, rv.VIN)
-		return 0
-
-	case "remove-user":
-		totp := fs.String("totp", "", "TOTP code")
-		pos, err := cmdline.Interleaved(fs, args)
-		if err != nil {
-			return 2
-		}
-		if len(pos) != 2 {
-			return usageErr("need VIN and USER")
-		}
-		vin, ok := vinArg(pos[0])
-		if !ok {
-			return usageErr("%q is not a VIN", pos[0])
-		}
-		if !protocol.ValidUser(pos[1]) {
-			return usageErr("%q is not a user name", pos[1])
-		}
-		sess, err := session()
-		if err != nil {
-			return fail(err)
-		}
-		rc, err := phone.RemoveUser(ctx, sess, vin, pos[1], *totp)
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(env.Stdout, "%s removed from %s: %d keys revoked, their share ended\n", rc.User, rc.VIN, rc.KeysChanged)
-		if rc.Version != 0 {
-			fmt.Fprintf(env.Stdout, "the car refuses their keys once it acknowledges version %d (see: vehicle-sim app key list %s)\n", rc.Version, rc.VIN)
-		}
-		return 0
+			fmt.Fprintln(env.Stderr, "next: vehicle-sim app key pair VIN --totp CODE")
+			return nil
+		},
 	}
-	fmt.Fprintf(env.Stderr, "vehicle-sim app key: unknown command %q\n\n%s", sub, usage)
-	return 2
+	c.Flags().BoolVar(&force, "force", false, "replace an existing key (the cars it was paired with keep it until it is revoked)")
+	return c
+}
+
+func keyShow(g *globals, env Env) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "show",
+		Short: "this phone's key id and public key",
+		Args:  noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			key, err := loadKey(g.key)
+			if err != nil {
+				return err
+			}
+			pub, err := sign.EncodePublic(key.Public())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(env, map[string]string{"key_id": key.KID(), "public_key": pub, "path": g.key})
+			}
+			fmt.Fprintf(env.Stdout, "key id:     %s\npublic key: %s\nfile:       %s\n", key.KID(), pub, g.key)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, `print {"key_id", "public_key", "path"}`)
+	return c
+}
+
+func keyPair(g *globals, env Env) *cobra.Command {
+	var totp, label string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "pair VIN",
+		Short: "make this phone a key of car VIN (yours, or one its owner shared with you)",
+		Args:  exactly(1, "VIN"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vin, err := vinArg(args[0])
+			if err != nil {
+				return err
+			}
+			key, err := loadKey(g.key)
+			if err != nil {
+				return err
+			}
+			sess, err := liveSession(g)
+			if err != nil {
+				return err
+			}
+			k, err := phone.PairKey(cmd.Context(), sess, key, vin, label, totp)
+			if err != nil {
+				return keyFail("pair", err)
+			}
+			if asJSON {
+				return printJSON(env, k)
+			}
+			fmt.Fprintf(env.Stdout, "key %s is now a key of %s: role %s, channels %s, %s\n",
+				k.ID, vin, k.Role, strings.Join(k.Channels, ","), validity(k.NotAfterMs))
+			fmt.Fprintln(env.Stdout, "the car can use it over the local link once it has the new whitelist (see: vehicle-sim app key list "+vin+")")
+			return nil
+		},
+	}
+	c.Flags().StringVar(&totp, "totp", "", "TOTP `CODE` (key changes need one unless the gateway's policy says otherwise)")
+	c.Flags().StringVar(&label, "label", "", "a name for this phone on the car's key list")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the new whitelist entry as JSON")
+	return c
+}
+
+func keyList(g *globals, env Env) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "list [VIN]",
+		Short: "keys per car, the whitelist version and the version the car acknowledged",
+		Long: `Lists the keys of one car, or of every car you hold a role on, with the whitelist version
+and the version the car acknowledged: a revocation counts on the car only once it is
+acknowledged. Owners see every key, others their own.`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return cmdline.UsageError("takes at most one VIN")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			var vin string
+			if len(args) == 1 {
+				v, err := vinArg(args[0])
+				if err != nil {
+					return err
+				}
+				vin = v
+			}
+			sess, err := liveSession(g)
+			if err != nil {
+				return err
+			}
+			var cars []phone.KeyStatus
+			if vin != "" {
+				st, err := phone.ListKeys(ctx, sess, vin)
+				if err != nil {
+					return keyFail("list", err)
+				}
+				if asJSON {
+					return printJSON(env, st)
+				}
+				cars = []phone.KeyStatus{st}
+			} else {
+				cars, err = phone.ListAllKeys(ctx, sess)
+				var ae *phone.APIError
+				if errors.As(err, &ae) && (ae.Reason == protocol.ReasonBadRequest || ae.Status == 404 || ae.Status == 405) {
+					return errors.New("the gateway lists keys per car: vehicle-sim app key list VIN")
+				}
+				if err != nil {
+					return keyFail("list", err)
+				}
+				if asJSON {
+					return printJSON(env, cars)
+				}
+			}
+			mine := ""
+			if key, err := phone.LoadKey(g.key); err == nil {
+				mine = key.KID()
+			}
+			printKeyTable(env, cars, mine)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print the gateway's answer as JSON")
+	return c
+}
+
+func keyShare(g *globals, env Env) *cobra.Command {
+	var role, until, channels, totp string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "share VIN USER --role driver|valet",
+		Short: "let USER pair a phone with your car, as a driver or a valet",
+		Args:  exactly(2, "VIN and USER"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vin, err := vinArg(args[0])
+			if err != nil {
+				return err
+			}
+			sh := phone.Share{VIN: vin, User: args[1], Role: protocol.Role(role)}
+			if !protocol.ValidUser(sh.User) {
+				return cmdline.UsageError("%q is not a user name", sh.User)
+			}
+			if sh.Role != protocol.RoleDriver && sh.Role != protocol.RoleValet {
+				return cmdline.UsageError("--role must be driver or valet")
+			}
+			if until != "" {
+				t, err := time.Parse(time.RFC3339, until)
+				if err != nil {
+					return cmdline.UsageError("--until %q is not an RFC 3339 time (e.g. 2030-01-31T18:00:00Z)", until)
+				}
+				if !t.After(time.Now()) {
+					return cmdline.UsageError("--until %s is in the past", until)
+				}
+				sh.NotAfterMs = t.UnixMilli()
+			}
+			if sh.Channels, err = parseChannels(channels); err != nil {
+				return cmdline.UsageError("--channels: %v", err)
+			}
+			sess, err := liveSession(g)
+			if err != nil {
+				return err
+			}
+			out, err := phone.ShareKey(cmd.Context(), sess, sh, totp)
+			if err != nil {
+				return keyFail("share", err)
+			}
+			if asJSON {
+				return printJSON(env, out)
+			}
+			fmt.Fprintf(env.Stdout, "%s may now use %s: role %s, channels %s, %s\n",
+				out.User, out.VIN, out.Role, strings.Join(out.Channels, ","), validity(out.NotAfterMs))
+			fmt.Fprintf(env.Stdout, "%s pairs their own phone with: vehicle-sim app key pair %s --totp CODE\n", out.User, out.VIN)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&role, "role", "", "driver or valet")
+	f.StringVar(&until, "until", "", "the share (and the keys paired under it) ends then, RFC 3339; default never")
+	f.StringVar(&channels, "channels", protocol.ChannelCloud+","+protocol.ChannelLocal, "where the keys may be used: cloud, local or both")
+	f.StringVar(&totp, "totp", "", "TOTP `CODE`")
+	f.BoolVar(&asJSON, "json", false, "print the share as JSON")
+	return c
+}
+
+func keyRevoke(g *globals, env Env) *cobra.Command {
+	var totp string
+	var allowLast, keepShare, asJSON bool
+	c := &cobra.Command{
+		Use:   "revoke VIN KEYID",
+		Short: "take a key off the car's whitelist; a driver's or valet's last key ends their share",
+		Long: `Takes key KEYID off car VIN's whitelist. A driver's or valet's last key ends their share
+unless --keep-share; the car's last owner key only with --allow-last-owner. A key id that starts
+with "-" goes after "--": vehicle-sim app key revoke VIN -- -AbC…`,
+		Args: exactly(2, "VIN and KEYID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vin, err := vinArg(args[0])
+			if err != nil {
+				return err
+			}
+			sess, err := liveSession(g)
+			if err != nil {
+				return err
+			}
+			rv, err := phone.Revoke(cmd.Context(), sess, phone.RevokeRequest{VIN: vin, KeyID: args[1], TOTP: totp, AllowLastOwner: allowLast, KeepShare: keepShare})
+			if err != nil {
+				return keyFail("revoke", err)
+			}
+			if asJSON {
+				return printJSON(env, rv)
+			}
+			fmt.Fprintf(env.Stdout, "key %s revoked on %s in whitelist version %d\n", rv.KeyID, rv.VIN, rv.Version)
+			if rv.ShareEnded {
+				fmt.Fprintf(env.Stdout, "it was %s's last key: their share of %s ended; they pair again only if you share it again (--keep-share keeps it)\n", rv.User, rv.VIN)
+			}
+			fmt.Fprintf(env.Stdout, "the car refuses it once it acknowledges version %d (see: vehicle-sim app key list %s)\n", rv.Version, rv.VIN)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&totp, "totp", "", "TOTP `CODE`")
+	f.BoolVar(&allowLast, "allow-last-owner", false, "allow revoking the car's last owner key (nobody can manage its keys afterwards)")
+	f.BoolVar(&keepShare, "keep-share", false, "when this is the last key of a driver or valet, keep their share (they may pair another phone)")
+	f.BoolVar(&asJSON, "json", false, "print the gateway's answer as JSON")
+	return c
+}
+
+func keyRemoveUser(g *globals, env Env) *cobra.Command {
+	var totp string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "remove-user VIN USER",
+		Short: "remove a driver or valet from your car: all their keys revoked, their share ended",
+		Args:  exactly(2, "VIN and USER"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vin, err := vinArg(args[0])
+			if err != nil {
+				return err
+			}
+			if !protocol.ValidUser(args[1]) {
+				return cmdline.UsageError("%q is not a user name", args[1])
+			}
+			sess, err := liveSession(g)
+			if err != nil {
+				return err
+			}
+			rc, err := phone.RemoveUser(cmd.Context(), sess, vin, args[1], totp)
+			if err != nil {
+				return keyFail("remove-user", err)
+			}
+			if asJSON {
+				return printJSON(env, rc)
+			}
+			fmt.Fprintf(env.Stdout, "%s removed from %s: %s revoked, their share ended\n", rc.User, rc.VIN, cmdline.Plural(rc.KeysChanged, "key"))
+			if rc.Version != 0 {
+				fmt.Fprintf(env.Stdout, "the car refuses their keys once it acknowledges version %d (see: vehicle-sim app key list %s)\n", rc.Version, rc.VIN)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&totp, "totp", "", "TOTP `CODE`")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the gateway's answer as JSON")
+	return c
 }
 
 // parseChannels reads "cloud,local".
@@ -392,4 +462,11 @@ func keyHint(sub string, r protocol.Reason) string {
 		return "the car has no such key: see vehicle-sim app key list VIN"
 	}
 	return reasonHint(r)
+}
+
+func orDefault(v, def string) string {
+	if v != "" {
+		return v
+	}
+	return def
 }

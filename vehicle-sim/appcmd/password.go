@@ -1,55 +1,65 @@
 package appcmd
 
 import (
-	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
-	"time"
+
+	"github.com/spf13/cobra"
 
 	"telematics/gateway/httpapi"
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 )
 
-// password changes the logged-in user's password: the current and the new one are read from
-// stdin, one per line. The gateway ends every other token and session of the user and
-// returns a new token, which replaces the one in the session file.
-func password(ctx context.Context, sessionPath string, args []string, env Env) int {
-	if len(args) != 0 {
-		fmt.Fprintln(env.Stderr, "vehicle-sim app password: no arguments (current and new password on stdin, one per line)")
-		return 2
+// passwordCommand changes the logged-in user's password. At a terminal both passwords are
+// prompted for without echo (the new one twice); otherwise stdin holds the current and the new
+// one, one per line. The gateway ends every other token and session of the user and returns a
+// new token, which replaces the one in the session file.
+func passwordCommand(g *globals, env Env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "password",
+		Short: "change the password (prompted for, or current and new on stdin); ends every other session",
+		Long: `Changes the logged-in user's password. At a terminal the current and the new password are
+prompted for without echo (the new one twice); otherwise stdin holds the current and the new
+one, one per line (printf 'old\nnew\n' | vehicle-sim app password). Every other session of the
+user ends; this one continues with a new token.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sess, err := LoadSession(g.session)
+			if err != nil {
+				return err
+			}
+			read := func(prompt string, confirm bool) (string, error) {
+				pw, err := cmdline.ReadPassword(env.Stdin, env.Stderr, prompt, confirm)
+				if errors.Is(err, cmdline.ErrNoPassword) {
+					return "", cmdline.UsageError("give the current and the new password on stdin, one per line")
+				}
+				return pw, err
+			}
+			old, err := read("current password: ", false)
+			if err != nil {
+				return err
+			}
+			pw, err := read("new password: ", true)
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Token       string `json:"token"`
+				ExpiresAtMs int64  `json:"expires_at"`
+			}
+			if err := phone.Call(cmd.Context(), http.MethodPost, sess.Gateway+"/v1/password", sess.Token,
+				httpapi.PasswordRequest{OldPassword: old, Password: pw}, &out); err != nil {
+				return err
+			}
+			sess.Token, sess.ExpiresAtMs = out.Token, out.ExpiresAtMs
+			if err := SaveSession(g.session, sess); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "password of %s changed; every other session was logged out; this one is valid until %s\n",
+				sess.User, cmdline.Time(sess.ExpiresAtMs))
+			return nil
+		},
 	}
-	sess, err := LoadSession(sessionPath)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app password: %v\n", err)
-		return 1
-	}
-	b, err := io.ReadAll(io.LimitReader(env.Stdin, 8192))
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app password: read stdin: %v\n", err)
-		return 2
-	}
-	lines := strings.Split(strings.ReplaceAll(string(b), "\r", ""), "\n")
-	if len(lines) < 2 || lines[0] == "" || lines[1] == "" {
-		fmt.Fprintln(env.Stderr, "vehicle-sim app password: give the current and the new password on stdin, one per line")
-		return 2
-	}
-	var out struct {
-		Token       string `json:"token"`
-		ExpiresAtMs int64  `json:"expires_at"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, sess.Gateway+"/v1/password", sess.Token,
-		httpapi.PasswordRequest{OldPassword: lines[0], Password: lines[1]}, &out); err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app password: %v\n", err)
-		return 1
-	}
-	sess.Token, sess.ExpiresAtMs = out.Token, out.ExpiresAtMs
-	if err := SaveSession(sessionPath, sess); err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim app password: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(env.Stdout, "password of %s changed; every other session was logged out; this one is valid until %s\n",
-		sess.User, time.UnixMilli(sess.ExpiresAtMs).Format(time.RFC3339))
-	return 0
 }

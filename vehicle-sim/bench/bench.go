@@ -15,9 +15,7 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -26,6 +24,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"telematics/pkg/protocol"
 )
@@ -108,43 +108,6 @@ type Env struct {
 	LoadProcess func() *exec.Cmd
 }
 
-// Run is `vehicle-sim bench`: it returns the exit code (0 done, 1 a run failed, 2 usage).
-func Run(ctx context.Context, args []string, env Env) int {
-	if len(args) > 0 && args[0] == "worker" {
-		if err := RunWorker(ctx, env.Stdin, env.Stdout); err != nil {
-			fmt.Fprintf(env.Stderr, "vehicle-sim bench worker: %v\n", err)
-			return 1
-		}
-		return 0
-	}
-	cfg, err := ParseFlags(args, env.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim bench: %v\n", err)
-		return 2
-	}
-	results, err := Execute(ctx, cfg, env)
-	if len(results) > 0 {
-		if cfg.JSON {
-			enc := json.NewEncoder(env.Stdout)
-			if len(results) == 1 {
-				_ = enc.Encode(results[0])
-			} else {
-				_ = enc.Encode(compareReport(cfg, results))
-			}
-		} else {
-			printTable(env.Stdout, cfg, results)
-		}
-	}
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "vehicle-sim bench: %v\n", err)
-		return 1
-	}
-	return 0
-}
-
 // Execute runs the configured scenario once per mode and round, and returns the results of
 // the runs that finished.
 func Execute(ctx context.Context, cfg Config, env Env) ([]Result, error) {
@@ -193,6 +156,8 @@ func (r rateFlag) String() string {
 	return strconv.FormatFloat(*r.v, 'g', -1, 64)
 }
 
+func (r rateFlag) Type() string { return "rate" }
+
 func (r rateFlag) Set(s string) error {
 	if s == "max" {
 		*r.v = -1
@@ -215,6 +180,8 @@ func (l listFlag) String() string {
 	return strings.Join(*l.v, " ")
 }
 
+func (l listFlag) Type() string { return "KEY=VALUE" }
+
 func (l listFlag) Set(s string) error {
 	if !strings.Contains(s, "=") {
 		return errors.New("want KEY=VALUE")
@@ -223,39 +190,21 @@ func (l listFlag) Set(s string) error {
 	return nil
 }
 
-// ParseFlags reads `vehicle-sim bench SCENARIO [flags]`. Defaults depend on the scenario:
-// connect 1,000 cars at 2,000/s in 2 steps and no telemetry; telemetry 100 cars as fast as
-// they go for 10 s.
-func ParseFlags(args []string, stderr io.Writer) (Config, error) {
-	cfg := Config{Broker: ModeEmbedded, Rounds: 1, QoS: 0, Inflight: 32, KeepAlive: 60 * time.Second,
+// flagValues are the flags of a bench command line, bound to a Config.
+type flagValues struct {
+	cfg     Config
+	actions string
+}
+
+// newFlagValues registers every bench flag on fs. The defaults that depend on the scenario
+// are applied by finish.
+func newFlagValues(fs *pflag.FlagSet) *flagValues {
+	v := &flagValues{cfg: Config{Broker: ModeEmbedded, Rounds: 1, QoS: 0, Inflight: 32, KeepAlive: 60 * time.Second,
 		ConnectConcurrency: 512, ConnectTimeout: 10 * time.Second, Settle: 2 * time.Second,
 		CarsPerProc: defaultCarsPerProc, MosquittoBin: "/usr/sbin/mosquitto", TokenFile: "./data/admin.token",
-		Gateway: "http://127.0.0.1:8080"}
-	fs := flag.NewFlagSet("vehicle-sim bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		w := fs.Output()
-		fmt.Fprintln(w, "usage: vehicle-sim bench connect|telemetry|commands|revoke|local [flags]")
-		fmt.Fprintln(w, "\nStarts the system under test (the gateway built from --src as its own process, with")
-		fmt.Fprintln(w, "its embedded broker, the standalone broker, or mosquitto), provisions cars through")
-		fmt.Fprintln(w, "its admin API, drives them, and reports what the processes used (from /proc).")
-		fmt.Fprintln(w, "\n  connect     N cars connect at --connect-rate: time until all are connected, failures,")
-		fmt.Fprintln(w, "              memory per connected car and per added car (the slope, over --steps)")
-		fmt.Fprintln(w, "  telemetry   N cars publish telemetry at --rate each: messages/s into the gateway's twin,")
-		fmt.Fprintln(w, "              and how many were lost (sequence numbers, and sent minus received)")
-		fmt.Fprintln(w, "  commands    N real cars, each with an owner who enrolled TOTP, paired a phone key and did one")
-		fmt.Fprintln(w, "              TOTP-authorized command (step-up); then signed cloud commands at --rate per second")
-		fmt.Fprintln(w, "              in total for --duration: latency percentiles, where the time goes, errors by reason")
-		fmt.Fprintln(w, "              (the gateway runs with GATEWAY_RATE_PER_MINUTE=0: no per-user rate limit); with")
-		fmt.Fprintln(w, "              --owners M the cars belong to M owners, each with one phone key and one app session")
-		fmt.Fprintln(w, "  revoke      N cars with an owner key and a key shared with another user; the owners revoke the")
-		fmt.Fprintln(w, "              shared key on every car: time until every car acknowledged its new whitelist")
-		fmt.Fprintln(w, "  local       N cars with owners' keys; unlock/lock over the cars' local link at --rate per second")
-		fmt.Fprintln(w, "              in total: latency percentiles")
-		fmt.Fprintln(w, "\nflags:")
-		fs.PrintDefaults()
-	}
-	fs.IntVar(&cfg.Cars, "cars", 0, "cars (default: connect 1000, telemetry 100)")
+		Gateway: "http://127.0.0.1:8080"}}
+	cfg := &v.cfg
+	fs.IntVar(&cfg.Cars, "cars", 0, "cars (default: connect 1000, the others 100)")
 	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 2000, "cars connecting per second, over all load processes; 0: as fast as they go")
 	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", cfg.ConnectConcurrency, "handshakes in flight at once, over all load processes")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "bound of one car's dial and CONNACK")
@@ -277,7 +226,7 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.Procs, "procs", 0, "load processes (0: this process up to --cars-per-proc cars, else as many children as needed)")
 	fs.IntVar(&cfg.CarsPerProc, "cars-per-proc", cfg.CarsPerProc, "most cars one load process runs (each holds one descriptor per car)")
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "dial from 127.0.0.1 … 127.0.0.N (0: one address per 25,000 cars)")
-	actions := fs.String("actions", "", "commands, local: the actions each owner cycles through, comma-separated (default unlock,lock)")
+	fs.StringVar(&v.actions, "actions", "", "commands, local: the actions each owner cycles through, comma-separated (default unlock,lock)")
 	fs.IntVar(&cfg.SetupConcurrency, "setup-concurrency", 16, "commands, revoke, local: owners set up at once (user, login, TOTP, pairing)")
 	fs.IntVar(&cfg.Owners, "owners", 0, "commands, local: spread the cars over this many owners, round-robin (a fleet operator's accounts):\n"+
 		"each enrolls TOTP once, pairs one phone key with each of its cars and keeps one app session (0: one owner per car)")
@@ -289,24 +238,14 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.MosquittoBin, "mosquitto", cfg.MosquittoBin, "the mosquitto binary")
 	fs.Var(listFlag{&cfg.GatewayEnv}, "gateway-env", "KEY=VALUE for the gateway process, e.g. GATEWAY_BROKER_MAX_CLIENT_WRITES_PENDING=128 (repeatable)")
 	fs.BoolVar(&cfg.KeepDir, "keep", false, "keep the system under test's directory (data, configs, logs)")
+	return v
+}
 
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
-			fs.Usage()
-			return cfg, flag.ErrHelp
-		}
-		fs.Usage()
-		return cfg, errors.New("name a scenario: connect, telemetry, commands, revoke or local")
-	}
-	cfg.Scenario = args[0]
-	if err := fs.Parse(args[1:]); err != nil {
-		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+// finish applies the scenario's defaults to the flags not given (changed reports the given
+// ones) and validates the configuration.
+func (v *flagValues) finish(scenario string, changed func(name string) bool) (Config, error) {
+	cfg := v.cfg
+	cfg.Scenario = scenario
 	switch cfg.Scenario {
 	case ScenarioConnect:
 		cfg.Cars = or(cfg.Cars, 1000)
@@ -314,34 +253,53 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	case ScenarioTelemetry:
 		cfg.Cars = or(cfg.Cars, 100)
 		cfg.Steps = or(cfg.Steps, 1)
-		if !set["rate"] {
+		if !changed("rate") {
 			cfg.Rate = -1
 		}
-		if !set["duration"] {
+		if !changed("duration") {
 			cfg.Duration = 10 * time.Second
 		}
 	case ScenarioCommands, ScenarioLocal:
 		cfg.Cars = or(cfg.Cars, 100)
 		cfg.Steps = 1
-		if !set["rate"] {
+		if !changed("rate") {
 			cfg.Rate = 100
 			if cfg.Scenario == ScenarioLocal {
 				cfg.Rate = 200
 			}
 		}
-		if !set["duration"] {
+		if !changed("duration") {
 			cfg.Duration = 10 * time.Second
 		}
 	case ScenarioRevoke:
 		cfg.Cars = or(cfg.Cars, 100)
 		cfg.Steps = 1
 	}
-	if *actions != "" {
-		for _, a := range strings.Split(*actions, ",") {
+	if v.actions != "" {
+		for _, a := range strings.Split(v.actions, ",") {
 			cfg.Actions = append(cfg.Actions, strings.TrimSpace(a))
 		}
 	}
 	return cfg, cfg.Validate()
+}
+
+// ParseFlags reads `vehicle-sim bench SCENARIO [flags]` (without the environment, which the
+// command binds to the flags). Defaults depend on the scenario: connect 1,000 cars at 2,000/s
+// in 2 steps and no telemetry; telemetry 100 cars as fast as they go for 10 s.
+func ParseFlags(args []string, stderr io.Writer) (Config, error) {
+	fs := pflag.NewFlagSet("vehicle-sim bench", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	v := newFlagValues(fs)
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return v.cfg, errors.New("name a scenario: connect, telemetry, commands, revoke or local")
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return v.cfg, err
+	}
+	if fs.NArg() > 0 {
+		return v.cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return v.finish(args[0], fs.Changed)
 }
 
 func or(v, def int) int {

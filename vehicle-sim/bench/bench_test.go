@@ -254,7 +254,7 @@ func TestScenariosAgainstTarget(t *testing.T) {
 			}
 			var obj map[string]any
 			_ = json.Unmarshal(js.Bytes(), &obj)
-			for _, k := range []string{"scenario", "cars", "duration_s", "connected", "connect_per_s", "msgs_per_s", "lost", "errors"} {
+			for _, k := range []string{"scenario", "cars", "duration_s", "connected", "connect_per_s", "msgs_per_s", "received_after_window", "lost", "errors"} {
 				if _, ok := obj[k]; !ok {
 					t.Fatalf("JSON lacks %q: %s", k, js.String())
 				}

@@ -69,7 +69,7 @@ func rows(cfg Config, results []Result) []row {
 		floatRow("broker KB per car at end (after telemetry)", "%.1f", func(r Result) (float64, bool) { return ptr(r.BrokerKBPerCarEnd) }),
 		floatRow("gateway KB per car at end (after telemetry)", "%.1f", func(r Result) (float64, bool) { return ptr(r.GatewayKBPerCarEnd) }),
 	)
-	if cfg.Rate != 0 && cfg.Duration > 0 {
+	if telemetryRows(cfg) {
 		out = append(out,
 			row{label: "telemetry rate per car, QoS", show: func(r Result) (string, bool) {
 				rate := "max"
@@ -80,13 +80,20 @@ func rows(cfg Config, results []Result) []row {
 			}},
 			floatRow("publishing window (s)", "%.1f", func(r Result) (float64, bool) { return r.DurationS, true }),
 			intRow("sent", func(r Result) int64 { return r.Sent }),
-			floatRow("sent per s", "%.0f", func(r Result) (float64, bool) { return r.SentPerS, true }),
-			floatRow("into the twin per s", "%.0f", func(r Result) (float64, bool) { return r.MsgsPerS, true }),
+			floatRow("sent per s (in the window)", "%.0f", func(r Result) (float64, bool) { return r.SentPerS, true }),
+			floatRow("into the twin per s (in the window)¹", "%.0f", func(r Result) (float64, bool) { return r.MsgsPerS, true }),
+			intRow("into the twin after the window¹", func(r Result) int64 { return r.ReceivedAfterWindow }),
+			intRow("into the twin in all", func(r Result) int64 { return r.Received }),
 			intRow("lost (sent/acked − received)", func(r Result) int64 { return r.Lost }),
 			intRow("lost (gateway's sequence gaps)", func(r Result) int64 { return r.GatewayLost }),
 		)
 	}
 	return append(out, procRows(cfg, results)...)
+}
+
+// telemetryRows reports whether the table has the telemetry lines (a run that published).
+func telemetryRows(cfg Config) bool {
+	return cfg.Rate != 0 && cfg.Duration > 0 && !keyScenario(cfg.Scenario)
 }
 
 // procRows are the lines of the processes' memory and CPU, the load generator's CPU, the
@@ -303,6 +310,11 @@ func printTable(w io.Writer, cfg Config, results []Result) {
 		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
 	}
 	tw.Flush()
+	if telemetryRows(cfg) {
+		fmt.Fprintln(w, "¹ both rates count the same window. What was still queued (broker, gateway workers) when it closed")
+		fmt.Fprintln(w, "  reached the twin while the bench waited afterwards: it lowers the twin's rate but is not lost.")
+		fmt.Fprintln(w, "  \"lost\" counts what never arrived; the twin counts every message, not one per car.")
+	}
 	for _, r := range results {
 		if r.FirstError != "" {
 			fmt.Fprintf(w, "%s: first error: %s\n", r.Broker, r.FirstError)

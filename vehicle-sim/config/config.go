@@ -1,24 +1,26 @@
-// Package config is vehicle-sim's configuration: every setting with its default, read from an
-// optional YAML file, then SIM_* environment variables, then command-line flags, each layer
-// overriding the one before; Validate reports every problem at once, naming the setting.
+// Package config is vehicle-sim's configuration: every setting with its default (Default), read
+// from an optional YAML file (cmdline.LoadFile), then SIM_* environment variables, then
+// command-line flags, each layer overriding the one before; Validate reports every problem at
+// once, naming the setting.
 package config
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net/url"
-	"os"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"telematics/pkg/cmdline"
 	"telematics/pkg/vehicle"
 )
 
 // Config holds every vehicle-sim setting. The YAML keys are the `yaml` tags (run settings
-// under `run:`); the environment variable and flag of each are listed in Settings.
+// under `run:`); the flag of each is registered by Flags, its variable is SIM_FLAG_NAME.
 type Config struct {
 	// Broker is the MQTT broker the cars (and phones) connect to.
 	Broker string `yaml:"broker"`
@@ -66,169 +68,107 @@ func Default() Config {
 	}
 }
 
-// Setting describes one configuration value: its YAML key, environment variable and flag.
-type Setting struct {
-	Key   string // YAML key, dotted for nested sections
-	Env   string
-	Flag  string
-	Usage string
-	field func(*Config) any // pointer to the field
-}
-
-// Settings lists every setting, in the order of the documentation.
-var Settings = []Setting{
-	{"broker", "SIM_BROKER", "broker", "`URL` of the MQTT broker", func(c *Config) any { return &c.Broker }},
-	{"data", "SIM_DATA", "data", "`DIR` holding the cars' bbolt file (one vehicle-sim per directory)", func(c *Config) any { return &c.DataDir }},
-	{"gateway", "SIM_GATEWAY", "gateway", "`URL` of the gateway HTTP API", func(c *Config) any { return &c.Gateway }},
-	{"token_file", "SIM_TOKEN_FILE", "token-file", "`FILE` holding the gateway admin token", func(c *Config) any { return &c.TokenFile }},
-	{"log_level", "SIM_LOG_LEVEL", "log-level", "log `LEVEL`: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
-	{"link_addr", "SIM_LINK_ADDR", "link-addr", "loopback `ADDR` (host:port) of the cars' local link (simulated BLE/NFC), or off", func(c *Config) any { return &c.LinkAddr }},
-	{"run.fleet", "SIM_FLEET", "fleet", "`FILE` of JSON credentials, from 'gateway admin vehicle add --json'", func(c *Config) any { return &c.Run.Fleet }},
-	{"run.cars", "SIM_CARS", "cars", "provision `N` cars through the gateway admin API (kept in the data dir and reused on restart)", func(c *Config) any { return &c.Run.Cars }},
-	{"run.telemetry_interval", "SIM_TELEMETRY_INTERVAL", "telemetry-interval", "mean `DURATION` between two telemetry messages of a car", func(c *Config) any { return &c.Run.TelemetryInterval }},
-	{"run.connect_rate", "SIM_CONNECT_RATE", "connect-rate", "`CARS` per second that start connecting", func(c *Config) any { return &c.Run.ConnectRate }},
-}
-
-// RunKeys are the settings `vehicle-sim run` accepts as flags.
-var RunKeys = []string{"broker", "data", "gateway", "token_file", "log_level", "link_addr",
-	"run.fleet", "run.cars", "run.telemetry_interval", "run.connect_rate"}
+// EnvPrefix is the prefix of vehicle-sim's environment variables: each flag's variable is
+// SIM_FLAG_NAME (SIM_BROKER for --broker), and SIM_CONFIG names the YAML file.
+const EnvPrefix = "SIM"
 
 // EnvConfig names the YAML file when --config is not given.
 const EnvConfig = "SIM_CONFIG"
 
-// set parses s into the setting's field.
-func (st Setting) set(c *Config, s string) error {
-	var err error
-	switch p := st.field(c).(type) {
-	case *string:
-		*p = s
-	case *int:
-		*p, err = strconv.Atoi(strings.TrimSpace(s))
-	case *float64:
-		*p, err = strconv.ParseFloat(strings.TrimSpace(s), 64)
-	case *time.Duration:
-		*p, err = time.ParseDuration(strings.TrimSpace(s))
-	default:
-		err = fmt.Errorf("unsupported type %T", p)
+// annotKey marks a flag with the YAML key of its setting, for error messages.
+const annotKey = "sim_yaml_key"
+
+// Flags registers --config and the flag of every setting `vehicle-sim run` takes on fs, bound
+// to c's fields, with c's values (Default()) as the defaults shown in help. Their SIM_*
+// variables are bound by cmdline.Execute; Load then layers the YAML file under them.
+func (c *Config) Flags(fs *pflag.FlagSet, configPath *string) {
+	fs.StringVar(configPath, "config", "", "YAML configuration `FILE` (every setting, see configs/vehicle-sim.yaml)")
+	key := func(name, yamlKey string) {
+		f := fs.Lookup(name)
+		f.Value = keyed{f.Value, yamlKey}
+		_ = fs.SetAnnotation(name, annotKey, []string{yamlKey})
 	}
-	if err != nil {
-		return fmt.Errorf("%s: cannot parse %q: %w", st.Key, s, err)
-	}
-	return nil
+	fs.StringVar(&c.Broker, "broker", c.Broker, "`URL` of the MQTT broker")
+	key("broker", "broker")
+	fs.StringVar(&c.DataDir, "data", c.DataDir, "`DIR` holding the cars' bbolt file (one vehicle-sim per directory)")
+	key("data", "data")
+	fs.StringVar(&c.Gateway, "gateway", c.Gateway, "`URL` of the gateway HTTP API")
+	key("gateway", "gateway")
+	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "`FILE` holding the gateway admin token")
+	key("token-file", "token_file")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `LEVEL`: debug, info, warn or error")
+	key("log-level", "log_level")
+	fs.StringVar(&c.LinkAddr, "link-addr", c.LinkAddr, "loopback `ADDR` (host:port) of the cars' local link (simulated BLE/NFC), or off")
+	key("link-addr", "link_addr")
+	fs.StringVar(&c.Run.Fleet, "fleet", c.Run.Fleet, "`FILE` of JSON credentials, from 'gateway admin vehicle add --json'")
+	key("fleet", "run.fleet")
+	fs.IntVar(&c.Run.Cars, "cars", c.Run.Cars, "provision `N` cars through the gateway admin API (kept in the data dir and reused on restart)")
+	key("cars", "run.cars")
+	fs.DurationVar(&c.Run.TelemetryInterval, "telemetry-interval", c.Run.TelemetryInterval, "mean `DURATION` between two telemetry messages of a car")
+	key("telemetry-interval", "run.telemetry_interval")
+	fs.Float64Var(&c.Run.ConnectRate, "connect-rate", c.Run.ConnectRate, "`CARS` per second that start connecting")
+	key("connect-rate", "run.connect_rate")
 }
 
-// value formats the setting's current value in c.
-func (st Setting) value(c *Config) string {
-	switch p := st.field(c).(type) {
-	case *string:
-		return *p
-	case *int:
-		return strconv.Itoa(*p)
-	case *float64:
-		return strconv.FormatFloat(*p, 'g', -1, 64)
-	case *time.Duration:
-		return p.String()
-	}
-	return ""
-}
-
-// Loader reads a subcommand's configuration: it registers --config and the flags of the
-// chosen settings on a FlagSet, and Load layers defaults, YAML, environment and flags.
-type Loader struct {
-	fs         *flag.FlagSet
-	configPath string
-	flagged    []assignment
-}
-
-type assignment struct {
-	setting Setting
-	value   string
-}
-
-// NewLoader registers --config and the flags of the settings named by keys on fs.
-func NewLoader(fs *flag.FlagSet, keys ...string) *Loader {
-	l := &Loader{fs: fs}
-	def := Default()
-	fs.StringVar(&l.configPath, "config", "", "YAML configuration `FILE` (env "+EnvConfig+")")
-	for _, k := range keys {
-		st, ok := lookup(k)
-		if !ok {
-			panic("config: unknown setting " + k) // a programming error in the caller's key list
+// Load makes c the configuration: Default, then the YAML file at path (if any), then the
+// flags given on fs (a SIM_* variable bound to a flag counts as given), each layer overriding
+// the one before. The flags are bound to c's fields (Flags): their values are kept aside,
+// the lower layers loaded, and the flags set again on top. The result is not validated.
+func Load(fs *pflag.FlagSet, path string, c *Config) error {
+	type given struct{ name, value string }
+	var flags []given
+	fs.Visit(func(f *pflag.Flag) {
+		if f.Name != "config" {
+			flags = append(flags, given{f.Name, f.Value.String()})
 		}
-		usage := fmt.Sprintf("%s (env %s)", st.Usage, st.Env)
-		if v := st.value(&def); v != "" && v != "0" {
-			// flag.Func shows no default of its own.
-			usage = fmt.Sprintf("%s (env %s, default %s)", st.Usage, st.Env, v)
-		}
-		fs.Func(st.Flag, usage, func(s string) error {
-			l.flagged = append(l.flagged, assignment{st, s})
-			return nil
-		})
-	}
-	return l
-}
-
-func lookup(key string) (Setting, bool) {
-	for _, st := range Settings {
-		if st.Key == key {
-			return st, true
-		}
-	}
-	return Setting{}, false
-}
-
-// Load parses args and returns the configuration: Default, then the YAML file (--config, or
-// $SIM_CONFIG), then SIM_* variables from getenv, then the flags given. It returns
-// flag.ErrHelp for -h. The result is not validated: call Validate (or ValidateRun).
-func (l *Loader) Load(args []string, getenv func(string) string) (Config, error) {
-	if err := l.fs.Parse(args); err != nil {
-		return Config{}, err
-	}
-	if l.fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(l.fs.Args(), " "))
-	}
-	cfg := Default()
-	path := l.configPath
-	if path == "" {
-		path = getenv(EnvConfig)
-	}
+	})
+	fresh := Default()
 	if path != "" {
-		if err := loadYAML(&cfg, path); err != nil {
-			return Config{}, err
+		if err := cmdline.LoadFile(path, &fresh); err != nil {
+			return err
 		}
 	}
+	*c = fresh
 	var errs []error
-	for _, st := range Settings {
-		if v, ok := lookupEnv(getenv, st.Env); ok {
-			if err := st.set(&cfg, v); err != nil {
-				errs = append(errs, fmt.Errorf("env %s: %w", st.Env, err))
-			}
+	for _, g := range flags {
+		if err := fs.Set(g.name, g.value); err != nil {
+			errs = append(errs, fmt.Errorf("--%s: %w", g.name, err))
 		}
 	}
-	for _, a := range l.flagged {
-		if err := a.setting.set(&cfg, a.value); err != nil {
-			errs = append(errs, fmt.Errorf("flag --%s: %w", a.setting.Flag, err))
-		}
-	}
-	return cfg, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
-func lookupEnv(getenv func(string) string, name string) (string, bool) {
-	v := getenv(name)
-	return v, v != ""
+// keyed is a flag's value that names its setting when a value does not parse, also one from
+// the flag's SIM_* variable.
+type keyed struct {
+	pflag.Value
+	key string
 }
 
-// loadYAML overlays the file's settings on cfg. Unknown keys are errors: a misspelt key
-// silently ignored is a setting that does not take effect.
-func loadYAML(cfg *Config, path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("read config file: %w", err)
-	}
-	if err := cmdline.DecodeYAML(b, cfg); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+func (k keyed) Set(s string) error {
+	if err := k.Value.Set(s); err != nil {
+		return fmt.Errorf("%s: cannot parse %q: %w", k.key, s, err)
 	}
 	return nil
+}
+
+// FlagError shortens a flag error of a setting's flag to "--cars: run.cars: cannot parse
+// …": for a command's cobra FlagErrorFunc.
+func FlagError(fs *pflag.FlagSet, err error) error {
+	msg := err.Error()
+	_, rest, ok := strings.Cut(msg, `for "--`)
+	if !ok {
+		return err
+	}
+	name, _, _ := strings.Cut(rest, `"`)
+	f := fs.Lookup(name)
+	if f == nil || len(f.Annotations[annotKey]) == 0 {
+		return err
+	}
+	if _, why, ok := strings.Cut(rest, " flag: "); ok {
+		return fmt.Errorf("--%s: %s", name, why)
+	}
+	return err
 }
 
 // Validate reports every invalid setting at once, each error naming its key.
@@ -303,4 +243,33 @@ func checkURL(s string, schemes ...string) error {
 		}
 	}
 	return fmt.Errorf("%q: scheme must be one of %s", s, strings.Join(schemes, ", "))
+}
+
+// PrefixEnv names the variable of every flag of cmd and its subcommands prefix+FLAG_NAME
+// (SIM_BENCH_CARS), but for the flags named in none, which get no variable (a TOTP code is good
+// once). The flags of app, bench and drill have names (--cars, --broker, --data) that mean
+// something else to `vehicle-sim run`, whose settings have the plain SIM_* variables.
+func PrefixEnv(cmd *cobra.Command, prefix string, none ...string) {
+	each := func(f *pflag.Flag) {
+		switch {
+		case f.Name == "help":
+		case slices.Contains(none, f.Name):
+			cmdline.NoEnv(cmd, f.Name)
+		default:
+			cmdline.SetEnv(cmd, f.Name, prefix+strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")))
+		}
+	}
+	cmd.LocalNonPersistentFlags().VisitAll(each)
+	cmd.PersistentFlags().VisitAll(each)
+	for _, c := range cmd.Commands() {
+		PrefixEnv(c, prefix, none...)
+	}
+}
+
+// NoArgs refuses positional arguments, naming them: a command whose settings are all flags.
+func NoArgs(_ *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return cmdline.UsageError("unexpected arguments: %s", strings.Join(args, " "))
+	}
+	return nil
 }

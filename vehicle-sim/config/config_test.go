@@ -1,23 +1,55 @@
 package config
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"flag"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"telematics/pkg/cmdline"
 )
 
-func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
-
+// load runs a `run`-like command with args and the variables vars, as vehicle-sim does
+// (cmdline.ExecuteWithEnv binds the SIM_* variables to the flags), and returns what Load made.
+// Help (no run) is flag.ErrHelp; a refused command line is an error holding what it printed.
 func load(t *testing.T, args []string, vars map[string]string) (Config, error) {
 	t.Helper()
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	return NewLoader(fs, RunKeys...).Load(args, env(vars))
+	cfg := Default()
+	var path string
+	var loadErr error
+	ran := false
+	run := &cobra.Command{Use: "run", Args: NoArgs, RunE: func(cmd *cobra.Command, _ []string) error {
+		ran = true
+		loadErr = Load(cmd.Flags(), path, &cfg)
+		return nil
+	}}
+	cfg.Flags(run.Flags(), &path)
+	run.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return cmdline.UsageError("%v", FlagError(cmd.Flags(), err))
+	})
+	root := cmdline.NewRoot("vehicle-sim", "test", EnvPrefix)
+	root.AddCommand(run)
+	var environ []string
+	for k, v := range vars {
+		environ = append(environ, k+"="+v)
+	}
+	var stdout, stderr bytes.Buffer
+	code := cmdline.ExecuteWithEnv(context.Background(), root, append([]string{"run"}, args...), environ, strings.NewReader(""), &stdout, &stderr)
+	switch {
+	case code != 0:
+		return Config{}, errors.New(stderr.String())
+	case !ran:
+		return Config{}, flag.ErrHelp
+	}
+	return cfg, loadErr
 }
 
 func TestLayers(t *testing.T) {
@@ -68,7 +100,8 @@ func TestLoadErrorsNameTheSetting(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"bad env number", nil, map[string]string{"SIM_CARS": "many"}, "SIM_CARS: run.cars"},
+		{"bad env number", nil, map[string]string{"SIM_CARS": "many"}, "SIM_CARS"},
+		{"bad env number names the setting", nil, map[string]string{"SIM_CARS": "many"}, "run.cars"},
 		{"bad flag duration", []string{"--telemetry-interval", "often"}, nil, "--telemetry-interval: run.telemetry_interval"},
 		{"unknown yaml key", []string{"--config", typo}, nil, "brokr"},
 		{"missing config file", []string{"--config", filepath.Join(dir, "nope.yaml")}, nil, "nope.yaml"},
@@ -134,12 +167,19 @@ func TestExampleFileIsTheDefaults(t *testing.T) {
 	if c != Default() {
 		t.Fatalf("vehicle-sim.yaml %+v\nDefault()       %+v", c, Default())
 	}
-	for _, st := range Settings {
-		b, _ := os.ReadFile("../../configs/vehicle-sim.yaml")
-		if !strings.Contains(string(b), st.Env) || !strings.Contains(string(b), "--"+st.Flag) {
-			t.Errorf("vehicle-sim.yaml does not document %s / --%s", st.Env, st.Flag)
+	b, _ := os.ReadFile("../../configs/vehicle-sim.yaml")
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	var path string
+	c.Flags(fs, &path)
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == "config" {
+			return
 		}
-	}
+		env := cmdline.EnvName(EnvPrefix, f.Name)
+		if !strings.Contains(string(b), env) || !strings.Contains(string(b), "--"+f.Name) {
+			t.Errorf("vehicle-sim.yaml does not document %s / --%s", env, f.Name)
+		}
+	})
 }
 
 func TestLinkAddr(t *testing.T) {

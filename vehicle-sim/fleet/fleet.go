@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/vehicle-sim/config"
@@ -106,7 +107,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		defer link.Close()
 		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
 	}
-	fmt.Fprintf(opts.Progress, "running %d cars against %s (data %s)\n", len(creds), cfg.Broker, store.Path())
+	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
 	_, err = vehicle.RunFleet(ctx, vehicle.FleetConfig{
 		BrokerURL:         cfg.Broker,
 		Creds:             creds,
@@ -138,8 +139,8 @@ func provisioned(ctx context.Context, store *vehicle.Store, cfg config.Config, o
 		return nil, err
 	}
 	opts = opts.withDefaults()
-	fmt.Fprintf(opts.Progress, "provisioning %d cars through %s (%d already in %s)\n",
-		want-len(have), cfg.Gateway, len(have), cfg.DataDir)
+	fmt.Fprintf(opts.Progress, "provisioning %s through %s (%d already in %s)\n",
+		cmdline.Plural(want-len(have), "car"), cfg.Gateway, len(have), cfg.DataDir)
 	for len(have) < want {
 		n := min(want-len(have), ProvisionBatch)
 		got, err := Provision(ctx, opts.HTTPClient, cfg.Gateway, token, n)
@@ -181,10 +182,28 @@ func LoadFile(path string) ([]protocol.Credentials, error) {
 	if len(creds) == 0 {
 		return nil, fmt.Errorf("fleet file %s lists no cars", path)
 	}
+	normaliseVINs(creds)
 	if err := checkCredentials(creds); err != nil {
 		return nil, fmt.Errorf("fleet file %s: %w", path, err)
 	}
 	return creds, nil
+}
+
+// normaliseVINs writes VINs in capitals, as the gateway issues them (a hand-edited file may
+// have them in lower case), and the client id and user name that are the VIN with them: the
+// car's token names the VIN in capitals.
+func normaliseVINs(creds []protocol.Credentials) {
+	for i := range creds {
+		c := &creds[i]
+		vin := strings.ToUpper(strings.TrimSpace(c.VIN))
+		if strings.EqualFold(c.ClientID, vin) {
+			c.ClientID = vin
+		}
+		if strings.EqualFold(c.Username, vin) {
+			c.Username = vin
+		}
+		c.VIN = vin
+	}
 }
 
 // checkCredentials reports every unusable entry (at most ten).

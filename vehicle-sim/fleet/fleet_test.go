@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -152,4 +154,60 @@ func TestLoadFile(t *testing.T) {
 	if err != nil || len(creds) != 1 {
 		t.Fatalf("good file: %v %v", creds, err)
 	}
+}
+
+// TestFleetFileLowercaseVINNormalised: a fleet file with a VIN in lower case (typed by hand)
+// runs the car under its VIN in capitals, as the gateway issued it, instead of refusing it.
+func TestFleetFileLowercaseVINNormalised(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "fleet.json")
+	lower := "wvwzzz1jzxw000001"
+	body := `[{"vin":"` + lower + `","client_id":"` + lower + `","username":"` + lower + `","token":"t","gateway_key":"k"}]`
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := LoadFile(p)
+	want := strings.ToUpper(lower)
+	if err != nil || len(creds) != 1 || creds[0].VIN != want || creds[0].ClientID != want || creds[0].Username != want {
+		t.Fatalf("got %+v, %v; want every name %s", creds, err, want)
+	}
+}
+
+// TestProgressCountsInTheSingular: one car is "1 car", not "1 cars", when provisioning and
+// when running.
+func TestProgressCountsInTheSingular(t *testing.T) {
+	g, srv := newFakeGateway(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "admin.token")
+	os.WriteFile(tokenFile, []byte(g.token+"\n"), 0o600)
+	cfg := config.Default()
+	cfg.Gateway, cfg.TokenFile, cfg.DataDir, cfg.LinkAddr = srv.URL, tokenFile, dir, "off"
+	cfg.Run.Cars = 1
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The cars need not connect: the run stops once it said how many it runs.
+	out := &cancelOn{w: &bytes.Buffer{}, text: "running ", cancel: cancel}
+	_ = Run(ctx, cfg, Options{Progress: out})
+	for _, want := range []string{"provisioning 1 car through", "running 1 car against"} {
+		if !strings.Contains(out.w.String(), want) {
+			t.Errorf("progress lacks %q:\n%s", want, out.w.String())
+		}
+	}
+}
+
+// cancelOn is a writer that calls cancel once text was written.
+type cancelOn struct {
+	mu     sync.Mutex
+	w      *bytes.Buffer
+	text   string
+	cancel func()
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := c.w.Write(p)
+	if strings.Contains(c.w.String(), c.text) {
+		c.cancel()
+	}
+	return n, err
 }
