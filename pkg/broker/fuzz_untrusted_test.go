@@ -171,11 +171,11 @@ func FuzzCarTokenMessage(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
-		tf := &tokenFollower{b: b, keys: []*ecdsa.PublicKey{gw.Public()}, current: map[string]protocol.CarToken{}}
+		tf := &tokenFollower{b: b, keys: []*ecdsa.PublicKey{gw.Public()}, current: map[string]carTokenState{}}
 		tf.onCarToken(nil, packets.Subscription{}, packets.Packet{TopicName: topic, Payload: payload})
 		for vin, got := range tf.current {
 			want, ok := signed[got.JTI]
-			if !ok || want != got || vin != got.VIN || topic != protocol.CarTokenPrefix+vin {
+			if !ok || want != got.CarToken || vin != got.VIN || topic != protocol.CarTokenPrefix+vin {
 				t.Fatalf("adopted %+v for %s from %q", got, vin, topic)
 			}
 		}
