@@ -423,11 +423,16 @@ func brokerChecked(sess *phone.Session, sessionPath, current string, err error, 
 	return ""
 }
 
-// replyLine is one reply in text: "ID ACTION STATUS[: REASON] [(locked=…)]".
+// replyLine is one reply in text: "ID ACTION STATUS[: REASON[: MESSAGE]] [(locked=…)]", the
+// message being the car's for a refusal for its state ("the trunk cannot open while the car
+// moves").
 func replyLine(r protocol.Reply) string {
 	line := fmt.Sprintf("%s %s %s", r.ID, r.Action, r.Status)
 	if r.Reason != "" {
 		line += ": " + string(r.Reason)
+	}
+	if r.Message != "" {
+		line += ": " + r.Message
 	}
 	if r.Status == protocol.ReplyExecuted && len(r.State) > 0 {
 		if v, ok := r.State[protocol.VSSIsLocked]; ok {
