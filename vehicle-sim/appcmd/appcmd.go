@@ -303,6 +303,14 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 			case userFlag != "" && !protocol.ValidUser(userFlag):
 				return cmdline.UsageError("%q is not a user name", userFlag)
 			}
+			// off, the one spelling of "none", is the cloud only; an empty value is refused.
+			if _, off, err := cmdline.Addr("--link", link); err != nil {
+				return cmdline.UsageError("%v", err)
+			} else if off && local {
+				return cmdline.UsageError("--local needs the car's local link, not --link off")
+			} else if off {
+				cloudOnly = true
+			}
 
 			// The cloud needs the login session; the local link only the user name and the key.
 			sess, sessErr := LoadSession(g.session)
@@ -394,7 +402,7 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 	f.BoolVar(&local, "local", false, "use the car's local link only, not the cloud")
 	f.BoolVar(&cloudOnly, "cloud-only", false, "use the cloud only: no fallback to the local link")
 	f.DurationVar(&cloudTimeout, "cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
-	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port)")
+	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port), or off for the cloud only")
 	f.StringVar(&userFlag, "user", "", "user `NAME`, for the local link without a login session")
 	return c
 }

@@ -33,7 +33,8 @@ type Config struct {
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// LinkAddr is the local link (simulated BLE/NFC) of the cars: `vehicle-sim run` serves it
-	// for all its cars on this loopback address; "off" (or "") disables it.
+	// for all its cars on this loopback address; off disables it (an empty value is refused:
+	// off is the one spelling, as for the gateway's and the broker's listeners).
 	LinkAddr string `yaml:"link_addr"`
 	// Run configures `vehicle-sim run`.
 	Run Run `yaml:"run"`
@@ -191,7 +192,9 @@ func (c Config) Validate() error {
 	default:
 		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
 	}
-	if c.LinkEnabled() {
+	if _, off, err := cmdline.Addr("--link-addr, SIM_LINK_ADDR", c.LinkAddr); err != nil && c.LinkAddr == "" {
+		bad("link_addr", "%v", err)
+	} else if !off {
 		if err := vehicle.CheckLinkAddr(c.LinkAddr); err != nil {
 			bad("link_addr", "%v (or off to disable it)", err)
 		}
@@ -208,9 +211,9 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// LinkEnabled reports whether the local link is on: link_addr is neither empty nor "off".
+// LinkEnabled reports whether the local link is on: link_addr is not off.
 func (c Config) LinkEnabled() bool {
-	return strings.TrimSpace(c.LinkAddr) != "" && c.LinkAddr != "off"
+	return c.LinkAddr != cmdline.Off
 }
 
 // ErrNoFleet means `vehicle-sim run` was told neither which cars to run nor how many to make.
