@@ -192,9 +192,11 @@ func (c Config) Validate() error {
 	default:
 		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
 	}
-	if _, off, err := cmdline.Addr("--link-addr, SIM_LINK_ADDR", c.LinkAddr); err != nil && c.LinkAddr == "" {
-		bad("link_addr", "%v", err)
-	} else if !off {
+	switch c.LinkAddr {
+	case cmdline.Off:
+	case "": // off is the one spelling, as for the gateway's and the broker's listeners
+		bad("link_addr", "empty address (--link-addr, SIM_LINK_ADDR); write %s to disable the local link, or 127.0.0.1:PORT", cmdline.Off)
+	default:
 		if err := vehicle.CheckLinkAddr(c.LinkAddr); err != nil {
 			bad("link_addr", "%v (or off to disable it)", err)
 		}
