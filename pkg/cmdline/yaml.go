@@ -128,17 +128,25 @@ func syntaxError(b []byte, err error) error {
 		if n == blockLine {
 			break
 		}
-		return fmt.Errorf("line %d: %s (check its indentation%s)", n, msg, sibling(lines[:n-1], blockLine))
+		return fmt.Errorf("line %d: %s (check its indentation%s)", n, msg, sibling(lines[:n-1]))
 	}
 	return fmt.Errorf("line %d: %s", blockLine, msg)
 }
 
-// sibling names the first key of the block yaml.v3 reported, which it numbers from 0 (the
-// line before the block): " against listeners.tcp on line 9", or "" when there is none. prefix
-// is the valid part of the document before the problem.
-func sibling(prefix []string, blockLine int) string {
-	if key, ok := keyLines([]byte(strings.Join(prefix, "")))[blockLine+1]; ok {
-		return fmt.Sprintf(" against %s on line %d", key, blockLine+1)
+// sibling names the key nearest above the problem, whose indentation the problem's line
+// should match or nest under: " against listeners.tcp on line 9", or "" when there is none.
+// prefix is the valid part of the document before the problem. (The first key of the block
+// yaml.v3 reports can be far off: a mis-indented first key of a block makes the next line the
+// problem, and yaml.v3 then names the document's first key.)
+func sibling(prefix []string) string {
+	line, key := 0, ""
+	for l, k := range keyLines([]byte(strings.Join(prefix, ""))) {
+		if l > line {
+			line, key = l, k
+		}
 	}
-	return ""
+	if key == "" {
+		return ""
+	}
+	return fmt.Sprintf(" against %s on line %d", key, line)
 }
