@@ -148,6 +148,14 @@ type keyed struct {
 
 func (k keyed) Set(s string) error {
 	if err := k.Value.Set(s); err != nil {
+		switch t := k.Value.Type(); {
+		case t == "duration":
+			return fmt.Errorf("%s: cannot parse %q: want a duration such as 30s, 5m or 2h", k.key, s)
+		case strings.HasPrefix(t, "int"), strings.HasPrefix(t, "uint"):
+			return fmt.Errorf("%s: cannot parse %q: want a whole number", k.key, s)
+		case strings.HasPrefix(t, "float"):
+			return fmt.Errorf("%s: cannot parse %q: want a number", k.key, s)
+		}
 		return fmt.Errorf("%s: cannot parse %q: %w", k.key, s, err)
 	}
 	return nil
