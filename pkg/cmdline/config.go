@@ -210,7 +210,7 @@ func setFromEnv(v reflect.Value, val string) error {
 	}
 	p := reflect.New(v.Type())
 	if err := node.Decode(p.Interface()); err != nil {
-		return errors.New(strings.TrimPrefix(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "), "line 0: "))
+		return errors.New(plainTypeError(strings.TrimPrefix(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "), "line 0: ")))
 	}
 	v.Set(p.Elem())
 	return nil

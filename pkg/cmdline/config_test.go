@@ -89,6 +89,7 @@ func TestLoadFileIndentationErrorNamesItsLine(t *testing.T) {
 		name, doc, want string
 	}{
 		{"over-indented key", "max: 1\nlisteners:\n  tcp: \"x\"\n\n   ws: y\n", "line 5: did not find expected key (check its indentation against listeners.tcp on line 3)"},
+		{"over-indented first key of a block", "broker: b\nrun:\n   fleet: x\n  cars: 1\n", "line 4: did not find expected key (check its indentation against run.fleet on line 3)"},
 		{"under-indented key", "max: 1\nlisteners:\n  tcp: x\n  ws: y\n bad: z\n", "line 5: did not find expected key"},
 		{"list item out of line", "max: 1\nkeys:\n    - a\n  - b\n", "line 4:"},
 		{"mapping in a plain value", "max: 1\nlisteners:\n  tcp: x\n   ws: y\n", "line 4: mapping values are not allowed"},

@@ -17,7 +17,7 @@ import (
 // error names the key as the file spells it, with its dotted path, and the line:
 //
 //	line 2: twofa.modee: unknown key
-//	line 6: commands.result_grace: cannot unmarshal !!str `5sec` into time.Duration
+//	line 6: commands.result_grace: cannot unmarshal "5sec": want a duration such as 30s, 5m or 2h
 //	line 81: did not find expected key (check this line's indentation: …)
 func DecodeYAML(b []byte, out any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -58,7 +58,42 @@ func nameKey(msg string, keys map[int]string) string {
 	if unknownKey.MatchString(m[2]) {
 		return fmt.Sprintf("line %d: %s: unknown key", line, key)
 	}
-	return fmt.Sprintf("line %d: %s: %s", line, key, m[2])
+	return fmt.Sprintf("line %d: %s: %s", line, key, plainTypeError(m[2]))
+}
+
+var typeErr = regexp.MustCompile("cannot unmarshal !!(\\w+)(?: `(.*)`)? into (\\S+)")
+
+// plainTypeError says what a value should have been where yaml.v3 names its tags and Go's
+// types ("cannot unmarshal !!str `5sec` into time.Duration" becomes "cannot unmarshal "5sec":
+// want a duration such as 30s, 5m or 2h"): the file, the variable and the flag alike.
+func plainTypeError(msg string) string {
+	return typeErr.ReplaceAllStringFunc(msg, func(s string) string {
+		m := typeErr.FindStringSubmatch(s)
+		want, got := "a value of another kind", fmt.Sprintf("%q", m[2])
+		switch m[1] {
+		case "seq":
+			got = "a list"
+		case "map":
+			got = "a mapping"
+		}
+		switch t := m[3]; {
+		case t == "time.Duration":
+			want = "a duration such as 30s, 5m or 2h"
+		case strings.HasPrefix(t, "int"), strings.HasPrefix(t, "uint"):
+			want = "a whole number"
+		case strings.HasPrefix(t, "float"):
+			want = "a number"
+		case t == "bool":
+			want = "true or false"
+		case strings.HasPrefix(t, "[]"):
+			want = "a list"
+		case strings.HasPrefix(t, "map["):
+			want = "a mapping"
+		case t == "string":
+			want = "a single value"
+		}
+		return fmt.Sprintf("cannot unmarshal %s: want %s", got, want)
+	})
 }
 
 // keyLines maps each line that holds a mapping key to the key's dotted path.
@@ -128,17 +163,25 @@ func syntaxError(b []byte, err error) error {
 		if n == blockLine {
 			break
 		}
-		return fmt.Errorf("line %d: %s (check its indentation%s)", n, msg, sibling(lines[:n-1], blockLine))
+		return fmt.Errorf("line %d: %s (check its indentation%s)", n, msg, sibling(lines[:n-1]))
 	}
 	return fmt.Errorf("line %d: %s", blockLine, msg)
 }
 
-// sibling names the first key of the block yaml.v3 reported, which it numbers from 0 (the
-// line before the block): " against listeners.tcp on line 9", or "" when there is none. prefix
-// is the valid part of the document before the problem.
-func sibling(prefix []string, blockLine int) string {
-	if key, ok := keyLines([]byte(strings.Join(prefix, "")))[blockLine+1]; ok {
-		return fmt.Sprintf(" against %s on line %d", key, blockLine+1)
+// sibling names the key nearest above the problem, whose indentation the problem's line
+// should match or nest under: " against listeners.tcp on line 9", or "" when there is none.
+// prefix is the valid part of the document before the problem. (The first key of the block
+// yaml.v3 reports can be far off: a mis-indented first key of a block makes the next line the
+// problem, and yaml.v3 then names the document's first key.)
+func sibling(prefix []string) string {
+	line, key := 0, ""
+	for l, k := range keyLines([]byte(strings.Join(prefix, ""))) {
+		if l > line {
+			line, key = l, k
+		}
 	}
-	return ""
+	if key == "" {
+		return ""
+	}
+	return fmt.Sprintf(" against %s on line %d", key, line)
 }

@@ -303,6 +303,14 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 			case userFlag != "" && !protocol.ValidUser(userFlag):
 				return cmdline.UsageError("%q is not a user name", userFlag)
 			}
+			// off, the one spelling of "none", is the cloud only; an empty value is refused.
+			if _, off, err := cmdline.Addr("--link", link); err != nil {
+				return cmdline.UsageError("%v", err)
+			} else if off && local {
+				return cmdline.UsageError("--local needs the car's local link, not --link off")
+			} else if off {
+				cloudOnly = true
+			}
 
 			// The cloud needs the login session; the local link only the user name and the key.
 			sess, sessErr := LoadSession(g.session)
@@ -394,7 +402,7 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 	f.BoolVar(&local, "local", false, "use the car's local link only, not the cloud")
 	f.BoolVar(&cloudOnly, "cloud-only", false, "use the cloud only: no fallback to the local link")
 	f.DurationVar(&cloudTimeout, "cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
-	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port)")
+	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port), or off for the cloud only")
 	f.StringVar(&userFlag, "user", "", "user `NAME`, for the local link without a login session")
 	return c
 }
@@ -423,11 +431,16 @@ func brokerChecked(sess *phone.Session, sessionPath, current string, err error, 
 	return ""
 }
 
-// replyLine is one reply in text: "ID ACTION STATUS[: REASON] [(locked=…)]".
+// replyLine is one reply in text: "ID ACTION STATUS[: REASON[: MESSAGE]] [(locked=…)]", the
+// message being the car's for a refusal for its state ("the trunk cannot open while the car
+// moves").
 func replyLine(r protocol.Reply) string {
 	line := fmt.Sprintf("%s %s %s", r.ID, r.Action, r.Status)
 	if r.Reason != "" {
 		line += ": " + string(r.Reason)
+	}
+	if r.Message != "" {
+		line += ": " + r.Message
 	}
 	if r.Status == protocol.ReplyExecuted && len(r.State) > 0 {
 		if v, ok := r.State[protocol.VSSIsLocked]; ok {

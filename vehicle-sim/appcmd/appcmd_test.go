@@ -24,6 +24,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/phone/phonetest"
 	"telematics/pkg/protocol"
@@ -277,12 +278,14 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 		{"pair bad vin", []string{"key", "pair", "NOPE"}, 2, "", nil, nil, []string{"not a VIN"}},
 		{"list one car", []string{"key", "list", vin}, 0, "GET /v1/keys?vin=" + vin, nil,
 			[]string{"whitelist version 5, acknowledged 4", "NOT YET ON THE CAR", "* " + key.KID(), "bobkey",
-				"valet", "2030-01-31T18:00:00Z", "2025-06-01T12:00:00Z", "this phone's key"}, nil},
+				"valet", cmdline.Time(until.UnixMilli()), cmdline.Time(revokedAt.UnixMilli()), "this phone's key"}, nil},
+		{"list --json keeps milliseconds", []string{"key", "list", vin, "--json"}, 0, "GET /v1/keys?vin=" + vin, nil,
+			[]string{fmt.Sprintf(`"not_after": %d`, until.UnixMilli()), fmt.Sprintf(`"revoked_at": %d`, revokedAt.UnixMilli())}, nil},
 		{"list all cars", []string{"key", "list"}, 0, "GET /v1/keys", nil, []string{vin + "  whitelist version 5"}, nil},
 		{"share", []string{"key", "share", vin, "bob", "--role", "valet", "--until", "2030-01-31T18:00:00Z", "--channels", "local", "--totp", "111111"}, 0,
 			"POST /v1/keys/share", map[string]any{"vin": vin, "user": "bob", "role": "valet", "not_after": float64(until.UnixMilli()),
 				"channels": []any{"local"}, "totp": "111111"},
-			[]string{"bob may now use " + vin, "role valet", "channels local", "valid until 2030-01-31T18:00:00Z", "key pair " + vin}, nil},
+			[]string{"bob may now use " + vin, "role valet", "channels local", "valid until " + cmdline.Time(until.UnixMilli()), "key pair " + vin}, nil},
 		{"share defaults", []string{"key", "share", vin, "bob", "--role", "driver"}, 0, "POST /v1/keys/share",
 			map[string]any{"role": "driver", "not_after": 0.0, "channels": []any{"cloud", "local"}}, []string{"no expiry"}, nil},
 		{"share as owner", []string{"key", "share", vin, "bob", "--role", "owner"}, 2, "", nil, nil, []string{"driver or valet"}},

@@ -426,13 +426,9 @@ func printKeyTable(env Env, cars []phone.KeyStatus, mine string) {
 	}
 }
 
-// fmtMs formats unix milliseconds for a table; 0 (none) is "-".
-func fmtMs(ms int64) string {
-	if ms == 0 {
-		return "-"
-	}
-	return time.UnixMilli(ms).UTC().Format(time.RFC3339)
-}
+// fmtMs formats unix milliseconds for people, in local time ("2030-01-31 19:00:00 UTC+1");
+// 0 (none) is "-". --json keeps the milliseconds.
+func fmtMs(ms int64) string { return cmdline.Time(ms) }
 
 // validity describes a not_after bound.
 func validity(notAfterMs int64) string {

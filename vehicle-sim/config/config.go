@@ -33,7 +33,8 @@ type Config struct {
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// LinkAddr is the local link (simulated BLE/NFC) of the cars: `vehicle-sim run` serves it
-	// for all its cars on this loopback address; "off" (or "") disables it.
+	// for all its cars on this loopback address; off disables it (an empty value is refused:
+	// off is the one spelling, as for the gateway's and the broker's listeners).
 	LinkAddr string `yaml:"link_addr"`
 	// Run configures `vehicle-sim run`.
 	Run Run `yaml:"run"`
@@ -147,6 +148,14 @@ type keyed struct {
 
 func (k keyed) Set(s string) error {
 	if err := k.Value.Set(s); err != nil {
+		switch t := k.Value.Type(); {
+		case t == "duration":
+			return fmt.Errorf("%s: cannot parse %q: want a duration such as 30s, 5m or 2h", k.key, s)
+		case strings.HasPrefix(t, "int"), strings.HasPrefix(t, "uint"):
+			return fmt.Errorf("%s: cannot parse %q: want a whole number", k.key, s)
+		case strings.HasPrefix(t, "float"):
+			return fmt.Errorf("%s: cannot parse %q: want a number", k.key, s)
+		}
 		return fmt.Errorf("%s: cannot parse %q: %w", k.key, s, err)
 	}
 	return nil
@@ -191,7 +200,11 @@ func (c Config) Validate() error {
 	default:
 		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
 	}
-	if c.LinkEnabled() {
+	switch c.LinkAddr {
+	case cmdline.Off:
+	case "": // off is the one spelling, as for the gateway's and the broker's listeners
+		bad("link_addr", "empty address (--link-addr, SIM_LINK_ADDR); write %s to disable the local link, or 127.0.0.1:PORT", cmdline.Off)
+	default:
 		if err := vehicle.CheckLinkAddr(c.LinkAddr); err != nil {
 			bad("link_addr", "%v (or off to disable it)", err)
 		}
@@ -208,9 +221,9 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// LinkEnabled reports whether the local link is on: link_addr is neither empty nor "off".
+// LinkEnabled reports whether the local link is on: link_addr is not off.
 func (c Config) LinkEnabled() bool {
-	return strings.TrimSpace(c.LinkAddr) != "" && c.LinkAddr != "off"
+	return c.LinkAddr != cmdline.Off
 }
 
 // ErrNoFleet means `vehicle-sim run` was told neither which cars to run nor how many to make.

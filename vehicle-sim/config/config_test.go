@@ -197,7 +197,8 @@ func TestLinkAddr(t *testing.T) {
 		{"flag over env", []string{"--link-addr", "localhost:3"}, map[string]string{"SIM_LINK_ADDR": "127.0.0.1:4"}, "localhost:3", true, false},
 		{"off", []string{"--link-addr", "off"}, nil, "off", false, false},
 		{"off by env", nil, map[string]string{"SIM_LINK_ADDR": "off"}, "off", false, false},
-		{"empty flag", []string{"--link-addr", ""}, nil, "", false, false},
+		{"empty flag", []string{"--link-addr", ""}, nil, "", true, true}, // off is the one spelling
+		{"empty by env", nil, map[string]string{"SIM_LINK_ADDR": ""}, "", true, true},
 		{"every interface", []string{"--link-addr", ":1884"}, nil, ":1884", true, true},
 		{"lan address", nil, map[string]string{"SIM_LINK_ADDR": "192.168.1.5:1884"}, "192.168.1.5:1884", true, true},
 		{"no port", []string{"--link-addr", "127.0.0.1"}, nil, "127.0.0.1", true, true},
@@ -217,6 +218,9 @@ func TestLinkAddr(t *testing.T) {
 			}
 			if err != nil && !strings.Contains(err.Error(), "link_addr:") {
 				t.Errorf("error does not name link_addr: %v", err)
+			}
+			if tc.want == "" && (err == nil || !strings.Contains(err.Error(), "write off")) {
+				t.Errorf("an empty link_addr does not say to write off: %v", err)
 			}
 		})
 	}

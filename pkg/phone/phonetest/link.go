@@ -32,6 +32,8 @@ type Link struct {
 	hold     map[string]chan struct{} // vin -> closed when the link may answer (Hold)
 	conns    int                      // connections accepted
 	open     int                      // connections not yet closed
+
+	state map[protocol.Action]string // action -> message of a refusal for the car's state
 }
 
 type nonce struct {
@@ -43,7 +45,7 @@ type nonce struct {
 // NewLink starts a link; the test's cleanup stops it.
 func NewLink(t testing.TB) *Link {
 	l := &Link{cars: map[string]*protocol.Whitelist{}, nonces: map[string]nonce{}, executed: map[string]bool{},
-		hold: map[string]chan struct{}{}}
+		hold: map[string]chan struct{}{}, state: map[protocol.Action]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/link/{vin}/challenge", l.challenge)
 	mux.HandleFunc("POST /v1/link/{vin}/command", l.command)
@@ -95,6 +97,14 @@ func (l *Link) Hold(vin string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.hold[vin] = make(chan struct{})
+}
+
+// RefuseForState makes the link refuse action as a car refuses it for its state: forbidden,
+// with msg for the user ("the trunk cannot open while the car moves").
+func (l *Link) RefuseForState(action protocol.Action, msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.state[action] = msg
 }
 
 // Bodies returns every request body the link received.
@@ -206,6 +216,8 @@ func (l *Link) command(w http.ResponseWriter, r *http.Request) {
 		res.Reason = protocol.ReasonExpired
 	case l.executed[cmd.ID]:
 		res.Reason = protocol.ReasonDuplicate
+	case l.state[cmd.Action] != "":
+		res.Reason, res.Message = protocol.ReasonForbidden, l.state[cmd.Action]
 	default:
 		l.executed[cmd.ID] = true
 		res.Status = protocol.ResultExecuted
