@@ -38,7 +38,12 @@ func newRoot(environ []string) *cobra.Command {
 
 Every flag can also be set by the environment variable shown beside it. Exit status: 0,
 1 for a failure, 2 for a usage error.`
-	root.AddCommand(server.ServeCommand(environ), admin.Command(), demo.Command(), probeCommand(), rotateKeyCommand())
+	demoCmd, probeCmd := demo.Command(), probeCommand()
+	// serve and rotate-key share the server's GATEWAY_* settings (--data is the same dir);
+	// the demo's and the probe's flags are their own.
+	cmdline.PrefixEnv(demoCmd, "GATEWAY_DEMO")
+	cmdline.PrefixEnv(probeCmd, "GATEWAY_PROBE")
+	root.AddCommand(server.ServeCommand(environ), admin.Command(), demoCmd, probeCmd, rotateKeyCommand())
 	return root
 }
 

@@ -71,10 +71,19 @@ func TestVersionAndCompletion(t *testing.T) {
 // Each flag's variable is shown in its help, the admin ones under the names operators use.
 func TestHelpShowsEachFlagsVariable(t *testing.T) {
 	out, _, _ := run(t, nil, nil, "admin", "vehicle", "list", "--help")
-	for _, v := range []string{"[$GATEWAY_ADMIN_SERVER]", "[$GATEWAY_ADMIN_TOKEN_FILE]", "[$GATEWAY_JSON]"} {
+	for _, v := range []string{"[$GATEWAY_ADMIN_SERVER]", "[$GATEWAY_ADMIN_TOKEN_FILE]", "[$GATEWAY_ADMIN_JSON]"} {
 		if !strings.Contains(out, v) {
 			t.Errorf("admin vehicle list --help lacks %s:\n%s", v, out)
 		}
+	}
+	// The demo's and the probe's flags have their own variables: a GATEWAY_ADMIN_JSON meant
+	// for scripts around the admin does not turn the demo's story into JSON.
+	out, _, _ = run(t, nil, nil, "demo", "--help")
+	if !strings.Contains(out, "[$GATEWAY_DEMO_JSON]") || strings.Contains(out, "[$GATEWAY_JSON]") {
+		t.Errorf("demo --help: want GATEWAY_DEMO_JSON:\n%s", out)
+	}
+	if out, _, _ = run(t, nil, nil, "probe", "--help"); !strings.Contains(out, "[$GATEWAY_PROBE_TIMEOUT]") {
+		t.Errorf("probe --help: want GATEWAY_PROBE_TIMEOUT:\n%s", out)
 	}
 	out, _, _ = run(t, nil, nil, "serve", "--help")
 	for _, v := range []string{"[$GATEWAY_DATA]", "[$GATEWAY_WS_ADDR]", "[$GATEWAY_HTTP_ADDR]", "[$GATEWAY_CONFIG]"} {

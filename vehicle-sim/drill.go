@@ -10,7 +10,6 @@ import (
 
 	"telematics/pkg/cmdline"
 	"telematics/pkg/drill"
-	"telematics/vehicle-sim/config"
 )
 
 // drillCommand is `vehicle-sim drill outage`.
@@ -76,6 +75,6 @@ fail (about --cloud-timeout) and the local link's own exchange.`,
 	f.DurationVar(&cloudTimeout, "cloud-timeout", time.Second, "how long a phone waits for the cloud before it uses the local link")
 	f.BoolVarP(&verbose, "verbose", "v", false, "show the components' logs")
 	group.AddCommand(outage)
-	config.PrefixEnv(group, "SIM_DRILL_")
+	cmdline.PrefixEnv(group, "SIM_DRILL_")
 	return group
 }

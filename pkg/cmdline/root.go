@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -141,6 +142,28 @@ func lookupOwnFlag(cmd *cobra.Command, name string) *pflag.Flag {
 		panic(fmt.Sprintf("cmdline: %s has no flag --%s", cmd.CommandPath(), name))
 	}
 	return f
+}
+
+// PrefixEnv names the variable of every flag of cmd and its subcommands PREFIX_FLAG_NAME
+// instead of the root's prefix, for a command whose flags mean something of their own (the
+// admin's --json or --user are not the server's): the flags named in none, and any flag
+// already given a variable or none (SetEnv, NoEnv), keep what they have.
+func PrefixEnv(cmd *cobra.Command, prefix string, none ...string) {
+	prefix = strings.TrimSuffix(prefix, "_")
+	each := func(f *pflag.Flag) {
+		switch {
+		case f.Name == "help", f.Annotations[annotEnv] != nil, f.Annotations[annotNoEnv] != nil:
+		case slices.Contains(none, f.Name):
+			NoEnv(cmd, f.Name)
+		default:
+			SetEnv(cmd, f.Name, EnvName(prefix, f.Name))
+		}
+	}
+	cmd.LocalNonPersistentFlags().VisitAll(each)
+	cmd.PersistentFlags().VisitAll(each)
+	for _, c := range cmd.Commands() {
+		PrefixEnv(c, prefix, none...)
+	}
 }
 
 // EnvName is the variable of a flag: PREFIX_FLAG_NAME, upper case, dashes to underscores.

@@ -131,7 +131,7 @@ func NewCommand(env Env) *cobra.Command {
 	app.AddCommand(loginCommand(&g, env), passwordCommand(&g, env), sendCommand(&g, env), keyCommand(&g, env), totpCommand(&g, env))
 
 	// Every flag of the app has a variable SIM_APP_FLAG, but for the names documented before.
-	config.PrefixEnv(app, "SIM_APP_", "totp", "proof")
+	cmdline.PrefixEnv(app, "SIM_APP_", "totp", "proof")
 	cmdline.SetEnv(app, "gateway", "SIM_GATEWAY")
 	cmdline.SetEnv(app, "session", "SIM_APP_SESSION")
 	cmdline.SetEnv(app, "key", "SIM_PHONE_KEY")

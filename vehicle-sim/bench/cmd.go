@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"telematics/pkg/cmdline"
-	"telematics/vehicle-sim/config"
 )
 
 // scenarioHelp describes each scenario, for `vehicle-sim bench --help` and its own help.
@@ -57,7 +56,7 @@ scenarios:
 			return RunWorker(cmd.Context(), env.Stdin, env.Stdout)
 		},
 	})
-	config.PrefixEnv(bench, "SIM_BENCH_")
+	cmdline.PrefixEnv(bench, "SIM_BENCH_")
 	return bench
 }
 

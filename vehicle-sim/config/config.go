@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -256,27 +255,6 @@ func checkURL(s string, schemes ...string) error {
 		}
 	}
 	return fmt.Errorf("%q: scheme must be one of %s", s, strings.Join(schemes, ", "))
-}
-
-// PrefixEnv names the variable of every flag of cmd and its subcommands prefix+FLAG_NAME
-// (SIM_BENCH_CARS), but for the flags named in none, which get no variable (a TOTP code is good
-// once). The flags of app, bench and drill have names (--cars, --broker, --data) that mean
-// something else to `vehicle-sim run`, whose settings have the plain SIM_* variables.
-func PrefixEnv(cmd *cobra.Command, prefix string, none ...string) {
-	each := func(f *pflag.Flag) {
-		switch {
-		case f.Name == "help":
-		case slices.Contains(none, f.Name):
-			cmdline.NoEnv(cmd, f.Name)
-		default:
-			cmdline.SetEnv(cmd, f.Name, prefix+strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")))
-		}
-	}
-	cmd.LocalNonPersistentFlags().VisitAll(each)
-	cmd.PersistentFlags().VisitAll(each)
-	for _, c := range cmd.Commands() {
-		PrefixEnv(c, prefix, none...)
-	}
 }
 
 // NoArgs refuses positional arguments, naming them: a command whose settings are all flags.
