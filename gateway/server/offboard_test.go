@@ -150,7 +150,7 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 	waitSynced(t, g, vin)
 
 	// The admin takes the tablet's key away.
-	out, errs, code := adminCLI(t, g, dir, "key", "revoke", vin, second.KID())
+	out, errs, code := adminCLI(t, g, dir, "key", "revoke", vin, "--", second.KID()) // key ids may start with -
 	if code != 0 || !strings.Contains(out, "key "+second.KID()+" of alice revoked on "+vin) {
 		t.Fatalf("key revoke: %d %q %q", code, out, errs)
 	}

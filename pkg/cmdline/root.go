@@ -42,7 +42,13 @@ func NewRoot(name, short, envPrefix string) *cobra.Command {
 		Annotations:   map[string]string{annotEnvPrefix: strings.TrimSuffix(strings.ToUpper(envPrefix), "_")},
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if strings.HasPrefix(err.Error(), "unknown shorthand flag") {
+			// Key ids are base64url and may start with "-": say how to pass one.
+			err = fmt.Errorf("%w (an argument that starts with -, such as a key id, goes after --: %s ARGS -- -ARG)", err, c.CommandPath())
+		}
+		return usageError{err}
+	})
 	return root
 }
 

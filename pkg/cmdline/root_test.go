@@ -137,12 +137,24 @@ func TestExecuteUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"fail", "usage"}, "tool fail: give a VIN\nsee 'tool fail --help'"},
 		{[]string{"need"}, `required flag(s) "token-file" not set`},
 		{[]string{"completion", "tcsh"}, "tcsh"},
+		// A key id is base64url: one in 64 starts with "-"; the error says how to pass it.
+		{[]string{"admin", "vehicle", "add", "-JoMHuUjXb4PI00jJoyNbg"}, "such as a key id, goes after --"},
 	}
 	for _, tc := range tests {
 		code, stdout, stderr := run(t, testTree(&ran{}), nil, tc.args...)
 		if code != 2 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "--help'") || stdout != "" {
 			t.Errorf("%q: exit %d, stderr %q, stdout %q; want 2 and %q", tc.args, code, stderr, stdout, tc.want)
 		}
+	}
+}
+
+// TestArgumentStartingWithDashAfterDoubleDash: after --, an argument that starts with - (a
+// key id) is an argument, not a flag.
+func TestArgumentStartingWithDashAfterDoubleDash(t *testing.T) {
+	var got ran
+	code, _, stderr := run(t, testTree(&got), nil, "admin", "vehicle", "add", "--", "-JoMHuUjXb4PI00jJoyNbg")
+	if code != 0 || got.cmd != "add" || len(got.args) != 1 || got.args[0] != "-JoMHuUjXb4PI00jJoyNbg" {
+		t.Fatalf("exit %d %q, ran %+v", code, stderr, got)
 	}
 }
 
