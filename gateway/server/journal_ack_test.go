@@ -50,7 +50,8 @@ func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
 // The "also" of issue 8: a journal entry made while the gateway is away is not lost when the
 // standalone broker restarts before the gateway is back (a key rotation causes one). The car
 // keeps the entry until the gateway has it in its audit log and says so on v/{vin}/events/ack;
-// it sends it again to the restarted broker, and the gateway files it once.
+// it sends it again to the restarted broker, again until the gateway has it (the copy it sent
+// before the gateway was back is lost), and the gateway files it once.
 func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	dir := t.TempDir()
 	addr := freeAddr(t)
@@ -76,7 +77,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	go func() {
 		defer close(done)
 		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
-			TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond})
+			TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond, JournalResendInterval: time.Second})
 	}()
 	t.Cleanup(func() { cancel(); <-done; st.Close() })
 	link := vehicle.NewLinkServer(garage, nil)
@@ -116,11 +117,26 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 		return nil
 	})
 
-	// The broker restarts on its address: what it queued for the gateway is gone.
+	// The broker restarts on its address: what it queued for the gateway is gone. The car
+	// reconnects first and sends its entry again at once, to a broker on which the gateway has
+	// no session yet: that copy is lost too, and only a later resend reaches the gateway.
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	startStandaloneAt(t, dir, addr)
+	b2 := startStandaloneAt(t, dir, addr)
+	var resent atomic.Int32
+	err = b2.Server().Subscribe(protocol.VehicleTopic(vin, protocol.SuffixEvents), 9, func(*mqtt.Client, packets.Subscription, packets.Packet) {
+		resent.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if resent.Load() == 0 {
+			return fmt.Errorf("the car has not sent its entry to the restarted broker")
+		}
+		return nil
+	})
 	g = startGateway(t, dir, gwConfig)
 
 	filed := func() (int, error) {

@@ -41,6 +41,8 @@ const (
 	// journalBatch is how many journal entries a car reads from its store at a time to
 	// publish them.
 	journalBatch = 32
+	// defaultJournalResend is FleetConfig.JournalResendInterval's default.
+	defaultJournalResend = 30 * time.Second
 )
 
 // DialFunc connects one MQTT client; mqttc.Dial in production. It returns once the client is
@@ -86,6 +88,11 @@ type FleetConfig struct {
 	Now func() time.Time
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial DialFunc
+	// JournalResendInterval is how long a car waits for the gateway to acknowledge the journal
+	// entries it published before it publishes them again (default 30 s). Besides after every
+	// reconnect, this covers a broker that restarted and lost what it queued for a gateway
+	// that had not yet come back, while the car's own connection stayed up or came back first.
+	JournalResendInterval time.Duration
 	// Garage, when set, receives every car RunFleet builds, so that a LinkServer on the same
 	// garage serves them over the local link, also while the broker is down. A car already in
 	// the garage under a VIN of Creds is run as it is instead of being built again (a drill can
@@ -114,6 +121,8 @@ type fleet struct {
 	cfg      FleetConfig
 	log      *slog.Logger
 	interval time.Duration
+	// journalResend is FleetConfig.JournalResendInterval, defaulted.
+	journalResend time.Duration
 
 	connected, failed       atomic.Int64
 	telemetry, exec, reject atomic.Uint64
@@ -173,7 +182,11 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (FleetStats, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &fleet{cfg: cfg, log: cfg.Logger, interval: cfg.TelemetryInterval, settled: make(chan struct{})}
+	f := &fleet{cfg: cfg, log: cfg.Logger, interval: cfg.TelemetryInterval, journalResend: cfg.JournalResendInterval,
+		settled: make(chan struct{})}
+	if f.journalResend <= 0 {
+		f.journalResend = defaultJournalResend
+	}
 
 	progressCtx, stopProgress := context.WithCancel(context.Background())
 	progressDone := make(chan struct{})
@@ -281,6 +294,9 @@ type carRun struct {
 	// journalSent is the highest journal seq published on the current connection (the loop's
 	// own); after a reconnect everything unacknowledged goes out again.
 	journalSent uint64
+	// journalSentAt is when the loop last published a journal entry: entries still not
+	// acknowledged JournalResendInterval later go out again.
+	journalSentAt time.Time
 
 	// statusMu orders the online status published on (re)connect against the offline status
 	// published on shutdown, so a late reconnect cannot leave the car "online".
@@ -451,6 +467,10 @@ func (r *carRun) loop(ctx context.Context) {
 			journalPending = true
 		case <-timer.C:
 			r.sendTelemetry(ctx)
+			if r.journalUnacknowledged() {
+				r.journalSent = 0
+				journalPending = true
+			}
 			timer.Reset(jitter(r.f.interval))
 		}
 	}
@@ -505,11 +525,22 @@ func (r *carRun) publishJournal(ctx context.Context) bool {
 				r.log.Debug("publish journal entry; kept for later", "seq", ev.Seq, "err", err)
 				return false
 			}
-			r.journalSent = ev.Seq
+			r.journalSent, r.journalSentAt = ev.Seq, time.Now()
 			r.f.eventsSent.Add(1)
 		}
 	}
 	return false
+}
+
+// journalUnacknowledged reports whether entries published at least JournalResendInterval ago
+// still wait for the gateway's acknowledgement: the broker that took them may have lost them
+// (a restart before the gateway came back), and only a new publish brings them to the gateway.
+func (r *carRun) journalUnacknowledged() bool {
+	if r.journalSent == 0 || time.Since(r.journalSentAt) < r.f.journalResend {
+		return false
+	}
+	evs, err := r.car.Journal(0, 1)
+	return err == nil && len(evs) > 0 && evs[0].Seq <= r.journalSent
 }
 
 // onEventsAck deletes the journal entries the gateway acknowledged on v/{vin}/events/ack.
