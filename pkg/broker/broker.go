@@ -88,9 +88,11 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now fun
 	}
 	if cfg.MQTTAddr != "" && cfg.MQTTAddr != cmdline.Off {
 		b.tcp = newTCPListener(ListenerTCP, cfg.MQTTAddr, cfg.ConnectTimeout)
+		b.tcp.disconnect = func(id string) { disconnectListenerClients(server, id) }
 	}
 	if cfg.WSAddr != "" && cfg.WSAddr != cmdline.Off {
 		b.ws = newWSListener(ListenerWS, cfg.WSAddr, cfg.ConnectTimeout, cfg.MaxPacketBytes)
+		b.ws.disconnect = func(id string) { disconnectListenerClients(server, id) }
 	}
 	return b, nil
 }

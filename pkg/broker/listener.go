@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // Accept backoff after an error such as EMFILE (out of file descriptors): the same bounds as
@@ -132,6 +134,9 @@ type tcpListener struct {
 	log   *slog.Logger
 	ln    *retryListener
 	conns connSet
+	// disconnect, when set, ends this listener's clients in place of mochi's CloseFn (see
+	// disconnectListenerClients).
+	disconnect func(listenerID string)
 }
 
 var _ listeners.Listener = (*tcpListener)(nil)
@@ -194,7 +199,7 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		_ = l.ln.Close()
 	}
-	closeClients(l.id)
+	endClients(l.disconnect, closeClients, l.id)
 	l.conns.close()
 }
 
@@ -212,6 +217,8 @@ type wsListener struct {
 	upgrader  websocket.Upgrader
 	establish listeners.EstablishFn
 	conns     connSet
+	// disconnect: as tcpListener's.
+	disconnect func(listenerID string)
 }
 
 var _ listeners.Listener = (*wsListener)(nil)
@@ -320,8 +327,31 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		_ = l.ln.Close() // in case Serve never ran
 	}
-	closeClients(l.id)
+	endClients(l.disconnect, closeClients, l.id)
 	l.conns.close()
+}
+
+// endClients ends a closing listener's clients: with disconnect when the broker set it, else
+// with mochi's CloseFn.
+func endClients(disconnect func(string), closeClients listeners.CloseFn, id string) {
+	if disconnect != nil {
+		disconnect(id)
+		return
+	}
+	closeClients(id)
+}
+
+// disconnectListenerClients is mochi's Server.closeListenerClients without its deadlock: in
+// mochi v2.7.9 Clients.GetByListener takes the clients' read lock and then again through
+// Clients.Len, so a client connecting or leaving (Clients.Add or Delete, a writer) between the
+// two locks hangs the broker's Close and every later connection for good
+// (github.com/mochi-mqtt/server/issues/488, fix not released). GetAll takes the lock once.
+func disconnectListenerClients(server *mqtt.Server, listenerID string) {
+	for _, cl := range server.Clients.GetAll() {
+		if cl.Net.Listener == listenerID && !cl.Closed() {
+			_ = server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // wsConn is a WebSocket connection as the byte stream mochi reads and writes. Deadlines and

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,10 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/pkg/protocol"
 )
@@ -267,4 +271,79 @@ func emfileHelper(t *testing.T) {
 	release()
 	fmt.Println("RELEASED")
 	_, _ = io.Copy(io.Discard, os.Stdin) // serve until the parent is done
+}
+
+// TestCloseWhileClientsComeAndGo: closing the broker while clients connect and leave returns.
+// mochi's own way of ending a listener's clients (Clients.GetByListener in v2.7.9) takes the
+// clients' read lock twice, and a client arriving or leaving between the two hangs Close, and
+// every later connection, for good (mochi-mqtt/server#488); a CI run of this package hung
+// 20 minutes on it.
+func TestCloseWhileClientsComeAndGo(t *testing.T) {
+	const rounds, churners = 30, 6
+	for round := range rounds {
+		f := startBroker(t, nil)
+		addr := f.b.MQTTAddr()
+		tokens := make([]creds, churners)
+		for i := range tokens {
+			tokens[i] = f.creds(t, benchVIN(i), protocol.RoleVehicle, "")
+		}
+		stop := make(chan struct{})
+		var churning sync.WaitGroup
+		for _, c := range tokens {
+			churning.Add(1)
+			go func() {
+				defer churning.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if err := connectAndLeave(addr, c); err != nil {
+						return // the broker is closing
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round%5) * time.Millisecond) // vary where Close lands
+		closed := make(chan error, 1)
+		go func() { closed <- f.b.Close() }()
+		select {
+		case <-closed:
+		case <-time.After(4 * waitFor):
+			// Not t.Fatal: the fixture's cleanup would wait on the hung Close for good. The
+			// panic ends the test binary with every goroutine's stack.
+			panic(fmt.Sprintf("round %d: broker Close still running after %v with clients coming and going", round, 4*waitFor))
+		}
+		close(stop)
+		churning.Wait()
+	}
+}
+
+// connectAndLeave opens an MQTT session with c, waits for its CONNACK and hangs up.
+func connectAndLeave(addr string, c creds) error {
+	conn, err := net.DialTimeout("tcp", addr, waitFor)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(waitFor))
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: c.clientID,
+			UsernameFlag: true, Username: []byte(c.username), PasswordFlag: true, Password: []byte(c.password)}}
+	if err := pk.ConnectEncode(&buf); err != nil {
+		return err
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		return err
+	}
+	connack := make([]byte, 4)
+	if _, err := io.ReadFull(conn, connack); err != nil {
+		return err
+	}
+	if connack[0]>>4 != packets.Connack || connack[3] != 0 {
+		return fmt.Errorf("connack % x", connack)
+	}
+	return nil
 }
