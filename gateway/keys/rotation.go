@@ -8,7 +8,43 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/pkg/sign"
 )
+
+// GrantSigner is the key a grant for vin must be signed with: the current key once the car
+// trusts it, the previous key while a rotation has not reached the car. It is also the key a
+// car's credentials name, so that a car provisioned during a rotation trusts what its first
+// whitelist is signed with, and then makes the hop like every other car.
+func (s *Service) GrantSigner(vin string) *sign.Signer {
+	cur, prev := s.ring.Current(), s.ring.Previous()
+	if prev == nil {
+		return cur
+	}
+	s.mu.RLock()
+	r := s.recs[vin]
+	s.mu.RUnlock()
+	if r.trusts(cur.KID()) {
+		return cur
+	}
+	return prev
+}
+
+// Rotate re-signs every car's whitelist after the signing key changed, so each learns to
+// trust the new key from a document signed by the old one.
+func (s *Service) Rotate(ctx context.Context) error {
+	for _, vin := range s.vins() {
+		if s.retired(vin) {
+			continue // a decommissioned car that cannot connect any more
+		}
+		_, err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_rotated"}, nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // WhitelistUnpaired gives every car in service that has no whitelist yet (nobody paired a
 // phone key with it) an empty one, during a rotation: no other document would ever tell such a
