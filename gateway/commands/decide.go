@@ -1,0 +1,236 @@
+package commands
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/store"
+	"telematics/pkg/protocol"
+	"telematics/pkg/whitelist"
+)
+
+// stepUpKeySession is the 2FA step-up session of requests whose broker does not name the
+// publishing client: the phone key that signed them.
+func stepUpKeySession(keyID string) string { return "key:" + keyID }
+
+// decide runs the checks of DESIGN.md's lifecycle in order and answers with the first reason
+// that applies; an accepted command is audited, sent to the car and awaited.
+func (r *Router) decide(req request) {
+	nowMs := r.now().UnixMilli()
+	ev := audit.Event{TsMs: nowMs, Kind: audit.KindCommand, User: req.user, ClientID: req.session}
+
+	var ar protocol.AppRequest
+	var cmd protocol.Command
+	err := protocol.Decode(req.payload, &ar)
+	var doc []byte
+	if err == nil {
+		doc, err = ar.Command.DocBytes()
+	}
+	if err == nil {
+		err = protocol.Decode(doc, &cmd)
+	}
+	if err == nil {
+		err = cmd.Check()
+	}
+	// The id is echoed whenever there is one, so the app can match even a bad_request.
+	ev.CmdID, ev.VIN, ev.Action = cmd.ID, cmd.VIN, string(cmd.Action)
+	if !protocol.ValidID(cmd.ID) {
+		ev.CmdID = ""
+	}
+	// A user whose refusals used up their budget is answered rate_limited before anything
+	// else is looked at, written or remembered: a flood of bad requests costs the gateway a
+	// decode and a reply each, and one audit record a second per user (throttled.go).
+	if !r.refusals.available(req.user, r.now()) {
+		r.throttle(req, ev)
+		return
+	}
+	// Everything that can be judged from the request alone is judged before its id is
+	// remembered: only a well-formed, signed-looking command that expires within
+	// MaxCommandAheadMs costs a remembered id, and then for at most twice that long.
+	if err == nil {
+		err = checkExpiry(&cmd, nowMs)
+	}
+	if err == nil {
+		err = ar.Command.CheckSignatureShape()
+	}
+	if err != nil {
+		r.refuse(req, ev, cmd, err, false)
+		return
+	}
+	if cmd.User != "" && cmd.User != req.user {
+		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonForbidden, "command names user %q, sent by %q", cmd.User, req.user), true)
+		return
+	}
+	if !r.remember(cmd.ID, cmd.ExpiresAtMs) {
+		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
+		return
+	}
+	if err := r.check(&cmd, nowMs); err != nil {
+		r.refuse(req, ev, cmd, err, true)
+		return
+	}
+	// The user holds an active key of the car whose role allows the action, and the command
+	// carries that key's signature: the same rule the car applies to its own whitelist.
+	_, key, err := whitelist.VerifyCommand(r.keys.Whitelist(cmd.VIN), ar.Command, protocol.ChannelCloud, r.now())
+	if err == nil && key.User != req.user {
+		err = protocol.Refuse(protocol.ReasonForbidden, "key %s belongs to another user", key.ID)
+	}
+	if err != nil {
+		r.refuse(req, ev, cmd, err, true)
+		return
+	}
+	factors := []string{"token", "key"}
+	if r.twofa != nil {
+		session := req.session
+		if session == "" {
+			// A broker that does not say which client published (any broker but the embedded
+			// one): the step-up is bound to the phone key whose signature was just verified,
+			// that is to the device, whose private key never leaves it. Another device of the
+			// same user, with a stolen password or not, has another key and no step-up.
+			session = stepUpKeySession(key.ID)
+		}
+		f, err := r.twofa.Authorize(req.user, session, cmd.Action, ar.TOTP)
+		if err != nil {
+			r.refuse(req, ev, cmd, err, true)
+			return
+		}
+		factors = append(factors, f...)
+	}
+	if !r.rate.allow(req.user, r.now()) {
+		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonRateLimited, "over %v requests per minute", r.cfg.RatePerMinute), true)
+		return
+	}
+	if !r.twins.online(cmd.VIN) {
+		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonVehicleOffline, "car is offline"), true)
+		return
+	}
+
+	sum, _ := ar.Command.DocSHA256()
+	grant, err := r.keys.GrantSigner(cmd.VIN).Seal(protocol.Grant{V: protocol.Version, CmdSHA256: sum, VIN: cmd.VIN,
+		User: req.user, Factors: factors, ExpiresAtMs: cmd.ExpiresAtMs})
+	if err != nil {
+		r.refuse(req, ev, cmd, err, true)
+		return
+	}
+	out, err := json.Marshal(protocol.VehicleCommand{V: protocol.Version, Command: ar.Command, Grant: grant})
+	if err != nil {
+		r.refuse(req, ev, cmd, err, true)
+		return
+	}
+
+	// The decision is durable before the command goes out.
+	ev.Outcome = protocol.ReplyAccepted
+	ev.Detail = "factors=" + joinFactors(factors)
+	if err := r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs); err != nil {
+		r.log.Error("audit write failed; command not sent", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
+		r.forget(cmd.ID)
+		r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyFailed, Reason: protocol.ReasonInternal, VIN: cmd.VIN, Action: cmd.Action})
+		return
+	}
+	if r.now().UnixMilli() >= cmd.ExpiresAtMs {
+		// Deciding took longer than the command lives: never send a stale command.
+		r.terminal(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "expired before it could be sent")
+		return
+	}
+	r.mu.Lock()
+	r.pending[cmd.ID] = &pending{user: req.user, session: req.session, vin: cmd.VIN, action: cmd.Action, expiresAtMs: cmd.ExpiresAtMs}
+	r.mu.Unlock()
+	r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyAccepted, VIN: cmd.VIN, Action: cmd.Action})
+
+	ctx, cancel := context.WithTimeout(r.ctx, time.Until(time.UnixMilli(cmd.ExpiresAtMs)))
+	defer cancel()
+	if err := r.bus.Publish(ctx, protocol.VehicleTopic(cmd.VIN, protocol.SuffixCmd), 1, false, out); err != nil {
+		r.log.Warn("command not delivered to broker", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
+		r.finish(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyFailed, protocol.ReasonInternal, nil, 0, "publish to car failed: "+err.Error())
+	}
+}
+
+// checkExpiry refuses a command that has expired or that expires more than
+// protocol.MaxCommandAheadMs after nowMs.
+func checkExpiry(cmd *protocol.Command, nowMs int64) error {
+	if cmd.ExpiresAtMs <= nowMs {
+		return protocol.Refuse(protocol.ReasonExpired, "command expired before the gateway saw it")
+	}
+	if cmd.ExpiresAtMs > nowMs+protocol.MaxCommandAheadMs {
+		return protocol.Refuse(protocol.ReasonBadRequest, "expires_at lies more than %d ms ahead", protocol.MaxCommandAheadMs)
+	}
+	return nil
+}
+
+// check runs the checks that need the store: vehicle known.
+func (r *Router) check(cmd *protocol.Command, nowMs int64) error {
+	_, err := r.store.GetVehicle(cmd.VIN)
+	if errors.Is(err, store.ErrNotFound) {
+		return protocol.Refuse(protocol.ReasonVehicleUnknown, "no vehicle %s", cmd.VIN)
+	}
+	return err
+}
+
+// refuse audits and answers a rejected request. persistID records the id as used, so a
+// replay of the same request is a duplicate even after a restart.
+func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err error, persistID bool) {
+	r.refusals.allow(req.user, r.now())
+	reason := protocol.ReasonOf(err)
+	ev.Outcome = protocol.ReplyRejected
+	ev.Reason = string(reason)
+	if reason == protocol.ReasonInternal {
+		r.log.Error("request failed", "user", req.user, "cmd_id", ev.CmdID, "err", err)
+	} else {
+		r.log.Debug("request rejected", "user", req.user, "cmd_id", ev.CmdID, "vin", ev.VIN, "reason", reason)
+	}
+	var aerr error
+	if persistID && ev.CmdID != "" {
+		aerr = r.recordDecision(ev, ev.CmdID, cmd.ExpiresAtMs)
+	} else {
+		aerr = r.audit.Append(ev)
+	}
+	if aerr != nil {
+		r.log.Error("audit write failed", "cmd_id", ev.CmdID, "err", aerr)
+	}
+	r.reply(req.user, protocol.Reply{ID: ev.CmdID, Status: protocol.ReplyRejected, Reason: reason, VIN: ev.VIN, Action: protocol.Action(ev.Action)})
+}
+
+func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64) error {
+	// Ids are remembered past their command's expiry by the car's replay horizon, so no
+	// replay of a still-valid command can pass.
+	until := untilMs + protocol.MaxCommandAheadMs
+	return r.store.Write(func(tx *bolt.Tx) error {
+		if err := store.PutCommandID(tx, id, until); err != nil {
+			return err
+		}
+		return audit.AppendTx(tx, ev)
+	})
+}
+
+// remember marks id as seen; false if it was seen already.
+func (r *Router) remember(id string, expiresAtMs int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.seen[id]; dup {
+		return false
+	}
+	r.seen[id] = expiresAtMs + protocol.MaxCommandAheadMs
+	return true
+}
+
+func (r *Router) forget(id string) {
+	r.mu.Lock()
+	delete(r.seen, id)
+	r.mu.Unlock()
+}
+
+func joinFactors(f []string) string {
+	out := ""
+	for i, s := range f {
+		if i > 0 {
+			out += ","
+		}
+		out += s
+	}
+	return out
+}

@@ -1,0 +1,154 @@
+package commands
+
+import (
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"telematics/gateway/audit"
+	"telematics/pkg/mqttc"
+	"telematics/pkg/protocol"
+)
+
+type pending struct {
+	user        string
+	session     string
+	vin         string
+	action      protocol.Action
+	expiresAtMs int64
+}
+
+// onResult relays a car's result to the app that asked, once.
+func (r *Router) onResult(m mqttc.Message) {
+	vin, suffix, ok := protocol.ParseVehicleTopic(m.Topic)
+	if !ok || suffix != protocol.SuffixResult {
+		return
+	}
+	var res protocol.Result
+	if err := protocol.Decode(m.Payload, &res); err != nil || !protocol.ValidID(res.ID) {
+		r.log.Warn("malformed result from car", "vin", vin, "err", err)
+		return
+	}
+	r.mu.Lock()
+	p, ok := r.pending[res.ID]
+	if ok && p.vin != vin {
+		// A car can only answer its own commands.
+		ok = false
+	}
+	r.mu.Unlock()
+	if !ok {
+		_ = r.audit.Append(audit.Event{TsMs: r.now().UnixMilli(), Kind: audit.KindLate, VIN: vin, CmdID: res.ID,
+			Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request"})
+		return
+	}
+	status, reason, message := protocol.ReplyExecuted, protocol.ReasonNone, ""
+	switch res.Status {
+	case protocol.ResultExecuted:
+	case protocol.ResultRejected:
+		status, reason = protocol.ReplyRejected, res.Reason
+		if !reason.Valid() {
+			reason = protocol.ReasonInternal
+		}
+		if reason == protocol.ReasonForbidden {
+			// The car's word on a refusal for its state ("the trunk cannot open while the
+			// car moves") reaches the user, bounded and printable.
+			message = carMessage(res.Message)
+		}
+	default:
+		status, reason = protocol.ReplyFailed, protocol.ReasonInternal
+	}
+	r.finishWithMessage(res.ID, p.user, vin, p.action, status, reason, res.State, res.TsMs, message)
+}
+
+// carMessage bounds a car's message to protocol.MaxMessageBytes of printable text.
+func carMessage(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if b.Len()+utf8.RuneLen(c) > protocol.MaxMessageBytes {
+			break
+		}
+		if unicode.IsPrint(c) {
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
+}
+
+// finishWithMessage is finish for a car's result, with the car's message for the user (also in
+// the audit record's detail).
+func (r *Router) finishWithMessage(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, message string) {
+	r.mu.Lock()
+	_, wasPending := r.pending[id]
+	delete(r.pending, id)
+	r.mu.Unlock()
+	if !wasPending {
+		return
+	}
+	detail := ""
+	if message != "" {
+		detail = "car: " + message
+	}
+	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, detail, message)
+}
+
+// finish answers a pending request with its terminal reply, at most once. carTsMs is the car's
+// result timestamp (0 when the reply does not come from a result).
+func (r *Router) finish(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail string) {
+	r.mu.Lock()
+	_, wasPending := r.pending[id]
+	delete(r.pending, id)
+	r.mu.Unlock()
+	if wasPending {
+		r.terminal(id, user, vin, action, status, reason, state, carTsMs, detail)
+	}
+}
+
+// terminal audits and sends a terminal reply.
+func (r *Router) terminal(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail string) {
+	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, detail, "")
+}
+
+// terminalReply is terminal with the car's message for the user.
+func (r *Router) terminalReply(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail, message string) {
+	if err := r.audit.Append(audit.Event{TsMs: r.now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
+		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail}); err != nil {
+		r.log.Error("audit write failed", "cmd_id", id, "err", err)
+	}
+	r.reply(user, protocol.Reply{ID: id, Status: status, Reason: reason, Message: message, VIN: vin, Action: action, State: state, CarTsMs: carTsMs})
+}
+
+// SweepExpired answers "expired" for every request whose car has not answered by its expiry
+// plus the grace period, and forgets ids past their replay horizon. The router calls it
+// periodically; tests call it after moving their clock.
+func (r *Router) SweepExpired() {
+	nowMs := r.now().UnixMilli()
+	graceMs := r.cfg.ResultGrace.Milliseconds()
+	var expired []string
+	r.mu.Lock()
+	for id, p := range r.pending {
+		if nowMs >= p.expiresAtMs+graceMs {
+			expired = append(expired, id)
+		}
+	}
+	for id, until := range r.seen {
+		if until <= nowMs {
+			delete(r.seen, id)
+		}
+	}
+	r.mu.Unlock()
+	for _, id := range expired {
+		r.mu.Lock()
+		p, ok := r.pending[id]
+		r.mu.Unlock()
+		if ok {
+			r.finish(id, p.user, p.vin, p.action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "no result from the car before expiry")
+		}
+	}
+}
+
+// PendingCount is how many accepted requests await a car's result.
+func (r *Router) PendingCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending)
+}
