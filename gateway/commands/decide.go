@@ -18,22 +18,35 @@ import (
 // publishing client: the phone key that signed them.
 func stepUpKeySession(keyID string) string { return "key:" + keyID }
 
+// appRequest is an app's request as Submit decoded it: Submit shards it by the command's VIN
+// and decide judges it, without decoding it again.
+type appRequest struct {
+	ar  protocol.AppRequest
+	cmd protocol.Command // as far as it was decoded: its id is echoed even in a bad_request
+	err error            // the first decoding error; nil when ar and cmd hold the request
+}
+
+// decodeAppRequest decodes an app's request and the command document it carries.
+func decodeAppRequest(payload []byte) *appRequest {
+	a := &appRequest{}
+	a.err = protocol.Decode(payload, &a.ar)
+	var doc []byte
+	if a.err == nil {
+		doc, a.err = a.ar.Command.DocBytes()
+	}
+	if a.err == nil {
+		a.err = protocol.Decode(doc, &a.cmd)
+	}
+	return a
+}
+
 // decide runs the checks of DESIGN.md's lifecycle in order and answers with the first reason
 // that applies; an accepted command is audited, sent to the car and awaited.
 func (r *Router) decide(req request) {
 	nowMs := r.now().UnixMilli()
 	ev := audit.Event{TsMs: nowMs, Kind: audit.KindCommand, User: req.user, ClientID: req.session}
 
-	var ar protocol.AppRequest
-	var cmd protocol.Command
-	err := protocol.Decode(req.payload, &ar)
-	var doc []byte
-	if err == nil {
-		doc, err = ar.Command.DocBytes()
-	}
-	if err == nil {
-		err = protocol.Decode(doc, &cmd)
-	}
+	ar, cmd, err := &req.app.ar, req.app.cmd, req.app.err
 	if err == nil {
 		err = cmd.Check()
 	}

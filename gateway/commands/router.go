@@ -95,7 +95,7 @@ type Router struct {
 type request struct {
 	user    string
 	session string
-	payload []byte
+	app     *appRequest   // the payload, decoded once by Submit
 	done    chan struct{} // closed once handled; used by tests and by shutdown draining
 }
 
@@ -184,22 +184,12 @@ func (r *Router) onAppRequest(m mqttc.Message) {
 // broker does not say). It blocks while the car's shard is full and returns a channel closed
 // once the request has been decided.
 func (r *Router) Submit(user, session string, payload []byte) <-chan struct{} {
-	req := request{user: user, session: session, payload: payload, done: make(chan struct{})}
+	req := request{user: user, session: session, app: decodeAppRequest(payload), done: make(chan struct{})}
 	// The shard is chosen by VIN so one car's commands are decided and sent in order. A
 	// request too broken to name a VIN goes to shard 0.
-	var probe struct {
-		Command protocol.Envelope `json:"command"`
-	}
 	shard := 0
-	if len(payload) <= protocol.MaxPayloadBytes && json.Unmarshal(payload, &probe) == nil {
-		if doc, err := probe.Command.DocBytes(); err == nil {
-			var c struct {
-				VIN string `json:"vin"`
-			}
-			if json.Unmarshal(doc, &c) == nil {
-				shard = shardOf(c.VIN, len(r.shards))
-			}
-		}
+	if vin := req.app.cmd.VIN; vin != "" {
+		shard = shardOf(vin, len(r.shards))
 	}
 	defer func() {
 		// A request arriving during shutdown is answered, not lost silently.
