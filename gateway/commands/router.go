@@ -86,10 +86,17 @@ type Router struct {
 	pending map[string]*pending
 
 	shards []chan request
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	closed sync.Once
+	// The shutdown protocol between Submit and Close, so that no request is sent on a closed
+	// shard: stopping is closed when Close begins, so a Submit waiting for room in a full shard
+	// gives up; every Submit holds sendMu's read lock while it sends, and Close closes the
+	// shards only after it set stopped under the write lock.
+	stopping chan struct{}
+	sendMu   sync.RWMutex
+	stopped  bool // the shards are closed, or about to be
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closed   sync.Once
 }
 
 type request struct {
@@ -124,7 +131,8 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 		cfg: cfg, store: st, audit: log, bus: bus, twofa: twofa, now: now,
 		log: logger, keys: keys, twins: newTwins(stored), rate: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst),
 		refusals: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst), throttled: throttled{users: map[string]*throttledRun{}},
-		seen: clampSeen(seen, now().UnixMilli()), pending: map[string]*pending{}, ctx: ctx, cancel: cancel,
+		seen: clampSeen(seen, now().UnixMilli()), pending: map[string]*pending{}, stopping: make(chan struct{}),
+		ctx: ctx, cancel: cancel,
 	}
 	r.shards = make([]chan request, cfg.Shards)
 	for i := range r.shards {
@@ -158,9 +166,14 @@ func (r *Router) Subscribe(ctx context.Context) error {
 }
 
 // Close drains the queued requests, flushes the twin and stops the router's goroutines. It
-// does not close the bus or the store, which belong to the caller.
+// does not close the bus or the store, which belong to the caller. A request submitted while
+// or after it closes is decided if it was queued, and refused as Submit says otherwise.
 func (r *Router) Close() error {
 	r.closed.Do(func() {
+		close(r.stopping) // a Submit waiting for room gives up
+		r.sendMu.Lock()   // wait out every Submit that is sending
+		r.stopped = true
+		r.sendMu.Unlock()
 		for _, ch := range r.shards {
 			close(ch)
 		}
@@ -182,7 +195,9 @@ func (r *Router) onAppRequest(m mqttc.Message) {
 
 // Submit queues one app request from user's session (the app's MQTT client id, "" if the
 // broker does not say). It blocks while the car's shard is full and returns a channel closed
-// once the request has been decided.
+// once the request has been decided. Once Close has begun, a request that is not queued yet is
+// answered rejected with reason internal (not audited: it was never decided), and the channel
+// is closed at once.
 func (r *Router) Submit(user, session string, payload []byte) <-chan struct{} {
 	req := request{user: user, session: session, app: decodeAppRequest(payload), done: make(chan struct{})}
 	// The shard is chosen by VIN so one car's commands are decided and sent in order. A
@@ -191,15 +206,28 @@ func (r *Router) Submit(user, session string, payload []byte) <-chan struct{} {
 	if vin := req.app.cmd.VIN; vin != "" {
 		shard = shardOf(vin, len(r.shards))
 	}
-	defer func() {
+	if !r.enqueue(shard, req) {
 		// A request arriving during shutdown is answered, not lost silently.
-		if recover() != nil {
-			r.reply(user, protocol.Reply{Status: protocol.ReplyRejected, Reason: protocol.ReasonInternal})
-			close(req.done)
-		}
-	}()
-	r.shards[shard] <- req
+		r.reply(user, protocol.Reply{Status: protocol.ReplyRejected, Reason: protocol.ReasonInternal})
+		close(req.done)
+	}
 	return req.done
+}
+
+// enqueue puts req on its shard's queue, waiting while the queue is full; false once Close has
+// begun and req was not queued.
+func (r *Router) enqueue(shard int, req request) bool {
+	r.sendMu.RLock()
+	defer r.sendMu.RUnlock()
+	if r.stopped {
+		return false
+	}
+	select {
+	case r.shards[shard] <- req:
+		return true
+	case <-r.stopping:
+		return false
+	}
 }
 
 // shardOf spreads VINs over n shards: FNV-1a of the VIN, inlined (this runs for every message,
