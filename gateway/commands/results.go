@@ -10,6 +10,7 @@ import (
 	"telematics/pkg/protocol"
 )
 
+// pending is an accepted request that awaits its car's result.
 type pending struct {
 	user        string
 	session     string
