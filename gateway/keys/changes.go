@@ -1,12 +1,10 @@
 package keys
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -167,27 +165,17 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 		if err := tx.Bucket(bucketShares).Put(keyOf(r.VIN, r.User), b); err != nil {
 			return audit.Event{}, err
 		}
-		kb := tx.Bucket(bucketKeys)
-		prefix := []byte(r.VIN + "/")
-		var updated [][2][]byte
-		c := kb.Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var key protocol.WhitelistKey
-			if err := json.Unmarshal(v, &key); err != nil {
-				return audit.Event{}, err
-			}
-			if key.User != r.User {
-				continue
-			}
+		updated, err := userKeys(tx, r.VIN, r.User)
+		if err != nil {
+			return audit.Event{}, err
+		}
+		for _, key := range updated {
 			key.Role, key.NotAfterMs, key.Channels = sh.Role, sh.NotAfterMs, sh.Channels
 			nb, err := json.Marshal(key)
 			if err != nil {
 				return audit.Event{}, err
 			}
-			updated = append(updated, [2][]byte{slices.Clone(k), nb})
-		}
-		for _, kv := range updated { // not while the cursor walks the bucket
-			if err := kb.Put(kv[0], kv[1]); err != nil {
+			if err := tx.Bucket(bucketKeys).Put(keyOf(r.VIN, key.ID), nb); err != nil {
 				return audit.Event{}, err
 			}
 		}
@@ -376,14 +364,12 @@ func endShareIfNoKeyLeft(tx *bolt.Tx, vin, user string) (bool, error) {
 
 // userKeys returns user's keys of vin (revoked ones too), inside tx.
 func userKeys(tx *bolt.Tx, vin, user string) ([]protocol.WhitelistKey, error) {
+	keys, err := carKeysTx(tx, vin)
+	if err != nil {
+		return nil, err
+	}
 	var out []protocol.WhitelistKey
-	prefix := []byte(vin + "/")
-	c := tx.Bucket(bucketKeys).Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		var key protocol.WhitelistKey
-		if err := json.Unmarshal(v, &key); err != nil {
-			return nil, err
-		}
+	for _, key := range keys {
 		if key.User == user {
 			out = append(out, key)
 		}
@@ -393,14 +379,12 @@ func userKeys(tx *bolt.Tx, vin, user string) ([]protocol.WhitelistKey, error) {
 
 // activeOwnerKeys counts vin's owner keys that are not revoked, but for the key except.
 func activeOwnerKeys(tx *bolt.Tx, vin, except string) (int, error) {
+	keys, err := carKeysTx(tx, vin)
+	if err != nil {
+		return 0, err
+	}
 	n := 0
-	prefix := []byte(vin + "/")
-	c := tx.Bucket(bucketKeys).Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		var key protocol.WhitelistKey
-		if err := json.Unmarshal(v, &key); err != nil {
-			return 0, err
-		}
+	for _, key := range keys {
 		if key.ID != except && key.Role == protocol.RoleOwner && key.RevokedAtMs == 0 {
 			n++
 		}

@@ -5,6 +5,7 @@
 package keys
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -106,6 +107,21 @@ func New(st *store.Store, ring KeyRing, bus mqttc.Client, tfa SecondFactor, now 
 }
 
 func keyOf(vin, id string) []byte { return []byte(vin + "/" + id) }
+
+// carKeysTx returns vin's keys (revoked ones too) in key id order, inside tx.
+func carKeysTx(tx *bolt.Tx, vin string) ([]protocol.WhitelistKey, error) {
+	var out []protocol.WhitelistKey
+	prefix := []byte(vin + "/")
+	c := tx.Bucket(bucketKeys).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var key protocol.WhitelistKey
+		if err := json.Unmarshal(v, &key); err != nil {
+			return nil, err
+		}
+		out = append(out, key)
+	}
+	return out, nil
+}
 
 func (s *Service) vehicle(vin string) (store.Vehicle, error) {
 	v, err := s.st.GetVehicle(vin)

@@ -119,15 +119,11 @@ func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64, adjust func(*recor
 		}
 	}
 	wl := protocol.Whitelist{V: protocol.Version, VIN: vin, Version: rec.Version + 1, IssuedAtMs: nowMs}
-	c := tx.Bucket(bucketKeys).Cursor()
-	prefix := []byte(vin + "/")
-	for k, v := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
-		var key protocol.WhitelistKey
-		if err := json.Unmarshal(v, &key); err != nil {
-			return wl, rec, err
-		}
-		wl.Keys = append(wl.Keys, key)
+	keys, err := carKeysTx(tx, vin)
+	if err != nil {
+		return wl, rec, err
 	}
+	wl.Keys = keys
 	sort.Slice(wl.Keys, func(i, j int) bool { return wl.Keys[i].ID < wl.Keys[j].ID })
 	signer := s.ring.Current()
 	if prev := s.ring.Previous(); prev != nil {
