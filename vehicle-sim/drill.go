@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"telematics/pkg/cmdline"
-	"telematics/pkg/drill"
+	"telematics/gateway/drill"
 )
 
 // drillCommand is `vehicle-sim drill outage`.

@@ -22,7 +22,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/pkg/cmdline"
-	"telematics/pkg/drill"
+	"telematics/gateway/drill"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
