@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"telematics/pkg/cmdline"
 	"telematics/gateway/drill"
+	"telematics/pkg/cmdline"
 )
 
 // drillCommand is `vehicle-sim drill outage`.

@@ -1,0 +1,540 @@
+// Package harness starts the telematics system in one process for the demo, the outage drill
+// and the tests: a gateway with its embedded broker (or a standalone broker and the gateway on
+// it), a fleet of simulated cars with their local link, and people who log in, enroll TOTP and
+// pair phone keys, all on loopback ports and in temporary directories. Start and StartFleet
+// return errors for the binaries; MustStart and MustStartFleet fail a test and stop everything
+// in its cleanup (nats-server's RunServer is the model).
+package harness
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"telematics/gateway/accounts"
+	"telematics/gateway/httpapi"
+	"telematics/gateway/server"
+	"telematics/gateway/twofa"
+	"telematics/pkg/broker"
+	"telematics/pkg/phone"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+)
+
+// TB is the part of testing.TB the Must functions use, so that this package does not link the
+// testing package into the gateway binary.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
+// Options shape a cloud.
+type Options struct {
+	// Dir holds the gateway's data; "" means a temporary directory that Close removes
+	// (MustStart: the test's TempDir).
+	Dir    string
+	Logger *slog.Logger
+	// StandaloneBroker runs the broker (pkg/broker) on a port of its own, trusting the
+	// gateway's signing key, and the gateway on it as on an external broker, instead of the
+	// gateway's embedded broker.
+	StandaloneBroker bool
+	// PasswordParams is the password hashing cost; nil is the gateway's default. Tests pass a
+	// cheap one.
+	PasswordParams *accounts.Params
+	// Configure adjusts the gateway's configuration after the harness set its data directory,
+	// loopback addresses, 2FA mode (enrolled) and command rate (a burst of 1000).
+	Configure func(*server.Config)
+}
+
+// Cloud is a gateway with its broker on loopback addresses that stay the same across Down
+// and Up, so that it can be stopped and started again on the same data while cars and phones
+// keep their addresses.
+type Cloud struct {
+	Dir string
+	G   *server.Gateway
+	// Broker is the standalone broker (Options.StandaloneBroker) while the cloud is up.
+	Broker *broker.Broker
+
+	o          Options
+	log        *slog.Logger
+	tmp        string // a temporary Dir to remove on Close
+	httpAddr   string // "" until the first Up picked a port
+	mqttAddr   string
+	brokerAddr string // the standalone broker's
+}
+
+// NewCloud prepares a cloud whose data lives in dir (or a temporary directory if dir is ""),
+// without starting it.
+func NewCloud(o Options) (*Cloud, error) {
+	c := &Cloud{Dir: o.Dir, o: o, log: o.Logger}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.Dir == "" {
+		tmp, err := os.MkdirTemp("", "gateway-harness-")
+		if err != nil {
+			return nil, err
+		}
+		c.Dir, c.tmp = tmp, tmp
+	}
+	return c, nil
+}
+
+// Start prepares a cloud and starts it. Close stops it.
+func Start(ctx context.Context, o Options) (*Cloud, error) {
+	c, err := NewCloud(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Up(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// MustStart starts a cloud for a test, its data in the test's TempDir unless o.Dir is set; the
+// test's cleanup stops it.
+func MustStart(t TB, o Options) *Cloud {
+	t.Helper()
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	c, err := Start(context.Background(), o)
+	if err != nil {
+		t.Fatalf("start the gateway: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Up starts the gateway and its broker (again). The first start takes free ports; the next
+// ones take the same ports again.
+func (c *Cloud) Up(ctx context.Context) error {
+	if c.G != nil {
+		return errors.New("the cloud is already up")
+	}
+	cfg := server.DefaultConfig()
+	cfg.Data = c.Dir
+	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = or(c.mqttAddr, "127.0.0.1:0"), "", or(c.httpAddr, "127.0.0.1:0")
+	cfg.TwoFA.Mode = twofa.ModeEnrolled
+	// A drill's owners send many commands in a burst; the per-user limit is not its subject.
+	cfg.Commands.RatePerMinute, cfg.Commands.RateBurst = 6000, 1000
+	if c.o.StandaloneBroker {
+		if err := c.startBroker(ctx); err != nil {
+			return err
+		}
+		cfg.ExternalBroker = "tcp://" + c.brokerAddr
+	}
+	if c.o.Configure != nil {
+		c.o.Configure(&cfg)
+	}
+	err := retryBusyPort(ctx, func() (err error) {
+		c.G, err = server.Start(ctx, cfg, server.Options{Logger: c.log, PasswordParams: c.o.PasswordParams})
+		return err
+	})
+	if err != nil {
+		c.stopBroker()
+		return err
+	}
+	c.httpAddr = hostOf(c.G.HTTPURL())
+	if !c.o.StandaloneBroker {
+		c.mqttAddr = hostOf(c.G.BrokerURL())
+	}
+	return nil
+}
+
+// startBroker starts the standalone broker, trusting the signing key in the gateway's data
+// directory (made now if the gateway has not run yet), as broker/main.go does.
+func (c *Cloud) startBroker(ctx context.Context) error {
+	signer, _, err := sign.LoadOrCreate(filepath.Join(c.Dir, server.SigningKeyFile))
+	if err != nil {
+		return err
+	}
+	keys := []*ecdsa.PublicKey{signer.Public()}
+	cfg := broker.DefaultConfig()
+	cfg.MQTTAddr, cfg.WSAddr = or(c.brokerAddr, "127.0.0.1:0"), ""
+	return retryBusyPort(ctx, func() error {
+		b, err := broker.New(cfg, keys, c.log.With("component", "broker"))
+		if err != nil {
+			return err
+		}
+		if err := b.FollowCarTokens(keys); err != nil {
+			return err
+		}
+		if err := b.Start(); err != nil {
+			return err
+		}
+		c.Broker, c.brokerAddr = b, b.MQTTAddr()
+		return nil
+	})
+}
+
+func (c *Cloud) stopBroker() error {
+	if c.Broker == nil {
+		return nil
+	}
+	err := c.Broker.Close()
+	c.Broker = nil
+	return err
+}
+
+// retryBusyPort calls start until it succeeds, for about a second: a port just released may
+// take a moment to be free again.
+func retryBusyPort(ctx context.Context, start func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := start()
+		if err == nil || attempt == 20 || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// hostOf is the HOST:PORT of a URL.
+func hostOf(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return ""
+	}
+	return p.Host
+}
+
+// Down stops the gateway and the broker: the cloud outage.
+func (c *Cloud) Down() error {
+	var err error
+	if c.G != nil {
+		err = c.G.Close()
+		c.G = nil
+	}
+	return errors.Join(err, c.stopBroker())
+}
+
+// Close stops the cloud and removes its data directory if it is a temporary one.
+func (c *Cloud) Close() error {
+	err := c.Down()
+	if c.tmp != "" {
+		err = errors.Join(err, os.RemoveAll(c.tmp))
+		c.tmp = ""
+	}
+	return err
+}
+
+// HTTPURL is the gateway's base URL.
+func (c *Cloud) HTTPURL() string { return "http://" + c.httpAddr }
+
+// BrokerURL is the broker's URL: the embedded one's, or the standalone one's.
+func (c *Cloud) BrokerURL() string {
+	if c.o.StandaloneBroker {
+		return "tcp://" + c.brokerAddr
+	}
+	return "tcp://" + c.mqttAddr
+}
+
+// Admin calls the admin API.
+func (c *Cloud) Admin(ctx context.Context, method, path string, in, out any) error {
+	return phone.Call(ctx, method, c.HTTPURL()+path, c.G.AdminToken(), in, out)
+}
+
+// Provision adds n cars.
+func (c *Cloud) Provision(ctx context.Context, n int) ([]protocol.Credentials, error) {
+	var creds []protocol.Credentials
+	err := c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: n}, &creds)
+	return creds, err
+}
+
+// AddUser creates a user, and makes them owner of vin unless vin is "".
+func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
+	err := whileBusy(ctx, func() error {
+		return c.Admin(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil)
+	})
+	if err != nil {
+		return err
+	}
+	if vin == "" {
+		return nil
+	}
+	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
+}
+
+// WaitSynced waits until every car acknowledged its current whitelist.
+func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...string) error {
+	return WaitFor(ctx, timeout, func() error {
+		for _, vin := range vins {
+			var v struct {
+				Keys phone.KeyStatus `json:"keys"`
+			}
+			if err := c.Admin(ctx, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
+				return err
+			}
+			if v.Keys.Version == 0 || !v.Keys.InSync() {
+				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
+			}
+		}
+		return nil
+	})
+}
+
+// WaitOnline waits until the gateway's twin shows every car online.
+func (c *Cloud) WaitOnline(ctx context.Context, timeout time.Duration, vins ...string) error {
+	return WaitFor(ctx, timeout, func() error {
+		for _, vin := range vins {
+			if tw, ok := c.G.Router().Twin(vin); !ok || tw.Status != protocol.StatusOnline {
+				return fmt.Errorf("%s is not online", vin)
+			}
+		}
+		return nil
+	})
+}
+
+// WaitFor calls cond until it returns nil, every 25 ms, for at most timeout; then it returns
+// cond's last error (or the context's).
+func WaitFor(ctx context.Context, timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// Person is a user with a phone: a login session, a TOTP authenticator and a phone key.
+type Person struct {
+	Name     string
+	Password string
+	Session  *phone.Session
+	Key      *sign.Signer
+	auth     *phone.Authenticator
+}
+
+// Code is what the person's authenticator shows (phone.Authenticator).
+func (p *Person) Code() (string, error) {
+	if p.auth == nil {
+		return "", fmt.Errorf("%s has no authenticator: enroll first", p.Name)
+	}
+	return p.auth.Code()
+}
+
+// Login logs the person in.
+func (p *Person) Login(ctx context.Context, c *Cloud) error {
+	var s *phone.Session
+	err := whileBusy(ctx, func() (err error) {
+		s, err = phone.Login(ctx, c.HTTPURL(), p.Name, p.Password, "")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%s logs in: %w", p.Name, err)
+	}
+	p.Session = s
+	return nil
+}
+
+// Enroll enrolls a TOTP authenticator and confirms it with its first code.
+func (p *Person) Enroll(ctx context.Context, c *Cloud) (recovery []string, err error) {
+	var e struct {
+		Secret string `json:"secret"`
+	}
+	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/enroll", p.Session.Token, map[string]string{}, &e); err != nil {
+		return nil, fmt.Errorf("%s enrolls: %w", p.Name, err)
+	}
+	p.auth = phone.NewAuthenticator(e.Secret)
+	code, err := p.Code()
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Codes []string `json:"recovery_codes"`
+	}
+	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/confirm", p.Session.Token, map[string]string{"code": code}, &out); err != nil {
+		return nil, fmt.Errorf("%s confirms 2FA: %w", p.Name, err)
+	}
+	return out.Codes, nil
+}
+
+// Pair makes a phone key (if the person has none) and pairs it with vin, with a TOTP code.
+func (p *Person) Pair(ctx context.Context, vin string) (protocol.WhitelistKey, error) {
+	if p.Key == nil {
+		k, err := sign.Generate()
+		if err != nil {
+			return protocol.WhitelistKey{}, err
+		}
+		p.Key = k
+	}
+	code, err := p.Code()
+	if err != nil {
+		return protocol.WhitelistKey{}, err
+	}
+	k, err := phone.PairKey(ctx, p.Session, p.Key, vin, p.Name+"'s phone", code)
+	if err != nil {
+		return k, fmt.Errorf("%s pairs a key with %s: %w", p.Name, vin, err)
+	}
+	return k, nil
+}
+
+// Fleet runs cars with their local link until Stop.
+type Fleet struct {
+	Link   *vehicle.LinkServer
+	Garage *vehicle.Garage
+	store  *vehicle.Store
+	tmp    string
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// FleetOptions shape a fleet.
+type FleetOptions struct {
+	// Dir holds the cars' store; "" means a temporary directory that Stop removes
+	// (MustStartFleet: the test's TempDir).
+	Dir       string
+	BrokerURL string
+	Creds     []protocol.Credentials
+	Logger    *slog.Logger
+	// TelemetryInterval is how often each car reports; 0 means 2 s.
+	TelemetryInterval time.Duration
+}
+
+// StartFleet starts the cars of o.Creds against o.BrokerURL, and their local link on loopback
+// once every car is built.
+func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
+	f := &Fleet{Garage: vehicle.NewGarage()}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.TelemetryInterval <= 0 {
+		o.TelemetryInterval = 2 * time.Second
+	}
+	dir := o.Dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "fleet-harness-")
+		if err != nil {
+			return nil, err
+		}
+		dir, f.tmp = tmp, tmp
+	}
+	st, err := vehicle.OpenStore(filepath.Join(dir, vehicle.StoreFile))
+	if err != nil {
+		f.removeTemp()
+		return nil, err
+	}
+	f.store, f.Link = st, vehicle.NewLinkServer(f.Garage, log)
+	fctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		_, err := vehicle.RunFleet(fctx, vehicle.FleetConfig{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
+			TelemetryInterval: o.TelemetryInterval, ConnectRate: 2000, Logger: log,
+			// The drill waits for the cars to come back; production cars keep mqttc's 30 s cap.
+			MaxReconnectInterval: 2 * time.Second})
+		if err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("fleet stopped", "err", err)
+		}
+	}()
+	// The link serves the cars as RunFleet builds them.
+	if err := WaitFor(ctx, 15*time.Second, func() error {
+		if n := len(f.Garage.VINs()); n < len(o.Creds) {
+			return fmt.Errorf("%d of %d cars built", n, len(o.Creds))
+		}
+		return nil
+	}); err != nil {
+		f.Stop()
+		return nil, err
+	}
+	if err := f.Link.Start("127.0.0.1:0"); err != nil {
+		f.Stop()
+		return nil, err
+	}
+	return f, nil
+}
+
+// MustStartFleet starts a fleet for a test; the test's cleanup stops it.
+func MustStartFleet(t TB, o FleetOptions) *Fleet {
+	t.Helper()
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	f, err := StartFleet(context.Background(), o)
+	if err != nil {
+		t.Fatalf("start the fleet: %v", err)
+	}
+	t.Cleanup(f.Stop)
+	return f
+}
+
+// Stop stops the link and the cars, closes their store and removes a temporary directory.
+// It may be called more than once.
+func (f *Fleet) Stop() {
+	if f.cancel == nil {
+		return
+	}
+	f.Link.Close()
+	f.cancel()
+	f.wg.Wait()
+	f.store.Close()
+	f.removeTemp()
+	f.cancel = nil
+}
+
+func (f *Fleet) removeTemp() {
+	if f.tmp != "" {
+		os.RemoveAll(f.tmp)
+		f.tmp = ""
+	}
+}
+
+// whileBusy runs call again, after a growing pause, while the gateway answers rate_limited
+// (429) because its password hashes are all busy: a drill or demo that sets up many people
+// at once is exactly such a burst, and a real app would come back the same way. Any other
+// answer, or the end of ctx, ends it.
+func whileBusy(ctx context.Context, call func() error) error {
+	pause := 50 * time.Millisecond
+	for {
+		err := call()
+		var apiErr *phone.APIError
+		if !errors.As(err, &apiErr) || apiErr.Reason != protocol.ReasonRateLimited {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause = min(2*pause, time.Second)
+	}
+}
