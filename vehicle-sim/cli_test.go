@@ -196,8 +196,6 @@ func TestFlagsInEveryPosition(t *testing.T) {
 		{[]string{"app", "key", "pair"}, "need VIN"},
 		{[]string{"app", "login", "extra", "--user", "alice"}, "unknown command"},
 		{[]string{"app", "login", "--nope"}, "unknown flag: --nope"},
-		{[]string{"drill", "outage", "--cars", "0"}, "--cars must be 1..2000"},
-		{[]string{"drill"}, "name a drill"},
 		{[]string{"bench"}, "name a scenario"},
 		{[]string{"bench", "fly"}, `unknown command "fly"`},
 		{[]string{"bench", "telemetry", "--qos", "2"}, "--qos"},
