@@ -225,7 +225,8 @@ func Run(ctx context.Context, o Options) Summary {
 		dir = tmp
 	}
 
-	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway")})
+	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway"),
+		Configure: harness.ManyPeople})
 	if err != nil {
 		s.do("pick loopback ports", func() (string, error) { return "", err })
 		return finish()

@@ -132,7 +132,8 @@ func Run(ctx context.Context, o Options) Report {
 		dir = tmp
 	}
 
-	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway")})
+	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway"),
+		Configure: harness.ManyPeople})
 	if err != nil {
 		return fail("%v", err)
 	}

@@ -22,7 +22,6 @@ import (
 	"telematics/gateway/accounts"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
-	"telematics/gateway/twofa"
 	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -52,9 +51,15 @@ type Options struct {
 	// PasswordParams is the password hashing cost; nil is the gateway's default. Tests pass a
 	// cheap one.
 	PasswordParams *accounts.Params
-	// Configure adjusts the gateway's configuration after the harness set its data directory,
-	// loopback addresses, 2FA mode (enrolled) and command rate (a burst of 1000).
+	// Configure adjusts the gateway's configuration (server.DefaultConfig) after the harness
+	// set its data directory, its loopback addresses and, with StandaloneBroker, the broker.
 	Configure func(*server.Config)
+}
+
+// ManyPeople is a Configure for the demo and the drill: many owners send commands in a burst,
+// and the per-user command rate is not what they show.
+func ManyPeople(cfg *server.Config) {
+	cfg.Commands.RatePerMinute, cfg.Commands.RateBurst = 6000, 1000
 }
 
 // Cloud is a gateway with its broker on loopback addresses that stay the same across Down
@@ -128,9 +133,6 @@ func (c *Cloud) Up(ctx context.Context) error {
 	cfg := server.DefaultConfig()
 	cfg.Data = c.Dir
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = or(c.mqttAddr, "127.0.0.1:0"), "", or(c.httpAddr, "127.0.0.1:0")
-	cfg.TwoFA.Mode = twofa.ModeEnrolled
-	// A drill's owners send many commands in a burst; the per-user limit is not its subject.
-	cfg.Commands.RatePerMinute, cfg.Commands.RateBurst = 6000, 1000
 	if c.o.StandaloneBroker {
 		if err := c.startBroker(ctx); err != nil {
 			return err
@@ -155,30 +157,53 @@ func (c *Cloud) Up(ctx context.Context) error {
 	return nil
 }
 
-// startBroker starts the standalone broker, trusting the signing key in the gateway's data
-// directory (made now if the gateway has not run yet), as broker/main.go does.
+// startBroker starts the standalone broker again on the address it had (a free port the
+// first time).
 func (c *Cloud) startBroker(ctx context.Context) error {
-	signer, _, err := sign.LoadOrCreate(filepath.Join(c.Dir, server.SigningKeyFile))
-	if err != nil {
-		return err
-	}
-	keys := []*ecdsa.PublicKey{signer.Public()}
-	cfg := broker.DefaultConfig()
-	cfg.MQTTAddr, cfg.WSAddr = or(c.brokerAddr, "127.0.0.1:0"), ""
 	return retryBusyPort(ctx, func() error {
-		b, err := broker.New(cfg, keys, c.log.With("component", "broker"))
+		b, err := StartBroker(c.Dir, or(c.brokerAddr, "127.0.0.1:0"), c.log.With("component", "broker"))
 		if err != nil {
-			return err
-		}
-		if err := b.FollowCarTokens(keys); err != nil {
-			return err
-		}
-		if err := b.Start(); err != nil {
 			return err
 		}
 		c.Broker, c.brokerAddr = b, b.MQTTAddr()
 		return nil
 	})
+}
+
+// StartBroker starts a standalone broker (pkg/broker) on addr (no WebSocket listener),
+// trusting the signing key in the gateway data directory dir, which it makes if the gateway
+// has not run yet, as broker/main.go does with --gateway-pubkey. Close stops it.
+func StartBroker(dir, addr string, log *slog.Logger) (*broker.Broker, error) {
+	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	keys := []*ecdsa.PublicKey{signer.Public()}
+	cfg := broker.DefaultConfig()
+	cfg.MQTTAddr, cfg.WSAddr = addr, ""
+	b, err := broker.New(cfg, keys, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.FollowCarTokens(keys); err != nil {
+		return nil, err
+	}
+	if err := b.Start(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// MustStartBroker starts a standalone broker for a test on a free loopback port, trusting the
+// gateway whose data directory is dir; the test's cleanup stops it.
+func MustStartBroker(t TB, dir string) *broker.Broker {
+	t.Helper()
+	b, err := StartBroker(dir, "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatalf("start the broker: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
 }
 
 func (c *Cloud) stopBroker() error {
