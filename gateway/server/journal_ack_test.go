@@ -15,6 +15,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -54,10 +55,10 @@ func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
 // before the gateway was back is lost), and the gateway files it once.
 func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	brokerURL := "tcp://" + addr
 	b := startStandaloneAt(t, dir, addr)
-	httpAddr := freeAddr(t)
+	httpAddr := testutil.FreeAddr(t)
 	gwConfig := func(c *server.Config) {
 		c.ExternalBroker, c.HTTPAddr = brokerURL, httpAddr
 		c.TwoFA.Mode = twofa.ModeOff
@@ -106,7 +107,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	if err != nil || res.Status != protocol.ResultExecuted {
 		t.Fatalf("local unlock: %+v %v", res, err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if sent.Load() == 0 {
 			return fmt.Errorf("the car has not published its journal")
 		}
@@ -131,7 +132,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if resent.Load() == 0 {
 			return fmt.Errorf("the car has not sent its entry to the restarted broker")
 		}
@@ -149,7 +150,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 		}
 		return n, err
 	}
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		if n, err := filed(); err != nil || n != 1 {
 			return fmt.Errorf("the unlock is in the audit log %d times (%v)", n, err)
 		}

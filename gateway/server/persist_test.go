@@ -11,6 +11,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
@@ -24,7 +25,7 @@ import (
 func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 	dir := t.TempDir()
 	brokerURL := standaloneBroker(t, dir)
-	httpAddr := freeAddr(t)
+	httpAddr := testutil.FreeAddr(t)
 	gwConfig := func(c *server.Config) {
 		c.ExternalBroker, c.HTTPAddr = brokerURL, httpAddr
 		c.TwoFA.Mode = twofa.ModeOff // key pairing without a code; 2FA is not the subject
@@ -73,7 +74,7 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 
 	// The gateway comes back on the same data: the broker hands over the queued journal.
 	g = startGateway(t, dir, gwConfig)
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		evs, err := g.Audit().Query(audit.Filter{VIN: vin, Limit: 1000})
 		if err != nil {
 			return err
@@ -85,7 +86,7 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 		}
 		return errors.New("the local unlock done while the gateway was away is not in its audit log")
 	})
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if pending, err := car.Journal(0, 10); err != nil || len(pending) != 0 {
 			return fmt.Errorf("journal once the gateway filed it: %v %v", pending, err)
 		}

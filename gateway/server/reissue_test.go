@@ -12,6 +12,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
@@ -30,7 +31,7 @@ func dialCar(brokerURL string, c protocol.Credentials) (*mqttc.Paho, error) {
 // is closed, the old token is refused from then on (also after a gateway restart), the new one
 // is admitted, and the reissue is audited.
 func TestReissueRetiresTheOldToken(t *testing.T) {
-	dir, mqttAddr := t.TempDir(), freeAddr(t)
+	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	g := startGateway(t, dir, func(c *server.Config) { c.MQTTAddr = mqttAddr })
 	creds := provision(t, g, 2)
 	old, other := creds[0], creds[1]
@@ -43,7 +44,7 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 		t.Fatalf("reissued credentials: %+v", fresh)
 	}
 	// The running car, on its old token, is put off and cannot come back.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if tw, _ := g.Router().Twin(old.VIN); tw.Status != protocol.StatusOffline {
 			return fmt.Errorf("car still %q", tw.Status)
 		}
@@ -92,7 +93,7 @@ func TestReissueBehindStandaloneBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	brokerURL := "tcp://" + addr
 	startBroker := func() *broker.Broker {
 		cfg := broker.DefaultConfig()
@@ -138,9 +139,9 @@ func TestReissueBehindStandaloneBroker(t *testing.T) {
 		c.Close()
 		return nil
 	}
-	eventually(t, 5*time.Second, retired)
+	testutil.Eventually(t, 5*time.Second, retired)
 
 	b.Close()
 	b = startBroker()
-	eventually(t, 10*time.Second, retired)
+	testutil.Eventually(t, 10*time.Second, retired)
 }
