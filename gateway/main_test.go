@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"telematics/gateway/accounts"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/pkg/cmdline"
@@ -98,20 +99,12 @@ func TestHelpShowsEachFlagsVariable(t *testing.T) {
 
 var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
 
-// startGateway runs a gateway on loopback ports with its data in dir.
+// startGateway runs a gateway (gateway/harness) on loopback ports with its data in a
+// temporary dir, 2FA off.
 func startGateway(t *testing.T) (url, tokenFile string) {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := server.DefaultConfig()
-	cfg.Data = dir
-	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.TwoFA.Mode = twofa.ModeOff
-	g, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	return g.HTTPURL(), filepath.Join(dir, server.AdminTokenFile)
+	c := harness.MustStart(t, harness.Options{PasswordParams: &cheap, Configure: func(cfg *server.Config) { cfg.TwoFA.Mode = twofa.ModeOff }})
+	return c.HTTPURL(), filepath.Join(c.Dir, server.AdminTokenFile)
 }
 
 // `gateway admin vehicle list --server URL --token-file F` failed with "cannot read the admin
