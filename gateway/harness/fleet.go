@@ -8,9 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
+
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
-	"time"
 )
 
 // Fleet runs cars with their local link until Stop.

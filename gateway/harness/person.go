@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
+
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
-	"time"
 )
 
 // Person is a user with a phone: a login session, a TOTP authenticator and a phone key.
