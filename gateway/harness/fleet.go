@@ -34,6 +34,11 @@ type FleetOptions struct {
 	Logger    *slog.Logger
 	// TelemetryInterval is how often each car reports; 0 means 2 s.
 	TelemetryInterval time.Duration
+	// MaxReconnectInterval caps the cars' reconnect backoff; 0 means 2 s (the drill waits for
+	// the cars to come back; production cars keep mqttc's 30 s cap).
+	MaxReconnectInterval time.Duration
+	// JournalResendInterval: vehicle.FleetConfig's; 0 means its default.
+	JournalResendInterval time.Duration
 }
 
 // StartFleet starts the cars of o.Creds against o.BrokerURL, and their local link on loopback
@@ -46,6 +51,9 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 	}
 	if o.TelemetryInterval <= 0 {
 		o.TelemetryInterval = 2 * time.Second
+	}
+	if o.MaxReconnectInterval <= 0 {
+		o.MaxReconnectInterval = 2 * time.Second
 	}
 	dir := o.Dir
 	if dir == "" {
@@ -68,8 +76,7 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 		defer f.wg.Done()
 		_, err := vehicle.RunFleet(fctx, vehicle.FleetConfig{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
 			TelemetryInterval: o.TelemetryInterval, ConnectRate: 2000, Logger: log,
-			// The drill waits for the cars to come back; production cars keep mqttc's 30 s cap.
-			MaxReconnectInterval: 2 * time.Second})
+			MaxReconnectInterval: o.MaxReconnectInterval, JournalResendInterval: o.JournalResendInterval})
 		if err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("fleet stopped", "err", err)
 		}

@@ -2,9 +2,7 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"fmt"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,35 +11,21 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
-	"telematics/pkg/sign"
-	"telematics/pkg/vehicle"
 )
 
 // startStandaloneAt starts the standalone broker on addr, trusting the signing key of the
 // gateway whose data dir is dir, and returns it (the caller or the test's end closes it).
 func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
 	t.Helper()
-	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	b, err := harness.StartBroker(dir, addr, nil)
 	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := broker.DefaultConfig()
-	cfg.MQTTAddr, cfg.WSAddr = addr, ""
-	keys := []*ecdsa.PublicKey{signer.Public()}
-	b, err := broker.New(cfg, keys, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.FollowCarTokens(keys); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
@@ -68,31 +52,16 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	vin := creds[0].VIN
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	garage := vehicle.NewGarage()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
-			TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond, JournalResendInterval: time.Second})
-	}()
-	t.Cleanup(func() { cancel(); <-done; st.Close() })
-	link := vehicle.NewLinkServer(garage, nil)
-	t.Cleanup(func() { link.Close() })
+	fleet := harness.MustStartFleet(t, harness.FleetOptions{BrokerURL: brokerURL, Creds: creds,
+		TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond, JournalResendInterval: time.Second})
+	garage, link := fleet.Garage, fleet.Link
 	waitOnline(t, g, vin)
-	if err := link.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
 	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
 	waitSynced(t, g, vin)
 	car, _ := garage.Car(vin)
 
 	var sent atomic.Int32
-	err = b.Server().Subscribe(protocol.VehicleTopic(vin, protocol.SuffixEvents), 9, func(*mqtt.Client, packets.Subscription, packets.Packet) {
+	err := b.Server().Subscribe(protocol.VehicleTopic(vin, protocol.SuffixEvents), 9, func(*mqtt.Client, packets.Subscription, packets.Packet) {
 		sent.Add(1)
 	})
 	if err != nil {

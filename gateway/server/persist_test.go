@@ -4,17 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
-	"telematics/pkg/vehicle"
 )
 
 // Behind an external broker the gateway keeps a persistent session, so what cars publish while
@@ -36,25 +35,10 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 
 	// The cars, with their local link.
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	garage := vehicle.NewGarage()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
-			TelemetryInterval: time.Second, MaxReconnectInterval: time.Second})
-	}()
-	t.Cleanup(func() { cancel(); <-done; st.Close() })
-	link := vehicle.NewLinkServer(garage, nil)
-	t.Cleanup(func() { link.Close() })
+	fleet := harness.MustStartFleet(t, harness.FleetOptions{BrokerURL: brokerURL, Creds: creds,
+		TelemetryInterval: time.Second, MaxReconnectInterval: time.Second})
+	garage, link := fleet.Garage, fleet.Link
 	waitOnline(t, g, vin)
-	if err := link.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
 	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
 	waitSynced(t, g, vin)
 

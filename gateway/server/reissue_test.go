@@ -2,22 +2,20 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
-	"telematics/pkg/sign"
 )
 
 // dialCar connects as a car with creds, once; the caller closes the client.
@@ -89,24 +87,11 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 // broker that restarts (and forgets) learns it again when the gateway reconnects.
 func TestReissueBehindStandaloneBroker(t *testing.T) {
 	dir := t.TempDir()
-	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
 	addr := testutil.FreeAddr(t)
 	brokerURL := "tcp://" + addr
 	startBroker := func() *broker.Broker {
-		cfg := broker.DefaultConfig()
-		cfg.MQTTAddr, cfg.WSAddr = addr, ""
-		keys := []*ecdsa.PublicKey{signer.Public()}
-		b, err := broker.New(cfg, keys, nil)
+		b, err := harness.StartBroker(dir, addr, nil)
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.FollowCarTokens(keys); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Start(); err != nil {
 			t.Fatal(err)
 		}
 		return b
