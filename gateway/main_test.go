@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"telematics/gateway/accounts"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/pkg/cmdline"
@@ -82,6 +83,9 @@ func TestHelpShowsEachFlagsVariable(t *testing.T) {
 	if !strings.Contains(out, "[$GATEWAY_DEMO_JSON]") || strings.Contains(out, "[$GATEWAY_JSON]") {
 		t.Errorf("demo --help: want GATEWAY_DEMO_JSON:\n%s", out)
 	}
+	if out, _, _ = run(t, nil, nil, "drill", "outage", "--help"); !strings.Contains(out, "[$GATEWAY_DRILL_CARS]") || !strings.Contains(out, "[$GATEWAY_DRILL_CLOUD_TIMEOUT]") {
+		t.Errorf("drill outage --help: want GATEWAY_DRILL_CARS and GATEWAY_DRILL_CLOUD_TIMEOUT:\n%s", out)
+	}
 	if out, _, _ = run(t, nil, nil, "probe", "--help"); !strings.Contains(out, "[$GATEWAY_PROBE_TIMEOUT]") {
 		t.Errorf("probe --help: want GATEWAY_PROBE_TIMEOUT:\n%s", out)
 	}
@@ -95,20 +99,12 @@ func TestHelpShowsEachFlagsVariable(t *testing.T) {
 
 var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
 
-// startGateway runs a gateway on loopback ports with its data in dir.
+// startGateway runs a gateway (gateway/harness) on loopback ports with its data in a
+// temporary dir, 2FA off.
 func startGateway(t *testing.T) (url, tokenFile string) {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := server.DefaultConfig()
-	cfg.Data = dir
-	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.TwoFA.Mode = twofa.ModeOff
-	g, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	return g.HTTPURL(), filepath.Join(dir, server.AdminTokenFile)
+	c := harness.MustStart(t, harness.Options{PasswordParams: &cheap, Configure: func(cfg *server.Config) { cfg.TwoFA.Mode = twofa.ModeOff }})
+	return c.HTTPURL(), filepath.Join(c.Dir, server.AdminTokenFile)
 }
 
 // `gateway admin vehicle list --server URL --token-file F` failed with "cannot read the admin
@@ -175,6 +171,24 @@ func TestAdminArgumentErrors(t *testing.T) {
 		hint := tc.args[0] == "serve" || strings.Contains(errs, "--help")
 		if code != 2 || !strings.Contains(errs, tc.want) || !hint {
 			t.Errorf("%q: exit %d, stderr %q (want %q)", tc.args, code, errs, tc.want)
+		}
+	}
+}
+
+// The drill's wrong arguments are usage errors (exit 2) that say what is wrong, with a pointer
+// to help (they were vehicle-sim's, when the drill was `vehicle-sim drill`).
+func TestDrillArgumentErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"drill", "outage", "--cars", "0"}, "--cars must be 1..2000"},
+		{[]string{"drill", "outage", "--cloud-timeout", "0s"}, "--cloud-timeout must be positive"},
+		{[]string{"drill"}, "name a drill"},
+	} {
+		_, errs, code := run(t, nil, nil, tc.args...)
+		if code != 2 || !strings.Contains(errs, tc.want) || !strings.Contains(errs, "--help") {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and %q", tc.args, code, errs, tc.want)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
@@ -40,21 +41,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func eventually(t *testing.T, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // runMain runs the binary's dispatch with args and an environment that has no SIM_* set.
@@ -177,7 +163,7 @@ func TestRunAgainstBroker(t *testing.T) {
 			map[string]string{"SIM_BROKER": "tcp://" + tcp.Address(), "SIM_DATA": filepath.Join(dir, "data")})
 		done <- result{code, out, errOut}
 	}()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, v := range vins {
@@ -190,7 +176,7 @@ func TestRunAgainstBroker(t *testing.T) {
 
 	// The cars are on the local link: a challenge for each, 404 for a car not run here.
 	var linkURL string
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		_, rest, ok := strings.Cut(stdout.String(), "local link on ")
 		if !ok {
 			return fmt.Errorf("stdout %q names no local link", stdout)

@@ -21,8 +21,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/pkg/cmdline"
-	"telematics/pkg/drill"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
@@ -225,7 +225,8 @@ func Run(ctx context.Context, o Options) Summary {
 		dir = tmp
 	}
 
-	cloud, err := drill.NewCloud(filepath.Join(dir, "gateway"), o.Logger.With("component", "gateway"))
+	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway"),
+		Configure: harness.ManyPeople})
 	if err != nil {
 		s.do("pick loopback ports", func() (string, error) { return "", err })
 		return finish()
@@ -251,8 +252,8 @@ func Run(ctx context.Context, o Options) Summary {
 		return finish()
 	}
 	mine := creds[0].VIN
-	alice := &drill.Person{Name: "alice", Password: randomPassword()}
-	bob := &drill.Person{Name: "bob", Password: randomPassword()}
+	alice := &harness.Person{Name: "alice", Password: randomPassword()}
+	bob := &harness.Person{Name: "bob", Password: randomPassword()}
 	if !s.do("Create users alice (owner of "+mine+") and bob", func() (string, error) {
 		if err := cloud.AddUser(ctx, alice.Name, alice.Password, mine); err != nil {
 			return "", err
@@ -265,10 +266,11 @@ func Run(ctx context.Context, o Options) Summary {
 		return finish()
 	}
 
-	var fleet *drill.Fleet
+	var fleet *harness.Fleet
 	if !s.do(fmt.Sprintf("Start %d simulated cars and their short-range link", o.Cars), func() (string, error) {
 		var err error
-		fleet, err = drill.StartFleet(ctx, filepath.Join(dir, "sim"), cloud.BrokerURL(), creds, o.Logger.With("component", "fleet"))
+		fleet, err = harness.StartFleet(ctx, harness.FleetOptions{Dir: filepath.Join(dir, "sim"), BrokerURL: cloud.BrokerURL(), Creds: creds,
+			Logger: o.Logger.With("component", "fleet")})
 		if err != nil {
 			return "", err
 		}
@@ -429,7 +431,7 @@ func Run(ctx context.Context, o Options) Summary {
 			return "", err
 		}
 		var filed []audit.Event
-		err := drill.WaitFor(ctx, 30*time.Second, func() error {
+		err := harness.WaitFor(ctx, 30*time.Second, func() error {
 			if filed, _ = cloud.G.Audit().Query(audit.Filter{VIN: mine, Kind: audit.KindVehicle}); len(filed) < 2 {
 				return errors.New("not yet")
 			}

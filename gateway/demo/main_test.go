@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -100,5 +101,30 @@ func assertEmpty(t *testing.T, dir string) {
 	ents, err := os.ReadDir(dir)
 	if err != nil || len(ents) != 0 {
 		t.Fatalf("%s not cleaned up: %v %v", dir, ents, err)
+	}
+}
+
+// The whole story, run as the binary runs it but through Run: every step did what the story
+// expects, from starting the gateway to the audit log holding no secret.
+func TestDemoRunsEveryStep(t *testing.T) {
+	var out bytes.Buffer
+	sum := Run(context.Background(), Options{Cars: 2, DataDir: t.TempDir(), Out: &out, Logger: slog.New(slog.DiscardHandler)})
+	if !sum.OK || sum.Interrupted || sum.Cars != 2 {
+		t.Fatalf("demo: ok %v, interrupted %v, cars %d\n%s", sum.OK, sum.Interrupted, sum.Cars, out.String())
+	}
+	if len(sum.Steps) != 16 {
+		t.Errorf("%d steps, want 16:\n%s", len(sum.Steps), out.String())
+	}
+	for _, st := range sum.Steps {
+		if !st.OK {
+			t.Errorf("step %q failed: %s", st.Name, st.Detail)
+		}
+	}
+	first, last := sum.Steps[0].Name, sum.Steps[len(sum.Steps)-1].Name
+	if !strings.HasPrefix(first, "Start the gateway") || !strings.HasPrefix(last, "No code, secret or password") {
+		t.Errorf("the story runs from %q to %q", first, last)
+	}
+	if !strings.Contains(out.String(), "All 16 steps did what the story expects") {
+		t.Errorf("the narration does not end as a success:\n%s", out.String())
 	}
 }

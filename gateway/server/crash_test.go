@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"telematics/gateway/httpapi"
+	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -53,7 +54,7 @@ func startProcess(t *testing.T, bin, dir, httpAddr, mqttAddr string) *gwProcess 
 			cmd.Wait()
 		}
 	})
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		return phone.Call(context.Background(), http.MethodGet, p.httpURL+"/readyz", "", nil, nil)
 	})
 	return p
@@ -78,7 +79,7 @@ func TestKillDuringKeyBurst(t *testing.T) {
 	}
 	bin := buildGateway(t)
 	dir := t.TempDir()
-	httpAddr, mqttAddr := freeAddr(t), freeAddr(t)
+	httpAddr, mqttAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	p := startProcess(t, bin, dir, httpAddr, mqttAddr)
 	var creds []protocol.Credentials
 	p.admin(t, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: 1}, &creds)
@@ -114,7 +115,7 @@ func TestKillDuringKeyBurst(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if len(acked) < 20 {
@@ -155,7 +156,7 @@ func TestKillDuringKeyBurst(t *testing.T) {
 		t.Errorf("whitelist version %d for %d keys: a version was skipped or reused", st.Version, len(st.Keys))
 	}
 	// The car converges on the gateway's version.
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		if err := phone.Call(context.Background(), http.MethodGet, p2.httpURL+"/v1/keys?vin="+vin, sess.Token, nil, &st); err != nil {
 			return err
 		}

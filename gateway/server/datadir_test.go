@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/sign"
 )
@@ -85,7 +86,7 @@ func TestHealthzWhileTheExternalBrokerIsUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	brokerAddr, httpAddr := freeAddr(t), freeAddr(t)
+	brokerAddr, httpAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	cfg := server.DefaultConfig()
 	cfg.Data, cfg.HTTPAddr, cfg.ExternalBroker = dir, httpAddr, "tcp://"+brokerAddr
 	ctx, cancel := context.WithCancel(context.Background())
@@ -107,7 +108,7 @@ func TestHealthzWhileTheExternalBrokerIsUnreachable(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if code, err := status("/healthz"); err != nil || code != http.StatusOK {
 			return fmt.Errorf("healthz: %d %v", code, err)
 		}
@@ -137,7 +138,7 @@ func TestHealthzWhileTheExternalBrokerIsUnreachable(t *testing.T) {
 		t.Fatal(s.err)
 	}
 	defer s.g.Close()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if code, err := status("/readyz"); err != nil || code != http.StatusOK {
 			return fmt.Errorf("readyz: %d %v", code, err)
 		}

@@ -2,12 +2,9 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,45 +12,20 @@ import (
 
 	"telematics/gateway/accounts"
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
-	"telematics/pkg/broker"
+	"telematics/internal/testutil"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
-	"telematics/pkg/vehicle"
 )
 
 var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
 
 const password = "correct horse battery"
-
-func eventually(t testing.TB, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 type env struct {
 	t     *testing.T
@@ -63,23 +35,19 @@ type env struct {
 	creds []protocol.Credentials
 }
 
+// startGateway runs a gateway with its embedded broker (gateway/harness) with its data in dir,
+// cheap password hashes, a short result grace and 2FA off; mutate adjusts the configuration.
 func startGateway(t testing.TB, dir string, mutate func(*server.Config)) *server.Gateway {
 	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.Data = dir
-	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.Commands.ResultGrace = 200 * time.Millisecond
-	// 2FA is the subject of its own tests; here key changes need no code.
-	cfg.TwoFA.Mode = twofa.ModeOff
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	g, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	return g
+	c := harness.MustStart(t, harness.Options{Dir: dir, PasswordParams: &cheap, Configure: func(cfg *server.Config) {
+		cfg.Commands.ResultGrace = 200 * time.Millisecond
+		// 2FA is the subject of its own tests; here key changes need no code.
+		cfg.TwoFA.Mode = twofa.ModeOff
+		if mutate != nil {
+			mutate(cfg)
+		}
+	}})
+	return c.G
 }
 
 func admin(t testing.TB, g *server.Gateway, method, path string, in, out any) {
@@ -109,46 +77,18 @@ func addUser(t testing.TB, g *server.Gateway, name string, vin string, role prot
 // the test ends, and returns its URL.
 func standaloneBroker(t testing.TB, dir string) string {
 	t.Helper()
-	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := broker.DefaultConfig()
-	cfg.MQTTAddr, cfg.WSAddr = freeAddr(t), ""
-	keys := []*ecdsa.PublicKey{signer.Public()}
-	b, err := broker.New(cfg, keys, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.FollowCarTokens(keys); err != nil { // as broker/main.go does
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return "tcp://" + cfg.MQTTAddr
+	return "tcp://" + harness.MustStartBroker(t, dir).MQTTAddr()
 }
 
-// runFleet runs cars until the test ends.
+// runFleet runs cars, reporting telemetry every 200 ms, until the test ends.
 func runFleet(t testing.TB, brokerURL string, creds []protocol.Credentials) {
 	t.Helper()
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), "sim.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, TelemetryInterval: 200 * time.Millisecond})
-	}()
-	t.Cleanup(func() { cancel(); <-done; st.Close() })
+	harness.MustStartFleet(t, harness.FleetOptions{BrokerURL: brokerURL, Creds: creds, TelemetryInterval: 200 * time.Millisecond})
 }
 
 func waitOnline(t testing.TB, g *server.Gateway, vins ...string) {
 	t.Helper()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		for _, v := range vins {
 			if tw, ok := g.Router().Twin(v); !ok || tw.Status != protocol.StatusOnline {
 				return fmt.Errorf("%s not online", v)
@@ -191,7 +131,7 @@ func loginKey(t testing.TB, g *server.Gateway, user, brokerURL string, vins ...s
 // waitSynced waits until each car acknowledged its current whitelist.
 func waitSynced(t testing.TB, g *server.Gateway, vins ...string) {
 	t.Helper()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		for _, vin := range vins {
 			var v struct {
 				Keys struct {
@@ -400,7 +340,7 @@ func TestEndToEndCommands(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, 5*time.Second, func() error {
+		testutil.Eventually(t, 5*time.Second, func() error {
 			if got := watch.terminalCount(""); got != before+3 {
 				return fmt.Errorf("%d bad_request replies without id, want %d", got-before, 3)
 			}
@@ -415,7 +355,7 @@ func TestEndToEndCommands(t *testing.T) {
 		watch.mu.Unlock()
 	})
 	t.Run("exactly one terminal reply per request", func(t *testing.T) {
-		eventually(t, 5*time.Second, func() error {
+		testutil.Eventually(t, 5*time.Second, func() error {
 			watch.mu.Lock()
 			defer watch.mu.Unlock()
 			if len(watch.replies) < 8 {

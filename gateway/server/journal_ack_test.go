@@ -2,9 +2,7 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"fmt"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,34 +11,21 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
-	"telematics/pkg/sign"
-	"telematics/pkg/vehicle"
 )
 
 // startStandaloneAt starts the standalone broker on addr, trusting the signing key of the
 // gateway whose data dir is dir, and returns it (the caller or the test's end closes it).
 func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
 	t.Helper()
-	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
+	b, err := harness.StartBroker(dir, addr, nil)
 	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := broker.DefaultConfig()
-	cfg.MQTTAddr, cfg.WSAddr = addr, ""
-	keys := []*ecdsa.PublicKey{signer.Public()}
-	b, err := broker.New(cfg, keys, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.FollowCarTokens(keys); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
@@ -54,10 +39,10 @@ func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
 // before the gateway was back is lost), and the gateway files it once.
 func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	brokerURL := "tcp://" + addr
 	b := startStandaloneAt(t, dir, addr)
-	httpAddr := freeAddr(t)
+	httpAddr := testutil.FreeAddr(t)
 	gwConfig := func(c *server.Config) {
 		c.ExternalBroker, c.HTTPAddr = brokerURL, httpAddr
 		c.TwoFA.Mode = twofa.ModeOff
@@ -67,31 +52,16 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	vin := creds[0].VIN
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	garage := vehicle.NewGarage()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
-			TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond, JournalResendInterval: time.Second})
-	}()
-	t.Cleanup(func() { cancel(); <-done; st.Close() })
-	link := vehicle.NewLinkServer(garage, nil)
-	t.Cleanup(func() { link.Close() })
+	fleet := harness.MustStartFleet(t, harness.FleetOptions{BrokerURL: brokerURL, Creds: creds,
+		TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond, JournalResendInterval: time.Second})
+	garage, link := fleet.Garage, fleet.Link
 	waitOnline(t, g, vin)
-	if err := link.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
 	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
 	waitSynced(t, g, vin)
 	car, _ := garage.Car(vin)
 
 	var sent atomic.Int32
-	err = b.Server().Subscribe(protocol.VehicleTopic(vin, protocol.SuffixEvents), 9, func(*mqtt.Client, packets.Subscription, packets.Packet) {
+	err := b.Server().Subscribe(protocol.VehicleTopic(vin, protocol.SuffixEvents), 9, func(*mqtt.Client, packets.Subscription, packets.Packet) {
 		sent.Add(1)
 	})
 	if err != nil {
@@ -106,7 +76,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	if err != nil || res.Status != protocol.ResultExecuted {
 		t.Fatalf("local unlock: %+v %v", res, err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if sent.Load() == 0 {
 			return fmt.Errorf("the car has not published its journal")
 		}
@@ -131,7 +101,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if resent.Load() == 0 {
 			return fmt.Errorf("the car has not sent its entry to the restarted broker")
 		}
@@ -149,7 +119,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 		}
 		return n, err
 	}
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		if n, err := filed(); err != nil || n != 1 {
 			return fmt.Errorf("the unlock is in the audit log %d times (%v)", n, err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/internal/testutil"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -49,7 +50,7 @@ func TestJournalSummaryCountInAudit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if !slices.Equal(acked, []uint64{1030, 1030}) {

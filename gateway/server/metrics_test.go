@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
@@ -67,7 +68,7 @@ func TestMetrics(t *testing.T) {
 		`go_goroutines `,
 	}
 	var body string
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		code, b := scrape(t, g.HTTPURL(), g.AdminToken())
 		if code != http.StatusOK {
 			return fmt.Errorf("status %d", code)

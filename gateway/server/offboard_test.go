@@ -15,6 +15,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -133,7 +134,7 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 // credentials are retired (its token refused from then on, also after a restart) and every
 // step is audited.
 func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
-	dir, mqttAddr := t.TempDir(), freeAddr(t)
+	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)
 	creds := provision(t, g, 2)
@@ -173,14 +174,14 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 	var view struct {
 		httpapi.VehicleView
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		admin(t, g, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &view)
 		if view.Keys == nil || !view.Keys.InSync || len(view.Keys.Keys) != 0 || view.RetiredMs == 0 || view.DecommissionedMs == 0 {
 			return fmt.Errorf("vehicle %+v keys %+v", view.Vehicle, view.Keys)
 		}
 		return nil
 	})
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if tw, _ := g.Router().Twin(vin); tw.Status != protocol.StatusOffline {
 			return fmt.Errorf("car still %q", tw.Status)
 		}

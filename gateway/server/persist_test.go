@@ -4,16 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
-	"telematics/pkg/vehicle"
 )
 
 // Behind an external broker the gateway keeps a persistent session, so what cars publish while
@@ -24,7 +24,7 @@ import (
 func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 	dir := t.TempDir()
 	brokerURL := standaloneBroker(t, dir)
-	httpAddr := freeAddr(t)
+	httpAddr := testutil.FreeAddr(t)
 	gwConfig := func(c *server.Config) {
 		c.ExternalBroker, c.HTTPAddr = brokerURL, httpAddr
 		c.TwoFA.Mode = twofa.ModeOff // key pairing without a code; 2FA is not the subject
@@ -35,25 +35,10 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 
 	// The cars, with their local link.
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	garage := vehicle.NewGarage()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: brokerURL, Creds: creds, Store: st, Garage: garage,
-			TelemetryInterval: time.Second, MaxReconnectInterval: time.Second})
-	}()
-	t.Cleanup(func() { cancel(); <-done; st.Close() })
-	link := vehicle.NewLinkServer(garage, nil)
-	t.Cleanup(func() { link.Close() })
+	fleet := harness.MustStartFleet(t, harness.FleetOptions{BrokerURL: brokerURL, Creds: creds,
+		TelemetryInterval: time.Second, MaxReconnectInterval: time.Second})
+	garage, link := fleet.Garage, fleet.Link
 	waitOnline(t, g, vin)
-	if err := link.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
 	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
 	waitSynced(t, g, vin)
 
@@ -73,7 +58,7 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 
 	// The gateway comes back on the same data: the broker hands over the queued journal.
 	g = startGateway(t, dir, gwConfig)
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		evs, err := g.Audit().Query(audit.Filter{VIN: vin, Limit: 1000})
 		if err != nil {
 			return err
@@ -85,7 +70,7 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 		}
 		return errors.New("the local unlock done while the gateway was away is not in its audit log")
 	})
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if pending, err := car.Journal(0, 10); err != nil || len(pending) != 0 {
 			return fmt.Errorf("journal once the gateway filed it: %v %v", pending, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/server"
 	"telematics/gateway/store"
+	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -146,7 +147,7 @@ func TestRefusedRequestsAreRateLimited(t *testing.T) {
 	expect(t, send(t, bob, vin, protocol.ActionLock), protocol.ReplyRejected, protocol.ReasonKeyUnknown)
 
 	// Every refusal is in the audit log: one record each, or counted in a summary.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		evs, err := g.Audit().Query(audit.Filter{User: "alice", Kind: audit.KindCommand, Limit: 1000})
 		if err != nil {
 			return err

@@ -2,21 +2,20 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
-	"telematics/pkg/sign"
 )
 
 // dialCar connects as a car with creds, once; the caller closes the client.
@@ -30,7 +29,7 @@ func dialCar(brokerURL string, c protocol.Credentials) (*mqttc.Paho, error) {
 // is closed, the old token is refused from then on (also after a gateway restart), the new one
 // is admitted, and the reissue is audited.
 func TestReissueRetiresTheOldToken(t *testing.T) {
-	dir, mqttAddr := t.TempDir(), freeAddr(t)
+	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	g := startGateway(t, dir, func(c *server.Config) { c.MQTTAddr = mqttAddr })
 	creds := provision(t, g, 2)
 	old, other := creds[0], creds[1]
@@ -43,7 +42,7 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 		t.Fatalf("reissued credentials: %+v", fresh)
 	}
 	// The running car, on its old token, is put off and cannot come back.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if tw, _ := g.Router().Twin(old.VIN); tw.Status != protocol.StatusOffline {
 			return fmt.Errorf("car still %q", tw.Status)
 		}
@@ -88,24 +87,11 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 // broker that restarts (and forgets) learns it again when the gateway reconnects.
 func TestReissueBehindStandaloneBroker(t *testing.T) {
 	dir := t.TempDir()
-	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	brokerURL := "tcp://" + addr
 	startBroker := func() *broker.Broker {
-		cfg := broker.DefaultConfig()
-		cfg.MQTTAddr, cfg.WSAddr = addr, ""
-		keys := []*ecdsa.PublicKey{signer.Public()}
-		b, err := broker.New(cfg, keys, nil)
+		b, err := harness.StartBroker(dir, addr, nil)
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.FollowCarTokens(keys); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Start(); err != nil {
 			t.Fatal(err)
 		}
 		return b
@@ -138,9 +124,9 @@ func TestReissueBehindStandaloneBroker(t *testing.T) {
 		c.Close()
 		return nil
 	}
-	eventually(t, 5*time.Second, retired)
+	testutil.Eventually(t, 5*time.Second, retired)
 
 	b.Close()
 	b = startBroker()
-	eventually(t, 10*time.Second, retired)
+	testutil.Eventually(t, 10*time.Second, retired)
 }

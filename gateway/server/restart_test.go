@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -22,7 +23,7 @@ import (
 func sendUntilExecuted(t *testing.T, app *phone.App, vin string, action protocol.Action) protocol.Reply {
 	t.Helper()
 	var last protocol.Reply
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		r, err := app.Send(context.Background(), phone.Request{VIN: vin, Action: action, Lifetime: 2 * time.Second}, nil)
 		if err != nil {
 			return err
@@ -38,7 +39,7 @@ func sendUntilExecuted(t *testing.T, app *phone.App, vin string, action protocol
 
 func TestGatewayRestartKeepsStateAndCarsReconnect(t *testing.T) {
 	dir := t.TempDir()
-	mqttAddr := freeAddr(t)
+	mqttAddr := testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g1 := startGateway(t, dir, withAddr)
 	creds := provision(t, g1, 2)
@@ -94,7 +95,7 @@ func TestBrokerRestartEverythingReconnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	startBroker := func() *broker.Broker {
 		cfg := broker.DefaultConfig()
 		cfg.MQTTAddr, cfg.WSAddr = addr, ""
@@ -123,7 +124,7 @@ func TestBrokerRestartEverythingReconnects(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		var out map[string]string
 		err := phone.Call(context.Background(), http.MethodGet, g.HTTPURL()+"/readyz", "", nil, &out)
 		if err == nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -27,7 +28,7 @@ import (
 // credentials) the previous key is dropped, and from then on a token or a whitelist signed by
 // it is refused, while the car keeps working on the new key.
 func TestRetirePreviousKeyRefusedUntilEveryCarHopped(t *testing.T) {
-	dir, mqttAddr := t.TempDir(), freeAddr(t)
+	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)
 	cars := provision(t, g, 2)
@@ -59,7 +60,7 @@ func TestRetirePreviousKeyRefusedUntilEveryCarHopped(t *testing.T) {
 	// The car learns the new key and moves onto whitelists signed by it; its token is still
 	// the old key's.
 	g = startGateway(t, dir, withAddr)
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		var v struct {
 			Keys struct {
 				Version      uint64 `json:"version"`

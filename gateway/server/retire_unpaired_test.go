@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -16,7 +17,7 @@ import (
 // trusts and naming the new one, so it makes the hop like every other car: once it acknowledged
 // it and runs on new credentials, the previous key is retired.
 func TestRetirePreviousKeyWithUnpairedCar(t *testing.T) {
-	dir, mqttAddr := t.TempDir(), freeAddr(t)
+	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)
 	car := provision(t, g, 1)[0]

@@ -11,6 +11,7 @@ import (
 
 	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -19,7 +20,7 @@ import (
 // start the car learns the new key from a whitelist signed by the old one, and from then on
 // takes grants and whitelists signed by the new key. Nothing is re-provisioned.
 func TestSigningKeyRotationCarsFollow(t *testing.T) {
-	dir, mqttAddr := t.TempDir(), freeAddr(t)
+	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)
 	oldKID := g.Signer().KID()
@@ -56,7 +57,7 @@ func TestSigningKeyRotationCarsFollow(t *testing.T) {
 			Version uint64 `json:"version"`
 		} `json:"keys"`
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		admin(t, g2, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v)
 		if v.Keys.Version < 3 {
 			return errorf("whitelist version %d, want the adoption version 3", v.Keys.Version)
@@ -82,7 +83,7 @@ func TestSigningKeyRotationCarsFollow(t *testing.T) {
 // rotation hold a token of the key the second one retires: those need new credentials
 // (docs/OPERATIONS.md), so the second half follows the car added in between.
 func TestCarAddedDuringRotationFollowsTheNext(t *testing.T) {
-	dir, mqttAddr := t.TempDir(), freeAddr(t)
+	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	rotate := func() {
 		t.Helper()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"telematics/gateway/server"
+	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
@@ -18,7 +19,7 @@ import (
 // the car through the cloud instead of quietly falling back to the local link.
 func TestAppLearnsTheMovedBroker(t *testing.T) {
 	dir := t.TempDir()
-	httpAddr := freeAddr(t)
+	httpAddr := testutil.FreeAddr(t)
 	g := startGateway(t, dir, func(c *server.Config) { c.HTTPAddr = httpAddr })
 	creds := provision(t, g, 1)
 	vin := creds[0].VIN

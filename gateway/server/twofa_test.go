@@ -18,6 +18,7 @@ import (
 	admincli "telematics/gateway/admin"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/vehicle-sim/appcmd"
@@ -197,7 +198,7 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 func TestTOTPPolicies(t *testing.T) {
 	t.Run("required mode refuses users who have not enrolled", func(t *testing.T) {
 		// Bob paired his phone while 2FA was off; then the operator requires it.
-		dir, mqttAddr := t.TempDir(), freeAddr(t)
+		dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 		g := startGateway(t, dir, func(c *server.Config) { c.MQTTAddr = mqttAddr })
 		creds := provision(t, g, 1)
 		addUser(t, g, "bob", creds[0].VIN, protocol.RoleOwner)
@@ -262,7 +263,7 @@ func freshStep() time.Time {
 func sendUntilAnswered(t *testing.T, app *phone.App, vin string, action protocol.Action) protocol.Reply {
 	t.Helper()
 	var last protocol.Reply
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		r, err := app.Send(context.Background(), phone.Request{VIN: vin, Action: action, Lifetime: 2 * time.Second}, nil)
 		if err != nil {
 			return err

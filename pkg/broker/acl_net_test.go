@@ -11,6 +11,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -135,7 +136,7 @@ func TestACLNetworkDelivery(t *testing.T) {
 
 	// Wait for every sentinel at the gateway (which sees both trees) and at the receivers
 	// of the gateway's sentinel (car A listens on v/A/cmd).
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		for _, n := range ids {
 			if n.sentinel != "" && !gw.rec.has(n.sentinel+" sentinel "+n.name) {
 				return fmt.Errorf("gateway has not seen %s's sentinel", n.name)
@@ -158,7 +159,7 @@ func TestACLNetworkDelivery(t *testing.T) {
 	for _, topic := range gwTail {
 		publish(t, gw.cl, topic, 1, "tail")
 	}
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		for _, n := range ids {
 			if topic, ok := gwTail[n.name]; ok && (!n.rec.has(topic+" tail") || !gw.rec.has(topic+" tail")) {
 				return fmt.Errorf("%s or the gateway has not seen the gateway's tail", n.name)
@@ -205,7 +206,7 @@ func TestACLNetworkDelivery(t *testing.T) {
 		}
 	}
 	// The admin received $SYS topics only (mochi publishes them every second, retained).
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		for _, m := range ids[5].rec.all() {
 			if strings.HasPrefix(m, "$SYS/") {
 				return nil
@@ -237,7 +238,7 @@ func TestDeniedQoS1PublishDisconnects(t *testing.T) {
 	// The car's publish was handled (and refused) before its connection closed; a sentinel
 	// published now lands in the gateway's queue behind anything it could have caused.
 	publish(t, gw, "v/"+vinB+"/status", 1, "sentinel")
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if !rec.has("v/" + vinB + "/status sentinel") {
 			return errors.New("sentinel not delivered")
 		}
@@ -266,7 +267,7 @@ func TestExpiredTokenDeniedEverything(t *testing.T) {
 	}
 	publish(t, gw, "v/"+vinA+"/cmd", 1, "before")
 	publish(t, car, "v/"+vinA+"/telemetry", 0, "before")
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if !carRec.has("v/"+vinA+"/cmd before") || !gwRec.has("v/"+vinA+"/telemetry before") {
 			return errors.New("not delivered before expiry")
 		}
@@ -282,7 +283,7 @@ func TestExpiredTokenDeniedEverything(t *testing.T) {
 	// The SUBACK came after the publish was handled; the gateway's own telemetry now queues
 	// behind anything the car's publish could have caused.
 	publish(t, gw, "v/"+vinB+"/telemetry", 1, "sentinel")
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if !gwRec.has("v/" + vinB + "/telemetry sentinel") {
 			return errors.New("sentinel not delivered")
 		}

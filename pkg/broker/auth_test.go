@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -119,7 +120,7 @@ func TestAuthConnect(t *testing.T) {
 	}
 
 	// Every connection above has ended: the broker remembers nobody.
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if n := f.b.Auth().Sessions(); n != 0 {
 			return fmt.Errorf("%d identities remembered", n)
 		}
@@ -162,7 +163,7 @@ func TestConnsPerIdentity(t *testing.T) {
 	if !takeover.IsConnected() {
 		t.Fatal("takeover of a live session refused")
 	}
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if two.IsConnectionOpen() {
 			return errors.New("the taken-over session is still open")
 		}
@@ -171,7 +172,7 @@ func TestConnsPerIdentity(t *testing.T) {
 
 	// Once a session ends, a new one fits.
 	one.Disconnect(0)
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		code, err := rawConnect(f.b.MQTTAddr(), protocolV3, c("3"), nil)
 		if err != nil {
 			return err
@@ -190,7 +191,7 @@ func TestTakeoverKeepsOneIdentity(t *testing.T) {
 	car := f.creds(t, vinA, protocol.RoleVehicle, "")
 	first := mustPaho(t, f.tcpURL(), car, nil)
 	second := mustPaho(t, f.tcpURL(), car, nil)
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if first.IsConnectionOpen() {
 			return errors.New("first connection still open")
 		}
@@ -205,7 +206,7 @@ func TestTakeoverKeepsOneIdentity(t *testing.T) {
 		t.Fatalf("gateway subscribe: %#x", code)
 	}
 	publish(t, second, "v/"+vinA+"/telemetry", 1, "after takeover")
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if !rec.has("v/" + vinA + "/telemetry after takeover") {
 			return errors.New("telemetry not delivered")
 		}

@@ -15,6 +15,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -118,7 +119,7 @@ func TestLifecycle(t *testing.T) {
 		t.Error("listener still accepting after Close")
 	}
 	// Every goroutine the broker started has ended.
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if n := runtime.NumGoroutine(); n > before {
 			return fmt.Errorf("%d goroutines, %d before the broker", n, before)
 		}
@@ -191,7 +192,7 @@ func TestInlineGateway(t *testing.T) {
 	if err := srv.Publish("v/"+vinA+"/cmd", []byte("lock"), false, 1); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if !rec.has("v/" + vinA + "/cmd lock") {
 			return errors.New("command not delivered to the car")
 		}
@@ -219,7 +220,7 @@ func TestWebSocket(t *testing.T) {
 	publish(t, car, "v/"+vinB+"/telemetry", 0, "forged")
 	publish(t, car, "v/"+vinA+"/telemetry", 1, "real")
 	publish(t, gw, "v/"+vinA+"/cmd", 1, "unlock")
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if !gwRec.has("v/"+vinA+"/telemetry real") || !carRec.has("v/"+vinA+"/cmd unlock") {
 			return fmt.Errorf("gateway got %q, car got %q", gwRec.all(), carRec.all())
 		}
@@ -247,7 +248,7 @@ func TestMaxPacketBytes(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("oversized packet did not end the connection")
 	}
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if len(rec.all()) == 0 {
 			return errors.New("the message that fits was not delivered")
 		}
@@ -308,7 +309,7 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 		t.Fatalf("CONNACK %#x", code)
 	}
 
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if !f.logs.contains(`pk="Connect id=0"`) || !f.logs.contains(`pk="Publish id=1 topic=\"app/`+userY+`/cmd\" payload_bytes=`) {
 			return errors.New("mochi has not logged both refused packets yet")
 		}

@@ -19,6 +19,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -123,7 +124,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 						}
 					}
 				}
-				eventually(b, waitFor, func() error {
+				testutil.Eventually(b, waitFor, func() error {
 					if n := f.b.Auth().Sessions(); n != cars {
 						return fmt.Errorf("%d of %d sessions", n, cars)
 					}
@@ -137,7 +138,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 				for _, c := range conns {
 					_ = c.Close()
 				}
-				eventually(b, waitFor, func() error {
+				testutil.Eventually(b, waitFor, func() error {
 					if n := f.b.Auth().Sessions(); n != 0 {
 						return fmt.Errorf("%d sessions left", n)
 					}

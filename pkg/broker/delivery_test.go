@@ -9,6 +9,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -66,7 +67,7 @@ func TestFanInToGatewayLosesNothing(t *testing.T) {
 	}
 	wg.Wait()
 	want := int64(cars * perCar)
-	eventually(t, 60*time.Second, func() error {
+	testutil.Eventually(t, 60*time.Second, func() error {
 		if n := total.Load(); n < want {
 			return fmt.Errorf("gateway received %d of %d acknowledged messages", n, want)
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -135,7 +136,7 @@ func TestMosquittoClients(t *testing.T) {
 		out, wait := background(t, "/usr/bin/mosquitto_sub",
 			append(mosquittoArgs(t, f.b.MQTTAddr(), car), "-d", "-q", "1", "-t", "v/"+vinA+"/cmd", "-C", "1", "-W", "8")...)
 		// mosquitto_sub's stdout is block-buffered into a pipe: ask the broker instead.
-		eventually(t, waitFor, func() error {
+		testutil.Eventually(t, waitFor, func() error {
 			cl, ok := f.b.Server().Clients.Get(vinA)
 			if !ok || cl.Closed() {
 				return errors.New("mosquitto_sub not connected yet")
@@ -185,7 +186,7 @@ func TestMosquittoClients(t *testing.T) {
 			waitGone(t, f, vinA)
 			sentinel := "sentinel after " + c.topic
 			publish(t, gw, "v/"+vinB+"/status", 1, sentinel)
-			eventually(t, waitFor, func() error {
+			testutil.Eventually(t, waitFor, func() error {
 				if !gwRec.has("v/" + vinB + "/status " + sentinel) {
 					return errors.New("sentinel not delivered")
 				}
@@ -201,7 +202,7 @@ func TestMosquittoClients(t *testing.T) {
 // waitGone waits until the broker no longer has a connected client with this id.
 func waitGone(t *testing.T, f *fixture, clientID string) {
 	t.Helper()
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if cl, ok := f.b.Server().Clients.Get(clientID); ok && !cl.Closed() {
 			return fmt.Errorf("client %s still connected", clientID)
 		}
@@ -310,7 +311,7 @@ func TestPythonPaho(t *testing.T) {
 				}
 			}
 			// The allowed publish came last on the same connection.
-			eventually(t, waitFor, func() error {
+			testutil.Eventually(t, waitFor, func() error {
 				if !gwRec.has("v/" + vinA + "/telemetry " + real) {
 					return errors.New("allowed telemetry not delivered")
 				}

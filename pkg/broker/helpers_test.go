@@ -34,22 +34,6 @@ const (
 
 const waitFor = 5 * time.Second // bound of every network wait in these tests
 
-// eventually polls f until it returns nil or timeout passes, then fails with f's last error.
-func eventually(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // testClock is a settable clock shared by the broker and the token issuer.
 type testClock struct{ ns atomic.Int64 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -109,7 +110,7 @@ func TestRetryListenerCloseInterruptsBackoff(t *testing.T) {
 		_, err := rl.Accept()
 		done <- err
 	}()
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if flaky.failures.Load() > 1<<30-3 {
 			return errors.New("accept not retried yet")
 		}
@@ -262,7 +263,7 @@ func emfileHelper(t *testing.T) {
 	}
 	fmt.Println("EXHAUSTED")
 
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if !f.logs.contains("accept failed; retrying") {
 			return errors.New("no accept error yet")
 		}

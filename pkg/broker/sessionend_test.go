@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -36,7 +37,7 @@ func TestAppSessionEndsOnDisconnect(t *testing.T) {
 	car := mustPaho(t, f.tcpURL(), f.creds(t, "1HGCM82633A004352", protocol.RoleVehicle, ""), nil)
 	app := mustPaho(t, f.tcpURL(), f.creds(t, "alice", protocol.RoleApp, "phone1"), nil)
 	// Connecting reports the client id once, before the connection may be granted anything.
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if got := l.get(); !slices.Equal(got, []string{"alice alice-phone1"}) {
 			return fmt.Errorf("ended %v", got)
 		}
@@ -44,7 +45,7 @@ func TestAppSessionEndsOnDisconnect(t *testing.T) {
 	})
 	app.Disconnect(50)
 	car.Disconnect(50)
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if got := l.get(); !slices.Equal(got, []string{"alice alice-phone1", "alice alice-phone1"}) {
 			return fmt.Errorf("ended %v, want alice's session reported at connect and at disconnect, the car's never", got)
 		}

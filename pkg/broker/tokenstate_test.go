@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -85,7 +86,7 @@ func TestStandaloneBrokerRemembersRetiredTokensAcrossRestart(t *testing.T) {
 	if tok := gw.Publish(protocol.CarTokenPrefix+vinA, 1, true, carToken(signer, vinA, newJTI)); !tok.WaitTimeout(waitFor) || tok.Error() != nil {
 		t.Fatalf("publish the car token: %v", tok.Error())
 	}
-	eventually(t, waitFor, func() error {
+	testutil.Eventually(t, waitFor, func() error {
 		if admitted(b, vinA, oldTok) {
 			return errors.New("the retired token is still admitted")
 		}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
+
+	"telematics/internal/testutil"
 )
 
 // terminal is a pseudo-terminal: tty is what the command gets as stdin and stderr, and what
@@ -62,7 +64,7 @@ func (term *terminal) shown() string {
 // echoes, then types line and Enter.
 func (term *terminal) typeLine(t *testing.T, prompt string, n int, line string) {
 	t.Helper()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if strings.Count(term.shown(), prompt) < n {
 			return errors.New("prompt not shown yet: " + term.shown())
 		}
@@ -77,21 +79,6 @@ func (term *terminal) typeLine(t *testing.T, prompt string, n int, line string) 
 	})
 	if _, err := term.ptmx.Write([]byte(line + "\n")); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func eventually(t *testing.T, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -117,7 +104,7 @@ func TestReadPasswordPromptsWithoutEchoOnATerminal(t *testing.T) {
 	if r.err != nil || r.pw != "correct horse battery" {
 		t.Fatalf("got %q, %v", r.pw, r.err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(term.shown(), "password for alice: \r\n") {
 			return errors.New("no newline after the prompt: " + term.shown())
 		}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"telematics/internal/testutil"
 )
 
 // benchTopics are the topics a benchmark cycles through (one per car).
@@ -67,7 +69,7 @@ func BenchmarkInlinePublish(b *testing.B) {
 				}
 				i++
 			}
-			eventually(b, 10*time.Second, func() error {
+			testutil.Eventually(b, 10*time.Second, func() error {
 				if n := handled.Load(); n != int64(i) {
 					return fmt.Errorf("handled %d of %d", n, i)
 				}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"telematics/internal/testutil"
 )
 
 func TestDispatcherKeepsPerTopicOrder(t *testing.T) {
@@ -62,7 +64,7 @@ func TestDispatcherFullQueueBlocks(t *testing.T) {
 	m := Message{Topic: "a"}
 
 	must(t, d.dispatch(h, m, false)) // taken by the worker, which blocks
-	eventually(t, 2*time.Second, func() error {
+	testutil.Eventually(t, 2*time.Second, func() error {
 		if q := d.queued()[0]; q != 0 {
 			return fmt.Errorf("queued %d", q)
 		}
@@ -71,7 +73,7 @@ func TestDispatcherFullQueueBlocks(t *testing.T) {
 	must(t, d.dispatch(h, m, false)) // fills the queue
 	third := make(chan error, 1)
 	go func() { third <- d.dispatch(h, m, false) }()
-	eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, 1) })
+	testutil.Eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, 1) })
 	select {
 	case err := <-third:
 		t.Fatalf("dispatch into a full queue returned %v; want it to block", err)
@@ -79,7 +81,7 @@ func TestDispatcherFullQueueBlocks(t *testing.T) {
 	}
 	close(release)
 	must(t, <-third)
-	eventually(t, 2*time.Second, func() error {
+	testutil.Eventually(t, 2*time.Second, func() error {
 		if n := handled.Load(); n != 3 {
 			return fmt.Errorf("handled %d of 3", n)
 		}
@@ -103,7 +105,7 @@ func TestDispatcherServesBlockedCallersInOrder(t *testing.T) {
 	}
 	send := func(p string) error { return d.dispatch(h, Message{Topic: "a", Payload: []byte(p)}, false) }
 	must(t, send("running"))
-	eventually(t, 2*time.Second, func() error {
+	testutil.Eventually(t, 2*time.Second, func() error {
 		if q := d.queued()[0]; q != 0 {
 			return fmt.Errorf("queued %d", q)
 		}
@@ -113,13 +115,13 @@ func TestDispatcherServesBlockedCallersInOrder(t *testing.T) {
 	errs := make(chan error, 3)
 	for i, p := range []string{"first", "second", "third"} {
 		go func() { errs <- send(p) }()
-		eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, i+1) })
+		testutil.Eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, i+1) })
 	}
 	close(release)
 	for range 3 {
 		must(t, <-errs)
 	}
-	eventually(t, 2*time.Second, func() error {
+	testutil.Eventually(t, 2*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if got := fmt.Sprint(order); got != "[running queued first second third]" {
@@ -138,7 +140,7 @@ func TestDispatcherOverflowWhileAckAwaited(t *testing.T) {
 	h := func(Message) { <-release; handled.Add(1) }
 	m := Message{Topic: "a"}
 	must(t, d.dispatch(h, m, false))
-	eventually(t, 2*time.Second, func() error {
+	testutil.Eventually(t, 2*time.Second, func() error {
 		if q := d.queued()[0]; q != 0 {
 			return fmt.Errorf("queued %d", q)
 		}
@@ -148,7 +150,7 @@ func TestDispatcherOverflowWhileAckAwaited(t *testing.T) {
 	must(t, d.dispatch(h, m, true)) // in-process publisher: past the limit at once
 	blocked := make(chan error, 1)
 	go func() { blocked <- d.dispatch(h, m, false) }()
-	eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, 1) })
+	testutil.Eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, 1) })
 
 	d.beginAckWait() // releases the blocked caller
 	must(t, <-blocked)
@@ -175,7 +177,7 @@ func TestDispatcherClose(t *testing.T) {
 	h := func(Message) { <-release; handled.Add(1) }
 	m := Message{Topic: "a"}
 	must(t, d.dispatch(h, m, false))
-	eventually(t, 2*time.Second, func() error {
+	testutil.Eventually(t, 2*time.Second, func() error {
 		if q := d.queued()[0]; q != 0 {
 			return fmt.Errorf("queued %d", q)
 		}
@@ -184,7 +186,7 @@ func TestDispatcherClose(t *testing.T) {
 	must(t, d.dispatch(h, m, false))
 	blocked := make(chan error, 1)
 	go func() { blocked <- d.dispatch(h, m, false) }()
-	eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, 1) })
+	testutil.Eventually(t, 2*time.Second, func() error { return blockedOn(d, 0, 1) })
 
 	closed := make(chan struct{})
 	go func() { d.close(); close(closed) }()

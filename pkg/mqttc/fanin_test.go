@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"telematics/internal/testutil"
 )
 
 // "No QoS 1 message between a car and the gateway is lost, also when thousands of cars
@@ -94,7 +96,7 @@ func TestFanInNoQoS1Loss(t *testing.T) {
 	}
 	cars_.Wait()
 	total := int64(cars * perCar)
-	eventually(t, 30*time.Second, func() error {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		if n := delivered.Load() + malformed.Load(); n < total {
 			return fmt.Errorf("%d of %d delivered", n, total)
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"telematics/internal/testutil"
 )
 
 func TestInlineRoundTrip(t *testing.T) {
@@ -24,7 +26,7 @@ func TestInlineRoundTrip(t *testing.T) {
 
 	car := dialTest(t, b.URL(), "car1", nil)
 	must(t, car.Publish(ctx, "v/car1/result", 1, false, []byte("executed")))
-	eventually(t, 5*time.Second, func() error { return atGateway.has("v/car1/result", "executed") })
+	testutil.Eventually(t, 5*time.Second, func() error { return atGateway.has("v/car1/result", "executed") })
 	if m := atGateway.all()[0]; m.Origin != "car1" || m.QoS != 1 {
 		t.Fatalf("got %+v, want origin car1 at qos 1", m)
 	}
@@ -33,7 +35,7 @@ func TestInlineRoundTrip(t *testing.T) {
 	buf := []byte("from gateway")
 	must(t, gw.Publish(ctx, "v/car2/result", 1, false, buf))
 	copy(buf, "XXXXXXXXXXXX")
-	eventually(t, 5*time.Second, func() error { return atGateway.has("v/car2/result", "from gateway") })
+	testutil.Eventually(t, 5*time.Second, func() error { return atGateway.has("v/car2/result", "from gateway") })
 
 	if err := gw.Publish(ctx, "v/+/cmd", 1, false, nil); !errors.Is(err, ErrInvalidTopic) {
 		t.Fatalf("publish to a wildcard: %v", err)
@@ -50,7 +52,7 @@ func TestInlineRetainedOnSubscribe(t *testing.T) {
 
 	var status inbox
 	must(t, gw.Subscribe(ctx, "v/+/status", 1, status.handle))
-	eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "online") })
+	testutil.Eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "online") })
 	if m := status.all()[0]; !m.Retained {
 		t.Fatalf("retained status delivered as %+v", m)
 	}
@@ -70,7 +72,7 @@ func TestInlineOverlappingSubscriptions(t *testing.T) {
 	must(t, a.Subscribe(ctx, "v/+/telemetry", 0, func(Message) { n2.Add(1) }))
 	must(t, c.Subscribe(ctx, "v/+/telemetry", 0, func(Message) { n3.Add(1) }))
 	must(t, c.Publish(ctx, "v/car1/telemetry", 0, false, []byte("{}")))
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if n1.Load() != 1 || n2.Load() != 1 || n3.Load() != 1 {
 			return fmt.Errorf("deliveries %d %d %d, want 1 1 1", n1.Load(), n2.Load(), n3.Load())
 		}
@@ -96,7 +98,7 @@ func TestInlineHandlerPublishesToItself(t *testing.T) {
 		}
 	}))
 	must(t, gw.Publish(ctx, "loop/in", 1, false, nil))
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if got.Load() != n {
 			return fmt.Errorf("%d of %d", got.Load(), n)
 		}

@@ -14,6 +14,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"telematics/internal/testutil"
 )
 
 // dialTest dials the broker with fast reconnects and closes the client at the end of the test.
@@ -85,11 +87,11 @@ func TestPahoRoundTrip(t *testing.T) {
 	}
 
 	must(t, gw.Publish(ctx, "v/car1/cmd", 1, false, []byte("unlock")))
-	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/cmd", "unlock") })
+	testutil.Eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/cmd", "unlock") })
 	for _, qos := range []byte{0, 1} {
 		payload := fmt.Sprintf("done qos %d", qos)
 		must(t, car.Publish(ctx, "v/car1/result", qos, false, []byte(payload)))
-		eventually(t, 5*time.Second, func() error { return atGateway.has("v/car1/result", payload) })
+		testutil.Eventually(t, 5*time.Second, func() error { return atGateway.has("v/car1/result", payload) })
 	}
 	if m := atCar.all()[0]; m.QoS != 1 || m.Retained {
 		t.Fatalf("got %+v", m)
@@ -136,7 +138,7 @@ func TestPahoPerTopicOrder(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if n := got.Load(); n != topics*perTopic {
 			return fmt.Errorf("received %d of %d", n, topics*perTopic)
 		}
@@ -168,21 +170,21 @@ func TestPahoResubscribesAfterBrokerRestart(t *testing.T) {
 	gw1 := NewInline(b1.Server, InlineOptions{Logger: discard})
 	defer gw1.Close()
 	must(t, gw1.Publish(ctx, "v/car1/keys", 1, true, []byte("whitelist v1")))
-	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1") })
+	testutil.Eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1") })
 
 	b1.Stop()
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if car.Connected() {
 			return errors.New("still connected")
 		}
 		return nil
 	})
-	b2 := startBroker(t, brokerConfig{addr: b1.addr})
+	b2 := startBroker(t, brokerConfig{addr: b1.Addr})
 	gw2 := NewInline(b2.Server, InlineOptions{Logger: discard})
 	defer gw2.Close()
 	var status inbox
 	must(t, gw2.Subscribe(ctx, "v/+/status", 1, status.handle))
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if n := connects.Load(); n != 2 {
 			return fmt.Errorf("OnConnect called %d times", n)
 		}
@@ -190,8 +192,8 @@ func TestPahoResubscribesAfterBrokerRestart(t *testing.T) {
 	})
 	// The new broker knows nothing: the gateway publishes the whitelist again (DESIGN.md).
 	must(t, gw2.Publish(ctx, "v/car1/keys", 1, true, []byte("whitelist v1 again")))
-	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1 again") })
-	eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "online") })
+	testutil.Eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1 again") })
+	testutil.Eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "online") })
 }
 
 // A connection that drops without DISCONNECT makes the broker publish the will; the client
@@ -214,8 +216,8 @@ func TestPahoWillAndReconnect(t *testing.T) {
 		t.Fatal("broker does not know car1")
 	}
 	cl.Stop(errors.New("test: connection cut")) // as a network failure would
-	eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "offline") })
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "offline") })
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if connects.Load() != 2 || !car.Connected() {
 			return fmt.Errorf("connects %d, connected %v", connects.Load(), car.Connected())
 		}
@@ -228,7 +230,7 @@ func TestPahoPublishWhileDisconnected(t *testing.T) {
 	b := startBroker(t, brokerConfig{})
 	car := dialTest(t, b.URL(), "car1", nil)
 	b.Stop()
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if car.Connected() {
 			return errors.New("still connected")
 		}
@@ -347,7 +349,7 @@ func TestPahoHandlerPublishUnderFullQueue(t *testing.T) {
 	for i := range n {
 		must(t, gw.Publish(ctx, "in/car1", 1, false, fmt.Appendf(nil, "%d", i)))
 	}
-	eventually(t, 20*time.Second, func() error {
+	testutil.Eventually(t, 20*time.Second, func() error {
 		if r := replies.Load(); r+failed.Load() != n {
 			return fmt.Errorf("%d replies, %d failed of %d", r, failed.Load(), n)
 		}
@@ -369,7 +371,7 @@ func TestPahoCloseIdempotentNoLeak(t *testing.T) {
 	var atCar inbox
 	must(t, car.Subscribe(ctx, "v/car1/cmd", 1, atCar.handle))
 	must(t, gw.Publish(ctx, "v/car1/cmd", 1, false, []byte("lock")))
-	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/cmd", "lock") })
+	testutil.Eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/cmd", "lock") })
 	must(t, car.Publish(ctx, "v/car1/result", 1, false, []byte("ok")))
 
 	must(t, car.Close())
@@ -443,7 +445,7 @@ func queueForAbsentSession(t *testing.T, b *testBroker, id string, n int) *Paho 
 	must(t, first.Close())
 	// Until the broker has seen it go, the first client could still take (and acknowledge) a
 	// message; the tests are about what the broker queues for the session while nobody is there.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if cl, ok := b.Server.Clients.Get(id); ok && !cl.Closed() {
 			return errors.New("the broker still holds the first connection")
 		}
@@ -456,7 +458,7 @@ func queueForAbsentSession(t *testing.T, b *testBroker, id string, n int) *Paho 
 	// mochi acknowledges a QoS 1 publish before it fans it out, so the last of them may not be
 	// queued yet; a takeover that clones the session meanwhile would miss it (see
 	// docs/ARCHITECTURE.md, Known limits). The tests are about what was queued: wait for all.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		cl, ok := b.Server.Clients.Get(id)
 		if !ok {
 			return errors.New("the broker forgot the session")
@@ -482,7 +484,7 @@ func TestPahoPersistentSessionDeliversQueuedBeforeSubscribe(t *testing.T) {
 	var got inbox
 	must(t, second.Subscribe(ctx, "v/+/events", 1, got.handle))
 	must(t, car.Publish(ctx, "v/car1/events", 1, false, []byte("live")))
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if n := len(got.all()); n != queued+1 {
 			return fmt.Errorf("%d of %d messages", n, queued+1)
 		}
@@ -515,7 +517,7 @@ func TestPahoEarlyMessagesAcrossAReconnect(t *testing.T) {
 	queueForAbsentSession(t, b, "gateway-y", queued)
 
 	second := dialTest(t, b.URL(), "gateway-y", persistent)
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		second.earlyMu.Lock()
 		defer second.earlyMu.Unlock()
 		if n := len(second.early); n != queued {
@@ -525,14 +527,14 @@ func TestPahoEarlyMessagesAcrossAReconnect(t *testing.T) {
 	})
 	cl, _ := b.Server.Clients.Get("gateway-y")
 	cl.Stop(errors.New("test: connection dropped"))
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if cl2, ok := b.Server.Clients.Get("gateway-y"); !ok || cl2 == cl || cl2.Closed() {
 			return errors.New("not reconnected yet")
 		}
 		return nil
 	})
 	// The broker sends the queue again on the new connection.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		second.earlyMu.Lock()
 		defer second.earlyMu.Unlock()
 		if n := len(second.early); n < queued {
@@ -542,7 +544,7 @@ func TestPahoEarlyMessagesAcrossAReconnect(t *testing.T) {
 	})
 	var got inbox
 	must(t, second.Subscribe(ctx, "v/+/events", 1, got.handle))
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if n := len(got.all()); n < queued {
 			return fmt.Errorf("%d of %d messages", n, queued)
 		}

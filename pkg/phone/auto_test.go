@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/phone/phonetest"
 	"telematics/pkg/protocol"
 )
@@ -205,7 +206,7 @@ func TestSendAutoStopsWithContext(t *testing.T) {
 		_, err := SendAuto(ctx, o, Request{VIN: testVIN, Action: protocol.ActionUnlock}, nil)
 		done <- err
 	}()
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if len(b.Requests()) == 0 {
 			return fmt.Errorf("no request yet")
 		}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -16,9 +15,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -27,21 +26,6 @@ const (
 	testVIN  = "WVWZZZ1JZXW000001"
 	testUser = "alice"
 )
-
-func eventually(t *testing.T, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // newKey makes a phone key in a temporary directory.
 func newKey(t *testing.T) *sign.Signer {
@@ -102,21 +86,13 @@ type broker struct {
 
 func startBroker(t *testing.T, allow bool) *broker {
 	t.Helper()
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
+	var hooks []mqtt.Hook
 	if allow {
-		if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-			t.Fatal(err)
-		}
+		hooks = append(hooks, new(auth.AllowHook))
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	b := &broker{srv: srv, addr: tcp.Address()}
+	m := testutil.StartMochi(t, testutil.MochiOptions{Hooks: hooks})
+	srv := m.Server
+	b := &broker{srv: srv, addr: m.Addr}
 	if err := srv.Subscribe("app/+/cmd", 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
 		b.mu.Lock()
 		b.requests = append(b.requests, append([]byte(nil), pk.Payload...))

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/phone/phonetest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/whitelist"
@@ -116,7 +117,7 @@ func TestSendSignsEveryCommand(t *testing.T) {
 	}
 	// The fake gateway's recorder and answerer are two inline subscriptions that mochi calls in
 	// map order: the answer can reach the phone a moment before the request is recorded.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if len(b.Requests()) == 0 {
 			return errors.New("the request is not recorded yet")
 		}

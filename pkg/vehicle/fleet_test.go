@@ -13,9 +13,9 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -44,29 +44,11 @@ func startBroker(t *testing.T) (*mqtt.Server, string) {
 
 // startBrokerAt runs a broker on addr (to restart one on the port it had); before, when set,
 // runs before the broker admits anyone (to subscribe without missing a message). stop closes
-// the broker before the test ends (mochi's Close may be called only once).
+// the broker before the test ends.
 func startBrokerAt(t *testing.T, addr string, before func(*mqtt.Server)) (srv *mqtt.Server, url string, stop func()) {
 	t.Helper()
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumClientWritesPending = 1024
-	srv = mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(testAuth), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: addr})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if before != nil {
-		before(srv)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop = func() { once.Do(func() { srv.Close() }) }
-	t.Cleanup(stop)
-	return srv, "tcp://" + tcp.Address(), stop
+	m := testutil.StartMochi(t, testutil.MochiOptions{Addr: addr, Hooks: []mqtt.Hook{new(testAuth)}, BeforeServe: before})
+	return m.Server, m.URL(), m.Stop
 }
 
 // recorder keeps what the broker saw, per topic.
@@ -172,7 +154,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 
 	// Every good car comes online, acknowledges its whitelist, and publishes telemetry with
 	// rising seq.
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		for _, v := range vins {
 			if s, _, err := lastStatus(v); err != nil || s.Status != protocol.StatusOnline {
 				return fmt.Errorf("%s status %+v %v", v, s, err)
@@ -241,7 +223,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 		var r protocol.Result
 		return r, json.Unmarshal(msgs[0].Payload, &r)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		r, err := result(vins[1])
 		if err != nil {
 			return err
@@ -276,7 +258,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 	// A clean stop says offline (the will is only for crashes), and persists the state. mochi
 	// acknowledges a QoS 1 publish before it delivers it, so the subscriber may see it a
 	// moment after RunFleet returned.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		for _, v := range vins {
 			if st, _, _ := lastStatus(v); st.Status != protocol.StatusOffline {
 				return fmt.Errorf("%s: last status %q after stop", v, st.Status)

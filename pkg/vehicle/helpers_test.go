@@ -349,19 +349,3 @@ func newKeyedCar(t testing.TB, st *Store, gw *testGateway, clock *fakeClock) *Ca
 	install(t, car, gw.whitelist(t, wlSpec{}))
 	return car
 }
-
-// eventually polls fn until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

@@ -10,6 +10,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
@@ -57,7 +58,7 @@ func TestJournalKeptUntilGatewayAck(t *testing.T) {
 	}
 	runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.creds(t, testVIN)}, Store: st,
 		TelemetryInterval: time.Second, Dial: fastDial})
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if got := summary(events(t, first, testVIN)); got != "1:unlock/executed/ 2:lock/executed/" {
 			return fmt.Errorf("events %q", got)
 		}
@@ -76,7 +77,7 @@ func TestJournalKeptUntilGatewayAck(t *testing.T) {
 		}
 		ackJournal(t, srv2)
 	})
-	eventually(t, 15*time.Second, func() error {
+	testutil.Eventually(t, 15*time.Second, func() error {
 		if got := summary(events(t, second, testVIN)); !strings.HasPrefix(got, "1:unlock/executed/ 2:lock/executed/") {
 			return fmt.Errorf("events after the broker restart %q", got)
 		}

@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -111,7 +112,7 @@ func TestOutageDrill(t *testing.T) {
 	defer link.Close()
 	stop := runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.creds(t, testVIN)}, Store: st,
 		TelemetryInterval: time.Second, Garage: garage, Dial: fastDial})
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if len(rec.get(protocol.VehicleTopic(testVIN, protocol.SuffixKeysAck))) == 0 {
 			return fmt.Errorf("no whitelist ack")
 		}
@@ -132,7 +133,7 @@ func TestOutageDrill(t *testing.T) {
 	if res := local(nil, protocol.ActionUnlock); res.Status != protocol.ResultExecuted {
 		t.Fatalf("local unlock while online: %+v", res)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if got := summary(events(t, rec, testVIN)); got != "1:unlock/executed/" {
 			return fmt.Errorf("events %q", got)
 		}
@@ -166,7 +167,7 @@ func TestOutageDrill(t *testing.T) {
 		}
 		ackJournal(t, srv2)
 	})
-	eventually(t, 15*time.Second, func() error {
+	testutil.Eventually(t, 15*time.Second, func() error {
 		if got := summary(events(t, rec2, testVIN)); got != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
 			return fmt.Errorf("events after reconnect %q", got)
 		}
@@ -212,7 +213,7 @@ func TestJournalSurvivesRestart(t *testing.T) {
 	}
 	runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.creds(t, testVIN)}, Store: st, TelemetryInterval: time.Second})
 	want := "1:unlock/executed/ 2:open_trunk/executed/ 3:open_trunk/rejected/forbidden"
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if got := summary(events(t, rec, testVIN)); got != want {
 			return fmt.Errorf("events %q, want %q", got, want)
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/gateway/accounts"
+	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/pkg/protocol"
@@ -164,18 +165,8 @@ func TestPasswdLine(t *testing.T) {
 // startTarget runs a gateway in this process, for the bench to target.
 func startTarget(t *testing.T) (*server.Gateway, string) {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := server.DefaultConfig()
-	cfg.Data = dir
-	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.TwoFA.Mode = twofa.ModeOff
-	cfg.LogLevel = "error"
-	g, err := server.Start(context.Background(), cfg, server.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	return g, filepath.Join(dir, server.AdminTokenFile)
+	c := harness.MustStart(t, harness.Options{Configure: func(cfg *server.Config) { cfg.TwoFA.Mode = twofa.ModeOff }})
+	return c.G, filepath.Join(c.Dir, server.AdminTokenFile)
 }
 
 func targetConfig(t *testing.T, g *server.Gateway, tokenFile string, args ...string) Config {
@@ -341,20 +332,12 @@ func TestSpawnedModes(t *testing.T) {
 // for users who enrolled (the default), no per-user rate limit; cheap password hashing.
 func startKeyTarget(t *testing.T) (*server.Gateway, string) {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := server.DefaultConfig()
-	cfg.Data = dir
-	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.TwoFA.Mode = twofa.ModeEnrolled
-	cfg.Commands.RatePerMinute = 0
-	cfg.LogLevel = "error"
 	cheap := accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
-	g, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	return g, filepath.Join(dir, server.AdminTokenFile)
+	c := harness.MustStart(t, harness.Options{PasswordParams: &cheap, Configure: func(cfg *server.Config) {
+		cfg.TwoFA.Mode = twofa.ModeEnrolled
+		cfg.Commands.RatePerMinute = 0
+	}})
+	return c.G, filepath.Join(c.Dir, server.AdminTokenFile)
 }
 
 // The digital-key scenarios against a gateway in this process, with real cars and phones, at

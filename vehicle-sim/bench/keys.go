@@ -29,7 +29,7 @@ import (
 // this process, which verify the gateway's grant and the phone's signature against their own
 // whitelists, commit each command to their bbolt store and serve the local link from the same
 // Garage. Each car gets an owner who does what a person does through the gateway's HTTP API
-// (pkg/drill's Person, against a gateway in another process): the admin adds the user and
+// (gateway/harness's Person, against a gateway in another process): the admin adds the user and
 // assigns the car, the owner logs in, enrolls TOTP and confirms it with a code, and pairs a
 // phone key with a code. Setup is not measured; it ends when every car acknowledged the
 // whitelist that holds its keys.

@@ -1,4 +1,4 @@
-package main
+package drill
 
 import (
 	"encoding/json"
@@ -9,11 +9,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"telematics/pkg/cmdline"
-	"telematics/pkg/drill"
 )
 
-// drillCommand is `vehicle-sim drill outage`.
-func drillCommand(env stdio) *cobra.Command {
+// Command is `gateway drill outage`. Its flags' variables are GATEWAY_DRILL_* (gateway/main.go
+// gives them their prefix, as it does for the demo's).
+func Command() *cobra.Command {
 	group := &cobra.Command{
 		Use:   "drill NAME",
 		Short: "outage drill: cloud down, cars still open for their owners",
@@ -47,20 +47,21 @@ fail (about --cloud-timeout) and the local link's own exchange.`,
 			if cloudTimeout <= 0 {
 				return cmdline.UsageError("--cloud-timeout must be positive")
 			}
+			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 			logger := slog.New(slog.DiscardHandler)
 			if verbose {
-				logger = slog.New(slog.NewTextHandler(env.Stderr, nil))
+				logger = slog.New(slog.NewTextHandler(stderr, nil))
 			}
-			progress := env.Stderr
+			progress := stderr
 			if !asJSON {
-				progress = env.Stdout
+				progress = stdout
 			}
-			rep := drill.Run(cmd.Context(), drill.Options{Cars: cars, Dir: data, Progress: progress, Logger: logger, CloudTimeout: cloudTimeout})
+			rep := Run(cmd.Context(), Options{Cars: cars, Dir: data, Progress: progress, Logger: logger, CloudTimeout: cloudTimeout})
 			if asJSON {
 				b, _ := json.Marshal(rep)
-				fmt.Fprintln(env.Stdout, string(b))
+				fmt.Fprintln(stdout, string(b))
 			} else {
-				fmt.Fprint(env.Stdout, "\n"+rep.Summary())
+				fmt.Fprint(stdout, "\n"+rep.Summary())
 			}
 			if !rep.OK {
 				return cmdline.WithExitCode(1, nil) // the report says why
@@ -75,6 +76,5 @@ fail (about --cloud-timeout) and the local link's own exchange.`,
 	f.DurationVar(&cloudTimeout, "cloud-timeout", time.Second, "how long a phone waits for the cloud before it uses the local link")
 	f.BoolVarP(&verbose, "verbose", "v", false, "show the components' logs")
 	group.AddCommand(outage)
-	cmdline.PrefixEnv(group, "SIM_DRILL_")
 	return group
 }

@@ -1,3 +1,7 @@
+// Package drill is the outage drill, `gateway drill outage`: a fleet whose owners enrolled TOTP
+// and paired phone keys loses its cloud (gateway and broker), and every owner must still open
+// their car over the local link while revoked and foreign keys must not; the cars' journals
+// must reach the audit log once the cloud is back. The system is started by gateway/harness.
 package drill
 
 import (
@@ -14,6 +18,7 @@ import (
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/harness"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -127,7 +132,8 @@ func Run(ctx context.Context, o Options) Report {
 		dir = tmp
 	}
 
-	cloud, err := NewCloud(filepath.Join(dir, "gateway"), o.Logger.With("component", "gateway"))
+	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway"),
+		Configure: harness.ManyPeople})
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -139,7 +145,8 @@ func Run(ctx context.Context, o Options) Report {
 	if err != nil {
 		return fail("provision: %v", err)
 	}
-	fleet, err := StartFleet(ctx, filepath.Join(dir, "sim"), cloud.BrokerURL(), creds, o.Logger.With("component", "fleet"))
+	fleet, err := harness.StartFleet(ctx, harness.FleetOptions{Dir: filepath.Join(dir, "sim"), BrokerURL: cloud.BrokerURL(), Creds: creds,
+		Logger: o.Logger.With("component", "fleet")})
 	if err != nil {
 		return fail("start the fleet: %v", err)
 	}
@@ -154,8 +161,8 @@ func Run(ctx context.Context, o Options) Report {
 	say("%s online; local link on %s", cmdline.Plural(len(creds), "car"), fleet.Link.Addr())
 
 	// Owners (and every third car's friend) set up in parallel, as many people would.
-	owners := make([]*Person, len(creds))
-	friends := make([]*Person, len(creds))
+	owners := make([]*harness.Person, len(creds))
+	friends := make([]*harness.Person, len(creds))
 	revoked := make([]bool, len(creds))
 	var setupErr error
 	var mu sync.Mutex
@@ -225,7 +232,7 @@ func Run(ctx context.Context, o Options) Report {
 	}
 	results := make(chan result, len(owners))
 	for i, p := range owners {
-		go func(i int, p *Person) {
+		go func(i int, p *harness.Person) {
 			t0 := time.Now()
 			out, err := phone.SendAuto(ctx, phone.AutoOptions{Session: p.Session, Key: p.Key, LinkAddr: fleet.Link.Addr(),
 				CloudTimeout: o.CloudTimeout}, phone.Request{VIN: creds[i].VIN, Action: protocol.ActionUnlock}, nil)
@@ -285,7 +292,7 @@ func Run(ctx context.Context, o Options) Report {
 		return fail("bring the cloud back: %v", err)
 	}
 	say("the cloud is back; cars reconnect and send their journals")
-	err = WaitFor(ctx, 30*time.Second, func() error {
+	err = harness.WaitFor(ctx, 30*time.Second, func() error {
 		evs, err := cloud.G.Audit().Query(audit.Filter{Kind: audit.KindVehicle, Limit: 1 << 30})
 		if err != nil {
 			return err
@@ -314,8 +321,8 @@ func Run(ctx context.Context, o Options) Report {
 
 // setUp makes car i's owner (enrolled, paired) and, for every third car, a friend with a
 // shared key the owner then revokes.
-func setUp(ctx context.Context, cloud *Cloud, vin string, i int, owners, friends []*Person, revoked []bool) error {
-	owner := &Person{Name: fmt.Sprintf("owner%d", i), Password: fmt.Sprintf("drill-password-%d", i)}
+func setUp(ctx context.Context, cloud *harness.Cloud, vin string, i int, owners, friends []*harness.Person, revoked []bool) error {
+	owner := &harness.Person{Name: fmt.Sprintf("owner%d", i), Password: fmt.Sprintf("drill-password-%d", i)}
 	if err := cloud.AddUser(ctx, owner.Name, owner.Password, vin); err != nil {
 		return err
 	}
@@ -332,7 +339,7 @@ func setUp(ctx context.Context, cloud *Cloud, vin string, i int, owners, friends
 	if i%3 != 0 {
 		return nil
 	}
-	friend := &Person{Name: fmt.Sprintf("friend%d", i), Password: fmt.Sprintf("drill-password-f%d", i)}
+	friend := &harness.Person{Name: fmt.Sprintf("friend%d", i), Password: fmt.Sprintf("drill-password-f%d", i)}
 	if err := cloud.AddUser(ctx, friend.Name, friend.Password, ""); err != nil {
 		return err
 	}
