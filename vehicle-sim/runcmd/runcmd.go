@@ -1,8 +1,8 @@
-// Package fleet is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
+// Package runcmd is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
 // provisioned once through the gateway admin API and kept in the data dir), opens the cars'
 // store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker with
 // vehicle.RunFleet until the context ends.
-package fleet
+package runcmd
 
 import (
 	"bytes"
