@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -59,7 +58,7 @@ func dialPaho(ctx context.Context, opts mqttc.Options) (mqttc.Client, error) {
 	return c, nil
 }
 
-// FleetConfig configures RunFleet.
+// FleetConfig configures a Fleet (NewFleet, RunFleet).
 type FleetConfig struct {
 	// BrokerURL is the broker every car connects to, e.g. tcp://127.0.0.1:1883.
 	BrokerURL string
@@ -78,12 +77,6 @@ type FleetConfig struct {
 	MaxReconnectInterval time.Duration
 	// Logger receives per-car events; discarded when nil.
 	Logger *slog.Logger
-	// Progress receives the human-readable progress and status line; nothing when nil. When it
-	// is a terminal the line is rewritten in place about once a second.
-	Progress io.Writer
-	// StatusInterval is how often a status line is printed when Progress is not a terminal
-	// (default 10 s).
-	StatusInterval time.Duration
 	// Now is the cars' clock; time.Now when nil.
 	Now func() time.Time
 	// Dial connects a car; mqttc.Dial when nil.
@@ -112,12 +105,16 @@ type FleetStats struct {
 	Rejected      uint64 // cloud commands rejected
 	Whitelists    uint64 // whitelists acknowledged (stored or redelivered)
 	EventsSent    uint64 // journal entries published on v/{vin}/events (again after a reconnect, too)
+	// FirstFailure is the first car given up on, "VIN: error"; "" while none failed.
+	FirstFailure string
 }
 
 // ErrNoCarConnected is returned by RunFleet when every car of the fleet failed for good.
 var ErrNoCarConnected = errors.New("no car could connect")
 
-type fleet struct {
+// Fleet is a fleet of cars to run against one broker (NewFleet, Run). While it runs, Stats
+// and Settled tell how it is doing, e.g. for a progress display.
+type Fleet struct {
 	cfg      FleetConfig
 	log      *slog.Logger
 	interval time.Duration
@@ -132,7 +129,7 @@ type fleet struct {
 
 	mu         sync.Mutex
 	clients    []mqttc.Client
-	firstError string // the first permanent failure, for the progress report
+	firstError string // the first permanent failure, for Stats
 }
 
 // RunFleet connects every car to the broker and runs it until ctx is cancelled: each car has
@@ -155,23 +152,29 @@ type fleet struct {
 // publishes "offline" and disconnects; RunFleet returns once all of them have. It returns
 // ErrNoCarConnected (wrapped) if every car failed for good.
 func RunFleet(ctx context.Context, cfg FleetConfig) (FleetStats, error) {
+	f, err := NewFleet(cfg)
+	if err != nil {
+		return FleetStats{}, err
+	}
+	return f.Run(ctx)
+}
+
+// NewFleet checks cfg and fills in its defaults; Run starts the cars.
+func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	if len(cfg.Creds) == 0 {
-		return FleetStats{}, errors.New("run fleet: no cars")
+		return nil, errors.New("run fleet: no cars")
 	}
 	if cfg.Store == nil {
-		return FleetStats{}, errors.New("run fleet: no store")
+		return nil, errors.New("run fleet: no store")
 	}
 	if cfg.BrokerURL == "" {
-		return FleetStats{}, errors.New("run fleet: no broker url")
+		return nil, errors.New("run fleet: no broker url")
 	}
 	if cfg.TelemetryInterval <= 0 {
 		cfg.TelemetryInterval = DefaultTelemetryInterval
 	}
 	if cfg.ConnectRate <= 0 {
 		cfg.ConnectRate = DefaultConnectRate
-	}
-	if cfg.StatusInterval <= 0 {
-		cfg.StatusInterval = 10 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -182,35 +185,33 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (FleetStats, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &fleet{cfg: cfg, log: cfg.Logger, interval: cfg.TelemetryInterval, journalResend: cfg.JournalResendInterval,
+	f := &Fleet{cfg: cfg, log: cfg.Logger, interval: cfg.TelemetryInterval, journalResend: cfg.JournalResendInterval,
 		settled: make(chan struct{})}
 	if f.journalResend <= 0 {
 		f.journalResend = defaultJournalResend
 	}
+	return f, nil
+}
 
-	progressCtx, stopProgress := context.WithCancel(context.Background())
-	progressDone := make(chan struct{})
-	go func() {
-		defer close(progressDone)
-		f.progress(progressCtx, ctx)
-	}()
-
+// Run is RunFleet for a fleet NewFleet made; it runs once.
+func (f *Fleet) Run(ctx context.Context) (FleetStats, error) {
 	var wg sync.WaitGroup
 	f.startCars(ctx, &wg)
 	wg.Wait()
-	stopProgress()
-	<-progressDone
 
-	st := f.stats()
+	st := f.Stats()
 	if st.Failed == st.Cars {
-		return st, fmt.Errorf("%w: all %d cars failed (first: %s)", ErrNoCarConnected, st.Cars, f.firstFailure())
+		return st, fmt.Errorf("%w: all %d cars failed (first: %s)", ErrNoCarConnected, st.Cars, st.FirstFailure)
 	}
 	return st, nil
 }
 
+// Settled is closed once every car has connected or been given up on.
+func (f *Fleet) Settled() <-chan struct{} { return f.settled }
+
 // startCars starts one goroutine per car, at most ConnectRate per second. It returns when all
 // are started or ctx ends.
-func (f *fleet) startCars(ctx context.Context, wg *sync.WaitGroup) {
+func (f *Fleet) startCars(ctx context.Context, wg *sync.WaitGroup) {
 	every := time.Duration(float64(time.Second) / f.cfg.ConnectRate)
 	tick := time.NewTicker(max(every, time.Microsecond))
 	defer tick.Stop()
@@ -230,7 +231,7 @@ func (f *fleet) startCars(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-func (f *fleet) fail(vin string, err error) {
+func (f *Fleet) fail(vin string, err error) {
 	f.log.Error("car failed", "vin", vin, "err", err)
 	f.mu.Lock()
 	if f.firstError == "" {
@@ -242,19 +243,14 @@ func (f *fleet) fail(vin string, err error) {
 }
 
 // checkSettled closes settled once every car has either connected or failed.
-func (f *fleet) checkSettled() {
+func (f *Fleet) checkSettled() {
 	if int(f.connected.Load()+f.failed.Load()) == len(f.cfg.Creds) {
 		f.settleOnce.Do(func() { close(f.settled) })
 	}
 }
 
-func (f *fleet) firstFailure() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.firstError
-}
-
-func (f *fleet) stats() FleetStats {
+// Stats counts what the fleet did so far.
+func (f *Fleet) Stats() FleetStats {
 	f.mu.Lock()
 	online := 0
 	for _, c := range f.clients {
@@ -262,6 +258,7 @@ func (f *fleet) stats() FleetStats {
 			online++
 		}
 	}
+	firstError := f.firstError
 	f.mu.Unlock()
 	return FleetStats{
 		Cars:          len(f.cfg.Creds),
@@ -273,17 +270,18 @@ func (f *fleet) stats() FleetStats {
 		Rejected:      f.reject.Load(),
 		Whitelists:    f.whitelists.Load(),
 		EventsSent:    f.eventsSent.Load(),
+		FirstFailure:  firstError,
 	}
 }
 
-func (f *fleet) statusPayload(status string) []byte {
+func (f *Fleet) statusPayload(status string) []byte {
 	b, _ := json.Marshal(protocol.VehicleStatus{V: protocol.Version, Status: status, TsMs: f.cfg.Now().UnixMilli()})
 	return b
 }
 
 // carRun is one running car: its logic, its connection and its queues.
 type carRun struct {
-	f      *fleet
+	f      *Fleet
 	car    *Car
 	log    *slog.Logger
 	client mqttc.Client
@@ -305,7 +303,7 @@ type carRun struct {
 }
 
 // buildCar returns the garage's car for creds, or builds one (and puts it in the garage).
-func (f *fleet) buildCar(creds protocol.Credentials) (*Car, error) {
+func (f *Fleet) buildCar(creds protocol.Credentials) (*Car, error) {
 	if f.cfg.Garage != nil {
 		if car, ok := f.cfg.Garage.Car(creds.VIN); ok {
 			return car, nil
@@ -321,7 +319,7 @@ func (f *fleet) buildCar(creds protocol.Credentials) (*Car, error) {
 	return car, nil
 }
 
-func (f *fleet) runCar(ctx context.Context, creds protocol.Credentials) {
+func (f *Fleet) runCar(ctx context.Context, creds protocol.Credentials) {
 	log := f.log.With("vin", creds.VIN)
 	// The car exists (and is on the local link) before it connects: a car that cannot reach
 	// the broker still opens for its owner's phone.

@@ -1,7 +1,7 @@
 // Package runcmd is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
 // provisioned once through the gateway admin API and kept in the data dir), opens the cars'
-// store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker with
-// vehicle.RunFleet until the context ends.
+// store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker
+// (vehicle.Fleet) until the context ends, printing their progress.
 package runcmd
 
 import (
@@ -108,18 +108,21 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
 	}
 	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
-	_, err = vehicle.RunFleet(ctx, vehicle.FleetConfig{
+	f, err := vehicle.NewFleet(vehicle.FleetConfig{
 		BrokerURL:         cfg.Broker,
 		Creds:             creds,
 		Store:             store,
 		TelemetryInterval: cfg.Run.TelemetryInterval,
 		ConnectRate:       cfg.Run.ConnectRate,
 		Logger:            opts.Logger,
-		Progress:          opts.Progress,
 		Now:               opts.Now,
 		Dial:              opts.Dial,
 		Garage:            garage,
 	})
+	if err != nil {
+		return err
+	}
+	_, err = runWithProgress(ctx, f, opts.Progress, statusInterval)
 	return err
 }
 
