@@ -1,9 +1,3 @@
-// Package vehicle is the simulated car: it keeps the digital-key whitelist the gateway sends on
-// v/{vin}/keys, verifies and executes the commands that reach it through the cloud (v/{vin}/cmd)
-// or over the local link (LinkServer), journals what it did on the local link for
-// v/{vin}/events, keeps its state, keys, replay cache and journal in a bbolt store, and drives
-// around producing telemetry. Car holds the logic without any MQTT or HTTP; RunFleet connects
-// many cars to a broker and LinkServer puts them on the local link.
 package vehicle
 
 import (
