@@ -24,6 +24,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
@@ -133,7 +134,7 @@ func standaloneBroker(t testing.TB, dir string) string {
 // runFleet runs cars until the test ends.
 func runFleet(t testing.TB, brokerURL string, creds []protocol.Credentials) {
 	t.Helper()
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), "sim.db"))
+	st, err := carstore.Open(filepath.Join(t.TempDir(), "sim.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // startStandaloneAt starts the standalone broker on addr, trusting the signing key of the
@@ -67,7 +68,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	vin := creds[0].VIN
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
+	st, err := carstore.Open(filepath.Join(t.TempDir(), carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // Behind an external broker the gateway keeps a persistent session, so what cars publish while
@@ -35,7 +36,7 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 
 	// The cars, with their local link.
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
+	st, err := carstore.Open(filepath.Join(t.TempDir(), carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // Cloud is a gateway with its embedded broker on fixed loopback addresses, so that it can be
@@ -243,14 +244,14 @@ func (p *Person) Pair(ctx context.Context, vin string) (protocol.WhitelistKey, e
 // Fleet runs cars with their local link until Stop.
 type Fleet struct {
 	Link   *vehicle.LinkServer
-	store  *vehicle.Store
+	store  *carstore.Store
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 // StartFleet starts the cars of creds against brokerURL and their local link on loopback.
 func StartFleet(ctx context.Context, dir, brokerURL string, creds []protocol.Credentials, log *slog.Logger) (*Fleet, error) {
-	st, err := vehicle.OpenStore(filepath.Join(dir, vehicle.StoreFile))
+	st, err := carstore.Open(filepath.Join(dir, carstore.File))
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/vehicle/carstore"
 )
 
 var t0 = time.UnixMilli(1_760_000_000_000)
@@ -167,7 +168,7 @@ func TestDuplicateRefusedAlsoAfterRestart(t *testing.T) {
 	creds := gw.creds(t, testVIN)
 	payload := gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0)})
 
-	st, err := OpenStore(dir + "/" + StoreFile)
+	st, err := carstore.Open(dir + "/" + carstore.File)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func TestLockUnlockPersistsAcrossRestart(t *testing.T) {
 	clock := newClock(t0)
 	creds := gw.creds(t, testVIN)
 
-	st, err := OpenStore(dir + "/" + StoreFile)
+	st, err := carstore.Open(dir + "/" + carstore.File)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +314,7 @@ func TestReplayCachePruned(t *testing.T) {
 		t.Fatal(res)
 	}
 	// Well past expiry+slack the next command prunes the first id.
-	clock.Advance(protocol.DefaultCommandLifetimeMs*time.Millisecond + ReplaySlack + time.Second)
+	clock.Advance(protocol.DefaultCommandLifetimeMs*time.Millisecond + carstore.ReplaySlack + time.Second)
 	if res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionFlash, clock.Now())})); res.Status != protocol.ResultExecuted {
 		t.Fatal(res)
 	}
@@ -338,7 +339,7 @@ func TestSecondOpenFailsClearly(t *testing.T) {
 	openTestStore(t, dir)
 	done := make(chan error, 1)
 	go func() {
-		st, err := OpenStore(dir + "/" + StoreFile)
+		st, err := carstore.Open(dir + "/" + carstore.File)
 		if err == nil {
 			st.Close()
 		}
@@ -346,8 +347,8 @@ func TestSecondOpenFailsClearly(t *testing.T) {
 	}()
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrStoreLocked) {
-			t.Fatalf("second open: %v, want ErrStoreLocked", err)
+		if !errors.Is(err, carstore.ErrLocked) {
+			t.Fatalf("second open: %v, want carstore.ErrLocked", err)
 		}
 		if !strings.Contains(err.Error(), "in use by another vehicle-sim process") {
 			t.Errorf("error does not say what is wrong: %v", err)
@@ -364,7 +365,7 @@ func TestTelemetrySeqMonotonicAcrossRestarts(t *testing.T) {
 	creds := gw.creds(t, testVIN)
 	var last uint64
 	for run := 0; run < 3; run++ {
-		st, err := OpenStore(dir + "/" + StoreFile)
+		st, err := carstore.Open(dir + "/" + carstore.File)
 		if err != nil {
 			t.Fatal(err)
 		}

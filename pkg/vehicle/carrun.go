@@ -12,6 +12,7 @@ import (
 
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // carRun is one running car: its logic, its connection and its queues.
@@ -279,7 +280,7 @@ func (r *carRun) journalUnacknowledged() bool {
 // onEventsAck deletes the journal entries the gateway acknowledged on v/{vin}/events/ack.
 func (r *carRun) onEventsAck(m mqttc.Message) {
 	var ack protocol.EventsAck
-	if err := protocol.Decode(m.Payload, &ack); err != nil || ack.VIN != r.car.VIN() || len(ack.Seqs) > MaxJournalEntries {
+	if err := protocol.Decode(m.Payload, &ack); err != nil || ack.VIN != r.car.VIN() || len(ack.Seqs) > carstore.MaxJournalEntries {
 		r.log.Warn("malformed journal acknowledgement", "err", err)
 		return
 	}

@@ -63,8 +63,9 @@ type FleetConfig struct {
 	BrokerURL string
 	// Creds are the cars to run, one MQTT connection each.
 	Creds []protocol.Credentials
-	// Store holds every car's state and replay cache; the caller opens and closes it.
-	Store *Store
+	// Store holds every car's state and replay cache (a *carstore.Store); the caller opens and
+	// closes it.
+	Store CarStore
 	// TelemetryInterval is the mean time between two telemetry messages of a car (default 10 s);
 	// each interval varies by ±10 %.
 	TelemetryInterval time.Duration

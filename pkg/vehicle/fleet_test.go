@@ -288,8 +288,12 @@ func TestFleetAgainstBroker(t *testing.T) {
 		}
 	}
 	rec1, found, err := st.LoadCar(vins[1])
-	if err != nil || !found || rec1.State.Locked {
-		t.Errorf("stored state of the unlocked car: %+v found=%v err=%v", rec1.State, found, err)
+	var state1 State
+	if err == nil && found {
+		err = json.Unmarshal(rec1.State, &state1)
+	}
+	if err != nil || !found || state1.Locked {
+		t.Errorf("stored state of the unlocked car: %+v found=%v err=%v", state1, found, err)
 	}
 	// What vehicle-sim's progress line reports of the failure (its own test checks the line).
 	if want := bad.VIN + ": broker refused the credentials"; !strings.HasPrefix(s.FirstFailure, want) {

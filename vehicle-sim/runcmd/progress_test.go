@@ -17,6 +17,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // refuseBad admits every client except those presenting the password "bad". Tests only: the
@@ -82,7 +83,7 @@ func TestProgressReportsFailures(t *testing.T) {
 		vin := vinN(i + 1)
 		creds = append(creds, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: token, GatewayKey: gwKey})
 	}
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), vehicle.StoreFile))
+	st, err := carstore.Open(filepath.Join(t.TempDir(), carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}

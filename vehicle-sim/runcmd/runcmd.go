@@ -21,6 +21,7 @@ import (
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 	"telematics/vehicle-sim/config"
 )
 
@@ -75,7 +76,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 			return err
 		}
 	}
-	store, err := vehicle.OpenStore(filepath.Join(cfg.DataDir, vehicle.StoreFile))
+	store, err := carstore.Open(filepath.Join(cfg.DataDir, carstore.File))
 	if err != nil {
 		return err
 	}
@@ -128,7 +129,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 
 // provisioned returns cfg.Run.Cars cars: those the store already has (a restart reuses them),
 // topped up through the gateway admin API.
-func provisioned(ctx context.Context, store *vehicle.Store, cfg config.Config, opts Options) ([]protocol.Credentials, error) {
+func provisioned(ctx context.Context, store *carstore.Store, cfg config.Config, opts Options) ([]protocol.Credentials, error) {
 	have, err := store.Credentials()
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package vehicle
+package carstore
 
 import (
 	"path/filepath"
@@ -23,14 +23,14 @@ func setSchema(t *testing.T, path, v string) {
 // TestSchemaUpgrade: a schema-1 file (before digital keys) opens and becomes schema 2; a file
 // of a newer layout is refused rather than misread.
 func TestSchemaUpgrade(t *testing.T) {
-	path := filepath.Join(t.TempDir(), StoreFile)
-	st, err := OpenStore(path)
+	path := filepath.Join(t.TempDir(), File)
+	st, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
 	setSchema(t, path, "1")
-	st, err = OpenStore(path)
+	st, err = Open(path)
 	if err != nil {
 		t.Fatalf("open a schema-1 store: %v", err)
 	}
@@ -41,7 +41,7 @@ func TestSchemaUpgrade(t *testing.T) {
 		t.Fatalf("schema %q after upgrade, want %q", got, schemaVersion)
 	}
 	setSchema(t, path, "3")
-	if st, err := OpenStore(path); err == nil || !strings.Contains(err.Error(), `schema "3"`) {
+	if st, err := Open(path); err == nil || !strings.Contains(err.Error(), `schema "3"`) {
 		if st != nil {
 			st.Close()
 		}

@@ -1,4 +1,8 @@
-package vehicle
+// Package carstore is the bbolt file of one vehicle-sim process: every car's credentials,
+// state, telemetry sequence, replay cache, whitelist and trust set, and the journal of its
+// local-link decisions, a bucket per car. Writes share fsyncs (group commit). It knows nothing
+// of what a car does: the car's state is the car's own JSON.
+package carstore
 
 import (
 	"encoding/json"
@@ -23,8 +27,9 @@ import (
 //	cars/                    one nested bucket per car, named by VIN
 //	  {VIN}/
 //	    creds                JSON protocol.Credentials
-//	    state                JSON State (doors, trunk, climate, charging, position, SoC, …)
-//	    seq                  uint64 big-endian: telemetry sequence high-water mark (see Car)
+//	    state                the car's state as the car encodes it (JSON vehicle.State: doors,
+//	                         trunk, climate, charging, position, SoC, …)
+//	    seq                  uint64 big-endian: telemetry sequence high-water mark (see vehicle.Car)
 //	    replay/              executed command ids, both paths: id → int64 big-endian expires_at
 //	    whitelist            JSON protocol.Envelope: the whitelist exactly as the gateway signed it
 //	    whitelist_version    uint64 big-endian: its version (a car accepts only higher ones)
@@ -62,23 +67,23 @@ const schemaVersion = "2"
 
 var schemaUpgradable = []string{"1"}
 
-// StoreFile is the name of the bbolt file inside a vehicle-sim data directory.
-const StoreFile = "vehicle-sim.db"
+// File is the name of the bbolt file inside a vehicle-sim data directory.
+const File = "vehicle-sim.db"
 
 // lockTimeout bounds how long Open waits for another process's lock on the file.
 const lockTimeout = time.Second
 
 // Sentinel errors of the store.
 var (
-	// ErrStoreLocked means another process (another vehicle-sim) has the store file open.
-	ErrStoreLocked = errors.New("store is in use by another process")
+	// ErrLocked means another process (another vehicle-sim) has the store file open.
+	ErrLocked = errors.New("store is in use by another process")
 	// ErrDuplicate means a command id is already in a car's replay cache: it was executed.
 	ErrDuplicate = errors.New("command already executed")
 	// ErrStaleWhitelist means a whitelist is not newer than the one the car stored.
 	ErrStaleWhitelist = errors.New("whitelist is not newer than the stored one")
 )
 
-// lockedError is ErrStoreLocked with the directory, worded for the person who started the
+// lockedError is ErrLocked with the directory, worded for the person who started the
 // second process.
 type lockedError struct{ dir string }
 
@@ -86,7 +91,7 @@ func (e *lockedError) Error() string {
 	return fmt.Sprintf("data dir %s is in use by another vehicle-sim process: stop that one, or give this one another data dir", e.dir)
 }
 
-func (e *lockedError) Is(target error) bool { return target == ErrStoreLocked }
+func (e *lockedError) Is(target error) bool { return target == ErrLocked }
 
 // Store is the bbolt file that holds every car of one vehicle-sim process: a bucket per car.
 // It is safe for concurrent use; writes go through a group committer, so that many cars share
@@ -99,9 +104,9 @@ type Store struct {
 	commit *groupcommit.Committer
 }
 
-// OpenStore opens (creating if needed) the store file at path. If another process holds the
-// file, it fails within about a second with an error wrapping ErrStoreLocked.
-func OpenStore(path string) (*Store, error) {
+// Open opens (creating if needed) the store file at path. If another process holds the
+// file, it fails within about a second with an error wrapping ErrLocked.
+func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir for %q: %w", path, err)
 	}
@@ -134,6 +139,11 @@ func OpenStore(path string) (*Store, error) {
 	}
 	return &Store{db: db, path: path, commit: groupcommit.New(db)}, nil
 }
+
+// Unsynced turns fsync off for the rest of the store's life; call it before the store is used.
+// For fuzzers only, which look for logic errors, not for durability: without fsync an input
+// costs microseconds instead of milliseconds. A car's store is always synced.
+func (s *Store) Unsynced() { s.db.NoSync = true }
 
 // Path is the store's file name.
 func (s *Store) Path() string { return s.path }

@@ -1,4 +1,4 @@
-package vehicle
+package carstore
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package vehicle
+package carstore
 
 import (
 	"bytes"
@@ -20,7 +20,8 @@ const ReplaySlack = 2 * time.Minute
 
 // CarRecord is what the store keeps of a car besides its credentials and replay cache.
 type CarRecord struct {
-	State State
+	// State is the car's state as the car encoded it.
+	State json.RawMessage
 	// SeqHigh is the telemetry sequence high-water mark: no message with a higher seq has been
 	// published.
 	SeqHigh uint64
@@ -34,9 +35,7 @@ func (s *Store) LoadCar(vin string) (rec CarRecord, found bool, err error) {
 			return nil
 		}
 		if raw := b.Get(keyState); raw != nil {
-			if err := json.Unmarshal(raw, &rec.State); err != nil {
-				return fmt.Errorf("state: %w", err)
-			}
+			rec.State = bytes.Clone(raw) // raw is valid only during the transaction
 			found = true
 		}
 		if raw := b.Get(keySeq); len(raw) == 8 {
@@ -52,13 +51,10 @@ func (s *Store) LoadCar(vin string) (rec CarRecord, found bool, err error) {
 
 // SaveCar durably writes the car's state and sequence high-water mark.
 func (s *Store) SaveCar(vin string, rec CarRecord) error {
-	state, err := json.Marshal(rec.State)
-	if err != nil {
-		return fmt.Errorf("encode state of %s: %w", vin, err)
-	}
+	state := rec.State
 	seq := binary.BigEndian.AppendUint64(nil, rec.SeqHigh)
 	// Idempotent: the same two puts whether Batch runs it once or twice.
-	err = s.commit.Update(func(tx *bolt.Tx) error {
+	err := s.commit.Update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
 		if err != nil {
 			return err
@@ -82,8 +78,8 @@ type Commit struct {
 	// NowMs is the car's clock: replay entries whose expires_at+ReplaySlack lies before it are
 	// pruned.
 	NowMs int64
-	// State is the state the command left the car in.
-	State State
+	// State is the state the command left the car in, as the car encoded it.
+	State json.RawMessage
 	// Event, when set (local-link commands), is appended to the journal; its Seq is assigned.
 	Event *protocol.VehicleEvent
 }
@@ -92,16 +88,13 @@ type Commit struct {
 // and, if c.Event is set, appends it to the journal, in one durable transaction. It fails with
 // ErrDuplicate (and writes nothing) if the id is already in the replay cache.
 func (s *Store) CommitCommand(vin string, c Commit) error {
-	doc, err := json.Marshal(c.State)
-	if err != nil {
-		return fmt.Errorf("encode state of %s: %w", vin, err)
-	}
+	doc := c.State
 	idKey := []byte(c.ID)
 	exp := binary.BigEndian.AppendUint64(nil, uint64(c.ExpiresAtMs))
 	cutoffMs := c.NowMs - ReplaySlack.Milliseconds()
 	// Batch may run this twice (after a rollback caused by another car's function): it reads
 	// and writes only through tx, so a second run sees exactly what the first saw.
-	err = s.commit.Update(func(tx *bolt.Tx) error {
+	err := s.commit.Update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketCars).CreateBucketIfNotExists([]byte(vin))
 		if err != nil {
 			return err
