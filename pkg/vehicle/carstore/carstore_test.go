@@ -1,9 +1,11 @@
 package carstore
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -46,5 +48,29 @@ func TestSchemaUpgrade(t *testing.T) {
 			st.Close()
 		}
 		t.Fatalf("open a schema-3 store: %v", err)
+	}
+}
+
+func TestSecondOpenFailsClearly(t *testing.T) {
+	dir := t.TempDir()
+	openTestStore(t, dir)
+	done := make(chan error, 1)
+	go func() {
+		st, err := Open(dir + "/" + File)
+		if err == nil {
+			st.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrLocked) {
+			t.Fatalf("second open: %v, want ErrLocked", err)
+		}
+		if !strings.Contains(err.Error(), "in use by another vehicle-sim process") {
+			t.Errorf("error does not say what is wrong: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("second open hangs instead of failing")
 	}
 }
