@@ -125,6 +125,7 @@ type Fleet struct {
 	telemetry, exec, reject atomic.Uint64
 	whitelists, eventsSent  atomic.Uint64
 	settled                 chan struct{} // closed once every car connected or failed
+	ran                     atomic.Bool   // Run was called
 	settleOnce              sync.Once
 
 	mu         sync.Mutex
@@ -193,8 +194,11 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	return f, nil
 }
 
-// Run is RunFleet for a fleet NewFleet made; it runs once.
+// Run is RunFleet for a fleet NewFleet made. A fleet runs once: a second Run fails.
 func (f *Fleet) Run(ctx context.Context) (FleetStats, error) {
+	if !f.ran.CompareAndSwap(false, true) {
+		return FleetStats{}, errors.New("run fleet: this fleet has run already (make a new one with NewFleet)")
+	}
 	var wg sync.WaitGroup
 	f.startCars(ctx, &wg)
 	wg.Wait()
