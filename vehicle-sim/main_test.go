@@ -22,7 +22,7 @@ import (
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
-	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // syncBuffer collects output written by another goroutine.
@@ -112,7 +112,7 @@ func writeFleet(t *testing.T, dir string, vins ...string) string {
 func TestRunDataDirLocked(t *testing.T) {
 	dir := t.TempDir()
 	fleetFile := writeFleet(t, dir, "WVWZZZ1JZXW000001")
-	st, err := vehicle.OpenStore(filepath.Join(dir, "data", vehicle.StoreFile))
+	st, err := carstore.Open(filepath.Join(dir, "data", carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestRunAgainstBroker(t *testing.T) {
 		t.Fatal("run did not stop")
 	}
 	// The cars are in the data dir now, with their credentials.
-	st, err := vehicle.OpenStore(filepath.Join(dir, "data", vehicle.StoreFile))
+	st, err := carstore.Open(filepath.Join(dir, "data", carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}

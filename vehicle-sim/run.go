@@ -7,7 +7,7 @@ import (
 
 	"telematics/pkg/cmdline"
 	"telematics/vehicle-sim/config"
-	"telematics/vehicle-sim/fleet"
+	"telematics/vehicle-sim/runcmd"
 )
 
 // runCommand is `vehicle-sim run`: a fleet of cars until SIGINT/SIGTERM.
@@ -29,7 +29,7 @@ configs/vehicle-sim.yaml), then SIM_* variables, then these flags.`,
 				return cmdline.UsageError("%v", err)
 			}
 			log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
-			if err := fleet.Run(cmd.Context(), cfg, fleet.Options{Progress: env.Stdout, Logger: log}); err != nil {
+			if err := runcmd.Run(cmd.Context(), cfg, runcmd.Options{Progress: env.Stdout, Logger: log}); err != nil {
 				return err
 			}
 			return nil

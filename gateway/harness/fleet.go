@@ -12,13 +12,14 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // Fleet runs cars with their local link until Stop.
 type Fleet struct {
 	Link   *vehicle.LinkServer
 	Garage *vehicle.Garage
-	store  *vehicle.Store
+	store  *carstore.Store
 	tmp    string
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -63,7 +64,7 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 		}
 		dir, f.tmp = tmp, tmp
 	}
-	st, err := vehicle.OpenStore(filepath.Join(dir, vehicle.StoreFile))
+	st, err := carstore.Open(filepath.Join(dir, carstore.File))
 	if err != nil {
 		f.removeTemp()
 		return nil, err

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // open_trunk refused while the car moves said only "forbidden" to the user: the car's reason
@@ -21,14 +23,18 @@ func TestCarsRefusalMessageReachesTheReply(t *testing.T) {
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 
 	// The car is on a trip: driving at 60 km/h for the next hour.
-	st, err := vehicle.OpenStore(filepath.Join(t.TempDir(), "sim.db"))
+	st, err := carstore.Open(filepath.Join(t.TempDir(), "sim.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now().UnixMilli()
-	if err := st.SaveCar(vin, vehicle.CarRecord{State: vehicle.State{Locked: true, Running: true, Driving: true,
+	state, err := json.Marshal(vehicle.State{Locked: true, Running: true, Driving: true,
 		SpeedKmh: 60, TargetSpeedKmh: 60, SoCPercent: 80, PhaseUntilMs: now + time.Hour.Milliseconds(),
-		Lat: 48.1, Lon: 11.5, HomeLat: 48.1, HomeLon: 11.5}}); err != nil {
+		Lat: 48.1, Lon: 11.5, HomeLat: 48.1, HomeLon: 11.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SaveCar(vin, carstore.CarRecord{State: state}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

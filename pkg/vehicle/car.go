@@ -1,9 +1,3 @@
-// Package vehicle is the simulated car: it keeps the digital-key whitelist the gateway sends on
-// v/{vin}/keys, verifies and executes the commands that reach it through the cloud (v/{vin}/cmd)
-// or over the local link (LinkServer), journals what it did on the local link for
-// v/{vin}/events, keeps its state, keys, replay cache and journal in a bbolt store, and drives
-// around producing telemetry. Car holds the logic without any MQTT or HTTP; RunFleet connects
-// many cars to a broker and LinkServer puts them on the local link.
 package vehicle
 
 import (
@@ -21,6 +15,7 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/vehicle/carstore"
 	"telematics/pkg/whitelist"
 )
 
@@ -40,14 +35,14 @@ func authorizeCloud(wl *protocol.Whitelist, cmdEnv protocol.Envelope, grant *pro
 	return nil
 }
 
-// CarStore is the persistence a Car needs; *Store implements it.
+// CarStore is the persistence a Car needs; *carstore.Store implements it.
 type CarStore interface {
-	LoadCar(vin string) (CarRecord, bool, error)
-	SaveCar(vin string, rec CarRecord) error
+	LoadCar(vin string) (carstore.CarRecord, bool, error)
+	SaveCar(vin string, rec carstore.CarRecord) error
 	Executed(vin, id string) (bool, error)
-	CommitCommand(vin string, c Commit) error
-	LoadKeys(vin string) (KeyRecord, bool, error)
-	SaveKeys(vin string, rec KeyRecord) error
+	CommitCommand(vin string, c carstore.Commit) error
+	LoadKeys(vin string) (carstore.KeyRecord, bool, error)
+	SaveKeys(vin string, rec carstore.KeyRecord) error
 	AppendJournal(vin string, ev protocol.VehicleEvent) (uint64, error)
 	Journal(vin string, afterSeq uint64, max int) ([]protocol.VehicleEvent, error)
 	DeleteJournal(vin string, seqs []uint64) error
@@ -146,7 +141,9 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 		return nil, err
 	}
 	if found {
-		c.state = rec.State
+		if err := json.Unmarshal(rec.State, &c.state); err != nil {
+			return nil, fmt.Errorf("load car %s: state: %w", c.vin, err)
+		}
 	} else {
 		c.state = newState(c.vin, nowMs, c.rng)
 	}
@@ -420,9 +417,13 @@ func (c *Car) execute(cmd *protocol.Command, nowMs int64, ev *protocol.VehicleEv
 	case protocol.ActionHonk, protocol.ActionFlash, protocol.ActionLocate:
 		// No state change; locate's result carries the position.
 	}
-	commit := Commit{ID: cmd.ID, ExpiresAtMs: cmd.ExpiresAtMs, NowMs: nowMs, State: next, Event: ev}
+	doc, err := json.Marshal(next)
+	if err != nil {
+		return State{}, fmt.Errorf("encode state of %s: %w", c.vin, err)
+	}
+	commit := carstore.Commit{ID: cmd.ID, ExpiresAtMs: cmd.ExpiresAtMs, NowMs: nowMs, State: doc, Event: ev}
 	if err := c.store.CommitCommand(c.vin, commit); err != nil {
-		if errors.Is(err, ErrDuplicate) {
+		if errors.Is(err, carstore.ErrDuplicate) {
 			return State{}, &protocol.Refusal{Reason: protocol.ReasonDuplicate, Err: err}
 		}
 		return State{}, err
@@ -442,12 +443,12 @@ func (c *Car) NextTelemetry() (protocol.Telemetry, error) {
 	switch {
 	case seq > c.seqHigh:
 		high := seq + seqBlock - 1
-		if err := c.store.SaveCar(c.vin, CarRecord{State: c.state, SeqHigh: high}); err != nil {
+		if err := c.saveRecord(high); err != nil {
 			return protocol.Telemetry{}, fmt.Errorf("reserve telemetry sequence: %w", err)
 		}
 		c.seqHigh, c.lastSaveMs = high, nowMs
 	case nowMs-c.lastSaveMs >= stateSaveInterval.Milliseconds():
-		if err := c.store.SaveCar(c.vin, CarRecord{State: c.state, SeqHigh: c.seqHigh}); err != nil {
+		if err := c.saveRecord(c.seqHigh); err != nil {
 			// Only the position is at stake; the next tick tries again.
 			c.log.Warn("save car state", "err", err)
 		} else {
@@ -464,9 +465,19 @@ func (c *Car) Save() error {
 	defer c.mu.Unlock()
 	nowMs := c.now().UnixMilli()
 	c.advanceTo(nowMs)
-	if err := c.store.SaveCar(c.vin, CarRecord{State: c.state, SeqHigh: c.seqHigh}); err != nil {
+	if err := c.saveRecord(c.seqHigh); err != nil {
 		return err
 	}
 	c.lastSaveMs = nowMs
 	return nil
+}
+
+// saveRecord durably writes the car's state and seqHigh as its sequence high-water mark. The
+// caller holds mu.
+func (c *Car) saveRecord(seqHigh uint64) error {
+	doc, err := json.Marshal(c.state)
+	if err != nil {
+		return fmt.Errorf("encode state of %s: %w", c.vin, err)
+	}
+	return c.store.SaveCar(c.vin, carstore.CarRecord{State: doc, SeqHigh: seqHigh})
 }

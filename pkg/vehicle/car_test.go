@@ -3,13 +3,13 @@ package vehicle
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/vehicle/carstore"
 )
 
 var t0 = time.UnixMilli(1_760_000_000_000)
@@ -167,7 +167,7 @@ func TestDuplicateRefusedAlsoAfterRestart(t *testing.T) {
 	creds := gw.creds(t, testVIN)
 	payload := gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0)})
 
-	st, err := OpenStore(dir + "/" + StoreFile)
+	st, err := carstore.Open(dir + "/" + carstore.File)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestLockUnlockPersistsAcrossRestart(t *testing.T) {
 	clock := newClock(t0)
 	creds := gw.creds(t, testVIN)
 
-	st, err := OpenStore(dir + "/" + StoreFile)
+	st, err := carstore.Open(dir + "/" + carstore.File)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestReplayCachePruned(t *testing.T) {
 		t.Fatal(res)
 	}
 	// Well past expiry+slack the next command prunes the first id.
-	clock.Advance(protocol.DefaultCommandLifetimeMs*time.Millisecond + ReplaySlack + time.Second)
+	clock.Advance(protocol.DefaultCommandLifetimeMs*time.Millisecond + carstore.ReplaySlack + time.Second)
 	if res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionFlash, clock.Now())})); res.Status != protocol.ResultExecuted {
 		t.Fatal(res)
 	}
@@ -333,30 +333,6 @@ func TestNewCarNeedsGatewayKey(t *testing.T) {
 	}
 }
 
-func TestSecondOpenFailsClearly(t *testing.T) {
-	dir := t.TempDir()
-	openTestStore(t, dir)
-	done := make(chan error, 1)
-	go func() {
-		st, err := OpenStore(dir + "/" + StoreFile)
-		if err == nil {
-			st.Close()
-		}
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if !errors.Is(err, ErrStoreLocked) {
-			t.Fatalf("second open: %v, want ErrStoreLocked", err)
-		}
-		if !strings.Contains(err.Error(), "in use by another vehicle-sim process") {
-			t.Errorf("error does not say what is wrong: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("second open hangs instead of failing")
-	}
-}
-
 func TestTelemetrySeqMonotonicAcrossRestarts(t *testing.T) {
 	gw := newTestGateway(t)
 	dir := t.TempDir()
@@ -364,7 +340,7 @@ func TestTelemetrySeqMonotonicAcrossRestarts(t *testing.T) {
 	creds := gw.creds(t, testVIN)
 	var last uint64
 	for run := 0; run < 3; run++ {
-		st, err := OpenStore(dir + "/" + StoreFile)
+		st, err := carstore.Open(dir + "/" + carstore.File)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,9 @@ package vehicle
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
+	"telematics/pkg/vehicle/carstore"
 	"testing"
 	"time"
 
@@ -16,13 +18,16 @@ import (
 func FuzzStoredCar(f *testing.F) {
 	gw := fuzzGateway(f)
 	car := fuzzCar(f, gw)
-	st := car.store.(*Store)
+	// The store is closed while the inputs are planted with bbolt itself (bbolt locks the
+	// file), and opened again for each input's car.
+	st := car.store.(*carstore.Store)
+	path := st.Path()
+	st.Close()
 	var seedState, seedWL, seedTrust []byte
-	if err := st.db.View(func(tx *bolt.Tx) error {
-		b := carBucket(tx, testVIN)
-		seedState = append([]byte(nil), b.Get(keyState)...)
-		seedWL = append([]byte(nil), b.Get(keyWhitelist)...)
-		seedTrust = append([]byte(nil), b.Get(keyTrust)...)
+	if err := rawCar(path, false, func(b *bolt.Bucket) error {
+		seedState = append([]byte(nil), b.Get(rawKeyState)...)
+		seedWL = append([]byte(nil), b.Get(rawKeyWhitelist)...)
+		seedTrust = append([]byte(nil), b.Get(rawKeyTrust)...)
 		return nil
 	}); err != nil {
 		f.Fatal(err)
@@ -35,9 +40,8 @@ func FuzzStoredCar(f *testing.F) {
 	unlock := commandSeeds(f, gw)["unlock"]
 	creds := gw.creds(f, testVIN)
 	f.Fuzz(func(t *testing.T, state, wl, trust []byte) {
-		if err := st.db.Update(func(tx *bolt.Tx) error {
-			b := carBucket(tx, testVIN)
-			for _, kv := range []struct{ k, v []byte }{{keyState, state}, {keyWhitelist, wl}, {keyTrust, trust}} {
+		if err := rawCar(path, true, func(b *bolt.Bucket) error {
+			for _, kv := range []struct{ k, v []byte }{{rawKeyState, state}, {rawKeyWhitelist, wl}, {rawKeyTrust, trust}} {
 				var err error
 				if len(kv.v) == 0 {
 					err = b.Delete(kv.k)
@@ -52,6 +56,12 @@ func FuzzStoredCar(f *testing.F) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		st, err := carstore.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.Unsynced()
 		now := t0
 		c, err := NewCar(st, creds, CarOptions{Now: func() time.Time { return now }})
 		if err != nil {
@@ -73,5 +83,33 @@ func FuzzStoredCar(f *testing.F) {
 				t.Fatalf("telemetry does not encode: %v", err)
 			}
 		}
+	})
+}
+
+// Keys of a car's bucket in the store file (carstore's layout: cars/{VIN}/…).
+var (
+	rawKeyState     = []byte("state")
+	rawKeyWhitelist = []byte("whitelist")
+	rawKeyTrust     = []byte("trust")
+)
+
+// rawCar runs fn on testVIN's bucket of the closed store file at path, in a read-write
+// transaction when write is set.
+func rawCar(path string, write bool, fn func(*bolt.Bucket) error) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	tx := db.View
+	if write {
+		tx = db.Update
+	}
+	return tx(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("cars")).Bucket([]byte(testVIN))
+		if b == nil {
+			return errors.New("no bucket for " + testVIN)
+		}
+		return fn(b)
 	})
 }

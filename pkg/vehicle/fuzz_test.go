@@ -15,6 +15,7 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/vehicle/carstore"
 )
 
 var updateCorpus = flag.Bool("update-corpus", false, "rewrite the seed corpora in testdata/fuzz and, if missing, the test keys")
@@ -60,10 +61,10 @@ func (g *testGateway) fuzzWhitelist(t testing.TB) []byte {
 // without fsync an input costs microseconds instead of milliseconds, which
 // matters most when the fuzzer minimizes an input by running it thousands of times. Never
 // outside a fuzz harness: the cars' store is always synced.
-func openFuzzStore(t testing.TB) *Store {
+func openFuzzStore(t testing.TB) *carstore.Store {
 	t.Helper()
 	st := openTestStore(t, t.TempDir())
-	st.db.NoSync = true
+	st.Unsynced()
 	return st
 }
 

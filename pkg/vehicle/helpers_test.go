@@ -12,6 +12,7 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/vehicle/carstore"
 	"telematics/pkg/whitelist"
 )
 
@@ -322,9 +323,9 @@ func (g *testGateway) local(t testing.TB, s cmdSpec) []byte {
 	return b
 }
 
-func openTestStore(t testing.TB, dir string) *Store {
+func openTestStore(t testing.TB, dir string) *carstore.Store {
 	t.Helper()
-	s, err := OpenStore(filepath.Join(dir, StoreFile))
+	s, err := carstore.Open(filepath.Join(dir, carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +334,7 @@ func openTestStore(t testing.TB, dir string) *Store {
 }
 
 // newTestCar makes a car with what the store holds of it: no whitelist for a new car.
-func newTestCar(t testing.TB, st *Store, creds protocol.Credentials, clock *fakeClock) *Car {
+func newTestCar(t testing.TB, st *carstore.Store, creds protocol.Credentials, clock *fakeClock) *Car {
 	t.Helper()
 	car, err := NewCar(st, creds, CarOptions{Now: clock.Now, Rand: rand.New(rand.NewPCG(1, 2))})
 	if err != nil {
@@ -343,7 +344,7 @@ func newTestCar(t testing.TB, st *Store, creds protocol.Credentials, clock *fake
 }
 
 // newKeyedCar makes testVIN's car and gives it the cast's whitelist (version 1).
-func newKeyedCar(t testing.TB, st *Store, gw *testGateway, clock *fakeClock) *Car {
+func newKeyedCar(t testing.TB, st *carstore.Store, gw *testGateway, clock *fakeClock) *Car {
 	t.Helper()
 	car := newTestCar(t, st, gw.creds(t, testVIN), clock)
 	install(t, car, gw.whitelist(t, wlSpec{}))

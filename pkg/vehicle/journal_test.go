@@ -12,6 +12,7 @@ import (
 
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // ackJournal plays the gateway's part on srv: it acknowledges every journal entry it sees on
@@ -88,7 +89,7 @@ func TestJournalKeptUntilGatewayAck(t *testing.T) {
 	})
 }
 
-// Case 13 of issue 8: a car whose journal is full (MaxJournalEntries refusals waiting for the
+// Case 13 of issue 8: a car whose journal is full (carstore.MaxJournalEntries refusals waiting for the
 // gateway) goes on recording refusals, as summary entries counted per key id and reason, so
 // every attempt with a revoked key is accounted for; once the gateway acknowledges entries the
 // summaries take the room and go out like any entry.
@@ -97,7 +98,7 @@ func TestJournalRefusalsNeverSilent(t *testing.T) {
 	r := newLinkRig(t, gw, newClock(t0), t.TempDir(), false)
 	filler := protocol.VehicleEvent{V: protocol.Version, VIN: testVIN, Kind: protocol.EventLocalCommand,
 		Status: protocol.ResultRejected, Reason: protocol.ReasonKeyUnknown, TsMs: t0.UnixMilli()}
-	for i := 0; i < MaxJournalEntries; i++ {
+	for i := 0; i < carstore.MaxJournalEntries; i++ {
 		if _, err := r.st.AppendJournal(testVIN, filler); err != nil {
 			t.Fatal(err)
 		}
@@ -120,8 +121,8 @@ func TestJournalRefusalsNeverSilent(t *testing.T) {
 	if res := r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, protocol.ActionLock)})); res.Status != protocol.ResultExecuted {
 		t.Fatalf("owner's lock: %+v", res)
 	}
-	if n := len(journal(t, r.st, testVIN)); n != MaxJournalEntries+1 {
-		t.Fatalf("journal holds %d entries, want %d", n, MaxJournalEntries+1)
+	if n := len(journal(t, r.st, testVIN)); n != carstore.MaxJournalEntries+1 {
+		t.Fatalf("journal holds %d entries, want %d", n, carstore.MaxJournalEntries+1)
 	}
 
 	// The gateway acknowledges a few entries: the summaries move into the journal.
@@ -131,7 +132,7 @@ func TestJournalRefusalsNeverSilent(t *testing.T) {
 	counted := map[string]int{}
 	var revoked protocol.VehicleEvent
 	for _, ev := range journal(t, r.st, testVIN) {
-		if ev.Seq <= MaxJournalEntries+1 {
+		if ev.Seq <= carstore.MaxJournalEntries+1 {
 			continue
 		}
 		counted[string(ev.Reason)+"/"+ev.KeyID] += ev.Count

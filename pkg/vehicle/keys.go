@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/carstore"
 	"telematics/pkg/whitelist"
 )
 
@@ -55,8 +56,8 @@ func (c *Car) HandleWhitelist(payload []byte) (*protocol.KeysAck, error) {
 			return nil, protocol.Refuse(protocol.ReasonBadRequest, "whitelist trust list: %v", err)
 		}
 	}
-	if err := c.store.SaveKeys(c.vin, KeyRecord{Envelope: env, Version: wl.Version, Trust: wl.Trust}); err != nil {
-		if errors.Is(err, ErrStaleWhitelist) {
+	if err := c.store.SaveKeys(c.vin, carstore.KeyRecord{Envelope: env, Version: wl.Version, Trust: wl.Trust}); err != nil {
+		if errors.Is(err, carstore.ErrStaleWhitelist) {
 			// Another writer stored a newer one under our feet; the car state is stale too.
 			return nil, &protocol.Refusal{Reason: protocol.ReasonDuplicate, Err: err}
 		}

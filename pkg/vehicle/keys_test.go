@@ -8,15 +8,16 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // countingStore counts the whitelists written.
 type countingStore struct {
-	*Store
+	*carstore.Store
 	keySaves atomic.Int32
 }
 
-func (c *countingStore) SaveKeys(vin string, rec KeyRecord) error {
+func (c *countingStore) SaveKeys(vin string, rec carstore.KeyRecord) error {
 	c.keySaves.Add(1)
 	return c.Store.SaveKeys(vin, rec)
 }
@@ -27,7 +28,7 @@ func TestWhitelistStoredAckedAndKeptAcrossRestart(t *testing.T) {
 	clock := newClock(t0)
 	creds := gw.creds(t, testVIN)
 
-	st, err := OpenStore(filepath.Join(dir, StoreFile))
+	st, err := carstore.Open(filepath.Join(dir, carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func TestTrustRotation(t *testing.T) {
 	dir := t.TempDir()
 	clock := newClock(t0)
 	creds := gw.creds(t, testVIN)
-	st, err := OpenStore(filepath.Join(dir, StoreFile))
+	st, err := carstore.Open(filepath.Join(dir, carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -207,7 +207,7 @@ func (c *Car) signedByLocalKey(req protocol.ChallengeRequest, now time.Time) boo
 // An executed command changes the car exactly like a cloud command, one at a time with the
 // car's other work, and its state, replay entry and journal entry are written in one durable
 // transaction before the answer. A refusal is journaled too (its own transaction; beyond
-// MaxJournalEntries it is counted in a summary entry). Journal entries name the key, user, action, status and reason; never a
+// carstore.MaxJournalEntries it is counted in a summary entry). Journal entries name the key, user, action, status and reason; never a
 // signature or a nonce.
 func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
 	c.mu.Lock()

@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // linkRig is testVIN's car (and otherVIN's) behind a LinkServer on 127.0.0.1:0.
 type linkRig struct {
 	gw     *testGateway
 	clock  *fakeClock
-	st     *Store
+	st     *carstore.Store
 	car    *Car
 	other  *Car
 	link   *LinkServer
@@ -30,7 +31,7 @@ type linkRig struct {
 // bare.
 func newLinkRig(t *testing.T, gw *testGateway, clock *fakeClock, dir string, bare bool) *linkRig {
 	t.Helper()
-	st, err := OpenStore(filepath.Join(dir, StoreFile))
+	st, err := carstore.Open(filepath.Join(dir, carstore.File))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,9 +101,9 @@ func (r *linkRig) localCmd(t *testing.T, vin string, a protocol.Action) protocol
 	return c
 }
 
-func journal(t *testing.T, st *Store, vin string) []protocol.VehicleEvent {
+func journal(t *testing.T, st *carstore.Store, vin string) []protocol.VehicleEvent {
 	t.Helper()
-	evs, err := st.Journal(vin, 0, MaxJournalEntries+10)
+	evs, err := st.Journal(vin, 0, carstore.MaxJournalEntries+10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,46 +451,5 @@ func TestCheckLinkAddr(t *testing.T) {
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal("second Close:", err)
-	}
-}
-
-func TestJournalBounded(t *testing.T) {
-	st := openTestStore(t, t.TempDir())
-	ev := protocol.VehicleEvent{V: protocol.Version, VIN: testVIN, Kind: protocol.EventLocalCommand, Status: protocol.ResultRejected,
-		Reason: protocol.ReasonSignatureInvalid, TsMs: t0.UnixMilli()}
-	// Concurrent appends share fsyncs (db.Batch).
-	var wg sync.WaitGroup
-	for i := 0; i < MaxJournalEntries; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := st.AppendJournal(testVIN, ev); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	wg.Wait()
-	// Beyond the bound a refusal is counted in a summary entry, not given one of its own.
-	if seq, err := st.AppendJournal(testVIN, ev); err != nil || seq != 0 {
-		t.Fatalf("append to a full journal: seq %d, %v", seq, err)
-	}
-	// An executed command is journaled all the same.
-	exec := ev
-	exec.Status, exec.Reason = protocol.ResultExecuted, ""
-	if err := st.CommitCommand(testVIN, Commit{ID: "x1", ExpiresAtMs: t0.UnixMilli() + 1000, NowMs: t0.UnixMilli(), Event: &exec}); err != nil {
-		t.Fatal(err)
-	}
-	evs := journal(t, st, testVIN)
-	if len(evs) != MaxJournalEntries+1 || evs[len(evs)-1].Status != protocol.ResultExecuted || evs[len(evs)-1].Seq != MaxJournalEntries+1 {
-		t.Fatalf("journal: %d entries, last %+v", len(evs), evs[len(evs)-1])
-	}
-	// Acknowledgements free room, which the summary takes first; seqs are never reused.
-	seqs := []uint64{1, 2, 3}
-	if err := st.DeleteJournal(testVIN, seqs); err != nil {
-		t.Fatal(err)
-	}
-	seq, err := st.AppendJournal(testVIN, ev)
-	if err != nil || seq != MaxJournalEntries+3 {
-		t.Fatalf("append after delete: seq %d, %v", seq, err)
 	}
 }

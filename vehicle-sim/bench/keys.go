@@ -23,6 +23,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // The digital-key scenarios (commands, revoke, local) run real cars: pkg/vehicle's RunFleet in
@@ -70,7 +71,7 @@ type keyWorld struct {
 	runID    string // makes user names unique on a gateway that is reused (target mode)
 
 	garage *vehicle.Garage
-	store  *vehicle.Store
+	store  *carstore.Store
 	dir    string
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -84,7 +85,7 @@ func (w *keyWorld) startCars(ctx context.Context) error {
 	if w.dir, err = os.MkdirTemp("", "vehicle-sim-bench-cars-"); err != nil {
 		return err
 	}
-	if w.store, err = vehicle.OpenStore(filepath.Join(w.dir, vehicle.StoreFile)); err != nil {
+	if w.store, err = carstore.Open(filepath.Join(w.dir, carstore.File)); err != nil {
 		return err
 	}
 	w.garage = vehicle.NewGarage()

@@ -1,4 +1,4 @@
-package fleet
+package runcmd
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
-	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 	"telematics/vehicle-sim/config"
 )
 
@@ -74,8 +74,8 @@ func TestProvisionedOnceAndReused(t *testing.T) {
 	cfg := config.Default()
 	cfg.Gateway, cfg.TokenFile, cfg.DataDir = srv.URL, tokenFile, dir
 
-	open := func() *vehicle.Store {
-		st, err := vehicle.OpenStore(filepath.Join(dir, vehicle.StoreFile))
+	open := func() *carstore.Store {
+		st, err := carstore.Open(filepath.Join(dir, carstore.File))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,8 +1,8 @@
-// Package fleet is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
+// Package runcmd is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
 // provisioned once through the gateway admin API and kept in the data dir), opens the cars'
-// store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker with
-// vehicle.RunFleet until the context ends.
-package fleet
+// store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker
+// (vehicle.Fleet) until the context ends, printing their progress.
+package runcmd
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 	"telematics/vehicle-sim/config"
 )
 
@@ -75,7 +76,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 			return err
 		}
 	}
-	store, err := vehicle.OpenStore(filepath.Join(cfg.DataDir, vehicle.StoreFile))
+	store, err := carstore.Open(filepath.Join(cfg.DataDir, carstore.File))
 	if err != nil {
 		return err
 	}
@@ -108,24 +109,27 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
 	}
 	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
-	_, err = vehicle.RunFleet(ctx, vehicle.FleetConfig{
+	f, err := vehicle.NewFleet(vehicle.FleetConfig{
 		BrokerURL:         cfg.Broker,
 		Creds:             creds,
 		Store:             store,
 		TelemetryInterval: cfg.Run.TelemetryInterval,
 		ConnectRate:       cfg.Run.ConnectRate,
 		Logger:            opts.Logger,
-		Progress:          opts.Progress,
 		Now:               opts.Now,
 		Dial:              opts.Dial,
 		Garage:            garage,
 	})
+	if err != nil {
+		return err
+	}
+	_, err = runWithProgress(ctx, f, opts.Progress, statusInterval)
 	return err
 }
 
 // provisioned returns cfg.Run.Cars cars: those the store already has (a restart reuses them),
 // topped up through the gateway admin API.
-func provisioned(ctx context.Context, store *vehicle.Store, cfg config.Config, opts Options) ([]protocol.Credentials, error) {
+func provisioned(ctx context.Context, store *carstore.Store, cfg config.Config, opts Options) ([]protocol.Credentials, error) {
 	have, err := store.Credentials()
 	if err != nil {
 		return nil, err

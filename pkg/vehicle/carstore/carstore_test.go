@@ -1,9 +1,11 @@
-package vehicle
+package carstore
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -23,14 +25,14 @@ func setSchema(t *testing.T, path, v string) {
 // TestSchemaUpgrade: a schema-1 file (before digital keys) opens and becomes schema 2; a file
 // of a newer layout is refused rather than misread.
 func TestSchemaUpgrade(t *testing.T) {
-	path := filepath.Join(t.TempDir(), StoreFile)
-	st, err := OpenStore(path)
+	path := filepath.Join(t.TempDir(), File)
+	st, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
 	setSchema(t, path, "1")
-	st, err = OpenStore(path)
+	st, err = Open(path)
 	if err != nil {
 		t.Fatalf("open a schema-1 store: %v", err)
 	}
@@ -41,10 +43,34 @@ func TestSchemaUpgrade(t *testing.T) {
 		t.Fatalf("schema %q after upgrade, want %q", got, schemaVersion)
 	}
 	setSchema(t, path, "3")
-	if st, err := OpenStore(path); err == nil || !strings.Contains(err.Error(), `schema "3"`) {
+	if st, err := Open(path); err == nil || !strings.Contains(err.Error(), `schema "3"`) {
 		if st != nil {
 			st.Close()
 		}
 		t.Fatalf("open a schema-3 store: %v", err)
+	}
+}
+
+func TestSecondOpenFailsClearly(t *testing.T) {
+	dir := t.TempDir()
+	openTestStore(t, dir)
+	done := make(chan error, 1)
+	go func() {
+		st, err := Open(dir + "/" + File)
+		if err == nil {
+			st.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrLocked) {
+			t.Fatalf("second open: %v, want ErrLocked", err)
+		}
+		if !strings.Contains(err.Error(), "in use by another vehicle-sim process") {
+			t.Errorf("error does not say what is wrong: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("second open hangs instead of failing")
 	}
 }

@@ -1,4 +1,4 @@
-package vehicle
+package runcmd
 
 import (
 	"context"
@@ -6,7 +6,28 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"telematics/pkg/vehicle"
 )
+
+// statusInterval is how often a status line is printed when the progress output is not a
+// terminal.
+const statusInterval = 10 * time.Second
+
+// runWithProgress runs f until ctx ends, reporting on w (see progress) until every car has
+// stopped.
+func runWithProgress(ctx context.Context, f *vehicle.Fleet, w io.Writer, interval time.Duration) (vehicle.FleetStats, error) {
+	progressCtx, stopProgress := context.WithCancel(context.Background())
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		progress(progressCtx, ctx, f, w, interval)
+	}()
+	st, err := f.Run(ctx)
+	stopProgress()
+	<-progressDone
+	return st, err
+}
 
 // isTerminal reports whether w is a character device (a terminal), where a status line can be
 // rewritten in place with \r.
@@ -19,11 +40,10 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// progress reports on cfg.Progress until done ends: first how far connecting has come, then a
-// live status line. On a terminal the line is rewritten about once a second; elsewhere (a log
-// file, a pipe) a plain line is written every StatusInterval.
-func (f *fleet) progress(done, run context.Context) {
-	w := f.cfg.Progress
+// progress reports f on w until done ends: first how far connecting has come, then a live
+// status line. On a terminal the line is rewritten about once a second; elsewhere (a log file,
+// a pipe) a plain line is written every interval.
+func progress(done, run context.Context, f *vehicle.Fleet, w io.Writer, interval time.Duration) {
 	if w == nil {
 		<-done.Done()
 		return
@@ -31,15 +51,15 @@ func (f *fleet) progress(done, run context.Context) {
 	tty := isTerminal(w)
 	start := time.Now()
 	lastPrint := start
-	settled := f.settled
+	settled := f.Settled()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	connectedLine := func() {
-		st := f.stats()
+		st := f.Stats()
 		msg := fmt.Sprintf("connected %d/%d cars in %s%s", st.Connected, st.Cars,
 			time.Since(start).Round(10*time.Millisecond), failedSuffix(st))
 		if st.Failed > 0 {
-			msg += fmt.Sprintf(" (first failure: %s)", f.firstFailure())
+			msg += fmt.Sprintf(" (first failure: %s)", st.FirstFailure)
 		}
 		if tty {
 			fmt.Fprint(w, "\r\x1b[K")
@@ -49,10 +69,10 @@ func (f *fleet) progress(done, run context.Context) {
 	for {
 		select {
 		case <-done.Done():
-			if settled != nil && f.stats().Failed > 0 {
+			if settled != nil && f.Stats().Failed > 0 {
 				connectedLine() // the failures must not go unreported
 			}
-			st := f.stats()
+			st := f.Stats()
 			if tty {
 				fmt.Fprint(w, "\r\x1b[K")
 			}
@@ -66,9 +86,9 @@ func (f *fleet) progress(done, run context.Context) {
 			continue
 		case <-tick.C:
 		}
-		st := f.stats()
+		st := f.Stats()
 		now := time.Now()
-		if !tty && now.Sub(lastPrint) < f.cfg.StatusInterval {
+		if !tty && now.Sub(lastPrint) < interval {
 			continue
 		}
 		lastPrint = now
@@ -88,14 +108,14 @@ func printLine(w io.Writer, tty bool, line string) {
 	fmt.Fprintln(w, line)
 }
 
-func failedSuffix(st FleetStats) string {
+func failedSuffix(st vehicle.FleetStats) string {
 	if st.Failed == 0 {
 		return ""
 	}
 	return fmt.Sprintf(", %d failed", st.Failed)
 }
 
-func statusLine(st FleetStats) string {
+func statusLine(st vehicle.FleetStats) string {
 	return fmt.Sprintf("online %d/%d cars%s · telemetry sent %d · commands executed %d, rejected %d",
 		st.Online, st.Cars, failedSuffix(st), st.TelemetrySent, st.Executed, st.Rejected)
 }

@@ -1,4 +1,4 @@
-package fleet
+package runcmd
 
 import (
 	"encoding/json"

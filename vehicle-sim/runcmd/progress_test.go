@@ -1,0 +1,125 @@
+package runcmd
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
+)
+
+// refuseBad admits every client except those presenting the password "bad". Tests only: the
+// real authentication is the broker package's token hook.
+type refuseBad struct{ mqtt.HookBase }
+
+func (h *refuseBad) ID() string { return "refuse-bad" }
+
+func (h *refuseBad) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+}
+
+func (h *refuseBad) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool {
+	return string(pk.Connect.Password) != "bad"
+}
+
+func (h *refuseBad) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+
+// progressBuffer is a progress writer safe to read while the fleet writes.
+type progressBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (p *progressBuffer) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.b.Write(b)
+}
+
+func (p *progressBuffer) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.b.String()
+}
+
+// TestProgressReportsFailures: a fleet with a car the broker refuses reports how many cars
+// connected, that one failed and why, and, once stopped, what the fleet did.
+func TestProgressReportsFailures(t *testing.T) {
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(refuseBad), nil); err != nil {
+		t.Fatal(err)
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
+	if err := srv.AddListener(tcp); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	gw, err := sign.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwKey, err := sign.EncodePublic(gw.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var creds []protocol.Credentials
+	for i, token := range []string{"good", "bad"} {
+		vin := vinN(i + 1)
+		creds = append(creds, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: token, GatewayKey: gwKey})
+	}
+	st, err := carstore.Open(filepath.Join(t.TempDir(), carstore.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	f, err := vehicle.NewFleet(vehicle.FleetConfig{BrokerURL: "tcp://" + tcp.Address(), Creds: creds, Store: st,
+		TelemetryInterval: 50 * time.Millisecond, ConnectRate: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &progressBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		_, err := runWithProgress(ctx, f, out, time.Second)
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "connected 1/2 cars") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no connected line within 10 s:\n%s", out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the fleet did not stop")
+	}
+	for _, want := range []string{"connected 1/2 cars", "1 failed", "refused the credentials", "stopped: "} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("progress lacks %q:\n%s", want, out)
+		}
+	}
+}
