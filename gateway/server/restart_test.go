@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"telematics/gateway/server"
+	"telematics/pkg/api"
 	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -125,7 +126,7 @@ func TestBrokerRestartEverythingReconnects(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, func() error {
 		var out map[string]string
-		err := phone.Call(context.Background(), http.MethodGet, g.HTTPURL()+"/readyz", "", nil, &out)
+		err := api.NewClient(g.HTTPURL(), "").Do(context.Background(), http.MethodGet, "/readyz", nil, &out)
 		if err == nil {
 			return fmt.Errorf("gateway still ready with its broker down")
 		}

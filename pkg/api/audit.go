@@ -16,13 +16,18 @@ type AuditEvent struct {
 	Detail   string `json:"detail,omitempty"`
 }
 
+// AuditKinds are the kinds of audit records, for a query that names one.
+var AuditKinds = []string{"command", "result", "admin", "login", "2fa", "keys", "vehicle", "late_reply"}
+
 // AuditQuery selects audit records (the query of GET /v1/admin/audit). Zero fields do not
 // select.
 type AuditQuery struct {
-	VIN     string
-	User    string
-	Kind    string // login, command, admin, ...
-	SinceMs int64  // unix ms, inclusive
+	VIN  string
+	User string
+	Kind string // one of AuditKinds
+	// Limit is how many of the newest records to return; 0: the gateway's default, 100.
+	Limit int
+	// SinceMs and UntilMs bound the records' time (unix ms): since included, until not.
+	SinceMs int64
 	UntilMs int64
-	Limit   int
 }

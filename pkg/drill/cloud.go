@@ -15,9 +15,9 @@ import (
 	"sync"
 	"time"
 
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -93,20 +93,20 @@ func (c *Cloud) BrokerURL() string { return "tcp://" + c.mqttAddr }
 
 // Admin calls the admin API.
 func (c *Cloud) Admin(ctx context.Context, method, path string, in, out any) error {
-	return phone.Call(ctx, method, c.HTTPURL()+path, c.G.AdminToken(), in, out)
+	return api.NewClient(c.HTTPURL(), c.G.AdminToken()).Do(ctx, method, path, in, out)
 }
 
 // Provision adds n cars.
 func (c *Cloud) Provision(ctx context.Context, n int) ([]protocol.Credentials, error) {
 	var creds []protocol.Credentials
-	err := c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: n}, &creds)
+	err := c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{Count: n}, &creds)
 	return creds, err
 }
 
 // AddUser creates a user, and makes them owner of vin unless vin is "".
 func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
 	err := whileBusy(ctx, func() error {
-		return c.Admin(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil)
+		return c.Admin(ctx, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: name, Password: password}, nil)
 	})
 	if err != nil {
 		return err
@@ -114,7 +114,7 @@ func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
 	if vin == "" {
 		return nil
 	}
-	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
+	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", api.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
 }
 
 // WaitSynced waits until every car acknowledged its current whitelist.
@@ -122,12 +122,12 @@ func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...s
 	return WaitFor(ctx, timeout, func() error {
 		for _, vin := range vins {
 			var v struct {
-				Keys phone.KeyStatus `json:"keys"`
+				Keys api.KeyStatus `json:"keys"`
 			}
 			if err := c.Admin(ctx, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
 				return err
 			}
-			if v.Keys.Version == 0 || !v.Keys.InSync() {
+			if v.Keys.Version == 0 || !v.Keys.InSync {
 				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
 			}
 		}
@@ -200,24 +200,12 @@ func (p *Person) Login(ctx context.Context, c *Cloud) error {
 
 // Enroll enrolls a TOTP authenticator and confirms it with its first code.
 func (p *Person) Enroll(ctx context.Context, c *Cloud) (recovery []string, err error) {
-	var e struct {
-		Secret string `json:"secret"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/enroll", p.Session.Token, map[string]string{}, &e); err != nil {
-		return nil, fmt.Errorf("%s enrolls: %w", p.Name, err)
-	}
-	p.auth = phone.NewAuthenticator(e.Secret)
-	code, err := p.Code()
+	auth, recovery, err := phone.EnrollAuthenticator(ctx, p.Session.Client())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", p.Name, err)
 	}
-	var out struct {
-		Codes []string `json:"recovery_codes"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/confirm", p.Session.Token, map[string]string{"code": code}, &out); err != nil {
-		return nil, fmt.Errorf("%s confirms 2FA: %w", p.Name, err)
-	}
-	return out.Codes, nil
+	p.auth = auth
+	return recovery, nil
 }
 
 // Pair makes a phone key (if the person has none) and pairs it with vin, with a TOTP code.
@@ -302,7 +290,7 @@ func whileBusy(ctx context.Context, call func() error) error {
 	pause := 50 * time.Millisecond
 	for {
 		err := call()
-		var apiErr *phone.APIError
+		var apiErr *api.Error
 		if !errors.As(err, &apiErr) || apiErr.Reason != protocol.ReasonRateLimited {
 			return err
 		}
