@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
 	"telematics/gateway/audit"
 	"telematics/pkg/api"
 	"telematics/pkg/protocol"

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+
 	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 )

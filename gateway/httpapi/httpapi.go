@@ -1,6 +1,7 @@
-// Package httpapi is the gateway's HTTP surface: health and readiness, app login, and the admin
-// API that provisions vehicles and users. Errors are JSON {"error": reason, "message": text}
-// with the reason from the protocol's closed list.
+// Package httpapi is the gateway's HTTP surface: health and readiness, app login, the app's
+// 2FA, keys, password and session, and the admin API that provisions vehicles and users. It
+// serves the contract of package api: every body it sends is one of api's types. Errors are
+// JSON {"error": reason, "message": text} with the reason from the protocol's closed list.
 package httpapi
 
 import (

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
+
 	"telematics/gateway/accounts"
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
@@ -11,7 +13,6 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
-	"time"
 )
 
 // BearerClaims verifies the request's app token and returns its claims.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
 	"telematics/pkg/api"

@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"telematics/pkg/api"
 	"time"
 
 	"github.com/pquerna/otp/totp"
+
+	"telematics/pkg/api"
 )
 
 // Authenticator is the authenticator app on a person's phone, for programs that act as that

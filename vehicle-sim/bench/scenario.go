@@ -3,10 +3,11 @@ package bench
 import (
 	"context"
 	"fmt"
-	"telematics/pkg/api"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"telematics/pkg/api"
 )
 
 // Result is one run of a scenario against one system under test. Fields a run does not
