@@ -8,18 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"telematics/gateway/httpapi"
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
-	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
 
@@ -78,13 +74,8 @@ command line. Text for people by default, --json for scripts.`,
 	return cmd
 }
 
-type client struct {
-	server string
-	token  string
-}
-
 // client reads the admin token: only when a command runs, never for help.
-func (o *options) client() (*client, error) {
+func (o *options) client() (*api.Client, error) {
 	tok, err := os.ReadFile(o.tokenFile)
 	if err == nil && strings.TrimSpace(string(tok)) == "" {
 		err = errors.New("the file is empty")
@@ -94,17 +85,11 @@ func (o *options) client() (*client, error) {
 			"name the file with --token-file or $%s (the gateway writes it to DATA/admin.token when it starts)",
 			o.tokenFile, err, EnvTokenFile)
 	}
-	return &client{server: strings.TrimRight(o.server, "/"), token: strings.TrimSpace(string(tok))}, nil
-}
-
-func (c *client) call(ctx context.Context, method, path string, in, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	return phone.Call(ctx, method, c.server+path, c.token, in, out)
+	return api.NewClient(o.server, strings.TrimSpace(string(tok))), nil
 }
 
 // do runs fn with a client: the RunE of every command that talks to the gateway.
-func (o *options) do(fn func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+func (o *options) do(fn func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		c, err := o.client()
 		if err != nil {
@@ -138,17 +123,8 @@ func args(names ...string) cobra.PositionalArgs {
 // vin normalises a VIN given on the command line: VINs are upper case (ISO 3779).
 func vin(s string) string { return strings.ToUpper(strings.TrimSpace(s)) }
 
-// vinPath is the API path of a car.
-func vinPath(v string, rest ...string) string {
-	p := "/v1/admin/vehicles/" + url.PathEscape(vin(v))
-	for _, r := range rest {
-		p += "/" + r
-	}
-	return p
-}
-
 // whitelistOf shows the whitelist version and the version the car acknowledged.
-func whitelistOf(v httpapi.VehicleView) string {
+func whitelistOf(v api.VehicleView) string {
 	if v.Keys == nil {
 		return "-"
 	}
@@ -176,11 +152,3 @@ func usersOf(users map[string]protocol.Role) string {
 
 // encodeLine writes v as one JSON line (what vehicle-sim run --fleet reads).
 func encodeLine(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
-
-// post is a POST without a response body.
-func (c *client) post(ctx context.Context, path string, in any) error {
-	return c.call(ctx, http.MethodPost, path, in, nil)
-}
-
-// escape makes a name or id one path segment.
-func escape(s string) string { return url.PathEscape(s) }

@@ -6,21 +6,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"telematics/gateway/audit"
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 )
 
 func auditCommand(o *options) *cobra.Command {
 	var (
-		f            audit.Filter
+		f            api.AuditQuery
 		since, until string
 		output       string
 		asCSV        bool
@@ -52,13 +50,13 @@ local midnight) or a duration before now (24h, 90m); since is included, until is
 	fs := cmd.Flags()
 	fs.StringVar(&f.VIN, "vin", "", "only this car")
 	fs.StringVar(&f.User, "user", "", "only this user")
-	fs.StringVar(&f.Kind, "kind", "", "only this kind ("+strings.Join(audit.Kinds, ", ")+")")
+	fs.StringVar(&f.Kind, "kind", "", "only this kind ("+strings.Join(api.AuditKinds, ", ")+")")
 	fs.IntVar(&f.Limit, "limit", 50, "the newest N records")
 	fs.StringVar(&since, "since", "", "records at or after this `time` (RFC 3339, a date, or a duration before now: 24h)")
 	fs.StringVar(&until, "until", "", "records before this `time` (as --since)")
 	fs.StringVar(&output, "output", "table", "table, json or csv")
 	fs.BoolVar(&asCSV, "csv", false, "the same as --output csv")
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, _ []string) error {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, _ []string) error {
 		switch {
 		case asCSV:
 			output = "csv"
@@ -68,20 +66,10 @@ local midnight) or a duration before now (24h, 90m); since is included, until is
 		if output != "table" && output != "json" && output != "csv" {
 			return cmdline.UsageError("--output %q: want table, json or csv", output)
 		}
-		q := url.Values{"limit": {strconv.Itoa(f.Limit)}}
-		for k, v := range map[string]string{"vin": vin(f.VIN), "user": f.User, "kind": f.Kind} {
-			if v != "" {
-				q.Set(k, v)
-			}
-		}
-		if f.SinceMs != 0 {
-			q.Set("since", strconv.FormatInt(f.SinceMs, 10))
-		}
-		if f.UntilMs != 0 {
-			q.Set("until", strconv.FormatInt(f.UntilMs, 10))
-		}
-		var evs []audit.Event
-		if err := c.call(ctx, http.MethodGet, "/v1/admin/audit?"+q.Encode(), nil, &evs); err != nil {
+		q := f
+		q.VIN = vin(f.VIN)
+		evs, err := c.Audit(ctx, q)
+		if err != nil {
 			return err
 		}
 		w := cmd.OutOrStdout()
@@ -112,7 +100,7 @@ local midnight) or a duration before now (24h, 90m); since is included, until is
 }
 
 // writeJSONLines writes one compact JSON object per record (JSON Lines: grep and jq -c friendly).
-func writeJSONLines(w io.Writer, evs []audit.Event) error {
+func writeJSONLines(w io.Writer, evs []api.AuditEvent) error {
 	enc := json.NewEncoder(w)
 	for _, e := range evs {
 		if err := enc.Encode(e); err != nil {
@@ -123,7 +111,7 @@ func writeJSONLines(w io.Writer, evs []audit.Event) error {
 }
 
 // writeCSV writes records with a header row, times in RFC 3339 UTC with milliseconds.
-func writeCSV(w io.Writer, evs []audit.Event) error {
+func writeCSV(w io.Writer, evs []api.AuditEvent) error {
 	cw := csv.NewWriter(w)
 	cw.Write([]string{"seq", "time", "kind", "user", "client_id", "vin", "cmd_id", "action", "outcome", "reason", "detail"})
 	for _, e := range evs {

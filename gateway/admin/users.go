@@ -4,13 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 
-	"telematics/gateway/httpapi"
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 )
 
@@ -48,12 +47,12 @@ func userAdd(o *options) *cobra.Command {
   printf '%s\n' "$PASSWORD" | gateway admin user add alice`,
 		Args: args("NAME"),
 	}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
 		pw, err := readPassword(cmd, args[0])
 		if err != nil {
 			return err
 		}
-		if err := c.post(ctx, "/v1/admin/users", httpapi.AddUserRequest{Username: args[0], Password: pw}); err != nil {
+		if err := c.AddUser(ctx, args[0], pw); err != nil {
 			return err
 		}
 		return o.print(cmd, map[string]any{"user": args[0], "added": true}, func(w io.Writer) error {
@@ -70,12 +69,12 @@ func userPassword(o *options) *cobra.Command {
 		Short: "Set NAME's password (prompted for, or read from stdin); ends their tokens",
 		Args:  args("NAME"),
 	}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
 		pw, err := readPassword(cmd, args[0])
 		if err != nil {
 			return err
 		}
-		if err := c.post(ctx, "/v1/admin/users/"+escape(args[0])+"/password", httpapi.PasswordRequest{Password: pw}); err != nil {
+		if _, err := c.SetPassword(ctx, args[0], pw); err != nil {
 			return err
 		}
 		return o.print(cmd, map[string]any{"user": args[0], "password_set": true}, func(w io.Writer) error {
@@ -89,18 +88,15 @@ func userPassword(o *options) *cobra.Command {
 // userAction is a command NAME that POSTs to /v1/admin/users/NAME/PATH.
 func userAction(o *options, use, short, path string, done func(name string) string) *cobra.Command {
 	cmd := &cobra.Command{Use: use + " NAME", Short: short, Args: args("NAME")}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		var res map[string]any
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+escape(args[0])+"/"+path, struct{}{}, &res); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		res, err := c.UserAction(ctx, args[0], path)
+		if err != nil {
 			return err
 		}
-		if res == nil {
-			res = map[string]any{}
-		}
-		res["user"] = args[0]
+		res.User = args[0]
 		return o.print(cmd, res, func(w io.Writer) error {
 			msg := done(args[0])
-			if removed, ok := res["enrollment_removed"].(bool); ok && !removed {
+			if res.EnrollmentRemoved != nil && !*res.EnrollmentRemoved {
 				msg = args[0] + " had no TOTP enrollment; any lockout is cleared"
 			}
 			_, err := fmt.Fprintln(w, msg)
@@ -119,12 +115,8 @@ func userDelete(o *options) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&fromCars, "from-cars", false, "first remove the user from every car (keys revoked, roles ended)")
 	cmdline.NoEnv(cmd, "from-cars") // never from the environment: it removes the user from every car
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		path := "/v1/admin/users/" + escape(args[0])
-		if fromCars {
-			path += "?from_cars=true"
-		}
-		if err := c.call(ctx, http.MethodDelete, path, nil, nil); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		if _, err := c.DeleteUser(ctx, args[0], fromCars); err != nil {
 			return err
 		}
 		return o.print(cmd, map[string]any{"user": args[0], "deleted": true}, func(w io.Writer) error {
@@ -137,9 +129,9 @@ func userDelete(o *options) *cobra.Command {
 
 func userList(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "list", Short: "Every user: active or disabled, 2FA, lockouts, vehicles", Args: args()}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, _ []string) error {
-		var us []httpapi.UserView
-		if err := c.call(ctx, http.MethodGet, "/v1/admin/users", nil, &us); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, _ []string) error {
+		us, err := c.Users(ctx)
+		if err != nil {
 			return err
 		}
 		return o.print(cmd, us, func(w io.Writer) error {

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 
-	"telematics/gateway/httpapi"
-	"telematics/gateway/keys"
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
 )
@@ -40,13 +40,13 @@ func vehicleAdd(o *options) *cobra.Command {
 	}
 	cmd.Flags().IntVar(&count, "count", 0, "how many cars to make up VINs for")
 	cmdline.NoEnv(cmd, "count") // what one command does is said on its command line
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
 		vins := make([]string, len(args))
 		for i, a := range args {
 			vins[i] = vin(a)
 		}
-		var creds []protocol.Credentials
-		if err := c.call(ctx, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{VINs: vins, Count: count}, &creds); err != nil {
+		creds, err := c.AddVehicles(ctx, api.AddVehiclesRequest{VINs: vins, Count: count})
+		if err != nil {
 			return err
 		}
 		if o.json {
@@ -63,9 +63,9 @@ func vehicleAdd(o *options) *cobra.Command {
 
 func vehicleList(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "list", Short: "Every car with its twin (online, last telemetry) and whitelist", Args: args()}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, _ []string) error {
-		var vs []httpapi.VehicleView
-		if err := c.call(ctx, http.MethodGet, "/v1/admin/vehicles", nil, &vs); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, _ []string) error {
+		vs, err := c.Vehicles(ctx)
+		if err != nil {
 			return err
 		}
 		return o.print(cmd, vs, func(w io.Writer) error {
@@ -80,7 +80,7 @@ func vehicleList(o *options) *cobra.Command {
 	return cmd
 }
 
-func statusOf(v httpapi.VehicleView) string {
+func statusOf(v api.VehicleView) string {
 	if v.DecommissionedMs != 0 {
 		return decommissionedStatus(v)
 	}
@@ -90,7 +90,7 @@ func statusOf(v httpapi.VehicleView) string {
 	return "never seen"
 }
 
-func telemetryOf(v httpapi.VehicleView) string {
+func telemetryOf(v api.VehicleView) string {
 	if v.Twin == nil {
 		return "-"
 	}
@@ -98,7 +98,7 @@ func telemetryOf(v httpapi.VehicleView) string {
 }
 
 // decommissionedStatus is a decommissioned car's STATUS in `vehicle list`.
-func decommissionedStatus(v httpapi.VehicleView) string {
+func decommissionedStatus(v api.VehicleView) string {
 	if v.RetiredMs != 0 {
 		return "decommissioned (credentials retired)"
 	}
@@ -107,9 +107,9 @@ func decommissionedStatus(v httpapi.VehicleView) string {
 
 func vehicleShow(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "show VIN", Short: "One car: users, roles, whitelist and keys, twin", Args: args("VIN")}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		var raw json.RawMessage
-		if err := c.call(ctx, http.MethodGet, vinPath(args[0]), nil, &raw); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		var raw json.RawMessage // --json prints what the gateway sent
+		if err := c.Do(ctx, http.MethodGet, "/v1/admin/vehicles/"+url.PathEscape(vin(args[0])), nil, &raw); err != nil {
 			return err
 		}
 		if o.json {
@@ -119,7 +119,7 @@ func vehicleShow(o *options) *cobra.Command {
 			}
 			return cmdline.PrintJSON(cmd.OutOrStdout(), v)
 		}
-		var v httpapi.VehicleView
+		var v api.VehicleView
 		if err := json.Unmarshal(raw, &v); err != nil {
 			return err
 		}
@@ -129,7 +129,7 @@ func vehicleShow(o *options) *cobra.Command {
 }
 
 // printVehicle is `vehicle show` for people.
-func printVehicle(w io.Writer, v httpapi.VehicleView) error {
+func printVehicle(w io.Writer, v api.VehicleView) error {
 	t := cmdline.NewTable(w)
 	t.Row("VIN", v.VIN)
 	t.Row("provisioned", cmdline.Time(v.CreatedMs))
@@ -190,12 +190,12 @@ func vehicleAssign(o *options) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&role, "role", "", "owner, driver, valet, or none to remove the user")
 	cmdline.NoEnv(cmd, "role")
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
 		if role == "" {
 			return cmdline.UsageError("--role is required: owner, driver, valet, or none to remove the user")
 		}
-		var out keys.RoleChange
-		if err := c.call(ctx, http.MethodPost, vinPath(args[0], "assign"), httpapi.AssignRequest{User: args[1], Role: protocol.Role(role)}, &out); err != nil {
+		out, err := c.Assign(ctx, vin(args[0]), args[1], protocol.Role(role))
+		if err != nil {
 			return err
 		}
 		return o.print(cmd, out, func(w io.Writer) error { printRoleChange(w, out); return nil })
@@ -209,9 +209,9 @@ func vehicleReissue(o *options) *cobra.Command {
 		Short: "New credentials for VIN; its old token stops working (--json: vehicle add --json's shape)",
 		Args:  args("VIN"),
 	}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		var cr protocol.Credentials
-		if err := c.call(ctx, http.MethodPost, vinPath(args[0], "credentials"), struct{}{}, &cr); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		cr, err := c.ReissueCredentials(ctx, vin(args[0]))
+		if err != nil {
 			return err
 		}
 		if o.json {
@@ -226,9 +226,9 @@ func vehicleReissue(o *options) *cobra.Command {
 
 func vehicleUnassign(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "unassign VIN USER", Short: "Remove USER from VIN: keys revoked, role and share ended", Args: args("VIN", "USER")}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		var out keys.RoleChange
-		if err := c.call(ctx, http.MethodPost, vinPath(args[0], "unassign"), httpapi.UnassignRequest{User: args[1]}, &out); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		out, err := c.Unassign(ctx, vin(args[0]), args[1])
+		if err != nil {
 			return err
 		}
 		return o.print(cmd, out, func(w io.Writer) error { printRoleChange(w, out); return nil })
@@ -238,9 +238,9 @@ func vehicleUnassign(o *options) *cobra.Command {
 
 func vehicleTransfer(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "transfer VIN NEWOWNER", Short: "Give VIN to NEWOWNER: every other user and every key removed", Args: args("VIN", "NEWOWNER")}
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		var out keys.Transfer
-		if err := c.call(ctx, http.MethodPost, vinPath(args[0], "transfer"), httpapi.TransferRequest{Owner: args[1]}, &out); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		out, err := c.Transfer(ctx, vin(args[0]), args[1])
+		if err != nil {
 			return err
 		}
 		return o.print(cmd, out, func(w io.Writer) error {
@@ -262,9 +262,9 @@ func vehicleDecommission(o *options) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&now, "retire-now", false, "retire the car's credentials at once, without waiting for it to acknowledge its empty whitelist")
 	cmdline.NoEnv(cmd, "retire-now")
-	cmd.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		var out keys.Decommission
-		if err := c.call(ctx, http.MethodPost, vinPath(args[0], "decommission"), httpapi.DecommissionRequest{RetireNow: now}, &out); err != nil {
+	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		out, err := c.Decommission(ctx, vin(args[0]), now)
+		if err != nil {
 			return err
 		}
 		return o.print(cmd, out, func(w io.Writer) error {
@@ -294,9 +294,9 @@ A key id that starts with - follows --: gateway admin key revoke VIN -- -AbC...`
 	}
 	revoke.Flags().BoolVar(&keep, "keep-share", false, "keep the share of a driver or valet whose last key this is")
 	cmdline.NoEnv(revoke, "keep-share")
-	revoke.RunE = o.do(func(ctx context.Context, c *client, cmd *cobra.Command, args []string) error {
-		var out keys.Revocation
-		if err := c.call(ctx, http.MethodPost, vinPath(args[0], "keys", escape(args[1]), "revoke"), httpapi.AdminRevokeRequest{KeepShare: keep}, &out); err != nil {
+	revoke.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
+		out, err := c.AdminRevokeKey(ctx, vin(args[0]), args[1], keep)
+		if err != nil {
 			return err
 		}
 		return o.print(cmd, out, func(w io.Writer) error {
@@ -312,8 +312,8 @@ A key id that starts with - follows --: gateway admin key revoke VIN -- -AbC...`
 }
 
 // printRoleChange reports an assignment or removal.
-func printRoleChange(w io.Writer, out keys.RoleChange) {
-	if out.Role == keys.RoleNone {
+func printRoleChange(w io.Writer, out api.RoleChange) {
+	if out.Role == api.RoleNone {
 		fmt.Fprintf(w, "%s removed from %s: %s revoked%s\n", out.User, out.VIN, cmdline.Plural(out.KeysChanged, "key"), versionNote(out.Version))
 		return
 	}

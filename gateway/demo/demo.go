@@ -22,6 +22,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/harness"
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -373,7 +374,7 @@ func Run(ctx context.Context, o Options) Summary {
 	s.do("Alice shares her car with Bob as valet; Bob pairs his phone; then Alice revokes Bob's key", func() (string, error) {
 		// Alice's pairing elevated her login session: sharing and revoking within
 		// step_up_ttl need no new code.
-		if _, err := phone.ShareKey(ctx, alice.Session, phone.Share{VIN: mine, User: bob.Name, Role: protocol.RoleValet}, ""); err != nil {
+		if _, err := alice.Session.Client().ShareKey(ctx, api.ShareRequest{VIN: mine, User: bob.Name, Role: protocol.RoleValet}); err != nil {
 			return "", err
 		}
 		if err := bob.Login(ctx, cloud); err != nil {
@@ -386,7 +387,7 @@ func Run(ctx context.Context, o Options) Summary {
 		if bobKey, err = bob.Pair(ctx, mine); err != nil {
 			return "", err
 		}
-		rev, err := phone.RevokeKey(ctx, alice.Session, mine, bobKey.ID, "", false)
+		rev, err := alice.Session.Client().RevokeKey(ctx, api.RevokeRequest{VIN: mine, KeyID: bobKey.ID})
 		if err != nil {
 			return "", err
 		}

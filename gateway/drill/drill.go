@@ -19,6 +19,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/harness"
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -344,7 +345,7 @@ func setUp(ctx context.Context, cloud *harness.Cloud, vin string, i int, owners,
 		return err
 	}
 	// The owner's pairing elevated this login session: sharing and revoking need no new code.
-	if _, err := phone.ShareKey(ctx, owner.Session, phone.Share{VIN: vin, User: friend.Name, Role: protocol.RoleDriver}, ""); err != nil {
+	if _, err := owner.Session.Client().ShareKey(ctx, api.ShareRequest{VIN: vin, User: friend.Name, Role: protocol.RoleDriver}); err != nil {
 		return fmt.Errorf("%s shares %s: %w", owner.Name, vin, err)
 	}
 	if err := friend.Login(ctx, cloud); err != nil {
@@ -357,7 +358,7 @@ func setUp(ctx context.Context, cloud *harness.Cloud, vin string, i int, owners,
 	if err != nil {
 		return err
 	}
-	if _, err := phone.RevokeKey(ctx, owner.Session, vin, k.ID, "", false); err != nil {
+	if _, err := owner.Session.Client().RevokeKey(ctx, api.RevokeRequest{VIN: vin, KeyID: k.ID}); err != nil {
 		return fmt.Errorf("%s revokes %s's key: %w", owner.Name, friend.Name, err)
 	}
 	friends[i], revoked[i] = friend, true

@@ -19,10 +19,9 @@ import (
 	"time"
 
 	"telematics/gateway/accounts"
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/pkg/broker"
-	"telematics/pkg/phone"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -280,20 +279,20 @@ func (c *Cloud) BrokerURL() string {
 
 // Admin calls the admin API.
 func (c *Cloud) Admin(ctx context.Context, method, path string, in, out any) error {
-	return phone.Call(ctx, method, c.HTTPURL()+path, c.G.AdminToken(), in, out)
+	return api.NewClient(c.HTTPURL(), c.G.AdminToken()).Do(ctx, method, path, in, out)
 }
 
 // Provision adds n cars.
 func (c *Cloud) Provision(ctx context.Context, n int) ([]protocol.Credentials, error) {
 	var creds []protocol.Credentials
-	err := c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: n}, &creds)
+	err := c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{Count: n}, &creds)
 	return creds, err
 }
 
 // AddUser creates a user, and makes them owner of vin unless vin is "".
 func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
 	err := whileBusy(ctx, func() error {
-		return c.Admin(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil)
+		return c.Admin(ctx, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: name, Password: password}, nil)
 	})
 	if err != nil {
 		return err
@@ -301,7 +300,7 @@ func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
 	if vin == "" {
 		return nil
 	}
-	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
+	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", api.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
 }
 
 // WaitSynced waits until every car acknowledged its current whitelist.
@@ -309,12 +308,12 @@ func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...s
 	return WaitFor(ctx, timeout, func() error {
 		for _, vin := range vins {
 			var v struct {
-				Keys phone.KeyStatus `json:"keys"`
+				Keys api.KeyStatus `json:"keys"`
 			}
 			if err := c.Admin(ctx, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
 				return err
 			}
-			if v.Keys.Version == 0 || !v.Keys.InSync() {
+			if v.Keys.Version == 0 || !v.Keys.InSync {
 				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
 			}
 		}

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -45,24 +45,12 @@ func (p *Person) Login(ctx context.Context, c *Cloud) error {
 
 // Enroll enrolls a TOTP authenticator and confirms it with its first code.
 func (p *Person) Enroll(ctx context.Context, c *Cloud) (recovery []string, err error) {
-	var e struct {
-		Secret string `json:"secret"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/enroll", p.Session.Token, map[string]string{}, &e); err != nil {
-		return nil, fmt.Errorf("%s enrolls: %w", p.Name, err)
-	}
-	p.auth = phone.NewAuthenticator(e.Secret)
-	code, err := p.Code()
+	auth, recovery, err := phone.EnrollAuthenticator(ctx, p.Session.Client())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", p.Name, err)
 	}
-	var out struct {
-		Codes []string `json:"recovery_codes"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, c.HTTPURL()+"/v1/2fa/confirm", p.Session.Token, map[string]string{"code": code}, &out); err != nil {
-		return nil, fmt.Errorf("%s confirms 2FA: %w", p.Name, err)
-	}
-	return out.Codes, nil
+	p.auth = auth
+	return recovery, nil
 }
 
 // Pair makes a phone key (if the person has none) and pairs it with vin, with a TOTP code.
@@ -93,7 +81,7 @@ func whileBusy(ctx context.Context, call func() error) error {
 	pause := 50 * time.Millisecond
 	for {
 		err := call()
-		var apiErr *phone.APIError
+		var apiErr *api.Error
 		if !errors.As(err, &apiErr) || apiErr.Reason != protocol.ReasonRateLimited {
 			return err
 		}

@@ -6,7 +6,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"telematics/gateway/keys"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 )
 
@@ -16,25 +16,17 @@ var bodyKinds = []struct {
 	make func() any
 	seed string
 }{
-	{func() any { return new(LoginRequest) }, `{"username":"alice","password":"correct horse battery","totp":"123456"}`},
-	{func() any { return new(AddVehiclesRequest) }, `{"vins":["1HGCM82633A004352"],"count":3}`},
-	{func() any { return new(AssignRequest) }, `{"user":"bob","role":"driver"}`},
-	{func() any { return new(AddUserRequest) }, `{"username":"bob","password":"correct horse battery"}`},
-	{func() any { return new(keys.ShareRequest) }, `{"vin":"1HGCM82633A004352","user":"bob","role":"valet","not_after":1800000000000,"channels":["local"],"totp":"123456"}`},
-	{func() any { return new(keys.RevokeRequest) }, `{"vin":"1HGCM82633A004352","key_id":"k1","totp":"123456","allow_last_owner":true}`},
+	{func() any { return new(api.LoginRequest) }, `{"username":"alice","password":"correct horse battery","totp":"123456"}`},
+	{func() any { return new(api.AddVehiclesRequest) }, `{"vins":["1HGCM82633A004352"],"count":3}`},
+	{func() any { return new(api.AssignRequest) }, `{"user":"bob","role":"driver"}`},
+	{func() any { return new(api.AddUserRequest) }, `{"username":"bob","password":"correct horse battery"}`},
+	{func() any { return new(api.ShareRequest) }, `{"vin":"1HGCM82633A004352","user":"bob","role":"valet","not_after":1800000000000,"channels":["local"],"totp":"123456"}`},
+	{func() any { return new(api.RevokeRequest) }, `{"vin":"1HGCM82633A004352","key_id":"k1","totp":"123456","allow_last_owner":true}`},
 	{func() any {
-		return new(struct {
-			VIN       string `json:"vin"`
-			PublicKey string `json:"public_key"`
-			Label     string `json:"label"`
-			TOTP      string `json:"totp"`
-		})
+		return new(api.PairRequest)
 	}, `{"vin":"1HGCM82633A004352","public_key":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE","label":"phone","totp":"123456"}`},
 	{func() any {
-		return new(struct {
-			Code  string `json:"code"`
-			Proof string `json:"proof"`
-		})
+		return new(api.TOTPCode)
 	}, `{"code":"123456","proof":"p"}`},
 }
 

@@ -5,11 +5,12 @@ import (
 	"net/http"
 
 	"telematics/gateway/keys"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/token"
 )
 
-// KeyRoutes registers the digital-key endpoints (bearer app token; the session for 2FA step-up
+// keyRoutes registers the digital-key endpoints (bearer app token; the session for 2FA step-up
 // is the token's id, i.e. one login):
 //
 //	POST /v1/keys/pair    {"vin","public_key","label","totp"} → 201 the new whitelist entry
@@ -19,7 +20,7 @@ import (
 //	                      version, whose key it was, and whether their share ended with it
 //	POST /v1/keys/remove-user {"vin","user","totp"} → an owner removes a driver or valet: all
 //	                      their keys revoked, their share and role ended, one new version
-func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.Verifier) {
+func (a *API) keyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.Verifier) {
 	app := func(h func(w http.ResponseWriter, r *http.Request, c *token.Claims)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			c, err := a.BearerClaims(r, verifier)
@@ -31,12 +32,7 @@ func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.V
 		}
 	}
 	mux.HandleFunc("POST /v1/keys/pair", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
-		var b struct {
-			VIN       string `json:"vin"`
-			PublicKey string `json:"public_key"`
-			Label     string `json:"label"`
-			TOTP      string `json:"totp"`
-		}
+		var b api.PairRequest
 		if err := DecodeBody(r, &b); err != nil {
 			Fail(w, a.Log, err)
 			return
@@ -56,7 +52,14 @@ func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.V
 				Fail(w, a.Log, err)
 				return
 			}
-			writeJSON(w, http.StatusOK, all)
+			var out []api.KeyStatus
+			if all != nil {
+				out = make([]api.KeyStatus, len(all))
+			}
+			for i, st := range all {
+				out[i] = keyStatusView(st)
+			}
+			writeJSON(w, http.StatusOK, out)
 			return
 		}
 		if !protocol.ValidVIN(vin) {
@@ -68,45 +71,47 @@ func (a *API) KeyRoutes(mux *http.ServeMux, svc *keys.Service, verifier *token.V
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, st)
+		writeJSON(w, http.StatusOK, keyStatusView(st))
 	}))
 	mux.HandleFunc("POST /v1/keys/share", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
-		var b keys.ShareRequest
+		var b api.ShareRequest
 		if err := DecodeBody(r, &b); err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		sh, err := svc.Share(r.Context(), c.Subject, c.ID, b)
+		sh, err := svc.Share(r.Context(), c.Subject, c.ID, keys.ShareRequest{VIN: b.VIN, User: b.User, Role: b.Role,
+			NotAfterMs: b.NotAfterMs, Channels: b.Channels, TOTP: b.TOTP})
 		if err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusCreated, sh)
+		writeJSON(w, http.StatusCreated, shareView(sh))
 	}))
 	mux.HandleFunc("POST /v1/keys/revoke", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
-		var b keys.RevokeRequest
+		var b api.RevokeRequest
 		if err := DecodeBody(r, &b); err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		rv, err := svc.RevokeKey(r.Context(), c.Subject, c.ID, b)
+		rv, err := svc.RevokeKey(r.Context(), c.Subject, c.ID, keys.RevokeRequest{VIN: b.VIN, KeyID: b.KeyID, TOTP: b.TOTP,
+			AllowLastOwner: b.AllowLastOwner, KeepShare: b.KeepShare})
 		if err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, rv)
+		writeJSON(w, http.StatusOK, revocationView(rv))
 	}))
 	mux.HandleFunc("POST /v1/keys/remove-user", app(func(w http.ResponseWriter, r *http.Request, c *token.Claims) {
-		var b keys.RemoveUserRequest
+		var b api.RemoveUserRequest
 		if err := DecodeBody(r, &b); err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		rc, err := svc.RemoveUser(r.Context(), c.Subject, c.ID, b)
+		rc, err := svc.RemoveUser(r.Context(), c.Subject, c.ID, keys.RemoveUserRequest{VIN: b.VIN, User: b.User, TOTP: b.TOTP})
 		if err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, rc)
+		writeJSON(w, http.StatusOK, roleChangeView(rc))
 	}))
 }

@@ -9,11 +9,12 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/twofa"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/token"
 )
 
-// TwoFactorRoutes registers the app's 2FA endpoints (bearer app token) and the admin reset.
+// twoFactorRoutes registers the app's 2FA endpoints (bearer app token) and the admin reset.
 //
 //	GET  /v1/2fa            status: enrolled, pending, recovery codes left, locked until
 //	POST /v1/2fa/enroll     {"proof": CODE?} → {"otpauth_url", "secret", "qr_png"}; proof (a
@@ -21,7 +22,7 @@ import (
 //	POST /v1/2fa/confirm    {"code": CODE} → {"recovery_codes": [10]}, shown once
 //	POST /v1/2fa/disable    {"code": CODE}
 //	POST /v1/admin/users/{user}/reset-2fa   (admin) removes the enrollment and any lockout
-func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token.Verifier) {
+func (a *API) twoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token.Verifier) {
 	app := func(h func(w http.ResponseWriter, r *http.Request, user string)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			c, err := a.BearerClaims(r, verifier)
@@ -32,25 +33,21 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 			h(w, r, c.Subject)
 		}
 	}
-	type codeBody struct {
-		Code  string `json:"code"`
-		Proof string `json:"proof"`
-	}
 	mux.HandleFunc("GET /v1/2fa", app(func(w http.ResponseWriter, r *http.Request, user string) {
 		st, err := svc.Status(user)
 		if err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
-		out := map[string]any{"enrolled": st.Enrolled, "pending": st.Pending, "recovery_codes_left": st.RecoveryCodesLeft,
-			"mode": svc.Policy().Mode}
+		out := api.TOTPStatus{Enrolled: st.Enrolled, Pending: st.Pending, RecoveryCodesLeft: st.RecoveryCodesLeft,
+			Mode: string(svc.Policy().Mode)}
 		if !st.LockedUntil.IsZero() {
-			out["locked_until"] = st.LockedUntil.UTC().Format(time.RFC3339)
+			out.LockedUntil = st.LockedUntil.UTC().Format(time.RFC3339)
 		}
 		writeJSON(w, http.StatusOK, out)
 	}))
 	mux.HandleFunc("POST /v1/2fa/enroll", app(func(w http.ResponseWriter, r *http.Request, user string) {
-		var b codeBody
+		var b api.TOTPCode
 		if r.ContentLength != 0 {
 			if err := DecodeBody(r, &b); err != nil {
 				Fail(w, a.Log, err)
@@ -62,11 +59,11 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"otpauth_url": e.URL, "secret": e.Secret,
-			"qr_png": base64.StdEncoding.EncodeToString(e.PNG)})
+		writeJSON(w, http.StatusOK, api.TOTPEnrollment{OTPAuthURL: e.URL, Secret: e.Secret,
+			QRPNG: base64.StdEncoding.EncodeToString(e.PNG)})
 	}))
 	mux.HandleFunc("POST /v1/2fa/confirm", app(func(w http.ResponseWriter, r *http.Request, user string) {
-		var b codeBody
+		var b api.TOTPCode
 		if err := DecodeBody(r, &b); err != nil {
 			Fail(w, a.Log, err)
 			return
@@ -76,10 +73,10 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"recovery_codes": codes})
+		writeJSON(w, http.StatusOK, api.TOTPConfirmation{RecoveryCodes: codes})
 	}))
 	mux.HandleFunc("POST /v1/2fa/disable", app(func(w http.ResponseWriter, r *http.Request, user string) {
-		var b codeBody
+		var b api.TOTPCode
 		if err := DecodeBody(r, &b); err != nil {
 			Fail(w, a.Log, err)
 			return
@@ -88,7 +85,7 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]bool{"enrolled": false})
+		writeJSON(w, http.StatusOK, api.TOTPDisabled{Enrolled: false})
 	}))
 	mux.Handle("POST /v1/admin/users/{user}/reset-2fa", a.admin(func(w http.ResponseWriter, r *http.Request) {
 		user := r.PathValue("user")
@@ -116,7 +113,8 @@ func (a *API) TwoFactorRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *
 		a.lockout().Clear(user) // the password lockout too (`user unlock` clears both, keeping the enrollment)
 		_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: user, ClientID: clientIP(r),
 			Outcome: "reset_2fa", Detail: fmt.Sprintf("enrollment_removed=%t", removed)})
-		writeJSON(w, http.StatusOK, map[string]any{"user": user, "enrolled": false, "enrollment_removed": removed, "lockout_cleared": true})
+		enrolled := false
+		writeJSON(w, http.StatusOK, api.UserChange{User: user, Enrolled: &enrolled, EnrollmentRemoved: &removed, LockoutCleared: true})
 	}))
 }
 

@@ -12,6 +12,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/token"
 )
@@ -38,28 +39,7 @@ func CheckAppToken(st *store.Store, user string, gen uint64) error {
 // CheckAppToken is CheckAppToken on the API's store.
 func (a *API) CheckAppToken(user string, gen uint64) error { return CheckAppToken(a.Store, user, gen) }
 
-// UserView is what the admin API shows of a user.
-type UserView struct {
-	Name         string `json:"name"`
-	CreatedMs    int64  `json:"created"`
-	Disabled     bool   `json:"disabled"`
-	TOTPEnrolled bool   `json:"totp_enrolled"`
-	// PasswordLockedUntilMs and TOTPLockedUntilMs are the ends of running lockouts (0: none):
-	// wrong passwords lock password login, wrong codes the second factor.
-	PasswordLockedUntilMs int64 `json:"password_locked_until,omitempty"`
-	TOTPLockedUntilMs     int64 `json:"totp_locked_until,omitempty"`
-	// Vehicles are the cars the user has a role on.
-	Vehicles map[string]protocol.Role `json:"vehicles,omitempty"`
-}
-
-// PasswordRequest is the body of POST /v1/admin/users/{user}/password (Password) and of
-// POST /v1/password (OldPassword and Password).
-type PasswordRequest struct {
-	OldPassword string `json:"old_password,omitempty"`
-	Password    string `json:"password"`
-}
-
-// UserRoutes registers the user administration and the app's password change.
+// userRoutes registers the user administration and the app's password change.
 //
 //	GET    /v1/admin/users                  every user: 2FA, lockouts, disabled, vehicles
 //	POST   /v1/admin/users/{user}/unlock    clear the password and 2FA lockouts (not the enrollment)
@@ -71,8 +51,8 @@ type PasswordRequest struct {
 //	GET    /v1/session                      (app) the user, the token's expiry, the broker now
 //
 // Every change is audited. Ending a user's tokens moves their token generation on (every app
-// token issued before is refused), ends their step-up sessions, and calls a.TokensEnded.
-func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token.Verifier) {
+// token issued before is refused), ends their step-up sessions, and calls a.Hooks.TokensEnded.
+func (a *API) userRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token.Verifier) {
 	a.sessionRoutes(mux, verifier)
 	mux.Handle("GET /v1/admin/users", a.admin(func(w http.ResponseWriter, r *http.Request) {
 		a.listUsers(w, svc)
@@ -105,7 +85,7 @@ func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token
 			return
 		}
 		_ = a.Audit.Append(adminEvent(r, name, "lockout_cleared", fmt.Sprintf("password_lockout=%t totp_lockout=cleared enrollment=kept", password)))
-		writeJSON(w, http.StatusOK, map[string]any{"user": name, "lockout_cleared": true})
+		writeJSON(w, http.StatusOK, api.UserChange{User: name, LockoutCleared: true})
 	}))
 	mux.Handle("POST /v1/admin/users/{user}/disable", user(func(w http.ResponseWriter, r *http.Request, name string) {
 		a.setDisabled(w, r, svc, name, true, adminEvent(r, name, "user_disabled", "tokens ended"))
@@ -114,7 +94,7 @@ func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token
 		a.setDisabled(w, r, svc, name, false, adminEvent(r, name, "user_enabled", ""))
 	}))
 	mux.Handle("POST /v1/admin/users/{user}/password", user(func(w http.ResponseWriter, r *http.Request, name string) {
-		var req PasswordRequest
+		var req api.PasswordRequest
 		if err := DecodeBody(r, &req); err != nil {
 			Fail(w, a.Log, err)
 			return
@@ -125,7 +105,7 @@ func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token
 		}
 		a.lockout().Clear(name)
 		_ = a.Audit.Append(adminEvent(r, name, "password_reset", "tokens ended"))
-		writeJSON(w, http.StatusOK, map[string]any{"user": name, "password_reset": true})
+		writeJSON(w, http.StatusOK, api.UserChange{User: name, PasswordReset: true})
 	}))
 	mux.Handle("DELETE /v1/admin/users/{user}", user(func(w http.ResponseWriter, r *http.Request, name string) {
 		ev := adminEvent(r, name, "user_deleted", "2fa enrollment removed, tokens ended")
@@ -155,7 +135,7 @@ func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token
 		}
 		a.lockout().Clear(name)
 		a.tokensEnded(svc, name)
-		writeJSON(w, http.StatusOK, map[string]any{"user": name, "deleted": true})
+		writeJSON(w, http.StatusOK, api.UserChange{User: name, Deleted: true})
 	}))
 	mux.HandleFunc("POST /v1/password", func(w http.ResponseWriter, r *http.Request) {
 		c, err := a.BearerClaims(r, verifier)
@@ -163,7 +143,7 @@ func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token
 			Fail(w, a.Log, err)
 			return
 		}
-		var req PasswordRequest
+		var req api.PasswordRequest
 		if err := DecodeBody(r, &req); err != nil {
 			Fail(w, a.Log, err)
 			return
@@ -193,7 +173,7 @@ func (a *API) UserRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token
 			Fail(w, a.Log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"user": u.Name, "token": tok, "expires_at": exp.UnixMilli()})
+		writeJSON(w, http.StatusOK, api.PasswordChanged{User: u.Name, Token: tok, ExpiresAtMs: exp.UnixMilli()})
 	})
 }
 
@@ -217,9 +197,9 @@ func (a *API) listUsers(w http.ResponseWriter, svc *twofa.Service) {
 			roles[u][v.VIN] = role
 		}
 	}
-	out := make([]UserView, 0, len(us))
+	out := make([]api.UserView, 0, len(us))
 	for _, u := range us {
-		view := UserView{Name: u.Name, CreatedMs: u.CreatedMs, Disabled: u.Disabled, Vehicles: roles[u.Name]}
+		view := api.UserView{Name: u.Name, CreatedMs: u.CreatedMs, Disabled: u.Disabled, Vehicles: roles[u.Name]}
 		if t := a.lockout().LockedUntil(u.Name); !t.IsZero() {
 			view.PasswordLockedUntilMs = t.UnixMilli()
 		}
@@ -256,7 +236,7 @@ func (a *API) setDisabled(w http.ResponseWriter, _ *http.Request, svc *twofa.Ser
 		a.tokensEnded(svc, name)
 	}
 	_ = a.Audit.Append(ev)
-	writeJSON(w, http.StatusOK, map[string]any{"user": name, "disabled": disabled})
+	writeJSON(w, http.StatusOK, api.UserChange{User: name, Disabled: &disabled})
 }
 
 // setPassword gives name a new password and ends every token issued before.
@@ -283,10 +263,49 @@ func (a *API) setPassword(name, password string, svc *twofa.Service) error {
 }
 
 // tokensEnded ends what the user's old tokens still hold open: step-up sessions here, and
-// through a.TokensEnded the user's MQTT sessions.
+// through a.Hooks.TokensEnded the user's MQTT sessions.
 func (a *API) tokensEnded(svc *twofa.Service, name string) {
 	svc.EndUserSessions(name)
-	if a.TokensEnded != nil {
-		a.TokensEnded(name)
+	if a.Hooks.TokensEnded != nil {
+		a.Hooks.TokensEnded(name)
 	}
+}
+
+// MinPasswordLen is the shortest password accepted (OWASP ASVS 2.1.1).
+const MinPasswordLen = 12
+
+func (a *API) addUser(w http.ResponseWriter, r *http.Request) {
+	var req api.AddUserRequest
+	if err := DecodeBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if !protocol.ValidUser(req.Username) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "user names are 1-64 of a-z 0-9 _ . and not gateway, admin or broker")
+		return
+	}
+	if len(req.Password) < MinPasswordLen || len(req.Password) > accounts.MaxPasswordBytes {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("passwords are %d to %d bytes", MinPasswordLen, accounts.MaxPasswordBytes))
+		return
+	}
+	h, err := a.hashes().Hash(req.Password, a.PasswordParams)
+	if errors.Is(err, accounts.ErrBusy) {
+		Error(w, http.StatusTooManyRequests, protocol.ReasonRateLimited, "too many password hashes at once; try again shortly")
+		return
+	}
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	nowMs := a.Now().UnixMilli()
+	if err := a.Store.AddUser(store.User{Name: req.Username, PasswordHash: h, CreatedMs: nowMs, TokenGen: store.NextTokenGen(0, nowMs)}); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			Error(w, http.StatusConflict, protocol.ReasonDuplicate, err.Error())
+			return
+		}
+		Fail(w, a.Log, err)
+		return
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, User: req.Username, Outcome: "user_added"})
+	writeJSON(w, http.StatusCreated, api.UserAdded{Username: req.Username})
 }

@@ -4,31 +4,9 @@ import (
 	"fmt"
 	"net/http"
 
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 )
-
-// UnassignRequest is the body of POST /v1/admin/vehicles/{vin}/unassign.
-type UnassignRequest struct {
-	User string `json:"user"`
-}
-
-// TransferRequest is the body of POST /v1/admin/vehicles/{vin}/transfer.
-type TransferRequest struct {
-	Owner string `json:"owner"`
-}
-
-// DecommissionRequest is the body of POST /v1/admin/vehicles/{vin}/decommission.
-type DecommissionRequest struct {
-	// RetireNow retires the car's credentials at once instead of when the car acknowledged
-	// its empty whitelist (a car that will not come back, a leaked token).
-	RetireNow bool `json:"retire_now,omitempty"`
-}
-
-// AdminRevokeRequest is the body of POST /v1/admin/vehicles/{vin}/keys/{key_id}/revoke.
-type AdminRevokeRequest struct {
-	// KeepShare keeps the share of a driver or valet whose last key this is.
-	KeepShare bool `json:"keep_share,omitempty"`
-}
 
 // vehicleAdminRoutes registers the admin's offboarding of users and cars, each through the
 // key registry (the role, the keys and the car's whitelist in one transaction, audited):
@@ -39,36 +17,36 @@ type AdminRevokeRequest struct {
 //	POST /v1/admin/vehicles/{vin}/keys/{key_id}/revoke  {"keep_share"} → the revocation
 func (a *API) vehicleAdminRoutes(mux *http.ServeMux) {
 	mux.Handle("POST /v1/admin/vehicles/{vin}/unassign", a.admin(func(w http.ResponseWriter, r *http.Request) {
-		var req UnassignRequest
+		var req api.UnassignRequest
 		if !a.decodeForVIN(w, r, &req) {
 			return
 		}
 		out, err := a.Keys.Unassign(r.Context(), r.PathValue("vin"), req.User)
-		a.answer(w, out, err)
+		a.answer(w, roleChangeView(out), err)
 	}))
 	mux.Handle("POST /v1/admin/vehicles/{vin}/transfer", a.admin(func(w http.ResponseWriter, r *http.Request) {
-		var req TransferRequest
+		var req api.TransferRequest
 		if !a.decodeForVIN(w, r, &req) {
 			return
 		}
 		out, err := a.Keys.Transfer(r.Context(), r.PathValue("vin"), req.Owner)
-		a.answer(w, out, err)
+		a.answer(w, transferView(out), err)
 	}))
 	mux.Handle("POST /v1/admin/vehicles/{vin}/decommission", a.admin(func(w http.ResponseWriter, r *http.Request) {
-		var req DecommissionRequest
+		var req api.DecommissionRequest
 		if !a.decodeForVIN(w, r, &req) {
 			return
 		}
 		out, err := a.Keys.Decommission(r.Context(), r.PathValue("vin"), req.RetireNow)
-		a.answer(w, out, err)
+		a.answer(w, decommissionView(out), err)
 	}))
 	mux.Handle("POST /v1/admin/vehicles/{vin}/keys/{key_id}/revoke", a.admin(func(w http.ResponseWriter, r *http.Request) {
-		var req AdminRevokeRequest
+		var req api.AdminRevokeRequest
 		if !a.decodeForVIN(w, r, &req) {
 			return
 		}
 		out, err := a.Keys.AdminRevoke(r.Context(), r.PathValue("vin"), r.PathValue("key_id"), req.KeepShare)
-		a.answer(w, out, err)
+		a.answer(w, revocationView(out), err)
 	}))
 }
 

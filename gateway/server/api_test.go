@@ -15,9 +15,9 @@ import (
 	"time"
 
 	admincli "telematics/gateway/admin"
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -27,7 +27,7 @@ import (
 
 func apiErr(t *testing.T, err error, status int, reason protocol.Reason) {
 	t.Helper()
-	var ae *phone.APIError
+	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Status != status || ae.Reason != reason {
 		t.Fatalf("got %v, want HTTP %d %s", err, status, reason)
 	}
@@ -66,15 +66,15 @@ func TestAdminAPI(t *testing.T) {
 	g := startGateway(t, t.TempDir(), nil)
 	ctx := context.Background()
 	call := func(bearer, method, path string, in, out any) error {
-		return phone.Call(ctx, method, g.HTTPURL()+path, bearer, in, out)
+		return api.NewClient(g.HTTPURL(), bearer).Do(ctx, method, path, in, out)
 	}
 	apiErr(t, call("", http.MethodGet, "/v1/admin/vehicles", nil, nil), 401, protocol.ReasonUnauthenticated)
 	apiErr(t, call("wrong", http.MethodGet, "/v1/admin/vehicles", nil, nil), 401, protocol.ReasonUnauthenticated)
 	tok := g.AdminToken()
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{VINs: []string{"IOQ"}}, nil), 400, protocol.ReasonBadRequest)
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{}, nil), 400, protocol.ReasonBadRequest)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{VINs: []string{"IOQ"}}, nil), 400, protocol.ReasonBadRequest)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{}, nil), 400, protocol.ReasonBadRequest)
 	var creds []protocol.Credentials
-	if err := call(tok, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{VINs: []string{"1HGCM82633A004352"}, Count: 2}, &creds); err != nil {
+	if err := call(tok, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{VINs: []string{"1HGCM82633A004352"}, Count: 2}, &creds); err != nil {
 		t.Fatal(err)
 	}
 	if len(creds) != 3 || creds[0].VIN != "1HGCM82633A004352" || creds[0].ClientID != creds[0].VIN || creds[0].Username != creds[0].VIN {
@@ -85,16 +85,16 @@ func TestAdminAPI(t *testing.T) {
 	if err != nil || c.Subject != creds[1].VIN || c.Role != protocol.RoleVehicle {
 		t.Fatalf("vehicle token: %+v %v", c, err)
 	}
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{VINs: []string{"1HGCM82633A004352"}}, nil), 409, protocol.ReasonDuplicate)
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: "Bad-Name", Password: password}, nil), 400, protocol.ReasonBadRequest)
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: "gateway", Password: password}, nil), 400, protocol.ReasonBadRequest)
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: "carol", Password: "short"}, nil), 400, protocol.ReasonBadRequest)
-	if err := call(tok, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: "carol", Password: password}, nil); err != nil {
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{VINs: []string{"1HGCM82633A004352"}}, nil), 409, protocol.ReasonDuplicate)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: "Bad-Name", Password: password}, nil), 400, protocol.ReasonBadRequest)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: "gateway", Password: password}, nil), 400, protocol.ReasonBadRequest)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: "carol", Password: "short"}, nil), 400, protocol.ReasonBadRequest)
+	if err := call(tok, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: "carol", Password: password}, nil); err != nil {
 		t.Fatal(err)
 	}
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: "carol", Password: password}, nil), 409, protocol.ReasonDuplicate)
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles/1HGCM82633A004352/assign", httpapi.AssignRequest{User: "carol", Role: "king"}, nil), 400, protocol.ReasonBadRequest)
-	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles/2HGCM82633A004352/assign", httpapi.AssignRequest{User: "carol", Role: "owner"}, nil), 404, protocol.ReasonVehicleUnknown)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: "carol", Password: password}, nil), 409, protocol.ReasonDuplicate)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles/1HGCM82633A004352/assign", api.AssignRequest{User: "carol", Role: "king"}, nil), 400, protocol.ReasonBadRequest)
+	apiErr(t, call(tok, http.MethodPost, "/v1/admin/vehicles/2HGCM82633A004352/assign", api.AssignRequest{User: "carol", Role: "owner"}, nil), 404, protocol.ReasonVehicleUnknown)
 	apiErr(t, call(tok, http.MethodGet, "/v1/admin/vehicles/2HGCM82633A004352", nil, nil), 404, protocol.ReasonVehicleUnknown)
 	// Malformed and oversized bodies.
 	req, _ := http.NewRequest(http.MethodPost, g.HTTPURL()+"/v1/admin/users", strings.NewReader("{"+strings.Repeat(" ", 70_000)))
@@ -270,7 +270,7 @@ func TestLoginFloodIsBounded(t *testing.T) {
 	for range logins {
 		wg.Go(func() {
 			_, err := phone.Login(ctx, g.HTTPURL(), "erin", password, "")
-			var api *phone.APIError
+			var api *api.Error
 			switch {
 			case err == nil:
 				ok.Add(1)

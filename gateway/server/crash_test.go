@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"telematics/gateway/httpapi"
 	"telematics/internal/testutil"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -55,7 +55,7 @@ func startProcess(t *testing.T, bin, dir, httpAddr, mqttAddr string) *gwProcess 
 		}
 	})
 	testutil.Eventually(t, 20*time.Second, func() error {
-		return phone.Call(context.Background(), http.MethodGet, p.httpURL+"/readyz", "", nil, nil)
+		return api.NewClient(p.httpURL, "").Do(context.Background(), http.MethodGet, "/readyz", nil, nil)
 	})
 	return p
 }
@@ -66,7 +66,7 @@ func (p *gwProcess) admin(t *testing.T, method, path string, in, out any) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := phone.Call(context.Background(), method, p.httpURL+path, strings.TrimSpace(string(tok)), in, out); err != nil {
+	if err := api.NewClient(p.httpURL, strings.TrimSpace(string(tok))).Do(context.Background(), method, path, in, out); err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 }
@@ -82,10 +82,10 @@ func TestKillDuringKeyBurst(t *testing.T) {
 	httpAddr, mqttAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	p := startProcess(t, bin, dir, httpAddr, mqttAddr)
 	var creds []protocol.Credentials
-	p.admin(t, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: 1}, &creds)
+	p.admin(t, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{Count: 1}, &creds)
 	vin := creds[0].VIN
-	p.admin(t, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: "alice", Password: password}, nil)
-	p.admin(t, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	p.admin(t, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: "alice", Password: password}, nil)
+	p.admin(t, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
 	runFleet(t, "tcp://"+mqttAddr, creds)
 	sess, err := phone.Login(context.Background(), p.httpURL, "alice", password, "")
 	if err != nil {
@@ -103,9 +103,7 @@ func TestKillDuringKeyBurst(t *testing.T) {
 			for ctx.Err() == nil {
 				s, _ := sign.Generate()
 				pub, _ := sign.EncodePublic(s.Public())
-				var k protocol.WhitelistKey
-				err := phone.Call(ctx, http.MethodPost, p.httpURL+"/v1/keys/pair", sess.Token,
-					map[string]string{"vin": vin, "public_key": pub}, &k)
+				k, err := api.NewClient(p.httpURL, sess.Token).PairKey(ctx, api.PairRequest{VIN: vin, PublicKey: pub})
 				if err != nil {
 					return // the gateway died mid-request: not acknowledged
 				}
@@ -140,7 +138,7 @@ func TestKillDuringKeyBurst(t *testing.T) {
 		AckedVersion uint64                  `json:"acked_version"`
 		Keys         []protocol.WhitelistKey `json:"keys"`
 	}
-	if err := phone.Call(context.Background(), http.MethodGet, p2.httpURL+"/v1/keys?vin="+vin, sess.Token, nil, &st); err != nil {
+	if err := api.NewClient(p2.httpURL, sess.Token).Do(context.Background(), http.MethodGet, "/v1/keys?vin="+vin, nil, &st); err != nil {
 		t.Fatal(err)
 	}
 	have := map[string]bool{}
@@ -157,7 +155,7 @@ func TestKillDuringKeyBurst(t *testing.T) {
 	}
 	// The car converges on the gateway's version.
 	testutil.Eventually(t, 20*time.Second, func() error {
-		if err := phone.Call(context.Background(), http.MethodGet, p2.httpURL+"/v1/keys?vin="+vin, sess.Token, nil, &st); err != nil {
+		if err := api.NewClient(p2.httpURL, sess.Token).Do(context.Background(), http.MethodGet, "/v1/keys?vin="+vin, nil, &st); err != nil {
 			return err
 		}
 		if st.AckedVersion != st.Version {

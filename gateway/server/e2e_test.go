@@ -13,10 +13,10 @@ import (
 	"telematics/gateway/accounts"
 	"telematics/gateway/audit"
 	"telematics/gateway/harness"
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/internal/testutil"
+	"telematics/pkg/api"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -52,7 +52,7 @@ func startGateway(t testing.TB, dir string, mutate func(*server.Config)) *server
 
 func admin(t testing.TB, g *server.Gateway, method, path string, in, out any) {
 	t.Helper()
-	if err := phone.Call(context.Background(), method, g.HTTPURL()+path, g.AdminToken(), in, out); err != nil {
+	if err := api.NewClient(g.HTTPURL(), g.AdminToken()).Do(context.Background(), method, path, in, out); err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 }
@@ -60,15 +60,15 @@ func admin(t testing.TB, g *server.Gateway, method, path string, in, out any) {
 func provision(t testing.TB, g *server.Gateway, n int) []protocol.Credentials {
 	t.Helper()
 	var creds []protocol.Credentials
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles", httpapi.AddVehiclesRequest{Count: n}, &creds)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{Count: n}, &creds)
 	return creds
 }
 
 func addUser(t testing.TB, g *server.Gateway, name string, vin string, role protocol.Role) {
 	t.Helper()
-	admin(t, g, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: password}, nil)
+	admin(t, g, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: name, Password: password}, nil)
 	if vin != "" {
-		admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", httpapi.AssignRequest{User: name, Role: role}, nil)
+		admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", api.AssignRequest{User: name, Role: role}, nil)
 	}
 }
 
@@ -139,7 +139,7 @@ func waitSynced(t testing.TB, g *server.Gateway, vins ...string) {
 					AckedVersion uint64 `json:"acked_version"`
 				} `json:"keys"`
 			}
-			if err := phone.Call(context.Background(), http.MethodGet, g.HTTPURL()+"/v1/admin/vehicles/"+vin, g.AdminToken(), nil, &v); err != nil {
+			if err := api.NewClient(g.HTTPURL(), g.AdminToken()).Do(context.Background(), http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
 				return err
 			}
 			if v.Keys.Version == 0 || v.Keys.AckedVersion != v.Keys.Version {
@@ -218,9 +218,9 @@ func TestEndToEndCommands(t *testing.T) {
 	mine, valetCar, offline := creds[0].VIN, creds[1].VIN, creds[2].VIN
 	silent := creds[3]
 	addUser(t, g, "alice", mine, protocol.RoleOwner)
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+valetCar+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleValet}, nil)
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+offline+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+silent.VIN+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+valetCar+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleValet}, nil)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+offline+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+silent.VIN+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
 	addUser(t, g, "bob", "", "")
 
 	runFleet(t, g.BrokerURL(), creds[:2])

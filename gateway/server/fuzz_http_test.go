@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"telematics/gateway/httpapi"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -55,7 +56,7 @@ func FuzzHTTPRequest(f *testing.F) {
 		return b
 	}
 	seeds := [][]byte{
-		mustJSON(httpapi.LoginRequest{Username: "alice", Password: password}),
+		mustJSON(api.LoginRequest{Username: "alice", Password: password}),
 		mustJSON(map[string]string{"vin": vin, "public_key": otherPub, "label": "second phone"}),
 		mustJSON(map[string]any{"vin": vin, "user": "bob", "role": "driver", "channels": []string{"cloud"}}),
 		mustJSON(map[string]any{"vin": vin, "key_id": "unknown", "allow_last_owner": false}),
@@ -68,7 +69,7 @@ func FuzzHTTPRequest(f *testing.F) {
 	for i, b := range seeds {
 		f.Add(uint8(i), b)
 	}
-	f.Add(uint8(0), mustJSON(httpapi.LoginRequest{Username: "alice", Password: "wrong"}))
+	f.Add(uint8(0), mustJSON(api.LoginRequest{Username: "alice", Password: "wrong"}))
 	f.Add(uint8(3), mustJSON(map[string]any{"vin": vin, "key_id": paired.ID}))
 	client := &http.Client{Timeout: 30 * time.Second}
 	f.Fuzz(func(t *testing.T, which uint8, body []byte) {

@@ -12,9 +12,9 @@ import (
 	"testing"
 
 	"telematics/gateway/audit"
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -23,7 +23,7 @@ import (
 // rawLogin posts a login and returns the HTTP status and the error body (reason, message).
 func rawLogin(t *testing.T, g *server.Gateway, user, pw string) (int, string, string) {
 	t.Helper()
-	b, _ := json.Marshal(httpapi.LoginRequest{Username: user, Password: pw})
+	b, _ := json.Marshal(api.LoginRequest{Username: user, Password: pw})
 	resp, err := http.Post(g.HTTPURL()+"/v1/login", "application/json", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
@@ -180,22 +180,16 @@ func enrolledOwner(t *testing.T, g *server.Gateway, user, vin string) (*phone.Ap
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e struct {
-		Secret string `json:"secret"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
+	auth, _, err := phone.EnrollAuthenticator(ctx, sess.Client())
+	if err != nil {
 		t.Fatal(err)
 	}
-	auth := phone.NewAuthenticator(e.Secret)
 	code := func() string {
 		c, err := auth.Code()
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
-	}
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/confirm", sess.Token, map[string]string{"code": code()}, nil); err != nil {
-		t.Fatal(err)
 	}
 	key, err := sign.Generate()
 	if err != nil {
@@ -224,15 +218,8 @@ func TestAdminClearsLockoutKeepsEnrollment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e struct {
-		Secret string `json:"secret"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
-		t.Fatal(err)
-	}
-	auth := phone.NewAuthenticator(e.Secret)
-	c, _ := auth.Code()
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/confirm", sess.Token, map[string]string{"code": c}, nil); err != nil {
+	_, _, err = phone.EnrollAuthenticator(ctx, sess.Client())
+	if err != nil {
 		t.Fatal(err)
 	}
 	for range 5 {
@@ -251,7 +238,7 @@ func TestAdminClearsLockoutKeepsEnrollment(t *testing.T) {
 	var st struct {
 		Enrolled bool `json:"enrolled"`
 	}
-	if err := phone.Call(ctx, http.MethodGet, g.HTTPURL()+"/v1/2fa", sess.Token, nil, &st); err != nil || !st.Enrolled {
+	if err := api.NewClient(g.HTTPURL(), sess.Token).Do(ctx, http.MethodGet, "/v1/2fa", nil, &st); err != nil || !st.Enrolled {
 		t.Fatalf("enrollment after unlock: %+v %v", st, err)
 	}
 	out, _, _ := cl.admin("audit", "--user", "carol", "--kind", "admin", "--json")
@@ -294,7 +281,7 @@ func TestLockoutDoesNotRevealAccounts(t *testing.T) {
 	if r1 != r2 || times.ReplaceAllString(strings.ReplaceAll(m1, "frank", "NAME"), "T") != times.ReplaceAllString(strings.ReplaceAll(m2, "nobody", "NAME"), "T") {
 		t.Errorf("right password while locked: %s %q vs unknown name %s %q", r1, m1, r2, m2)
 	}
-	var ae *phone.APIError
+	var ae *api.Error
 	if _, err := phone.Login(context.Background(), g.HTTPURL(), "frank", password, ""); !errors.As(err, &ae) || ae.Reason != protocol.ReasonLockedOut {
 		t.Fatalf("frank during lockout: %v", err)
 	}
@@ -308,18 +295,12 @@ func TestLockoutDoesNotRevealAccounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e struct {
-		Secret string `json:"secret"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
-		t.Fatal(err)
-	}
-	c, _ := phone.NewAuthenticator(e.Secret).Code()
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/confirm", sess.Token, map[string]string{"code": c}, nil); err != nil {
+	_, _, err = phone.EnrollAuthenticator(ctx, sess.Client())
+	if err != nil {
 		t.Fatal(err)
 	}
 	for range 5 {
-		phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/disable", sess.Token, map[string]string{"code": "not-a-code"}, nil)
+		api.NewClient(g.HTTPURL(), sess.Token).Do(ctx, http.MethodPost, "/v1/2fa/disable", map[string]string{"code": "not-a-code"}, nil)
 	}
 	_, r1, m1 = rawLogin(t, g, "grace", "a stranger's guess")
 	_, r2, m2 = rawLogin(t, g, "nobody2", "a stranger's guess")

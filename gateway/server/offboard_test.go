@@ -13,9 +13,9 @@ import (
 
 	admincli "telematics/gateway/admin"
 	"telematics/gateway/audit"
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
+	"telematics/pkg/api"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -44,7 +44,7 @@ func TestAdminRoleChangeRewritesKeysEndToEnd(t *testing.T) {
 	runFleet(t, g.BrokerURL(), creds)
 	waitOnline(t, g, vin)
 	_, aliceSess, _ := loginKey(t, g, "alice", "", vin)
-	if _, err := phone.ShareKey(context.Background(), aliceSess, phone.Share{VIN: vin, User: "bob", Role: protocol.RoleDriver}, ""); err != nil {
+	if _, err := aliceSess.Client().ShareKey(context.Background(), api.ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleDriver}); err != nil {
 		t.Fatal(err)
 	}
 	bob := login(t, g, "bob", "", vin)
@@ -79,7 +79,7 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 	addUser(t, g, "carol", vin, protocol.RoleDriver)
 	ctx := context.Background()
 	_, aliceSess, _ := loginKey(t, g, "alice", "", vin)
-	if _, err := phone.ShareKey(ctx, aliceSess, phone.Share{VIN: vin, User: "bob", Role: protocol.RoleDriver}, ""); err != nil {
+	if _, err := aliceSess.Client().ShareKey(ctx, api.ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleDriver}); err != nil {
 		t.Fatal(err)
 	}
 	_, bobSess, bobKey := loginKey(t, g, "bob", "", vin)
@@ -87,7 +87,7 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 		t.Fatalf("bob not listed before: %q", out)
 	}
 
-	if _, err := phone.RevokeKey(ctx, aliceSess, vin, bobKey.KID(), "", false); err != nil {
+	if _, err := aliceSess.Client().RevokeKey(ctx, api.RevokeRequest{VIN: vin, KeyID: bobKey.KID()}); err != nil {
 		t.Fatal(err)
 	}
 	fresh, _ := sign.Generate()
@@ -96,15 +96,15 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 
 	// The owner removes dave (shared, paired) through the app API.
 	addUser(t, g, "dave", "", "")
-	if _, err := phone.ShareKey(ctx, aliceSess, phone.Share{VIN: vin, User: "dave", Role: protocol.RoleValet}, ""); err != nil {
+	if _, err := aliceSess.Client().ShareKey(ctx, api.ShareRequest{VIN: vin, User: "dave", Role: protocol.RoleValet}); err != nil {
 		t.Fatal(err)
 	}
 	loginKey(t, g, "dave", "", vin)
-	rc, err := phone.RemoveUser(ctx, aliceSess, vin, "dave", "")
+	rc, err := aliceSess.Client().RemoveUser(ctx, api.RemoveUserRequest{VIN: vin, User: "dave"})
 	if err != nil || rc.KeysChanged != 1 || rc.Role != "none" || rc.Version == 0 {
 		t.Fatalf("remove-user: %+v %v", rc, err)
 	}
-	_, err = phone.RemoveUser(ctx, aliceSess, vin, "alice", "")
+	_, err = aliceSess.Client().RemoveUser(ctx, api.RemoveUserRequest{VIN: vin, User: "alice"})
 	apiErr(t, err, http.StatusBadRequest, protocol.ReasonBadRequest)
 
 	out, errs, code := adminCLI(t, g, dir, "vehicle", "unassign", vin, "carol")
@@ -172,12 +172,12 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 	}
 	// The car acknowledges the empty whitelist; then its token is refused and it goes offline.
 	var view struct {
-		httpapi.VehicleView
+		api.VehicleView
 	}
 	testutil.Eventually(t, 10*time.Second, func() error {
 		admin(t, g, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &view)
 		if view.Keys == nil || !view.Keys.InSync || len(view.Keys.Keys) != 0 || view.RetiredMs == 0 || view.DecommissionedMs == 0 {
-			return fmt.Errorf("vehicle %+v keys %+v", view.Vehicle, view.Keys)
+			return fmt.Errorf("vehicle %+v keys %+v", view.VehicleView, view.Keys)
 		}
 		return nil
 	})
@@ -236,7 +236,7 @@ func TestOffboardingAdminAPIRefusals(t *testing.T) {
 	vin := creds[0].VIN
 	addUser(t, g, "erin", vin, protocol.RoleDriver)
 	call := func(path string, in any) error {
-		return phone.Call(context.Background(), http.MethodPost, g.HTTPURL()+path, g.AdminToken(), in, nil)
+		return api.NewClient(g.HTTPURL(), g.AdminToken()).Do(context.Background(), http.MethodPost, path, in, nil)
 	}
 	const unknown = "1HGCM82633A004352"
 	for _, tc := range []struct {
@@ -245,13 +245,13 @@ func TestOffboardingAdminAPIRefusals(t *testing.T) {
 		status int
 		reason protocol.Reason
 	}{
-		{"/v1/admin/vehicles/" + unknown + "/unassign", httpapi.UnassignRequest{User: "erin"}, 404, protocol.ReasonVehicleUnknown},
-		{"/v1/admin/vehicles/NOTAVIN/unassign", httpapi.UnassignRequest{User: "erin"}, 400, protocol.ReasonBadRequest},
-		{"/v1/admin/vehicles/" + vin + "/unassign", httpapi.UnassignRequest{User: "nobody"}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + unknown + "/unassign", api.UnassignRequest{User: "erin"}, 404, protocol.ReasonVehicleUnknown},
+		{"/v1/admin/vehicles/NOTAVIN/unassign", api.UnassignRequest{User: "erin"}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + vin + "/unassign", api.UnassignRequest{User: "nobody"}, 400, protocol.ReasonBadRequest},
 		{"/v1/admin/vehicles/" + vin + "/unassign", map[string]any{"user": 7}, 400, protocol.ReasonBadRequest},
-		{"/v1/admin/vehicles/" + vin + "/assign", httpapi.AssignRequest{User: "nobody", Role: protocol.RoleDriver}, 400, protocol.ReasonBadRequest},
-		{"/v1/admin/vehicles/" + vin + "/transfer", httpapi.TransferRequest{Owner: "nobody"}, 400, protocol.ReasonBadRequest},
-		{"/v1/admin/vehicles/" + unknown + "/transfer", httpapi.TransferRequest{Owner: "erin"}, 404, protocol.ReasonVehicleUnknown},
+		{"/v1/admin/vehicles/" + vin + "/assign", api.AssignRequest{User: "nobody", Role: protocol.RoleDriver}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + vin + "/transfer", api.TransferRequest{Owner: "nobody"}, 400, protocol.ReasonBadRequest},
+		{"/v1/admin/vehicles/" + unknown + "/transfer", api.TransferRequest{Owner: "erin"}, 404, protocol.ReasonVehicleUnknown},
 		{"/v1/admin/vehicles/" + unknown + "/decommission", nil, 404, protocol.ReasonVehicleUnknown},
 		{"/v1/admin/vehicles/" + vin + "/keys/nokey/revoke", nil, 403, protocol.ReasonKeyUnknown},
 		{"/v1/admin/vehicles/" + vin + "/keys/" + strings.Repeat("k", 65) + "/revoke", nil, 400, protocol.ReasonBadRequest},
@@ -259,11 +259,11 @@ func TestOffboardingAdminAPIRefusals(t *testing.T) {
 		apiErr(t, call(tc.path, tc.in), tc.status, tc.reason)
 	}
 	// Without the admin token, nothing.
-	err := phone.Call(context.Background(), http.MethodPost, g.HTTPURL()+"/v1/admin/vehicles/"+vin+"/decommission", "", nil, nil)
+	err := api.NewClient(g.HTTPURL(), "").Do(context.Background(), http.MethodPost, "/v1/admin/vehicles/"+vin+"/decommission", nil, nil)
 	apiErr(t, err, http.StatusUnauthorized, protocol.ReasonUnauthenticated)
-	var v httpapi.VehicleView
+	var v api.VehicleView
 	admin(t, g, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v)
 	if v.DecommissionedMs != 0 || v.Users["erin"] != protocol.RoleDriver {
-		t.Fatalf("a refused request changed the car: %+v", v.Vehicle)
+		t.Fatalf("a refused request changed the car: %+v", v)
 	}
 }

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	admincli "telematics/gateway/admin"
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
@@ -43,7 +43,7 @@ func TestUserOffboarding(t *testing.T) {
 	// tokenWorks reports whether an app token is still accepted by the HTTP API.
 	tokenWorks := func(tok string) bool {
 		t.Helper()
-		err := phone.Call(ctx, http.MethodGet, g.HTTPURL()+"/v1/2fa", tok, nil, nil)
+		err := api.NewClient(g.HTTPURL(), tok).Do(ctx, http.MethodGet, "/v1/2fa", nil, nil)
 		if err != nil {
 			apiErr(t, err, 401, protocol.ReasonUnauthenticated)
 		}
@@ -94,9 +94,9 @@ func TestUserOffboarding(t *testing.T) {
 	var changed struct {
 		Token string `json:"token"`
 	}
-	err = phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/password", s2.Token, httpapi.PasswordRequest{OldPassword: "not her password", Password: "a brand new password"}, nil)
+	err = api.NewClient(g.HTTPURL(), s2.Token).Do(ctx, http.MethodPost, "/v1/password", api.PasswordRequest{OldPassword: "not her password", Password: "a brand new password"}, nil)
 	apiErr(t, err, 401, protocol.ReasonUnauthenticated)
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/password", s2.Token, httpapi.PasswordRequest{OldPassword: password, Password: "a brand new password"}, &changed); err != nil {
+	if err := api.NewClient(g.HTTPURL(), s2.Token).Do(ctx, http.MethodPost, "/v1/password", api.PasswordRequest{OldPassword: password, Password: "a brand new password"}, &changed); err != nil {
 		t.Fatal(err)
 	}
 	if tokenWorks(s2.Token) || !tokenWorks(changed.Token) {

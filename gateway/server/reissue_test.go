@@ -12,9 +12,9 @@ import (
 	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
+	"telematics/pkg/api"
 	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
-	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
 
@@ -70,7 +70,7 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 	if err != nil || len(evs) != 1 || evs[0].Outcome != "credentials_reissued" {
 		t.Fatalf("audit: %+v %v", evs, err)
 	}
-	if err := phone.Call(context.Background(), http.MethodPost, g.HTTPURL()+"/v1/admin/vehicles/1HGCM82633A999999/credentials", g.AdminToken(), struct{}{}, nil); err == nil {
+	if err := api.NewClient(g.HTTPURL(), g.AdminToken()).Do(context.Background(), http.MethodPost, "/v1/admin/vehicles/1HGCM82633A999999/credentials", struct{}{}, nil); err == nil {
 		t.Fatal("reissue for an unknown car answered")
 	} else {
 		apiErr(t, err, http.StatusNotFound, protocol.ReasonVehicleUnknown)

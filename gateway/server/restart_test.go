@@ -12,6 +12,7 @@ import (
 
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
+	"telematics/pkg/api"
 	"telematics/pkg/broker"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -126,7 +127,7 @@ func TestBrokerRestartEverythingReconnects(t *testing.T) {
 	}
 	testutil.Eventually(t, 5*time.Second, func() error {
 		var out map[string]string
-		err := phone.Call(context.Background(), http.MethodGet, g.HTTPURL()+"/readyz", "", nil, &out)
+		err := api.NewClient(g.HTTPURL(), "").Do(context.Background(), http.MethodGet, "/readyz", nil, &out)
 		if err == nil {
 			return fmt.Errorf("gateway still ready with its broker down")
 		}

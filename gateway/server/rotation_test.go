@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"telematics/gateway/httpapi"
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -102,7 +102,7 @@ func TestCarAddedDuringRotationFollowsTheNext(t *testing.T) {
 
 	g = startGateway(t, dir, withAddr)
 	late := provision(t, g, 1)[0]
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+late.VIN+"/assign", httpapi.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+late.VIN+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
 	runFleet(t, "tcp://"+mqttAddr, []protocol.Credentials{late})
 	app, _, lateKey := loginKey(t, g, "alice", "", late.VIN)
 	waitSynced(t, g, early.VIN, late.VIN)

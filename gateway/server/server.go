@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -29,6 +28,7 @@ import (
 	"telematics/gateway/metrics"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
+	"telematics/pkg/api"
 	"telematics/pkg/broker"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
@@ -183,9 +183,9 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	}
 	g.api = &httpapi.API{
 		Store: g.store, Audit: g.audit, Issuer: g.issuer, GatewayKey: g.signer,
-		CarKey: g.keys.GrantSigner, Twins: g.router,
+		Twins:      g.router,
 		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Now: g.now, Log: g.log,
-		Ready: g.ready, BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
+		BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
 		Hashes: accounts.NewGate(cfg.PasswordHashConcurrency, cfg.PasswordHashWait),
 		Guard:  httpapi.TwoFactorGuard{Svc: g.twofa},
@@ -193,23 +193,22 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		Lockout:            accounts.NewLockout(cfg.TwoFA.MaxFailures, cfg.TwoFA.FailureWindow, cfg.TwoFA.LockoutDuration, g.now),
 		LoginRatePerMinute: cfg.Login.PerIPRatePerMinute, LoginBurst: cfg.Login.PerIPBurst,
 	}
-	verifier := token.NewVerifier(g.now, g.ring.publicKeys()...)
-	g.api.Extra = func(mux *http.ServeMux) {
-		g.api.TwoFactorRoutes(mux, g.twofa, verifier)
-		g.api.KeyRoutes(mux, g.keys, verifier)
-		g.api.UserRoutes(mux, g.twofa, verifier)
-	}
-	g.api.TokensEnded = g.userTokensEnded
-	g.api.Stats = func() any {
-		st := g.router.TelemetryStats()
-		return map[string]any{"telemetry_received": st.Received, "telemetry_lost": st.Lost,
-			"cars_reporting": st.Cars, "pending_commands": g.router.PendingCount()}
+	g.api.Verifier = token.NewVerifier(g.now, g.ring.publicKeys()...)
+	g.api.TwoFA = g.twofa
+	g.api.Keys = g.keys
+	g.api.Hooks = httpapi.Hooks{
+		CarKey: g.keys.GrantSigner,
+		Ready:  g.ready,
+		Stats: func() api.Stats {
+			st := g.router.TelemetryStats()
+			return api.Stats{TelemetryReceived: st.Received, TelemetryLost: st.Lost,
+				CarsReporting: st.Cars, PendingCommands: g.router.PendingCount()}
+		},
+		TokenRetired: g.retireVehicleToken,
+		TokensEnded:  g.userTokensEnded,
 	}
 	g.registerGauges()
-	g.api.TokenRetired = g.retireVehicleToken
 	g.api.Metrics = g.metrics.Handler()
-	g.api.KeyStatus = g.keys.Status
-	g.api.Keys = g.keys
 	g.http.set(g.api.Handler())
 	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data)
 	return g, nil

@@ -9,6 +9,7 @@ import (
 
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
@@ -36,13 +37,13 @@ func TestAppLearnsTheMovedBroker(t *testing.T) {
 	waitSynced(t, g, vin)
 
 	ctx := context.Background()
-	current, err := phone.CurrentBroker(ctx, sess)
+	current, err := sess.Client().CurrentBroker(ctx)
 	if err != nil || current != ext || current == oldBroker {
 		t.Fatalf("current broker %q, %v; want %s (the session has %s)", current, err, ext, oldBroker)
 	}
 	var checked string
 	out, err := phone.SendAuto(ctx, phone.AutoOptions{Session: sess, Key: key, CloudOnly: true, CloudTimeout: 2 * time.Second,
-		CurrentBroker: func(ctx context.Context) (string, error) { return phone.CurrentBroker(ctx, sess) },
+		CurrentBroker: func(ctx context.Context) (string, error) { return sess.Client().CurrentBroker(ctx) },
 		BrokerChecked: func(url string, err error) { checked = url }},
 		phone.Request{VIN: vin, Action: protocol.ActionUnlock}, nil)
 	if err != nil || out.Path != phone.PathCloud || out.Reply.Status != protocol.ReplyExecuted || checked != ext {
@@ -52,8 +53,8 @@ func TestAppLearnsTheMovedBroker(t *testing.T) {
 	// The endpoint wants the app's token.
 	bad := *sess
 	bad.Token = "not-a-token"
-	var ae *phone.APIError
-	if _, err := phone.CurrentBroker(ctx, &bad); !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized || ae.Reason != protocol.ReasonUnauthenticated {
+	var ae *api.Error
+	if _, err := (&bad).Client().CurrentBroker(ctx); !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized || ae.Reason != protocol.ReasonUnauthenticated {
 		t.Fatalf("bad token: %v", err)
 	}
 }

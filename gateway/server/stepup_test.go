@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"net/http"
 	"testing"
 
 	"telematics/gateway/server"
@@ -35,22 +34,16 @@ func TestStepUpBehindExternalBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var e struct {
-		Secret string `json:"secret"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
+	auth, _, err := phone.EnrollAuthenticator(ctx, sess.Client())
+	if err != nil {
 		t.Fatal(err)
 	}
-	auth := phone.NewAuthenticator(e.Secret)
 	code := func() string {
 		c, err := auth.Code()
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
-	}
-	if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/confirm", sess.Token, map[string]string{"code": code()}, nil); err != nil {
-		t.Fatal(err)
 	}
 	connect := func(label string) *phone.App {
 		key, err := sign.Generate()

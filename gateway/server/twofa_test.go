@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -222,15 +221,13 @@ func TestTOTPPolicies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var e struct {
-			Secret string `json:"secret"`
-		}
-		if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", s.Token, map[string]string{}, &e); err != nil {
+		e, err := s.Client().EnrollTOTP(ctx, "")
+		if err != nil {
 			t.Fatal(err)
 		}
 		now := time.Now()
 		code, _ := totp.GenerateCode(e.Secret, now)
-		if err := phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/confirm", s.Token, map[string]string{"code": code}, nil); err != nil {
+		if _, err := s.Client().ConfirmTOTP(ctx, code); err != nil {
 			t.Fatal(err)
 		}
 		_, err = phone.Login(ctx, g.HTTPURL(), "carol", password, "")
@@ -240,7 +237,7 @@ func TestTOTPPolicies(t *testing.T) {
 			t.Fatalf("login with password and code: %v", err)
 		}
 		// Re-enrolling needs proof.
-		err = phone.Call(ctx, http.MethodPost, g.HTTPURL()+"/v1/2fa/enroll", s.Token, map[string]string{}, nil)
+		_, err = s.Client().EnrollTOTP(ctx, "")
 		if err == nil {
 			t.Fatal("re-enrollment without proof accepted")
 		}

@@ -1,10 +1,14 @@
 package phone
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/pquerna/otp/totp"
+
+	"telematics/pkg/api"
 )
 
 // Authenticator is the authenticator app on a person's phone, for programs that act as that
@@ -54,4 +58,24 @@ func (a *Authenticator) Code() (string, error) {
 		}
 		a.sleep(stepEnd.Sub(now) + 10*time.Millisecond)
 	}
+}
+
+// EnrollAuthenticator enrolls a TOTP authenticator for the client's user and confirms it with
+// its first code, as a person does with the authenticator app on their phone. It returns the
+// authenticator and the recovery codes.
+func EnrollAuthenticator(ctx context.Context, c *api.Client) (*Authenticator, []string, error) {
+	e, err := c.EnrollTOTP(ctx, "")
+	if err != nil {
+		return nil, nil, fmt.Errorf("enroll TOTP: %w", err)
+	}
+	auth := NewAuthenticator(e.Secret)
+	code, err := auth.Code()
+	if err != nil {
+		return nil, nil, err
+	}
+	recovery, err := c.ConfirmTOTP(ctx, code)
+	if err != nil {
+		return nil, nil, fmt.Errorf("confirm TOTP: %w", err)
+	}
+	return auth, recovery, nil
 }

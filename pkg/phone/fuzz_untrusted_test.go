@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"telematics/pkg/api"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -57,11 +58,11 @@ func fuzzServer(f *testing.F) (*fuzzAnswer, string) {
 }
 
 // FuzzGatewayAnswer feeds arbitrary answers of the gateway to the phone's login and key
-// listing: no panic; an error status gives an *APIError with that status, and a success gives
+// listing: no panic; an error status gives an *api.Error with that status, and a success gives
 // what the body holds.
 func FuzzGatewayAnswer(f *testing.F) {
 	sess, _ := json.Marshal(Session{User: "alice", Token: "a.b.c", ExpiresAtMs: 1, ClientIDPrefix: "alice-", BrokerURL: "tcp://127.0.0.1:1883"})
-	keys, _ := json.Marshal(map[string]any{"cars": []KeyStatus{{VIN: testVIN, Version: 2, AckedVersion: 1}}})
+	keys, _ := json.Marshal(map[string]any{"cars": []api.KeyStatus{{VIN: testVIN, Version: 2, AckedVersion: 1}}})
 	for _, seed := range []struct {
 		status uint16
 		body   []byte
@@ -80,14 +81,14 @@ func FuzzGatewayAnswer(f *testing.F) {
 		if err == nil && (s == nil || s.Gateway != url) {
 			t.Fatalf("login session %+v", s)
 		}
-		_, err = ListAllKeys(ctx, &Session{Gateway: url, Token: "a.b.c"})
+		_, err = (&Session{Gateway: url, Token: "a.b.c"}).Client().ListAllKeys(ctx)
 		checkAnswer(t, code, err)
 	})
 }
 
 func checkAnswer(t *testing.T, code int, err error) {
 	t.Helper()
-	var apiErr *APIError
+	var apiErr *api.Error
 	switch {
 	case code >= 300 && (!errors.As(err, &apiErr) || apiErr.Status != code):
 		t.Fatalf("status %d gave %v", code, err)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -50,7 +51,7 @@ func newLinkClient() (*http.Client, func()) {
 // LocalSend sends r to the car over the local link at linkAddr (host:port, or an http:// URL),
 // signed with the phone key for user, and returns the car's result: executed, or rejected with
 // the car's reason (a rejection is a result, not an error). Errors are for a car that could not
-// be asked: unreachable, silent for LocalTimeout, or answering with an error (*APIError:
+// be asked: unreachable, silent for LocalTimeout, or answering with an error (*api.Error:
 // vehicle_unknown when the link serves no such car, bad_request).
 func LocalSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request) (protocol.Result, error) {
 	return localSend(ctx, linkAddr, key, user, r, time.Now)
@@ -120,7 +121,7 @@ func linkBase(addr string) string {
 }
 
 // linkPost posts in (nothing when nil) and decodes a 2xx answer into out. An error answer is
-// an *APIError, except a rejected Result a car may send with an error status: that is
+// an *api.Error, except a rejected Result a car may send with an error status: that is
 // decoded into out like any result, because the car did answer the command.
 func linkPost(ctx context.Context, client *http.Client, endpoint string, in, out any) error {
 	var body io.Reader
@@ -162,7 +163,7 @@ func linkPost(ctx context.Context, client *http.Client, endpoint string, in, out
 				return nil
 			}
 		}
-		return apiError(resp.StatusCode, b)
+		return api.ErrorFrom(resp.StatusCode, b)
 	}
 	if err := protocol.Decode(b, out); err != nil {
 		return fmt.Errorf("the car's answer is not the expected JSON: %w", err)

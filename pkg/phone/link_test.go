@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/pkg/api"
 	"telematics/pkg/phone/phonetest"
 	"telematics/pkg/protocol"
 )
@@ -121,7 +122,7 @@ func TestLocalSendRefusals(t *testing.T) {
 
 	t.Run("unknown car", func(t *testing.T) {
 		_, err := LocalSend(context.Background(), link.Addr(), key, testUser, Request{VIN: unknownVIN, Action: protocol.ActionUnlock})
-		var ae *APIError
+		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Status != http.StatusNotFound || ae.Reason != protocol.ReasonVehicleUnknown {
 			t.Fatalf("got %v, want 404 vehicle_unknown", err)
 		}

@@ -1,26 +1,24 @@
 // Package phone is the simulated phone app: it holds the phone's key (the private half never
-// leaves the phone), logs in to the gateway over HTTP, pairs and manages digital keys, and
-// sends signed commands to cars through the cloud (broker and gateway) or, when the cloud does
-// not answer, over the car's local link.
+// leaves the phone) and its login session, pairs that key with cars, and sends signed
+// commands to cars through the cloud (broker and gateway) or, when the cloud does not answer,
+// over the car's local link. It talks to the gateway's HTTP API through package api.
 package phone
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 
+	"telematics/pkg/api"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -40,89 +38,28 @@ type Session struct {
 	ClientID string `json:"client_id"`
 }
 
-// APIError is an error answer from the gateway's HTTP API or from a car's local link: the
-// HTTP status and the body {"error": REASON, "message": TEXT}.
-type APIError struct {
-	Status  int
-	Reason  protocol.Reason
-	Message string
+// Client is the gateway's HTTP API with the session's app token.
+func (s *Session) Client() *api.Client {
+	if s == nil {
+		return &api.Client{} // every call answers that there is no login session
+	}
+	return api.NewClient(s.Gateway, s.Token)
 }
 
-func (e *APIError) Error() string {
-	if e.Message == "" {
-		return fmt.Sprintf("gateway answered %d %s", e.Status, e.Reason)
-	}
-	return fmt.Sprintf("%s: %s", e.Reason, e.Message)
-}
-
-// HTTP is the client used to talk to the gateway.
-var httpClient = &http.Client{Timeout: 15 * time.Second}
-
-// Call posts (or gets, with in == nil and method GET) JSON to the gateway and decodes the
-// answer into out; error answers become *APIError.
-func Call(ctx context.Context, method, url, bearer string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, url, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("gateway unreachable: %w", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("read gateway answer: %w", err)
-	}
-	if resp.StatusCode >= 300 {
-		return apiError(resp.StatusCode, b)
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("gateway answer is not the expected JSON: %w", err)
-		}
-	}
-	return nil
-}
-
-// apiError decodes an error answer's {"error", "message"} body.
-func apiError(status int, body []byte) *APIError {
-	var e struct {
-		Error   string `json:"error"`
-		Message string `json:"message"`
-	}
-	_ = json.Unmarshal(body, &e)
-	return &APIError{Status: status, Reason: protocol.Reason(e.Error), Message: e.Message}
-}
-
-// Login authenticates user with password (and a TOTP code where the policy needs one).
+// Login authenticates user with password (and a TOTP code where the policy needs one) at the
+// gateway and returns the app's session, with a new MQTT client id.
 func Login(ctx context.Context, gatewayURL, user, password, totp string) (*Session, error) {
 	gatewayURL = strings.TrimRight(gatewayURL, "/")
-	var s Session
-	err := Call(ctx, http.MethodPost, gatewayURL+"/v1/login", "",
-		map[string]string{"username": user, "password": password, "totp": totp}, &s)
+	r, err := api.NewClient(gatewayURL, "").Login(ctx, user, password, totp)
 	if err != nil {
 		return nil, err
 	}
-	s.Gateway = gatewayURL
+	s := &Session{Gateway: gatewayURL, User: r.User, Token: r.Token, ExpiresAtMs: r.ExpiresAtMs,
+		ClientIDPrefix: r.ClientIDPrefix, BrokerURL: r.BrokerURL, GatewayKey: r.GatewayKey}
 	suffix := make([]byte, 6)
 	_, _ = rand.Read(suffix)
 	s.ClientID = s.ClientIDPrefix + hex.EncodeToString(suffix)
-	return &s, nil
+	return s, nil
 }
 
 // App is a connected phone app.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -369,7 +370,7 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 					LinkAddr: link, CloudTimeout: cloudTimeout, CloudOnly: cloudOnly}
 				stale := ""
 				if sess != nil {
-					opts.CurrentBroker = func(ctx context.Context) (string, error) { return phone.CurrentBroker(ctx, sess) }
+					opts.CurrentBroker = func(ctx context.Context) (string, error) { return sess.Client().CurrentBroker(ctx) }
 					opts.BrokerChecked = func(current string, err error) {
 						stale = brokerChecked(sess, g.session, current, err, env)
 					}
@@ -412,9 +413,9 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 // stderr); an answer that could not be had returns what to tell the user if the cloud fails.
 func brokerChecked(sess *phone.Session, sessionPath, current string, err error, env Env) (stale string) {
 	old := sess.BrokerURL
-	var ae *phone.APIError
+	var ae *api.Error
 	switch {
-	case err != nil && !errors.As(err, &ae) && !errors.Is(err, phone.ErrNoSessionEndpoint):
+	case err != nil && !errors.As(err, &ae) && !errors.Is(err, api.ErrNoSessionEndpoint):
 		return "" // the gateway is not answering either: an outage, not a moved broker
 	case err != nil:
 		return fmt.Sprintf("the session's broker %s did not answer and the gateway could not say which broker it uses now (%v); "+
@@ -452,7 +453,7 @@ func replyLine(r protocol.Reply) string {
 
 // sendHint says what to do about an error that kept a command from any answer.
 func sendHint(err error, vin, link string) string {
-	var ae *phone.APIError
+	var ae *api.Error
 	if errors.As(err, &ae) && ae.Reason == protocol.ReasonVehicleUnknown {
 		return fmt.Sprintf("no car %s answers on the local link %s: are you next to it (--link ADDR)?", vin, link)
 	}

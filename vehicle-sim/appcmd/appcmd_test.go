@@ -24,6 +24,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/phone/phonetest"
@@ -243,7 +244,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 	pub, _ := sign.EncodePublic(key.Public())
 	until := time.Date(2030, 1, 31, 18, 0, 0, 0, time.UTC)
 	revokedAt := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
-	status := phone.KeyStatus{VIN: vin, Version: 5, AckedVersion: 4, Keys: []protocol.WhitelistKey{
+	status := api.KeyStatus{VIN: vin, Version: 5, AckedVersion: 4, Keys: []protocol.WhitelistKey{
 		{ID: key.KID(), User: "alice", Role: protocol.RoleOwner, Channels: []string{"cloud", "local"}, Label: "pixel"},
 		{ID: "bobkey", User: "bob", Role: protocol.RoleValet, Channels: []string{"local"}, NotAfterMs: until.UnixMilli(), RevokedAtMs: revokedAt.UnixMilli()},
 	}}
@@ -255,7 +256,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 		return 201, k
 	})
 	g.on("GET /v1/keys?vin="+vin, func(map[string]any) (int, any) { return 200, status })
-	g.on("GET /v1/keys", func(map[string]any) (int, any) { return 200, map[string]any{"cars": []phone.KeyStatus{status}} })
+	g.on("GET /v1/keys", func(map[string]any) (int, any) { return 200, map[string]any{"cars": []api.KeyStatus{status}} })
 	g.on("POST /v1/keys/share", func(m map[string]any) (int, any) { delete(m, "totp"); return 201, m })
 	g.on("POST /v1/keys/revoke", func(m map[string]any) (int, any) {
 		return 200, map[string]any{"vin": m["vin"], "key_id": m["key_id"], "version": 6}
@@ -333,7 +334,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 
 	t.Run("list --json", func(t *testing.T) {
 		code, out, _ := p.run("key", "list", vin, "--json")
-		var st phone.KeyStatus
+		var st api.KeyStatus
 		if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Version != 5 || st.AckedVersion != 4 || len(st.Keys) != 2 {
 			t.Fatalf("%d %s %v", code, out, err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -32,7 +33,7 @@ func keyCommand(g *globals, env Env) *cobra.Command {
 
 // keyFail adds what to do to a refusal of key command sub.
 func keyFail(sub string, err error) error {
-	var ae *phone.APIError
+	var ae *api.Error
 	if errors.As(err, &ae) {
 		if h := keyHint(sub, ae.Reason); h != "" {
 			return fmt.Errorf("%w\n%s", err, h)
@@ -198,19 +199,19 @@ acknowledged. Owners see every key, others their own.`,
 			if err != nil {
 				return err
 			}
-			var cars []phone.KeyStatus
+			var cars []api.KeyStatus
 			if vin != "" {
-				st, err := phone.ListKeys(ctx, sess, vin)
+				st, err := sess.Client().ListKeys(ctx, vin)
 				if err != nil {
 					return keyFail("list", err)
 				}
 				if asJSON {
 					return printJSON(env, st)
 				}
-				cars = []phone.KeyStatus{st}
+				cars = []api.KeyStatus{st}
 			} else {
-				cars, err = phone.ListAllKeys(ctx, sess)
-				var ae *phone.APIError
+				cars, err = sess.Client().ListAllKeys(ctx)
+				var ae *api.Error
 				if errors.As(err, &ae) && (ae.Reason == protocol.ReasonBadRequest || ae.Status == 404 || ae.Status == 405) {
 					return errors.New("the gateway lists keys per car: vehicle-sim app key list VIN")
 				}
@@ -245,7 +246,7 @@ func keyShare(g *globals, env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			sh := phone.Share{VIN: vin, User: args[1], Role: protocol.Role(role)}
+			sh := api.ShareRequest{VIN: vin, User: args[1], Role: protocol.Role(role)}
 			if !protocol.ValidUser(sh.User) {
 				return cmdline.UsageError("%q is not a user name", sh.User)
 			}
@@ -269,7 +270,8 @@ func keyShare(g *globals, env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out, err := phone.ShareKey(cmd.Context(), sess, sh, totp)
+			sh.TOTP = totp
+			out, err := sess.Client().ShareKey(cmd.Context(), sh)
 			if err != nil {
 				return keyFail("share", err)
 			}
@@ -310,7 +312,7 @@ with "-" goes after "--": vehicle-sim app key revoke VIN -- -AbC…`,
 			if err != nil {
 				return err
 			}
-			rv, err := phone.Revoke(cmd.Context(), sess, phone.RevokeRequest{VIN: vin, KeyID: args[1], TOTP: totp, AllowLastOwner: allowLast, KeepShare: keepShare})
+			rv, err := sess.Client().RevokeKey(cmd.Context(), api.RevokeRequest{VIN: vin, KeyID: args[1], TOTP: totp, AllowLastOwner: allowLast, KeepShare: keepShare})
 			if err != nil {
 				return keyFail("revoke", err)
 			}
@@ -352,7 +354,7 @@ func keyRemoveUser(g *globals, env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rc, err := phone.RemoveUser(cmd.Context(), sess, vin, args[1], totp)
+			rc, err := sess.Client().RemoveUser(cmd.Context(), api.RemoveUserRequest{VIN: vin, User: args[1], TOTP: totp})
 			if err != nil {
 				return keyFail("remove-user", err)
 			}
@@ -387,7 +389,7 @@ func parseChannels(s string) ([]string, error) {
 }
 
 // printKeyTable prints each car's whitelist state and keys; mine marks this phone's key.
-func printKeyTable(env Env, cars []phone.KeyStatus, mine string) {
+func printKeyTable(env Env, cars []api.KeyStatus, mine string) {
 	if len(cars) == 0 {
 		fmt.Fprintln(env.Stdout, "no cars")
 		return
@@ -401,7 +403,7 @@ func printKeyTable(env Env, cars []phone.KeyStatus, mine string) {
 		switch {
 		case st.Version == 0:
 			sync = "no whitelist issued yet"
-		case !st.InSync():
+		case !st.InSync:
 			sync = fmt.Sprintf("NOT YET ON THE CAR: it has version %d; until it acknowledges %d, the car decides by the older list", st.AckedVersion, st.Version)
 		}
 		fmt.Fprintf(env.Stdout, "%s  whitelist version %d, acknowledged %d (%s)\n", st.VIN, st.Version, st.AckedVersion, sync)

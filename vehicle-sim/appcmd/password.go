@@ -3,13 +3,10 @@ package appcmd
 import (
 	"errors"
 	"fmt"
-	"net/http"
 
 	"github.com/spf13/cobra"
 
-	"telematics/gateway/httpapi"
 	"telematics/pkg/cmdline"
-	"telematics/pkg/phone"
 )
 
 // passwordCommand changes the logged-in user's password. At a terminal both passwords are
@@ -45,12 +42,8 @@ user ends; this one continues with a new token.`,
 			if err != nil {
 				return err
 			}
-			var out struct {
-				Token       string `json:"token"`
-				ExpiresAtMs int64  `json:"expires_at"`
-			}
-			if err := phone.Call(cmd.Context(), http.MethodPost, sess.Gateway+"/v1/password", sess.Token,
-				httpapi.PasswordRequest{OldPassword: old, Password: pw}, &out); err != nil {
+			out, err := sess.Client().ChangePassword(cmd.Context(), old, pw)
+			if err != nil {
 				return err
 			}
 			sess.Token, sess.ExpiresAtMs = out.Token, out.ExpiresAtMs

@@ -4,14 +4,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 
 	"github.com/mdp/qrterminal/v3"
 	"github.com/spf13/cobra"
 
+	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
-	"telematics/pkg/phone"
 )
 
 // totpCommand is `vehicle-sim app totp enroll|confirm|disable|status`.
@@ -23,13 +22,13 @@ func totpCommand(g *globals, env Env) *cobra.Command {
 			return cmdline.UsageError("need enroll, confirm CODE, disable CODE or status")
 		},
 	}
-	// call makes an authorized call to the gateway's 2FA API with the session's token.
-	call := func(cmd *cobra.Command, method, path string, in, out any) error {
+	// client is the gateway's API with the session's token.
+	client := func() (*api.Client, error) {
 		sess, err := LoadSession(g.session)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		return phone.Call(cmd.Context(), method, sess.Gateway+path, sess.Token, in, out)
+		return sess.Client(), nil
 	}
 
 	var qrFile, proof string
@@ -39,12 +38,12 @@ func totpCommand(g *globals, env Env) *cobra.Command {
 		Short: "start 2FA enrollment: QR code, otpauth URL, secret",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var e struct {
-				URL    string `json:"otpauth_url"`
-				Secret string `json:"secret"`
-				QRPNG  string `json:"qr_png"`
+			c, err := client()
+			if err != nil {
+				return err
 			}
-			if err := call(cmd, http.MethodPost, "/v1/2fa/enroll", map[string]string{"proof": proof}, &e); err != nil {
+			e, err := c.EnrollTOTP(cmd.Context(), proof)
+			if err != nil {
 				return err
 			}
 			if qrFile != "" {
@@ -57,11 +56,11 @@ func totpCommand(g *globals, env Env) *cobra.Command {
 				}
 			}
 			if enrollJSON {
-				return json.NewEncoder(env.Stdout).Encode(map[string]string{"otpauth_url": e.URL, "secret": e.Secret})
+				return json.NewEncoder(env.Stdout).Encode(map[string]string{"otpauth_url": e.OTPAuthURL, "secret": e.Secret})
 			}
 			fmt.Fprintln(env.Stdout, "Scan this with your authenticator app:")
-			qrterminal.GenerateHalfBlock(e.URL, qrterminal.L, env.Stdout)
-			fmt.Fprintf(env.Stdout, "\n%s\n\nOr type the secret by hand: %s\n", e.URL, e.Secret)
+			qrterminal.GenerateHalfBlock(e.OTPAuthURL, qrterminal.L, env.Stdout)
+			fmt.Fprintf(env.Stdout, "\n%s\n\nOr type the secret by hand: %s\n", e.OTPAuthURL, e.Secret)
 			if qrFile != "" {
 				fmt.Fprintf(env.Stdout, "QR code written to %s\n", qrFile)
 			}
@@ -79,17 +78,19 @@ func totpCommand(g *globals, env Env) *cobra.Command {
 		Short: "activate 2FA with the code your authenticator shows; prints ten single-use recovery codes",
 		Args:  exactly(1, "the CODE your authenticator shows"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var out struct {
-				Codes []string `json:"recovery_codes"`
+			c, err := client()
+			if err != nil {
+				return err
 			}
-			if err := call(cmd, http.MethodPost, "/v1/2fa/confirm", map[string]string{"code": args[0]}, &out); err != nil {
+			codes, err := c.ConfirmTOTP(cmd.Context(), args[0])
+			if err != nil {
 				return err
 			}
 			if confirmJSON {
-				return printJSON(env, out)
+				return printJSON(env, api.TOTPConfirmation{RecoveryCodes: codes})
 			}
 			fmt.Fprintln(env.Stdout, "Two-factor authentication is active. Recovery codes (each works once; shown only now):")
-			for _, c := range out.Codes {
+			for _, c := range codes {
 				fmt.Fprintln(env.Stdout, "  "+c)
 			}
 			return nil
@@ -102,7 +103,11 @@ func totpCommand(g *globals, env Env) *cobra.Command {
 		Short: "turn 2FA off (a current code or a recovery code)",
 		Args:  exactly(1, "a current CODE or a recovery code"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := call(cmd, http.MethodPost, "/v1/2fa/disable", map[string]string{"code": args[0]}, nil); err != nil {
+			c, err := client()
+			if err != nil {
+				return err
+			}
+			if err := c.DisableTOTP(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintln(env.Stdout, "Two-factor authentication is off.")
@@ -116,18 +121,23 @@ func totpCommand(g *globals, env Env) *cobra.Command {
 		Short: "enrollment and lockout state",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st struct {
-				Enrolled          bool   `json:"enrolled"`
-				Pending           bool   `json:"pending"`
-				RecoveryCodesLeft int    `json:"recovery_codes_left"`
-				Mode              string `json:"mode"`
-				LockedUntil       string `json:"locked_until,omitempty"`
+			c, err := client()
+			if err != nil {
+				return err
 			}
-			if err := call(cmd, http.MethodGet, "/v1/2fa", nil, &st); err != nil {
+			st, err := c.TOTPStatus(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if statusJSON {
-				return printJSON(env, st)
+				// In the order this command always printed.
+				return printJSON(env, struct {
+					Enrolled          bool   `json:"enrolled"`
+					Pending           bool   `json:"pending"`
+					RecoveryCodesLeft int    `json:"recovery_codes_left"`
+					Mode              string `json:"mode"`
+					LockedUntil       string `json:"locked_until,omitempty"`
+				}{st.Enrolled, st.Pending, st.RecoveryCodesLeft, st.Mode, st.LockedUntil})
 			}
 			state := "not enrolled"
 			switch {

@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,7 +16,7 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
-	"telematics/gateway/httpapi"
+	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -118,26 +116,13 @@ func (w *keyWorld) stopCars() error {
 	return err
 }
 
-// vehicleView is what the bench reads of GET /v1/admin/vehicles.
-type vehicleView struct {
-	VIN  string `json:"vin"`
-	Twin *struct {
-		Status string `json:"status"`
-	} `json:"twin"`
-	Keys struct {
-		Version      uint64 `json:"version"`
-		AckedVersion uint64 `json:"acked_version"`
-		AckedMs      int64  `json:"acked_ts"`
-	} `json:"keys"`
-}
-
 // views returns the gateway's view of the run's cars, by VIN (one request for all of them).
-func (w *keyWorld) views(ctx context.Context) (map[string]vehicleView, error) {
-	var all []vehicleView
-	if err := w.s.call(ctx, http.MethodGet, "/v1/admin/vehicles", nil, &all); err != nil {
+func (w *keyWorld) views(ctx context.Context) (map[string]api.VehicleView, error) {
+	all, err := w.s.admin().Vehicles(ctx)
+	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]vehicleView, len(w.creds))
+	out := make(map[string]api.VehicleView, len(w.creds))
 	for _, v := range all {
 		out[v.VIN] = v
 	}
@@ -145,7 +130,7 @@ func (w *keyWorld) views(ctx context.Context) (map[string]vehicleView, error) {
 }
 
 // waitCars polls the gateway until cond holds for every car of the run, or timeout.
-func (w *keyWorld) waitCars(ctx context.Context, what string, timeout time.Duration, cond func(vehicleView) bool) error {
+func (w *keyWorld) waitCars(ctx context.Context, what string, timeout time.Duration, cond func(api.VehicleView) bool) error {
 	deadline := time.Now().Add(timeout)
 	lastLog := time.Now()
 	for {
@@ -187,22 +172,22 @@ func (w *keyWorld) pollEvery() time.Duration {
 	return max(200*time.Millisecond, time.Duration(len(w.creds))*100*time.Microsecond)
 }
 
-func online(v vehicleView) bool { return v.Twin != nil && v.Twin.Status == protocol.StatusOnline }
+func online(v api.VehicleView) bool { return v.Twin != nil && v.Twin.Status == protocol.StatusOnline }
 
-func synced(v vehicleView) bool { return v.Keys.Version > 0 && v.Keys.AckedVersion >= v.Keys.Version }
+func synced(v api.VehicleView) bool {
+	return v.Keys != nil && v.Keys.Version > 0 && v.Keys.AckedVersion >= v.Keys.Version
+}
 
 // newPerson adds a user (owner of vin unless vin is ""), logs them in and enrolls TOTP.
 func (w *keyWorld) newPerson(ctx context.Context, name, vin string) (*person, error) {
 	pw := make([]byte, 12)
 	rand.Read(pw)
 	p := &person{name: name, password: "bench-" + hex.EncodeToString(pw), vin: vin}
-	var ignore json.RawMessage
-	if err := w.s.call(ctx, http.MethodPost, "/v1/admin/users", httpapi.AddUserRequest{Username: name, Password: p.password}, &ignore); err != nil {
+	if err := w.s.admin().AddUser(ctx, name, p.password); err != nil {
 		return nil, err
 	}
 	if vin != "" {
-		if err := w.s.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign",
-			httpapi.AssignRequest{User: name, Role: protocol.RoleOwner}, &ignore); err != nil {
+		if _, err := w.s.admin().Assign(ctx, vin, name, protocol.RoleOwner); err != nil {
 			return nil, err
 		}
 	}
@@ -211,22 +196,13 @@ func (w *keyWorld) newPerson(ctx context.Context, name, vin string) (*person, er
 		return nil, fmt.Errorf("%s logs in: %w", name, err)
 	}
 	p.sess = sess
-	var e struct {
-		Secret string `json:"secret"`
-	}
-	if err := phone.Call(ctx, http.MethodPost, w.s.gatewayURL+"/v1/2fa/enroll", sess.Token, map[string]string{}, &e); err != nil {
-		return nil, fmt.Errorf("%s enrolls TOTP: %w", name, err)
+	auth, _, err := phone.EnrollAuthenticator(ctx, sess.Client())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	p.mu.Lock()
-	p.auth = phone.NewAuthenticator(e.Secret)
+	p.auth = auth
 	p.mu.Unlock()
-	code, err := p.code()
-	if err != nil {
-		return nil, err
-	}
-	if err := phone.Call(ctx, http.MethodPost, w.s.gatewayURL+"/v1/2fa/confirm", sess.Token, map[string]string{"code": code}, nil); err != nil {
-		return nil, fmt.Errorf("%s confirms TOTP: %w", name, err)
-	}
 	if p.key, err = sign.Generate(); err != nil {
 		return nil, err
 	}
@@ -375,9 +351,7 @@ func (w *keyWorld) setUpFleetOwners(ctx context.Context, m int) error {
 	err = parallel(ctx, len(rest), cfg.SetupConcurrency, func(k int) error {
 		i := rest[k]
 		p, vin := w.owners[carOwner[i]], w.creds[i].VIN
-		var ignore json.RawMessage
-		if err := w.s.call(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign",
-			httpapi.AssignRequest{User: p.name, Role: protocol.RoleOwner}, &ignore); err != nil {
+		if _, err := w.s.admin().Assign(ctx, vin, p.name, protocol.RoleOwner); err != nil {
 			return fmt.Errorf("assign %s to %s: %w", vin, p.name, err)
 		}
 		withCode, err := p.pairElevated(ctx, vin)
@@ -419,8 +393,8 @@ func (p *person) pairElevated(ctx context.Context, vin string) (withCode bool, e
 }
 
 func totpRequired(err error) bool {
-	var api *phone.APIError
-	return errors.As(err, &api) && api.Reason == protocol.ReasonTOTPRequired
+	var ae *api.Error
+	return errors.As(err, &ae) && ae.Reason == protocol.ReasonTOTPRequired
 }
 
 // allowApps puts the owners' app tokens into mosquitto's password file.
@@ -601,9 +575,9 @@ func sendErrorReason(err error) string {
 	case errors.Is(err, context.Canceled):
 		return "cancelled"
 	}
-	var api *phone.APIError
-	if errors.As(err, &api) && api.Reason != "" {
-		return string(api.Reason)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Reason != "" {
+		return string(ae.Reason)
 	}
 	return "send_failed"
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
-	"telematics/pkg/phone"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 )
 
@@ -37,7 +37,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 	// The owners' pairings elevated their login sessions: sharing needs no new code.
 	err = parallel(ctx, len(w.owners), cfg.SetupConcurrency, func(i int) error {
 		o := w.owners[i]
-		_, err := phone.ShareKey(ctx, o.sess, phone.Share{VIN: o.vin, User: friend.name, Role: protocol.RoleDriver}, "")
+		_, err := o.sess.Client().ShareKey(ctx, api.ShareRequest{VIN: o.vin, User: friend.name, Role: protocol.RoleDriver})
 		if err != nil {
 			return fmt.Errorf("%s shares %s: %w", o.name, o.vin, err)
 		}
@@ -80,16 +80,16 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 	_ = parallel(ctx, len(w.owners), cfg.Concurrency, func(i int) error {
 		o := w.owners[i]
 		out[i].req = time.Now()
-		rev, err := phone.RevokeKey(ctx, o.sess, o.vin, sharedKey, "", false)
-		var api *phone.APIError
-		if errors.As(err, &api) && api.Reason == protocol.ReasonTOTPRequired {
+		rev, err := o.sess.Client().RevokeKey(ctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey})
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Reason == protocol.ReasonTOTPRequired {
 			// The step-up lapsed (a long setup): the owner types a code.
 			retried.Add(1)
 			code, cerr := o.code()
 			if cerr != nil {
 				return cerr
 			}
-			rev, err = phone.RevokeKey(ctx, o.sess, o.vin, sharedKey, code, false)
+			rev, err = o.sess.Client().RevokeKey(ctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey, TOTP: code})
 		}
 		out[i].resp = time.Now()
 		if err != nil {
@@ -127,7 +127,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 			if o.version == 0 || o.acked {
 				continue
 			}
-			if v := vs[w.owners[i].vin]; v.Keys.AckedVersion >= o.version {
+			if v := vs[w.owners[i].vin]; v.Keys != nil && v.Keys.AckedVersion >= o.version {
 				o.acked, o.ackedMs, lastSeen = true, v.Keys.AckedMs, now
 				pending--
 			}

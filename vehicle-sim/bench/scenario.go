@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"telematics/pkg/api"
 )
 
 // Result is one run of a scenario against one system under test. Fields a run does not
@@ -422,7 +424,7 @@ func (r *runner) publish(ctx context.Context, s *sut, f *fleet) (*publishOutcome
 	if err := f.send(op{Op: opPublish, Rate: cfg.Rate, QoS: byte(cfg.QoS)}); err != nil {
 		return nil, err
 	}
-	prevT, prevSent, prevRecv := t0, c0.Sent, st0.Received
+	prevT, prevSent, prevRecv := t0, c0.Sent, st0.TelemetryReceived
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	deadline := time.NewTimer(cfg.Duration)
@@ -447,8 +449,8 @@ loop:
 			smp, _ := s.sample()
 			r.logf("telemetry %.0fs/%.0fs: sent %d (%.0f/s), into the twin %.0f/s, gaps %d, errors %d%s",
 				now.Sub(t0).Seconds(), cfg.Duration.Seconds(), c.Sent-c0.Sent, float64(c.Sent-prevSent)/dt,
-				float64(st.Received-prevRecv)/dt, st.Lost-st0.Lost, c.Errors, memLine(s, smp))
-			prevT, prevSent, prevRecv = now, c.Sent, st.Received
+				float64(st.TelemetryReceived-prevRecv)/dt, st.TelemetryLost-st0.TelemetryLost, c.Errors, memLine(s, smp))
+			prevT, prevSent, prevRecv = now, c.Sent, st.TelemetryReceived
 		}
 	}
 	window := time.Since(t0)
@@ -474,16 +476,16 @@ loop:
 	if cfg.QoS == 1 {
 		expected = c1.Acked - c0.Acked
 	}
-	st1, err := r.drain(ctx, s, st0.Received+uint64(expected))
+	st1, err := r.drain(ctx, s, st0.TelemetryReceived+uint64(expected))
 	if err != nil {
 		return nil, err
 	}
 	o := &publishOutcome{
 		window: window, sent: c1.Sent - c0.Sent, acked: c1.Acked - c0.Acked,
-		received: int64(st1.Received - st0.Received), gatewayLost: int64(st1.Lost - st0.Lost),
+		received: int64(st1.TelemetryReceived - st0.TelemetryReceived), gatewayLost: int64(st1.TelemetryLost - st0.TelemetryLost),
 		sentPerS:         float64(cW.Sent-c0.Sent) / window.Seconds(),
-		msgsPerS:         float64(stW.Received-st0.Received) / window.Seconds(),
-		receivedInWindow: int64(stW.Received - st0.Received),
+		msgsPerS:         float64(stW.TelemetryReceived-st0.TelemetryReceived) / window.Seconds(),
+		receivedInWindow: int64(stW.TelemetryReceived - st0.TelemetryReceived),
 		cpuFrom:          cpu0, cpuTo: cpu1,
 	}
 	o.lost = max(0, expected-o.received)
@@ -491,9 +493,9 @@ loop:
 }
 
 // drain waits until the gateway counted want messages, or its count stood still for drainIdle.
-func (r *runner) drain(ctx context.Context, s *sut, want uint64) (gatewayStats, error) {
+func (r *runner) drain(ctx context.Context, s *sut, want uint64) (api.Stats, error) {
 	var (
-		last      gatewayStats
+		last      api.Stats
 		lastMoved = time.Now()
 	)
 	for {
@@ -501,10 +503,10 @@ func (r *runner) drain(ctx context.Context, s *sut, want uint64) (gatewayStats, 
 		if err != nil {
 			return st, err
 		}
-		if st.Received >= want {
+		if st.TelemetryReceived >= want {
 			return st, nil
 		}
-		if st.Received != last.Received {
+		if st.TelemetryReceived != last.TelemetryReceived {
 			last, lastMoved = st, time.Now()
 		}
 		if time.Since(lastMoved) > drainIdle {

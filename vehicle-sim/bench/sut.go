@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"telematics/pkg/phone"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -410,8 +410,8 @@ func (s *sut) provision(ctx context.Context, n int, progress func(done int)) ([]
 	creds := make([]protocol.Credentials, 0, n)
 	for len(creds) < n {
 		k := min(n-len(creds), provisionBatch)
-		var got []protocol.Credentials
-		if err := s.call(ctx, http.MethodPost, "/v1/admin/vehicles", map[string]int{"count": k}, &got); err != nil {
+		got, err := s.admin().AddVehicles(ctx, api.AddVehiclesRequest{Count: k})
+		if err != nil {
 			return nil, fmt.Errorf("provision cars: %w", err)
 		}
 		if len(got) != k {
@@ -425,24 +425,10 @@ func (s *sut) provision(ctx context.Context, n int, progress func(done int)) ([]
 	return creds, nil
 }
 
-// gatewayStats is GET /v1/admin/stats.
-type gatewayStats struct {
-	Received uint64 `json:"telemetry_received"`
-	Lost     uint64 `json:"telemetry_lost"`
-	Cars     int    `json:"cars_reporting"`
-	Pending  int    `json:"pending_commands"`
-}
+func (s *sut) stats(ctx context.Context) (api.Stats, error) { return s.admin().Stats(ctx) }
 
-func (s *sut) stats(ctx context.Context) (gatewayStats, error) {
-	var st gatewayStats
-	err := s.call(ctx, http.MethodGet, "/v1/admin/stats", nil, &st)
-	return st, err
-}
-
-// call makes an admin API request.
-func (s *sut) call(ctx context.Context, method, path string, body, out any) error {
-	return phone.Call(ctx, method, s.gatewayURL+path, s.token, body, out)
-}
+// admin is the gateway's admin API.
+func (s *sut) admin() *api.Client { return api.NewClient(s.gatewayURL, s.token) }
 
 // sample reads memory and CPU of every process of the system under test.
 func (s *sut) sample() ([]procSample, error) {

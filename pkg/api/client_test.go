@@ -1,4 +1,4 @@
-package phone
+package api_test
 
 import (
 	"context"
@@ -7,17 +7,19 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"telematics/pkg/phone/phonetest"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
-	"telematics/pkg/sign"
 )
 
-// fakeGateway answers the key API with canned responses and records each request.
+const (
+	testVIN  = "1HGCM82633A004352"
+	testUser = "alice"
+)
+
+// fakeGateway answers with canned responses and records each request.
 type fakeGateway struct {
 	srv *httptest.Server
 
@@ -57,9 +59,7 @@ func (g *fakeGateway) on(route string, f func(body []byte) (int, any)) {
 	g.mu.Unlock()
 }
 
-func (g *fakeGateway) session() *Session {
-	return &Session{Gateway: g.srv.URL, User: testUser, Token: "app-token", ExpiresAtMs: time.Now().Add(time.Hour).UnixMilli()}
-}
+func (g *fakeGateway) client() *api.Client { return api.NewClient(g.srv.URL, "app-token") }
 
 func (g *fakeGateway) last() (string, map[string]any) {
 	g.mu.Lock()
@@ -69,73 +69,27 @@ func (g *fakeGateway) last() (string, map[string]any) {
 	return g.reqs[len(g.reqs)-1], m
 }
 
-func TestPairKeySendsOnlyThePublicHalf(t *testing.T) {
+func TestKeyRequests(t *testing.T) {
 	g := newFakeGateway(t)
-	key := newKey(t)
-	g.on("POST /v1/keys/pair", func(b []byte) (int, any) {
-		var in struct {
-			PublicKey string `json:"public_key"`
-		}
-		_ = json.Unmarshal(b, &in)
-		pub, err := sign.DecodePublic(in.PublicKey)
-		if err != nil {
-			return 400, map[string]string{"error": "bad_request", "message": err.Error()}
-		}
-		k := phonetest.KeyFor(key, testUser, protocol.RoleOwner)
-		k.ID = sign.KeyID(pub) // the gateway derives the id from what it got
-		return 201, k
-	})
-	k, err := PairKey(context.Background(), g.session(), key, testVIN, "pixel", "123456")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if k.ID != key.KID() || k.Role != protocol.RoleOwner {
-		t.Fatalf("paired %+v", k)
-	}
-	req, body := g.last()
-	pub, _ := sign.EncodePublic(key.Public())
-	want := map[string]any{"vin": testVIN, "public_key": pub, "label": "pixel", "totp": "123456"}
-	if req != "POST /v1/keys/pair" || len(body) != len(want) {
-		t.Fatalf("%s %v", req, body)
-	}
-	for f, v := range want {
-		if body[f] != v {
-			t.Fatalf("body field %s = %v, want %v", f, body[f], v)
-		}
-	}
-	assertNoSecret(t, key, g.bodies...)
-
-	// A gateway that registered another key than ours is not believed.
-	g.on("POST /v1/keys/pair", func([]byte) (int, any) { return 201, protocol.WhitelistKey{ID: "someone-else"} })
-	if _, err := PairKey(context.Background(), g.session(), key, testVIN, "", ""); err == nil || !strings.Contains(err.Error(), "not this phone's key") {
-		t.Fatalf("mismatched key id: %v", err)
-	}
-	if _, err := PairKey(context.Background(), g.session(), nil, testVIN, "", ""); !errors.Is(err, ErrNoKey) {
-		t.Fatalf("nil key: %v", err)
-	}
-}
-
-func TestKeyAPIRequests(t *testing.T) {
-	g := newFakeGateway(t)
-	status := KeyStatus{VIN: testVIN, Version: 3, AckedVersion: 2, Keys: []protocol.WhitelistKey{{ID: "k1", User: testUser, Role: protocol.RoleOwner}}}
+	status := api.KeyStatus{VIN: testVIN, Version: 3, AckedVersion: 2, Keys: []protocol.WhitelistKey{{ID: "k1", User: testUser, Role: protocol.RoleOwner}}}
 	g.on("GET /v1/keys", func([]byte) (int, any) { return 200, status })
 	g.on("POST /v1/keys/share", func(b []byte) (int, any) {
-		var sh Share
+		var sh api.ShareRequest
 		_ = json.Unmarshal(b, &sh)
-		return 201, sh
+		return 201, api.Share{VIN: sh.VIN, User: sh.User, Role: sh.Role, NotAfterMs: sh.NotAfterMs, Channels: sh.Channels}
 	})
-	g.on("POST /v1/keys/revoke", func([]byte) (int, any) { return 200, Revocation{VIN: testVIN, KeyID: "k1", Version: 4} })
-	ctx, s := context.Background(), g.session()
+	g.on("POST /v1/keys/revoke", func([]byte) (int, any) { return 200, api.Revocation{VIN: testVIN, KeyID: "k1", Version: 4} })
+	ctx, c := context.Background(), g.client()
 
-	st, err := ListKeys(ctx, s, testVIN)
-	if err != nil || st.Version != 3 || st.AckedVersion != 2 || st.InSync() || len(st.Keys) != 1 {
+	st, err := c.ListKeys(ctx, testVIN)
+	if err != nil || st.Version != 3 || st.AckedVersion != 2 || st.InSync || len(st.Keys) != 1 {
 		t.Fatalf("list %+v %v", st, err)
 	}
 	if req, _ := g.last(); req != "GET /v1/keys?vin="+testVIN {
 		t.Fatalf("request %s", req)
 	}
 
-	sh, err := ShareKey(ctx, s, Share{VIN: testVIN, User: "bob", Role: protocol.RoleValet, Channels: []string{protocol.ChannelLocal}}, "654321")
+	sh, err := c.ShareKey(ctx, api.ShareRequest{VIN: testVIN, User: "bob", Role: protocol.RoleValet, Channels: []string{protocol.ChannelLocal}, TOTP: "654321"})
 	if err != nil || sh.User != "bob" {
 		t.Fatalf("share %+v %v", sh, err)
 	}
@@ -145,7 +99,7 @@ func TestKeyAPIRequests(t *testing.T) {
 		t.Fatalf("%s %v", req, body)
 	}
 
-	rv, err := RevokeKey(ctx, s, testVIN, "k1", "111111", true)
+	rv, err := c.RevokeKey(ctx, api.RevokeRequest{VIN: testVIN, KeyID: "k1", TOTP: "111111", AllowLastOwner: true})
 	if err != nil || rv.Version != 4 {
 		t.Fatalf("revoke %+v %v", rv, err)
 	}
@@ -155,9 +109,9 @@ func TestKeyAPIRequests(t *testing.T) {
 	}
 
 	// Both shapes of the all-cars list.
-	for _, shape := range []any{[]KeyStatus{status}, map[string]any{"cars": []KeyStatus{status}}} {
+	for _, shape := range []any{[]api.KeyStatus{status}, map[string]any{"cars": []api.KeyStatus{status}}} {
 		g.on("GET /v1/keys", func([]byte) (int, any) { return 200, shape })
-		cars, err := ListAllKeys(ctx, s)
+		cars, err := c.ListAllKeys(ctx)
 		if err != nil || len(cars) != 1 || cars[0].VIN != testVIN {
 			t.Fatalf("all cars from %T: %+v %v", shape, cars, err)
 		}
@@ -167,20 +121,20 @@ func TestKeyAPIRequests(t *testing.T) {
 	}
 	// One car's answer is not a list of cars, and not "no cars" either.
 	g.on("GET /v1/keys", func([]byte) (int, any) { return 200, status })
-	if cars, err := ListAllKeys(ctx, s); err == nil {
+	if cars, err := c.ListAllKeys(ctx); err == nil {
 		t.Fatalf("a single car's answer read as %+v", cars)
 	}
 
-	// Refusals arrive as *APIError with the reason.
+	// Refusals arrive as *api.Error with the reason.
 	g.on("POST /v1/keys/revoke", func([]byte) (int, any) {
 		return 401, map[string]string{"error": "totp_required", "message": "key changes need a code"}
 	})
-	_, err = RevokeKey(ctx, s, testVIN, "k1", "", false)
-	var ae *APIError
+	_, err = c.RevokeKey(ctx, api.RevokeRequest{VIN: testVIN, KeyID: "k1"})
+	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Reason != protocol.ReasonTOTPRequired || ae.Status != 401 {
 		t.Fatalf("got %v", err)
 	}
-	if _, err := ListKeys(ctx, nil, testVIN); err == nil {
-		t.Fatal("no session accepted")
+	if _, err := (&api.Client{}).ListKeys(ctx, testVIN); err == nil {
+		t.Fatal("no gateway accepted")
 	}
 }

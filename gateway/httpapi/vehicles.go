@@ -1,0 +1,171 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/store"
+	"telematics/pkg/api"
+	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
+)
+
+// reissue issues a car new credentials and retires its old token: for a car whose token may
+// have leaked (a dumped head unit, a car sold without a factory reset). The new token is
+// recorded before it is returned, so an answered reissue survives a crash.
+func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
+	vin := r.PathValue("vin")
+	if !protocol.ValidVIN(vin) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN", vin))
+		return
+	}
+	v, err := a.Store.GetVehicle(vin)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			Error(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no such vehicle")
+			return
+		}
+		Fail(w, a.Log, err)
+		return
+	}
+	if v.DecommissionedMs != 0 {
+		// New credentials would undo the retirement of the old ones.
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, vin+" is decommissioned: it gets no new credentials")
+		return
+	}
+	tok, jti, _, err := a.Issuer.IssueID(vin, protocol.RoleVehicle, a.VehicleTokenTTL)
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if err := a.Store.SetVehicleTokenID(vin, jti); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, Outcome: "credentials_reissued"})
+	if a.Hooks.TokenRetired != nil {
+		a.Hooks.TokenRetired(vin, jti)
+	}
+	pub, _ := sign.EncodePublic(a.Hooks.CarKey(vin).Public())
+	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub})
+}
+
+// MaxVehiclesPerRequest bounds one provisioning call.
+const MaxVehiclesPerRequest = 100_000
+
+func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
+	var req api.AddVehiclesRequest
+	if err := DecodeBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if req.Count < 0 || req.Count+len(req.VINs) == 0 || req.Count+len(req.VINs) > MaxVehiclesPerRequest {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("give 1 to %d vins or a count", MaxVehiclesPerRequest))
+		return
+	}
+	seen := map[string]bool{}
+	for _, v := range req.VINs {
+		if !protocol.ValidVIN(v) {
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN (17 characters, digits and capitals without I, O, Q)", v))
+			return
+		}
+		if seen[v] {
+			Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%s given twice", v))
+			return
+		}
+		seen[v] = true
+	}
+	vins := append([]string(nil), req.VINs...)
+	for i := 0; i < req.Count; i++ {
+		vins = append(vins, RandomVIN())
+	}
+	nowMs := a.Now().UnixMilli()
+	vs := make([]store.Vehicle, len(vins))
+	out := make([]protocol.Credentials, len(vins))
+	for i, v := range vins {
+		tok, jti, _, err := a.Issuer.IssueID(v, protocol.RoleVehicle, a.VehicleTokenTTL)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		pub, _ := sign.EncodePublic(a.Hooks.CarKey(v).Public())
+		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs, TokenID: jti}
+		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub}
+	}
+	if err := a.Store.AddVehicles(vs); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			Error(w, http.StatusConflict, protocol.ReasonDuplicate, err.Error())
+			return
+		}
+		Fail(w, a.Log, err)
+		return
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: nowMs, Kind: audit.KindAdmin, Outcome: "vehicles_added",
+		Detail: fmt.Sprintf("%d vehicles", len(vins))})
+	writeJSON(w, http.StatusCreated, out)
+}
+
+// view is what the admin API shows of v: the stored car, its twin and its whitelist.
+func (a *API) view(v store.Vehicle) api.VehicleView {
+	out := api.VehicleView{VIN: v.VIN, CreatedMs: v.CreatedMs, Users: v.Users, TokenID: v.TokenID,
+		Reissued: v.Reissued, DecommissionedMs: v.DecommissionedMs, RetiredMs: v.RetiredMs}
+	if a.Keys != nil {
+		st := keyStatusView(a.Keys.Status(v.VIN))
+		out.Keys = &st
+	}
+	if t, ok := a.Twins.Twin(v.VIN); ok {
+		out.Twin = &api.Twin{VIN: t.VIN, Status: t.Status, StatusMs: t.StatusMs, TelemetryMs: t.TelemetryMs,
+			TelemetrySeq: t.TelemetrySeq, Signals: t.Signals}
+	}
+	return out
+}
+
+func (a *API) listVehicles(w http.ResponseWriter, _ *http.Request) {
+	vs, err := a.Store.ListVehicles()
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	out := make([]api.VehicleView, len(vs))
+	for i, v := range vs {
+		out[i] = a.view(v)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) showVehicle(w http.ResponseWriter, r *http.Request) {
+	vin := r.PathValue("vin")
+	if !protocol.ValidVIN(vin) {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN", vin))
+		return
+	}
+	v, err := a.Store.GetVehicle(vin)
+	if errors.Is(err, store.ErrNotFound) {
+		Error(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no vehicle "+vin)
+		return
+	}
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.view(v))
+}
+
+func (a *API) assign(w http.ResponseWriter, r *http.Request) {
+	vin := r.PathValue("vin")
+	var req api.AssignRequest
+	if err := DecodeBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	// Through the key registry: the user's keys get the new role (or are revoked for "none")
+	// in the same transaction, and the car a new whitelist version; audited there.
+	out, err := a.Keys.Assign(r.Context(), vin, req.User, req.Role)
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, roleChangeView(out))
+}
