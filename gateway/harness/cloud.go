@@ -20,8 +20,8 @@ import (
 
 	"telematics/gateway/accounts"
 	"telematics/gateway/server"
-	"telematics/pkg/broker"
 	"telematics/pkg/api"
+	"telematics/pkg/broker"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
