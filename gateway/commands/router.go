@@ -1,5 +1,5 @@
 // Package commands authorizes app requests and routes them to cars and their results back:
-// the cloud path of DESIGN.md's command lifecycle. Every request gets exactly one terminal
+// the cloud path of PROTOCOL.md's command lifecycle. Every request gets exactly one terminal
 // reply; every decision is in the audit log before the command goes out; commands for one car
 // go out in order; nothing is sent after its expiry.
 package commands
@@ -250,7 +250,7 @@ func (r *Router) work(ch chan request) {
 	}
 }
 
-// decide runs the checks of DESIGN.md's lifecycle in order and answers with the first reason
+// decide runs the checks of PROTOCOL.md's lifecycle in order and answers with the first reason
 // that applies; an accepted command is audited, sent to the car and awaited.
 func (r *Router) decide(req request) {
 	nowMs := r.now().UnixMilli()

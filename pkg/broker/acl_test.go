@@ -46,7 +46,7 @@ func aclUniverse() []string {
 }
 
 // TestACLMatrix asserts every cell of identity × topic × direction against the table of
-// DESIGN.md: a cell is allowed exactly if it is listed here.
+// docs/PROTOCOL.md ("Topics and ACL"): a cell is allowed exactly if it is listed here.
 func TestACLMatrix(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	valid := now.Add(time.Hour)

@@ -188,7 +188,8 @@ func TestPahoResubscribesAfterBrokerRestart(t *testing.T) {
 		}
 		return nil
 	})
-	// The new broker knows nothing: the gateway publishes the whitelist again (DESIGN.md).
+	// The new broker knows nothing: the gateway publishes the whitelist again (docs/ARCHITECTURE.md,
+	// "The broker holds nothing that matters").
 	must(t, gw2.Publish(ctx, "v/car1/keys", 1, true, []byte("whitelist v1 again")))
 	eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1 again") })
 	eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "online") })
