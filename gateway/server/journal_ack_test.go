@@ -53,6 +53,7 @@ func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
 // it sends it again to the restarted broker, again until the gateway has it (the copy it sent
 // before the gateway was back is lost), and the gateway files it once.
 func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	brokerURL := "tcp://" + addr
