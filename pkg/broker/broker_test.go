@@ -21,6 +21,7 @@ import (
 )
 
 func TestNewRefusesBadInput(t *testing.T) {
+	t.Parallel()
 	signer, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +137,7 @@ func TestLifecycle(t *testing.T) {
 }
 
 func TestListenersCanBeDisabled(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, func(c *Config) { c.WSAddr = "" })
 	if f.b.WSAddr() != "" {
 		t.Errorf("WSAddr = %q, want empty", f.b.WSAddr())
@@ -166,6 +168,7 @@ func TestListenersCanBeDisabled(t *testing.T) {
 // TestInlineGateway: the embedded gateway talks to cars through mochi's inline client, which
 // the ACL does not restrict; cars are restricted as usual.
 func TestInlineGateway(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	srv := f.b.Server()
 	telemetry := make(chan string, 10)
@@ -201,6 +204,7 @@ func TestInlineGateway(t *testing.T) {
 
 // TestWebSocket: the same identities and ACL over MQTT-over-WebSocket.
 func TestWebSocket(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	if _, err := dialPaho(t, f.wsURL(), creds{clientID: vinA}, nil); err == nil {
 		t.Fatal("anonymous WebSocket client admitted")
@@ -232,6 +236,7 @@ func TestWebSocket(t *testing.T) {
 
 // TestMaxPacketBytes: a packet over the limit ends the connection and is not delivered.
 func TestMaxPacketBytes(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, func(c *Config) { c.MaxPacketBytes = protocol.MaxPayloadBytes + 1024 })
 	gw := mustPaho(t, f.tcpURL(), f.creds(t, gwSub, protocol.RoleGateway, ""), nil)
 	var rec recorder
@@ -261,6 +266,7 @@ func TestMaxPacketBytes(t *testing.T) {
 }
 
 func TestMaxClients(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, func(c *Config) { c.MaxClients = 1 })
 	mustPaho(t, f.tcpURL(), f.creds(t, vinA, protocol.RoleVehicle, ""), nil)
 	code, err := rawConnect(f.b.MQTTAddr(), protocolV3, f.creds(t, vinB, protocol.RoleVehicle, ""), nil)
@@ -275,6 +281,7 @@ func TestMaxClients(t *testing.T) {
 // TestLogsCarryNoSecrets: mochi logs whole packets when it refuses one; tokens (a CONNECT's
 // password) and payloads (an app's TOTP code) must not reach the log.
 func TestLogsCarryNoSecrets(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	const totp = "918273"
 

@@ -27,6 +27,7 @@ import (
 // 128: docs/ARCHITECTURE.md, "The broker holds nothing that matters"). The inline subscriber
 // has no write queue to overflow.
 func TestFanInNoQoS1Loss(t *testing.T) {
+	t.Parallel()
 	cars, perCar := 200, 100
 	if testing.Short() {
 		cars, perCar = 40, 25

@@ -12,6 +12,7 @@ import (
 )
 
 func TestInlineRoundTrip(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -41,6 +42,7 @@ func TestInlineRoundTrip(t *testing.T) {
 }
 
 func TestInlineRetainedOnSubscribe(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -59,6 +61,7 @@ func TestInlineRetainedOnSubscribe(t *testing.T) {
 // mochi keys inline subscriptions by identifier server-wide: overlapping filters, and two
 // Inline clients on one server, must each get their message.
 func TestInlineOverlappingSubscriptions(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	a := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer a.Close()
@@ -81,6 +84,7 @@ func TestInlineOverlappingSubscriptions(t *testing.T) {
 // A handler that publishes, in-process, to a topic its own client handles must not wait for
 // its own full queue.
 func TestInlineHandlerPublishesToItself(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Workers: 1, QueueSize: 1, Logger: discard})
 	defer gw.Close()
@@ -105,6 +109,7 @@ func TestInlineHandlerPublishesToItself(t *testing.T) {
 }
 
 func TestInlineConnectedFollowsServer(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -121,6 +126,7 @@ func TestInlineConnectedFollowsServer(t *testing.T) {
 }
 
 func TestInlineWithoutInlineClient(t *testing.T) {
+	t.Parallel()
 	srv := mqtt.New(&mqtt.Options{Logger: discard})
 	c := NewInline(srv, InlineOptions{Logger: discard})
 	defer c.Close()
