@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -104,7 +105,9 @@ func TestLifecycle(t *testing.T) {
 	}
 	for i, c := range open {
 		_ = c.SetReadDeadline(time.Now().Add(waitFor))
-		if _, err := io.Copy(io.Discard, c); err != nil {
+		// Closed means EOF or a reset (the WebSocket listener's HTTP server may reset a
+		// connection it closes); a timeout means the broker left it open.
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("connection %d not closed by the broker: %v", i, err)
 		}
 	}
