@@ -42,6 +42,7 @@ func commandPaths(c *cobra.Command, prefix []string) [][]string {
 // (but a TOTP code's, which has none). Before, `app login|send|key create --help` and `drill
 // --help` exited 2, and `app key --help` said unknown command "--help".
 func TestHelpForEveryCommand(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	vars := map[string]string{"HOME": home}
 	paths := commandPaths(newRoot(stdio{Getenv: func(k string) string { return vars[k] }}), nil)
@@ -102,6 +103,7 @@ func dispatchRoot(root *cobra.Command, args []string, vars map[string]string) in
 }
 
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{{"--version"}, {"-v"}} {
 		code, stdout, stderr := runMain(context.Background(), args, nil)
 		if code != 0 || !strings.HasPrefix(stdout.String(), "vehicle-sim ") || !strings.Contains(stdout.String(), "go1.") || stderr.String() != "" {
@@ -146,6 +148,7 @@ func loginStub(t *testing.T) (*httptest.Server, func() []string) {
 // TestFlagsInEveryPosition: persistent and local flags before or after the command and its
 // arguments. Before, `vehicle-sim app login --user U --gateway URL` exited 2.
 func TestFlagsInEveryPosition(t *testing.T) {
+	t.Parallel()
 	srv, passwords := loginStub(t)
 	dir := t.TempDir()
 	session := filepath.Join(dir, "s.json")
@@ -295,6 +298,7 @@ func exitOf(t *testing.T, done <-chan int) int {
 // on stderr and reads it with echo off; the password never appears on the screen. Before,
 // nothing prompted and the typed password was echoed.
 func TestLoginPromptsForThePasswordWithoutEcho(t *testing.T) {
+	t.Parallel()
 	srv, passwords := loginStub(t)
 	term := newTerminal(t)
 	session := filepath.Join(t.TempDir(), "s.json")

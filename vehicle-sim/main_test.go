@@ -60,6 +60,7 @@ func runMainOut(ctx context.Context, stdout *syncBuffer, args []string, vars map
 }
 
 func TestDispatch(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		args    []string
@@ -110,6 +111,7 @@ func writeFleet(t *testing.T, dir string, vins ...string) string {
 }
 
 func TestRunDataDirLocked(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	fleetFile := writeFleet(t, dir, "WVWZZZ1JZXW000001")
 	st, err := carstore.Open(filepath.Join(dir, "data", carstore.File))
@@ -126,6 +128,7 @@ func TestRunDataDirLocked(t *testing.T) {
 // TestRunAgainstBroker runs `vehicle-sim run --fleet` against a real broker (admitting anyone:
 // tests only), sees the cars come online and publish telemetry, and stops it like SIGINT does.
 func TestRunAgainstBroker(t *testing.T) {
+	t.Parallel()
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)

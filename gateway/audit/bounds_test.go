@@ -44,6 +44,7 @@ func storedSizes(t *testing.T, db *bolt.DB) []int {
 // durable log whole. Every field is cut with a marker, and no record exceeds MaxRecordBytes,
 // even when JSON escaping would multiply its bytes.
 func TestAuditRecordIsBounded(t *testing.T) {
+	t.Parallel()
 	l, db := openLog(t)
 	long := strings.Repeat("x", 60_000)
 	escaped := strings.Repeat("\x01", 60_000) // \u0001: six bytes each once encoded
@@ -91,6 +92,7 @@ func TestAuditRecordIsBounded(t *testing.T) {
 // Issue 8, case 3: the log has retention. Prune deletes the records beyond MaxRecords and
 // those older than MaxAge, oldest first, in bounded transactions, and keeps the rest.
 func TestAuditRetention(t *testing.T) {
+	t.Parallel()
 	l, _ := openLog(t)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	// 2,500 records a day old, then 10 of the last minute.

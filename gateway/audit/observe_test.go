@@ -11,6 +11,7 @@ import (
 // The observer sees an event once its transaction commits, and never an event of a
 // transaction that failed (the group committer then retries each write alone: counted once).
 func TestObserveSeesCommittedEventsOnly(t *testing.T) {
+	t.Parallel()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "a.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)

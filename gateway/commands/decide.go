@@ -40,7 +40,7 @@ func decodeAppRequest(payload []byte) *appRequest {
 	return a
 }
 
-// decide runs the checks of DESIGN.md's lifecycle in order and answers with the first reason
+// decide runs the checks of PROTOCOL.md's lifecycle in order and answers with the first reason
 // that applies; an accepted command is audited, sent to the car and awaited.
 func (r *Router) decide(req request) {
 	nowMs := r.now().UnixMilli()

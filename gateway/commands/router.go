@@ -1,5 +1,5 @@
 // Package commands authorizes app requests and routes them to cars and their results back:
-// the cloud path of DESIGN.md's command lifecycle. Every request gets exactly one terminal
+// the cloud path of PROTOCOL.md's command lifecycle. Every request gets exactly one terminal
 // reply; every decision is in the audit log before the command goes out; commands for one car
 // go out in order; nothing is sent after its expiry.
 package commands

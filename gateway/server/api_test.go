@@ -34,6 +34,7 @@ func apiErr(t *testing.T, err error, status int, reason protocol.Reason) {
 }
 
 func TestSecretsFilesAndModes(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	startGateway(t, dir, nil)
 	for name, want := range map[string]os.FileMode{server.SigningKeyFile: 0o600, server.AdminTokenFile: 0o600, server.DBFile: 0o600, server.PublicKeyFile: 0o644} {
@@ -51,6 +52,7 @@ func TestSecretsFilesAndModes(t *testing.T) {
 }
 
 func TestSecondGatewayOnSameDataDirFailsClearly(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	startGateway(t, dir, nil)
 	cfg := server.DefaultConfig()
@@ -63,6 +65,7 @@ func TestSecondGatewayOnSameDataDirFailsClearly(t *testing.T) {
 }
 
 func TestAdminAPI(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	ctx := context.Background()
 	call := func(bearer, method, path string, in, out any) error {
@@ -110,6 +113,7 @@ func TestAdminAPI(t *testing.T) {
 }
 
 func TestLogin(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	addUser(t, g, "dave", "", "")
 	ctx := context.Background()
@@ -148,6 +152,7 @@ func TestLogin(t *testing.T) {
 
 // The command-line clients against a running gateway: admin provisioning, app login and send.
 func TestAdminAndAppCommandLines(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startGateway(t, dir, nil)
 	ctx := context.Background()
@@ -250,6 +255,7 @@ func TestAdminAndAppCommandLines(t *testing.T) {
 // rate_limited, the others are answered, and the refusals are not password failures, so the
 // user is not locked out by somebody else's flood.
 func TestLoginFloodIsBounded(t *testing.T) {
+	t.Parallel()
 	cfg := server.DefaultConfig()
 	cfg.Data = t.TempDir()
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"

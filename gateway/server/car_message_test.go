@@ -17,6 +17,7 @@ import (
 // open_trunk refused while the car moves said only "forbidden" to the user: the car's reason
 // reaches the app's reply (message) and the audit record.
 func TestCarsRefusalMessageReachesTheReply(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	creds := provision(t, g, 1)
 	vin := creds[0].VIN

@@ -12,6 +12,7 @@ import (
 // The shipped configs/gateway.yaml must state exactly the defaults, so that reading it changes
 // nothing.
 func TestShippedConfigMatchesDefaults(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	if err := cfg.LoadFile(filepath.Join("..", "..", "configs", "gateway.yaml")); err != nil {
 		t.Fatal(err)
@@ -22,6 +23,7 @@ func TestShippedConfigMatchesDefaults(t *testing.T) {
 }
 
 func TestConfigPrecedence(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "g.yaml")
 	os.WriteFile(path, []byte("http_addr: 127.0.0.1:9000\ndata: /from/file\ncommands:\n  rate_burst: 7\n"), 0o600)
@@ -38,6 +40,7 @@ func TestConfigPrecedence(t *testing.T) {
 }
 
 func TestConfigValidateNamesEveryBadKey(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	cfg.HTTPAddr = "nonsense"
 	cfg.LogLevel = "loud"
@@ -55,6 +58,7 @@ func TestConfigValidateNamesEveryBadKey(t *testing.T) {
 }
 
 func TestConfigRejectsUnknownKeys(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "g.yaml")
 	os.WriteFile(path, []byte("htp_addr: 127.0.0.1:1\n"), 0o600)
 	cfg := DefaultConfig()
@@ -64,6 +68,7 @@ func TestConfigRejectsUnknownKeys(t *testing.T) {
 }
 
 func TestBadEnvValueReported(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	err := cfg.LoadEnv(func(k string) (string, bool) {
 		if k == "GATEWAY_APP_TOKEN_TTL" {

@@ -74,6 +74,7 @@ func (p *gwProcess) admin(t *testing.T, method, path string, in, out any) {
 // TestKillDuringKeyBurst: kill -9 the gateway during a burst of key changes; after the
 // restart every acknowledged change is there and the car converges on the same version.
 func TestKillDuringKeyBurst(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds and kills a gateway process")
 	}

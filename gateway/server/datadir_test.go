@@ -23,6 +23,7 @@ import (
 
 // `gateway serve --data /nonexistent/deep/dir`: a typo is refused, not made into a new gateway.
 func TestServeRefusesATypoedDataDir(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	typo := filepath.Join(base, "nonexistent", "deep", "dir")
 	var out, errb bytes.Buffer
@@ -37,6 +38,7 @@ func TestServeRefusesATypoedDataDir(t *testing.T) {
 // A start that fails (a busy port) leaves nothing in a data dir it created, and no new file
 // in an empty one that existed: no fresh signing key, admin token or database.
 func TestFailedStartLeavesNoFreshKeys(t *testing.T) {
+	t.Parallel()
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +69,7 @@ func TestFailedStartLeavesNoFreshKeys(t *testing.T) {
 
 // `gateway rotate-key --data nodir` (either form) leaves nothing behind.
 func TestRotateKeyOnAMissingDirLeavesNothing(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	nodir := filepath.Join(base, "nodir")
 	for name, rotate := range map[string]func(string, io.Writer) error{
@@ -81,6 +84,7 @@ func TestRotateKeyOnAMissingDirLeavesNothing(t *testing.T) {
 // While `serve --external-broker` waits for an unreachable broker, /healthz answers 200 and
 // /readyz 503; once the broker is up the gateway finishes starting and /readyz is 200.
 func TestHealthzWhileTheExternalBrokerIsUnreachable(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
 	if err != nil {

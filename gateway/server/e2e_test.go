@@ -213,6 +213,7 @@ func expect(t *testing.T, r protocol.Reply, status string, reason protocol.Reaso
 }
 
 func TestEndToEndCommands(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	creds := provision(t, g, 4)
 	mine, valetCar, offline := creds[0].VIN, creds[1].VIN, creds[2].VIN

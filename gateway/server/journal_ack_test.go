@@ -38,6 +38,7 @@ func startStandaloneAt(t *testing.T, dir, addr string) *broker.Broker {
 // it sends it again to the restarted broker, again until the gateway has it (the copy it sent
 // before the gateway was back is lost), and the gateway files it once.
 func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	addr := testutil.FreeAddr(t)
 	brokerURL := "tcp://" + addr

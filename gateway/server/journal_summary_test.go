@@ -20,6 +20,7 @@ import (
 // journal was full) lands in the audit log with its count, and the gateway acknowledges it on
 // v/{vin}/events/ack, once filed and again when it is redelivered.
 func TestJournalSummaryCountInAudit(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	creds := provision(t, g, 1)[0]
 	car, err := dialCar(g.BrokerURL(), creds)

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"telematics/gateway/store"
 	"telematics/pkg/sign"
 )
 
@@ -69,11 +68,8 @@ func RotateSigningKey(dir string, out io.Writer) error {
 	if err := existingGateway(dir); err != nil {
 		return err
 	}
-	st, err := store.Open(filepath.Join(dir, DBFile))
+	st, err := openStopped(dir)
 	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
-			return fmt.Errorf("stop the gateway first: %w", err)
-		}
 		return err
 	}
 	st.Close()

@@ -10,6 +10,7 @@ import (
 // `gateway serve --ws-addr ""` bound the default port while the config file said "" disables:
 // off is the one spelling of a disabled listener, an empty value is an error that says so.
 func TestWSAddrOffIsTheOneSpellingOfDisabled(t *testing.T) {
+	t.Parallel()
 	none := func(string) (string, bool) { return "", false }
 	cfg, err := ParseServeFlags([]string{"--ws-addr", "off"}, os.Stderr, none)
 	if err != nil || cfg.WSAddr != "" {

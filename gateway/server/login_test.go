@@ -50,6 +50,7 @@ func auditCount(t *testing.T, g *server.Gateway) int {
 // raw name went into the durable audit log. A name no user can have is refused before any
 // write.
 func TestLoginRefusesLongNameBeforeAnyWrite(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	before := auditCount(t, g)
 	long := strings.Repeat("a", 60_000)
@@ -68,6 +69,7 @@ func TestLoginRefusesLongNameBeforeAnyWrite(t *testing.T) {
 // Issue 8, case 3: failed logins are limited per client address. A successful login gives its
 // token back, so an address's real users are never slowed down by their own logins.
 func TestLoginRateLimitedPerAddress(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), func(c *server.Config) {
 		c.Login.PerIPRatePerMinute, c.Login.PerIPBurst = 0.001, 3
 	})
@@ -109,6 +111,7 @@ func loginEvents(t *testing.T, g *server.Gateway, user string) []audit.Event {
 // password then got a token. An attempt is counted before its password is checked: at most
 // max_failures wrong passwords are evaluated, and the right one is refused while locked.
 func TestLockoutCannotBeRaced(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), func(c *server.Config) { c.Login.PerIPRatePerMinute = 0 })
 	addUser(t, g, "bob", "", "")
 	var wg sync.WaitGroup
@@ -148,6 +151,7 @@ func TestLockoutCannotBeRaced(t *testing.T) {
 // actions too. The password lockout blocks password login only: the owner's session with a
 // valid code still unlocks the car.
 func TestPasswordLockoutSparesSecondFactor(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), func(c *server.Config) { c.TwoFA.Mode = twofa.ModeEnrolled })
 	creds := provision(t, g, 1)
 	vin := creds[0].VIN
@@ -210,6 +214,7 @@ func enrolledOwner(t *testing.T, g *server.Gateway, user, vin string) (*phone.Ap
 // Issue 8, case 5: the administrator clears a lockout (`gateway admin user unlock`) without
 // touching the TOTP enrollment, and it is audited.
 func TestAdminClearsLockoutKeepsEnrollment(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startGateway(t, dir, func(c *server.Config) { c.TwoFA.Mode = twofa.ModeEnrolled })
 	addUser(t, g, "carol", "", "")
@@ -254,6 +259,7 @@ func TestAdminClearsLockoutKeepsEnrollment(t *testing.T) {
 // "frank" until …") while an unknown name kept getting "wrong user name or password". Known
 // and unknown names get the same answers, attempt by attempt, and the same lockout.
 func TestLockoutDoesNotRevealAccounts(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), func(c *server.Config) { c.TwoFA.Mode = twofa.ModeEnrolled })
 	addUser(t, g, "frank", "", "")
 	times := regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`)

@@ -40,6 +40,7 @@ func scrape(t *testing.T, url, token string) (int, string) {
 // reasons, commands and results) and reads the fleet's state at each scrape; it needs the admin
 // token and shows no secret.
 func TestMetrics(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	creds := provision(t, g, 2)
 	vin := creds[0].VIN

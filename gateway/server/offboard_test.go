@@ -35,6 +35,7 @@ func adminCLI(t *testing.T, g *server.Gateway, dir string, args ...string) (stri
 // admin vehicle assign … --role valet`; the router refuses his climate_on (forbidden) and still
 // executes his unlock, and `--role none` takes him off the car.
 func TestAdminRoleChangeRewritesKeysEndToEnd(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startGateway(t, dir, nil)
 	creds := provision(t, g, 1)
@@ -70,6 +71,7 @@ func TestAdminRoleChangeRewritesKeysEndToEnd(t *testing.T) {
 // Issue 8, cases 1 and 15: after the owner revoked bob's key, and after the admin removed carol,
 // `vehicle list` and `vehicle show` no longer name them on the car, and bob cannot pair again.
 func TestVehicleListDropsRemovedUser(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startGateway(t, dir, nil)
 	creds := provision(t, g, 1)
@@ -134,6 +136,7 @@ func TestVehicleListDropsRemovedUser(t *testing.T) {
 // credentials are retired (its token refused from then on, also after a restart) and every
 // step is audited.
 func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
+	t.Parallel()
 	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)
@@ -231,6 +234,7 @@ func TestDecommissionRevokesEverythingEndToEnd(t *testing.T) {
 
 // The offboarding endpoints refuse what they cannot do with reasons from the closed list.
 func TestOffboardingAdminAPIRefusals(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), nil)
 	creds := provision(t, g, 1)
 	vin := creds[0].VIN

@@ -22,6 +22,7 @@ import (
 // Every one of these that ends a user's access ends every app token and session of theirs,
 // and each is audited.
 func TestUserOffboarding(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startGateway(t, dir, nil)
 	creds := provision(t, g, 1)

@@ -22,6 +22,7 @@ import (
 // broker acknowledges; the car keeps its copy until the gateway acknowledges it). Before, the broker dropped it for lack of
 // a subscriber, and the audit log never learned of the unlock.
 func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	brokerURL := standaloneBroker(t, dir)
 	httpAddr := testutil.FreeAddr(t)

@@ -16,6 +16,7 @@ import (
 // token to its own file: a broker or a provisioning step is given those without the data
 // directory.
 func TestPublicDirAndAdminTokenFile(t *testing.T) {
+	t.Parallel()
 	dir, pub := t.TempDir(), t.TempDir()
 	tokFile := filepath.Join(t.TempDir(), "admin", "admin.token")
 	with := func(c *server.Config) { c.PublicDir, c.AdminTokenFile = pub, tokFile }

@@ -46,6 +46,7 @@ func appRequest(t *testing.T, cmd protocol.Command, key *sign.Signer, mutate fun
 // signature that cannot be one) leave no id behind, neither in memory nor in the store, so a
 // flood of them grows nothing and nothing of them survives a restart.
 func TestRefusedRequestsAreNotRemembered(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startGateway(t, dir, func(c *server.Config) { c.Commands.RateBurst = 1000 })
 	vin := provision(t, g, 1)[0].VIN
@@ -112,6 +113,7 @@ func TestRefusedRequestsAreNotRemembered(t *testing.T) {
 // it, requests are answered rate_limited without being looked at further, the audit log
 // counts them in summary records, and no refusal goes unaccounted.
 func TestRefusedRequestsAreRateLimited(t *testing.T) {
+	t.Parallel()
 	const burst, sent = 5, 15
 	g := startGateway(t, t.TempDir(), func(c *server.Config) {
 		// One token a minute: the test ends long before a second one.

@@ -29,6 +29,7 @@ func dialCar(brokerURL string, c protocol.Credentials) (*mqttc.Paho, error) {
 // is closed, the old token is refused from then on (also after a gateway restart), the new one
 // is admitted, and the reissue is audited.
 func TestReissueRetiresTheOldToken(t *testing.T) {
+	t.Parallel()
 	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	g := startGateway(t, dir, func(c *server.Config) { c.MQTTAddr = mqttAddr })
 	creds := provision(t, g, 2)
@@ -86,6 +87,7 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 // there too: the gateway publishes the car's signed current token, the broker follows it. A
 // broker that restarts (and forgets) learns it again when the gateway reconnects.
 func TestReissueBehindStandaloneBroker(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	addr := testutil.FreeAddr(t)
 	brokerURL := "tcp://" + addr

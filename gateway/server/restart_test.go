@@ -39,6 +39,7 @@ func sendUntilExecuted(t *testing.T, app *phone.App, vin string, action protocol
 }
 
 func TestGatewayRestartKeepsStateAndCarsReconnect(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	mqttAddr := testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
@@ -91,6 +92,7 @@ func TestGatewayRestartKeepsStateAndCarsReconnect(t *testing.T) {
 }
 
 func TestBrokerRestartEverythingReconnects(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
 	if err != nil {

@@ -36,11 +36,8 @@ func RetirePreviousKey(dir string, out io.Writer) error {
 	if err := existingGateway(dir); err != nil {
 		return err
 	}
-	st, err := store.Open(filepath.Join(dir, DBFile))
+	st, err := openStopped(dir)
 	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
-			return fmt.Errorf("stop the gateway first: %w", err)
-		}
 		return err
 	}
 	defer st.Close()
@@ -113,4 +110,14 @@ func listVINs(vins []string) string {
 		return strings.Join(vins, ", ")
 	}
 	return strings.Join(vins[:maxListedVINs], ", ") + fmt.Sprintf(" and %d more", len(vins)-maxListedVINs)
+}
+
+// openStopped opens the store in dir for a command that needs the gateway stopped: while a
+// gateway runs on dir it holds the file, and the error says to stop it first.
+func openStopped(dir string) (*store.Store, error) {
+	st, err := store.Open(filepath.Join(dir, DBFile))
+	if errors.Is(err, store.ErrLocked) {
+		return nil, fmt.Errorf("stop the gateway first: %w", err)
+	}
+	return st, err
 }

@@ -28,6 +28,7 @@ import (
 // credentials) the previous key is dropped, and from then on a token or a whitelist signed by
 // it is refused, while the car keeps working on the new key.
 func TestRetirePreviousKeyRefusedUntilEveryCarHopped(t *testing.T) {
+	t.Parallel()
 	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)

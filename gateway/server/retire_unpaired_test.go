@@ -17,6 +17,7 @@ import (
 // trusts and naming the new one, so it makes the hop like every other car: once it acknowledged
 // it and runs on new credentials, the previous key is retired.
 func TestRetirePreviousKeyWithUnpairedCar(t *testing.T) {
+	t.Parallel()
 	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)

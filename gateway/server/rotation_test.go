@@ -20,6 +20,7 @@ import (
 // start the car learns the new key from a whitelist signed by the old one, and from then on
 // takes grants and whitelists signed by the new key. Nothing is re-provisioned.
 func TestSigningKeyRotationCarsFollow(t *testing.T) {
+	t.Parallel()
 	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	g := startGateway(t, dir, withAddr)
@@ -83,6 +84,7 @@ func TestSigningKeyRotationCarsFollow(t *testing.T) {
 // rotation hold a token of the key the second one retires: those need new credentials
 // (docs/OPERATIONS.md), so the second half follows the car added in between.
 func TestCarAddedDuringRotationFollowsTheNext(t *testing.T) {
+	t.Parallel()
 	dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
 	withAddr := func(c *server.Config) { c.MQTTAddr = mqttAddr }
 	rotate := func() {

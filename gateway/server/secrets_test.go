@@ -15,6 +15,7 @@ import (
 // TestSecretFilesModeChecked: like totp.key, the signing keys and the admin token are refused
 // when group or others may read them, with an error that says what to run.
 func TestSecretFilesModeChecked(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{server.SigningKeyFile, server.AdminTokenFile, server.PrevSigningKeyFile} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()

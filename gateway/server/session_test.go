@@ -19,6 +19,7 @@ import (
 // nothing answers any more; GET /v1/session names the new one, and SendAuto, asking it, reaches
 // the car through the cloud instead of quietly falling back to the local link.
 func TestAppLearnsTheMovedBroker(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	httpAddr := testutil.FreeAddr(t)
 	g := startGateway(t, dir, func(c *server.Config) { c.HTTPAddr = httpAddr })

@@ -15,6 +15,7 @@ import (
 // connection closes, a TOTP-guarded command from a new connection (even under the same login,
 // whose client id it reuses) needs a code again.
 func TestStepUpEndsOnDisconnect(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, t.TempDir(), func(c *server.Config) {
 		c.TwoFA.Mode = twofa.ModeEnrolled
 		// Pairing needs no code here: three codes fit in the ±1-step window without waiting.

@@ -16,6 +16,7 @@ import (
 // phone key that signed it: the same device's next unlock needs no code, another device of
 // the same user does.
 func TestStepUpBehindExternalBroker(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	brokerURL := standaloneBroker(t, dir)
 

@@ -65,6 +65,7 @@ func (c cli) admin(args ...string) (string, string, int) {
 // TestTOTPEndToEndWithOathtool: enrollment through `vehicle-sim app totp`, codes from Debian's
 // oathtool, commands through `vehicle-sim app send --totp`.
 func TestTOTPEndToEndWithOathtool(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("oathtool"); err != nil {
 		t.Skip("oathtool not installed (Debian package oathtool; .ci/run installs it)")
 	}
@@ -195,6 +196,7 @@ func TestTOTPEndToEndWithOathtool(t *testing.T) {
 }
 
 func TestTOTPPolicies(t *testing.T) {
+	t.Parallel()
 	t.Run("required mode refuses users who have not enrolled", func(t *testing.T) {
 		// Bob paired his phone while 2FA was off; then the operator requires it.
 		dir, mqttAddr := t.TempDir(), testutil.FreeAddr(t)
@@ -277,6 +279,7 @@ func sendUntilAnswered(t *testing.T, app *phone.App, vin string, action protocol
 // A user without TOTP locked out by wrong passwords: the administrator's reset-2fa clears the
 // lockout (there is no enrollment to remove) and says so; the user logs in again.
 func TestAdminClearsPasswordLockout(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startGateway(t, dir, nil)
 	addUser(t, g, "bob", "", "")

@@ -8,6 +8,7 @@ import (
 )
 
 func TestLockout(t *testing.T) {
+	t.Parallel()
 	const (
 		window  = 5 * time.Minute
 		lockout = 15 * time.Minute
@@ -107,6 +108,7 @@ func TestLockout(t *testing.T) {
 }
 
 func TestLockoutAuditAndStatus(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	secret, _ := f.enroll(t, "alice")
 	for range 5 {
@@ -142,6 +144,7 @@ func TestLockoutAuditAndStatus(t *testing.T) {
 
 // TestLockoutWithoutEnrollment: password failures lock out users who never enrolled in 2FA.
 func TestLockoutWithoutEnrollment(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, func(p *Policy) { p.MaxFailures = 3 })
 	for i := range 3 {
 		err := f.s.RecordFailure("bob", "bob-login", FactorPassword)

@@ -11,6 +11,7 @@ import (
 )
 
 func TestRolloutModes(t *testing.T) {
+	t.Parallel()
 	const guarded, unguarded = "unlock", "lock"
 	cases := []struct {
 		mode     Mode
@@ -56,6 +57,7 @@ func TestRolloutModes(t *testing.T) {
 }
 
 func TestLoginRequiresTOTP(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, func(p *Policy) { p.LoginRequiresTOTP = true })
 	secret, _ := f.enroll(t, "alice")
 	_, err := f.s.Decide("alice", "", ActionLogin, "")
@@ -69,6 +71,7 @@ func TestLoginRequiresTOTP(t *testing.T) {
 }
 
 func TestStepUp(t *testing.T) {
+	t.Parallel()
 	const ttl = 5 * time.Minute
 	f := newFixture(t, func(p *Policy) { p.StepUpTTL = ttl })
 	secret, _ := f.enroll(t, "alice")
@@ -152,6 +155,7 @@ func TestStepUp(t *testing.T) {
 }
 
 func TestStepUpDisabled(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, func(p *Policy) { p.StepUpTTL = 0 })
 	secret, _ := f.enroll(t, "alice")
 	if _, err := f.s.Decide("alice", "alice-1", "unlock", code(t, secret, f.clock.Now())); err != nil {
@@ -162,6 +166,7 @@ func TestStepUpDisabled(t *testing.T) {
 }
 
 func TestStepUpSweep(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, func(p *Policy) { p.StepUpTTL = time.Minute })
 	for i := range 100 {
 		f.s.elevate("alice", fmt.Sprintf("alice-%d", i), f.clock.Now())
@@ -177,6 +182,7 @@ func TestStepUpSweep(t *testing.T) {
 }
 
 func TestRecoveryCodes(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	_, rc := f.enroll(t, "alice")
 	_, bobRC := f.enroll(t, "bob")
@@ -233,6 +239,7 @@ func TestRecoveryCodes(t *testing.T) {
 }
 
 func TestNormalizeRecoveryCode(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		in, want string
 		ok       bool
@@ -258,6 +265,7 @@ func TestNormalizeRecoveryCode(t *testing.T) {
 // TestAuditNeverHoldsSecrets runs every operation and checks that no event mentions a code, a
 // recovery code or a secret, and that each kind of event was reported.
 func TestAuditNeverHoldsSecrets(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	e, err := f.s.Enroll("alice", "alice-web", "")
 	if err != nil {
@@ -317,6 +325,7 @@ func TestAuditNeverHoldsSecrets(t *testing.T) {
 }
 
 func TestPolicyValidate(t *testing.T) {
+	t.Parallel()
 	if err := DefaultPolicy().Validate(); err != nil {
 		t.Fatalf("default policy: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 )
 
 func TestLoadOrCreateKey(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "totp.key")
 	k1, err := LoadOrCreateKey(path)
@@ -57,6 +58,7 @@ func TestLoadOrCreateKey(t *testing.T) {
 }
 
 func TestParseKey(t *testing.T) {
+	t.Parallel()
 	key := bytes.Repeat([]byte{7}, KeySize)
 	cases := []struct {
 		name string
@@ -90,6 +92,7 @@ func TestParseKey(t *testing.T) {
 }
 
 func TestWrongKeyRefused(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.enroll(t, "alice")
 	other := bytes.Repeat([]byte{1}, KeySize)
@@ -105,6 +108,7 @@ func TestWrongKeyRefused(t *testing.T) {
 }
 
 func TestSealOpen(t *testing.T) {
+	t.Parallel()
 	aead, err := newAEAD(testKey)
 	if err != nil {
 		t.Fatal(err)
@@ -145,6 +149,7 @@ func (a *txAuditor) AuditTx(tx *bolt.Tx, e Event) error {
 }
 
 func TestTxAuditor(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	a := &txAuditor{}
 	s, err := New(f.db, testKey, DefaultPolicy(), f.clock.Now, a)

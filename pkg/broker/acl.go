@@ -11,7 +11,7 @@ import (
 	"telematics/pkg/protocol"
 )
 
-// ACL is the topic policy of DESIGN.md ("Topics and ACL") as a pure function of who asks,
+// ACL is the topic policy of docs/PROTOCOL.md ("Topics and ACL") as a pure function of who asks,
 // which topic or filter, and which direction:
 //
 //	vehicle VIN  publish   v/VIN/telemetry, v/VIN/status, v/VIN/result, v/VIN/keys/ack, v/VIN/events

@@ -49,6 +49,7 @@ func connectMatrix(t *testing.T, f *fixture) []*netIdentity {
 // TestACLNetworkSubscribe: over the network, every filter of the matrix gets a granted SUBACK
 // exactly where the ACL allows it, and a failure (0x80) everywhere else.
 func TestACLNetworkSubscribe(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}
 	var filters []string
@@ -77,6 +78,7 @@ func TestACLNetworkSubscribe(t *testing.T) {
 // allowed wildcard filters, each car and app listens on its own topics and tries (and fails)
 // to listen on everybody else's.
 func TestACLNetworkDelivery(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}
 	ids := connectMatrix(t, f)
@@ -219,6 +221,7 @@ func TestACLNetworkDelivery(t *testing.T) {
 // TestDeniedQoS1PublishDisconnects: on MQTT 3.1.1 a refused QoS 1 publish cannot be
 // answered with a failure code, so mochi closes the connection; nothing is delivered.
 func TestDeniedQoS1PublishDisconnects(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	gw := mustPaho(t, f.tcpURL(), f.creds(t, gwSub, protocol.RoleGateway, ""), nil)
 	var rec recorder
@@ -252,6 +255,7 @@ func TestDeniedQoS1PublishDisconnects(t *testing.T) {
 // TestExpiredTokenDeniedEverything: a client whose token expires while connected can neither
 // publish, subscribe nor receive.
 func TestExpiredTokenDeniedEverything(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	gw := mustPaho(t, f.tcpURL(), f.creds(t, gwSub, protocol.RoleGateway, ""), nil)
 	var gwRec, carRec recorder

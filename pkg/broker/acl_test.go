@@ -46,8 +46,9 @@ func aclUniverse() []string {
 }
 
 // TestACLMatrix asserts every cell of identity × topic × direction against the table of
-// DESIGN.md: a cell is allowed exactly if it is listed here.
+// docs/PROTOCOL.md ("Topics and ACL"): a cell is allowed exactly if it is listed here.
 func TestACLMatrix(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_700_000_000, 0)
 	valid := now.Add(time.Hour)
 	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: func() time.Time { return now }}
@@ -117,6 +118,7 @@ func TestACLMatrix(t *testing.T) {
 
 // TestACLMaxTopicBytes checks the bound is the configured one.
 func TestACLMaxTopicBytes(t *testing.T) {
+	t.Parallel()
 	id := Identity{Role: protocol.RoleGateway, Subject: gwSub, ExpiresAt: time.Now().Add(time.Hour)}
 	acl := ACL{MaxTopicBytes: 100}
 	for n := 90; n <= 110; n++ {
@@ -128,6 +130,7 @@ func TestACLMaxTopicBytes(t *testing.T) {
 }
 
 func TestSplitLevels(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		in        string
 		wildcards bool

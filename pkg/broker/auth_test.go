@@ -33,6 +33,7 @@ const (
 const tamperedPosition = 20
 
 func TestAuthConnect(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 
 	other, err := sign.Generate()
@@ -130,6 +131,7 @@ func TestAuthConnect(t *testing.T) {
 
 // TestAuthRefusalWithPaho checks what a refused paho client reports.
 func TestAuthRefusalWithPaho(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	_, err := dialPaho(t, f.tcpURL(), creds{clientID: vinA}, nil)
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "not authori") {
@@ -138,6 +140,7 @@ func TestAuthRefusalWithPaho(t *testing.T) {
 }
 
 func TestConnsPerIdentity(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, func(c *Config) { c.MaxConnsPerIdentity = 2 })
 	tok := f.token(t, userX, protocol.RoleApp)
 	c := func(suffix string) creds { return creds{userX + "-" + suffix, userX, tok} }
@@ -187,6 +190,7 @@ func TestConnsPerIdentity(t *testing.T) {
 // TestTakeoverKeepsOneIdentity: a car that reconnects takes its session over; the broker then
 // knows one identity for it, the new connection's.
 func TestTakeoverKeepsOneIdentity(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	car := f.creds(t, vinA, protocol.RoleVehicle, "")
 	first := mustPaho(t, f.tcpURL(), car, nil)
@@ -217,6 +221,7 @@ func TestTakeoverKeepsOneIdentity(t *testing.T) {
 // TestSweepForgetsClosedClients: mochi skips OnDisconnect when writing the CONNACK fails; the
 // periodic sweep forgets such clients, and leaves live ones alone.
 func TestSweepForgetsClosedClients(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, func(c *Config) { c.MQTTAddr, c.WSAddr = "", "" })
 	auth := f.b.Auth()
 	exp := f.clock.Now().Add(time.Hour)
@@ -252,6 +257,7 @@ func TestSweepForgetsClosedClients(t *testing.T) {
 // when its session expires, or when it disconnects with a clean session. Other roles are
 // forgotten at once, persistent session or not.
 func TestOfflineSessionKeepsIdentity(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, func(c *Config) { c.MQTTAddr, c.WSAddr = "", "" })
 	auth := f.b.Auth()
 	acl := NewACLHook(ACL{}, auth)

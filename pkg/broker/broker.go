@@ -1,5 +1,5 @@
 // Package broker is the project's MQTT broker: mochi-mqtt v2 with token authentication
-// (AuthHook), the per-identity topic ACL of DESIGN.md (ACL, ACLHook), and listeners that keep
+// (AuthHook), the per-identity topic ACL of PROTOCOL.md (ACL, ACLHook), and listeners that keep
 // accepting after an error such as running out of descriptors. The gateway embeds it and talks
 // to it through mochi's inline client (Server); cmd broker/ runs it on its own.
 package broker

@@ -16,6 +16,7 @@ import (
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
+	t.Parallel()
 	c := DefaultConfig()
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
@@ -27,6 +28,7 @@ func TestDefaultConfigIsValid(t *testing.T) {
 }
 
 func TestValidateReportsEveryProblem(t *testing.T) {
+	t.Parallel()
 	c := Config{
 		MQTTAddr:               "no-port",
 		WSAddr:                 "127.0.0.1:",
@@ -79,6 +81,7 @@ func loadArgs(args []string, env map[string]string) (Config, error) {
 }
 
 func TestLoadConfigPrecedence(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "broker.yaml")
 	yamlText := `
@@ -142,6 +145,7 @@ session_expiry: 10m
 }
 
 func TestLoadConfigErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	write := func(name, text string) string {
 		p := filepath.Join(dir, name)
@@ -185,6 +189,7 @@ func TestLoadConfigErrors(t *testing.T) {
 }
 
 func TestLoadKeys(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	var paths []string
 	for i := 0; i < 2; i++ {

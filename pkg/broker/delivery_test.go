@@ -17,6 +17,7 @@ import (
 // subscriber over the network, with a tiny write queue so that mochi's queue overflows all
 // the time. Every message must reach the gateway (mochi alone drops the overflow).
 func TestFanInToGatewayLosesNothing(t *testing.T) {
+	t.Parallel()
 	cars, perCar := 40, 250
 	if testing.Short() {
 		cars, perCar = 10, 100

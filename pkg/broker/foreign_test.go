@@ -101,6 +101,7 @@ func mosquittoArgs(t *testing.T, addr string, c creds) []string {
 }
 
 func TestMosquittoClients(t *testing.T) {
+	t.Parallel()
 	needTool(t, "/usr/bin/mosquitto_sub")
 	needTool(t, "/usr/bin/mosquitto_pub")
 	f := startBroker(t, nil)
@@ -276,6 +277,7 @@ func runPaho(t *testing.T, addr, proto string, c creds, actions ...string) strin
 }
 
 func TestPythonPaho(t *testing.T) {
+	t.Parallel()
 	needPythonPaho(t)
 	f := startBroker(t, nil)
 	car := f.creds(t, vinA, protocol.RoleVehicle, "")

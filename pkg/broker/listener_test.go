@@ -41,6 +41,7 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 // TestTCPListenerSurvivesAcceptErrors: mochi's own TCP listener returns for good on the first
 // accept error; ours backs off and keeps accepting.
 func TestTCPListenerSurvivesAcceptErrors(t *testing.T) {
+	t.Parallel()
 	l := newTCPListener("t", "127.0.0.1:0", time.Second)
 	var flaky *flakyListener
 	l.listen = func(network, addr string) (net.Listener, error) {
@@ -98,6 +99,7 @@ func TestTCPListenerSurvivesAcceptErrors(t *testing.T) {
 
 // TestRetryListenerCloseInterruptsBackoff: Close ends an Accept that is waiting out a backoff.
 func TestRetryListenerCloseInterruptsBackoff(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +131,7 @@ func TestRetryListenerCloseInterruptsBackoff(t *testing.T) {
 
 // TestConnectTimeout: a connection that never sends CONNECT is closed.
 func TestConnectTimeout(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, func(c *Config) { c.ConnectTimeout = 200 * time.Millisecond })
 	conn, err := net.DialTimeout("tcp", f.b.MQTTAddr(), waitFor)
 	if err != nil {
@@ -152,6 +155,7 @@ const emfileHelperEnv = "BROKER_TEST_EMFILE_HELPER"
 // broker's accept fails with EMFILE; the child frees its descriptors and this client must be
 // admitted.
 func TestAcceptAfterEMFILE(t *testing.T) {
+	t.Parallel()
 	if os.Getenv(emfileHelperEnv) == "1" {
 		emfileHelper(t)
 		return
@@ -280,6 +284,7 @@ func emfileHelper(t *testing.T) {
 // every later connection, for good (mochi-mqtt/server#488); a CI run of this package hung
 // 20 minutes on it.
 func TestCloseWhileClientsComeAndGo(t *testing.T) {
+	t.Parallel()
 	const rounds, churners = 30, 6
 	for round := range rounds {
 		f := startBroker(t, nil)

@@ -30,6 +30,7 @@ func (l *sessionLog) get() []string {
 // The gateway learns that an app session ended when its connection closes and when another
 // connection with its client id takes it over; cars are not reported.
 func TestAppSessionEndsOnDisconnect(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	var l sessionLog
 	f.b.OnAppSessionEnd(l.add)

@@ -8,6 +8,7 @@ import (
 
 // The shipped configs/broker.yaml must state exactly the defaults.
 func TestShippedConfigMatchesDefaults(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join("..", "..", "configs", "broker.yaml")
 	cfg, err := loadArgs([]string{"--config", path, "--gateway-pubkey", "k.pem"}, nil)
 	if err != nil {

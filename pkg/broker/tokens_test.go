@@ -14,6 +14,7 @@ import (
 // refused; a message signed by another key, on another car's topic, or older than the one in
 // force changes nothing.
 func TestFollowCarTokens(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	if err := f.b.FollowCarTokens([]*ecdsa.PublicKey{f.signer.Public()}); err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 // the gateway reconnected). What it reads back is checked: a message a forger wrote into the
 // file retires nothing, and a file it cannot parse stops it.
 func TestStandaloneBrokerRemembersRetiredTokensAcrossRestart(t *testing.T) {
+	t.Parallel()
 	signer, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +155,7 @@ func TestStandaloneBrokerRemembersRetiredTokensAcrossRestart(t *testing.T) {
 
 // state_file comes from the YAML file, then BROKER_STATE_FILE, then --state-file.
 func TestStateFileSetting(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "broker.yaml")
 	if err := os.WriteFile(path, []byte("state_file: yaml.json\n"), 0o600); err != nil {
 		t.Fatal(err)

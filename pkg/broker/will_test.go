@@ -17,6 +17,7 @@ import (
 // the car's later "online". When the car's own new connection takes the session over, the old
 // connection's will keeps its connect-time date: older than the new "online", so ignored.
 func TestStatusWillIsDatedWhenPublished(t *testing.T) {
+	t.Parallel()
 	f := startBroker(t, nil)
 	wills := make(chan protocol.VehicleStatus, 4)
 	if err := f.b.Server().Subscribe("v/+/status", 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {

@@ -6,6 +6,7 @@ import (
 )
 
 func TestBackoffDelay(t *testing.T) {
+	t.Parallel()
 	b := Backoff{Min: time.Second, Max: 30 * time.Second}
 	tests := []struct {
 		name    string
@@ -33,6 +34,7 @@ func TestBackoffDelay(t *testing.T) {
 // Every delay lies in [0, min(Max, Min·2^n)), and r spreads it across the whole window: a
 // fleet that lost the broker at the same instant comes back spread out, not in one second.
 func TestBackoffJitterSpreadsWithinWindow(t *testing.T) {
+	t.Parallel()
 	b := Backoff{Min: 100 * time.Millisecond, Max: 3 * time.Second}
 	for attempt := range 70 {
 		window := b.Min
@@ -53,6 +55,7 @@ func TestBackoffJitterSpreadsWithinWindow(t *testing.T) {
 }
 
 func TestValidTopicAndFilter(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		s             string
 		topic, filter bool

@@ -56,6 +56,7 @@ func TestDispatcherKeepsPerTopicOrder(t *testing.T) {
 // A full queue blocks the caller; nothing is dropped; the caller resumes when a worker makes
 // room.
 func TestDispatcherFullQueueBlocks(t *testing.T) {
+	t.Parallel()
 	d := newDispatcher(1, 1, discard)
 	defer d.close()
 	release := make(chan struct{})
@@ -92,6 +93,7 @@ func TestDispatcherFullQueueBlocks(t *testing.T) {
 // Callers blocked on a full queue are served in the order they came: a freed slot goes to the
 // first in line, never to a caller that arrives later.
 func TestDispatcherServesBlockedCallersInOrder(t *testing.T) {
+	t.Parallel()
 	d := newDispatcher(1, 1, discard)
 	defer d.close()
 	release := make(chan struct{})
@@ -134,6 +136,7 @@ func TestDispatcherServesBlockedCallersInOrder(t *testing.T) {
 // While an acknowledgement is awaited, or for an in-process publisher, the queue may grow past
 // its limit instead of blocking: blocking there could wait on itself.
 func TestDispatcherOverflowWhileAckAwaited(t *testing.T) {
+	t.Parallel()
 	d := newDispatcher(1, 1, discard)
 	release := make(chan struct{})
 	var handled atomic.Int64
@@ -206,6 +209,7 @@ func TestDispatcherClose(t *testing.T) {
 }
 
 func TestDispatcherSurvivesPanickingHandler(t *testing.T) {
+	t.Parallel()
 	d := newDispatcher(1, 4, discard)
 	var handled atomic.Int64
 	must(t, d.dispatch(func(Message) { panic("bad message") }, Message{Topic: "a"}, false))
@@ -217,6 +221,7 @@ func TestDispatcherSurvivesPanickingHandler(t *testing.T) {
 }
 
 func TestShardOfIsStableAndSpreads(t *testing.T) {
+	t.Parallel()
 	seen := map[int]bool{}
 	for i := range 64 {
 		topic := fmt.Sprintf("v/VIN%014d/telemetry", i)

@@ -25,9 +25,11 @@ import (
 //
 // For contrast, not asserted because it is load-dependent: the same fan-in into a network
 // subscriber on mochi loses QoS 1 messages, because mochi drops a delivery when the
-// subscriber's write queue is full (DESIGN.md measured 0.7–2.2% with the default queue,
-// 19–36% with 128). The inline subscriber has no write queue to overflow.
+// subscriber's write queue is full (measured 0.7–2.2% with the default queue, 19–36% with
+// 128: docs/ARCHITECTURE.md, "The broker holds nothing that matters"). The inline subscriber
+// has no write queue to overflow.
 func TestFanInNoQoS1Loss(t *testing.T) {
+	t.Parallel()
 	cars, perCar := 200, 100
 	if testing.Short() {
 		cars, perCar = 40, 25
@@ -81,7 +83,7 @@ func TestFanInNoQoS1Loss(t *testing.T) {
 		cars_.Go(func() {
 			topic := fmt.Sprintf("v/car%04d/telemetry", i)
 			for seq := range perCar {
-				// About 200 bytes, like the measurement in DESIGN.md.
+				// About 200 bytes, like that measurement.
 				payload, _ := json.Marshal(telemetry{Car: i, Seq: seq, Signals: map[string]string{
 					"Vehicle.Speed": "87.5", "Vehicle.CurrentLocation.Latitude": "48.137154",
 					"Vehicle.CurrentLocation.Longitude": "11.576124", "pad": strings.Repeat("x", 40),

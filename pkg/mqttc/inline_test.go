@@ -14,6 +14,7 @@ import (
 )
 
 func TestInlineRoundTrip(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -43,6 +44,7 @@ func TestInlineRoundTrip(t *testing.T) {
 }
 
 func TestInlineRetainedOnSubscribe(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -61,6 +63,7 @@ func TestInlineRetainedOnSubscribe(t *testing.T) {
 // mochi keys inline subscriptions by identifier server-wide: overlapping filters, and two
 // Inline clients on one server, must each get their message.
 func TestInlineOverlappingSubscriptions(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	a := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer a.Close()
@@ -83,6 +86,7 @@ func TestInlineOverlappingSubscriptions(t *testing.T) {
 // A handler that publishes, in-process, to a topic its own client handles must not wait for
 // its own full queue.
 func TestInlineHandlerPublishesToItself(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Workers: 1, QueueSize: 1, Logger: discard})
 	defer gw.Close()
@@ -107,6 +111,7 @@ func TestInlineHandlerPublishesToItself(t *testing.T) {
 }
 
 func TestInlineConnectedFollowsServer(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -123,6 +128,7 @@ func TestInlineConnectedFollowsServer(t *testing.T) {
 }
 
 func TestInlineWithoutInlineClient(t *testing.T) {
+	t.Parallel()
 	srv := mqtt.New(&mqtt.Options{Logger: discard})
 	c := NewInline(srv, InlineOptions{Logger: discard})
 	defer c.Close()

@@ -72,6 +72,7 @@ func (b *inbox) has(topic, payload string) error {
 }
 
 func TestPahoRoundTrip(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -101,6 +102,7 @@ func TestPahoRoundTrip(t *testing.T) {
 // Messages of one topic reach the Handler in publication order, also with tiny queues that
 // block paho's router all the time.
 func TestPahoPerTopicOrder(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -154,6 +156,7 @@ func TestPahoPerTopicOrder(t *testing.T) {
 // The broker goes away and a new one comes up on the same address: the client reconnects by
 // itself, makes its subscription again, calls OnConnect again, and receives.
 func TestPahoResubscribesAfterBrokerRestart(t *testing.T) {
+	t.Parallel()
 	b1 := startBroker(t, brokerConfig{})
 	var connects atomic.Int32
 	car := dialTest(t, b1.URL(), "car1", func(o *Options) {
@@ -190,7 +193,8 @@ func TestPahoResubscribesAfterBrokerRestart(t *testing.T) {
 		}
 		return nil
 	})
-	// The new broker knows nothing: the gateway publishes the whitelist again (DESIGN.md).
+	// The new broker knows nothing: the gateway publishes the whitelist again (docs/ARCHITECTURE.md,
+	// "The broker holds nothing that matters").
 	must(t, gw2.Publish(ctx, "v/car1/keys", 1, true, []byte("whitelist v1 again")))
 	testutil.Eventually(t, 5*time.Second, func() error { return atCar.has("v/car1/keys", "whitelist v1 again") })
 	testutil.Eventually(t, 5*time.Second, func() error { return status.has("v/car1/status", "online") })
@@ -199,6 +203,7 @@ func TestPahoResubscribesAfterBrokerRestart(t *testing.T) {
 // A connection that drops without DISCONNECT makes the broker publish the will; the client
 // comes back by itself.
 func TestPahoWillAndReconnect(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -227,6 +232,7 @@ func TestPahoWillAndReconnect(t *testing.T) {
 
 // Nothing is queued while disconnected, and nothing is reported sent: Publish says so.
 func TestPahoPublishWhileDisconnected(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	car := dialTest(t, b.URL(), "car1", nil)
 	b.Stop()
@@ -269,6 +275,7 @@ func TestDialRefusedCredentials(t *testing.T) {
 // At the first connect a network error is retried until the context ends, and a broker that
 // comes up meanwhile is found.
 func TestDialRetriesNetworkErrors(t *testing.T) {
+	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	addr := l.Addr().String()
@@ -307,6 +314,7 @@ func TestDialRetriesNetworkErrors(t *testing.T) {
 }
 
 func TestDialValidatesOptions(t *testing.T) {
+	t.Parallel()
 	_, err := Dial(context.Background(), Options{BrokerURL: "localhost:1883"})
 	if err == nil || !strings.Contains(err.Error(), "ClientID") || !strings.Contains(err.Error(), "BrokerURL") {
 		t.Fatalf("want both problems reported, got %v", err)
@@ -314,6 +322,7 @@ func TestDialValidatesOptions(t *testing.T) {
 }
 
 func TestPahoSubscribeRefused(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{auth: &aclHook{deny: "other/"}})
 	car := dialTest(t, b.URL(), "car1", nil)
 	err := car.Subscribe(context.Background(), "other/#", 1, func(Message) {})
@@ -331,6 +340,7 @@ func TestPahoSubscribeRefused(t *testing.T) {
 // A handler that publishes at QoS 1 and waits for the PUBACK, while its own queue is full and
 // paho's router is blocked behind it, must not wait on itself (see Paho's comment).
 func TestPahoHandlerPublishUnderFullQueue(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, brokerConfig{})
 	gw := NewInline(b.Server, InlineOptions{Logger: discard})
 	defer gw.Close()
@@ -401,6 +411,7 @@ func (h *aclHook) OnACLCheck(_ *mqtt.Client, topic string, _ bool) bool {
 func (h *aclHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
 
 func TestFilterMatches(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		filter, topic string
 		want          bool

@@ -23,7 +23,7 @@ const MaxPayloadBytes = 16 * 1024
 // in HTTP error bodies, in the audit log and in metrics.
 type Reason string
 
-// The closed list of reasons (DESIGN.md, "Messages").
+// The closed list of reasons (docs/PROTOCOL.md, "Reasons").
 const (
 	ReasonNone                   Reason = ""
 	ReasonBadRequest             Reason = "bad_request"

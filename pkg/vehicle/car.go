@@ -19,7 +19,7 @@ import (
 	"telematics/pkg/whitelist"
 )
 
-// authorizeCloud is DESIGN.md's rule for who may ask for a cloud command: the command is
+// authorizeCloud is PROTOCOL.md's rule for who may ask for a cloud command: the command is
 // signed by a key on the car's whitelist that may, now, be used on the cloud channel for the
 // action (whitelist.VerifyCommand), and the gateway's grant names that key's user. A car
 // without a whitelist refuses every command (key_unknown), so a stolen gateway key alone

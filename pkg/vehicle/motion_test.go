@@ -20,13 +20,17 @@ func haversineKm(lat1, lon1, lat2, lon2 float64) float64 {
 
 // TestMotionPlausible drives cars for simulated hours a second at a time: no step covers more
 // ground than its speeds allow, speeds and battery stay in range, the battery drains while
-// driving and fills while charging, cars both drive and stop, and they stay near home.
+// driving and fills while charging, cars both drive and stop, a car that parks low on charge
+// is plugged in and charges, and they stay near home.
 func TestMotionPlausible(t *testing.T) {
+	chargedCars := 0
 	for seed := uint64(1); seed <= 4; seed++ {
 		rng := rand.New(rand.NewPCG(seed, 99))
 		nowMs := t0.UnixMilli()
 		s := newState(testVIN, nowMs, rng)
-		var drove, stopped, charged bool
+		// parkedLow: the car parked after a trip below plugInBelowPercent, so it must charge.
+		// charged: the battery filled while plugged in.
+		var drove, stopped, parkedLow, charged bool
 		for i := 0; i < 8*3600; i++ {
 			prev := s
 			s.advance(nowMs, nowMs+1000, rng)
@@ -53,12 +57,30 @@ func TestMotionPlausible(t *testing.T) {
 			}
 			drove = drove || s.SpeedKmh > 30
 			stopped = stopped || (prev.Driving && !s.Driving)
-			charged = charged || s.Charging
+			if prev.Driving && !s.Driving && s.SoCPercent < plugInBelowPercent {
+				parkedLow = true
+				if !s.Charging {
+					t.Fatalf("seed %d step %d: parked at %.1f%% and not plugged in", seed, i, s.SoCPercent)
+				}
+			}
+			charged = charged || (prev.Charging && s.Charging && s.SoCPercent > prev.SoCPercent)
 		}
 		if !drove || !stopped {
 			t.Errorf("seed %d: in 8 hours drove=%v parked after a trip=%v", seed, drove, stopped)
 		}
-		_ = charged // depends on the starting charge; not every car needs to charge in 8 hours
+		// Whether a car needs to charge in 8 hours depends on its starting charge; one that
+		// parked low must have filled up.
+		if parkedLow && !charged {
+			t.Errorf("seed %d: parked below %v%% but the battery never filled", seed, plugInBelowPercent)
+		}
+		if charged {
+			chargedCars++
+		}
+	}
+	// The seeds are fixed: at least one of their cars runs low and charges, so the checks
+	// above are not vacuous.
+	if chargedCars == 0 {
+		t.Error("no car charged in 8 hours: the charging checks exercised nothing")
 	}
 }
 

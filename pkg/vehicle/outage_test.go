@@ -85,10 +85,11 @@ func summary(evs []protocol.VehicleEvent) string {
 	return strings.Join(parts, " ")
 }
 
-// TestOutageDrill is the story of the issue: the cloud is down (here: the broker), the owner
-// still opens her car over the local link, the car journals what it did and delivers the
-// journal once the broker is back.
-func TestOutageDrill(t *testing.T) {
+// TestLocalLinkAndJournalThroughBrokerOutage is the car's side of an outage: the cloud is
+// down (here: the broker), the owner still opens her car over the local link, the car
+// journals what it did and delivers the journal once the broker is back. (pkg/drill's
+// TestOutageDrill runs the whole system through an outage with many cars.)
+func TestLocalLinkAndJournalThroughBrokerOutage(t *testing.T) {
 	srv, url, stopBroker := startBrokerAt(t, "127.0.0.1:0", nil)
 	addr := strings.TrimPrefix(url, "tcp://")
 	rec := &recorder{}

@@ -93,6 +93,7 @@ func (p *phoneEnv) createKey() *sign.Signer {
 }
 
 func TestUsage(t *testing.T) {
+	t.Parallel()
 	p := newPhone(t)
 	code, _, errs := p.run()
 	if code != 2 {
@@ -113,6 +114,7 @@ func TestUsage(t *testing.T) {
 }
 
 func TestKeyCreate(t *testing.T) {
+	t.Parallel()
 	p := newPhone(t)
 	code, out, errs := p.run("key", "create")
 	if code != 0 {
@@ -237,6 +239,7 @@ func refusal(status int, reason protocol.Reason) func(map[string]any) (int, any)
 }
 
 func TestKeyCommandsAgainstGateway(t *testing.T) {
+	t.Parallel()
 	g := newGatewayStub(t)
 	p := newPhone(t)
 	p.login(g.srv.URL, "tcp://127.0.0.1:1")
@@ -381,6 +384,7 @@ func must(b []byte, err error) []byte {
 }
 
 func TestKeyCommandsNeedSessionAndKey(t *testing.T) {
+	t.Parallel()
 	p := newPhone(t)
 	if code, _, errs := p.run("key", "list", vin); code != 1 || !strings.Contains(errs, "vehicle-sim app login") {
 		t.Fatalf("list without session: %d %s", code, errs)
@@ -421,6 +425,7 @@ func assertNoSecret(t *testing.T, k *sign.Signer, bodies [][]byte) {
 }
 
 func TestSendErrors(t *testing.T) {
+	t.Parallel()
 	p := newPhone(t)
 	tests := []struct {
 		name string
@@ -464,6 +469,7 @@ func TestSendErrors(t *testing.T) {
 }
 
 func TestSendLocal(t *testing.T) {
+	t.Parallel()
 	p := newPhone(t)
 	key := p.createKey()
 	link := phonetest.NewLink(t)
@@ -568,6 +574,7 @@ func closedAddr(t *testing.T) string {
 }
 
 func TestSendCloudFirst(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name   string
 		broker func(t *testing.T) string

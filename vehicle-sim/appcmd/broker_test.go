@@ -13,6 +13,7 @@ import (
 // broker it uses now, sends through it, and keeps it in the session; before, it fell back to
 // the local link with "broker unreachable".
 func TestSendFollowsTheMovedBroker(t *testing.T) {
+	t.Parallel()
 	g := newGatewayStub(t)
 	moved := testBroker(t, true)
 	g.on("GET /v1/session", func(map[string]any) (int, any) {
@@ -46,6 +47,7 @@ func TestSendFollowsTheMovedBroker(t *testing.T) {
 // and how to fix it. When the gateway does not answer either (an outage), it says nothing of
 // the kind.
 func TestSendSaysTheBrokerMayBeStale(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		gateway func(t *testing.T) string

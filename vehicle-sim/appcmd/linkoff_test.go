@@ -9,6 +9,7 @@ import (
 // as for the gateway's and the broker's listeners); an empty --link is refused, saying to
 // write off, where it used to mean the default address.
 func TestSendLinkOffIsTheOneSpelling(t *testing.T) {
+	t.Parallel()
 	p := newPhone(t)
 	p.createKey()
 	p.login("http://127.0.0.1:1", "tcp://127.0.0.1:1")

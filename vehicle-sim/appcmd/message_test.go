@@ -12,6 +12,7 @@ import (
 // TestSendShowsTheCarsMessage: a refusal for the car's state prints the car's message beside
 // the reason (forbidden alone reads as a role problem), and --json keeps it in "message".
 func TestSendShowsTheCarsMessage(t *testing.T) {
+	t.Parallel()
 	p := newPhone(t)
 	key := p.createKey()
 	link := phonetest.NewLink(t)

@@ -10,6 +10,7 @@ import (
 // Issue 8, case 1, the phone's side: `key remove-user` and `key revoke --keep-share` send what
 // the gateway's contract asks and say what happened to the user's share.
 func TestKeyRemoveUserAndKeepShare(t *testing.T) {
+	t.Parallel()
 	g := newGatewayStub(t)
 	p := newPhone(t)
 	p.login(g.srv.URL, "tcp://127.0.0.1:1")

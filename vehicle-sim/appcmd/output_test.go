@@ -12,6 +12,7 @@ import (
 // TestHumanAndJSONOutput: commands with machine output print for people by default and one
 // JSON document with --json; totp status no longer prints raw JSON by default.
 func TestHumanAndJSONOutput(t *testing.T) {
+	t.Parallel()
 	g := newGatewayStub(t)
 	p := newPhone(t)
 	p.login(g.srv.URL, "tcp://127.0.0.1:1")

@@ -293,7 +293,8 @@ func TestSpawnedModes(t *testing.T) {
 				t.Fatalf("result %+v", r)
 			}
 			// Through a network broker the gateway is a subscriber with a write queue, and mochi
-			// drops from a full one (DESIGN.md): a loss there is a finding, not a bench failure.
+			// drops from a full one (docs/ARCHITECTURE.md, "The broker holds nothing that matters"):
+			// a loss there is a finding, not a bench failure.
 			if r.Lost != 0 {
 				t.Logf("%s: %d of %d acknowledged messages did not reach the twin", mode, r.Lost, r.Acked)
 			}
