@@ -224,3 +224,27 @@ func sumCounts(m map[string]int64) int64 {
 	}
 	return n
 }
+
+// defaultActions are the actions the owners cycle through: unlock needs a code, which the
+// owner's step-up (the TOTP-authorized unlock before the window) covers for twofa.step_up_ttl,
+// behind every broker (the app's MQTT session with the embedded one, its phone key behind
+// another).
+func defaultActions(cfg Config) []protocol.Action {
+	names := cfg.Actions
+	if len(names) == 0 {
+		names = []string{"unlock", "lock"}
+	}
+	out := make([]protocol.Action, len(names))
+	for i, n := range names {
+		out[i] = protocol.Action(n)
+	}
+	return out
+}
+
+func actionNames(as []protocol.Action) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = string(a)
+	}
+	return out
+}
