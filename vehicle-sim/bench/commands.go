@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sync/errgroup"
 
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -72,28 +73,31 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 	}()
 	broker := "tcp://" + w.s.mqttAddr
 	var stepUps atomic.Int64
-	err := parallel(ctx, len(w.owners), cfg.SetupConcurrency, func(i int) error {
-		p := w.owners[i]
-		app, err := phone.ConnectWith(ctx, p.sess, phone.ConnectOptions{BrokerURL: broker, Key: p.key})
-		if err != nil {
-			return fmt.Errorf("%s's app connects: %w", p.name, err)
-		}
-		apps[i] = app
-		code, err := p.code()
-		if err != nil {
-			return err
-		}
-		rep, err := app.Send(ctx, phone.Request{VIN: p.vin, Action: protocol.ActionUnlock, TOTP: code}, nil)
-		if err != nil {
-			return fmt.Errorf("%s's TOTP-authorized unlock: %w", p.name, err)
-		}
-		if rep.Status != protocol.ReplyExecuted {
-			return fmt.Errorf("%s's TOTP-authorized unlock: %s %s", p.name, rep.Status, rep.Reason)
-		}
-		stepUps.Add(1)
-		return nil
-	})
-	if err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(cfg.SetupConcurrency)
+	for i, p := range w.owners {
+		g.Go(func() error {
+			app, err := phone.ConnectWith(gctx, p.sess, phone.ConnectOptions{BrokerURL: broker, Key: p.key})
+			if err != nil {
+				return fmt.Errorf("%s's app connects: %w", p.name, err)
+			}
+			apps[i] = app
+			code, err := p.code()
+			if err != nil {
+				return err
+			}
+			rep, err := app.Send(gctx, phone.Request{VIN: p.vin, Action: protocol.ActionUnlock, TOTP: code}, nil)
+			if err != nil {
+				return fmt.Errorf("%s's TOTP-authorized unlock: %w", p.name, err)
+			}
+			if rep.Status != protocol.ReplyExecuted {
+				return fmt.Errorf("%s's TOTP-authorized unlock: %s %s", p.name, rep.Status, rep.Reason)
+			}
+			stepUps.Add(1)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	res.StepUps = int(stepUps.Load())

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"telematics/pkg/api"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -88,43 +90,6 @@ func (p *person) pair(ctx context.Context, vin string, withCode bool) error {
 	return nil
 }
 
-// parallel runs f(i) for i in [0, n), at most conc at once, and returns the first error.
-func parallel(ctx context.Context, n, conc int, f func(i int) error) error {
-	var (
-		next  atomic.Int64
-		first error
-		mu    sync.Mutex
-		wg    sync.WaitGroup
-	)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for range min(conc, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				if err := f(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-					cancel()
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = ctx.Err()
-	}
-	return first
-}
-
 // setUpOwners makes every car's owner: user, login, TOTP, a paired phone key. With --owners M
 // (fleetOwners) M owners share the cars.
 func (w *keyWorld) setUpOwners(ctx context.Context) error {
@@ -134,22 +99,27 @@ func (w *keyWorld) setUpOwners(ctx context.Context) error {
 	w.owners = make([]*person, len(w.creds))
 	w.carOwner = make([]int, len(w.creds))
 	var done atomic.Int64
-	return parallel(ctx, len(w.creds), w.r.cfg.SetupConcurrency, func(i int) error {
-		vin := w.creds[i].VIN
-		p, err := w.newPerson(ctx, fmt.Sprintf("bench%s_o%d", w.runID, i), vin)
-		if err != nil {
-			return err
-		}
-		p.vins = []string{vin}
-		if err := p.pair(ctx, vin, true); err != nil {
-			return err
-		}
-		w.owners[i], w.carOwner[i] = p, i
-		if n := done.Add(1); n%500 == 0 {
-			w.r.logf("%d/%d owners set up", n, len(w.creds))
-		}
-		return nil
-	})
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(w.r.cfg.SetupConcurrency)
+	for i := range w.creds {
+		g.Go(func() error {
+			vin := w.creds[i].VIN
+			p, err := w.newPerson(gctx, fmt.Sprintf("bench%s_o%d", w.runID, i), vin)
+			if err != nil {
+				return err
+			}
+			p.vins = []string{vin}
+			if err := p.pair(gctx, vin, true); err != nil {
+				return err
+			}
+			w.owners[i], w.carOwner[i] = p, i
+			if n := done.Add(1); n%500 == 0 {
+				w.r.logf("%d/%d owners set up", n, len(w.creds))
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // spreadCars gives n cars to m owners round-robin: owner j gets cars j, j+m, j+2m, …; it
@@ -178,26 +148,30 @@ func (w *keyWorld) setUpFleetOwners(ctx context.Context, m int) error {
 	w.owners = make([]*person, m)
 	t0 := time.Now()
 	var done atomic.Int64
-	err := parallel(ctx, m, cfg.SetupConcurrency, func(j int) error {
-		first := w.creds[cars[j][0]].VIN
-		p, err := w.newPerson(ctx, fmt.Sprintf("bench%s_f%d", w.runID, j), first)
-		if err != nil {
-			return err
-		}
-		p.vins = make([]string, len(cars[j]))
-		for k, i := range cars[j] {
-			p.vins[k] = w.creds[i].VIN
-		}
-		if err := p.pair(ctx, first, true); err != nil {
-			return err
-		}
-		w.owners[j] = p
-		if n := done.Add(1); n%100 == 0 {
-			w.r.logf("%d/%d owners set up", n, m)
-		}
-		return nil
-	})
-	if err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(cfg.SetupConcurrency)
+	for j := range m {
+		g.Go(func() error {
+			first := w.creds[cars[j][0]].VIN
+			p, err := w.newPerson(gctx, fmt.Sprintf("bench%s_f%d", w.runID, j), first)
+			if err != nil {
+				return err
+			}
+			p.vins = make([]string, len(cars[j]))
+			for k, i := range cars[j] {
+				p.vins[k] = w.creds[i].VIN
+			}
+			if err := p.pair(gctx, first, true); err != nil {
+				return err
+			}
+			w.owners[j] = p
+			if n := done.Add(1); n%100 == 0 {
+				w.r.logf("%d/%d owners set up", n, m)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	rest := make([]int, 0, len(w.creds)-m)
@@ -211,25 +185,28 @@ func (w *keyWorld) setUpFleetOwners(ctx context.Context, m int) error {
 	t1 := time.Now()
 	done.Store(0)
 	var retried atomic.Int64
-	err = parallel(ctx, len(rest), cfg.SetupConcurrency, func(k int) error {
-		i := rest[k]
-		p, vin := w.owners[carOwner[i]], w.creds[i].VIN
-		if _, err := w.s.admin().Assign(ctx, vin, p.name, protocol.RoleOwner); err != nil {
-			return fmt.Errorf("assign %s to %s: %w", vin, p.name, err)
-		}
-		withCode, err := p.pairElevated(ctx, vin)
-		if err != nil {
-			return err
-		}
-		if withCode {
-			retried.Add(1)
-		}
-		if n := done.Add(1); n%1000 == 0 {
-			w.r.logf("%d/%d further cars assigned and paired", n, len(rest))
-		}
-		return nil
-	})
-	if err != nil {
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(cfg.SetupConcurrency)
+	for _, i := range rest {
+		g.Go(func() error {
+			p, vin := w.owners[carOwner[i]], w.creds[i].VIN
+			if _, err := w.s.admin().Assign(gctx, vin, p.name, protocol.RoleOwner); err != nil {
+				return fmt.Errorf("assign %s to %s: %w", vin, p.name, err)
+			}
+			withCode, err := p.pairElevated(gctx, vin)
+			if err != nil {
+				return err
+			}
+			if withCode {
+				retried.Add(1)
+			}
+			if n := done.Add(1); n%1000 == 0 {
+				w.r.logf("%d/%d further cars assigned and paired", n, len(rest))
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	w.r.logf("%d further cars assigned and paired in %.1fs (%d needed a new code: the step-up had lapsed)",
