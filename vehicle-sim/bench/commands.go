@@ -138,13 +138,8 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 	res.CommandsPerS = float64(made) / window.Seconds()
 	res.ExecutedPerS = float64(res.Executed) / window.Seconds()
 	res.ErrorsByReason, res.FirstError = st.errs.snapshot(), st.errs.firstError()
-	if h := lag.snapshot(); h != nil {
-		v := float64(hdrhistogram.Import(h).ValueAtQuantile(99)) / 1000
-		res.DispatchLagP99Ms = &v
-	}
-	if snap := st.total.snapshot(); snap != nil {
-		setPercentiles(res, "send → executed reply", hdrhistogram.Import(snap))
-	}
+	res.DispatchLagP99Ms = lag.percentileMs(99)
+	setPercentiles(res, "send → executed reply", st.total)
 	if nSeg := st.segN.Load(); nSeg > 0 {
 		for i, name := range segmentNames {
 			h := hdrhistogram.Import(st.segs[i].snapshot())

@@ -115,11 +115,13 @@ func sendErrorReason(err error) string {
 	return "send_failed"
 }
 
-// setPercentiles fills the latency fields of res from h (µs).
-func setPercentiles(res *Result, what string, h *hdrhistogram.Histogram) {
-	if h == nil || h.TotalCount() == 0 {
+// setPercentiles fills the latency fields of res from l; what names the latency.
+func setPercentiles(res *Result, what string, l *latency) {
+	snap := l.snapshot()
+	if snap == nil {
 		return
 	}
+	h := hdrhistogram.Import(snap)
 	ms := func(us int64) *float64 { v := float64(us) / 1000; return &v }
 	res.Latency = what
 	res.P50Ms, res.P90Ms, res.P99Ms = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(90)), ms(h.ValueAtQuantile(99))

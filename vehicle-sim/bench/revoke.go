@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/HdrHistogram/hdrhistogram-go"
 	"golang.org/x/sync/errgroup"
 
 	"telematics/pkg/api"
@@ -170,13 +169,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 	res.RevokeAnsweredS = answered.Sub(t0).Seconds()
 	res.RetriedWithTOTP = int(retried.Load())
 	res.ErrorsByReason, res.FirstError = errs.snapshot(), errs.firstError()
-	if snap := perCar.snapshot(); snap != nil {
-		setPercentiles(res, "revoke request → car's acknowledgement", hdrhistogram.Import(snap))
-	}
-	if snap := req.snapshot(); snap != nil {
-		h := hdrhistogram.Import(snap)
-		p50, p99 := float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000
-		res.RevokeRequestP50Ms, res.RevokeRequestP99Ms = &p50, &p99
-	}
+	setPercentiles(res, "revoke request → car's acknowledgement", perCar)
+	res.RevokeRequestP50Ms, res.RevokeRequestP99Ms = req.percentileMs(50), req.percentileMs(99)
 	return nil
 }
