@@ -185,15 +185,15 @@ func (w *keyWorld) setUpFleetOwners(ctx context.Context, m int) error {
 	t1 := time.Now()
 	done.Store(0)
 	var retried atomic.Int64
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(cfg.SetupConcurrency)
+	pairs, pctx := errgroup.WithContext(ctx)
+	pairs.SetLimit(cfg.SetupConcurrency)
 	for _, i := range rest {
-		g.Go(func() error {
+		pairs.Go(func() error {
 			p, vin := w.owners[carOwner[i]], w.creds[i].VIN
-			if _, err := w.s.admin().Assign(gctx, vin, p.name, protocol.RoleOwner); err != nil {
+			if _, err := w.s.admin().Assign(pctx, vin, p.name, protocol.RoleOwner); err != nil {
 				return fmt.Errorf("assign %s to %s: %w", vin, p.name, err)
 			}
-			withCode, err := p.pairElevated(gctx, vin)
+			withCode, err := p.pairElevated(pctx, vin)
 			if err != nil {
 				return err
 			}
@@ -206,7 +206,7 @@ func (w *keyWorld) setUpFleetOwners(ctx context.Context, m int) error {
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
+	if err := pairs.Wait(); err != nil {
 		return err
 	}
 	w.r.logf("%d further cars assigned and paired in %.1fs (%d needed a new code: the step-up had lapsed)",

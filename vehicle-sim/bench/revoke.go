@@ -35,30 +35,30 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 		return err
 	}
 	// The owners' pairings elevated their login sessions: sharing needs no new code.
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(cfg.SetupConcurrency)
+	shares, sctx := errgroup.WithContext(ctx)
+	shares.SetLimit(cfg.SetupConcurrency)
 	for _, o := range w.owners {
-		g.Go(func() error {
-			_, err := o.sess.Client().ShareKey(gctx, api.ShareRequest{VIN: o.vin, User: friend.name, Role: protocol.RoleDriver})
+		shares.Go(func() error {
+			_, err := o.sess.Client().ShareKey(sctx, api.ShareRequest{VIN: o.vin, User: friend.name, Role: protocol.RoleDriver})
 			if err != nil {
 				return fmt.Errorf("%s shares %s: %w", o.name, o.vin, err)
 			}
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
+	if err := shares.Wait(); err != nil {
 		return err
 	}
 	// The driver's first pairing takes a code and elevates the session for the others.
 	if err := friend.pair(ctx, w.owners[0].vin, true); err != nil {
 		return err
 	}
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(cfg.SetupConcurrency)
+	pairs, pctx := errgroup.WithContext(ctx)
+	pairs.SetLimit(cfg.SetupConcurrency)
 	for _, o := range w.owners[1:] {
-		g.Go(func() error { return friend.pair(gctx, o.vin, false) })
+		pairs.Go(func() error { return friend.pair(pctx, o.vin, false) })
 	}
-	if err := g.Wait(); err != nil {
+	if err := pairs.Wait(); err != nil {
 		return err
 	}
 	if err := w.waitCars(ctx, "acknowledged their whitelists", 2*time.Minute, synced); err != nil {
@@ -82,12 +82,12 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 	}
 	res.SetupS = time.Since(m.setupStart).Seconds()
 	t0 := time.Now()
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(cfg.Concurrency)
+	revokes, rctx := errgroup.WithContext(ctx)
+	revokes.SetLimit(cfg.Concurrency)
 	for i, o := range w.owners {
-		g.Go(func() error {
+		revokes.Go(func() error {
 			out[i].req = time.Now()
-			rev, err := o.sess.Client().RevokeKey(gctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey})
+			rev, err := o.sess.Client().RevokeKey(rctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey})
 			var ae *api.Error
 			if errors.As(err, &ae) && ae.Reason == protocol.ReasonTOTPRequired {
 				// The step-up lapsed (a long setup): the owner types a code.
@@ -96,7 +96,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 				if cerr != nil {
 					return cerr
 				}
-				rev, err = o.sess.Client().RevokeKey(gctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey, TOTP: code})
+				rev, err = o.sess.Client().RevokeKey(rctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey, TOTP: code})
 			}
 			out[i].resp = time.Now()
 			if err != nil {
@@ -107,7 +107,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 			return nil
 		})
 	}
-	_ = g.Wait()
+	_ = revokes.Wait()
 	answered := time.Now()
 	req := newLatency()
 	pending := 0
