@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sync/errgroup"
 
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
@@ -72,28 +73,31 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 	}()
 	broker := "tcp://" + w.s.mqttAddr
 	var stepUps atomic.Int64
-	err := parallel(ctx, len(w.owners), cfg.SetupConcurrency, func(i int) error {
-		p := w.owners[i]
-		app, err := phone.ConnectWith(ctx, p.sess, phone.ConnectOptions{BrokerURL: broker, Key: p.key})
-		if err != nil {
-			return fmt.Errorf("%s's app connects: %w", p.name, err)
-		}
-		apps[i] = app
-		code, err := p.code()
-		if err != nil {
-			return err
-		}
-		rep, err := app.Send(ctx, phone.Request{VIN: p.vin, Action: protocol.ActionUnlock, TOTP: code}, nil)
-		if err != nil {
-			return fmt.Errorf("%s's TOTP-authorized unlock: %w", p.name, err)
-		}
-		if rep.Status != protocol.ReplyExecuted {
-			return fmt.Errorf("%s's TOTP-authorized unlock: %s %s", p.name, rep.Status, rep.Reason)
-		}
-		stepUps.Add(1)
-		return nil
-	})
-	if err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(cfg.SetupConcurrency)
+	for i, p := range w.owners {
+		g.Go(func() error {
+			app, err := phone.ConnectWith(gctx, p.sess, phone.ConnectOptions{BrokerURL: broker, Key: p.key})
+			if err != nil {
+				return fmt.Errorf("%s's app connects: %w", p.name, err)
+			}
+			apps[i] = app
+			code, err := p.code()
+			if err != nil {
+				return err
+			}
+			rep, err := app.Send(gctx, phone.Request{VIN: p.vin, Action: protocol.ActionUnlock, TOTP: code}, nil)
+			if err != nil {
+				return fmt.Errorf("%s's TOTP-authorized unlock: %w", p.name, err)
+			}
+			if rep.Status != protocol.ReplyExecuted {
+				return fmt.Errorf("%s's TOTP-authorized unlock: %s %s", p.name, rep.Status, rep.Reason)
+			}
+			stepUps.Add(1)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	res.StepUps = int(stepUps.Load())
@@ -134,13 +138,8 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 	res.CommandsPerS = float64(made) / window.Seconds()
 	res.ExecutedPerS = float64(res.Executed) / window.Seconds()
 	res.ErrorsByReason, res.FirstError = st.errs.snapshot(), st.errs.firstError()
-	if h := lag.snapshot(); h != nil {
-		v := float64(hdrhistogram.Import(h).ValueAtQuantile(99)) / 1000
-		res.DispatchLagP99Ms = &v
-	}
-	if snap := st.total.snapshot(); snap != nil {
-		setPercentiles(res, "send → executed reply", hdrhistogram.Import(snap))
-	}
+	res.DispatchLagP99Ms = lag.percentileMs(99)
+	setPercentiles(res, "send → executed reply", st.total)
 	if nSeg := st.segN.Load(); nSeg > 0 {
 		for i, name := range segmentNames {
 			h := hdrhistogram.Import(st.segs[i].snapshot())
@@ -223,4 +222,28 @@ func sumCounts(m map[string]int64) int64 {
 		n += v
 	}
 	return n
+}
+
+// defaultActions are the actions the owners cycle through: unlock needs a code, which the
+// owner's step-up (the TOTP-authorized unlock before the window) covers for twofa.step_up_ttl,
+// behind every broker (the app's MQTT session with the embedded one, its phone key behind
+// another).
+func defaultActions(cfg Config) []protocol.Action {
+	names := cfg.Actions
+	if len(names) == 0 {
+		names = []string{"unlock", "lock"}
+	}
+	out := make([]protocol.Action, len(names))
+	for i, n := range names {
+		out[i] = protocol.Action(n)
+	}
+	return out
+}
+
+func actionNames(as []protocol.Action) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = string(a)
+	}
+	return out
 }

@@ -129,6 +129,18 @@ func (l *latency) snapshot() *hdrhistogram.Snapshot {
 	return l.h.Export()
 }
 
+// percentileMs is the q-th percentile of what l recorded, in milliseconds; nil when l recorded
+// nothing.
+func (l *latency) percentileMs(q float64) *float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.h.TotalCount() == 0 {
+		return nil
+	}
+	v := float64(l.h.ValueAtQuantile(q)) / 1000
+	return &v
+}
+
 // loadCounters are the live counters of one load process.
 type loadCounters struct {
 	attempted, connected, connectFailed, refused, dropped, subRefused atomic.Int64

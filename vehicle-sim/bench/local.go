@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/HdrHistogram/hdrhistogram-go"
-
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
@@ -97,18 +95,9 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	res.CommandsPerS = float64(made) / window.Seconds()
 	res.ExecutedPerS = float64(res.Executed) / window.Seconds()
 	res.ErrorsByReason, res.FirstError = errs.snapshot(), errs.firstError()
-	if h := lag.snapshot(); h != nil {
-		v := float64(hdrhistogram.Import(h).ValueAtQuantile(99)) / 1000
-		res.DispatchLagP99Ms = &v
-	}
-	if snap := total.snapshot(); snap != nil {
-		setPercentiles(res, "challenge + command → executed", hdrhistogram.Import(snap))
-	}
-	if snap := probe.snapshot(); snap != nil {
-		h := hdrhistogram.Import(snap)
-		p50, p99 := float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000
-		res.ChallengeP50Ms, res.ChallengeP99Ms = &p50, &p99
-	}
+	res.DispatchLagP99Ms = lag.percentileMs(99)
+	setPercentiles(res, "challenge + command → executed", total)
+	res.ChallengeP50Ms, res.ChallengeP99Ms = probe.percentileMs(50), probe.percentileMs(99)
 	return nil
 }
 

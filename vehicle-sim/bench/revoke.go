@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sync/errgroup"
 
 	"telematics/pkg/api"
 	"telematics/pkg/protocol"
@@ -35,25 +35,30 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 		return err
 	}
 	// The owners' pairings elevated their login sessions: sharing needs no new code.
-	err = parallel(ctx, len(w.owners), cfg.SetupConcurrency, func(i int) error {
-		o := w.owners[i]
-		_, err := o.sess.Client().ShareKey(ctx, api.ShareRequest{VIN: o.vin, User: friend.name, Role: protocol.RoleDriver})
-		if err != nil {
-			return fmt.Errorf("%s shares %s: %w", o.name, o.vin, err)
-		}
-		return nil
-	})
-	if err != nil {
+	shares, sctx := errgroup.WithContext(ctx)
+	shares.SetLimit(cfg.SetupConcurrency)
+	for _, o := range w.owners {
+		shares.Go(func() error {
+			_, err := o.sess.Client().ShareKey(sctx, api.ShareRequest{VIN: o.vin, User: friend.name, Role: protocol.RoleDriver})
+			if err != nil {
+				return fmt.Errorf("%s shares %s: %w", o.name, o.vin, err)
+			}
+			return nil
+		})
+	}
+	if err := shares.Wait(); err != nil {
 		return err
 	}
 	// The driver's first pairing takes a code and elevates the session for the others.
 	if err := friend.pair(ctx, w.owners[0].vin, true); err != nil {
 		return err
 	}
-	err = parallel(ctx, len(w.owners)-1, cfg.SetupConcurrency, func(i int) error {
-		return friend.pair(ctx, w.owners[i+1].vin, false)
-	})
-	if err != nil {
+	pairs, pctx := errgroup.WithContext(ctx)
+	pairs.SetLimit(cfg.SetupConcurrency)
+	for _, o := range w.owners[1:] {
+		pairs.Go(func() error { return friend.pair(pctx, o.vin, false) })
+	}
+	if err := pairs.Wait(); err != nil {
 		return err
 	}
 	if err := w.waitCars(ctx, "acknowledged their whitelists", 2*time.Minute, synced); err != nil {
@@ -77,28 +82,32 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 	}
 	res.SetupS = time.Since(m.setupStart).Seconds()
 	t0 := time.Now()
-	_ = parallel(ctx, len(w.owners), cfg.Concurrency, func(i int) error {
-		o := w.owners[i]
-		out[i].req = time.Now()
-		rev, err := o.sess.Client().RevokeKey(ctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey})
-		var ae *api.Error
-		if errors.As(err, &ae) && ae.Reason == protocol.ReasonTOTPRequired {
-			// The step-up lapsed (a long setup): the owner types a code.
-			retried.Add(1)
-			code, cerr := o.code()
-			if cerr != nil {
-				return cerr
+	revokes, rctx := errgroup.WithContext(ctx)
+	revokes.SetLimit(cfg.Concurrency)
+	for i, o := range w.owners {
+		revokes.Go(func() error {
+			out[i].req = time.Now()
+			rev, err := o.sess.Client().RevokeKey(rctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey})
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Reason == protocol.ReasonTOTPRequired {
+				// The step-up lapsed (a long setup): the owner types a code.
+				retried.Add(1)
+				code, cerr := o.code()
+				if cerr != nil {
+					return cerr
+				}
+				rev, err = o.sess.Client().RevokeKey(rctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey, TOTP: code})
 			}
-			rev, err = o.sess.Client().RevokeKey(ctx, api.RevokeRequest{VIN: o.vin, KeyID: sharedKey, TOTP: code})
-		}
-		out[i].resp = time.Now()
-		if err != nil {
-			errs.addErr(err)
+			out[i].resp = time.Now()
+			if err != nil {
+				errs.addErr(err)
+				return nil
+			}
+			out[i].version = rev.Version
 			return nil
-		}
-		out[i].version = rev.Version
-		return nil
-	})
+		})
+	}
+	_ = revokes.Wait()
 	answered := time.Now()
 	req := newLatency()
 	pending := 0
@@ -160,13 +169,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 	res.RevokeAnsweredS = answered.Sub(t0).Seconds()
 	res.RetriedWithTOTP = int(retried.Load())
 	res.ErrorsByReason, res.FirstError = errs.snapshot(), errs.firstError()
-	if snap := perCar.snapshot(); snap != nil {
-		setPercentiles(res, "revoke request → car's acknowledgement", hdrhistogram.Import(snap))
-	}
-	if snap := req.snapshot(); snap != nil {
-		h := hdrhistogram.Import(snap)
-		p50, p99 := float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000
-		res.RevokeRequestP50Ms, res.RevokeRequestP99Ms = &p50, &p99
-	}
+	setPercentiles(res, "revoke request → car's acknowledgement", perCar)
+	res.RevokeRequestP50Ms, res.RevokeRequestP99Ms = req.percentileMs(50), req.percentileMs(99)
 	return nil
 }
