@@ -66,6 +66,34 @@ func TestErrorAnswers(t *testing.T) {
 	}
 }
 
+// A path no endpoint has, and a method an endpoint does not take, are answered in the API's
+// error form like every other refusal (they were ServeMux's plain text "404 page not found"
+// and "Method Not Allowed", which api.Client showed as "gateway answered 405 ").
+func TestRouteRefusalsAreJSONErrors(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow        string
+		message      string
+	}{
+		{"GET", "/v1/login", 405, "POST", "/v1/login does not take GET; it takes POST"},
+		{"DELETE", "/v1/admin/vehicles", 405, "GET, HEAD, POST", "it takes GET, HEAD, POST"},
+		{"GET", "/v1/nothing", 404, "", "no endpoint /v1/nothing"},
+		{"GET", "/metrics", 404, "", "no endpoint /metrics"}, // no Metrics handler in this API
+	} {
+		r := f.do(tc.method, tc.path, "Bearer "+adminToken, nil)
+		e := errorBody(t, r)
+		if r.status != tc.status || e.Error != protocol.ReasonBadRequest || !strings.Contains(e.Message, tc.message) ||
+			r.header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: %d %+v, Allow %q", tc.method, tc.path, r.status, e, r.header.Get("Allow"))
+		}
+	}
+	err := f.admin.Do(context.Background(), "PUT", "/v1/login", nil, nil)
+	wantError(t, err, 405, protocol.ReasonBadRequest)
+}
+
 // A body of exactly maxBody bytes is read; fields a request type does not have are ignored
 // (a newer client's extra fields do not break an older gateway).
 func TestBodyAtTheBoundAndUnknownFieldsAccepted(t *testing.T) {
