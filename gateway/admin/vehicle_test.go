@@ -81,9 +81,16 @@ func TestVehicleCommands(t *testing.T) {
 		t.Fatalf("vehicle list --json: %+v", vs)
 	}
 
-	// unassign, transfer
+	// unassign (or assign --role none), transfer
 	if out := g.ok("", "vehicle", "unassign", vinA, "bob"); out != "bob removed from "+vinA+": 0 keys revoked (no whitelist change)\n" {
 		t.Fatalf("unassign: %q", out)
+	}
+	g.ok("", "vehicle", "assign", vinA, "bob", "--role", "valet")
+	if out := g.ok("", "vehicle", "assign", vinA, "bob", "--role", "none"); out != "bob removed from "+vinA+": 0 keys revoked (no whitelist change)\n" {
+		t.Fatalf("assign --role none: %q", out)
+	}
+	if r := g.run("", "vehicle", "unassign", vinA, "bob"); r.code != 1 || !strings.Contains(r.stderr, "bad_request: bob holds no role on "+vinA) {
+		t.Fatalf("unassign who holds no role: %+v", r)
 	}
 	decode(t, g.ok("", "vehicle", "unassign", vinA, "alice", "--json"), &rc)
 	if rc != (api.RoleChange{VIN: vinA, User: "alice", Role: api.RoleNone, KeysChanged: 1, Version: 2}) {

@@ -119,9 +119,10 @@ type fixture struct {
 	twins  *twins
 	signer *sign.Signer
 
-	mu      sync.Mutex
-	ended   []string          // users whose tokens ended (Hooks.TokensEnded)
-	retired map[string]string // VIN → the new token id (Hooks.TokenRetired)
+	mu       sync.Mutex
+	ended    []string          // users whose tokens ended (Hooks.TokensEnded)
+	retired  map[string]string // VIN → the new token id (Hooks.TokenRetired)
+	notReady error             // what Hooks.Ready answers
 }
 
 // newFixture starts an API with 2FA off; configure (may be nil) changes it before it serves.
@@ -173,6 +174,14 @@ func newFixture(t *testing.T, configure func(*API, *twofa.Policy)) *fixture {
 	a.TwoFA, a.Keys, a.Guard = svc, ks, TwoFactorGuard{Svc: svc}
 	a.Hooks = Hooks{
 		CarKey: ks.GrantSigner,
+		Ready: func() error {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.notReady
+		},
+		Stats: func() api.Stats {
+			return api.Stats{CarsReporting: 1, PendingCommands: 2, TelemetryLost: 3, TelemetryReceived: 4}
+		},
 		TokensEnded: func(user string) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
