@@ -147,7 +147,47 @@ func (a *API) Handler() http.Handler {
 	if a.Verifier != nil && a.Keys != nil {
 		a.keyRoutes(mux, a.Keys, a.Verifier)
 	}
-	return mux
+	return jsonRouteErrors(mux)
+}
+
+// jsonRouteErrors answers what the mux itself refuses (a path no endpoint has, a method the
+// endpoint does not take; its answers are plain text) in the API's error form, bad_request
+// with the mux's status (404, 405) and its Allow header.
+func jsonRouteErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := mux.Handler(r); pattern == "" {
+			h.ServeHTTP(&routeRefusal{w: w, r: r}, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// routeRefusal writes the mux's refusal as a JSON error and drops the mux's text.
+type routeRefusal struct {
+	w     http.ResponseWriter
+	r     *http.Request
+	wrote bool
+}
+
+func (rr *routeRefusal) Header() http.Header { return rr.w.Header() }
+
+func (rr *routeRefusal) WriteHeader(status int) {
+	if rr.wrote {
+		return
+	}
+	rr.wrote = true
+	msg := "no endpoint " + rr.r.URL.Path + " (see docs/PROTOCOL.md)"
+	if status == http.StatusMethodNotAllowed {
+		msg = rr.r.URL.Path + " does not take " + rr.r.Method + "; it takes " + rr.w.Header().Get("Allow")
+	}
+	rr.w.Header().Del("X-Content-Type-Options")
+	Error(rr.w, status, protocol.ReasonBadRequest, msg)
+}
+
+func (rr *routeRefusal) Write(b []byte) (int, error) {
+	rr.WriteHeader(http.StatusNotFound)
+	return len(b), nil
 }
 
 func (a *API) gatewayKey(w http.ResponseWriter, _ *http.Request) {
