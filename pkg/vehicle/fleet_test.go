@@ -17,6 +17,7 @@ import (
 
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/vehicletest"
 )
 
 // testAuth admits every client except those presenting the password "bad". Tests only: the
@@ -99,21 +100,21 @@ func TestFleetAgainstBroker(t *testing.T) {
 		}
 	}
 
-	gw := newTestGatewayAt(t, time.Now())
+	gw := vehicletest.NewGatewayAt(t, time.Now())
 	vins := []string{"WVWZZZ1JZXW000011", "WVWZZZ1JZXW000012", "WVWZZZ1JZXW000013"}
 	var creds []protocol.Credentials
 	for _, v := range vins {
-		creds = append(creds, gw.creds(t, v))
+		creds = append(creds, gw.Creds(t, v))
 		// The gateway's retained whitelist waits for the car.
-		if err := srv.Publish(protocol.VehicleTopic(v, protocol.SuffixKeys), gw.whitelist(t, wlSpec{vin: v, version: 3}), true, 1); err != nil {
+		if err := srv.Publish(protocol.VehicleTopic(v, protocol.SuffixKeys), gw.Whitelist(t, vehicletest.WhitelistSpec{VIN: v, Version: 3}), true, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	bad := gw.creds(t, "WVWZZZ1JZXW000666")
+	bad := gw.Creds(t, "WVWZZZ1JZXW000666")
 	bad.Token = "bad"
 	creds = append(creds, bad)
 
-	st := openTestStore(t, t.TempDir())
+	st := vehicletest.OpenStore(t, t.TempDir())
 	logBuf := &syncBuffer{} // shown only if the test fails
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -202,14 +203,14 @@ func TestFleetAgainstBroker(t *testing.T) {
 	}
 
 	// A command published to one car is executed and answered.
-	cmd := newCmd(vins[1], protocol.ActionUnlock, time.Now())
-	if err := srv.Publish(protocol.VehicleTopic(vins[1], protocol.SuffixCmd), gw.build(t, cmdSpec{cmd: cmd}), false, 1); err != nil {
+	cmd := vehicletest.NewCommand(vins[1], protocol.ActionUnlock, time.Now())
+	if err := srv.Publish(protocol.VehicleTopic(vins[1], protocol.SuffixCmd), gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: cmd}), false, 1); err != nil {
 		t.Fatal(err)
 	}
 	// And a forged one is refused.
-	forged := newCmd(vins[2], protocol.ActionUnlock, time.Now())
-	other := newTestGateway(t)
-	if err := srv.Publish(protocol.VehicleTopic(vins[2], protocol.SuffixCmd), other.build(t, cmdSpec{cmd: forged}), false, 1); err != nil {
+	forged := vehicletest.NewCommand(vins[2], protocol.ActionUnlock, time.Now())
+	other := vehicletest.NewGateway(t)
+	if err := srv.Publish(protocol.VehicleTopic(vins[2], protocol.SuffixCmd), other.CloudCommand(t, vehicletest.CommandSpec{Cmd: forged}), false, 1); err != nil {
 		t.Fatal(err)
 	}
 	result := func(vin string) (protocol.Result, error) {
@@ -285,10 +286,10 @@ func TestFleetAgainstBroker(t *testing.T) {
 
 func TestFleetAllRefused(t *testing.T) {
 	_, url := startBroker(t)
-	gw := newTestGateway(t)
-	c := gw.creds(t, testVIN)
+	gw := vehicletest.NewGateway(t)
+	c := gw.Creds(t, vehicletest.VIN)
 	c.Token = "bad"
-	st := openTestStore(t, t.TempDir())
+	st := vehicletest.OpenStore(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// With every car refused there is nothing to run: RunFleet returns by itself.

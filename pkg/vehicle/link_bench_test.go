@@ -8,6 +8,7 @@ import (
 
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/vehicletest"
 )
 
 // BenchmarkLocalUnlock is one unlock over the local link as a phone does it (phone.LocalSend:
@@ -18,12 +19,12 @@ import (
 //	go test -run XXX -bench LocalUnlock -benchtime 2000x ./pkg/vehicle/
 func BenchmarkLocalUnlock(b *testing.B) {
 	now := time.Now()
-	gw := newTestGatewayAt(b, now)
-	st := openTestStore(b, b.TempDir())
+	gw := vehicletest.NewGatewayAt(b, now)
+	st := vehicletest.OpenStore(b, b.TempDir())
 	// The car's clock stands still at now: commands expire 10 s after the phone's time.Now,
 	// so a run must stay well under that.
-	car := newTestCar(b, st, gw.creds(b, testVIN), newClock(now))
-	install(b, car, gw.whitelist(b, wlSpec{}))
+	car := newTestCar(b, st, gw.Creds(b, vehicletest.VIN), vehicletest.NewClock(now))
+	vehicletest.Install(b, car, gw.Whitelist(b, vehicletest.WhitelistSpec{}))
 	garage := NewGarage()
 	garage.Put(car)
 	link := NewLinkServer(garage, nil)
@@ -31,13 +32,13 @@ func BenchmarkLocalUnlock(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { link.Close() })
-	owner := gw.cast.owner
+	owner := gw.Cast.Owner
 
 	b.Run("challenge", func(b *testing.B) {
 		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 		b.ReportAllocs()
 		for b.Loop() {
-			resp, err := client.Post(link.URL()+"/v1/link/"+testVIN+"/challenge", "application/json", nil)
+			resp, err := client.Post(link.URL()+"/v1/link/"+vehicletest.VIN+"/challenge", "application/json", nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -52,8 +53,8 @@ func BenchmarkLocalUnlock(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			res, err := phone.LocalSend(context.Background(), link.Addr(), owner.signer, owner.key.User,
-				phone.Request{VIN: testVIN, Action: actions[i%2]})
+			res, err := phone.LocalSend(context.Background(), link.Addr(), owner.Signer, owner.Key.User,
+				phone.Request{VIN: vehicletest.VIN, Action: actions[i%2]})
 			if err != nil || res.Status != protocol.ResultExecuted {
 				b.Fatalf("%+v %v", res, err)
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/vehicletest"
 )
 
 // haversineKm is an independent measure of the distance between two positions.
@@ -24,8 +25,8 @@ func haversineKm(lat1, lon1, lat2, lon2 float64) float64 {
 func TestMotionPlausible(t *testing.T) {
 	for seed := uint64(1); seed <= 4; seed++ {
 		rng := rand.New(rand.NewPCG(seed, 99))
-		nowMs := t0.UnixMilli()
-		s := newState(testVIN, nowMs, rng)
+		nowMs := vehicletest.T0.UnixMilli()
+		s := newState(vehicletest.VIN, nowMs, rng)
 		var drove, stopped, charged bool
 		for i := 0; i < 8*3600; i++ {
 			prev := s
@@ -66,10 +67,10 @@ func TestMotionPlausible(t *testing.T) {
 // fleet's 10 s interval: consecutive reported positions are never further apart than the top
 // speed allows.
 func TestTelemetryPositionsPlausible(t *testing.T) {
-	gw := newTestGateway(t)
-	st := openTestStore(t, t.TempDir())
-	clock := newClock(t0)
-	car := newTestCar(t, st, gw.creds(t, testVIN), clock)
+	gw := vehicletest.NewGateway(t)
+	st := vehicletest.OpenStore(t, t.TempDir())
+	clock := vehicletest.NewClock(vehicletest.T0)
+	car := newTestCar(t, st, gw.Creds(t, vehicletest.VIN), clock)
 	const dt = 10 * time.Second
 	var prevLat, prevLon float64
 	moved := false
