@@ -13,6 +13,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/fleet"
 )
 
 // Fleet runs cars with their local link until Stop.
@@ -38,7 +39,7 @@ type FleetOptions struct {
 	// MaxReconnectInterval caps the cars' reconnect backoff; 0 means 2 s (the drill waits for
 	// the cars to come back; production cars keep mqttc's 30 s cap).
 	MaxReconnectInterval time.Duration
-	// JournalResendInterval: vehicle.FleetConfig's; 0 means its default.
+	// JournalResendInterval: fleet.FleetConfig's; 0 means its default.
 	JournalResendInterval time.Duration
 }
 
@@ -75,7 +76,7 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		_, err := vehicle.RunFleet(fctx, vehicle.FleetConfig{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
+		_, err := fleet.RunFleet(fctx, fleet.FleetConfig{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
 			TelemetryInterval: o.TelemetryInterval, ConnectRate: 2000, Logger: log,
 			MaxReconnectInterval: o.MaxReconnectInterval, JournalResendInterval: o.JournalResendInterval})
 		if err != nil && !errors.Is(err, context.Canceled) {

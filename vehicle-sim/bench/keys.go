@@ -22,6 +22,7 @@ import (
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	vehiclefleet "telematics/pkg/vehicle/fleet"
 )
 
 // The digital-key scenarios (commands, revoke, local) run real cars: pkg/vehicle's RunFleet in
@@ -73,7 +74,7 @@ type keyWorld struct {
 	dir    string
 	cancel context.CancelFunc
 	done   chan struct{}
-	stats  vehicle.FleetStats
+	stats  vehiclefleet.FleetStats
 	err    error
 }
 
@@ -91,9 +92,9 @@ func (w *keyWorld) startCars(ctx context.Context) error {
 	w.cancel, w.done = cancel, make(chan struct{})
 	go func() {
 		defer close(w.done)
-		w.stats, w.err = vehicle.RunFleet(fctx, vehicle.FleetConfig{
+		w.stats, w.err = vehiclefleet.RunFleet(fctx, vehiclefleet.FleetConfig{
 			BrokerURL: "tcp://" + w.s.mqttAddr, Creds: w.creds, Store: w.store, Garage: w.garage,
-			TelemetryInterval: vehicle.DefaultTelemetryInterval, ConnectRate: 2000,
+			TelemetryInterval: vehiclefleet.DefaultTelemetryInterval, ConnectRate: 2000,
 			MaxReconnectInterval: 2 * time.Second,
 		})
 	}()

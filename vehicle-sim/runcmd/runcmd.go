@@ -1,7 +1,7 @@
 // Package runcmd is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
 // provisioned once through the gateway admin API and kept in the data dir), opens the cars'
 // store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker
-// (vehicle.Fleet) until the context ends, printing their progress.
+// (fleet.Fleet) until the context ends, printing their progress.
 package runcmd
 
 import (
@@ -22,6 +22,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/fleet"
 	"telematics/vehicle-sim/config"
 )
 
@@ -44,7 +45,7 @@ type Options struct {
 	// Now is the cars' clock; time.Now when nil.
 	Now func() time.Time
 	// Dial connects a car; mqttc.Dial when nil.
-	Dial vehicle.DialFunc
+	Dial fleet.DialFunc
 	// Garage, when set, receives the cars as they are built, so that an in-process caller (a
 	// drill) can reach them, e.g. with its own vehicle.LinkServer. The link Run opens itself
 	// (link_addr) serves the same garage.
@@ -109,7 +110,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
 	}
 	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
-	f, err := vehicle.NewFleet(vehicle.FleetConfig{
+	f, err := fleet.NewFleet(fleet.FleetConfig{
 		BrokerURL:         cfg.Broker,
 		Creds:             creds,
 		Store:             store,

@@ -1,4 +1,4 @@
-package vehicle
+package fleet
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
 )
 
 // Defaults of FleetConfig.
@@ -65,7 +66,7 @@ type FleetConfig struct {
 	Creds []protocol.Credentials
 	// Store holds every car's state and replay cache (a *carstore.Store); the caller opens and
 	// closes it.
-	Store CarStore
+	Store vehicle.CarStore
 	// TelemetryInterval is the mean time between two telemetry messages of a car (default 10 s);
 	// each interval varies by ±10 %.
 	TelemetryInterval time.Duration
@@ -91,7 +92,7 @@ type FleetConfig struct {
 	// the garage under a VIN of Creds is run as it is instead of being built again (a drill can
 	// stop RunFleet and start it again around the same cars). Cars stay in the garage after
 	// RunFleet returns.
-	Garage *Garage
+	Garage *vehicle.Garage
 }
 
 // FleetStats counts what a fleet did.

@@ -1,4 +1,4 @@
-package vehicle
+package fleet
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/vehicletest"
 )
 
@@ -271,7 +272,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 		}
 	}
 	rec1, found, err := st.LoadCar(vins[1])
-	var state1 State
+	var state1 vehicle.State
 	if err == nil && found {
 		err = json.Unmarshal(rec1.State, &state1)
 	}

@@ -1,10 +1,11 @@
-package vehicle
+package fleet
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"telematics/internal/testutil"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/carstore"
 	"telematics/pkg/vehicle/vehicletest"
 )
 
@@ -60,6 +63,42 @@ func runTestFleet(t *testing.T, cfg FleetConfig) (stop func() FleetStats) {
 	return stop
 }
 
+// linkRig is vehicletest.VIN's car, with the cast's whitelist, on the store in dir behind a
+// LinkServer on 127.0.0.1:0, and a phone next to it: local decisions made while no fleet runs.
+type linkRig struct {
+	*vehicletest.LinkPhone
+	st   *carstore.Store
+	link *vehicle.LinkServer
+}
+
+func newLinkRig(t *testing.T, gw *vehicletest.Gateway, clock *vehicletest.Clock, dir string) *linkRig {
+	t.Helper()
+	st, err := carstore.Open(filepath.Join(dir, carstore.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	car, err := vehicle.NewCar(st, gw.Creds(t, vehicletest.VIN), vehicle.CarOptions{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vehicletest.Install(t, car, gw.Whitelist(t, vehicletest.WhitelistSpec{}))
+	garage := vehicle.NewGarage()
+	garage.Put(car)
+	r := &linkRig{st: st, link: vehicle.NewLinkServer(garage, nil)}
+	if err := r.link.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	r.LinkPhone = vehicletest.NewLinkPhone(r.link.URL(), clock)
+	t.Cleanup(r.stop)
+	return r
+}
+
+// stop closes the link and the store (a car that is switched off); idempotent.
+func (r *linkRig) stop() {
+	r.link.Close()
+	r.st.Close()
+}
+
 // events decodes what the broker saw on vin's events topic.
 func events(t *testing.T, rec *recorder, vin string) []protocol.VehicleEvent {
 	t.Helper()
@@ -104,8 +143,8 @@ func TestOutageDrill(t *testing.T) {
 	}
 
 	st := vehicletest.OpenStore(t, t.TempDir())
-	garage := NewGarage()
-	link := NewLinkServer(garage, nil)
+	garage := vehicle.NewGarage()
+	link := vehicle.NewLinkServer(garage, nil)
 	if err := link.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +162,7 @@ func TestOutageDrill(t *testing.T) {
 		t.Fatal("RunFleet did not put the car in the garage")
 	}
 
-	r := &linkRig{LinkPhone: vehicletest.NewLinkPhone(link.URL(), vehicletest.NewClock(time.Now())), gw: gw, st: st, car: car, link: link}
+	r := vehicletest.NewLinkPhone(link.URL(), vehicletest.NewClock(time.Now()))
 	local := func(phone *vehicletest.Phone, a protocol.Action) protocol.Result {
 		r.Clock = vehicletest.NewClock(time.Now())
 		return r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, a), Phone: phone}))
@@ -190,7 +229,7 @@ func TestOutageDrill(t *testing.T) {
 func TestJournalSurvivesRestart(t *testing.T) {
 	gw := vehicletest.NewGatewayAt(t, time.Now())
 	dir := t.TempDir()
-	r := newLinkRig(t, gw, vehicletest.NewClock(time.Now()), dir, false)
+	r := newLinkRig(t, gw, vehicletest.NewClock(time.Now()), dir)
 	for _, a := range []protocol.Action{protocol.ActionUnlock, protocol.ActionOpenTrunk} {
 		if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, a)})); res.Status != protocol.ResultExecuted {
 			t.Fatal(res)
