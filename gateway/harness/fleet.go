@@ -39,7 +39,7 @@ type FleetOptions struct {
 	// MaxReconnectInterval caps the cars' reconnect backoff; 0 means 2 s (the drill waits for
 	// the cars to come back; production cars keep mqttc's 30 s cap).
 	MaxReconnectInterval time.Duration
-	// JournalResendInterval: fleet.FleetConfig's; 0 means its default.
+	// JournalResendInterval: fleet.Config's; 0 means its default.
 	JournalResendInterval time.Duration
 }
 
@@ -76,14 +76,14 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		_, err := fleet.RunFleet(fctx, fleet.FleetConfig{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
+		_, err := fleet.Run(fctx, fleet.Config{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
 			TelemetryInterval: o.TelemetryInterval, ConnectRate: 2000, Logger: log,
 			MaxReconnectInterval: o.MaxReconnectInterval, JournalResendInterval: o.JournalResendInterval})
 		if err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("fleet stopped", "err", err)
 		}
 	}()
-	// The link serves the cars as RunFleet builds them.
+	// The link serves the cars as fleet.Run builds them.
 	if err := WaitFor(ctx, 15*time.Second, func() error {
 		if n := len(f.Garage.VINs()); n < len(o.Creds) {
 			return fmt.Errorf("%d of %d cars built", n, len(o.Creds))

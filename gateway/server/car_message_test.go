@@ -42,7 +42,7 @@ func TestCarsRefusalMessageReachesTheReply(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		fleet.RunFleet(ctx, fleet.FleetConfig{BrokerURL: g.BrokerURL(), Creds: creds, Store: st, TelemetryInterval: 200 * time.Millisecond})
+		fleet.Run(ctx, fleet.Config{BrokerURL: g.BrokerURL(), Creds: creds, Store: st, TelemetryInterval: 200 * time.Millisecond})
 	}()
 	t.Cleanup(func() { cancel(); <-done; st.Close() })
 	waitOnline(t, g, vin)

@@ -25,7 +25,7 @@ import (
 	vehiclefleet "telematics/pkg/vehicle/fleet"
 )
 
-// The digital-key scenarios (commands, revoke, local) run real cars: pkg/vehicle's RunFleet in
+// The digital-key scenarios (commands, revoke, local) run real cars: pkg/vehicle/fleet's Run in
 // this process, which verify the gateway's grant and the phone's signature against their own
 // whitelists, commit each command to their bbolt store and serve the local link from the same
 // Garage. Each car gets an owner who does what a person does through the gateway's HTTP API
@@ -74,7 +74,7 @@ type keyWorld struct {
 	dir    string
 	cancel context.CancelFunc
 	done   chan struct{}
-	stats  vehiclefleet.FleetStats
+	stats  vehiclefleet.Stats
 	err    error
 }
 
@@ -92,7 +92,7 @@ func (w *keyWorld) startCars(ctx context.Context) error {
 	w.cancel, w.done = cancel, make(chan struct{})
 	go func() {
 		defer close(w.done)
-		w.stats, w.err = vehiclefleet.RunFleet(fctx, vehiclefleet.FleetConfig{
+		w.stats, w.err = vehiclefleet.Run(fctx, vehiclefleet.Config{
 			BrokerURL: "tcp://" + w.s.mqttAddr, Creds: w.creds, Store: w.store, Garage: w.garage,
 			TelemetryInterval: vehiclefleet.DefaultTelemetryInterval, ConnectRate: 2000,
 			MaxReconnectInterval: 2 * time.Second,

@@ -15,7 +15,7 @@ const statusInterval = 10 * time.Second
 
 // runWithProgress runs f until ctx ends, reporting on w (see progress) until every car has
 // stopped.
-func runWithProgress(ctx context.Context, f *fleet.Fleet, w io.Writer, interval time.Duration) (fleet.FleetStats, error) {
+func runWithProgress(ctx context.Context, f *fleet.Fleet, w io.Writer, interval time.Duration) (fleet.Stats, error) {
 	progressCtx, stopProgress := context.WithCancel(context.Background())
 	progressDone := make(chan struct{})
 	go func() {
@@ -107,14 +107,14 @@ func printLine(w io.Writer, tty bool, line string) {
 	fmt.Fprintln(w, line)
 }
 
-func failedSuffix(st fleet.FleetStats) string {
+func failedSuffix(st fleet.Stats) string {
 	if st.Failed == 0 {
 		return ""
 	}
 	return fmt.Sprintf(", %d failed", st.Failed)
 }
 
-func statusLine(st fleet.FleetStats) string {
+func statusLine(st fleet.Stats) string {
 	return fmt.Sprintf("online %d/%d cars%s · telemetry sent %d · commands executed %d, rejected %d",
 		st.Online, st.Cars, failedSuffix(st), st.TelemetrySent, st.Executed, st.Rejected)
 }

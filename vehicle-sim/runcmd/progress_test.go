@@ -88,7 +88,7 @@ func TestProgressReportsFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	f, err := fleet.NewFleet(fleet.FleetConfig{BrokerURL: "tcp://" + tcp.Address(), Creds: creds, Store: st,
+	f, err := fleet.New(fleet.Config{BrokerURL: "tcp://" + tcp.Address(), Creds: creds, Store: st,
 		TelemetryInterval: 50 * time.Millisecond, ConnectRate: 50})
 	if err != nil {
 		t.Fatal(err)

@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
 	}
 	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
-	f, err := fleet.NewFleet(fleet.FleetConfig{
+	f, err := fleet.New(fleet.Config{
 		BrokerURL:         cfg.Broker,
 		Creds:             creds,
 		Store:             store,

@@ -125,12 +125,12 @@ func TestFleetAgainstBroker(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	type outcome struct {
-		st  FleetStats
+		st  Stats
 		err error
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		s, err := RunFleet(ctx, FleetConfig{
+		s, err := Run(ctx, Config{
 			BrokerURL:         url,
 			Creds:             creds,
 			Store:             st,
@@ -245,7 +245,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 	select {
 	case out = <-done:
 	case <-time.After(20 * time.Second):
-		t.Fatal("RunFleet did not return after cancel")
+		t.Fatal("Run did not return after cancel")
 	}
 	if out.err != nil {
 		t.Fatal(out.err)
@@ -256,7 +256,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 	}
 	// A clean stop says offline (the will is only for crashes), and persists the state. mochi
 	// acknowledges a QoS 1 publish before it delivers it, so the subscriber may see it a
-	// moment after RunFleet returned.
+	// moment after Run returned.
 	testutil.Eventually(t, 5*time.Second, func() error {
 		for _, v := range vins {
 			if st, _, _ := lastStatus(v); st.Status != protocol.StatusOffline {
@@ -293,12 +293,12 @@ func TestFleetAllRefused(t *testing.T) {
 	st := vehicletest.OpenStore(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// With every car refused there is nothing to run: RunFleet returns by itself.
-	_, err := RunFleet(ctx, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{c}, Store: st})
+	// With every car refused there is nothing to run: Run returns by itself.
+	_, err := Run(ctx, Config{BrokerURL: url, Creds: []protocol.Credentials{c}, Store: st})
 	if !errors.Is(err, ErrNoCarConnected) || !strings.Contains(err.Error(), "refused the credentials") {
 		t.Fatalf("got %v, want ErrNoCarConnected naming the refusal", err)
 	}
 	if ctx.Err() != nil {
-		t.Fatal("RunFleet waited for the context")
+		t.Fatal("Run waited for the context")
 	}
 }

@@ -57,7 +57,7 @@ func TestJournalKeptUntilGatewayAck(t *testing.T) {
 	if err := srv.Subscribe("v/+/events", 1, first.record); err != nil {
 		t.Fatal(err)
 	}
-	runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st,
+	runTestFleet(t, Config{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st,
 		TelemetryInterval: time.Second, Dial: fastDial})
 	testutil.Eventually(t, 10*time.Second, func() error {
 		if got := summary(events(t, first, vehicletest.VIN)); got != "1:unlock/executed/ 2:lock/executed/" {

@@ -27,8 +27,8 @@ func fastDial(ctx context.Context, o mqttc.Options) (mqttc.Client, error) {
 	return dialPaho(ctx, o)
 }
 
-// runTestFleet runs RunFleet until the test ends (or stop is called) and returns stop.
-func runTestFleet(t *testing.T, cfg FleetConfig) (stop func() FleetStats) {
+// runTestFleet runs Run until the test ends (or stop is called) and returns stop.
+func runTestFleet(t *testing.T, cfg Config) (stop func() Stats) {
 	t.Helper()
 	logBuf := &syncBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -38,23 +38,23 @@ func runTestFleet(t *testing.T, cfg FleetConfig) (stop func() FleetStats) {
 		}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan FleetStats, 1)
+	done := make(chan Stats, 1)
 	go func() {
-		st, err := RunFleet(ctx, cfg)
+		st, err := Run(ctx, cfg)
 		if err != nil {
-			t.Errorf("RunFleet: %v", err)
+			t.Errorf("Run: %v", err)
 		}
 		done <- st
 	}()
-	var stats *FleetStats
-	stop = func() FleetStats {
+	var stats *Stats
+	stop = func() Stats {
 		if stats == nil {
 			cancel()
 			select {
 			case st := <-done:
 				stats = &st
 			case <-time.After(20 * time.Second):
-				t.Fatal("RunFleet did not return after cancel")
+				t.Fatal("Run did not return after cancel")
 			}
 		}
 		return *stats
@@ -149,7 +149,7 @@ func TestOutageDrill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer link.Close()
-	stop := runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st,
+	stop := runTestFleet(t, Config{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st,
 		TelemetryInterval: time.Second, Garage: garage, Dial: fastDial})
 	testutil.Eventually(t, 10*time.Second, func() error {
 		if len(rec.get(protocol.VehicleTopic(vehicletest.VIN, protocol.SuffixKeysAck))) == 0 {
@@ -159,7 +159,7 @@ func TestOutageDrill(t *testing.T) {
 	})
 	car, ok := garage.Car(vehicletest.VIN)
 	if !ok {
-		t.Fatal("RunFleet did not put the car in the garage")
+		t.Fatal("Run did not put the car in the garage")
 	}
 
 	r := vehicletest.NewLinkPhone(link.URL(), vehicletest.NewClock(time.Now()))
@@ -250,7 +250,7 @@ func TestJournalSurvivesRestart(t *testing.T) {
 	if n := len(vehicletest.Journal(t, st, vehicletest.VIN)); n != 3 {
 		t.Fatalf("journal after restart holds %d entries", n)
 	}
-	runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st, TelemetryInterval: time.Second})
+	runTestFleet(t, Config{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st, TelemetryInterval: time.Second})
 	want := "1:unlock/executed/ 2:open_trunk/executed/ 3:open_trunk/rejected/forbidden"
 	testutil.Eventually(t, 10*time.Second, func() error {
 		if got := summary(events(t, rec, vehicletest.VIN)); got != want {
