@@ -14,11 +14,12 @@ import (
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
 	"telematics/pkg/vehicle/fleet"
+	"telematics/pkg/vehicle/link"
 )
 
 // Fleet runs cars with their local link until Stop.
 type Fleet struct {
-	Link   *vehicle.LinkServer
+	Link   *link.LinkServer
 	Garage *vehicle.Garage
 	store  *carstore.Store
 	tmp    string
@@ -70,7 +71,7 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 		f.removeTemp()
 		return nil, err
 	}
-	f.store, f.Link = st, vehicle.NewLinkServer(f.Garage, log)
+	f.store, f.Link = st, link.NewLinkServer(f.Garage, log)
 	fctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.wg.Add(1)

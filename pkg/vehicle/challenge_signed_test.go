@@ -1,4 +1,4 @@
-package vehicle
+package vehicle_test
 
 import (
 	"encoding/json"
@@ -8,6 +8,8 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/link/linktest"
 	"telematics/pkg/vehicle/vehicletest"
 )
 
@@ -32,7 +34,7 @@ func signedChallengeBody(t *testing.T, p *vehicletest.Phone, tsMs int64) []byte 
 // challenge bound to its key, and its command is executed.
 func TestChallengeKeyBudgetNeedsKeySignature(t *testing.T) {
 	gw := vehicletest.NewGateway(t)
-	r := newLinkRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
 	owner := gw.Cast.Owner
 	nowMs := r.Clock.Now().UnixMilli()
 	overheard := signedChallengeBody(t, owner, nowMs)
@@ -44,7 +46,7 @@ func TestChallengeKeyBudgetNeedsKeySignature(t *testing.T) {
 	forgedSig, _ := sign.SignRaw(gw.Cast.Stranger.Signer.Private(), protocol.ChallengeRequestMessage(vehicletest.VIN, owner.Key.ID, nowMs+1))
 	forged, _ := json.Marshal(protocol.ChallengeRequest{V: protocol.Version, KeyID: owner.Key.ID, TsMs: nowMs + 1, Sig: protocol.EncodeB64(forgedSig)})
 	for label, body := range map[string][]byte{"key id alone": unsigned, "forged signature": forged, "replayed request": overheard} {
-		for i := 0; i < 2*MaxChallengesPerKey; i++ {
+		for i := 0; i < 2*vehicle.MaxChallengesPerKey; i++ {
 			code, b := r.Post(t, "/v1/link/"+vehicletest.VIN+"/challenge", body)
 			var ch protocol.Challenge
 			if code == http.StatusOK && (json.Unmarshal(b, &ch) != nil || ch.KeyID != "") {
@@ -70,13 +72,13 @@ func TestChallengeKeyBudgetNeedsKeySignature(t *testing.T) {
 // "message" (the app printed "rate_limited: rate_limited: …").
 func TestChallengeRefusalSaysReasonOnce(t *testing.T) {
 	gw := vehicletest.NewGateway(t)
-	r := newLinkRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
-	for i := 0; i < MaxSharedChallenges; i++ {
-		if code, _, b := r.challengeFor(t, ""); code != http.StatusOK {
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
+	for i := 0; i < vehicle.MaxSharedChallenges; i++ {
+		if code, _, b := challengeFor(t, r, ""); code != http.StatusOK {
 			t.Fatalf("challenge %d: %d %s", i, code, b)
 		}
 	}
-	code, _, b := r.challengeFor(t, "")
+	code, _, b := challengeFor(t, r, "")
 	var e struct {
 		Error   protocol.Reason `json:"error"`
 		Message string          `json:"message"`

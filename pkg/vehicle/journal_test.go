@@ -1,4 +1,4 @@
-package vehicle
+package vehicle_test
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/link/linktest"
 	"telematics/pkg/vehicle/vehicletest"
 )
 
@@ -16,11 +17,11 @@ import (
 // summaries take the room and go out like any entry.
 func TestJournalRefusalsNeverSilent(t *testing.T) {
 	gw := vehicletest.NewGateway(t)
-	r := newLinkRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
 	filler := protocol.VehicleEvent{V: protocol.Version, VIN: vehicletest.VIN, Kind: protocol.EventLocalCommand,
 		Status: protocol.ResultRejected, Reason: protocol.ReasonKeyUnknown, TsMs: vehicletest.T0.UnixMilli()}
 	for i := 0; i < carstore.MaxJournalEntries; i++ {
-		if _, err := r.st.AppendJournal(vehicletest.VIN, filler); err != nil {
+		if _, err := r.Store.AppendJournal(vehicletest.VIN, filler); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -42,17 +43,17 @@ func TestJournalRefusalsNeverSilent(t *testing.T) {
 	if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionLock)})); res.Status != protocol.ResultExecuted {
 		t.Fatalf("owner's lock: %+v", res)
 	}
-	if n := len(vehicletest.Journal(t, r.st, vehicletest.VIN)); n != carstore.MaxJournalEntries+1 {
+	if n := len(vehicletest.Journal(t, r.Store, vehicletest.VIN)); n != carstore.MaxJournalEntries+1 {
 		t.Fatalf("journal holds %d entries, want %d", n, carstore.MaxJournalEntries+1)
 	}
 
 	// The gateway acknowledges a few entries: the summaries move into the journal.
-	if err := r.car.JournalAcked([]uint64{1, 2, 3}); err != nil {
+	if err := r.Car.JournalAcked([]uint64{1, 2, 3}); err != nil {
 		t.Fatal(err)
 	}
 	counted := map[string]int{}
 	var revoked protocol.VehicleEvent
-	for _, ev := range vehicletest.Journal(t, r.st, vehicletest.VIN) {
+	for _, ev := range vehicletest.Journal(t, r.Store, vehicletest.VIN) {
 		if ev.Seq <= carstore.MaxJournalEntries+1 {
 			continue
 		}
@@ -69,7 +70,7 @@ func TestJournalRefusalsNeverSilent(t *testing.T) {
 		revoked.TsMs != vehicletest.T0.Add((revokedTries-1)*time.Second).UnixMilli() {
 		t.Errorf("revoked-key summary %+v", revoked)
 	}
-	if left, err := r.st.JournalSummaries(vehicletest.VIN); err != nil || len(left) != 0 {
+	if left, err := r.Store.JournalSummaries(vehicletest.VIN); err != nil || len(left) != 0 {
 		t.Errorf("summaries not moved: %v %v", left, err)
 	}
 }

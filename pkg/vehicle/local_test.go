@@ -1,65 +1,17 @@
-package vehicle
+package vehicle_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"telematics/pkg/protocol"
-	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/link/linktest"
 	"telematics/pkg/vehicle/vehicletest"
 )
-
-// linkRig is vehicletest.VIN's car (and vehicletest.OtherVIN's) behind a LinkServer on
-// 127.0.0.1:0, and a phone next to them.
-type linkRig struct {
-	*vehicletest.LinkPhone
-	gw    *vehicletest.Gateway
-	st    *carstore.Store
-	car   *Car
-	other *Car
-	link  *LinkServer
-}
-
-// newLinkRig starts the link on the store in dir; the car gets the cast's whitelist unless
-// bare.
-func newLinkRig(t *testing.T, gw *vehicletest.Gateway, clock *vehicletest.Clock, dir string, bare bool) *linkRig {
-	t.Helper()
-	st, err := carstore.Open(filepath.Join(dir, carstore.File))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &linkRig{gw: gw, st: st}
-	r.car = newTestCar(t, st, gw.Creds(t, vehicletest.VIN), clock)
-	if !bare {
-		vehicletest.Install(t, r.car, gw.Whitelist(t, vehicletest.WhitelistSpec{}))
-	}
-	r.other = newTestCar(t, st, gw.Creds(t, vehicletest.OtherVIN), clock)
-	vehicletest.Install(t, r.other, gw.Whitelist(t, vehicletest.WhitelistSpec{VIN: vehicletest.OtherVIN}))
-	garage := NewGarage()
-	garage.Put(r.car)
-	garage.Put(r.other)
-	r.link = NewLinkServer(garage, nil)
-	if err := r.link.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	r.LinkPhone = vehicletest.NewLinkPhone(r.link.URL(), clock)
-	t.Cleanup(r.stop)
-	return r
-}
-
-// stop closes the link and the store (a car that is switched off); idempotent.
-func (r *linkRig) stop() {
-	r.link.Close()
-	r.st.Close()
-}
 
 // TestLocalRefusals has one case per reason a car refuses a local command, in the order of
 // HandleLocal's checks. Every refusal is answered 200 with the reason and journaled.
@@ -69,71 +21,71 @@ func TestLocalRefusals(t *testing.T) {
 	tests := []struct {
 		name   string
 		bare   bool // the car never received a whitelist
-		body   func(t *testing.T, r *linkRig) []byte
+		body   func(t *testing.T, r *linktest.Rig) []byte
 		reason protocol.Reason
 	}{
-		{name: "car has no whitelist", bare: true, body: func(t *testing.T, r *linkRig) []byte {
+		{name: "car has no whitelist", bare: true, body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock)})
 		}, reason: protocol.ReasonKeyUnknown},
-		{name: "command document is not a command", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "command document is not a command", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return []byte(`{"v":1,"command":{"doc":"` + protocol.EncodeB64([]byte(`{"v":1}`)) + `","sig":"AA","kid":"x"}}`)
 		}, reason: protocol.ReasonBadRequest},
-		{name: "unknown action", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "unknown action", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, "self_destruct")})
 		}, reason: protocol.ReasonBadRequest},
-		{name: "not signed by a phone", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "not signed by a phone", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock), Unsigned: true})
 		}, reason: protocol.ReasonSignatureInvalid},
-		{name: "signed by a key other than the kid it names", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "signed by a key other than the kid it names", body: func(t *testing.T, r *linktest.Rig) []byte {
 			c := r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock)
 			c.KeyID, c.User = cast.Owner.Key.ID, cast.Owner.Key.User
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: c, Phone: cast.Stranger, PhoneKID: cast.Owner.Key.ID})
 		}, reason: protocol.ReasonSignatureInvalid},
-		{name: "command document tampered after signing", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "command document tampered after signing", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock), TamperCmd: true})
 		}, reason: protocol.ReasonSignatureInvalid},
-		{name: "key not on the whitelist", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "key not on the whitelist", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock), Phone: cast.Stranger})
 		}, reason: protocol.ReasonKeyUnknown},
-		{name: "key revoked", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "key revoked", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock), Phone: cast.Revoked})
 		}, reason: protocol.ReasonKeyRevoked},
-		{name: "key not yet valid", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "key not yet valid", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock), Phone: cast.NotYet})
 		}, reason: protocol.ReasonKeyExpired},
-		{name: "key expired", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "key expired", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock), Phone: cast.Expired})
 		}, reason: protocol.ReasonKeyExpired},
-		{name: "cloud-only key on the local link", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "cloud-only key on the local link", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock), Phone: cast.CloudOnly})
 		}, reason: protocol.ReasonForbidden},
-		{name: "valet may not open the trunk", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "valet may not open the trunk", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionOpenTrunk), Phone: cast.Valet})
 		}, reason: protocol.ReasonForbidden},
-		{name: "command for another vin", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "command for another vin", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.OtherVIN, protocol.ActionUnlock)})
 		}, reason: protocol.ReasonForbidden},
-		{name: "no nonce", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "no nonce", body: func(t *testing.T, r *linktest.Rig) []byte {
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, r.Clock.Now())})
 		}, reason: protocol.ReasonBadRequest},
-		{name: "nonce never issued", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "nonce never issued", body: func(t *testing.T, r *linktest.Rig) []byte {
 			c := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, r.Clock.Now())
 			c.Nonce = "AAAAAAAAAAAAAAAAAAAAAA"
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: c})
 		}, reason: protocol.ReasonExpired},
-		{name: "nonce issued by another car", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "nonce issued by another car", body: func(t *testing.T, r *linktest.Rig) []byte {
 			c := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, r.Clock.Now())
 			c.Nonce = r.Challenge(t, vehicletest.OtherVIN).Nonce
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: c})
 		}, reason: protocol.ReasonExpired},
-		{name: "nonce expired", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "nonce expired", body: func(t *testing.T, r *linktest.Rig) []byte {
 			nonce := r.Challenge(t, vehicletest.VIN).Nonce
 			r.Clock.Advance(protocol.ChallengeLifetimeMs*time.Millisecond + time.Millisecond)
 			c := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, r.Clock.Now())
 			c.Nonce = nonce
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: c})
 		}, reason: protocol.ReasonExpired},
-		{name: "nonce used before", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "nonce used before", body: func(t *testing.T, r *linktest.Rig) []byte {
 			first := r.LocalCommand(t, vehicletest.VIN, protocol.ActionHonk)
 			if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: first})); res.Status != protocol.ResultExecuted {
 				t.Fatalf("first command: %+v", res)
@@ -142,17 +94,17 @@ func TestLocalRefusals(t *testing.T) {
 			c.Nonce = first.Nonce
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: c})
 		}, reason: protocol.ReasonDuplicate},
-		{name: "command expired", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "command expired", body: func(t *testing.T, r *linktest.Rig) []byte {
 			c := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, r.Clock.Now().Add(-time.Minute))
 			c.Nonce = r.Challenge(t, vehicletest.VIN).Nonce
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: c})
 		}, reason: protocol.ReasonExpired},
-		{name: "expiry more than 30 s ahead", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "expiry more than 30 s ahead", body: func(t *testing.T, r *linktest.Rig) []byte {
 			c := r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock)
 			c.ExpiresAtMs = r.Clock.Now().UnixMilli() + protocol.MaxCommandAheadMs + 1
 			return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: c})
 		}, reason: protocol.ReasonBadRequest},
-		{name: "command id executed before", body: func(t *testing.T, r *linkRig) []byte {
+		{name: "command id executed before", body: func(t *testing.T, r *linktest.Rig) []byte {
 			first := r.LocalCommand(t, vehicletest.VIN, protocol.ActionHonk)
 			if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: first})); res.Status != protocol.ResultExecuted {
 				t.Fatalf("first command: %+v", res)
@@ -165,7 +117,7 @@ func TestLocalRefusals(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newLinkRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), tc.bare)
+			r := linktest.NewRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), tc.bare)
 			body := tc.body(t, r)
 			res := r.Command(t, body)
 			if res.Status != protocol.ResultRejected || res.Reason != tc.reason {
@@ -174,10 +126,10 @@ func TestLocalRefusals(t *testing.T) {
 			if res.State != nil {
 				t.Errorf("a refusal carries state %v", res.State)
 			}
-			if !r.car.State().Locked {
+			if !r.Car.State().Locked {
 				t.Error("a refused command unlocked the car")
 			}
-			evs := vehicletest.Journal(t, r.st, vehicletest.VIN)
+			evs := vehicletest.Journal(t, r.Store, vehicletest.VIN)
 			if len(evs) == 0 {
 				t.Fatal("refusal not journaled")
 			}
@@ -204,7 +156,7 @@ func TestLocalRefusals(t *testing.T) {
 
 func TestLocalUnlockExecutesAndJournals(t *testing.T) {
 	gw := vehicletest.NewGateway(t)
-	r := newLinkRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
 
 	ch := r.Challenge(t, vehicletest.VIN)
 	if nonce, err := protocol.DecodeB64(ch.Nonce); err != nil || len(nonce) != 16 || ch.VIN != vehicletest.VIN || ch.V != protocol.Version ||
@@ -220,10 +172,10 @@ func TestLocalUnlockExecutesAndJournals(t *testing.T) {
 	if _, ok := res.State[protocol.VSSLatitude]; ok {
 		t.Error("an unlock result reveals the position")
 	}
-	if r.car.State().Locked {
+	if r.Car.State().Locked {
 		t.Fatal("the car is still locked")
 	}
-	evs := vehicletest.Journal(t, r.st, vehicletest.VIN)
+	evs := vehicletest.Journal(t, r.Store, vehicletest.VIN)
 	want := protocol.VehicleEvent{V: protocol.Version, VIN: vehicletest.VIN, Seq: 1, Kind: protocol.EventLocalCommand, CmdID: cmd.ID,
 		KeyID: gw.Cast.Owner.Key.ID, User: "alice", Action: protocol.ActionUnlock, Status: protocol.ResultExecuted, TsMs: vehicletest.T0.UnixMilli()}
 	if len(evs) != 1 || evs[0] != want {
@@ -232,14 +184,14 @@ func TestLocalUnlockExecutesAndJournals(t *testing.T) {
 
 	// The replay cache is the cloud path's too: the same id through the gateway is a replay.
 	same := gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: cmd})
-	if res := r.car.HandleCommand(same); res.Reason != protocol.ReasonDuplicate {
+	if res := r.Car.HandleCommand(same); res.Reason != protocol.ReasonDuplicate {
 		t.Fatalf("the local command's id on the cloud path: %+v", res)
 	}
 	// And a cloud command is not journaled.
-	if res := r.car.HandleCommand(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionLock, vehicletest.T0)})); res.Status != protocol.ResultExecuted {
+	if res := r.Car.HandleCommand(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionLock, vehicletest.T0)})); res.Status != protocol.ResultExecuted {
 		t.Fatal(res)
 	}
-	if n := len(vehicletest.Journal(t, r.st, vehicletest.VIN)); n != 1 {
+	if n := len(vehicletest.Journal(t, r.Store, vehicletest.VIN)); n != 1 {
 		t.Errorf("journal holds %d entries after a cloud command", n)
 	}
 }
@@ -250,7 +202,7 @@ func TestLocalReplayAfterRestart(t *testing.T) {
 	gw := vehicletest.NewGateway(t)
 	dir := t.TempDir()
 	clock := vehicletest.NewClock(vehicletest.T0)
-	r := newLinkRig(t, gw, clock, dir, false)
+	r := linktest.NewRig(t, gw, clock, dir, false)
 	cmd := r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock)
 	body := gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: cmd})
 	if res := r.Command(t, body); res.Status != protocol.ResultExecuted {
@@ -259,10 +211,10 @@ func TestLocalReplayAfterRestart(t *testing.T) {
 	if res := r.Command(t, body); res.Reason != protocol.ReasonDuplicate {
 		t.Fatalf("the same request again: %+v", res)
 	}
-	r.stop()
+	r.Stop()
 
 	clock.Advance(time.Second)
-	r = newLinkRig(t, gw, clock, dir, true) // whatever the car knows now comes from its store
+	r = linktest.NewRig(t, gw, clock, dir, true) // whatever the car knows now comes from its store
 	if res := r.Command(t, body); res.Status != protocol.ResultRejected || res.Reason != protocol.ReasonExpired {
 		t.Fatalf("the same request after restart: %+v (its nonce is from before)", res)
 	}
@@ -275,7 +227,7 @@ func TestLocalReplayAfterRestart(t *testing.T) {
 		t.Fatalf("a new command after restart: %+v", res)
 	}
 	// The journal survived: every decision, in order.
-	evs := vehicletest.Journal(t, r.st, vehicletest.VIN)
+	evs := vehicletest.Journal(t, r.Store, vehicletest.VIN)
 	var got []string
 	for i, ev := range evs {
 		if ev.Seq != uint64(i+1) {
@@ -289,66 +241,10 @@ func TestLocalReplayAfterRestart(t *testing.T) {
 	}
 }
 
-func TestLinkHTTPErrors(t *testing.T) {
-	gw := vehicletest.NewGateway(t)
-	r := newLinkRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
-	valid := func() []byte {
-		return gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionUnlock)})
-	}
-	tests := []struct {
-		name   string
-		method string
-		path   string
-		body   []byte
-		code   int
-		reason protocol.Reason
-	}{
-		{"car not run here", http.MethodPost, "/v1/link/WVWZZZ1JZXW000999/command", valid(), http.StatusNotFound, protocol.ReasonVehicleUnknown},
-		{"challenge of a car not run here", http.MethodPost, "/v1/link/WVWZZZ1JZXW000999/challenge", nil, http.StatusNotFound, protocol.ReasonVehicleUnknown},
-		{"malformed vin", http.MethodPost, "/v1/link/not-a-vin/challenge", nil, http.StatusBadRequest, protocol.ReasonBadRequest},
-		{"not json", http.MethodPost, "/v1/link/" + vehicletest.VIN + "/command", []byte("open sesame"), http.StatusBadRequest, protocol.ReasonBadRequest},
-		{"empty body", http.MethodPost, "/v1/link/" + vehicletest.VIN + "/command", nil, http.StatusBadRequest, protocol.ReasonBadRequest},
-		{"no command", http.MethodPost, "/v1/link/" + vehicletest.VIN + "/command", []byte(`{"v":1}`), http.StatusBadRequest, protocol.ReasonBadRequest},
-		{"wrong version", http.MethodPost, "/v1/link/" + vehicletest.VIN + "/command", []byte(`{"v":2,"command":{"doc":"e30"}}`), http.StatusBadRequest, protocol.ReasonBadRequest},
-		{"oversized", http.MethodPost, "/v1/link/" + vehicletest.VIN + "/command",
-			append([]byte(`{"v":1,"pad":"`), bytes.Repeat([]byte("a"), protocol.MaxPayloadBytes)...), http.StatusBadRequest, protocol.ReasonBadRequest},
-		{"get", http.MethodGet, "/v1/link/" + vehicletest.VIN + "/challenge", nil, http.StatusMethodNotAllowed, ""},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest(tc.method, r.link.URL()+tc.path, bytes.NewReader(tc.body))
-			resp, err := r.Client.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var e struct {
-				Error   protocol.Reason `json:"error"`
-				Message string          `json:"message"`
-			}
-			b, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != tc.code {
-				t.Fatalf("status %d (%s), want %d", resp.StatusCode, b, tc.code)
-			}
-			if tc.reason != "" {
-				if err := json.Unmarshal(b, &e); err != nil || e.Error != tc.reason || e.Message == "" {
-					t.Fatalf("body %s, want error %q with a message", b, tc.reason)
-				}
-			}
-		})
-	}
-	if n := len(vehicletest.Journal(t, r.st, vehicletest.VIN)); n != 0 {
-		t.Errorf("requests that reached no car were journaled (%d entries)", n)
-	}
-	if !r.car.State().Locked {
-		t.Error("the car was unlocked")
-	}
-}
-
 // TestLocalConcurrent: phones racing for one car are served one at a time, each exactly once.
 func TestLocalConcurrent(t *testing.T) {
 	gw := vehicletest.NewGateway(t)
-	r := newLinkRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(vehicletest.T0), t.TempDir(), false)
 	const n = 8
 	bodies := make([][]byte, n)
 	for i := range bodies {
@@ -375,7 +271,7 @@ func TestLocalConcurrent(t *testing.T) {
 	if executed != n {
 		t.Errorf("%d executed, want %d", executed, n)
 	}
-	evs := vehicletest.Journal(t, r.st, vehicletest.VIN)
+	evs := vehicletest.Journal(t, r.Store, vehicletest.VIN)
 	if len(evs) != 2*n {
 		t.Fatalf("journal holds %d entries, want %d", len(evs), 2*n)
 	}
@@ -383,26 +279,5 @@ func TestLocalConcurrent(t *testing.T) {
 		if ev.Seq != uint64(i+1) {
 			t.Fatalf("entry %d has seq %d", i, ev.Seq)
 		}
-	}
-}
-
-func TestCheckLinkAddr(t *testing.T) {
-	for addr, ok := range map[string]bool{
-		"127.0.0.1:1884": true, "127.0.0.1:0": true, "[::1]:1884": true, "localhost:1884": true, "127.1.2.3:9": true,
-		":1884": false, "0.0.0.0:1884": false, "192.168.1.10:1884": false, "example.com:1884": false, "127.0.0.1": false, "": false,
-	} {
-		if err := CheckLinkAddr(addr); (err == nil) != ok {
-			t.Errorf("%q: %v", addr, err)
-		}
-	}
-	l := NewLinkServer(NewGarage(), nil)
-	if err := l.Start("0.0.0.0:0"); err == nil || !strings.Contains(err.Error(), "loopback") {
-		t.Fatalf("Start on every interface: %v", err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal("second Close:", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/link/linktest"
 	"telematics/pkg/vehicle/vehicletest"
 )
 
@@ -41,13 +42,13 @@ func ackJournal(t *testing.T, srv *mqtt.Server) {
 func TestJournalKeptUntilGatewayAck(t *testing.T) {
 	gw := vehicletest.NewGatewayAt(t, time.Now())
 	dir := t.TempDir()
-	r := newLinkRig(t, gw, vehicletest.NewClock(time.Now()), dir)
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(time.Now()), dir, false)
 	for _, a := range []protocol.Action{protocol.ActionUnlock, protocol.ActionLock} {
 		if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, a)})); res.Status != protocol.ResultExecuted {
 			t.Fatal(res)
 		}
 	}
-	r.stop()
+	r.Stop()
 	st := vehicletest.OpenStore(t, dir)
 
 	// A broker that acknowledges the car's publishes but has no gateway behind it.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +15,8 @@ import (
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
-	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/link"
+	"telematics/pkg/vehicle/link/linktest"
 	"telematics/pkg/vehicle/vehicletest"
 )
 
@@ -61,42 +61,6 @@ func runTestFleet(t *testing.T, cfg Config) (stop func() Stats) {
 	}
 	t.Cleanup(func() { stop() })
 	return stop
-}
-
-// linkRig is vehicletest.VIN's car, with the cast's whitelist, on the store in dir behind a
-// LinkServer on 127.0.0.1:0, and a phone next to it: local decisions made while no fleet runs.
-type linkRig struct {
-	*vehicletest.LinkPhone
-	st   *carstore.Store
-	link *vehicle.LinkServer
-}
-
-func newLinkRig(t *testing.T, gw *vehicletest.Gateway, clock *vehicletest.Clock, dir string) *linkRig {
-	t.Helper()
-	st, err := carstore.Open(filepath.Join(dir, carstore.File))
-	if err != nil {
-		t.Fatal(err)
-	}
-	car, err := vehicle.NewCar(st, gw.Creds(t, vehicletest.VIN), vehicle.CarOptions{Now: clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vehicletest.Install(t, car, gw.Whitelist(t, vehicletest.WhitelistSpec{}))
-	garage := vehicle.NewGarage()
-	garage.Put(car)
-	r := &linkRig{st: st, link: vehicle.NewLinkServer(garage, nil)}
-	if err := r.link.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	r.LinkPhone = vehicletest.NewLinkPhone(r.link.URL(), clock)
-	t.Cleanup(r.stop)
-	return r
-}
-
-// stop closes the link and the store (a car that is switched off); idempotent.
-func (r *linkRig) stop() {
-	r.link.Close()
-	r.st.Close()
 }
 
 // events decodes what the broker saw on vin's events topic.
@@ -144,7 +108,7 @@ func TestOutageDrill(t *testing.T) {
 
 	st := vehicletest.OpenStore(t, t.TempDir())
 	garage := vehicle.NewGarage()
-	link := vehicle.NewLinkServer(garage, nil)
+	link := link.NewLinkServer(garage, nil)
 	if err := link.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +193,7 @@ func TestOutageDrill(t *testing.T) {
 func TestJournalSurvivesRestart(t *testing.T) {
 	gw := vehicletest.NewGatewayAt(t, time.Now())
 	dir := t.TempDir()
-	r := newLinkRig(t, gw, vehicletest.NewClock(time.Now()), dir)
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(time.Now()), dir, false)
 	for _, a := range []protocol.Action{protocol.ActionUnlock, protocol.ActionOpenTrunk} {
 		if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, a)})); res.Status != protocol.ResultExecuted {
 			t.Fatal(res)
@@ -238,7 +202,7 @@ func TestJournalSurvivesRestart(t *testing.T) {
 	if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionOpenTrunk), Phone: gw.Cast.Valet})); res.Reason != protocol.ReasonForbidden {
 		t.Fatal(res)
 	}
-	r.stop()
+	r.Stop()
 
 	srv, url := startBroker(t)
 	rec := &recorder{}

@@ -1,4 +1,4 @@
-package vehicle
+package link_test
 
 import (
 	"context"
@@ -8,6 +8,9 @@ import (
 
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/link"
+	"telematics/pkg/vehicle/link/linktest"
 	"telematics/pkg/vehicle/vehicletest"
 )
 
@@ -16,18 +19,18 @@ import (
 // LinkServer on loopback, sequentially, so it is latency. "challenge" is the challenge's round
 // trip alone on a new connection; "exchange" the whole LocalSend, alternating unlock and lock.
 //
-//	go test -run XXX -bench LocalUnlock -benchtime 2000x ./pkg/vehicle/
+//	go test -run XXX -bench LocalUnlock -benchtime 2000x ./pkg/vehicle/link/
 func BenchmarkLocalUnlock(b *testing.B) {
 	now := time.Now()
 	gw := vehicletest.NewGatewayAt(b, now)
 	st := vehicletest.OpenStore(b, b.TempDir())
 	// The car's clock stands still at now: commands expire 10 s after the phone's time.Now,
 	// so a run must stay well under that.
-	car := newTestCar(b, st, gw.Creds(b, vehicletest.VIN), vehicletest.NewClock(now))
+	car := linktest.NewCar(b, st, gw.Creds(b, vehicletest.VIN), vehicletest.NewClock(now))
 	vehicletest.Install(b, car, gw.Whitelist(b, vehicletest.WhitelistSpec{}))
-	garage := NewGarage()
+	garage := vehicle.NewGarage()
 	garage.Put(car)
-	link := NewLinkServer(garage, nil)
+	link := link.NewLinkServer(garage, nil)
 	if err := link.Start("127.0.0.1:0"); err != nil {
 		b.Fatal(err)
 	}

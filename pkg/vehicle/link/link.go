@@ -1,4 +1,4 @@
-package vehicle
+package link
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
 )
 
 // Timeouts of the link's HTTP server. A local exchange is one small request; anything slower
@@ -65,7 +66,7 @@ func CheckLinkAddr(addr string) error {
 // Use: NewLinkServer(garage, logger), Start("127.0.0.1:0"), Addr(), Close(); or Handler() to
 // mount it elsewhere.
 type LinkServer struct {
-	garage *Garage
+	garage *vehicle.Garage
 	log    *slog.Logger
 	mux    *http.ServeMux
 
@@ -77,7 +78,7 @@ type LinkServer struct {
 }
 
 // NewLinkServer returns a link for the cars of garage; logger may be nil.
-func NewLinkServer(garage *Garage, logger *slog.Logger) *LinkServer {
+func NewLinkServer(garage *vehicle.Garage, logger *slog.Logger) *LinkServer {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -164,7 +165,7 @@ func (s *LinkServer) Close() error {
 }
 
 // car finds the request's car, or answers 400/404.
-func (s *LinkServer) car(w http.ResponseWriter, r *http.Request) (*Car, bool) {
+func (s *LinkServer) car(w http.ResponseWriter, r *http.Request) (*vehicle.Car, bool) {
 	vin := r.PathValue("vin")
 	if !protocol.ValidVIN(vin) {
 		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "malformed VIN")
@@ -222,7 +223,7 @@ func (s *LinkServer) command(w http.ResponseWriter, r *http.Request) {
 		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "could not read the request body")
 		return
 	}
-	req, err := DecodeLocalRequest(body)
+	req, err := vehicle.DecodeLocalRequest(body)
 	if err != nil {
 		s.log.Debug("malformed local request", "vin", car.VIN(), "err", err)
 		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
