@@ -19,7 +19,7 @@ import (
 
 // Fleet runs cars with their local link until Stop.
 type Fleet struct {
-	Link   *link.LinkServer
+	Link   *link.Server
 	Garage *vehicle.Garage
 	store  *carstore.Store
 	tmp    string
@@ -71,7 +71,7 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 		f.removeTemp()
 		return nil, err
 	}
-	f.store, f.Link = st, link.NewLinkServer(f.Garage, log)
+	f.store, f.Link = st, link.NewServer(f.Garage, log)
 	fctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.wg.Add(1)

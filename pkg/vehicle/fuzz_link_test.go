@@ -24,7 +24,7 @@ func FuzzLocalRequest(f *testing.F) {
 	car := vehicle.FuzzCar(f, gw)
 	garage := vehicle.NewGarage()
 	garage.Put(car)
-	h := link.NewLinkServer(garage, nil).Handler()
+	h := link.NewServer(garage, nil).Handler()
 	post := func(t *testing.T, body []byte) (int, []byte) {
 		req := httptest.NewRequest(http.MethodPost, "/v1/link/"+vehicletest.VIN+"/command", strings.NewReader(string(body)))
 		rec := httptest.NewRecorder()

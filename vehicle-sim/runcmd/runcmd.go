@@ -1,6 +1,6 @@
 // Package runcmd is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
 // provisioned once through the gateway admin API and kept in the data dir), opens the cars'
-// store, opens the cars' local link (link.LinkServer) and runs them against the broker
+// store, opens the cars' local link (link.Server) and runs them against the broker
 // (fleet.Fleet) until the context ends, printing their progress.
 package runcmd
 
@@ -48,7 +48,7 @@ type Options struct {
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial fleet.DialFunc
 	// Garage, when set, receives the cars as they are built, so that an in-process caller (a
-	// drill) can reach them, e.g. with its own link.LinkServer. The link Run opens itself
+	// drill) can reach them, e.g. with its own link.Server. The link Run opens itself
 	// (link_addr) serves the same garage.
 	Garage *vehicle.Garage
 }
@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		garage = vehicle.NewGarage()
 	}
 	if cfg.LinkEnabled() {
-		link := link.NewLinkServer(garage, opts.Logger)
+		link := link.NewServer(garage, opts.Logger)
 		if err := link.Start(cfg.LinkAddr); err != nil {
 			return fmt.Errorf("%w (pass another --link-addr, or off to run without the local link)", err)
 		}

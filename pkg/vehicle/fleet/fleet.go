@@ -90,7 +90,7 @@ type Config struct {
 	// reconnect, this covers a broker that restarted and lost what it queued for a gateway
 	// that had not yet come back, while the car's own connection stayed up or came back first.
 	JournalResendInterval time.Duration
-	// Garage, when set, receives every car Run builds, so that a LinkServer on the same
+	// Garage, when set, receives every car Run builds, so that a link.Server on the same
 	// garage serves them over the local link, also while the broker is down. A car already in
 	// the garage under a VIN of Creds is run as it is instead of being built again (a drill can
 	// stop Run and start it again around the same cars). Cars stay in the garage after

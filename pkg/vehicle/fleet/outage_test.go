@@ -108,7 +108,7 @@ func TestOutageDrill(t *testing.T) {
 
 	st := vehicletest.OpenStore(t, t.TempDir())
 	garage := vehicle.NewGarage()
-	link := link.NewLinkServer(garage, nil)
+	link := link.NewServer(garage, nil)
 	if err := link.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 
 // BenchmarkLocalUnlock is one unlock over the local link as a phone does it (phone.LocalSend:
 // challenge, signed command, the car's verification and durable commit) against a car behind a
-// LinkServer on loopback, sequentially, so it is latency. "challenge" is the challenge's round
+// link.Server on loopback, sequentially, so it is latency. "challenge" is the challenge's round
 // trip alone on a new connection; "exchange" the whole LocalSend, alternating unlock and lock.
 //
 //	go test -run XXX -bench LocalUnlock -benchtime 2000x ./pkg/vehicle/link/
@@ -30,7 +30,7 @@ func BenchmarkLocalUnlock(b *testing.B) {
 	vehicletest.Install(b, car, gw.Whitelist(b, vehicletest.WhitelistSpec{}))
 	garage := vehicle.NewGarage()
 	garage.Put(car)
-	link := link.NewLinkServer(garage, nil)
+	link := link.NewServer(garage, nil)
 	if err := link.Start("127.0.0.1:0"); err != nil {
 		b.Fatal(err)
 	}

@@ -70,16 +70,16 @@ func TestLinkHTTPErrors(t *testing.T) {
 	}
 }
 
-func TestCheckLinkAddr(t *testing.T) {
+func TestCheckAddr(t *testing.T) {
 	for addr, ok := range map[string]bool{
 		"127.0.0.1:1884": true, "127.0.0.1:0": true, "[::1]:1884": true, "localhost:1884": true, "127.1.2.3:9": true,
 		":1884": false, "0.0.0.0:1884": false, "192.168.1.10:1884": false, "example.com:1884": false, "127.0.0.1": false, "": false,
 	} {
-		if err := link.CheckLinkAddr(addr); (err == nil) != ok {
+		if err := link.CheckAddr(addr); (err == nil) != ok {
 			t.Errorf("%q: %v", addr, err)
 		}
 	}
-	l := link.NewLinkServer(vehicle.NewGarage(), nil)
+	l := link.NewServer(vehicle.NewGarage(), nil)
 	if err := l.Start("0.0.0.0:0"); err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("Start on every interface: %v", err)
 	}

@@ -375,7 +375,7 @@ func Journal(t testing.TB, st *carstore.Store, vin string) []protocol.VehicleEve
 	return evs
 }
 
-// LinkPhone is the phone's side of a local link at URL (a LinkServer): it asks for challenges
+// LinkPhone is the phone's side of a local link at URL (a link.Server): it asks for challenges
 // and posts commands, as of Clock.
 type LinkPhone struct {
 	URL    string // http://host:port

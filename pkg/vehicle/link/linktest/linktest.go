@@ -1,6 +1,6 @@
 // Package linktest puts simulated cars behind a real local-link server for tests: a Rig is
 // vehicletest.VIN's car and vehicletest.OtherVIN's, on a store in a test's directory, behind a
-// link.LinkServer on 127.0.0.1:0, with a phone next to them.
+// link.Server on 127.0.0.1:0, with a phone next to them.
 package linktest
 
 import (
@@ -23,7 +23,7 @@ type Rig struct {
 	Store   *carstore.Store
 	Car     *vehicle.Car
 	Other   *vehicle.Car
-	Link    *link.LinkServer
+	Link    *link.Server
 }
 
 // NewRig starts the link on the store in dir; both cars run on clock, and Car gets the cast's
@@ -44,7 +44,7 @@ func NewRig(t testing.TB, gw *vehicletest.Gateway, clock *vehicletest.Clock, dir
 	garage := vehicle.NewGarage()
 	garage.Put(r.Car)
 	garage.Put(r.Other)
-	r.Link = link.NewLinkServer(garage, nil)
+	r.Link = link.NewServer(garage, nil)
 	if err := r.Link.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
