@@ -28,12 +28,12 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	if err := w.waitCars(ctx, "acknowledged their whitelists", 2*time.Minute, synced); err != nil {
 		return err
 	}
-	link := link.NewServer(w.garage, nil)
-	if err := link.Start("127.0.0.1:0"); err != nil {
+	srv := link.NewServer(w.garage, nil)
+	if err := srv.Start("127.0.0.1:0"); err != nil {
 		return err
 	}
-	defer link.Close()
-	addr := link.Addr()
+	defer srv.Close()
+	addr := srv.Addr()
 	actions := defaultActions(cfg)
 	res.Actions = actionNames(actions)
 	res.RateTarget = cfg.Rate

@@ -101,14 +101,14 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		garage = vehicle.NewGarage()
 	}
 	if cfg.LinkEnabled() {
-		link := link.NewServer(garage, opts.Logger)
-		if err := link.Start(cfg.LinkAddr); err != nil {
+		srv := link.NewServer(garage, opts.Logger)
+		if err := srv.Start(cfg.LinkAddr); err != nil {
 			return fmt.Errorf("%w (pass another --link-addr, or off to run without the local link)", err)
 		}
 		// Deferred after the store's Close, so it runs before it: no local command can reach a
 		// closed store.
-		defer link.Close()
-		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
+		defer srv.Close()
+		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", srv.URL())
 	}
 	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
 	f, err := fleet.New(fleet.Config{

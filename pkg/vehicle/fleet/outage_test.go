@@ -108,11 +108,11 @@ func TestOutageDrill(t *testing.T) {
 
 	st := vehicletest.OpenStore(t, t.TempDir())
 	garage := vehicle.NewGarage()
-	link := link.NewServer(garage, nil)
-	if err := link.Start("127.0.0.1:0"); err != nil {
+	linkSrv := link.NewServer(garage, nil)
+	if err := linkSrv.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	defer link.Close()
+	defer linkSrv.Close()
 	stop := runTestFleet(t, Config{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st,
 		TelemetryInterval: time.Second, Garage: garage, Dial: fastDial})
 	testutil.Eventually(t, 10*time.Second, func() error {
@@ -126,7 +126,7 @@ func TestOutageDrill(t *testing.T) {
 		t.Fatal("Run did not put the car in the garage")
 	}
 
-	r := vehicletest.NewLinkPhone(link.URL(), vehicletest.NewClock(time.Now()))
+	r := vehicletest.NewLinkPhone(linkSrv.URL(), vehicletest.NewClock(time.Now()))
 	local := func(phone *vehicletest.Phone, a protocol.Action) protocol.Result {
 		r.Clock = vehicletest.NewClock(time.Now())
 		return r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, a), Phone: phone}))

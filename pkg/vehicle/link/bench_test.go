@@ -30,18 +30,18 @@ func BenchmarkLocalUnlock(b *testing.B) {
 	vehicletest.Install(b, car, gw.Whitelist(b, vehicletest.WhitelistSpec{}))
 	garage := vehicle.NewGarage()
 	garage.Put(car)
-	link := link.NewServer(garage, nil)
-	if err := link.Start("127.0.0.1:0"); err != nil {
+	srv := link.NewServer(garage, nil)
+	if err := srv.Start("127.0.0.1:0"); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { link.Close() })
+	b.Cleanup(func() { srv.Close() })
 	owner := gw.Cast.Owner
 
 	b.Run("challenge", func(b *testing.B) {
 		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 		b.ReportAllocs()
 		for b.Loop() {
-			resp, err := client.Post(link.URL()+"/v1/link/"+vehicletest.VIN+"/challenge", "application/json", nil)
+			resp, err := client.Post(srv.URL()+"/v1/link/"+vehicletest.VIN+"/challenge", "application/json", nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -56,7 +56,7 @@ func BenchmarkLocalUnlock(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			res, err := phone.LocalSend(context.Background(), link.Addr(), owner.Signer, owner.Key.User,
+			res, err := phone.LocalSend(context.Background(), srv.Addr(), owner.Signer, owner.Key.User,
 				phone.Request{VIN: vehicletest.VIN, Action: actions[i%2]})
 			if err != nil || res.Status != protocol.ResultExecuted {
 				b.Fatalf("%+v %v", res, err)
