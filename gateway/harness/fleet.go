@@ -13,11 +13,13 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/fleet"
+	"telematics/pkg/vehicle/link"
 )
 
 // Fleet runs cars with their local link until Stop.
 type Fleet struct {
-	Link   *vehicle.LinkServer
+	Link   *link.Server
 	Garage *vehicle.Garage
 	store  *carstore.Store
 	tmp    string
@@ -38,7 +40,7 @@ type FleetOptions struct {
 	// MaxReconnectInterval caps the cars' reconnect backoff; 0 means 2 s (the drill waits for
 	// the cars to come back; production cars keep mqttc's 30 s cap).
 	MaxReconnectInterval time.Duration
-	// JournalResendInterval: vehicle.FleetConfig's; 0 means its default.
+	// JournalResendInterval: fleet.Config's; 0 means its default.
 	JournalResendInterval time.Duration
 }
 
@@ -69,20 +71,20 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 		f.removeTemp()
 		return nil, err
 	}
-	f.store, f.Link = st, vehicle.NewLinkServer(f.Garage, log)
+	f.store, f.Link = st, link.NewServer(f.Garage, log)
 	fctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		_, err := vehicle.RunFleet(fctx, vehicle.FleetConfig{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
+		_, err := fleet.Run(fctx, fleet.Config{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
 			TelemetryInterval: o.TelemetryInterval, ConnectRate: 2000, Logger: log,
 			MaxReconnectInterval: o.MaxReconnectInterval, JournalResendInterval: o.JournalResendInterval})
 		if err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("fleet stopped", "err", err)
 		}
 	}()
-	// The link serves the cars as RunFleet builds them.
+	// The link serves the cars as fleet.Run builds them.
 	if err := WaitFor(ctx, 15*time.Second, func() error {
 		if n := len(f.Garage.VINs()); n < len(o.Creds) {
 			return fmt.Errorf("%d of %d cars built", n, len(o.Creds))

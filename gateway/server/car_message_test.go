@@ -12,6 +12,7 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/fleet"
 )
 
 // open_trunk refused while the car moves said only "forbidden" to the user: the car's reason
@@ -42,7 +43,7 @@ func TestCarsRefusalMessageReachesTheReply(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		vehicle.RunFleet(ctx, vehicle.FleetConfig{BrokerURL: g.BrokerURL(), Creds: creds, Store: st, TelemetryInterval: 200 * time.Millisecond})
+		fleet.Run(ctx, fleet.Config{BrokerURL: g.BrokerURL(), Creds: creds, Store: st, TelemetryInterval: 200 * time.Millisecond})
 	}()
 	t.Cleanup(func() { cancel(); <-done; st.Close() })
 	waitOnline(t, g, vin)

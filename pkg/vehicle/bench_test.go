@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/vehicletest"
 	"telematics/pkg/whitelist"
 )
 
@@ -13,23 +14,23 @@ import (
 // walks the whole list), and the car's whole cloud-path verification (grant signature, binding,
 // expiry, phone signature and whitelist, replay lookup) with ~10 keys.
 func BenchmarkVerifyCommand(b *testing.B) {
-	gw := newTestGateway(b)
-	owner := gw.cast.owner
+	gw := vehicletest.NewGateway(b)
+	owner := gw.Cast.Owner
 	for _, n := range []int{1, 10, 100} {
 		keys := make([]protocol.WhitelistKey, 0, n)
 		for i := 0; i < n-1; i++ {
-			keys = append(keys, newTestPhone(b, fmt.Sprintf("user%d", i), protocol.RoleDriver, protocol.ChannelCloud, protocol.ChannelLocal).key)
+			keys = append(keys, vehicletest.NewPhone(b, fmt.Sprintf("user%d", i), protocol.RoleDriver, protocol.ChannelCloud, protocol.ChannelLocal).Key)
 		}
-		keys = append(keys, owner.key)
-		wl := &protocol.Whitelist{V: protocol.Version, VIN: testVIN, Version: 1, Keys: keys}
-		cmd := newCmd(testVIN, protocol.ActionUnlock, t0)
+		keys = append(keys, owner.Key)
+		wl := &protocol.Whitelist{V: protocol.Version, VIN: vehicletest.VIN, Version: 1, Keys: keys}
+		cmd := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0)
 		cmd.Nonce = fuzzNonce
-		env := owner.sign(b, cmd)
+		env := owner.Sign(b, cmd)
 		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(env.Doc)))
 			for b.Loop() {
-				if _, _, err := whitelist.VerifyCommand(wl, env, protocol.ChannelLocal, t0); err != nil {
+				if _, _, err := whitelist.VerifyCommand(wl, env, protocol.ChannelLocal, vehicletest.T0); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -37,19 +38,19 @@ func BenchmarkVerifyCommand(b *testing.B) {
 	}
 
 	b.Run("car_cloud_path/keys=10", func(b *testing.B) {
-		st := openTestStore(b, b.TempDir())
-		car := newTestCar(b, st, gw.creds(b, testVIN), newClock(t0))
-		keys := gw.cast.keys()
+		st := vehicletest.OpenStore(b, b.TempDir())
+		car := newTestCar(b, st, gw.Creds(b, vehicletest.VIN), vehicletest.NewClock(vehicletest.T0))
+		keys := gw.Cast.Keys()
 		for len(keys) < 10 {
-			keys = append(keys, newTestPhone(b, fmt.Sprintf("user%d", len(keys)), protocol.RoleDriver, protocol.ChannelCloud).key)
+			keys = append(keys, vehicletest.NewPhone(b, fmt.Sprintf("user%d", len(keys)), protocol.RoleDriver, protocol.ChannelCloud).Key)
 		}
-		install(b, car, gw.whitelist(b, wlSpec{keys: keys}))
-		payload := gw.build(b, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0)})
+		vehicletest.Install(b, car, gw.Whitelist(b, vehicletest.WhitelistSpec{Keys: keys}))
+		payload := gw.CloudCommand(b, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0)})
 		b.ReportAllocs()
 		b.SetBytes(int64(len(payload)))
 		for b.Loop() {
 			car.mu.Lock()
-			_, err := car.verify(payload, t0)
+			_, err := car.verify(payload, vehicletest.T0)
 			car.mu.Unlock()
 			if err != nil {
 				b.Fatal(err)

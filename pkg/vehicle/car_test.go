@@ -10,20 +10,21 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/vehicletest"
 )
-
-var t0 = time.UnixMilli(1_760_000_000_000)
 
 // TestHandleCommandRefusals has one case per reason a car refuses a cloud command, in the
 // order of HandleCommand's checks.
 func TestHandleCommandRefusals(t *testing.T) {
-	gw := newTestGateway(t)
-	cast := gw.cast
+	gw := vehicletest.NewGateway(t)
+	cast := gw.Cast
 	forger, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	valid := func(a protocol.Action) protocol.Command { return newCmd(testVIN, a, t0) }
+	valid := func(a protocol.Action) protocol.Command {
+		return vehicletest.NewCommand(vehicletest.VIN, a, vehicletest.T0)
+	}
 
 	tests := []struct {
 		name        string
@@ -40,103 +41,103 @@ func TestHandleCommandRefusals(t *testing.T) {
 		}, reason: protocol.ReasonBadRequest},
 		{name: "wrong version", payload: func() []byte {
 			var m map[string]any
-			json.Unmarshal(gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock)}), &m)
+			json.Unmarshal(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock)}), &m)
 			m["v"] = 2
 			b, _ := json.Marshal(m)
 			return b
 		}, reason: protocol.ReasonBadRequest, wantID: true},
 		{name: "no grant", payload: func() []byte {
 			var m map[string]any
-			json.Unmarshal(gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock)}), &m)
+			json.Unmarshal(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock)}), &m)
 			delete(m, "grant")
 			b, _ := json.Marshal(m)
 			return b
 		}, reason: protocol.ReasonBadRequest, wantID: true},
 		{name: "empty grant", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), noGrant: true})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), NoGrant: true})
 		}, reason: protocol.ReasonBadRequest, wantID: true},
 		{name: "grant signed by another key", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantSigner: forger})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), GrantSigner: forger})
 		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
 		{name: "grant document tampered", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), tamperGrant: true})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), TamperGrant: true})
 		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
 		{name: "grant for another vin", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantVIN: otherVIN})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), GrantVIN: vehicletest.OtherVIN})
 		}, reason: protocol.ReasonForbidden, wantID: true},
 		{name: "grant for another command", payload: func() []byte {
-			other := gw.build(t, cmdSpec{cmd: valid(protocol.ActionHonk)})
+			other := gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionHonk)})
 			var vc protocol.VehicleCommand
 			json.Unmarshal(other, &vc)
 			sum, _ := vc.Command.DocSHA256()
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantSHA: sum})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), GrantSHA: sum})
 		}, reason: protocol.ReasonForbidden, wantID: true},
 		{name: "command for another vin", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: newCmd(otherVIN, protocol.ActionUnlock, t0), grantVIN: testVIN})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.OtherVIN, protocol.ActionUnlock, vehicletest.T0), GrantVIN: vehicletest.VIN})
 		}, reason: protocol.ReasonForbidden, wantID: true},
 		{name: "unknown action", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid("self_destruct")})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid("self_destruct")})
 		}, reason: protocol.ReasonBadRequest, wantID: true},
 		{name: "expired command", payload: func() []byte {
-			c := newCmd(testVIN, protocol.ActionUnlock, t0.Add(-time.Minute))
-			return gw.build(t, cmdSpec{cmd: c, grantExpMs: t0.Add(time.Minute).UnixMilli()})
+			c := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0.Add(-time.Minute))
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: c, GrantExpMs: vehicletest.T0.Add(time.Minute).UnixMilli()})
 		}, reason: protocol.ReasonExpired, wantID: true},
 		{name: "expiry too far ahead", payload: func() []byte {
 			c := valid(protocol.ActionUnlock)
-			c.ExpiresAtMs = t0.UnixMilli() + protocol.MaxCommandAheadMs + 1
-			return gw.build(t, cmdSpec{cmd: c})
+			c.ExpiresAtMs = vehicletest.T0.UnixMilli() + protocol.MaxCommandAheadMs + 1
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: c})
 		}, reason: protocol.ReasonBadRequest, wantID: true},
 		{name: "expired grant", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantExpMs: t0.UnixMilli() - 1})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), GrantExpMs: vehicletest.T0.UnixMilli() - 1})
 		}, reason: protocol.ReasonExpired, wantID: true},
 		// The phone signature and the whitelist (authorizeCloud).
 		{name: "car has no whitelist", noWhitelist: true, payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock)})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock)})
 		}, reason: protocol.ReasonKeyUnknown, wantID: true},
 		{name: "command not signed by a phone", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), unsigned: true})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), Unsigned: true})
 		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
 		{name: "signed by a key other than the kid it names", payload: func() []byte {
 			c := valid(protocol.ActionUnlock)
-			c.KeyID, c.User = cast.owner.key.ID, cast.owner.key.User
-			return gw.build(t, cmdSpec{cmd: c, phone: cast.stranger, phoneKID: cast.owner.key.ID, grantUser: "alice"})
+			c.KeyID, c.User = cast.Owner.Key.ID, cast.Owner.Key.User
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: c, Phone: cast.Stranger, PhoneKID: cast.Owner.Key.ID, GrantUser: "alice"})
 		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
 		{name: "command document tampered after signing", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), tamperCmd: true})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), TamperCmd: true})
 		}, reason: protocol.ReasonSignatureInvalid, wantID: true},
 		{name: "key not on the whitelist", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.stranger})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), Phone: cast.Stranger})
 		}, reason: protocol.ReasonKeyUnknown, wantID: true},
 		{name: "key revoked", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.revoked})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), Phone: cast.Revoked})
 		}, reason: protocol.ReasonKeyRevoked, wantID: true},
 		{name: "key not yet valid", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.notYet})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), Phone: cast.NotYet})
 		}, reason: protocol.ReasonKeyExpired, wantID: true},
 		{name: "key expired", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.expired})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), Phone: cast.Expired})
 		}, reason: protocol.ReasonKeyExpired, wantID: true},
 		{name: "local-only key on the cloud path", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), phone: cast.localOnly})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), Phone: cast.LocalOnly})
 		}, reason: protocol.ReasonForbidden, wantID: true},
 		{name: "valet may not open the trunk", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionOpenTrunk), phone: cast.valet})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionOpenTrunk), Phone: cast.Valet})
 		}, reason: protocol.ReasonForbidden, wantID: true},
 		{name: "grant for another user than the key's", payload: func() []byte {
-			return gw.build(t, cmdSpec{cmd: valid(protocol.ActionUnlock), grantUser: "victor"})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: valid(protocol.ActionUnlock), GrantUser: "victor"})
 		}, reason: protocol.ReasonForbidden, wantID: true},
 		{name: "command names another user than the key's", payload: func() []byte {
 			c := valid(protocol.ActionUnlock)
 			c.User = "victor"
-			return gw.build(t, cmdSpec{cmd: c, grantUser: "victor"})
+			return gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: c, GrantUser: "victor"})
 		}, reason: protocol.ReasonForbidden, wantID: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			st := openTestStore(t, t.TempDir())
-			car := newTestCar(t, st, gw.creds(t, testVIN), newClock(t0))
+			st := vehicletest.OpenStore(t, t.TempDir())
+			car := newTestCar(t, st, gw.Creds(t, vehicletest.VIN), vehicletest.NewClock(vehicletest.T0))
 			if !tc.noWhitelist {
-				install(t, car, gw.whitelist(t, wlSpec{}))
+				vehicletest.Install(t, car, gw.Whitelist(t, vehicletest.WhitelistSpec{}))
 			}
 			before := car.State()
 			payload := tc.payload()
@@ -153,7 +154,7 @@ func TestHandleCommandRefusals(t *testing.T) {
 			if got := car.State(); got.Locked != before.Locked {
 				t.Errorf("refused command changed the lock: %v → %v", before.Locked, got.Locked)
 			}
-			if n, _ := st.ReplayLen(testVIN); n != 0 {
+			if n, _ := st.ReplayLen(vehicletest.VIN); n != 0 {
 				t.Errorf("refused command entered the replay cache (%d ids)", n)
 			}
 		})
@@ -161,11 +162,11 @@ func TestHandleCommandRefusals(t *testing.T) {
 }
 
 func TestDuplicateRefusedAlsoAfterRestart(t *testing.T) {
-	gw := newTestGateway(t)
+	gw := vehicletest.NewGateway(t)
 	dir := t.TempDir()
-	clock := newClock(t0)
-	creds := gw.creds(t, testVIN)
-	payload := gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0)})
+	clock := vehicletest.NewClock(vehicletest.T0)
+	creds := gw.Creds(t, vehicletest.VIN)
+	payload := gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0)})
 
 	st, err := carstore.Open(dir + "/" + carstore.File)
 	if err != nil {
@@ -184,7 +185,7 @@ func TestDuplicateRefusedAlsoAfterRestart(t *testing.T) {
 	}
 
 	// The car restarts: a new process on the same file.
-	st2 := openTestStore(t, dir)
+	st2 := vehicletest.OpenStore(t, dir)
 	car2 := newTestCar(t, st2, creds, clock)
 	res := car2.HandleCommand(payload)
 	if res.Status != protocol.ResultRejected || res.Reason != protocol.ReasonDuplicate {
@@ -196,10 +197,10 @@ func TestDuplicateRefusedAlsoAfterRestart(t *testing.T) {
 }
 
 func TestLockUnlockPersistsAcrossRestart(t *testing.T) {
-	gw := newTestGateway(t)
+	gw := vehicletest.NewGateway(t)
 	dir := t.TempDir()
-	clock := newClock(t0)
-	creds := gw.creds(t, testVIN)
+	clock := vehicletest.NewClock(vehicletest.T0)
+	creds := gw.Creds(t, vehicletest.VIN)
 
 	st, err := carstore.Open(dir + "/" + carstore.File)
 	if err != nil {
@@ -213,7 +214,7 @@ func TestLockUnlockPersistsAcrossRestart(t *testing.T) {
 		action protocol.Action
 		locked bool
 	}{{protocol.ActionUnlock, false}, {protocol.ActionLock, true}, {protocol.ActionUnlock, false}} {
-		res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, step.action, clock.Now())}))
+		res := car.HandleCommand(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, step.action, clock.Now())}))
 		if res.Status != protocol.ResultExecuted {
 			t.Fatalf("%s: %s/%s", step.action, res.Status, res.Reason)
 		}
@@ -227,18 +228,18 @@ func TestLockUnlockPersistsAcrossRestart(t *testing.T) {
 	}
 	st.Close()
 
-	st2 := openTestStore(t, dir)
+	st2 := vehicletest.OpenStore(t, dir)
 	car2 := newTestCar(t, st2, creds, clock)
 	if car2.State().Locked {
 		t.Fatal("after restart the car forgot it was unlocked")
 	}
-	if n, _ := st2.ReplayLen(testVIN); n != 3 {
+	if n, _ := st2.ReplayLen(vehicletest.VIN); n != 3 {
 		t.Errorf("replay cache holds %d ids, want 3", n)
 	}
 }
 
 func TestActionsChangeState(t *testing.T) {
-	gw := newTestGateway(t)
+	gw := vehicletest.NewGateway(t)
 	tests := []struct {
 		action protocol.Action
 		check  func(before, after State) bool
@@ -255,10 +256,10 @@ func TestActionsChangeState(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(string(tc.action), func(t *testing.T) {
-			st := openTestStore(t, t.TempDir())
-			car := newKeyedCar(t, st, gw, newClock(t0))
+			st := vehicletest.OpenStore(t, t.TempDir())
+			car := newKeyedCar(t, st, gw, vehicletest.NewClock(vehicletest.T0))
 			before := car.State()
-			res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, tc.action, t0)}))
+			res := car.HandleCommand(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, tc.action, vehicletest.T0)}))
 			if res.Status != protocol.ResultExecuted {
 				t.Fatalf("%s/%s", res.Status, res.Reason)
 			}
@@ -274,13 +275,13 @@ func TestActionsChangeState(t *testing.T) {
 }
 
 func TestOpenTrunkRefusedWhileMoving(t *testing.T) {
-	gw := newTestGateway(t)
-	st := openTestStore(t, t.TempDir())
-	clock := newClock(t0)
+	gw := vehicletest.NewGateway(t)
+	st := vehicletest.OpenStore(t, t.TempDir())
+	clock := vehicletest.NewClock(vehicletest.T0)
 	car := newKeyedCar(t, st, gw, clock)
 	// Drive until the car moves.
 	eventuallyState(t, car, clock, func(s State) bool { return s.SpeedKmh > 0 })
-	res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionOpenTrunk, clock.Now())}))
+	res := car.HandleCommand(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionOpenTrunk, clock.Now())}))
 	if res.Reason != protocol.ReasonForbidden {
 		t.Fatalf("open_trunk at %v km/h: %s/%q", car.State().SpeedKmh, res.Status, res.Reason)
 	}
@@ -288,7 +289,7 @@ func TestOpenTrunkRefusedWhileMoving(t *testing.T) {
 
 // eventuallyState advances the simulated clock, a second at a time for at most a simulated
 // day, until cond holds.
-func eventuallyState(t *testing.T, car *Car, clock *fakeClock, cond func(State) bool) {
+func eventuallyState(t *testing.T, car *Car, clock *vehicletest.Clock, cond func(State) bool) {
 	t.Helper()
 	for i := 0; i < 86400; i++ {
 		car.mu.Lock()
@@ -304,40 +305,40 @@ func eventuallyState(t *testing.T, car *Car, clock *fakeClock, cond func(State) 
 }
 
 func TestReplayCachePruned(t *testing.T) {
-	gw := newTestGateway(t)
-	st := openTestStore(t, t.TempDir())
-	clock := newClock(t0)
+	gw := vehicletest.NewGateway(t)
+	st := vehicletest.OpenStore(t, t.TempDir())
+	clock := vehicletest.NewClock(vehicletest.T0)
 	car := newKeyedCar(t, st, gw, clock)
-	first := newCmd(testVIN, protocol.ActionHonk, t0)
-	if res := car.HandleCommand(gw.build(t, cmdSpec{cmd: first})); res.Status != protocol.ResultExecuted {
+	first := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionHonk, vehicletest.T0)
+	if res := car.HandleCommand(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: first})); res.Status != protocol.ResultExecuted {
 		t.Fatal(res)
 	}
 	// Well past expiry+slack the next command prunes the first id.
 	clock.Advance(protocol.DefaultCommandLifetimeMs*time.Millisecond + carstore.ReplaySlack + time.Second)
-	if res := car.HandleCommand(gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionFlash, clock.Now())})); res.Status != protocol.ResultExecuted {
+	if res := car.HandleCommand(gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionFlash, clock.Now())})); res.Status != protocol.ResultExecuted {
 		t.Fatal(res)
 	}
-	if ok, _ := st.Executed(testVIN, first.ID); ok {
+	if ok, _ := st.Executed(vehicletest.VIN, first.ID); ok {
 		t.Error("expired id still in the replay cache")
 	}
-	if n, _ := st.ReplayLen(testVIN); n != 1 {
+	if n, _ := st.ReplayLen(vehicletest.VIN); n != 1 {
 		t.Errorf("replay cache holds %d ids, want 1", n)
 	}
 }
 
 func TestNewCarNeedsGatewayKey(t *testing.T) {
-	st := openTestStore(t, t.TempDir())
-	_, err := NewCar(st, protocol.Credentials{VIN: testVIN}, CarOptions{})
+	st := vehicletest.OpenStore(t, t.TempDir())
+	_, err := NewCar(st, protocol.Credentials{VIN: vehicletest.VIN}, CarOptions{})
 	if err == nil || !strings.Contains(err.Error(), "gateway_key") {
 		t.Fatalf("got %v, want an error naming gateway_key", err)
 	}
 }
 
 func TestTelemetrySeqMonotonicAcrossRestarts(t *testing.T) {
-	gw := newTestGateway(t)
+	gw := vehicletest.NewGateway(t)
 	dir := t.TempDir()
-	clock := newClock(t0)
-	creds := gw.creds(t, testVIN)
+	clock := vehicletest.NewClock(vehicletest.T0)
+	creds := gw.Creds(t, vehicletest.VIN)
 	var last uint64
 	for run := 0; run < 3; run++ {
 		st, err := carstore.Open(dir + "/" + carstore.File)
@@ -373,7 +374,7 @@ func TestTelemetrySeqMonotonicAcrossRestarts(t *testing.T) {
 		}
 		st.Close()
 	}
-	st := openTestStore(t, dir)
+	st := vehicletest.OpenStore(t, dir)
 	car := newTestCar(t, st, creds, clock)
 	tm, err := car.NextTelemetry()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/vehicletest"
 	"testing"
 	"time"
 
@@ -32,13 +33,13 @@ func FuzzStoredCar(f *testing.F) {
 	}); err != nil {
 		f.Fatal(err)
 	}
-	trust, _ := json.Marshal([]string{encodePub(f, gw.signer)})
+	trust, _ := json.Marshal([]string{vehicletest.EncodePub(f, gw.Signer)})
 	f.Add(seedState, seedWL, seedTrust)
 	f.Add(seedState, seedWL, trust)
 	f.Add([]byte(`{"soc":-5,"speed_kmh":1e308,"phase_until_ms":-9223372036854775808,"heading_deg":720}`), seedWL, []byte(nil))
 	f.Add([]byte(`null`), []byte(`{"doc":"e30"}`), []byte(`["x"]`))
 	unlock := commandSeeds(f, gw)["unlock"]
-	creds := gw.creds(f, testVIN)
+	creds := gw.Creds(f, vehicletest.VIN)
 	f.Fuzz(func(t *testing.T, state, wl, trust []byte) {
 		if err := rawCar(path, true, func(b *bolt.Bucket) error {
 			for _, kv := range []struct{ k, v []byte }{{rawKeyState, state}, {rawKeyWhitelist, wl}, {rawKeyTrust, trust}} {
@@ -62,7 +63,7 @@ func FuzzStoredCar(f *testing.F) {
 		}
 		defer st.Close()
 		st.Unsynced()
-		now := t0
+		now := vehicletest.T0
 		c, err := NewCar(st, creds, CarOptions{Now: func() time.Time { return now }})
 		if err != nil {
 			return
@@ -93,7 +94,7 @@ var (
 	rawKeyTrust     = []byte("trust")
 )
 
-// rawCar runs fn on testVIN's bucket of the closed store file at path, in a read-write
+// rawCar runs fn on vehicletest.VIN's bucket of the closed store file at path, in a read-write
 // transaction when write is set.
 func rawCar(path string, write bool, fn func(*bolt.Bucket) error) error {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true})
@@ -106,9 +107,9 @@ func rawCar(path string, write bool, fn func(*bolt.Bucket) error) error {
 		tx = db.Update
 	}
 	return tx(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("cars")).Bucket([]byte(testVIN))
+		b := tx.Bucket([]byte("cars")).Bucket([]byte(vehicletest.VIN))
 		if b == nil {
-			return errors.New("no bucket for " + testVIN)
+			return errors.New("no bucket for " + vehicletest.VIN)
 		}
 		return fn(b)
 	})

@@ -1,11 +1,8 @@
 package vehicle
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,12 +13,13 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/vehicletest"
 )
 
 var updateCorpus = flag.Bool("update-corpus", false, "rewrite the seed corpora in testdata/fuzz and, if missing, the test keys")
 
 // Keys made for the fuzz corpora only: the seeds carry grants and whitelists the gateway key
-// signed and commands the phone key signed, valid at t0, so that the fuzzer starts from
+// signed and commands the phone key signed, valid at vehicletest.T0, so that the fuzzer starts from
 // messages that pass every check.
 const (
 	fuzzGatewayKeyFile = "testdata/gateway-test-key.pem"
@@ -45,16 +43,17 @@ func loadFuzzKey(t testing.TB, path string) *sign.Signer {
 
 // fuzzGateway is the gateway of the corpora; its cast's owner (alice, both channels) is the
 // phone of the corpora. The whitelist holds only her key.
-func fuzzGateway(t testing.TB) *testGateway {
+func fuzzGateway(t testing.TB) *vehicletest.Gateway {
 	t.Helper()
-	gw := &testGateway{signer: loadFuzzKey(t, fuzzGatewayKeyFile), cast: newCast(t, t0)}
-	gw.cast.owner = phoneFromSigner(t, loadFuzzKey(t, fuzzPhoneKeyFile), "alice", protocol.RoleOwner,
+	gw := &vehicletest.Gateway{Signer: loadFuzzKey(t, fuzzGatewayKeyFile), Cast: vehicletest.NewCast(t, vehicletest.T0)}
+	gw.Cast.Owner = vehicletest.PhoneFromSigner(t, loadFuzzKey(t, fuzzPhoneKeyFile), "alice", protocol.RoleOwner,
 		protocol.ChannelCloud, protocol.ChannelLocal)
 	return gw
 }
 
-func (g *testGateway) fuzzWhitelist(t testing.TB) []byte {
-	return g.whitelist(t, wlSpec{keys: []protocol.WhitelistKey{g.cast.owner.key}})
+// fuzzWhitelist is the corpora's whitelist: alice's key alone.
+func fuzzWhitelist(t testing.TB, g *vehicletest.Gateway) []byte {
+	return g.Whitelist(t, vehicletest.WhitelistSpec{Keys: []protocol.WhitelistKey{g.Cast.Owner.Key}})
 }
 
 // openFuzzStore is a store for the fuzzers, which look for logic errors, not for durability:
@@ -63,93 +62,93 @@ func (g *testGateway) fuzzWhitelist(t testing.TB) []byte {
 // outside a fuzz harness: the cars' store is always synced.
 func openFuzzStore(t testing.TB) *carstore.Store {
 	t.Helper()
-	st := openTestStore(t, t.TempDir())
+	st := vehicletest.OpenStore(t, t.TempDir())
 	st.Unsynced()
 	return st
 }
 
-// fuzzCar is testVIN's car at t0 with the corpora's whitelist.
-func fuzzCar(t testing.TB, gw *testGateway) *Car {
+// fuzzCar is vehicletest.VIN's car at vehicletest.T0 with the corpora's whitelist.
+func fuzzCar(t testing.TB, gw *vehicletest.Gateway) *Car {
 	t.Helper()
 	st := openFuzzStore(t)
-	car, err := NewCar(st, gw.creds(t, testVIN), CarOptions{Now: func() time.Time { return t0 }})
+	car, err := NewCar(st, gw.Creds(t, vehicletest.VIN), CarOptions{Now: func() time.Time { return vehicletest.T0 }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	install(t, car, gw.fuzzWhitelist(t))
+	vehicletest.Install(t, car, fuzzWhitelist(t, gw))
 	return car
 }
 
-// commandSeeds are real messages for v/{vin}/cmd at t0, valid and refused.
-func commandSeeds(t testing.TB, gw *testGateway) map[string][]byte {
+// commandSeeds are real messages for v/{vin}/cmd at vehicletest.T0, valid and refused.
+func commandSeeds(t testing.TB, gw *vehicletest.Gateway) map[string][]byte {
 	forger, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired := newCmd(testVIN, protocol.ActionLock, t0.Add(-time.Minute))
-	ahead := newCmd(testVIN, protocol.ActionLock, t0)
+	expired := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionLock, vehicletest.T0.Add(-time.Minute))
+	ahead := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionLock, vehicletest.T0)
 	ahead.ExpiresAtMs += protocol.MaxCommandAheadMs
-	withParams := newCmd(testVIN, protocol.ActionClimateOn, t0)
+	withParams := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionClimateOn, vehicletest.T0)
 	withParams.Params = []byte(`{"temp_c":21.5}`)
 	return map[string][]byte{
-		"unlock":       gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0)}),
-		"locate":       gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionLocate, t0)}),
-		"climate":      gw.build(t, cmdSpec{cmd: withParams}),
-		"forged":       gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0), grantSigner: forger}),
-		"unsigned":     gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0), unsigned: true}),
-		"stranger":     gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0), phone: gw.cast.stranger}),
-		"other_user":   gw.build(t, cmdSpec{cmd: newCmd(testVIN, protocol.ActionUnlock, t0), grantUser: "victor"}),
-		"other_vin":    gw.build(t, cmdSpec{cmd: newCmd(otherVIN, protocol.ActionUnlock, t0)}),
-		"expired":      gw.build(t, cmdSpec{cmd: expired, grantExpMs: t0.Add(time.Minute).UnixMilli()}),
-		"too_far":      gw.build(t, cmdSpec{cmd: ahead}),
+		"unlock":       gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0)}),
+		"locate":       gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionLocate, vehicletest.T0)}),
+		"climate":      gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: withParams}),
+		"forged":       gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0), GrantSigner: forger}),
+		"unsigned":     gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0), Unsigned: true}),
+		"stranger":     gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0), Phone: gw.Cast.Stranger}),
+		"other_user":   gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0), GrantUser: "victor"}),
+		"other_vin":    gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: vehicletest.NewCommand(vehicletest.OtherVIN, protocol.ActionUnlock, vehicletest.T0)}),
+		"expired":      gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: expired, GrantExpMs: vehicletest.T0.Add(time.Minute).UnixMilli()}),
+		"too_far":      gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: ahead}),
 		"malformed":    []byte(`{"v":1,"command":{"doc":"!!"},"grant":{"doc":"e30","sig":"AA"}}`),
 		"empty_object": []byte(`{}`),
 	}
 }
 
 // whitelistSeeds are real messages for v/{vin}/keys.
-func whitelistSeeds(t testing.TB, gw *testGateway) map[string][]byte {
+func whitelistSeeds(t testing.TB, gw *vehicletest.Gateway) map[string][]byte {
 	forger, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A trust list that keeps the corpora's gateway key, so that fuzzing goes on after it.
-	trust := []string{encodePub(t, gw.signer), encodePub(t, forger)}
+	trust := []string{vehicletest.EncodePub(t, gw.Signer), vehicletest.EncodePub(t, forger)}
 	return map[string][]byte{
-		"v1":        gw.fuzzWhitelist(t),
-		"v2":        gw.whitelist(t, wlSpec{version: 2}),
-		"v3_trust":  gw.whitelist(t, wlSpec{version: 3, trust: trust}),
-		"empty":     gw.whitelist(t, wlSpec{version: 4, noKeys: true}),
-		"other_vin": gw.whitelist(t, wlSpec{vin: otherVIN, version: 9}),
-		"forged":    gw.whitelist(t, wlSpec{version: 9, signer: forger}),
-		"tampered":  gw.whitelist(t, wlSpec{version: 9, tamper: true}),
+		"v1":        fuzzWhitelist(t, gw),
+		"v2":        gw.Whitelist(t, vehicletest.WhitelistSpec{Version: 2}),
+		"v3_trust":  gw.Whitelist(t, vehicletest.WhitelistSpec{Version: 3, Trust: trust}),
+		"empty":     gw.Whitelist(t, vehicletest.WhitelistSpec{Version: 4, NoKeys: true}),
+		"other_vin": gw.Whitelist(t, vehicletest.WhitelistSpec{VIN: vehicletest.OtherVIN, Version: 9}),
+		"forged":    gw.Whitelist(t, vehicletest.WhitelistSpec{Version: 9, Signer: forger}),
+		"tampered":  gw.Whitelist(t, vehicletest.WhitelistSpec{Version: 9, Tamper: true}),
 		"malformed": []byte(`{"doc":"e30","sig":"AA","kid":"x"}`),
 		"not_json":  []byte(`keys`),
 	}
 }
 
-// localSeeds are real local-link request bodies at t0, carrying fuzzNonce.
-func localSeeds(t testing.TB, gw *testGateway) map[string][]byte {
+// localSeeds are real local-link request bodies at vehicletest.T0, carrying fuzzNonce.
+func localSeeds(t testing.TB, gw *vehicletest.Gateway) map[string][]byte {
 	cmd := func(vin string, a protocol.Action) protocol.Command {
-		c := newCmd(vin, a, t0)
+		c := vehicletest.NewCommand(vin, a, vehicletest.T0)
 		c.Nonce = fuzzNonce
 		return c
 	}
-	noNonce := newCmd(testVIN, protocol.ActionUnlock, t0)
-	otherNonce := cmd(testVIN, protocol.ActionUnlock)
+	noNonce := vehicletest.NewCommand(vehicletest.VIN, protocol.ActionUnlock, vehicletest.T0)
+	otherNonce := cmd(vehicletest.VIN, protocol.ActionUnlock)
 	otherNonce.Nonce = "BBBBBBBBBBBBBBBBBBBBBB"
-	ahead := cmd(testVIN, protocol.ActionLock)
+	ahead := cmd(vehicletest.VIN, protocol.ActionLock)
 	ahead.ExpiresAtMs += protocol.MaxCommandAheadMs
 	return map[string][]byte{
-		"unlock":      gw.local(t, cmdSpec{cmd: cmd(testVIN, protocol.ActionUnlock)}),
-		"locate":      gw.local(t, cmdSpec{cmd: cmd(testVIN, protocol.ActionLocate)}),
-		"unsigned":    gw.local(t, cmdSpec{cmd: cmd(testVIN, protocol.ActionUnlock), unsigned: true}),
-		"stranger":    gw.local(t, cmdSpec{cmd: cmd(testVIN, protocol.ActionUnlock), phone: gw.cast.stranger}),
-		"tampered":    gw.local(t, cmdSpec{cmd: cmd(testVIN, protocol.ActionUnlock), tamperCmd: true}),
-		"other_vin":   gw.local(t, cmdSpec{cmd: cmd(otherVIN, protocol.ActionUnlock)}),
-		"no_nonce":    gw.local(t, cmdSpec{cmd: noNonce}),
-		"other_nonce": gw.local(t, cmdSpec{cmd: otherNonce}),
-		"too_far":     gw.local(t, cmdSpec{cmd: ahead}),
+		"unlock":      gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: cmd(vehicletest.VIN, protocol.ActionUnlock)}),
+		"locate":      gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: cmd(vehicletest.VIN, protocol.ActionLocate)}),
+		"unsigned":    gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: cmd(vehicletest.VIN, protocol.ActionUnlock), Unsigned: true}),
+		"stranger":    gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: cmd(vehicletest.VIN, protocol.ActionUnlock), Phone: gw.Cast.Stranger}),
+		"tampered":    gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: cmd(vehicletest.VIN, protocol.ActionUnlock), TamperCmd: true}),
+		"other_vin":   gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: cmd(vehicletest.OtherVIN, protocol.ActionUnlock)}),
+		"no_nonce":    gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: noNonce}),
+		"other_nonce": gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: otherNonce}),
+		"too_far":     gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: ahead}),
 		"malformed":   []byte(`{"v":1,"command":{"doc":"!!","sig":"AA","kid":"x"}}`),
 		"wrong_v":     []byte(`{"v":2,"command":{"doc":"e30"}}`),
 		"empty":       []byte(`{}`),
@@ -237,7 +236,7 @@ func FuzzVerifyWhitelist(f *testing.F) {
 		f.Add(b)
 	}
 	st := openFuzzStore(f)
-	car, err := NewCar(st, gw.creds(f, testVIN), CarOptions{Now: func() time.Time { return t0 }})
+	car, err := NewCar(st, gw.Creds(f, vehicletest.VIN), CarOptions{Now: func() time.Time { return vehicletest.T0 }})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -256,65 +255,12 @@ func FuzzVerifyWhitelist(f *testing.F) {
 			}
 			return
 		}
-		if ack == nil || ack.VIN != testVIN || ack.Version == 0 || ack.Version < before || ack.Version != after {
+		if ack == nil || ack.VIN != vehicletest.VIN || ack.Version == 0 || ack.Version < before || ack.Version != after {
 			t.Fatalf("ack %+v, version %d → %d", ack, before, after)
 		}
 		again, err := car.HandleWhitelist(payload)
 		if err != nil || again.Version != after || car.WhitelistVersion() != after {
 			t.Fatalf("the same whitelist again: %+v %v", again, err)
-		}
-	})
-}
-
-// FuzzLocalRequest feeds arbitrary bodies to the local link's command endpoint (decoder and
-// car): it never panics, answers 200 with a result or 400 bad_request, and never executes a
-// request twice. The seeds' nonce is issued afresh before every input.
-func FuzzLocalRequest(f *testing.F) {
-	gw := fuzzGateway(f)
-	for _, b := range localSeeds(f, gw) {
-		f.Add(b)
-	}
-	car := fuzzCar(f, gw)
-	garage := NewGarage()
-	garage.Put(car)
-	h := NewLinkServer(garage, nil).Handler()
-	post := func(t *testing.T, body []byte) (int, []byte) {
-		req := httptest.NewRequest(http.MethodPost, "/v1/link/"+testVIN+"/command", strings.NewReader(string(body)))
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec.Code, rec.Body.Bytes()
-	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		car.nonces.mu.Lock()
-		car.nonces.entries = nil
-		car.nonces.mu.Unlock()
-		car.nonces.add(fuzzNonce, "", 0, t0.UnixMilli()+protocol.ChallengeLifetimeMs, t0.UnixMilli())
-
-		code, out := post(t, body)
-		switch code {
-		case http.StatusOK:
-			var res protocol.Result
-			if err := json.Unmarshal(out, &res); err != nil {
-				t.Fatalf("200 with %q: %v", out, err)
-			}
-			checkResult(t, res)
-			if res.Status == protocol.ResultExecuted {
-				code, out = post(t, body)
-				var again protocol.Result
-				json.Unmarshal(out, &again)
-				if code != http.StatusOK || again.Status != protocol.ResultRejected || again.Reason != protocol.ReasonDuplicate {
-					t.Fatalf("the same request again: %d %s", code, out)
-				}
-			}
-		case http.StatusBadRequest:
-			var e struct {
-				Error protocol.Reason `json:"error"`
-			}
-			if err := json.Unmarshal(out, &e); err != nil || e.Error != protocol.ReasonBadRequest {
-				t.Fatalf("400 with %q", out)
-			}
-		default:
-			t.Fatalf("status %d: %s", code, out)
 		}
 	})
 }
@@ -342,7 +288,7 @@ func TestFuzzCorpusIsLive(t *testing.T) {
 	if res := car.HandleCommand(readSeed(t, "FuzzHandleCommand", "seed_unlock")); res.Status != protocol.ResultExecuted {
 		t.Errorf("FuzzHandleCommand/seed_unlock: %+v", res)
 	}
-	car.nonces.add(fuzzNonce, "", 0, t0.UnixMilli()+protocol.ChallengeLifetimeMs, t0.UnixMilli())
+	car.nonces.add(fuzzNonce, "", 0, vehicletest.T0.UnixMilli()+protocol.ChallengeLifetimeMs, vehicletest.T0.UnixMilli())
 	req, err := DecodeLocalRequest(readSeed(t, "FuzzLocalRequest", "seed_unlock"))
 	if err != nil {
 		t.Fatal(err)
@@ -350,7 +296,7 @@ func TestFuzzCorpusIsLive(t *testing.T) {
 	if res := car.HandleLocal(req); res.Status != protocol.ResultExecuted {
 		t.Errorf("FuzzLocalRequest/seed_unlock: %+v", res)
 	}
-	fresh := newTestCar(t, openTestStore(t, t.TempDir()), gw.creds(t, testVIN), newClock(t0))
+	fresh := newTestCar(t, vehicletest.OpenStore(t, t.TempDir()), gw.Creds(t, vehicletest.VIN), vehicletest.NewClock(vehicletest.T0))
 	if _, err := fresh.HandleWhitelist(readSeed(t, "FuzzVerifyWhitelist", "seed_v1")); err != nil {
 		t.Errorf("FuzzVerifyWhitelist/seed_v1: %v", err)
 	}

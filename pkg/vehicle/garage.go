@@ -5,9 +5,9 @@ import (
 	"sync"
 )
 
-// Garage is the set of cars one process runs, by VIN. RunFleet puts every car it builds into
-// FleetConfig.Garage, and a LinkServer serves the cars of its garage. A car stays in the garage
-// after RunFleet returns: it needs no broker, only its store, so an outage drill can stop the
+// Garage is the set of cars one process runs, by VIN. fleet.Run puts every car it builds into
+// fleet.Config.Garage, and a link.Server serves the cars of its garage. A car stays in the garage
+// after fleet.Run returns: it needs no broker, only its store, so an outage drill can stop the
 // broker (or the whole fleet) and still open cars over the link.
 type Garage struct {
 	mu   sync.RWMutex

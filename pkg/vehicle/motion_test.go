@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/vehicletest"
 )
 
 // haversineKm is an independent measure of the distance between two positions.
@@ -26,8 +27,8 @@ func TestMotionPlausible(t *testing.T) {
 	chargedCars := 0
 	for seed := uint64(1); seed <= 4; seed++ {
 		rng := rand.New(rand.NewPCG(seed, 99))
-		nowMs := t0.UnixMilli()
-		s := newState(testVIN, nowMs, rng)
+		nowMs := vehicletest.T0.UnixMilli()
+		s := newState(vehicletest.VIN, nowMs, rng)
 		// parkedLow: the car parked after a trip below plugInBelowPercent, so it must charge.
 		// charged: the battery filled while plugged in.
 		var drove, stopped, parkedLow, charged bool
@@ -88,10 +89,10 @@ func TestMotionPlausible(t *testing.T) {
 // fleet's 10 s interval: consecutive reported positions are never further apart than the top
 // speed allows.
 func TestTelemetryPositionsPlausible(t *testing.T) {
-	gw := newTestGateway(t)
-	st := openTestStore(t, t.TempDir())
-	clock := newClock(t0)
-	car := newTestCar(t, st, gw.creds(t, testVIN), clock)
+	gw := vehicletest.NewGateway(t)
+	st := vehicletest.OpenStore(t, t.TempDir())
+	clock := vehicletest.NewClock(vehicletest.T0)
+	car := newTestCar(t, st, gw.Creds(t, vehicletest.VIN), clock)
 	const dt = 10 * time.Second
 	var prevLat, prevLon float64
 	moved := false

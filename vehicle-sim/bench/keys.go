@@ -14,9 +14,10 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	vehiclefleet "telematics/pkg/vehicle/fleet"
 )
 
-// The digital-key scenarios (commands, revoke, local) run real cars: pkg/vehicle's RunFleet in
+// The digital-key scenarios (commands, revoke, local) run real cars: pkg/vehicle/fleet's Run in
 // this process, which verify the gateway's grant and the phone's signature against their own
 // whitelists, commit each command to their bbolt store and serve the local link from the same
 // Garage. Each car gets an owner who does what a person does through the gateway's HTTP API
@@ -40,7 +41,7 @@ type keyWorld struct {
 	dir    string
 	cancel context.CancelFunc
 	done   chan struct{}
-	stats  vehicle.FleetStats
+	stats  vehiclefleet.Stats
 	err    error
 }
 
@@ -58,9 +59,9 @@ func (w *keyWorld) startCars(ctx context.Context) error {
 	w.cancel, w.done = cancel, make(chan struct{})
 	go func() {
 		defer close(w.done)
-		w.stats, w.err = vehicle.RunFleet(fctx, vehicle.FleetConfig{
+		w.stats, w.err = vehiclefleet.Run(fctx, vehiclefleet.Config{
 			BrokerURL: "tcp://" + w.s.mqttAddr, Creds: w.creds, Store: w.store, Garage: w.garage,
-			TelemetryInterval: vehicle.DefaultTelemetryInterval, ConnectRate: 2000,
+			TelemetryInterval: vehiclefleet.DefaultTelemetryInterval, ConnectRate: 2000,
 			MaxReconnectInterval: 2 * time.Second,
 		})
 	}()

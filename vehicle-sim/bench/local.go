@@ -11,9 +11,10 @@ import (
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/link"
 )
 
-// runLocal opens the cars' local link (vehicle.LinkServer on 127.0.0.1:0, serving the fleet's
+// runLocal opens the cars' local link (link.Server on 127.0.0.1:0, serving the fleet's
 // Garage) and has the owners send commands over it at cfg.Rate per second over all cars for
 // cfg.Duration, each with phone.LocalSend: a challenge, then the command signed with the
 // owner's key and carrying the nonce, each over its own connection (the phone's link client
@@ -25,12 +26,12 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	if err := w.waitCars(ctx, "acknowledged their whitelists", 2*time.Minute, synced); err != nil {
 		return err
 	}
-	link := vehicle.NewLinkServer(w.garage, nil)
-	if err := link.Start("127.0.0.1:0"); err != nil {
+	srv := link.NewServer(w.garage, nil)
+	if err := srv.Start("127.0.0.1:0"); err != nil {
 		return err
 	}
-	defer link.Close()
-	addr := link.Addr()
+	defer srv.Close()
+	addr := srv.Addr()
 	actions := defaultActions(cfg)
 	res.Actions = actionNames(actions)
 	res.RateTarget = cfg.Rate

@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"telematics/pkg/cmdline"
-	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/link"
 )
 
 // Config holds every vehicle-sim setting. The YAML keys are the `yaml` tags (run settings
@@ -60,7 +60,7 @@ func Default() Config {
 		Gateway:   "http://127.0.0.1:8080",
 		TokenFile: "./data/admin.token",
 		LogLevel:  "info",
-		LinkAddr:  vehicle.DefaultLinkAddr,
+		LinkAddr:  link.DefaultAddr,
 		Run: Run{
 			TelemetryInterval: 10 * time.Second,
 			ConnectRate:       200,
@@ -204,7 +204,7 @@ func (c Config) Validate() error {
 	case "": // off is the one spelling, as for the gateway's and the broker's listeners
 		bad("link_addr", "empty address (--link-addr, SIM_LINK_ADDR); write %s to disable the local link, or 127.0.0.1:PORT", cmdline.Off)
 	default:
-		if err := vehicle.CheckLinkAddr(c.LinkAddr); err != nil {
+		if err := link.CheckAddr(c.LinkAddr); err != nil {
 			bad("link_addr", "%v (or off to disable it)", err)
 		}
 	}

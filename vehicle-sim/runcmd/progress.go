@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"telematics/pkg/vehicle/fleet"
 	"time"
-
-	"telematics/pkg/vehicle"
 )
 
 // statusInterval is how often a status line is printed when the progress output is not a
@@ -16,7 +15,7 @@ const statusInterval = 10 * time.Second
 
 // runWithProgress runs f until ctx ends, reporting on w (see progress) until every car has
 // stopped.
-func runWithProgress(ctx context.Context, f *vehicle.Fleet, w io.Writer, interval time.Duration) (vehicle.FleetStats, error) {
+func runWithProgress(ctx context.Context, f *fleet.Fleet, w io.Writer, interval time.Duration) (fleet.Stats, error) {
 	progressCtx, stopProgress := context.WithCancel(context.Background())
 	progressDone := make(chan struct{})
 	go func() {
@@ -43,7 +42,7 @@ func isTerminal(w io.Writer) bool {
 // progress reports f on w until done ends: first how far connecting has come, then a live
 // status line. On a terminal the line is rewritten about once a second; elsewhere (a log file,
 // a pipe) a plain line is written every interval.
-func progress(done, run context.Context, f *vehicle.Fleet, w io.Writer, interval time.Duration) {
+func progress(done, run context.Context, f *fleet.Fleet, w io.Writer, interval time.Duration) {
 	if w == nil {
 		<-done.Done()
 		return
@@ -108,14 +107,14 @@ func printLine(w io.Writer, tty bool, line string) {
 	fmt.Fprintln(w, line)
 }
 
-func failedSuffix(st vehicle.FleetStats) string {
+func failedSuffix(st fleet.Stats) string {
 	if st.Failed == 0 {
 		return ""
 	}
 	return fmt.Sprintf(", %d failed", st.Failed)
 }
 
-func statusLine(st vehicle.FleetStats) string {
+func statusLine(st fleet.Stats) string {
 	return fmt.Sprintf("online %d/%d cars%s · telemetry sent %d · commands executed %d, rejected %d",
 		st.Online, st.Cars, failedSuffix(st), st.TelemetrySent, st.Executed, st.Rejected)
 }

@@ -16,8 +16,8 @@ import (
 
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
-	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/fleet"
 )
 
 // refuseBad admits every client except those presenting the password "bad". Tests only: the
@@ -88,7 +88,7 @@ func TestProgressReportsFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	f, err := vehicle.NewFleet(vehicle.FleetConfig{BrokerURL: "tcp://" + tcp.Address(), Creds: creds, Store: st,
+	f, err := fleet.New(fleet.Config{BrokerURL: "tcp://" + tcp.Address(), Creds: creds, Store: st,
 		TelemetryInterval: 50 * time.Millisecond, ConnectRate: 50})
 	if err != nil {
 		t.Fatal(err)

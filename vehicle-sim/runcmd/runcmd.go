@@ -1,7 +1,7 @@
 // Package runcmd is `vehicle-sim run`: it finds the cars to run (a credentials file, or cars
 // provisioned once through the gateway admin API and kept in the data dir), opens the cars'
-// store, opens the cars' local link (vehicle.LinkServer) and runs them against the broker
-// (vehicle.Fleet) until the context ends, printing their progress.
+// store, opens the cars' local link (link.Server) and runs them against the broker
+// (fleet.Fleet) until the context ends, printing their progress.
 package runcmd
 
 import (
@@ -22,6 +22,8 @@ import (
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
+	"telematics/pkg/vehicle/fleet"
+	"telematics/pkg/vehicle/link"
 	"telematics/vehicle-sim/config"
 )
 
@@ -44,9 +46,9 @@ type Options struct {
 	// Now is the cars' clock; time.Now when nil.
 	Now func() time.Time
 	// Dial connects a car; mqttc.Dial when nil.
-	Dial vehicle.DialFunc
+	Dial fleet.DialFunc
 	// Garage, when set, receives the cars as they are built, so that an in-process caller (a
-	// drill) can reach them, e.g. with its own vehicle.LinkServer. The link Run opens itself
+	// drill) can reach them, e.g. with its own link.Server. The link Run opens itself
 	// (link_addr) serves the same garage.
 	Garage *vehicle.Garage
 }
@@ -99,17 +101,17 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		garage = vehicle.NewGarage()
 	}
 	if cfg.LinkEnabled() {
-		link := vehicle.NewLinkServer(garage, opts.Logger)
-		if err := link.Start(cfg.LinkAddr); err != nil {
+		srv := link.NewServer(garage, opts.Logger)
+		if err := srv.Start(cfg.LinkAddr); err != nil {
 			return fmt.Errorf("%w (pass another --link-addr, or off to run without the local link)", err)
 		}
 		// Deferred after the store's Close, so it runs before it: no local command can reach a
 		// closed store.
-		defer link.Close()
-		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", link.URL())
+		defer srv.Close()
+		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", srv.URL())
 	}
 	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
-	f, err := vehicle.NewFleet(vehicle.FleetConfig{
+	f, err := fleet.New(fleet.Config{
 		BrokerURL:         cfg.Broker,
 		Creds:             creds,
 		Store:             store,

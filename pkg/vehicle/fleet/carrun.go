@@ -1,4 +1,4 @@
-package vehicle
+package fleet
 
 import (
 	"context"
@@ -12,13 +12,14 @@ import (
 
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
 )
 
 // carRun is one running car: its logic, its connection and its queues.
 type carRun struct {
 	f      *Fleet
-	car    *Car
+	car    *vehicle.Car
 	log    *slog.Logger
 	client mqttc.Client
 	queue  chan []byte // v/{vin}/cmd
@@ -39,13 +40,13 @@ type carRun struct {
 }
 
 // buildCar returns the garage's car for creds, or builds one (and puts it in the garage).
-func (f *Fleet) buildCar(creds protocol.Credentials) (*Car, error) {
+func (f *Fleet) buildCar(creds protocol.Credentials) (*vehicle.Car, error) {
 	if f.cfg.Garage != nil {
 		if car, ok := f.cfg.Garage.Car(creds.VIN); ok {
 			return car, nil
 		}
 	}
-	car, err := NewCar(f.cfg.Store, creds, CarOptions{Now: f.cfg.Now, Logger: f.log})
+	car, err := vehicle.NewCar(f.cfg.Store, creds, vehicle.CarOptions{Now: f.cfg.Now, Logger: f.log})
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package vehicle
+package fleet
 
 import (
 	"bytes"
@@ -17,6 +17,8 @@ import (
 
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/vehicletest"
 )
 
 // testAuth admits every client except those presenting the password "bad". Tests only: the
@@ -99,21 +101,21 @@ func TestFleetAgainstBroker(t *testing.T) {
 		}
 	}
 
-	gw := newTestGatewayAt(t, time.Now())
+	gw := vehicletest.NewGatewayAt(t, time.Now())
 	vins := []string{"WVWZZZ1JZXW000011", "WVWZZZ1JZXW000012", "WVWZZZ1JZXW000013"}
 	var creds []protocol.Credentials
 	for _, v := range vins {
-		creds = append(creds, gw.creds(t, v))
+		creds = append(creds, gw.Creds(t, v))
 		// The gateway's retained whitelist waits for the car.
-		if err := srv.Publish(protocol.VehicleTopic(v, protocol.SuffixKeys), gw.whitelist(t, wlSpec{vin: v, version: 3}), true, 1); err != nil {
+		if err := srv.Publish(protocol.VehicleTopic(v, protocol.SuffixKeys), gw.Whitelist(t, vehicletest.WhitelistSpec{VIN: v, Version: 3}), true, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	bad := gw.creds(t, "WVWZZZ1JZXW000666")
+	bad := gw.Creds(t, "WVWZZZ1JZXW000666")
 	bad.Token = "bad"
 	creds = append(creds, bad)
 
-	st := openTestStore(t, t.TempDir())
+	st := vehicletest.OpenStore(t, t.TempDir())
 	logBuf := &syncBuffer{} // shown only if the test fails
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -123,12 +125,12 @@ func TestFleetAgainstBroker(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	type outcome struct {
-		st  FleetStats
+		st  Stats
 		err error
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		s, err := RunFleet(ctx, FleetConfig{
+		s, err := Run(ctx, Config{
 			BrokerURL:         url,
 			Creds:             creds,
 			Store:             st,
@@ -202,14 +204,14 @@ func TestFleetAgainstBroker(t *testing.T) {
 	}
 
 	// A command published to one car is executed and answered.
-	cmd := newCmd(vins[1], protocol.ActionUnlock, time.Now())
-	if err := srv.Publish(protocol.VehicleTopic(vins[1], protocol.SuffixCmd), gw.build(t, cmdSpec{cmd: cmd}), false, 1); err != nil {
+	cmd := vehicletest.NewCommand(vins[1], protocol.ActionUnlock, time.Now())
+	if err := srv.Publish(protocol.VehicleTopic(vins[1], protocol.SuffixCmd), gw.CloudCommand(t, vehicletest.CommandSpec{Cmd: cmd}), false, 1); err != nil {
 		t.Fatal(err)
 	}
 	// And a forged one is refused.
-	forged := newCmd(vins[2], protocol.ActionUnlock, time.Now())
-	other := newTestGateway(t)
-	if err := srv.Publish(protocol.VehicleTopic(vins[2], protocol.SuffixCmd), other.build(t, cmdSpec{cmd: forged}), false, 1); err != nil {
+	forged := vehicletest.NewCommand(vins[2], protocol.ActionUnlock, time.Now())
+	other := vehicletest.NewGateway(t)
+	if err := srv.Publish(protocol.VehicleTopic(vins[2], protocol.SuffixCmd), other.CloudCommand(t, vehicletest.CommandSpec{Cmd: forged}), false, 1); err != nil {
 		t.Fatal(err)
 	}
 	result := func(vin string) (protocol.Result, error) {
@@ -243,7 +245,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 	select {
 	case out = <-done:
 	case <-time.After(20 * time.Second):
-		t.Fatal("RunFleet did not return after cancel")
+		t.Fatal("Run did not return after cancel")
 	}
 	if out.err != nil {
 		t.Fatal(out.err)
@@ -254,7 +256,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 	}
 	// A clean stop says offline (the will is only for crashes), and persists the state. mochi
 	// acknowledges a QoS 1 publish before it delivers it, so the subscriber may see it a
-	// moment after RunFleet returned.
+	// moment after Run returned.
 	testutil.Eventually(t, 5*time.Second, func() error {
 		for _, v := range vins {
 			if st, _, _ := lastStatus(v); st.Status != protocol.StatusOffline {
@@ -270,7 +272,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 		}
 	}
 	rec1, found, err := st.LoadCar(vins[1])
-	var state1 State
+	var state1 vehicle.State
 	if err == nil && found {
 		err = json.Unmarshal(rec1.State, &state1)
 	}
@@ -285,18 +287,18 @@ func TestFleetAgainstBroker(t *testing.T) {
 
 func TestFleetAllRefused(t *testing.T) {
 	_, url := startBroker(t)
-	gw := newTestGateway(t)
-	c := gw.creds(t, testVIN)
+	gw := vehicletest.NewGateway(t)
+	c := gw.Creds(t, vehicletest.VIN)
 	c.Token = "bad"
-	st := openTestStore(t, t.TempDir())
+	st := vehicletest.OpenStore(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// With every car refused there is nothing to run: RunFleet returns by itself.
-	_, err := RunFleet(ctx, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{c}, Store: st})
+	// With every car refused there is nothing to run: Run returns by itself.
+	_, err := Run(ctx, Config{BrokerURL: url, Creds: []protocol.Credentials{c}, Store: st})
 	if !errors.Is(err, ErrNoCarConnected) || !strings.Contains(err.Error(), "refused the credentials") {
 		t.Fatalf("got %v, want ErrNoCarConnected naming the refusal", err)
 	}
 	if ctx.Err() != nil {
-		t.Fatal("RunFleet waited for the context")
+		t.Fatal("Run waited for the context")
 	}
 }

@@ -1,4 +1,7 @@
-package vehicle
+// Package link is the simulated short-range link (BLE/NFC) of the cars a process runs: one
+// HTTP server on loopback that hands a phone's challenge requests and signed commands to the
+// car (pkg/vehicle) with that VIN in a vehicle.Garage.
+package link
 
 import (
 	"context"
@@ -13,25 +16,26 @@ import (
 	"time"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
 )
 
 // Timeouts of the link's HTTP server. A local exchange is one small request; anything slower
 // is a stuck or hostile client.
 const (
-	linkReadTimeout     = 5 * time.Second
-	linkWriteTimeout    = 10 * time.Second // a command may wait for the car's current one and an fsync
-	linkIdleTimeout     = 30 * time.Second
-	linkMaxHeaderBytes  = 8 << 10
-	linkShutdownTimeout = 5 * time.Second
+	readTimeout     = 5 * time.Second
+	writeTimeout    = 10 * time.Second // a command may wait for the car's current one and an fsync
+	idleTimeout     = 30 * time.Second
+	maxHeaderBytes  = 8 << 10
+	shutdownTimeout = 5 * time.Second
 )
 
-// DefaultLinkAddr is where vehicle-sim opens the local link unless told otherwise.
-const DefaultLinkAddr = protocol.DefaultLinkAddr
+// DefaultAddr is where vehicle-sim opens the local link unless told otherwise.
+const DefaultAddr = protocol.DefaultLinkAddr
 
-// CheckLinkAddr accepts host:port addresses on loopback only (an IP literal or localhost; port
+// CheckAddr accepts host:port addresses on loopback only (an IP literal or localhost; port
 // 0 picks a free one). Reaching the link stands for standing next to the car: on any other
 // interface, everyone on the network would be next to every car.
-func CheckLinkAddr(addr string) error {
+func CheckAddr(addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("local link address %q: %w (want 127.0.0.1:PORT)", addr, err)
@@ -48,24 +52,24 @@ func CheckLinkAddr(addr string) error {
 	return nil
 }
 
-// LinkServer is the simulated short-range link (BLE/NFC) of every car in a garage: one HTTP
+// Server is the simulated short-range link (BLE/NFC) of every car in a garage: one HTTP
 // server on loopback.
 //
 //	POST /v1/link/{vin}/challenge   body empty or protocol.ChallengeRequest → 200 protocol.Challenge
 //	POST /v1/link/{vin}/command     body protocol.LocalRequest → 200 protocol.Result
 //
 // A challenge request over its key's budget, or over the budget shared by requests no whitelisted
-// key signed, is answered 429 rate_limited (see MaxChallengesPerKey).
+// key signed, is answered 429 rate_limited (see vehicle.MaxChallengesPerKey).
 // A command the car refuses is answered 200 with status rejected and its reason (see
-// Car.HandleLocal). Errors that never reach a car are {"error": REASON, "message": TEXT}: 400
+// vehicle.Car.HandleLocal). Errors that never reach a car are {"error": REASON, "message": TEXT}: 400
 // bad_request for a malformed VIN or a body that is not a LocalRequest (bodies are bounded to
 // protocol.MaxPayloadBytes), 404 vehicle_unknown for a VIN this process does not run, 405 for
 // another method.
 //
-// Use: NewLinkServer(garage, logger), Start("127.0.0.1:0"), Addr(), Close(); or Handler() to
+// Use: NewServer(garage, logger), Start("127.0.0.1:0"), Addr(), Close(); or Handler() to
 // mount it elsewhere.
-type LinkServer struct {
-	garage *Garage
+type Server struct {
+	garage *vehicle.Garage
 	log    *slog.Logger
 	mux    *http.ServeMux
 
@@ -76,24 +80,24 @@ type LinkServer struct {
 	closed bool
 }
 
-// NewLinkServer returns a link for the cars of garage; logger may be nil.
-func NewLinkServer(garage *Garage, logger *slog.Logger) *LinkServer {
+// NewServer returns a link for the cars of garage; logger may be nil.
+func NewServer(garage *vehicle.Garage, logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &LinkServer{garage: garage, log: logger.With("component", "link"), mux: http.NewServeMux()}
+	s := &Server{garage: garage, log: logger.With("component", "link"), mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST /v1/link/{vin}/challenge", s.challenge)
 	s.mux.HandleFunc("POST /v1/link/{vin}/command", s.command)
 	return s
 }
 
 // Handler is the link's HTTP handler.
-func (s *LinkServer) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.mux }
 
-// Start listens on addr, which must be on loopback (CheckLinkAddr), and serves in the
+// Start listens on addr, which must be on loopback (CheckAddr), and serves in the
 // background until Close.
-func (s *LinkServer) Start(addr string) error {
-	if err := CheckLinkAddr(addr); err != nil {
+func (s *Server) Start(addr string) error {
+	if err := CheckAddr(addr); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -108,11 +112,11 @@ func (s *LinkServer) Start(addr string) error {
 	s.ln = ln
 	s.srv = &http.Server{
 		Handler:           s.mux,
-		ReadHeaderTimeout: linkReadTimeout,
-		ReadTimeout:       linkReadTimeout,
-		WriteTimeout:      linkWriteTimeout,
-		IdleTimeout:       linkIdleTimeout,
-		MaxHeaderBytes:    linkMaxHeaderBytes,
+		ReadHeaderTimeout: readTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	s.served = make(chan struct{})
@@ -127,7 +131,7 @@ func (s *LinkServer) Start(addr string) error {
 }
 
 // Addr is the address the link listens on (with the port chosen for :0); "" before Start.
-func (s *LinkServer) Addr() string {
+func (s *Server) Addr() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ln == nil {
@@ -137,11 +141,11 @@ func (s *LinkServer) Addr() string {
 }
 
 // URL is http://Addr().
-func (s *LinkServer) URL() string { return "http://" + s.Addr() }
+func (s *Server) URL() string { return "http://" + s.Addr() }
 
 // Close stops accepting requests, lets those in progress finish (for at most 5 s) and waits
 // for the server's goroutine. It is idempotent.
-func (s *LinkServer) Close() error {
+func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -153,7 +157,7 @@ func (s *LinkServer) Close() error {
 	if srv == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), linkShutdownTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	err := srv.Shutdown(ctx)
 	if err != nil {
@@ -164,15 +168,15 @@ func (s *LinkServer) Close() error {
 }
 
 // car finds the request's car, or answers 400/404.
-func (s *LinkServer) car(w http.ResponseWriter, r *http.Request) (*Car, bool) {
+func (s *Server) car(w http.ResponseWriter, r *http.Request) (*vehicle.Car, bool) {
 	vin := r.PathValue("vin")
 	if !protocol.ValidVIN(vin) {
-		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "malformed VIN")
+		writeError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "malformed VIN")
 		return nil, false
 	}
 	car, ok := s.garage.Car(vin)
 	if !ok {
-		writeLinkError(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no car with this VIN on this link")
+		writeError(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no car with this VIN on this link")
 		return nil, false
 	}
 	return car, true
@@ -181,7 +185,7 @@ func (s *LinkServer) car(w http.ResponseWriter, r *http.Request) (*Car, bool) {
 // maxChallengeBodyBytes bounds a challenge request's body ({"v":1,"key_id":"…"}).
 const maxChallengeBodyBytes = 1 << 10
 
-func (s *LinkServer) challenge(w http.ResponseWriter, r *http.Request) {
+func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
 	car, ok := s.car(w, r)
 	if !ok {
 		return
@@ -194,7 +198,7 @@ func (s *LinkServer) challenge(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
+		writeError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
 			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\",\"ts\":…,\"sig\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
 		return
 	}
@@ -205,13 +209,13 @@ func (s *LinkServer) challenge(w http.ResponseWriter, r *http.Request) {
 		if inner := errors.Unwrap(err); inner != nil {
 			msg = inner.Error() // the reason is in "error" already
 		}
-		writeLinkError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), msg)
+		writeError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), msg)
 		return
 	}
-	writeLinkJSON(w, http.StatusOK, ch)
+	writeJSON(w, http.StatusOK, ch)
 }
 
-func (s *LinkServer) command(w http.ResponseWriter, r *http.Request) {
+func (s *Server) command(w http.ResponseWriter, r *http.Request) {
 	car, ok := s.car(w, r)
 	if !ok {
 		return
@@ -219,20 +223,20 @@ func (s *LinkServer) command(w http.ResponseWriter, r *http.Request) {
 	// One byte more than allowed tells an oversized body from one of exactly the limit.
 	body, err := io.ReadAll(io.LimitReader(r.Body, protocol.MaxPayloadBytes+1))
 	if err != nil {
-		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "could not read the request body")
+		writeError(w, http.StatusBadRequest, protocol.ReasonBadRequest, "could not read the request body")
 		return
 	}
-	req, err := DecodeLocalRequest(body)
+	req, err := vehicle.DecodeLocalRequest(body)
 	if err != nil {
 		s.log.Debug("malformed local request", "vin", car.VIN(), "err", err)
-		writeLinkError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
+		writeError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
 			fmt.Sprintf("the body must be a JSON LocalRequest {\"v\":1,\"command\":{doc,sig,kid}} of at most %d bytes", protocol.MaxPayloadBytes))
 		return
 	}
-	writeLinkJSON(w, http.StatusOK, car.HandleLocal(req))
+	writeJSON(w, http.StatusOK, car.HandleLocal(req))
 }
 
-func writeLinkJSON(w http.ResponseWriter, status int, v any) {
+func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"internal","message":"encoding the answer failed"}`)
@@ -245,8 +249,8 @@ func writeLinkJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(append(b, '\n'))
 }
 
-func writeLinkError(w http.ResponseWriter, status int, reason protocol.Reason, msg string) {
-	writeLinkJSON(w, status, struct {
+func writeError(w http.ResponseWriter, status int, reason protocol.Reason, msg string) {
+	writeJSON(w, status, struct {
 		Error   protocol.Reason `json:"error"`
 		Message string          `json:"message"`
 	}{reason, msg})

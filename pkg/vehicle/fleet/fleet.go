@@ -1,4 +1,7 @@
-package vehicle
+// Package fleet is the MQTT runtime of simulated cars (pkg/vehicle): a Fleet connects each car
+// of a process to one broker with its own connection, hands it the commands and whitelists
+// that arrive, and publishes its results, telemetry, status and journal.
+package fleet
 
 import (
 	"context"
@@ -12,9 +15,10 @@ import (
 
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
 )
 
-// Defaults of FleetConfig.
+// Defaults of Config.
 const (
 	DefaultTelemetryInterval = 10 * time.Second
 	DefaultConnectRate       = 200.0 // cars per second
@@ -39,7 +43,7 @@ const (
 	// journalBatch is how many journal entries a car reads from its store at a time to
 	// publish them.
 	journalBatch = 32
-	// defaultJournalResend is FleetConfig.JournalResendInterval's default.
+	// defaultJournalResend is Config.JournalResendInterval's default.
 	defaultJournalResend = 30 * time.Second
 )
 
@@ -57,15 +61,15 @@ func dialPaho(ctx context.Context, opts mqttc.Options) (mqttc.Client, error) {
 	return c, nil
 }
 
-// FleetConfig configures a Fleet (NewFleet, RunFleet).
-type FleetConfig struct {
+// Config configures a Fleet (New, Run).
+type Config struct {
 	// BrokerURL is the broker every car connects to, e.g. tcp://127.0.0.1:1883.
 	BrokerURL string
 	// Creds are the cars to run, one MQTT connection each.
 	Creds []protocol.Credentials
 	// Store holds every car's state and replay cache (a *carstore.Store); the caller opens and
 	// closes it.
-	Store CarStore
+	Store vehicle.CarStore
 	// TelemetryInterval is the mean time between two telemetry messages of a car (default 10 s);
 	// each interval varies by ±10 %.
 	TelemetryInterval time.Duration
@@ -86,16 +90,16 @@ type FleetConfig struct {
 	// reconnect, this covers a broker that restarted and lost what it queued for a gateway
 	// that had not yet come back, while the car's own connection stayed up or came back first.
 	JournalResendInterval time.Duration
-	// Garage, when set, receives every car RunFleet builds, so that a LinkServer on the same
+	// Garage, when set, receives every car Run builds, so that a link.Server on the same
 	// garage serves them over the local link, also while the broker is down. A car already in
 	// the garage under a VIN of Creds is run as it is instead of being built again (a drill can
-	// stop RunFleet and start it again around the same cars). Cars stay in the garage after
-	// RunFleet returns.
-	Garage *Garage
+	// stop Run and start it again around the same cars). Cars stay in the garage after
+	// Run returns.
+	Garage *vehicle.Garage
 }
 
-// FleetStats counts what a fleet did.
-type FleetStats struct {
+// Stats counts what a fleet did.
+type Stats struct {
 	Cars          int    // cars in the fleet
 	Connected     int    // cars that connected at least once
 	Online        int    // cars connected at the moment
@@ -109,16 +113,16 @@ type FleetStats struct {
 	FirstFailure string
 }
 
-// ErrNoCarConnected is returned by RunFleet when every car of the fleet failed for good.
+// ErrNoCarConnected is returned by Run when every car of the fleet failed for good.
 var ErrNoCarConnected = errors.New("no car could connect")
 
-// Fleet is a fleet of cars to run against one broker (NewFleet, Run). While it runs, Stats
+// Fleet is a fleet of cars to run against one broker (New, Fleet.Run). While it runs, Stats
 // and Settled tell how it is doing, e.g. for a progress display.
 type Fleet struct {
-	cfg      FleetConfig
+	cfg      Config
 	log      *slog.Logger
 	interval time.Duration
-	// journalResend is FleetConfig.JournalResendInterval, defaulted.
+	// journalResend is Config.JournalResendInterval, defaulted.
 	journalResend time.Duration
 
 	connected, failed       atomic.Int64
@@ -133,7 +137,7 @@ type Fleet struct {
 	firstError string // the first permanent failure, for Stats
 }
 
-// RunFleet connects every car to the broker and runs it until ctx is cancelled: each car has
+// Run connects every car to the broker and runs it until ctx is cancelled: each car has
 // its own MQTT connection (client id and user from its credentials, the token as password, a
 // retained "offline" will on v/{vin}/status), publishes a retained "online" status whenever it
 // connects, executes the commands it receives on v/{vin}/cmd one at a time and publishes each
@@ -150,18 +154,18 @@ type Fleet struct {
 // A car whose connection is refused (bad or expired credentials) is reported and counted as
 // failed, not retried; a broker that cannot be reached is retried with backoff. On cancel every
 // car finishes the command it is executing and publishes its result, then saves its state,
-// publishes "offline" and disconnects; RunFleet returns once all of them have. It returns
+// publishes "offline" and disconnects; Run returns once all of them have. It returns
 // ErrNoCarConnected (wrapped) if every car failed for good.
-func RunFleet(ctx context.Context, cfg FleetConfig) (FleetStats, error) {
-	f, err := NewFleet(cfg)
+func Run(ctx context.Context, cfg Config) (Stats, error) {
+	f, err := New(cfg)
 	if err != nil {
-		return FleetStats{}, err
+		return Stats{}, err
 	}
 	return f.Run(ctx)
 }
 
-// NewFleet checks cfg and fills in its defaults; Run starts the cars.
-func NewFleet(cfg FleetConfig) (*Fleet, error) {
+// New checks cfg and fills in its defaults; Fleet.Run starts the cars.
+func New(cfg Config) (*Fleet, error) {
 	if len(cfg.Creds) == 0 {
 		return nil, errors.New("run fleet: no cars")
 	}
@@ -194,10 +198,10 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	return f, nil
 }
 
-// Run is RunFleet for a fleet NewFleet made. A fleet runs once: a second Run fails.
-func (f *Fleet) Run(ctx context.Context) (FleetStats, error) {
+// Run is the function Run for a fleet New made. A fleet runs once: a second Run fails.
+func (f *Fleet) Run(ctx context.Context) (Stats, error) {
 	if !f.ran.CompareAndSwap(false, true) {
-		return FleetStats{}, errors.New("run fleet: this fleet has run already (make a new one with NewFleet)")
+		return Stats{}, errors.New("run fleet: this fleet has run already (make a new one with fleet.New)")
 	}
 	var wg sync.WaitGroup
 	f.startCars(ctx, &wg)
@@ -254,7 +258,7 @@ func (f *Fleet) checkSettled() {
 }
 
 // Stats counts what the fleet did so far.
-func (f *Fleet) Stats() FleetStats {
+func (f *Fleet) Stats() Stats {
 	f.mu.Lock()
 	online := 0
 	for _, c := range f.clients {
@@ -264,7 +268,7 @@ func (f *Fleet) Stats() FleetStats {
 	}
 	firstError := f.firstError
 	f.mu.Unlock()
-	return FleetStats{
+	return Stats{
 		Cars:          len(f.cfg.Creds),
 		Connected:     int(f.connected.Load()),
 		Online:        online,

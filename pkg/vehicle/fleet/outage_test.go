@@ -1,11 +1,10 @@
-package vehicle
+package fleet
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +14,10 @@ import (
 	"telematics/internal/testutil"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle"
+	"telematics/pkg/vehicle/link"
+	"telematics/pkg/vehicle/link/linktest"
+	"telematics/pkg/vehicle/vehicletest"
 )
 
 // fastDial is mqttc.Dial with a quick reconnect, so a test need not wait for the default
@@ -24,8 +27,8 @@ func fastDial(ctx context.Context, o mqttc.Options) (mqttc.Client, error) {
 	return dialPaho(ctx, o)
 }
 
-// runTestFleet runs RunFleet until the test ends (or stop is called) and returns stop.
-func runTestFleet(t *testing.T, cfg FleetConfig) (stop func() FleetStats) {
+// runTestFleet runs Run until the test ends (or stop is called) and returns stop.
+func runTestFleet(t *testing.T, cfg Config) (stop func() Stats) {
 	t.Helper()
 	logBuf := &syncBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -35,23 +38,23 @@ func runTestFleet(t *testing.T, cfg FleetConfig) (stop func() FleetStats) {
 		}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan FleetStats, 1)
+	done := make(chan Stats, 1)
 	go func() {
-		st, err := RunFleet(ctx, cfg)
+		st, err := Run(ctx, cfg)
 		if err != nil {
-			t.Errorf("RunFleet: %v", err)
+			t.Errorf("Run: %v", err)
 		}
 		done <- st
 	}()
-	var stats *FleetStats
-	stop = func() FleetStats {
+	var stats *Stats
+	stop = func() Stats {
 		if stats == nil {
 			cancel()
 			select {
 			case st := <-done:
 				stats = &st
 			case <-time.After(20 * time.Second):
-				t.Fatal("RunFleet did not return after cancel")
+				t.Fatal("Run did not return after cancel")
 			}
 		}
 		return *stats
@@ -99,35 +102,35 @@ func TestLocalLinkAndJournalThroughBrokerOutage(t *testing.T) {
 		}
 	}
 	ackJournal(t, srv)
-	gw := newTestGatewayAt(t, time.Now())
-	if err := srv.Publish(protocol.VehicleTopic(testVIN, protocol.SuffixKeys), gw.whitelist(t, wlSpec{version: 1}), true, 1); err != nil {
+	gw := vehicletest.NewGatewayAt(t, time.Now())
+	if err := srv.Publish(protocol.VehicleTopic(vehicletest.VIN, protocol.SuffixKeys), gw.Whitelist(t, vehicletest.WhitelistSpec{Version: 1}), true, 1); err != nil {
 		t.Fatal(err)
 	}
 
-	st := openTestStore(t, t.TempDir())
-	garage := NewGarage()
-	link := NewLinkServer(garage, nil)
-	if err := link.Start("127.0.0.1:0"); err != nil {
+	st := vehicletest.OpenStore(t, t.TempDir())
+	garage := vehicle.NewGarage()
+	linkSrv := link.NewServer(garage, nil)
+	if err := linkSrv.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	defer link.Close()
-	stop := runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.creds(t, testVIN)}, Store: st,
+	defer linkSrv.Close()
+	stop := runTestFleet(t, Config{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st,
 		TelemetryInterval: time.Second, Garage: garage, Dial: fastDial})
 	testutil.Eventually(t, 10*time.Second, func() error {
-		if len(rec.get(protocol.VehicleTopic(testVIN, protocol.SuffixKeysAck))) == 0 {
+		if len(rec.get(protocol.VehicleTopic(vehicletest.VIN, protocol.SuffixKeysAck))) == 0 {
 			return fmt.Errorf("no whitelist ack")
 		}
 		return nil
 	})
-	car, ok := garage.Car(testVIN)
+	car, ok := garage.Car(vehicletest.VIN)
 	if !ok {
-		t.Fatal("RunFleet did not put the car in the garage")
+		t.Fatal("Run did not put the car in the garage")
 	}
 
-	r := &linkRig{gw: gw, clock: newClock(time.Now()), st: st, car: car, link: link, client: &http.Client{Timeout: 10 * time.Second}}
-	local := func(phone *testPhone, a protocol.Action) protocol.Result {
-		r.clock = newClock(time.Now())
-		return r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, a), phone: phone}))
+	r := vehicletest.NewLinkPhone(linkSrv.URL(), vehicletest.NewClock(time.Now()))
+	local := func(phone *vehicletest.Phone, a protocol.Action) protocol.Result {
+		r.Clock = vehicletest.NewClock(time.Now())
+		return r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, a), Phone: phone}))
 	}
 
 	// Online: the journal entry goes out at once and leaves the store once acknowledged.
@@ -135,10 +138,10 @@ func TestLocalLinkAndJournalThroughBrokerOutage(t *testing.T) {
 		t.Fatalf("local unlock while online: %+v", res)
 	}
 	testutil.Eventually(t, 10*time.Second, func() error {
-		if got := summary(events(t, rec, testVIN)); got != "1:unlock/executed/" {
+		if got := summary(events(t, rec, vehicletest.VIN)); got != "1:unlock/executed/" {
 			return fmt.Errorf("events %q", got)
 		}
-		if n := len(journal(t, st, testVIN)); n != 0 {
+		if n := len(vehicletest.Journal(t, st, vehicletest.VIN)); n != 0 {
 			return fmt.Errorf("%d entries left in the journal", n)
 		}
 		return nil
@@ -149,13 +152,13 @@ func TestLocalLinkAndJournalThroughBrokerOutage(t *testing.T) {
 	if res := local(nil, protocol.ActionLock); res.Status != protocol.ResultExecuted {
 		t.Fatalf("local lock while the broker is down: %+v", res)
 	}
-	if res := local(gw.cast.stranger, protocol.ActionUnlock); res.Reason != protocol.ReasonKeyUnknown {
+	if res := local(gw.Cast.Stranger, protocol.ActionUnlock); res.Reason != protocol.ReasonKeyUnknown {
 		t.Fatalf("a stranger's unlock while the broker is down: %+v", res)
 	}
 	if !car.State().Locked {
 		t.Fatal("the car is not locked")
 	}
-	if evs := journal(t, st, testVIN); summary(evs) != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
+	if evs := vehicletest.Journal(t, st, vehicletest.VIN); summary(evs) != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
 		t.Fatalf("journal while offline: %s", summary(evs))
 	}
 
@@ -169,16 +172,16 @@ func TestLocalLinkAndJournalThroughBrokerOutage(t *testing.T) {
 		ackJournal(t, srv2)
 	})
 	testutil.Eventually(t, 15*time.Second, func() error {
-		if got := summary(events(t, rec2, testVIN)); got != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
+		if got := summary(events(t, rec2, vehicletest.VIN)); got != "2:lock/executed/ 3:unlock/rejected/key_unknown" {
 			return fmt.Errorf("events after reconnect %q", got)
 		}
-		if n := len(journal(t, st, testVIN)); n != 0 {
+		if n := len(vehicletest.Journal(t, st, vehicletest.VIN)); n != 0 {
 			return fmt.Errorf("%d entries left in the journal", n)
 		}
 		return nil
 	})
-	evs := events(t, rec2, testVIN)
-	if evs[1].User != "" || evs[1].KeyID != gw.cast.stranger.key.ID || evs[0].User != "alice" || evs[0].VIN != testVIN {
+	evs := events(t, rec2, vehicletest.VIN)
+	if evs[1].User != "" || evs[1].KeyID != gw.Cast.Stranger.Key.ID || evs[0].User != "alice" || evs[0].VIN != vehicletest.VIN {
 		t.Errorf("events %+v", evs)
 	}
 	if st := stop(); st.EventsSent != 3 || st.Whitelists != 1 {
@@ -189,18 +192,18 @@ func TestLocalLinkAndJournalThroughBrokerOutage(t *testing.T) {
 // TestJournalSurvivesRestart: local decisions made while no fleet runs (no broker at all) are
 // in the store after a restart and go out when the car is first online.
 func TestJournalSurvivesRestart(t *testing.T) {
-	gw := newTestGatewayAt(t, time.Now())
+	gw := vehicletest.NewGatewayAt(t, time.Now())
 	dir := t.TempDir()
-	r := newLinkRig(t, gw, newClock(time.Now()), dir, false)
+	r := linktest.NewRig(t, gw, vehicletest.NewClock(time.Now()), dir, false)
 	for _, a := range []protocol.Action{protocol.ActionUnlock, protocol.ActionOpenTrunk} {
-		if res := r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, a)})); res.Status != protocol.ResultExecuted {
+		if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, a)})); res.Status != protocol.ResultExecuted {
 			t.Fatal(res)
 		}
 	}
-	if res := r.command(t, gw.local(t, cmdSpec{cmd: r.localCmd(t, testVIN, protocol.ActionOpenTrunk), phone: gw.cast.valet})); res.Reason != protocol.ReasonForbidden {
+	if res := r.Command(t, gw.LocalRequest(t, vehicletest.CommandSpec{Cmd: r.LocalCommand(t, vehicletest.VIN, protocol.ActionOpenTrunk), Phone: gw.Cast.Valet})); res.Reason != protocol.ReasonForbidden {
 		t.Fatal(res)
 	}
-	r.stop()
+	r.Stop()
 
 	srv, url := startBroker(t)
 	rec := &recorder{}
@@ -208,22 +211,22 @@ func TestJournalSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	ackJournal(t, srv)
-	st := openTestStore(t, dir)
-	if n := len(journal(t, st, testVIN)); n != 3 {
+	st := vehicletest.OpenStore(t, dir)
+	if n := len(vehicletest.Journal(t, st, vehicletest.VIN)); n != 3 {
 		t.Fatalf("journal after restart holds %d entries", n)
 	}
-	runTestFleet(t, FleetConfig{BrokerURL: url, Creds: []protocol.Credentials{gw.creds(t, testVIN)}, Store: st, TelemetryInterval: time.Second})
+	runTestFleet(t, Config{BrokerURL: url, Creds: []protocol.Credentials{gw.Creds(t, vehicletest.VIN)}, Store: st, TelemetryInterval: time.Second})
 	want := "1:unlock/executed/ 2:open_trunk/executed/ 3:open_trunk/rejected/forbidden"
 	testutil.Eventually(t, 10*time.Second, func() error {
-		if got := summary(events(t, rec, testVIN)); got != want {
+		if got := summary(events(t, rec, vehicletest.VIN)); got != want {
 			return fmt.Errorf("events %q, want %q", got, want)
 		}
-		if n := len(journal(t, st, testVIN)); n != 0 {
+		if n := len(vehicletest.Journal(t, st, vehicletest.VIN)); n != 0 {
 			return fmt.Errorf("%d entries left in the journal", n)
 		}
 		return nil
 	})
-	if evs := events(t, rec, testVIN); evs[2].User != "victor" || evs[2].KeyID != gw.cast.valet.key.ID {
+	if evs := events(t, rec, vehicletest.VIN); evs[2].User != "victor" || evs[2].KeyID != gw.Cast.Valet.Key.ID {
 		t.Errorf("refusal event %+v", evs[2])
 	}
 }
