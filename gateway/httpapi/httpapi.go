@@ -23,6 +23,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/keys"
 	"telematics/gateway/store"
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -55,8 +56,9 @@ type API struct {
 	Guard       LoginGuard
 	AdminToken  string
 	AllowRemote bool
-	Now         func() time.Time
-	Log         *slog.Logger
+	// Clock tells the time for tokens, audit records and login limits (nil: the real clock).
+	Clock clock.Clock
+	Log   *slog.Logger
 	// Ready reports whether the gateway can serve commands (store open, bus connected).
 	Ready func() error
 	// BrokerURL is what apps are told to connect to.
@@ -372,9 +374,9 @@ func (a *API) loginLimits() *addrLimiter {
 
 func (a *API) initLogin() {
 	if a.Lockout == nil {
-		a.Lockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, a.Now)
+		a.Lockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, a.Clock)
 	}
-	a.perAddr = newAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Now)
+	a.perAddr = newAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Clock)
 	// Made now, so the first login with an unknown name costs one hash like any other.
 	a.dummyHash()
 }
