@@ -157,7 +157,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	g.keys.CredentialsRetired = g.retireVehicleToken // a decommissioned car's, once it has its empty whitelist
-	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, activeUsers{g.store, secondFactor{g.twofa}}, g.clock.Now, g.log); err != nil {
+	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, activeUsers{g.store, secondFactor{g.twofa}}, g.clock, g.log); err != nil {
 		return nil, err
 	}
 	if err := g.router.Subscribe(ctx); err != nil {
