@@ -119,9 +119,19 @@ func (f *Fake) Advance(d time.Duration) {
 	f.advanceTo(target)
 }
 
-// Set moves the time to t, firing what falls due on the way; it does nothing if t is before
-// the current time.
-func (f *Fake) Set(t time.Time) { f.advanceTo(t) }
+// Set moves the time to t. Forward, it fires what falls due on the way, like Advance;
+// backward (a wall clock stepped back, for tests of clock skew), it fires nothing, and what is
+// pending stays due at the time it was due.
+func (f *Fake) Set(t time.Time) {
+	f.mu.Lock()
+	if t.Before(f.now) {
+		f.now = t
+		f.mu.Unlock()
+		return
+	}
+	f.mu.Unlock()
+	f.advanceTo(t)
+}
 
 func (f *Fake) advanceTo(target time.Time) {
 	for {

@@ -156,12 +156,23 @@ func TestAfterFuncDueNowRunsOnNextAdvance(t *testing.T) {
 	}
 }
 
-func TestSetDoesNotMoveBackwards(t *testing.T) {
+func TestSet(t *testing.T) {
 	f := clocktest.New(t0)
-	f.Set(t0.Add(-time.Hour))
-	if !f.Now().Equal(t0) {
-		t.Fatalf("Set moved back to %v", f.Now())
+	_, early := f.NewTimer(time.Minute)
+	// Back: nothing fires, and the timer stays due at t0+1m, now two minutes away.
+	f.Set(t0.Add(-time.Minute))
+	if !f.Now().Equal(t0.Add(-time.Minute)) {
+		t.Fatalf("Set back: now %v", f.Now())
 	}
+	f.Advance(time.Minute + time.Second)
+	if _, ok := received(early); ok {
+		t.Fatal("timer fired at its old distance after the clock was set back")
+	}
+	f.Advance(time.Minute)
+	if v, ok := received(early); !ok || !v.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("timer after Set back: %v %v", v, ok)
+	}
+	f.Set(t0)
 	_, ch := f.NewTimer(time.Minute)
 	f.Set(t0.Add(time.Hour))
 	if v, ok := received(ch); !ok || !v.Equal(t0.Add(time.Minute)) {
