@@ -151,7 +151,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		g.broker.OnAppSessionEnd(g.twofa.EndSession)
 	}
 	g.keysMu.Lock()
-	g.keys, err = keys.New(g.store, g.ring, g.bus, keyChangeFactor{g.twofa}, g.clock.Now, g.log.With("component", "keys"))
+	g.keys, err = keys.New(g.store, g.ring, g.bus, keyChangeFactor{g.twofa}, g.clock, g.log.With("component", "keys"))
 	g.keysMu.Unlock()
 	if err != nil {
 		return nil, err
