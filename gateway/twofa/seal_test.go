@@ -147,7 +147,7 @@ func (a *txAuditor) AuditTx(tx *bolt.Tx, e Event) error {
 func TestTxAuditor(t *testing.T) {
 	f := newFixture(t)
 	a := &txAuditor{}
-	s, err := New(f.db, testKey, DefaultPolicy(), f.clock.Now, a)
+	s, err := New(f.db, testKey, DefaultPolicy(), f.clock, a)
 	if err != nil {
 		t.Fatal(err)
 	}
