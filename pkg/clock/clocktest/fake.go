@@ -111,12 +111,13 @@ func (f *Fake) schedule(w *waiter, d time.Duration) {
 }
 
 // Advance moves the time forward by d, firing what falls due on the way in time order; each
-// waiter sees Now() equal to its due time when it fires.
+// waiter sees Now() equal to its due time when it fires. A negative d moves the time back, as
+// Set does.
 func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()
 	target := f.now.Add(d)
 	f.mu.Unlock()
-	f.advanceTo(target)
+	f.Set(target)
 }
 
 // Set moves the time to t. Forward, it fires what falls due on the way, like Advance;

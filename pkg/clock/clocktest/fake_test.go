@@ -172,7 +172,10 @@ func TestSet(t *testing.T) {
 	if v, ok := received(early); !ok || !v.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("timer after Set back: %v %v", v, ok)
 	}
-	f.Set(t0)
+	f.Advance(-time.Minute - time.Second) // back, like Set
+	if !f.Now().Equal(t0) {
+		t.Fatalf("Advance back: now %v, want %v", f.Now(), t0)
+	}
 	_, ch := f.NewTimer(time.Minute)
 	f.Set(t0.Add(time.Hour))
 	if v, ok := received(ch); !ok || !v.Equal(t0.Add(time.Minute)) {
