@@ -129,7 +129,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err := g.loadKeys(); err != nil {
 		return nil, err
 	}
-	g.issuer = token.NewIssuer(g.signer, g.clock.Now)
+	g.issuer = token.NewIssuer(g.signer, g.clock)
 
 	if err := g.loadVehicleTokens(); err != nil {
 		return nil, err
@@ -192,7 +192,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		Lockout:            accounts.NewLockout(cfg.TwoFA.MaxFailures, cfg.TwoFA.FailureWindow, cfg.TwoFA.LockoutDuration, g.clock),
 		LoginRatePerMinute: cfg.Login.PerIPRatePerMinute, LoginBurst: cfg.Login.PerIPBurst,
 	}
-	verifier := token.NewVerifier(g.clock.Now, g.ring.publicKeys()...)
+	verifier := token.NewVerifier(g.clock, g.ring.publicKeys()...)
 	g.api.Extra = func(mux *http.ServeMux) {
 		g.api.TwoFactorRoutes(mux, g.twofa, verifier)
 		g.api.KeyRoutes(mux, g.keys, verifier)

@@ -50,7 +50,7 @@ func connectMatrix(t *testing.T, f *fixture) []*netIdentity {
 // exactly where the ACL allows it, and a failure (0x80) everywhere else.
 func TestACLNetworkSubscribe(t *testing.T) {
 	f := startBroker(t, nil)
-	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}
+	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: f.clock}
 	var filters []string
 	for _, s := range aclUniverse() {
 		// Filters paho or mochi reject as malformed before the ACL sees them are covered
@@ -78,7 +78,7 @@ func TestACLNetworkSubscribe(t *testing.T) {
 // to listen on everybody else's.
 func TestACLNetworkDelivery(t *testing.T) {
 	f := startBroker(t, nil)
-	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}
+	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: f.clock}
 	ids := connectMatrix(t, f)
 	gw := ids[4]
 
@@ -299,7 +299,7 @@ func TestExpiredTokenDeniedEverything(t *testing.T) {
 	if !ok {
 		t.Fatal("car not connected")
 	}
-	hook := NewACLHook(ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}, f.b.Auth())
+	hook := NewACLHook(ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: f.clock}, f.b.Auth())
 	if hook.OnACLCheck(cl, "v/"+vinA+"/cmd", false) {
 		t.Error("delivery of v/A/cmd to an expired car allowed")
 	}
