@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
@@ -288,7 +289,7 @@ func TestOpenTrunkRefusedWhileMoving(t *testing.T) {
 
 // eventuallyState advances the simulated clock, a second at a time for at most a simulated
 // day, until cond holds.
-func eventuallyState(t *testing.T, car *Car, clock *fakeClock, cond func(State) bool) {
+func eventuallyState(t *testing.T, car *Car, clock *clocktest.Fake, cond func(State) bool) {
 	t.Helper()
 	for i := 0; i < 86400; i++ {
 		car.mu.Lock()

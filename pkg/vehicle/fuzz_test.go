@@ -72,7 +72,7 @@ func openFuzzStore(t testing.TB) *carstore.Store {
 func fuzzCar(t testing.TB, gw *testGateway) *Car {
 	t.Helper()
 	st := openFuzzStore(t)
-	car, err := NewCar(st, gw.creds(t, testVIN), CarOptions{Now: func() time.Time { return t0 }})
+	car, err := NewCar(st, gw.creds(t, testVIN), CarOptions{Clock: newClock(t0)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func FuzzVerifyWhitelist(f *testing.F) {
 		f.Add(b)
 	}
 	st := openFuzzStore(f)
-	car, err := NewCar(st, gw.creds(f, testVIN), CarOptions{Now: func() time.Time { return t0 }})
+	car, err := NewCar(st, gw.creds(f, testVIN), CarOptions{Clock: newClock(t0)})
 	if err != nil {
 		f.Fatal(err)
 	}

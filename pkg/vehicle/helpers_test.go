@@ -4,12 +4,12 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
@@ -21,25 +21,8 @@ const (
 	otherVIN = "WVWZZZ1JZXW000002"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock(t time.Time) *fakeClock { return &fakeClock{t: t} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// newClock is a fake clock at t.
+func newClock(t time.Time) *clocktest.Fake { return clocktest.New(t) }
 
 // testPhone is a phone with its digital key.
 type testPhone struct {
@@ -334,9 +317,9 @@ func openTestStore(t testing.TB, dir string) *carstore.Store {
 }
 
 // newTestCar makes a car with what the store holds of it: no whitelist for a new car.
-func newTestCar(t testing.TB, st *carstore.Store, creds protocol.Credentials, clock *fakeClock) *Car {
+func newTestCar(t testing.TB, st *carstore.Store, creds protocol.Credentials, clock *clocktest.Fake) *Car {
 	t.Helper()
-	car, err := NewCar(st, creds, CarOptions{Now: clock.Now, Rand: rand.New(rand.NewPCG(1, 2))})
+	car, err := NewCar(st, creds, CarOptions{Clock: clock, Rand: rand.New(rand.NewPCG(1, 2))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +327,7 @@ func newTestCar(t testing.TB, st *carstore.Store, creds protocol.Credentials, cl
 }
 
 // newKeyedCar makes testVIN's car and gives it the cast's whitelist (version 1).
-func newKeyedCar(t testing.TB, st *carstore.Store, gw *testGateway, clock *fakeClock) *Car {
+func newKeyedCar(t testing.TB, st *carstore.Store, gw *testGateway, clock *clocktest.Fake) *Car {
 	t.Helper()
 	car := newTestCar(t, st, gw.creds(t, testVIN), clock)
 	install(t, car, gw.whitelist(t, wlSpec{}))

@@ -33,7 +33,7 @@ func TestWhitelistStoredAckedAndKeptAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs := &countingStore{Store: st}
-	car, err := NewCar(cs, creds, CarOptions{Now: clock.Now})
+	car, err := NewCar(cs, creds, CarOptions{Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestWhitelistStoredAckedAndKeptAcrossRestart(t *testing.T) {
 	// A restarted car still has its keys and its version: it acknowledges, not stores, v7.
 	st2 := openTestStore(t, dir)
 	cs2 := &countingStore{Store: st2}
-	car2, err := NewCar(cs2, creds, CarOptions{Now: clock.Now})
+	car2, err := NewCar(cs2, creds, CarOptions{Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestWhitelistRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := openTestStore(t, t.TempDir())
 			cs := &countingStore{Store: st}
-			car, err := NewCar(cs, gw.creds(t, testVIN), CarOptions{Now: newClock(t0).Now})
+			car, err := NewCar(cs, gw.creds(t, testVIN), CarOptions{Clock: newClock(t0)})
 			if err != nil {
 				t.Fatal(err)
 			}

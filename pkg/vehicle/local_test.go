@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle/carstore"
 )
@@ -19,7 +20,7 @@ import (
 // linkRig is testVIN's car (and otherVIN's) behind a LinkServer on 127.0.0.1:0.
 type linkRig struct {
 	gw     *testGateway
-	clock  *fakeClock
+	clock  *clocktest.Fake
 	st     *carstore.Store
 	car    *Car
 	other  *Car
@@ -29,7 +30,7 @@ type linkRig struct {
 
 // newLinkRig starts the link on the store in dir; the car gets the cast's whitelist unless
 // bare.
-func newLinkRig(t *testing.T, gw *testGateway, clock *fakeClock, dir string, bare bool) *linkRig {
+func newLinkRig(t *testing.T, gw *testGateway, clock *clocktest.Fake, dir string, bare bool) *linkRig {
 	t.Helper()
 	st, err := carstore.Open(filepath.Join(dir, carstore.File))
 	if err != nil {
