@@ -13,10 +13,11 @@ import (
 //
 // What fires, and how, when time reaches a waiter's due time:
 //   - a timer sends the time on its channel (buffer 1) and stops;
-//   - a ticker sends the time on its channel (buffer 1) unless the channel is full, like
-//     time.Ticker; since its receiver cannot have read the tick before Advance returns, one
-//     Advance sends each ticker at most one tick, and the ticker is next due at its first tick
-//     time after the time Advance moved to;
+//   - a ticker sends the time on its channel (buffer 1) every period; a tick that finds the
+//     channel full is dropped, like time.Ticker's, and the ticker tries again at its last tick
+//     time not after the time Advance moves to (the ticks between would find it full too,
+//     unless the receiver reads meanwhile). So a loop that reads the channel reads a tick
+//     when Now() is no earlier than one period before the time Advance reached;
 //   - a delayed call (AfterFunc) runs f synchronously on the goroutine that called Advance,
 //     with the Fake unlocked (f may use the clock), so Advance returns after f did. One due
 //     at or before the current time runs on the next Advance (Advance(0) runs it).
@@ -164,11 +165,15 @@ func (f *Fake) advanceTo(target time.Time) {
 			fn()
 			continue
 		case next.period > 0:
-			send(next.ch, f.now)
-			// The tick just sent fills the channel, so the ticks until target would be dropped:
-			// the ticker is next due at its first tick after target.
-			skip := target.Sub(next.when)/next.period + 1
-			next.when = next.when.Add(skip * next.period)
+			if send(next.ch, f.now) {
+				next.when = next.when.Add(next.period)
+			} else if last := next.when.Add(target.Sub(next.when) / next.period * next.period); last.After(next.when) {
+				// Dropped, like time.Ticker's. So would be the ticks until target while the
+				// receiver does not read: try again at the last one, not at every one.
+				next.when = last
+			} else {
+				next.when = next.when.Add(next.period)
+			}
 			f.seq++
 			next.seq = f.seq
 		default:

@@ -69,14 +69,14 @@ func TestTimerStopAndReset(t *testing.T) {
 	}
 }
 
-func TestTickerSendsOneTickPerAdvanceAndDropsWhenFull(t *testing.T) {
+func TestTickerDropsTicksWhenFull(t *testing.T) {
 	f := clocktest.New(t0)
 	tk, ch := f.NewTicker(100 * time.Millisecond)
 	f.Advance(50 * time.Millisecond)
 	if _, ok := received(ch); ok {
 		t.Fatal("tick before the period")
 	}
-	f.Advance(time.Second) // ten periods; the channel holds one tick
+	f.Advance(time.Second) // ten periods; the channel holds one tick, nobody reads it
 	if v, ok := received(ch); !ok || !v.Equal(t0.Add(100*time.Millisecond)) {
 		t.Fatalf("first tick: %v %v", v, ok)
 	}
@@ -96,6 +96,21 @@ func TestTickerSendsOneTickPerAdvanceAndDropsWhenFull(t *testing.T) {
 	f.Advance(100 * time.Millisecond) // ...so this one is dropped
 	if v, ok := received(ch); !ok || !v.Equal(t0.Add(1200*time.Millisecond)) {
 		t.Fatalf("kept tick: %v %v", v, ok)
+	}
+	// A receiver that reads while time moves gets a tick it reads no earlier than one period
+	// before the time Advance reaches (here 2.3 s), however it keeps up.
+	done := make(chan time.Duration)
+	go func() {
+		for range ch {
+			if at := f.Since(t0); at >= 2200*time.Millisecond {
+				done <- at
+				return
+			}
+		}
+	}()
+	f.Advance(time.Second)
+	if at := <-done; at > 2300*time.Millisecond {
+		t.Fatalf("reader read at %v, past the time Advance reached", at)
 	}
 	tk.Reset(time.Second)
 	f.Advance(999 * time.Millisecond)
