@@ -196,13 +196,23 @@ func send(ch chan time.Time, t time.Time) bool {
 
 type fakeTimer waiter
 
+// Stop stops the timer; like time.Timer's since Go 1.23, no stale value is received after it.
 func (t *fakeTimer) Stop() bool {
 	w := (*waiter)(t)
 	w.f.mu.Lock()
 	defer w.f.mu.Unlock()
 	_, pending := w.f.waiters[w]
 	delete(w.f.waiters, w)
+	drain(w.ch)
 	return pending
+}
+
+// drain empties ch (nil for a delayed call) of a value sent before a Stop or Reset.
+func drain(ch chan time.Time) {
+	select {
+	case <-ch:
+	default:
+	}
 }
 
 func (t *fakeTimer) Reset(d time.Duration) bool {
@@ -210,13 +220,7 @@ func (t *fakeTimer) Reset(d time.Duration) bool {
 	w.f.mu.Lock()
 	defer w.f.mu.Unlock()
 	_, pending := w.f.waiters[w]
-	if w.ch != nil {
-		// Like time.Timer since Go 1.23: no stale value is received after Reset.
-		select {
-		case <-w.ch:
-		default:
-		}
-	}
+	drain(w.ch) // like time.Timer since Go 1.23: no stale value is received after Reset
 	if w.fn != nil {
 		d = max(d, 0)
 	}
@@ -226,11 +230,13 @@ func (t *fakeTimer) Reset(d time.Duration) bool {
 
 type fakeTicker waiter
 
+// Stop stops the ticker; like time.Ticker's since Go 1.23, no stale tick is received after it.
 func (t *fakeTicker) Stop() {
 	w := (*waiter)(t)
 	w.f.mu.Lock()
 	defer w.f.mu.Unlock()
 	delete(w.f.waiters, w)
+	drain(w.ch)
 }
 
 func (t *fakeTicker) Reset(d time.Duration) {
@@ -241,5 +247,6 @@ func (t *fakeTicker) Reset(d time.Duration) {
 	w.f.mu.Lock()
 	defer w.f.mu.Unlock()
 	w.period = d
+	drain(w.ch)
 	w.f.schedule(w, d)
 }

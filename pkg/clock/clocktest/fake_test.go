@@ -63,6 +63,12 @@ func TestTimerStopAndReset(t *testing.T) {
 	if tm.Reset(time.Minute) {
 		t.Fatal("Reset of a stopped timer reported it pending")
 	}
+	// A fired value nobody read is gone after Stop, as with time.Timer since Go 1.23.
+	stale, sch := f.NewTimer(0)
+	stale.Stop()
+	if _, ok := received(sch); ok {
+		t.Fatal("stale value received after Stop")
+	}
 	f.Advance(time.Minute)
 	if v, ok := received(ch); !ok || !v.Equal(t0.Add(time.Hour+time.Minute)) {
 		t.Fatalf("reset timer: %v %v", v, ok)
