@@ -42,6 +42,7 @@ func (g *Gate) acquire() error {
 		return nil
 	default:
 	}
+	// Real time, not a clock.Clock: this bounds a wait for CPU, like an I/O timeout.
 	t := time.NewTimer(g.wait)
 	defer t.Stop()
 	select {

@@ -3,6 +3,7 @@ package accounts
 import (
 	"errors"
 	"sync"
+	"telematics/pkg/clock"
 	"time"
 )
 
@@ -35,7 +36,7 @@ const maxTrackedNames = 1 << 16
 type Lockout struct {
 	maxFailures      int
 	window, duration time.Duration
-	now              func() time.Time
+	clock            clock.Clock
 
 	mu        sync.Mutex
 	names     map[string]*lockState
@@ -48,13 +49,10 @@ type lockState struct {
 	lockedUntilMs int64   // 0, or the end of the current lockout
 }
 
-// NewLockout returns a lockout of maxFailures (at least 1) within window for duration; now
-// is the clock (nil: time.Now).
-func NewLockout(maxFailures int, window, duration time.Duration, now func() time.Time) *Lockout {
-	if now == nil {
-		now = time.Now
-	}
-	return &Lockout{maxFailures: max(maxFailures, 1), window: window, duration: duration, now: now,
+// NewLockout returns a lockout of maxFailures (at least 1) within window for duration, on clk
+// (nil: the real clock).
+func NewLockout(maxFailures int, window, duration time.Duration, clk clock.Clock) *Lockout {
+	return &Lockout{maxFailures: max(maxFailures, 1), window: window, duration: duration, clock: clock.Or(clk),
 		names: map[string]*lockState{}}
 }
 
@@ -71,7 +69,7 @@ type Attempt struct {
 func (l *Lockout) Reserve(name string) (*Attempt, time.Time, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
+	now := l.clock.Now()
 	st := l.state(name, now)
 	if st == nil {
 		// Every tracked name has a check running or is locked: refuse rather than forget one.
@@ -95,7 +93,7 @@ func (a *Attempt) Failed() (until time.Time, locked bool) {
 		l := a.l
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		now := l.now()
+		now := l.clock.Now()
 		st := l.release(a.name)
 		if st == nil {
 			return
@@ -137,7 +135,7 @@ func (l *Lockout) LockedUntil(name string) time.Time {
 	if st == nil {
 		return time.Time{}
 	}
-	st.prune(l.now(), l.window)
+	st.prune(l.clock.Now(), l.window)
 	if st.lockedUntilMs == 0 {
 		return time.Time{}
 	}

@@ -2,26 +2,15 @@ package accounts
 
 import (
 	"errors"
-	"sync"
 	"testing"
 	"time"
+
+	"telematics/pkg/clock/clocktest"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestLockoutCountsBeforeTheCheck(t *testing.T) {
-	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	l := NewLockout(3, time.Minute, 10*time.Minute, c.now)
+	c := clocktest.New(time.Unix(1_700_000_000, 0))
+	l := NewLockout(3, time.Minute, 10*time.Minute, c)
 	// Three checks at once use up what is left before a lockout: a fourth is refused unchecked.
 	var atts []*Attempt
 	for range 3 {
@@ -45,7 +34,7 @@ func TestLockoutCountsBeforeTheCheck(t *testing.T) {
 	}
 	atts[2].Failed()
 	until, locked := a.Failed()
-	if !locked || !until.Equal(c.now().Add(10*time.Minute)) {
+	if !locked || !until.Equal(c.Now().Add(10*time.Minute)) {
 		t.Fatalf("third failure: locked %t until %v", locked, until)
 	}
 	if _, u, err := l.Reserve("bob"); !errors.Is(err, ErrLockedOut) || !u.Equal(until) {
@@ -57,7 +46,7 @@ func TestLockoutCountsBeforeTheCheck(t *testing.T) {
 	} else {
 		a.Cancel()
 	}
-	c.add(10 * time.Minute)
+	c.Advance(10 * time.Minute)
 	if a, _, err := l.Reserve("bob"); err != nil {
 		t.Fatalf("after the lockout: %v", err)
 	} else {
@@ -66,8 +55,8 @@ func TestLockoutCountsBeforeTheCheck(t *testing.T) {
 }
 
 func TestLockoutWindowSlidesAndClears(t *testing.T) {
-	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	l := NewLockout(2, time.Minute, time.Hour, c.now)
+	c := clocktest.New(time.Unix(1_700_000_000, 0))
+	l := NewLockout(2, time.Minute, time.Hour, c)
 	fail := func(name string) bool {
 		a, _, err := l.Reserve(name)
 		if err != nil {
@@ -77,7 +66,7 @@ func TestLockoutWindowSlidesAndClears(t *testing.T) {
 		return locked
 	}
 	fail("dave")
-	c.add(time.Minute) // the first failure left the window
+	c.Advance(time.Minute) // the first failure left the window
 	if fail("dave") {
 		t.Fatal("a failure outside the window counted")
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"telematics/pkg/clock"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -112,16 +113,17 @@ func (l *Log) Prune(ctx context.Context, r Retention, now time.Time) (int, error
 	return total, nil
 }
 
-// RunRetention enforces r every r.SweepInterval until ctx ends; errors go to log. It returns
-// at once if r sets no bound.
-func (l *Log) RunRetention(ctx context.Context, r Retention, now func() time.Time, log *slog.Logger) {
+// RunRetention enforces r at once and then every r.SweepInterval of clk (nil: the real clock)
+// until ctx ends; errors go to log. It returns at once if r sets no bound.
+func (l *Log) RunRetention(ctx context.Context, r Retention, clk clock.Clock, log *slog.Logger) {
 	if r.MaxAge <= 0 && r.MaxRecords <= 0 {
 		return
 	}
-	t := time.NewTicker(r.SweepInterval)
+	clk = clock.Or(clk)
+	t, tick := clk.NewTicker(r.SweepInterval)
 	defer t.Stop()
 	for {
-		if n, err := l.Prune(ctx, r, now()); err != nil {
+		if n, err := l.Prune(ctx, r, clk.Now()); err != nil {
 			log.Error("audit retention", "err", err)
 		} else if n > 0 {
 			log.Info("audit retention deleted old records", "records", n)
@@ -129,7 +131,7 @@ func (l *Log) RunRetention(ctx context.Context, r Retention, now func() time.Tim
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tick:
 		}
 	}
 }

@@ -43,7 +43,7 @@ func decodeAppRequest(payload []byte) *appRequest {
 // decide runs the checks of PROTOCOL.md's lifecycle in order and answers with the first reason
 // that applies; an accepted command is audited, sent to the car and awaited.
 func (r *Router) decide(req request) {
-	nowMs := r.now().UnixMilli()
+	nowMs := r.clock.Now().UnixMilli()
 	ev := audit.Event{TsMs: nowMs, Kind: audit.KindCommand, User: req.user, ClientID: req.session}
 
 	ar, cmd, err := &req.app.ar, req.app.cmd, req.app.err
@@ -58,7 +58,7 @@ func (r *Router) decide(req request) {
 	// A user whose refusals used up their budget is answered rate_limited before anything
 	// else is looked at, written or remembered: a flood of bad requests costs the gateway a
 	// decode and a reply each, and one audit record a second per user (throttled.go).
-	if !r.refusals.available(req.user, r.now()) {
+	if !r.refusals.available(req.user, r.clock.Now()) {
 		r.throttle(req, ev)
 		return
 	}
@@ -89,7 +89,7 @@ func (r *Router) decide(req request) {
 	}
 	// The user holds an active key of the car whose role allows the action, and the command
 	// carries that key's signature: the same rule the car applies to its own whitelist.
-	_, key, err := whitelist.VerifyCommand(r.keys.Whitelist(cmd.VIN), ar.Command, protocol.ChannelCloud, r.now())
+	_, key, err := whitelist.VerifyCommand(r.keys.Whitelist(cmd.VIN), ar.Command, protocol.ChannelCloud, r.clock.Now())
 	if err == nil && key.User != req.user {
 		err = protocol.Refuse(protocol.ReasonForbidden, "key %s belongs to another user", key.ID)
 	}
@@ -114,7 +114,7 @@ func (r *Router) decide(req request) {
 		}
 		factors = append(factors, f...)
 	}
-	if !r.rate.allow(req.user, r.now()) {
+	if !r.rate.allow(req.user, r.clock.Now()) {
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonRateLimited, "over %v requests per minute", r.cfg.RatePerMinute), true)
 		return
 	}
@@ -145,7 +145,7 @@ func (r *Router) decide(req request) {
 		r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyFailed, Reason: protocol.ReasonInternal, VIN: cmd.VIN, Action: cmd.Action})
 		return
 	}
-	if r.now().UnixMilli() >= cmd.ExpiresAtMs {
+	if r.clock.Now().UnixMilli() >= cmd.ExpiresAtMs {
 		// Deciding took longer than the command lives: never send a stale command.
 		r.terminal(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "expired before it could be sent")
 		return
@@ -155,7 +155,8 @@ func (r *Router) decide(req request) {
 	r.mu.Unlock()
 	r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyAccepted, VIN: cmd.VIN, Action: cmd.Action})
 
-	ctx, cancel := context.WithTimeout(r.ctx, time.Until(time.UnixMilli(cmd.ExpiresAtMs)))
+	// The publish may take until the command expires, by the router's clock.
+	ctx, cancel := context.WithTimeout(r.ctx, r.clock.Until(time.UnixMilli(cmd.ExpiresAtMs)))
 	defer cancel()
 	if err := r.bus.Publish(ctx, protocol.VehicleTopic(cmd.VIN, protocol.SuffixCmd), 1, false, out); err != nil {
 		r.log.Warn("command not delivered to broker", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
@@ -187,7 +188,7 @@ func (r *Router) check(cmd *protocol.Command, nowMs int64) error {
 // refuse audits and answers a rejected request. persistID records the id as used, so a
 // replay of the same request is a duplicate even after a restart.
 func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err error, persistID bool) {
-	r.refusals.allow(req.user, r.now())
+	r.refusals.allow(req.user, r.clock.Now())
 	reason := protocol.ReasonOf(err)
 	ev.Outcome = protocol.ReplyRejected
 	ev.Reason = string(reason)

@@ -12,6 +12,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -67,8 +68,7 @@ func fuzzRouter(f *testing.F, bus mqttc.Client) *Router {
 	if err != nil {
 		f.Fatal(err)
 	}
-	now := time.UnixMilli(1_800_000_000_000)
-	r, err := New(DefaultConfig(), st, lg, bus, nil, nil, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	r, err := New(DefaultConfig(), st, lg, bus, nil, nil, clocktest.New(time.UnixMilli(1_800_000_000_000)), slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
 	}

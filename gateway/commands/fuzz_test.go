@@ -51,7 +51,7 @@ func FuzzAppRequest(f *testing.F) {
 	lg, _ := audit.Open(st.DB())
 	gw, _ := sign.Generate()
 	bus := &replies{}
-	r, err := New(DefaultConfig(), st, lg, bus, noKeys{gw}, nil, time.Now, slog.New(slog.DiscardHandler))
+	r, err := New(DefaultConfig(), st, lg, bus, noKeys{gw}, nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
 	}

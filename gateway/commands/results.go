@@ -38,7 +38,7 @@ func (r *Router) onResult(m mqttc.Message) {
 	}
 	r.mu.Unlock()
 	if !ok {
-		_ = r.audit.Append(audit.Event{TsMs: r.now().UnixMilli(), Kind: audit.KindLate, VIN: vin, CmdID: res.ID,
+		_ = r.audit.Append(audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindLate, VIN: vin, CmdID: res.ID,
 			Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request"})
 		return
 	}
@@ -111,7 +111,7 @@ func (r *Router) terminal(id, user, vin string, action protocol.Action, status s
 
 // terminalReply is terminal with the car's message for the user.
 func (r *Router) terminalReply(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail, message string) {
-	if err := r.audit.Append(audit.Event{TsMs: r.now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
+	if err := r.audit.Append(audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
 		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail}); err != nil {
 		r.log.Error("audit write failed", "cmd_id", id, "err", err)
 	}
@@ -119,10 +119,10 @@ func (r *Router) terminalReply(id, user, vin string, action protocol.Action, sta
 }
 
 // SweepExpired answers "expired" for every request whose car has not answered by its expiry
-// plus the grace period, and forgets ids past their replay horizon. The router calls it
-// periodically; tests call it after moving their clock.
+// plus the grace period, and forgets ids past their replay horizon. The router calls it every
+// sweepInterval of its clock.
 func (r *Router) SweepExpired() {
-	nowMs := r.now().UnixMilli()
+	nowMs := r.clock.Now().UnixMilli()
 	graceMs := r.cfg.ResultGrace.Milliseconds()
 	var expired []string
 	r.mu.Lock()

@@ -13,6 +13,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/pkg/clock"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -71,7 +72,7 @@ type Router struct {
 	bus   mqttc.Client
 	keys  Keys
 	twofa SecondFactor
-	now   func() time.Time
+	clock clock.Clock
 	log   *slog.Logger
 
 	twins *twins
@@ -106,19 +107,18 @@ type request struct {
 	done    chan struct{} // closed once handled; used by tests and by shutdown draining
 }
 
-// New builds a router. twofa may be nil (no second factor is asked for).
+// New builds a router on clk (nil: the real clock): expiry, rate windows and the periodic
+// sweeps all run on it. twofa may be nil (no second factor is asked for).
 func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Keys,
-	twofa SecondFactor, now func() time.Time, logger *slog.Logger) (*Router, error) {
-	if now == nil {
-		now = time.Now
-	}
+	twofa SecondFactor, clk clock.Clock, logger *slog.Logger) (*Router, error) {
+	clk = clock.Or(clk)
 	if cfg.Shards <= 0 {
 		cfg.Shards = 1
 	}
 	if cfg.QueueDepth <= 0 {
 		cfg.QueueDepth = 1
 	}
-	seen, err := st.SeenCommandIDs(now().UnixMilli())
+	seen, err := st.SeenCommandIDs(clk.Now().UnixMilli())
 	if err != nil {
 		return nil, err
 	}
@@ -128,10 +128,10 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Router{
-		cfg: cfg, store: st, audit: log, bus: bus, twofa: twofa, now: now,
+		cfg: cfg, store: st, audit: log, bus: bus, twofa: twofa, clock: clk,
 		log: logger, keys: keys, twins: newTwins(stored), rate: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst),
 		refusals: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst), throttled: throttled{users: map[string]*throttledRun{}},
-		seen: clampSeen(seen, now().UnixMilli()), pending: map[string]*pending{}, stopping: make(chan struct{}),
+		seen: clampSeen(seen, clk.Now().UnixMilli()), pending: map[string]*pending{}, stopping: make(chan struct{}),
 		ctx: ctx, cancel: cancel,
 	}
 	r.shards = make([]chan request, cfg.Shards)
@@ -251,7 +251,7 @@ func (r *Router) work(ch chan request) {
 
 func (r *Router) reply(user string, rep protocol.Reply) {
 	rep.V = protocol.Version
-	rep.TsMs = r.now().UnixMilli()
+	rep.TsMs = r.clock.Now().UnixMilli()
 	b, err := json.Marshal(rep)
 	if err != nil {
 		r.log.Error("marshal reply", "err", err)
@@ -264,29 +264,35 @@ func (r *Router) reply(user string, rep protocol.Reply) {
 	}
 }
 
+// sweepInterval is how often the router answers "expired" for commands whose car did not
+// answer in time (SweepExpired): an expiry is reported at most this late.
+const sweepInterval = 100 * time.Millisecond
+
+// housekeeping runs the router's periodic work on its clock: the expiry sweep, the twin
+// flush and the pruning of remembered command ids.
 func (r *Router) housekeeping() {
 	defer r.wg.Done()
-	sweep := time.NewTicker(100 * time.Millisecond)
+	sweep, sweepC := r.clock.NewTicker(sweepInterval)
 	defer sweep.Stop()
 	flushEvery := r.cfg.TwinFlushInterval
 	if flushEvery <= 0 {
 		flushEvery = time.Second
 	}
-	flush := time.NewTicker(flushEvery)
+	flush, flushC := r.clock.NewTicker(flushEvery)
 	defer flush.Stop()
-	prune := time.NewTicker(time.Minute)
+	prune, pruneC := r.clock.NewTicker(time.Minute)
 	defer prune.Stop()
 	for {
 		select {
 		case <-r.ctx.Done():
 			return
-		case <-sweep.C:
+		case <-sweepC:
 			r.SweepExpired()
 			r.flushThrottled(false)
-		case <-flush.C:
+		case <-flushC:
 			r.flushTwins()
-		case <-prune.C:
-			nowMs := r.now().UnixMilli()
+		case <-pruneC:
+			nowMs := r.clock.Now().UnixMilli()
 			if _, err := r.store.PruneCommandIDs(nowMs, nowMs+maxRememberMs); err != nil {
 				r.log.Warn("prune command ids", "err", err)
 			}

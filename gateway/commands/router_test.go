@@ -40,7 +40,7 @@ func TestSubmitWhileClosing(t *testing.T) {
 			// One short queue: submitters wait for room in it while Close begins. No rate
 			// limit: every request is judged on its own.
 			cfg := Config{Shards: 1, QueueDepth: 1, ResultGrace: time.Second}
-			r, err := New(cfg, st, lg, bus, noKeys{gw}, nil, time.Now, slog.New(slog.DiscardHandler))
+			r, err := New(cfg, st, lg, bus, noKeys{gw}, nil, nil, slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -33,7 +33,7 @@ type throttledRun struct {
 // throttle answers a request refused for an exhausted refusal budget: rate_limited, nothing
 // remembered, and counted towards the user's next summary record.
 func (r *Router) throttle(req request, ev audit.Event) {
-	nowMs := r.now().UnixMilli()
+	nowMs := r.clock.Now().UnixMilli()
 	r.throttled.mu.Lock()
 	run := r.throttled.users[req.user]
 	if run == nil {
@@ -57,7 +57,7 @@ func (r *Router) throttle(req request, ev audit.Event) {
 // flushThrottled writes the summary records that are due (all of them when all is set, at
 // shutdown) and forgets users who have been quiet for a minute.
 func (r *Router) flushThrottled(all bool) {
-	nowMs := r.now().UnixMilli()
+	nowMs := r.clock.Now().UnixMilli()
 	type due struct {
 		user string
 		n    int

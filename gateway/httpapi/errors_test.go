@@ -152,7 +152,7 @@ func TestAppTokenRefusedOnceExpired(t *testing.T) {
 		s.ExpiresAtMs != f.clock.Now().Add(appTTL).UnixMilli() {
 		t.Fatalf("session: %+v %v", s, err)
 	}
-	f.clock.Add(appTTL + 1)
+	f.clock.Advance(appTTL + 1)
 	_, err := c.Session(ctx)
 	wantError(t, err, 401, protocol.ReasonUnauthenticated)
 }

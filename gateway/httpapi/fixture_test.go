@@ -21,6 +21,7 @@ import (
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
 	"telematics/pkg/api"
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -43,19 +44,6 @@ const (
 
 // cheap password hashing: the tests check the logic, not argon2id's cost.
 var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
-
-// clock is a settable clock for the API, the 2FA service, the key registry and the tokens.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // twins is the live twin: what the router would have from the cars' telemetry.
 type twins struct {
@@ -115,7 +103,7 @@ type fixture struct {
 	api    *API
 	srv    *httptest.Server
 	admin  *api.Client
-	clock  *clock
+	clock  *clocktest.Fake // for the API, the 2FA service, the key registry and the tokens
 	twins  *twins
 	signer *sign.Signer
 
@@ -128,9 +116,9 @@ type fixture struct {
 // newFixture starts an API with 2FA off; configure (may be nil) changes it before it serves.
 func newFixture(t *testing.T, configure func(*API, *twofa.Policy)) *fixture {
 	t.Helper()
-	f := &fixture{t: t, clock: &clock{t: time.UnixMilli(1_800_000_000_000)}, twins: &twins{m: map[string]store.Twin{}},
+	f := &fixture{t: t, clock: clocktest.New(time.UnixMilli(1_800_000_000_000)), twins: &twins{m: map[string]store.Twin{}},
 		retired: map[string]string{}}
-	now := f.clock.Now
+	now := f.clock
 	log := slog.New(slog.DiscardHandler)
 
 	st, err := store.Open(filepath.Join(t.TempDir(), "gateway.db"))
@@ -152,7 +140,7 @@ func newFixture(t *testing.T, configure func(*API, *twofa.Policy)) *fixture {
 	a := &API{
 		Store: st, Audit: al, Issuer: token.NewIssuer(f.signer, now), GatewayKey: f.signer,
 		Verifier: token.NewVerifier(now, f.signer.Public()), Twins: f.twins,
-		AdminToken: adminToken, Now: now, Log: log, BrokerURL: brokerURL,
+		AdminToken: adminToken, Clock: now, Log: log, BrokerURL: brokerURL,
 		AppTokenTTL: appTTL, VehicleTokenTTL: 24 * time.Hour, PasswordParams: cheap,
 		Lockout: accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, now),
 	}

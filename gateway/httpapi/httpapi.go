@@ -19,6 +19,7 @@ import (
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
 	"telematics/pkg/api"
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -58,8 +59,9 @@ type API struct {
 	Keys        *keys.Service
 	AdminToken  string
 	AllowRemote bool
-	Now         func() time.Time
-	Log         *slog.Logger
+	// Clock tells the time for tokens, audit records and login limits (nil: the real clock).
+	Clock clock.Clock
+	Log   *slog.Logger
 	// BrokerURL is what apps are told to connect to.
 	BrokerURL       string
 	AppTokenTTL     time.Duration

@@ -154,9 +154,9 @@ func (a *API) loginLimits() *addrLimiter {
 
 func (a *API) initLogin() {
 	if a.Lockout == nil {
-		a.Lockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, a.Now)
+		a.Lockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, a.Clock)
 	}
-	a.perAddr = newAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Now)
+	a.perAddr = newAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Clock)
 	// Made now, so the first login with an unknown name costs one hash like any other.
 	a.dummyHash()
 }

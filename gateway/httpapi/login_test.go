@@ -100,7 +100,7 @@ func TestLoginLockoutAndDisabled(t *testing.T) {
 	if evs := f.audit(audit.Filter{Kind: audit.KindLogin, Limit: 1}); evs[0].Detail != "password=unchecked" {
 		t.Fatalf("a locked-out login checked the password: %+v", evs[0])
 	}
-	f.clock.Add(15*time.Minute + time.Second)
+	f.clock.Advance(15*time.Minute + time.Second)
 	f.login("alice")
 
 	if _, err := f.admin.UserAction(ctx, "bob", "disable"); err != nil {
@@ -139,7 +139,7 @@ func TestLoginPerAddressLimit(t *testing.T) {
 	if after := len(f.audit(audit.Filter{})); after != before {
 		t.Fatalf("rate-limited logins were audited: %d records, were %d", after, before)
 	}
-	f.clock.Add(time.Minute) // one attempt back
+	f.clock.Advance(time.Minute) // one attempt back
 	f.login("alice")
 }
 

@@ -3,7 +3,8 @@ package httpapi
 import (
 	"net"
 	"sync"
-	"time"
+
+	"telematics/pkg/clock"
 )
 
 // maxTrackedAddrs bounds the client addresses the login limiter remembers (about 100 bytes
@@ -17,7 +18,7 @@ const maxTrackedAddrs = 1 << 16
 type addrLimiter struct {
 	perMs float64 // tokens added per millisecond
 	burst float64
-	now   func() time.Time
+	clock clock.Clock
 
 	mu        sync.Mutex
 	buckets   map[string]*addrBucket
@@ -29,13 +30,13 @@ type addrBucket struct {
 	atMs   int64
 }
 
-// newAddrLimiter returns a limiter of perMinute tokens a minute up to burst; nil (no limit)
-// when perMinute is 0.
-func newAddrLimiter(perMinute float64, burst int, now func() time.Time) *addrLimiter {
+// newAddrLimiter returns a limiter of perMinute tokens a minute up to burst, on clk (nil: the
+// real clock); nil (no limit) when perMinute is 0.
+func newAddrLimiter(perMinute float64, burst int, clk clock.Clock) *addrLimiter {
 	if perMinute <= 0 {
 		return nil
 	}
-	return &addrLimiter{perMs: perMinute / 60_000, burst: float64(max(burst, 1)), now: now,
+	return &addrLimiter{perMs: perMinute / 60_000, burst: float64(max(burst, 1)), clock: clock.Or(clk),
 		buckets: map[string]*addrBucket{}}
 }
 
@@ -45,7 +46,7 @@ func (l *addrLimiter) take(addr string) bool {
 		return true
 	}
 	key := addrKey(addr)
-	nowMs := l.now().UnixMilli()
+	nowMs := l.clock.Now().UnixMilli()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.buckets[key]

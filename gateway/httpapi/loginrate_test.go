@@ -3,11 +3,13 @@ package httpapi
 import (
 	"testing"
 	"time"
+
+	"telematics/pkg/clock/clocktest"
 )
 
 func TestAddrLimiter(t *testing.T) {
-	now := time.Unix(1_700_000_000, 0)
-	l := newAddrLimiter(6, 2, func() time.Time { return now }) // one token per 10 s
+	clk := clocktest.New(time.Unix(1_700_000_000, 0))
+	l := newAddrLimiter(6, 2, clk) // one token per 10 s
 	if !l.take("192.0.2.1") || !l.take("192.0.2.1") || l.take("192.0.2.1") {
 		t.Fatal("burst of 2 not enforced")
 	}
@@ -18,7 +20,7 @@ func TestAddrLimiter(t *testing.T) {
 	if !l.take("192.0.2.1") {
 		t.Fatal("a refunded token is not given back")
 	}
-	now = now.Add(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	if !l.take("192.0.2.1") || l.take("192.0.2.1") {
 		t.Fatal("refill: one token per 10 s")
 	}
@@ -29,7 +31,7 @@ func TestAddrLimiter(t *testing.T) {
 	if !l.take("2001:db8:0:1::1") {
 		t.Fatal("another /64 is limited")
 	}
-	if newAddrLimiter(0, 5, time.Now) != nil || !(*addrLimiter)(nil).take("x") {
+	if newAddrLimiter(0, 5, nil) != nil || !(*addrLimiter)(nil).take("x") {
 		t.Fatal("rate 0 must turn the limit off")
 	}
 }

@@ -22,7 +22,7 @@ func (s *Service) OnAck(m mqttc.Message) {
 		s.log.Warn("malformed whitelist ack", "vin", vin)
 		return
 	}
-	nowMs := s.now().UnixMilli()
+	nowMs := s.clk.Now().UnixMilli()
 	var r record
 	updated, adopted, retired := false, false, ""
 	rotating, curKID := s.ring.Previous() != nil, s.ring.Current().KID()

@@ -116,7 +116,7 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 			return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "channel %q is not cloud or local", c)
 		}
 	}
-	if r.NotAfterMs != 0 && r.NotAfterMs <= s.now().UnixMilli() {
+	if r.NotAfterMs != 0 && r.NotAfterMs <= s.clk.Now().UnixMilli() {
 		return Share{}, protocol.Refuse(protocol.ReasonBadRequest, "not_after lies in the past")
 	}
 	if r.User == owner {

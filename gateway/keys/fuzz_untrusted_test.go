@@ -10,6 +10,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -52,8 +53,7 @@ func fuzzRegistry(f *testing.F) (*Service, *audit.Log) {
 		f.Fatal(err)
 	}
 	gk, _ := sign.Generate()
-	now := time.UnixMilli(1_800_000_000_000)
-	svc, err := New(st, fuzzRing{gk}, fuzzBus{}, fuzzNoFactor{}, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	svc, err := New(st, fuzzRing{gk}, fuzzBus{}, fuzzNoFactor{}, clocktest.New(time.UnixMilli(1_800_000_000_000)), slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func (s *Service) OnEvent(m mqttc.Message) {
 		if jb.Get(k) != nil {
 			return nil
 		}
-		nowMs := s.now().UnixMilli()
+		nowMs := s.clk.Now().UnixMilli()
 		if err := pruneJournalTx(jb, vin, nowMs-journalMarkerTTL.Milliseconds()); err != nil {
 			return err
 		}

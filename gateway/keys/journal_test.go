@@ -39,7 +39,7 @@ func TestJournalMarkersDoNotGrowForever(t *testing.T) {
 	f := newFixture(t)
 	file := func(seq uint64) {
 		ev := protocol.VehicleEvent{V: 1, VIN: vin, Seq: seq, Kind: protocol.EventLocalCommand, User: "mallory", Action: "unlock",
-			Status: "rejected", Reason: protocol.ReasonKeyUnknown, TsMs: f.now.UnixMilli()}
+			Status: "rejected", Reason: protocol.ReasonKeyUnknown, TsMs: f.clk.Now().UnixMilli()}
 		b, _ := json.Marshal(ev)
 		f.svc.OnEvent(mqttc.Message{Topic: "v/" + vin + "/events", Payload: b})
 	}
@@ -57,7 +57,7 @@ func TestJournalMarkersDoNotGrowForever(t *testing.T) {
 			seq++
 			file(seq)
 		}
-		f.now = f.now.Add(24 * time.Hour)
+		f.clk.Advance(24 * time.Hour)
 	}
 	// About a week of markers stays (plus one batch not yet worked off), not 30 days'.
 	if n, most := markers(), (int(journalMarkerTTL/(24*time.Hour))+1)*perDay+journalPruneBatch; n > most {

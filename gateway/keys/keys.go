@@ -12,12 +12,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
+	"telematics/pkg/clock"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -57,7 +57,7 @@ type Service struct {
 	ring KeyRing
 	bus  mqttc.Client
 	tfa  SecondFactor
-	now  func() time.Time
+	clk  clock.Clock
 	log  *slog.Logger
 	// carMu serializes the key changes of one car and their publication (striped by VIN), so
 	// its versions rise without gaps and the retained whitelist on the broker is always its
@@ -72,9 +72,10 @@ type Service struct {
 	CredentialsRetired func(vin, jti string)
 }
 
-// New opens the registry's buckets and loads every car's current whitelist.
-func New(st *store.Store, ring KeyRing, bus mqttc.Client, tfa SecondFactor, now func() time.Time, log *slog.Logger) (*Service, error) {
-	s := &Service{db: st.DB(), st: st, ring: ring, bus: bus, tfa: tfa, now: now, log: log,
+// New opens the registry's buckets and loads every car's current whitelist. clk tells the
+// time of versions, journal markers and share expiry (nil: the real clock).
+func New(st *store.Store, ring KeyRing, bus mqttc.Client, tfa SecondFactor, clk clock.Clock, log *slog.Logger) (*Service, error) {
+	s := &Service{db: st.DB(), st: st, ring: ring, bus: bus, tfa: tfa, clk: clock.Or(clk), log: log,
 		cache: map[string]*protocol.Whitelist{}, recs: map[string]record{}}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketKeys, bucketShares, bucketWhitelists, bucketJournal} {

@@ -14,6 +14,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -63,7 +64,7 @@ type fixture struct {
 	svc  *Service
 	bus  *recorder
 	ring *ring
-	now  time.Time
+	clk  *clocktest.Fake
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -77,8 +78,8 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	gk, _ := sign.Generate()
-	f := &fixture{t: t, st: st, bus: &recorder{}, ring: &ring{cur: gk}, now: time.UnixMilli(1_800_000_000_000)}
-	f.svc, err = New(st, f.ring, f.bus, codeFactor{}, func() time.Time { return f.now }, slog.New(slog.DiscardHandler))
+	f := &fixture{t: t, st: st, bus: &recorder{}, ring: &ring{cur: gk}, clk: clocktest.New(time.UnixMilli(1_800_000_000_000))}
+	f.svc, err = New(st, f.ring, f.bus, codeFactor{}, f.clk, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +147,7 @@ func TestPairShareRevoke(t *testing.T) {
 	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleValet, TOTP: "000000"}); reasonOf(err) != protocol.ReasonTOTPInvalid {
 		t.Fatalf("share with wrong code: %v", err)
 	}
-	until := f.now.Add(24 * time.Hour).UnixMilli()
+	until := f.clk.Now().Add(24 * time.Hour).UnixMilli()
 	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleValet, NotAfterMs: until, Channels: []string{"local"}, TOTP: "123456"}); err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +241,7 @@ func TestReshareReachesPairedKeys(t *testing.T) {
 		t.Fatalf("driver's key: %+v %v", bk, err)
 	}
 	before := f.svc.Status(vin).Version
-	until := f.now.Add(24 * time.Hour).UnixMilli()
+	until := f.clk.Now().Add(24 * time.Hour).UnixMilli()
 	if _, err := f.svc.Share(ctx, "alice", "s1", ShareRequest{VIN: vin, User: "bob", Role: protocol.RoleValet, NotAfterMs: until, Channels: []string{protocol.ChannelLocal}, TOTP: "123456"}); err != nil {
 		t.Fatal(err)
 	}

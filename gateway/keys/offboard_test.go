@@ -235,11 +235,11 @@ func TestAdminRoleChangeRewritesKeys(t *testing.T) {
 	if k, _ := wl.Find(bk.ID); k.Role != protocol.RoleValet || wl.Version != before+1 {
 		t.Fatalf("published: version %d, bob's key %+v", wl.Version, k)
 	}
-	climate := signedCommand(t, signer, bk.ID, protocol.ActionClimateOn, f.now)
-	if _, _, err := whitelist.VerifyCommand(wl, climate, protocol.ChannelCloud, f.now); reasonOf(err) != protocol.ReasonForbidden {
+	climate := signedCommand(t, signer, bk.ID, protocol.ActionClimateOn, f.clk.Now())
+	if _, _, err := whitelist.VerifyCommand(wl, climate, protocol.ChannelCloud, f.clk.Now()); reasonOf(err) != protocol.ReasonForbidden {
 		t.Fatalf("climate_on from a valet: %v", err)
 	}
-	if _, _, err := whitelist.VerifyCommand(wl, signedCommand(t, signer, bk.ID, protocol.ActionUnlock, f.now), protocol.ChannelCloud, f.now); err != nil {
+	if _, _, err := whitelist.VerifyCommand(wl, signedCommand(t, signer, bk.ID, protocol.ActionUnlock, f.clk.Now()), protocol.ChannelCloud, f.clk.Now()); err != nil {
 		t.Fatalf("unlock from a valet: %v", err)
 	}
 	if f.role("bob") != protocol.RoleValet {

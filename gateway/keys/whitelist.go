@@ -67,7 +67,7 @@ func (s *Service) changeWith(ctx context.Context, vin string, mutate func(tx *bo
 	mu := s.carLock(vin)
 	mu.Lock()
 	defer mu.Unlock()
-	nowMs := s.now().UnixMilli()
+	nowMs := s.clk.Now().UnixMilli()
 	var env protocol.Envelope
 	var wl protocol.Whitelist
 	var rec record

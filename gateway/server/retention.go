@@ -9,7 +9,7 @@ func (g *Gateway) startRetention() {
 	g.retentionStop, g.retentionDone = cancel, done
 	go func() {
 		defer close(done)
-		g.audit.RunRetention(ctx, g.cfg.Audit.Retention, g.now, g.log.With("component", "audit"))
+		g.audit.RunRetention(ctx, g.cfg.Audit.Retention, g.clock, g.log.With("component", "audit"))
 	}()
 }
 

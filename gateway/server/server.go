@@ -30,6 +30,7 @@ import (
 	"telematics/gateway/twofa"
 	"telematics/pkg/api"
 	"telematics/pkg/broker"
+	"telematics/pkg/clock"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -46,9 +47,9 @@ const (
 
 // Gateway is one running gateway.
 type Gateway struct {
-	cfg Config
-	log *slog.Logger
-	now func() time.Time
+	cfg   Config
+	log   *slog.Logger
+	clock clock.Clock
 
 	store  *store.Store
 	audit  *audit.Log
@@ -87,7 +88,8 @@ type Gateway struct {
 // Options are what tests and the demo may change beyond Config.
 type Options struct {
 	Logger *slog.Logger
-	Now    func() time.Time
+	// Clock is the time every part of the gateway runs on (nil: the real clock).
+	Clock clock.Clock
 	// PasswordParams lets tests use cheap argon2id parameters.
 	PasswordParams *accounts.Params
 }
@@ -98,12 +100,9 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, httpDone: make(chan error, 1)}
+	g := &Gateway{cfg: cfg, log: o.Logger, clock: clock.Or(o.Clock), httpDone: make(chan error, 1)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
-	}
-	if g.now == nil {
-		g.now = time.Now
 	}
 	var made *footprint
 	defer func() {
@@ -130,7 +129,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err := g.loadKeys(); err != nil {
 		return nil, err
 	}
-	g.issuer = token.NewIssuer(g.signer, g.now)
+	g.issuer = token.NewIssuer(g.signer, g.clock)
 
 	if err := g.loadVehicleTokens(); err != nil {
 		return nil, err
@@ -152,13 +151,13 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		g.broker.OnAppSessionEnd(g.twofa.EndSession)
 	}
 	g.keysMu.Lock()
-	g.keys, err = keys.New(g.store, g.ring, g.bus, keyChangeFactor{g.twofa}, g.now, g.log.With("component", "keys"))
+	g.keys, err = keys.New(g.store, g.ring, g.bus, keyChangeFactor{g.twofa}, g.clock, g.log.With("component", "keys"))
 	g.keysMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
 	g.keys.CredentialsRetired = g.retireVehicleToken // a decommissioned car's, once it has its empty whitelist
-	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, activeUsers{g.store, secondFactor{g.twofa}}, g.now, g.log); err != nil {
+	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, activeUsers{g.store, secondFactor{g.twofa}}, g.clock, g.log); err != nil {
 		return nil, err
 	}
 	if err := g.router.Subscribe(ctx); err != nil {
@@ -184,16 +183,16 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	g.api = &httpapi.API{
 		Store: g.store, Audit: g.audit, Issuer: g.issuer, GatewayKey: g.signer,
 		Twins:      g.router,
-		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Now: g.now, Log: g.log,
+		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Clock: g.clock, Log: g.log,
 		BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
 		VehicleTokenTTL: cfg.VehicleTokenTTL, PasswordParams: params,
 		Hashes: accounts.NewGate(cfg.PasswordHashConcurrency, cfg.PasswordHashWait),
 		Guard:  httpapi.TwoFactorGuard{Svc: g.twofa},
 		// The password lockout counts with the 2FA policy's numbers, apart from its lockout.
-		Lockout:            accounts.NewLockout(cfg.TwoFA.MaxFailures, cfg.TwoFA.FailureWindow, cfg.TwoFA.LockoutDuration, g.now),
+		Lockout:            accounts.NewLockout(cfg.TwoFA.MaxFailures, cfg.TwoFA.FailureWindow, cfg.TwoFA.LockoutDuration, g.clock),
 		LoginRatePerMinute: cfg.Login.PerIPRatePerMinute, LoginBurst: cfg.Login.PerIPBurst,
 	}
-	g.api.Verifier = token.NewVerifier(g.now, g.ring.publicKeys()...)
+	g.api.Verifier = token.NewVerifier(g.clock, g.ring.publicKeys()...)
 	g.api.TwoFA = g.twofa
 	g.api.Keys = g.keys
 	g.api.Hooks = httpapi.Hooks{
@@ -258,7 +257,7 @@ func (g *Gateway) publishCarTokens(ctx context.Context, bus mqttc.Client, vins .
 	}
 	g.tokensMu.RUnlock()
 	for _, ct := range cts {
-		ct.IssuedAtMs = g.now().UnixMilli()
+		ct.IssuedAtMs = g.clock.Now().UnixMilli()
 		env, err := g.signer.Seal(ct)
 		if err != nil {
 			g.log.Error("sign a car token", "vin", ct.VIN, "err", err)

@@ -51,7 +51,7 @@ func (g *Gateway) openTwoFA() (*twofa.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TOTP sealing key: %w", err)
 	}
-	svc, err := twofa.New(g.store.DB(), key, g.cfg.TwoFA, g.now, twofaAuditor{g.audit})
+	svc, err := twofa.New(g.store.DB(), key, g.cfg.TwoFA, g.clock, twofaAuditor{g.audit})
 	if err != nil {
 		return nil, err
 	}

@@ -4,31 +4,19 @@ import (
 	"errors"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pquerna/otp/totp"
 	bolt "go.etcd.io/bbolt"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 )
 
 // t0 is the tests' epoch: 10 s into a time step, so that ±seconds never cross a step by
 // accident.
 var t0 = time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
-
-// fakeClock is the injected clock; tests move it, they never sleep.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newClock(t time.Time) *fakeClock {
-	c := &fakeClock{}
-	c.Set(t)
-	return c
-}
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
-func (c *fakeClock) Set(t time.Time)         { c.ns.Store(t.UnixNano()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // recorder is an Auditor that keeps every event.
 type recorder struct {
@@ -76,7 +64,7 @@ func openDB(t testing.TB, path string) *bolt.DB {
 
 type fixture struct {
 	s     *Service
-	clock *fakeClock
+	clock *clocktest.Fake
 	audit *recorder
 	db    *bolt.DB
 	path  string
@@ -88,9 +76,9 @@ func newFixture(t testing.TB, mutate ...func(*Policy)) *fixture {
 	for _, m := range mutate {
 		m(&p)
 	}
-	f := &fixture{clock: newClock(t0), audit: &recorder{}, path: filepath.Join(t.TempDir(), "gateway.db")}
+	f := &fixture{clock: clocktest.New(t0), audit: &recorder{}, path: filepath.Join(t.TempDir(), "gateway.db")}
 	f.db = openDB(t, f.path)
-	s, err := New(f.db, testKey, p, f.clock.Now, f.audit)
+	s, err := New(f.db, testKey, p, f.clock, f.audit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +93,7 @@ func (f *fixture) reopen(t testing.TB) {
 		t.Fatal(err)
 	}
 	f.db = openDB(t, f.path)
-	s, err := New(f.db, testKey, f.s.Policy(), f.clock.Now, f.audit)
+	s, err := New(f.db, testKey, f.s.Policy(), f.clock, f.audit)
 	if err != nil {
 		t.Fatal(err)
 	}

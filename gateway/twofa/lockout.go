@@ -27,7 +27,7 @@ func (s *Service) RecordFailure(user, clientID, factor string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
-	o, err := s.write(user, clientID, s.now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, factor)
 		if err != nil || locked {
 			return err
@@ -50,7 +50,7 @@ func (s *Service) CheckLocked(user string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
-	now := s.now()
+	now := s.clock.Now()
 	var until int64
 	err := s.db.View(func(tx *bolt.Tx) error {
 		lr, err := getLock(tx, user)
@@ -77,7 +77,7 @@ func (s *Service) ClearLockout(user, actor string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
-	_, err := s.write(user, actor, s.now(), func(tx *bolt.Tx, o *op) error {
+	_, err := s.write(user, actor, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
 		if err := tx.Bucket(bucketLockout).Delete([]byte(user)); err != nil {
 			return err
 		}

@@ -168,7 +168,7 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 	if !st.Enrolled {
 		return Decision{}, refuse(ErrEnrollmentRequired, "user %q, action %q", user, truncate(action))
 	}
-	if s.elevated(user, clientID, s.now()) {
+	if s.elevated(user, clientID, s.clock.Now()) {
 		return Decision{Factors: []string{FactorStepUp}}, nil
 	}
 	return Decision{}, refuse(ErrCodeRequired, "user %q, action %q", user, truncate(action))

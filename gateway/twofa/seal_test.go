@@ -152,7 +152,7 @@ func TestTxAuditor(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	a := &txAuditor{}
-	s, err := New(f.db, testKey, DefaultPolicy(), f.clock.Now, a)
+	s, err := New(f.db, testKey, DefaultPolicy(), f.clock, a)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,7 +101,7 @@ func (s *Service) verify(user, clientID, action, factor, code string) (*op, erro
 		return nil, err
 	}
 	code = cleanCode(code)
-	o, err := s.writeAction(user, clientID, action, s.now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.writeAction(user, clientID, action, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
 		rec, ok, err := s.verifyTx(tx, o, factor, code)
 		if err != nil || !ok {
 			return err
@@ -223,7 +223,7 @@ func (s *Service) Enroll(user, clientID, proof string) (Enrollment, error) {
 		return Enrollment{}, err
 	}
 	proof = cleanCode(proof)
-	o, err := s.write(user, clientID, s.now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, factorOf(proof))
 		if err != nil || locked {
 			return err
@@ -279,7 +279,7 @@ func (s *Service) Confirm(user, clientID, code string) (recoveryCodes []string, 
 		return nil, err
 	}
 	code = cleanCode(code)
-	o, err := s.write(user, clientID, s.now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, FactorTOTP)
 		if err != nil || locked {
 			return err
@@ -330,7 +330,7 @@ func (s *Service) Disable(user, clientID, proof string) error {
 		return err
 	}
 	proof = cleanCode(proof)
-	o, err := s.write(user, clientID, s.now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, factorOf(proof))
 		if err != nil || locked {
 			return err
@@ -373,7 +373,7 @@ func (s *Service) Reset(user, actor string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
-	o, err := s.write(user, actor, s.now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, actor, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
 		rec, err := getTOTP(tx, user)
 		if err != nil {
 			// A record this build cannot read is exactly what an administrator may need to
@@ -411,7 +411,7 @@ func (s *Service) Status(user string) (Status, error) {
 	if err := checkUser(user); err != nil {
 		return Status{}, err
 	}
-	now := s.now()
+	now := s.clock.Now()
 	var st Status
 	err := s.db.View(func(tx *bolt.Tx) error {
 		rec, err := getTOTP(tx, user)

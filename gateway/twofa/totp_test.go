@@ -446,7 +446,7 @@ func TestOathtool(t *testing.T) {
 		// stalls for more than 30 s.
 		p := DefaultPolicy()
 		db := openDB(t, t.TempDir()+"/real.db")
-		s, err := New(db, testKey, p, time.Now, nil)
+		s, err := New(db, testKey, p, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 )
 
@@ -73,7 +74,7 @@ type Service struct {
 	aead    cipher.AEAD
 	policy  Policy
 	actions map[string]bool // actions that need a second factor
-	now     func() time.Time
+	clock   clock.Clock
 	audit   Auditor
 	txAudit TxAuditor // non-nil when audit is one
 
@@ -87,20 +88,17 @@ type Service struct {
 type session struct{ user, clientID string }
 
 // New opens the 2FA state in db, creating its buckets, with key (32 bytes, see
-// LoadOrCreateKey and ParseKey) sealing the TOTP secrets. now is the clock (nil: time.Now);
+// LoadOrCreateKey and ParseKey) sealing the TOTP secrets, on clk (nil: the real clock);
 // audit receives every 2FA event (nil: discarded). The first New on a database records a
 // check value sealed with key; a later New with another key fails instead of silently failing
 // every user's verification.
-func New(db *bolt.DB, key []byte, policy Policy, now func() time.Time, audit Auditor) (*Service, error) {
+func New(db *bolt.DB, key []byte, policy Policy, clk clock.Clock, audit Auditor) (*Service, error) {
 	if err := policy.Validate(); err != nil {
 		return nil, fmt.Errorf("2fa policy: %w", err)
 	}
 	aead, err := newAEAD(key)
 	if err != nil {
 		return nil, err
-	}
-	if now == nil {
-		now = time.Now
 	}
 	if audit == nil {
 		audit = discardAuditor{}
@@ -110,7 +108,7 @@ func New(db *bolt.DB, key []byte, policy Policy, now func() time.Time, audit Aud
 		aead:    aead,
 		policy:  policy.clone(),
 		actions: make(map[string]bool, len(policy.Actions)),
-		now:     now,
+		clock:   clock.Or(clk),
 		audit:   audit,
 		stepUp:  make(map[session]time.Time),
 	}

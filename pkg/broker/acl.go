@@ -4,10 +4,10 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 )
 
@@ -27,8 +27,8 @@ import (
 type ACL struct {
 	// MaxTopicBytes bounds topics and filters; 0 means DefaultMaxTopicBytes.
 	MaxTopicBytes int
-	// Now is the clock that decides token expiry; nil means time.Now.
-	Now func() time.Time
+	// Clock decides token expiry; nil means the real clock.
+	Clock clock.Clock
 }
 
 // Allow reports whether id may publish to topic (write) or subscribe to the filter topic and
@@ -43,11 +43,7 @@ func (a ACL) Allow(id Identity, topic string, write bool) bool {
 	if topic == "" || len(topic) > maxBytes || strings.IndexByte(topic, 0) >= 0 {
 		return false
 	}
-	now := time.Now
-	if a.Now != nil {
-		now = a.Now
-	}
-	if !now().Before(id.ExpiresAt) {
+	if !clock.Or(a.Clock).Now().Before(id.ExpiresAt) {
 		return false // an expired token grants nothing: reconnect with a fresh one
 	}
 

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 )
 
@@ -12,7 +13,7 @@ import (
 // a car receiving its command, the gateway's wildcard and shared subscriptions, and a denial.
 func BenchmarkACLAllow(b *testing.B) {
 	now := time.Unix(1_700_000_000, 0)
-	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: func() time.Time { return now }}
+	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: clocktest.New(now)}
 	valid := now.Add(time.Hour)
 	car := Identity{Role: protocol.RoleVehicle, Subject: vinA, ExpiresAt: valid}
 	gw := Identity{Role: protocol.RoleGateway, Subject: gwSub, ExpiresAt: valid}

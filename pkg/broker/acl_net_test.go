@@ -51,7 +51,7 @@ func connectMatrix(t *testing.T, f *fixture) []*netIdentity {
 func TestACLNetworkSubscribe(t *testing.T) {
 	t.Parallel()
 	f := startBroker(t, nil)
-	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}
+	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: f.clock}
 	var filters []string
 	for _, s := range aclUniverse() {
 		// Filters paho or mochi reject as malformed before the ACL sees them are covered
@@ -80,7 +80,7 @@ func TestACLNetworkSubscribe(t *testing.T) {
 func TestACLNetworkDelivery(t *testing.T) {
 	t.Parallel()
 	f := startBroker(t, nil)
-	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}
+	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: f.clock}
 	ids := connectMatrix(t, f)
 	gw := ids[4]
 
@@ -303,7 +303,7 @@ func TestExpiredTokenDeniedEverything(t *testing.T) {
 	if !ok {
 		t.Fatal("car not connected")
 	}
-	hook := NewACLHook(ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: f.clock.Now}, f.b.Auth())
+	hook := NewACLHook(ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: f.clock}, f.b.Auth())
 	if hook.OnACLCheck(cl, "v/"+vinA+"/cmd", false) {
 		t.Error("delivery of v/A/cmd to an expired car allowed")
 	}

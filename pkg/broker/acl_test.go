@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 )
 
@@ -51,7 +52,7 @@ func TestACLMatrix(t *testing.T) {
 	t.Parallel()
 	now := time.Unix(1_700_000_000, 0)
 	valid := now.Add(time.Hour)
-	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Now: func() time.Time { return now }}
+	acl := ACL{MaxTopicBytes: DefaultMaxTopicBytes, Clock: clocktest.New(now)}
 
 	vehicle := func(vin string) (pub, sub []string) {
 		for _, s := range []string{"telemetry", "status", "result", "keys/ack", "events"} {

@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/mochi-mqtt/server/v2/system"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 	"telematics/pkg/token"
 )
@@ -68,7 +69,7 @@ type AuthHook struct {
 	verifier       *token.Verifier
 	acl            ACL
 	maxAppSessions int
-	now            func() time.Time
+	clock          clock.Clock
 
 	mu      sync.RWMutex
 	clients map[*mqtt.Client]Identity // keyed by client, not id: a takeover is a new client
@@ -88,15 +89,11 @@ type AuthHook struct {
 // NewAuthHook returns the hook. acl checks will topics and supplies the clock; maxAppSessions
 // bounds the live sessions per app user.
 func NewAuthHook(v *token.Verifier, acl ACL, maxAppSessions int) *AuthHook {
-	now := acl.Now
-	if now == nil {
-		now = time.Now
-	}
 	return &AuthHook{
 		verifier:       v,
 		acl:            acl,
 		maxAppSessions: maxAppSessions,
-		now:            now,
+		clock:          clock.Or(acl.Clock),
 		clients:        map[*mqtt.Client]Identity{},
 		apps:           map[string]map[*mqtt.Client]struct{}{},
 		offline:        map[string]*mqtt.Client{},
@@ -242,7 +239,7 @@ func (h *AuthHook) OnClientExpired(cl *mqtt.Client) {
 // OnSysInfoTick runs on mochi's event loop about once a second; every sweepInterval it drops
 // the identities of clients whose connection is closed but whose OnDisconnect never came.
 func (h *AuthHook) OnSysInfoTick(_ *system.Info) {
-	now := h.now()
+	now := h.clock.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if now.Sub(h.lastSweep) < sweepInterval {

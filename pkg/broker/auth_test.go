@@ -12,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/internal/testutil"
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -40,11 +41,11 @@ func TestAuthConnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherTok, _, err := token.NewIssuer(other, f.clock.Now).Issue(vinA, protocol.RoleVehicle, time.Hour)
+	otherTok, _, err := token.NewIssuer(other, f.clock).Issue(vinA, protocol.RoleVehicle, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	past := func() time.Time { return f.clock.Now().Add(-2 * time.Hour) }
+	past := clocktest.New(f.clock.Now().Add(-2 * time.Hour))
 	expiredTok, _, err := token.NewIssuer(f.signer, past).Issue(vinA, protocol.RoleVehicle, time.Hour)
 	if err != nil {
 		t.Fatal(err)

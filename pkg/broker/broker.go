@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/token"
 )
@@ -34,7 +35,7 @@ type Broker struct {
 	log    *slog.Logger
 	server *mqtt.Server
 	auth   *AuthHook
-	now    func() time.Time
+	clock  clock.Clock
 	tcp    *tcpListener // nil when MQTTAddr is empty
 	ws     *wsListener  // nil when WSAddr is empty
 
@@ -49,10 +50,10 @@ type Broker struct {
 
 // New builds a broker that trusts tokens signed by any of keys. It binds nothing until Start.
 func New(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger) (*Broker, error) {
-	return newBroker(cfg, keys, logger, time.Now)
+	return newBroker(cfg, keys, logger, nil)
 }
 
-func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now func() time.Time) (*Broker, error) {
+func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, clk clock.Clock) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid broker configuration:\n%w", err)
 	}
@@ -73,11 +74,9 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, now fun
 		Logger:       slog.New(redactPackets(logger.Handler())),
 		InlineClient: true, // the embedded gateway publishes and subscribes through it
 	})
-	if now == nil {
-		now = time.Now
-	}
-	b := &Broker{cfg: cfg, log: logger, server: server, now: now}
-	auth, err := AddHooks(server, cfg, keys, now)
+	clk = clock.Or(clk)
+	b := &Broker{cfg: cfg, log: logger, server: server, clock: clk}
+	auth, err := AddHooks(server, cfg, keys, clk)
 	if err != nil {
 		return nil, err
 	}
@@ -120,15 +119,13 @@ func capabilities(cfg Config) *mqtt.Capabilities {
 }
 
 // AddHooks registers the project's hooks on server: the AuthHook (token authentication) and
-// the ACLHook (topic policy), with cfg's limits and the clock now (nil means time.Now). It
+// the ACLHook (topic policy), with cfg's limits and the clock clk (nil: the real clock). It
 // returns the AuthHook, which knows each connected client's Identity. Packet size is bounded
 // by the server's Capabilities.MaximumPacketSize, not by a hook.
-func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, now func() time.Time) (*AuthHook, error) {
-	if now == nil {
-		now = time.Now
-	}
-	acl := ACL{MaxTopicBytes: cfg.MaxTopicBytes, Now: now}
-	auth := NewAuthHook(token.NewVerifier(now, keys...), acl, cfg.MaxConnsPerIdentity)
+func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, clk clock.Clock) (*AuthHook, error) {
+	clk = clock.Or(clk)
+	acl := ACL{MaxTopicBytes: cfg.MaxTopicBytes, Clock: clk}
+	auth := NewAuthHook(token.NewVerifier(clk, keys...), acl, cfg.MaxConnsPerIdentity)
 	if err := server.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
 	}
@@ -138,7 +135,7 @@ func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, now func
 	if err := server.AddHook(NewGatewayDeliveryHook(auth), nil); err != nil {
 		return nil, fmt.Errorf("add gateway delivery hook: %w", err)
 	}
-	if err := server.AddHook(NewStatusWillHook(auth, now), nil); err != nil {
+	if err := server.AddHook(NewStatusWillHook(auth, clk), nil); err != nil {
 		return nil, fmt.Errorf("add status will hook: %w", err)
 	}
 	return auth, nil

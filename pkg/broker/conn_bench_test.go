@@ -160,7 +160,7 @@ func startQuietBroker(b *testing.B, writesPending int) *fixture {
 	cfg.WSAddr = ""
 	cfg.MaxClientWritesPending = writesPending
 	clock := newTestClock()
-	br, err := newBroker(cfg, []*ecdsa.PublicKey{signer.Public()}, slog.New(slog.DiscardHandler), clock.Now)
+	br, err := newBroker(cfg, []*ecdsa.PublicKey{signer.Public()}, slog.New(slog.DiscardHandler), clock)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func startQuietBroker(b *testing.B, writesPending int) *fixture {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = br.Close() })
-	return &fixture{b: br, signer: signer, issuer: token.NewIssuer(signer, clock.Now), clock: clock}
+	return &fixture{b: br, signer: signer, issuer: token.NewIssuer(signer, clock), clock: clock}
 }
 
 type memSample struct {

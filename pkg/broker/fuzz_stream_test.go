@@ -25,7 +25,7 @@ func FuzzMQTTStream(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	iss := token.NewIssuer(gw, time.Now)
+	iss := token.NewIssuer(gw, nil)
 	carTok, _, _ := iss.Issue(vinA, protocol.RoleVehicle, time.Hour)
 	appTok, _, _ := iss.Issue(userX, protocol.RoleApp, time.Hour)
 	connect := func(version byte, cid, user, pass, willTopic string) []byte {
@@ -63,7 +63,7 @@ func FuzzMQTTStream(f *testing.F) {
 
 	cfg := testConfig()
 	cfg.WSAddr = ""
-	b, err := newBroker(cfg, []*ecdsa.PublicKey{gw.Public()}, slog.New(slog.DiscardHandler), time.Now)
+	b, err := newBroker(cfg, []*ecdsa.PublicKey{gw.Public()}, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		f.Fatal(err)
 	}

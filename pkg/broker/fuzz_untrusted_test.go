@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -21,7 +22,8 @@ import (
 
 var fuzzNow = time.UnixMilli(1_800_000_000_000)
 
-func fuzzClock() time.Time { return fuzzNow }
+// fuzzClock stands still at fuzzNow.
+var fuzzClock = clocktest.New(fuzzNow)
 
 // FuzzConnect feeds arbitrary CONNECT credentials (client id, username, token, will topic) to
 // the AuthHook's decision: no panic, a refusal carries a reason from the closed list, and an
@@ -48,7 +50,7 @@ func FuzzConnect(f *testing.F) {
 	f.Add(admSub, admSub, tok(admSub, protocol.RoleAdmin), "$SYS/x", true)
 	f.Add(vinB, vinA, tok(vinA, protocol.RoleVehicle), "", false)
 	f.Add("", "", "", "", false)
-	acl := ACL{Now: fuzzClock}
+	acl := ACL{Clock: fuzzClock}
 	h := NewAuthHook(token.NewVerifier(fuzzClock, gw.Public()), acl, 4)
 	f.Fuzz(func(t *testing.T, clientID, username, password, willTopic string, will bool) {
 		cl := &mqtt.Client{ID: clientID}
@@ -106,7 +108,7 @@ func FuzzACL(f *testing.F) {
 		{Role: protocol.RoleVehicle, Subject: vinA, ExpiresAt: fuzzNow}, // expired
 		{Role: "unknown", Subject: userX, ExpiresAt: exp},
 	}
-	acl := ACL{Now: fuzzClock}
+	acl := ACL{Clock: fuzzClock}
 	f.Fuzz(func(t *testing.T, who uint8, topic string, write bool) {
 		id := ids[int(who)%len(ids)]
 		if !acl.Allow(id, topic, write) {
@@ -195,7 +197,7 @@ func FuzzStatusWill(f *testing.F) {
 	cl := &mqtt.Client{ID: vinA}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
 		will := mqtt.Will{TopicName: topic, Payload: payload, Retain: true, Qos: 1}
-		got := redateStatusWill(cl, will, fuzzClock)
+		got := redateStatusWill(cl, will, fuzzNow)
 		if got.TopicName != topic || got.Retain != will.Retain || got.Qos != will.Qos {
 			t.Fatalf("will changed beyond its payload: %+v", got)
 		}

@@ -10,13 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -34,16 +34,9 @@ const (
 
 const waitFor = 5 * time.Second // bound of every network wait in these tests
 
-// testClock is a settable clock shared by the broker and the token issuer.
-type testClock struct{ ns atomic.Int64 }
-
-func newTestClock() *testClock {
-	c := &testClock{}
-	c.ns.Store(time.Now().UnixNano())
-	return c
-}
-func (c *testClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *testClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+// newTestClock is a fake clock, at the time the test starts, shared by the broker and the
+// token issuer.
+func newTestClock() *clocktest.Fake { return clocktest.New(time.Now()) }
 
 // logBuffer holds a test's log lines; they are printed only if the test fails.
 type logBuffer struct {
@@ -86,7 +79,7 @@ type fixture struct {
 	logs   *logBuffer
 	signer *sign.Signer
 	issuer *token.Issuer
-	clock  *testClock
+	clock  *clocktest.Fake
 }
 
 func testConfig() Config {
@@ -110,7 +103,7 @@ func startBroker(t testing.TB, mod func(*Config)) *fixture {
 	clock := newTestClock()
 	logs := newLogBuffer(t)
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b, err := newBroker(cfg, []*ecdsa.PublicKey{signer.Public()}, logger, clock.Now)
+	b, err := newBroker(cfg, []*ecdsa.PublicKey{signer.Public()}, logger, clock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +111,7 @@ func startBroker(t testing.TB, mod func(*Config)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	return &fixture{b: b, logs: logs, signer: signer, issuer: token.NewIssuer(signer, clock.Now), clock: clock}
+	return &fixture{b: b, logs: logs, signer: signer, issuer: token.NewIssuer(signer, clock), clock: clock}
 }
 
 // token issues a token for sub with role, valid for an hour on the fixture's clock.

@@ -29,13 +29,13 @@ func TestStandaloneBrokerRemembersRetiredTokensAcrossRestart(t *testing.T) {
 	}
 	keys := []*ecdsa.PublicKey{signer.Public()}
 	clock := newTestClock()
-	issuer := token.NewIssuer(signer, clock.Now)
+	issuer := token.NewIssuer(signer, clock)
 	state := filepath.Join(t.TempDir(), "broker", "state.json")
 	start := func() (*Broker, error) {
 		t.Helper()
 		cfg := testConfig()
 		cfg.StateFile = state
-		b, err := newBroker(cfg, keys, testLogger(t), clock.Now)
+		b, err := newBroker(cfg, keys, testLogger(t), clock)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 )
 
@@ -24,17 +25,14 @@ import (
 // car is not offline.
 type StatusWillHook struct {
 	mqtt.HookBase
-	auth *AuthHook
-	now  func() time.Time
+	auth  *AuthHook
+	clock clock.Clock
 }
 
 // NewStatusWillHook returns the hook; auth tells a takeover (a newer connection of the same
-// client admitted), now is the clock (nil: time.Now).
-func NewStatusWillHook(auth *AuthHook, now func() time.Time) *StatusWillHook {
-	if now == nil {
-		now = time.Now
-	}
-	return &StatusWillHook{auth: auth, now: now}
+// client admitted); clk dates the wills (nil: the real clock).
+func NewStatusWillHook(auth *AuthHook, clk clock.Clock) *StatusWillHook {
+	return &StatusWillHook{auth: auth, clock: clock.Or(clk)}
 }
 
 // ID names the hook in mochi's logs.
@@ -51,12 +49,12 @@ func (h *StatusWillHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, err
 	if h.auth.superseded(cl) || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
 		return will, nil
 	}
-	return redateStatusWill(cl, will, h.now), nil
+	return redateStatusWill(cl, will, h.clock.Now()), nil
 }
 
 // redateStatusWill returns cl's will re-dated to now when it is cl's car's "offline" status,
 // and will unchanged otherwise.
-func redateStatusWill(cl *mqtt.Client, will mqtt.Will, now func() time.Time) mqtt.Will {
+func redateStatusWill(cl *mqtt.Client, will mqtt.Will, now time.Time) mqtt.Will {
 	vin, suffix, ok := protocol.ParseVehicleTopic(will.TopicName)
 	if !ok || suffix != protocol.SuffixStatus || vin != cl.ID {
 		return will
@@ -65,7 +63,7 @@ func redateStatusWill(cl *mqtt.Client, will mqtt.Will, now func() time.Time) mqt
 	if err := protocol.Decode(will.Payload, &st); err != nil || st.Status != protocol.StatusOffline {
 		return will
 	}
-	st.TsMs = now().UnixMilli()
+	st.TsMs = now.UnixMilli()
 	b, err := json.Marshal(st)
 	if err != nil {
 		return will
@@ -85,7 +83,7 @@ func (b *Broker) DropRetired(vin string) bool {
 		return false
 	}
 	if atomic.CompareAndSwapUint32(&cl.Properties.Will.Flag, 1, 0) {
-		will := redateStatusWill(cl, cl.Properties.Will, b.now)
+		will := redateStatusWill(cl, cl.Properties.Will, b.clock.Now())
 		if err := b.server.Publish(will.TopicName, will.Payload, will.Retain, will.Qos); err != nil {
 			b.log.Warn("will of a retired session not published", "client_id", clip(cl.ID), "err", err)
 		}

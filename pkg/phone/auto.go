@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -49,8 +50,9 @@ type AutoOptions struct {
 	CloudOnly bool
 	// Logger receives MQTT connection events; default discards.
 	Logger *slog.Logger
-	// Now is the clock; default time.Now.
-	Now func() time.Time
+	// Clock dates the commands and judges the session's expiry; default the real clock. The
+	// CloudTimeout is a network timeout and runs on real time.
+	Clock clock.Clock
 	// CurrentBroker, when set (and BrokerURL is not), asks the gateway which broker it
 	// advertises now (a session keeps the one its login named; see CurrentBroker). SendAuto
 	// asks while it connects; when the session's broker cannot be used and the gateway names
@@ -93,9 +95,7 @@ func SendAuto(ctx context.Context, o AutoOptions, r Request, onReply func(Outcom
 	if o.Key == nil {
 		return Outcome{}, ErrNoKey
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
+	o.Clock = clock.Or(o.Clock)
 	if o.CloudTimeout <= 0 {
 		o.CloudTimeout = DefaultCloudTimeout
 	}
@@ -120,7 +120,7 @@ func SendAuto(ctx context.Context, o AutoOptions, r Request, onReply func(Outcom
 		return out, err
 	}
 	out = Outcome{Path: PathLocal, Fallback: fallback, CloudWait: time.Since(start)}
-	res, lerr := localSend(ctx, o.LinkAddr, o.Key, o.User, r, o.Now)
+	res, lerr := localSend(ctx, o.LinkAddr, o.Key, o.User, r, o.Clock)
 	if lerr != nil {
 		return out, fmt.Errorf("cloud: %s; %w", fallback, lerr)
 	}
@@ -156,7 +156,7 @@ func carMessage(s string) string {
 // (err then says the same for CloudOnly callers); otherwise out and err are final.
 func sendCloud(ctx context.Context, o AutoOptions, r Request, emit func(Outcome)) (out Outcome, fallback string, err error) {
 	out.Path = PathCloud
-	start := o.Now()
+	start := o.Clock.Now()
 	switch s := o.Session; {
 	case s == nil:
 		return out, "no login session", errors.New("no login session: log in first")
@@ -199,7 +199,7 @@ func sendCloud(ctx context.Context, o AutoOptions, r Request, emit func(Outcome)
 		return out, "broker unusable", fmt.Errorf("connect to the broker: %w", err)
 	}
 	defer app.Close()
-	app.now = o.Now
+	app.now = o.Clock.Now
 	reply, err := app.send(ctx, r, func(rep protocol.Reply) { emit(Outcome{Path: PathCloud, Reply: rep}) }, firstBy)
 	switch {
 	case errors.Is(err, errCloudSilent):

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"telematics/pkg/api"
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -54,10 +55,10 @@ func newLinkClient() (*http.Client, func()) {
 // be asked: unreachable, silent for LocalTimeout, or answering with an error (*api.Error:
 // vehicle_unknown when the link serves no such car, bad_request).
 func LocalSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request) (protocol.Result, error) {
-	return localSend(ctx, linkAddr, key, user, r, time.Now)
+	return localSend(ctx, linkAddr, key, user, r, clock.Real{})
 }
 
-func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request, now func() time.Time) (protocol.Result, error) {
+func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request, clk clock.Clock) (protocol.Result, error) {
 	switch {
 	case key == nil:
 		return protocol.Result{}, ErrNoKey
@@ -78,7 +79,7 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 	// Signed by the key, the request gets the challenge out of this key's own budget on the
 	// car, which nobody without the key can spend (its id alone is not secret), and binds it to
 	// this key.
-	chReq := protocol.ChallengeRequest{V: protocol.Version, KeyID: key.KID(), TsMs: now().UnixMilli()}
+	chReq := protocol.ChallengeRequest{V: protocol.Version, KeyID: key.KID(), TsMs: clk.Now().UnixMilli()}
 	sig, err := sign.SignRaw(key.Private(), protocol.ChallengeRequestMessage(r.VIN, chReq.KeyID, chReq.TsMs))
 	if err != nil {
 		return protocol.Result{}, err
@@ -91,7 +92,7 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 		return protocol.Result{}, fmt.Errorf("local link %s: the challenge names car %q, not %q, or has no nonce", linkAddr, ch.VIN, r.VIN)
 	}
 
-	cmd := newCommand(user, key.KID(), r, now())
+	cmd := newCommand(user, key.KID(), r, clk.Now())
 	cmd.Nonce = ch.Nonce
 	cmd, env, err := SignCommand(key, cmd)
 	if err != nil {

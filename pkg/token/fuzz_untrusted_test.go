@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -19,7 +20,7 @@ func FuzzVerify(f *testing.F) {
 	}
 	other, _ := sign.Generate()
 	now := time.UnixMilli(1_800_000_000_000)
-	clock := func() time.Time { return now }
+	clock := clocktest.New(now)
 	issued := map[string]Claims{} // by jti
 	issue := func(s *sign.Signer, sub string, role protocol.Role, ttl time.Duration) string {
 		tok, jti, _, err := NewIssuer(s, clock).IssueID(sub, role, ttl)

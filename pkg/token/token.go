@@ -12,6 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -32,15 +33,12 @@ type Claims struct {
 // Issuer mints tokens with the gateway's signing key.
 type Issuer struct {
 	signer *sign.Signer
-	now    func() time.Time
+	clock  clock.Clock
 }
 
-// NewIssuer returns an issuer; now is the clock (time.Now in production).
-func NewIssuer(s *sign.Signer, now func() time.Time) *Issuer {
-	if now == nil {
-		now = time.Now
-	}
-	return &Issuer{signer: s, now: now}
+// NewIssuer returns an issuer on clk (nil: the real clock).
+func NewIssuer(s *sign.Signer, clk clock.Clock) *Issuer {
+	return &Issuer{signer: s, clock: clock.Or(clk)}
 }
 
 // Issue signs a token for sub with role, valid for ttl.
@@ -57,7 +55,7 @@ func (i *Issuer) IssueID(sub string, role protocol.Role, ttl time.Duration) (tok
 
 // IssueGen is IssueID for a token of generation gen (Claims.Gen).
 func (i *Issuer) IssueGen(sub string, role protocol.Role, ttl time.Duration, gen uint64) (tok, jti string, exp time.Time, err error) {
-	now := i.now()
+	now := i.clock.Now()
 	exp = now.Add(ttl)
 	c := Claims{
 		Role: role,
@@ -81,16 +79,13 @@ func (i *Issuer) IssueGen(sub string, role protocol.Role, ttl time.Duration, gen
 // Verifier checks tokens against one or more trusted gateway public keys (more than one during
 // a key rotation).
 type Verifier struct {
-	keys []*ecdsa.PublicKey
-	now  func() time.Time
+	keys  []*ecdsa.PublicKey
+	clock clock.Clock
 }
 
-// NewVerifier trusts the given keys; now is the clock.
-func NewVerifier(now func() time.Time, keys ...*ecdsa.PublicKey) *Verifier {
-	if now == nil {
-		now = time.Now
-	}
-	return &Verifier{keys: keys, now: now}
+// NewVerifier trusts the given keys; expiry is judged on clk (nil: the real clock).
+func NewVerifier(clk clock.Clock, keys ...*ecdsa.PublicKey) *Verifier {
+	return &Verifier{keys: keys, clock: clock.Or(clk)}
 }
 
 // Verify parses and checks a token: ES256 only, signed by a trusted key, not expired, with a
@@ -105,7 +100,7 @@ func (v *Verifier) Verify(raw string) (*Claims, error) {
 		_, err := jwt.ParseWithClaims(raw, c, func(*jwt.Token) (any, error) { return k, nil },
 			jwt.WithValidMethods([]string{"ES256"}),
 			jwt.WithExpirationRequired(),
-			jwt.WithTimeFunc(v.now),
+			jwt.WithTimeFunc(v.clock.Now),
 		)
 		if err != nil {
 			lastErr = err

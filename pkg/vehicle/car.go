@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
@@ -50,8 +51,8 @@ type CarStore interface {
 
 // CarOptions are a car's optional dependencies.
 type CarOptions struct {
-	// Now is the car's clock; time.Now when nil.
-	Now func() time.Time
+	// Clock is the car's clock; the real one when nil.
+	Clock clock.Clock
 	// Logger receives the car's decisions; discarded when nil.
 	Logger *slog.Logger
 	// Rand drives the motion model; seeded from the VIN and the clock when nil. A Car uses it
@@ -74,7 +75,7 @@ const stateSaveInterval = time.Minute
 type Car struct {
 	vin   string
 	store CarStore
-	now   func() time.Time
+	clock clock.Clock
 	log   *slog.Logger
 
 	// nonces are the local link's outstanding challenges: in memory only, so a restarted car
@@ -119,22 +120,19 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 	c := &Car{
 		vin:       creds.VIN,
 		store:     store,
-		now:       opts.Now,
+		clock:     clock.Or(opts.Clock),
 		log:       opts.Logger,
 		rng:       opts.Rand,
 		journaled: make(chan struct{}, 1),
 		trusted:   []*ecdsa.PublicKey{key},
 	}
-	if c.now == nil {
-		c.now = time.Now
-	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.log = c.log.With("vin", c.vin)
-	nowMs := c.now().UnixMilli()
+	nowMs := c.clock.Now().UnixMilli()
 	if c.rng == nil {
-		c.rng = rand.New(rand.NewPCG(vinHash(c.vin), uint64(c.now().UnixNano())))
+		c.rng = rand.New(rand.NewPCG(vinHash(c.vin), uint64(c.clock.Now().UnixNano())))
 	}
 	rec, found, err := store.LoadCar(c.vin)
 	if err != nil {
@@ -243,7 +241,7 @@ func (c *Car) advanceTo(nowMs int64) {
 func (c *Car) HandleCommand(payload []byte) protocol.Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.now()
+	now := c.clock.Now()
 	nowMs := now.UnixMilli()
 	c.advanceTo(nowMs)
 
@@ -437,7 +435,7 @@ func (c *Car) execute(cmd *protocol.Command, nowMs int64, ev *protocol.VehicleEv
 func (c *Car) NextTelemetry() (protocol.Telemetry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	nowMs := c.now().UnixMilli()
+	nowMs := c.clock.Now().UnixMilli()
 	c.advanceTo(nowMs)
 	seq := c.seq + 1
 	switch {
@@ -463,7 +461,7 @@ func (c *Car) NextTelemetry() (protocol.Telemetry, error) {
 func (c *Car) Save() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	nowMs := c.now().UnixMilli()
+	nowMs := c.clock.Now().UnixMilli()
 	c.advanceTo(nowMs)
 	if err := c.saveRecord(c.seqHigh); err != nil {
 		return err

@@ -63,14 +63,14 @@ func FuzzStoredCar(f *testing.F) {
 		}
 		defer st.Close()
 		st.Unsynced()
-		now := vehicletest.T0
-		c, err := NewCar(st, creds, CarOptions{Now: func() time.Time { return now }})
+		clock := vehicletest.NewClock(vehicletest.T0)
+		c, err := NewCar(st, creds, CarOptions{Clock: clock})
 		if err != nil {
 			return
 		}
 		checkResult(t, c.HandleCommand(unlock))
 		for range 3 {
-			now = now.Add(7 * time.Second)
+			clock.Advance(7 * time.Second)
 			tel, err := c.NextTelemetry()
 			if err != nil {
 				t.Fatal(err)

@@ -71,7 +71,7 @@ func openFuzzStore(t testing.TB) *carstore.Store {
 func fuzzCar(t testing.TB, gw *vehicletest.Gateway) *Car {
 	t.Helper()
 	st := openFuzzStore(t)
-	car, err := NewCar(st, gw.Creds(t, vehicletest.VIN), CarOptions{Now: func() time.Time { return vehicletest.T0 }})
+	car, err := NewCar(st, gw.Creds(t, vehicletest.VIN), CarOptions{Clock: vehicletest.NewClock(vehicletest.T0)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func FuzzVerifyWhitelist(f *testing.F) {
 		f.Add(b)
 	}
 	st := openFuzzStore(f)
-	car, err := NewCar(st, gw.Creds(f, vehicletest.VIN), CarOptions{Now: func() time.Time { return vehicletest.T0 }})
+	car, err := NewCar(st, gw.Creds(f, vehicletest.VIN), CarOptions{Clock: vehicletest.NewClock(vehicletest.T0)})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 // newTestCar makes a car with what the store holds of it: no whitelist for a new car.
 func newTestCar(t testing.TB, st *carstore.Store, creds protocol.Credentials, clock *vehicletest.Clock) *Car {
 	t.Helper()
-	car, err := NewCar(st, creds, CarOptions{Now: clock.Now, Rand: rand.New(rand.NewPCG(1, 2))})
+	car, err := NewCar(st, creds, CarOptions{Clock: clock, Rand: rand.New(rand.NewPCG(1, 2))})
 	if err != nil {
 		t.Fatal(err)
 	}

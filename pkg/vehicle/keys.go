@@ -28,7 +28,7 @@ import (
 func (c *Car) HandleWhitelist(payload []byte) (*protocol.KeysAck, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	nowMs := c.now().UnixMilli()
+	nowMs := c.clock.Now().UnixMilli()
 	var env protocol.Envelope
 	err := protocol.Decode(payload, &env)
 	var wl *protocol.Whitelist

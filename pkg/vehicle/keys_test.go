@@ -34,7 +34,7 @@ func TestWhitelistStoredAckedAndKeptAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs := &countingStore{Store: st}
-	car, err := NewCar(cs, creds, CarOptions{Now: clock.Now})
+	car, err := NewCar(cs, creds, CarOptions{Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestWhitelistStoredAckedAndKeptAcrossRestart(t *testing.T) {
 	// A restarted car still has its keys and its version: it acknowledges, not stores, v7.
 	st2 := vehicletest.OpenStore(t, dir)
 	cs2 := &countingStore{Store: st2}
-	car2, err := NewCar(cs2, creds, CarOptions{Now: clock.Now})
+	car2, err := NewCar(cs2, creds, CarOptions{Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestWhitelistRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := vehicletest.OpenStore(t, t.TempDir())
 			cs := &countingStore{Store: st}
-			car, err := NewCar(cs, gw.Creds(t, vehicletest.VIN), CarOptions{Now: vehicletest.NewClock(vehicletest.T0).Now})
+			car, err := NewCar(cs, gw.Creds(t, vehicletest.VIN), CarOptions{Clock: vehicletest.NewClock(vehicletest.T0)})
 			if err != nil {
 				t.Fatal(err)
 			}

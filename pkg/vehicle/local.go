@@ -145,7 +145,7 @@ func (t *nonceTable) use(nonce, keyID string, nowMs int64) error {
 func (c *Car) Challenge(req protocol.ChallengeRequest) (protocol.Challenge, error) {
 	b := make([]byte, 16)
 	rand.Read(b) // never fails (crypto/rand: a failure crashes the program)
-	now := c.now()
+	now := c.clock.Now()
 	nowMs := now.UnixMilli()
 	keyID := req.KeyID
 	if !c.signedByLocalKey(req, now) {
@@ -212,7 +212,7 @@ func (c *Car) signedByLocalKey(req protocol.ChallengeRequest, now time.Time) boo
 func (c *Car) HandleLocal(req protocol.LocalRequest) protocol.Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.now()
+	now := c.clock.Now()
 	nowMs := now.UnixMilli()
 	c.advanceTo(nowMs)
 

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
@@ -43,8 +44,8 @@ type Options struct {
 	Logger *slog.Logger
 	// HTTPClient talks to the gateway admin API; a client with a 60 s timeout when nil.
 	HTTPClient *http.Client
-	// Now is the cars' clock; time.Now when nil.
-	Now func() time.Time
+	// Clock is the cars' clock (vehicle.FleetConfig.Clock); the real one when nil.
+	Clock clock.Clock
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial fleet.DialFunc
 	// Garage, when set, receives the cars as they are built, so that an in-process caller (a
@@ -118,7 +119,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		TelemetryInterval: cfg.Run.TelemetryInterval,
 		ConnectRate:       cfg.Run.ConnectRate,
 		Logger:            opts.Logger,
-		Now:               opts.Now,
+		Clock:             opts.Clock,
 		Dial:              opts.Dial,
 		Garage:            garage,
 	})

@@ -46,7 +46,7 @@ func (f *Fleet) buildCar(creds protocol.Credentials) (*vehicle.Car, error) {
 			return car, nil
 		}
 	}
-	car, err := vehicle.NewCar(f.cfg.Store, creds, vehicle.CarOptions{Now: f.cfg.Now, Logger: f.log})
+	car, err := vehicle.NewCar(f.cfg.Store, creds, vehicle.CarOptions{Clock: f.cfg.Clock, Logger: f.log})
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +170,7 @@ func (r *carRun) publishStatus(c mqttc.Client, status string) {
 func (r *carRun) loop(ctx context.Context) {
 	defer r.shutdown()
 	// The first tick at a random point of the interval spreads the fleet out.
-	timer := time.NewTimer(rand.N(r.f.interval) + 1)
+	timer, tick := r.f.cfg.Clock.NewTimer(rand.N(r.f.interval) + 1)
 	defer timer.Stop()
 	// The journal may hold entries from before this run; a failed attempt is retried on the
 	// next event or tick. The first connection's signal is this start itself.
@@ -200,7 +200,7 @@ func (r *carRun) loop(ctx context.Context) {
 			// that restarted): send everything unacknowledged again.
 			r.journalSent = 0
 			journalPending = true
-		case <-timer.C:
+		case <-tick:
 			r.sendTelemetry(ctx)
 			if r.journalUnacknowledged() {
 				r.journalSent = 0
@@ -260,7 +260,7 @@ func (r *carRun) publishJournal(ctx context.Context) bool {
 				r.log.Debug("publish journal entry; kept for later", "seq", ev.Seq, "err", err)
 				return false
 			}
-			r.journalSent, r.journalSentAt = ev.Seq, time.Now()
+			r.journalSent, r.journalSentAt = ev.Seq, r.f.cfg.Clock.Now()
 			r.f.eventsSent.Add(1)
 		}
 	}
@@ -271,7 +271,7 @@ func (r *carRun) publishJournal(ctx context.Context) bool {
 // still wait for the gateway's acknowledgement: the broker that took them may have lost them
 // (a restart before the gateway came back), and only a new publish brings them to the gateway.
 func (r *carRun) journalUnacknowledged() bool {
-	if r.journalSent == 0 || time.Since(r.journalSentAt) < r.f.journalResend {
+	if r.journalSent == 0 || r.f.cfg.Clock.Since(r.journalSentAt) < r.f.journalResend {
 		return false
 	}
 	evs, err := r.car.Journal(0, 1)

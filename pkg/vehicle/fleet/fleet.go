@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"telematics/pkg/clock"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
@@ -81,8 +82,10 @@ type Config struct {
 	MaxReconnectInterval time.Duration
 	// Logger receives per-car events; discarded when nil.
 	Logger *slog.Logger
-	// Now is the cars' clock; time.Now when nil.
-	Now func() time.Time
+	// Clock is the cars' clock, which also times their telemetry and journal resends; the real
+	// one when nil. Connection pacing, reconnect backoff and publish timeouts stay on real
+	// time: they guard against a slow broker, they are not the car's behaviour.
+	Clock clock.Clock
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial DialFunc
 	// JournalResendInterval is how long a car waits for the gateway to acknowledge the journal
@@ -181,9 +184,7 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.ConnectRate <= 0 {
 		cfg.ConnectRate = DefaultConnectRate
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.Dial == nil {
 		cfg.Dial = dialPaho
 	}
@@ -283,6 +284,6 @@ func (f *Fleet) Stats() Stats {
 }
 
 func (f *Fleet) statusPayload(status string) []byte {
-	b, _ := json.Marshal(protocol.VehicleStatus{V: protocol.Version, Status: status, TsMs: f.cfg.Now().UnixMilli()})
+	b, _ := json.Marshal(protocol.VehicleStatus{V: protocol.Version, Status: status, TsMs: f.cfg.Clock.Now().UnixMilli()})
 	return b
 }

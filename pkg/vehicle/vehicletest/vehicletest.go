@@ -11,12 +11,12 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
@@ -32,28 +32,12 @@ const (
 // T0 is the tests' fixed "now": NewGateway's keys are valid (or not) around it.
 var T0 = time.UnixMilli(1_760_000_000_000)
 
-// Clock is a settable clock; its Now is a car's CarOptions.Now.
-type Clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// Clock is the tests' clock: a clocktest.Fake, which a car's CarOptions.Clock takes and tests
+// move with Advance.
+type Clock = clocktest.Fake
 
 // NewClock returns a clock standing at t.
-func NewClock(t time.Time) *Clock { return &Clock{t: t} }
-
-// Now is the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// Advance moves the clock on by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func NewClock(t time.Time) *Clock { return clocktest.New(t) }
 
 // Phone is a phone with its digital key.
 type Phone struct {

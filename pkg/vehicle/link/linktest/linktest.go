@@ -63,7 +63,7 @@ func (r *Rig) Stop() {
 // fixed random source.
 func NewCar(t testing.TB, st *carstore.Store, creds protocol.Credentials, clock *vehicletest.Clock) *vehicle.Car {
 	t.Helper()
-	car, err := vehicle.NewCar(st, creds, vehicle.CarOptions{Now: clock.Now, Rand: rand.New(rand.NewPCG(1, 2))})
+	car, err := vehicle.NewCar(st, creds, vehicle.CarOptions{Clock: clock, Rand: rand.New(rand.NewPCG(1, 2))})
 	if err != nil {
 		t.Fatal(err)
 	}
