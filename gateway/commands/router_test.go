@@ -122,7 +122,8 @@ func TestSubmitWhileClosing(t *testing.T) {
 	}
 }
 
-// waitUntil polls cond until it holds, failing the test after 30 s.
+// waitUntil polls cond every millisecond until it holds, failing the test after 30 s: finer
+// than testutil.Eventually, because the test must close the router while requests are in flight.
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
 	tick := time.NewTicker(time.Millisecond)

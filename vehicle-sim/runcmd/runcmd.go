@@ -44,7 +44,7 @@ type Options struct {
 	Logger *slog.Logger
 	// HTTPClient talks to the gateway admin API; a client with a 60 s timeout when nil.
 	HTTPClient *http.Client
-	// Clock is the cars' clock (vehicle.FleetConfig.Clock); the real one when nil.
+	// Clock is the cars' clock (fleet.Config.Clock); the real one when nil.
 	Clock clock.Clock
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial fleet.DialFunc
