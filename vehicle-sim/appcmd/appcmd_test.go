@@ -7,11 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +22,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/pkg/api"
+	"telematics/pkg/api/apitest"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/phone/phonetest"
@@ -169,68 +167,13 @@ func TestKeyCreate(t *testing.T) {
 	}
 }
 
-// gatewayStub is the gateway's key API as the contract describes it: it checks the bearer
-// token and records every request and body; answers are set per route.
-type gatewayStub struct {
-	srv *httptest.Server
+// gatewayStub is the gateway's key API as the contract describes it; answers are set per
+// route from the request body decoded as JSON.
+type gatewayStub struct{ *apitest.Gateway }
 
-	mu      sync.Mutex
-	reqs    []string
-	bodies  [][]byte
-	all     [][]byte // every body ever received (take does not clear it)
-	answers map[string]func(body map[string]any) (int, any)
-}
+func newGatewayStub(t *testing.T) gatewayStub { return gatewayStub{apitest.NewGateway(t, token)} }
 
-func newGatewayStub(t *testing.T) *gatewayStub {
-	g := &gatewayStub{answers: map[string]func(map[string]any) (int, any){}}
-	g.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		var m map[string]any
-		_ = json.Unmarshal(body, &m)
-		g.mu.Lock()
-		g.reqs = append(g.reqs, r.Method+" "+r.URL.RequestURI())
-		g.bodies = append(g.bodies, body)
-		g.all = append(g.all, body)
-		answer := g.answers[r.Method+" "+r.URL.RequestURI()] // a route with its query first
-		if answer == nil {
-			answer = g.answers[r.Method+" "+r.URL.Path]
-		}
-		g.mu.Unlock()
-		status, out := http.StatusNotFound, any(map[string]string{"error": "bad_request", "message": "no route"})
-		switch {
-		case r.Header.Get("Authorization") != "Bearer "+token:
-			status, out = http.StatusUnauthorized, map[string]string{"error": "unauthenticated", "message": "bad token"}
-		case answer != nil:
-			status, out = answer(m)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(out)
-	}))
-	t.Cleanup(g.srv.Close)
-	return g
-}
-
-func (g *gatewayStub) on(route string, f func(map[string]any) (int, any)) {
-	g.mu.Lock()
-	g.answers[route] = f
-	g.mu.Unlock()
-}
-
-// take returns and forgets the requests so far.
-func (g *gatewayStub) take() ([]string, []map[string]any, [][]byte) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	var ms []map[string]any
-	for _, b := range g.bodies {
-		var m map[string]any
-		_ = json.Unmarshal(b, &m)
-		ms = append(ms, m)
-	}
-	reqs, raw := g.reqs, g.bodies
-	g.reqs, g.bodies = nil, nil
-	return reqs, ms, raw
-}
+func (g gatewayStub) on(route string, f func(map[string]any) (int, any)) { g.OnJSON(route, f) }
 
 func refusal(status int, reason protocol.Reason) func(map[string]any) (int, any) {
 	return func(map[string]any) (int, any) {
@@ -242,7 +185,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 	t.Parallel()
 	g := newGatewayStub(t)
 	p := newPhone(t)
-	p.login(g.srv.URL, "tcp://127.0.0.1:1")
+	p.login(g.URL, "tcp://127.0.0.1:1")
 	key := p.createKey()
 	pub, _ := sign.EncodePublic(key.Public())
 	until := time.Date(2030, 1, 31, 18, 0, 0, 0, time.UTC)
@@ -309,7 +252,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 			if code != tc.code {
 				t.Fatalf("exit %d, want %d; stdout %s stderr %s", code, tc.code, out, errs)
 			}
-			reqs, bodies, _ := g.take()
+			reqs, bodies, _ := g.Take()
 			if tc.req == "" {
 				if len(reqs) != 0 {
 					t.Fatalf("requests %v, want none", reqs)
@@ -341,7 +284,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Version != 5 || st.AckedVersion != 4 || len(st.Keys) != 2 {
 			t.Fatalf("%d %s %v", code, out, err)
 		}
-		g.take()
+		g.Take()
 	})
 	t.Run("refusals explain themselves", func(t *testing.T) {
 		for _, tc := range []struct {
@@ -367,9 +310,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 	})
 
 	// Whatever was sent, the private key was not.
-	g.mu.Lock()
-	all := g.all
-	g.mu.Unlock()
+	all := g.All()
 	if len(all) < 10 {
 		t.Fatalf("only %d bodies recorded", len(all))
 	}

@@ -21,7 +21,7 @@ func TestSendFollowsTheMovedBroker(t *testing.T) {
 	})
 	p := newPhone(t)
 	stale := "tcp://" + closedAddr(t)
-	p.login(g.srv.URL, stale)
+	p.login(g.URL, stale)
 	key := p.createKey()
 	link := phonetest.NewLink(t)
 	link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleOwner))
@@ -53,7 +53,7 @@ func TestSendSaysTheBrokerMayBeStale(t *testing.T) {
 		gateway func(t *testing.T) string
 		hint    bool
 	}{
-		{"gateway without the endpoint", func(t *testing.T) string { return newGatewayStub(t).srv.URL }, true},
+		{"gateway without the endpoint", func(t *testing.T) string { return newGatewayStub(t).URL }, true},
 		{"gateway down too", func(t *testing.T) string { return "http://" + closedAddr(t) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
