@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"telematics/internal/testutil"
 	"telematics/internal/testutil/termtest"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
@@ -209,8 +210,8 @@ func TestFlagsInEveryPosition(t *testing.T) {
 }
 
 // runAtTerminal runs vehicle-sim with the terminal as stdin and stderr, in the background.
-func runAtTerminal(term *termtest.Terminal, args []string) (<-chan int, *syncBuffer) {
-	stdout := &syncBuffer{}
+func runAtTerminal(term *termtest.Terminal, args []string) (<-chan int, *testutil.Buffer) {
+	stdout := &testutil.Buffer{}
 	done := make(chan int, 1)
 	go func() {
 		done <- dispatch(context.Background(), args,
@@ -277,8 +278,8 @@ func phoneSession(path string) (*phone.Session, error) {
 }
 
 // runMainIn is runMain with stdin.
-func runMainIn(ctx context.Context, stdin io.Reader, args []string, vars map[string]string) (int, *syncBuffer, *syncBuffer) {
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+func runMainIn(ctx context.Context, stdin io.Reader, args []string, vars map[string]string) (int, *testutil.Buffer, *testutil.Buffer) {
+	stdout, stderr := &testutil.Buffer{}, &testutil.Buffer{}
 	var environ []string
 	for k, v := range vars {
 		environ = append(environ, k+"="+v)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,32 +24,14 @@ import (
 	"telematics/pkg/vehicle/carstore"
 )
 
-// syncBuffer collects output written by another goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runMain runs the binary's dispatch with args and an environment that has no SIM_* set.
-func runMain(ctx context.Context, args []string, vars map[string]string) (code int, stdout, stderr *syncBuffer) {
-	return runMainOut(ctx, &syncBuffer{}, args, vars)
+func runMain(ctx context.Context, args []string, vars map[string]string) (code int, stdout, stderr *testutil.Buffer) {
+	return runMainOut(ctx, &testutil.Buffer{}, args, vars)
 }
 
 // runMainOut is runMain writing stdout where the test can read it while the command runs.
-func runMainOut(ctx context.Context, stdout *syncBuffer, args []string, vars map[string]string) (code int, _, stderr *syncBuffer) {
-	stderr = &syncBuffer{}
+func runMainOut(ctx context.Context, stdout *testutil.Buffer, args []string, vars map[string]string) (code int, _, stderr *testutil.Buffer) {
+	stderr = &testutil.Buffer{}
 	var environ []string
 	for k, v := range vars {
 		environ = append(environ, k+"="+v)
@@ -156,10 +137,10 @@ func TestRunAgainstBroker(t *testing.T) {
 	defer cancel()
 	type result struct {
 		code           int
-		stdout, stderr *syncBuffer
+		stdout, stderr *testutil.Buffer
 	}
 	done := make(chan result, 1)
-	stdout := &syncBuffer{}
+	stdout := &testutil.Buffer{}
 	go func() {
 		code, out, errOut := runMainOut(ctx, stdout, []string{"run", "--fleet", fleetFile, "--telemetry-interval", "50ms", "--log-level", "warn",
 			"--link-addr", "127.0.0.1:0"},

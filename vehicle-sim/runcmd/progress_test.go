@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
@@ -35,24 +35,6 @@ func (h *refuseBad) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) boo
 }
 
 func (h *refuseBad) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
-
-// progressBuffer is a progress writer safe to read while the fleet writes.
-type progressBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (p *progressBuffer) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.b.Write(b)
-}
-
-func (p *progressBuffer) String() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.b.String()
-}
 
 // TestProgressReportsFailures: a fleet with a car the broker refuses reports how many cars
 // connected, that one failed and why, and, once stopped, what the fleet did.
@@ -95,7 +77,7 @@ func TestProgressReportsFailures(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &progressBuffer{}
+	out := &testutil.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		_, err := runWithProgress(ctx, f, out, time.Second)
