@@ -1,12 +1,10 @@
 package commands
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"path/filepath"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,27 +24,8 @@ const (
 	fuzzCmdID    = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 )
 
-// fuzzReplyBus keeps the replies the router publishes.
-type fuzzReplyBus struct {
-	mu  sync.Mutex
-	got []protocol.Reply
-}
-
-func (b *fuzzReplyBus) Publish(_ context.Context, _ string, _ byte, _ bool, p []byte) error {
-	var rep protocol.Reply
-	if err := json.Unmarshal(p, &rep); err != nil {
-		return err
-	}
-	b.mu.Lock()
-	b.got = append(b.got, rep)
-	b.mu.Unlock()
-	return nil
-}
-func (b *fuzzReplyBus) Subscribe(context.Context, string, byte, mqttc.Handler) error { return nil }
-func (b *fuzzReplyBus) Connected() bool                                              { return true }
-func (b *fuzzReplyBus) Close() error                                                 { return nil }
-
-func (b *fuzzReplyBus) take() []protocol.Reply {
+// take returns the replies so far and forgets them.
+func (b *replies) take() []protocol.Reply {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	got := b.got
@@ -92,7 +71,7 @@ func FuzzCarResult(f *testing.F) {
 		f.Add(false, b)
 		f.Add(true, b)
 	}
-	bus := &fuzzReplyBus{}
+	bus := &replies{}
 	r := fuzzRouter(f, bus)
 	f.Fuzz(func(t *testing.T, otherCar bool, payload []byte) {
 		r.mu.Lock()
