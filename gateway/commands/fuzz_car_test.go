@@ -3,13 +3,11 @@ package commands
 import (
 	"encoding/json"
 	"log/slog"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
 
-	"telematics/gateway/audit"
-	"telematics/gateway/store"
+	"telematics/gateway/store/storetest"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -34,18 +32,7 @@ func (b *replies) take() []protocol.Reply {
 }
 
 func fuzzRouter(f *testing.F, bus mqttc.Client) *Router {
-	st, err := store.Open(filepath.Join(f.TempDir(), "g.db"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { st.Close() })
-	// The fuzzers look for logic errors, not durability: without fsync an input costs
-	// microseconds, not milliseconds. Never outside a fuzz harness.
-	st.DB().NoSync = true
-	lg, err := audit.Open(st.DB())
-	if err != nil {
-		f.Fatal(err)
-	}
+	st, lg := storetest.OpenNoSync(f)
 	now := time.UnixMilli(1_800_000_000_000)
 	r, err := New(DefaultConfig(), st, lg, bus, nil, nil, func() time.Time { return now }, slog.New(slog.DiscardHandler))
 	if err != nil {
