@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/internal/testutil"
@@ -110,18 +108,8 @@ func TestRunDataDirLocked(t *testing.T) {
 // tests only), sees the cars come online and publish telemetry, and stops it like SIGINT does.
 func TestRunAgainstBroker(t *testing.T) {
 	t.Parallel()
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	b := testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(auth.AllowHook)}})
+	srv := b.Server
 	var mu sync.Mutex
 	seen := map[string]int{}
 	srv.Subscribe("v/#", 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
@@ -144,7 +132,7 @@ func TestRunAgainstBroker(t *testing.T) {
 	go func() {
 		code, out, errOut := runMainOut(ctx, stdout, []string{"run", "--fleet", fleetFile, "--telemetry-interval", "50ms", "--log-level", "warn",
 			"--link-addr", "127.0.0.1:0"},
-			map[string]string{"SIM_BROKER": "tcp://" + tcp.Address(), "SIM_DATA": filepath.Join(dir, "data")})
+			map[string]string{"SIM_BROKER": b.URL(), "SIM_DATA": filepath.Join(dir, "data")})
 		done <- result{code, out, errOut}
 	}()
 	testutil.Eventually(t, 10*time.Second, func() error {

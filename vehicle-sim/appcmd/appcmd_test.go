@@ -7,8 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,9 +16,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/api"
 	"telematics/pkg/api/apitest"
 	"telematics/pkg/cmdline"
@@ -442,7 +440,7 @@ func TestSendLocal(t *testing.T) {
 		t.Fatalf("exit %d, stderr %s", code, errs)
 	}
 	// Nothing on the link's address: the phone is not near the car.
-	code, _, errs = p.run("send", vin, "unlock", "--local", "--user", "alice", "--link", closedAddr(t))
+	code, _, errs = p.run("send", vin, "unlock", "--local", "--user", "alice", "--link", testutil.FreeAddr(t))
 	if code != 1 || !strings.Contains(errs, "car unreachable") || !strings.Contains(errs, "are you next to the car") {
 		t.Fatalf("exit %d, stderr %s", code, errs)
 	}
@@ -453,17 +451,7 @@ func TestSendLocal(t *testing.T) {
 // executes set it plays a gateway that executes every command.
 func testBroker(t *testing.T, executes bool) string {
 	t.Helper()
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
+	srv := testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(auth.AllowHook)}})
 	if executes {
 		type job struct {
 			topic string
@@ -501,17 +489,7 @@ func testBroker(t *testing.T, executes bool) string {
 			}
 		})
 	}
-	t.Cleanup(func() { srv.Close() })
-	return "tcp://" + tcp.Address()
-}
-
-func closedAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return srv.URL()
 }
 
 func TestSendCloudFirst(t *testing.T) {
@@ -524,7 +502,7 @@ func TestSendCloudFirst(t *testing.T) {
 	}{
 		{"cloud answers", func(t *testing.T) string { return testBroker(t, true) }, "path: cloud\n", 0},
 		{"cloud silent", func(t *testing.T) string { return testBroker(t, false) }, "path: local (cloud did not answer within 200ms)\n", 2},
-		{"broker down", func(t *testing.T) string { return "tcp://" + closedAddr(t) }, "path: local (broker unreachable within 200ms)\n", 2},
+		{"broker down", func(t *testing.T) string { return "tcp://" + testutil.FreeAddr(t) }, "path: local (broker unreachable within 200ms)\n", 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -560,7 +538,7 @@ func TestSendCloudFirst(t *testing.T) {
 	})
 	t.Run("cloud only, broker down", func(t *testing.T) {
 		p := newPhone(t)
-		p.login("http://127.0.0.1:1", "tcp://"+closedAddr(t))
+		p.login("http://127.0.0.1:1", "tcp://"+testutil.FreeAddr(t))
 		p.createKey()
 		code, _, errs := p.run("send", vin, "lock", "--cloud-only", "--cloud-timeout", "200ms")
 		if code != 1 || !strings.Contains(errs, "broker unreachable") {

@@ -3,14 +3,12 @@ package runcmd
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/internal/testutil"
@@ -39,18 +37,7 @@ func (h *refuseBad) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 // TestProgressReportsFailures: a fleet with a car the broker refuses reports how many cars
 // connected, that one failed and why, and, once stopped, what the fleet did.
 func TestProgressReportsFailures(t *testing.T) {
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(refuseBad), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	b := testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(refuseBad)}})
 
 	gw, err := sign.Generate()
 	if err != nil {
@@ -70,7 +57,7 @@ func TestProgressReportsFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	f, err := fleet.New(fleet.Config{BrokerURL: "tcp://" + tcp.Address(), Creds: creds, Store: st,
+	f, err := fleet.New(fleet.Config{BrokerURL: b.URL(), Creds: creds, Store: st,
 		TelemetryInterval: 50 * time.Millisecond, ConnectRate: 50})
 	if err != nil {
 		t.Fatal(err)
