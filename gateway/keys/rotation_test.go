@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"encoding/json"
-	"errors"
 	"testing"
 	"time"
 
@@ -82,10 +81,5 @@ func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 // arrives on the bus's goroutine).
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if !cond() {
-			return errors.New("condition not met")
-		}
-		return nil
-	})
+	testutil.EventuallyTrue(t, 5*time.Second, cond)
 }

@@ -6,6 +6,7 @@ package testutil
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -51,6 +52,17 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// EventuallyTrue is Eventually for a condition that has nothing to say when it does not hold.
+func EventuallyTrue(t testing.TB, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	Eventually(t, timeout, func() error {
+		if !cond() {
+			return errors.New("condition not met")
+		}
+		return nil
+	})
 }
 
 // FreeAddr is a loopback HOST:PORT that was free a moment ago, for a server that must be
