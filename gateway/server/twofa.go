@@ -12,9 +12,6 @@ import (
 // TOTPKeyFile is the default file of the key that seals TOTP secrets.
 const TOTPKeyFile = "totp.key"
 
-// twofaAuditor is the audit log as the 2FA service's auditor.
-type twofaAuditor = twofa.AuditLog
-
 func (g *Gateway) openTwoFA() (*twofa.Service, error) {
 	var key []byte
 	var err error
@@ -30,7 +27,7 @@ func (g *Gateway) openTwoFA() (*twofa.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TOTP sealing key: %w", err)
 	}
-	svc, err := twofa.New(g.store.DB(), key, g.cfg.TwoFA, g.now, twofaAuditor{Log: g.audit})
+	svc, err := twofa.New(g.store.DB(), key, g.cfg.TwoFA, g.now, twofa.AuditLog{Log: g.audit})
 	if err != nil {
 		return nil, err
 	}
