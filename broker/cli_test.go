@@ -8,31 +8,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/sign"
 )
-
-// syncBuffer is the broker's stderr while it runs in a goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // runBroker runs the broker's command line in process, as `broker ARGS...` with environ, to
 // completion (help, errors).
@@ -49,7 +31,7 @@ func startBroker(t *testing.T, environ []string, args ...string) (started string
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var stdout bytes.Buffer
-	var stderr syncBuffer
+	var stderr testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cmdline.ExecuteWithEnv(ctx, newRoot(environ), args, environ, strings.NewReader(""), &stdout, &stderr)
@@ -79,7 +61,8 @@ func startBroker(t *testing.T, environ []string, args ...string) (started string
 	}
 }
 
-func writePubKey(t *testing.T) string {
+// writePubKey writes a new gateway key's public half to a file; it returns the file and the key.
+func writePubKey(t *testing.T) (string, *sign.Signer) {
 	t.Helper()
 	signer, err := sign.Generate()
 	if err != nil {
@@ -93,11 +76,11 @@ func writePubKey(t *testing.T) string {
 	if err := os.WriteFile(p, pemBytes, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return p, signer
 }
 
 func TestBrokerFlagsInAnyOrderAndOff(t *testing.T) {
-	key := writePubKey(t)
+	key, _ := writePubKey(t)
 	for _, tc := range []struct {
 		name    string
 		environ []string
@@ -128,7 +111,7 @@ func TestBrokerFlagsInAnyOrderAndOff(t *testing.T) {
 // The issue: "the broker refuses off"; and "" meant "disabled" here but "the default" in the
 // gateway: it is refused, saying what to write.
 func TestBrokerRefusesAnEmptyAddress(t *testing.T) {
-	key := writePubKey(t)
+	key, _ := writePubKey(t)
 	for _, tc := range []struct {
 		environ []string
 		args    []string
@@ -179,7 +162,7 @@ func TestBrokerHelpAndVersion(t *testing.T) {
 }
 
 func TestBrokerUsageErrors(t *testing.T) {
-	key := writePubKey(t)
+	key, _ := writePubKey(t)
 	for _, tc := range []struct {
 		environ []string
 		args    []string

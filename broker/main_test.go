@@ -17,7 +17,6 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"telematics/pkg/protocol"
-	"telematics/pkg/sign"
 	"telematics/pkg/token"
 )
 
@@ -74,18 +73,7 @@ func TestMissingPubkeyExits2(t *testing.T) {
 }
 
 func TestServeAndSignal(t *testing.T) {
-	signer, err := sign.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pemBytes, err := sign.PublicPEM(signer.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPath := filepath.Join(t.TempDir(), "gateway.pub")
-	if err := os.WriteFile(keyPath, pemBytes, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	keyPath, signer := writePubKey(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

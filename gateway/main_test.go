@@ -9,18 +9,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"telematics/gateway/accounts"
 	"telematics/gateway/harness"
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
+	"telematics/internal/testutil/termtest"
 	"telematics/pkg/cmdline"
 )
 
@@ -273,30 +271,7 @@ func TestServeTypoedDataDirRefused(t *testing.T) {
 // appears on the screen.
 func TestUserAddPromptsWithoutEchoOnATerminal(t *testing.T) {
 	url, tok := startGateway(t)
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	var (
-		mu     sync.Mutex
-		screen bytes.Buffer
-	)
-	readDone := make(chan struct{})
-	go func() {
-		defer close(readDone)
-		buf := make([]byte, 1024)
-		for {
-			n, err := ptmx.Read(buf)
-			mu.Lock()
-			screen.Write(buf[:n])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	defer func() { tty.Close(); ptmx.Close(); <-readDone }()
-	shown := func() string { mu.Lock(); defer mu.Unlock(); return screen.String() }
+	term := termtest.New(t)
 	const password = "correct horse battery staple"
 	type result struct {
 		out  string
@@ -306,30 +281,16 @@ func TestUserAddPromptsWithoutEchoOnATerminal(t *testing.T) {
 	go func() {
 		var out bytes.Buffer
 		env := []string{"GATEWAY_ADMIN_SERVER=" + url, "GATEWAY_ADMIN_TOKEN_FILE=" + tok}
-		code := cmdline.ExecuteWithEnv(context.Background(), newRoot(env), []string{"admin", "user", "add", "dora"}, env, tty, &out, tty)
+		code := cmdline.ExecuteWithEnv(context.Background(), newRoot(env), []string{"admin", "user", "add", "dora"}, env, term.TTY, &out, term.TTY)
 		done <- result{out.String(), code}
 	}()
-	for n, prompt := range []string{"Password for dora: ", "again: "} {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
-			if err == nil && tio.Lflag&unix.ECHO == 0 && strings.Contains(shown(), prompt) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("prompt %d not shown without echo: %q", n, shown())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if _, err := ptmx.Write([]byte(password + "\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	term.TypeAt(t, "Password for dora: ", 1, password)
+	term.TypeAt(t, "again: ", 1, password)
 	r := <-done
 	if r.code != 0 || !strings.Contains(r.out, "user dora added") {
-		t.Fatalf("user add: %d %q, screen %q", r.code, r.out, shown())
+		t.Fatalf("user add: %d %q, screen %q", r.code, r.out, term.Shown())
 	}
-	if strings.Contains(shown(), password) {
-		t.Fatalf("the password was echoed: %q", shown())
+	if strings.Contains(term.Shown(), password) {
+		t.Fatalf("the password was echoed: %q", term.Shown())
 	}
 }

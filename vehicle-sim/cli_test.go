@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"telematics/internal/testutil"
+	"telematics/internal/testutil/termtest"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 )
@@ -212,73 +209,13 @@ func TestFlagsInEveryPosition(t *testing.T) {
 	}
 }
 
-// terminal is a pseudo-terminal: tty is the command's stdin and stderr; what the screen shows
-// is read from the other end.
-type terminal struct {
-	tty, ptmx *os.File
-	mu        sync.Mutex
-	screen    bytes.Buffer
-}
-
-func newTerminal(t *testing.T) *terminal {
-	t.Helper()
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	term := &terminal{tty: tty, ptmx: ptmx}
-	readDone := make(chan struct{})
-	go func() { // reads what the terminal shows until it is closed
-		defer close(readDone)
-		buf := make([]byte, 1024)
-		for {
-			n, err := ptmx.Read(buf)
-			term.mu.Lock()
-			term.screen.Write(buf[:n])
-			term.mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() { tty.Close(); ptmx.Close(); <-readDone })
-	return term
-}
-
-func (term *terminal) shown() string {
-	term.mu.Lock()
-	defer term.mu.Unlock()
-	return term.screen.String()
-}
-
-// typeAt waits until the screen shows prompt n times with echo off, then types line.
-func (term *terminal) typeAt(t *testing.T, prompt string, n int, line string) {
-	t.Helper()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if strings.Count(term.shown(), prompt) < n {
-			return errors.New("no prompt yet: " + term.shown())
-		}
-		tio, err := unix.IoctlGetTermios(int(term.tty.Fd()), unix.TCGETS)
-		if err != nil {
-			return err
-		}
-		if tio.Lflag&unix.ECHO != 0 {
-			return errors.New("echo still on")
-		}
-		return nil
-	})
-	if _, err := term.ptmx.Write([]byte(line + "\n")); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // runAtTerminal runs vehicle-sim with the terminal as stdin and stderr, in the background.
-func runAtTerminal(term *terminal, args []string) (<-chan int, *syncBuffer) {
-	stdout := &syncBuffer{}
+func runAtTerminal(term *termtest.Terminal, args []string) (<-chan int, *testutil.Buffer) {
+	stdout := &testutil.Buffer{}
 	done := make(chan int, 1)
 	go func() {
 		done <- dispatch(context.Background(), args,
-			stdio{Stdin: term.tty, Stdout: stdout, Stderr: term.tty, Getenv: func(string) string { return "" }, Environ: []string{}})
+			stdio{Stdin: term.TTY, Stdout: stdout, Stderr: term.TTY, Getenv: func(string) string { return "" }, Environ: []string{}})
 	}()
 	return done, stdout
 }
@@ -300,19 +237,19 @@ func exitOf(t *testing.T, done <-chan int) int {
 func TestLoginPromptsForThePasswordWithoutEcho(t *testing.T) {
 	t.Parallel()
 	srv, passwords := loginStub(t)
-	term := newTerminal(t)
+	term := termtest.New(t)
 	session := filepath.Join(t.TempDir(), "s.json")
 	done, stdout := runAtTerminal(term, []string{"app", "login", "--user", "alice", "--gateway", srv.URL, "--session", session})
 	const secret = "tr0ub4dor & 3"
-	term.typeAt(t, "password for alice: ", 1, secret)
+	term.TypeAt(t, "password for alice: ", 1, secret)
 	if code := exitOf(t, done); code != 0 || !strings.Contains(stdout.String(), "logged in as alice") {
-		t.Fatalf("exit %d, stdout %s, screen %q", code, stdout.String(), term.shown())
+		t.Fatalf("exit %d, stdout %s, screen %q", code, stdout.String(), term.Shown())
 	}
 	if p := passwords(); len(p) != 1 || p[0] != secret {
 		t.Fatalf("the gateway got %q", p)
 	}
-	if strings.Contains(term.shown(), secret) {
-		t.Fatalf("the password was echoed: %q", term.shown())
+	if strings.Contains(term.Shown(), secret) {
+		t.Fatalf("the password was echoed: %q", term.Shown())
 	}
 	if _, err := phoneSession(session); err != nil {
 		t.Fatal(err)
@@ -320,14 +257,14 @@ func TestLoginPromptsForThePasswordWithoutEcho(t *testing.T) {
 
 	// `app password`: the current one, the new one twice, none echoed.
 	done, _ = runAtTerminal(term, []string{"app", "password", "--session", session})
-	term.typeAt(t, "current password: ", 1, secret)
-	term.typeAt(t, "new password: ", 1, "a new passphrase")
-	term.typeAt(t, "again: ", 1, "a new passphrase")
+	term.TypeAt(t, "current password: ", 1, secret)
+	term.TypeAt(t, "new password: ", 1, "a new passphrase")
+	term.TypeAt(t, "again: ", 1, "a new passphrase")
 	if code, p := exitOf(t, done), passwords(); code != 0 || len(p) != 3 || p[1] != secret || p[2] != "a new passphrase" {
-		t.Fatalf("password: exit %d, gateway got %q, screen %q", code, p, term.shown())
+		t.Fatalf("password: exit %d, gateway got %q, screen %q", code, p, term.Shown())
 	}
-	if strings.Contains(term.shown(), "a new passphrase") {
-		t.Fatalf("the new password was echoed: %q", term.shown())
+	if strings.Contains(term.Shown(), "a new passphrase") {
+		t.Fatalf("the new password was echoed: %q", term.Shown())
 	}
 }
 
@@ -341,8 +278,8 @@ func phoneSession(path string) (*phone.Session, error) {
 }
 
 // runMainIn is runMain with stdin.
-func runMainIn(ctx context.Context, stdin io.Reader, args []string, vars map[string]string) (int, *syncBuffer, *syncBuffer) {
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+func runMainIn(ctx context.Context, stdin io.Reader, args []string, vars map[string]string) (int, *testutil.Buffer, *testutil.Buffer) {
+	stdout, stderr := &testutil.Buffer{}, &testutil.Buffer{}
 	var environ []string
 	for k, v := range vars {
 		environ = append(environ, k+"="+v)

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +14,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/internal/testutil"
@@ -25,32 +22,14 @@ import (
 	"telematics/pkg/vehicle/carstore"
 )
 
-// syncBuffer collects output written by another goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runMain runs the binary's dispatch with args and an environment that has no SIM_* set.
-func runMain(ctx context.Context, args []string, vars map[string]string) (code int, stdout, stderr *syncBuffer) {
-	return runMainOut(ctx, &syncBuffer{}, args, vars)
+func runMain(ctx context.Context, args []string, vars map[string]string) (code int, stdout, stderr *testutil.Buffer) {
+	return runMainOut(ctx, &testutil.Buffer{}, args, vars)
 }
 
 // runMainOut is runMain writing stdout where the test can read it while the command runs.
-func runMainOut(ctx context.Context, stdout *syncBuffer, args []string, vars map[string]string) (code int, _, stderr *syncBuffer) {
-	stderr = &syncBuffer{}
+func runMainOut(ctx context.Context, stdout *testutil.Buffer, args []string, vars map[string]string) (code int, _, stderr *testutil.Buffer) {
+	stderr = &testutil.Buffer{}
 	var environ []string
 	for k, v := range vars {
 		environ = append(environ, k+"="+v)
@@ -129,18 +108,8 @@ func TestRunDataDirLocked(t *testing.T) {
 // tests only), sees the cars come online and publish telemetry, and stops it like SIGINT does.
 func TestRunAgainstBroker(t *testing.T) {
 	t.Parallel()
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	b := testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(auth.AllowHook)}})
+	srv := b.Server
 	var mu sync.Mutex
 	seen := map[string]int{}
 	srv.Subscribe("v/#", 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
@@ -156,14 +125,14 @@ func TestRunAgainstBroker(t *testing.T) {
 	defer cancel()
 	type result struct {
 		code           int
-		stdout, stderr *syncBuffer
+		stdout, stderr *testutil.Buffer
 	}
 	done := make(chan result, 1)
-	stdout := &syncBuffer{}
+	stdout := &testutil.Buffer{}
 	go func() {
 		code, out, errOut := runMainOut(ctx, stdout, []string{"run", "--fleet", fleetFile, "--telemetry-interval", "50ms", "--log-level", "warn",
 			"--link-addr", "127.0.0.1:0"},
-			map[string]string{"SIM_BROKER": "tcp://" + tcp.Address(), "SIM_DATA": filepath.Join(dir, "data")})
+			map[string]string{"SIM_BROKER": b.URL(), "SIM_DATA": filepath.Join(dir, "data")})
 		done <- result{code, out, errOut}
 	}()
 	testutil.Eventually(t, 10*time.Second, func() error {

@@ -1,17 +1,13 @@
 package commands
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
-	"path/filepath"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
-	"telematics/gateway/audit"
-	"telematics/gateway/store"
+	"telematics/gateway/store/storetest"
 	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
@@ -27,27 +23,8 @@ const (
 	fuzzCmdID    = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 )
 
-// fuzzReplyBus keeps the replies the router publishes.
-type fuzzReplyBus struct {
-	mu  sync.Mutex
-	got []protocol.Reply
-}
-
-func (b *fuzzReplyBus) Publish(_ context.Context, _ string, _ byte, _ bool, p []byte) error {
-	var rep protocol.Reply
-	if err := json.Unmarshal(p, &rep); err != nil {
-		return err
-	}
-	b.mu.Lock()
-	b.got = append(b.got, rep)
-	b.mu.Unlock()
-	return nil
-}
-func (b *fuzzReplyBus) Subscribe(context.Context, string, byte, mqttc.Handler) error { return nil }
-func (b *fuzzReplyBus) Connected() bool                                              { return true }
-func (b *fuzzReplyBus) Close() error                                                 { return nil }
-
-func (b *fuzzReplyBus) take() []protocol.Reply {
+// take returns the replies so far and forgets them.
+func (b *replies) take() []protocol.Reply {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	got := b.got
@@ -56,18 +33,7 @@ func (b *fuzzReplyBus) take() []protocol.Reply {
 }
 
 func fuzzRouter(f *testing.F, bus mqttc.Client) *Router {
-	st, err := store.Open(filepath.Join(f.TempDir(), "g.db"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { st.Close() })
-	// The fuzzers look for logic errors, not durability: without fsync an input costs
-	// microseconds, not milliseconds. Never outside a fuzz harness.
-	st.DB().NoSync = true
-	lg, err := audit.Open(st.DB())
-	if err != nil {
-		f.Fatal(err)
-	}
+	st, lg := storetest.OpenNoSync(f)
 	r, err := New(DefaultConfig(), st, lg, bus, nil, nil, clocktest.New(time.UnixMilli(1_800_000_000_000)), slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
@@ -92,7 +58,7 @@ func FuzzCarResult(f *testing.F) {
 		f.Add(false, b)
 		f.Add(true, b)
 	}
-	bus := &fuzzReplyBus{}
+	bus := &replies{}
 	r := fuzzRouter(f, bus)
 	f.Fuzz(func(t *testing.T, otherCar bool, payload []byte) {
 		r.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	"telematics/pkg/sign"
 )
 
+// replies is a bus that keeps the replies the router publishes.
 type replies struct {
 	mu  sync.Mutex
 	got []protocol.Reply

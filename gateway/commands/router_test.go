@@ -11,6 +11,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -126,14 +127,5 @@ func TestSubmitWhileClosing(t *testing.T) {
 // than testutil.Eventually, because the test must close the router while requests are in flight.
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(30 * time.Second)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatal("condition not met within 30 s")
-		}
-	}
+	testutil.EventuallyTrue(t, 30*time.Second, cond)
 }

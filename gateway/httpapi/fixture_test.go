@@ -70,33 +70,6 @@ type ring struct{ cur *sign.Signer }
 func (r ring) Current() *sign.Signer  { return r.cur }
 func (r ring) Previous() *sign.Signer { return nil }
 
-// keyChangeFactor is gateway/server's rule for key changes: none with 2FA off, else an
-// enrolled user and a code.
-type keyChangeFactor struct{ svc *twofa.Service }
-
-func (k keyChangeFactor) RequireForKeyChange(user, session, action, code string) error {
-	if k.svc.Policy().Mode == twofa.ModeOff {
-		return nil
-	}
-	enrolled, err := k.svc.Enrolled(user)
-	if err != nil {
-		return err
-	}
-	if !enrolled {
-		return protocol.Refuse(protocol.ReasonTOTPEnrollmentRequired, "enroll first")
-	}
-	_, err = k.svc.Decide(user, session, action, code)
-	return err
-}
-
-// twofaAuditor writes 2FA events into the audit log, as gateway/server's does.
-type twofaAuditor struct{ log *audit.Log }
-
-func (a twofaAuditor) Audit(e twofa.Event) {
-	_ = a.log.Append(audit.Event{TsMs: e.Time.UnixMilli(), Kind: audit.KindTwoFactor, User: e.User, ClientID: e.ClientID,
-		Action: e.Action, Outcome: string(e.Kind), Reason: string(e.Reason)})
-}
-
 // fixture is an API served by an httptest server on loopback, and an admin client of it.
 type fixture struct {
 	t      *testing.T
@@ -150,12 +123,12 @@ func newFixture(t *testing.T, configure func(*API, *twofa.Policy)) *fixture {
 		configure(a, &policy)
 	}
 	key := bytes.Repeat([]byte{7}, twofa.KeySize)
-	svc, err := twofa.New(st.DB(), key, policy, now, twofaAuditor{al})
+	svc, err := twofa.New(st.DB(), key, policy, now, twofa.AuditLog{Log: al})
 	if err != nil {
 		t.Fatal(err)
 	}
 	svc.SetWriter(st.Write)
-	ks, err := keys.New(st, ring{f.signer}, bus, keyChangeFactor{svc}, now, log)
+	ks, err := keys.New(st, ring{f.signer}, bus, svc, now, log)
 	if err != nil {
 		t.Fatal(err)
 	}

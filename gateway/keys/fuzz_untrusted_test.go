@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
+	"telematics/gateway/store/storetest"
 	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
@@ -40,18 +40,7 @@ func (fuzzNoFactor) RequireForKeyChange(user, session, action, code string) erro
 // fuzzRegistry is a key registry on a real store with one car whose owner paired three keys
 // (whitelist versions 1 to 3, none acknowledged), and the audit log.
 func fuzzRegistry(f *testing.F) (*Service, *audit.Log) {
-	st, err := store.Open(filepath.Join(f.TempDir(), "g.db"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { st.Close() })
-	// The fuzzers look for logic errors, not durability: without fsync an input costs
-	// microseconds, not milliseconds. Never outside a fuzz harness.
-	st.DB().NoSync = true
-	lg, err := audit.Open(st.DB())
-	if err != nil {
-		f.Fatal(err)
-	}
+	st, lg := storetest.OpenNoSync(f)
 	gk, _ := sign.Generate()
 	svc, err := New(st, fuzzRing{gk}, fuzzBus{}, fuzzNoFactor{}, clocktest.New(time.UnixMilli(1_800_000_000_000)), slog.New(slog.DiscardHandler))
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/whitelist"
@@ -76,13 +77,9 @@ func TestRotationSignsWithTheKeyTheCarTrusts(t *testing.T) {
 	}
 }
 
+// waitFor polls cond until it holds (the registry adopts a key after the car's acknowledgement
+// arrives on the bus's goroutine).
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.EventuallyTrue(t, 5*time.Second, cond)
 }

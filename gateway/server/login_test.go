@@ -175,9 +175,9 @@ func TestPasswordLockoutSparesSecondFactor(t *testing.T) {
 	expect(t, r, protocol.ReplyExecuted, "")
 }
 
-// enrolledOwner logs user in, enrolls and confirms TOTP, pairs a phone key with vin using a
-// code, and connects; it returns the app and the user's authenticator.
-func enrolledOwner(t *testing.T, g *server.Gateway, user, vin string) (*phone.App, func() string) {
+// loginEnrolled logs user in and enrolls and confirms TOTP; it returns the session and a
+// source of the current code.
+func loginEnrolled(t *testing.T, g *server.Gateway, user string) (*phone.Session, func() string) {
 	t.Helper()
 	ctx := context.Background()
 	sess, err := phone.Login(ctx, g.HTTPURL(), user, password, "")
@@ -188,13 +188,21 @@ func enrolledOwner(t *testing.T, g *server.Gateway, user, vin string) (*phone.Ap
 	if err != nil {
 		t.Fatal(err)
 	}
-	code := func() string {
+	return sess, func() string {
 		c, err := auth.Code()
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
 	}
+}
+
+// enrolledOwner logs user in, enrolls and confirms TOTP, pairs a phone key with vin using a
+// code, and connects; it returns the app and the user's authenticator.
+func enrolledOwner(t *testing.T, g *server.Gateway, user, vin string) (*phone.App, func() string) {
+	t.Helper()
+	ctx := context.Background()
+	sess, code := loginEnrolled(t, g, user)
 	key, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -219,14 +227,7 @@ func TestAdminClearsLockoutKeepsEnrollment(t *testing.T) {
 	g := startGateway(t, dir, func(c *server.Config) { c.TwoFA.Mode = twofa.ModeEnrolled })
 	addUser(t, g, "carol", "", "")
 	ctx := context.Background()
-	sess, err := phone.Login(ctx, g.HTTPURL(), "carol", password, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _, err = phone.EnrollAuthenticator(ctx, sess.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, _ := loginEnrolled(t, g, "carol")
 	for range 5 {
 		rawLogin(t, g, "carol", "wrong password")
 	}
@@ -297,14 +298,7 @@ func TestLockoutDoesNotRevealAccounts(t *testing.T) {
 	// that tells the account exists (and is under attack).
 	addUser(t, g, "grace", "", "")
 	ctx := context.Background()
-	sess, err := phone.Login(ctx, g.HTTPURL(), "grace", password, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _, err = phone.EnrollAuthenticator(ctx, sess.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, _ := loginEnrolled(t, g, "grace")
 	for range 5 {
 		api.NewClient(g.HTTPURL(), sess.Token).Do(ctx, http.MethodPost, "/v1/2fa/disable", map[string]string{"code": "not-a-code"}, nil)
 	}

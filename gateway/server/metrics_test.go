@@ -3,37 +3,22 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"telematics/gateway/server"
 	"telematics/internal/testutil"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 )
 
 // scrape reads GET /metrics with token (none: "") and returns the status and the body.
-func scrape(t *testing.T, url, token string) (int, string) {
+func scrape(t *testing.T, g *server.Gateway, token string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
+	code, b := wire(t, g, http.MethodGet, "/metrics", token, nil)
+	return code, string(b)
 }
 
 // The Prometheus endpoint counts what the audit log records (logins, refusals and their
@@ -54,7 +39,7 @@ func TestMetrics(t *testing.T) {
 	waitSynced(t, g, vin)
 	expect(t, send(t, app, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
 
-	if code, _ := scrape(t, g.HTTPURL(), ""); code != http.StatusUnauthorized {
+	if code, _ := scrape(t, g, ""); code != http.StatusUnauthorized {
 		t.Fatalf("GET /metrics without the admin token: %d", code)
 	}
 	want := []string{
@@ -70,7 +55,7 @@ func TestMetrics(t *testing.T) {
 	}
 	var body string
 	testutil.Eventually(t, 5*time.Second, func() error {
-		code, b := scrape(t, g.HTTPURL(), g.AdminToken())
+		code, b := scrape(t, g, g.AdminToken())
 		if code != http.StatusOK {
 			return fmt.Errorf("status %d", code)
 		}

@@ -19,9 +19,10 @@ import (
 	"telematics/pkg/sign"
 )
 
-// sendUntilExecuted retries a command while the system reconnects: each try lives briefly, so
-// a request lost in a reconnect ends as expired and the next try goes out.
-func sendUntilExecuted(t *testing.T, app *phone.App, vin string, action protocol.Action) protocol.Reply {
+// sendUntil retries a command while the system reconnects, until an answer that retry does
+// not want again, and returns it: each try lives briefly, so a request lost in a reconnect
+// ends as expired and the next try goes out.
+func sendUntil(t *testing.T, app *phone.App, vin string, action protocol.Action, retry func(protocol.Reply) bool) protocol.Reply {
 	t.Helper()
 	var last protocol.Reply
 	testutil.Eventually(t, 20*time.Second, func() error {
@@ -30,12 +31,18 @@ func sendUntilExecuted(t *testing.T, app *phone.App, vin string, action protocol
 			return err
 		}
 		last = r
-		if r.Status != protocol.ReplyExecuted {
+		if retry(r) {
 			return fmt.Errorf("%s %s", r.Status, r.Reason)
 		}
 		return nil
 	})
 	return last
+}
+
+// sendUntilExecuted retries until the command is executed.
+func sendUntilExecuted(t *testing.T, app *phone.App, vin string, action protocol.Action) protocol.Reply {
+	t.Helper()
+	return sendUntil(t, app, vin, action, func(r protocol.Reply) bool { return r.Status != protocol.ReplyExecuted })
 }
 
 func TestGatewayRestartKeepsStateAndCarsReconnect(t *testing.T) {

@@ -28,21 +28,7 @@ func TestStepUpEndsOnDisconnect(t *testing.T) {
 	waitOnline(t, g, vin)
 
 	ctx := context.Background()
-	sess, err := phone.Login(ctx, g.HTTPURL(), "alice", password, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, _, err := phone.EnrollAuthenticator(ctx, sess.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
-	code := func() string {
-		c, err := auth.Code()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	sess, code := loginEnrolled(t, g, "alice")
 	key, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)

@@ -31,21 +31,7 @@ func TestStepUpBehindExternalBroker(t *testing.T) {
 	waitOnline(t, g, vin)
 	// Alice logs in, enrolls, and pairs her phone with a code.
 	ctx := context.Background()
-	sess, err := phone.Login(ctx, g.HTTPURL(), "alice", password, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, _, err := phone.EnrollAuthenticator(ctx, sess.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
-	code := func() string {
-		c, err := auth.Code()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	_, code := loginEnrolled(t, g, "alice")
 	connect := func(label string) *phone.App {
 		key, err := sign.Generate()
 		if err != nil {

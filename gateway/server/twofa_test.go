@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -261,19 +260,9 @@ func freshStep() time.Time {
 // or expired), and returns the first other answer.
 func sendUntilAnswered(t *testing.T, app *phone.App, vin string, action protocol.Action) protocol.Reply {
 	t.Helper()
-	var last protocol.Reply
-	testutil.Eventually(t, 20*time.Second, func() error {
-		r, err := app.Send(context.Background(), phone.Request{VIN: vin, Action: action, Lifetime: 2 * time.Second}, nil)
-		if err != nil {
-			return err
-		}
-		last = r
-		if r.Reason == protocol.ReasonVehicleOffline || r.Status == protocol.ReplyExpired {
-			return fmt.Errorf("%s %s", r.Status, r.Reason)
-		}
-		return nil
+	return sendUntil(t, app, vin, action, func(r protocol.Reply) bool {
+		return r.Reason == protocol.ReasonVehicleOffline || r.Status == protocol.ReplyExpired
 	})
-	return last
 }
 
 // A user without TOTP locked out by wrong passwords: the administrator's reset-2fa clears the

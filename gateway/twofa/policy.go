@@ -174,6 +174,23 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 	return Decision{}, refuse(ErrCodeRequired, "user %q, action %q", user, truncate(action))
 }
 
+// RequireForKeyChange is the rule for key changes (pairing, sharing, revoking keys): unless
+// 2FA is off altogether, they need an enrolled user and a code, or a session a code elevated.
+func (s *Service) RequireForKeyChange(user, session, action, code string) error {
+	if s.Policy().Mode == ModeOff {
+		return nil
+	}
+	enrolled, err := s.Enrolled(user)
+	if err != nil {
+		return err
+	}
+	if !enrolled {
+		return protocol.Refuse(protocol.ReasonTOTPEnrollmentRequired, "key changes need two-factor authentication: enroll with `vehicle-sim app totp enroll`")
+	}
+	_, err = s.Decide(user, session, action, code)
+	return err
+}
+
 // EndSession drops the elevation of one app session; the gateway calls it when the client
 // disconnects from the embedded broker, or another connection takes its client id
 // (broker.OnAppSessionEnd). Behind an external broker sessions are phone keys and end only

@@ -1,9 +1,12 @@
 // Package testutil holds the helpers every package's tests share: polling for a condition
-// (nats-server's checkFor), a free loopback address, and a real mochi broker on a loopback port.
+// (nats-server's checkFor), a buffer another goroutine writes, a free loopback address, and a
+// real mochi broker on a loopback port.
 // The project's own broker with its hooks is pkg/broker's; a whole gateway is gateway/harness's.
 package testutil
 
 import (
+	"bytes"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -29,6 +32,37 @@ func Eventually(t testing.TB, timeout time.Duration, fn func() error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Buffer collects what another goroutine writes (a command's output, a log) while the test
+// reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String is everything written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// EventuallyTrue is Eventually for a condition that has nothing to say when it does not hold.
+func EventuallyTrue(t testing.TB, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	Eventually(t, timeout, func() error {
+		if !cond() {
+			return errors.New("condition not met")
+		}
+		return nil
+	})
 }
 
 // FreeAddr is a loopback HOST:PORT that was free a moment ago, for a server that must be

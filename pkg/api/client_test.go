@@ -4,13 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
 
 	"telematics/pkg/api"
+	"telematics/pkg/api/apitest"
 	"telematics/pkg/protocol"
 )
 
@@ -19,73 +16,27 @@ const (
 	testUser = "alice"
 )
 
-// fakeGateway answers with canned responses and records each request.
-type fakeGateway struct {
-	srv *httptest.Server
+func newFakeGateway(t *testing.T) *apitest.Gateway { return apitest.NewGateway(t, "app-token") }
 
-	mu      sync.Mutex
-	reqs    []string // "METHOD /path?query"
-	bodies  [][]byte
-	answers map[string]func(body []byte) (int, any) // by "METHOD /path"
-}
-
-func newFakeGateway(t *testing.T) *fakeGateway {
-	g := &fakeGateway{answers: map[string]func([]byte) (int, any){}}
-	g.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		g.mu.Lock()
-		g.reqs = append(g.reqs, r.Method+" "+r.URL.RequestURI())
-		g.bodies = append(g.bodies, body)
-		answer := g.answers[r.Method+" "+r.URL.Path]
-		g.mu.Unlock()
-		status, out := http.StatusNotFound, any(map[string]string{"error": "bad_request", "message": "no such route"})
-		switch {
-		case r.Header.Get("Authorization") != "Bearer app-token":
-			status, out = http.StatusUnauthorized, map[string]string{"error": "unauthenticated", "message": "no token"}
-		case answer != nil:
-			status, out = answer(body)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(out)
-	}))
-	t.Cleanup(g.srv.Close)
-	return g
-}
-
-func (g *fakeGateway) on(route string, f func(body []byte) (int, any)) {
-	g.mu.Lock()
-	g.answers[route] = f
-	g.mu.Unlock()
-}
-
-func (g *fakeGateway) client() *api.Client { return api.NewClient(g.srv.URL, "app-token") }
-
-func (g *fakeGateway) last() (string, map[string]any) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	var m map[string]any
-	_ = json.Unmarshal(g.bodies[len(g.bodies)-1], &m)
-	return g.reqs[len(g.reqs)-1], m
-}
+func client(g *apitest.Gateway) *api.Client { return api.NewClient(g.URL, "app-token") }
 
 func TestKeyRequests(t *testing.T) {
 	g := newFakeGateway(t)
 	status := api.KeyStatus{VIN: testVIN, Version: 3, AckedVersion: 2, Keys: []protocol.WhitelistKey{{ID: "k1", User: testUser, Role: protocol.RoleOwner}}}
-	g.on("GET /v1/keys", func([]byte) (int, any) { return 200, status })
-	g.on("POST /v1/keys/share", func(b []byte) (int, any) {
+	g.On("GET /v1/keys", func([]byte) (int, any) { return 200, status })
+	g.On("POST /v1/keys/share", func(b []byte) (int, any) {
 		var sh api.ShareRequest
 		_ = json.Unmarshal(b, &sh)
 		return 201, api.Share{VIN: sh.VIN, User: sh.User, Role: sh.Role, NotAfterMs: sh.NotAfterMs, Channels: sh.Channels}
 	})
-	g.on("POST /v1/keys/revoke", func([]byte) (int, any) { return 200, api.Revocation{VIN: testVIN, KeyID: "k1", Version: 4} })
-	ctx, c := context.Background(), g.client()
+	g.On("POST /v1/keys/revoke", func([]byte) (int, any) { return 200, api.Revocation{VIN: testVIN, KeyID: "k1", Version: 4} })
+	ctx, c := context.Background(), client(g)
 
 	st, err := c.ListKeys(ctx, testVIN)
 	if err != nil || st.Version != 3 || st.AckedVersion != 2 || st.InSync || len(st.Keys) != 1 {
 		t.Fatalf("list %+v %v", st, err)
 	}
-	if req, _ := g.last(); req != "GET /v1/keys?vin="+testVIN {
+	if req, _ := g.Last(); req != "GET /v1/keys?vin="+testVIN {
 		t.Fatalf("request %s", req)
 	}
 
@@ -93,7 +44,7 @@ func TestKeyRequests(t *testing.T) {
 	if err != nil || sh.User != "bob" {
 		t.Fatalf("share %+v %v", sh, err)
 	}
-	req, body := g.last()
+	req, body := g.Last()
 	if req != "POST /v1/keys/share" || body["vin"] != testVIN || body["user"] != "bob" || body["role"] != "valet" ||
 		body["not_after"] != 0.0 || body["totp"] != "654321" || len(body["channels"].([]any)) != 1 {
 		t.Fatalf("%s %v", req, body)
@@ -103,30 +54,30 @@ func TestKeyRequests(t *testing.T) {
 	if err != nil || rv.Version != 4 {
 		t.Fatalf("revoke %+v %v", rv, err)
 	}
-	req, body = g.last()
+	req, body = g.Last()
 	if req != "POST /v1/keys/revoke" || body["key_id"] != "k1" || body["allow_last_owner"] != true || body["totp"] != "111111" {
 		t.Fatalf("%s %v", req, body)
 	}
 
 	// Both shapes of the all-cars list.
 	for _, shape := range []any{[]api.KeyStatus{status}, map[string]any{"cars": []api.KeyStatus{status}}} {
-		g.on("GET /v1/keys", func([]byte) (int, any) { return 200, shape })
+		g.On("GET /v1/keys", func([]byte) (int, any) { return 200, shape })
 		cars, err := c.ListAllKeys(ctx)
 		if err != nil || len(cars) != 1 || cars[0].VIN != testVIN {
 			t.Fatalf("all cars from %T: %+v %v", shape, cars, err)
 		}
 	}
-	if req, _ := g.last(); req != "GET /v1/keys" {
+	if req, _ := g.Last(); req != "GET /v1/keys" {
 		t.Fatalf("request %s", req)
 	}
 	// One car's answer is not a list of cars, and not "no cars" either.
-	g.on("GET /v1/keys", func([]byte) (int, any) { return 200, status })
+	g.On("GET /v1/keys", func([]byte) (int, any) { return 200, status })
 	if cars, err := c.ListAllKeys(ctx); err == nil {
 		t.Fatalf("a single car's answer read as %+v", cars)
 	}
 
 	// Refusals arrive as *api.Error with the reason.
-	g.on("POST /v1/keys/revoke", func([]byte) (int, any) {
+	g.On("POST /v1/keys/revoke", func([]byte) (int, any) {
 		return 401, map[string]string{"error": "totp_required", "message": "key changes need a code"}
 	})
 	_, err = c.RevokeKey(ctx, api.RevokeRequest{VIN: testVIN, KeyID: "k1"})

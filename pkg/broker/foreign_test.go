@@ -149,10 +149,10 @@ func TestMosquittoClients(t *testing.T) {
 		})
 		publish(t, gw, "v/"+vinA+"/cmd", 1, "lock-by-gateway")
 		if err := wait(); err != nil {
-			t.Fatalf("mosquitto_sub: %v\n%s", err, out.buf.String())
+			t.Fatalf("mosquitto_sub: %v\n%s", err, out.String())
 		}
 		if !out.contains("lock-by-gateway") {
-			t.Fatalf("mosquitto_sub did not print the command:\n%s", out.buf.String())
+			t.Fatalf("mosquitto_sub did not print the command:\n%s", out.String())
 		}
 	})
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -39,30 +41,15 @@ const waitFor = 5 * time.Second // bound of every network wait in these tests
 func newTestClock() *clocktest.Fake { return clocktest.New(time.Now()) }
 
 // logBuffer holds a test's log lines; they are printed only if the test fails.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+type logBuffer struct{ testutil.Buffer }
 
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) contains(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Contains(l.buf.Bytes(), []byte(s))
-}
+func (l *logBuffer) contains(s string) bool { return strings.Contains(l.String(), s) }
 
 func newLogBuffer(t testing.TB) *logBuffer {
 	l := &logBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
-			l.mu.Lock()
-			t.Logf("broker log:\n%s", l.buf.String())
-			l.mu.Unlock()
+			t.Logf("broker log:\n%s", l.String())
 		}
 	})
 	return l

@@ -63,13 +63,9 @@ func EnvVars(prefix string, dst any) []string {
 func walkEnv(t reflect.Type, prefix string, f func(string)) {
 	for i := range t.NumField() {
 		sf := t.Field(i)
-		key, inline, ok := yamlKey(sf)
+		name, ok := envName(sf, prefix)
 		if !ok {
 			continue
-		}
-		name := prefix
-		if !inline {
-			name += "_" + strings.ToUpper(key)
 		}
 		ft := sf.Type
 		if ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct && !isLeaf(ft) {
@@ -83,6 +79,20 @@ func walkEnv(t reflect.Type, prefix string, f func(string)) {
 			f(name)
 		}
 	}
+}
+
+// envName is a field's variable, or for a struct the prefix of its fields' variables: prefix
+// and the field's YAML key, or prefix alone for an inlined field; false for a field YAML does
+// not see.
+func envName(sf reflect.StructField, prefix string) (string, bool) {
+	key, inline, ok := yamlKey(sf)
+	if !ok {
+		return "", false
+	}
+	if inline {
+		return prefix, true
+	}
+	return prefix + "_" + strings.ToUpper(key), true
 }
 
 // yamlKey returns the key of a field as yaml.v3 names it, whether it is inlined, and false for
@@ -143,13 +153,9 @@ func applyEnvStruct(v reflect.Value, prefix string, env map[string]string, errs 
 	t := v.Type()
 	for i := range t.NumField() {
 		sf := t.Field(i)
-		key, inline, ok := yamlKey(sf)
+		name, ok := envName(sf, prefix)
 		if !ok {
 			continue
-		}
-		name := prefix
-		if !inline {
-			name += "_" + strings.ToUpper(key)
 		}
 		fv := v.Field(i)
 		ft := sf.Type

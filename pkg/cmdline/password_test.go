@@ -6,136 +6,66 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
-	"golang.org/x/sys/unix"
-
 	"telematics/internal/testutil"
+	"telematics/internal/testutil/termtest"
 )
-
-// terminal is a pseudo-terminal: tty is what the command gets as stdin and stderr, and what
-// the screen shows is read from the other end.
-type terminal struct {
-	tty    *os.File
-	ptmx   *os.File
-	mu     sync.Mutex
-	screen bytes.Buffer
-	done   chan struct{}
-}
-
-func newTerminal(t *testing.T) *terminal {
-	t.Helper()
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	term := &terminal{tty: tty, ptmx: ptmx, done: make(chan struct{})}
-	go func() {
-		defer close(term.done)
-		buf := make([]byte, 1024)
-		for {
-			n, err := ptmx.Read(buf)
-			term.mu.Lock()
-			term.screen.Write(buf[:n])
-			term.mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		tty.Close()
-		ptmx.Close()
-		<-term.done
-	})
-	return term
-}
-
-func (term *terminal) shown() string {
-	term.mu.Lock()
-	defer term.mu.Unlock()
-	return term.screen.String()
-}
-
-// typeLine waits until the screen shows prompt for the n-th time and the terminal no longer
-// echoes, then types line and Enter.
-func (term *terminal) typeLine(t *testing.T, prompt string, n int, line string) {
-	t.Helper()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if strings.Count(term.shown(), prompt) < n {
-			return errors.New("prompt not shown yet: " + term.shown())
-		}
-		tio, err := unix.IoctlGetTermios(int(term.tty.Fd()), unix.TCGETS)
-		if err != nil {
-			return err
-		}
-		if tio.Lflag&unix.ECHO != 0 {
-			return errors.New("echo still on")
-		}
-		return nil
-	})
-	if _, err := term.ptmx.Write([]byte(line + "\n")); err != nil {
-		t.Fatal(err)
-	}
-}
 
 type result struct {
 	pw  string
 	err error
 }
 
-func readAsync(term *terminal, prompt string, confirm bool) chan result {
+func readAsync(term *termtest.Terminal, prompt string, confirm bool) chan result {
 	ch := make(chan result, 1)
 	go func() {
-		pw, err := ReadPassword(term.tty, term.tty, prompt, confirm)
+		pw, err := ReadPassword(term.TTY, term.TTY, prompt, confirm)
 		ch <- result{pw, err}
 	}()
 	return ch
 }
 
 func TestReadPasswordPromptsWithoutEchoOnATerminal(t *testing.T) {
-	term := newTerminal(t)
+	term := termtest.New(t)
 	ch := readAsync(term, "password for alice: ", false)
-	term.typeLine(t, "password for alice: ", 1, "correct horse battery")
+	term.TypeAt(t, "password for alice: ", 1, "correct horse battery")
 	r := <-ch
 	if r.err != nil || r.pw != "correct horse battery" {
 		t.Fatalf("got %q, %v", r.pw, r.err)
 	}
 	testutil.Eventually(t, 10*time.Second, func() error {
-		if !strings.Contains(term.shown(), "password for alice: \r\n") {
-			return errors.New("no newline after the prompt: " + term.shown())
+		if !strings.Contains(term.Shown(), "password for alice: \r\n") {
+			return errors.New("no newline after the prompt: " + term.Shown())
 		}
 		return nil
 	})
-	if strings.Contains(term.shown(), "horse") {
-		t.Errorf("the password was echoed: %q", term.shown())
+	if strings.Contains(term.Shown(), "horse") {
+		t.Errorf("the password was echoed: %q", term.Shown())
 	}
-	tio, err := unix.IoctlGetTermios(int(term.tty.Fd()), unix.TCGETS)
-	if err != nil || tio.Lflag&unix.ECHO == 0 {
+	if echo, err := term.Echo(); err != nil || !echo {
 		t.Errorf("echo not restored after reading (%v)", err)
 	}
 }
 
 func TestReadPasswordConfirmsOnATerminal(t *testing.T) {
-	term := newTerminal(t)
+	term := termtest.New(t)
 	ch := readAsync(term, "new password: ", true)
-	term.typeLine(t, "new password: ", 1, "s3cret-pass")
-	term.typeLine(t, "again: ", 1, "s3cret-pass")
+	term.TypeAt(t, "new password: ", 1, "s3cret-pass")
+	term.TypeAt(t, "again: ", 1, "s3cret-pass")
 	if r := <-ch; r.err != nil || r.pw != "s3cret-pass" {
 		t.Fatalf("got %q, %v", r.pw, r.err)
 	}
 
 	ch = readAsync(term, "new password: ", true)
-	term.typeLine(t, "new password: ", 2, "s3cret-pass")
-	term.typeLine(t, "again: ", 2, "s3cret-typo")
+	term.TypeAt(t, "new password: ", 2, "s3cret-pass")
+	term.TypeAt(t, "again: ", 2, "s3cret-typo")
 	if r := <-ch; !errors.Is(r.err, ErrPasswordMismatch) {
 		t.Fatalf("mismatch: got %q, %v", r.pw, r.err)
 	}
-	if strings.Contains(term.shown(), "s3cret") {
-		t.Errorf("a password was echoed: %q", term.shown())
+	if strings.Contains(term.Shown(), "s3cret") {
+		t.Errorf("a password was echoed: %q", term.Shown())
 	}
 }
 

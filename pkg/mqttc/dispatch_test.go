@@ -65,12 +65,7 @@ func TestDispatcherFullQueueBlocks(t *testing.T) {
 	m := Message{Topic: "a"}
 
 	must(t, d.dispatch(h, m, false)) // taken by the worker, which blocks
-	testutil.Eventually(t, 2*time.Second, func() error {
-		if q := d.queued()[0]; q != 0 {
-			return fmt.Errorf("queued %d", q)
-		}
-		return nil
-	})
+	waitTaken(t, d)
 	must(t, d.dispatch(h, m, false)) // fills the queue
 	third := make(chan error, 1)
 	go func() { third <- d.dispatch(h, m, false) }()
@@ -107,12 +102,7 @@ func TestDispatcherServesBlockedCallersInOrder(t *testing.T) {
 	}
 	send := func(p string) error { return d.dispatch(h, Message{Topic: "a", Payload: []byte(p)}, false) }
 	must(t, send("running"))
-	testutil.Eventually(t, 2*time.Second, func() error {
-		if q := d.queued()[0]; q != 0 {
-			return fmt.Errorf("queued %d", q)
-		}
-		return nil
-	})
+	waitTaken(t, d)
 	must(t, send("queued"))
 	errs := make(chan error, 3)
 	for i, p := range []string{"first", "second", "third"} {
@@ -143,12 +133,7 @@ func TestDispatcherOverflowWhileAckAwaited(t *testing.T) {
 	h := func(Message) { <-release; handled.Add(1) }
 	m := Message{Topic: "a"}
 	must(t, d.dispatch(h, m, false))
-	testutil.Eventually(t, 2*time.Second, func() error {
-		if q := d.queued()[0]; q != 0 {
-			return fmt.Errorf("queued %d", q)
-		}
-		return nil
-	})
+	waitTaken(t, d)
 	must(t, d.dispatch(h, m, false))
 	must(t, d.dispatch(h, m, true)) // in-process publisher: past the limit at once
 	blocked := make(chan error, 1)
@@ -180,12 +165,7 @@ func TestDispatcherClose(t *testing.T) {
 	h := func(Message) { <-release; handled.Add(1) }
 	m := Message{Topic: "a"}
 	must(t, d.dispatch(h, m, false))
-	testutil.Eventually(t, 2*time.Second, func() error {
-		if q := d.queued()[0]; q != 0 {
-			return fmt.Errorf("queued %d", q)
-		}
-		return nil
-	})
+	waitTaken(t, d)
 	must(t, d.dispatch(h, m, false))
 	blocked := make(chan error, 1)
 	go func() { blocked <- d.dispatch(h, m, false) }()
@@ -234,6 +214,17 @@ func TestShardOfIsStableAndSpreads(t *testing.T) {
 	if len(seen) < 6 {
 		t.Fatalf("64 topics hit only %d of 8 shards", len(seen))
 	}
+}
+
+// waitTaken waits until shard 0's worker has taken what was dispatched: its queue is empty.
+func waitTaken(t testing.TB, d *dispatcher) {
+	t.Helper()
+	testutil.Eventually(t, 2*time.Second, func() error {
+		if q := d.queued()[0]; q != 0 {
+			return fmt.Errorf("queued %d", q)
+		}
+		return nil
+	})
 }
 
 func blockedOn(d *dispatcher, shard, want int) error {

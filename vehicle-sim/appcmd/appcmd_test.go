@@ -7,11 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,10 +16,11 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/api"
+	"telematics/pkg/api/apitest"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/phone"
 	"telematics/pkg/phone/phonetest"
@@ -169,68 +165,13 @@ func TestKeyCreate(t *testing.T) {
 	}
 }
 
-// gatewayStub is the gateway's key API as the contract describes it: it checks the bearer
-// token and records every request and body; answers are set per route.
-type gatewayStub struct {
-	srv *httptest.Server
+// gatewayStub is the gateway's key API as the contract describes it; answers are set per
+// route from the request body decoded as JSON.
+type gatewayStub struct{ *apitest.Gateway }
 
-	mu      sync.Mutex
-	reqs    []string
-	bodies  [][]byte
-	all     [][]byte // every body ever received (take does not clear it)
-	answers map[string]func(body map[string]any) (int, any)
-}
+func newGatewayStub(t *testing.T) gatewayStub { return gatewayStub{apitest.NewGateway(t, token)} }
 
-func newGatewayStub(t *testing.T) *gatewayStub {
-	g := &gatewayStub{answers: map[string]func(map[string]any) (int, any){}}
-	g.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		var m map[string]any
-		_ = json.Unmarshal(body, &m)
-		g.mu.Lock()
-		g.reqs = append(g.reqs, r.Method+" "+r.URL.RequestURI())
-		g.bodies = append(g.bodies, body)
-		g.all = append(g.all, body)
-		answer := g.answers[r.Method+" "+r.URL.RequestURI()] // a route with its query first
-		if answer == nil {
-			answer = g.answers[r.Method+" "+r.URL.Path]
-		}
-		g.mu.Unlock()
-		status, out := http.StatusNotFound, any(map[string]string{"error": "bad_request", "message": "no route"})
-		switch {
-		case r.Header.Get("Authorization") != "Bearer "+token:
-			status, out = http.StatusUnauthorized, map[string]string{"error": "unauthenticated", "message": "bad token"}
-		case answer != nil:
-			status, out = answer(m)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(out)
-	}))
-	t.Cleanup(g.srv.Close)
-	return g
-}
-
-func (g *gatewayStub) on(route string, f func(map[string]any) (int, any)) {
-	g.mu.Lock()
-	g.answers[route] = f
-	g.mu.Unlock()
-}
-
-// take returns and forgets the requests so far.
-func (g *gatewayStub) take() ([]string, []map[string]any, [][]byte) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	var ms []map[string]any
-	for _, b := range g.bodies {
-		var m map[string]any
-		_ = json.Unmarshal(b, &m)
-		ms = append(ms, m)
-	}
-	reqs, raw := g.reqs, g.bodies
-	g.reqs, g.bodies = nil, nil
-	return reqs, ms, raw
-}
+func (g gatewayStub) on(route string, f func(map[string]any) (int, any)) { g.OnJSON(route, f) }
 
 func refusal(status int, reason protocol.Reason) func(map[string]any) (int, any) {
 	return func(map[string]any) (int, any) {
@@ -242,7 +183,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 	t.Parallel()
 	g := newGatewayStub(t)
 	p := newPhone(t)
-	p.login(g.srv.URL, "tcp://127.0.0.1:1")
+	p.login(g.URL, "tcp://127.0.0.1:1")
 	key := p.createKey()
 	pub, _ := sign.EncodePublic(key.Public())
 	until := time.Date(2030, 1, 31, 18, 0, 0, 0, time.UTC)
@@ -309,7 +250,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 			if code != tc.code {
 				t.Fatalf("exit %d, want %d; stdout %s stderr %s", code, tc.code, out, errs)
 			}
-			reqs, bodies, _ := g.take()
+			reqs, bodies, _ := g.Take()
 			if tc.req == "" {
 				if len(reqs) != 0 {
 					t.Fatalf("requests %v, want none", reqs)
@@ -341,7 +282,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Version != 5 || st.AckedVersion != 4 || len(st.Keys) != 2 {
 			t.Fatalf("%d %s %v", code, out, err)
 		}
-		g.take()
+		g.Take()
 	})
 	t.Run("refusals explain themselves", func(t *testing.T) {
 		for _, tc := range []struct {
@@ -367,9 +308,7 @@ func TestKeyCommandsAgainstGateway(t *testing.T) {
 	})
 
 	// Whatever was sent, the private key was not.
-	g.mu.Lock()
-	all := g.all
-	g.mu.Unlock()
+	all := g.All()
 	if len(all) < 10 {
 		t.Fatalf("only %d bodies recorded", len(all))
 	}
@@ -501,7 +440,7 @@ func TestSendLocal(t *testing.T) {
 		t.Fatalf("exit %d, stderr %s", code, errs)
 	}
 	// Nothing on the link's address: the phone is not near the car.
-	code, _, errs = p.run("send", vin, "unlock", "--local", "--user", "alice", "--link", closedAddr(t))
+	code, _, errs = p.run("send", vin, "unlock", "--local", "--user", "alice", "--link", testutil.FreeAddr(t))
 	if code != 1 || !strings.Contains(errs, "car unreachable") || !strings.Contains(errs, "are you next to the car") {
 		t.Fatalf("exit %d, stderr %s", code, errs)
 	}
@@ -512,17 +451,7 @@ func TestSendLocal(t *testing.T) {
 // executes set it plays a gateway that executes every command.
 func testBroker(t *testing.T, executes bool) string {
 	t.Helper()
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
+	srv := testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(auth.AllowHook)}})
 	if executes {
 		type job struct {
 			topic string
@@ -560,17 +489,7 @@ func testBroker(t *testing.T, executes bool) string {
 			}
 		})
 	}
-	t.Cleanup(func() { srv.Close() })
-	return "tcp://" + tcp.Address()
-}
-
-func closedAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return srv.URL()
 }
 
 func TestSendCloudFirst(t *testing.T) {
@@ -583,7 +502,7 @@ func TestSendCloudFirst(t *testing.T) {
 	}{
 		{"cloud answers", func(t *testing.T) string { return testBroker(t, true) }, "path: cloud\n", 0},
 		{"cloud silent", func(t *testing.T) string { return testBroker(t, false) }, "path: local (cloud did not answer within 200ms)\n", 2},
-		{"broker down", func(t *testing.T) string { return "tcp://" + closedAddr(t) }, "path: local (broker unreachable within 200ms)\n", 2},
+		{"broker down", func(t *testing.T) string { return "tcp://" + testutil.FreeAddr(t) }, "path: local (broker unreachable within 200ms)\n", 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -619,7 +538,7 @@ func TestSendCloudFirst(t *testing.T) {
 	})
 	t.Run("cloud only, broker down", func(t *testing.T) {
 		p := newPhone(t)
-		p.login("http://127.0.0.1:1", "tcp://"+closedAddr(t))
+		p.login("http://127.0.0.1:1", "tcp://"+testutil.FreeAddr(t))
 		p.createKey()
 		code, _, errs := p.run("send", vin, "lock", "--cloud-only", "--cloud-timeout", "200ms")
 		if code != 1 || !strings.Contains(errs, "broker unreachable") {

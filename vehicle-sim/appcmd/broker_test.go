@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/phone/phonetest"
 	"telematics/pkg/protocol"
 )
@@ -20,8 +21,8 @@ func TestSendFollowsTheMovedBroker(t *testing.T) {
 		return 200, map[string]any{"user": "alice", "broker_url": moved}
 	})
 	p := newPhone(t)
-	stale := "tcp://" + closedAddr(t)
-	p.login(g.srv.URL, stale)
+	stale := "tcp://" + testutil.FreeAddr(t)
+	p.login(g.URL, stale)
 	key := p.createKey()
 	link := phonetest.NewLink(t)
 	link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleOwner))
@@ -53,12 +54,12 @@ func TestSendSaysTheBrokerMayBeStale(t *testing.T) {
 		gateway func(t *testing.T) string
 		hint    bool
 	}{
-		{"gateway without the endpoint", func(t *testing.T) string { return newGatewayStub(t).srv.URL }, true},
-		{"gateway down too", func(t *testing.T) string { return "http://" + closedAddr(t) }, false},
+		{"gateway without the endpoint", func(t *testing.T) string { return newGatewayStub(t).URL }, true},
+		{"gateway down too", func(t *testing.T) string { return "http://" + testutil.FreeAddr(t) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPhone(t)
-			p.login(tc.gateway(t), "tcp://"+closedAddr(t))
+			p.login(tc.gateway(t), "tcp://"+testutil.FreeAddr(t))
 			key := p.createKey()
 			link := phonetest.NewLink(t)
 			link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleOwner))

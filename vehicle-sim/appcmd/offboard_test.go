@@ -13,7 +13,7 @@ func TestKeyRemoveUserAndKeepShare(t *testing.T) {
 	t.Parallel()
 	g := newGatewayStub(t)
 	p := newPhone(t)
-	p.login(g.srv.URL, "tcp://127.0.0.1:1")
+	p.login(g.URL, "tcp://127.0.0.1:1")
 	g.on("POST /v1/keys/remove-user", func(m map[string]any) (int, any) {
 		return 200, map[string]any{"vin": m["vin"], "user": m["user"], "role": "none", "keys_changed": 2, "version": 9}
 	})
@@ -23,7 +23,7 @@ func TestKeyRemoveUserAndKeepShare(t *testing.T) {
 	})
 
 	code, out, errs := p.run("key", "remove-user", strings.ToLower(vin), "bob", "--totp", "123456")
-	reqs, bodies, _ := g.take()
+	reqs, bodies, _ := g.Take()
 	if code != 0 || len(reqs) != 1 || reqs[0] != "POST /v1/keys/remove-user" ||
 		bodies[0]["vin"] != vin || bodies[0]["user"] != "bob" || bodies[0]["totp"] != "123456" {
 		t.Fatalf("remove-user: %d %v %v %s", code, reqs, bodies, errs)
@@ -33,12 +33,12 @@ func TestKeyRemoveUserAndKeepShare(t *testing.T) {
 	}
 
 	code, out, _ = p.run("key", "revoke", vin, "bobkey")
-	_, bodies, _ = g.take()
+	_, bodies, _ = g.Take()
 	if code != 0 || bodies[0]["keep_share"] != nil || !strings.Contains(out, "it was bob's last key: their share of "+vin+" ended") {
 		t.Fatalf("revoke: %d %v %q", code, bodies, out)
 	}
 	code, out, _ = p.run("key", "revoke", vin, "bobkey", "--keep-share")
-	_, bodies, _ = g.take()
+	_, bodies, _ = g.Take()
 	if code != 0 || bodies[0]["keep_share"] != true || strings.Contains(out, "share of") {
 		t.Fatalf("revoke --keep-share: %d %v %q", code, bodies, out)
 	}

@@ -15,7 +15,7 @@ func TestHumanAndJSONOutput(t *testing.T) {
 	t.Parallel()
 	g := newGatewayStub(t)
 	p := newPhone(t)
-	p.login(g.srv.URL, "tcp://127.0.0.1:1")
+	p.login(g.URL, "tcp://127.0.0.1:1")
 	key := p.createKey()
 	g.on("GET /v1/2fa", func(map[string]any) (int, any) {
 		return 200, map[string]any{"enrolled": true, "pending": false, "recovery_codes_left": 1, "mode": "required"}

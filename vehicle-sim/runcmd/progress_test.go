@@ -3,17 +3,15 @@ package runcmd
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/vehicle/carstore"
@@ -36,39 +34,10 @@ func (h *refuseBad) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) boo
 
 func (h *refuseBad) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 
-// progressBuffer is a progress writer safe to read while the fleet writes.
-type progressBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (p *progressBuffer) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.b.Write(b)
-}
-
-func (p *progressBuffer) String() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.b.String()
-}
-
 // TestProgressReportsFailures: a fleet with a car the broker refuses reports how many cars
 // connected, that one failed and why, and, once stopped, what the fleet did.
 func TestProgressReportsFailures(t *testing.T) {
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(), Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(refuseBad), nil); err != nil {
-		t.Fatal(err)
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	b := testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(refuseBad)}})
 
 	gw, err := sign.Generate()
 	if err != nil {
@@ -88,14 +57,14 @@ func TestProgressReportsFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	f, err := fleet.New(fleet.Config{BrokerURL: "tcp://" + tcp.Address(), Creds: creds, Store: st,
+	f, err := fleet.New(fleet.Config{BrokerURL: b.URL(), Creds: creds, Store: st,
 		TelemetryInterval: 50 * time.Millisecond, ConnectRate: 50})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &progressBuffer{}
+	out := &testutil.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		_, err := runWithProgress(ctx, f, out, time.Second)

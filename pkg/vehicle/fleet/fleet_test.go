@@ -74,24 +74,6 @@ func (r *recorder) get(topic string) []packets.Packet {
 	return append([]packets.Packet(nil), r.msgs[topic]...)
 }
 
-// syncBuffer is a log writer safe to read while the fleet writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestFleetAgainstBroker(t *testing.T) {
 	srv, url := startBroker(t)
 	rec := &recorder{}
@@ -116,7 +98,7 @@ func TestFleetAgainstBroker(t *testing.T) {
 	creds = append(creds, bad)
 
 	st := vehicletest.OpenStore(t, t.TempDir())
-	logBuf := &syncBuffer{} // shown only if the test fails
+	logBuf := &testutil.Buffer{} // shown only if the test fails
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log(logBuf.String())

@@ -30,7 +30,7 @@ func fastDial(ctx context.Context, o mqttc.Options) (mqttc.Client, error) {
 // runTestFleet runs Run until the test ends (or stop is called) and returns stop.
 func runTestFleet(t *testing.T, cfg Config) (stop func() Stats) {
 	t.Helper()
-	logBuf := &syncBuffer{}
+	logBuf := &testutil.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	t.Cleanup(func() {
 		if t.Failed() {
