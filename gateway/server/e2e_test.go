@@ -80,6 +80,29 @@ func addUser(t testing.TB, g *server.Gateway, name string, vin string, role prot
 	}
 }
 
+// reissue gives car vin new credentials.
+func reissue(t testing.TB, g *server.Gateway, vin string) protocol.Credentials {
+	t.Helper()
+	fresh, err := adminClient(g).ReissueCredentials(context.Background(), vin)
+	if err != nil {
+		t.Fatalf("reissue the credentials of %s: %v", vin, err)
+	}
+	return fresh
+}
+
+// whitelistOf is the admin's view of car vin's whitelist (zero before it has one).
+func whitelistOf(t testing.TB, g *server.Gateway, vin string) api.KeyStatus {
+	t.Helper()
+	v, err := adminClient(g).Vehicle(context.Background(), vin)
+	if err != nil {
+		t.Fatalf("vehicle %s: %v", vin, err)
+	}
+	if v.Keys == nil {
+		return api.KeyStatus{}
+	}
+	return *v.Keys
+}
+
 // assign gives user role on vin.
 func assign(t testing.TB, g *server.Gateway, vin, user string, role protocol.Role) {
 	t.Helper()
