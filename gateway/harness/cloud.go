@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -277,41 +276,39 @@ func (c *Cloud) BrokerURL() string {
 	return "tcp://" + c.mqttAddr
 }
 
-// Admin calls the admin API.
-func (c *Cloud) Admin(ctx context.Context, method, path string, in, out any) error {
-	return api.NewClient(c.HTTPURL(), c.G.AdminToken()).Do(ctx, method, path, in, out)
-}
+// Client is a client of the gateway's API with the admin token.
+func (c *Cloud) Client() *api.Client { return api.NewClient(c.HTTPURL(), c.G.AdminToken()) }
 
 // Provision adds n cars.
 func (c *Cloud) Provision(ctx context.Context, n int) ([]protocol.Credentials, error) {
-	var creds []protocol.Credentials
-	err := c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{Count: n}, &creds)
-	return creds, err
+	return c.Client().AddVehicles(ctx, api.AddVehiclesRequest{Count: n})
 }
 
 // AddUser creates a user, and makes them owner of vin unless vin is "".
 func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
-	err := whileBusy(ctx, func() error {
-		return c.Admin(ctx, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: name, Password: password}, nil)
-	})
+	admin := c.Client()
+	err := whileBusy(ctx, func() error { return admin.AddUser(ctx, name, password) })
 	if err != nil {
 		return err
 	}
 	if vin == "" {
 		return nil
 	}
-	return c.Admin(ctx, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", api.AssignRequest{User: name, Role: protocol.RoleOwner}, nil)
+	_, err = admin.Assign(ctx, vin, name, protocol.RoleOwner)
+	return err
 }
 
 // WaitSynced waits until every car acknowledged its current whitelist.
 func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...string) error {
+	admin := c.Client()
 	return WaitFor(ctx, timeout, func() error {
 		for _, vin := range vins {
-			var v struct {
-				Keys api.KeyStatus `json:"keys"`
-			}
-			if err := c.Admin(ctx, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
+			v, err := admin.Vehicle(ctx, vin)
+			if err != nil {
 				return err
+			}
+			if v.Keys == nil {
+				return fmt.Errorf("%s has no whitelist yet", vin)
 			}
 			if v.Keys.Version == 0 || !v.Keys.InSync {
 				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)

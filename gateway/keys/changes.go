@@ -15,7 +15,8 @@ import (
 	"telematics/pkg/sign"
 )
 
-// Share is what an owner granted another user on one car.
+// Share is what an owner granted another user on one car; it is stored as JSON in the shares
+// bucket (its tags are its stored form).
 type Share struct {
 	VIN        string        `json:"vin"`
 	User       string        `json:"user"`
@@ -91,12 +92,12 @@ func (s *Service) Pair(ctx context.Context, user, session, vin, pubB64, label, c
 
 // ShareRequest is what an owner gives another user.
 type ShareRequest struct {
-	VIN        string        `json:"vin"`
-	User       string        `json:"user"`
-	Role       protocol.Role `json:"role"`
-	NotAfterMs int64         `json:"not_after,omitempty"`
-	Channels   []string      `json:"channels,omitempty"`
-	TOTP       string        `json:"totp,omitempty"`
+	VIN        string
+	User       string
+	Role       protocol.Role
+	NotAfterMs int64
+	Channels   []string
+	TOTP       string
 }
 
 // Share lets another user pair their own phone key with owner's car, as driver or valet,
@@ -194,25 +195,25 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 
 // RevokeRequest names a key to revoke.
 type RevokeRequest struct {
-	VIN            string `json:"vin"`
-	KeyID          string `json:"key_id"`
-	TOTP           string `json:"totp,omitempty"`
-	AllowLastOwner bool   `json:"allow_last_owner,omitempty"`
+	VIN            string
+	KeyID          string
+	TOTP           string
+	AllowLastOwner bool
 	// KeepShare keeps the share of a driver or valet whose last key an owner revokes. Without
 	// it their share and role on the car end with that key: they cannot pair another phone
 	// until an owner shares the car with them again.
-	KeepShare bool `json:"keep_share,omitempty"`
+	KeepShare bool
 }
 
 // Revocation is what a revocation did.
 type Revocation struct {
-	VIN     string `json:"vin"`
-	KeyID   string `json:"key_id"`
-	User    string `json:"user"`    // whose key it was
-	Version uint64 `json:"version"` // the whitelist version without it
+	VIN     string
+	KeyID   string
+	User    string // whose key it was
+	Version uint64 // the whitelist version without it
 	// ShareEnded: the key was the last of a driver or valet, and their share and role on the
 	// car ended with it.
-	ShareEnded bool `json:"share_ended"`
+	ShareEnded bool
 }
 
 // ErrLastOwnerKey refuses to revoke the last active owner key of a car without the explicit

@@ -31,15 +31,15 @@ const ActionRemoveUser = ActionRevoke
 
 // RoleChange is what a role change did.
 type RoleChange struct {
-	VIN  string        `json:"vin"`
-	User string        `json:"user"`
-	Role protocol.Role `json:"role"` // "none": the user was removed from the car
+	VIN  string
+	User string
+	Role protocol.Role // "none": the user was removed from the car
 	// KeysChanged is how many of the user's keys were rewritten with the new role, or revoked
 	// when the user was removed.
-	KeysChanged int `json:"keys_changed"`
+	KeysChanged int
 	// Version is the whitelist version that carries the change to the car; 0 when no key
 	// changed (the user had paired none).
-	Version uint64 `json:"version,omitempty"`
+	Version uint64
 }
 
 // Assign is the admin's role change: user gets role on vin, and every unrevoked key the user
@@ -119,9 +119,9 @@ func (s *Service) UnassignEverywhere(ctx context.Context, user string) ([]RoleCh
 
 // RemoveUserRequest is an owner's "remove this user from this car".
 type RemoveUserRequest struct {
-	VIN  string `json:"vin"`
-	User string `json:"user"`
-	TOTP string `json:"totp,omitempty"`
+	VIN  string
+	User string
+	TOTP string
 }
 
 // RemoveUser is an owner removing a driver or valet from their car: every key of that user is
@@ -298,11 +298,11 @@ func clearCarTx(tx *bolt.Tx, vin string) ([]string, int, error) {
 
 // Transfer is what a transfer of a car to a new owner did.
 type Transfer struct {
-	VIN          string   `json:"vin"`
-	Owner        string   `json:"owner"`
-	UsersRemoved []string `json:"users_removed"`
-	KeysRemoved  int      `json:"keys_removed"`
-	Version      uint64   `json:"version,omitempty"` // the whitelist without them; 0 if there were no keys
+	VIN          string
+	Owner        string
+	UsersRemoved []string
+	KeysRemoved  int
+	Version      uint64 // the whitelist without them; 0 if there were no keys
 }
 
 // Transfer gives vin to a new owner: every user's role and share end and every key is taken
@@ -350,13 +350,13 @@ func (s *Service) Transfer(ctx context.Context, vin, newOwner string) (Transfer,
 
 // Decommission is what a decommission did.
 type Decommission struct {
-	VIN          string   `json:"vin"`
-	UsersRemoved []string `json:"users_removed"`
-	KeysRemoved  int      `json:"keys_removed"`
+	VIN          string
+	UsersRemoved []string
+	KeysRemoved  int
 	// Version is the car's empty whitelist. Its credentials are retired once the car
 	// acknowledges it (CredentialsRetired false until then), or at once with retireNow.
-	Version            uint64 `json:"version"`
-	CredentialsRetired bool   `json:"credentials_retired"`
+	Version            uint64
+	CredentialsRetired bool
 }
 
 // Decommission takes vin out of service: every role, share and key of the car ends, and an

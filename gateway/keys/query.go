@@ -4,12 +4,12 @@ import "telematics/pkg/protocol"
 
 // Status is what an owner and the admin API see of a car's whitelist.
 type Status struct {
-	VIN          string                  `json:"vin"`
-	Version      uint64                  `json:"version"`
-	AckedVersion uint64                  `json:"acked_version"`
-	AckedMs      int64                   `json:"acked_ts,omitempty"`
-	InSync       bool                    `json:"in_sync"`
-	Keys         []protocol.WhitelistKey `json:"keys"`
+	VIN          string
+	Version      uint64
+	AckedVersion uint64
+	AckedMs      int64
+	InSync       bool
+	Keys         []protocol.WhitelistKey
 }
 
 // Whitelist returns a car's current whitelist (nil if it has none).

@@ -60,15 +60,14 @@ func startProcess(t *testing.T, bin, dir, httpAddr, mqttAddr string) *gwProcess 
 	return p
 }
 
-func (p *gwProcess) admin(t *testing.T, method, path string, in, out any) {
+// adminClient is a client of the process's API with its admin token.
+func (p *gwProcess) adminClient(t *testing.T) *api.Client {
 	t.Helper()
 	tok, err := os.ReadFile(filepath.Join(p.dir, "admin.token"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := api.NewClient(p.httpURL, strings.TrimSpace(string(tok))).Do(context.Background(), method, path, in, out); err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
+	return api.NewClient(p.httpURL, strings.TrimSpace(string(tok)))
 }
 
 // TestKillDuringKeyBurst: kill -9 the gateway during a burst of key changes; after the
@@ -82,11 +81,18 @@ func TestKillDuringKeyBurst(t *testing.T) {
 	dir := t.TempDir()
 	httpAddr, mqttAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	p := startProcess(t, bin, dir, httpAddr, mqttAddr)
-	var creds []protocol.Credentials
-	p.admin(t, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{Count: 1}, &creds)
+	admin := p.adminClient(t)
+	creds, err := admin.AddVehicles(context.Background(), api.AddVehiclesRequest{Count: 1})
+	if err != nil {
+		t.Fatalf("provision a car: %v", err)
+	}
 	vin := creds[0].VIN
-	p.admin(t, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: "alice", Password: password}, nil)
-	p.admin(t, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	if err := admin.AddUser(context.Background(), "alice", password); err != nil {
+		t.Fatalf("add alice: %v", err)
+	}
+	if _, err := admin.Assign(context.Background(), vin, "alice", protocol.RoleOwner); err != nil {
+		t.Fatalf("make alice owner of %s: %v", vin, err)
+	}
 	runFleet(t, "tcp://"+mqttAddr, creds)
 	sess, err := phone.Login(context.Background(), p.httpURL, "alice", password, "")
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -50,25 +49,65 @@ func startGateway(t testing.TB, dir string, mutate func(*server.Config)) *server
 	return c.G
 }
 
+// adminClient is a client of g's API with the admin token.
+func adminClient(g *server.Gateway) *api.Client { return api.NewClient(g.HTTPURL(), g.AdminToken()) }
+
+// admin makes a raw admin call, for tests of the wire itself; the others use adminClient's
+// typed methods.
 func admin(t testing.TB, g *server.Gateway, method, path string, in, out any) {
 	t.Helper()
-	if err := api.NewClient(g.HTTPURL(), g.AdminToken()).Do(context.Background(), method, path, in, out); err != nil {
+	if err := adminClient(g).Do(context.Background(), method, path, in, out); err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 }
 
 func provision(t testing.TB, g *server.Gateway, n int) []protocol.Credentials {
 	t.Helper()
-	var creds []protocol.Credentials
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles", api.AddVehiclesRequest{Count: n}, &creds)
+	creds, err := adminClient(g).AddVehicles(context.Background(), api.AddVehiclesRequest{Count: n})
+	if err != nil {
+		t.Fatalf("provision %d cars: %v", n, err)
+	}
 	return creds
 }
 
 func addUser(t testing.TB, g *server.Gateway, name string, vin string, role protocol.Role) {
 	t.Helper()
-	admin(t, g, http.MethodPost, "/v1/admin/users", api.AddUserRequest{Username: name, Password: password}, nil)
+	if err := adminClient(g).AddUser(context.Background(), name, password); err != nil {
+		t.Fatalf("add user %s: %v", name, err)
+	}
 	if vin != "" {
-		admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+vin+"/assign", api.AssignRequest{User: name, Role: role}, nil)
+		assign(t, g, vin, name, role)
+	}
+}
+
+// reissue gives car vin new credentials.
+func reissue(t testing.TB, g *server.Gateway, vin string) protocol.Credentials {
+	t.Helper()
+	fresh, err := adminClient(g).ReissueCredentials(context.Background(), vin)
+	if err != nil {
+		t.Fatalf("reissue the credentials of %s: %v", vin, err)
+	}
+	return fresh
+}
+
+// whitelistOf is the admin's view of car vin's whitelist (zero before it has one).
+func whitelistOf(t testing.TB, g *server.Gateway, vin string) api.KeyStatus {
+	t.Helper()
+	v, err := adminClient(g).Vehicle(context.Background(), vin)
+	if err != nil {
+		t.Fatalf("vehicle %s: %v", vin, err)
+	}
+	if v.Keys == nil {
+		return api.KeyStatus{}
+	}
+	return *v.Keys
+}
+
+// assign gives user role on vin.
+func assign(t testing.TB, g *server.Gateway, vin, user string, role protocol.Role) {
+	t.Helper()
+	if _, err := adminClient(g).Assign(context.Background(), vin, user, role); err != nil {
+		t.Fatalf("make %s %s of %s: %v", user, role, vin, err)
 	}
 }
 
@@ -131,18 +170,17 @@ func loginKey(t testing.TB, g *server.Gateway, user, brokerURL string, vins ...s
 // waitSynced waits until each car acknowledged its current whitelist.
 func waitSynced(t testing.TB, g *server.Gateway, vins ...string) {
 	t.Helper()
+	admin := adminClient(g)
 	testutil.Eventually(t, 10*time.Second, func() error {
 		for _, vin := range vins {
-			var v struct {
-				Keys struct {
-					Version      uint64 `json:"version"`
-					AckedVersion uint64 `json:"acked_version"`
-				} `json:"keys"`
-			}
-			if err := api.NewClient(g.HTTPURL(), g.AdminToken()).Do(context.Background(), http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v); err != nil {
+			v, err := admin.Vehicle(context.Background(), vin)
+			if err != nil {
 				return err
 			}
-			if v.Keys.Version == 0 || v.Keys.AckedVersion != v.Keys.Version {
+			if v.Keys == nil {
+				return fmt.Errorf("%s has no whitelist yet", vin)
+			}
+			if v.Keys.Version == 0 || !v.Keys.InSync {
 				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
 			}
 		}
@@ -219,9 +257,9 @@ func TestEndToEndCommands(t *testing.T) {
 	mine, valetCar, offline := creds[0].VIN, creds[1].VIN, creds[2].VIN
 	silent := creds[3]
 	addUser(t, g, "alice", mine, protocol.RoleOwner)
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+valetCar+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleValet}, nil)
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+offline+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+silent.VIN+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	assign(t, g, valetCar, "alice", protocol.RoleValet)
+	assign(t, g, offline, "alice", protocol.RoleOwner)
+	assign(t, g, silent.VIN, "alice", protocol.RoleOwner)
 	addUser(t, g, "bob", "", "")
 
 	runFleet(t, g.BrokerURL(), creds[:2])

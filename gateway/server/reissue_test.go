@@ -37,8 +37,7 @@ func TestReissueRetiresTheOldToken(t *testing.T) {
 	runFleet(t, g.BrokerURL(), []protocol.Credentials{old})
 	waitOnline(t, g, old.VIN)
 
-	var fresh protocol.Credentials
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+old.VIN+"/credentials", struct{}{}, &fresh)
+	fresh := reissue(t, g, old.VIN)
 	if fresh.VIN != old.VIN || fresh.Token == "" || fresh.Token == old.Token {
 		t.Fatalf("reissued credentials: %+v", fresh)
 	}
@@ -108,8 +107,7 @@ func TestReissueBehindStandaloneBroker(t *testing.T) {
 	} else {
 		c.Close()
 	}
-	var fresh protocol.Credentials
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+old.VIN+"/credentials", struct{}{}, &fresh)
+	fresh := reissue(t, g, old.VIN)
 	retired := func() error {
 		c, err := dialCar(brokerURL, old)
 		if err == nil {

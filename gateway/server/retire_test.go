@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,7 +35,9 @@ func TestRetirePreviousKeyRefusedUntilEveryCarHopped(t *testing.T) {
 	car, vin := cars[0], cars[0].VIN
 	// A decommissioned car whose credentials are retired never makes the hop: it must not
 	// keep the previous key alive.
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+cars[1].VIN+"/decommission", map[string]bool{"retire_now": true}, nil)
+	if _, err := adminClient(g).Decommission(context.Background(), cars[1].VIN, true); err != nil {
+		t.Fatalf("decommission %s: %v", cars[1].VIN, err)
+	}
 	addUser(t, g, "alice", vin, protocol.RoleOwner)
 	runFleet(t, g.BrokerURL(), []protocol.Credentials{car})
 	_, _, key := loginKey(t, g, "alice", "", vin)
@@ -62,15 +63,9 @@ func TestRetirePreviousKeyRefusedUntilEveryCarHopped(t *testing.T) {
 	// the old key's.
 	g = startGateway(t, dir, withAddr)
 	testutil.Eventually(t, 10*time.Second, func() error {
-		var v struct {
-			Keys struct {
-				Version      uint64 `json:"version"`
-				AckedVersion uint64 `json:"acked_version"`
-			} `json:"keys"`
-		}
-		admin(t, g, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v)
-		if v.Keys.Version < 3 || v.Keys.AckedVersion != v.Keys.Version {
-			return errorf("whitelist %d acknowledged of %d, want the adoption version 3 acknowledged", v.Keys.AckedVersion, v.Keys.Version)
+		wl := whitelistOf(t, g, vin)
+		if wl.Version < 3 || wl.AckedVersion != wl.Version {
+			return errorf("whitelist %d acknowledged of %d, want the adoption version 3 acknowledged", wl.AckedVersion, wl.Version)
 		}
 		return nil
 	})
@@ -86,8 +81,7 @@ func TestRetirePreviousKeyRefusedUntilEveryCarHopped(t *testing.T) {
 
 	// New credentials, signed by the new key; the car runs on them.
 	g = startGateway(t, dir, withAddr)
-	var fresh protocol.Credentials
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+vin+"/credentials", struct{}{}, &fresh)
+	fresh := reissue(t, g, vin)
 	runFleet(t, g.BrokerURL(), []protocol.Credentials{fresh})
 	waitOnline(t, g, vin)
 	g.Close()

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"io"
-	"net/http"
 	"testing"
 
 	"telematics/gateway/server"
@@ -31,8 +30,7 @@ func TestRetirePreviousKeyWithUnpairedCar(t *testing.T) {
 
 	g = startGateway(t, dir, withAddr)
 	waitSynced(t, g, car.VIN) // it has a whitelist signed by a key it trusts, and acknowledged it
-	var fresh protocol.Credentials
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+car.VIN+"/credentials", struct{}{}, &fresh)
+	fresh := reissue(t, g, car.VIN)
 	runFleet(t, g.BrokerURL(), []protocol.Credentials{fresh})
 	waitOnline(t, g, car.VIN)
 	g.Close()

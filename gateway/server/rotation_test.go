@@ -3,7 +3,6 @@ package server_test
 import (
 	"bytes"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,7 +10,6 @@ import (
 
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
-	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -53,15 +51,9 @@ func TestSigningKeyRotationCarsFollow(t *testing.T) {
 	// The car acknowledges the rotation version (signed by the old key, trusting both), then
 	// the version signed by the new key alone.
 	waitSynced(t, g2, vin)
-	var v struct {
-		Keys struct {
-			Version uint64 `json:"version"`
-		} `json:"keys"`
-	}
 	testutil.Eventually(t, 10*time.Second, func() error {
-		admin(t, g2, http.MethodGet, "/v1/admin/vehicles/"+vin, nil, &v)
-		if v.Keys.Version < 3 {
-			return errorf("whitelist version %d, want the adoption version 3", v.Keys.Version)
+		if wl := whitelistOf(t, g2, vin); wl.Version < 3 {
+			return errorf("whitelist version %d, want the adoption version 3", wl.Version)
 		}
 		return nil
 	})
@@ -104,7 +96,7 @@ func TestCarAddedDuringRotationFollowsTheNext(t *testing.T) {
 
 	g = startGateway(t, dir, withAddr)
 	late := provision(t, g, 1)[0]
-	admin(t, g, http.MethodPost, "/v1/admin/vehicles/"+late.VIN+"/assign", api.AssignRequest{User: "alice", Role: protocol.RoleOwner}, nil)
+	assign(t, g, late.VIN, "alice", protocol.RoleOwner)
 	runFleet(t, "tcp://"+mqttAddr, []protocol.Credentials{late})
 	app, _, lateKey := loginKey(t, g, "alice", "", late.VIN)
 	waitSynced(t, g, early.VIN, late.VIN)

@@ -170,7 +170,7 @@ func TestWireContract(t *testing.T) {
 	strict[api.TOTPStatus](t, "2fa status", st, 200, b)
 	st, b = wire(t, g, http.MethodPost, "/v1/2fa/enroll", tok, api.TOTPCode{})
 	e := strict[api.TOTPEnrollment](t, "2fa enroll", st, 200, b)
-	auth := phone.NewAuthenticator(e.Secret)
+	auth := phone.NewAuthenticator(e.Secret, nil)
 	code, err := auth.Code()
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"telematics/pkg/api"
+	"telematics/pkg/clock"
 )
 
 // Authenticator is the authenticator app on a person's phone, for programs that act as that
@@ -19,14 +20,13 @@ type Authenticator struct {
 	mu       sync.Mutex
 	secret   string
 	lastStep int64
-	now      func() time.Time
-	sleep    func(time.Duration)
+	clock    clock.Clock
 }
 
 // NewAuthenticator returns an authenticator for the base32 secret the gateway handed out at
-// enrollment.
-func NewAuthenticator(secret string) *Authenticator {
-	return &Authenticator{secret: secret, now: time.Now, sleep: time.Sleep}
+// enrollment, telling the time by clk (nil: the real clock).
+func NewAuthenticator(secret string, clk clock.Clock) *Authenticator {
+	return &Authenticator{secret: secret, clock: clock.Or(clk)}
 }
 
 // CodeMargin is how much longer than that a previous step's code must stay acceptable for the
@@ -43,7 +43,7 @@ func (a *Authenticator) Code() (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for {
-		now := a.now()
+		now := a.clock.Now()
 		step := now.Unix() / 30
 		stepEnd := time.Unix((step+1)*30, 0)
 		first := step - 1
@@ -56,19 +56,21 @@ func (a *Authenticator) Code() (string, error) {
 				return totp.GenerateCode(a.secret, time.Unix(s*30, 0))
 			}
 		}
-		a.sleep(stepEnd.Sub(now) + 10*time.Millisecond)
+		t, next := a.clock.NewTimer(stepEnd.Sub(now) + 10*time.Millisecond)
+		<-next
+		t.Stop()
 	}
 }
 
 // EnrollAuthenticator enrolls a TOTP authenticator for the client's user and confirms it with
 // its first code, as a person does with the authenticator app on their phone. It returns the
-// authenticator and the recovery codes.
+// authenticator, on the real clock, and the recovery codes.
 func EnrollAuthenticator(ctx context.Context, c *api.Client) (*Authenticator, []string, error) {
 	e, err := c.EnrollTOTP(ctx, "")
 	if err != nil {
 		return nil, nil, fmt.Errorf("enroll TOTP: %w", err)
 	}
-	auth := NewAuthenticator(e.Secret)
+	auth := NewAuthenticator(e.Secret, nil)
 	code, err := auth.Code()
 	if err != nil {
 		return nil, nil, err

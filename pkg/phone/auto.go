@@ -50,8 +50,9 @@ type AutoOptions struct {
 	CloudOnly bool
 	// Logger receives MQTT connection events; default discards.
 	Logger *slog.Logger
-	// Clock dates the commands and judges the session's expiry; default the real clock. The
-	// CloudTimeout is a network timeout and runs on real time.
+	// Clock dates the commands, judges the session's expiry and times the wait for a command's
+	// expiry; default the real clock. The CloudTimeout is a network timeout and runs on real
+	// time.
 	Clock clock.Clock
 	// CurrentBroker, when set (and BrokerURL is not), asks the gateway which broker it
 	// advertises now (a session keeps the one its login named; see CurrentBroker). SendAuto
@@ -168,7 +169,7 @@ func sendCloud(ctx context.Context, o AutoOptions, r Request, emit func(Outcome)
 		cctx, cancel := context.WithDeadline(ctx, firstBy)
 		defer cancel()
 		return ConnectWith(cctx, o.Session, ConnectOptions{BrokerURL: brokerURL, Key: o.Key,
-			ConnectTimeout: o.CloudTimeout, Logger: o.Logger})
+			ConnectTimeout: o.CloudTimeout, Logger: o.Logger, Clock: o.Clock})
 	}
 	current, stopAsking := askCurrentBroker(ctx, o, firstBy)
 	app, err := connect(o.BrokerURL)
@@ -199,7 +200,6 @@ func sendCloud(ctx context.Context, o AutoOptions, r Request, emit func(Outcome)
 		return out, "broker unusable", fmt.Errorf("connect to the broker: %w", err)
 	}
 	defer app.Close()
-	app.now = o.Clock.Now
 	reply, err := app.send(ctx, r, func(rep protocol.Reply) { emit(Outcome{Path: PathCloud, Reply: rep}) }, firstBy)
 	switch {
 	case errors.Is(err, errCloudSilent):

@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 
 	"telematics/pkg/api"
+	"telematics/pkg/clock"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -66,7 +67,7 @@ func Login(ctx context.Context, gatewayURL, user, password, totp string) (*Sessi
 type App struct {
 	sess   *Session
 	client mqttc.Client
-	now    func() time.Time
+	clock  clock.Clock
 
 	mu      sync.Mutex
 	key     *sign.Signer // signs every command; nil until SetKey
@@ -84,6 +85,9 @@ type ConnectOptions struct {
 	ConnectTimeout time.Duration
 	// Logger receives connection events; default discards.
 	Logger *slog.Logger
+	// Clock dates the commands and times the wait for a command's expiry; default the real
+	// clock. The connect and publish timeouts are network timeouts and run on real time.
+	Clock clock.Clock
 }
 
 // Connect opens the app's MQTT session (brokerURL overrides the one the gateway advertised)
@@ -108,7 +112,7 @@ func ConnectWith(ctx context.Context, s *Session, o ConnectOptions) (*App, error
 		_, _ = rand.Read(suffix)
 		clientID = s.ClientIDPrefix + hex.EncodeToString(suffix)
 	}
-	a := &App{sess: s, now: time.Now, key: o.Key, waiters: map[string]chan protocol.Reply{}}
+	a := &App{sess: s, clock: clock.Or(o.Clock), key: o.Key, waiters: map[string]chan protocol.Reply{}}
 	c, err := mqttc.Dial(ctx, mqttc.Options{
 		BrokerURL: brokerURL, ClientID: clientID,
 		Username: s.User, Password: s.Token, Logger: logger,
@@ -172,7 +176,7 @@ func (a *App) NewCommand(r Request) protocol.Command {
 	if k := a.signer(); k != nil {
 		keyID = k.KID()
 	}
-	return newCommand(a.sess.User, keyID, r, a.now())
+	return newCommand(a.sess.User, keyID, r, a.clock.Now())
 }
 
 // newCommand builds the command document user sends with key keyID at now.
@@ -298,7 +302,7 @@ func (a *App) follow(ctx context.Context, id string, expiresAt time.Time, payloa
 		return protocol.Reply{}, fmt.Errorf("publish request: %w (%w)", errNotPublished, err)
 	}
 	// The gateway answers expired shortly after expiry; wait a little longer than that.
-	deadline := time.NewTimer(time.Until(expiresAt) + 5*time.Second)
+	deadline, expired := a.clock.NewTimer(a.clock.Until(expiresAt) + 5*time.Second)
 	defer deadline.Stop()
 	var first <-chan time.Time // nil (never fires) unless a first-reply deadline is set
 	if !firstReplyBy.IsZero() {
@@ -318,7 +322,7 @@ func (a *App) follow(ctx context.Context, id string, expiresAt time.Time, payloa
 			}
 		case <-first:
 			return protocol.Reply{}, errCloudSilent
-		case <-deadline.C:
+		case <-expired:
 			return protocol.Reply{}, fmt.Errorf("%w for %s", ErrNoTerminalReply, id)
 		case <-ctx.Done():
 			return protocol.Reply{}, ctx.Err()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"telematics/internal/testutil"
+	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/phone/phonetest"
 	"telematics/pkg/protocol"
 	"telematics/pkg/whitelist"
@@ -143,4 +144,72 @@ func TestSendSignsEveryCommand(t *testing.T) {
 		t.Fatalf("published command %+v", cmd)
 	}
 	assertNoSecret(t, key, reqs...)
+}
+
+// TestSendWaitsForExpiryOnItsClock: the app dates a command and waits for its expiry on the
+// clock it was given, so a command the gateway took but never finished gives up when that
+// clock passes the expiry plus the margin.
+func TestSendWaitsForExpiryOnItsClock(t *testing.T) {
+	b := startBroker(t, true)
+	b.answer(t, func(c protocol.Command) []step {
+		return []step{{0, protocol.Reply{V: 1, ID: c.ID, Status: protocol.ReplyAccepted}}}
+	})
+	start := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	clk := clocktest.New(start)
+	app, err := ConnectWith(context.Background(), testSession(b.url()), ConnectOptions{Key: newKey(t), Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+
+	accepted := make(chan struct{})
+	type result struct {
+		r   protocol.Reply
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := app.Send(context.Background(), Request{VIN: testVIN, Action: protocol.ActionLock, Lifetime: 10 * time.Second},
+			func(r protocol.Reply) {
+				if r.Status == protocol.ReplyAccepted {
+					close(accepted)
+				}
+			})
+		done <- result{r, err}
+	}()
+	select {
+	case <-accepted:
+	case res := <-done:
+		t.Fatalf("Send returned before the clock moved: %+v, %v", res.r, res.err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no accepted reply")
+	}
+	// The recorder may see the request a moment after the answer reached the phone.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if len(b.Requests()) == 0 {
+			return errors.New("the request is not recorded yet")
+		}
+		return nil
+	})
+	var ar protocol.AppRequest
+	_ = json.Unmarshal(b.Requests()[0], &ar)
+	doc, _ := ar.Command.DocBytes()
+	var cmd protocol.Command
+	_ = json.Unmarshal(doc, &cmd)
+	if cmd.IssuedAtMs != start.UnixMilli() || cmd.ExpiresAtMs != start.Add(10*time.Second).UnixMilli() {
+		t.Fatalf("command dated %d..%d, want the clock's %d..%d", cmd.IssuedAtMs, cmd.ExpiresAtMs,
+			start.UnixMilli(), start.Add(10*time.Second).UnixMilli())
+	}
+	if clk.Waiters() != 1 {
+		t.Fatalf("%d waiters on the clock, want the expiry timer", clk.Waiters())
+	}
+	clk.Advance(15 * time.Second)
+	select {
+	case res := <-done:
+		if !errors.Is(res.err, ErrNoTerminalReply) {
+			t.Fatalf("Send = %+v, %v; want ErrNoTerminalReply", res.r, res.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Send did not give up when the clock passed the expiry")
+	}
 }

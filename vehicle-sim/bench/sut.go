@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -188,12 +187,11 @@ type sut struct {
 	token      string // admin token
 	procs      []*sutProc
 	mosq       *mosquittoConf
-	http       *http.Client
 }
 
 // startSUT starts the system under test for mode (or describes the target).
 func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progress io.Writer) (_ *sut, err error) {
-	s := &sut{mode: mode, keepDir: cfg.KeepDir, http: &http.Client{Timeout: 2 * time.Minute}}
+	s := &sut{mode: mode, keepDir: cfg.KeepDir}
 	if mode == ModeTarget {
 		return targetSUT(cfg, s)
 	}
@@ -358,15 +356,11 @@ func waitListening(ctx context.Context, p *sutProc, addr string) error {
 // waitReady waits until the gateway answers /readyz (it is connected to its broker).
 func (s *sut) waitReady(ctx context.Context) error {
 	deadline := time.Now().Add(60 * time.Second)
+	gw := api.NewClient(s.gatewayURL, "")
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.gatewayURL+"/readyz", nil)
-		resp, err := s.http.Do(req)
+		err := gw.Ready(ctx)
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = errors.New(resp.Status)
+			return nil
 		}
 		for _, p := range s.procs {
 			if !p.alive() {

@@ -5,7 +5,7 @@
 package runcmd
 
 import (
-	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,11 +13,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"telematics/pkg/api"
 	"telematics/pkg/clock"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
@@ -31,10 +33,6 @@ import (
 // ProvisionBatch is how many cars one admin API request asks for; each batch is stored before
 // the next is requested, so an interrupted provisioning loses nothing it got.
 const ProvisionBatch = 500
-
-// maxResponseBytes bounds what is read of one admin API response (500 credentials are about
-// 500 kB).
-const maxResponseBytes = 16 << 20
 
 // Options are Run's dependencies.
 type Options struct {
@@ -248,33 +246,25 @@ func checkCredentials(creds []protocol.Credentials) error {
 // Provision asks the gateway admin API for n new cars: POST {gateway}/v1/admin/vehicles with
 // {"count": n}, authorized by the admin token; the answer is a JSON list of credentials.
 func Provision(ctx context.Context, client *http.Client, gateway, token string, n int) ([]protocol.Credentials, error) {
-	body, _ := json.Marshal(map[string]int{"count": n})
-	endpoint := strings.TrimRight(gateway, "/") + "/v1/admin/vehicles"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
-	if err != nil {
-		return nil, fmt.Errorf("provision cars: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reach the gateway at %s: %w (is `gateway serve` running? pass --gateway)", gateway, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
-	if err != nil {
-		return nil, fmt.Errorf("read provisioning answer: %w", err)
-	}
-	if resp.StatusCode/100 != 2 {
-		hint := ""
-		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+	c := api.NewClient(gateway, token)
+	c.HTTP = client
+	creds, err := c.AddVehicles(ctx, api.AddVehiclesRequest{Count: n})
+	var refused *api.Error
+	var unreachable *url.Error
+	switch {
+	case errors.As(err, &refused):
+		detail, hint := "", ""
+		if m := cmp.Or(refused.Message, string(refused.Reason)); m != "" {
+			detail = ": " + m
+		}
+		if refused.Status == http.StatusUnauthorized || refused.Status == http.StatusForbidden {
 			hint = " (is the admin token current? pass --token-file)"
 		}
-		return nil, fmt.Errorf("gateway refused to provision cars: %s%s%s", resp.Status, errorDetail(raw), hint)
-	}
-	var creds []protocol.Credentials
-	if err := json.Unmarshal(raw, &creds); err != nil {
-		return nil, fmt.Errorf("provisioning answer is not a JSON list of credentials: %w", err)
+		return nil, fmt.Errorf("gateway refused to provision cars: %d %s%s%s", refused.Status, http.StatusText(refused.Status), detail, hint)
+	case errors.As(err, &unreachable):
+		return nil, fmt.Errorf("reach the gateway at %s: %w (is `gateway serve` running? pass --gateway)", gateway, unreachable)
+	case err != nil:
+		return nil, fmt.Errorf("provisioning answer: %w", err)
 	}
 	if len(creds) != n {
 		return nil, fmt.Errorf("asked the gateway for %d cars, got %d", n, len(creds))
@@ -283,29 +273,4 @@ func Provision(ctx context.Context, client *http.Client, gateway, token string, 
 		return nil, fmt.Errorf("provisioning answer: %w", err)
 	}
 	return creds, nil
-}
-
-// errorDetail extracts a short message from an error body: {"error": …} / {"reason": …} or
-// the first line of text.
-func errorDetail(raw []byte) string {
-	var e struct {
-		Error   string `json:"error"`
-		Reason  string `json:"reason"`
-		Message string `json:"message"`
-	}
-	if json.Unmarshal(raw, &e) == nil {
-		for _, s := range []string{e.Message, e.Error, e.Reason} {
-			if s != "" {
-				return ": " + s
-			}
-		}
-	}
-	line, _, _ := strings.Cut(strings.TrimSpace(string(raw)), "\n")
-	if len(line) > 200 {
-		line = line[:200] + "…"
-	}
-	if line == "" {
-		return ""
-	}
-	return ": " + line
 }
