@@ -69,7 +69,7 @@ func TestSubmitWhileClosing(t *testing.T) {
 				<-started
 			}
 			// Close once the router has decided a few, while the rest are queued or waiting.
-			waitUntil(t, func() bool {
+			testutil.EventuallyTrue(t, 30*time.Second, func() bool {
 				bus.mu.Lock()
 				defer bus.mu.Unlock()
 				return len(bus.got) >= 3
@@ -121,11 +121,4 @@ func TestSubmitWhileClosing(t *testing.T) {
 			t.Logf("%d decided, %d refused for the closing router", len(decided), refused)
 		})
 	}
-}
-
-// waitUntil polls cond every millisecond until it holds, failing the test after 30 s: finer
-// than testutil.Eventually, because the test must close the router while requests are in flight.
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	testutil.EventuallyTrue(t, 30*time.Second, cond)
 }
