@@ -1,10 +1,6 @@
 package commands
 
 import (
-	"strings"
-	"unicode"
-	"unicode/utf8"
-
 	"telematics/gateway/audit"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
@@ -53,26 +49,12 @@ func (r *Router) onResult(m mqttc.Message) {
 		if reason == protocol.ReasonForbidden {
 			// The car's word on a refusal for its state ("the trunk cannot open while the
 			// car moves") reaches the user, bounded and printable.
-			message = carMessage(res.Message)
+			message = protocol.CarMessage(res.Message)
 		}
 	default:
 		status, reason = protocol.ReplyFailed, protocol.ReasonInternal
 	}
 	r.finishWithMessage(res.ID, p.user, vin, p.action, status, reason, res.State, res.TsMs, message)
-}
-
-// carMessage bounds a car's message to protocol.MaxMessageBytes of printable text.
-func carMessage(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		if b.Len()+utf8.RuneLen(c) > protocol.MaxMessageBytes {
-			break
-		}
-		if unicode.IsPrint(c) {
-			b.WriteRune(c)
-		}
-	}
-	return b.String()
 }
 
 // finishWithMessage is finish for a car's result, with the car's message for the user (also in

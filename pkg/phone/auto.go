@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"telematics/pkg/clock"
 	"telematics/pkg/mqttc"
@@ -134,23 +131,7 @@ func SendAuto(ctx context.Context, o AutoOptions, r Request, onReply func(Outcom
 // one form. A result's statuses (executed, rejected) are reply statuses too.
 func ResultReply(r Request, res protocol.Result) protocol.Reply {
 	return protocol.Reply{V: protocol.Version, ID: res.ID, Status: res.Status, Reason: res.Reason,
-		VIN: r.VIN, Action: r.Action, State: res.State, TsMs: res.TsMs, Message: carMessage(res.Message)}
-}
-
-// carMessage bounds the message of a result that came over the local link, unchecked by the
-// gateway, to protocol.MaxMessageBytes of printable text, as the gateway bounds a relayed one:
-// it is printed on the user's terminal.
-func carMessage(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		if b.Len()+utf8.RuneLen(c) > protocol.MaxMessageBytes {
-			break
-		}
-		if unicode.IsPrint(c) {
-			b.WriteRune(c)
-		}
-	}
-	return b.String()
+		VIN: r.VIN, Action: r.Action, State: res.State, TsMs: res.TsMs, Message: protocol.CarMessage(res.Message)}
 }
 
 // sendCloud makes the cloud attempt. A non-empty fallback says why the cloud did not answer
