@@ -16,7 +16,7 @@ import (
 func Command() *cobra.Command {
 	group := &cobra.Command{
 		Use:   "drill NAME",
-		Short: "outage drill: cloud down, cars still open for their owners",
+		Short: "Run a drill against a gateway, broker and fleet of its own (outage: the cloud down, cars still open)",
 		RunE: func(*cobra.Command, []string) error {
 			return cmdline.UsageError("name a drill: outage")
 		},
