@@ -301,21 +301,25 @@ func (c *Cloud) AddUser(ctx context.Context, name, password, vin string) error {
 // WaitSynced waits until every car acknowledged its current whitelist.
 func (c *Cloud) WaitSynced(ctx context.Context, timeout time.Duration, vins ...string) error {
 	admin := c.Client()
-	return WaitFor(ctx, timeout, func() error {
-		for _, vin := range vins {
-			v, err := admin.Vehicle(ctx, vin)
-			if err != nil {
-				return err
-			}
-			if v.Keys == nil {
-				return fmt.Errorf("%s has no whitelist yet", vin)
-			}
-			if v.Keys.Version == 0 || !v.Keys.InSync {
-				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
-			}
+	return WaitFor(ctx, timeout, func() error { return Synced(ctx, admin, vins...) })
+}
+
+// Synced says, through the admin API, whether every car acknowledged its current whitelist:
+// nil if so, else which car is behind.
+func Synced(ctx context.Context, admin *api.Client, vins ...string) error {
+	for _, vin := range vins {
+		v, err := admin.Vehicle(ctx, vin)
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+		if v.Keys == nil {
+			return fmt.Errorf("%s has no whitelist yet", vin)
+		}
+		if v.Keys.Version == 0 || !v.Keys.InSync {
+			return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
+		}
+	}
+	return nil
 }
 
 // WaitOnline waits until the gateway's twin shows every car online.

@@ -171,21 +171,7 @@ func loginKey(t testing.TB, g *server.Gateway, user, brokerURL string, vins ...s
 func waitSynced(t testing.TB, g *server.Gateway, vins ...string) {
 	t.Helper()
 	admin := adminClient(g)
-	testutil.Eventually(t, 10*time.Second, func() error {
-		for _, vin := range vins {
-			v, err := admin.Vehicle(context.Background(), vin)
-			if err != nil {
-				return err
-			}
-			if v.Keys == nil {
-				return fmt.Errorf("%s has no whitelist yet", vin)
-			}
-			if v.Keys.Version == 0 || !v.Keys.InSync {
-				return fmt.Errorf("%s acknowledged whitelist %d of %d", vin, v.Keys.AckedVersion, v.Keys.Version)
-			}
-		}
-		return nil
-	})
+	testutil.Eventually(t, 10*time.Second, func() error { return harness.Synced(context.Background(), admin, vins...) })
 }
 
 // replyLog is a second session of a user that records every reply, to prove that each request
