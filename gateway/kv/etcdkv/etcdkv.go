@@ -188,7 +188,9 @@ func (s *Store) dataKey(bucket, key []byte) string {
 	return s.opts.Prefix + "b/" + string(bucket) + "/" + string(key)
 }
 
-func (s *Store) bucketPrefix(bucket []byte) string { return s.opts.Prefix + "b/" + string(bucket) + "/" }
+func (s *Store) bucketPrefix(bucket []byte) string {
+	return s.opts.Prefix + "b/" + string(bucket) + "/"
+}
 
 func (s *Store) seqKey(bucket []byte) string { return s.opts.Prefix + "s/" + string(bucket) }
 
@@ -329,6 +331,9 @@ func (t *tx) Scan(bucket, prefix, from []byte, fn func(k, v []byte) error) error
 	end := clientv3.GetPrefixRangeEnd(start)
 	if bytes.Compare(from, prefix) > 0 {
 		start = bp + string(from)
+	}
+	if start >= end {
+		return nil
 	}
 	covered := start // the scan went through [start, covered)
 	defer func() {

@@ -511,7 +511,11 @@ func noWriteSkewOnScans(t *testing.T, s kv.Store) {
 					if owners < 2 {
 						return nil // the last owner keeps their key
 					}
-					return tx.Put(bkt, []byte(fmt.Sprintf("%sowner%d", prefix, i)), []byte("revoked"))
+					mine := []byte(fmt.Sprintf("%sowner%d", prefix, i))
+					if round%2 == 1 {
+						return tx.Delete(bkt, mine) // a deletion, not a change, in the scanned range
+					}
+					return tx.Put(bkt, mine, []byte("revoked"))
 				})
 			})
 		}
