@@ -5,7 +5,6 @@ package etcdtest
 
 import (
 	"fmt"
-	"net"
 	"net/url"
 	"strings"
 	"testing"
@@ -13,6 +12,8 @@ import (
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"telematics/internal/testutil"
 )
 
 // ReadyTimeout bounds how long a start waits for the cluster to serve (a loaded 2-core machine
@@ -90,14 +91,8 @@ func (c *Cluster) Close() {
 	}
 }
 
-// freeURL returns an http URL on a loopback port that was free a moment ago.
+// freeURL is an http URL on a loopback port that was free a moment ago (etcd must be told
+// its advertised URLs before it listens, so port 0 will not do).
 func freeURL(t testing.TB) url.URL {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return url.URL{Scheme: "http", Host: addr}
+	return url.URL{Scheme: "http", Host: testutil.FreeAddr(t)}
 }
