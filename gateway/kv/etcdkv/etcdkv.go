@@ -119,7 +119,7 @@ func (s *Store) Close() error {
 
 // View implements kv.Store: fn reads one snapshot.
 func (s *Store) View(ctx context.Context, fn func(kv.Tx) error) error {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, s.opts.Timeout, errTimeout)
 	defer cancel()
 	t := s.newTx(ctx, false)
 	if err := fn(t); err != nil {
@@ -133,7 +133,7 @@ func (s *Store) View(ctx context.Context, fn func(kv.Tx) error) error {
 
 // Update implements kv.Store.
 func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, s.opts.Timeout, errTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
 		t := s.newTx(ctx, true)
@@ -169,9 +169,15 @@ func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 // away under it.
 var errRetry = errors.New("retry")
 
+// errTimeout is the cause of a View's or Update's context when its time bound passed.
+var errTimeout = errors.New("etcd store time bound")
+
 // unavailable wraps an etcd error: one that comes from the time bound or an unreachable
-// cluster is kv.ErrUnavailable.
+// cluster is kv.ErrUnavailable; the caller's own cancellation is returned as such.
 func (s *Store) unavailable(ctx context.Context, err error) error {
+	if ctx.Err() != nil && context.Cause(ctx) != errTimeout {
+		return fmt.Errorf("etcd store: %w", context.Cause(ctx))
+	}
 	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
 		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded {
 		return fmt.Errorf("%w: etcd at %s did not answer within %v: %v", kv.ErrUnavailable,

@@ -41,11 +41,18 @@ func Run(t *testing.T, open Open) {
 		{"ConcurrentIncrements", concurrentIncrements},
 		{"ViewSeesSnapshot", viewSeesSnapshot},
 		{"NoWriteSkewOnScans", noWriteSkewOnScans},
+		{"CanceledContext", canceledContext},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			s := open(t)
-			t.Cleanup(func() { s.Close() })
+			t.Cleanup(func() {
+				for range 2 {
+					if err := s.Close(); err != nil {
+						t.Errorf("Close (twice, idempotent): %v", err)
+					}
+				}
+			})
 			c.run(t, s)
 		})
 	}
@@ -527,5 +534,23 @@ func noWriteSkewOnScans(t *testing.T, s kv.Store) {
 		if got := scanView(t, s, bkt, prefix, "", 0); !slices.ContainsFunc(got, func(e string) bool { return strings.HasSuffix(e, "=owner") }) {
 			t.Fatalf("round %d: both owners revoked: %q", round, got)
 		}
+	}
+}
+
+// canceledContext: a caller that gave up gets its context's error and nothing is written.
+func canceledContext(t *testing.T, s kv.Store) {
+	c, cancel := context.WithCancel(ctx)
+	cancel()
+	err := s.Update(c, func(tx kv.Tx) error {
+		if _, err := tx.Get(bkt, []byte("a")); err != nil {
+			return err
+		}
+		return tx.Put(bkt, []byte("a"), []byte("1"))
+	})
+	if !errors.Is(err, context.Canceled) || errors.Is(err, kv.ErrUnavailable) {
+		t.Fatalf("Update with a canceled context = %v, want context.Canceled (not ErrUnavailable)", err)
+	}
+	if v := get(t, s, bkt, "a"); v != nil {
+		t.Fatalf("canceled Update wrote a=%q", v)
 	}
 }
