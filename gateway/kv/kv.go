@@ -80,8 +80,9 @@ var (
 	ErrReadOnly = errors.New("write in a read-only transaction")
 	// ErrUnavailable means the store could not be reached within its time bound (etcd down,
 	// no quorum, network cut); the transaction did not commit, or, for a commit whose answer
-	// was lost, may have (an Update must be safe to run again). Callers refuse with `internal`
-	// and log the cause; /readyz reports the replica unready.
+	// was lost, may have: the store never runs such an Update again itself, and a caller that
+	// does must make it idempotent (a request id it writes and checks first). Callers refuse
+	// with `internal` and log the cause; /readyz reports the replica unready.
 	ErrUnavailable = errors.New("store unavailable")
 	// ErrConflict means an Update kept conflicting with other writers and gave up after its
 	// bounded number of attempts; nothing was written.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -85,5 +86,75 @@ func TestTooLarge(t *testing.T) {
 		return tx.Scan([]byte("b"), nil, nil, func(k, v []byte) error { n++; return nil })
 	}); err != nil || n != 0 {
 		t.Fatalf("after a refused Update: %d keys, %v; want none", n, err)
+	}
+}
+
+// On a 3-member cluster the store keeps working when one member stops, and refuses with
+// ErrUnavailable, within its bound, once quorum is lost.
+func TestMemberLossAndQuorumLoss(t *testing.T) {
+	cluster := etcdtest.StartCluster(t, 3)
+	s, err := etcdkv.Open(etcdkv.Options{Endpoints: cluster.Endpoints(), Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	incr := func() error {
+		return s.Update(ctx, func(tx kv.Tx) error {
+			v, err := tx.Get([]byte("b"), []byte("n"))
+			if err != nil {
+				return err
+			}
+			return tx.Put([]byte("b"), []byte("n"), append(slices.Clone(v), 'x')) // one x per write
+		})
+	}
+	read := func() (string, error) {
+		var out string
+		err := s.View(ctx, func(tx kv.Tx) error {
+			v, err := tx.Get([]byte("b"), []byte("n"))
+			out = string(v)
+			return err
+		})
+		return out, err
+	}
+	if err := incr(); err != nil {
+		t.Fatal(err)
+	}
+	cluster.StopMember(0)
+	// Ambiguous commits are not retried by the store (one may have applied), so a write that
+	// raced the member's stop may fail with ErrUnavailable; the next ones succeed.
+	ok := 0
+	for range 10 {
+		if err := incr(); err == nil {
+			ok++
+		} else if !errors.Is(err, kv.ErrUnavailable) {
+			t.Fatalf("write after one member stopped: %v", err)
+		}
+	}
+	if ok == 0 {
+		t.Fatal("no write succeeded with 2 of 3 members up")
+	}
+	// Every acknowledged write is there (an unacknowledged one may be too).
+	if v, err := read(); err != nil || len(v) < 1+ok {
+		t.Fatalf("read after one member stopped = %q, %v; want at least %d writes", v, err, 1+ok)
+	}
+	t.Logf("%d of 10 writes acknowledged with one member down", ok)
+	cluster.StopMember(1)
+	q, err := etcdkv.Open(etcdkv.Options{Endpoints: cluster.Endpoints(), Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- q.Update(ctx, func(tx kv.Tx) error { return tx.Put([]byte("b"), []byte("x"), []byte("1")) })
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, kv.ErrUnavailable) {
+			t.Fatalf("write without quorum = %v, want ErrUnavailable", err)
+		}
+	case <-time.After(30 * time.Second): // a hang detector, far beyond the 1s bound
+		t.Fatal("write without quorum did not return")
 	}
 }
