@@ -244,15 +244,23 @@ func (t *tx) getKey(key string) ([]byte, error) {
 		return nil, err
 	}
 	if len(resp.Kvs) == 0 {
-		t.reads[key] = 0
+		t.read(key, 0)
 		return nil, nil
 	}
-	t.reads[key] = resp.Kvs[0].ModRevision
+	t.read(key, resp.Kvs[0].ModRevision)
 	v := resp.Kvs[0].Value
 	if v == nil {
 		v = []byte{}
 	}
 	return v, nil
+}
+
+// read records what an Update's commit must compare; a View commits nothing and records
+// nothing (a scan of a large bucket would fill memory for no use).
+func (t *tx) read(key string, mod int64) {
+	if t.writable {
+		t.reads[key] = mod
+	}
 }
 
 func (t *tx) put(key string, value []byte) error {
@@ -343,7 +351,7 @@ func (t *tx) Scan(bucket, prefix, from []byte, fn func(k, v []byte) error) error
 	}
 	covered := start // the scan went through [start, covered)
 	defer func() {
-		if covered > start {
+		if covered > start && t.writable {
 			t.spans = append(t.spans, span{start, covered})
 		}
 	}()
@@ -364,9 +372,7 @@ func (t *tx) Scan(bucket, prefix, from []byte, fn func(k, v []byte) error) error
 		for _, p := range page {
 			covered = p.key + "\x00"
 			if p.mod != 0 {
-				if _, seen := t.reads[p.key]; !seen {
-					t.reads[p.key] = p.mod
-				}
+				t.read(p.key, p.mod)
 			}
 			v := p.value
 			if v == nil {
