@@ -13,15 +13,18 @@ import (
 	"telematics/gateway/kv/kvtest"
 )
 
-func TestContract(t *testing.T) {
-	kvtest.Run(t, func(t *testing.T) kv.Store {
-		db, err := bolt.Open(filepath.Join(t.TempDir(), "gateway.db"), 0o600, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		return boltkv.New(db)
-	})
+func TestContract(t *testing.T) { kvtest.Run(t, open) }
+
+func BenchmarkUpdate(b *testing.B) { kvtest.Bench(b, open) }
+
+// open is a bbolt store in t's temporary dir, with fsync as in production.
+func open(t testing.TB) kv.Store {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "gateway.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return boltkv.New(db)
 }
 
 // What boltkv writes is where the gateway's packages read it today: a top-level bucket of the

@@ -16,15 +16,20 @@ import (
 )
 
 // One embedded etcd for the contract; each case gets a prefix of its own.
-func TestContract(t *testing.T) {
-	cluster := etcdtest.Start(t)
-	kvtest.Run(t, func(t *testing.T) kv.Store {
+func TestContract(t *testing.T) { kvtest.Run(t, opener(etcdtest.Start(t))) }
+
+// BenchmarkUpdate runs on one embedded member (fsync off: etcdtest's setting), so it measures
+// the client, the Txn and the conflicts, not a disk.
+func BenchmarkUpdate(b *testing.B) { kvtest.Bench(b, opener(etcdtest.Start(b))) }
+
+func opener(cluster *etcdtest.Cluster) kvtest.Open {
+	return func(t testing.TB) kv.Store {
 		s, err := etcdkv.Open(etcdkv.Options{Endpoints: cluster.Endpoints(), Prefix: "/" + t.Name() + "/", Timeout: 20 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
-	})
+	}
 }
 
 // An unreachable etcd gives kv.ErrUnavailable within the store's bound, not a hang.

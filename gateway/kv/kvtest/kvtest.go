@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 )
 
 // Open returns a fresh, empty store for one case; the case closes it.
-type Open func(t *testing.T) kv.Store
+type Open func(t testing.TB) kv.Store
 
 var (
 	bkt   = []byte("keys")
@@ -552,5 +553,51 @@ func canceledContext(t *testing.T, s kv.Store) {
 	}
 	if v := get(t, s, bkt, "a"); v != nil {
 		t.Fatalf("canceled Update wrote a=%q", v)
+	}
+}
+
+// Bench measures the audit append's shape (a sequence number and a record) and a
+// read-modify-write of a per-user key, one Update each, alone and from parallel goroutines
+// (which conflict on the sequence on etcd, and share commits on bbolt).
+func Bench(b *testing.B, open Open) {
+	record := make([]byte, 300)
+	for _, parallel := range []bool{false, true} {
+		b.Run(fmt.Sprintf("parallel=%v", parallel), func(b *testing.B) {
+			s := open(b)
+			defer s.Close()
+			update := func(user []byte) {
+				err := s.Update(ctx, func(tx kv.Tx) error {
+					if _, err := tx.Get(bkt, user); err != nil {
+						return err
+					}
+					if err := tx.Put(bkt, user, record[:16]); err != nil {
+						return err
+					}
+					n, err := tx.NextSequence(seqs)
+					if err != nil {
+						return err
+					}
+					return tx.Put(seqs, binary.BigEndian.AppendUint64(nil, n), record)
+				})
+				if err != nil {
+					b.Error(err)
+				}
+			}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(record)))
+			if !parallel {
+				for b.Loop() {
+					update([]byte("user"))
+				}
+				return
+			}
+			var id atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				user := fmt.Appendf(nil, "user%d", id.Add(1))
+				for pb.Next() {
+					update(user)
+				}
+			})
+		})
 	}
 }
