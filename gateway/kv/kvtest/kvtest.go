@@ -482,18 +482,17 @@ func noWriteSkewOnScans(t *testing.T, s kv.Store) {
 		// Both functions wait for each other after their scan on their first run, so on a
 		// store that runs them side by side (etcd) they overlap for sure; a store that runs
 		// Updates one at a time (bbolt) goes on after a bounded wait.
-		arrived := make(chan struct{}, 2)
+		var arrived atomic.Int32
+		both := make(chan struct{})
 		meet := func() {
-			arrived <- struct{}{}
-			deadline := time.NewTimer(200 * time.Millisecond)
-			defer deadline.Stop()
-			for len(arrived) < 2 {
-				select {
-				case <-deadline.C:
-					return
-				default:
-					time.Sleep(time.Millisecond)
-				}
+			if arrived.Add(1) == 2 {
+				close(both)
+			}
+			wait := time.NewTimer(200 * time.Millisecond)
+			defer wait.Stop()
+			select {
+			case <-both:
+			case <-wait.C:
 			}
 		}
 		var wg sync.WaitGroup
