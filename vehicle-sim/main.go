@@ -48,7 +48,7 @@ func newRoot(env stdio) *cobra.Command {
 	root.Long = `vehicle-sim runs simulated cars and phones against the telematics gateway: run a fleet of
 cars, act as a phone app, or generate load (the outage drill is gateway drill outage). Every flag
 may also be set by the SIM_* variable shown in its help; flags go anywhere after the command.`
-	root.AddCommand(runCommand(env), appCommand(env), benchCommand(env))
+	root.AddCommand(runCommand(env), appCommand(env), benchCommand(env), drillCommand(env))
 	root.RunE = func(c *cobra.Command, _ []string) error {
 		// No command: the usage on stderr, exit 2 (as a shell script that forgot it wants).
 		fmt.Fprintf(env.Stderr, "usage: vehicle-sim COMMAND [flags]   (vehicle-sim COMMAND --help for its flags)\n\n%s", c.UsageString())
