@@ -74,6 +74,9 @@ type Config struct {
 	// single bbolt gateway behind the same standalone broker; "" (or StoreBbolt): no cluster.
 	Store    string
 	Replicas int
+	// unsharedReplicas lets a test start several replicas on their own bbolt files (they share
+	// nothing but the key files): the processes' start, key copy, kill and restart, without etcd.
+	unsharedReplicas bool
 
 	Procs       int // load processes; 0: in this process up to CarsPerProc cars, else enough children
 	CarsPerProc int

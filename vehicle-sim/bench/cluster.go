@@ -98,7 +98,7 @@ func (s *sut) startCluster(ctx context.Context, cfg Config, bins binaries, gwEnv
 		}
 		fmt.Fprintf(progress, "etcd (%s) on %s\n", s.etcd.Mode(), strings.Join(s.etcd.Endpoints(), ","))
 		storeArgs = []string{"--store", s.etcd.StoreURL()}
-	} else if n > 1 {
+	} else if n > 1 && !cfg.unsharedReplicas {
 		return fmt.Errorf("%d replicas on %s: replicas share their state only in etcd (--store etcd)", n, cfg.Store)
 	}
 
