@@ -73,7 +73,9 @@ func TestComputeFailover(t *testing.T) {
 		{"executed reply, no execution", good, exec1("a", "b", "c"), nil, false, func(r FailoverReport) bool { return r.Mismatched == 1 }},
 		{"expired reply, executed", good, exec1("a", "b", "c", "d", "e"), nil, false, func(r FailoverReport) bool { return r.Mismatched == 1 }},
 		{"an acknowledged write lost", good, exec1("a", "b", "c", "d"), []WriteCheck{{What: "k1"}, {What: "k2", MissingOn: []string{"gateway-2"}}}, false,
-			func(r FailoverReport) bool { return r.WritesAcknowledged == 2 && r.WritesLost == 1 && r.Lost[0].What == "k2" }},
+			func(r FailoverReport) bool {
+				return r.WritesAcknowledged == 2 && r.WritesLost == 1 && r.Lost[0].What == "k2"
+			}},
 		{"not published", append([]sentRequest{{ID: "x", VIN: "VIN1", SentAt: ms(10), PublishErr: errors.New("broker")}}, good...),
 			exec1("a", "b", "c", "d"), nil, false, func(r FailoverReport) bool { return r.NotPublished == 1 && r.Unanswered == 0 }},
 		{"a car executed a command the drill did not send", good, map[string]int{"VIN1/a": 1, "VIN1/b": 1, "VIN1/c": 1, "VIN1/d": 1, "VIN1/zz": 1}, nil, false,
