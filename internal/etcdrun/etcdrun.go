@@ -292,6 +292,18 @@ func (p *process) stop() error {
 	}
 }
 
+// PIDs are the member processes (ModeBinary; none for embedded members, which run in this
+// process), for a caller that measures them.
+func (c *Cluster) PIDs() []int {
+	var out []int
+	for _, m := range c.members {
+		if p, ok := m.(*process); ok {
+			out = append(out, p.cmd.Process.Pid)
+		}
+	}
+	return out
+}
+
 // Mode is how the members run: ModeBinary or ModeEmbedded.
 func (c *Cluster) Mode() string { return c.mode }
 

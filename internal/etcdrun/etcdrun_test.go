@@ -62,6 +62,13 @@ func TestStart(t *testing.T) {
 			if c.Mode() != tc.mode || len(c.Endpoints()) != tc.members {
 				t.Fatalf("mode %q endpoints %v: want %q and %d", c.Mode(), c.Endpoints(), tc.mode, tc.members)
 			}
+			wantPIDs := 0
+			if tc.mode == etcdrun.ModeBinary {
+				wantPIDs = tc.members
+			}
+			if len(c.PIDs()) != wantPIDs {
+				t.Fatalf("%d member processes, want %d", len(c.PIDs()), wantPIDs)
+			}
 			for _, e := range c.Endpoints() {
 				putGet(t, e)
 			}

@@ -97,6 +97,10 @@ func (s *sut) startCluster(ctx context.Context, cfg Config, bins binaries, gwEnv
 			return fmt.Errorf("start etcd: %w", err)
 		}
 		fmt.Fprintf(progress, "etcd (%s) on %s\n", s.etcd.Mode(), strings.Join(s.etcd.Endpoints(), ","))
+		for _, pid := range s.etcd.PIDs() {
+			// Measured like the others; stopped by s.etcd.Close, not by the process list.
+			s.procs = append(s.procs, &sutProc{role: "etcd", pid: pid})
+		}
 		storeArgs = []string{"--store", s.etcd.StoreURL()}
 	} else if n > 1 && !cfg.unsharedReplicas {
 		return fmt.Errorf("%d replicas on %s: replicas share their state only in etcd (--store etcd)", n, cfg.Store)
