@@ -61,9 +61,15 @@ the same drill against one gateway on its bbolt file, killed and restarted on it
 				o.Progress = stdout
 			}
 			rep, err := RunFailover(cmd.Context(), o)
+			if errors.Is(err, ErrNoStoreFlag) {
+				err = fmt.Errorf("%w; --replicas 1 --store bbolt runs the drill against one gateway", err)
+			}
 			if err != nil {
-				if errors.Is(err, ErrNoStoreFlag) {
-					return fmt.Errorf("%w; --replicas 1 --store bbolt runs the drill against one gateway", err)
+				// The drill could not run: say why, and with --json still one object with "ok".
+				if asJSON {
+					rep.OK, rep.Problems = false, append(rep.Problems, err.Error())
+					b, _ := json.Marshal(rep)
+					fmt.Fprintln(stdout, string(b))
 				}
 				return err
 			}
