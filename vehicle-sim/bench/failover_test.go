@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"telematics/pkg/api"
 	"telematics/pkg/protocol"
+	"telematics/pkg/vehicle/carstore"
 )
 
 // req builds a request sent at sent (ms after t0) with terminal replies at the given ms.
@@ -438,5 +440,78 @@ func benchCluster(t *testing.T, root string, bins binaries) {
 	}
 	if rep := compareReport(cfg, results); rep.Ratios["p99_ms"] == 0 {
 		t.Fatalf("no p99 ratio: %+v", rep.Ratios)
+	}
+}
+
+// The drill's record of replies: every reply by request id (a second terminal one kept, not
+// dropped), replies for ids it never sent and undecodable ones counted apart, and a request
+// open until a terminal reply or its expiry plus the grace.
+func TestRequestLog(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	l := newRequestLog()
+	l.add(&sentRequest{ID: "a", VIN: "V", SentAt: t0, ExpiresAt: t0.Add(10 * time.Second)})
+	l.add(&sentRequest{ID: "b", VIN: "V", SentAt: t0, ExpiresAt: t0.Add(10 * time.Second)})
+	reply := func(id, status, reason string) []byte {
+		b, err := json.Marshal(protocol.Reply{V: protocol.Version, ID: id, Status: status, Reason: protocol.Reason(reason)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	l.reply(reply("a", protocol.ReplyAccepted, ""), t0.Add(time.Millisecond))
+	l.reply(reply("a", protocol.ReplyRejected, "expired"), t0.Add(2*time.Millisecond))
+	l.reply(reply("a", protocol.ReplyExecuted, ""), t0.Add(3*time.Millisecond))
+	l.reply(reply("zz", protocol.ReplyExecuted, ""), t0)
+	l.reply([]byte("{not json"), t0)
+	if open := l.settled(t0.Add(time.Second), 5*time.Second); open != 1 {
+		t.Fatalf("%d open, want b", open)
+	}
+	if open := l.settled(t0.Add(15*time.Second), 5*time.Second); open != 0 {
+		t.Fatalf("%d open past expiry and grace", open)
+	}
+	reqs, stray, broken := l.snapshot()
+	if stray != 1 || broken != 1 || len(reqs) != 2 {
+		t.Fatalf("stray %d broken %d requests %d", stray, broken, len(reqs))
+	}
+	a := reqs[0]
+	status, at, ok := a.firstTerminal()
+	if !ok || status != "rejected:expired" || !at.Equal(t0.Add(2*time.Millisecond)) || len(a.Terminals) != 2 || len(a.Replies) != 3 {
+		t.Fatalf("first terminal %q at %v (%v), request %+v", status, at, ok, a)
+	}
+	if _, _, ok := reqs[1].firstTerminal(); ok {
+		t.Fatal("b has no reply")
+	}
+	l.publishFailed("b", errors.New("no broker"))
+	if reqs, _, _ := l.snapshot(); reqs[1].PublishErr == nil {
+		t.Fatal("publish failure not recorded")
+	}
+	if open := l.settled(t0.Add(time.Second), 5*time.Second); open != 0 {
+		t.Fatal("a request the broker never took counts as open")
+	}
+}
+
+// The cars' store counts what it commits, per car and command id, and what it is handed again.
+func TestExecCounter(t *testing.T) {
+	st, err := carstore.Open(filepath.Join(t.TempDir(), carstore.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	e := newExecCounter()
+	e.CarStore = st
+	now := time.Now().UnixMilli()
+	c := carstore.Commit{ID: "cmd1", ExpiresAtMs: now + 10_000, NowMs: now, State: []byte(`{}`)}
+	if err := e.CommitCommand("V1", c); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.CommitCommand("V1", c); err == nil {
+		t.Fatal("the store took the same command twice")
+	}
+	if ok, err := e.Executed("V1", "cmd1"); !ok || err != nil {
+		t.Fatalf("executed %v %v", ok, err)
+	}
+	counts, redelivered := e.snapshot()
+	if counts["V1/cmd1"] != 1 || len(counts) != 1 || redelivered != 1 {
+		t.Fatalf("counts %v, redelivered %d", counts, redelivered)
 	}
 }
