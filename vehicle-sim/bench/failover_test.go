@@ -308,6 +308,13 @@ func TestGatewayProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !hasStore {
+		// What a user sees today: a clear refusal before anything (etcd included) starts.
+		_, err := startSUT(context.Background(), Config{Scenario: ScenarioCommands, Store: StoreEtcd, Replicas: 3}, ModeCluster, bins, testWriter{t})
+		if !errors.Is(err, ErrNoStoreFlag) {
+			t.Fatalf("a gateway without --store: %v, want ErrNoStoreFlag", err)
+		}
+	}
 	t.Run("3 replicas with the first one's key files, one killed and started again", func(t *testing.T) { replicaProcesses(t, bins) })
 	t.Run("drill failover, one bbolt gateway", func(t *testing.T) { drillSingleGateway(t, bins) })
 	t.Run("drill failover, 3 replicas on etcd", func(t *testing.T) {
