@@ -1,6 +1,7 @@
 // Command vehicle-sim runs simulated vehicles and phones against the telematics gateway:
-// `run` a fleet of cars, `app` a phone, `bench` the load generator (the outage drill is
-// `gateway drill`: it starts a gateway).
+// `run` a fleet of cars, `app` a phone, `bench` the load generator, `drill failover` a gateway
+// replica killed under load (gateway processes; the outage drill is `gateway drill`: it starts
+// a gateway in process).
 // The commands are cobra commands (pkg/cmdline): flags in any position, help on stdout with
 // exit 0, every flag's SIM_* variable in its help; each calls a package.
 package main
@@ -46,9 +47,10 @@ func dispatch(ctx context.Context, args []string, env stdio) int {
 func newRoot(env stdio) *cobra.Command {
 	root := cmdline.NewRoot("vehicle-sim", "simulated cars and phones for the telematics gateway", config.EnvPrefix)
 	root.Long = `vehicle-sim runs simulated cars and phones against the telematics gateway: run a fleet of
-cars, act as a phone app, or generate load (the outage drill is gateway drill outage). Every flag
+cars, act as a phone app, generate load, or kill a gateway replica under load (drill failover; the
+outage drill is gateway drill outage). Every flag
 may also be set by the SIM_* variable shown in its help; flags go anywhere after the command.`
-	root.AddCommand(runCommand(env), appCommand(env), benchCommand(env))
+	root.AddCommand(runCommand(env), appCommand(env), benchCommand(env), drillCommand(env))
 	root.RunE = func(c *cobra.Command, _ []string) error {
 		// No command: the usage on stderr, exit 2 (as a shell script that forgot it wants).
 		fmt.Fprintf(env.Stderr, "usage: vehicle-sim COMMAND [flags]   (vehicle-sim COMMAND --help for its flags)\n\n%s", c.UsageString())

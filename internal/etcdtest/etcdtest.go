@@ -1,31 +1,23 @@
 // Package etcdtest starts a real etcd inside the test process (go.etcd.io/etcd/server/v3/embed):
 // one member or a small cluster, on free loopback ports, with its data in t.TempDir(), closed at
-// the test's cleanup. For tests only: the gateway itself never embeds etcd.
+// the test's cleanup. For tests only: the gateway itself never embeds etcd. The starting is
+// internal/etcdrun's, which tools use without a testing.TB.
 package etcdtest
 
 import (
-	"fmt"
-	"net/url"
-	"strings"
+	"context"
 	"testing"
-	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
-
-	"telematics/internal/testutil"
+	"telematics/internal/etcdrun"
 )
 
 // ReadyTimeout bounds how long a start waits for the cluster to serve (a loaded 2-core machine
 // elects a leader in well under a second; this is the bound for a failure, not the
 // expectation).
-const ReadyTimeout = 30 * time.Second
+const ReadyTimeout = etcdrun.DefaultReadyTimeout
 
 // Cluster is a running embedded etcd.
-type Cluster struct {
-	members []*embed.Etcd
-	clients []string
-}
+type Cluster struct{ run *etcdrun.Cluster }
 
 // Start starts one member.
 func Start(t testing.TB) *Cluster { return StartCluster(t, 1) }
@@ -33,66 +25,22 @@ func Start(t testing.TB) *Cluster { return StartCluster(t, 1) }
 // StartCluster starts n members that form one cluster, and waits until each serves clients.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
-	cfgs := make([]*embed.Config, n)
-	var initial []string
-	for i := range n {
-		peer, client := freeURL(t), freeURL(t)
-		cfg := embed.NewConfig()
-		cfg.Name = fmt.Sprintf("m%d", i)
-		cfg.Dir = t.TempDir()
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-		cfg.InitialClusterToken = "etcdtest"
-		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-		cfg.UnsafeNoFsync = true // test data: speed over durability
-		initial = append(initial, cfg.Name+"="+peer.String())
-		cfgs[i] = cfg
+	run, err := etcdrun.Start(context.Background(), etcdrun.Options{Dir: t.TempDir(), Members: n,
+		Mode: etcdrun.ModeEmbedded, NoFsync: true, ReadyTimeout: ReadyTimeout}) // test data: speed over durability
+	if err != nil {
+		t.Fatalf("start embedded etcd: %v", err)
 	}
-	c := &Cluster{}
+	c := &Cluster{run: run}
 	t.Cleanup(c.Close)
-	for _, cfg := range cfgs {
-		cfg.InitialCluster = strings.Join(initial, ",")
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			t.Fatalf("start embedded etcd %s: %v", cfg.Name, err)
-		}
-		c.members = append(c.members, e)
-		c.clients = append(c.clients, cfg.AdvertiseClientUrls[0].String())
-	}
-	deadline := time.After(ReadyTimeout)
-	for _, e := range c.members {
-		select {
-		case <-e.Server.ReadyNotify():
-		case err := <-e.Err():
-			t.Fatalf("embedded etcd failed: %v", err)
-		case <-deadline:
-			t.Fatalf("embedded etcd not ready within %v", ReadyTimeout)
-		}
-	}
 	return c
 }
 
 // Endpoints are the members' client URLs.
-func (c *Cluster) Endpoints() []string { return append([]string(nil), c.clients...) }
+func (c *Cluster) Endpoints() []string { return c.run.Endpoints() }
 
 // StopMember stops member i abruptly-enough for a test (its server closes its listeners and
 // stops); the others keep running. Stopping an already stopped member does nothing.
-func (c *Cluster) StopMember(i int) {
-	if c.members[i] != nil {
-		c.members[i].Close()
-		c.members[i] = nil
-	}
-}
+func (c *Cluster) StopMember(i int) { _ = c.run.StopMember(i) }
 
 // Close stops every member; it is idempotent.
-func (c *Cluster) Close() {
-	for i := range c.members {
-		c.StopMember(i)
-	}
-}
-
-// freeURL is an http URL on a loopback port that was free a moment ago (etcd must be told
-// its advertised URLs before it listens, so port 0 will not do).
-func freeURL(t testing.TB) url.URL {
-	return url.URL{Scheme: "http", Host: testutil.FreeAddr(t)}
-}
+func (c *Cluster) Close() { _ = c.run.Close() }

@@ -69,6 +69,14 @@ type Config struct {
 
 	Compare bool // embedded and mosquitto, alternately
 	Rounds  int
+	// Store StoreEtcd runs the scenario against a cluster (ModeCluster: etcd, the standalone
+	// broker, Replicas gateways on --store etcd://…) and, in the same invocation, against the
+	// single bbolt gateway behind the same standalone broker; "" (or StoreBbolt): no cluster.
+	Store    string
+	Replicas int
+	// unsharedReplicas lets a test start several replicas on their own bbolt files (they share
+	// nothing but the key files): the processes' start, key copy, kill and restart, without etcd.
+	unsharedReplicas bool
 
 	Procs       int // load processes; 0: in this process up to CarsPerProc cars, else enough children
 	CarsPerProc int
@@ -117,6 +125,8 @@ func Execute(ctx context.Context, cfg Config, env Env) ([]Result, error) {
 	modes := []string{cfg.Broker}
 	if cfg.Compare {
 		modes = []string{ModeEmbedded, ModeMosquitto}
+	} else if cfg.Store == StoreEtcd {
+		modes = []string{ModeCluster, ModeStandalone}
 	} else if strings.Contains(cfg.Broker, "://") {
 		modes = []string{ModeTarget}
 	}
@@ -223,6 +233,9 @@ func newFlagValues(fs *pflag.FlagSet) *flagValues {
 	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "with --broker tcp://…: measure this broker process (the gateway's pid if embedded)")
 	fs.BoolVar(&cfg.Compare, "compare", false, "run the scenario against embedded and mosquitto, alternately, and print the ratios")
 	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "runs per broker mode")
+	fs.StringVar(&cfg.Store, "store", "", "etcd: run against a cluster (etcd, the standalone broker, --replicas gateways on --store etcd://…)\n"+
+		"and against the single bbolt gateway behind the same broker, alternately, and print the ratios")
+	fs.IntVar(&cfg.Replicas, "replicas", 0, "with --store etcd: gateway replicas in the cluster (default 3)")
 	fs.IntVar(&cfg.Procs, "procs", 0, "load processes (0: this process up to --cars-per-proc cars, else as many children as needed)")
 	fs.IntVar(&cfg.CarsPerProc, "cars-per-proc", cfg.CarsPerProc, "most cars one load process runs (each holds one descriptor per car)")
 	fs.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "dial from 127.0.0.1 … 127.0.0.N (0: one address per 25,000 cars)")
@@ -274,6 +287,9 @@ func (v *flagValues) finish(scenario string, changed func(name string) bool) (Co
 	case ScenarioRevoke:
 		cfg.Cars = or(cfg.Cars, 100)
 		cfg.Steps = 1
+	}
+	if cfg.Store == StoreEtcd && cfg.Replicas == 0 {
+		cfg.Replicas = 3
 	}
 	if v.actions != "" {
 		for _, a := range strings.Split(v.actions, ",") {
@@ -385,6 +401,17 @@ func (c Config) Validate() error {
 	}
 	if c.Rounds < 1 {
 		bad("rounds", "%d: want at least 1", c.Rounds)
+	}
+	switch {
+	case c.Store != "" && c.Store != StoreEtcd && c.Store != StoreBbolt:
+		bad("store", "%q: want etcd (a cluster next to the single bbolt gateway) or bbolt (the default: no cluster)", c.Store)
+	case c.Store == StoreEtcd && (c.Compare || strings.HasPrefix(c.Broker, "tcp://")):
+		bad("store", "starts its own cluster and single gateway: not with --compare or --broker tcp://…")
+	case c.Store != StoreEtcd && c.Replicas > 1:
+		bad("replicas", "%d replicas share their state only in etcd: add --store etcd", c.Replicas)
+	}
+	if c.Replicas < 0 || c.Replicas > 16 {
+		bad("replicas", "%d: want 1 to 16", c.Replicas)
 	}
 	if c.Procs < 0 {
 		bad("procs", "%d must not be negative", c.Procs)

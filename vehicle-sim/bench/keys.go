@@ -38,6 +38,8 @@ type keyWorld struct {
 
 	garage *vehicle.Garage
 	store  *carstore.Store
+	// execs, when set before startCars, counts what the cars commit (the failover drill).
+	execs  *execCounter
 	dir    string
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -55,12 +57,17 @@ func (w *keyWorld) startCars(ctx context.Context) error {
 		return err
 	}
 	w.garage = vehicle.NewGarage()
+	var store vehicle.CarStore = w.store
+	if w.execs != nil {
+		w.execs.CarStore = w.store
+		store = w.execs
+	}
 	fctx, cancel := context.WithCancel(context.Background())
 	w.cancel, w.done = cancel, make(chan struct{})
 	go func() {
 		defer close(w.done)
 		w.stats, w.err = vehiclefleet.Run(fctx, vehiclefleet.Config{
-			BrokerURL: "tcp://" + w.s.mqttAddr, Creds: w.creds, Store: w.store, Garage: w.garage,
+			BrokerURL: "tcp://" + w.s.mqttAddr, Creds: w.creds, Store: store, Garage: w.garage,
 			TelemetryInterval: vehiclefleet.DefaultTelemetryInterval, ConnectRate: 2000,
 			MaxReconnectInterval: 2 * time.Second,
 		})

@@ -40,6 +40,9 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 	if r.mode == ModeTarget {
 		res.Broker = cfg.Broker
 	}
+	if r.mode == ModeCluster {
+		res.Broker = fmt.Sprintf("cluster-%d", cfg.Replicas) // its replicas, on etcd
+	}
 	res.HostLoad[0] = loadAverage()
 	s, err := r.startSUT(ctx)
 	if err != nil {

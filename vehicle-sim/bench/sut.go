@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"telematics/internal/etcdrun"
 	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -39,7 +40,7 @@ func buildBinaries(ctx context.Context, cfg Config, dir string, modes []string, 
 	bins := binaries{gateway: cfg.GatewayBin, broker: cfg.BrokerBin}
 	needBroker := false
 	for _, m := range modes {
-		needBroker = needBroker || m == ModeStandalone
+		needBroker = needBroker || m == ModeStandalone || m == ModeCluster
 	}
 	var todo []string
 	if bins.gateway == "" && len(modes) > 0 && modes[0] != ModeTarget {
@@ -187,11 +188,17 @@ type sut struct {
 	token      string // admin token
 	procs      []*sutProc
 	mosq       *mosquittoConf
+
+	// ModeCluster: the gateway replicas, etcd and its log, the binaries to start a replica again.
+	replicas []*replica
+	etcd     *etcdrun.Cluster
+	etcdLog  *os.File
+	bins     binaries
 }
 
 // startSUT starts the system under test for mode (or describes the target).
 func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progress io.Writer) (_ *sut, err error) {
-	s := &sut{mode: mode, keepDir: cfg.KeepDir}
+	s := &sut{mode: mode, keepDir: cfg.KeepDir, bins: bins}
 	if mode == ModeTarget {
 		return targetSUT(cfg, s)
 	}
@@ -283,6 +290,11 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		}
 		gw.holdsGateway = true
 		s.procs = append(s.procs, gw)
+
+	case ModeCluster:
+		if err := s.startCluster(ctx, cfg, bins, gwEnv, progress); err != nil {
+			return nil, err
+		}
 
 	default:
 		return nil, fmt.Errorf("unknown broker mode %q", mode)
@@ -392,6 +404,14 @@ func (s *sut) close() error {
 	var errs []error
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		errs = append(errs, s.procs[i].stop(15*time.Second))
+	}
+	if s.etcd != nil {
+		errs = append(errs, s.etcd.Close())
+		s.etcd = nil
+	}
+	if s.etcdLog != nil {
+		s.etcdLog.Close()
+		s.etcdLog = nil
 	}
 	if s.dir != "" && !s.keepDir {
 		errs = append(errs, os.RemoveAll(s.dir))
