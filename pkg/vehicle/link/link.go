@@ -56,6 +56,7 @@ func CheckAddr(addr string) error {
 // server on loopback.
 //
 //	POST /v1/link/{vin}/challenge   body empty or protocol.ChallengeRequest → 200 protocol.Challenge
+//	                                (with the car's proof of identity for a phone_nonce)
 //	POST /v1/link/{vin}/command     body protocol.LocalRequest → 200 protocol.Result
 //
 // A challenge request over its key's budget, or over the budget shared by requests no whitelisted
@@ -193,13 +194,11 @@ func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxChallengeBodyBytes+1))
 	var req protocol.ChallengeRequest
 	if err == nil && len(body) > 0 {
-		if len(body) > maxChallengeBodyBytes || json.Unmarshal(body, &req) != nil || (req.KeyID != "" && !protocol.ValidID(req.KeyID)) || len(req.Sig) > 128 {
-			err = errors.New("malformed")
-		}
+		req, err = DecodeChallengeRequest(body)
 	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
-			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\",\"ts\":…,\"sig\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
+			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\",\"ts\":…,\"sig\":\"…\",\"phone_nonce\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
 		return
 	}
 	ch, err := car.Challenge(req)
@@ -209,10 +208,31 @@ func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
 		if inner := errors.Unwrap(err); inner != nil {
 			msg = inner.Error() // the reason is in "error" already
 		}
-		writeError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), msg)
+		status := http.StatusTooManyRequests
+		if protocol.ReasonOf(err) != protocol.ReasonRateLimited {
+			status = http.StatusBadRequest
+		}
+		writeError(w, status, protocol.ReasonOf(err), msg)
 		return
 	}
 	writeJSON(w, http.StatusOK, ch)
+}
+
+// DecodeChallengeRequest decodes a non-empty challenge request body: at most 1 KiB of JSON, a
+// key id that is an id when present, a signature of at most 128 characters, and a phone nonce
+// of protocol.PhoneNonceMinBytes to PhoneNonceMaxBytes when present (bad_request otherwise).
+func DecodeChallengeRequest(body []byte) (protocol.ChallengeRequest, error) {
+	var req protocol.ChallengeRequest
+	if len(body) > maxChallengeBodyBytes || json.Unmarshal(body, &req) != nil ||
+		(req.KeyID != "" && !protocol.ValidID(req.KeyID)) || len(req.Sig) > 128 {
+		return protocol.ChallengeRequest{}, protocol.Refuse(protocol.ReasonBadRequest, "malformed challenge request")
+	}
+	if req.PhoneNonce != "" {
+		if err := protocol.CheckPhoneNonce(req.PhoneNonce); err != nil {
+			return protocol.ChallengeRequest{}, err
+		}
+	}
+	return req, nil
 }
 
 func (s *Server) command(w http.ResponseWriter, r *http.Request) {
