@@ -415,8 +415,8 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 	f.DurationVar(&cloudTimeout, "cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
 	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port), or off for the cloud only")
 	f.StringVar(&userFlag, "user", "", "user `NAME`, for the local link without a login session")
-	f.StringVar(&gatewayKey, "gateway-key", "", "the gateway's public `KEY` (base64url DER, as GET /v1/gateway-key shows it): the local link "+
-		"accepts only a car the gateway certified, and a phone without a login session learns the key here")
+	f.StringVar(&gatewayKey, "gateway-key", "", "the gateway's public `KEY` (base64url DER, GET /v1/gateway-key), for the local link without a login session: "+
+		"the phone accepts only a car this key certified")
 	return c
 }
 
@@ -471,6 +471,13 @@ func sendHint(err error, vin, link string) string {
 	}
 	if errors.Is(err, phone.ErrCarUnreachable) {
 		return fmt.Sprintf("nothing answers on the local link %s: are you next to the car (--link ADDR, SIM_LINK)?", link)
+	}
+	if errors.Is(err, sign.ErrCarNotProven) {
+		if protocol.ReasonOf(err) == protocol.ReasonUnauthenticated {
+			return "a phone without a login session learns the gateway's key with --gateway-key KEY (GET /v1/gateway-key); " +
+				"a car provisioned before link certification needs new credentials (gateway admin vehicle reissue VIN)"
+		}
+		return "whatever answered on the local link is not the car " + vin + ": nothing was sent to it"
 	}
 	if errors.Is(err, phone.ErrNoTerminalReply) {
 		return "the cloud took the command but gave no final answer; it was not retried over the local link " +
