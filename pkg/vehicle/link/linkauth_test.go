@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -293,5 +294,40 @@ func TestLinkChallengeProof(t *testing.T) {
 		if code, b := r.Post(t, "/v1/link/"+vehicletest.VIN+"/challenge", body); code != http.StatusBadRequest || !strings.Contains(string(b), "bad_request") {
 			t.Fatalf("phone nonce %q: %d %s", bad, code, b)
 		}
+	}
+}
+
+// TestCarLinkIdentityFromCredentials: a car takes its link identity from its credentials, which
+// vehicle-sim keeps in its store (0600) across restarts; a link key and a certification that do
+// not belong together, or to the car, keep the car from starting.
+func TestCarLinkIdentityFromCredentials(t *testing.T) {
+	gw := vehicletest.NewGateway(t)
+	dir := t.TempDir()
+	st := vehicletest.OpenStore(t, dir)
+	creds, other := gw.Creds(t, vehicletest.VIN), gw.Creds(t, vehicletest.OtherVIN)
+	for name, bad := range map[string]protocol.Credentials{
+		"another car's certification": func() protocol.Credentials { c := creds; c.LinkCert = other.LinkCert; return c }(),
+		"another car's key":           func() protocol.Credentials { c := creds; c.LinkKey = other.LinkKey; return c }(),
+		"a key without certification": func() protocol.Credentials { c := creds; c.LinkCert = nil; return c }(),
+	} {
+		if _, err := vehicle.NewCar(st, bad, vehicle.CarOptions{Clock: vehicletest.NewClock(vehicletest.T0)}); err == nil || !strings.Contains(err.Error(), "link") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := st.SaveCredentials(creds); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st = vehicletest.OpenStore(t, dir)
+	stored, err := st.Credentials()
+	if err != nil || len(stored) != 1 || stored[0].LinkKey != creds.LinkKey || stored[0].LinkCert == nil || *stored[0].LinkCert != *creds.LinkCert {
+		t.Fatalf("stored credentials %+v, %v", stored, err)
+	}
+	fi, err := os.Stat(st.Path())
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("store file holding the link key: %v %v", fi.Mode(), err)
+	}
+	if _, err := vehicle.NewCar(st, stored[0], vehicle.CarOptions{Clock: vehicletest.NewClock(vehicletest.T0)}); err != nil {
+		t.Fatalf("restart with the stored credentials: %v", err)
 	}
 }
