@@ -47,7 +47,7 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := phone.LocalSend(context.Background(), link.Addr(), []string{sess.GatewayKey}, key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
+	res, err := phone.LocalSend(context.Background(), link.Addr(), sess.LinkTrust(), key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
 	if err != nil || res.Status != protocol.ResultExecuted {
 		t.Fatalf("local unlock: %+v %v", res, err)
 	}

@@ -41,7 +41,7 @@ type AutoOptions struct {
 	// LinkAddr is the car's local link; default DefaultLinkAddr.
 	LinkAddr string
 	// GatewayKeys are the gateway keys (base64url DER) whose certification of a car the phone
-	// accepts on the local link (see LocalSend); default Session.GatewayKey.
+	// accepts on the local link (see LocalSend); default Session.LinkTrust().
 	GatewayKeys []string
 	// CloudTimeout bounds the cloud attempt from the start (connect, publish, first reply);
 	// default DefaultCloudTimeout.
@@ -106,8 +106,8 @@ func SendAuto(ctx context.Context, o AutoOptions, r Request, onReply func(Outcom
 	if o.User == "" && o.Session != nil {
 		o.User = o.Session.User
 	}
-	if len(o.GatewayKeys) == 0 && o.Session != nil {
-		o.GatewayKeys = []string{o.Session.GatewayKey}
+	if len(o.GatewayKeys) == 0 {
+		o.GatewayKeys = o.Session.LinkTrust()
 	}
 	if r.ID == "" {
 		r.ID = newCommandID()

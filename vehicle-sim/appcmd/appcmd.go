@@ -337,10 +337,7 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 
 			// The gateway keys whose certification of the car the phone accepts on the local link:
 			// the session's, and --gateway-key for a phone without one.
-			var gatewayKeys []string
-			if sess != nil && sess.GatewayKey != "" {
-				gatewayKeys = append(gatewayKeys, sess.GatewayKey)
-			}
+			gatewayKeys := sess.LinkTrust()
 			if gatewayKey != "" {
 				gatewayKeys = append(gatewayKeys, gatewayKey)
 			}
