@@ -27,8 +27,8 @@ import (
 // proves that it is the car the phone means (the gateway's certification of its link key, and
 // that key's signature over both nonces); only then does the phone sign a command that carries
 // the challenge, and the car checks the signature against its own whitelist. No broker and no
-// gateway are involved: the phone checks the certification with the gateway key it learned at
-// login (Session.GatewayKey).
+// gateway are involved: the phone checks the certification with the gateway keys it learned at
+// login (Session.LinkTrust).
 
 // DefaultLinkAddr is where vehicle-sim serves the local link of the cars it runs.
 const DefaultLinkAddr = protocol.DefaultLinkAddr
@@ -59,7 +59,7 @@ func newLinkClient() (*http.Client, func()) {
 // signed with the phone key for user, and returns the car's result: executed, or rejected with
 // the car's reason (a rejection is a result, not an error). Before it signs anything it makes
 // the car prove that it is car r.VIN, with a link certification signed by one of gatewayKeys
-// (base64url DER; the session's GatewayKey): a car that cannot is refused with an error that
+// (base64url DER; Session.LinkTrust): a car that cannot is refused with an error that
 // wraps sign.ErrCarNotProven and carries the reason (see sign.VerifyCarProof), and gets no
 // command. Other errors are for a car that could not be asked: unreachable, silent for
 // LocalTimeout, or answering with an error (*api.Error: vehicle_unknown when the link serves no

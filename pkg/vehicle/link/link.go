@@ -60,7 +60,8 @@ func CheckAddr(addr string) error {
 //	POST /v1/link/{vin}/command     body protocol.LocalRequest → 200 protocol.Result
 //
 // A challenge request over its key's budget, or over the budget shared by requests no whitelisted
-// key signed, is answered 429 rate_limited (see vehicle.MaxChallengesPerKey).
+// key signed, is answered 429 rate_limited (see vehicle.MaxChallengesPerKey); a malformed one
+// (see DecodeChallengeRequest) 400 bad_request.
 // A command the car refuses is answered 200 with status rejected and its reason (see
 // vehicle.Car.HandleLocal). Errors that never reach a car are {"error": REASON, "message": TEXT}: 400
 // bad_request for a malformed VIN or a body that is not a LocalRequest (bodies are bounded to
@@ -208,8 +209,11 @@ func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
 		if inner := errors.Unwrap(err); inner != nil {
 			msg = inner.Error() // the reason is in "error" already
 		}
-		status := http.StatusTooManyRequests
-		if protocol.ReasonOf(err) != protocol.ReasonRateLimited {
+		status := http.StatusInternalServerError
+		switch protocol.ReasonOf(err) {
+		case protocol.ReasonRateLimited:
+			status = http.StatusTooManyRequests
+		case protocol.ReasonBadRequest:
 			status = http.StatusBadRequest
 		}
 		writeError(w, status, protocol.ReasonOf(err), msg)
