@@ -218,3 +218,27 @@ func FuzzDecodeLinkCert(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkCarProof is what the car proof adds to one local-link exchange: the car's proof
+// (one Ed25519 signature) and the phone's check (an ES256 and an Ed25519 verification).
+//
+//	go test -run XXX -bench CarProof ./pkg/sign/
+func BenchmarkCarProof(b *testing.B) {
+	x := newLinkFixture(b)
+	b.Run("prove", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := ProveCar(x.key, x.cert, x.req, x.ch); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("verify", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := VerifyCarProof(x.trust, linkVIN, x.req, x.ch, linkNow); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
