@@ -417,7 +417,7 @@ func Run(ctx context.Context, o Options) Summary {
 		return fmt.Sprintf("path: local (%s); the car checked Alice's signature against its own whitelist: executed", out.Fallback), nil
 	})
 	s.do("Bob's revoked key over the local link: refused by the car itself", func() (string, error) {
-		res, err := phone.LocalSend(ctx, fleet.Link.Addr(), bob.Key, bob.Name, phone.Request{VIN: mine, Action: protocol.ActionUnlock})
+		res, err := phone.LocalSend(ctx, fleet.Link.Addr(), bob.Session.LinkTrust(), bob.Key, bob.Name, phone.Request{VIN: mine, Action: protocol.ActionUnlock})
 		if err != nil {
 			return "", err
 		}

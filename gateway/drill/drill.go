@@ -275,7 +275,7 @@ func Run(ctx context.Context, o Options) Report {
 		for _, tr := range tries {
 			rep.IllegitimateAttempts++
 			rep.JournalExpected++
-			res, err := phone.LocalSend(ctx, fleet.Link.Addr(), tr.key, tr.user, phone.Request{VIN: creds[i].VIN, Action: protocol.ActionUnlock})
+			res, err := phone.LocalSend(ctx, fleet.Link.Addr(), owners[i].Session.LinkTrust(), tr.key, tr.user, phone.Request{VIN: creds[i].VIN, Action: protocol.ActionUnlock})
 			switch {
 			case err != nil:
 				rep.Problems = append(rep.Problems, fmt.Sprintf("local attempt by %s on %s: %v", tr.user, creds[i].VIN, err))

@@ -6,6 +6,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/subtle"
 	"log/slog"
 	"net"
@@ -45,6 +46,9 @@ type API struct {
 	Audit      *audit.Log
 	Issuer     *token.Issuer
 	GatewayKey *sign.Signer
+	// SigningKeys are every key the gateway signs with (the current one first, then the
+	// previous during a rotation), told to phones at login (nil: GatewayKey alone).
+	SigningKeys []*ecdsa.PublicKey
 	// Verifier verifies app tokens: the endpoints of the app (2FA, keys, password, session)
 	// are served only with it.
 	Verifier *token.Verifier

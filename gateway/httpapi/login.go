@@ -82,6 +82,12 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub, _ := sign.EncodePublic(a.GatewayKey.Public())
+	keys := []string{pub}
+	for _, k := range a.SigningKeys {
+		if enc, err := sign.EncodePublic(k); err == nil && enc != pub {
+			keys = append(keys, enc)
+		}
+	}
 	ev.Outcome = "ok"
 	if err := a.Audit.Append(ev); err != nil {
 		Fail(w, a.Log, err)
@@ -89,7 +95,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	}
 	a.loginLimits().refund(ip)
 	writeJSON(w, http.StatusOK, api.LoginResponse{User: req.Username, Token: tok, ExpiresAtMs: exp.UnixMilli(),
-		ClientIDPrefix: req.Username + "-", BrokerURL: a.BrokerURL, GatewayKey: pub})
+		ClientIDPrefix: req.Username + "-", BrokerURL: a.BrokerURL, GatewayKey: pub, GatewayKeys: keys})
 }
 
 // checkPassword checks name's password under the lockout and returns the user. The attempt

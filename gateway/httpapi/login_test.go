@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -25,8 +26,8 @@ func TestLoginAnswersTokenBrokerAndKey(t *testing.T) {
 	}
 	pub, _ := sign.EncodePublic(f.signer.Public())
 	want := api.LoginResponse{User: "alice", Token: out.Token, ExpiresAtMs: f.clock.Now().Add(appTTL).UnixMilli(),
-		ClientIDPrefix: "alice-", BrokerURL: brokerURL, GatewayKey: pub}
-	if out != want {
+		ClientIDPrefix: "alice-", BrokerURL: brokerURL, GatewayKey: pub, GatewayKeys: []string{pub}}
+	if !reflect.DeepEqual(out, want) {
 		t.Fatalf("login:\n got %+v\nwant %+v", out, want)
 	}
 	c, err := f.api.Verifier.Verify(out.Token)

@@ -35,7 +35,12 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, vin+" is decommissioned: it gets no new credentials")
 		return
 	}
-	tok, jti, _, err := a.Issuer.IssueID(vin, protocol.RoleVehicle, a.VehicleTokenTTL)
+	tok, jti, exp, err := a.Issuer.IssueID(vin, protocol.RoleVehicle, a.VehicleTokenTTL)
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	linkKey, linkCert, err := sign.NewLinkIdentity(a.GatewayKey, vin, a.Now(), exp)
 	if err != nil {
 		Fail(w, a.Log, err)
 		return
@@ -49,7 +54,8 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		a.Hooks.TokenRetired(vin, jti)
 	}
 	pub, _ := sign.EncodePublic(a.Hooks.CarKey(vin).Public())
-	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub})
+	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub,
+		LinkKey: linkKey, LinkCert: &linkCert})
 }
 
 // MaxVehiclesPerRequest bounds one provisioning call.
@@ -85,14 +91,22 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 	vs := make([]store.Vehicle, len(vins))
 	out := make([]protocol.Credentials, len(vins))
 	for i, v := range vins {
-		tok, jti, _, err := a.Issuer.IssueID(v, protocol.RoleVehicle, a.VehicleTokenTTL)
+		tok, jti, exp, err := a.Issuer.IssueID(v, protocol.RoleVehicle, a.VehicleTokenTTL)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		// The car's local-link identity, certified by the key phones learn at login and valid as
+		// long as the token: reissuing makes a new one.
+		linkKey, linkCert, err := sign.NewLinkIdentity(a.GatewayKey, v, a.Now(), exp)
 		if err != nil {
 			Fail(w, a.Log, err)
 			return
 		}
 		pub, _ := sign.EncodePublic(a.Hooks.CarKey(v).Public())
 		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs, TokenID: jti}
-		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub}
+		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub,
+			LinkKey: linkKey, LinkCert: &linkCert}
 	}
 	if err := a.Store.AddVehicles(vs); err != nil {
 		if errors.Is(err, store.ErrExists) {

@@ -57,7 +57,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 		TelemetryInterval: time.Second, MaxReconnectInterval: 200 * time.Millisecond, JournalResendInterval: time.Second})
 	garage, link := fleet.Garage, fleet.Link
 	waitOnline(t, g, vin)
-	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
+	_, sess, key := loginKey(t, g, "alice", brokerURL, vin)
 	waitSynced(t, g, vin)
 	car, _ := garage.Car(vin)
 
@@ -73,7 +73,7 @@ func TestJournalAckedOnceAcrossBrokerRestart(t *testing.T) {
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := phone.LocalSend(context.Background(), link.Addr(), key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
+	res, err := phone.LocalSend(context.Background(), link.Addr(), sess.LinkTrust(), key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
 	if err != nil || res.Status != protocol.ResultExecuted {
 		t.Fatalf("local unlock: %+v %v", res, err)
 	}

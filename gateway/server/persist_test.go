@@ -40,14 +40,14 @@ func TestExternalBrokerQueuesForGatewayWhileItIsAway(t *testing.T) {
 		TelemetryInterval: time.Second, MaxReconnectInterval: time.Second})
 	garage, link := fleet.Garage, fleet.Link
 	waitOnline(t, g, vin)
-	_, _, key := loginKey(t, g, "alice", brokerURL, vin)
+	_, sess, key := loginKey(t, g, "alice", brokerURL, vin)
 	waitSynced(t, g, vin)
 
 	// The gateway goes away; the broker and the car stay.
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := phone.LocalSend(context.Background(), link.Addr(), key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
+	res, err := phone.LocalSend(context.Background(), link.Addr(), sess.LinkTrust(), key, "alice", phone.Request{VIN: vin, Action: protocol.ActionUnlock})
 	if err != nil || res.Status != protocol.ResultExecuted {
 		t.Fatalf("local unlock: %+v %v", res, err)
 	}

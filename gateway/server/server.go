@@ -193,6 +193,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		LoginRatePerMinute: cfg.Login.PerIPRatePerMinute, LoginBurst: cfg.Login.PerIPBurst,
 	}
 	g.api.Verifier = token.NewVerifier(g.clock, g.ring.publicKeys()...)
+	g.api.SigningKeys = g.ring.publicKeys()
 	g.api.TwoFA = g.twofa
 	g.api.Keys = g.keys
 	g.api.Hooks = httpapi.Hooks{

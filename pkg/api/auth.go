@@ -20,6 +20,11 @@ type LoginResponse struct {
 	ClientIDPrefix string `json:"client_id_prefix"`
 	BrokerURL      string `json:"broker_url"`
 	GatewayKey     string `json:"gateway_key"`
+	// GatewayKeys are every key the gateway signs with (base64url DER): GatewayKey and, during
+	// a signing-key rotation, the previous one. A phone accepts a car's local-link
+	// certification signed by any of them (cars provisioned before the rotation hold one
+	// signed by the previous key until they are reissued).
+	GatewayKeys []string `json:"gateway_keys,omitempty"`
 }
 
 // SessionResponse is GET /v1/session: what the gateway tells a logged-in app now. The broker

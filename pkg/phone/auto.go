@@ -40,6 +40,9 @@ type AutoOptions struct {
 	User string
 	// LinkAddr is the car's local link; default DefaultLinkAddr.
 	LinkAddr string
+	// GatewayKeys are the gateway keys (base64url DER) whose certification of a car the phone
+	// accepts on the local link (see LocalSend); default Session.LinkTrust().
+	GatewayKeys []string
 	// CloudTimeout bounds the cloud attempt from the start (connect, publish, first reply);
 	// default DefaultCloudTimeout.
 	CloudTimeout time.Duration
@@ -103,6 +106,9 @@ func SendAuto(ctx context.Context, o AutoOptions, r Request, onReply func(Outcom
 	if o.User == "" && o.Session != nil {
 		o.User = o.Session.User
 	}
+	if len(o.GatewayKeys) == 0 {
+		o.GatewayKeys = o.Session.LinkTrust()
+	}
 	if r.ID == "" {
 		r.ID = newCommandID()
 	}
@@ -118,7 +124,7 @@ func SendAuto(ctx context.Context, o AutoOptions, r Request, onReply func(Outcom
 		return out, err
 	}
 	out = Outcome{Path: PathLocal, Fallback: fallback, CloudWait: time.Since(start)}
-	res, lerr := localSend(ctx, o.LinkAddr, o.Key, o.User, r, o.Clock)
+	res, lerr := localSend(ctx, o.LinkAddr, o.GatewayKeys, o.Key, o.User, r, o.Clock)
 	if lerr != nil {
 		return out, fmt.Errorf("cloud: %s; %w", fallback, lerr)
 	}

@@ -40,7 +40,7 @@ func autoSetup(t *testing.T) (*phonetest.Link, AutoOptions) {
 	key := newKey(t)
 	link := phonetest.NewLink(t)
 	link.AddCar(testVIN, phonetest.KeyFor(key, testUser, protocol.RoleOwner))
-	return link, AutoOptions{Key: key, LinkAddr: link.Addr(), CloudTimeout: cloudTimeout}
+	return link, AutoOptions{Key: key, LinkAddr: link.Addr(), GatewayKeys: trust(link), CloudTimeout: cloudTimeout}
 }
 
 func TestSendAutoFallsBackWhenTheCloudCannotBeUsed(t *testing.T) {

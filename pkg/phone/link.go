@@ -3,6 +3,8 @@ package phone
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,8 +23,12 @@ import (
 
 // The local link is the simulated short-range link (BLE/NFC) between a phone and a car: a
 // small HTTP endpoint the car side opens on loopback. The phone asks the car for a challenge
-// (a single-use nonce), signs a command that carries it, and the car checks the signature
-// against its own whitelist. No broker and no gateway are involved.
+// (a single-use nonce) with a fresh nonce of its own; the car answers with the challenge and
+// proves that it is the car the phone means (the gateway's certification of its link key, and
+// that key's signature over both nonces); only then does the phone sign a command that carries
+// the challenge, and the car checks the signature against its own whitelist. No broker and no
+// gateway are involved: the phone checks the certification with the gateway keys it learned at
+// login (Session.LinkTrust).
 
 // DefaultLinkAddr is where vehicle-sim serves the local link of the cars it runs.
 const DefaultLinkAddr = protocol.DefaultLinkAddr
@@ -51,15 +57,22 @@ func newLinkClient() (*http.Client, func()) {
 
 // LocalSend sends r to the car over the local link at linkAddr (host:port, or an http:// URL),
 // signed with the phone key for user, and returns the car's result: executed, or rejected with
-// the car's reason (a rejection is a result, not an error). Errors are for a car that could not
-// be asked: unreachable, silent for LocalTimeout, or answering with an error (*api.Error:
-// vehicle_unknown when the link serves no such car, bad_request).
-func LocalSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request) (protocol.Result, error) {
-	return localSend(ctx, linkAddr, key, user, r, clock.Real{})
+// the car's reason (a rejection is a result, not an error). Before it signs anything it makes
+// the car prove that it is car r.VIN, with a link certification signed by one of gatewayKeys
+// (base64url DER; Session.LinkTrust): a car that cannot is refused with an error that
+// wraps sign.ErrCarNotProven and carries the reason (see sign.VerifyCarProof), and gets no
+// command. Other errors are for a car that could not be asked: unreachable, silent for
+// LocalTimeout, or answering with an error (*api.Error: vehicle_unknown when the link serves no
+// such car, bad_request).
+func LocalSend(ctx context.Context, linkAddr string, gatewayKeys []string, key *sign.Signer, user string, r Request) (protocol.Result, error) {
+	return localSend(ctx, linkAddr, gatewayKeys, key, user, r, clock.Real{})
 }
 
-func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user string, r Request, clk clock.Clock) (protocol.Result, error) {
+func localSend(ctx context.Context, linkAddr string, gatewayKeys []string, key *sign.Signer, user string, r Request, clk clock.Clock) (protocol.Result, error) {
+	trusted, err := decodeGatewayKeys(gatewayKeys)
 	switch {
+	case err != nil:
+		return protocol.Result{}, err
 	case key == nil:
 		return protocol.Result{}, ErrNoKey
 	case !protocol.ValidVIN(r.VIN):
@@ -85,11 +98,19 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 		return protocol.Result{}, err
 	}
 	chReq.Sig = protocol.EncodeB64(sig)
+	// The phone's own challenge to the car: fresh every time, so that only a car holding the
+	// certified link key can answer it, and an answer recorded earlier proves nothing.
+	phoneNonce := make([]byte, protocol.PhoneNonceMinBytes)
+	rand.Read(phoneNonce) // never fails (crypto/rand: a failure crashes the program)
+	chReq.PhoneNonce = protocol.EncodeB64(phoneNonce)
 	if err := linkPost(ctx, client, base+"/v1/link/"+r.VIN+"/challenge", chReq, &ch); err != nil {
 		return protocol.Result{}, fmt.Errorf("local link %s: challenge: %w", linkAddr, err)
 	}
 	if ch.VIN != r.VIN || ch.Nonce == "" {
 		return protocol.Result{}, fmt.Errorf("local link %s: the challenge names car %q, not %q, or has no nonce", linkAddr, ch.VIN, r.VIN)
+	}
+	if err := sign.VerifyCarProof(trusted, r.VIN, chReq, ch, clk.Now()); err != nil {
+		return protocol.Result{}, fmt.Errorf("local link %s: car %s refused: %w", linkAddr, r.VIN, err)
 	}
 
 	cmd := newCommand(user, key.KID(), r, clk.Now())
@@ -111,6 +132,23 @@ func localSend(ctx context.Context, linkAddr string, key *sign.Signer, user stri
 	}
 	res.ID = cmd.ID
 	return res, nil
+}
+
+// decodeGatewayKeys parses the gateway keys a phone trusts for car certifications; empty ones
+// are skipped (a session from before the gateway said which key it uses).
+func decodeGatewayKeys(keys []string) ([]*ecdsa.PublicKey, error) {
+	out := make([]*ecdsa.PublicKey, 0, len(keys))
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		pub, err := sign.DecodePublic(k)
+		if err != nil {
+			return nil, fmt.Errorf("gateway key: %w", err)
+		}
+		out = append(out, pub)
+	}
+	return out, nil
 }
 
 // linkBase turns "host:port" into "http://host:port"; URLs are kept as they are.

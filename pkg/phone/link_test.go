@@ -2,6 +2,7 @@ package phone
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"telematics/pkg/api"
 	"telematics/pkg/phone/phonetest"
 	"telematics/pkg/protocol"
+	"telematics/pkg/sign"
 )
 
 func TestLocalSendChallengeRoundTrip(t *testing.T) {
@@ -20,7 +22,7 @@ func TestLocalSendChallengeRoundTrip(t *testing.T) {
 	link := phonetest.NewLink(t)
 	link.AddCar(testVIN, phonetest.KeyFor(key, testUser, protocol.RoleOwner))
 
-	res, err := LocalSend(context.Background(), link.Addr(), key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
+	res, err := LocalSend(context.Background(), link.Addr(), trust(link), key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +47,7 @@ func TestLocalSendChallengeRoundTrip(t *testing.T) {
 	assertConns(t, link, 1)
 
 	// Every command asks for a fresh nonce; an http:// URL works as the address too.
-	res2, err := LocalSend(context.Background(), "http://"+link.Addr()+"/", key, testUser, Request{VIN: testVIN, Action: protocol.ActionUnlock})
+	res2, err := LocalSend(context.Background(), "http://"+link.Addr()+"/", trust(link), key, testUser, Request{VIN: testVIN, Action: protocol.ActionUnlock})
 	if err != nil || res2.Status != protocol.ResultExecuted {
 		t.Fatalf("second command: %+v %v", res2, err)
 	}
@@ -110,7 +112,7 @@ func TestLocalSendRefusals(t *testing.T) {
 			if tc.signer {
 				k = stranger
 			}
-			res, err := LocalSend(context.Background(), link.Addr(), k, testUser, Request{VIN: tc.vin, Action: tc.action})
+			res, err := LocalSend(context.Background(), link.Addr(), trust(link), k, testUser, Request{VIN: tc.vin, Action: tc.action})
 			if err != nil {
 				t.Fatalf("a rejection is a result, not an error: %v", err)
 			}
@@ -121,25 +123,25 @@ func TestLocalSendRefusals(t *testing.T) {
 	}
 
 	t.Run("unknown car", func(t *testing.T) {
-		_, err := LocalSend(context.Background(), link.Addr(), key, testUser, Request{VIN: unknownVIN, Action: protocol.ActionUnlock})
+		_, err := LocalSend(context.Background(), link.Addr(), trust(link), key, testUser, Request{VIN: unknownVIN, Action: protocol.ActionUnlock})
 		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Status != http.StatusNotFound || ae.Reason != protocol.ReasonVehicleUnknown {
 			t.Fatalf("got %v, want 404 vehicle_unknown", err)
 		}
 	})
 	t.Run("no key", func(t *testing.T) {
-		if _, err := LocalSend(context.Background(), link.Addr(), nil, testUser, Request{VIN: testVIN, Action: protocol.ActionLock}); !errors.Is(err, ErrNoKey) {
+		if _, err := LocalSend(context.Background(), link.Addr(), trust(link), nil, testUser, Request{VIN: testVIN, Action: protocol.ActionLock}); !errors.Is(err, ErrNoKey) {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("bad arguments are not sent", func(t *testing.T) {
 		before := link.Requests()
 		for _, r := range []Request{{VIN: "nope", Action: protocol.ActionLock}, {VIN: testVIN, Action: "fly"}} {
-			if _, err := LocalSend(context.Background(), link.Addr(), key, testUser, r); err == nil {
+			if _, err := LocalSend(context.Background(), link.Addr(), trust(link), key, testUser, r); err == nil {
 				t.Fatalf("%+v accepted", r)
 			}
 		}
-		if _, err := LocalSend(context.Background(), link.Addr(), key, "Not A User", Request{VIN: testVIN, Action: protocol.ActionLock}); err == nil {
+		if _, err := LocalSend(context.Background(), link.Addr(), trust(link), key, "Not A User", Request{VIN: testVIN, Action: protocol.ActionLock}); err == nil {
 			t.Fatal("bad user accepted")
 		}
 		if link.Requests() != before {
@@ -147,7 +149,7 @@ func TestLocalSendRefusals(t *testing.T) {
 		}
 	})
 	t.Run("nobody listening", func(t *testing.T) {
-		_, err := LocalSend(context.Background(), closedAddr(t), key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
+		_, err := LocalSend(context.Background(), closedAddr(t), trust(link), key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
 		if !errors.Is(err, ErrCarUnreachable) || strings.Contains(err.Error(), "Post ") {
 			t.Fatalf("got %v", err)
 		}
@@ -157,7 +159,7 @@ func TestLocalSendRefusals(t *testing.T) {
 		link.Hold(silentVIN)
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
-		_, err := LocalSend(ctx, link.Addr(), key, testUser, Request{VIN: silentVIN, Action: protocol.ActionLock})
+		_, err := LocalSend(ctx, link.Addr(), trust(link), key, testUser, Request{VIN: silentVIN, Action: protocol.ActionLock})
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("got %v", err)
 		}
@@ -166,6 +168,7 @@ func TestLocalSendRefusals(t *testing.T) {
 
 func TestLocalSendDistrustsOddAnswers(t *testing.T) {
 	key := newKey(t)
+	car := newCertifiedCar(t, testVIN)
 	tests := []struct {
 		name      string
 		challenge any
@@ -184,7 +187,7 @@ func TestLocalSendDistrustsOddAnswers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if strings.HasSuffix(r.URL.Path, "/challenge") {
-					_ = json.NewEncoder(w).Encode(tc.challenge)
+					car.answer(t, w, r, tc.challenge)
 					return
 				}
 				w.WriteHeader(tc.status)
@@ -195,7 +198,7 @@ func TestLocalSendDistrustsOddAnswers(t *testing.T) {
 				_ = json.NewEncoder(w).Encode(tc.result)
 			}))
 			defer srv.Close()
-			_, err := LocalSend(context.Background(), srv.URL, key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
+			_, err := LocalSend(context.Background(), srv.URL, car.trust, key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error with %q", err, tc.want)
 			}
@@ -205,15 +208,60 @@ func TestLocalSendDistrustsOddAnswers(t *testing.T) {
 	// A car that refuses with an error status but a rejected result body: still a result.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/challenge") {
-			_ = json.NewEncoder(w).Encode(protocol.Challenge{V: 1, VIN: testVIN, Nonce: "n"})
+			car.answer(t, w, r, protocol.Challenge{V: 1, VIN: testVIN, Nonce: "n"})
 			return
 		}
 		w.WriteHeader(http.StatusForbidden)
 		_ = json.NewEncoder(w).Encode(protocol.Result{V: 1, Status: protocol.ResultRejected, Reason: protocol.ReasonKeyRevoked})
 	}))
 	defer srv.Close()
-	res, err := LocalSend(context.Background(), srv.URL, key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
+	res, err := LocalSend(context.Background(), srv.URL, car.trust, key, testUser, Request{VIN: testVIN, Action: protocol.ActionLock})
 	if err != nil || res.Status != protocol.ResultRejected || res.Reason != protocol.ReasonKeyRevoked || res.ID == "" {
 		t.Fatalf("got %+v, %v", res, err)
 	}
+}
+
+// trust is what a phone that logged in to link's gateway trusts.
+func trust(link *phonetest.Link) []string { return []string{link.GatewayKey()} }
+
+// certifiedCar is a car's link identity, certified by a gateway of its own (trust): what a
+// hand-made link needs to pass the phone's check of the car.
+type certifiedCar struct {
+	trust []string
+	key   ed25519.PrivateKey
+	cert  protocol.Envelope
+}
+
+func newCertifiedCar(t *testing.T, vin string) certifiedCar {
+	t.Helper()
+	gw := newKey(t)
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := sign.CertifyLinkKey(gw, vin, pub, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwPub, err := sign.EncodePublic(gw.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certifiedCar{trust: []string{gwPub}, key: priv, cert: cert}
+}
+
+// answer writes challenge (a protocol.Challenge, or anything else as it is) with the car's
+// proof for the phone's request r.
+func (c certifiedCar) answer(t *testing.T, w http.ResponseWriter, r *http.Request, challenge any) {
+	ch, ok := challenge.(protocol.Challenge)
+	var req protocol.ChallengeRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); ok && err == nil {
+		p, err := sign.ProveCar(c.key, c.cert, req, ch)
+		if err != nil {
+			t.Error(err)
+		}
+		ch.Proof = p
+		challenge = ch
+	}
+	_ = json.NewEncoder(w).Encode(challenge)
 }

@@ -34,9 +34,27 @@ type Session struct {
 	ClientIDPrefix string `json:"client_id_prefix"`
 	BrokerURL      string `json:"broker_url"`
 	GatewayKey     string `json:"gateway_key"`
+	// GatewayKeys are every key the gateway signed with at login (GatewayKey, and the previous
+	// one during a rotation): the phone accepts a car on the local link that one of them
+	// certified. Empty in a session from before: GatewayKey alone.
+	GatewayKeys []string `json:"gateway_keys,omitempty"`
 	// ClientID is this login's MQTT client id ({user}-{random}). The gateway's 2FA step-up is
 	// per session, so every command sent under one login shares it.
 	ClientID string `json:"client_id"`
+}
+
+// LinkTrust is what the phone trusts for car certifications on the local link (LocalSend's
+// gatewayKeys): GatewayKeys, or GatewayKey in a session without them; nil for no session.
+func (s *Session) LinkTrust() []string {
+	switch {
+	case s == nil:
+		return nil
+	case len(s.GatewayKeys) > 0:
+		return s.GatewayKeys
+	case s.GatewayKey != "":
+		return []string{s.GatewayKey}
+	}
+	return nil
 }
 
 // Client is the gateway's HTTP API with the session's app token.
@@ -56,7 +74,7 @@ func Login(ctx context.Context, gatewayURL, user, password, totp string) (*Sessi
 		return nil, err
 	}
 	s := &Session{Gateway: gatewayURL, User: r.User, Token: r.Token, ExpiresAtMs: r.ExpiresAtMs,
-		ClientIDPrefix: r.ClientIDPrefix, BrokerURL: r.BrokerURL, GatewayKey: r.GatewayKey}
+		ClientIDPrefix: r.ClientIDPrefix, BrokerURL: r.BrokerURL, GatewayKey: r.GatewayKey, GatewayKeys: r.GatewayKeys}
 	suffix := make([]byte, 6)
 	_, _ = rand.Read(suffix)
 	s.ClientID = s.ClientIDPrefix + hex.EncodeToString(suffix)

@@ -1,7 +1,8 @@
 package protocol
 
 // Credentials are what a car needs to join the fleet: its MQTT identity and access token, and
-// the gateway's public key (base64url DER), with which it checks grants and whitelists.
+// the gateway's public key (base64url DER), with which it checks grants and whitelists; and its
+// local-link identity.
 // `gateway admin vehicle add --json` prints a list of these and `vehicle-sim run --fleet`
 // reads one.
 type Credentials struct {
@@ -10,4 +11,10 @@ type Credentials struct {
 	Username   string `json:"username"`
 	Token      string `json:"token"`
 	GatewayKey string `json:"gateway_key,omitempty"`
+	// LinkKey is the private seed (base64url, 32 bytes) of the car's Ed25519 link key, made for
+	// the car when it was provisioned (or reissued), and LinkCert the gateway's certification
+	// of its public half (a signed LinkCert). With them the car proves itself on the local
+	// link; a car without them gets no command from a phone there. Secret, like Token.
+	LinkKey  string    `json:"link_key,omitempty"`
+	LinkCert *Envelope `json:"link_cert,omitempty"`
 }

@@ -72,11 +72,15 @@ type KeysAck struct {
 // clock: a key id is not secret, and whoever names it without the key must not spend its
 // budget. Any other request (no key id, an unknown one, no or a bad signature, a replayed one)
 // comes out of a small budget shared by every such requester.
+//
+// PhoneNonce (16 to 32 random bytes, base64url) asks the car to prove itself: the Challenge then
+// carries Proof (see CarProof). Phones always send one; a request without one gets no proof.
 type ChallengeRequest struct {
-	V     int    `json:"v"`
-	KeyID string `json:"key_id,omitempty"`
-	TsMs  int64  `json:"ts,omitempty"`
-	Sig   string `json:"sig,omitempty"`
+	V          int    `json:"v"`
+	KeyID      string `json:"key_id,omitempty"`
+	TsMs       int64  `json:"ts,omitempty"`
+	Sig        string `json:"sig,omitempty"`
+	PhoneNonce string `json:"phone_nonce,omitempty"`
 }
 
 // ChallengeRequestMessage is what a phone key signs to ask car vin for a challenge of its own
@@ -87,12 +91,15 @@ func ChallengeRequestMessage(vin, keyID string, tsMs int64) []byte {
 
 // Challenge is the local link's answer to POST /v1/link/{vin}/challenge: a single-use nonce,
 // valid until ExpiresAtMs (10 s), usable only by a command signed by KeyID when that is set.
+// Proof is the car's proof of identity for the request's PhoneNonce (absent without one, or
+// from a car that holds no link certification, which a phone refuses).
 type Challenge struct {
-	V           int    `json:"v"`
-	VIN         string `json:"vin"`
-	Nonce       string `json:"nonce"`
-	ExpiresAtMs int64  `json:"expires_at"`
-	KeyID       string `json:"key_id,omitempty"`
+	V           int       `json:"v"`
+	VIN         string    `json:"vin"`
+	Nonce       string    `json:"nonce"`
+	ExpiresAtMs int64     `json:"expires_at"`
+	KeyID       string    `json:"key_id,omitempty"`
+	Proof       *CarProof `json:"proof,omitempty"`
 }
 
 // LocalRequest is the body of POST /v1/link/{vin}/command: a command signed by the phone key,

@@ -1,5 +1,6 @@
 // Package sign makes and checks the ECDSA P-256 signatures that carry trust in this system:
-// gateway grants, whitelists and tokens, and phone-signed commands. Signatures are the JWS
+// gateway grants, whitelists and tokens, and phone-signed commands; and the Ed25519 link keys
+// with which cars prove themselves on the local link (linkcert.go). ECDSA signatures are the JWS
 // ES256 form (r||s, 64 bytes); keys are stored as PEM, private halves 0600.
 package sign
 

@@ -2,6 +2,7 @@ package vehicle
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -84,6 +85,11 @@ type Car struct {
 	// keys is the whitelist c.wl points to, for Challenge, which must not wait for c.mu (held
 	// through a command's fsync).
 	keys atomic.Pointer[protocol.Whitelist]
+	// linkKey and linkCert are the car's local-link identity (see sign.ProveCar); nil for a
+	// car whose credentials carry none, which answers challenges without a proof (and which
+	// phones therefore refuse). Set once by NewCar.
+	linkKey  ed25519.PrivateKey
+	linkCert protocol.Envelope
 	// journaled is signalled (capacity 1) whenever a journal entry was written, so whoever
 	// publishes the journal (the fleet) need not poll.
 	journaled chan struct{}
@@ -105,7 +111,9 @@ type Car struct {
 // NewCar loads the car of creds from store, or creates it parked at its home point. The
 // credentials must carry the gateway's public key: without it the car cannot verify anything.
 // The car's whitelist and trust set come from the store; a car that never received a whitelist
-// trusts the credentials' gateway key and refuses every command (key_unknown).
+// trusts the credentials' gateway key and refuses every command (key_unknown). Its local-link
+// identity (link_key, link_cert) comes from the credentials, which vehicle-sim keeps in its
+// store (0600); when present they must belong together and to the VIN.
 func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, error) {
 	if !protocol.ValidVIN(creds.VIN) {
 		return nil, fmt.Errorf("credentials carry a malformed vin %q", creds.VIN)
@@ -117,8 +125,15 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 	if err != nil {
 		return nil, fmt.Errorf("gateway_key of %s: %w", creds.VIN, err)
 	}
+	var linkKey ed25519.PrivateKey
+	if creds.LinkKey != "" || creds.LinkCert != nil {
+		if linkKey, err = sign.LinkIdentity(creds); err != nil {
+			return nil, fmt.Errorf("link identity of %s: %w", creds.VIN, err)
+		}
+	}
 	c := &Car{
 		vin:       creds.VIN,
+		linkKey:   linkKey,
 		store:     store,
 		clock:     clock.Or(opts.Clock),
 		log:       opts.Logger,
@@ -130,6 +145,11 @@ func NewCar(store CarStore, creds protocol.Credentials, opts CarOptions) (*Car, 
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.log = c.log.With("vin", c.vin)
+	if linkKey != nil {
+		c.linkCert = *creds.LinkCert
+	} else {
+		c.log.Warn("credentials carry no link certification: phones will refuse this car on the local link (reissue its credentials)")
+	}
 	nowMs := c.clock.Now().UnixMilli()
 	if c.rng == nil {
 		c.rng = rand.New(rand.NewPCG(vinHash(c.vin), uint64(c.clock.Now().UnixNano())))

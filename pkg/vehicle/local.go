@@ -142,7 +142,17 @@ func (t *nonceTable) use(nonce, keyID string, nowMs int64) error {
 // budget is refused with rate_limited (see MaxChallengesPerKey). Nonces live in memory only,
 // so a restarted car refuses every nonce it issued before. It does not wait for a command in
 // progress.
+//
+// A request with a phone nonce (protocol.CheckPhoneNonce; bad_request otherwise) is answered
+// with the car's proof of identity (sign.ProveCar) when the car holds a link certification;
+// the proof is made only once the budget granted the challenge, so it costs a stranger no
+// more than the challenge itself.
 func (c *Car) Challenge(req protocol.ChallengeRequest) (protocol.Challenge, error) {
+	if req.PhoneNonce != "" {
+		if err := protocol.CheckPhoneNonce(req.PhoneNonce); err != nil {
+			return protocol.Challenge{}, err
+		}
+	}
 	b := make([]byte, 16)
 	rand.Read(b) // never fails (crypto/rand: a failure crashes the program)
 	now := c.clock.Now()
@@ -160,6 +170,13 @@ func (c *Car) Challenge(req protocol.ChallengeRequest) (protocol.Challenge, erro
 	var err error
 	if ch.KeyID, err = c.nonces.add(ch.Nonce, keyID, req.TsMs, ch.ExpiresAtMs, nowMs); err != nil {
 		return protocol.Challenge{}, err
+	}
+	if req.PhoneNonce != "" && c.linkKey != nil {
+		// The proof names the key id as the request gave it, granted or not: the phone checks it
+		// against the id it sent.
+		if ch.Proof, err = sign.ProveCar(c.linkKey, c.linkCert, req, ch); err != nil {
+			return protocol.Challenge{}, err
+		}
 	}
 	return ch, nil
 }

@@ -262,6 +262,7 @@ func loadKey(path string) (*sign.Signer, error) {
 func sendCommand(g *globals, env Env) *cobra.Command {
 	var (
 		totp, broker, link, userFlag string
+		gatewayKey                   string
 		asJSON, local, cloudOnly     bool
 		lifetime, cloudTimeout       time.Duration
 	)
@@ -270,7 +271,7 @@ func sendCommand(g *globals, env Env) *cobra.Command {
 		Short: "send a command signed with this phone's key: through the cloud, else over the car's local link",
 		Long: `Sends ACTION to car VIN, signed with this phone's key: through the cloud (the broker the
 session names), or over the car's local link when the cloud does not answer within
---cloud-timeout; --local uses the link only (no login needed: give --user). Prints the path
+--cloud-timeout; --local uses the link only (no login needed: give --user and --gateway-key). Prints the path
 ("path: cloud" or "path: local (why)") and each reply until the terminal one; exit 0 only for
 "executed". When the session's broker does not answer, send asks the gateway which broker it
 uses now and follows it (the session keeps the new address).
@@ -334,6 +335,12 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 				return err
 			}
 
+			// The gateway keys whose certification of the car the phone accepts on the local link:
+			// the session's, and --gateway-key for a phone without one.
+			gatewayKeys := sess.LinkTrust()
+			if gatewayKey != "" {
+				gatewayKeys = append(gatewayKeys, gatewayKey)
+			}
 			req := phone.Request{VIN: vin, Action: action, TOTP: totp, Lifetime: lifetime}
 			enc := json.NewEncoder(env.Stdout)
 			var printed phone.Path
@@ -360,14 +367,14 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 			var out phone.Outcome
 			if local {
 				var res protocol.Result
-				res, err = phone.LocalSend(ctx, link, key, user, req)
+				res, err = phone.LocalSend(ctx, link, gatewayKeys, key, user, req)
 				if err == nil {
 					out = phone.Outcome{Path: phone.PathLocal, Reply: phone.ResultReply(req, res)}
 					show(out)
 				}
 			} else {
 				opts := phone.AutoOptions{Session: sess, BrokerURL: broker, Key: key, User: user,
-					LinkAddr: link, CloudTimeout: cloudTimeout, CloudOnly: cloudOnly}
+					LinkAddr: link, GatewayKeys: gatewayKeys, CloudTimeout: cloudTimeout, CloudOnly: cloudOnly}
 				stale := ""
 				if sess != nil {
 					opts.CurrentBroker = func(ctx context.Context) (string, error) { return sess.Client().CurrentBroker(ctx) }
@@ -405,6 +412,8 @@ actions: lock unlock open_trunk honk flash climate_on climate_off charge_start c
 	f.DurationVar(&cloudTimeout, "cloud-timeout", phone.DefaultCloudTimeout, "how long to wait for the cloud's first answer before using the local link")
 	f.StringVar(&link, "link", phone.DefaultLinkAddr, "the car's local link: `ADDR` (host:port), or off for the cloud only")
 	f.StringVar(&userFlag, "user", "", "user `NAME`, for the local link without a login session")
+	f.StringVar(&gatewayKey, "gateway-key", "", "the gateway's public `KEY` (base64url DER, GET /v1/gateway-key), for the local link without a login session: "+
+		"the phone accepts only a car this key certified")
 	return c
 }
 
@@ -459,6 +468,13 @@ func sendHint(err error, vin, link string) string {
 	}
 	if errors.Is(err, phone.ErrCarUnreachable) {
 		return fmt.Sprintf("nothing answers on the local link %s: are you next to the car (--link ADDR, SIM_LINK)?", link)
+	}
+	if errors.Is(err, sign.ErrCarNotProven) {
+		if protocol.ReasonOf(err) == protocol.ReasonUnauthenticated {
+			return "a phone without a login session learns the gateway's key with --gateway-key KEY (GET /v1/gateway-key); " +
+				"a car provisioned before link certification needs new credentials (gateway admin vehicle reissue VIN)"
+		}
+		return "whatever answered on the local link is not the car " + vin + ": nothing was sent to it"
 	}
 	if errors.Is(err, phone.ErrNoTerminalReply) {
 		return "the cloud took the command but gave no final answer; it was not retried over the local link " +

@@ -412,9 +412,18 @@ func TestSendLocal(t *testing.T) {
 	p := newPhone(t)
 	key := p.createKey()
 	link := phonetest.NewLink(t)
+	p.vars["SIM_APP_GATEWAY_KEY"] = link.GatewayKey() // what a login would have taught the phone
 	link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleValet))
 
-	// No session: --user and the key are all the local link needs.
+	// No session and no gateway key: the phone cannot tell the car from an impostor, and sends
+	// nothing signed.
+	delete(p.vars, "SIM_APP_GATEWAY_KEY")
+	code, _, errs := p.run("send", vin, "lock", "--local", "--link", link.Addr(), "--user", "alice")
+	if code != 1 || !strings.Contains(errs, "unauthenticated") || !strings.Contains(errs, "--gateway-key") || len(link.Commands()) != 0 {
+		t.Fatalf("without a gateway key: exit %d, stderr %s, commands %d", code, errs, len(link.Commands()))
+	}
+	// No session: --user, the key and the gateway's public key are all the local link needs.
+	p.vars["SIM_APP_GATEWAY_KEY"] = link.GatewayKey()
 	code, out, errs := p.run("send", vin, "lock", "--local", "--link", link.Addr(), "--user", "alice")
 	if code != 0 || !strings.HasPrefix(out, "path: local\n") || !strings.Contains(out, "lock executed (locked=true)") {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out, errs)
@@ -510,6 +519,7 @@ func TestSendCloudFirst(t *testing.T) {
 			p.login("http://127.0.0.1:1", tc.broker(t))
 			key := p.createKey()
 			link := phonetest.NewLink(t)
+			p.vars["SIM_APP_GATEWAY_KEY"] = link.GatewayKey() // what a login would have taught the phone
 			link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleOwner))
 			code, out, errs := p.run("send", vin, "unlock", "--cloud-timeout", "200ms", "--link", link.Addr())
 			if code != 0 || !strings.HasPrefix(out, tc.first) || !strings.Contains(out, "unlock executed") {

@@ -25,6 +25,7 @@ func TestSendFollowsTheMovedBroker(t *testing.T) {
 	p.login(g.URL, stale)
 	key := p.createKey()
 	link := phonetest.NewLink(t)
+	p.vars["SIM_APP_GATEWAY_KEY"] = link.GatewayKey() // what a login would have taught the phone
 	link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleOwner))
 
 	code, out, errs := p.run("send", vin, "unlock", "--cloud-timeout", "300ms", "--link", link.Addr())
@@ -62,6 +63,7 @@ func TestSendSaysTheBrokerMayBeStale(t *testing.T) {
 			p.login(tc.gateway(t), "tcp://"+testutil.FreeAddr(t))
 			key := p.createKey()
 			link := phonetest.NewLink(t)
+			p.vars["SIM_APP_GATEWAY_KEY"] = link.GatewayKey() // what a login would have taught the phone
 			link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleOwner))
 			code, out, errs := p.run("send", vin, "unlock", "--cloud-timeout", "200ms", "--link", link.Addr())
 			if code != 0 || !strings.HasPrefix(out, "path: local (broker unreachable within 200ms)\n") {

@@ -16,6 +16,7 @@ func TestSendShowsTheCarsMessage(t *testing.T) {
 	p := newPhone(t)
 	key := p.createKey()
 	link := phonetest.NewLink(t)
+	p.vars["SIM_APP_GATEWAY_KEY"] = link.GatewayKey() // what a login would have taught the phone
 	link.AddCar(vin, phonetest.KeyFor(key, "alice", protocol.RoleOwner))
 	const msg = "the trunk cannot open while the car moves"
 	link.RefuseForState(protocol.ActionOpenTrunk, msg)

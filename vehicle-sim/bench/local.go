@@ -69,7 +69,7 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 		action := actions[(k/n)%len(actions)]
 		perKey[i] <- struct{}{}
 		t0 := time.Now()
-		out, err := phone.LocalSend(ctx, addr, o.key, o.name, phone.Request{VIN: w.creds[i].VIN, Action: action})
+		out, err := phone.LocalSend(ctx, addr, o.sess.LinkTrust(), o.key, o.name, phone.Request{VIN: w.creds[i].VIN, Action: action})
 		<-perKey[i]
 		d := time.Since(t0)
 		switch {

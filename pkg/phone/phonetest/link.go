@@ -1,9 +1,11 @@
 // Package phonetest has test doubles for the phone's peers: a car's local link that follows
-// the link contract (challenge, single-use nonce, signed command checked against the car's
-// whitelist with pkg/whitelist), so that phone and CLI tests need no simulated car.
+// the link contract (challenge, single-use nonce, the car's proof of identity with a link key
+// the link's own gateway certified, signed command checked against the car's whitelist with
+// pkg/whitelist), so that phone and CLI tests need no simulated car.
 package phonetest
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"io"
@@ -23,6 +25,11 @@ import (
 type Link struct {
 	srv *httptest.Server
 
+	// gateway certifies each car's link key (see GatewayKey); linkKeys are the cars' keys and
+	// certifications, absent for a car added with AddUncertifiedCar.
+	gateway  *sign.Signer
+	linkKeys map[string]linkIdentity
+
 	mu       sync.Mutex
 	cars     map[string]*protocol.Whitelist
 	nonces   map[string]nonce         // nonce -> what it was issued for
@@ -36,6 +43,11 @@ type Link struct {
 	state map[protocol.Action]string // action -> message of a refusal for the car's state
 }
 
+type linkIdentity struct {
+	key  ed25519.PrivateKey
+	cert protocol.Envelope
+}
+
 type nonce struct {
 	vin         string
 	expiresAtMs int64
@@ -44,7 +56,11 @@ type nonce struct {
 
 // NewLink starts a link; the test's cleanup stops it.
 func NewLink(t testing.TB) *Link {
-	l := &Link{cars: map[string]*protocol.Whitelist{}, nonces: map[string]nonce{}, executed: map[string]bool{},
+	gw, err := sign.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &Link{gateway: gw, linkKeys: map[string]linkIdentity{}, cars: map[string]*protocol.Whitelist{}, nonces: map[string]nonce{}, executed: map[string]bool{},
 		hold: map[string]chan struct{}{}, state: map[protocol.Action]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/link/{vin}/challenge", l.challenge)
@@ -84,11 +100,40 @@ func (l *Link) Conns() (accepted, open int) {
 // Addr is the link's host:port.
 func (l *Link) Addr() string { return l.srv.Listener.Addr().String() }
 
-// AddCar serves car vin with a whitelist of keys.
+// GatewayKey is the public key (base64url DER) of the gateway that certified the link's cars:
+// what a phone passes to phone.LocalSend to trust them.
+func (l *Link) GatewayKey() string {
+	pub, err := sign.EncodePublic(l.gateway.Public())
+	if err != nil {
+		panic(err)
+	}
+	return pub
+}
+
+// AddCar serves car vin with a whitelist of keys, and a link key GatewayKey certified (valid
+// from an hour ago for a day), with which it proves itself to a phone.
 func (l *Link) AddCar(vin string, keys ...protocol.WhitelistKey) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	cert, err := sign.CertifyLinkKey(l.gateway, vin, pub, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	if err != nil {
+		panic(err)
+	}
+	l.AddUncertifiedCar(vin, keys...)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.linkKeys[vin] = linkIdentity{key: priv, cert: cert}
+}
+
+// AddUncertifiedCar serves car vin with a whitelist of keys but no link certification: a car
+// provisioned before cars had one, which phones refuse.
+func (l *Link) AddUncertifiedCar(vin string, keys ...protocol.WhitelistKey) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cars[vin] = &protocol.Whitelist{V: protocol.Version, VIN: vin, Version: 1, Keys: keys}
+	delete(l.linkKeys, vin)
 }
 
 // Hold makes the link keep every request for car vin waiting until the test ends: a car that
@@ -172,9 +217,16 @@ func (l *Link) receive(w http.ResponseWriter, r *http.Request) (*protocol.Whitel
 }
 
 func (l *Link) challenge(w http.ResponseWriter, r *http.Request) {
-	wl, _ := l.receive(w, r)
+	wl, body := l.receive(w, r)
 	if wl == nil {
 		return
+	}
+	var req protocol.ChallengeRequest
+	if len(body) > 0 {
+		if err := json.Unmarshal(body, &req); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": string(protocol.ReasonBadRequest), "message": "not a challenge request"})
+			return
+		}
 	}
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
@@ -182,7 +234,15 @@ func (l *Link) challenge(w http.ResponseWriter, r *http.Request) {
 		ExpiresAtMs: time.Now().Add(protocol.ChallengeLifetimeMs * time.Millisecond).UnixMilli()}
 	l.mu.Lock()
 	l.nonces[ch.Nonce] = nonce{vin: wl.VIN, expiresAtMs: ch.ExpiresAtMs}
+	id, certified := l.linkKeys[wl.VIN]
 	l.mu.Unlock()
+	if certified && req.PhoneNonce != "" {
+		proof, err := sign.ProveCar(id.key, id.cert, req, ch)
+		if err != nil {
+			panic(err)
+		}
+		ch.Proof = proof
+	}
 	writeJSON(w, http.StatusOK, ch)
 }
 

@@ -26,7 +26,7 @@ import (
 //	meta                     schema → "2"
 //	cars/                    one nested bucket per car, named by VIN
 //	  {VIN}/
-//	    creds                JSON protocol.Credentials
+//	    creds                JSON protocol.Credentials (secret: the token and the local-link key)
 //	    state                the car's state as the car encodes it (JSON vehicle.State: doors,
 //	                         trunk, climate, charging, position, SoC, …)
 //	    seq                  uint64 big-endian: telemetry sequence high-water mark (see vehicle.Car)

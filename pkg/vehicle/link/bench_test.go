@@ -56,7 +56,7 @@ func BenchmarkLocalUnlock(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			res, err := phone.LocalSend(context.Background(), srv.Addr(), owner.Signer, owner.Key.User,
+			res, err := phone.LocalSend(context.Background(), srv.Addr(), gw.PhoneTrust(b), owner.Signer, owner.Key.User,
 				phone.Request{VIN: vehicletest.VIN, Action: actions[i%2]})
 			if err != nil || res.Status != protocol.ResultExecuted {
 				b.Fatalf("%+v %v", res, err)

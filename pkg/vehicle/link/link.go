@@ -56,10 +56,12 @@ func CheckAddr(addr string) error {
 // server on loopback.
 //
 //	POST /v1/link/{vin}/challenge   body empty or protocol.ChallengeRequest → 200 protocol.Challenge
+//	                                (with the car's proof of identity for a phone_nonce)
 //	POST /v1/link/{vin}/command     body protocol.LocalRequest → 200 protocol.Result
 //
 // A challenge request over its key's budget, or over the budget shared by requests no whitelisted
-// key signed, is answered 429 rate_limited (see vehicle.MaxChallengesPerKey).
+// key signed, is answered 429 rate_limited (see vehicle.MaxChallengesPerKey); a malformed one
+// (see DecodeChallengeRequest) 400 bad_request.
 // A command the car refuses is answered 200 with status rejected and its reason (see
 // vehicle.Car.HandleLocal). Errors that never reach a car are {"error": REASON, "message": TEXT}: 400
 // bad_request for a malformed VIN or a body that is not a LocalRequest (bodies are bounded to
@@ -193,13 +195,11 @@ func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxChallengeBodyBytes+1))
 	var req protocol.ChallengeRequest
 	if err == nil && len(body) > 0 {
-		if len(body) > maxChallengeBodyBytes || json.Unmarshal(body, &req) != nil || (req.KeyID != "" && !protocol.ValidID(req.KeyID)) || len(req.Sig) > 128 {
-			err = errors.New("malformed")
-		}
+		req, err = DecodeChallengeRequest(body)
 	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, protocol.ReasonBadRequest,
-			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\",\"ts\":…,\"sig\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
+			fmt.Sprintf("the body must be empty or a JSON ChallengeRequest {\"v\":1,\"key_id\":\"…\",\"ts\":…,\"sig\":\"…\",\"phone_nonce\":\"…\"} of at most %d bytes", maxChallengeBodyBytes))
 		return
 	}
 	ch, err := car.Challenge(req)
@@ -209,10 +209,34 @@ func (s *Server) challenge(w http.ResponseWriter, r *http.Request) {
 		if inner := errors.Unwrap(err); inner != nil {
 			msg = inner.Error() // the reason is in "error" already
 		}
-		writeError(w, http.StatusTooManyRequests, protocol.ReasonOf(err), msg)
+		status := http.StatusInternalServerError
+		switch protocol.ReasonOf(err) {
+		case protocol.ReasonRateLimited:
+			status = http.StatusTooManyRequests
+		case protocol.ReasonBadRequest:
+			status = http.StatusBadRequest
+		}
+		writeError(w, status, protocol.ReasonOf(err), msg)
 		return
 	}
 	writeJSON(w, http.StatusOK, ch)
+}
+
+// DecodeChallengeRequest decodes a non-empty challenge request body: at most 1 KiB of JSON, a
+// key id that is an id when present, a signature of at most 128 characters, and a phone nonce
+// of protocol.PhoneNonceMinBytes to PhoneNonceMaxBytes when present (bad_request otherwise).
+func DecodeChallengeRequest(body []byte) (protocol.ChallengeRequest, error) {
+	var req protocol.ChallengeRequest
+	if len(body) > maxChallengeBodyBytes || json.Unmarshal(body, &req) != nil ||
+		(req.KeyID != "" && !protocol.ValidID(req.KeyID)) || len(req.Sig) > 128 {
+		return protocol.ChallengeRequest{}, protocol.Refuse(protocol.ReasonBadRequest, "malformed challenge request")
+	}
+	if req.PhoneNonce != "" {
+		if err := protocol.CheckPhoneNonce(req.PhoneNonce); err != nil {
+			return protocol.ChallengeRequest{}, err
+		}
+	}
+	return req, nil
 }
 
 func (s *Server) command(w http.ResponseWriter, r *http.Request) {

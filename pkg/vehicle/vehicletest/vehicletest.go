@@ -123,6 +123,7 @@ func (c *Cast) Keys() []protocol.WhitelistKey {
 type Gateway struct {
 	Signer *sign.Signer
 	Cast   *Cast
+	at     time.Time // the "now" the gateway was made for: link certifications are valid around it
 }
 
 // NewGateway makes a gateway with a new key whose cast's keys are valid (or not) around T0.
@@ -135,13 +136,30 @@ func NewGatewayAt(t testing.TB, at time.Time) *Gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Gateway{Signer: s, Cast: NewCast(t, at)}
+	return &Gateway{Signer: s, Cast: NewCast(t, at), at: at}
 }
 
-// Creds are vin's credentials naming the gateway's key.
+// LinkCertLifetime is how long the link certifications of Creds are valid from the gateway's
+// "now" (and they were issued a day before it).
+const LinkCertLifetime = 365 * 24 * time.Hour
+
+// Creds are vin's credentials naming the gateway's key, with a new link key the gateway
+// certified (as `vehicle add` makes them).
 func (g *Gateway) Creds(t testing.TB, vin string) protocol.Credentials {
 	t.Helper()
-	return protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: "token-" + vin, GatewayKey: EncodePub(t, g.Signer)}
+	seed, cert, err := sign.NewLinkIdentity(g.Signer, vin, g.at.Add(-24*time.Hour), g.at.Add(LinkCertLifetime))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: "token-" + vin, GatewayKey: EncodePub(t, g.Signer),
+		LinkKey: seed, LinkCert: &cert}
+}
+
+// PhoneTrust is what a phone that logged in to this gateway trusts for car certifications on
+// the local link (phone.LocalSend's gatewayKeys).
+func (g *Gateway) PhoneTrust(t testing.TB) []string {
+	t.Helper()
+	return []string{EncodePub(t, g.Signer)}
 }
 
 // EncodePub is s's public key as whitelists and credentials carry it.
