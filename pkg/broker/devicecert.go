@@ -59,8 +59,9 @@ type connectionStater interface {
 	ConnectionState() tls.ConnectionState
 }
 
-// peerCertificates reads the certificates the client presented from conn, a *tls.Conn or a
-// connection wrapping one that gives it up with NetConn (as net/http's and gorilla's do).
+// peerCertificates reads the certificates the client presented from conn: a *tls.Conn, or a
+// connection wrapping one (this package's WebSocket connection and accept guard, or one that
+// gives it up with NetConn, as gorilla's does).
 func peerCertificates(conn net.Conn) []*x509.Certificate {
 	for range 4 { // wrappers nest a few levels at most
 		switch c := conn.(type) {
@@ -70,6 +71,10 @@ func peerCertificates(conn net.Conn) []*x509.Certificate {
 				return nil
 			}
 			return st.PeerCertificates
+		case *wsConn:
+			conn = c.Conn
+		case *guardedConn:
+			conn = c.Conn
 		case interface{ NetConn() net.Conn }:
 			conn = c.NetConn()
 		default:

@@ -579,3 +579,37 @@ func TestDeviceCertPythonPaho(t *testing.T) {
 		t.Errorf("retired certificate:\n%s", out)
 	}
 }
+
+// peerCertificates finds the client's certificate through the connections that wrap a TLS
+// connection (WebSocket, the accept guard), and none on a plain one.
+func TestPeerCertificatesThroughWrappers(t *testing.T) {
+	t.Parallel()
+	w := newCertWorld(t)
+	car := issueCert(t, w.ca, w.dir, vinA, "kid.a1")
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	srv := tls.Server(a, &tls.Config{Certificates: []tls.Certificate{w.serverCert}, ClientAuth: tls.RequireAnyClientCert})
+	cli := tls.Client(b, &tls.Config{RootCAs: w.serverCAs, ServerName: "127.0.0.1", Certificates: []tls.Certificate{car.pair}})
+	errc := make(chan error, 1)
+	go func() { errc <- cli.Handshake() }()
+	if err := srv.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	for name, conn := range map[string]net.Conn{
+		"tls":               srv,
+		"websocket":         &wsConn{Conn: srv},
+		"guarded":           &guardedConn{Conn: srv},
+		"websocket,guarded": &wsConn{Conn: &guardedConn{Conn: srv}},
+	} {
+		if got := peerCertificates(conn); len(got) != 1 || devicecert.SerialHex(got[0].SerialNumber) != car.serial {
+			t.Errorf("%s: %d certificates", name, len(got))
+		}
+	}
+	if got := peerCertificates(a); got != nil {
+		t.Errorf("plain connection: %d certificates", len(got))
+	}
+}
