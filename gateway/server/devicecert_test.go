@@ -48,7 +48,7 @@ func startForCerts(t *testing.T, dir string) (*Gateway, string) {
 	if err := srv.AddListener(l); err != nil {
 		t.Fatal(err)
 	}
-	go srv.Listeners.Serve(l.ID(), srv.EstablishConnection)
+	srv.Listeners.Serve(l.ID(), srv.EstablishConnection) // on a goroutine of its own; Close stops it
 	return g, l.Address()
 }
 
