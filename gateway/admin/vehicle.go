@@ -26,34 +26,46 @@ func vehicleCommand(o *options) *cobra.Command {
 
 func vehicleAdd(o *options) *cobra.Command {
 	var count int
+	var certs certFlags
 	cmd := &cobra.Command{
 		Use:   "add [VIN...]",
 		Short: "Provision cars; prints each car's credentials (--json: a list for vehicle-sim run --fleet)",
 		Example: `  gateway admin vehicle add 1hgcm82633a004352        # VINs are upper-cased
-  gateway admin vehicle add --count 100 --json > fleet.json`,
+  gateway admin vehicle add --count 100 --json > fleet.json
+  gateway admin vehicle add 1HGCM82633A004352 --cert --cert-dir certs/`,
 		Args: func(cmd *cobra.Command, vins []string) error {
 			if len(vins) == 0 && count == 0 {
 				return fmt.Errorf("needs VINs or --count N")
 			}
-			return nil
+			return certs.check()
 		},
 	}
 	cmd.Flags().IntVar(&count, "count", 0, "how many cars to make up VINs for")
 	cmdline.NoEnv(cmd, "count") // what one command does is said on its command line
+	certs.register(cmd)
 	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
 		vins := make([]string, len(args))
 		for i, a := range args {
 			vins[i] = vin(a)
 		}
-		creds, err := c.AddVehicles(ctx, api.AddVehiclesRequest{VINs: vins, Count: count})
+		creds, err := c.AddVehicles(ctx, api.AddVehiclesRequest{VINs: vins, Count: count, Cert: certs.cert})
 		if err != nil {
 			return err
 		}
 		if o.json {
+			for _, cr := range creds {
+				if _, err := writeCertFilesIf(certs.dir, cr); err != nil {
+					return err
+				}
+			}
 			return encodeLine(cmd.OutOrStdout(), creds)
 		}
 		for _, cr := range creds {
-			fmt.Fprintf(cmd.OutOrStdout(), "vin=%s client_id=%s username=%s\ntoken=%s\n\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
+			fmt.Fprintf(cmd.OutOrStdout(), "vin=%s client_id=%s username=%s\ntoken=%s\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
+			if err := certs.output(cmd.OutOrStdout(), cr); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "%s added; keep the tokens secret (they are the cars' MQTT passwords)\n", cmdline.Plural(len(creds), "vehicle"))
 		return nil
@@ -142,6 +154,9 @@ func printVehicle(w io.Writer, v api.VehicleView) error {
 		t.Row("decommissioned", cmdline.Time(v.DecommissionedMs))
 		t.Row("credentials retired", cmdline.Time(v.RetiredMs))
 	}
+	if v.CertSerial != "" {
+		t.Row("device certificate", "serial "+v.CertSerial)
+	}
 	t.Row("users", usersOf(v.Users))
 	t.Row("whitelist (car)", whitelistOf(v))
 	if v.Keys != nil && v.Keys.AckedMs != 0 {
@@ -204,21 +219,34 @@ func vehicleAssign(o *options) *cobra.Command {
 }
 
 func vehicleReissue(o *options) *cobra.Command {
+	var certs certFlags
 	cmd := &cobra.Command{
 		Use:   "reissue VIN",
-		Short: "New credentials for VIN; its old token stops working (--json: vehicle add --json's shape)",
-		Args:  args("VIN"),
+		Short: "New credentials for VIN; its old token (and certificate) stop working (--json: vehicle add --json's shape)",
+		Args: func(cmd *cobra.Command, got []string) error {
+			if err := args("VIN")(cmd, got); err != nil {
+				return err
+			}
+			return certs.check()
+		},
 	}
+	certs.register(cmd)
 	cmd.RunE = o.do(func(ctx context.Context, c *api.Client, cmd *cobra.Command, args []string) error {
-		cr, err := c.ReissueCredentials(ctx, vin(args[0]))
+		cr, err := c.Reissue(ctx, vin(args[0]), api.ReissueRequest{Cert: certs.cert})
 		if err != nil {
 			return err
 		}
 		if o.json {
+			if _, err := writeCertFilesIf(certs.dir, cr); err != nil {
+				return err
+			}
 			return encodeLine(cmd.OutOrStdout(), []protocol.Credentials{cr}) // feeds vehicle-sim run --fleet
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "vin=%s client_id=%s username=%s\ntoken=%s\n", cr.VIN, cr.ClientID, cr.Username, cr.Token)
-		fmt.Fprintf(cmd.ErrOrStderr(), "%s has new credentials; its previous token is refused from now on (embedded and standalone broker)\n", cr.VIN)
+		if err := certs.output(cmd.OutOrStdout(), cr); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s has new credentials; its previous token is refused from now on, and so is its previous device certificate if it had one (embedded and standalone broker)\n", cr.VIN)
 		return nil
 	})
 	return cmd

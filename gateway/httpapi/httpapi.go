@@ -21,6 +21,7 @@ import (
 	"telematics/gateway/twofa"
 	"telematics/pkg/api"
 	"telematics/pkg/clock"
+	"telematics/pkg/devicecert"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/token"
@@ -83,6 +84,9 @@ type API struct {
 	Metrics http.Handler
 	// Hooks are what the API asks of, and tells, the rest of the gateway.
 	Hooks Hooks
+	// DeviceCA issues the cars' device certificates when provisioning or a reissue asks for
+	// one (nil: such a request is refused).
+	DeviceCA *devicecert.CA
 
 	dummyOnce sync.Once
 	gateOnce  sync.Once

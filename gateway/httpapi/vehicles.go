@@ -21,6 +21,15 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("%q is not a VIN", vin))
 		return
 	}
+	var req api.ReissueRequest
+	if err := decodeOptionalBody(r, &req); err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	if req.Cert && a.DeviceCA == nil {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, errNoDeviceCA)
+		return
+	}
 	v, err := a.Store.GetVehicle(vin)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -45,7 +54,14 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
-	if err := a.Store.SetVehicleTokenID(vin, jti); err != nil {
+	cred := protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, LinkKey: linkKey, LinkCert: &linkCert}
+	serial, err := a.issueCert(req.Cert, &cred, jti)
+	if err != nil {
+		Fail(w, a.Log, err)
+		return
+	}
+	// The old certificate names the old token's id: recording the new id retires both.
+	if err := a.Store.SetVehicleCredentials(vin, jti, serial); err != nil {
 		Fail(w, a.Log, err)
 		return
 	}
@@ -53,9 +69,8 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 	if a.Hooks.TokenRetired != nil {
 		a.Hooks.TokenRetired(vin, jti)
 	}
-	pub, _ := sign.EncodePublic(a.Hooks.CarKey(vin).Public())
-	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub,
-		LinkKey: linkKey, LinkCert: &linkCert})
+	cred.GatewayKey, _ = sign.EncodePublic(a.Hooks.CarKey(vin).Public())
+	writeJSON(w, http.StatusOK, cred)
 }
 
 // MaxVehiclesPerRequest bounds one provisioning call.
@@ -69,6 +84,10 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Count < 0 || req.Count+len(req.VINs) == 0 || req.Count+len(req.VINs) > MaxVehiclesPerRequest {
 		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("give 1 to %d vins or a count", MaxVehiclesPerRequest))
+		return
+	}
+	if req.Cert && a.DeviceCA == nil {
+		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, errNoDeviceCA)
 		return
 	}
 	seen := map[string]bool{}
@@ -104,9 +123,14 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		pub, _ := sign.EncodePublic(a.Hooks.CarKey(v).Public())
-		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs, TokenID: jti}
 		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub,
 			LinkKey: linkKey, LinkCert: &linkCert}
+		serial, err := a.issueCert(req.Cert, &out[i], jti)
+		if err != nil {
+			Fail(w, a.Log, err)
+			return
+		}
+		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs, TokenID: jti, CertSerial: serial}
 	}
 	if err := a.Store.AddVehicles(vs); err != nil {
 		if errors.Is(err, store.ErrExists) {
@@ -123,7 +147,7 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 
 // view is what the admin API shows of v: the stored car, its twin and its whitelist.
 func (a *API) view(v store.Vehicle) api.VehicleView {
-	out := api.VehicleView{VIN: v.VIN, CreatedMs: v.CreatedMs, Users: v.Users, TokenID: v.TokenID,
+	out := api.VehicleView{VIN: v.VIN, CreatedMs: v.CreatedMs, Users: v.Users, TokenID: v.TokenID, CertSerial: v.CertSerial,
 		Reissued: v.Reissued, DecommissionedMs: v.DecommissionedMs, RetiredMs: v.RetiredMs}
 	if a.Keys != nil {
 		st := keyStatusView(a.Keys.Status(v.VIN))

@@ -77,10 +77,10 @@ func TestVehicleView(t *testing.T) {
 	f.twins.set(twinOf(vinA))
 
 	stored := store.Vehicle{VIN: vinA, CreatedMs: 11, Users: map[string]protocol.Role{"alice": protocol.RoleOwner}, TokenID: "jti-1",
-		Reissued: true, DecommissionedMs: 12, RetiredMs: 13}
+		CertSerial: "ab12", Reissued: true, DecommissionedMs: 12, RetiredMs: 13}
 	got := f.api.view(stored)
 	tw := twinOf(vinA)
-	want := api.VehicleView{VIN: vinA, CreatedMs: 11, Users: stored.Users, TokenID: "jti-1", Reissued: true,
+	want := api.VehicleView{VIN: vinA, CreatedMs: 11, Users: stored.Users, TokenID: "jti-1", CertSerial: "ab12", Reissued: true,
 		DecommissionedMs: 12, RetiredMs: 13,
 		Twin: &api.Twin{VIN: vinA, Status: tw.Status, StatusMs: tw.StatusMs, TelemetryMs: tw.TelemetryMs,
 			TelemetrySeq: tw.TelemetrySeq, Signals: tw.Signals},

@@ -31,6 +31,7 @@ import (
 	"telematics/pkg/api"
 	"telematics/pkg/broker"
 	"telematics/pkg/clock"
+	"telematics/pkg/devicecert"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -64,6 +65,8 @@ type Gateway struct {
 	api    *httpapi.API
 	// metrics counts every committed audit record and reads gauges from the parts above.
 	metrics *metrics.Metrics
+	// deviceCA issues the cars' device certificates (devicecert.go).
+	deviceCA *devicecert.CA
 
 	keysMu sync.Mutex
 	// tokensMu guards vehicleTokens: each car's current token id, for cars whose id is
@@ -130,6 +133,9 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	g.issuer = token.NewIssuer(g.signer, g.clock)
+	if err := g.loadDeviceCA(); err != nil {
+		return nil, err
+	}
 
 	if err := g.loadVehicleTokens(); err != nil {
 		return nil, err
@@ -137,6 +143,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err := g.startBus(ctx); err != nil {
 		return nil, err
 	}
+	g.trustDeviceCA()
 	rcfg := commands.DefaultConfig()
 	rcfg.Shards = cfg.Commands.Shards
 	rcfg.RatePerMinute = cfg.Commands.RatePerMinute
@@ -195,6 +202,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	g.api.Verifier = token.NewVerifier(g.clock, g.ring.publicKeys()...)
 	g.api.SigningKeys = g.ring.publicKeys()
 	g.api.TwoFA = g.twofa
+	g.api.DeviceCA = g.deviceCA
 	g.api.Keys = g.keys
 	g.api.Hooks = httpapi.Hooks{
 		CarKey: g.keys.GrantSigner,

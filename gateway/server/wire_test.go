@@ -282,6 +282,13 @@ func TestWireContract(t *testing.T) {
 	strict[[]api.AuditEvent](t, "empty audit", st, 200, b)
 	st, b = wire(t, g, http.MethodGet, "/v1/admin/stats", adm, nil)
 	strict[api.Stats](t, "stats", st, 200, b)
+	// Device certificates: vehicle add --cert and reissue --cert.
+	st, b = wire(t, g, http.MethodPost, "/v1/admin/vehicles", adm, api.AddVehiclesRequest{Count: 1, Cert: true})
+	withCert := strict[[]protocol.Credentials](t, "add vehicles with certificate", st, 201, b)
+	st, b = wire(t, g, http.MethodPost, "/v1/admin/vehicles/"+withCert[0].VIN+"/credentials", adm, api.ReissueRequest{Cert: true})
+	strict[protocol.Credentials](t, "reissue with certificate", st, 200, b)
+	st, b = wire(t, g, http.MethodGet, "/v1/admin/vehicles/"+withCert[0].VIN, adm, nil)
+	strict[api.VehicleView](t, "vehicle with certificate", st, 200, b)
 	// The shapes are those the gateway sent before package api existed (testdata/wire.shapes
 	// was recorded from that server): the contract kept every byte of the format.
 	golden := filepath.Join("testdata", "wire.shapes")

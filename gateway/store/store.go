@@ -224,6 +224,9 @@ type Vehicle struct {
 	// car's older tokens (credentials reissued). Empty for cars provisioned before it was
 	// recorded: any valid token of theirs is accepted.
 	TokenID string `json:"token_id,omitempty"`
+	// CertSerial is the serial (hex) of the device certificate issued with that token, if
+	// any. The certificate names the token's id, so retiring the token retires it too.
+	CertSerial string `json:"cert_serial,omitempty"`
 	// Reissued is set once the car's credentials were reissued: a broker that runs apart from
 	// the gateway is told its current token (protocol.TokenList).
 	Reissued bool `json:"reissued,omitempty"`
@@ -294,6 +297,14 @@ func (s *Store) ListVehicles() ([]Vehicle, error) {
 func (s *Store) SetVehicleTokenID(vin, jti string) error {
 	return s.update(func(tx kv.Tx) error {
 		return updateVehicle(tx, vin, func(v *Vehicle) { v.TokenID, v.Reissued = jti, true })
+	})
+}
+
+// SetVehicleCredentials records the jti of vin's new access token and the serial of the
+// device certificate issued with it ("" for none) (credentials reissued).
+func (s *Store) SetVehicleCredentials(vin, jti, certSerial string) error {
+	return s.update(func(tx kv.Tx) error {
+		return updateVehicle(tx, vin, func(v *Vehicle) { v.TokenID, v.CertSerial, v.Reissued = jti, certSerial, true })
 	})
 }
 

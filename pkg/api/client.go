@@ -271,7 +271,12 @@ func (c *Client) Vehicle(ctx context.Context, vin string) (VehicleView, error) {
 
 // ReissueCredentials gives car vin new credentials (admin); its old token stops working.
 func (c *Client) ReissueCredentials(ctx context.Context, vin string) (protocol.Credentials, error) {
-	return post[protocol.Credentials](ctx, c, vehiclePath(vin, "credentials"), struct{}{})
+	return c.Reissue(ctx, vin, ReissueRequest{})
+}
+
+// Reissue is ReissueCredentials with options (a new device certificate).
+func (c *Client) Reissue(ctx context.Context, vin string, r ReissueRequest) (protocol.Credentials, error) {
+	return post[protocol.Credentials](ctx, c, vehiclePath(vin, "credentials"), r)
 }
 
 // Assign gives user role on car vin (admin); RoleNone removes them.

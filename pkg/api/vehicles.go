@@ -7,6 +7,16 @@ import "telematics/pkg/protocol"
 type AddVehiclesRequest struct {
 	VINs  []string `json:"vins,omitempty"`
 	Count int      `json:"count,omitempty"`
+	// Cert asks for a device certificate for each car besides its token (Credentials.Cert).
+	Cert bool `json:"cert,omitempty"`
+}
+
+// ReissueRequest is the body of POST /v1/admin/vehicles/{vin}/credentials (it may be empty).
+// The answer is the car's new protocol.Credentials; the old token and certificate are refused
+// from then on.
+type ReissueRequest struct {
+	// Cert asks for a new device certificate besides the new token.
+	Cert bool `json:"cert,omitempty"`
 }
 
 // VehicleView is what the admin API shows of a car (GET /v1/admin/vehicles and
@@ -17,6 +27,9 @@ type VehicleView struct {
 	Users     map[string]protocol.Role `json:"users,omitempty"`
 	// TokenID is the id of the car's current token; a token with another id is refused.
 	TokenID string `json:"token_id,omitempty"`
+	// CertSerial is the serial number (hex) of the device certificate issued with that token,
+	// if one was; a certificate issued with another token is refused.
+	CertSerial string `json:"cert_serial,omitempty"`
 	// Reissued: the car was given new credentials since it was provisioned.
 	Reissued bool `json:"reissued,omitempty"`
 	// DecommissionedMs is when the car was taken out of service (0: it is in service).

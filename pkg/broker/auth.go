@@ -1,10 +1,12 @@
 package broker
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -27,6 +29,9 @@ type Identity struct {
 	TokenID string
 	// Gen is an app token's generation (token.Claims.Gen), for the retired-token check.
 	Gen uint64
+	// CertSerial is the serial (hex) of the device certificate a car was admitted with; ""
+	// for a token. TokenID is then the id of the token the certificate was issued with.
+	CertSerial string
 }
 
 // Why a CONNECT is refused. The log gets the error; the client gets the CONNACK code and, on
@@ -84,6 +89,8 @@ type AuthHook struct {
 	// latest is, per client id, the client most recently admitted with it: a new connection
 	// is admitted before it takes the old one's session over.
 	latest map[string]*mqtt.Client
+	// deviceCAs are the CAs whose car certificates admit a car (SetDeviceCAs); nil: none.
+	deviceCAs atomic.Pointer[x509.CertPool]
 }
 
 // NewAuthHook returns the hook. acl checks will topics and supplies the clock; maxAppSessions
@@ -254,6 +261,9 @@ func (h *AuthHook) OnSysInfoTick(_ *system.Info) {
 }
 
 func (h *AuthHook) authenticate(cl *mqtt.Client, pk packets.Packet) (Identity, error) {
+	if chain := h.presentedChain(cl); chain != nil {
+		return h.authenticateCert(cl, pk, chain) // a certificate decides alone (devicecert.go)
+	}
 	if !pk.Connect.UsernameFlag || !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
 		return Identity{}, errNoCredentials
 	}

@@ -2,6 +2,7 @@ package mqttc
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,6 +58,10 @@ type Options struct {
 	QueueSize int
 	// Logger receives connection events; default discards.
 	Logger *slog.Logger
+	// TLSConfig is used for ssl://, tls://, mqtts:// and wss:// URLs: the CAs the server is
+	// verified with (nil: the system's) and, for mutual TLS, the client certificate (a car's
+	// device certificate). nil: paho's default.
+	TLSConfig *tls.Config
 }
 
 func (o Options) withDefaults() (Options, *url.URL, error) {
@@ -204,6 +209,9 @@ func Dial(ctx context.Context, o Options) (*Paho, error) {
 		SetDefaultPublishHandler(p.unrouted)
 	if o.Will != nil {
 		po.SetBinaryWill(o.Will.Topic, o.Will.Payload, o.Will.QoS, o.Will.Retained)
+	}
+	if o.TLSConfig != nil {
+		po.SetTLSConfig(o.TLSConfig)
 	}
 	p.client = paho.NewClient(po)
 

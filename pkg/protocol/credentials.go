@@ -17,4 +17,11 @@ type Credentials struct {
 	// link; a car without them gets no command from a phone there. Secret, like Token.
 	LinkKey  string    `json:"link_key,omitempty"`
 	LinkCert *Envelope `json:"link_cert,omitempty"`
+	// Cert, CertKey and DeviceCA are set when a device certificate was asked for (`vehicle
+	// add --cert`, `reissue --cert`): the car's X.509 client certificate, the private key made
+	// for it (both PEM; the key is as secret as the token), and the device CA certificate
+	// that signed it (PEM). Over mutual TLS the certificate admits the car instead of the token.
+	Cert     string `json:"cert,omitempty"`
+	CertKey  string `json:"cert_key,omitempty"`
+	DeviceCA string `json:"device_ca,omitempty"`
 }

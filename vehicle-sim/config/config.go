@@ -50,6 +50,11 @@ type Run struct {
 	TelemetryInterval time.Duration `yaml:"telemetry_interval"`
 	// ConnectRate bounds how many cars start connecting per second.
 	ConnectRate float64 `yaml:"connect_rate"`
+	// Cert and Key are a device certificate and its key (PEM files, from `gateway admin
+	// vehicle add --cert --cert-dir`): the car whose VIN the certificate names presents it over
+	// mutual TLS. Cars whose credentials carry a certificate use that one.
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // Default returns the configuration used when nothing is set.
@@ -108,6 +113,10 @@ func (c *Config) Flags(fs *pflag.FlagSet, configPath *string) {
 	key("telemetry-interval", "run.telemetry_interval")
 	fs.Float64Var(&c.Run.ConnectRate, "connect-rate", c.Run.ConnectRate, "`CARS` per second that start connecting")
 	key("connect-rate", "run.connect_rate")
+	fs.StringVar(&c.Run.Cert, "cert", c.Run.Cert, "device certificate `FILE` (PEM) the car it names presents over mutual TLS")
+	key("cert", "run.cert")
+	fs.StringVar(&c.Run.Key, "key", c.Run.Key, "`FILE` holding the device certificate's private key (PEM)")
+	key("key", "run.key")
 }
 
 // Load makes c the configuration: Default, then the YAML file at path (if any), then the
@@ -237,6 +246,9 @@ func (c Config) ValidateRun() error {
 		errs = append(errs, ErrNoFleet)
 	case c.Run.Fleet != "" && c.Run.Cars != 0:
 		errs = append(errs, errors.New("run.fleet and run.cars: give one of them, not both"))
+	}
+	if (c.Run.Cert == "") != (c.Run.Key == "") {
+		errs = append(errs, errors.New("run.cert and run.key: give both (--cert FILE --key FILE) or neither"))
 	}
 	return errors.Join(errs...)
 }

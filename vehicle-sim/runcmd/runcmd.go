@@ -95,6 +95,11 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 			return err
 		}
 	}
+	if cfg.Run.Cert != "" {
+		if creds, err = withCertFiles(creds, cfg.Run.Cert, cfg.Run.Key); err != nil {
+			return err
+		}
+	}
 	garage := opts.Garage
 	if garage == nil {
 		garage = vehicle.NewGarage()

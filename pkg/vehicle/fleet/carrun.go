@@ -129,6 +129,11 @@ func (r *carRun) dial(ctx context.Context, creds protocol.Credentials) (mqttc.Cl
 		OnConnect: r.onConnect,
 		Logger:    r.log,
 	}
+	tlsCfg, err := r.f.carTLS(creds)
+	if err != nil {
+		return nil, err
+	}
+	opts.TLSConfig = tlsCfg
 	client, err := r.f.cfg.Dial(ctx, opts)
 	switch {
 	case err == nil:

@@ -5,6 +5,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,6 +89,9 @@ type Config struct {
 	Clock clock.Clock
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial DialFunc
+	// TLSConfig is what cars connect to a TLS broker URL with (nil: the system's CAs); a car
+	// whose credentials carry a device certificate presents it on top (carTLS).
+	TLSConfig *tls.Config
 	// JournalResendInterval is how long a car waits for the gateway to acknowledge the journal
 	// entries it published before it publishes them again (default 30 s). Besides after every
 	// reconnect, this covers a broker that restarted and lost what it queued for a gateway

@@ -1,0 +1,49 @@
+package runcmd
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"slices"
+
+	"telematics/pkg/protocol"
+)
+
+// withCertFiles gives the car whose VIN the certificate in certPath names (its common name)
+// that certificate and the private key in keyPath (run.cert, run.key), for mutual TLS. The key
+// file must not be readable by group or others.
+func withCertFiles(creds []protocol.Credentials, certPath, keyPath string) ([]protocol.Credentials, error) {
+	fi, err := os.Stat(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("run.key: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("run.key: %s has mode %v, readable by others; run `chmod 600 %s`", keyPath, perm, keyPath)
+	}
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, fmt.Errorf("run.cert: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("run.key: %w", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("run.cert and run.key (%s, %s): %w", certPath, keyPath, err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("run.cert %s: %w", certPath, err)
+	}
+	vin := leaf.Subject.CommonName
+	for i := range creds {
+		if creds[i].VIN == vin {
+			out := slices.Clone(creds)
+			out[i].Cert, out[i].CertKey = string(certPEM), string(keyPEM)
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("run.cert %s is %q's certificate, which is not a car of this fleet", certPath, vin)
+}
