@@ -140,8 +140,9 @@ type fsyncCounter struct {
 	stderr bytes.Buffer
 }
 
-// startFsyncCount starts perf on pid; an error if perf is missing or may not trace (then the
-// figure is left out).
+// startFsyncCount starts perf on pid; an error if perf is missing (then the figure is left
+// out; a perf that may not trace fails at stop, with the same effect). perf attaches within
+// milliseconds of its start: a window's first milliseconds may go uncounted.
 func startFsyncCount(pid int) (*fsyncCounter, error) {
 	perf, err := exec.LookPath("perf")
 	if err != nil {

@@ -127,7 +127,8 @@ type ProcResult struct {
 	CPUPct      float64  `json:"cpu_pct"`                  // during the measured phase, % of one core
 	CPUUsPerMsg *float64 `json:"cpu_us_per_msg,omitempty"` // telemetry: CPU per message into the twin
 
-	// Per operation of the measured phase (Result.OpUnit): context switches summed over the
+	// Per operation of the measured phase (Result.OpUnit; connect: the connect steps with their
+	// settles, telemetry: the publishing window): context switches summed over the
 	// threads (/proc/PID/task/*/status), fsync and fdatasync calls (perf's system-call
 	// tracepoints), CPU (utime+stime), and objects allocated (the Go runtime's Mallocs; Go
 	// processes serving the gateway's profiles only).
