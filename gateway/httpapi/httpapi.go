@@ -145,6 +145,7 @@ func (a *API) Handler() http.Handler {
 	if a.Metrics != nil {
 		mux.Handle("GET /metrics", a.admin(a.Metrics.ServeHTTP))
 	}
+	a.debugRoutes(mux)
 	if a.Hooks.Stats != nil {
 		mux.Handle("GET /v1/admin/stats", a.admin(func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, a.Hooks.Stats())

@@ -29,6 +29,11 @@ const (
 	ListenerWS  = "ws"
 )
 
+// clientReadBufferBytes is each connection's read buffer (mochi's default 2 KB), held for as
+// long as the client is connected. A car's largest usual packet, a full telemetry message, is
+// about 520 bytes; a larger packet is read past the buffer, not refused.
+const clientReadBufferBytes = 1024
+
 // Broker is a configured mochi server with the project's hooks and listeners.
 type Broker struct {
 	cfg    Config
@@ -70,9 +75,10 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, clk clo
 	}
 
 	server := mqtt.New(&mqtt.Options{
-		Capabilities: capabilities(cfg),
-		Logger:       slog.New(redactPackets(logger.Handler())),
-		InlineClient: true, // the embedded gateway publishes and subscribes through it
+		Capabilities:            capabilities(cfg),
+		ClientNetReadBufferSize: clientReadBufferBytes,
+		Logger:                  slog.New(redactPackets(logger.Handler())),
+		InlineClient:            true, // the embedded gateway publishes and subscribes through it
 	})
 	clk = clock.Or(clk)
 	b := &Broker{cfg: cfg, log: logger, server: server, clock: clk}

@@ -27,7 +27,7 @@ import (
 //	max_packet_bytes: 65536          # largest MQTT packet accepted, CONNECT included
 //	max_topic_bytes: 256             # longer topics and filters are denied
 //	max_conns_per_identity: 4        # live sessions per app user
-//	max_client_writes_pending: 1024  # outbound queue per client, in packets
+//	max_client_writes_pending: 128  # outbound queue per client, in packets
 //	max_clients: 0                   # connected clients; 0 means no limit
 //	connect_timeout: 10s             # time a new connection has to send CONNECT
 //	session_expiry: 1h               # how long a disconnected persistent session is kept
@@ -55,9 +55,11 @@ type Config struct {
 	// VIN, and a second connect takes the first over.
 	MaxConnsPerIdentity int `yaml:"max_conns_per_identity"`
 	// MaxClientWritesPending is the outbound queue of each client. mochi allocates it per
-	// connection (its default 8192 is what makes an idle connection cost about 80 KB) and
-	// drops deliveries, QoS 1 included, when it is full. The gateway's own subscriber is the
-	// inline client, which has no such queue.
+	// connection, 8 bytes a slot (its default 8192 is what makes an idle connection cost about
+	// 80 KB) and drops deliveries, QoS 1 included, when it is full. The gateway's own
+	// subscriber is the inline client, which has no such queue, and behind the standalone
+	// broker GatewayDeliveryHook writes what would not fit; a car gets a command at a time and
+	// its whitelist, an app its user's replies: 128 is far more than either has pending.
 	MaxClientWritesPending int `yaml:"max_client_writes_pending"`
 	// MaxClients bounds the connected clients; 0 means no limit.
 	MaxClients int `yaml:"max_clients"`
@@ -77,7 +79,7 @@ const (
 	DefaultMaxPacketBytes         = 64 * 1024
 	DefaultMaxTopicBytes          = 256
 	DefaultMaxConnsPerIdentity    = 4
-	DefaultMaxClientWritesPending = 1024
+	DefaultMaxClientWritesPending = 128
 	DefaultConnectTimeout         = 10 * time.Second
 	DefaultSessionExpiry          = time.Hour
 )

@@ -22,7 +22,7 @@ func TestDefaultConfigIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.MQTTAddr != "127.0.0.1:1883" || c.WSAddr != "127.0.0.1:1882" || c.MaxPacketBytes != 64*1024 ||
-		c.MaxTopicBytes != 256 || c.MaxConnsPerIdentity != 4 || c.MaxClientWritesPending != 1024 {
+		c.MaxTopicBytes != 256 || c.MaxConnsPerIdentity != 4 || c.MaxClientWritesPending != 128 {
 		t.Errorf("defaults changed: %+v", c)
 	}
 }

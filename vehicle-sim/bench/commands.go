@@ -113,7 +113,11 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 	}
 	lag := newLatency()
 	n := len(w.creds)
-	if err := m.begin(); err != nil {
+	// The cars and apps connected and quiet: what the system under test does at rest.
+	if err := m.quiet(ctx, cfg.Settle); err != nil {
+		return err
+	}
+	if err := m.begin(ctx); err != nil {
 		return err
 	}
 	res.SetupS = time.Since(m.setupStart).Seconds()
@@ -126,7 +130,7 @@ func runCommands(ctx context.Context, w *keyWorld, m *measure, res *Result) erro
 		sendOne(ctx, apps[w.carOwner[i]], w.creds[i].VIN, action, st)
 	})
 	stopProgress()
-	if err := m.end(); err != nil {
+	if err := m.end(ctx); err != nil {
 		return err
 	}
 	if skipped > 0 {

@@ -195,6 +195,7 @@ func (r *runner) runKeys(ctx context.Context, s *sut, creds []protocol.Credentia
 		return fmt.Errorf("scenario %q is not a digital-key scenario", cfg.Scenario)
 	}
 	m := &measure{s: s, setupStart: setup}
+	defer m.abort()
 	if err := phase(ctx, w, m, res); err != nil {
 		return err
 	}
@@ -206,11 +207,22 @@ func (r *runner) runKeys(ctx context.Context, s *sut, creds []protocol.Credentia
 		return err
 	}
 	res.HostLoad[1] = loadAverage()
+	var ops int64
+	res.OpUnit, ops = "command", res.Executed // executed: commands, local
+	if cfg.Scenario == ScenarioRevoke {
+		res.OpUnit, ops = "revocation", int64(res.Revoked)
+	}
 	for i, p := range s.procs {
 		pr := ProcResult{Role: p.role, PID: p.pid, RSSKB: end[i].RSSKB, AnonKB: end[i].AnonKB, HWMKB: end[i].HWMKB}
 		if len(m.cpu0) == len(s.procs) && len(m.cpu1) == len(s.procs) {
 			pr.RSSKBBase = m.cpu0[i].RSSKB
 			pr.CPUPct = cpuPercent(m.cpu0[i], m.cpu1[i])
+		}
+		if len(m.counts) == len(s.procs) {
+			pr.setPerOp(m.counts[i], ops)
+		}
+		if len(m.idle) == len(s.procs) {
+			pr.setIdle(m.idle[i])
 		}
 		res.Processes = append(res.Processes, pr)
 	}

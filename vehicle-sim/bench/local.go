@@ -42,7 +42,7 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	var executed atomic.Int64
 	var errs errorCounts
 	n := len(w.creds)
-	if err := m.begin(); err != nil {
+	if err := m.begin(ctx); err != nil {
 		return err
 	}
 	res.SetupS = time.Since(m.setupStart).Seconds()
@@ -85,7 +85,7 @@ func runLocal(ctx context.Context, w *keyWorld, m *measure, res *Result) error {
 	stopProbe()
 	<-probeDone
 	stopProgress()
-	if err := m.end(); err != nil {
+	if err := m.end(ctx); err != nil {
 		return err
 	}
 	if skipped > 0 {

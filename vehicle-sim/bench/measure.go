@@ -14,27 +14,58 @@ import (
 	"telematics/pkg/phone"
 )
 
-// measure brackets a scenario's measured phase: the system under test's CPU and the load
-// generator's (this process: cars and phones).
+// measure brackets a scenario's measured phase: the system under test's CPU, context
+// switches, fsyncs and allocations (a window), and the load generator's CPU (this process:
+// cars and phones); idle is a window before it with the cars connected and quiet.
 type measure struct {
 	s                  *sut
 	setupStart         time.Time
+	win                *window
 	cpu0, cpu1         []procSample
+	counts, idle       []windowCounts
 	load0, load1       time.Time
 	loadCPU0, loadCPU1 time.Duration
 }
 
-func (m *measure) begin() error {
+func (m *measure) begin(ctx context.Context) error {
 	var err error
-	m.cpu0, err = m.s.sample()
+	if m.win, err = m.s.openWindow(ctx); err != nil {
+		return err
+	}
+	m.cpu0 = m.win.proc
 	m.load0, m.loadCPU0 = time.Now(), selfCPU()
+	return nil
+}
+
+func (m *measure) end(ctx context.Context) error {
+	var err error
+	m.counts, m.cpu1, err = m.win.close(ctx)
+	m.load1, m.loadCPU1 = time.Now(), selfCPU()
 	return err
 }
 
-func (m *measure) end() error {
-	var err error
-	m.cpu1, err = m.s.sample()
-	m.load1, m.loadCPU1 = time.Now(), selfCPU()
+// abort stops what begin started, if end did not.
+func (m *measure) abort() {
+	if m.win != nil {
+		m.win.abort()
+	}
+}
+
+// quiet counts for d with nothing sent: the processes' idle context switches and CPU.
+func (m *measure) quiet(ctx context.Context, d time.Duration) error {
+	w, err := m.s.openWindow(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.abort()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+	}
+	m.idle, _, err = w.close(ctx)
 	return err
 }
 

@@ -21,6 +21,9 @@ type procSample struct {
 	HWMKB   int64 // VmHWM: the highest VmRSS so far
 	CPU     time.Duration
 	Threads int
+	// CtxSwitches is voluntary plus nonvoluntary context switches summed over the process's
+	// threads (/proc/PID/task/*/status; the process's own status counts its first thread only).
+	CtxSwitches int64
 }
 
 // readProc reads /proc/PID/status and /proc/PID/stat.
@@ -68,7 +71,44 @@ func readProc(pid int) (procSample, error) {
 	utime, _ := strconv.ParseInt(fields[11], 10, 64)
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	s.CPU = time.Duration(utime+stime) * time.Second / clockTicks
+	s.CtxSwitches = ctxSwitches(pid)
 	return s, nil
+}
+
+// ctxSwitches sums the context switches of the process's threads (0 if unreadable). A thread
+// that exited took its count with it; Go's threads live as long as the process.
+func ctxSwitches(pid int) int64 {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var sum int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/status")
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		sum += parseCtxSwitches(b)
+	}
+	return sum
+}
+
+// parseCtxSwitches reads voluntary_ctxt_switches plus nonvoluntary_ctxt_switches from one
+// /proc/…/status.
+func parseCtxSwitches(status []byte) int64 {
+	var sum int64
+	for _, line := range strings.Split(string(status), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok || (key != "voluntary_ctxt_switches" && key != "nonvoluntary_ctxt_switches") {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
+		if err == nil {
+			sum += n
+		}
+	}
+	return sum
 }
 
 // cpuPercent is the CPU used between two samples as a percentage of one core.

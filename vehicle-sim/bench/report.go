@@ -140,6 +140,25 @@ func procRows(cfg Config, results []Result) []row {
 				return *p.CPUUsPerMsg, true
 			}))
 		}
+		for _, c := range countFields(cfg) {
+			out = append(out, floatRow(role+" "+c.label, c.format, func(r Result) (float64, bool) {
+				p, ok := find(r)
+				if !ok {
+					return 0, false
+				}
+				return ptr(c.get(p))
+			}))
+		}
+	}
+	// The same counts over all processes of the system under test (gateway and broker), so
+	// that --compare sets one figure beside the other.
+	for _, c := range countFields(cfg) {
+		if c.perCar {
+			continue
+		}
+		out = append(out, floatRow("all processes: "+c.label, c.format, func(r Result) (float64, bool) {
+			return sumProcs(r, c.get)
+		}))
 	}
 	out = append(out,
 		floatRow("load generator CPU (% of a core)", "%.0f", func(r Result) (float64, bool) { return r.LoaderCPUPct, true }),
@@ -159,6 +178,55 @@ func procRows(cfg Config, results []Result) []row {
 		}},
 	)
 	return out
+}
+
+// countField is one of a process's counts, as the table shows it.
+type countField struct {
+	label, format string
+	perCar        bool
+	get           func(ProcResult) *float64
+}
+
+// countFields are the per-operation, idle and per-car counts of the scenario's processes.
+func countFields(cfg Config) []countField {
+	op := opUnit(cfg)
+	return []countField{
+		{label: "context switches per " + op, format: "%.1f", get: func(p ProcResult) *float64 { return p.CtxSwitchesPerOp }},
+		{label: "fsyncs per " + op, format: "%.2f", get: func(p ProcResult) *float64 { return p.FsyncsPerOp }},
+		{label: "CPU per " + op + " (µs)", format: "%.1f", get: func(p ProcResult) *float64 { return p.CPUUsPerOp }},
+		{label: "allocations per " + op, format: "%.0f", get: func(p ProcResult) *float64 { return p.AllocsPerOp }},
+		{label: "context switches per s at rest", format: "%.0f", get: func(p ProcResult) *float64 { return p.IdleCtxSwitchesPerS }},
+		{label: "CPU at rest (% of a core)", format: "%.1f", get: func(p ProcResult) *float64 { return p.IdleCPUPct }},
+		{label: "Go heap KB per car", format: "%.1f", perCar: true, get: func(p ProcResult) *float64 { return p.HeapKBPerCar }},
+		{label: "goroutine stacks KB per car", format: "%.1f", perCar: true, get: func(p ProcResult) *float64 { return p.StackKBPerCar }},
+		{label: "goroutines per car", format: "%.2f", perCar: true, get: func(p ProcResult) *float64 { return p.GoroutinesPerCar }},
+	}
+}
+
+// opUnit names what the per-operation counts of the scenario count.
+func opUnit(cfg Config) string {
+	switch {
+	case cfg.Scenario == ScenarioRevoke:
+		return "revocation"
+	case keyScenario(cfg.Scenario):
+		return "command"
+	case cfg.Rate != 0 && cfg.Duration > 0:
+		return "message"
+	}
+	return "connect"
+}
+
+// sumProcs adds a count over the run's processes; not measured if any process lacks it.
+func sumProcs(r Result, get func(ProcResult) *float64) (float64, bool) {
+	var sum float64
+	for _, p := range r.Processes {
+		v := get(p)
+		if v == nil {
+			return 0, false
+		}
+		sum += *v
+	}
+	return sum, len(r.Processes) > 0
 }
 
 // keyRows are the lines of the digital-key scenarios.
@@ -389,6 +457,15 @@ func compareReport(cfg Config, results []Result) CompareReport {
 			"broker_kb_per_car":     func(r Result) (float64, bool) { return ptr(r.BrokerKBPerCar) },
 			"broker_kb_per_car_end": func(r Result) (float64, bool) { return ptr(r.BrokerKBPerCarEnd) },
 			"p99_ms":                func(r Result) (float64, bool) { return ptr(r.P99Ms) },
+			"ctx_switches_per_op": func(r Result) (float64, bool) {
+				return sumProcs(r, func(p ProcResult) *float64 { return p.CtxSwitchesPerOp })
+			},
+			"cpu_us_per_op": func(r Result) (float64, bool) {
+				return sumProcs(r, func(p ProcResult) *float64 { return p.CPUUsPerOp })
+			},
+			"idle_ctx_switches_per_s": func(r Result) (float64, bool) {
+				return sumProcs(r, func(p ProcResult) *float64 { return p.IdleCtxSwitchesPerS })
+			},
 		}
 		for k, f := range keys {
 			rw := row{num: f}

@@ -32,3 +32,40 @@ func TestTelemetryTableExplainsSentVersusTwin(t *testing.T) {
 		t.Errorf("connect table has the telemetry footnote:\n%s", b.String())
 	}
 }
+
+// In --compare the counts of each process stand beside the other mode's, and their sum over
+// the processes of each system under test gets a ratio.
+func TestCountsBesideMosquitto(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	cfg := Config{Scenario: ScenarioCommands, Rate: 200, Duration: 10 * time.Second, Rounds: 1}
+	emb := Result{Broker: ModeEmbedded, KeyResult: &KeyResult{}, OpUnit: "command", Processes: []ProcResult{
+		{Role: "gateway+broker", CtxSwitchesPerOp: f(50), FsyncsPerOp: f(6), CPUUsPerOp: f(2700), IdleCtxSwitchesPerS: f(65)}}}
+	mosq := Result{Broker: ModeMosquitto, KeyResult: &KeyResult{}, OpUnit: "command", Processes: []ProcResult{
+		{Role: "mosquitto", CtxSwitchesPerOp: f(10), FsyncsPerOp: f(0), CPUUsPerOp: f(300), IdleCtxSwitchesPerS: f(1)},
+		{Role: "gateway", CtxSwitchesPerOp: f(15), FsyncsPerOp: f(4), CPUUsPerOp: f(1200), IdleCtxSwitchesPerS: f(9)}}}
+	var b bytes.Buffer
+	printTable(&b, cfg, []Result{emb, mosq})
+	out := b.String()
+	lineOf := func(label string) string {
+		for _, l := range strings.Split(out, "\n") {
+			if l = strings.TrimSpace(l); strings.HasPrefix(l, label) {
+				return l
+			}
+		}
+		t.Fatalf("no line %q in:\n%s", label, out)
+		return ""
+	}
+	for label, want := range map[string][]string{
+		"gateway+broker context switches per command":   {"50.0", "–"},
+		"mosquitto context switches per command":        {"–", "10.0"},
+		"all processes: context switches per command":   {"50.0", "25.0", "2.00"},
+		"all processes: fsyncs per command":             {"6.00", "4.00", "1.50"},
+		"all processes: CPU per command (µs)":           {"2700.0", "1500.0", "1.80"},
+		"all processes: context switches per s at rest": {"65", "10", "6.50"},
+	} {
+		fields := strings.Fields(strings.TrimPrefix(lineOf(label), label))
+		if strings.Join(fields, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: %v, want %v", label, fields, want)
+		}
+	}
+}

@@ -57,6 +57,9 @@ type Result struct {
 	// machine, other work competes with both sides.
 	HostLoad [2]float64 `json:"host_load"`
 
+	// OpUnit is what the processes' per-operation figures count: connect (a car connected),
+	// message (into the twin), command (executed), revocation.
+	OpUnit       string       `json:"op_unit,omitempty"`
 	Processes    []ProcResult `json:"processes,omitempty"`
 	LoaderCPUPct float64      `json:"loader_cpu_pct"`
 	LoadProcs    int          `json:"load_procs"`
@@ -123,6 +126,25 @@ type ProcResult struct {
 	SlopeKB     *float64 `json:"slope_kb_per_car,omitempty"`
 	CPUPct      float64  `json:"cpu_pct"`                  // during the measured phase, % of one core
 	CPUUsPerMsg *float64 `json:"cpu_us_per_msg,omitempty"` // telemetry: CPU per message into the twin
+
+	// Per operation of the measured phase (Result.OpUnit; connect: the connect steps with their
+	// settles, telemetry: the publishing window): context switches summed over the
+	// threads (/proc/PID/task/*/status), fsync and fdatasync calls (perf's system-call
+	// tracepoints), CPU (utime+stime), and objects allocated (the Go runtime's Mallocs; Go
+	// processes serving the gateway's profiles only).
+	CtxSwitchesPerOp *float64 `json:"ctx_switches_per_op,omitempty"`
+	FsyncsPerOp      *float64 `json:"fsyncs_per_op,omitempty"`
+	CPUUsPerOp       *float64 `json:"cpu_us_per_op,omitempty"`
+	AllocsPerOp      *float64 `json:"allocs_per_op,omitempty"`
+	// With the cars connected and quiet (connect: after the last step; commands: before the
+	// window).
+	IdleCtxSwitchesPerS *float64 `json:"idle_ctx_switches_per_s,omitempty"`
+	IdleCPUPct          *float64 `json:"idle_cpu_pct,omitempty"`
+	// Per connected car, from the Go runtime after a collection (connect and telemetry, the
+	// gateway's process): heap in use, goroutine stacks, goroutines.
+	HeapKBPerCar     *float64 `json:"heap_kb_per_car,omitempty"`
+	StackKBPerCar    *float64 `json:"stack_kb_per_car,omitempty"`
+	GoroutinesPerCar *float64 `json:"goroutines_per_car,omitempty"`
 }
 
 // StepResult is the state after one connect step.

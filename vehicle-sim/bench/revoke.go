@@ -77,7 +77,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 	out := make([]revocation, len(w.owners))
 	var errs errorCounts
 	var retried atomic.Int64
-	if err := m.begin(); err != nil {
+	if err := m.begin(ctx); err != nil {
 		return err
 	}
 	res.SetupS = time.Since(m.setupStart).Seconds()
@@ -145,7 +145,7 @@ func runRevoke(ctx context.Context, w *keyWorld, m *measure, res *Result) error 
 			time.Sleep(revokePoll)
 		}
 	}
-	if err := m.end(); err != nil {
+	if err := m.end(ctx); err != nil {
 		return err
 	}
 	if pending > 0 {

@@ -84,10 +84,13 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 	}()
 	res.LoadProcs = len(f.procs)
 
-	base, err := s.sample()
+	rtBase := s.goRuntimes(ctx, true) // before any car: the heap after a collection
+	connectWin, err := s.openWindow(ctx)
 	if err != nil {
 		return res, err
 	}
+	defer connectWin.abort()
+	base := connectWin.proc
 	loaderCPU0, loader0 := f.loaderCPU(), time.Now()
 
 	// Connect, in steps, with memory measured after each.
@@ -130,6 +133,24 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 		lastCPU = smp
 	}
 	res.Steps = steps
+	connectCounts, _, err := connectWin.close(ctx)
+	if err != nil {
+		return res, err
+	}
+	rtCars := s.goRuntimes(ctx, true)
+	// At rest: every car connected, nothing sent.
+	idleWin, err := s.openWindow(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer idleWin.abort()
+	if err := r.settle(ctx, s); err != nil {
+		return res, err
+	}
+	idleCounts, _, err := idleWin.close(ctx)
+	if err != nil {
+		return res, err
+	}
 	connected := f.counters()
 	res.Connected = connected.Connected
 	if res.ConnectS > 0 {
@@ -206,6 +227,15 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 			us := float64((lastCPU[i].CPU - cpuFrom[i].CPU).Microseconds()) / float64(pub.receivedInWindow)
 			pr.CPUUsPerMsg = &us
 		}
+		pr.setPerCar(rtBase[i], rtCars[i], res.Connected)
+		pr.setIdle(idleCounts[i])
+		if pub != nil {
+			res.OpUnit = "message"
+			pr.setPerOp(pub.counts[i], pub.receivedInWindow)
+		} else {
+			res.OpUnit = "connect"
+			pr.setPerOp(connectCounts[i], res.Connected)
+		}
 		res.Processes = append(res.Processes, pr)
 		if p.holdsBroker {
 			res.BrokerKBPerCar, res.BrokerSlopeKBPerCar, res.BrokerKBPerCarEnd = pr.KBPerCar, pr.SlopeKB, pr.KBPerCarEnd
@@ -273,6 +303,7 @@ type publishOutcome struct {
 	sentPerS, msgsPerS    float64
 	lost, gatewayLost     int64
 	cpuFrom, cpuTo        []procSample
+	counts                []windowCounts // per process of the system under test, over the window
 }
 
 // drainIdle is how long the gateway's count may stand still before the bench stops waiting
@@ -287,10 +318,12 @@ func (r *runner) publish(ctx context.Context, s *sut, f *fleet) (*publishOutcome
 		return nil, err
 	}
 	c0 := f.counters()
-	cpu0, err := s.sample()
+	win, err := s.openWindow(ctx)
 	if err != nil {
 		return nil, err
 	}
+	defer win.abort()
+	cpu0 := win.proc
 	t0 := time.Now()
 	if err := f.send(op{Op: opPublish, Rate: cfg.Rate, QoS: byte(cfg.QoS)}); err != nil {
 		return nil, err
@@ -329,7 +362,7 @@ loop:
 	if err != nil {
 		return nil, err
 	}
-	cpu1, err := s.sample()
+	counts, cpu1, err := win.close(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -357,7 +390,7 @@ loop:
 		sentPerS:         float64(cW.Sent-c0.Sent) / window.Seconds(),
 		msgsPerS:         float64(stW.TelemetryReceived-st0.TelemetryReceived) / window.Seconds(),
 		receivedInWindow: int64(stW.TelemetryReceived - st0.TelemetryReceived),
-		cpuFrom:          cpu0, cpuTo: cpu1,
+		cpuFrom:          cpu0, cpuTo: cpu1, counts: counts,
 	}
 	o.lost = max(0, expected-o.received)
 	return o, nil
