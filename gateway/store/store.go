@@ -132,6 +132,10 @@ func OpenKV(kvs kv.Store) (*Store, error) {
 // (audit, twofa, keys).
 func (s *Store) KV() kv.Store { return s.kv }
 
+// Shared reports whether other gateway replicas may write to the store (etcd): what a
+// replica caches of it must then be read again before it is relied on.
+func (s *Store) Shared() bool { return s.file == nil }
+
 // Update runs fn in a read-write transaction and returns once it is durable. On bbolt,
 // concurrent writers share a commit. fn may run more than once (see package kv): it must
 // start from fresh state on each run and do its side effects after Update returns, or in
@@ -440,6 +444,16 @@ func (s *Store) SeenCommandIDs(nowMs int64) (map[string]int64, error) {
 // untilMs.
 func PutCommandID(tx kv.Tx, id string, untilMs int64) error {
 	return tx.Put(bucketCmdIDs, []byte(id), binary.BigEndian.AppendUint64(nil, uint64(untilMs)))
+}
+
+// CommandIDTaken reports whether id is remembered in tx beyond nowMs (a command decided with
+// it, here or by another replica sharing the store).
+func CommandIDTaken(tx kv.Tx, id string, nowMs int64) (bool, error) {
+	v, err := tx.Get(bucketCmdIDs, []byte(id))
+	if err != nil || v == nil {
+		return false, err
+	}
+	return len(v) == 8 && int64(binary.BigEndian.Uint64(v)) > nowMs, nil
 }
 
 // PruneCommandIDs forgets ids that expired before nowMs, and cuts down to maxUntilMs those
