@@ -25,6 +25,7 @@ const ReadyTimeout = 30 * time.Second
 type Cluster struct {
 	members []*embed.Etcd
 	clients []string
+	cfgs    []*embed.Config
 }
 
 // Start starts one member.
@@ -48,7 +49,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		initial = append(initial, cfg.Name+"="+peer.String())
 		cfgs[i] = cfg
 	}
-	c := &Cluster{}
+	c := &Cluster{cfgs: cfgs}
 	t.Cleanup(c.Close)
 	for _, cfg := range cfgs {
 		cfg.InitialCluster = strings.Join(initial, ",")
@@ -81,6 +82,27 @@ func (c *Cluster) StopMember(i int) {
 	if c.members[i] != nil {
 		c.members[i].Close()
 		c.members[i] = nil
+	}
+}
+
+// RestartMember starts stopped member i again on its data and its addresses, and waits until
+// it serves clients; a running member is left alone.
+func (c *Cluster) RestartMember(t testing.TB, i int) {
+	t.Helper()
+	if c.members[i] != nil {
+		return
+	}
+	e, err := embed.StartEtcd(c.cfgs[i])
+	if err != nil {
+		t.Fatalf("restart embedded etcd %s: %v", c.cfgs[i].Name, err)
+	}
+	c.members[i] = e
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		t.Fatalf("embedded etcd failed: %v", err)
+	case <-time.After(ReadyTimeout):
+		t.Fatalf("embedded etcd not ready within %v", ReadyTimeout)
 	}
 }
 
