@@ -387,24 +387,34 @@ type Twin struct {
 	Signals      map[string]any `json:"signals,omitempty"`
 }
 
-// PutTwins writes twins in one transaction (the gateway flushes its in-memory twin
-// periodically, so telemetry at fleet rates costs one commit per flush, not per message).
+// PutTwins writes twins (the gateway flushes its in-memory twin periodically, so telemetry at
+// fleet rates costs one commit per flush, not per message): in one transaction on bbolt, in
+// transactions of at most txnBatch twins on a shared store (etcd's --max-txn-ops).
 func (s *Store) PutTwins(ts []Twin) error {
-	if len(ts) == 0 {
-		return nil
+	batch := len(ts)
+	if s.Shared() {
+		batch = txnBatch
 	}
-	return s.update(func(tx kv.Tx) error {
-		for _, t := range ts {
-			b, err := json.Marshal(t)
-			if err != nil {
-				return err
+	for len(ts) > 0 {
+		part := ts[:min(len(ts), batch)]
+		ts = ts[len(part):]
+		err := s.update(func(tx kv.Tx) error {
+			for _, t := range part {
+				b, err := json.Marshal(t)
+				if err != nil {
+					return err
+				}
+				if err := tx.Put(bucketTwin, []byte(t.VIN), b); err != nil {
+					return err
+				}
 			}
-			if err := tx.Put(bucketTwin, []byte(t.VIN), b); err != nil {
-				return err
-			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // LoadTwins returns every stored twin.
@@ -476,7 +486,7 @@ func (s *Store) PruneCommandIDs(nowMs, maxUntilMs int64) (int, error) {
 	}
 	total := 0
 	for len(todo) > 0 {
-		batch := todo[:min(len(todo), pruneBatch)]
+		batch := todo[:min(len(todo), txnBatch)]
 		todo = todo[len(batch):]
 		var n int
 		err := s.update(func(tx kv.Tx) error {
@@ -509,9 +519,9 @@ func (s *Store) PruneCommandIDs(nowMs, maxUntilMs int64) (int, error) {
 	return total, nil
 }
 
-// pruneBatch bounds the keys one pruning transaction changes: etcd's --max-txn-ops (128 by
-// default) limits the compares and the writes of one transaction.
-const pruneBatch = 100
+// txnBatch bounds the keys one transaction of a batched write changes: etcd's --max-txn-ops
+// (128 by default) limits the compares and the writes of one transaction.
+const txnBatch = 100
 
 // UserNames returns all user names, sorted.
 func (s *Store) UserNames() ([]string, error) {
