@@ -240,7 +240,10 @@ type Vehicle struct {
 }
 
 // AddVehicles creates the given vehicles in one transaction; ErrExists if any exists already,
-// in which case none is added.
+// in which case none is added. On a shared store (etcd, whose transactions carry at most
+// --max-txn-ops keys) more than vehicleBatch vehicles are checked in one snapshot and added in
+// transactions of vehicleBatch, each checking its vehicles again: should another replica add
+// one of them in between, the batches before it stay added.
 func (s *Store) AddVehicles(vs []Vehicle) error {
 	encoded := make([][]byte, len(vs))
 	for i, v := range vs {
@@ -250,22 +253,41 @@ func (s *Store) AddVehicles(vs []Vehicle) error {
 		}
 		encoded[i] = b
 	}
-	return s.update(func(tx kv.Tx) error {
-		for i, v := range vs {
-			old, err := tx.Get(bucketVehicles, []byte(v.VIN))
+	add := func(tx kv.Tx, from, to int, write bool) error {
+		for i := from; i < to; i++ {
+			old, err := tx.Get(bucketVehicles, []byte(vs[i].VIN))
 			if err != nil {
 				return err
 			}
 			if old != nil {
-				return fmt.Errorf("vehicle %s: %w", v.VIN, ErrExists)
+				return fmt.Errorf("vehicle %s: %w", vs[i].VIN, ErrExists)
 			}
-			if err := tx.Put(bucketVehicles, []byte(v.VIN), encoded[i]); err != nil {
-				return err
+			if write {
+				if err := tx.Put(bucketVehicles, []byte(vs[i].VIN), encoded[i]); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
-	})
+	}
+	if !s.Shared() || len(vs) <= vehicleBatch {
+		return s.update(func(tx kv.Tx) error { return add(tx, 0, len(vs), true) })
+	}
+	if err := s.view(func(tx kv.Tx) error { return add(tx, 0, len(vs), false) }); err != nil {
+		return err
+	}
+	for from := 0; from < len(vs); from += vehicleBatch {
+		to := min(from+vehicleBatch, len(vs))
+		if err := s.update(func(tx kv.Tx) error { return add(tx, from, to, true) }); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// vehicleBatch bounds the vehicles one transaction adds on a shared store: each is a compare
+// and a write, and etcd takes 128 of each.
+const vehicleBatch = 50
 
 // GetVehicle returns a vehicle or ErrNotFound.
 func (s *Store) GetVehicle(vin string) (Vehicle, error) {
