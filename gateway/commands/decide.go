@@ -141,6 +141,7 @@ func (r *Router) decide(req request) {
 	err = r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs, true)
 	if errors.Is(err, errDecidedElsewhere) {
 		// Another replica sharing the store decided this id first (its seen map is not ours).
+		ev.Detail = ""
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
 		return
 	}
