@@ -138,7 +138,14 @@ func (r *Router) decide(req request) {
 	// The decision is durable before the command goes out.
 	ev.Outcome = protocol.ReplyAccepted
 	ev.Detail = "factors=" + joinFactors(factors)
-	if err := r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs); err != nil {
+	err = r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs, true)
+	if errors.Is(err, errDecidedElsewhere) {
+		// Another replica sharing the store decided this id first (its seen map is not ours).
+		ev.Detail = ""
+		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
+		return
+	}
+	if err != nil {
 		r.log.Error("audit write failed; command not sent", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
 		r.forget(cmd.ID)
 		r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyFailed, Reason: protocol.ReasonInternal, VIN: cmd.VIN, Action: cmd.Action})
@@ -198,7 +205,7 @@ func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err e
 	}
 	var aerr error
 	if persistID && ev.CmdID != "" {
-		aerr = r.recordDecision(ev, ev.CmdID, cmd.ExpiresAtMs)
+		aerr = r.recordDecision(ev, ev.CmdID, cmd.ExpiresAtMs, false)
 	} else {
 		aerr = r.audit.Append(ev)
 	}
@@ -208,11 +215,29 @@ func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err e
 	r.reply(req.user, protocol.Reply{ID: ev.CmdID, Status: protocol.ReplyRejected, Reason: reason, VIN: ev.VIN, Action: protocol.Action(ev.Action)})
 }
 
-func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64) error {
+// errDecidedElsewhere is recordDecision's answer when the id is in the store already,
+// remembered by another gateway replica that decided it first.
+var errDecidedElsewhere = errors.New("command id decided by another replica")
+
+// recordDecision remembers id and audits ev in one transaction. first is set for an accepted
+// command: the id must not be remembered yet (as it is by another replica that took it at the
+// same moment), and the transaction fails with errDecidedElsewhere if it is. Across replicas
+// this, not the per-replica seen map, is what decides an id once.
+func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64, first bool) error {
 	// Ids are remembered past their command's expiry by the car's replay horizon, so no
 	// replay of a still-valid command can pass.
 	until := untilMs + protocol.MaxCommandAheadMs
+	nowMs := r.clock.Now().UnixMilli()
 	return r.store.Update(context.Background(), func(tx kv.Tx) error {
+		if first {
+			taken, err := store.CommandIDTaken(tx, id, nowMs)
+			if err != nil {
+				return err
+			}
+			if taken {
+				return errDecidedElsewhere
+			}
+		}
 		if err := store.PutCommandID(tx, id, until); err != nil {
 			return err
 		}

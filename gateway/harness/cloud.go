@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"telematics/gateway/accounts"
@@ -47,9 +48,26 @@ type Options struct {
 	// PasswordParams is the password hashing cost; nil is the gateway's default. Tests pass a
 	// cheap one.
 	PasswordParams *accounts.Params
+	// Store is the gateway's store URL (server.Config.Store): "" is the bbolt file of Dir;
+	// EtcdStore(endpoints) an etcd (internal/etcdtest), which several clouds can share: give
+	// them the same Dir too, so that they share the signing and TOTP sealing keys.
+	Store string
+	// StorePrefix is the key prefix on etcd; "" is the gateway's default.
+	StorePrefix string
 	// Configure adjusts the gateway's configuration (server.DefaultConfig) after the harness
-	// set its data directory, its loopback addresses and, with StandaloneBroker, the broker.
+	// set its data directory, its store, its loopback addresses and, with StandaloneBroker,
+	// the broker.
 	Configure func(*server.Config)
+}
+
+// EtcdStore is the store URL of the etcd members at endpoints (client URLs such as
+// http://127.0.0.1:2379, as internal/etcdtest gives them).
+func EtcdStore(endpoints []string) string {
+	hosts := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		hosts[i] = strings.TrimPrefix(strings.TrimPrefix(e, "http://"), "https://")
+	}
+	return "etcd://" + strings.Join(hosts, ",")
 }
 
 // ManyPeople is a Configure for the demo and the drill: many owners send commands in a burst,
@@ -128,6 +146,10 @@ func (c *Cloud) Up(ctx context.Context) error {
 	}
 	cfg := server.DefaultConfig()
 	cfg.Data = c.Dir
+	cfg.Store = c.o.Store
+	if c.o.StorePrefix != "" {
+		cfg.StorePrefix = c.o.StorePrefix
+	}
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = or(c.mqttAddr, "127.0.0.1:0"), "", or(c.httpAddr, "127.0.0.1:0")
 	if c.o.StandaloneBroker {
 		if err := c.startBroker(ctx); err != nil {

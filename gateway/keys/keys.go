@@ -76,29 +76,78 @@ type Service struct {
 func New(st *store.Store, lg *audit.Log, ring KeyRing, bus mqttc.Client, tfa SecondFactor, clk clock.Clock, log *slog.Logger) (*Service, error) {
 	s := &Service{st: st, audit: lg, ring: ring, bus: bus, tfa: tfa, clk: clock.Or(clk), log: log,
 		cache: map[string]*protocol.Whitelist{}, recs: map[string]record{}}
-	err := st.View(context.Background(), func(tx kv.Tx) error {
-		return tx.Scan(bucketWhitelists, nil, nil, func(k, v []byte) error {
-			var r record
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("whitelist record of %s: %w", k, err)
-			}
-			doc, err := r.Envelope.DocBytes()
-			if err != nil {
-				return err
-			}
-			var wl protocol.Whitelist
-			if err := json.Unmarshal(doc, &wl); err != nil {
-				return err
-			}
-			s.cache[string(k)] = &wl
-			s.recs[string(k)] = r
-			return nil
-		})
-	})
-	if err != nil {
+	if err := s.reload(); err != nil {
 		return nil, fmt.Errorf("open key registry: %w", err)
 	}
 	return s, nil
+}
+
+// reload reads every car's whitelist record from the store into the cache.
+func (s *Service) reload() error {
+	return s.st.View(context.Background(), func(tx kv.Tx) error {
+		return tx.Scan(bucketWhitelists, nil, nil, func(k, v []byte) error {
+			r, wl, err := decodeRecord(k, v)
+			if err != nil {
+				return err
+			}
+			s.cacheRecord(string(k), r, wl)
+			return nil
+		})
+	})
+}
+
+// decodeRecord decodes a car's stored whitelist record and the document it signs.
+func decodeRecord(vin, v []byte) (record, *protocol.Whitelist, error) {
+	var r record
+	if err := json.Unmarshal(v, &r); err != nil {
+		return r, nil, fmt.Errorf("whitelist record of %s: %w", vin, err)
+	}
+	doc, err := r.Envelope.DocBytes()
+	if err != nil {
+		return r, nil, err
+	}
+	var wl protocol.Whitelist
+	if err := json.Unmarshal(doc, &wl); err != nil {
+		return r, nil, err
+	}
+	return r, &wl, nil
+}
+
+// cacheRecord keeps r (and its document wl) as vin's record unless the cache holds a newer
+// version or acknowledgement already.
+func (s *Service) cacheRecord(vin string, r record, wl *protocol.Whitelist) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.recs[vin]; ok && (cur.Version > r.Version || cur.Version == r.Version && cur.AckedVersion > r.AckedVersion) {
+		return
+	}
+	s.cache[vin] = wl
+	s.recs[vin] = r
+}
+
+// refresh reads vin's record from the store into the cache when the store is shared with
+// other gateway replicas, whose changes this replica's cache does not see otherwise. On a
+// store of its own the cache is always current (every change goes through it). An error
+// leaves the cache as it was.
+func (s *Service) refresh(vin string) {
+	if !s.st.Shared() {
+		return
+	}
+	err := s.st.View(context.Background(), func(tx kv.Tx) error {
+		v, err := tx.Get(bucketWhitelists, []byte(vin))
+		if err != nil || v == nil {
+			return err
+		}
+		r, wl, err := decodeRecord([]byte(vin), v)
+		if err != nil {
+			return err
+		}
+		s.cacheRecord(vin, r, wl)
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("whitelist not refreshed from the store", "vin", vin, "err", err)
+	}
 }
 
 func keyOf(vin, id string) []byte { return []byte(vin + "/" + id) }

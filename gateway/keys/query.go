@@ -14,6 +14,7 @@ type Status struct {
 
 // Whitelist returns a car's current whitelist (nil if it has none).
 func (s *Service) Whitelist(vin string) *protocol.Whitelist {
+	s.refresh(vin)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.cache[vin]
@@ -35,6 +36,7 @@ func (s *Service) OutOfSync() int {
 
 // Status reports a car's whitelist version, what the car acknowledged, and its keys.
 func (s *Service) Status(vin string) Status {
+	s.refresh(vin)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	r := s.recs[vin]

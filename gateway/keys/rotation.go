@@ -19,6 +19,7 @@ func (s *Service) GrantSigner(vin string) *sign.Signer {
 	if prev == nil {
 		return cur
 	}
+	s.refresh(vin)
 	s.mu.RLock()
 	r := s.recs[vin]
 	s.mu.RUnlock()

@@ -101,7 +101,44 @@ func (s *Service) changeWith(ctx context.Context, vin string, mutate func(tx kv.
 	s.recs[vin] = rec
 	s.mu.Unlock()
 	s.publish(ctx, vin, env)
+	s.publishNewer(ctx, vin, wl.Version)
 	return wl.Version, nil
+}
+
+// maxRepublish bounds how often publishNewer publishes again for one change.
+const maxRepublish = 8
+
+// publishNewer makes the retained whitelist the newest the store holds, when other replicas
+// share the store: one of them may have committed a newer version of the car after this
+// change and published it before this change's older one reached the broker. Each publish is
+// acknowledged by the broker before the store is read again, so the last replica to publish
+// reads (and republishes) the newest version.
+func (s *Service) publishNewer(ctx context.Context, vin string, published uint64) {
+	if !s.st.Shared() {
+		return // carMu orders this gateway's changes and publications of the car
+	}
+	for range maxRepublish {
+		var r record
+		var wl *protocol.Whitelist
+		err := s.st.View(ctx, func(tx kv.Tx) error {
+			v, err := tx.Get(bucketWhitelists, []byte(vin))
+			if err != nil || v == nil {
+				return err
+			}
+			r, wl, err = decodeRecord([]byte(vin), v)
+			return err
+		})
+		if err != nil {
+			s.log.Warn("whitelist version not checked after publishing", "vin", vin, "err", err)
+			return
+		}
+		if wl == nil || r.Version <= published {
+			return
+		}
+		s.cacheRecord(vin, r, wl)
+		s.publish(ctx, vin, r.Envelope)
+		published = r.Version
+	}
 }
 
 // errKeysUnchanged is what a change's mutate returns when it wrote nothing the whitelist
@@ -193,6 +230,12 @@ func (s *Service) vins() []string {
 // broker has none of them. During a rotation it first re-signs the whitelists of cars that
 // have not yet learned the new key.
 func (s *Service) PublishAll(ctx context.Context) int {
+	if s.st.Shared() {
+		// Cars paired through other replicas, and their newest versions.
+		if err := s.reload(); err != nil {
+			s.log.Warn("whitelists not reloaded from the store before publishing", "err", err)
+		}
+	}
 	vins := s.vins()
 	for _, vin := range vins {
 		// Under the car's lock, so a change publishing a newer version cannot be overtaken

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"telematics/gateway/audit"
@@ -21,6 +22,11 @@ type Config struct {
 	// Data is the directory of the bbolt file, the signing key, the admin token and the
 	// public key the standalone broker reads.
 	Data string `yaml:"data" env:"GATEWAY_DATA"`
+	// Store is where the gateway keeps its state: "" (DATA/gateway.db), bbolt://PATH, or
+	// etcd://HOST:PORT[,HOST:PORT...] for replicas that share it (see StoreURL).
+	Store string `yaml:"store" env:"GATEWAY_STORE"`
+	// StorePrefix is the key prefix of the gateway's state on etcd.
+	StorePrefix string `yaml:"store_prefix" env:"GATEWAY_STORE_PREFIX"`
 	// PublicDir, when set, is a second directory the gateway writes its public keys to
 	// (gateway.pub, and gateway.prev.pub while a rotation is under way): what a standalone
 	// broker needs, without the secrets of the data directory.
@@ -105,6 +111,7 @@ func DefaultConfig() Config {
 	rc, bc := commands.DefaultConfig(), broker.DefaultConfig()
 	return Config{
 		Data:             "./data",
+		StorePrefix:      "/telematics/",
 		MQTTAddr:         bc.MQTTAddr,
 		WSAddr:           bc.WSAddr,
 		HTTPAddr:         "127.0.0.1:8080",
@@ -161,6 +168,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Data == "" {
 		bad("data", "must name a directory")
+	}
+	if _, err := ParseStoreURL(c.Store); err != nil {
+		bad("store", "%v", err)
+	}
+	if !strings.HasPrefix(c.StorePrefix, "/") || !strings.HasSuffix(c.StorePrefix, "/") {
+		bad("store_prefix", "%q must start and end with /", c.StorePrefix)
 	}
 	checkAddr := func(key, addr string, optional bool) {
 		if addr == "" {

@@ -17,6 +17,7 @@ import (
 // is set in the YAML file or by its variable.
 var serveFlags = []cmdline.ConfigFlag{
 	{Key: "data", Usage: "data `directory` (database, signing keys, admin token); it must exist unless it is ./data or --init is given"},
+	{Key: "store", Usage: "state store `URL`: bbolt://PATH or etcd://HOST:PORT[,HOST:PORT...] (default DATA/gateway.db)"},
 	{Key: "mqtt_addr", Usage: "embedded broker's MQTT listener `address`"},
 	{Key: "ws_addr", Usage: "embedded broker's MQTT-over-WebSocket listener `address`, or off"},
 	{Key: "http_addr", Usage: "HTTP listener `address` (health, login, admin API)"},

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -120,7 +119,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if made, err = prepareDataDir(cfg); err != nil {
 		return nil, err
 	}
-	if g.store, err = store.Open(filepath.Join(cfg.Data, DBFile)); err != nil {
+	if g.store, err = openStore(cfg); err != nil {
 		return nil, err
 	}
 	if g.audit, err = audit.Open(g.store.KV()); err != nil {
@@ -154,7 +153,11 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	if g.broker != nil {
-		// A step-up lives as long as the app's MQTT connection (its client id) and no longer.
+		// A step-up lives as long as the app's MQTT connection (its client id) and no longer:
+		// the connections of before this start are gone, and so are their elevations.
+		if err := g.twofa.EndAllSessions(); err != nil {
+			return nil, err
+		}
 		g.broker.OnAppSessionEnd(g.twofa.EndSession)
 	}
 	g.keysMu.Lock()
@@ -499,8 +502,17 @@ func (g *Gateway) ready() error {
 	if !g.bus.Connected() {
 		return errors.New("not connected to the broker")
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), readyStoreTimeout)
+	defer cancel()
+	if err := g.store.Ping(ctx); err != nil {
+		g.log.Warn("store unavailable", "err", err)
+		return errors.New("store unavailable: its transactions fail with internal until it answers again")
+	}
 	return nil
 }
+
+// readyStoreTimeout bounds the store read of a readiness probe.
+const readyStoreTimeout = time.Second
 
 // HTTPURL is the base URL of the HTTP API.
 func (g *Gateway) HTTPURL() string { return "http://" + g.httpLn.Addr().String() }

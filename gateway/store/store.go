@@ -132,6 +132,10 @@ func OpenKV(kvs kv.Store) (*Store, error) {
 // (audit, twofa, keys).
 func (s *Store) KV() kv.Store { return s.kv }
 
+// Shared reports whether other gateway replicas may write to the store (etcd): what a
+// replica caches of it must then be read again before it is relied on.
+func (s *Store) Shared() bool { return s.file == nil }
+
 // Update runs fn in a read-write transaction and returns once it is durable. On bbolt,
 // concurrent writers share a commit. fn may run more than once (see package kv): it must
 // start from fresh state on each run and do its side effects after Update returns, or in
@@ -239,7 +243,10 @@ type Vehicle struct {
 }
 
 // AddVehicles creates the given vehicles in one transaction; ErrExists if any exists already,
-// in which case none is added.
+// in which case none is added. On a shared store (etcd, whose transactions carry at most
+// --max-txn-ops keys) more than vehicleBatch vehicles are checked in one snapshot and added in
+// transactions of vehicleBatch, each checking its vehicles again: should another replica add
+// one of them in between, the batches before it stay added.
 func (s *Store) AddVehicles(vs []Vehicle) error {
 	encoded := make([][]byte, len(vs))
 	for i, v := range vs {
@@ -249,22 +256,41 @@ func (s *Store) AddVehicles(vs []Vehicle) error {
 		}
 		encoded[i] = b
 	}
-	return s.update(func(tx kv.Tx) error {
-		for i, v := range vs {
-			old, err := tx.Get(bucketVehicles, []byte(v.VIN))
+	add := func(tx kv.Tx, from, to int, write bool) error {
+		for i := from; i < to; i++ {
+			old, err := tx.Get(bucketVehicles, []byte(vs[i].VIN))
 			if err != nil {
 				return err
 			}
 			if old != nil {
-				return fmt.Errorf("vehicle %s: %w", v.VIN, ErrExists)
+				return fmt.Errorf("vehicle %s: %w", vs[i].VIN, ErrExists)
 			}
-			if err := tx.Put(bucketVehicles, []byte(v.VIN), encoded[i]); err != nil {
-				return err
+			if write {
+				if err := tx.Put(bucketVehicles, []byte(vs[i].VIN), encoded[i]); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
-	})
+	}
+	if !s.Shared() || len(vs) <= vehicleBatch {
+		return s.update(func(tx kv.Tx) error { return add(tx, 0, len(vs), true) })
+	}
+	if err := s.view(func(tx kv.Tx) error { return add(tx, 0, len(vs), false) }); err != nil {
+		return err
+	}
+	for from := 0; from < len(vs); from += vehicleBatch {
+		to := min(from+vehicleBatch, len(vs))
+		if err := s.update(func(tx kv.Tx) error { return add(tx, from, to, true) }); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// vehicleBatch bounds the vehicles one transaction adds on a shared store: each is a compare
+// and a write, and etcd takes 128 of each.
+const vehicleBatch = 50
 
 // GetVehicle returns a vehicle or ErrNotFound.
 func (s *Store) GetVehicle(vin string) (Vehicle, error) {
@@ -394,24 +420,34 @@ type Twin struct {
 	Signals      map[string]any `json:"signals,omitempty"`
 }
 
-// PutTwins writes twins in one transaction (the gateway flushes its in-memory twin
-// periodically, so telemetry at fleet rates costs one commit per flush, not per message).
+// PutTwins writes twins (the gateway flushes its in-memory twin periodically, so telemetry at
+// fleet rates costs one commit per flush, not per message): in one transaction on bbolt, in
+// transactions of at most txnBatch twins on a shared store (etcd's --max-txn-ops).
 func (s *Store) PutTwins(ts []Twin) error {
-	if len(ts) == 0 {
-		return nil
+	batch := len(ts)
+	if s.Shared() {
+		batch = txnBatch
 	}
-	return s.update(func(tx kv.Tx) error {
-		for _, t := range ts {
-			b, err := json.Marshal(t)
-			if err != nil {
-				return err
+	for len(ts) > 0 {
+		part := ts[:min(len(ts), batch)]
+		ts = ts[len(part):]
+		err := s.update(func(tx kv.Tx) error {
+			for _, t := range part {
+				b, err := json.Marshal(t)
+				if err != nil {
+					return err
+				}
+				if err := tx.Put(bucketTwin, []byte(t.VIN), b); err != nil {
+					return err
+				}
 			}
-			if err := tx.Put(bucketTwin, []byte(t.VIN), b); err != nil {
-				return err
-			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // LoadTwins returns every stored twin.
@@ -453,6 +489,16 @@ func PutCommandID(tx kv.Tx, id string, untilMs int64) error {
 	return tx.Put(bucketCmdIDs, []byte(id), binary.BigEndian.AppendUint64(nil, uint64(untilMs)))
 }
 
+// CommandIDTaken reports whether id is remembered in tx beyond nowMs (a command decided with
+// it, here or by another replica sharing the store).
+func CommandIDTaken(tx kv.Tx, id string, nowMs int64) (bool, error) {
+	v, err := tx.Get(bucketCmdIDs, []byte(id))
+	if err != nil || v == nil {
+		return false, err
+	}
+	return len(v) == 8 && int64(binary.BigEndian.Uint64(v)) > nowMs, nil
+}
+
 // PruneCommandIDs forgets ids that expired before nowMs, and cuts down to maxUntilMs those
 // remembered for longer than any command can live (ids that a gateway without that bound
 // remembered until an expiry its sender chose).
@@ -473,7 +519,7 @@ func (s *Store) PruneCommandIDs(nowMs, maxUntilMs int64) (int, error) {
 	}
 	total := 0
 	for len(todo) > 0 {
-		batch := todo[:min(len(todo), pruneBatch)]
+		batch := todo[:min(len(todo), txnBatch)]
 		todo = todo[len(batch):]
 		var n int
 		err := s.update(func(tx kv.Tx) error {
@@ -506,9 +552,9 @@ func (s *Store) PruneCommandIDs(nowMs, maxUntilMs int64) (int, error) {
 	return total, nil
 }
 
-// pruneBatch bounds the keys one pruning transaction changes: etcd's --max-txn-ops (128 by
-// default) limits the compares and the writes of one transaction.
-const pruneBatch = 100
+// txnBatch bounds the keys one transaction of a batched write changes: etcd's --max-txn-ops
+// (128 by default) limits the compares and the writes of one transaction.
+const txnBatch = 100
 
 // UserNames returns all user names, sorted.
 func (s *Store) UserNames() ([]string, error) {

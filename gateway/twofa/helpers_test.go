@@ -1,6 +1,7 @@
 package twofa
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -168,4 +169,12 @@ func wantIs(t testing.TB, err, target error) {
 	if !errors.Is(err, target) {
 		t.Fatalf("err %v, want errors.Is %v", err, target)
 	}
+}
+
+// elevate elevates a session as an accepted code in Decide does, and sweeps when due.
+func (s *Service) elevate(user, clientID string, now time.Time) {
+	if err := s.kv.Update(context.Background(), func(tx kv.Tx) error { return s.elevateTx(tx, user, clientID, now) }); err != nil {
+		panic(err)
+	}
+	s.sweepStepUps(now)
 }

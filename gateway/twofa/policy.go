@@ -1,11 +1,15 @@
 package twofa
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
 
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 )
 
@@ -145,11 +149,11 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 		return Decision{}, err
 	}
 	if code = cleanCode(code); code != "" {
-		o, err := s.verify(user, clientID, action, factorOf(code), code)
+		o, err := s.verifyElevate(user, clientID, action, factorOf(code), code)
 		if err != nil {
 			return Decision{}, err
 		}
-		s.elevate(user, clientID, o.now)
+		s.sweepStepUps(o.now)
 		return Decision{Factors: []string{o.factor}, Step: o.step}, nil
 	}
 	if !s.guards(action) {
@@ -168,7 +172,9 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 	if !st.Enrolled {
 		return Decision{}, refuse(ErrEnrollmentRequired, "user %q, action %q", user, truncate(action))
 	}
-	if s.elevated(user, clientID, s.clock.Now()) {
+	if up, err := s.elevated(user, clientID, s.clock.Now()); err != nil {
+		return Decision{}, fmt.Errorf("2fa step-up of %q: %w", user, err)
+	} else if up {
 		return Decision{Factors: []string{FactorStepUp}}, nil
 	}
 	return Decision{}, refuse(ErrCodeRequired, "user %q, action %q", user, truncate(action))
@@ -194,51 +200,135 @@ func (s *Service) RequireForKeyChange(user, session, action, code string) error 
 // EndSession drops the elevation of one app session; the gateway calls it when the client
 // disconnects from the embedded broker, or another connection takes its client id
 // (broker.OnAppSessionEnd). Behind an external broker sessions are phone keys and end only
-// with StepUpTTL.
+// with StepUpTTL. Should the store fail, the elevation ends with its StepUpTTL.
 func (s *Service) EndSession(user, clientID string) {
-	s.mu.Lock()
-	delete(s.stepUp, session{user, clientID})
-	s.mu.Unlock()
-}
-
-// elevate marks the session elevated until now+StepUpTTL, and now and then sweeps expired
-// elevations so the map stays as small as the set of recently active sessions.
-func (s *Service) elevate(user, clientID string, now time.Time) {
-	if clientID == "" || s.policy.StepUpTTL <= 0 {
+	if clientID == "" {
 		return
 	}
+	_ = s.kv.Update(context.Background(), func(tx kv.Tx) error {
+		return tx.Delete(bucketStepUp, stepUpKey(user, clientID))
+	})
+}
+
+// maxStepUpClientID bounds the client ids an elevation is stored for (MQTT allows 65535
+// bytes); a session with a longer one is not elevated, and asked for a code each time.
+const maxStepUpClientID = 256
+
+func stepUpKey(user, clientID string) []byte { return []byte(user + "/" + clientID) }
+
+// elevateTx marks the session elevated until now+StepUpTTL, inside the transaction that
+// accepted the code.
+func (s *Service) elevateTx(tx kv.Tx, user, clientID string, now time.Time) error {
+	if clientID == "" || len(clientID) > maxStepUpClientID || s.policy.StepUpTTL <= 0 {
+		return nil
+	}
+	return tx.Put(bucketStepUp, stepUpKey(user, clientID), binary.BigEndian.AppendUint64(nil, uint64(now.Add(s.policy.StepUpTTL).UnixMilli())))
+}
+
+// sweepStepUps now and then deletes expired elevations, so the bucket stays as small as the
+// set of recently active sessions. Each replica sweeps at most once per StepUpTTL, in small
+// transactions (etcd's --max-txn-ops).
+func (s *Service) sweepStepUps(now time.Time) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stepUp[session{user, clientID}] = now.Add(s.policy.StepUpTTL)
-	if now.Sub(s.lastSweep) >= s.policy.StepUpTTL {
-		for k, exp := range s.stepUp {
-			if !now.Before(exp) {
-				delete(s.stepUp, k)
-			}
-		}
+	due := now.Sub(s.lastSweep) >= s.policy.StepUpTTL
+	if due {
 		s.lastSweep = now
 	}
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	nowMs := now.UnixMilli()
+	// An error leaves the rest to the next sweep.
+	_ = s.deleteStepUps(func(v []byte) bool { return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs })
 }
+
+// EndAllSessions ends every elevation in the store. A gateway with the embedded broker calls
+// it at start: its app sessions did not survive the restart, so neither do their elevations
+// (an elevation is bound to a client id, which the first connection after a restart may take
+// without the broker seeing a takeover). Replicas behind an external broker do not: their
+// sessions are phone keys, and the other replicas' elevations are live.
+func (s *Service) EndAllSessions() error {
+	return s.deleteStepUps(func([]byte) bool { return true })
+}
+
+// deleteStepUps deletes the elevations whose stored value dead reports, found in one
+// snapshot and deleted in small transactions that look at each again (etcd's
+// --max-txn-ops).
+func (s *Service) deleteStepUps(dead func(v []byte) bool) error {
+	var keys [][]byte
+	err := s.kv.View(context.Background(), func(tx kv.Tx) error {
+		return tx.Scan(bucketStepUp, nil, nil, func(k, v []byte) error {
+			if dead(v) {
+				keys = append(keys, bytes.Clone(k))
+			}
+			return nil
+		})
+	})
+	for err == nil && len(keys) > 0 {
+		batch := keys[:min(len(keys), sweepBatch)]
+		keys = keys[len(batch):]
+		err = s.kv.Update(context.Background(), func(tx kv.Tx) error {
+			for _, k := range batch {
+				v, err := tx.Get(bucketStepUp, k)
+				if err != nil {
+					return err
+				}
+				if v != nil && dead(v) {
+					if err := tx.Delete(bucketStepUp, k); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("end step-up sessions: %w", err)
+	}
+	return nil
+}
+
+// sweepBatch bounds the elevations one sweep transaction deletes.
+const sweepBatch = 50
 
 // elevated reports whether the session is elevated at now; the elevation ends exactly
 // StepUpTTL after the code was accepted.
-func (s *Service) elevated(user, clientID string, now time.Time) bool {
-	if clientID == "" {
-		return false
+func (s *Service) elevated(user, clientID string, now time.Time) (bool, error) {
+	if clientID == "" || len(clientID) > maxStepUpClientID {
+		return false, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	exp, ok := s.stepUp[session{user, clientID}]
-	return ok && now.Before(exp)
+	var until int64
+	err := s.kv.View(context.Background(), func(tx kv.Tx) error {
+		v, err := tx.Get(bucketStepUp, stepUpKey(user, clientID))
+		if len(v) == 8 {
+			until = int64(binary.BigEndian.Uint64(v))
+		}
+		return err
+	})
+	return now.UnixMilli() < until, err
 }
 
 // endUserSessions drops every elevation of user, when the user's secret changes or goes.
-func (s *Service) endUserSessions(user string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k := range s.stepUp {
-		if k.user == user {
-			delete(s.stepUp, k)
+func (s *Service) endUserSessions(user string) error {
+	err := s.kv.Update(context.Background(), func(tx kv.Tx) error {
+		var keys [][]byte
+		err := tx.Scan(bucketStepUp, []byte(user+"/"), nil, func(k, _ []byte) error {
+			keys = append(keys, bytes.Clone(k))
+			return nil
+		})
+		if err != nil {
+			return err
 		}
+		for _, k := range keys {
+			if err := tx.Delete(bucketStepUp, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("end the step-up sessions of %q: %w", user, err)
 	}
+	return nil
 }

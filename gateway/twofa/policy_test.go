@@ -1,12 +1,14 @@
 package twofa
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 )
 
@@ -173,9 +175,10 @@ func TestStepUpSweep(t *testing.T) {
 	}
 	f.clock.Advance(time.Minute)
 	f.s.elevate("bob", "bob-1", f.clock.Now())
-	f.s.mu.Lock()
-	n := len(f.s.stepUp)
-	f.s.mu.Unlock()
+	n := 0
+	f.kv.View(context.Background(), func(tx kv.Tx) error {
+		return tx.Scan(bucketStepUp, nil, nil, func(_, _ []byte) error { n++; return nil })
+	})
 	if n != 1 {
 		t.Fatalf("%d elevations kept after they expired, want 1", n)
 	}

@@ -14,6 +14,7 @@ var (
 	bucketTOTP    = []byte("totp")         // user -> totpRecord
 	bucketLockout = []byte("totp_lockout") // user -> lockRecord
 	bucketMeta    = []byte("totp_meta")    // keyKeyCheck, keySchema
+	bucketStepUp  = []byte("totp_stepup")  // user "/" clientID -> elevation's end (unix ms, 8 bytes big-endian)
 	keyKeyCheck   = []byte("key_check")    // a value sealed with the service key, to detect a wrong key at start
 	keySchema     = []byte("schema")       // recordVersion as a decimal string
 )

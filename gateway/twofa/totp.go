@@ -98,6 +98,16 @@ func (s *Service) Verify(user, clientID, code string) (step int64, err error) {
 // verify runs verifyTx for one factor (FactorTOTP or FactorRecovery) and stores the result;
 // action is only for the audit events.
 func (s *Service) verify(user, clientID, action, factor, code string) (*op, error) {
+	return s.verifyAndElevate(user, clientID, action, factor, code, false)
+}
+
+// verifyElevate is verify that also elevates the session (Decide), in the transaction that
+// accepts the code.
+func (s *Service) verifyElevate(user, clientID, action, factor, code string) (*op, error) {
+	return s.verifyAndElevate(user, clientID, action, factor, code, true)
+}
+
+func (s *Service) verifyAndElevate(user, clientID, action, factor, code string, elevate bool) (*op, error) {
 	if err := checkUser(user); err != nil {
 		return nil, err
 	}
@@ -106,6 +116,11 @@ func (s *Service) verify(user, clientID, action, factor, code string) (*op, erro
 		rec, ok, err := s.verifyTx(tx, o, factor, code)
 		if err != nil || !ok {
 			return err
+		}
+		if elevate {
+			if err := s.elevateTx(tx, user, clientID, o.now); err != nil {
+				return err
+			}
 		}
 		return putTOTP(tx, user, rec)
 	})
@@ -320,7 +335,9 @@ func (s *Service) Confirm(user, clientID, code string) (recoveryCodes []string, 
 	if o.refusal != nil {
 		return nil, o.refusal
 	}
-	s.endUserSessions(user)
+	if err := s.endUserSessions(user); err != nil {
+		return nil, err
+	}
 	return codes, nil
 }
 
@@ -363,8 +380,7 @@ func (s *Service) Disable(user, clientID, proof string) error {
 	if o.refusal != nil {
 		return o.refusal
 	}
-	s.endUserSessions(user)
-	return nil
+	return s.endUserSessions(user)
 }
 
 // Reset removes the user's enrollment without proof: for an administrator helping a user who
@@ -394,8 +410,7 @@ func (s *Service) Reset(user, actor string) error {
 	if o.refusal != nil {
 		return o.refusal
 	}
-	s.endUserSessions(user)
-	return nil
+	return s.endUserSessions(user)
 }
 
 // Status is what the user's 2FA looks like now, for the HTTP API and the admin.

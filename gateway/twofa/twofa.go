@@ -77,14 +77,11 @@ type Service struct {
 	audit   Auditor
 	txAudit TxAuditor // non-nil when audit is one
 
-	// Step-up elevations live in memory: they belong to app sessions, which do not survive a
-	// gateway restart either (the app reconnects and presents a code again).
+	// Step-up elevations live in the store (bucketStepUp), so that every gateway replica
+	// sharing it sees them; lastSweep is when this replica last deleted expired ones.
 	mu        sync.Mutex
-	stepUp    map[session]time.Time // expiry of the elevation
 	lastSweep time.Time
 }
-
-type session struct{ user, clientID string }
 
 // New opens the 2FA state in kvs (the gateway store's, see store.Store.KV), with key (32 bytes, see
 // LoadOrCreateKey and ParseKey) sealing the TOTP secrets, on clk (nil: the real clock);
@@ -109,7 +106,6 @@ func New(kvs kv.Store, key []byte, policy Policy, clk clock.Clock, audit Auditor
 		actions: make(map[string]bool, len(policy.Actions)),
 		clock:   clock.Or(clk),
 		audit:   audit,
-		stepUp:  make(map[session]time.Time),
 	}
 	s.txAudit, _ = audit.(TxAuditor)
 	for _, a := range policy.Actions {

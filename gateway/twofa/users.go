@@ -5,8 +5,9 @@ import (
 )
 
 // EndUserSessions ends every step-up elevation of user: the gateway calls it when the user's
-// tokens are ended (password changed, account disabled or deleted).
-func (s *Service) EndUserSessions(user string) { s.endUserSessions(user) }
+// tokens are ended (password changed, account disabled or deleted). Should the store fail,
+// the elevations end with their StepUpTTL.
+func (s *Service) EndUserSessions(user string) { _ = s.endUserSessions(user) }
 
 // RemoveUserTx deletes user's enrollment and lockout inside tx, the transaction that deletes
 // the user, so that a user created later under the same name starts with neither. Call

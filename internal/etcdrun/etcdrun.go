@@ -65,6 +65,8 @@ type Cluster struct {
 	mode    string
 	members []member
 	clients []string
+	opts    Options
+	plan    []memberPlan
 }
 
 // member is one running etcd member.
@@ -107,11 +109,11 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 			mode = ModeBinary
 		}
 	}
-	c := &Cluster{mode: mode}
 	plan, err := planMembers(o)
 	if err != nil {
 		return nil, err
 	}
+	c := &Cluster{mode: mode, opts: o, plan: plan}
 	for _, p := range plan {
 		c.clients = append(c.clients, p.client.String())
 	}
@@ -161,21 +163,35 @@ func planMembers(o Options) ([]memberPlan, error) {
 func (c *Cluster) startEmbedded(o Options, plan []memberPlan) error {
 	var started []*embed.Etcd
 	for _, p := range plan {
-		cfg := embed.NewConfig()
-		cfg.Name, cfg.Dir = p.name, p.dir
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{p.peer}, []url.URL{p.peer}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{p.client}, []url.URL{p.client}
-		cfg.InitialCluster = p.initial
-		cfg.InitialClusterToken = "etcdrun"
-		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-		cfg.UnsafeNoFsync = o.NoFsync
-		e, err := embed.StartEtcd(cfg)
+		e, err := startEmbeddedMember(o, p)
 		if err != nil {
-			return fmt.Errorf("start embedded etcd %s: %w", p.name, err)
+			return err
 		}
 		c.members = append(c.members, embedded{e})
 		started = append(started, e)
 	}
+	return waitEmbedded(o, started)
+}
+
+// startEmbeddedMember starts member p in this process (on its data, if it has any).
+func startEmbeddedMember(o Options, p memberPlan) (*embed.Etcd, error) {
+	cfg := embed.NewConfig()
+	cfg.Name, cfg.Dir = p.name, p.dir
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{p.peer}, []url.URL{p.peer}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{p.client}, []url.URL{p.client}
+	cfg.InitialCluster = p.initial
+	cfg.InitialClusterToken = "etcdrun"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.UnsafeNoFsync = o.NoFsync
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd %s: %w", p.name, err)
+	}
+	return e, nil
+}
+
+// waitEmbedded waits until every member in started serves clients.
+func waitEmbedded(o Options, started []*embed.Etcd) error {
 	deadline := time.After(o.ReadyTimeout)
 	for _, e := range started {
 		select {
@@ -327,6 +343,26 @@ func (c *Cluster) StopMember(i int) error {
 	err := c.members[i].stop()
 	c.members[i] = nil
 	return err
+}
+
+// RestartMember starts stopped member i again on its data and its addresses and waits until
+// it serves clients; a running member is left alone. Embedded members only.
+func (c *Cluster) RestartMember(i int) error {
+	if i < 0 || i >= len(c.members) {
+		return fmt.Errorf("etcdrun: no member %d", i)
+	}
+	if c.members[i] != nil {
+		return nil
+	}
+	if c.mode != ModeEmbedded {
+		return fmt.Errorf("etcdrun: restarting a member is supported for embedded members only, not %s", c.mode)
+	}
+	e, err := startEmbeddedMember(c.opts, c.plan[i])
+	if err != nil {
+		return err
+	}
+	c.members[i] = embedded{e}
+	return waitEmbedded(c.opts, []*embed.Etcd{e})
 }
 
 // Close stops every member; it is idempotent.

@@ -42,5 +42,14 @@ func (c *Cluster) Endpoints() []string { return c.run.Endpoints() }
 // stops); the others keep running. Stopping an already stopped member does nothing.
 func (c *Cluster) StopMember(i int) { _ = c.run.StopMember(i) }
 
+// RestartMember starts stopped member i again on its data and its addresses, and waits until
+// it serves clients; a running member is left alone.
+func (c *Cluster) RestartMember(t testing.TB, i int) {
+	t.Helper()
+	if err := c.run.RestartMember(i); err != nil {
+		t.Fatalf("restart embedded etcd member %d: %v", i, err)
+	}
+}
+
 // Close stops every member; it is idempotent.
 func (c *Cluster) Close() { _ = c.run.Close() }
