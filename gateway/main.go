@@ -49,7 +49,9 @@ Every flag can also be set by the environment variable shown beside it. Exit sta
 	cmdline.PrefixEnv(drillCmd, "GATEWAY_DRILL")
 	cmdline.PrefixEnv(probeCmd, "GATEWAY_PROBE")
 	cmdline.PrefixEnv(storeCmd, "GATEWAY_MIGRATE")
-	root.AddCommand(server.ServeCommand(environ), admin.Command(), demoCmd, drillCmd, probeCmd, rotateKeyCommand(), storeCmd)
+	secretsCmd := initSecretsCommand()
+	cmdline.PrefixEnv(secretsCmd, "GATEWAY_SECRETS")
+	root.AddCommand(server.ServeCommand(environ), admin.Command(), demoCmd, drillCmd, probeCmd, rotateKeyCommand(), storeCmd, secretsCmd)
 	return root
 }
 
