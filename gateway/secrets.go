@@ -31,6 +31,11 @@ admin.token (or --admin-token-file), each 0600, and gateway.pub (the public half
 there and in --public-dir. A file that is already there is kept, so running it again changes
 nothing; a secret file that group or others may read is refused.
 
+Rotating the signing key of a cluster: with every replica stopped, rename gateway.key to
+gateway.prev.key in --dir and run this again: it makes the new gateway.key and writes
+gateway.prev.pub beside gateway.pub, so the broker trusts both. Once the previous key is
+removed, a run removes gateway.prev.pub.
+
 Each replica then gets gateway.key in its data directory (copied), and totp.key and admin.token
 through twofa_key_file and admin_token_file (docs/OPERATIONS.md, "Running a cluster").`,
 		Example: `  gateway init-secrets --dir /srv/gateway-secrets --public-dir /srv/broker-public`,
@@ -96,6 +101,22 @@ func initSecrets(dir, publicDir, tokPath string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// During a rotation (gateway.prev.key beside the new key) the broker trusts both keys:
+	// gateway.prev.pub is written too, and removed once the previous key is gone.
+	var prevPub []byte
+	prevPath := filepath.Join(dir, server.PrevSigningKeyFile)
+	if err := checkSecret(prevPath); err != nil {
+		return err
+	}
+	if _, err := os.Stat(prevPath); err == nil {
+		prev, _, err := sign.LoadOrCreate(prevPath)
+		if err != nil {
+			return err
+		}
+		if prevPub, err = sign.PublicPEM(prev.Public()); err != nil {
+			return err
+		}
+	}
 	for _, d := range []string{dir, publicDir} {
 		if d == "" {
 			continue
@@ -104,6 +125,17 @@ func initSecrets(dir, publicDir, tokPath string, out io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "wrote %s\n", filepath.Join(d, server.PublicKeyFile))
+		prevPubPath := filepath.Join(d, server.PrevPublicKeyFile)
+		if prevPub == nil {
+			if err := os.Remove(prevPubPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if err := sign.WriteFileAtomic(prevPubPath, prevPub, 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "wrote %s\n", prevPubPath)
 	}
 	return nil
 }

@@ -43,6 +43,29 @@ func TestInitSecrets(t *testing.T) {
 			t.Errorf("second run changed %s", name)
 		}
 	}
+	// A rotation: the previous key's public half is written beside the new one, then removed
+	// with the previous key.
+	if err := os.Rename(filepath.Join(dir, "gateway.key"), filepath.Join(dir, "gateway.prev.key")); err != nil {
+		t.Fatal(err)
+	}
+	if out, errs, code := run(t, nil, nil, "init-secrets", "--dir", dir, "--public-dir", pub); code != 0 || !strings.Contains(out, "made "+filepath.Join(dir, "gateway.key")) {
+		t.Fatalf("rotation: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if prev, err := os.ReadFile(filepath.Join(pub, "gateway.prev.pub")); err != nil || string(prev) != string(a) {
+		t.Fatalf("rotation: gateway.prev.pub %q, %v; want the old public key", prev, err)
+	}
+	if now, _ := os.ReadFile(filepath.Join(pub, "gateway.pub")); string(now) == string(a) {
+		t.Fatal("rotation: gateway.pub is still the old key")
+	}
+	if err := os.Remove(filepath.Join(dir, "gateway.prev.key")); err != nil {
+		t.Fatal(err)
+	}
+	if _, errs, code := run(t, nil, nil, "init-secrets", "--dir", dir, "--public-dir", pub); code != 0 {
+		t.Fatalf("end of rotation: exit %d, stderr %q", code, errs)
+	}
+	if _, err := os.Stat(filepath.Join(pub, "gateway.prev.pub")); !os.IsNotExist(err) {
+		t.Fatalf("end of rotation: gateway.prev.pub still there (%v)", err)
+	}
 	if err := os.Chmod(filepath.Join(dir, "totp.key"), 0o644); err != nil {
 		t.Fatal(err)
 	}
