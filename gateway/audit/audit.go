@@ -1,16 +1,17 @@
-// Package audit is the gateway's append-only decision log, kept in the gateway's bbolt file.
+// Package audit is the gateway's append-only decision log, kept in the gateway's store
+// (gateway/kv: its bbolt file, or etcd), keyed by an 8-byte big-endian sequence number.
 // Every command decision, every result and every security event is one record, written before
 // the gateway acts on it. Records never hold secrets, tokens or TOTP codes.
 package audit
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"slices"
-	"sync"
+	"sync/atomic"
 
-	bolt "go.etcd.io/bbolt"
+	"telematics/gateway/kv"
 )
 
 var bucketAudit = []byte("audit")
@@ -47,71 +48,48 @@ var Kinds = []string{KindCommand, KindResult, KindAdmin, KindLogin, KindTwoFacto
 
 // Log appends to and reads the audit bucket.
 type Log struct {
-	db    *bolt.DB
-	write func(func(*bolt.Tx) error) error
+	kv       kv.Store
+	observer atomic.Pointer[func(Event)]
 }
 
-// OpenWith is Open with the writer durable appends go through (the gateway's group committer).
-func OpenWith(db *bolt.DB, write func(func(*bolt.Tx) error) error) (*Log, error) {
-	l, err := Open(db)
-	if err != nil {
-		return nil, err
-	}
-	l.write = write
-	return l, nil
-}
+// Open serves the audit log kept in kvs (the gateway store's, see store.Store.KV).
+func Open(kvs kv.Store) (*Log, error) { return &Log{kv: kvs}, nil }
 
-// Open makes sure the bucket exists; appends use db.Batch.
-func Open(db *bolt.DB) (*Log, error) {
-	err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketAudit)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create audit bucket: %w", err)
-	}
-	return &Log{db: db, write: db.Batch}, nil
-}
-
-// Append writes events durably; concurrent callers share a commit.
+// Append writes events durably in a transaction of their own; concurrent callers share a
+// commit on bbolt.
 func (l *Log) Append(events ...Event) error {
-	return l.write(func(tx *bolt.Tx) error { return AppendTx(tx, events...) })
+	return l.kv.Update(context.Background(), func(tx kv.Tx) error { return l.AppendTx(tx, events...) })
 }
 
-// observers holds each database's observer (see Log.Observe): AppendTx is called with the
-// caller's transaction, not with a Log.
-var observers sync.Map // *bolt.DB -> func(Event)
-
-// Observe calls fn with every event appended to l's database (through Append or AppendTx),
-// once the transaction that holds it has committed: an event of a transaction that failed or
-// was retried is seen once, or not at all. fn runs on the committing goroutine and must be
-// quick (the gateway's metrics count events with it). nil removes the observer.
+// Observe calls fn with every event appended to l (through Append or AppendTx), once the
+// transaction that holds it has committed: an event of a transaction that failed or was
+// retried is seen once, or not at all. fn runs on the committing goroutine and must be quick
+// (the gateway's metrics count events with it). nil removes the observer.
 func (l *Log) Observe(fn func(Event)) {
 	if fn == nil {
-		observers.Delete(l.db)
+		l.observer.Store(nil)
 		return
 	}
-	observers.Store(l.db, fn)
+	l.observer.Store(&fn)
 }
 
 // AppendTx writes events inside the caller's transaction, so a decision and its side effects
 // commit together. Each event is bounded first (MaxFieldBytes, MaxDetailBytes,
 // MaxRecordBytes): a field that is too long is stored cut, with a marker.
-func AppendTx(tx *bolt.Tx, events ...Event) error {
-	if fn, ok := observers.Load(tx.DB()); ok {
+func (l *Log) AppendTx(tx kv.Tx, events ...Event) error {
+	if fn := l.observer.Load(); fn != nil {
 		seen := slices.Clone(events)
 		for i := range seen {
 			seen[i] = bounded(seen[i])
 		}
 		tx.OnCommit(func() {
 			for _, e := range seen {
-				fn.(func(Event))(e)
+				(*fn)(e)
 			}
 		})
 	}
-	b := tx.Bucket(bucketAudit)
 	for _, e := range events {
-		seq, err := b.NextSequence()
+		seq, err := tx.NextSequence(bucketAudit)
 		if err != nil {
 			return err
 		}
@@ -120,11 +98,27 @@ func AppendTx(tx *bolt.Tx, events ...Event) error {
 		if err != nil {
 			return err
 		}
-		if err := b.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
+		if err := tx.Put(bucketAudit, seqKey(seq), v); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// firstSeq returns the sequence number of the oldest record (0: the log is empty). Records are
+// keyed by their sequence and only ever deleted from the front, so the keys from the first to
+// the bucket's sequence are contiguous.
+func firstSeq(tx kv.Tx) (uint64, error) {
+	var first uint64
+	err := tx.Scan(bucketAudit, nil, nil, func(k, _ []byte) error {
+		if len(k) == 8 {
+			first = binary.BigEndian.Uint64(k)
+		}
+		return kv.Stop
+	})
+	return first, err
 }
 
 // Filter selects records; empty fields match everything.
@@ -139,23 +133,55 @@ type Filter struct {
 	UntilMs int64
 }
 
+// queryWindow is how many sequence numbers Query reads per step back: kv has no reverse
+// cursor (etcd would read a whole descending range at once), so Query walks back from the
+// newest record in ascending windows.
+const queryWindow = 256
+
 // Query returns the newest records matching f, newest first.
 func (l *Log) Query(f Filter) ([]Event, error) {
 	if f.Limit <= 0 {
 		f.Limit = 100
 	}
 	var out []Event
-	err := l.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.Last(); k != nil && len(out) < f.Limit; k, v = c.Prev() {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
+	err := l.kv.View(context.Background(), func(tx kv.Tx) error {
+		first, err := firstSeq(tx)
+		if err != nil || first == 0 {
+			return err
+		}
+		hi, err := tx.Sequence(bucketAudit)
+		if err != nil {
+			return err
+		}
+		var window []Event
+		for hi >= first && len(out) < f.Limit {
+			lo := first
+			if hi-first >= queryWindow {
+				lo = hi - queryWindow + 1
+			}
+			window = window[:0]
+			err := tx.Scan(bucketAudit, nil, seqKey(lo), func(k, v []byte) error {
+				if len(k) != 8 || binary.BigEndian.Uint64(k) > hi {
+					return kv.Stop
+				}
+				var e Event
+				if err := json.Unmarshal(v, &e); err != nil {
+					return err
+				}
+				window = append(window, e)
+				return nil
+			})
+			if err != nil {
 				return err
 			}
-			if (f.VIN == "" || e.VIN == f.VIN) && (f.User == "" || e.User == f.User) && (f.Kind == "" || e.Kind == f.Kind) &&
-				(f.SinceMs == 0 || e.TsMs >= f.SinceMs) && (f.UntilMs == 0 || e.TsMs < f.UntilMs) {
-				out = append(out, e)
+			for i := len(window) - 1; i >= 0 && len(out) < f.Limit; i-- {
+				e := window[i]
+				if (f.VIN == "" || e.VIN == f.VIN) && (f.User == "" || e.User == f.User) && (f.Kind == "" || e.Kind == f.Kind) &&
+					(f.SinceMs == 0 || e.TsMs >= f.SinceMs) && (f.UntilMs == 0 || e.TsMs < f.UntilMs) {
+					out = append(out, e)
+				}
 			}
+			hi = lo - 1
 		}
 		return nil
 	})
@@ -165,9 +191,16 @@ func (l *Log) Query(f Filter) ([]Event, error) {
 // Count returns how many records the log holds.
 func (l *Log) Count() (int, error) {
 	var n int
-	err := l.db.View(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketAudit).Stats().KeyN
-		return nil
+	err := l.kv.View(context.Background(), func(tx kv.Tx) error {
+		first, err := firstSeq(tx)
+		if err != nil || first == 0 {
+			return err
+		}
+		last, err := tx.Sequence(bucketAudit)
+		if last >= first {
+			n = int(last-first) + 1
+		}
+		return err
 	})
 	return n, err
 }

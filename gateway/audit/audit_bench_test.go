@@ -4,27 +4,20 @@ import (
 	"path/filepath"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
 	"telematics/gateway/store"
 )
 
-// openBenchLog opens the audit log in a real gateway store (bbolt, fsync on commit) in
-// b.TempDir(): with group commit as the gateway opens it (store.Write), or with db.Batch (the
-// store's 2 ms batch delay), as audit.Open alone does.
-func openBenchLog(b *testing.B, groupCommit bool) *audit.Log {
+// openBenchLog opens the audit log in a real gateway store (bbolt, fsync on commit, group
+// commit) in b.TempDir(), as the gateway opens it.
+func openBenchLog(b *testing.B) *audit.Log {
 	b.Helper()
 	st, err := store.Open(filepath.Join(b.TempDir(), "gateway.db"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = st.Close() })
-	open := audit.Open
-	if groupCommit {
-		open = func(db *bolt.DB) (*audit.Log, error) { return audit.OpenWith(db, st.Write) }
-	}
-	l, err := open(st.DB())
+	l, err := audit.Open(st.KV())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -36,16 +29,12 @@ var benchEvent = audit.Event{TsMs: 1_700_000_000_000, Kind: audit.KindCommand, U
 	Action: "unlock", Outcome: "accepted"}
 
 // BenchmarkAppend is one durable audit record, as every command decision writes one:
-// "sequential" is a lone writer (each Append waits for its own fsync, and with db.Batch for the
-// batch delay too); "parallel" has 64 concurrent writers sharing commits, which is how a busy
-// gateway writes.
+// "sequential" is a lone writer (each Append waits for its own fsync); "parallel" has 64
+// concurrent writers sharing commits, which is how a busy gateway writes.
 func BenchmarkAppend(b *testing.B) {
-	for _, w := range []struct {
-		name        string
-		groupCommit bool
-	}{{"group-commit", true}, {"db.Batch", false}} {
+	for _, w := range []struct{ name string }{{"group-commit"}} {
 		b.Run(w.name+"/sequential", func(b *testing.B) {
-			l := openBenchLog(b, w.groupCommit)
+			l := openBenchLog(b)
 			b.ReportAllocs()
 			for b.Loop() {
 				if err := l.Append(benchEvent); err != nil {
@@ -54,7 +43,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 		})
 		b.Run(w.name+"/parallel", func(b *testing.B) {
-			l := openBenchLog(b, w.groupCommit)
+			l := openBenchLog(b)
 			b.ReportAllocs()
 			b.SetParallelism(32)
 			b.RunParallel(func(pb *testing.PB) {

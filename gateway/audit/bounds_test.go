@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"telematics/gateway/kv/boltkv"
 )
 
 func openLog(t *testing.T) (*Log, *bolt.DB) {
@@ -18,7 +20,9 @@ func openLog(t *testing.T) (*Log, *bolt.DB) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	l, err := Open(db)
+	kvs := boltkv.New(db)
+	t.Cleanup(func() { kvs.Close() })
+	l, err := Open(kvs)
 	if err != nil {
 		t.Fatal(err)
 	}

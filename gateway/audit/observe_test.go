@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+
+	"telematics/gateway/kv"
+	"telematics/gateway/kv/boltkv"
 )
 
 // The observer sees an event once its transaction commits, and never an event of a
@@ -17,7 +20,9 @@ func TestObserveSeesCommittedEventsOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	l, err := Open(db)
+	kvs := boltkv.New(db)
+	defer kvs.Close()
+	l, err := Open(kvs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,16 +31,16 @@ func TestObserveSeesCommittedEventsOnly(t *testing.T) {
 	defer l.Observe(nil)
 
 	failed := errors.New("a later write in the transaction failed")
-	if err := db.Update(func(tx *bolt.Tx) error {
-		if err := AppendTx(tx, Event{Kind: KindCommand, Outcome: "rolled_back"}); err != nil {
+	if err := kvs.Update(t.Context(), func(tx kv.Tx) error {
+		if err := l.AppendTx(tx, Event{Kind: KindCommand, Outcome: "rolled_back"}); err != nil {
 			return err
 		}
 		return failed
 	}); !errors.Is(err, failed) {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		return AppendTx(tx, Event{Kind: KindCommand, Outcome: "accepted"}, Event{Kind: KindResult, Outcome: "executed"})
+	if err := kvs.Update(t.Context(), func(tx kv.Tx) error {
+		return l.AppendTx(tx, Event{Kind: KindCommand, Outcome: "accepted"}, Event{Kind: KindResult, Outcome: "executed"})
 	}); err != nil {
 		t.Fatal(err)
 	}

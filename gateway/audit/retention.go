@@ -1,8 +1,8 @@
 package audit
 
 import (
+	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	"telematics/pkg/clock"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"telematics/gateway/kv"
 )
 
 // Retention bounds how much of the past the log keeps. The yaml tags are the keys under the
@@ -48,8 +48,10 @@ func (r Retention) Validate() error {
 }
 
 // pruneBatch bounds the records one sweep transaction deletes, so a sweep that has much to do
-// (the first one after the bounds were lowered) never holds the writer for long.
-const pruneBatch = 1000
+// (the first one after the bounds were lowered) never holds the writer for long, and one
+// transaction stays within what etcd carries (--max-txn-ops, 128 by default: each record
+// deleted is one compare and one delete).
+const pruneBatch = 100
 
 // Prune deletes the oldest records until the log meets r at now: first those beyond
 // MaxRecords, then, in sequence order, those older than MaxAge (it stops at the first record
@@ -63,43 +65,52 @@ func (l *Log) Prune(ctx context.Context, r Retention, now time.Time) (int, error
 	total := 0
 	for ctx.Err() == nil {
 		var n int
-		err := l.write(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucketAudit)
-			c := b.Cursor()
-			first, _ := c.First()
-			last, _ := c.Last()
-			if first == nil {
-				return nil
+		err := l.kv.Update(ctx, func(tx kv.Tx) error {
+			n = 0 // Update may run this function again: set, not added to
+			first, err := firstSeq(tx)
+			if err != nil || first == 0 {
+				return err
+			}
+			last, err := tx.Sequence(bucketAudit)
+			if err != nil {
+				return err
 			}
 			// Records are keyed by their sequence and only ever deleted from the front: the
 			// keys from first to last are contiguous.
-			count := int64(binary.BigEndian.Uint64(last)-binary.BigEndian.Uint64(first)) + 1
+			count := int64(last-first) + 1
 			excess := int64(0)
 			if r.MaxRecords > 0 && count > int64(r.MaxRecords) {
 				excess = count - int64(r.MaxRecords)
 			}
-			// Collected first, deleted after: deleting under a moving cursor can skip keys.
+			// Collected first, deleted after: a Scan callback must not write.
 			var dead [][]byte
-			for k, v := c.First(); k != nil && len(dead) < pruneBatch; k, v = c.Next() {
+			err = tx.Scan(bucketAudit, nil, nil, func(k, v []byte) error {
+				if len(dead) >= pruneBatch {
+					return kv.Stop
+				}
 				if int64(len(dead)) >= excess {
 					if cutoffMs == 0 {
-						break
+						return kv.Stop
 					}
 					var e struct {
 						TsMs int64 `json:"ts"`
 					}
 					if err := json.Unmarshal(v, &e); err == nil && e.TsMs >= cutoffMs {
-						break
+						return kv.Stop
 					}
 				}
-				dead = append(dead, append([]byte(nil), k...))
+				dead = append(dead, bytes.Clone(k))
+				return nil
+			})
+			if err != nil {
+				return err
 			}
 			for _, k := range dead {
-				if err := b.Delete(k); err != nil {
+				if err := tx.Delete(bucketAudit, k); err != nil {
 					return err
 				}
 			}
-			n = len(dead) // the writer may run this function twice: set, not added
+			n = len(dead)
 			return nil
 		})
 		if err != nil {

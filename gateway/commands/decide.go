@@ -6,9 +6,8 @@ import (
 	"errors"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
 	"telematics/pkg/whitelist"
@@ -213,11 +212,11 @@ func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64) error 
 	// Ids are remembered past their command's expiry by the car's replay horizon, so no
 	// replay of a still-valid command can pass.
 	until := untilMs + protocol.MaxCommandAheadMs
-	return r.store.Write(func(tx *bolt.Tx) error {
+	return r.store.Update(context.Background(), func(tx kv.Tx) error {
 		if err := store.PutCommandID(tx, id, until); err != nil {
 			return err
 		}
-		return audit.AppendTx(tx, ev)
+		return r.audit.AppendTx(tx, ev)
 	})
 }
 

@@ -49,7 +49,7 @@ func FuzzAppRequest(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer st.Close()
-	lg, _ := audit.Open(st.DB())
+	lg, _ := audit.Open(st.KV())
 	gw, _ := sign.Generate()
 	bus := &replies{}
 	r, err := New(DefaultConfig(), st, lg, bus, noKeys{gw}, nil, nil, slog.New(slog.DiscardHandler))

@@ -29,7 +29,7 @@ func TestSubmitWhileClosing(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { st.Close() })
-			lg, err := audit.Open(st.DB())
+			lg, err := audit.Open(st.KV())
 			if err != nil {
 				t.Fatal(err)
 			}

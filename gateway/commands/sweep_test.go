@@ -22,7 +22,7 @@ func TestExpirySweepRunsByItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	lg, err := audit.Open(st.DB())
+	lg, err := audit.Open(st.KV())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ func newTwinRouter(t testing.TB) *Router {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	log, err := audit.Open(st.DB())
+	log, err := audit.Open(st.KV())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func newFixture(t *testing.T, configure func(*API, *twofa.Policy)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	al, err := audit.OpenWith(st.DB(), st.Write)
+	al, err := audit.Open(st.KV())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,12 +123,11 @@ func newFixture(t *testing.T, configure func(*API, *twofa.Policy)) *fixture {
 		configure(a, &policy)
 	}
 	key := bytes.Repeat([]byte{7}, twofa.KeySize)
-	svc, err := twofa.New(st.DB(), key, policy, now, twofa.AuditLog{Log: al})
+	svc, err := twofa.New(st.KV(), key, policy, now, twofa.AuditLog{Log: al})
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc.SetWriter(st.Write)
-	ks, err := keys.New(st, ring{f.signer}, bus, svc, now, log)
+	ks, err := keys.New(st, al, ring{f.signer}, bus, svc, now, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,10 +6,9 @@ import (
 	"net/http"
 	"sort"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/accounts"
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
 	"telematics/pkg/api"
@@ -122,8 +121,8 @@ func (a *API) userRoutes(mux *http.ServeMux, svc *twofa.Service, verifier *token
 			}
 		}
 		err := a.Store.DeleteUser(name,
-			func(tx *bolt.Tx) error { return svc.RemoveUserTx(tx, name) },
-			func(tx *bolt.Tx) error { return audit.AppendTx(tx, ev) })
+			func(tx kv.Tx) error { return svc.RemoveUserTx(tx, name) },
+			func(tx kv.Tx) error { return a.Audit.AppendTx(tx, ev) })
 		if errors.Is(err, store.ErrHasVehicles) {
 			Error(w, http.StatusConflict, protocol.ReasonForbidden,
 				fmt.Sprintf("%v; remove the user from these cars first (gateway admin vehicle unassign VIN USER), or delete with --from-cars", err))

@@ -4,9 +4,8 @@ import (
 	"context"
 	"encoding/json"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -28,11 +27,12 @@ func (s *Service) OnAck(m mqttc.Message) {
 	rotating, curKID := s.ring.Previous() != nil, s.ring.Current().KID()
 	// Read-modify-write inside one transaction: a key change may have stored a newer version
 	// since, and must not be rolled back by a stale copy.
-	err := s.st.Write(func(tx *bolt.Tx) error {
+	err := s.st.Update(context.Background(), func(tx kv.Tx) error {
 		updated, adopted, retired = false, false, ""
-		b := tx.Bucket(bucketWhitelists).Get([]byte(vin))
-		if b == nil {
-			return nil
+		r = record{} // a second run decodes afresh
+		b, err := tx.Get(bucketWhitelists, []byte(vin))
+		if err != nil || b == nil {
+			return err
 		}
 		if err := json.Unmarshal(b, &r); err != nil {
 			return err
@@ -61,7 +61,7 @@ func (s *Service) OnAck(m mqttc.Message) {
 			return err
 		}
 		updated = true
-		return tx.Bucket(bucketWhitelists).Put([]byte(vin), nb)
+		return tx.Put(bucketWhitelists, []byte(vin), nb)
 	})
 	if err != nil {
 		s.log.Error("store whitelist ack", "vin", vin, "err", err)
@@ -86,7 +86,7 @@ func (s *Service) OnAck(m mqttc.Message) {
 		// The car trusts the new key now: move it onto a whitelist signed by that key.
 		// Done here, not on a goroutine of its own: no goroutine without an owner. Rotations
 		// are rare, and an inline publish from a handler does not block.
-		_, err := s.change(context.Background(), vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		_, err := s.change(context.Background(), vin, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_adopted"}, nil
 		})
 		if err != nil {

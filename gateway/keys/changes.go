@@ -7,9 +7,8 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
@@ -51,9 +50,10 @@ func (s *Service) Pair(ctx context.Context, user, session, vin, pubB64, label, c
 	}
 	id := sign.KeyID(pub)
 	var out protocol.WhitelistKey
-	_, err = s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
-		kb := tx.Bucket(bucketKeys)
-		if kb.Get(keyOf(vin, id)) != nil {
+	_, err = s.change(ctx, vin, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
+		if old, err := tx.Get(bucketKeys, keyOf(vin, id)); err != nil {
+			return audit.Event{}, err
+		} else if old != nil {
 			return audit.Event{}, protocol.Refuse(protocol.ReasonDuplicate, "this phone key is already paired with %s", vin)
 		}
 		// The role again, under the car's lock: an owner or the admin may have removed the
@@ -68,7 +68,9 @@ func (s *Service) Pair(ctx context.Context, user, session, vin, pubB64, label, c
 		}
 		k := protocol.WhitelistKey{ID: id, Pub: pubB64, User: user, Role: role, NotBeforeMs: nowMs,
 			Channels: []string{protocol.ChannelCloud, protocol.ChannelLocal}, Label: label}
-		if b := tx.Bucket(bucketShares).Get(keyOf(vin, user)); b != nil {
+		if b, err := tx.Get(bucketShares, keyOf(vin, user)); err != nil {
+			return audit.Event{}, err
+		} else if b != nil {
 			var sh Share
 			if err := json.Unmarshal(b, &sh); err != nil {
 				return audit.Event{}, err
@@ -85,7 +87,7 @@ func (s *Service) Pair(ctx context.Context, user, session, vin, pubB64, label, c
 		}
 		out = k
 		return audit.Event{Kind: audit.KindKeys, User: user, ClientID: session, VIN: vin, Outcome: "paired",
-			Detail: fmt.Sprintf("key=%s role=%s", k.ID, k.Role)}, kb.Put(keyOf(vin, k.ID), b)
+			Detail: fmt.Sprintf("key=%s role=%s", k.ID, k.Role)}, tx.Put(bucketKeys, keyOf(vin, k.ID), b)
 	})
 	return out, err
 }
@@ -143,7 +145,7 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 	// One transaction, under the car's lock: the role, the share, the user's keys already
 	// paired with the car (a share changed later, a downgrade included, reaches them and the
 	// car with the new whitelist version) and the audit record.
-	_, err = s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	_, err = s.change(ctx, r.VIN, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 		sh.CreatedMs = nowMs
 		// The roles again, under the car's lock: the admin may have changed them since.
 		v, err := store.GetVehicleTx(tx, r.VIN)
@@ -163,7 +165,7 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 		if err != nil {
 			return audit.Event{}, err
 		}
-		if err := tx.Bucket(bucketShares).Put(keyOf(r.VIN, r.User), b); err != nil {
+		if err := tx.Put(bucketShares, keyOf(r.VIN, r.User), b); err != nil {
 			return audit.Event{}, err
 		}
 		updated, err := userKeys(tx, r.VIN, r.User)
@@ -176,7 +178,7 @@ func (s *Service) Share(ctx context.Context, owner, session string, r ShareReque
 			if err != nil {
 				return audit.Event{}, err
 			}
-			if err := tx.Bucket(bucketKeys).Put(keyOf(r.VIN, key.ID), nb); err != nil {
+			if err := tx.Put(bucketKeys, keyOf(r.VIN, key.ID), nb); err != nil {
 				return audit.Event{}, err
 			}
 		}
@@ -276,10 +278,12 @@ func (s *Service) RevokeKey(ctx context.Context, user, session string, r RevokeR
 // user), or by the admin when user is "".
 func (s *Service) revoke(ctx context.Context, user, session string, r RevokeRequest) (Revocation, error) {
 	var out Revocation
-	version, err := s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	version, err := s.change(ctx, r.VIN, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 		out = Revocation{VIN: r.VIN, KeyID: r.KeyID}
-		kb := tx.Bucket(bucketKeys)
-		b := kb.Get(keyOf(r.VIN, r.KeyID))
+		b, err := tx.Get(bucketKeys, keyOf(r.VIN, r.KeyID))
+		if err != nil {
+			return audit.Event{}, err
+		}
 		if b == nil {
 			return audit.Event{}, protocol.Refuse(protocol.ReasonKeyUnknown, "no key %q on %s", r.KeyID, r.VIN)
 		}
@@ -319,7 +323,7 @@ func (s *Service) revoke(ctx context.Context, user, session string, r RevokeRequ
 		if err != nil {
 			return audit.Event{}, err
 		}
-		if err := kb.Put(keyOf(r.VIN, r.KeyID), nb); err != nil {
+		if err := tx.Put(bucketKeys, keyOf(r.VIN, r.KeyID), nb); err != nil {
 			return audit.Event{}, err
 		}
 		if byOwner && stored.User != user && !r.KeepShare {
@@ -340,7 +344,7 @@ func (s *Service) revoke(ctx context.Context, user, session string, r RevokeRequ
 
 // endShareIfNoKeyLeft ends the share and removes the role of user on vin, inside tx, when
 // user is a driver or valet there (not an owner) and holds no unrevoked key of the car.
-func endShareIfNoKeyLeft(tx *bolt.Tx, vin, user string) (bool, error) {
+func endShareIfNoKeyLeft(tx kv.Tx, vin, user string) (bool, error) {
 	v, err := store.GetVehicleTx(tx, vin)
 	if err != nil {
 		return false, err
@@ -357,14 +361,14 @@ func endShareIfNoKeyLeft(tx *bolt.Tx, vin, user string) (bool, error) {
 			return false, nil
 		}
 	}
-	if err := tx.Bucket(bucketShares).Delete(keyOf(vin, user)); err != nil {
+	if err := tx.Delete(bucketShares, keyOf(vin, user)); err != nil {
 		return false, err
 	}
 	return true, store.UnassignTx(tx, vin, user)
 }
 
 // userKeys returns user's keys of vin (revoked ones too), inside tx.
-func userKeys(tx *bolt.Tx, vin, user string) ([]protocol.WhitelistKey, error) {
+func userKeys(tx kv.Tx, vin, user string) ([]protocol.WhitelistKey, error) {
 	keys, err := carKeysTx(tx, vin)
 	if err != nil {
 		return nil, err
@@ -379,7 +383,7 @@ func userKeys(tx *bolt.Tx, vin, user string) ([]protocol.WhitelistKey, error) {
 }
 
 // activeOwnerKeys counts vin's owner keys that are not revoked, but for the key except.
-func activeOwnerKeys(tx *bolt.Tx, vin, except string) (int, error) {
+func activeOwnerKeys(tx kv.Tx, vin, except string) (int, error) {
 	keys, err := carKeysTx(tx, vin)
 	if err != nil {
 		return 0, err

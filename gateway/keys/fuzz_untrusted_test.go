@@ -42,7 +42,7 @@ func (fuzzNoFactor) RequireForKeyChange(user, session, action, code string) erro
 func fuzzRegistry(f *testing.F) (*Service, *audit.Log) {
 	st, lg := storetest.OpenNoSync(f)
 	gk, _ := sign.Generate()
-	svc, err := New(st, fuzzRing{gk}, fuzzBus{}, fuzzNoFactor{}, clocktest.New(time.UnixMilli(1_800_000_000_000)), slog.New(slog.DiscardHandler))
+	svc, err := New(st, lg, fuzzRing{gk}, fuzzBus{}, fuzzNoFactor{}, clocktest.New(time.UnixMilli(1_800_000_000_000)), slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
 	}

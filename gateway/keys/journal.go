@@ -8,9 +8,8 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -32,22 +31,21 @@ func (s *Service) OnEvent(m mqttc.Message) {
 		// A summary the car wrote while its journal was full: every refusal it stands for.
 		detail += fmt.Sprintf(" count=%d first_ts=%d", ev.Count, ev.FirstTsMs)
 	}
-	err := s.st.Write(func(tx *bolt.Tx) error {
+	err := s.st.Update(context.Background(), func(tx kv.Tx) error {
 		// Every filed (vin, seq) is remembered, so a redelivered entry is ignored even when
 		// entries arrive out of order.
-		jb := tx.Bucket(bucketJournal)
 		k := binary.BigEndian.AppendUint64([]byte(vin+"/"), ev.Seq)
-		if jb.Get(k) != nil {
-			return nil
+		if old, err := tx.Get(bucketJournal, k); err != nil || old != nil {
+			return err
 		}
 		nowMs := s.clk.Now().UnixMilli()
-		if err := pruneJournalTx(jb, vin, nowMs-journalMarkerTTL.Milliseconds()); err != nil {
+		if err := pruneJournalTx(tx, vin, nowMs-journalMarkerTTL.Milliseconds()); err != nil {
 			return err
 		}
-		if err := jb.Put(k, binary.BigEndian.AppendUint64(nil, uint64(nowMs))); err != nil {
+		if err := tx.Put(bucketJournal, k, binary.BigEndian.AppendUint64(nil, uint64(nowMs))); err != nil {
 			return err
 		}
-		return audit.AppendTx(tx, audit.Event{TsMs: ev.TsMs, Kind: audit.KindVehicle, User: ev.User, VIN: vin, CmdID: ev.CmdID,
+		return s.audit.AppendTx(tx, audit.Event{TsMs: ev.TsMs, Kind: audit.KindVehicle, User: ev.User, VIN: vin, CmdID: ev.CmdID,
 			Action: string(ev.Action), Outcome: ev.Status, Reason: string(ev.Reason), Detail: detail})
 	})
 	if err != nil {
@@ -82,18 +80,20 @@ const journalPruneBatch = 64
 // pruneJournalTx deletes vin's oldest filing markers made before cutoffMs. Markers are keyed
 // by the car's sequence numbers, which grow with time, so the scan stops at the first newer
 // one. Markers of older builds hold no time and go first.
-func pruneJournalTx(jb *bolt.Bucket, vin string, cutoffMs int64) error {
-	prefix := []byte(vin + "/")
-	c := jb.Cursor()
+func pruneJournalTx(tx kv.Tx, vin string, cutoffMs int64) error {
 	var old [][]byte
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(old) < journalPruneBatch; k, v = c.Next() {
-		if len(v) == 8 && int64(binary.BigEndian.Uint64(v)) >= cutoffMs {
-			break
+	err := tx.Scan(bucketJournal, []byte(vin+"/"), nil, func(k, v []byte) error {
+		if len(old) >= journalPruneBatch || len(v) == 8 && int64(binary.BigEndian.Uint64(v)) >= cutoffMs {
+			return kv.Stop
 		}
 		old = append(old, bytes.Clone(k))
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	for _, k := range old {
-		if err := jb.Delete(k); err != nil {
+	for _, k := range old { // not while the scan walks the bucket
+		if err := tx.Delete(bucketJournal, k); err != nil {
 			return err
 		}
 	}

@@ -1,13 +1,13 @@
 package keys
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -19,7 +19,7 @@ func TestVehicleEventsFiledOnce(t *testing.T) {
 	m := mqttc.Message{Topic: "v/" + vin + "/events", Payload: b}
 	f.svc.OnEvent(m)
 	f.svc.OnEvent(m) // redelivered
-	lg, _ := audit.Open(f.st.DB())
+	lg, _ := audit.Open(f.st.KV())
 	evs, _ := lg.Query(audit.Filter{Kind: audit.KindVehicle})
 	if len(evs) != 1 || evs[0].CmdID != "c1" || evs[0].Outcome != "executed" {
 		t.Fatalf("vehicle events in audit: %+v", evs)
@@ -45,8 +45,8 @@ func TestJournalMarkersDoNotGrowForever(t *testing.T) {
 	}
 	markers := func() int {
 		n := 0
-		_ = f.st.DB().View(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketJournal).ForEach(func(_, _ []byte) error { n++; return nil })
+		_ = f.st.View(context.Background(), func(tx kv.Tx) error {
+			return tx.Scan(bucketJournal, nil, nil, func(_, _ []byte) error { n++; return nil })
 		})
 		return n
 	}
@@ -63,7 +63,7 @@ func TestJournalMarkersDoNotGrowForever(t *testing.T) {
 	if n, most := markers(), (int(journalMarkerTTL/(24*time.Hour))+1)*perDay+journalPruneBatch; n > most {
 		t.Fatalf("%d journal markers after 30 days of %d entries a day, want at most %d", n, perDay, most)
 	}
-	lg, _ := audit.Open(f.st.DB())
+	lg, _ := audit.Open(f.st.KV())
 	before, _ := lg.Count()
 	file(seq) // a redelivery of the newest entry is still recognised
 	if after, _ := lg.Count(); after != before {
@@ -77,7 +77,7 @@ func TestVehicleEventsOutOfOrder(t *testing.T) {
 		b, _ := json.Marshal(protocol.VehicleEvent{V: 1, VIN: vin, Seq: seq, Kind: protocol.EventLocalCommand, Status: "executed", TsMs: 1})
 		f.svc.OnEvent(mqttc.Message{Topic: "v/" + vin + "/events", Payload: b})
 	}
-	lg, _ := audit.Open(f.st.DB())
+	lg, _ := audit.Open(f.st.KV())
 	if evs, _ := lg.Query(audit.Filter{Kind: audit.KindVehicle}); len(evs) != 3 {
 		t.Fatalf("%d events filed from seqs 3,1,2 (+2 redelivered), want 3", len(evs))
 	}

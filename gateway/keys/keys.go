@@ -5,7 +5,6 @@
 package keys
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,8 +12,8 @@ import (
 	"log/slog"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
-
+	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
 	"telematics/pkg/clock"
@@ -52,13 +51,13 @@ type KeyRing interface {
 
 // Service is the key registry.
 type Service struct {
-	db   *bolt.DB
-	st   *store.Store
-	ring KeyRing
-	bus  mqttc.Client
-	tfa  SecondFactor
-	clk  clock.Clock
-	log  *slog.Logger
+	st    *store.Store
+	audit *audit.Log
+	ring  KeyRing
+	bus   mqttc.Client
+	tfa   SecondFactor
+	clk   clock.Clock
+	log   *slog.Logger
 	// carMu serializes the key changes of one car and their publication (striped by VIN), so
 	// its versions rise without gaps and the retained whitelist on the broker is always its
 	// newest. Changes of different cars run side by side and share commits.
@@ -72,18 +71,13 @@ type Service struct {
 	CredentialsRetired func(vin, jti string)
 }
 
-// New opens the registry's buckets and loads every car's current whitelist. clk tells the
-// time of versions, journal markers and share expiry (nil: the real clock).
-func New(st *store.Store, ring KeyRing, bus mqttc.Client, tfa SecondFactor, clk clock.Clock, log *slog.Logger) (*Service, error) {
-	s := &Service{db: st.DB(), st: st, ring: ring, bus: bus, tfa: tfa, clk: clock.Or(clk), log: log,
+// New loads every car's current whitelist from st; its changes are audited in lg. clk tells
+// the time of versions, journal markers and share expiry (nil: the real clock).
+func New(st *store.Store, lg *audit.Log, ring KeyRing, bus mqttc.Client, tfa SecondFactor, clk clock.Clock, log *slog.Logger) (*Service, error) {
+	s := &Service{st: st, audit: lg, ring: ring, bus: bus, tfa: tfa, clk: clock.Or(clk), log: log,
 		cache: map[string]*protocol.Whitelist{}, recs: map[string]record{}}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKeys, bucketShares, bucketWhitelists, bucketJournal} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return tx.Bucket(bucketWhitelists).ForEach(func(k, v []byte) error {
+	err := st.View(context.Background(), func(tx kv.Tx) error {
+		return tx.Scan(bucketWhitelists, nil, nil, func(k, v []byte) error {
 			var r record
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("whitelist record of %s: %w", k, err)
@@ -110,18 +104,17 @@ func New(st *store.Store, ring KeyRing, bus mqttc.Client, tfa SecondFactor, clk 
 func keyOf(vin, id string) []byte { return []byte(vin + "/" + id) }
 
 // carKeysTx returns vin's keys (revoked ones too) in key id order, inside tx.
-func carKeysTx(tx *bolt.Tx, vin string) ([]protocol.WhitelistKey, error) {
+func carKeysTx(tx kv.Tx, vin string) ([]protocol.WhitelistKey, error) {
 	var out []protocol.WhitelistKey
-	prefix := []byte(vin + "/")
-	c := tx.Bucket(bucketKeys).Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+	err := tx.Scan(bucketKeys, []byte(vin+"/"), nil, func(_, v []byte) error {
 		var key protocol.WhitelistKey
 		if err := json.Unmarshal(v, &key); err != nil {
-			return nil, err
+			return err
 		}
 		out = append(out, key)
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 func (s *Service) vehicle(vin string) (store.Vehicle, error) {

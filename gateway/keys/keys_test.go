@@ -74,12 +74,13 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	if _, err := audit.Open(st.DB()); err != nil {
+	lg, err := audit.Open(st.KV())
+	if err != nil {
 		t.Fatal(err)
 	}
 	gk, _ := sign.Generate()
 	f := &fixture{t: t, st: st, bus: &recorder{}, ring: &ring{cur: gk}, clk: clocktest.New(time.UnixMilli(1_800_000_000_000))}
-	f.svc, err = New(st, f.ring, f.bus, codeFactor{}, f.clk, slog.New(slog.DiscardHandler))
+	f.svc, err = New(st, lg, f.ring, f.bus, codeFactor{}, f.clk, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +219,7 @@ func TestPairShareRevoke(t *testing.T) {
 		t.Fatalf("current whitelist version %d", wl.Version)
 	}
 	// Every change is audited, without key material.
-	lg, _ := audit.Open(f.st.DB())
+	lg, _ := audit.Open(f.st.KV())
 	evs, _ := lg.Query(audit.Filter{Kind: audit.KindKeys})
 	if len(evs) != 5 { // pair, share, pair, revoke, revoke
 		t.Fatalf("%d key audit records", len(evs))
@@ -264,7 +265,7 @@ func TestReshareReachesPairedKeys(t *testing.T) {
 	if v, _ := f.st.GetVehicle(vin); v.Users["bob"] != protocol.RoleValet {
 		t.Fatalf("bob's role on the car: %q", v.Users["bob"])
 	}
-	lg, _ := audit.Open(f.st.DB())
+	lg, _ := audit.Open(f.st.KV())
 	evs, _ := lg.Query(audit.Filter{Kind: audit.KindKeys})
 	found := false
 	for _, e := range evs {

@@ -15,9 +15,8 @@ import (
 	"fmt"
 	"slices"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
 )
@@ -55,7 +54,7 @@ func (s *Service) Assign(ctx context.Context, vin, user string, role protocol.Ro
 		return RoleChange{}, err
 	}
 	out := RoleChange{VIN: vin, User: user, Role: role}
-	version, err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	version, err := s.change(ctx, vin, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 		v, err := store.GetVehicleTx(tx, vin)
 		if err != nil {
 			return audit.Event{}, err
@@ -69,7 +68,9 @@ func (s *Service) Assign(ctx context.Context, vin, user string, role protocol.Ro
 				return audit.Event{}, protocol.Refuse(protocol.ReasonBadRequest, "%s holds no role on %s", user, vin)
 			}
 			outcome = "unassigned"
-		} else if !store.UserExistsTx(tx, user) {
+		} else if exists, err := store.UserExistsTx(tx, user); err != nil {
+			return audit.Event{}, err
+		} else if !exists {
 			return audit.Event{}, protocol.Refuse(protocol.ReasonBadRequest, "no user %q: add it first (gateway admin user add)", user)
 		}
 		n, err := setRoleTx(tx, vin, user, role, nowMs)
@@ -145,7 +146,7 @@ func (s *Service) RemoveUser(ctx context.Context, owner, session string, r Remov
 		return RoleChange{}, err
 	}
 	out := RoleChange{VIN: r.VIN, User: r.User, Role: RoleNone}
-	version, err := s.change(ctx, r.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	version, err := s.change(ctx, r.VIN, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 		v, err := store.GetVehicleTx(tx, r.VIN) // again, under the car's lock
 		if err != nil {
 			return audit.Event{}, err
@@ -186,14 +187,15 @@ func checkRemovable(v store.Vehicle, owner, user string) error {
 // setRoleTx gives user role on vin inside tx and brings their share and unrevoked keys in line
 // with it; RoleNone revokes their keys and ends their share and role. It returns how many keys
 // it changed.
-func setRoleTx(tx *bolt.Tx, vin, user string, role protocol.Role, nowMs int64) (int, error) {
+func setRoleTx(tx kv.Tx, vin, user string, role protocol.Role, nowMs int64) (int, error) {
 	keys, err := userKeys(tx, vin, user)
 	if err != nil {
 		return 0, err
 	}
-	shares := tx.Bucket(bucketShares)
 	var share *Share
-	if b := shares.Get(keyOf(vin, user)); b != nil {
+	if b, err := tx.Get(bucketShares, keyOf(vin, user)); err != nil {
+		return 0, err
+	} else if b != nil {
 		share = &Share{}
 		if err := json.Unmarshal(b, share); err != nil {
 			return 0, err
@@ -220,18 +222,17 @@ func setRoleTx(tx *bolt.Tx, vin, user string, role protocol.Role, nowMs int64) (
 			if err != nil {
 				return 0, err
 			}
-			if err := shares.Put(keyOf(vin, user), b); err != nil {
+			if err := tx.Put(bucketShares, keyOf(vin, user), b); err != nil {
 				return 0, err
 			}
 		}
 	}
 	if share == nil {
-		if err := shares.Delete(keyOf(vin, user)); err != nil {
+		if err := tx.Delete(bucketShares, keyOf(vin, user)); err != nil {
 			return 0, err
 		}
 	}
 	n := 0
-	kb := tx.Bucket(bucketKeys)
 	for _, k := range keys {
 		if k.RevokedAtMs != 0 {
 			continue
@@ -255,7 +256,7 @@ func setRoleTx(tx *bolt.Tx, vin, user string, role protocol.Role, nowMs int64) (
 		if err != nil {
 			return 0, err
 		}
-		if err := kb.Put(keyOf(vin, k.ID), b); err != nil {
+		if err := tx.Put(bucketKeys, keyOf(vin, k.ID), b); err != nil {
 			return 0, err
 		}
 		n++
@@ -265,7 +266,7 @@ func setRoleTx(tx *bolt.Tx, vin, user string, role protocol.Role, nowMs int64) (
 
 // clearCarTx removes every key, share and role of vin inside tx (a transfer, a
 // decommission); it returns the users removed, sorted, and the number of keys removed.
-func clearCarTx(tx *bolt.Tx, vin string) ([]string, int, error) {
+func clearCarTx(tx kv.Tx, vin string) ([]string, int, error) {
 	v, err := store.GetVehicleTx(tx, vin)
 	if err != nil {
 		return nil, 0, err
@@ -277,15 +278,16 @@ func clearCarTx(tx *bolt.Tx, vin string) ([]string, int, error) {
 	slices.Sort(users)
 	n := 0
 	for _, b := range [][]byte{bucketKeys, bucketShares} {
-		bk := tx.Bucket(b)
-		prefix := []byte(vin + "/")
 		var dead [][]byte
-		c := bk.Cursor()
-		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+		err := tx.Scan(b, []byte(vin+"/"), nil, func(k, _ []byte) error {
 			dead = append(dead, slices.Clone(k))
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
 		}
-		for _, k := range dead { // not while the cursor walks the bucket
-			if err := bk.Delete(k); err != nil {
+		for _, k := range dead { // not while the scan walks the bucket
+			if err := tx.Delete(b, k); err != nil {
 				return nil, 0, err
 			}
 		}
@@ -317,7 +319,7 @@ func (s *Service) Transfer(ctx context.Context, vin, newOwner string) (Transfer,
 		return Transfer{}, err
 	}
 	out := Transfer{VIN: vin, Owner: newOwner}
-	version, err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	version, err := s.change(ctx, vin, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 		v, err := store.GetVehicleTx(tx, vin)
 		if err != nil {
 			return audit.Event{}, err
@@ -325,7 +327,9 @@ func (s *Service) Transfer(ctx context.Context, vin, newOwner string) (Transfer,
 		if v.DecommissionedMs != 0 {
 			return audit.Event{}, protocol.Refuse(protocol.ReasonBadRequest, "%s is decommissioned: it cannot be transferred", vin)
 		}
-		if !store.UserExistsTx(tx, newOwner) {
+		if exists, err := store.UserExistsTx(tx, newOwner); err != nil {
+			return audit.Event{}, err
+		} else if !exists {
 			return audit.Event{}, protocol.Refuse(protocol.ReasonBadRequest, "no user %q: add it first (gateway admin user add)", newOwner)
 		}
 		users, n, err := clearCarTx(tx, vin)
@@ -378,7 +382,7 @@ func (s *Service) Decommission(ctx context.Context, vin string, retireNow bool) 
 		return Decommission{}, err
 	}
 	out := Decommission{VIN: vin}
-	version, err := s.changeWith(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+	version, err := s.changeWith(ctx, vin, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 		out = Decommission{VIN: vin, CredentialsRetired: retireNow}
 		v, err := store.GetVehicleTx(tx, vin)
 		if err != nil {
@@ -442,7 +446,7 @@ func (s *Service) AdminRevoke(ctx context.Context, vin, keyID string, keepShare 
 // retireTx records inside tx that vin's only accepted token is jti, a token id no token
 // carries: every token the car holds is refused from then on, by the embedded broker and,
 // once told, a standalone one.
-func retireTx(tx *bolt.Tx, vin, jti string, nowMs int64) error {
+func retireTx(tx kv.Tx, vin, jti string, nowMs int64) error {
 	return store.UpdateVehicleTx(tx, vin, func(v *store.Vehicle) { v.TokenID, v.Reissued, v.RetiredMs = jti, true, nowMs })
 }
 

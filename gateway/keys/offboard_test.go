@@ -79,7 +79,7 @@ func (f *fixture) lastPublished() *protocol.Whitelist {
 
 func (f *fixture) audit(kind string) []audit.Event {
 	f.t.Helper()
-	lg, _ := audit.Open(f.st.DB())
+	lg, _ := audit.Open(f.st.KV())
 	evs, err := lg.Query(audit.Filter{Kind: kind})
 	if err != nil {
 		f.t.Fatal(err)

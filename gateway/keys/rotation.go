@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/pkg/sign"
 )
@@ -36,7 +35,7 @@ func (s *Service) Rotate(ctx context.Context) error {
 		if s.retired(vin) {
 			continue // a decommissioned car that cannot connect any more
 		}
-		_, err := s.change(ctx, vin, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
+		_, err := s.change(ctx, vin, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
 			return audit.Event{Kind: audit.KindKeys, VIN: vin, Outcome: "signing_key_rotated"}, nil
 		})
 		if err != nil {
@@ -71,8 +70,10 @@ func (s *Service) WhitelistUnpaired(ctx context.Context) (int, error) {
 		if has {
 			continue
 		}
-		_, err := s.change(ctx, v.VIN, func(tx *bolt.Tx, nowMs int64) (audit.Event, error) {
-			if tx.Bucket(bucketWhitelists).Get([]byte(v.VIN)) != nil {
+		_, err := s.change(ctx, v.VIN, func(tx kv.Tx, nowMs int64) (audit.Event, error) {
+			if wl, err := tx.Get(bucketWhitelists, []byte(v.VIN)); err != nil {
+				return audit.Event{}, err
+			} else if wl != nil {
 				return audit.Event{}, errHasWhitelist // made meanwhile by a pairing
 			}
 			if _, err := store.GetVehicleTx(tx, v.VIN); err != nil {

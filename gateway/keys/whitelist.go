@@ -13,9 +13,8 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/whitelist"
@@ -57,13 +56,13 @@ func (s *Service) carLock(vin string) *sync.Mutex {
 // writes both with the audit record in one transaction; then it publishes the whitelist. A
 // change is acknowledged to the user only after the commit, so an acknowledged change
 // survives a crash.
-func (s *Service) change(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error)) (uint64, error) {
+func (s *Service) change(ctx context.Context, vin string, mutate func(tx kv.Tx, nowMs int64) (audit.Event, error)) (uint64, error) {
 	return s.changeWith(ctx, vin, mutate, nil)
 }
 
 // changeWith is change, with adjust applied to the car's new whitelist record before it is
 // stored (nil: nothing to adjust).
-func (s *Service) changeWith(ctx context.Context, vin string, mutate func(tx *bolt.Tx, nowMs int64) (audit.Event, error), adjust func(*record)) (uint64, error) {
+func (s *Service) changeWith(ctx context.Context, vin string, mutate func(tx kv.Tx, nowMs int64) (audit.Event, error), adjust func(*record)) (uint64, error) {
 	mu := s.carLock(vin)
 	mu.Lock()
 	defer mu.Unlock()
@@ -72,9 +71,10 @@ func (s *Service) changeWith(ctx context.Context, vin string, mutate func(tx *bo
 	var wl protocol.Whitelist
 	var rec record
 	var rebuilt bool
-	// Through the group committer: changes of many cars (a fleet-wide revocation) share
-	// fsyncs. The function may run twice (see groupcommit.Update); it only writes and signs.
-	err := s.st.Write(func(tx *bolt.Tx) error {
+	// On bbolt through the group committer: changes of many cars (a fleet-wide revocation)
+	// share fsyncs. The function may run more than once (see kv.Store.Update); it only writes
+	// and signs.
+	err := s.st.Update(ctx, func(tx kv.Tx) error {
 		ev, err := mutate(tx, nowMs)
 		rebuilt = !errors.Is(err, errKeysUnchanged)
 		if err != nil && rebuilt {
@@ -88,7 +88,7 @@ func (s *Service) changeWith(ctx context.Context, vin string, mutate func(tx *bo
 			env = rec.Envelope
 			ev.Detail = strings.TrimSpace(ev.Detail + fmt.Sprintf(" version=%d", wl.Version))
 		}
-		return audit.AppendTx(tx, ev)
+		return s.audit.AppendTx(tx, ev)
 	})
 	if err != nil || !rebuilt {
 		return 0, err
@@ -110,10 +110,13 @@ var errKeysUnchanged = errors.New("no key changed")
 
 // build makes the next whitelist version of vin from the keys bucket, signs it and stores the
 // record, adjusted by adjust when not nil, inside tx.
-func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64, adjust func(*record)) (protocol.Whitelist, record, error) {
-	wb := tx.Bucket(bucketWhitelists)
+func (s *Service) build(tx kv.Tx, vin string, nowMs int64, adjust func(*record)) (protocol.Whitelist, record, error) {
 	var rec record
-	if b := wb.Get([]byte(vin)); b != nil {
+	b, err := tx.Get(bucketWhitelists, []byte(vin))
+	if err != nil {
+		return protocol.Whitelist{}, rec, err
+	}
+	if b != nil {
 		if err := json.Unmarshal(b, &rec); err != nil {
 			return protocol.Whitelist{}, rec, err
 		}
@@ -159,11 +162,11 @@ func (s *Service) build(tx *bolt.Tx, vin string, nowMs int64, adjust func(*recor
 	if adjust != nil {
 		adjust(&rec)
 	}
-	b, err := json.Marshal(rec)
+	b, err = json.Marshal(rec)
 	if err != nil {
 		return wl, rec, err
 	}
-	return wl, rec, wb.Put([]byte(vin), b)
+	return wl, rec, tx.Put(bucketWhitelists, []byte(vin), b)
 }
 
 func (s *Service) publish(ctx context.Context, vin string, env protocol.Envelope) {

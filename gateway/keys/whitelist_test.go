@@ -34,7 +34,7 @@ func TestAcksAndRestart(t *testing.T) {
 		t.Fatalf("after ack: %+v", st)
 	}
 	// A restarted registry remembers versions and acknowledgements.
-	svc2, err := New(f.st, f.ring, f.bus, codeFactor{}, f.clk, slog.New(slog.DiscardHandler))
+	svc2, err := New(f.st, f.svc.audit, f.ring, f.bus, codeFactor{}, f.clk, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

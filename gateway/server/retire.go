@@ -66,7 +66,7 @@ func RetirePreviousKey(dir string, out io.Writer) error {
 			oldToken = append(oldToken, v.VIN)
 		}
 	}
-	notAcked, err := keys.NotOnKey(st.DB(), vins, cur)
+	notAcked, err := keys.NotOnKey(st.KV(), vins, cur)
 	if err != nil {
 		return err
 	}
@@ -85,7 +85,7 @@ func RetirePreviousKey(dir string, out io.Writer) error {
 	}
 
 	// The audit record first: if it cannot be written, nothing is retired.
-	log, err := audit.OpenWith(st.DB(), st.Write)
+	log, err := audit.Open(st.KV())
 	if err != nil {
 		return err
 	}

@@ -120,7 +120,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if g.store, err = store.Open(filepath.Join(cfg.Data, DBFile)); err != nil {
 		return nil, err
 	}
-	if g.audit, err = audit.OpenWith(g.store.DB(), g.store.Write); err != nil {
+	if g.audit, err = audit.Open(g.store.KV()); err != nil {
 		return nil, err
 	}
 	g.metrics = metrics.New()
@@ -151,7 +151,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		g.broker.OnAppSessionEnd(g.twofa.EndSession)
 	}
 	g.keysMu.Lock()
-	g.keys, err = keys.New(g.store, g.ring, g.bus, keyChangeFactor{g.twofa}, g.clock, g.log.With("component", "keys"))
+	g.keys, err = keys.New(g.store, g.audit, g.ring, g.bus, keyChangeFactor{g.twofa}, g.clock, g.log.With("component", "keys"))
 	g.keysMu.Unlock()
 	if err != nil {
 		return nil, err

@@ -27,12 +27,7 @@ func (g *Gateway) openTwoFA() (*twofa.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TOTP sealing key: %w", err)
 	}
-	svc, err := twofa.New(g.store.DB(), key, g.cfg.TwoFA, g.clock, twofa.AuditLog{Log: g.audit})
-	if err != nil {
-		return nil, err
-	}
-	svc.SetWriter(g.store.Write)
-	return svc, nil
+	return twofa.New(g.store.KV(), key, g.cfg.TwoFA, g.clock, twofa.AuditLog{Log: g.audit})
 }
 
 // secondFactor adapts the 2FA service to the command router.

@@ -1,9 +1,13 @@
-// Package store is the gateway's source of truth: one bbolt file holding users, vehicles and
-// their user assignments, the vehicle twin, the ids of commands already seen, and a schema
-// version. The audit log and the 2FA state live in the same file (packages audit and twofa).
+// Package store is the gateway's source of truth: users, vehicles and their user assignments,
+// the vehicle twin, the ids of commands already seen, and a schema version, kept in a
+// transactional key-value store (gateway/kv): the gateway's bbolt file by default, or etcd for
+// replicas that share their state. The audit log, the 2FA state and the key registry live in
+// the same store (packages audit, twofa and keys), in transactions they share through Update.
 package store
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -15,7 +19,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"telematics/pkg/groupcommit"
+	"telematics/gateway/kv"
+	"telematics/gateway/kv/boltkv"
 	"telematics/pkg/protocol"
 )
 
@@ -41,15 +46,30 @@ var (
 	keySchema      = []byte("schema_version")
 )
 
-// Store wraps the gateway's bbolt file.
+// fileBuckets are created when a bbolt file is opened: kv makes a bucket when it is first
+// written, and a build from before kv expects every bucket of the file to exist.
+var fileBuckets = []string{"meta", "users", "vehicles", "twin", "cmdids", "audit",
+	"keys", "shares", "whitelists", "journal", "totp", "totp_lockout", "totp_meta"}
+
+// Store is the gateway's state on a kv.Store.
 type Store struct {
-	db     *bolt.DB
-	commit *groupcommit.Committer
+	kv   kv.Store
+	file *bolt.DB // the bbolt file under kv, nil on etcd
+}
+
+// Options tune Open.
+type Options struct {
+	// NoSync skips fsync: for fuzz harnesses only, which look for logic errors, not
+	// durability.
+	NoSync bool
 }
 
 // Open opens (or creates) the gateway database at path. A second process on the same file gets
 // ErrLocked after about a second instead of waiting forever.
-func Open(path string) (*Store, error) {
+func Open(path string) (*Store, error) { return OpenFile(path, Options{}) }
+
+// OpenFile is Open with options.
+func OpenFile(path string, o Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir for %q: %w", path, err)
 	}
@@ -60,44 +80,90 @@ func Open(path string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open gateway store %q: %w", path, err)
 	}
-	// The gateway writes everything through the group committer (Write). The packages that
-	// can also run on their own (audit, twofa: their tests) write with db.Batch there, whose
-	// default 10 ms wait for company would dominate their latency.
-	db.MaxBatchDelay = 2 * time.Millisecond
+	db.NoSync = o.NoSync
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketUsers, bucketVehicles, bucketTwin, bucketCmdIDs} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+		for _, b := range fileBuckets {
+			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if got := binary.BigEndian.Uint64(v); got != SchemaVersion {
-				return fmt.Errorf("schema version %d, this build reads %d", got, SchemaVersion)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, SchemaVersion))
+		return nil
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialize gateway store %q: %w", path, err)
 	}
-	return &Store{db: db, commit: groupcommit.New(db)}, nil
+	s, err := OpenKV(boltkv.New(db))
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialize gateway store %q: %w", path, err)
+	}
+	s.file = db
+	return s, nil
 }
 
-// Write runs fn in a read-write transaction that concurrent writers share (group commit) and
-// returns once it is durable. fn may run twice: keep it idempotent.
-func (s *Store) Write(fn func(*bolt.Tx) error) error { return s.commit.Update(fn) }
+// OpenKV serves the gateway's state from kvs (etcd: see etcdkv.Open), writing the schema
+// version on first use and refusing another one. Close closes kvs.
+func OpenKV(kvs kv.Store) (*Store, error) {
+	err := kvs.Update(context.Background(), func(tx kv.Tx) error {
+		v, err := tx.Get(bucketMeta, keySchema)
+		if err != nil {
+			return err
+		}
+		if v != nil {
+			if len(v) != 8 {
+				return fmt.Errorf("schema version of %d bytes", len(v))
+			}
+			if got := binary.BigEndian.Uint64(v); got != SchemaVersion {
+				return fmt.Errorf("schema version %d, this build reads %d", got, SchemaVersion)
+			}
+			return nil
+		}
+		return tx.Put(bucketMeta, keySchema, binary.BigEndian.AppendUint64(nil, SchemaVersion))
+	})
+	if err != nil {
+		kvs.Close()
+		return nil, fmt.Errorf("initialize gateway store: %w", err)
+	}
+	return &Store{kv: kvs}, nil
+}
 
-// DB exposes the bbolt handle to the packages that keep their own buckets in the same file.
-func (s *Store) DB() *bolt.DB { return s.db }
+// KV is the store the gateway's state lives in, for the packages that keep theirs next to it
+// (audit, twofa, keys).
+func (s *Store) KV() kv.Store { return s.kv }
 
-// Close waits for queued writes and closes the file.
+// Update runs fn in a read-write transaction and returns once it is durable. On bbolt,
+// concurrent writers share a commit. fn may run more than once (see package kv): it must
+// start from fresh state on each run and do its side effects after Update returns, or in
+// tx.OnCommit.
+func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error { return s.kv.Update(ctx, fn) }
+
+// View runs fn in a read-only transaction that sees one snapshot.
+func (s *Store) View(ctx context.Context, fn func(kv.Tx) error) error { return s.kv.View(ctx, fn) }
+
+// Ping reads the schema version: an error means the store cannot be reached (readiness).
+func (s *Store) Ping(ctx context.Context) error {
+	return s.kv.View(ctx, func(tx kv.Tx) error {
+		_, err := tx.Get(bucketMeta, keySchema)
+		return err
+	})
+}
+
+// Close waits for queued writes and closes the store.
 func (s *Store) Close() error {
-	s.commit.Close()
-	return s.db.Close()
+	err := s.kv.Close()
+	if s.file != nil {
+		if cerr := s.file.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
 }
+
+// update is Update without a caller's context: the store's own time bound applies (etcd).
+func (s *Store) update(fn func(kv.Tx) error) error { return s.kv.Update(context.Background(), fn) }
+
+func (s *Store) view(fn func(kv.Tx) error) error { return s.kv.View(context.Background(), fn) }
 
 // User is an account. The password is stored only as an argon2id hash.
 type User struct {
@@ -117,24 +183,30 @@ func (s *Store) AddUser(u User) error {
 	if err != nil {
 		return err
 	}
-	return s.Write(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketUsers)
-		if existing := bk.Get([]byte(u.Name)); existing != nil {
-			// Batch may run this function twice: a second run finds our own record.
+	return s.update(func(tx kv.Tx) error {
+		existing, err := tx.Get(bucketUsers, []byte(u.Name))
+		if err != nil {
+			return err
+		}
+		if existing != nil {
+			// Update may run this function twice: a second run finds our own record.
 			if string(existing) == string(b) {
 				return nil
 			}
 			return fmt.Errorf("user %q: %w", u.Name, ErrExists)
 		}
-		return bk.Put([]byte(u.Name), b)
+		return tx.Put(bucketUsers, []byte(u.Name), b)
 	})
 }
 
 // GetUser returns a user or ErrNotFound.
 func (s *Store) GetUser(name string) (User, error) {
 	var u User
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketUsers).Get([]byte(name))
+	err := s.view(func(tx kv.Tx) error {
+		v, err := tx.Get(bucketUsers, []byte(name))
+		if err != nil {
+			return err
+		}
 		if v == nil {
 			return fmt.Errorf("user %q: %w", name, ErrNotFound)
 		}
@@ -174,13 +246,16 @@ func (s *Store) AddVehicles(vs []Vehicle) error {
 		}
 		encoded[i] = b
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketVehicles)
+	return s.update(func(tx kv.Tx) error {
 		for i, v := range vs {
-			if bk.Get([]byte(v.VIN)) != nil {
+			old, err := tx.Get(bucketVehicles, []byte(v.VIN))
+			if err != nil {
+				return err
+			}
+			if old != nil {
 				return fmt.Errorf("vehicle %s: %w", v.VIN, ErrExists)
 			}
-			if err := bk.Put([]byte(v.VIN), encoded[i]); err != nil {
+			if err := tx.Put(bucketVehicles, []byte(v.VIN), encoded[i]); err != nil {
 				return err
 			}
 		}
@@ -191,12 +266,10 @@ func (s *Store) AddVehicles(vs []Vehicle) error {
 // GetVehicle returns a vehicle or ErrNotFound.
 func (s *Store) GetVehicle(vin string) (Vehicle, error) {
 	var v Vehicle
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketVehicles).Get([]byte(vin))
-		if b == nil {
-			return fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
-		}
-		return json.Unmarshal(b, &v)
+	err := s.view(func(tx kv.Tx) error {
+		var err error
+		v, err = GetVehicleTx(tx, vin)
+		return err
 	})
 	return v, err
 }
@@ -204,8 +277,8 @@ func (s *Store) GetVehicle(vin string) (Vehicle, error) {
 // ListVehicles returns every vehicle, ordered by VIN.
 func (s *Store) ListVehicles() ([]Vehicle, error) {
 	var out []Vehicle
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketVehicles).ForEach(func(_, b []byte) error {
+	err := s.view(func(tx kv.Tx) error {
+		return tx.Scan(bucketVehicles, nil, nil, func(_, b []byte) error {
 			var v Vehicle
 			if err := json.Unmarshal(b, &v); err != nil {
 				return err
@@ -219,7 +292,7 @@ func (s *Store) ListVehicles() ([]Vehicle, error) {
 
 // SetVehicleTokenID records the jti of vin's new access token (credentials reissued).
 func (s *Store) SetVehicleTokenID(vin, jti string) error {
-	return s.Write(func(tx *bolt.Tx) error {
+	return s.update(func(tx kv.Tx) error {
 		return updateVehicle(tx, vin, func(v *Vehicle) { v.TokenID, v.Reissued = jti, true })
 	})
 }
@@ -228,12 +301,16 @@ func (s *Store) SetVehicleTokenID(vin, jti string) error {
 // and tests only: the running gateway changes roles through package keys, which rewrites the
 // user's keys and the car's whitelist in the same transaction.
 func (s *Store) Assign(vin, user string, role protocol.Role) error {
-	return s.Write(func(tx *bolt.Tx) error { return AssignTx(tx, vin, user, role) })
+	return s.update(func(tx kv.Tx) error { return AssignTx(tx, vin, user, role) })
 }
 
 // AssignTx is Assign inside tx, for a change that must commit together with it.
-func AssignTx(tx *bolt.Tx, vin, user string, role protocol.Role) error {
-	if tx.Bucket(bucketUsers).Get([]byte(user)) == nil {
+func AssignTx(tx kv.Tx, vin, user string, role protocol.Role) error {
+	u, err := tx.Get(bucketUsers, []byte(user))
+	if err != nil {
+		return err
+	}
+	if u == nil {
 		return fmt.Errorf("user %q: %w", user, ErrNotFound)
 	}
 	return updateVehicle(tx, vin, func(v *Vehicle) {
@@ -245,14 +322,17 @@ func AssignTx(tx *bolt.Tx, vin, user string, role protocol.Role) error {
 }
 
 // UnassignTx removes user's role on vin inside tx (nothing to do when they hold none).
-func UnassignTx(tx *bolt.Tx, vin, user string) error {
+func UnassignTx(tx kv.Tx, vin, user string) error {
 	return updateVehicle(tx, vin, func(v *Vehicle) { delete(v.Users, user) })
 }
 
 // GetVehicleTx is GetVehicle inside tx, for a decision that must see what tx writes.
-func GetVehicleTx(tx *bolt.Tx, vin string) (Vehicle, error) {
+func GetVehicleTx(tx kv.Tx, vin string) (Vehicle, error) {
 	var v Vehicle
-	b := tx.Bucket(bucketVehicles).Get([]byte(vin))
+	b, err := tx.Get(bucketVehicles, []byte(vin))
+	if err != nil {
+		return v, err
+	}
 	if b == nil {
 		return v, fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
 	}
@@ -260,20 +340,23 @@ func GetVehicleTx(tx *bolt.Tx, vin string) (Vehicle, error) {
 }
 
 // UpdateVehicleTx applies change to vin's record inside tx; ErrNotFound for an unknown vin.
-func UpdateVehicleTx(tx *bolt.Tx, vin string, change func(*Vehicle)) error {
+func UpdateVehicleTx(tx kv.Tx, vin string, change func(*Vehicle)) error {
 	return updateVehicle(tx, vin, change)
 }
 
 // UserExistsTx reports whether user exists, inside tx.
-func UserExistsTx(tx *bolt.Tx, user string) bool {
-	return tx.Bucket(bucketUsers).Get([]byte(user)) != nil
+func UserExistsTx(tx kv.Tx, user string) (bool, error) {
+	v, err := tx.Get(bucketUsers, []byte(user))
+	return v != nil, err
 }
 
 // updateVehicle reads vin's record in tx, applies change and writes it back; ErrNotFound for an
 // unknown vin.
-func updateVehicle(tx *bolt.Tx, vin string, change func(*Vehicle)) error {
-	bk := tx.Bucket(bucketVehicles)
-	b := bk.Get([]byte(vin))
+func updateVehicle(tx kv.Tx, vin string, change func(*Vehicle)) error {
+	b, err := tx.Get(bucketVehicles, []byte(vin))
+	if err != nil {
+		return err
+	}
 	if b == nil {
 		return fmt.Errorf("vehicle %s: %w", vin, ErrNotFound)
 	}
@@ -286,7 +369,7 @@ func updateVehicle(tx *bolt.Tx, vin string, change func(*Vehicle)) error {
 	if err != nil {
 		return err
 	}
-	return bk.Put([]byte(vin), nb)
+	return tx.Put(bucketVehicles, []byte(vin), nb)
 }
 
 // Twin is a car's last known state: online or offline from its status (and will), and its
@@ -306,14 +389,13 @@ func (s *Store) PutTwins(ts []Twin) error {
 	if len(ts) == 0 {
 		return nil
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketTwin)
+	return s.update(func(tx kv.Tx) error {
 		for _, t := range ts {
 			b, err := json.Marshal(t)
 			if err != nil {
 				return err
 			}
-			if err := bk.Put([]byte(t.VIN), b); err != nil {
+			if err := tx.Put(bucketTwin, []byte(t.VIN), b); err != nil {
 				return err
 			}
 		}
@@ -324,8 +406,8 @@ func (s *Store) PutTwins(ts []Twin) error {
 // LoadTwins returns every stored twin.
 func (s *Store) LoadTwins() ([]Twin, error) {
 	var out []Twin
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTwin).ForEach(func(_, b []byte) error {
+	err := s.view(func(tx kv.Tx) error {
+		return tx.Scan(bucketTwin, nil, nil, func(_, b []byte) error {
 			var t Twin
 			if err := json.Unmarshal(b, &t); err != nil {
 				return err
@@ -341,8 +423,8 @@ func (s *Store) LoadTwins() ([]Twin, error) {
 // gateway still refuses duplicates.
 func (s *Store) SeenCommandIDs(nowMs int64) (map[string]int64, error) {
 	out := map[string]int64{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketCmdIDs).ForEach(func(k, v []byte) error {
+	err := s.view(func(tx kv.Tx) error {
+		return tx.Scan(bucketCmdIDs, nil, nil, func(k, v []byte) error {
 			if len(v) == 8 {
 				if exp := int64(binary.BigEndian.Uint64(v)); exp > nowMs {
 					out[string(k)] = exp
@@ -356,48 +438,72 @@ func (s *Store) SeenCommandIDs(nowMs int64) (map[string]int64, error) {
 
 // PutCommandID records a command id in tx (the caller's audit transaction), remembered until
 // untilMs.
-func PutCommandID(tx *bolt.Tx, id string, untilMs int64) error {
-	return tx.Bucket(bucketCmdIDs).Put([]byte(id), binary.BigEndian.AppendUint64(nil, uint64(untilMs)))
+func PutCommandID(tx kv.Tx, id string, untilMs int64) error {
+	return tx.Put(bucketCmdIDs, []byte(id), binary.BigEndian.AppendUint64(nil, uint64(untilMs)))
 }
 
 // PruneCommandIDs forgets ids that expired before nowMs, and cuts down to maxUntilMs those
 // remembered for longer than any command can live (ids that a gateway without that bound
 // remembered until an expiry its sender chose).
 func (s *Store) PruneCommandIDs(nowMs, maxUntilMs int64) (int, error) {
-	var n int
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketCmdIDs).Cursor()
-		var dead, long [][]byte
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			switch {
-			case len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs:
-				dead = append(dead, append([]byte(nil), k...))
-			case int64(binary.BigEndian.Uint64(v)) > maxUntilMs:
-				long = append(long, append([]byte(nil), k...))
+	// Found in one snapshot, changed in small transactions that look at each id again: an
+	// etcd transaction carries at most a few hundred keys (kv.ErrTooLarge).
+	var todo [][]byte
+	err := s.view(func(tx kv.Tx) error {
+		return tx.Scan(bucketCmdIDs, nil, nil, func(k, v []byte) error {
+			if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs || int64(binary.BigEndian.Uint64(v)) > maxUntilMs {
+				todo = append(todo, bytes.Clone(k))
 			}
-		}
-		b := tx.Bucket(bucketCmdIDs)
-		for _, k := range dead {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		for _, k := range long {
-			if err := b.Put(k, binary.BigEndian.AppendUint64(nil, uint64(maxUntilMs))); err != nil {
-				return err
-			}
-		}
-		n = len(dead)
-		return nil
+			return nil
+		})
 	})
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	total := 0
+	for len(todo) > 0 {
+		batch := todo[:min(len(todo), pruneBatch)]
+		todo = todo[len(batch):]
+		var n int
+		err := s.update(func(tx kv.Tx) error {
+			n = 0 // Update may run this function again: set, not added to
+			for _, k := range batch {
+				v, err := tx.Get(bucketCmdIDs, k)
+				if err != nil {
+					return err
+				}
+				switch {
+				case v == nil:
+				case len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs:
+					if err := tx.Delete(bucketCmdIDs, k); err != nil {
+						return err
+					}
+					n++
+				case int64(binary.BigEndian.Uint64(v)) > maxUntilMs:
+					if err := tx.Put(bucketCmdIDs, k, binary.BigEndian.AppendUint64(nil, uint64(maxUntilMs))); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
 }
+
+// pruneBatch bounds the keys one pruning transaction changes: etcd's --max-txn-ops (128 by
+// default) limits the compares and the writes of one transaction.
+const pruneBatch = 100
 
 // UserNames returns all user names, sorted.
 func (s *Store) UserNames() ([]string, error) {
 	var out []string
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketUsers).ForEach(func(k, _ []byte) error {
+	err := s.view(func(tx kv.Tx) error {
+		return tx.Scan(bucketUsers, nil, nil, func(k, _ []byte) error {
 			out = append(out, string(k))
 			return nil
 		})
@@ -409,16 +515,17 @@ func (s *Store) UserNames() ([]string, error) {
 // GetMeta reads a value of the meta bucket (nil if absent).
 func (s *Store) GetMeta(key string) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketMeta).Get([]byte(key)); v != nil {
+	err := s.view(func(tx kv.Tx) error {
+		v, err := tx.Get(bucketMeta, []byte(key))
+		if v != nil {
 			out = append([]byte(nil), v...)
 		}
-		return nil
+		return err
 	})
 	return out, err
 }
 
 // PutMeta writes a value of the meta bucket.
 func (s *Store) PutMeta(key string, value []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte(key), value) })
+	return s.update(func(tx kv.Tx) error { return tx.Put(bucketMeta, []byte(key), value) })
 }

@@ -16,6 +16,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 )
 
@@ -58,7 +59,7 @@ func openStore(t *testing.T, path string) *Store {
 // reopen closes s and opens its file again, as a gateway restart does.
 func reopen(t *testing.T, s *Store) *Store {
 	t.Helper()
-	path := s.DB().Path()
+	path := s.file.Path()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestOpenCreatesTheLayout(t *testing.T) {
 	}
 	check := func(s *Store) {
 		t.Helper()
-		err := s.DB().View(func(tx *bolt.Tx) error {
+		err := s.file.View(func(tx *bolt.Tx) error {
 			for _, b := range []string{"meta", "users", "vehicles", "twin", "cmdids"} {
 				if tx.Bucket([]byte(b)) == nil {
 					return fmt.Errorf("no bucket %q", b)
@@ -287,14 +288,18 @@ func TestDeleteUser(t *testing.T) {
 	}
 
 	refuse := errors.New("2fa state not removable")
-	if err := s.DeleteUser("bob", func(tx *bolt.Tx) error { return refuse }); !errors.Is(err, refuse) {
+	if err := s.DeleteUser("bob", func(tx kv.Tx) error { return refuse }); !errors.Is(err, refuse) {
 		t.Fatalf("DeleteUser whose extra work fails: %v", err)
 	}
 	if _, err := s.GetUser("bob"); err != nil {
 		t.Fatalf("bob was deleted although the extra work failed: %v", err)
 	}
 	var sawBob bool
-	if err := s.DeleteUser("bob", func(tx *bolt.Tx) error { sawBob = UserExistsTx(tx, "bob"); return nil }); err != nil {
+	if err := s.DeleteUser("bob", func(tx kv.Tx) error {
+		var err error
+		sawBob, err = UserExistsTx(tx, "bob")
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if !sawBob {
@@ -305,7 +310,7 @@ func TestDeleteUser(t *testing.T) {
 	}
 
 	// Once alice holds no role, she goes.
-	err = s.Write(func(tx *bolt.Tx) error {
+	err = s.Update(t.Context(), func(tx kv.Tx) error {
 		for _, vin := range []string{"VIN00000000000001", "VIN00000000000002"} {
 			if err := UnassignTx(tx, vin, "alice"); err != nil {
 				return err
@@ -370,7 +375,7 @@ func TestVehicles(t *testing.T) {
 	}
 
 	// The Tx functions see and make changes inside the caller's transaction.
-	err = s.Write(func(tx *bolt.Tx) error {
+	err = s.Update(t.Context(), func(tx kv.Tx) error {
 		if err := UpdateVehicleTx(tx, vinB, func(v *Vehicle) { v.DecommissionedMs = 9 }); err != nil {
 			return err
 		}
@@ -387,7 +392,15 @@ func TestVehicles(t *testing.T) {
 		if err := UpdateVehicleTx(tx, vinC, func(*Vehicle) {}); !errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("UpdateVehicleTx of an unknown car: %v", err)
 		}
-		if !UserExistsTx(tx, "alice") || UserExistsTx(tx, "dave") {
+		alice, err := UserExistsTx(tx, "alice")
+		if err != nil {
+			return err
+		}
+		dave, err := UserExistsTx(tx, "dave")
+		if err != nil {
+			return err
+		}
+		if !alice || dave {
 			return errors.New("UserExistsTx")
 		}
 		return UnassignTx(tx, vinB, "nobody") // nothing to do
@@ -416,11 +429,11 @@ func TestStoredRecords(t *testing.T) {
 	user := `{"name":"alice","password_hash":"$argon2id$h","created":5,"disabled":true,"token_gen":7}`
 	vehicle := `{"vin":"VIN00000000000001","created":5,"users":{"alice":"owner"},"token_id":"j","reissued":true,"decommissioned":8,"credentials_retired":9}`
 	twin := `{"vin":"VIN00000000000001","status":"online","status_ts":3,"telemetry_ts":4,"telemetry_seq":6,"signals":{"Vehicle.Speed":12.5}}`
-	err := s.Write(func(tx *bolt.Tx) error {
+	err := s.Update(t.Context(), func(tx kv.Tx) error {
 		for _, r := range []struct{ bucket, key, value string }{
 			{"users", "alice", user}, {"vehicles", "VIN00000000000001", vehicle}, {"twin", "VIN00000000000001", twin},
 		} {
-			if err := tx.Bucket([]byte(r.bucket)).Put([]byte(r.key), []byte(r.value)); err != nil {
+			if err := tx.Put([]byte(r.bucket), []byte(r.key), []byte(r.value)); err != nil {
 				return err
 			}
 		}
@@ -450,10 +463,10 @@ func TestStoredRecords(t *testing.T) {
 	if _, err := s.UpdateUser("alice", func(*User) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Write(func(tx *bolt.Tx) error { return UpdateVehicleTx(tx, "VIN00000000000001", func(*Vehicle) {}) }); err != nil {
+	if err := s.Update(t.Context(), func(tx kv.Tx) error { return UpdateVehicleTx(tx, "VIN00000000000001", func(*Vehicle) {}) }); err != nil {
 		t.Fatal(err)
 	}
-	err = s.DB().View(func(tx *bolt.Tx) error {
+	err = s.file.View(func(tx *bolt.Tx) error {
 		for _, r := range []struct{ bucket, key, want string }{
 			{"users", "alice", user}, {"vehicles", "VIN00000000000001", vehicle}, {"twin", "VIN00000000000001", twin},
 		} {
@@ -501,14 +514,14 @@ func TestTwins(t *testing.T) {
 func TestCommandIDs(t *testing.T) {
 	t.Parallel()
 	s := openStore(t, filepath.Join(t.TempDir(), "gateway.db"))
-	err := s.Write(func(tx *bolt.Tx) error {
+	err := s.Update(t.Context(), func(tx kv.Tx) error {
 		for id, until := range map[string]int64{"expired": 100, "due": 200, "live": 300, "far": 10_000} {
 			if err := PutCommandID(tx, id, until); err != nil {
 				return err
 			}
 		}
 		// A record of another length (not written by this build) is never reported.
-		return tx.Bucket([]byte("cmdids")).Put([]byte("odd"), []byte{1})
+		return tx.Put([]byte("cmdids"), []byte("odd"), []byte{1})
 	})
 	if err != nil {
 		t.Fatal(err)

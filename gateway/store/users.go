@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
+	"telematics/gateway/kv"
 )
 
 // ErrHasVehicles means a user still has a role on a car: they must be removed from it first.
@@ -24,9 +24,11 @@ func NextTokenGen(gen uint64, nowMs int64) uint64 {
 // unknown name. change may run twice (group commit): it must only set fields.
 func (s *Store) UpdateUser(name string, change func(*User) error) (User, error) {
 	var out User
-	err := s.Write(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketUsers)
-		v := bk.Get([]byte(name))
+	err := s.update(func(tx kv.Tx) error {
+		v, err := tx.Get(bucketUsers, []byte(name))
+		if err != nil {
+			return err
+		}
 		if v == nil {
 			return fmt.Errorf("user %q: %w", name, ErrNotFound)
 		}
@@ -42,7 +44,7 @@ func (s *Store) UpdateUser(name string, change func(*User) error) (User, error) 
 			return err
 		}
 		out = u
-		return bk.Put([]byte(name), b)
+		return tx.Put(bucketUsers, []byte(name), b)
 	})
 	return out, err
 }
@@ -50,8 +52,8 @@ func (s *Store) UpdateUser(name string, change func(*User) error) (User, error) 
 // ListUsers returns every user, ordered by name.
 func (s *Store) ListUsers() ([]User, error) {
 	var out []User
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketUsers).ForEach(func(_, v []byte) error {
+	err := s.view(func(tx kv.Tx) error {
+		return tx.Scan(bucketUsers, nil, nil, func(_, v []byte) error {
 			var u User
 			if err := json.Unmarshal(v, &u); err != nil {
 				return err
@@ -67,14 +69,17 @@ func (s *Store) ListUsers() ([]User, error) {
 // cars) while the user has a role on any car. The check and the deletion are one
 // transaction, so no assignment can slip in between; also runs in it (the user's 2FA state and
 // audit record go with the user).
-func (s *Store) DeleteUser(name string, also ...func(*bolt.Tx) error) error {
-	return s.Write(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketUsers)
-		if bk.Get([]byte(name)) == nil {
+func (s *Store) DeleteUser(name string, also ...func(kv.Tx) error) error {
+	return s.update(func(tx kv.Tx) error {
+		u, err := tx.Get(bucketUsers, []byte(name))
+		if err != nil {
+			return err
+		}
+		if u == nil {
 			return fmt.Errorf("user %q: %w", name, ErrNotFound)
 		}
 		var vins []string
-		err := tx.Bucket(bucketVehicles).ForEach(func(k, v []byte) error {
+		err = tx.Scan(bucketVehicles, nil, nil, func(k, v []byte) error {
 			var veh Vehicle
 			if err := json.Unmarshal(v, &veh); err != nil {
 				return err
@@ -96,6 +101,6 @@ func (s *Store) DeleteUser(name string, also ...func(*bolt.Tx) error) error {
 				return err
 			}
 		}
-		return bk.Delete([]byte(name))
+		return tx.Delete(bucketUsers, []byte(name))
 	})
 }

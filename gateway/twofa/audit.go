@@ -3,8 +3,7 @@ package twofa
 import (
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 )
 
@@ -57,10 +56,10 @@ type Auditor interface {
 // TxAuditor is an Auditor that can also write an event inside the service's transaction, so
 // that a lockout and its audit record commit together or not at all. When the auditor passed
 // to New implements it, AuditTx is used instead of Audit for every event. The transaction
-// may be a db.Batch one, run more than once: AuditTx must only write through tx.
+// may be run more than once (kv.Store.Update): AuditTx must only write through tx.
 type TxAuditor interface {
 	Auditor
-	AuditTx(tx *bolt.Tx, e Event) error
+	AuditTx(tx kv.Tx, e Event) error
 }
 
 // AuditFunc adapts a function to Auditor.

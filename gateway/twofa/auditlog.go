@@ -3,9 +3,8 @@ package twofa
 import (
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 )
 
 // AuditLog is a TxAuditor that writes 2FA events into the gateway's audit log, inside the 2FA
@@ -29,4 +28,4 @@ func auditEvent(e Event) audit.Event {
 func (a AuditLog) Audit(e Event) { _ = a.Log.Append(auditEvent(e)) }
 
 // AuditTx appends e inside tx.
-func (a AuditLog) AuditTx(tx *bolt.Tx, e Event) error { return audit.AppendTx(tx, auditEvent(e)) }
+func (a AuditLog) AuditTx(tx kv.Tx, e Event) error { return a.Log.AppendTx(tx, auditEvent(e)) }

@@ -2,12 +2,13 @@ package twofa
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"telematics/gateway/kv"
 )
 
 // storedRecords returns the raw bytes of every record in bucket, as a real service wrote them:
@@ -27,8 +28,8 @@ func storedRecords(t testing.TB, bucket []byte) [][]byte {
 		f.s.RecordFailure("dave", "dave-login", FactorPassword)
 	}
 	var out [][]byte
-	f.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+	f.kv.View(context.Background(), func(tx kv.Tx) error {
+		return tx.Scan(bucket, nil, nil, func(_, v []byte) error {
 			out = append(out, bytes.Clone(v))
 			return nil
 		})

@@ -10,6 +10,8 @@ import (
 	"github.com/pquerna/otp/totp"
 	bolt "go.etcd.io/bbolt"
 
+	"telematics/gateway/kv"
+	"telematics/gateway/kv/boltkv"
 	"telematics/pkg/clock/clocktest"
 	"telematics/pkg/protocol"
 )
@@ -62,11 +64,19 @@ func openDB(t testing.TB, path string) *bolt.DB {
 	return db
 }
 
+// boltKV serves db as the service's kv.Store, closed (before db) at the test's end.
+func boltKV(t testing.TB, db *bolt.DB) kv.Store {
+	s := boltkv.New(db)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 type fixture struct {
 	s     *Service
 	clock *clocktest.Fake
 	audit *recorder
 	db    *bolt.DB
+	kv    kv.Store // on db
 	path  string
 }
 
@@ -78,7 +88,8 @@ func newFixture(t testing.TB, mutate ...func(*Policy)) *fixture {
 	}
 	f := &fixture{clock: clocktest.New(t0), audit: &recorder{}, path: filepath.Join(t.TempDir(), "gateway.db")}
 	f.db = openDB(t, f.path)
-	s, err := New(f.db, testKey, p, f.clock, f.audit)
+	f.kv = boltKV(t, f.db)
+	s, err := New(f.kv, testKey, p, f.clock, f.audit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,11 +100,13 @@ func newFixture(t testing.TB, mutate ...func(*Policy)) *fixture {
 // reopen closes the database and starts a new service on the same file, as a gateway restart.
 func (f *fixture) reopen(t testing.TB) {
 	t.Helper()
+	f.kv.Close()
 	if err := f.db.Close(); err != nil {
 		t.Fatal(err)
 	}
 	f.db = openDB(t, f.path)
-	s, err := New(f.db, testKey, f.s.Policy(), f.clock, f.audit)
+	f.kv = boltKV(t, f.db)
+	s, err := New(f.kv, testKey, f.s.Policy(), f.clock, f.audit)
 	if err != nil {
 		t.Fatal(err)
 	}

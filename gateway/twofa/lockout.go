@@ -1,10 +1,10 @@
 package twofa
 
 import (
+	"context"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 )
 
@@ -27,7 +27,7 @@ func (s *Service) RecordFailure(user, clientID, factor string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
-	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx kv.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, factor)
 		if err != nil || locked {
 			return err
@@ -52,7 +52,7 @@ func (s *Service) CheckLocked(user string) error {
 	}
 	now := s.clock.Now()
 	var until int64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.kv.View(context.Background(), func(tx kv.Tx) error {
 		lr, err := getLock(tx, user)
 		if err != nil {
 			return err
@@ -77,8 +77,8 @@ func (s *Service) ClearLockout(user, actor string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
-	_, err := s.write(user, actor, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
-		if err := tx.Bucket(bucketLockout).Delete([]byte(user)); err != nil {
+	_, err := s.write(user, actor, s.clock.Now(), func(tx kv.Tx, o *op) error {
+		if err := tx.Delete(bucketLockout, []byte(user)); err != nil {
 			return err
 		}
 		o.event(EventLockoutCleared, "", "", 0)
@@ -89,7 +89,7 @@ func (s *Service) ClearLockout(user, actor string) error {
 
 // lockedTx reads the user's lockout state. If a lockout is running it records the refused
 // attempt (not counted) and sets the op's refusal.
-func (s *Service) lockedTx(tx *bolt.Tx, o *op, factor string) (*lockRecord, bool, error) {
+func (s *Service) lockedTx(tx kv.Tx, o *op, factor string) (*lockRecord, bool, error) {
 	lr, err := getLock(tx, o.user)
 	if err != nil {
 		return nil, false, err
@@ -107,7 +107,7 @@ func (s *Service) lockedTx(tx *bolt.Tx, o *op, factor string) (*lockRecord, bool
 // MaxFailures-th failure within the window starts a lockout and turns the refusal into
 // locked_out; otherwise the refusal is left to the caller, and reason is what the event
 // records.
-func (s *Service) failTx(tx *bolt.Tx, o *op, lr *lockRecord, factor string, reason protocol.Reason) error {
+func (s *Service) failTx(tx kv.Tx, o *op, lr *lockRecord, factor string, reason protocol.Reason) error {
 	if countFailure(lr, o.now, s.policy) {
 		o.event(EventFailure, factor, protocol.ReasonLockedOut, 0)
 		o.event(EventLockout, factor, protocol.ReasonLockedOut, 0)

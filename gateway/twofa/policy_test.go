@@ -340,7 +340,7 @@ func TestPolicyValidate(t *testing.T) {
 			t.Errorf("error %q does not mention %s", err, key)
 		}
 	}
-	if _, err := New(openDB(t, t.TempDir()+"/x.db"), testKey, p, nil, nil); err == nil {
+	if _, err := New(boltKV(t, openDB(t, t.TempDir()+"/x.db")), testKey, p, nil, nil); err == nil {
 		t.Error("New accepted a bad policy")
 	}
 }

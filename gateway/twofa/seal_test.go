@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"telematics/gateway/kv"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -96,13 +97,13 @@ func TestWrongKeyRefused(t *testing.T) {
 	f := newFixture(t)
 	f.enroll(t, "alice")
 	other := bytes.Repeat([]byte{1}, KeySize)
-	if _, err := New(f.db, other, DefaultPolicy(), nil, nil); !errors.Is(err, ErrBadKey) {
+	if _, err := New(f.kv, other, DefaultPolicy(), nil, nil); !errors.Is(err, ErrBadKey) {
 		t.Fatalf("New with another key: %v, want ErrBadKey", err)
 	}
-	if _, err := New(f.db, testKey[:16], DefaultPolicy(), nil, nil); !errors.Is(err, ErrBadKey) {
+	if _, err := New(f.kv, testKey[:16], DefaultPolicy(), nil, nil); !errors.Is(err, ErrBadKey) {
 		t.Fatalf("New with a 16-byte key: %v, want ErrBadKey", err)
 	}
-	if _, err := New(f.db, testKey, DefaultPolicy(), nil, nil); err != nil {
+	if _, err := New(f.kv, testKey, DefaultPolicy(), nil, nil); err != nil {
 		t.Fatalf("New with the right key: %v", err)
 	}
 }
@@ -139,20 +140,19 @@ type txAuditor struct{ recorder }
 
 var bucketTestAudit = []byte("test_audit")
 
-func (a *txAuditor) AuditTx(tx *bolt.Tx, e Event) error {
-	b, err := tx.CreateBucketIfNotExists(bucketTestAudit)
+func (a *txAuditor) AuditTx(tx kv.Tx, e Event) error {
+	seq, err := tx.NextSequence(bucketTestAudit)
 	if err != nil {
 		return err
 	}
-	seq, _ := b.NextSequence()
-	return b.Put([]byte{byte(seq)}, []byte(e.Kind))
+	return tx.Put(bucketTestAudit, []byte{byte(seq)}, []byte(e.Kind))
 }
 
 func TestTxAuditor(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	a := &txAuditor{}
-	s, err := New(f.db, testKey, DefaultPolicy(), f.clock, a)
+	s, err := New(f.kv, testKey, DefaultPolicy(), f.clock, a)
 	if err != nil {
 		t.Fatal(err)
 	}

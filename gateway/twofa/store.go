@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"telematics/gateway/kv"
 )
 
-// Buckets this package owns in the gateway's bbolt file. Keys of bucketTOTP and
+// Buckets this package owns in the gateway's store. Keys of bucketTOTP and
 // bucketLockout are user names (protocol.ValidUser), values are JSON records with a "v" field.
 var (
 	bucketTOTP    = []byte("totp")         // user -> totpRecord
@@ -126,10 +126,10 @@ func decodeLockRecord(b []byte) (*lockRecord, error) {
 
 // getTOTP returns the user's enrollment, or nil if there is none. The record is decoded into
 // fresh memory, so it stays valid after tx ends.
-func getTOTP(tx *bolt.Tx, user string) (*totpRecord, error) {
-	v := tx.Bucket(bucketTOTP).Get([]byte(user))
-	if v == nil {
-		return nil, nil
+func getTOTP(tx kv.Tx, user string) (*totpRecord, error) {
+	v, err := tx.Get(bucketTOTP, []byte(user))
+	if err != nil || v == nil {
+		return nil, err
 	}
 	r, err := decodeTOTPRecord(v)
 	if err != nil {
@@ -138,22 +138,25 @@ func getTOTP(tx *bolt.Tx, user string) (*totpRecord, error) {
 	return r, nil
 }
 
-func putTOTP(tx *bolt.Tx, user string, r *totpRecord) error {
+func putTOTP(tx kv.Tx, user string, r *totpRecord) error {
 	r.V = recordVersion
 	v, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketTOTP).Put([]byte(user), v)
+	return tx.Put(bucketTOTP, []byte(user), v)
 }
 
-func deleteTOTP(tx *bolt.Tx, user string) error {
-	return tx.Bucket(bucketTOTP).Delete([]byte(user))
+func deleteTOTP(tx kv.Tx, user string) error {
+	return tx.Delete(bucketTOTP, []byte(user))
 }
 
 // getLock returns the user's lockout state; a user without one gets an empty record.
-func getLock(tx *bolt.Tx, user string) (*lockRecord, error) {
-	v := tx.Bucket(bucketLockout).Get([]byte(user))
+func getLock(tx kv.Tx, user string) (*lockRecord, error) {
+	v, err := tx.Get(bucketLockout, []byte(user))
+	if err != nil {
+		return nil, err
+	}
 	if v == nil {
 		return &lockRecord{V: recordVersion}, nil
 	}
@@ -166,15 +169,14 @@ func getLock(tx *bolt.Tx, user string) (*lockRecord, error) {
 
 // putLock stores r, or deletes the key when r holds nothing, so the bucket only holds users
 // with recent failures.
-func putLock(tx *bolt.Tx, user string, r *lockRecord) error {
-	b := tx.Bucket(bucketLockout)
+func putLock(tx kv.Tx, user string, r *lockRecord) error {
 	if len(r.Failures) == 0 && r.LockedUntilMs == 0 {
-		return b.Delete([]byte(user))
+		return tx.Delete(bucketLockout, []byte(user))
 	}
 	r.V = recordVersion
 	v, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return b.Put([]byte(user), v)
+	return tx.Put(bucketLockout, []byte(user), v)
 }

@@ -2,6 +2,7 @@ package twofa
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base32"
@@ -12,8 +13,8 @@ import (
 
 	"github.com/pquerna/otp"
 	"github.com/pquerna/otp/totp"
-	bolt "go.etcd.io/bbolt"
 
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 )
 
@@ -101,7 +102,7 @@ func (s *Service) verify(user, clientID, action, factor, code string) (*op, erro
 		return nil, err
 	}
 	code = cleanCode(code)
-	o, err := s.writeAction(user, clientID, action, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.writeAction(user, clientID, action, s.clock.Now(), func(tx kv.Tx, o *op) error {
 		rec, ok, err := s.verifyTx(tx, o, factor, code)
 		if err != nil || !ok {
 			return err
@@ -118,7 +119,7 @@ func (s *Service) verify(user, clientID, action, factor, code string) (*op, erro
 // first, then the code. On success it returns the record updated in memory (last step, or
 // the spent recovery code removed) for the caller to store or replace; on refusal it sets
 // o.refusal and has already stored the failure.
-func (s *Service) verifyTx(tx *bolt.Tx, o *op, factor, code string) (*totpRecord, bool, error) {
+func (s *Service) verifyTx(tx kv.Tx, o *op, factor, code string) (*totpRecord, bool, error) {
 	lr, locked, err := s.lockedTx(tx, o, factor)
 	if err != nil || locked {
 		return nil, false, err
@@ -138,7 +139,7 @@ func (s *Service) verifyTx(tx *bolt.Tx, o *op, factor, code string) (*totpRecord
 
 // proveTx checks code against rec's active secret (FactorTOTP) or unused recovery codes
 // (FactorRecovery) for a user known not to be locked out (lr from lockedTx).
-func (s *Service) proveTx(tx *bolt.Tx, o *op, lr *lockRecord, rec *totpRecord, factor, code string) (bool, error) {
+func (s *Service) proveTx(tx kv.Tx, o *op, lr *lockRecord, rec *totpRecord, factor, code string) (bool, error) {
 	switch factor {
 	case FactorTOTP:
 		secret, err := unseal(s.aead, o.user, rec.Active.Sealed)
@@ -223,7 +224,7 @@ func (s *Service) Enroll(user, clientID, proof string) (Enrollment, error) {
 		return Enrollment{}, err
 	}
 	proof = cleanCode(proof)
-	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx kv.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, factorOf(proof))
 		if err != nil || locked {
 			return err
@@ -279,7 +280,7 @@ func (s *Service) Confirm(user, clientID, code string) (recoveryCodes []string, 
 		return nil, err
 	}
 	code = cleanCode(code)
-	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx kv.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, FactorTOTP)
 		if err != nil || locked {
 			return err
@@ -330,7 +331,7 @@ func (s *Service) Disable(user, clientID, proof string) error {
 		return err
 	}
 	proof = cleanCode(proof)
-	o, err := s.write(user, clientID, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, clientID, s.clock.Now(), func(tx kv.Tx, o *op) error {
 		lr, locked, err := s.lockedTx(tx, o, factorOf(proof))
 		if err != nil || locked {
 			return err
@@ -373,7 +374,7 @@ func (s *Service) Reset(user, actor string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
-	o, err := s.write(user, actor, s.clock.Now(), func(tx *bolt.Tx, o *op) error {
+	o, err := s.write(user, actor, s.clock.Now(), func(tx kv.Tx, o *op) error {
 		rec, err := getTOTP(tx, user)
 		if err != nil {
 			// A record this build cannot read is exactly what an administrator may need to
@@ -413,7 +414,7 @@ func (s *Service) Status(user string) (Status, error) {
 	}
 	now := s.clock.Now()
 	var st Status
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.kv.View(context.Background(), func(tx kv.Tx) error {
 		rec, err := getTOTP(tx, user)
 		if err != nil {
 			return err

@@ -2,21 +2,21 @@ package twofa
 
 import (
 	"bytes"
+	"context"
 	"encoding/base32"
 	"errors"
 	"fmt"
 	"image/png"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/pquerna/otp"
-	bolt "go.etcd.io/bbolt"
 
+	"telematics/gateway/kv"
 	"telematics/pkg/protocol"
 )
 
@@ -381,9 +381,12 @@ func TestSecretsSealedAtRest(t *testing.T) {
 	}
 
 	// Copy bob's record over alice's: it opens for bob only.
-	err = f.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTOTP)
-		return b.Put([]byte("alice"), bytes.Clone(b.Get([]byte("bob"))))
+	err = f.kv.Update(t.Context(), func(tx kv.Tx) error {
+		v, err := tx.Get(bucketTOTP, []byte("bob"))
+		if err != nil {
+			return err
+		}
+		return tx.Put(bucketTOTP, []byte("alice"), bytes.Clone(v))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -446,7 +449,7 @@ func TestOathtool(t *testing.T) {
 		// stalls for more than 30 s.
 		p := DefaultPolicy()
 		db := openDB(t, t.TempDir()+"/real.db")
-		s, err := New(db, testKey, p, nil, nil)
+		s, err := New(boltKV(t, db), testKey, p, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -489,48 +492,67 @@ func TestRFC6238Vectors(t *testing.T) {
 	}
 }
 
-// TestBatchRerun: when another function in the same db.Batch fails, bbolt rolls the batch
-// back and runs Verify's function again. The re-run must decide afresh (accept, not
-// "replayed" against its own rolled-back write) and report its events once. Which of the two
-// joins the batch first is up to the scheduler: Verify does in about nine rounds of ten (more
-// on one CPU), so 100 rounds without one forced re-run mean something changed, and the test
-// fails rather than pass without having exercised the re-run.
+// TestBatchRerun: when Update runs Verify's function again (another writer of its bbolt group
+// commit failed, or an etcd transaction conflicted), after a first run whose writes were
+// rolled back, the re-run must decide afresh (accept, not "replayed" against its own
+// rolled-back write) and report its events once. rerunStore forces the re-run: it rolls back
+// the first run of each Update that saw the code accepted.
 func TestBatchRerun(t *testing.T) {
 	f := newFixture(t)
 	secret, _ := f.enroll(t, "alice")
+	rs := &rerunStore{Store: f.kv}
+	s, err := New(rs, testKey, f.s.Policy(), f.clock, f.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
 	forced := 0
 	for round := 0; round < 100 && forced < 3; round++ {
 		f.clock.Advance(PeriodSeconds * time.Second)
 		c, want := code(t, secret, f.clock.Now()), StepAt(f.clock.Now())
 		successes := f.audit.count(EventSuccess)
-		done := make(chan error, 1)
-		go func() {
-			_, err := f.s.Verify("alice", "alice-1", c)
-			done <- err
-		}()
-		runtime.Gosched() // let Verify join the batch first, most of the time
-		calls := 0
-		f.db.Batch(func(tx *bolt.Tx) error {
-			calls++
+		rs.check = func(tx kv.Tx) bool {
 			rec, err := getTOTP(tx, "alice")
-			if err != nil {
-				return err
-			}
-			if calls == 1 && rec.LastStep == want {
-				forced++ // Verify ran before us in this transaction: undo it
-				return errors.New("forced rollback")
-			}
-			return nil
-		})
-		if err := <-done; err != nil {
+			return err == nil && rec != nil && rec.LastStep == want
+		}
+		if _, err := s.Verify("alice", "alice-1", c); err != nil {
 			t.Fatalf("round %d (forced re-runs so far %d): %v", round, forced, err)
 		}
+		forced += rs.forced
+		rs.forced = 0
 		if got := f.audit.count(EventSuccess) - successes; got != 1 {
 			t.Fatalf("round %d: %d success events, want 1", round, got)
 		}
 	}
 	if forced == 0 {
-		t.Fatal("in 100 rounds scheduling never put Verify first in a batch: the re-run path was not exercised")
+		t.Fatal("no forced re-run: the re-run path was not exercised")
 	}
 	t.Logf("%d forced re-runs", forced)
+}
+
+// rerunStore rolls back the first run of an Update whose function left check true, and runs
+// the function again in a new transaction: the re-run a conflict or a failed group commit
+// causes.
+type rerunStore struct {
+	kv.Store
+	check  func(kv.Tx) bool
+	forced int
+}
+
+var errForcedRollback = errors.New("forced rollback")
+
+func (r *rerunStore) Update(ctx context.Context, fn func(kv.Tx) error) error {
+	err := r.Store.Update(ctx, func(tx kv.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		if r.check != nil && r.check(tx) {
+			return errForcedRollback
+		}
+		return nil
+	})
+	if !errors.Is(err, errForcedRollback) {
+		return err
+	}
+	r.forced++
+	return r.Store.Update(ctx, fn)
 }

@@ -1,10 +1,11 @@
 // Package twofa is the gateway's second factor: TOTP (RFC 6238) enrollment and verification
 // with replay protection, single-use recovery codes, brute-force lockout, session step-up and
 // the rollout policy that decides which app commands need a code. Its state lives in the
-// gateway's bbolt file, with every TOTP secret sealed by AES-256-GCM.
+// gateway's store (gateway/kv), with every TOTP secret sealed by AES-256-GCM.
 package twofa
 
 import (
+	"context"
 	"crypto/cipher"
 	"errors"
 	"fmt"
@@ -12,8 +13,7 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"telematics/gateway/kv"
 	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 )
@@ -69,8 +69,7 @@ func refuse(sentinel error, format string, args ...any) error {
 
 // Service is the 2FA state of every user. It is safe for concurrent use.
 type Service struct {
-	db      *bolt.DB
-	writeTx func(func(*bolt.Tx) error) error // db.Batch unless SetWriter chose another
+	kv      kv.Store
 	aead    cipher.AEAD
 	policy  Policy
 	actions map[string]bool // actions that need a second factor
@@ -87,12 +86,12 @@ type Service struct {
 
 type session struct{ user, clientID string }
 
-// New opens the 2FA state in db, creating its buckets, with key (32 bytes, see
+// New opens the 2FA state in kvs (the gateway store's, see store.Store.KV), with key (32 bytes, see
 // LoadOrCreateKey and ParseKey) sealing the TOTP secrets, on clk (nil: the real clock);
 // audit receives every 2FA event (nil: discarded). The first New on a database records a
 // check value sealed with key; a later New with another key fails instead of silently failing
 // every user's verification.
-func New(db *bolt.DB, key []byte, policy Policy, clk clock.Clock, audit Auditor) (*Service, error) {
+func New(kvs kv.Store, key []byte, policy Policy, clk clock.Clock, audit Auditor) (*Service, error) {
 	if err := policy.Validate(); err != nil {
 		return nil, fmt.Errorf("2fa policy: %w", err)
 	}
@@ -104,7 +103,7 @@ func New(db *bolt.DB, key []byte, policy Policy, clk clock.Clock, audit Auditor)
 		audit = discardAuditor{}
 	}
 	s := &Service{
-		db:      db,
+		kv:      kvs,
 		aead:    aead,
 		policy:  policy.clone(),
 		actions: make(map[string]bool, len(policy.Actions)),
@@ -120,26 +119,30 @@ func New(db *bolt.DB, key []byte, policy Policy, clk clock.Clock, audit Auditor)
 	if err != nil {
 		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketTOTP, bucketLockout, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+	err = kvs.Update(context.Background(), func(tx kv.Tx) error {
+		v, err := tx.Get(bucketMeta, keySchema)
+		if err != nil {
+			return err
+		}
+		if v != nil && string(v) != fmt.Sprint(recordVersion) {
+			return fmt.Errorf("2fa schema %q, this build reads %d", v, recordVersion)
+		}
+		if v == nil {
+			if err := tx.Put(bucketMeta, keySchema, []byte(fmt.Sprint(recordVersion))); err != nil {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil && string(v) != fmt.Sprint(recordVersion) {
-			return fmt.Errorf("2fa schema %q, this build reads %d", v, recordVersion)
-		}
-		if err := meta.Put(keySchema, []byte(fmt.Sprint(recordVersion))); err != nil {
+		v, err = tx.Get(bucketMeta, keyKeyCheck)
+		if err != nil {
 			return err
 		}
-		if v := meta.Get(keyKeyCheck); v != nil {
+		if v != nil {
 			if plain, err := unseal(aead, keyCheckUser, v); err != nil || string(plain) != keyCheckPlain {
 				return fmt.Errorf("%w: it is not the key this database's TOTP secrets were sealed with", ErrBadKey)
 			}
 			return nil
 		}
-		return meta.Put(keyKeyCheck, check)
+		return tx.Put(bucketMeta, keyKeyCheck, check)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open 2fa store: %w", err)
@@ -156,7 +159,7 @@ const (
 // Policy returns the policy the service was built with.
 func (s *Service) Policy() Policy { return s.policy.clone() }
 
-// op is what one write transaction decided. A db.Batch function may run more than once, so
+// op is what one write transaction decided. An Update function may run more than once, so
 // each run starts from a fresh op, and its events are reported only after the commit (or
 // written inside the transaction by a TxAuditor).
 type op struct {
@@ -178,25 +181,17 @@ func (o *op) event(kind EventKind, factor string, reason protocol.Reason, step i
 	})
 }
 
-// SetWriter makes durable writes go through write (the gateway's group committer) instead of
-// db.Batch. write may run its function twice, as db.Batch does. Call it before use.
-func (s *Service) SetWriter(write func(func(*bolt.Tx) error) error) { s.writeTx = write }
-
-// write runs fn in a batched write transaction. fn must be idempotent: it reads everything
-// it decides on from tx and records its decision in the op it is given. A refusal is not a
+// write runs fn in a write transaction of the store. fn may run more than once: it reads
+// everything it decides on from tx and records its decision in the op it is given. A refusal is not a
 // transaction error: the failures it counts must commit.
-func (s *Service) write(user, clientID string, now time.Time, fn func(tx *bolt.Tx, o *op) error) (*op, error) {
+func (s *Service) write(user, clientID string, now time.Time, fn func(tx kv.Tx, o *op) error) (*op, error) {
 	return s.writeAction(user, clientID, "", now, fn)
 }
 
 // writeAction is write for a Decide about action.
-func (s *Service) writeAction(user, clientID, action string, now time.Time, fn func(tx *bolt.Tx, o *op) error) (*op, error) {
+func (s *Service) writeAction(user, clientID, action string, now time.Time, fn func(tx kv.Tx, o *op) error) (*op, error) {
 	var o *op
-	writeTx := s.writeTx
-	if writeTx == nil {
-		writeTx = s.db.Batch
-	}
-	err := writeTx(func(tx *bolt.Tx) error {
+	err := s.kv.Update(context.Background(), func(tx kv.Tx) error {
 		o = &op{user: user, clientID: clientID, action: action, now: now}
 		if err := fn(tx, o); err != nil {
 			return err

@@ -1,7 +1,7 @@
 package twofa
 
 import (
-	bolt "go.etcd.io/bbolt"
+	"telematics/gateway/kv"
 )
 
 // EndUserSessions ends every step-up elevation of user: the gateway calls it when the user's
@@ -11,12 +11,12 @@ func (s *Service) EndUserSessions(user string) { s.endUserSessions(user) }
 // RemoveUserTx deletes user's enrollment and lockout inside tx, the transaction that deletes
 // the user, so that a user created later under the same name starts with neither. Call
 // EndUserSessions once tx has committed.
-func (s *Service) RemoveUserTx(tx *bolt.Tx, user string) error {
+func (s *Service) RemoveUserTx(tx kv.Tx, user string) error {
 	if err := checkUser(user); err != nil {
 		return err
 	}
 	if err := deleteTOTP(tx, user); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketLockout).Delete([]byte(user))
+	return tx.Delete(bucketLockout, []byte(user))
 }

@@ -14,13 +14,12 @@ import (
 // costs microseconds, not milliseconds. Never outside a fuzz harness.
 func OpenNoSync(tb testing.TB) (*store.Store, *audit.Log) {
 	tb.Helper()
-	st, err := store.Open(filepath.Join(tb.TempDir(), "g.db"))
+	st, err := store.OpenFile(filepath.Join(tb.TempDir(), "g.db"), store.Options{NoSync: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { st.Close() })
-	st.DB().NoSync = true
-	lg, err := audit.Open(st.DB())
+	lg, err := audit.Open(st.KV())
 	if err != nil {
 		tb.Fatal(err)
 	}
