@@ -57,21 +57,19 @@ func (r *Router) filter(f string, shared bool) string {
 	return f
 }
 
-// pendingTx returns what the decision's transaction must also write for an accepted command:
-// its pending record when clustered, nothing otherwise (one gateway keeps them in memory).
-func (r *Router) pendingTx(id string, p *pending) func(kv.Tx) error {
-	if !r.clustered() {
+// putPendingTx writes, in the transaction that records an accepted command's decision (ev),
+// its pending record, when the router is a replica; one gateway keeps them in memory only.
+func (r *Router) putPendingTx(tx kv.Tx, ev audit.Event, expiresAtMs int64) error {
+	if !r.clustered() || ev.Outcome != protocol.ReplyAccepted {
 		return nil
 	}
-	rec := pendingRecord{ID: id, VIN: p.vin, User: p.user, ReplyTopic: protocol.AppTopic(p.user, protocol.SuffixReply),
-		Action: p.action, ExpiresAtMs: p.expiresAtMs, Replica: r.cfg.Replica}
-	b, err := json.Marshal(rec)
-	return func(tx kv.Tx) error {
-		if err != nil {
-			return err
-		}
-		return tx.Put(bucketPending, []byte(id), b)
+	b, err := json.Marshal(pendingRecord{ID: ev.CmdID, VIN: ev.VIN, User: ev.User,
+		ReplyTopic: protocol.AppTopic(ev.User, protocol.SuffixReply), Action: protocol.Action(ev.Action),
+		ExpiresAtMs: expiresAtMs, Replica: r.cfg.Replica})
+	if err != nil {
+		return err
 	}
+	return tx.Put(bucketPending, []byte(ev.CmdID), b)
 }
 
 // claim takes the pending record of id and appends ev, the terminal audit record, in one

@@ -138,8 +138,7 @@ func (r *Router) decide(req request) {
 	// The decision is durable before the command goes out.
 	ev.Outcome = protocol.ReplyAccepted
 	ev.Detail = "factors=" + joinFactors(factors)
-	p := &pending{user: req.user, session: req.session, vin: cmd.VIN, action: cmd.Action, expiresAtMs: cmd.ExpiresAtMs}
-	if err := r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs, r.pendingTx(cmd.ID, p)); err != nil {
+	if err := r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs); err != nil {
 		r.log.Error("audit write failed; command not sent", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
 		r.forget(cmd.ID)
 		r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyFailed, Reason: protocol.ReasonInternal, VIN: cmd.VIN, Action: cmd.Action})
@@ -151,7 +150,7 @@ func (r *Router) decide(req request) {
 		return
 	}
 	r.mu.Lock()
-	r.pending[cmd.ID] = p
+	r.pending[cmd.ID] = &pending{user: req.user, session: req.session, vin: cmd.VIN, action: cmd.Action, expiresAtMs: cmd.ExpiresAtMs}
 	r.mu.Unlock()
 	r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyAccepted, VIN: cmd.VIN, Action: cmd.Action})
 
@@ -199,7 +198,7 @@ func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err e
 	}
 	var aerr error
 	if persistID && ev.CmdID != "" {
-		aerr = r.recordDecision(ev, ev.CmdID, cmd.ExpiresAtMs, nil)
+		aerr = r.recordDecision(ev, ev.CmdID, cmd.ExpiresAtMs)
 	} else {
 		aerr = r.audit.Append(ev)
 	}
@@ -209,9 +208,7 @@ func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err e
 	r.reply(req.user, protocol.Reply{ID: ev.CmdID, Status: protocol.ReplyRejected, Reason: reason, VIN: ev.VIN, Action: protocol.Action(ev.Action)})
 }
 
-// recordDecision remembers the command id and appends the decision's audit record in one
-// transaction, with what also writes when it is not nil (a replica's pending record).
-func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64, also func(kv.Tx) error) error {
+func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64) error {
 	// Ids are remembered past their command's expiry by the car's replay horizon, so no
 	// replay of a still-valid command can pass.
 	until := untilMs + protocol.MaxCommandAheadMs
@@ -219,10 +216,8 @@ func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64, also f
 		if err := store.PutCommandID(tx, id, until); err != nil {
 			return err
 		}
-		if also != nil {
-			if err := also(tx); err != nil {
-				return err
-			}
+		if err := r.putPendingTx(tx, ev, untilMs); err != nil { // a replica's (cluster.go)
+			return err
 		}
 		return r.audit.AppendTx(tx, ev)
 	})
