@@ -52,7 +52,7 @@ source's state.`,
 	f := cmd.Flags()
 	f.StringVar(&from, "from", "", "the gateway's bbolt store: bbolt://DATA_DIR or bbolt://FILE")
 	f.StringVar(&to, "to", "", "the etcd cluster: etcd://HOST:PORT[,HOST:PORT...]")
-	f.StringVar(&prefix, "prefix", "/telematics/", "the key prefix of the gateway's state in etcd (the replicas' --store prefix)")
+	f.StringVar(&prefix, "prefix", "/telematics/", "the key prefix of the gateway's state in etcd: the replicas' store_prefix")
 	f.BoolVar(&force, "force", false, "replace whatever the target holds under --prefix with the source's state")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.DurationVar(&lockTimeout, "lock-timeout", time.Second, "how long to wait for the bbolt file's lock (a running gateway holds it)")
