@@ -129,6 +129,9 @@ func TestComposeClusterGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 			!strings.HasPrefix(svc.Environment["GATEWAY_ADMIN_TOKEN_FILE"], "/data/admin/") {
 			t.Errorf("%s does not read the shared TOTP sealing key and admin token: %v", name, svc.Environment)
 		}
+		if svc.Environment["GATEWAY_AUDIT_MAX_RECORDS"] == "" {
+			t.Errorf("%s keeps the audit log's default bound, which does not fit etcd's quota", name)
+		}
 		if entry := strings.Join(svc.Entrypoint, " "); !strings.Contains(entry, "cp /data/secrets/gateway.key /data/gateway/gateway.key") {
 			t.Errorf("%s does not take the shared signing key: %s", name, entry)
 		}
