@@ -216,7 +216,7 @@ func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64) error 
 		if err := store.PutCommandID(tx, id, until); err != nil {
 			return err
 		}
-		if err := r.putPendingTx(tx, ev, untilMs); err != nil { // a replica's (cluster.go)
+		if err := r.putPendingTx(tx, ev, untilMs); err != nil { // a replica's (replica.go)
 			return err
 		}
 		return r.audit.AppendTx(tx, ev)

@@ -103,7 +103,7 @@ func (r *Router) terminal(id, user, vin string, action protocol.Action, status s
 }
 
 // terminalReply is terminal with the car's message for the user.
-// A replica first claims the command's pending record (cluster.go): only the one that claims
+// A replica first claims the command's pending record (replica.go): only the one that claims
 // it answers.
 func (r *Router) terminalReply(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail, message string) {
 	ev := audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,

@@ -52,7 +52,7 @@ type Config struct {
 	TwinFlushInterval time.Duration
 	// Replica names this router when it is one replica of a cluster (an external broker and
 	// the etcd store shared with other replicas): requests and results then come through
-	// shared subscriptions and pending commands live in the store (cluster.go). "": one
+	// shared subscriptions and pending commands live in the store (replica.go). "": one
 	// gateway, pending commands in memory.
 	Replica string
 }
