@@ -9,12 +9,12 @@ RUN CGO_ENABLED=0 go build -trimpath -o /out/gateway ./gateway \
  && CGO_ENABLED=0 go build -trimpath -o /out/vehicle-sim ./vehicle-sim
 
 FROM debian:bookworm-slim
-# The compose volumes mount at /data/gateway, /data/public, /data/admin, /data/broker,
+# The compose volumes mount at /data/gateway, /data/public, /data/admin, /data/broker, /data/secrets,
 # /data/fleet and /data/sim: made here, so that a new named volume takes this owner instead of
 # root (and the mode: the secrets' directories are 0700).
 RUN useradd --system --uid 10001 --home /data telematics \
- && mkdir -p /data/gateway /data/public /data/admin /data/broker /data/fleet /data/sim \
- && chmod 700 /data/gateway /data/admin /data/broker /data/fleet && chown -R telematics /data
+ && mkdir -p /data/gateway /data/public /data/admin /data/broker /data/fleet /data/sim /data/secrets \
+ && chmod 700 /data/gateway /data/admin /data/broker /data/fleet /data/secrets && chown -R telematics /data
 COPY --from=build /out/ /usr/local/bin/
 COPY configs/ /etc/telematics/
 USER telematics

@@ -15,21 +15,7 @@ import (
 // read-only, and a state volume of its own; the simulator gets its fleet's credentials,
 // read-only, and not the admin token; only the one-shot provisioning step sees the admin token.
 func TestComposeGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join("..", "docker-compose.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var compose struct {
-		Services map[string]struct {
-			Volumes     []string          `yaml:"volumes"`
-			Entrypoint  []string          `yaml:"entrypoint"`
-			Command     []string          `yaml:"command"`
-			Environment map[string]string `yaml:"environment"`
-		} `yaml:"services"`
-	}
-	if err := yaml.Unmarshal(raw, &compose); err != nil {
-		t.Fatal(err)
-	}
+	compose := readCompose(t, "docker-compose.yml")
 	// The mounts each service may have: volume -> read-only.
 	want := map[string]map[string]bool{
 		"gateway":     {"gateway-data": false, "gateway-public": false, "admin-token": false},
@@ -37,6 +23,37 @@ func TestComposeGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 		"provision":   {"admin-token": true, "fleet": false},
 		"vehicle-sim": {"fleet": true, "sim-data": false},
 	}
+	checkMounts(t, compose, want, "gateway")
+}
+
+// compose is the part of a compose file these tests read.
+type compose struct {
+	Services map[string]struct {
+		Volumes     []string          `yaml:"volumes"`
+		Entrypoint  []string          `yaml:"entrypoint"`
+		Command     []string          `yaml:"command"`
+		Environment map[string]string `yaml:"environment"`
+	} `yaml:"services"`
+}
+
+func readCompose(t *testing.T, file string) compose {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c compose
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// checkMounts: each service mounts only the volumes want allows it, read-only where want
+// says so; only the gateways refer to the gateway's data directory; the simulator runs its
+// fleet file without the admin token; the broker keeps its state.
+func checkMounts(t *testing.T, compose compose, want map[string]map[string]bool, gateways ...string) {
+	t.Helper()
 	for name, svc := range compose.Services {
 		allowed, ok := want[name]
 		if !ok {
@@ -55,7 +72,7 @@ func TestComposeGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 			}
 		}
 		args := strings.Join(slices.Concat(svc.Entrypoint, svc.Command), " ")
-		if name != "gateway" && strings.Contains(args, "/data/gateway") {
+		if !slices.Contains(gateways, name) && strings.Contains(args, "/data/gateway") {
 			t.Errorf("service %s refers to the gateway's data directory: %s", name, args)
 		}
 	}
@@ -65,5 +82,58 @@ func TestComposeGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 	}
 	if compose.Services["broker"].Environment["BROKER_STATE_FILE"] == "" {
 		t.Error("the broker keeps no state file: a restart would admit retired car tokens")
+	}
+}
+
+// TestComposeClusterGivesEachServiceOnlyWhatItNeeds: docker-compose.cluster.yml keeps the same
+// rules for a cluster: the shared signing and TOTP sealing keys only in the one-shot secrets
+// step (writing) and the replicas (read-only); the admin token also in the provisioning step,
+// read-only; each etcd member and each replica its own data volume. Each replica runs on the
+// standalone broker with the etcd store of all three members, which form one cluster.
+func TestComposeClusterGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
+	compose := readCompose(t, "docker-compose.cluster.yml")
+	want := map[string]map[string]bool{
+		"etcd-1":      {"etcd-1-data": false},
+		"etcd-2":      {"etcd-2-data": false},
+		"etcd-3":      {"etcd-3-data": false},
+		"secrets":     {"gateway-secrets": false, "admin-token": false, "gateway-public": false},
+		"gateway-1":   {"gateway-secrets": true, "admin-token": true, "gateway-1-data": false, "gateway-public": false},
+		"gateway-2":   {"gateway-secrets": true, "admin-token": true, "gateway-2-data": false, "gateway-public": false},
+		"broker":      {"gateway-public": true, "broker-data": false},
+		"provision":   {"admin-token": true, "fleet": false},
+		"vehicle-sim": {"fleet": true, "sim-data": false},
+	}
+	checkMounts(t, compose, want, "gateway-1", "gateway-2")
+	members := []string{"etcd-1", "etcd-2", "etcd-3"}
+	for _, m := range members {
+		args := strings.Join(compose.Services[m].Command, " ")
+		for _, peer := range members {
+			if !strings.Contains(args, peer+"=http://"+peer+":2380") {
+				t.Errorf("%s: --initial-cluster does not name %s: %s", m, peer, args)
+			}
+		}
+		for _, flag := range []string{"--auto-compaction-retention=", "--quota-backend-bytes=", "--max-txn-ops=128"} {
+			if !strings.Contains(args, flag) {
+				t.Errorf("%s: no %s (docs/OPERATIONS.md, \"Running a cluster\")", m, flag)
+			}
+		}
+	}
+	for _, name := range []string{"gateway-1", "gateway-2"} {
+		svc := compose.Services[name]
+		args := strings.Join(svc.Command, " ")
+		if !strings.Contains(args, "--external-broker tcp://broker:1883") ||
+			!strings.Contains(args, "--store etcd://etcd-1:2379,etcd-2:2379,etcd-3:2379") {
+			t.Errorf("%s is not a replica on the broker and all of etcd: %s", name, args)
+		}
+		if !strings.HasPrefix(svc.Environment["GATEWAY_TWOFA_KEY_FILE"], "/data/secrets/") ||
+			!strings.HasPrefix(svc.Environment["GATEWAY_ADMIN_TOKEN_FILE"], "/data/admin/") {
+			t.Errorf("%s does not read the shared TOTP sealing key and admin token: %v", name, svc.Environment)
+		}
+		if svc.Environment["GATEWAY_AUDIT_MAX_RECORDS"] == "" {
+			t.Errorf("%s keeps the audit log's default bound, which does not fit etcd's quota", name)
+		}
+		if entry := strings.Join(svc.Entrypoint, " "); !strings.Contains(entry, "cp /data/secrets/gateway.key /data/gateway/gateway.key") {
+			t.Errorf("%s does not take the shared signing key: %s", name, entry)
+		}
 	}
 }

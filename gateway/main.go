@@ -1,7 +1,8 @@
 // Command gateway is the cloud side of the telematics system: `gateway serve` runs the
 // embedded broker, the command path and the HTTP API; `gateway admin` provisions through a
 // running gateway; `gateway demo` tells the whole story in one process; `gateway drill outage`
-// takes the cloud down under a fleet and checks that owners still open their cars.
+// takes the cloud down under a fleet and checks that owners still open their cars; `gateway
+// store migrate` copies a stopped gateway's state into etcd for a cluster of replicas.
 package main
 
 import (
@@ -18,6 +19,7 @@ import (
 	"telematics/gateway/admin"
 	"telematics/gateway/demo"
 	"telematics/gateway/drill"
+	"telematics/gateway/migrate"
 	"telematics/gateway/server"
 	"telematics/pkg/cmdline"
 )
@@ -40,13 +42,16 @@ func newRoot(environ []string) *cobra.Command {
 
 Every flag can also be set by the environment variable shown beside it. Exit status: 0,
 1 for a failure, 2 for a usage error.`
-	demoCmd, drillCmd, probeCmd := demo.Command(), drill.Command(), probeCommand()
+	demoCmd, drillCmd, probeCmd, storeCmd := demo.Command(), drill.Command(), probeCommand(), migrate.Command()
 	// serve and rotate-key share the server's GATEWAY_* settings (--data is the same dir);
 	// the demo's, the drill's and the probe's flags are their own.
 	cmdline.PrefixEnv(demoCmd, "GATEWAY_DEMO")
 	cmdline.PrefixEnv(drillCmd, "GATEWAY_DRILL")
 	cmdline.PrefixEnv(probeCmd, "GATEWAY_PROBE")
-	root.AddCommand(server.ServeCommand(environ), admin.Command(), demoCmd, drillCmd, probeCmd, rotateKeyCommand())
+	cmdline.PrefixEnv(storeCmd, "GATEWAY_MIGRATE")
+	secretsCmd := initSecretsCommand()
+	cmdline.PrefixEnv(secretsCmd, "GATEWAY_SECRETS")
+	root.AddCommand(server.ServeCommand(environ), admin.Command(), demoCmd, drillCmd, probeCmd, rotateKeyCommand(), storeCmd, secretsCmd)
 	return root
 }
 

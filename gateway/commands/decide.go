@@ -241,6 +241,9 @@ func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64, first 
 		if err := store.PutCommandID(tx, id, until); err != nil {
 			return err
 		}
+		if err := r.putPendingTx(tx, ev, untilMs); err != nil { // a replica's (replica.go)
+			return err
+		}
 		return r.audit.AppendTx(tx, ev)
 	})
 }

@@ -33,6 +33,17 @@ func (r *Router) onResult(m mqttc.Message) {
 		ok = false
 	}
 	r.mu.Unlock()
+	if !ok && r.clustered() {
+		// Another replica accepted the command: its pending record is in the store.
+		rec, found, err := r.lookupPending(res.ID)
+		if err != nil {
+			r.log.Error("result not relayed: pending commands unreadable; the sweep answers expired", "cmd_id", res.ID, "vin", vin, "err", err)
+			return
+		}
+		if found && rec.VIN == vin {
+			p, ok = &pending{user: rec.User, vin: rec.VIN, action: rec.Action, expiresAtMs: rec.ExpiresAtMs}, true
+		}
+	}
 	if !ok {
 		_ = r.audit.Append(audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindLate, VIN: vin, CmdID: res.ID,
 			Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request"})
@@ -64,7 +75,7 @@ func (r *Router) finishWithMessage(id, user, vin string, action protocol.Action,
 	_, wasPending := r.pending[id]
 	delete(r.pending, id)
 	r.mu.Unlock()
-	if !wasPending {
+	if !wasPending && !r.clustered() { // a replica's claim in terminalReply decides
 		return
 	}
 	detail := ""
@@ -92,17 +103,30 @@ func (r *Router) terminal(id, user, vin string, action protocol.Action, status s
 }
 
 // terminalReply is terminal with the car's message for the user.
+// A replica first claims the command's pending record (replica.go): only the one that claims
+// it answers.
 func (r *Router) terminalReply(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail, message string) {
-	if err := r.audit.Append(audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
-		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail}); err != nil {
+	ev := audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
+		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail}
+	if r.clustered() {
+		claimed, err := r.claim(id, ev)
+		if err != nil {
+			r.log.Error("terminal reply not sent: pending command not claimed; a sweep answers it", "cmd_id", id, "vin", vin, "status", status, "err", err)
+			return
+		}
+		if !claimed {
+			r.log.Debug("command answered by another replica", "cmd_id", id, "vin", vin, "status", status)
+			return
+		}
+	} else if err := r.audit.Append(ev); err != nil {
 		r.log.Error("audit write failed", "cmd_id", id, "err", err)
 	}
 	r.reply(user, protocol.Reply{ID: id, Status: status, Reason: reason, Message: message, VIN: vin, Action: action, State: state, CarTsMs: carTsMs})
 }
 
 // SweepExpired answers "expired" for every request whose car has not answered by its expiry
-// plus the grace period, and forgets ids past their replay horizon. The router calls it every
-// sweepInterval of its clock.
+// plus the grace period (a replica: every such request of the cluster), and forgets ids past
+// their replay horizon. The router calls it every sweepInterval of its clock.
 func (r *Router) SweepExpired() {
 	nowMs := r.clock.Now().UnixMilli()
 	graceMs := r.cfg.ResultGrace.Milliseconds()
@@ -117,6 +141,16 @@ func (r *Router) SweepExpired() {
 		if until <= nowMs {
 			delete(r.seen, id)
 		}
+	}
+	if r.clustered() {
+		// The store's pending bucket is what counts: this replica's expired commands are
+		// answered with every other replica's, by whichever replica claims each first.
+		for _, id := range expired {
+			delete(r.pending, id)
+		}
+		r.mu.Unlock()
+		r.sweepPending(nowMs, graceMs)
+		return
 	}
 	r.mu.Unlock()
 	for _, id := range expired {

@@ -50,6 +50,11 @@ type Config struct {
 	RateBurst     int
 	// TwinFlushInterval is how often the in-memory twin is written to bbolt.
 	TwinFlushInterval time.Duration
+	// Replica names this router when it is one replica of a cluster (an external broker and
+	// the etcd store shared with other replicas): requests and results then come through
+	// shared subscriptions and pending commands live in the store (replica.go). "": one
+	// gateway, pending commands in memory.
+	Replica string
 }
 
 // DefaultConfig returns the defaults documented in configs/gateway.yaml.
@@ -145,15 +150,16 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 	return r, nil
 }
 
-// Subscribe registers the router's handlers on the bus.
+// Subscribe registers the router's handlers on the bus: requests and results shared among the
+// replicas of a cluster, status and telemetry seen by each.
 func (r *Router) Subscribe(ctx context.Context) error {
 	subs := []struct {
 		filter string
 		qos    byte
 		h      mqttc.Handler
 	}{
-		{"app/+/cmd", 1, r.onAppRequest},
-		{"v/+/result", 1, r.onResult},
+		{r.filter("app/+/cmd", true), 1, r.onAppRequest},
+		{r.filter("v/+/result", true), 1, r.onResult},
 		{"v/+/status", 1, r.onStatus},
 		{"v/+/telemetry", 0, r.onTelemetry},
 	}

@@ -69,6 +69,10 @@ type Service struct {
 	// were retired (recorded in the store in the same transaction), so the broker refuses
 	// every token the car holds. Set it before Subscribe; nil: nobody is told.
 	CredentialsRetired func(vin, jti string)
+	// SharedGroup, set before Subscribe on a replica of a cluster, subscribes through the MQTT
+	// shared subscription $share/GROUP/… so that each acknowledgement and journal reaches one
+	// replica; "": plain subscriptions (one gateway).
+	SharedGroup string
 }
 
 // New loads every car's current whitelist from st; its changes are audited in lg. clk tells
@@ -176,8 +180,12 @@ func (s *Service) vehicle(vin string) (store.Vehicle, error) {
 
 // Subscribe registers the acknowledgement and journal handlers.
 func (s *Service) Subscribe(ctx context.Context) error {
-	if err := s.bus.Subscribe(ctx, "v/+/keys/ack", 1, s.OnAck); err != nil {
+	prefix := ""
+	if s.SharedGroup != "" {
+		prefix = "$share/" + s.SharedGroup + "/"
+	}
+	if err := s.bus.Subscribe(ctx, prefix+"v/+/keys/ack", 1, s.OnAck); err != nil {
 		return err
 	}
-	return s.bus.Subscribe(ctx, "v/+/events", 1, s.OnEvent)
+	return s.bus.Subscribe(ctx, prefix+"v/+/events", 1, s.OnEvent)
 }

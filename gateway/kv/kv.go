@@ -67,6 +67,9 @@ type Tx interface {
 	NextSequence(bucket []byte) (uint64, error)
 	// Sequence returns bucket's sequence: the last number NextSequence gave (0: none).
 	Sequence(bucket []byte) (uint64, error)
+	// SetSequence sets bucket's sequence to n, so that the next NextSequence gives n+1. For
+	// copying a store (gateway store migrate), not for counting: 0 removes the sequence.
+	SetSequence(bucket []byte, n uint64) error
 	// OnCommit registers fn to run after the transaction commits, once; not for a run that
 	// was rolled back or retried. In View it runs when View returns without error.
 	OnCommit(fn func())

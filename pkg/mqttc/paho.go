@@ -457,7 +457,15 @@ func (p *Paho) deliver(h Handler, pm paho.Message) {
 
 // filterMatches reports whether an MQTT topic filter matches a topic name: "+" is one level,
 // a trailing "#" any number (zero included); wildcards never match a topic starting with "$".
+// A shared subscription's filter ($share/GROUP/FILTER) matches what FILTER matches.
 func filterMatches(filter, topic string) bool {
+	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
+		_, shared, ok := strings.Cut(rest, "/")
+		if !ok {
+			return false
+		}
+		filter = shared
+	}
 	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
 		return false
 	}

@@ -435,6 +435,9 @@ func TestFilterMatches(t *testing.T) {
 		{"+", "a/b", false},
 		{"a/+", "a/", true},
 		{"+/+", "/", true},
+		{"$share/gateway/app/+/cmd", "app/alice/cmd", true},
+		{"$share/gateway/v/+/result", "v/WVW1/status", false},
+		{"$share/gateway", "gateway", false},
 	}
 	for _, c := range cases {
 		if got := filterMatches(c.filter, c.topic); got != c.want {

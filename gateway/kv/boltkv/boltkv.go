@@ -189,4 +189,15 @@ func (t *tx) Sequence(bucket []byte) (uint64, error) {
 	return b.Sequence(), nil
 }
 
+func (t *tx) SetSequence(bucket []byte, n uint64) error {
+	if !t.writable {
+		return kv.ErrReadOnly
+	}
+	b, err := t.bucket(bucket)
+	if err != nil {
+		return err
+	}
+	return b.SetSequence(n)
+}
+
 func (t *tx) OnCommit(fn func()) { t.onCommit = append(t.onCommit, fn) }

@@ -27,6 +27,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -163,6 +164,36 @@ func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 		case <-timer.C:
 		}
 	}
+}
+
+// Buckets returns the names of the buckets under the store's prefix that hold a key or a
+// sequence, sorted: kv has no bucket list (a bucket exists once written), and the migration
+// tool must say what a target it refuses already holds. One read per bucket, not per key.
+func (s *Store) Buckets(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, s.opts.Timeout, errTimeout)
+	defer cancel()
+	names := map[string]bool{}
+	for _, part := range []string{"b/", "s/"} {
+		base := s.opts.Prefix + part
+		end := clientv3.GetPrefixRangeEnd(base)
+		for from := base; from < end; {
+			resp, err := s.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+			if err != nil {
+				return nil, s.unavailable(ctx, err)
+			}
+			if len(resp.Kvs) == 0 {
+				break
+			}
+			name, _, _ := strings.Cut(string(resp.Kvs[0].Key)[len(base):], "/")
+			names[name] = true
+			if part == "s/" {
+				from = string(resp.Kvs[0].Key) + "\x00"
+			} else {
+				from = base + name + "0" // '0' follows '/': the first key after this bucket
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(names)), nil
 }
 
 // errRetry marks a failed attempt that Update runs again: a conflict, or a snapshot compacted
@@ -324,6 +355,20 @@ func (t *tx) Sequence(bucket []byte) (uint64, error) {
 		return 0, fmt.Errorf("sequence of %s: %d bytes, want 8", bucket, len(v))
 	}
 	return binary.BigEndian.Uint64(v), nil
+}
+
+func (t *tx) SetSequence(bucket []byte, n uint64) error {
+	if !t.writable {
+		return kv.ErrReadOnly
+	}
+	if err := kv.CheckBucket(bucket); err != nil {
+		return err
+	}
+	if n == 0 {
+		t.writes[t.s.seqKey(bucket)] = nil
+		return nil
+	}
+	return t.put(t.s.seqKey(bucket), binary.BigEndian.AppendUint64(nil, n))
 }
 
 func (t *tx) OnCommit(fn func()) { t.onCommit = append(t.onCommit, fn) }

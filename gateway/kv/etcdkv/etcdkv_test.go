@@ -163,3 +163,45 @@ func TestMemberLossAndQuorumLoss(t *testing.T) {
 		t.Fatal("write without quorum did not return")
 	}
 }
+
+// Buckets names each bucket under the store's prefix that holds a key or only a sequence,
+// once, and nothing of another prefix.
+func TestBuckets(t *testing.T) {
+	cluster := etcdtest.Start(t)
+	open := func(prefix string) *etcdkv.Store {
+		s, err := etcdkv.Open(etcdkv.Options{Endpoints: cluster.Endpoints(), Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s, neighbour := open("/a/"), open("/a2/")
+	ctx := context.Background()
+	if got, err := s.Buckets(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("empty store: Buckets = %q, %v", got, err)
+	}
+	if err := neighbour.Update(ctx, func(tx kv.Tx) error { return tx.Put([]byte("other"), []byte("k"), nil) }); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Update(ctx, func(tx kv.Tx) error {
+		for i := range 5 {
+			for _, b := range []string{"users", "users_x", "u"} {
+				if err := tx.Put([]byte(b), fmt.Appendf(nil, "k%d", i), []byte("v")); err != nil {
+					return err
+				}
+			}
+		}
+		if _, err := tx.NextSequence([]byte("users")); err != nil {
+			return err
+		}
+		return tx.SetSequence([]byte("audit"), 9)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Buckets(ctx)
+	if want := []string{"audit", "u", "users", "users_x"}; err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Buckets = %q, %v; want %q", got, err, want)
+	}
+}

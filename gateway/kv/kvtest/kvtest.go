@@ -37,6 +37,7 @@ func Run(t *testing.T, open Open) {
 		{"OrderedScan", orderedScan},
 		{"ScanSeesOwnWrites", scanSeesOwnWrites},
 		{"Sequences", sequences},
+		{"SetSequence", setSequence},
 		{"FailedUpdateRollsBack", failedUpdateRollsBack},
 		{"ViewIsReadOnly", viewIsReadOnly},
 		{"ConcurrentIncrements", concurrentIncrements},
@@ -267,6 +268,49 @@ func sequences(t *testing.T, s kv.Store) {
 		}
 		if got := scan(t, tx, seqs, "", "", 0); got != nil {
 			return fmt.Errorf("a bucket with only a sequence scans as %q, want nothing", got)
+		}
+		return nil
+	}))
+}
+
+// SetSequence (a store copied by gateway store migrate) moves the sequence on which
+// NextSequence continues; 0 removes it; it rolls back with its Update and is refused in View.
+func setSequence(t *testing.T, s kv.Store) {
+	must(t, s.Update(ctx, func(tx kv.Tx) error { return tx.SetSequence(seqs, 41) }))
+	var got uint64
+	must(t, s.Update(ctx, func(tx kv.Tx) error {
+		var err error
+		got, err = tx.NextSequence(seqs)
+		return err
+	}))
+	if got != 42 {
+		t.Fatalf("NextSequence after SetSequence(41) = %d, want 42", got)
+	}
+	err := s.Update(ctx, func(tx kv.Tx) error {
+		if err := tx.SetSequence(seqs, 7); err != nil {
+			return err
+		}
+		return errors.New("refused")
+	})
+	if err == nil {
+		t.Fatal("refusing Update succeeded")
+	}
+	if err := s.View(ctx, func(tx kv.Tx) error { return tx.SetSequence(seqs, 1) }); !errors.Is(err, kv.ErrReadOnly) {
+		t.Fatalf("SetSequence in View: %v, want ErrReadOnly", err)
+	}
+	if err := s.Update(ctx, func(tx kv.Tx) error { return tx.SetSequence([]byte("a/b"), 1) }); !errors.Is(err, kv.ErrBadName) {
+		t.Fatalf("SetSequence of a bad bucket name: %v, want ErrBadName", err)
+	}
+	must(t, s.View(ctx, func(tx kv.Tx) error {
+		if n, err := tx.Sequence(seqs); err != nil || n != 42 {
+			return fmt.Errorf("Sequence after a rolled back SetSequence = %d, %v; want 42", n, err)
+		}
+		return nil
+	}))
+	must(t, s.Update(ctx, func(tx kv.Tx) error { return tx.SetSequence(seqs, 0) }))
+	must(t, s.View(ctx, func(tx kv.Tx) error {
+		if n, err := tx.Sequence(seqs); err != nil || n != 0 {
+			return fmt.Errorf("Sequence after SetSequence(0) = %d, %v; want 0", n, err)
 		}
 		return nil
 	}))

@@ -1,0 +1,147 @@
+package commands
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"telematics/gateway/audit"
+	"telematics/gateway/kv"
+	"telematics/pkg/protocol"
+)
+
+// A router with Config.Replica set is one replica of a cluster: several gateways on one etcd
+// store behind one broker (docs/CLUSTER-DESIGN.md). Then
+//   - requests and car results come through the MQTT shared subscriptions $share/gateway/…,
+//     so each reaches one replica; status and telemetry stay plain subscriptions, so every
+//     replica keeps the same twin (and knows which cars are online);
+//   - an accepted command is written to the store's pending bucket in the transaction that
+//     records the decision, so any replica can relay the car's result, whichever replica
+//     the broker gives it to;
+//   - every terminal reply to an accepted command claims its pending record first: one
+//     Update that reads it, deletes it and appends the terminal audit record. Of two replicas
+//     that claim at once (a result relayed while another replica's sweep expires the
+//     command) etcd's compare lets one commit; the other finds no record and says nothing.
+//     So each request gets exactly one terminal reply, also when the replica that accepted it
+//     is gone.
+
+// sharedGroup is the shared-subscription group of the gateway's replicas.
+const sharedGroup = "gateway"
+
+// bucketPending holds the accepted commands awaiting their car's result: command id ->
+// pendingRecord (JSON).
+var bucketPending = []byte("pending")
+
+// pendingRecord is an accepted command as every replica can see it.
+type pendingRecord struct {
+	ID   string `json:"id"`
+	VIN  string `json:"vin"`
+	User string `json:"user"` // the requester: the reply goes to app/USER/reply
+	// ReplyTopic is where the terminal reply goes (app/USER/reply), kept for operators and
+	// tools that read the bucket.
+	ReplyTopic  string          `json:"reply_topic"`
+	Action      protocol.Action `json:"action"`
+	ExpiresAtMs int64           `json:"expires_at"`
+	// Replica is the replica that accepted the command (for the log and for operators).
+	Replica string `json:"replica"`
+}
+
+// clustered reports whether the router is a replica of a cluster.
+func (r *Router) clustered() bool { return r.cfg.Replica != "" }
+
+// filter is the subscription filter of f: shared among the replicas when clustered.
+func (r *Router) filter(f string, shared bool) string {
+	if shared && r.clustered() {
+		return "$share/" + sharedGroup + "/" + f
+	}
+	return f
+}
+
+// putPendingTx writes, in the transaction that records an accepted command's decision (ev),
+// its pending record, when the router is a replica; one gateway keeps them in memory only.
+func (r *Router) putPendingTx(tx kv.Tx, ev audit.Event, expiresAtMs int64) error {
+	if !r.clustered() || ev.Outcome != protocol.ReplyAccepted {
+		return nil
+	}
+	b, err := json.Marshal(pendingRecord{ID: ev.CmdID, VIN: ev.VIN, User: ev.User,
+		ReplyTopic: protocol.AppTopic(ev.User, protocol.SuffixReply), Action: protocol.Action(ev.Action),
+		ExpiresAtMs: expiresAtMs, Replica: r.cfg.Replica})
+	if err != nil {
+		return err
+	}
+	return tx.Put(bucketPending, []byte(ev.CmdID), b)
+}
+
+// claim takes the pending record of id and appends ev, the terminal audit record, in one
+// Update; false when there is no record (another replica answered already, or none was
+// ever made). ev's user and action are the record's.
+func (r *Router) claim(id string, ev audit.Event) (bool, error) {
+	var claimed bool
+	err := r.store.Update(context.Background(), func(tx kv.Tx) error {
+		claimed = false // the function may run again
+		v, err := tx.Get(bucketPending, []byte(id))
+		if err != nil || v == nil {
+			return err
+		}
+		if err := tx.Delete(bucketPending, []byte(id)); err != nil {
+			return err
+		}
+		if err := r.audit.AppendTx(tx, ev); err != nil {
+			return err
+		}
+		claimed = true
+		return nil
+	})
+	return claimed, err
+}
+
+// lookupPending reads the pending record of id from the store (ok false: none).
+func (r *Router) lookupPending(id string) (rec pendingRecord, ok bool, err error) {
+	err = r.store.View(context.Background(), func(tx kv.Tx) error {
+		v, err := tx.Get(bucketPending, []byte(id))
+		if err != nil || v == nil {
+			return err
+		}
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("pending record %s: %w", id, err)
+		}
+		ok = true
+		return nil
+	})
+	return rec, ok, err
+}
+
+// sweepPending answers "expired" for every pending command of the cluster whose car has not
+// answered by its expiry plus the grace period, whichever replica accepted it: each is claimed
+// first, so a command another replica answers meanwhile is not answered twice.
+func (r *Router) sweepPending(nowMs, graceMs int64) {
+	var expired []pendingRecord
+	err := r.store.View(context.Background(), func(tx kv.Tx) error {
+		expired = expired[:0]
+		return tx.Scan(bucketPending, nil, nil, func(k, v []byte) error {
+			var rec pendingRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				r.log.Error("unreadable pending record", "cmd_id", string(k), "err", err)
+				return nil
+			}
+			if nowMs >= rec.ExpiresAtMs+graceMs {
+				expired = append(expired, rec)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		r.log.Warn("sweep of pending commands failed", "err", err)
+		return
+	}
+	for _, rec := range expired {
+		r.mu.Lock()
+		delete(r.pending, rec.ID)
+		r.mu.Unlock()
+		detail := "no result from the car before expiry"
+		if rec.Replica != r.cfg.Replica {
+			detail += " (accepted by replica " + rec.Replica + ")"
+		}
+		r.terminal(rec.ID, rec.User, rec.VIN, rec.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, detail)
+	}
+}
