@@ -23,6 +23,7 @@ import (
 	"telematics/pkg/broker"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 )
 
 // TB is the part of testing.TB the Must functions use, so that this package does not link the
@@ -72,6 +73,8 @@ type Cloud struct {
 	tmp        string // a temporary Dir to remove on Close
 	httpAddr   string // "" until the first Up picked a port
 	mqttAddr   string
+	tlsAddr    string // MQTT over TLS
+	httpsAddr  string
 	brokerAddr string // the standalone broker's
 }
 
@@ -129,6 +132,7 @@ func (c *Cloud) Up(ctx context.Context) error {
 	cfg := server.DefaultConfig()
 	cfg.Data = c.Dir
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = or(c.mqttAddr, "127.0.0.1:0"), "", or(c.httpAddr, "127.0.0.1:0")
+	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = or(c.tlsAddr, "127.0.0.1:0"), "", or(c.httpsAddr, "127.0.0.1:0")
 	if c.o.StandaloneBroker {
 		if err := c.startBroker(ctx); err != nil {
 			return err
@@ -146,9 +150,9 @@ func (c *Cloud) Up(ctx context.Context) error {
 		c.stopBroker()
 		return err
 	}
-	c.httpAddr = hostOf(c.G.HTTPURL())
+	c.httpAddr, c.httpsAddr = hostOf(c.G.HTTPURL()), hostOf(c.G.HTTPSURL())
 	if !c.o.StandaloneBroker {
-		c.mqttAddr = hostOf(c.G.BrokerURL())
+		c.mqttAddr, c.tlsAddr = hostOf(c.G.BrokerURL()), hostOf(c.G.BrokerTLSURL())
 	}
 	return nil
 }
@@ -267,6 +271,15 @@ func (c *Cloud) Close() error {
 
 // HTTPURL is the gateway's base URL.
 func (c *Cloud) HTTPURL() string { return "http://" + c.httpAddr }
+
+// HTTPSURL is the gateway's HTTPS base URL; CAFile verifies it.
+func (c *Cloud) HTTPSURL() string { return "https://" + c.httpsAddr }
+
+// BrokerTLSURL is the embedded broker's MQTT over TLS URL; CAFile verifies it.
+func (c *Cloud) BrokerTLSURL() string { return "ssl://" + c.tlsAddr }
+
+// CAFile is the CA certificate of the gateway's TLS listeners (the local CA in Dir).
+func (c *Cloud) CAFile() string { return filepath.Join(c.Dir, tlsconf.CAFile) }
 
 // BrokerURL is the broker's URL: the embedded one's, or the standalone one's.
 func (c *Cloud) BrokerURL() string {

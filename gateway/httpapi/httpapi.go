@@ -45,6 +45,9 @@ type API struct {
 	Audit      *audit.Log
 	Issuer     *token.Issuer
 	GatewayKey *sign.Signer
+	// CAPEM is the PEM CA certificate of the gateway's TLS listeners, handed to every car in
+	// its credentials (ca_pem); "" when there is none to hand.
+	CAPEM string
 	// Verifier verifies app tokens: the endpoints of the app (2FA, keys, password, session)
 	// are served only with it.
 	Verifier *token.Verifier

@@ -49,7 +49,7 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		a.Hooks.TokenRetired(vin, jti)
 	}
 	pub, _ := sign.EncodePublic(a.Hooks.CarKey(vin).Public())
-	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub})
+	writeJSON(w, http.StatusOK, protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, GatewayKey: pub, CAPEM: a.CAPEM})
 }
 
 // MaxVehiclesPerRequest bounds one provisioning call.
@@ -92,7 +92,7 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 		}
 		pub, _ := sign.EncodePublic(a.Hooks.CarKey(v).Public())
 		vs[i] = store.Vehicle{VIN: v, CreatedMs: nowMs, TokenID: jti}
-		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub}
+		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub, CAPEM: a.CAPEM}
 	}
 	if err := a.Store.AddVehicles(vs); err != nil {
 		if errors.Is(err, store.ErrExists) {

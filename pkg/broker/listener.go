@@ -149,7 +149,7 @@ func newTCPListener(id, addr string, connectTimeout time.Duration) *tcpListener 
 	return &tcpListener{id: id, addr: addr, connectTimeout: connectTimeout, listen: net.Listen}
 }
 
-func (l *tcpListener) ID() string       { return l.id }
+func (l *tcpListener) ID() string { return l.id }
 func (l *tcpListener) Protocol() string {
 	if l.tls != nil {
 		return "tls"
@@ -254,7 +254,7 @@ func newWSListener(id, addr string, connectTimeout time.Duration, maxPacketBytes
 	}
 }
 
-func (l *wsListener) ID() string       { return l.id }
+func (l *wsListener) ID() string { return l.id }
 func (l *wsListener) Protocol() string {
 	if l.tls != nil {
 		return "wss"

@@ -12,9 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // MinVersion is the oldest protocol version a listener or a client accepts.
@@ -203,4 +205,19 @@ func Loopback(addr string) bool {
 // PEMCert encodes a certificate's DER as PEM.
 func PEMCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// HTTPClient is an HTTP client bounded by timeout whose https:// requests trust the CA
+// certificates of caFile alone (the system's roots when caFile is "").
+func HTTPClient(caFile string, timeout time.Duration) (*http.Client, error) {
+	if caFile == "" {
+		return &http.Client{Timeout: timeout}, nil
+	}
+	cfg, err := ClientConfig(caFile)
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return &http.Client{Timeout: timeout, Transport: tr}, nil
 }

@@ -117,6 +117,7 @@ func (r *carRun) dial(ctx context.Context, creds protocol.Credentials) (mqttc.Cl
 	opts := mqttc.Options{
 		MaxReconnectInterval: r.f.cfg.MaxReconnectInterval,
 		BrokerURL:            r.f.cfg.BrokerURL,
+		TLS:                  r.f.cfg.TLS,
 		ClientID:             creds.ClientID,
 		Username:             creds.Username,
 		Password:             creds.Token,

@@ -5,6 +5,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,8 +65,12 @@ func dialPaho(ctx context.Context, opts mqttc.Options) (mqttc.Client, error) {
 
 // Config configures a Fleet (New, Run).
 type Config struct {
-	// BrokerURL is the broker every car connects to, e.g. tcp://127.0.0.1:1883.
+	// BrokerURL is the broker every car connects to, e.g. tcp://127.0.0.1:1883, or
+	// ssl://127.0.0.1:8883 with TLS.
 	BrokerURL string
+	// TLS verifies the broker of an ssl:// or wss:// BrokerURL (tlsconf.ClientConfig): the
+	// CA the cars trust. nil trusts the system's roots.
+	TLS *tls.Config
 	// Creds are the cars to run, one MQTT connection each.
 	Creds []protocol.Credentials
 	// Store holds every car's state and replay cache (a *carstore.Store); the caller opens and
