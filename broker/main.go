@@ -69,6 +69,11 @@ A plain-text listener (--mqtt-addr, --ws-addr) on a non-loopback address is refu
 			return cmdline.WithExitCode(2, err)
 		}
 		logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+		// SIGHUP reloads the TLS files; caught from here on, so that one arriving during the
+		// start does not end the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 		b, err := broker.New(cfg, keys, logger)
 		if err != nil {
 			return cmdline.WithExitCode(2, err)
@@ -82,9 +87,6 @@ A plain-text listener (--mqtt-addr, --ws-addr) on a non-loopback address is refu
 		if err := b.Start(); err != nil {
 			return err
 		}
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
 		for waiting := true; waiting; {
 			select {
 			case <-cmd.Context().Done():

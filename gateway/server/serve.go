@@ -157,6 +157,11 @@ func Serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // serve runs the gateway until ctx ends (SIGINT/SIGTERM), then shuts down cleanly.
 func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	log := NewLogger(stderr, cfg.LogLevel)
+	// SIGHUP reads the TLS certificate files again; connections stay up. Caught from here on,
+	// so that one arriving while the gateway starts does not end the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	g, err := Start(ctx, cfg, Options{Logger: log})
 	if err != nil {
 		return err
@@ -176,10 +181,6 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	if ca := g.CAFile(); ca != "" {
 		fmt.Fprintf(stdout, "clients verify the TLS listeners with the CA certificate %s (--ca)\n", ca)
 	}
-	// SIGHUP reads the TLS certificate files again; connections stay up.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	hctx, stopHUP := context.WithCancel(ctx)
 	hupDone := make(chan struct{})
 	go func() {
