@@ -10,15 +10,15 @@ RUN CGO_ENABLED=0 go build -trimpath -o /out/gateway ./gateway \
 
 FROM debian:bookworm-slim
 # The compose volumes mount at /data/gateway, /data/public, /data/admin, /data/broker,
-# /data/fleet and /data/sim: made here, so that a new named volume takes this owner instead of
+# /data/fleet, /data/sim, /data/ca and /data/tls: made here, so that a new named volume takes this owner instead of
 # root (and the mode: the secrets' directories are 0700).
 RUN useradd --system --uid 10001 --home /data telematics \
- && mkdir -p /data/gateway /data/public /data/admin /data/broker /data/fleet /data/sim \
- && chmod 700 /data/gateway /data/admin /data/broker /data/fleet && chown -R telematics /data
+ && mkdir -p /data/gateway /data/public /data/admin /data/broker /data/fleet /data/sim /data/ca /data/tls \
+ && chmod 700 /data/gateway /data/admin /data/broker /data/fleet /data/ca /data/tls && chown -R telematics /data
 COPY --from=build /out/ /usr/local/bin/
 COPY configs/ /etc/telematics/
 USER telematics
 WORKDIR /data
-EXPOSE 1883 1882 8080
+EXPOSE 8883 8884 8443 1883 1882 8080
 ENTRYPOINT ["/usr/local/bin/gateway"]
 CMD ["serve", "--config", "/etc/telematics/gateway.yaml"]
