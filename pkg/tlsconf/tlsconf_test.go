@@ -164,3 +164,46 @@ func TestHosts(t *testing.T) {
 		t.Errorf("Hosts = %v, want %v", got, want)
 	}
 }
+
+// A client CA makes the listener request client certificates, not require them: a client
+// without one still connects (it authenticates with its token inside MQTT or HTTP).
+func TestClientCARequestedNotRequired(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca, err := EnsureLocalCA(dir, DefaultHosts, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := ca.Files
+	files.ClientCA = ca.CA
+	certs, err := Load(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := certs.ServerConfig().GetConfigForClient(nil)
+	if cfg.ClientAuth != tls.VerifyClientCertIfGiven || cfg.ClientCAs == nil {
+		t.Fatalf("client auth %v, pool %v", cfg.ClientAuth, cfg.ClientCAs)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_ = c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	trust, _ := ClientConfig(ca.CA)
+	c, err := tls.Dial("tcp", ln.Addr().String(), trust)
+	if err != nil {
+		t.Fatalf("a client without a certificate: %v", err)
+	}
+	c.Close()
+	files.ClientCA = filepath.Join(dir, "absent.pem")
+	if _, err := Load(files); err == nil {
+		t.Error("a missing client CA file was not an error")
+	}
+}
