@@ -133,6 +133,10 @@ on an address other than loopback is refused unless allow_plaintext is true.`,
 		Args: cobra.NoArgs,
 	}
 	AddServeFlags(cmd.Flags())
+	// Flags named apart from their key take the key's variable, so one setting has one.
+	cmdline.SetEnv(cmd, "tls-cert", EnvPrefix+"_TLS_CERT_FILE")
+	cmdline.SetEnv(cmd, "tls-key", EnvPrefix+"_TLS_KEY_FILE")
+	cmdline.SetEnv(cmd, "client-ca", EnvPrefix+"_TLS_CLIENT_CA_FILE")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := LoadServeConfig(cmd.Flags(), environ)
 		if err != nil {
