@@ -18,9 +18,10 @@ func TestComposeGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 	compose := readCompose(t, "docker-compose.yml")
 	// The mounts each service may have: volume -> read-only.
 	want := map[string]map[string]bool{
-		"gateway":     {"gateway-data": false, "gateway-public": false, "admin-token": false},
-		"broker":      {"gateway-public": true, "broker-data": false},
-		"provision":   {"admin-token": true, "fleet": false},
+		"certs":       {"tls-ca": false, "tls": false},
+		"gateway":     {"gateway-data": false, "gateway-public": false, "admin-token": false, "tls": true},
+		"broker":      {"gateway-public": true, "broker-data": false, "tls": true},
+		"provision":   {"admin-token": true, "gateway-public": true, "fleet": false},
 		"vehicle-sim": {"fleet": true, "sim-data": false},
 	}
 	checkMounts(t, compose, want, "gateway")
@@ -135,5 +136,50 @@ func TestComposeClusterGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 		if entry := strings.Join(svc.Entrypoint, " "); !strings.Contains(entry, "cp /data/secrets/gateway.key /data/gateway/gateway.key") {
 			t.Errorf("%s does not take the shared signing key: %s", name, entry)
 		}
+	}
+}
+
+// TestComposeRunsWithTLS: every connection that leaves a container is TLS: the broker listens
+// with a certificate and no plain text, the gateway serves HTTPS and uses the broker over TLS,
+// provisioning verifies HTTPS with the CA, and the cars use ssl://.
+func TestComposeRunsWithTLS(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Command     []string          `yaml:"command"`
+			Environment map[string]string `yaml:"environment"`
+			Ports       []string          `yaml:"ports"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(raw, &compose); err != nil {
+		t.Fatal(err)
+	}
+	b := compose.Services["broker"].Environment
+	if b["BROKER_TLS_CERT"] == "" || b["BROKER_TLS_KEY"] == "" || b["BROKER_MQTT_ADDR"] != "off" || b["BROKER_WS_ADDR"] != "off" {
+		t.Errorf("broker environment %v: want a certificate and the plain listeners off", b)
+	}
+	g := compose.Services["gateway"]
+	if args := strings.Join(g.Command, " "); !strings.Contains(args, "ssl://broker:8883") {
+		t.Errorf("the gateway does not use the broker over TLS: %s", args)
+	}
+	if g.Environment["GATEWAY_TLS_HTTP_ADDR"] == "" || !strings.HasPrefix(g.Environment["GATEWAY_HTTP_ADDR"], "127.0.0.1:") ||
+		g.Environment["GATEWAY_ALLOW_PLAINTEXT"] != "" {
+		t.Errorf("gateway environment %v: want HTTPS outside, plain HTTP on loopback only", g.Environment)
+	}
+	for name, svc := range compose.Services {
+		for _, p := range svc.Ports {
+			if port := p[strings.LastIndex(p, ":")+1:]; port != "8443" && port != "8883" && port != "8884" {
+				t.Errorf("service %s publishes %s, which is not a TLS port", name, p)
+			}
+		}
+	}
+	if p := compose.Services["provision"].Environment; !strings.HasPrefix(p["GATEWAY_ADMIN_SERVER"], "https://") || p["GATEWAY_ADMIN_CA"] == "" {
+		t.Errorf("provisioning environment %v: want https:// and the CA", p)
+	}
+	if args := strings.Join(compose.Services["vehicle-sim"].Command, " "); !strings.Contains(args, "ssl://") {
+		t.Errorf("the cars do not use TLS: %s", args)
 	}
 }

@@ -4,6 +4,11 @@
 //
 //	broker --gateway-pubkey DATA/gateway.pub [--gateway-pubkey OLD.pub] [--config broker.yaml]
 //	       [--mqtt-addr 127.0.0.1:1883|off] [--ws-addr 127.0.0.1:1882|off] [--state-file FILE]
+//	       [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--tls-mqtt-addr 127.0.0.1:8883|off]
+//
+// With --tls-cert and --tls-key it also listens for MQTT over TLS (8883) and over secure
+// WebSocket (8884); SIGHUP reads the certificate files again without dropping connections. A
+// plain-text listener on a non-loopback address needs --allow-plaintext.
 //
 // Settings come from the defaults, then the YAML file, then the environment (BROKER_ and the
 // key: BROKER_MQTT_ADDR, BROKER_GATEWAY_PUBKEY with comma-separated files, ...), then the
@@ -41,9 +46,16 @@ enforces the topic ACL. It needs no database and keeps running while the gateway
 
 Settings: the defaults shown below, then the YAML file (--config; configs/broker.yaml lists
 every key), then the environment (each flag's variable is shown beside it), then the flags.
-A listener address is HOST:PORT, or off to disable it.`
+A listener address is HOST:PORT, or off to disable it.
+
+TLS: with --tls-cert and --tls-key (PEM; the key 0600) the broker also serves MQTT over TLS
+(--tls-mqtt-addr) and over secure WebSocket (--tls-ws-addr), TLS 1.2 at least; --client-ca
+requests client certificates from that CA. SIGHUP reloads the three files; connections stay.
+A plain-text listener (--mqtt-addr, --ws-addr) on a non-loopback address is refused unless
+--allow-plaintext says so.`
 	root.Example = `  broker --gateway-pubkey data/gateway.pub
   broker --config configs/broker.yaml --gateway-pubkey data/gateway.pub --ws-addr off
+  broker --gateway-pubkey data/gateway.pub --tls-cert data/server.pem --tls-key data/server.key --mqtt-addr off
   BROKER_GATEWAY_PUBKEY=data/gateway.pub,data/gateway.prev.pub broker --state-file broker/state.json`
 	root.Args = cobra.NoArgs
 	broker.AddFlags(root.Flags())
@@ -57,6 +69,11 @@ A listener address is HOST:PORT, or off to disable it.`
 			return cmdline.WithExitCode(2, err)
 		}
 		logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+		// SIGHUP reloads the TLS files; caught from here on, so that one arriving during the
+		// start does not end the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 		b, err := broker.New(cfg, keys, logger)
 		if err != nil {
 			return cmdline.WithExitCode(2, err)
@@ -70,7 +87,16 @@ A listener address is HOST:PORT, or off to disable it.`
 		if err := b.Start(); err != nil {
 			return err
 		}
-		<-cmd.Context().Done()
+		for waiting := true; waiting; {
+			select {
+			case <-cmd.Context().Done():
+				waiting = false
+			case <-hup:
+				if err := b.ReloadTLS(); err != nil {
+					logger.Error("TLS certificates not reloaded; the previous ones stay", "error", err)
+				}
+			}
+		}
 		logger.Info("signal received; shutting down")
 		return b.Close()
 	}

@@ -147,3 +147,19 @@ func TestServeAndSignal(t *testing.T) {
 		t.Errorf("a token reached the log:\n%s", logs.String())
 	}
 }
+
+// A plain-text listener off loopback is a configuration error that says what to do.
+func TestPlaintextOffLoopbackExits2(t *testing.T) {
+	keyPath, _ := writePubKey(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := brokerCmd(ctx, "--gateway-pubkey", keyPath, "--mqtt-addr", "0.0.0.0:0", "--ws-addr", "off").CombinedOutput()
+	if code := exitCode(err); code != 2 {
+		t.Fatalf("exit %d, want 2:\n%s", code, out)
+	}
+	for _, want := range []string{"mqtt_addr", "allow_plaintext", "TLS"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the error lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -22,6 +23,8 @@ import (
 	"telematics/gateway/migrate"
 	"telematics/gateway/server"
 	"telematics/pkg/cmdline"
+	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 )
 
 func main() {
@@ -51,7 +54,7 @@ Every flag can also be set by the environment variable shown beside it. Exit sta
 	cmdline.PrefixEnv(storeCmd, "GATEWAY_MIGRATE")
 	secretsCmd := initSecretsCommand()
 	cmdline.PrefixEnv(secretsCmd, "GATEWAY_SECRETS")
-	root.AddCommand(server.ServeCommand(environ), admin.Command(), demoCmd, drillCmd, probeCmd, rotateKeyCommand(), storeCmd, secretsCmd)
+	root.AddCommand(server.ServeCommand(environ), admin.Command(), demoCmd, drillCmd, probeCmd, rotateKeyCommand(), storeCmd, secretsCmd, tlsInitCommand())
 	return root
 }
 
@@ -112,6 +115,65 @@ deleted (refused while a car still depends on it). The data directory must hold 
 			return server.RetirePreviousKey(data, cmd.OutOrStdout())
 		}
 		return server.RotateSigningKey(data, cmd.OutOrStdout())
+	}
+	return cmd
+}
+
+// tlsInitCommand makes the local CA and server certificate that `gateway serve` makes on its
+// first start, for certificates shared with a standalone broker (docker-compose).
+func tlsInitCommand() *cobra.Command {
+	var (
+		dir, out string
+		hosts    []string
+	)
+	cmd := &cobra.Command{
+		Use:   "tls-init",
+		Short: "Make a local CA and a server certificate for --host names (for a standalone broker, docker-compose)",
+		Long: `Make, in --dir, what gateway serve makes in its data directory on first start: a local
+certificate authority (ECDSA P-256; ca.pem, ca.key 0600) and a server certificate it signs
+(server.pem, server.key 0600) for localhost, 127.0.0.1, ::1 and every --host. Files that
+exist are kept; a server certificate that lacks a --host is made again by the same CA. With
+--out, ca.pem, server.pem and server.key are copied there too, for the gateway (tls.cert_file,
+tls.key_file, tls.ca_file) and the broker (--tls-cert, --tls-key) without the CA's key.`,
+		Example: `  gateway tls-init --dir /data/ca --out /data/tls --host broker --host gateway`,
+		Args:    cobra.NoArgs,
+	}
+	cmd.Flags().StringVar(&dir, "dir", "./tls", "`directory` of the CA and the certificate (made 0700 if missing)")
+	cmd.Flags().StringVar(&out, "out", "", "`directory` to copy ca.pem, server.pem and server.key to")
+	cmd.Flags().StringSliceVar(&hosts, "host", nil, "a `name` or address the server certificate covers (repeat it)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		for _, d := range []string{dir, out} {
+			if d == "" {
+				continue
+			}
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return err
+			}
+		}
+		ca, err := tlsconf.EnsureLocalCA(dir, tlsconf.Hosts(hosts), time.Now())
+		if err != nil {
+			return err
+		}
+		for _, f := range ca.Made {
+			fmt.Fprintf(cmd.OutOrStdout(), "made %s\n", f)
+		}
+		if out == "" {
+			return nil
+		}
+		for _, c := range []struct {
+			from string
+			mode os.FileMode
+		}{{ca.CA, 0o644}, {ca.Files.Cert, 0o644}, {ca.Files.Key, 0o600}} {
+			b, err := os.ReadFile(c.from)
+			if err != nil {
+				return err
+			}
+			if err := sign.WriteFileAtomic(filepath.Join(out, filepath.Base(c.from)), b, c.mode); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "copied %s, %s and %s to %s\n", tlsconf.CAFile, tlsconf.ServerFile, tlsconf.ServerKeyFile, out)
+		return nil
 	}
 	return cmd
 }

@@ -4,10 +4,12 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
+	"telematics/pkg/tlsconf"
 )
 
 // Env is what a command reads and writes.
@@ -37,12 +40,14 @@ func Run(ctx context.Context, args []string, env Env) int {
 const (
 	EnvServer    = "GATEWAY_ADMIN_SERVER"
 	EnvTokenFile = "GATEWAY_ADMIN_TOKEN_FILE"
+	EnvCA        = "GATEWAY_ADMIN_CA"
 )
 
 // options are the flags every admin command has.
 type options struct {
 	server    string
 	tokenFile string
+	ca        string
 	json      bool
 }
 
@@ -58,14 +63,17 @@ writes to DATA/admin.token when it starts (--token-file). Flags may come anywher
 command line. Text for people by default, --json for scripts.`,
 		Example: `  gateway admin vehicle add --count 2
   gateway admin vehicle list --server http://gw:8080 --token-file /secrets/admin.token
+  gateway admin vehicle add --server https://127.0.0.1:8443 --ca data/ca.pem --json
   GATEWAY_ADMIN_SERVER=http://gw:8080 gateway admin audit --since 24h --csv > audit.csv`,
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&o.server, "server", "http://127.0.0.1:8080", "the gateway's `URL`")
 	pf.StringVar(&o.tokenFile, "token-file", "./data/admin.token", "`file` holding the admin token (the gateway writes DATA/admin.token)")
+	pf.StringVar(&o.ca, "ca", "", "PEM CA certificate `file` that verifies an https:// --server (the gateway writes DATA/ca.pem)")
 	pf.BoolVar(&o.json, "json", false, "print JSON, for scripts")
 	cmdline.SetEnv(cmd, "server", EnvServer)
 	cmdline.SetEnv(cmd, "token-file", EnvTokenFile)
+	cmdline.SetEnv(cmd, "ca", EnvCA)
 	cmd.AddCommand(vehicleCommand(o), userCommand(o), keyCommand(o), auditCommand(o))
 	// The admin's flags mean something of their own (--json, --user, --limit are not the
 	// server's settings): GATEWAY_ADMIN_JSON, GATEWAY_ADMIN_USER, …, so a variable meant for
@@ -85,7 +93,17 @@ func (o *options) client() (*api.Client, error) {
 			"name the file with --token-file or $%s (the gateway writes it to DATA/admin.token when it starts)",
 			o.tokenFile, err, EnvTokenFile)
 	}
-	return api.NewClient(o.server, strings.TrimSpace(string(tok))), nil
+	c := api.NewClient(o.server, strings.TrimSpace(string(tok)))
+	if o.ca != "" {
+		// A CA asks for verification: a plain-text server would silently skip it.
+		if u, err := url.Parse(o.server); err == nil && !tlsconf.SecureScheme(u.Scheme) {
+			return nil, cmdline.UsageError("--ca %s is given but --server %s is plain text: use https://", o.ca, o.server)
+		}
+		if c.HTTP, err = tlsconf.HTTPClient(o.ca, api.DefaultTimeout); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // do runs fn with a client: the RunE of every command that talks to the gateway.
@@ -95,7 +113,12 @@ func (o *options) do(fn func(ctx context.Context, c *api.Client, cmd *cobra.Comm
 		if err != nil {
 			return err
 		}
-		return fn(cmd.Context(), c, cmd, args)
+		err = fn(cmd.Context(), c, cmd, args)
+		var badCert *tls.CertificateVerificationError
+		if errors.As(err, &badCert) {
+			return fmt.Errorf("%w\nthe gateway's certificate did not verify: pass its CA certificate with --ca FILE (the gateway writes DATA/ca.pem) or $%s", err, EnvCA)
+		}
+		return err
 	}
 }
 

@@ -227,7 +227,7 @@ func Run(ctx context.Context, o Options) Summary {
 	}
 
 	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway"),
-		Configure: harness.ManyPeople})
+		Configure: harness.ManyPeople, TLS: true})
 	if err != nil {
 		s.do("pick loopback ports", func() (string, error) { return "", err })
 		return finish()
@@ -236,7 +236,7 @@ func Run(ctx context.Context, o Options) Summary {
 		if err := cloud.Up(ctx); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("HTTP %s, MQTT %s, data in %s", cloud.HTTPURL(), cloud.BrokerURL(), cloud.Dir), nil
+		return fmt.Sprintf("HTTPS %s, MQTT over TLS %s (its own CA: %s), data in %s", cloud.HTTPURL(), cloud.BrokerURL(), cloud.CAFile(), cloud.Dir), nil
 	}) {
 		return finish()
 	}
@@ -269,8 +269,11 @@ func Run(ctx context.Context, o Options) Summary {
 
 	var fleet *harness.Fleet
 	if !s.do(fmt.Sprintf("Start %d simulated cars and their short-range link", o.Cars), func() (string, error) {
-		var err error
-		fleet, err = harness.StartFleet(ctx, harness.FleetOptions{Dir: filepath.Join(dir, "sim"), BrokerURL: cloud.BrokerURL(), Creds: creds,
+		trust, err := cloud.ClientTLS()
+		if err != nil {
+			return "", err
+		}
+		fleet, err = harness.StartFleet(ctx, harness.FleetOptions{Dir: filepath.Join(dir, "sim"), BrokerURL: cloud.BrokerURL(), TLS: trust, Creds: creds,
 			Logger: o.Logger.With("component", "fleet")})
 		if err != nil {
 			return "", err

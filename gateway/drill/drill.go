@@ -134,7 +134,7 @@ func Run(ctx context.Context, o Options) Report {
 	}
 
 	cloud, err := harness.NewCloud(harness.Options{Dir: filepath.Join(dir, "gateway"), Logger: o.Logger.With("component", "gateway"),
-		Configure: harness.ManyPeople})
+		Configure: harness.ManyPeople, TLS: true})
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -146,7 +146,11 @@ func Run(ctx context.Context, o Options) Report {
 	if err != nil {
 		return fail("provision: %v", err)
 	}
-	fleet, err := harness.StartFleet(ctx, harness.FleetOptions{Dir: filepath.Join(dir, "sim"), BrokerURL: cloud.BrokerURL(), Creds: creds,
+	trust, err := cloud.ClientTLS()
+	if err != nil {
+		return fail("the cloud's CA: %v", err)
+	}
+	fleet, err := harness.StartFleet(ctx, harness.FleetOptions{Dir: filepath.Join(dir, "sim"), BrokerURL: cloud.BrokerURL(), TLS: trust, Creds: creds,
 		Logger: o.Logger.With("component", "fleet")})
 	if err != nil {
 		return fail("start the fleet: %v", err)

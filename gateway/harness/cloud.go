@@ -9,6 +9,7 @@ package harness
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"telematics/pkg/broker"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 )
 
 // TB is the part of testing.TB the Must functions use, so that this package does not link the
@@ -54,6 +56,10 @@ type Options struct {
 	Store string
 	// StorePrefix is the key prefix on etcd; "" is the gateway's default.
 	StorePrefix string
+	// TLS runs every connection over TLS: the gateway's plain listeners are off, HTTPURL and
+	// BrokerURL are https:// and ssl://, verified with the local CA the gateway makes in Dir
+	// (CAFile; ClientTLS for cars), and a standalone broker listens with TLS only.
+	TLS bool
 	// Configure adjusts the gateway's configuration (server.DefaultConfig) after the harness
 	// set its data directory, its store, its loopback addresses and, with StandaloneBroker,
 	// the broker.
@@ -90,6 +96,8 @@ type Cloud struct {
 	tmp        string // a temporary Dir to remove on Close
 	httpAddr   string // "" until the first Up picked a port
 	mqttAddr   string
+	tlsAddr    string // MQTT over TLS
+	httpsAddr  string
 	brokerAddr string // the standalone broker's
 }
 
@@ -151,11 +159,15 @@ func (c *Cloud) Up(ctx context.Context) error {
 		cfg.StorePrefix = c.o.StorePrefix
 	}
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = or(c.mqttAddr, "127.0.0.1:0"), "", or(c.httpAddr, "127.0.0.1:0")
+	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = or(c.tlsAddr, "127.0.0.1:0"), "", or(c.httpsAddr, "127.0.0.1:0")
+	if c.o.TLS {
+		cfg.MQTTAddr, cfg.HTTPAddr = "", ""
+	}
 	if c.o.StandaloneBroker {
 		if err := c.startBroker(ctx); err != nil {
 			return err
 		}
-		cfg.ExternalBroker = "tcp://" + c.brokerAddr
+		cfg.ExternalBroker = c.BrokerURL()
 	}
 	if c.o.Configure != nil {
 		c.o.Configure(&cfg)
@@ -168,9 +180,12 @@ func (c *Cloud) Up(ctx context.Context) error {
 		c.stopBroker()
 		return err
 	}
-	c.httpAddr = hostOf(c.G.HTTPURL())
+	c.httpAddr, c.httpsAddr = hostOf(c.G.HTTPURL()), hostOf(c.G.HTTPSURL())
+	if c.o.TLS {
+		c.httpAddr = ""
+	}
 	if !c.o.StandaloneBroker {
-		c.mqttAddr = hostOf(c.G.BrokerURL())
+		c.mqttAddr, c.tlsAddr = hostOf(c.G.BrokerURL()), hostOf(c.G.BrokerTLSURL())
 	}
 	return nil
 }
@@ -179,11 +194,26 @@ func (c *Cloud) Up(ctx context.Context) error {
 // first time).
 func (c *Cloud) startBroker(ctx context.Context) error {
 	return retryBusyPort(ctx, func() error {
-		b, err := StartBroker(c.Dir, or(c.brokerAddr, "127.0.0.1:0"), c.log.With("component", "broker"))
+		cfg := broker.DefaultConfig()
+		cfg.MQTTAddr, cfg.WSAddr, cfg.TLSMQTTAddr, cfg.TLSWSAddr = or(c.brokerAddr, "127.0.0.1:0"), "", "", ""
+		if c.o.TLS {
+			// The gateway's local CA, made here when the broker starts first: the gateway
+			// finds it and serves a certificate of the same CA.
+			ca, err := tlsconf.EnsureLocalCA(c.Dir, tlsconf.DefaultHosts, time.Now())
+			if err != nil {
+				return err
+			}
+			cfg.MQTTAddr, cfg.TLSMQTTAddr = "", or(c.brokerAddr, "127.0.0.1:0")
+			cfg.TLSCert, cfg.TLSKey = ca.Files.Cert, ca.Files.Key
+		}
+		b, err := startBroker(c.Dir, cfg, c.log.With("component", "broker"))
 		if err != nil {
 			return err
 		}
 		c.Broker, c.brokerAddr = b, b.MQTTAddr()
+		if c.o.TLS {
+			c.brokerAddr = b.TLSMQTTAddr()
+		}
 		return nil
 	})
 }
@@ -192,13 +222,17 @@ func (c *Cloud) startBroker(ctx context.Context) error {
 // trusting the signing key in the gateway data directory dir, which it makes if the gateway
 // has not run yet, as broker/main.go does with --gateway-pubkey. Close stops it.
 func StartBroker(dir, addr string, log *slog.Logger) (*broker.Broker, error) {
+	cfg := broker.DefaultConfig()
+	cfg.MQTTAddr, cfg.WSAddr = addr, ""
+	return startBroker(dir, cfg, log)
+}
+
+func startBroker(dir string, cfg broker.Config, log *slog.Logger) (*broker.Broker, error) {
 	signer, _, err := sign.LoadOrCreate(filepath.Join(dir, server.SigningKeyFile))
 	if err != nil {
 		return nil, err
 	}
 	keys := []*ecdsa.PublicKey{signer.Public()}
-	cfg := broker.DefaultConfig()
-	cfg.MQTTAddr, cfg.WSAddr = addr, ""
 	b, err := broker.New(cfg, keys, log)
 	if err != nil {
 		return nil, err
@@ -287,19 +321,63 @@ func (c *Cloud) Close() error {
 	return err
 }
 
-// HTTPURL is the gateway's base URL.
-func (c *Cloud) HTTPURL() string { return "http://" + c.httpAddr }
+// HTTPURL is the gateway's base URL (HTTPSURL with TLS).
+func (c *Cloud) HTTPURL() string {
+	if c.o.TLS {
+		return c.HTTPSURL()
+	}
+	return "http://" + c.httpAddr
+}
 
-// BrokerURL is the broker's URL: the embedded one's, or the standalone one's.
+// HTTPSURL is the gateway's HTTPS base URL; CAFile verifies it.
+func (c *Cloud) HTTPSURL() string { return "https://" + c.httpsAddr }
+
+// BrokerTLSURL is the embedded broker's MQTT over TLS URL; CAFile verifies it.
+func (c *Cloud) BrokerTLSURL() string { return "ssl://" + c.tlsAddr }
+
+// CAFile is the CA certificate of the gateway's TLS listeners (the local CA in Dir).
+func (c *Cloud) CAFile() string { return filepath.Join(c.Dir, tlsconf.CAFile) }
+
+// BrokerURL is the broker's URL: the embedded one's, or the standalone one's (ssl:// with
+// TLS).
 func (c *Cloud) BrokerURL() string {
-	if c.o.StandaloneBroker {
+	switch {
+	case c.o.StandaloneBroker && c.o.TLS:
+		return "ssl://" + c.brokerAddr
+	case c.o.StandaloneBroker:
 		return "tcp://" + c.brokerAddr
+	case c.o.TLS:
+		return c.BrokerTLSURL()
 	}
 	return "tcp://" + c.mqttAddr
 }
 
+// caFile is CAFile with TLS, else "" (plain URLs).
+func (c *Cloud) caFile() string {
+	if c.o.TLS {
+		return c.CAFile()
+	}
+	return ""
+}
+
+// ClientTLS is what cars and phones verify the cloud with: nil without TLS.
+func (c *Cloud) ClientTLS() (*tls.Config, error) {
+	if !c.o.TLS {
+		return nil, nil
+	}
+	return tlsconf.ClientConfig(c.CAFile())
+}
+
 // Client is a client of the gateway's API with the admin token.
-func (c *Cloud) Client() *api.Client { return api.NewClient(c.HTTPURL(), c.G.AdminToken()) }
+func (c *Cloud) Client() *api.Client {
+	cl := api.NewClient(c.HTTPURL(), c.G.AdminToken())
+	if c.o.TLS {
+		if hc, err := tlsconf.HTTPClient(c.CAFile(), api.DefaultTimeout); err == nil {
+			cl.HTTP = hc
+		}
+	}
+	return cl
+}
 
 // Provision adds n cars.
 func (c *Cloud) Provision(ctx context.Context, n int) ([]protocol.Credentials, error) {

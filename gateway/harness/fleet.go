@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,8 +34,10 @@ type FleetOptions struct {
 	// (MustStartFleet: the test's TempDir).
 	Dir       string
 	BrokerURL string
-	Creds     []protocol.Credentials
-	Logger    *slog.Logger
+	// TLS verifies an ssl:// or wss:// BrokerURL (the cars' trusted CA).
+	TLS    *tls.Config
+	Creds  []protocol.Credentials
+	Logger *slog.Logger
 	// TelemetryInterval is how often each car reports; 0 means 2 s.
 	TelemetryInterval time.Duration
 	// MaxReconnectInterval caps the cars' reconnect backoff; 0 means 2 s (the drill waits for
@@ -77,7 +80,7 @@ func StartFleet(ctx context.Context, o FleetOptions) (*Fleet, error) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		_, err := fleet.Run(fctx, fleet.Config{BrokerURL: o.BrokerURL, Creds: o.Creds, Store: st, Garage: f.Garage,
+		_, err := fleet.Run(fctx, fleet.Config{BrokerURL: o.BrokerURL, TLS: o.TLS, Creds: o.Creds, Store: st, Garage: f.Garage,
 			TelemetryInterval: o.TelemetryInterval, ConnectRate: 2000, Logger: log,
 			MaxReconnectInterval: o.MaxReconnectInterval, JournalResendInterval: o.JournalResendInterval})
 		if err != nil && !errors.Is(err, context.Canceled) {

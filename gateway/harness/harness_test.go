@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,16 +15,27 @@ var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
 // Both kinds of cloud come back on the addresses they had, with their data: the cars reconnect
 // by themselves, and a person set up before the outage still has their key on the car.
 func TestCloudDownAndUpKeepsAddressesAndData(t *testing.T) {
-	for name, standalone := range map[string]bool{"embedded broker": false, "standalone broker": true} {
+	for name, tc := range map[string]struct{ standalone, tls bool }{
+		"embedded broker": {false, false}, "standalone broker": {true, false},
+		"embedded broker over TLS": {false, true}, "standalone broker over TLS": {true, true},
+	} {
+		standalone := tc.standalone
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			c := MustStart(t, Options{StandaloneBroker: standalone, PasswordParams: &cheap})
+			c := MustStart(t, Options{StandaloneBroker: standalone, TLS: tc.tls, PasswordParams: &cheap})
+			trust, err := c.ClientTLS()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]string{false: "tcp://", true: "ssl://"}[tc.tls]; !strings.HasPrefix(c.BrokerURL(), want) {
+				t.Fatalf("broker URL %s, want %s…", c.BrokerURL(), want)
+			}
 			creds, err := c.Provision(ctx, 2)
 			if err != nil {
 				t.Fatal(err)
 			}
 			vins := []string{creds[0].VIN, creds[1].VIN}
-			MustStartFleet(t, FleetOptions{BrokerURL: c.BrokerURL(), Creds: creds})
+			MustStartFleet(t, FleetOptions{BrokerURL: c.BrokerURL(), TLS: trust, Creds: creds})
 			if err := c.WaitOnline(ctx, 15*time.Second, vins...); err != nil {
 				t.Fatal(err)
 			}

@@ -33,7 +33,7 @@ func (p *Person) Code() (string, error) {
 func (p *Person) Login(ctx context.Context, c *Cloud) error {
 	var s *phone.Session
 	err := whileBusy(ctx, func() (err error) {
-		s, err = phone.Login(ctx, c.HTTPURL(), p.Name, p.Password, "")
+		s, err = phone.LoginCA(ctx, c.HTTPURL(), c.caFile(), p.Name, p.Password, "")
 		return err
 	})
 	if err != nil {

@@ -50,6 +50,9 @@ type API struct {
 	// SigningKeys are every key the gateway signs with (the current one first, then the
 	// previous during a rotation), told to phones at login (nil: GatewayKey alone).
 	SigningKeys []*ecdsa.PublicKey
+	// CAPEM is the PEM CA certificate of the gateway's TLS listeners, handed to every car in
+	// its credentials (ca_pem); "" when there is none to hand.
+	CAPEM string
 	// Verifier verifies app tokens: the endpoints of the app (2FA, keys, password, session)
 	// are served only with it.
 	Verifier *token.Verifier

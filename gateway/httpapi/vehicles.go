@@ -54,7 +54,7 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
-	cred := protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, LinkKey: linkKey, LinkCert: &linkCert}
+	cred := protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, LinkKey: linkKey, LinkCert: &linkCert, CAPEM: a.CAPEM}
 	serial, err := a.issueCert(req.Cert, &cred, jti)
 	if err != nil {
 		Fail(w, a.Log, err)
@@ -124,7 +124,7 @@ func (a *API) addVehicles(w http.ResponseWriter, r *http.Request) {
 		}
 		pub, _ := sign.EncodePublic(a.Hooks.CarKey(v).Public())
 		out[i] = protocol.Credentials{VIN: v, ClientID: v, Username: v, Token: tok, GatewayKey: pub,
-			LinkKey: linkKey, LinkCert: &linkCert}
+			LinkKey: linkKey, LinkCert: &linkCert, CAPEM: a.CAPEM}
 		serial, err := a.issueCert(req.Cert, &out[i], jti)
 		if err != nil {
 			Fail(w, a.Log, err)

@@ -58,6 +58,7 @@ func TestSecondGatewayOnSameDataDirFailsClearly(t *testing.T) {
 	cfg := server.DefaultConfig()
 	cfg.Data = dir
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
+	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "", "", "" // fixed ports would collide with parallel tests
 	_, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
 	if err == nil || !strings.Contains(err.Error(), "another") {
 		t.Fatalf("second gateway on the same data dir: %v", err)
@@ -259,7 +260,8 @@ func TestLoginFloodIsBounded(t *testing.T) {
 	cfg := server.DefaultConfig()
 	cfg.Data = t.TempDir()
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.TwoFA.Mode = twofa.ModeEnrolled // the lockout counts password failures in this mode
+	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "", "", "" // fixed ports would collide with parallel tests
+	cfg.TwoFA.Mode = twofa.ModeEnrolled                             // the lockout counts password failures in this mode
 	cfg.PasswordHashConcurrency, cfg.PasswordHashWait = 1, time.Millisecond
 	// The real argon2id parameters: a hash takes long enough for the others to queue.
 	g, err := server.Start(context.Background(), cfg, server.Options{})

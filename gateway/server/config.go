@@ -13,6 +13,7 @@ import (
 	"telematics/gateway/twofa"
 	"telematics/pkg/broker"
 	"telematics/pkg/cmdline"
+	"telematics/pkg/tlsconf"
 )
 
 // Config is every setting of `gateway serve`. Order of precedence: DefaultConfig, then the
@@ -34,13 +35,23 @@ type Config struct {
 	// AdminTokenFile holds the admin API's bearer token (0600, made on first start); "" means
 	// DATA/admin.token. `gateway admin` reads the same variable.
 	AdminTokenFile string `yaml:"admin_token_file" env:"GATEWAY_ADMIN_TOKEN_FILE"`
-	// MQTTAddr and WSAddr are the embedded broker's listeners ("" disables one).
+	// MQTTAddr and WSAddr are the embedded broker's plain-text listeners ("" disables one).
 	MQTTAddr string `yaml:"mqtt_addr" env:"GATEWAY_MQTT_ADDR"`
 	WSAddr   string `yaml:"ws_addr" env:"GATEWAY_WS_ADDR"`
-	// HTTPAddr serves health, login and the admin API.
+	// HTTPAddr serves health, login and the admin API in plain text ("" disables it).
 	HTTPAddr string `yaml:"http_addr" env:"GATEWAY_HTTP_ADDR"`
-	// ExternalBroker, when set (tcp://HOST:PORT), replaces the embedded broker.
+	// AllowPlaintext lets the plain-text listeners (MQTTAddr, WSAddr, HTTPAddr) and a tcp://
+	// ExternalBroker use addresses other than loopback. Off, such a configuration is refused:
+	// tokens, passwords and commands would cross the network readable.
+	AllowPlaintext bool `yaml:"allow_plaintext" env:"GATEWAY_ALLOW_PLAINTEXT"`
+	// TLS is the TLS listeners and their certificates.
+	TLS TLSConfig `yaml:"tls"`
+	// ExternalBroker, when set (tcp://HOST:PORT, or ssl://HOST:PORT with TLS), replaces the
+	// embedded broker.
 	ExternalBroker string `yaml:"external_broker" env:"GATEWAY_EXTERNAL_BROKER"`
+	// ExternalBrokerCAFile is the PEM CA the gateway verifies an ssl:// ExternalBroker with
+	// ("": the CA of the gateway's own TLS certificate, else the system's roots).
+	ExternalBrokerCAFile string `yaml:"external_broker_ca_file" env:"GATEWAY_EXTERNAL_BROKER_CA_FILE"`
 	// ExternalBrokerPassword, when set, is the gateway's MQTT password on the external broker
 	// (username "gateway"), for brokers that do not verify the gateway's tokens, such as
 	// mosquitto with a password file. Empty: the gateway presents a token it signs itself.
@@ -71,6 +82,32 @@ type Config struct {
 	// on first start). GATEWAY_TWOFA_KEY (base64) replaces the file.
 	TwoFAKeyFile string `yaml:"twofa_key_file" env:"GATEWAY_TWOFA_KEY_FILE"`
 }
+
+// TLSConfig is the gateway's TLS: MQTT over TLS, MQTT over secure WebSocket and HTTPS, with
+// either the files named here or, when CertFile is "", a local CA and server certificate the
+// gateway makes in its data directory (ca.pem, ca.key, server.pem, server.key). SIGHUP reads
+// the files again. Every listener takes TLS 1.2 at least, AEAD cipher suites only.
+type TLSConfig struct {
+	// MQTTAddr, WSAddr and HTTPAddr are the TLS listeners ("" disables one).
+	MQTTAddr string `yaml:"mqtt_addr" env:"GATEWAY_TLS_MQTT_ADDR"`
+	WSAddr   string `yaml:"ws_addr" env:"GATEWAY_TLS_WS_ADDR"`
+	HTTPAddr string `yaml:"http_addr" env:"GATEWAY_TLS_HTTP_ADDR"`
+	// CertFile and KeyFile (PEM, the key 0600) replace the local CA's server certificate.
+	CertFile string `yaml:"cert_file" env:"GATEWAY_TLS_CERT_FILE"`
+	KeyFile  string `yaml:"key_file" env:"GATEWAY_TLS_KEY_FILE"`
+	// CAFile is the PEM CA certificate that clients are handed to verify the gateway (a car's
+	// credentials, DATA/ca.pem); with the local CA it is that CA.
+	CAFile string `yaml:"ca_file" env:"GATEWAY_TLS_CA_FILE"`
+	// ClientCAFile, when set, is the PEM CA whose client certificates the listeners request
+	// (and verify when given; never required).
+	ClientCAFile string `yaml:"client_ca_file" env:"GATEWAY_TLS_CLIENT_CA_FILE"`
+	// Hosts are the names and addresses the local server certificate covers besides
+	// localhost, 127.0.0.1, ::1 and the listeners' own hosts.
+	Hosts []string `yaml:"hosts" env:"GATEWAY_TLS_HOSTS"`
+}
+
+// on reports whether any TLS listener is configured.
+func (t TLSConfig) on() bool { return t.MQTTAddr != "" || t.WSAddr != "" || t.HTTPAddr != "" }
 
 // CommandsConfig tunes the command path.
 type CommandsConfig struct {
@@ -110,11 +147,17 @@ type BrokerConfig struct {
 func DefaultConfig() Config {
 	rc, bc := commands.DefaultConfig(), broker.DefaultConfig()
 	return Config{
-		Data:             "./data",
-		StorePrefix:      "/telematics/",
-		MQTTAddr:         bc.MQTTAddr,
-		WSAddr:           bc.WSAddr,
-		HTTPAddr:         "127.0.0.1:8080",
+		Data:        "./data",
+		StorePrefix: "/telematics/",
+		MQTTAddr:    bc.MQTTAddr,
+		WSAddr:      bc.WSAddr,
+		HTTPAddr:    "127.0.0.1:8080",
+		TLS: TLSConfig{
+			MQTTAddr: bc.TLSMQTTAddr,
+			WSAddr:   bc.TLSWSAddr,
+			HTTPAddr: "127.0.0.1:8443",
+			Hosts:    []string{},
+		},
 		AppTokenTTL:      time.Hour,
 		VehicleTokenTTL:  365 * 24 * time.Hour,
 		PasswordHashWait: 5 * time.Second,
@@ -186,12 +229,33 @@ func (c *Config) Validate() error {
 			bad(key, "%q is not host:port: %v", addr, err)
 		}
 	}
-	checkAddr("http_addr", c.HTTPAddr, false)
+	checkAddr("http_addr", c.HTTPAddr, true)
+	checkAddr("tls.http_addr", c.TLS.HTTPAddr, true)
+	if c.HTTPAddr == "" && c.TLS.HTTPAddr == "" {
+		bad("http_addr", "no HTTP listener: set http_addr or tls.http_addr")
+	}
+	plain := []struct{ key, addr string }{{"http_addr", c.HTTPAddr}}
 	if c.ExternalBroker == "" {
-		checkAddr("mqtt_addr", c.MQTTAddr, false)
+		checkAddr("mqtt_addr", c.MQTTAddr, true)
 		checkAddr("ws_addr", c.WSAddr, true)
-	} else if u, err := url.Parse(c.ExternalBroker); err != nil || (u.Scheme != "tcp" && u.Scheme != "mqtt" && u.Scheme != "ws") || u.Host == "" {
-		bad("external_broker", "%q must look like tcp://HOST:PORT", c.ExternalBroker)
+		checkAddr("tls.mqtt_addr", c.TLS.MQTTAddr, true)
+		checkAddr("tls.ws_addr", c.TLS.WSAddr, true)
+		if c.MQTTAddr == "" && c.TLS.MQTTAddr == "" {
+			bad("mqtt_addr", "no MQTT listener: set mqtt_addr or tls.mqtt_addr")
+		}
+		plain = append(plain, struct{ key, addr string }{"mqtt_addr", c.MQTTAddr}, struct{ key, addr string }{"ws_addr", c.WSAddr})
+	} else if u, err := url.Parse(c.ExternalBroker); err != nil || !externalSchemes[u.Scheme] || u.Host == "" {
+		bad("external_broker", "%q must look like tcp://HOST:PORT or ssl://HOST:PORT", c.ExternalBroker)
+	} else if !tlsconf.SecureScheme(u.Scheme) {
+		plain = append(plain, struct{ key, addr string }{"external_broker", u.Host})
+	}
+	for _, p := range plain {
+		if err := tlsconf.CheckPlaintext(p.key, p.addr, c.AllowPlaintext); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls.cert_file", "tls.cert_file and tls.key_file go together: give both or neither (neither: the gateway makes its own CA)")
 	}
 	if c.AdvertiseMQTTURL != "" {
 		if u, err := url.Parse(c.AdvertiseMQTTURL); err != nil || u.Host == "" {
@@ -257,20 +321,31 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// advertisedMQTT is the broker URL apps are told at login.
-func (c *Config) advertisedMQTT(boundMQTT string) string {
+// externalSchemes are the URL schemes of an external broker.
+var externalSchemes = map[string]bool{"tcp": true, "mqtt": true, "ws": true, "ssl": true, "tls": true, "mqtts": true, "wss": true}
+
+// advertisedMQTT is the broker URL apps are told at login: the plain listener's when there is
+// one (loopback unless allow_plaintext), else the TLS listener's.
+func (c *Config) advertisedMQTT(boundMQTT, boundTLS string) string {
 	switch {
 	case c.AdvertiseMQTTURL != "":
 		return c.AdvertiseMQTTURL
 	case c.ExternalBroker != "":
 		return c.ExternalBroker
+	case boundMQTT == "" && boundTLS != "":
+		return dialURL("ssl", boundTLS)
 	}
-	host, port, err := net.SplitHostPort(boundMQTT)
+	return dialURL("tcp", boundMQTT)
+}
+
+// dialURL is scheme://HOST:PORT for a bound listener address, 127.0.0.1 for a wildcard host.
+func dialURL(scheme, bound string) string {
+	host, port, err := net.SplitHostPort(bound)
 	if err != nil {
-		return "tcp://" + boundMQTT
+		return scheme + "://" + bound
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		host = "127.0.0.1"
 	}
-	return "tcp://" + net.JoinHostPort(host, port)
+	return scheme + "://" + net.JoinHostPort(host, port)
 }

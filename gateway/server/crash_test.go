@@ -41,7 +41,8 @@ func buildGateway(t *testing.T) string {
 
 func startProcess(t *testing.T, bin, dir, httpAddr, mqttAddr string) *gwProcess {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--data", dir, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--ws-addr", "off")
+	cmd := exec.Command(bin, "serve", "--data", dir, "--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--ws-addr", "off",
+		"--tls-mqtt-addr", "off", "--tls-ws-addr", "off", "--tls-http-addr", "off")
 	cmd.Env = append(os.Environ(), "GATEWAY_TWOFA_MODE=off", "GATEWAY_LOG_LEVEL=warn")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {

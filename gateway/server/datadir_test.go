@@ -56,6 +56,7 @@ func TestFailedStartLeavesNoFreshKeys(t *testing.T) {
 	} {
 		cfg := server.DefaultConfig()
 		cfg.Data, cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = tc.data, tc.mqtt, "", tc.http
+		cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "", "", "" // fixed ports would collide with parallel tests
 		if g, err := server.Start(context.Background(), cfg, server.Options{}); err == nil {
 			g.Close()
 			t.Fatalf("%s: started", tc.name)
@@ -93,6 +94,7 @@ func TestHealthzWhileTheExternalBrokerIsUnreachable(t *testing.T) {
 	brokerAddr, httpAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	cfg := server.DefaultConfig()
 	cfg.Data, cfg.HTTPAddr, cfg.ExternalBroker = dir, httpAddr, "tcp://"+brokerAddr
+	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "", "", "" // fixed ports would collide with parallel tests
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	type started struct {

@@ -32,6 +32,7 @@ func TestSecretFilesModeChecked(t *testing.T) {
 			cfg := server.DefaultConfig()
 			cfg.Data = dir
 			cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
+			cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "", "", "" // fixed ports would collide with parallel tests
 			g, err := server.Start(context.Background(), cfg, server.Options{PasswordParams: &cheap})
 			if err == nil {
 				g.Close()

@@ -34,6 +34,7 @@ import (
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 	"telematics/pkg/token"
 )
 
@@ -74,9 +75,17 @@ type Gateway struct {
 	vehicleTokens map[string]string
 	reissued      map[string]bool // cars whose credentials were reissued (publishCarTokens)
 	adminToken    string
-	httpLn        net.Listener
-	http          swappableHandler // "starting" answers, then the API (listenHTTP)
-	brokerURL     string
+	httpLn        net.Listener // nil without a plain HTTP listener
+	httpsLn       net.Listener // nil without an HTTPS listener
+	httpCtx       context.Context
+	httpServing   int // HTTP servers started, each reports once on httpDone
+	// certs are the TLS listeners' certificates (nil without TLS); caFile and caPEM the CA
+	// certificate clients are handed to verify them.
+	certs     *tlsconf.Certs
+	caFile    string
+	caPEM     string
+	http      swappableHandler // "starting" answers, then the API (listenHTTP)
+	brokerURL string
 	// retentionStop ends the audit retention sweep; retentionDone closes when it has.
 	retentionStop context.CancelFunc
 	retentionDone chan struct{}
@@ -102,7 +111,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	g := &Gateway{cfg: cfg, log: o.Logger, clock: clock.Or(o.Clock), httpDone: make(chan error, 1)}
+	g := &Gateway{cfg: cfg, log: o.Logger, clock: clock.Or(o.Clock), httpDone: make(chan error, 2)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -119,6 +128,13 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	if made, err = prepareDataDir(cfg); err != nil {
 		return nil, err
 	}
+	if err := g.loadDeviceCA(); err != nil {
+		return nil, err
+	}
+	if err := g.loadTLS(); err != nil {
+		return nil, err
+	}
+	g.serveHTTPS()
 	if g.store, err = openStore(cfg); err != nil {
 		return nil, err
 	}
@@ -132,9 +148,6 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	g.issuer = token.NewIssuer(g.signer, g.clock)
-	if err := g.loadDeviceCA(); err != nil {
-		return nil, err
-	}
 
 	if err := g.loadVehicleTokens(); err != nil {
 		return nil, err
@@ -191,7 +204,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		params = *o.PasswordParams
 	}
 	g.api = &httpapi.API{
-		Store: g.store, Audit: g.audit, Issuer: g.issuer, GatewayKey: g.signer,
+		Store: g.store, Audit: g.audit, Issuer: g.issuer, GatewayKey: g.signer, CAPEM: g.caPEM,
 		Twins:      g.router,
 		AdminToken: g.adminToken, AllowRemote: cfg.AdminAllowRemote, Clock: g.clock, Log: g.log,
 		BrokerURL: g.brokerURL, AppTokenTTL: cfg.AppTokenTTL,
@@ -425,7 +438,12 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		tlsCfg, err := g.externalBrokerTLS()
+		if err != nil {
+			return err
+		}
 		c, err := mqttc.Dial(ctx, mqttc.Options{
+			TLS: tlsCfg,
 			// A persistent session under a client id that stays with the data dir: while the
 			// gateway is away (a restart, a network break) the broker queues the QoS 1
 			// messages of its subscriptions (results, journals, key acknowledgements) and
@@ -449,12 +467,17 @@ func (g *Gateway) startBus(ctx context.Context) error {
 			return fmt.Errorf("connect to external broker %s: %w", g.cfg.ExternalBroker, err)
 		}
 		g.bus = c
-		g.brokerURL = g.cfg.advertisedMQTT("")
+		g.brokerURL = g.cfg.advertisedMQTT("", "")
 		return nil
 	}
 	bcfg := broker.DefaultConfig()
 	bcfg.MQTTAddr = g.cfg.MQTTAddr
 	bcfg.WSAddr = g.cfg.WSAddr
+	bcfg.TLSMQTTAddr, bcfg.TLSWSAddr = g.cfg.TLS.MQTTAddr, g.cfg.TLS.WSAddr
+	bcfg.AllowPlaintext = g.cfg.AllowPlaintext
+	if g.certs != nil {
+		bcfg.TLS = g.certs.ServerConfig()
+	}
 	bcfg.MaxPacketBytes = g.cfg.Broker.MaxPacketBytes
 	bcfg.MaxTopicBytes = g.cfg.Broker.MaxTopicBytes
 	bcfg.MaxConnsPerIdentity = g.cfg.Broker.MaxConnsPerIdentity
@@ -486,7 +509,7 @@ func (g *Gateway) startListeners() error {
 	if err := g.broker.Start(); err != nil {
 		return err
 	}
-	g.brokerURL = g.cfg.advertisedMQTT(g.broker.MQTTAddr())
+	g.brokerURL = g.cfg.advertisedMQTT(g.broker.MQTTAddr(), g.broker.TLSMQTTAddr())
 	return nil
 }
 
@@ -514,11 +537,48 @@ func (g *Gateway) ready() error {
 // readyStoreTimeout bounds the store read of a readiness probe.
 const readyStoreTimeout = time.Second
 
-// HTTPURL is the base URL of the HTTP API.
-func (g *Gateway) HTTPURL() string { return "http://" + g.httpLn.Addr().String() }
+// HTTPURL is the base URL of the HTTP API: the plain listener's, or the HTTPS one's when
+// there is no plain listener.
+func (g *Gateway) HTTPURL() string {
+	if u := g.plainHTTPURL(); u != "" {
+		return u
+	}
+	return g.HTTPSURL()
+}
+
+func (g *Gateway) plainHTTPURL() string {
+	if g.httpLn == nil {
+		return ""
+	}
+	return "http://" + g.httpLn.Addr().String()
+}
+
+// HTTPSURL is the base URL of the HTTPS listener ("" if none).
+func (g *Gateway) HTTPSURL() string {
+	if g.httpsLn == nil {
+		return ""
+	}
+	return "https://" + g.httpsLn.Addr().String()
+}
 
 // BrokerURL is the MQTT URL apps and cars are told.
 func (g *Gateway) BrokerURL() string { return g.brokerURL }
+
+// plainBrokerURL is the embedded broker's plain MQTT URL ("" if none).
+func (g *Gateway) plainBrokerURL() string {
+	if g.broker == nil || g.broker.MQTTAddr() == "" {
+		return ""
+	}
+	return dialURL("tcp", g.broker.MQTTAddr())
+}
+
+// BrokerTLSURL is the embedded broker's MQTT over TLS URL, ssl://HOST:PORT ("" if none).
+func (g *Gateway) BrokerTLSURL() string {
+	if g.broker == nil || g.broker.TLSMQTTAddr() == "" {
+		return ""
+	}
+	return dialURL("ssl", g.broker.TLSMQTTAddr())
+}
 
 // WSAddr is the embedded broker's WebSocket address ("" if none).
 func (g *Gateway) WSAddr() string {
@@ -527,6 +587,26 @@ func (g *Gateway) WSAddr() string {
 	}
 	return g.broker.WSAddr()
 }
+
+// TLSWSAddr is the embedded broker's secure WebSocket address ("" if none).
+func (g *Gateway) TLSWSAddr() string {
+	if g.broker == nil {
+		return ""
+	}
+	return g.broker.TLSWSAddr()
+}
+
+// wsURL is scheme://addr for a WebSocket listener's address ("" if none).
+func (g *Gateway) wsURL(scheme, addr string) string {
+	if addr == "" {
+		return ""
+	}
+	return dialURL(scheme, addr)
+}
+
+// CAFile is the PEM CA certificate clients verify the TLS listeners with ("" without TLS, or
+// with operator certificates and no tls.ca_file).
+func (g *Gateway) CAFile() string { return g.caFile }
 
 // AdminToken is the admin API's bearer token.
 func (g *Gateway) AdminToken() string { return g.adminToken }
@@ -561,9 +641,14 @@ func (g *Gateway) Close() error {
 		var errs []error
 		if g.cancel != nil {
 			g.cancel()
-			<-g.httpDone
-		} else if g.httpLn != nil {
-			g.httpLn.Close()
+			for range g.httpServing {
+				<-g.httpDone
+			}
+		}
+		for _, ln := range []net.Listener{g.httpLn, g.httpsLn} {
+			if ln != nil {
+				ln.Close() // one never served (a failed start); the others are closed already
+			}
 		}
 		if g.router != nil {
 			errs = append(errs, g.router.Close())

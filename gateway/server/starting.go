@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,21 +23,46 @@ func (s *swappableHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	(*s.h.Load()).ServeHTTP(w, r)
 }
 
-// listenHTTP opens the HTTP listener first thing in Start: /healthz answers 200 whenever the
+// listenHTTP opens the HTTP listeners first thing in Start: /healthz answers 200 whenever the
 // process runs (also while it waits for an unreachable external broker), /readyz answers 503
 // until Start is done, and everything else 503 with "retry". A busy port fails the start
-// before anything is written to the data directory.
+// before anything is written to the data directory. The HTTPS listener is bound here too but
+// serves only once its certificate is loaded (serveHTTPS).
 func (g *Gateway) listenHTTP() error {
-	ln, err := net.Listen("tcp", g.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("listen for HTTP on %s: %w", g.cfg.HTTPAddr, err)
+	if g.cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", g.cfg.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("listen for HTTP on %s: %w", g.cfg.HTTPAddr, err)
+		}
+		g.httpLn = ln
 	}
-	g.httpLn = ln
+	if g.cfg.TLS.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", g.cfg.TLS.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("listen for HTTPS on %s: %w", g.cfg.TLS.HTTPAddr, err)
+		}
+		g.httpsLn = ln
+	}
 	g.http.set(startingHandler(g.cfg))
 	hctx, cancel := context.WithCancel(context.Background())
-	g.cancel = cancel
-	go func() { g.httpDone <- httpapi.Serve(hctx, ln, &g.http) }()
+	g.cancel, g.httpCtx = cancel, hctx
+	if g.httpLn != nil {
+		g.serveHTTP(g.httpLn)
+	}
 	return nil
+}
+
+// serveHTTPS starts serving the HTTPS listener with the loaded certificates.
+func (g *Gateway) serveHTTPS() {
+	if g.httpsLn != nil {
+		g.serveHTTP(tls.NewListener(g.httpsLn, g.certs.ServerConfig()))
+	}
+}
+
+// serveHTTP serves ln until Close; each server reports on httpDone.
+func (g *Gateway) serveHTTP(ln net.Listener) {
+	g.httpServing++
+	go func() { g.httpDone <- httpapi.Serve(g.httpCtx, ln, &g.http) }()
 }
 
 func startingHandler(cfg Config) http.Handler {

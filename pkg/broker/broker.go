@@ -17,6 +17,7 @@ import (
 
 	"telematics/pkg/clock"
 	"telematics/pkg/cmdline"
+	"telematics/pkg/tlsconf"
 	"telematics/pkg/token"
 )
 
@@ -27,6 +28,8 @@ var ErrClosed = errors.New("broker closed")
 const (
 	ListenerTCP = "tcp"
 	ListenerWS  = "ws"
+	ListenerTLS = "tls" // MQTT over TLS
+	ListenerWSS = "wss" // MQTT over secure WebSocket
 )
 
 // clientReadBufferBytes is each connection's read buffer (mochi's default 2 KB), held for as
@@ -43,6 +46,10 @@ type Broker struct {
 	clock  clock.Clock
 	tcp    *tcpListener // nil when MQTTAddr is empty
 	ws     *wsListener  // nil when WSAddr is empty
+	tlsTCP *tcpListener // nil without TLSMQTTAddr or a certificate
+	wss    *wsListener  // nil without TLSWSAddr or a certificate
+	// certs are the TLS files the broker reads itself (Config.TLSCert); nil otherwise.
+	certs *tlsconf.Certs
 
 	mu      sync.Mutex
 	tokens  *tokenFollower // writes the state file; nil without one
@@ -99,7 +106,53 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, clk clo
 		b.ws = newWSListener(ListenerWS, cfg.WSAddr, cfg.ConnectTimeout, cfg.MaxPacketBytes)
 		b.ws.disconnect = func(id string) { disconnectListenerClients(server, id) }
 	}
+	tlsCfg := cfg.TLS
+	if tlsCfg == nil && cfg.TLSCert != "" {
+		if b.certs, err = tlsconf.Load(tlsconf.Files{Cert: cfg.TLSCert, Key: cfg.TLSKey, ClientCA: cfg.ClientCA}); err != nil {
+			return nil, err
+		}
+		tlsCfg = b.certs.ServerConfig()
+		if cfg.ClientCA != "" {
+			// The client CA is the gateway's device CA (device-ca.crt): the cars whose
+			// certificates it signed are admitted by them (devicecert.go).
+			pool, err := tlsconf.LoadPool(cfg.ClientCA)
+			if err != nil {
+				return nil, err
+			}
+			b.auth.SetDeviceCAs(pool)
+		}
+	}
+	if tlsCfg == nil {
+		if on(cfg.TLSMQTTAddr) || on(cfg.TLSWSAddr) {
+			logger.Info("no TLS certificate (tls_cert): the TLS listeners stay closed")
+		}
+		return b, nil
+	}
+	if on(cfg.TLSMQTTAddr) {
+		b.tlsTCP = newTCPListener(ListenerTLS, cfg.TLSMQTTAddr, cfg.ConnectTimeout)
+		b.tlsTCP.tls = tlsCfg
+		b.tlsTCP.disconnect = func(id string) { disconnectListenerClients(server, id) }
+	}
+	if on(cfg.TLSWSAddr) {
+		b.wss = newWSListener(ListenerWSS, cfg.TLSWSAddr, cfg.ConnectTimeout, cfg.MaxPacketBytes)
+		b.wss.tls = tlsCfg
+		b.wss.disconnect = func(id string) { disconnectListenerClients(server, id) }
+	}
 	return b, nil
+}
+
+// ReloadTLS reads the certificate, key and client CA files of the configuration again
+// (SIGHUP): new connections get them, established ones go on. Without TLSCert it does
+// nothing; on an error the certificates in use stay.
+func (b *Broker) ReloadTLS() error {
+	if b.certs == nil {
+		return nil
+	}
+	if err := b.certs.Reload(); err != nil {
+		return err
+	}
+	b.log.Info("TLS certificates reloaded", "cert", b.cfg.TLSCert, "not_after", b.certs.Leaf().NotAfter)
+	return nil
 }
 
 // capabilities starts from mochi's defaults (a partial Capabilities struct admits no client)
@@ -169,10 +222,21 @@ func (b *Broker) Start() error {
 			return fmt.Errorf("listen for MQTT over WebSocket on %s: %w", b.cfg.WSAddr, err)
 		}
 	}
+	if b.tlsTCP != nil {
+		if err := b.server.AddListener(b.tlsTCP); err != nil {
+			return fmt.Errorf("listen for MQTT over TLS on %s: %w", b.cfg.TLSMQTTAddr, err)
+		}
+	}
+	if b.wss != nil {
+		if err := b.server.AddListener(b.wss); err != nil {
+			return fmt.Errorf("listen for MQTT over secure WebSocket on %s: %w", b.cfg.TLSWSAddr, err)
+		}
+	}
 	if err := b.server.Serve(); err != nil {
 		return fmt.Errorf("start mqtt server: %w", err)
 	}
-	b.log.Info("broker started", "mqtt_addr", b.MQTTAddr(), "ws_addr", b.WSAddr())
+	b.log.Info("broker started", "mqtt_addr", b.MQTTAddr(), "ws_addr", b.WSAddr(),
+		"tls_mqtt_addr", b.TLSMQTTAddr(), "tls_ws_addr", b.TLSWSAddr())
 	return nil
 }
 
@@ -190,6 +254,23 @@ func (b *Broker) WSAddr() string {
 		return ""
 	}
 	return b.ws.Address()
+}
+
+// TLSMQTTAddr is the MQTT over TLS listener's address (the bound one after Start), or "" if
+// there is none.
+func (b *Broker) TLSMQTTAddr() string {
+	if b.tlsTCP == nil {
+		return ""
+	}
+	return b.tlsTCP.Address()
+}
+
+// TLSWSAddr is the secure WebSocket listener's address (the bound one after Start), or "".
+func (b *Broker) TLSWSAddr() string {
+	if b.wss == nil {
+		return ""
+	}
+	return b.wss.Address()
 }
 
 // Server is the mochi server, for the embedded gateway's inline client (Publish, Subscribe).

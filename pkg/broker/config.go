@@ -2,6 +2,7 @@ package broker
 
 import (
 	"crypto/ecdsa"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -14,6 +15,7 @@ import (
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 )
 
 // Config is the broker's configuration. The standalone binary reads it with LoadConfig
@@ -22,6 +24,12 @@ import (
 //
 //	mqtt_addr: "127.0.0.1:1883"      # MQTT over TCP; off disables it
 //	ws_addr: "127.0.0.1:1882"        # MQTT over WebSocket; off disables it
+//	tls_mqtt_addr: "127.0.0.1:8883"  # MQTT over TLS (with tls_cert); off disables it
+//	tls_ws_addr: "127.0.0.1:8884"    # MQTT over secure WebSocket (with tls_cert); off disables it
+//	tls_cert: ""                     # PEM certificate chain of the TLS listeners
+//	tls_key: ""                      # its PEM private key (0600)
+//	client_ca: ""                    # PEM CA whose client certificates are accepted (requested, not required)
+//	allow_plaintext: false           # plain-text listeners on non-loopback addresses
 //	gateway_pubkeys: [gateway.pub]   # PEM public keys whose tokens are trusted (standalone only)
 //	state_file: ""                   # retired car tokens kept across restarts (standalone only)
 //	max_packet_bytes: 65536          # largest MQTT packet accepted, CONNECT included
@@ -38,6 +46,22 @@ type Config struct {
 	MQTTAddr       string   `yaml:"mqtt_addr"`
 	WSAddr         string   `yaml:"ws_addr"`
 	GatewayPubKeys []string `yaml:"gateway_pubkeys"`
+	// TLSMQTTAddr and TLSWSAddr are MQTT over TLS and over secure WebSocket. They open only
+	// with a certificate: TLS, or TLSCert and TLSKey.
+	TLSMQTTAddr string `yaml:"tls_mqtt_addr"`
+	TLSWSAddr   string `yaml:"tls_ws_addr"`
+	// TLSCert and TLSKey are the PEM certificate chain and private key (0600) of the TLS
+	// listeners; ClientCA, when set, the PEM CA certificates whose client certificates a
+	// listener accepts (requested, never required). Reload reads them again.
+	TLSCert  string `yaml:"tls_cert"`
+	TLSKey   string `yaml:"tls_key"`
+	ClientCA string `yaml:"client_ca"`
+	// AllowPlaintext lets MQTTAddr and WSAddr listen on addresses other than loopback, where
+	// tokens would cross the network readable (tlsconf.CheckPlaintext).
+	AllowPlaintext bool `yaml:"allow_plaintext"`
+	// TLS, when set, is the TLS listeners' configuration in place of TLSCert and TLSKey: the
+	// embedded broker's, which the gateway owns and reloads.
+	TLS *tls.Config `yaml:"-"`
 	// StateFile is where the standalone broker keeps what must survive its restart: which car
 	// tokens the gateway retired (FollowCarTokens). "" keeps nothing: after a restart the
 	// broker admits retired tokens again until the gateway reconnects and names them.
@@ -76,6 +100,8 @@ type Config struct {
 const (
 	DefaultMQTTAddr               = "127.0.0.1:1883"
 	DefaultWSAddr                 = "127.0.0.1:1882"
+	DefaultTLSMQTTAddr            = "127.0.0.1:8883"
+	DefaultTLSWSAddr              = "127.0.0.1:8884"
 	DefaultMaxPacketBytes         = 64 * 1024
 	DefaultMaxTopicBytes          = 256
 	DefaultMaxConnsPerIdentity    = 4
@@ -111,6 +137,8 @@ func DefaultConfig() Config {
 	return Config{
 		MQTTAddr:               DefaultMQTTAddr,
 		WSAddr:                 DefaultWSAddr,
+		TLSMQTTAddr:            DefaultTLSMQTTAddr,
+		TLSWSAddr:              DefaultTLSWSAddr,
 		MaxPacketBytes:         DefaultMaxPacketBytes,
 		MaxTopicBytes:          DefaultMaxTopicBytes,
 		MaxConnsPerIdentity:    DefaultMaxConnsPerIdentity,
@@ -138,8 +166,26 @@ func (c Config) Validate() error {
 	}
 	checkAddr("mqtt_addr", c.MQTTAddr)
 	checkAddr("ws_addr", c.WSAddr)
+	checkAddr("tls_mqtt_addr", c.TLSMQTTAddr)
+	checkAddr("tls_ws_addr", c.TLSWSAddr)
 	if c.MQTTAddr != "" && c.MQTTAddr != cmdline.Off && c.MQTTAddr == c.WSAddr && !strings.HasSuffix(c.MQTTAddr, ":0") {
 		bad("ws_addr", "%q is also mqtt_addr", c.WSAddr)
+	}
+	if on(c.TLSMQTTAddr) && c.TLSMQTTAddr == c.TLSWSAddr && !strings.HasSuffix(c.TLSMQTTAddr, ":0") {
+		bad("tls_ws_addr", "%q is also tls_mqtt_addr", c.TLSWSAddr)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("tls_cert", "tls_cert and tls_key go together: give both (--tls-cert, --tls-key) or neither")
+	}
+	if c.ClientCA != "" && c.TLSCert == "" && c.TLS == nil {
+		bad("client_ca", "needs tls_cert and tls_key: client certificates travel over TLS only")
+	}
+	for _, l := range []struct{ key, addr string }{{"mqtt_addr", c.MQTTAddr}, {"ws_addr", c.WSAddr}} {
+		if on(l.addr) {
+			if err := tlsconf.CheckPlaintext(l.key, l.addr, c.AllowPlaintext); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	for i, p := range c.GatewayPubKeys {
 		if strings.TrimSpace(p) == "" {
@@ -172,11 +218,20 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// on reports whether a listener address is set (not "", not off).
+func on(addr string) bool { return addr != "" && addr != cmdline.Off }
+
 // settingFlags are the standalone broker's flags, one per key: the key with dashes
 // (--max-clients for max_clients), except gateway_pubkeys, --gateway-pubkey (repeated).
 var settingFlags = []cmdline.ConfigFlag{
 	{Key: "mqtt_addr", Usage: "MQTT over TCP listen `address`, or off"},
 	{Key: "ws_addr", Usage: "MQTT over WebSocket listen `address`, or off"},
+	{Key: "tls_mqtt_addr", Usage: "MQTT over TLS listen `address` (with --tls-cert), or off"},
+	{Key: "tls_ws_addr", Usage: "MQTT over secure WebSocket listen `address` (with --tls-cert), or off"},
+	{Key: "tls_cert", Usage: "PEM certificate chain `file` of the TLS listeners"},
+	{Key: "tls_key", Usage: "PEM private key `file` of --tls-cert (mode 0600)"},
+	{Key: "client_ca", Usage: "PEM CA `file` whose client certificates the TLS listeners accept (requested, not required)"},
+	{Key: "allow_plaintext", Usage: "let mqtt_addr and ws_addr listen on non-loopback addresses (only behind a TLS proxy or on a private network)"},
 	{Key: "gateway_pubkeys", Flag: "gateway-pubkey", Usage: "PEM public key `file` of the gateway whose tokens are trusted; repeat it during a key rotation (the variable takes a comma-separated list)"},
 	{Key: "state_file", Usage: "`file` that keeps the retired car tokens across restarts (written 0600); none when empty"},
 	{Key: "max_packet_bytes", Usage: "largest MQTT packet accepted, CONNECT included, in `bytes`"},
@@ -226,7 +281,7 @@ func LoadConfig(fs *pflag.FlagSet, environ []string) (Config, error) {
 	for _, a := range []struct {
 		key  string
 		addr *string
-	}{{"mqtt_addr", &cfg.MQTTAddr}, {"ws_addr", &cfg.WSAddr}} {
+	}{{"mqtt_addr", &cfg.MQTTAddr}, {"ws_addr", &cfg.WSAddr}, {"tls_mqtt_addr", &cfg.TLSMQTTAddr}, {"tls_ws_addr", &cfg.TLSWSAddr}} {
 		name := fmt.Sprintf("%s (--%s, %s)", a.key, strings.ReplaceAll(a.key, "_", "-"), cmdline.EnvName("BROKER", a.key))
 		addr, _, err := cmdline.Addr(name, *a.addr)
 		if err != nil {

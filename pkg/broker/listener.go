@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -130,6 +131,9 @@ type tcpListener struct {
 	addr           string
 	connectTimeout time.Duration
 	listen         func(network, addr string) (net.Listener, error)
+	// tls, when set, makes this MQTT over TLS: the handshake runs on mochi's first read,
+	// within the connect timeout.
+	tls *tls.Config
 
 	log   *slog.Logger
 	ln    *retryListener
@@ -145,8 +149,13 @@ func newTCPListener(id, addr string, connectTimeout time.Duration) *tcpListener 
 	return &tcpListener{id: id, addr: addr, connectTimeout: connectTimeout, listen: net.Listen}
 }
 
-func (l *tcpListener) ID() string       { return l.id }
-func (l *tcpListener) Protocol() string { return "tcp" }
+func (l *tcpListener) ID() string { return l.id }
+func (l *tcpListener) Protocol() string {
+	if l.tls != nil {
+		return "tls"
+	}
+	return "tcp"
+}
 
 // Address is the bound address once Init has run.
 func (l *tcpListener) Address() string {
@@ -177,6 +186,9 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		conn, err := l.ln.Accept()
 		if err != nil {
 			return // closed
+		}
+		if l.tls != nil {
+			conn = tls.Server(conn, l.tls)
 		}
 		if !l.conns.add(conn) {
 			_ = conn.Close()
@@ -210,6 +222,8 @@ type wsListener struct {
 	addr           string
 	connectTimeout time.Duration
 	readLimit      int64
+	// tls, when set, makes this MQTT over secure WebSocket (wss).
+	tls *tls.Config
 
 	log       *slog.Logger
 	ln        *retryListener
@@ -240,8 +254,13 @@ func newWSListener(id, addr string, connectTimeout time.Duration, maxPacketBytes
 	}
 }
 
-func (l *wsListener) ID() string       { return l.id }
-func (l *wsListener) Protocol() string { return "ws" }
+func (l *wsListener) ID() string { return l.id }
+func (l *wsListener) Protocol() string {
+	if l.tls != nil {
+		return "wss"
+	}
+	return "ws"
+}
 
 // Address is the bound address once Init has run.
 func (l *wsListener) Address() string {
@@ -282,7 +301,12 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 		return
 	}
 	defer l.conns.done(nil)
-	if err := l.srv.Serve(&guardListener{Listener: l.ln, timeout: l.connectTimeout}); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	var ln net.Listener = l.ln
+	if l.tls != nil {
+		// Inside the guard: the connect timeout bounds the handshake too.
+		ln = tls.NewListener(ln, l.tls)
+	}
+	if err := l.srv.Serve(&guardListener{Listener: ln, timeout: l.connectTimeout}); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		l.log.Error("websocket listener stopped", "error", err)
 	}
 }

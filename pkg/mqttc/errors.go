@@ -20,6 +20,10 @@ var (
 	// ErrRefused means the broker refused the connection for another reason that retrying does
 	// not cure (client id rejected, protocol version).
 	ErrRefused = errors.New("mqttc: broker refused the connection")
+	// ErrTLS means the TLS handshake with the broker failed in a way retrying does not cure:
+	// its certificate does not verify against the trusted CA (or names another host), or it
+	// does not speak TLS on that port. Dial returns it at once; there is no plain-text fallback.
+	ErrTLS = errors.New("mqttc: TLS with the broker failed (wrong CA or host name, or not a TLS port; check --ca and the URL)")
 	// ErrSubscribeRefused means the broker refused a subscription (SUBACK 0x80), usually
 	// because the ACL denies the filter. The subscription is forgotten.
 	ErrSubscribeRefused = errors.New("mqttc: broker refused the subscription")

@@ -3,6 +3,7 @@ package mqttc
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,8 +20,14 @@ import (
 
 // Options configure a paho client. Zero values take the defaults given per field.
 type Options struct {
-	// BrokerURL is tcp://host:port, ws://host:port/path (or ssl://, wss://). Required.
+	// BrokerURL is tcp://host:port, ws://host:port/path, or with TLS ssl://, tls://, mqtts://
+	// or wss://. Required.
 	BrokerURL string
+	// TLS is the TLS configuration of an ssl://, tls://, mqtts:// or wss:// URL: which CA to
+	// trust (tlsconf.ClientConfig) and, for mutual TLS, the client certificate (a car's device
+	// certificate). nil trusts the system's roots. It is refused with a plain
+	// URL: a client that was told to verify the server never talks plain text instead.
+	TLS *tls.Config
 	// ClientID is the MQTT client id (a car's VIN; "{user}-{suffix}" for apps). Required.
 	ClientID string
 	// Username and Password are the MQTT credentials (the token's sub and the token). The
@@ -58,10 +65,6 @@ type Options struct {
 	QueueSize int
 	// Logger receives connection events; default discards.
 	Logger *slog.Logger
-	// TLSConfig is used for ssl://, tls://, mqtts:// and wss:// URLs: the CAs the server is
-	// verified with (nil: the system's) and, for mutual TLS, the client certificate (a car's
-	// device certificate). nil: paho's default.
-	TLSConfig *tls.Config
 }
 
 func (o Options) withDefaults() (Options, *url.URL, error) {
@@ -74,6 +77,9 @@ func (o Options) withDefaults() (Options, *url.URL, error) {
 		errs = append(errs, fmt.Errorf("BrokerURL: %w", err))
 	case u.Scheme == "" || u.Host == "":
 		errs = append(errs, fmt.Errorf("BrokerURL %q: want scheme://host:port", u.Redacted()))
+	}
+	if o.TLS != nil && err == nil && u != nil && u.Scheme != "" && !secureScheme(u.Scheme) {
+		errs = append(errs, fmt.Errorf("BrokerURL %q is plain text but a TLS configuration was given: use ssl:// or wss://", u.Redacted()))
 	}
 	if o.ClientID == "" {
 		errs = append(errs, errors.New("ClientID is required"))
@@ -207,11 +213,15 @@ func Dial(ctx context.Context, o Options) (*Paho, error) {
 		SetKeepAlive(o.KeepAlive).
 		SetConnectionLostHandler(p.connectionLost).
 		SetDefaultPublishHandler(p.unrouted)
+	if secureScheme(u.Scheme) {
+		tc := o.TLS
+		if tc == nil {
+			tc = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		po.SetTLSConfig(tc)
+	}
 	if o.Will != nil {
 		po.SetBinaryWill(o.Will.Topic, o.Will.Payload, o.Will.QoS, o.Will.Retained)
-	}
-	if o.TLSConfig != nil {
-		po.SetTLSConfig(o.TLSConfig)
 	}
 	p.client = paho.NewClient(po)
 
@@ -220,7 +230,7 @@ func Dial(ctx context.Context, o Options) (*Paho, error) {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, ErrNotAuthorized) || errors.Is(err, ErrRefused) {
+		if errors.Is(err, ErrNotAuthorized) || errors.Is(err, ErrRefused) || errors.Is(err, ErrTLS) {
 			p.teardown()
 			return nil, fmt.Errorf("mqtt connect to %s as %q: %w", u.Redacted(), o.ClientID, err)
 		}
@@ -270,7 +280,34 @@ func (p *Paho) connectOnce() error {
 	case pahopackets.ErrRefusedIDRejected, pahopackets.ErrRefusedBadProtocolVersion:
 		return fmt.Errorf("%w (%v)", ErrRefused, err)
 	}
+	if tlsFailure(err) {
+		return fmt.Errorf("%w: %v", ErrTLS, err)
+	}
 	return err // network error or server unavailable: worth retrying
+}
+
+// secureScheme reports whether a broker URL's scheme is one of TLS. paho takes ssl, tls,
+// mqtts, wss (and tcps).
+func secureScheme(scheme string) bool {
+	switch strings.ToLower(scheme) {
+	case "ssl", "tls", "mqtts", "tcps", "wss":
+		return true
+	}
+	return false
+}
+
+// tlsFailure reports whether err is a TLS handshake that cannot succeed by retrying: a server
+// certificate that does not verify, or a server that does not speak TLS.
+func tlsFailure(err error) bool {
+	var (
+		verify    *tls.CertificateVerificationError
+		unknownCA x509.UnknownAuthorityError
+		host      x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		record    tls.RecordHeaderError
+	)
+	return errors.As(err, &verify) || errors.As(err, &unknownCA) || errors.As(err, &host) ||
+		errors.As(err, &invalid) || errors.As(err, &record)
 }
 
 // connectionLost is paho's callback (on a goroutine of paho's): wake the reconnect loop.

@@ -7,11 +7,14 @@ package phone
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +26,7 @@ import (
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 )
 
 // Session is what a login yields; `vehicle-sim app login` stores it (0600) for later calls.
@@ -41,6 +45,10 @@ type Session struct {
 	// ClientID is this login's MQTT client id ({user}-{random}). The gateway's 2FA step-up is
 	// per session, so every command sent under one login shares it.
 	ClientID string `json:"client_id"`
+	// CAFile is the PEM CA certificate the gateway's HTTPS and the broker's TLS certificates
+	// are verified with ("": the system's roots); kept so that every later call verifies the
+	// same way.
+	CAFile string `json:"ca_file,omitempty"`
 }
 
 // LinkTrust is what the phone trusts for car certifications on the local link (LocalSend's
@@ -62,19 +70,39 @@ func (s *Session) Client() *api.Client {
 	if s == nil {
 		return &api.Client{} // every call answers that there is no login session
 	}
-	return api.NewClient(s.Gateway, s.Token)
+	c := api.NewClient(s.Gateway, s.Token)
+	if s.CAFile != "" {
+		hc, err := tlsconf.HTTPClient(s.CAFile, api.DefaultTimeout)
+		if err != nil {
+			// A CA file that went missing after login: fail every call, never fall back.
+			hc = &http.Client{Transport: failingTransport{err}}
+		}
+		c.HTTP = hc
+	}
+	return c
 }
+
+// failingTransport answers every request with err.
+type failingTransport struct{ err error }
+
+func (t failingTransport) RoundTrip(*http.Request) (*http.Response, error) { return nil, t.err }
 
 // Login authenticates user with password (and a TOTP code where the policy needs one) at the
 // gateway and returns the app's session, with a new MQTT client id.
 func Login(ctx context.Context, gatewayURL, user, password, totp string) (*Session, error) {
+	return LoginCA(ctx, gatewayURL, "", user, password, totp)
+}
+
+// LoginCA is Login that verifies the gateway (and later the broker) with the PEM CA
+// certificate in caFile ("": the system's roots).
+func LoginCA(ctx context.Context, gatewayURL, caFile, user, password, totp string) (*Session, error) {
 	gatewayURL = strings.TrimRight(gatewayURL, "/")
-	r, err := api.NewClient(gatewayURL, "").Login(ctx, user, password, totp)
+	r, err := (&Session{Gateway: gatewayURL, CAFile: caFile}).Client().Login(ctx, user, password, totp)
 	if err != nil {
 		return nil, err
 	}
 	s := &Session{Gateway: gatewayURL, User: r.User, Token: r.Token, ExpiresAtMs: r.ExpiresAtMs,
-		ClientIDPrefix: r.ClientIDPrefix, BrokerURL: r.BrokerURL, GatewayKey: r.GatewayKey, GatewayKeys: r.GatewayKeys}
+		ClientIDPrefix: r.ClientIDPrefix, BrokerURL: r.BrokerURL, GatewayKey: r.GatewayKey, GatewayKeys: r.GatewayKeys, CAFile: caFile}
 	suffix := make([]byte, 6)
 	_, _ = rand.Read(suffix)
 	s.ClientID = s.ClientIDPrefix + hex.EncodeToString(suffix)
@@ -131,8 +159,15 @@ func ConnectWith(ctx context.Context, s *Session, o ConnectOptions) (*App, error
 		clientID = s.ClientIDPrefix + hex.EncodeToString(suffix)
 	}
 	a := &App{sess: s, clock: clock.Or(o.Clock), key: o.Key, waiters: map[string]chan protocol.Reply{}}
+	var tlsCfg *tls.Config
+	if s.CAFile != "" && brokerSecure(brokerURL) {
+		var err error
+		if tlsCfg, err = tlsconf.ClientConfig(s.CAFile); err != nil {
+			return nil, err
+		}
+	}
 	c, err := mqttc.Dial(ctx, mqttc.Options{
-		BrokerURL: brokerURL, ClientID: clientID,
+		BrokerURL: brokerURL, ClientID: clientID, TLS: tlsCfg,
 		Username: s.User, Password: s.Token, Logger: logger,
 		ConnectTimeout: o.ConnectTimeout,
 	})
@@ -145,6 +180,12 @@ func ConnectWith(ctx context.Context, s *Session, o ConnectOptions) (*App, error
 		return nil, fmt.Errorf("subscribe to replies: %w", err)
 	}
 	return a, nil
+}
+
+// brokerSecure reports whether a broker URL is one of TLS.
+func brokerSecure(brokerURL string) bool {
+	u, err := url.Parse(brokerURL)
+	return err == nil && tlsconf.SecureScheme(u.Scheme)
 }
 
 // SetKey sets the phone key that signs every command Send publishes.

@@ -2,7 +2,8 @@ package protocol
 
 // Credentials are what a car needs to join the fleet: its MQTT identity and access token, and
 // the gateway's public key (base64url DER), with which it checks grants and whitelists; and its
-// local-link identity.
+// local-link identity; and the PEM CA certificate that signed the broker's TLS certificate,
+// with which it verifies the broker over ssl:// or wss:// (empty when the gateway has no TLS).
 // `gateway admin vehicle add --json` prints a list of these and `vehicle-sim run --fleet`
 // reads one.
 type Credentials struct {
@@ -24,4 +25,5 @@ type Credentials struct {
 	Cert     string `json:"cert,omitempty"`
 	CertKey  string `json:"cert_key,omitempty"`
 	DeviceCA string `json:"device_ca,omitempty"`
+	CAPEM    string `json:"ca_pem,omitempty"`
 }

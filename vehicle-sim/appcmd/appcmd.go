@@ -5,10 +5,12 @@ package appcmd
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,9 +20,11 @@ import (
 
 	"telematics/pkg/api"
 	"telematics/pkg/cmdline"
+	"telematics/pkg/mqttc"
 	"telematics/pkg/phone"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 	"telematics/vehicle-sim/config"
 )
 
@@ -109,7 +113,7 @@ environment: every flag has a variable, shown in its help: SIM_GATEWAY, SIM_APP_
 
 // globals are the app's persistent flags.
 type globals struct {
-	gateway, session, key string
+	gateway, session, key, ca string
 }
 
 // NewCommand returns `vehicle-sim app` and its subcommands.
@@ -129,6 +133,7 @@ func NewCommand(env Env) *cobra.Command {
 	pf.StringVar(&g.gateway, "gateway", config.Default().Gateway, "gateway `URL` (login)")
 	pf.StringVar(&g.session, "session", defaultPath(env, "session.json"), "session `FILE` (0600)")
 	pf.StringVar(&g.key, "key", defaultPath(env, "phone.key"), "phone key `FILE` (private key, 0600)")
+	pf.StringVar(&g.ca, "ca", "", "PEM CA certificate `FILE` that verifies the gateway (https://) and the broker (ssl://, wss://); kept in the session at login")
 	app.AddCommand(loginCommand(&g, env), passwordCommand(&g, env), sendCommand(&g, env), keyCommand(&g, env), totpCommand(&g, env))
 
 	// Every flag of the app has a variable SIM_APP_FLAG, but for the names documented before.
@@ -136,6 +141,7 @@ func NewCommand(env Env) *cobra.Command {
 	cmdline.SetEnv(app, "gateway", "SIM_GATEWAY")
 	cmdline.SetEnv(app, "session", "SIM_APP_SESSION")
 	cmdline.SetEnv(app, "key", "SIM_PHONE_KEY")
+	cmdline.SetEnv(app, "ca", "SIM_CA")
 	if send, _, err := app.Find([]string{"send"}); err == nil {
 		cmdline.SetEnv(send, "link", "SIM_LINK")
 	}
@@ -198,9 +204,13 @@ At a terminal the password is prompted for without echo; otherwise it is the fir
 			if err != nil {
 				return err
 			}
-			sess, err := phone.Login(cmd.Context(), g.gateway, user, pw, totp)
+			ca, err := caFile(g.ca, g.gateway)
 			if err != nil {
 				return err
+			}
+			sess, err := phone.LoginCA(cmd.Context(), g.gateway, ca, user, pw, totp)
+			if err != nil {
+				return withCAHint(err)
 			}
 			if broker != "" {
 				sess.BrokerURL = broker
@@ -222,6 +232,31 @@ At a terminal the password is prompted for without echo; otherwise it is the fir
 	c.Flags().StringVar(&totp, "totp", "", "TOTP `CODE`, where the gateway's policy asks for one at login")
 	c.Flags().BoolVar(&asJSON, "json", false, `print {"user", "expires_at", "broker_url", "gateway", "session"} (never the token)`)
 	return c
+}
+
+// caFile checks --ca against the gateway URL and makes it absolute (the session keeps it for
+// later commands run from elsewhere). A CA with an http:// gateway is refused: the user asked
+// for verification, and plain text would silently skip it.
+func caFile(ca, gateway string) (string, error) {
+	if ca == "" {
+		return "", nil
+	}
+	if u, err := url.Parse(gateway); err == nil && !tlsconf.SecureScheme(u.Scheme) {
+		return "", cmdline.UsageError("--ca %s is given but --gateway %s is plain text: use https://", ca, gateway)
+	}
+	if _, err := tlsconf.LoadPool(ca); err != nil {
+		return "", err
+	}
+	return filepath.Abs(ca)
+}
+
+// withCAHint adds what to do to a certificate that did not verify.
+func withCAHint(err error) error {
+	var verify *tls.CertificateVerificationError
+	if errors.As(err, &verify) || errors.Is(err, mqttc.ErrTLS) {
+		return fmt.Errorf("%w\n(the server's certificate did not verify: pass its CA certificate with --ca FILE, e.g. the gateway's DATA/ca.pem)", err)
+	}
+	return err
 }
 
 // SaveSession writes the session 0600: it holds an access token.

@@ -67,7 +67,11 @@ type Config struct {
 	GatewayPID int    // target mode: processes to measure
 	BrokerPID  int
 
-	Compare bool // embedded and mosquitto, alternately
+	// TLS: the cars connect over TLS to a TLS listener (connect and telemetry): the gateway's
+	// local CA's certificate, the standalone broker's and mosquitto's with a CA the bench makes.
+	TLS bool
+
+	Compare bool // embedded and mosquitto, alternately (with TLS: embedded over TLS, plain, mosquitto over TLS)
 	Rounds  int
 	// Store StoreEtcd runs the scenario against a cluster (ModeCluster: etcd, the standalone
 	// broker, Replicas gateways on --store etcd://…) and, in the same invocation, against the
@@ -123,12 +127,17 @@ func Execute(ctx context.Context, cfg Config, env Env) ([]Result, error) {
 		env.Stderr = io.Discard
 	}
 	modes := []string{cfg.Broker}
-	if cfg.Compare {
+	switch {
+	case cfg.Compare && cfg.TLS:
+		modes = []string{ModeEmbedded + tlsSuffix, ModeEmbedded, ModeMosquitto + tlsSuffix}
+	case cfg.Compare:
 		modes = []string{ModeEmbedded, ModeMosquitto}
-	} else if cfg.Store == StoreEtcd {
+	case cfg.Store == StoreEtcd:
 		modes = []string{ModeCluster, ModeStandalone}
-	} else if strings.Contains(cfg.Broker, "://") {
+	case strings.Contains(cfg.Broker, "://"):
 		modes = []string{ModeTarget}
+	case cfg.TLS:
+		modes = []string{cfg.Broker + tlsSuffix}
 	}
 	binDir, err := os.MkdirTemp("", "vehicle-sim-bench-bin-")
 	if err != nil {
@@ -231,7 +240,8 @@ func newFlagValues(fs *pflag.FlagSet) *flagValues {
 	fs.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "with --broker tcp://…: the gateway's admin token file (DATA/admin.token)")
 	fs.IntVar(&cfg.GatewayPID, "gateway-pid", 0, "with --broker tcp://…: measure this gateway process")
 	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "with --broker tcp://…: measure this broker process (the gateway's pid if embedded)")
-	fs.BoolVar(&cfg.Compare, "compare", false, "run the scenario against embedded and mosquitto, alternately, and print the ratios")
+	fs.BoolVar(&cfg.Compare, "compare", false, "run the scenario against embedded and mosquitto, alternately, and print the ratios\n(with --tls: embedded over TLS, embedded in plain text, mosquitto over TLS)")
+	fs.BoolVar(&cfg.TLS, "tls", false, "connect and telemetry: the cars connect over TLS (the broker's certificate verified with its CA)")
 	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "runs per broker mode")
 	fs.StringVar(&cfg.Store, "store", "", "etcd: run against a cluster (etcd, the standalone broker, --replicas gateways on --store etcd://…)\n"+
 		"and against the single bbolt gateway behind the same broker, alternately, and print the ratios")
@@ -398,6 +408,9 @@ func (c Config) Validate() error {
 		}
 	default:
 		bad("broker", "%q: want embedded, standalone, mosquitto or tcp://HOST:PORT", c.Broker)
+	}
+	if c.TLS && (keyScenario(c.Scenario) || strings.HasPrefix(c.Broker, "tcp://")) {
+		bad("tls", "for the connect and telemetry scenarios against a broker the bench starts")
 	}
 	if c.Rounds < 1 {
 		bad("rounds", "%d: want at least 1", c.Rounds)

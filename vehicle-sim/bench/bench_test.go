@@ -89,6 +89,9 @@ func TestParseFlags(t *testing.T) {
 		{"bad broker", []string{"connect", "--broker", "rabbit"}, nil, "--broker"},
 		{"compare with a target", []string{"connect", "--compare", "--broker", "tcp://127.0.0.1:1"}, nil, "--compare"},
 		{"several problems at once", []string{"connect", "--cars", "-1", "--rounds", "0"}, nil, "--rounds"},
+		{"connect over TLS", []string{"connect", "--tls", "--compare"}, func(c Config) bool { return c.TLS && c.Compare }, ""},
+		{"TLS for commands", []string{"commands", "--tls"}, nil, "--tls"},
+		{"TLS with a target", []string{"connect", "--tls", "--broker", "tcp://127.0.0.1:1"}, nil, "--tls"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -280,10 +283,15 @@ func TestSpawnedModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.GatewayBin, cfg.BrokerBin = bins.gateway, bins.broker
-	for _, mode := range modes {
+	// Each mode also over TLS: the cars verify the broker's certificate (--tls).
+	all := slices.Clone(modes)
+	for _, m := range modes {
+		all = append(all, m+tlsSuffix)
+	}
+	for _, mode := range all {
 		t.Run(mode, func(t *testing.T) {
 			cfg := cfg
-			cfg.Broker = mode
+			cfg.Broker, cfg.TLS = strings.CutSuffix(mode, tlsSuffix)
 			results, err := Execute(context.Background(), cfg, testEnv(t))
 			if err != nil {
 				t.Fatal(err)
@@ -298,8 +306,11 @@ func TestSpawnedModes(t *testing.T) {
 			if r.Lost != 0 {
 				t.Logf("%s: %d of %d acknowledged messages did not reach the twin", mode, r.Lost, r.Acked)
 			}
+			if r.Broker != mode {
+				t.Fatalf("result of mode %s, want %s", r.Broker, mode)
+			}
 			wantProcs := 2
-			if mode == ModeEmbedded {
+			if cfg.Broker == ModeEmbedded {
 				wantProcs = 1
 			}
 			if len(r.Processes) != wantProcs {

@@ -145,7 +145,7 @@ func (s *sut) startCluster(ctx context.Context, cfg Config, bins binaries, gwEnv
 		}
 		rp.httpURL = "http://" + addr
 		rp.args = append([]string{"serve", "--init", "--data", rp.data, "--http-addr", addr, "--ws-addr", "off",
-			"--external-broker", "tcp://" + s.mqttAddr}, storeArgs...)
+			"--tls-mqtt-addr", "off", "--tls-ws-addr", "off", "--tls-http-addr", "off", "--external-broker", "tcp://" + s.mqttAddr}, storeArgs...)
 		s.replicas = append(s.replicas, rp)
 		if err := s.startReplica(ctx, rp); err != nil {
 			return err

@@ -22,7 +22,7 @@ type fleet struct {
 }
 
 // startFleet starts the load processes for creds against addr.
-func startFleet(ctx context.Context, cfg Config, env Env, addr string, creds []protocol.Credentials) (*fleet, error) {
+func startFleet(ctx context.Context, cfg Config, env Env, addr, caPEM string, creds []protocol.Credentials) (*fleet, error) {
 	n := len(creds)
 	procs := cfg.Procs
 	inProcess := procs == 0 && n <= cfg.CarsPerProc
@@ -46,6 +46,7 @@ func startFleet(ctx context.Context, cfg Config, env Env, addr string, creds []p
 			ConnectRate:        cfg.ConnectRate / float64(procs),
 			ConnectConcurrency: max(1, cfg.ConnectConcurrency/procs),
 			ConnectTimeout:     cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive, Inflight: cfg.Inflight,
+			CAPEM: caPEM,
 		}
 		var cmd *exec.Cmd
 		if !inProcess {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/tlsconf"
 )
 
 // loadJob is what one load process runs: its share of the cars and how they connect.
@@ -26,6 +28,8 @@ type loadJob struct {
 	ConnectTimeout     time.Duration          `json:"connect_timeout"`
 	KeepAlive          time.Duration          `json:"keep_alive"`
 	Inflight           int                    `json:"inflight"` // QoS 1 publishes awaiting PUBACK, per car
+	// CAPEM, when set, makes the cars connect over TLS, verifying the broker with this CA.
+	CAPEM string `json:"ca_pem,omitempty"`
 }
 
 // op is one instruction to a load process, executed in order.
@@ -168,6 +172,7 @@ type loadEngine struct {
 	job    loadJob
 	stats  loadCounters
 	source []net.IP
+	tls    *tls.Config // nil: plain TCP
 
 	mu   sync.Mutex
 	cars []*carConn // by index in job.Creds; nil until connected
@@ -199,6 +204,16 @@ func newLoadEngine(job loadJob) (*loadEngine, error) {
 	}
 	e := &loadEngine{job: job, cars: make([]*carConn, len(job.Creds)), stop: make(chan struct{})}
 	e.stats.init()
+	if job.CAPEM != "" {
+		cfg, err := tlsconf.ClientConfigPEM([]byte(job.CAPEM))
+		if err != nil {
+			return nil, err
+		}
+		host, _, _ := net.SplitHostPort(job.Broker)
+		cfg.ServerName = host
+		// No ClientSessionCache: every car makes a full handshake, as a fleet of devices does.
+		e.tls = cfg
+	}
 	for _, s := range job.SourceIPs {
 		ip := net.ParseIP(s)
 		if ip == nil {
@@ -303,7 +318,7 @@ func (e *loadEngine) connectOne(ctx context.Context, i int) {
 	if len(e.source) > 0 {
 		src = e.source[(e.job.FirstIndex+i)%len(e.source)]
 	}
-	c, took, err := dialCar(ctx, e.job.Broker, src, e.job.Creds[i], e.job.KeepAlive, e.job.ConnectTimeout, e.job.Inflight, &e.stats)
+	c, took, err := dialCar(ctx, e.job.Broker, src, e.tls, e.job.Creds[i], e.job.KeepAlive, e.job.ConnectTimeout, e.job.Inflight, &e.stats)
 	if err != nil {
 		if errors.Is(err, errRefused) {
 			e.stats.refused.Add(1)

@@ -6,6 +6,7 @@ import (
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha512"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/tlsconf"
 )
 
 // mosquittoConf is a Debian mosquitto set up as the project's broker: a loopback listener, no
@@ -30,7 +32,8 @@ type mosquittoConf struct {
 	gatewayPassword               string
 	users                         []string // password file lines
 	proc                          *sutProc
-	probe                         int // reloads so far; names the probe user
+	probe                         int         // reloads so far; names the probe user
+	tls                           *tls.Config // the probe's, with a TLS listener
 }
 
 // mosquittoACL grants each car its own topics (%u is the username, the VIN) and each app user
@@ -54,7 +57,7 @@ pattern write app/%u/cmd
 pattern read app/%u/reply
 `
 
-func newMosquittoConf(dir, addr, bin string) (*mosquittoConf, error) {
+func newMosquittoConf(dir, addr, bin string, ca *tlsconf.LocalCA) (*mosquittoConf, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("mosquitto: %w (install Debian's mosquitto, or pass --mosquitto PATH)", err)
 	}
@@ -86,6 +89,14 @@ func newMosquittoConf(dir, addr, bin string) (*mosquittoConf, error) {
 	}
 	var conf strings.Builder
 	fmt.Fprintf(&conf, "# written by vehicle-sim bench\nper_listener_settings false\nlistener %s %s\n", port, host)
+	if ca != nil {
+		// TLS only on the one listener, 1.2 at least, as the project's brokers.
+		fmt.Fprintf(&conf, "cafile %s\ncertfile %s\nkeyfile %s\ntls_version tlsv1.2\n", ca.CA, ca.Files.Cert, ca.Files.Key)
+		if m.tls, err = tlsconf.ClientConfig(ca.CA); err != nil {
+			return nil, err
+		}
+		m.tls.ServerName = host
+	}
 	fmt.Fprintf(&conf, "allow_anonymous false\npassword_file %s\nacl_file %s\n", m.passwdPath, m.aclPath)
 	// No persistence (the broker holds nothing that matters), Nagle off (as mochi), queues
 	// large enough that a slow gateway is not what drops messages.
@@ -170,7 +181,7 @@ func (m *mosquittoConf) allow(ctx context.Context, creds []protocol.Credentials)
 	counters.init()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, _, err := dialCar(ctx, m.addr, nil, probe, 0, 5*time.Second, 1, &counters)
+		c, _, err := dialCar(ctx, m.addr, nil, m.tls, probe, 0, 5*time.Second, 1, &counters)
 		if err == nil {
 			c.close()
 			return nil

@@ -345,9 +345,11 @@ func printTable(w io.Writer, cfg Config, results []Result) {
 		header = append(header, h)
 	}
 	modes := modeOrder(results)
-	compare := len(modes) == 2
+	compare := len(modes) >= 2
 	if compare {
-		header = append(header, modes[0]+" ÷ "+modes[1])
+		for _, m := range modes[1:] {
+			header = append(header, modes[0]+" ÷ "+m)
+		}
 	}
 	all := rows(cfg, results)
 	// Labels left-aligned (padded to one width), figures right-aligned.
@@ -374,7 +376,9 @@ func printTable(w io.Writer, cfg Config, results []Result) {
 			continue
 		}
 		if compare {
-			cells = append(cells, ratioCell(rw, results, modes))
+			for _, m := range modes[1:] {
+				cells = append(cells, ratioCell(rw, results, modes[0], m))
+			}
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
 	}
@@ -391,12 +395,12 @@ func printTable(w io.Writer, cfg Config, results []Result) {
 	}
 }
 
-func ratioCell(rw row, results []Result, modes []string) string {
+func ratioCell(rw row, results []Result, first, other string) string {
 	if rw.num == nil {
 		return ""
 	}
-	a, okA := meanOf(rw, results, modes[0])
-	b, okB := meanOf(rw, results, modes[1])
+	a, okA := meanOf(rw, results, first)
+	b, okB := meanOf(rw, results, other)
 	if !okA || !okB || b == 0 {
 		return ""
 	}
@@ -434,7 +438,8 @@ func modeOrder(results []Result) []string {
 }
 
 // CompareReport is the JSON of several runs: the runs, and with two broker modes the ratios
-// of their means (first mode ÷ second).
+// of their means (first mode ÷ second); with more (--compare --tls), the ratios of the first
+// to each further mode are keyed "KEY/MODE".
 type CompareReport struct {
 	Scenario  string             `json:"scenario"`
 	Cars      int                `json:"cars"`
@@ -449,7 +454,7 @@ func compareReport(cfg Config, results []Result) CompareReport {
 	for _, r := range results {
 		rep.DurationS += r.DurationS / float64(len(results))
 	}
-	if len(rep.Modes) == 2 {
+	if len(rep.Modes) >= 2 {
 		rep.Ratios = map[string]float64{}
 		keys := map[string]func(Result) (float64, bool){
 			"connect_per_s":         func(r Result) (float64, bool) { return r.ConnectPerS, true },
@@ -467,12 +472,17 @@ func compareReport(cfg Config, results []Result) CompareReport {
 				return sumProcs(r, func(p ProcResult) *float64 { return p.IdleCtxSwitchesPerS })
 			},
 		}
-		for k, f := range keys {
-			rw := row{num: f}
-			a, okA := meanOf(rw, results, rep.Modes[0])
-			b, okB := meanOf(rw, results, rep.Modes[1])
-			if okA && okB && b != 0 {
-				rep.Ratios[k] = a / b
+		for i, m := range rep.Modes[1:] {
+			for k, f := range keys {
+				rw := row{num: f}
+				a, okA := meanOf(rw, results, rep.Modes[0])
+				b, okB := meanOf(rw, results, m)
+				if i > 0 {
+					k += "/" + m
+				}
+				if okA && okB && b != 0 {
+					rep.Ratios[k] = a / b
+				}
 			}
 		}
 	}

@@ -69,3 +69,25 @@ func TestCountsBesideMosquitto(t *testing.T) {
 		}
 	}
 }
+
+// With --compare --tls there are three modes: the first is compared with each other one, in
+// the table and in the JSON (the second's ratios keep their plain keys).
+func TestThreeModeRatios(t *testing.T) {
+	cfg := Config{Scenario: ScenarioConnect, Rounds: 1, Compare: true, TLS: true, Cars: 10}
+	results := []Result{
+		{Broker: ModeEmbedded + tlsSuffix, Cars: 10, Connected: 10, ConnectPerS: 100},
+		{Broker: ModeEmbedded, Cars: 10, Connected: 10, ConnectPerS: 400},
+		{Broker: ModeMosquitto + tlsSuffix, Cars: 10, Connected: 10, ConnectPerS: 50},
+	}
+	rep := compareReport(cfg, results)
+	if rep.Ratios["connect_per_s"] != 0.25 || rep.Ratios["connect_per_s/mosquitto+tls"] != 2 {
+		t.Errorf("ratios %v", rep.Ratios)
+	}
+	var b bytes.Buffer
+	printTable(&b, cfg, results)
+	for _, want := range []string{"embedded+tls ÷ embedded", "embedded+tls ÷ mosquitto+tls", "0.25", "2.00"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}

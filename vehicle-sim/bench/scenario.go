@@ -73,7 +73,7 @@ func (r *runner) run(ctx context.Context) (res Result, err error) {
 		return res, r.runKeys(ctx, s, creds, setup, &res)
 	}
 	res.RatePerCar, res.QoS = cfg.Rate, cfg.QoS
-	f, err := startFleet(ctx, cfg, r.env, s.mqttAddr, creds)
+	f, err := startFleet(ctx, cfg, r.env, s.mqttAddr, s.caPEM, creds)
 	if err != nil {
 		return res, err
 	}

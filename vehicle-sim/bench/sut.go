@@ -19,6 +19,7 @@ import (
 	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 )
 
 // Broker modes: what the bench starts as the system under test.
@@ -27,6 +28,9 @@ const (
 	ModeStandalone = "standalone" // the `broker` binary, and the gateway on --external-broker
 	ModeMosquitto  = "mosquitto"  // Debian's mosquitto, and the gateway on --external-broker
 	ModeTarget     = "target"     // nothing started: --broker URL, --gateway URL, --token-file
+	// tlsSuffix marks a mode whose cars connect over TLS ("embedded+tls"): the broker listens
+	// with TLS only.
+	tlsSuffix = "+tls"
 )
 
 // provisionBatch is how many cars one admin API request asks for.
@@ -40,7 +44,7 @@ func buildBinaries(ctx context.Context, cfg Config, dir string, modes []string, 
 	bins := binaries{gateway: cfg.GatewayBin, broker: cfg.BrokerBin}
 	needBroker := false
 	for _, m := range modes {
-		needBroker = needBroker || m == ModeStandalone || m == ModeCluster
+		needBroker = needBroker || strings.TrimSuffix(m, tlsSuffix) == ModeStandalone || m == ModeCluster
 	}
 	var todo []string
 	if bins.gateway == "" && len(modes) > 0 && modes[0] != ModeTarget {
@@ -185,6 +189,7 @@ type sut struct {
 	keepDir    bool
 	gatewayURL string
 	mqttAddr   string // host:port the cars dial
+	caPEM      string // with TLS: the CA the cars verify the broker with
 	token      string // admin token
 	procs      []*sutProc
 	mosq       *mosquittoConf
@@ -226,11 +231,34 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		gwEnv = []string{"GATEWAY_TWOFA_MODE=enrolled", "GATEWAY_RATE_PER_MINUTE=0", "GATEWAY_LOG_LEVEL=warn"}
 	}
 	gwEnv = append(gwEnv, cfg.GatewayEnv...) // the last value of a variable wins
-	gwArgs := []string{"serve", "--init", "--data", data, "--http-addr", httpAddr, "--ws-addr", "off"}
+	gwArgs := []string{"serve", "--init", "--data", data, "--http-addr", httpAddr, "--ws-addr", "off", "--tls-ws-addr", "off", "--tls-http-addr", "off"}
+	base, useTLS := strings.CutSuffix(mode, tlsSuffix)
+	// With TLS the standalone broker and mosquitto get a certificate of a CA the bench makes
+	// (the gateway makes its own); the gateway verifies them with it.
+	var ca tlsconf.LocalCA
+	if useTLS && base != ModeEmbedded {
+		if ca, err = tlsconf.EnsureLocalCA(filepath.Join(s.dir, "tls"), tlsconf.DefaultHosts, time.Now()); err != nil {
+			return nil, err
+		}
+		pem, err := os.ReadFile(ca.CA)
+		if err != nil {
+			return nil, err
+		}
+		s.caPEM = string(pem)
+		gwEnv = append(gwEnv, "GATEWAY_EXTERNAL_BROKER_CA_FILE="+ca.CA)
+	}
+	brokerURL := "tcp://" + s.mqttAddr
+	if useTLS {
+		brokerURL = "ssl://" + s.mqttAddr
+	}
 
-	switch mode {
+	switch base {
 	case ModeEmbedded:
-		gwArgs = append(gwArgs, "--mqtt-addr", s.mqttAddr)
+		if useTLS {
+			gwArgs = append(gwArgs, "--mqtt-addr", "off", "--tls-mqtt-addr", s.mqttAddr)
+		} else {
+			gwArgs = append(gwArgs, "--mqtt-addr", s.mqttAddr, "--tls-mqtt-addr", "off")
+		}
 		gw, err := startProc(s.dir, "gateway+broker", gwEnv, bins.gateway, gwArgs...)
 		if err != nil {
 			return nil, err
@@ -253,7 +281,12 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		if err := os.WriteFile(pubPath, pemPub, 0o644); err != nil {
 			return nil, err
 		}
-		br, err := startProc(s.dir, "broker", nil, bins.broker, "--gateway-pubkey", pubPath, "--mqtt-addr", s.mqttAddr, "--ws-addr", "off")
+		brArgs := []string{"--gateway-pubkey", pubPath, "--mqtt-addr", s.mqttAddr, "--ws-addr", "off", "--tls-mqtt-addr", "off", "--tls-ws-addr", "off"}
+		if useTLS {
+			brArgs = []string{"--gateway-pubkey", pubPath, "--mqtt-addr", "off", "--ws-addr", "off", "--tls-mqtt-addr", s.mqttAddr, "--tls-ws-addr", "off",
+				"--tls-cert", ca.Files.Cert, "--tls-key", ca.Files.Key}
+		}
+		br, err := startProc(s.dir, "broker", nil, bins.broker, brArgs...)
 		if err != nil {
 			return nil, err
 		}
@@ -262,7 +295,7 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		if err := waitListening(ctx, br, s.mqttAddr); err != nil {
 			return nil, err
 		}
-		gw, err := startProc(s.dir, "gateway", gwEnv, bins.gateway, append(gwArgs, "--external-broker", "tcp://"+s.mqttAddr)...)
+		gw, err := startProc(s.dir, "gateway", gwEnv, bins.gateway, append(gwArgs, "--tls-mqtt-addr", "off", "--external-broker", brokerURL)...)
 		if err != nil {
 			return nil, err
 		}
@@ -270,7 +303,11 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		s.procs = append(s.procs, gw)
 
 	case ModeMosquitto:
-		if s.mosq, err = newMosquittoConf(s.dir, s.mqttAddr, cfg.MosquittoBin); err != nil {
+		var mosqTLS *tlsconf.LocalCA
+		if useTLS {
+			mosqTLS = &ca
+		}
+		if s.mosq, err = newMosquittoConf(s.dir, s.mqttAddr, cfg.MosquittoBin, mosqTLS); err != nil {
 			return nil, err
 		}
 		mq, err := startProc(s.dir, "mosquitto", nil, cfg.MosquittoBin, "-c", s.mosq.confPath)
@@ -284,7 +321,7 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 			return nil, err
 		}
 		env := append(gwEnv, "GATEWAY_EXTERNAL_BROKER_PASSWORD="+s.mosq.gatewayPassword)
-		gw, err := startProc(s.dir, "gateway", env, bins.gateway, append(gwArgs, "--external-broker", "tcp://"+s.mqttAddr)...)
+		gw, err := startProc(s.dir, "gateway", env, bins.gateway, append(gwArgs, "--tls-mqtt-addr", "off", "--external-broker", brokerURL)...)
 		if err != nil {
 			return nil, err
 		}
@@ -307,6 +344,13 @@ func startSUT(ctx context.Context, cfg Config, mode string, bins binaries, progr
 		return nil, fmt.Errorf("read the gateway's admin token: %w", err)
 	}
 	s.token = strings.TrimSpace(string(tok))
+	if useTLS && base == ModeEmbedded {
+		pem, err := os.ReadFile(filepath.Join(data, tlsconf.CAFile))
+		if err != nil {
+			return nil, fmt.Errorf("read the gateway's CA certificate: %w", err)
+		}
+		s.caPEM = string(pem)
+	}
 	return s, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"telematics/pkg/cmdline"
+	"telematics/pkg/tlsconf"
 	"telematics/pkg/vehicle/link"
 )
 
@@ -29,6 +30,10 @@ type Config struct {
 	Gateway string `yaml:"gateway"`
 	// TokenFile holds the gateway admin token (written by `gateway serve` into its data dir).
 	TokenFile string `yaml:"token_file"`
+	// CA is the PEM CA certificate that verifies an https:// gateway and an ssl:// or wss://
+	// broker (the gateway's DATA/ca.pem). "": the cars' credentials' ca_pem for the broker,
+	// the system's roots otherwise.
+	CA string `yaml:"ca"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// LinkAddr is the local link (simulated BLE/NFC) of the cars: `vehicle-sim run` serves it
@@ -101,6 +106,8 @@ func (c *Config) Flags(fs *pflag.FlagSet, configPath *string) {
 	key("gateway", "gateway")
 	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "`FILE` holding the gateway admin token")
 	key("token-file", "token_file")
+	fs.StringVar(&c.CA, "ca", c.CA, "PEM CA certificate `FILE` that verifies an https:// gateway and an ssl:// or wss:// broker")
+	key("ca", "ca")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `LEVEL`: debug, info, warn or error")
 	key("log-level", "log_level")
 	fs.StringVar(&c.LinkAddr, "link-addr", c.LinkAddr, "loopback `ADDR` (host:port) of the cars' local link (simulated BLE/NFC), or off")
@@ -194,7 +201,7 @@ func (c Config) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
-	if err := checkURL(c.Broker, "tcp", "mqtt", "ssl", "tls", "ws", "wss"); err != nil {
+	if err := checkURL(c.Broker, "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss"); err != nil {
 		bad("broker", "%v", err)
 	}
 	if strings.TrimSpace(c.DataDir) == "" {
@@ -202,6 +209,9 @@ func (c Config) Validate() error {
 	}
 	if err := checkURL(c.Gateway, "http", "https"); err != nil {
 		bad("gateway", "%v", err)
+	}
+	if c.CA != "" && !secure(c.Broker) && !secure(c.Gateway) {
+		bad("ca", "%s is given but neither broker (%s) nor gateway (%s) uses TLS: use ssl:// or wss:// and https://", c.CA, c.Broker, c.Gateway)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -251,6 +261,12 @@ func (c Config) ValidateRun() error {
 		errs = append(errs, errors.New("run.cert and run.key: give both (--cert FILE --key FILE) or neither"))
 	}
 	return errors.Join(errs...)
+}
+
+// secure reports whether a URL's scheme is one of TLS.
+func secure(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && tlsconf.SecureScheme(u.Scheme)
 }
 
 func checkURL(s string, schemes ...string) error {

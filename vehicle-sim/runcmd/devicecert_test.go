@@ -115,8 +115,8 @@ func TestRunWithDeviceCertificate(t *testing.T) {
 				done <- Run(ctx, cfg, Options{Logger: slog.New(slog.DiscardHandler), Progress: io.Discard,
 					// The broker's server certificate is this test's: trust it, as --ca will.
 					Dial: func(ctx context.Context, o mqttc.Options) (mqttc.Client, error) {
-						o.TLSConfig = o.TLSConfig.Clone()
-						o.TLSConfig.RootCAs = roots
+						o.TLS = o.TLS.Clone()
+						o.TLS.RootCAs = roots
 						c, err := mqttc.Dial(ctx, o)
 						if err != nil {
 							return nil, err // not a nil *Paho in a non-nil Client

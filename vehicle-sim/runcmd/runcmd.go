@@ -7,6 +7,7 @@ package runcmd
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"telematics/pkg/clock"
 	"telematics/pkg/cmdline"
 	"telematics/pkg/protocol"
+	"telematics/pkg/tlsconf"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
 	"telematics/pkg/vehicle/fleet"
@@ -59,10 +61,34 @@ func (o Options) withDefaults() Options {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
-	if o.HTTPClient == nil {
-		o.HTTPClient = &http.Client{Timeout: 60 * time.Second}
-	}
 	return o
+}
+
+// httpClient is o.HTTPClient, else a client with a 60 s timeout that verifies an https://
+// gateway with cfg.CA.
+func (o Options) httpClient(cfg config.Config) (*http.Client, error) {
+	if o.HTTPClient != nil {
+		return o.HTTPClient, nil
+	}
+	return tlsconf.HTTPClient(cfg.CA, 60*time.Second)
+}
+
+// brokerTLS is the cars' TLS configuration for an ssl:// or wss:// broker: cfg.CA, else the
+// ca_pem of the credentials, else nil (the system's roots). nil for a plain broker URL.
+func brokerTLS(cfg config.Config, creds []protocol.Credentials) (*tls.Config, error) {
+	u, err := url.Parse(cfg.Broker)
+	if err != nil || !tlsconf.SecureScheme(u.Scheme) {
+		return nil, nil
+	}
+	if cfg.CA != "" {
+		return tlsconf.ClientConfig(cfg.CA)
+	}
+	for _, c := range creds {
+		if c.CAPEM != "" {
+			return tlsconf.ClientConfigPEM([]byte(c.CAPEM))
+		}
+	}
+	return nil, nil
 }
 
 // Run runs the fleet cfg describes until ctx ends. cfg must have passed ValidateRun.
@@ -114,9 +140,14 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		defer srv.Close()
 		fmt.Fprintf(opts.Progress, "local link on %s (POST /v1/link/{vin}/challenge, /v1/link/{vin}/command)\n", srv.URL())
 	}
+	tlsCfg, err := brokerTLS(cfg, creds)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(opts.Progress, "running %s against %s (data %s)\n", cmdline.Plural(len(creds), "car"), cfg.Broker, store.Path())
 	f, err := fleet.New(fleet.Config{
 		BrokerURL:         cfg.Broker,
+		TLS:               tlsCfg,
 		Creds:             creds,
 		Store:             store,
 		TelemetryInterval: cfg.Run.TelemetryInterval,
@@ -149,11 +180,15 @@ func provisioned(ctx context.Context, store *carstore.Store, cfg config.Config, 
 		return nil, err
 	}
 	opts = opts.withDefaults()
+	hc, err := opts.httpClient(cfg)
+	if err != nil {
+		return nil, err
+	}
 	fmt.Fprintf(opts.Progress, "provisioning %s through %s (%d already in %s)\n",
 		cmdline.Plural(want-len(have), "car"), cfg.Gateway, len(have), cfg.DataDir)
 	for len(have) < want {
 		n := min(want-len(have), ProvisionBatch)
-		got, err := Provision(ctx, opts.HTTPClient, cfg.Gateway, token, n)
+		got, err := Provision(ctx, hc, cfg.Gateway, token, n)
 		if err != nil {
 			return nil, err
 		}
@@ -256,7 +291,10 @@ func Provision(ctx context.Context, client *http.Client, gateway, token string, 
 	creds, err := c.AddVehicles(ctx, api.AddVehiclesRequest{Count: n})
 	var refused *api.Error
 	var unreachable *url.Error
+	var badCert *tls.CertificateVerificationError
 	switch {
+	case errors.As(err, &badCert):
+		return nil, fmt.Errorf("the gateway's certificate at %s did not verify: %w (pass its CA certificate with --ca, the gateway's DATA/ca.pem)", gateway, badCert)
 	case errors.As(err, &refused):
 		detail, hint := "", ""
 		if m := cmp.Or(refused.Message, string(refused.Reason)); m != "" {

@@ -133,7 +133,7 @@ func (r *carRun) dial(ctx context.Context, creds protocol.Credentials) (mqttc.Cl
 	if err != nil {
 		return nil, err
 	}
-	opts.TLSConfig = tlsCfg
+	opts.TLS = tlsCfg
 	client, err := r.f.cfg.Dial(ctx, opts)
 	switch {
 	case err == nil:

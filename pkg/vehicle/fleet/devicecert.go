@@ -3,6 +3,7 @@ package fleet
 import (
 	"crypto/tls"
 	"fmt"
+	"strings"
 
 	"telematics/pkg/protocol"
 )
@@ -12,17 +13,27 @@ import (
 // over mutual TLS. The certificate is presented only to a TLS broker URL; the token is sent
 // as before, for a broker that does not ask for certificates.
 func (f *Fleet) carTLS(creds protocol.Credentials) (*tls.Config, error) {
-	if creds.Cert == "" {
-		return f.cfg.TLSConfig, nil
+	if creds.Cert == "" || !secureURL(f.cfg.BrokerURL) {
+		return f.cfg.TLS, nil
 	}
 	pair, err := tls.X509KeyPair([]byte(creds.Cert), []byte(creds.CertKey))
 	if err != nil {
 		return nil, fmt.Errorf("car %s: device certificate and key: %w", creds.VIN, err)
 	}
 	c := &tls.Config{MinVersion: tls.VersionTLS12}
-	if f.cfg.TLSConfig != nil {
-		c = f.cfg.TLSConfig.Clone()
+	if f.cfg.TLS != nil {
+		c = f.cfg.TLS.Clone()
 	}
 	c.Certificates = []tls.Certificate{pair}
 	return c, nil
+}
+
+// secureURL reports whether a broker URL is one of TLS (mqttc's schemes).
+func secureURL(u string) bool {
+	for _, p := range []string{"ssl://", "tls://", "mqtts://", "wss://"} {
+		if strings.HasPrefix(strings.ToLower(u), p) {
+			return true
+		}
+	}
+	return false
 }

@@ -65,8 +65,13 @@ func dialPaho(ctx context.Context, opts mqttc.Options) (mqttc.Client, error) {
 
 // Config configures a Fleet (New, Run).
 type Config struct {
-	// BrokerURL is the broker every car connects to, e.g. tcp://127.0.0.1:1883.
+	// BrokerURL is the broker every car connects to, e.g. tcp://127.0.0.1:1883, or
+	// ssl://127.0.0.1:8883 with TLS.
 	BrokerURL string
+	// TLS verifies the broker of an ssl:// or wss:// BrokerURL (tlsconf.ClientConfig): the
+	// CA the cars trust. nil trusts the system's roots. A car whose credentials carry a device
+	// certificate presents it on top (carTLS).
+	TLS *tls.Config
 	// Creds are the cars to run, one MQTT connection each.
 	Creds []protocol.Credentials
 	// Store holds every car's state and replay cache (a *carstore.Store); the caller opens and
@@ -89,9 +94,6 @@ type Config struct {
 	Clock clock.Clock
 	// Dial connects a car; mqttc.Dial when nil.
 	Dial DialFunc
-	// TLSConfig is what cars connect to a TLS broker URL with (nil: the system's CAs); a car
-	// whose credentials carry a device certificate presents it on top (carTLS).
-	TLSConfig *tls.Config
 	// JournalResendInterval is how long a car waits for the gateway to acknowledge the journal
 	// entries it published before it publishes them again (default 30 s). Besides after every
 	// reconnect, this covers a broker that restarted and lost what it queued for a gateway
