@@ -153,7 +153,7 @@ func (c *Console) routes() http.Handler {
 	}))
 	assets := assetHandler()
 	mux.Handle("GET /{$}", assets)
-	mux.Handle("GET /console/", assets)
+	mux.Handle("/console/", assets) // GET and HEAD only: see assetHandler
 	return securityHeaders(mux)
 }
 

@@ -193,10 +193,11 @@ func (w *watcher) since(seq uint64) (cars []json.RawMessage, last uint64, wake <
 
 // parseID reads a Last-Event-ID of this watcher's epoch; ok=false for any other.
 func (w *watcher) parseID(s string) (uint64, bool) {
-	ep, num, found := strings.Cut(s, "-")
-	if !found || ep != w.epoch || len(num) > 20 {
+	i := strings.LastIndexByte(s, '-') // the epoch is base64url: it may hold '-' itself
+	if i < 0 || s[:i] != w.epoch || len(s)-i > 21 {
 		return 0, false
 	}
+	num := s[i+1:]
 	n, err := strconv.ParseUint(num, 10, 64)
 	return n, err == nil
 }

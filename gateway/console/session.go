@@ -117,26 +117,26 @@ func (c *Console) newSession(ctx context.Context, w http.ResponseWriter, r *http
 	if err != nil {
 		return sessionRecord{}, err
 	}
-	http.SetCookie(w, c.cookie(r, tok, time.UnixMilli(rec.ExpiresMs)))
+	http.SetCookie(w, c.cookie(r, tok, ttl))
 	return rec, nil
 }
 
 // cookie is the session cookie: HttpOnly (no script reads it), SameSite=Strict (no other
 // site's page sends it), Secure when the request came over TLS.
-func (c *Console) cookie(r *http.Request, token string, expires time.Time) *http.Cookie {
+// Its Max-Age is the session's absolute lifetime (relative: the browser's clock does not
+// matter); the store's record is what decides.
+func (c *Console) cookie(r *http.Request, token string, ttl time.Duration) *http.Cookie {
 	ck := &http.Cookie{Name: CookieName, Value: token, Path: "/", HttpOnly: true,
-		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil}
+		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil, MaxAge: int(ttl.Seconds())}
 	if token == "" {
 		ck.MaxAge = -1
-	} else {
-		ck.Expires = expires
 	}
 	return ck
 }
 
 // deleteSession removes the session key and clears the cookie.
 func (c *Console) deleteSession(ctx context.Context, w http.ResponseWriter, r *http.Request, key string) error {
-	http.SetCookie(w, c.cookie(r, "", time.Time{}))
+	http.SetCookie(w, c.cookie(r, "", 0))
 	return c.d.Store.Update(ctx, func(tx kv.Tx) error { return tx.Delete(bucketSessions, []byte(key)) })
 }
 
