@@ -11,8 +11,8 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/kv"
-	"telematics/internal/testutil"
 	"telematics/gateway/store"
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
 
