@@ -353,3 +353,33 @@ func mustURL(t *testing.T, s string) *url.URL {
 	}
 	return u
 }
+
+func TestEndedSessionsArePruned(t *testing.T) {
+	f := newFixture(t)
+	f.enrolled("alice")
+	b, _ := f.enrolled("victor")
+	count := func() int {
+		n := 0
+		_ = f.st.View(context.Background(), func(tx kv.Tx) error {
+			return tx.Scan(bucketSessions, nil, nil, func(_, _ []byte) error { n++; return nil })
+		})
+		return n
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("%d sessions stored, want 2", n)
+	}
+	f.clock.Advance(20 * time.Minute)
+	if r := b.do("GET", "/console/api/session", nil); r.status != http.StatusOK {
+		t.Fatalf("victor's session: %d", r.status)
+	}
+	f.clock.Advance(15 * time.Minute) // alice idle 35 min, victor 15
+	if n, err := f.c.pruneSessions(context.Background()); err != nil || n != 1 {
+		t.Errorf("pruned %d (%v), want alice's one", n, err)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("%d sessions left, want 1", n)
+	}
+	if r := b.do("GET", "/console/api/session", nil); r.status != http.StatusOK {
+		t.Errorf("victor's session after the pruning: %d", r.status)
+	}
+}

@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,9 @@ const ringSize = 8192
 // vehiclesEvery: the list of cars is read from the store every this many looks (the twin and
 // the whitelists are in memory and looked at every time).
 const vehiclesEvery = 8
+
+// pruneEvery: ended sessions whose cookie never came back are deleted this often.
+const pruneEvery = time.Minute
 
 // maxStreams bounds the event streams open at once.
 const maxStreams = 256
@@ -78,6 +82,7 @@ func (w *watcher) run() {
 	// Real time: this paces the looks; nothing expires by it.
 	t := time.NewTicker(w.interval)
 	defer t.Stop()
+	lastPrune := w.c.now()
 	for {
 		select {
 		case <-w.stopc:
@@ -85,6 +90,14 @@ func (w *watcher) run() {
 		case <-t.C:
 			if err := w.look(); err != nil {
 				w.c.log.Warn("console: fleet not read", "err", err)
+			}
+			if now := w.c.now(); now.Sub(lastPrune) >= pruneEvery {
+				lastPrune = now
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if _, err := w.c.pruneSessions(ctx); err != nil {
+					w.c.log.Warn("console: ended sessions not pruned", "err", err)
+				}
+				cancel()
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -154,37 +155,55 @@ func (c *Console) lookup(ctx context.Context, r *http.Request, touch bool) (*ses
 	key := storeKey(ck.Value)
 	now := c.now().UnixMilli()
 	var s *sessionCtx
-	err = c.d.Store.Update(ctx, func(tx kv.Tx) error {
+	// look decides in tx; without write it only reports that a write is due (an ended session
+	// to delete, a use to record), and the lookup runs again in a write transaction. Most
+	// requests only read.
+	look := func(tx kv.Tx, write bool) (due bool, err error) {
 		s = nil
 		b, err := tx.Get(bucketSessions, []byte(key))
 		if err != nil || b == nil {
-			return err
+			return false, err
 		}
 		var rec sessionRecord
 		if err := json.Unmarshal(b, &rec); err != nil {
-			return tx.Delete(bucketSessions, []byte(key))
+			return true, deleteIf(write, tx, key)
 		}
 		op, err := operators.GetTx(tx, rec.Operator)
 		gone := errors.Is(err, operators.ErrNotFound) || (err == nil && op.CreatedMs != rec.OpCreated)
 		if err != nil && !gone {
-			return err
+			return false, err
 		}
 		if gone || now >= rec.ExpiresMs || now-rec.SeenMs >= c.cfg.IdleTimeout.Milliseconds() {
-			return tx.Delete(bucketSessions, []byte(key))
+			return true, deleteIf(write, tx, key)
 		}
 		if touch && now-rec.SeenMs >= seenGranularity.Milliseconds() {
-			rec.SeenMs = now
-			nb, err := json.Marshal(rec)
-			if err != nil {
-				return err
-			}
-			if err := tx.Put(bucketSessions, []byte(key), nb); err != nil {
-				return err
+			due = true
+			if write {
+				rec.SeenMs = now
+				nb, err := json.Marshal(rec)
+				if err != nil {
+					return due, err
+				}
+				if err := tx.Put(bucketSessions, []byte(key), nb); err != nil {
+					return due, err
+				}
 			}
 		}
 		s = &sessionCtx{key: key, rec: rec, op: op}
-		return nil
+		return due, nil
+	}
+	var due bool
+	err = c.d.Store.View(ctx, func(tx kv.Tx) error {
+		var err error
+		due, err = look(tx, false)
+		return err
 	})
+	if err == nil && due {
+		err = c.d.Store.Update(ctx, func(tx kv.Tx) error {
+			_, err := look(tx, true)
+			return err
+		})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +212,50 @@ func (c *Console) lookup(ctx context.Context, r *http.Request, touch bool) (*ses
 	}
 	return s, nil
 }
+
+func deleteIf(write bool, tx kv.Tx, key string) error {
+	if !write {
+		return nil
+	}
+	return tx.Delete(bucketSessions, []byte(key))
+}
+
+// pruneSessions deletes the sessions that ended (idle or past their absolute expiry) and whose
+// cookie never came back, at most pruneBatch per call.
+func (c *Console) pruneSessions(ctx context.Context) (int, error) {
+	now := c.now().UnixMilli()
+	idle := c.cfg.IdleTimeout.Milliseconds()
+	var ended [][]byte
+	err := c.d.Store.View(ctx, func(tx kv.Tx) error {
+		ended = nil
+		return tx.Scan(bucketSessions, nil, nil, func(k, v []byte) error {
+			var rec sessionRecord
+			if json.Unmarshal(v, &rec) != nil || now >= rec.ExpiresMs || now-rec.SeenMs >= idle {
+				ended = append(ended, bytes.Clone(k))
+			}
+			if len(ended) == pruneBatch {
+				return kv.Stop
+			}
+			return nil
+		})
+	})
+	if err != nil || len(ended) == 0 {
+		return 0, err
+	}
+	// Deleting a session that was used meanwhile is impossible: a used session is not ended.
+	err = c.d.Store.Update(ctx, func(tx kv.Tx) error {
+		for _, k := range ended {
+			if err := tx.Delete(bucketSessions, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return len(ended), err
+}
+
+// pruneBatch bounds the keys one pruning transaction deletes (etcd's --max-txn-ops).
+const pruneBatch = 100
 
 // authed serves h to a request with a session of stage (stageAny: either) and, when role is
 // set, an operator of that role. State-changing methods must also pass the CSRF check.
