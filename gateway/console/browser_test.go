@@ -243,4 +243,35 @@ func TestConsoleInChromium(t *testing.T) {
 		chromedp.SendKeys("#admin-user", alice.Name), chromedp.Click("#admin-unlock"))
 	p.until("viewer refused with 403", `document.querySelector('#admin-result')?.textContent.startsWith('403')`)
 	p.screenshot("viewer-refused")
+
+	// The open page survives a gateway restart without a reload: the session is in the store,
+	// and the event stream reconnects and starts over from the whole fleet.
+	p.do("mark the page again", chromedp.Evaluate[chromedp.Void](`window.__sameDocument = true`))
+	app.Close()
+	if err := cloud.Down(); err != nil {
+		t.Fatal(err)
+	}
+	p.until("stream lost", `document.querySelector('#live')?.textContent !== 'live'`)
+	if err := cloud.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.until("stream back", `document.querySelector('#live')?.textContent === 'live'`)
+	app2, err := phone.ConnectWith(ctx, alice.Session, phone.ConnectOptions{Key: alice.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app2.Close() })
+	err = harness.WaitFor(ctx, pageWait, func() error { // the car reconnects to the restarted broker
+		rep, err := app2.Send(ctx, phone.Request{VIN: mine, Action: protocol.ActionUnlock}, nil)
+		if err == nil && rep.Status != protocol.ReplyExecuted {
+			err = fmt.Errorf("unlock: %+v", rep)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.until("lock state after the restart", lockCell+` === 'unlocked'`)
+	p.until("no reload", `window.__sameDocument === true`)
+	p.screenshot("after-restart")
 }
