@@ -75,6 +75,7 @@ command line. Text for people by default, --json for scripts.`,
 	cmdline.SetEnv(cmd, "token-file", EnvTokenFile)
 	cmdline.SetEnv(cmd, "ca", EnvCA)
 	cmd.AddCommand(vehicleCommand(o), userCommand(o), keyCommand(o), auditCommand(o))
+	cmd.AddCommand(operatorCommand(o))
 	// The admin's flags mean something of their own (--json, --user, --limit are not the
 	// server's settings): GATEWAY_ADMIN_JSON, GATEWAY_ADMIN_USER, …, so a variable meant for
 	// one command does not change another.

@@ -17,6 +17,7 @@ import (
 	"telematics/gateway/accounts"
 	"telematics/gateway/audit"
 	"telematics/gateway/keys"
+	"telematics/gateway/operators"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
 	"telematics/pkg/api"
@@ -90,6 +91,9 @@ type API struct {
 	// DeviceCA issues the cars' device certificates when provisioning or a reissue asks for
 	// one (nil: such a request is refused).
 	DeviceCA *devicecert.CA
+	// Operators are the console's operator accounts, administered with the admin token (nil:
+	// not served; needs TwoFA too).
+	Operators *operators.Store
 
 	dummyOnce sync.Once
 	gateOnce  sync.Once
@@ -157,6 +161,9 @@ func (a *API) Handler() http.Handler {
 	if a.Verifier != nil && a.TwoFA != nil {
 		a.twoFactorRoutes(mux, a.TwoFA, a.Verifier)
 		a.userRoutes(mux, a.TwoFA, a.Verifier)
+	}
+	if a.Operators != nil && a.TwoFA != nil {
+		a.operatorRoutes(mux, a.Operators, a.TwoFA)
 	}
 	if a.Verifier != nil && a.Keys != nil {
 		a.keyRoutes(mux, a.Keys, a.Verifier)

@@ -22,6 +22,7 @@ import (
 	"telematics/gateway/accounts"
 	"telematics/gateway/audit"
 	"telematics/gateway/commands"
+	"telematics/gateway/console"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/keys"
 	"telematics/gateway/metrics"
@@ -63,6 +64,8 @@ type Gateway struct {
 	twofa  *twofa.Service
 	keys   *keys.Service
 	api    *httpapi.API
+	// console is the operator console served at / (startConsole).
+	console *console.Console
 	// metrics counts every committed audit record and reads gauges from the parts above.
 	metrics *metrics.Metrics
 	// deviceCA issues the cars' device certificates (devicecert.go).
@@ -233,7 +236,11 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	}
 	g.registerGauges()
 	g.api.Metrics = g.metrics.Handler()
-	g.http.set(g.api.Handler())
+	handler, err := g.startConsole()
+	if err != nil {
+		return nil, err
+	}
+	g.http.set(handler)
 	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data)
 	return g, nil
 }
@@ -639,6 +646,7 @@ func (g *Gateway) Wait(ctx context.Context) error {
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
 		var errs []error
+		g.closeConsole()
 		if g.cancel != nil {
 			g.cancel()
 			for range g.httpServing {

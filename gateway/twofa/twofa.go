@@ -9,6 +9,7 @@ import (
 	"crypto/cipher"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -213,11 +214,24 @@ func (s *Service) writeAction(user, clientID, action string, now time.Time, fn f
 }
 
 func checkUser(user string) error {
-	if !protocol.ValidUser(user) {
+	if !protocol.ValidUser(user) && !validOperatorSubject(user) {
 		return refuse(ErrInvalidUser, "%q", truncate(user))
 	}
 	return nil
 }
+
+// operatorSuffix ends the name under which a console operator's 2FA state is kept
+// (OperatorSubject). No user name holds '@', so an operator's enrollment and lockout never
+// meet those of a user of the same name.
+const operatorSuffix = "@console"
+
+var operatorSubjectRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}@console$`)
+
+// OperatorSubject is the name the service keeps console operator name's 2FA state under: pass
+// it wherever a user name is asked for.
+func OperatorSubject(name string) string { return name + operatorSuffix }
+
+func validOperatorSubject(s string) bool { return operatorSubjectRE.MatchString(s) }
 
 // cleanCode removes the spaces users type or paste around and inside codes ("123 456").
 func cleanCode(code string) string {

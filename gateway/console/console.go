@@ -1,0 +1,191 @@
+// Package console is the operator console the gateway serves at /: named operators
+// (package operators) log in with a password and a TOTP code (package twofa), and see the
+// fleet, each car and their changes live (Server-Sent Events). It serves the single-page
+// front end embedded from dist/ (built from web/ by .ci/console-build) and its JSON API under
+// /console/api/.
+package console
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"telematics/gateway/accounts"
+	"telematics/gateway/audit"
+	"telematics/gateway/httpapi"
+	"telematics/gateway/keys"
+	"telematics/gateway/operators"
+	"telematics/gateway/store"
+	"telematics/gateway/twofa"
+	"telematics/pkg/clock"
+	"telematics/pkg/protocol"
+)
+
+// Config tunes the console.
+type Config struct {
+	// IdleTimeout ends a session not used for this long.
+	IdleTimeout time.Duration
+	// AbsoluteTimeout ends a session this long after login, used or not.
+	AbsoluteTimeout time.Duration
+	// WatchInterval is how often the fleet is looked at for changes to stream.
+	WatchInterval time.Duration
+	// KeepAlive is how often an idle event stream gets a comment (and its session is looked at
+	// again).
+	KeepAlive time.Duration
+}
+
+// DefaultConfig is 30 minutes idle, 12 hours at most, the fleet looked at 4 times a second.
+func DefaultConfig() Config {
+	return Config{IdleTimeout: 30 * time.Minute, AbsoluteTimeout: 12 * time.Hour,
+		WatchInterval: 250 * time.Millisecond, KeepAlive: 15 * time.Second}
+}
+
+// Twins reads the live vehicle twin (commands.Router).
+type Twins interface {
+	Twin(vin string) (store.Twin, bool)
+}
+
+// Whitelists reads each car's whitelist state (keys.Service).
+type Whitelists interface {
+	Status(vin string) keys.Status
+	Whitelist(vin string) *protocol.Whitelist
+}
+
+// Deps are what the console reads and writes.
+type Deps struct {
+	Store      *store.Store
+	Operators  *operators.Store
+	TwoFA      *twofa.Service
+	Audit      *audit.Log
+	Twins      Twins
+	Whitelists Whitelists
+	// Hashes bounds the password hashes computed at once (the API's gate).
+	Hashes         *accounts.Gate
+	PasswordParams accounts.Params
+	// UserLockout is the app users' password lockout (httpapi.API.Lockout), cleared with
+	// their 2FA lockout by an admin's unlock; nil: only the 2FA lockout is cleared.
+	UserLockout *accounts.Lockout
+	// OperatorLockout counts operators' wrong passwords (nil: 5 in 5 minutes lock for 15).
+	OperatorLockout *accounts.Lockout
+	Clock           clock.Clock
+	Log             *slog.Logger
+}
+
+// Console serves the console. Close stops its fleet watcher.
+type Console struct {
+	cfg     Config
+	d       Deps
+	clock   clock.Clock
+	log     *slog.Logger
+	watch   *watcher
+	handler http.Handler
+
+	dummyOnce sync.Once
+	dummy     string
+	closeOnce sync.Once
+}
+
+// New starts the console's fleet watcher; Close stops it.
+func New(cfg Config, d Deps) (*Console, error) {
+	def := DefaultConfig()
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = def.IdleTimeout
+	}
+	if cfg.AbsoluteTimeout <= 0 {
+		cfg.AbsoluteTimeout = def.AbsoluteTimeout
+	}
+	if cfg.WatchInterval <= 0 {
+		cfg.WatchInterval = def.WatchInterval
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = def.KeepAlive
+	}
+	c := &Console{cfg: cfg, d: d, clock: clock.Or(d.Clock), log: d.Log}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.d.Hashes == nil {
+		c.d.Hashes = accounts.NewGate(0, 0)
+	}
+	if c.d.OperatorLockout == nil {
+		c.d.OperatorLockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, c.clock)
+	}
+	w, err := newWatcher(c, cfg.WatchInterval)
+	if err != nil {
+		return nil, err
+	}
+	c.watch = w
+	c.handler = c.routes()
+	return c, nil
+}
+
+// Close stops the fleet watcher and ends the event streams; it is idempotent.
+func (c *Console) Close() error {
+	c.closeOnce.Do(c.watch.stop)
+	return nil
+}
+
+// Handler serves / (the page), /console/ (its assets) and /console/api/.
+func (c *Console) Handler() http.Handler { return c.handler }
+
+// Owns reports whether path is the console's: the caller routes everything else elsewhere.
+func Owns(path string) bool {
+	return path == "/" || strings.HasPrefix(path, "/console/")
+}
+
+func (c *Console) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /console/api/login", c.login)
+	mux.Handle("POST /console/api/enroll", c.authed(stageEnroll, "", c.confirmEnrollment))
+	mux.Handle("POST /console/api/logout", c.authed(stageAny, "", c.logout))
+	mux.Handle("GET /console/api/session", c.authed(stageFull, "", c.session))
+	mux.Handle("GET /console/api/fleet", c.authed(stageFull, "", c.fleet))
+	mux.Handle("GET /console/api/cars/{vin}", c.authed(stageFull, "", c.car))
+	mux.Handle("GET /console/api/events", c.authed(stageFull, "", c.events))
+	mux.Handle("GET /console/api/operators", c.authed(stageFull, operators.RoleAdmin, c.listOperators))
+	mux.Handle("POST /console/api/users/{user}/unlock", c.authed(stageFull, operators.RoleAdmin, c.unlockUser))
+	mux.Handle("/console/api/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.Error(w, http.StatusNotFound, protocol.ReasonBadRequest, "no console endpoint "+r.Method+" "+r.URL.Path)
+	}))
+	assets := assetHandler()
+	mux.Handle("GET /{$}", assets)
+	mux.Handle("/console/", assets) // GET and HEAD only: see assetHandler
+	return securityHeaders(mux)
+}
+
+// securityHeaders keeps the page from being framed, sniffed or given scripts from elsewhere.
+func securityHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; "+
+			"script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("Referrer-Policy", "no-referrer")
+		if strings.HasPrefix(r.URL.Path, "/console/api/") {
+			hd.Set("Cache-Control", "no-store")
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// now is the console's time.
+func (c *Console) now() time.Time { return c.clock.Now() }
+
+// ctx bounds a store call made for a request.
+func reqCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), 10*time.Second)
+}
+
+// clientIP is the request's peer address without the port, for audit records.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

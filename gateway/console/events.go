@@ -1,0 +1,322 @@
+package console
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"telematics/gateway/httpapi"
+	"telematics/gateway/store"
+	"telematics/pkg/protocol"
+)
+
+// The fleet watcher looks at every car each interval and keeps the changes since in a ring,
+// numbered; event streams send them on, and a stream that reconnects with the number of the
+// last change it saw (Last-Event-ID) gets what it missed, or the whole fleet again when the
+// ring no longer holds it or the gateway restarted (the id names the watcher's epoch).
+//
+// Looking (rather than being told by the router) keeps the console apart from the command
+// path: a slow console never slows a command, and a change is at most one interval late.
+
+// ringSize bounds the changes kept for streams that reconnect.
+const ringSize = 8192
+
+// vehiclesEvery: the list of cars is read from the store every this many looks (the twin and
+// the whitelists are in memory and looked at every time).
+const vehiclesEvery = 8
+
+// pruneEvery: ended sessions whose cookie never came back are deleted this often.
+const pruneEvery = time.Minute
+
+// maxStreams bounds the event streams open at once.
+const maxStreams = 256
+
+type change struct {
+	seq uint64
+	car json.RawMessage // a Car, or {"vin":…,"gone":true}
+}
+
+type watcher struct {
+	c        *Console
+	interval time.Duration
+	epoch    string
+
+	mu       sync.Mutex
+	seq      uint64
+	cars     map[string]json.RawMessage // vin -> encoded Car
+	decoded  map[string]Car
+	ring     []change      // ascending seq, at most ringSize
+	changed  chan struct{} // closed and replaced at every change
+	vehicles []store.Vehicle
+	looks    int
+	streams  int
+
+	stopc chan struct{}
+	done  chan struct{}
+}
+
+func newWatcher(c *Console, interval time.Duration) (*watcher, error) {
+	tok, err := randomToken()
+	if err != nil {
+		return nil, err
+	}
+	w := &watcher{c: c, interval: interval, epoch: tok[:10], cars: map[string]json.RawMessage{}, decoded: map[string]Car{},
+		changed: make(chan struct{}), stopc: make(chan struct{}), done: make(chan struct{})}
+	if err := w.look(); err != nil {
+		return nil, fmt.Errorf("console: read the fleet: %w", err)
+	}
+	go w.run()
+	return w, nil
+}
+
+func (w *watcher) run() {
+	defer close(w.done)
+	// Real time: this paces the looks; nothing expires by it.
+	t := time.NewTicker(w.interval)
+	defer t.Stop()
+	lastPrune := w.c.now()
+	for {
+		select {
+		case <-w.stopc:
+			return
+		case <-t.C:
+			if err := w.look(); err != nil {
+				w.c.log.Warn("console: fleet not read", "err", err)
+			}
+			if now := w.c.now(); now.Sub(lastPrune) >= pruneEvery {
+				lastPrune = now
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if _, err := w.c.pruneSessions(ctx); err != nil {
+					w.c.log.Warn("console: ended sessions not pruned", "err", err)
+				}
+				cancel()
+			}
+		}
+	}
+}
+
+func (w *watcher) stop() {
+	close(w.stopc)
+	<-w.done
+}
+
+// look compares every car with what the streams were last told and records the changes.
+func (w *watcher) look() error {
+	w.mu.Lock()
+	vs, looks := w.vehicles, w.looks
+	w.looks++
+	w.mu.Unlock()
+	if vs == nil || looks%vehiclesEvery == 0 {
+		var err error
+		if vs, err = w.c.d.Store.ListVehicles(); err != nil {
+			return err
+		}
+		if vs == nil {
+			vs = []store.Vehicle{}
+		}
+	}
+	cars := make(map[string]Car, len(vs))
+	enc := make(map[string]json.RawMessage, len(vs))
+	for _, v := range vs {
+		car := w.c.summarize(v)
+		b, err := json.Marshal(car)
+		if err != nil {
+			return err
+		}
+		cars[v.VIN], enc[v.VIN] = car, b
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.vehicles = vs
+	var news []json.RawMessage
+	for vin, b := range enc {
+		if old, ok := w.cars[vin]; !ok || !bytes.Equal(old, b) {
+			news = append(news, b)
+		}
+	}
+	for vin := range w.cars {
+		if _, ok := enc[vin]; !ok {
+			gone, _ := json.Marshal(map[string]any{"vin": vin, "gone": true})
+			news = append(news, gone)
+		}
+	}
+	w.cars, w.decoded = enc, cars
+	if len(news) == 0 {
+		return nil
+	}
+	for _, b := range news {
+		w.seq++
+		w.ring = append(w.ring, change{seq: w.seq, car: b})
+	}
+	if over := len(w.ring) - ringSize; over > 0 {
+		w.ring = append(w.ring[:0:0], w.ring[over:]...)
+	}
+	close(w.changed)
+	w.changed = make(chan struct{})
+	return nil
+}
+
+// snapshot returns every car in VIN order and the id of the last change they include.
+func (w *watcher) snapshot() ([]Car, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.snapshotLocked()
+}
+
+func (w *watcher) snapshotLocked() ([]Car, string) {
+	out := make([]Car, 0, len(w.decoded))
+	for _, car := range w.decoded {
+		out = append(out, car)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].VIN < out[j].VIN })
+	return out, w.id(w.seq)
+}
+
+func (w *watcher) id(seq uint64) string { return w.epoch + "-" + strconv.FormatUint(seq, 10) }
+
+// since returns the changes after seq and the last one's number; ok=false when the ring no
+// longer holds them all (the stream needs the whole fleet).
+func (w *watcher) since(seq uint64) (cars []json.RawMessage, last uint64, wake <-chan struct{}, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	wake = w.changed
+	if seq > w.seq {
+		return nil, w.seq, wake, false
+	}
+	if seq == w.seq {
+		return nil, seq, wake, true
+	}
+	if len(w.ring) == 0 || w.ring[0].seq > seq+1 {
+		return nil, w.seq, wake, false
+	}
+	i := sort.Search(len(w.ring), func(i int) bool { return w.ring[i].seq > seq })
+	for _, ch := range w.ring[i:] {
+		cars = append(cars, ch.car)
+	}
+	return cars, w.seq, wake, true
+}
+
+// parseID reads a Last-Event-ID of this watcher's epoch; ok=false for any other.
+func (w *watcher) parseID(s string) (uint64, bool) {
+	i := strings.LastIndexByte(s, '-') // the epoch is base64url: it may hold '-' itself
+	if i < 0 || s[:i] != w.epoch || len(s)-i > 21 {
+		return 0, false
+	}
+	num := s[i+1:]
+	n, err := strconv.ParseUint(num, 10, 64)
+	return n, err == nil
+}
+
+func (w *watcher) openStream() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.streams >= maxStreams {
+		return false
+	}
+	w.streams++
+	return true
+}
+
+func (w *watcher) closeStream() {
+	w.mu.Lock()
+	w.streams--
+	w.mu.Unlock()
+}
+
+// events is GET /console/api/events, a Server-Sent Events stream:
+//
+//	event: fleet  data: Fleet            the whole fleet (first, and whenever a stream must resync)
+//	event: cars   data: [Car | {"vin","gone":true}, …]   the cars that changed
+//	event: ended  data: {}               the session ended: log in again
+//
+// Each event's id is the number of the last change it includes; a client that reconnects
+// with it in Last-Event-ID (EventSource does) continues from there.
+func (c *Console) events(w http.ResponseWriter, r *http.Request) {
+	wt := c.watch
+	if !wt.openStream() {
+		httpapi.Error(w, http.StatusServiceUnavailable, protocol.ReasonRateLimited, "too many console streams open; try again later")
+		return
+	}
+	defer wt.closeStream()
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+
+	send := func(event, id string, data any) error {
+		b, err := json.Marshal(data)
+		if err != nil {
+			return err
+		}
+		// An I/O bound, renewed at every write: the server's WriteTimeout would cut the stream.
+		_ = rc.SetWriteDeadline(time.Now().Add(c.cfg.KeepAlive + 30*time.Second))
+		if id != "" {
+			fmt.Fprintf(w, "id: %s\n", id)
+		}
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	resync := func() (uint64, error) {
+		wt.mu.Lock()
+		cars, id := wt.snapshotLocked()
+		seq := wt.seq
+		wt.mu.Unlock()
+		return seq, send("fleet", id, Fleet{Cars: cars, EventID: id, NowMs: c.now().UnixMilli()})
+	}
+
+	var last uint64
+	var err error
+	if seq, ok := wt.parseID(r.Header.Get("Last-Event-ID")); ok {
+		last = seq
+	} else if last, err = resync(); err != nil {
+		return
+	}
+	keep := time.NewTicker(c.cfg.KeepAlive)
+	defer keep.Stop()
+	for {
+		cars, seq, wake, ok := wt.since(last)
+		switch {
+		case !ok:
+			if last, err = resync(); err != nil {
+				return
+			}
+			continue
+		case len(cars) > 0:
+			if err := send("cars", wt.id(seq), cars); err != nil {
+				return
+			}
+			last = seq
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-wt.stopc:
+			return
+		case <-wake:
+		case <-keep.C:
+			ctx, cancel := reqCtx(r)
+			_, err := c.lookup(ctx, r, false)
+			cancel()
+			if errors.Is(err, errNoSession) {
+				_ = send("ended", "", struct{}{})
+				return
+			}
+			_ = rc.SetWriteDeadline(time.Now().Add(c.cfg.KeepAlive + 30*time.Second))
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,155 @@
+package console
+
+import (
+	"errors"
+	"net/http"
+	"sort"
+	"strings"
+
+	"telematics/gateway/httpapi"
+	"telematics/gateway/store"
+	"telematics/pkg/protocol"
+)
+
+// Car is one car of the fleet list: what an operator scans for. Absent signals are null.
+type Car struct {
+	VIN    string `json:"vin"`
+	Online bool   `json:"online"`
+	// Status is the car's last status (online, offline), "" if it never reported.
+	Status       string   `json:"status"`
+	Locked       *bool    `json:"locked"`
+	BatteryPct   *float64 `json:"battery"`
+	SpeedKmh     *float64 `json:"speed"`
+	Lat          *float64 `json:"lat"`
+	Lon          *float64 `json:"lon"`
+	LastSeenMs   int64    `json:"last_seen"` // the newest status or telemetry time, 0: never
+	Decommission bool     `json:"decommissioned,omitempty"`
+	// Whitelist: the version issued, the one the car acknowledged, and when the version the car
+	// has not yet acknowledged was issued (0 when in sync): how long a revocation has waited.
+	WLVersion       uint64 `json:"wl_version"`
+	WLAcked         uint64 `json:"wl_acked"`
+	WLWaitingFromMs int64  `json:"wl_waiting_from,omitempty"`
+}
+
+// Fleet is GET /console/api/fleet: every car, and the id of the last change it includes, from
+// which GET /console/api/events continues.
+type Fleet struct {
+	Cars    []Car  `json:"cars"`
+	EventID string `json:"event_id"`
+	NowMs   int64  `json:"now"`
+}
+
+// CarPage is GET /console/api/cars/{vin}.
+type CarPage struct {
+	Car
+	CreatedMs int64          `json:"created"`
+	Signals   map[string]any `json:"signals"`
+	Users     []CarUser      `json:"users"`
+	Keys      []CarKey       `json:"keys"`
+	NowMs     int64          `json:"now"`
+}
+
+// CarUser is a user's role on the car.
+type CarUser struct {
+	User string `json:"user"`
+	Role string `json:"role"`
+}
+
+// CarKey is a key of the car's current whitelist; Acked says whether the car has the version
+// that holds it as it is now.
+type CarKey struct {
+	ID          string   `json:"id"`
+	User        string   `json:"user"`
+	Role        string   `json:"role"`
+	Channels    []string `json:"channels"`
+	Label       string   `json:"label,omitempty"`
+	NotBeforeMs int64    `json:"not_before,omitempty"`
+	NotAfterMs  int64    `json:"not_after,omitempty"`
+	RevokedAtMs int64    `json:"revoked_at,omitempty"`
+	Acked       bool     `json:"acked"`
+}
+
+// summarize is v's fleet-list line from the twin and the whitelist state.
+func (c *Console) summarize(v store.Vehicle) Car {
+	car := Car{VIN: v.VIN, Decommission: v.DecommissionedMs != 0}
+	if tw, ok := c.d.Twins.Twin(v.VIN); ok {
+		car.Status = tw.Status
+		car.Online = tw.Status == protocol.StatusOnline
+		car.LastSeenMs = max(tw.StatusMs, tw.TelemetryMs)
+		car.Locked = boolSignal(tw.Signals, protocol.VSSIsLocked)
+		car.BatteryPct = numSignal(tw.Signals, protocol.VSSSoC)
+		car.SpeedKmh = numSignal(tw.Signals, protocol.VSSSpeed)
+		car.Lat = numSignal(tw.Signals, protocol.VSSLatitude)
+		car.Lon = numSignal(tw.Signals, protocol.VSSLongitude)
+	}
+	if c.d.Whitelists != nil {
+		st := c.d.Whitelists.Status(v.VIN)
+		car.WLVersion, car.WLAcked = st.Version, st.AckedVersion
+		if st.Version > st.AckedVersion {
+			if wl := c.d.Whitelists.Whitelist(v.VIN); wl != nil {
+				car.WLWaitingFromMs = wl.IssuedAtMs
+			}
+		}
+	}
+	return car
+}
+
+func boolSignal(s map[string]any, k string) *bool {
+	if b, ok := s[k].(bool); ok {
+		return &b
+	}
+	return nil
+}
+
+func numSignal(s map[string]any, k string) *float64 {
+	switch v := s[k].(type) {
+	case float64:
+		return &v
+	case int:
+		f := float64(v)
+		return &f
+	case int64:
+		f := float64(v)
+		return &f
+	}
+	return nil
+}
+
+func (c *Console) fleet(w http.ResponseWriter, _ *http.Request) {
+	cars, id := c.watch.snapshot()
+	httpapi.WriteJSON(w, http.StatusOK, Fleet{Cars: cars, EventID: id, NowMs: c.now().UnixMilli()})
+}
+
+func (c *Console) car(w http.ResponseWriter, r *http.Request) {
+	vin := strings.ToUpper(r.PathValue("vin"))
+	if !protocol.ValidVIN(vin) {
+		httpapi.Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "not a VIN (17 characters, no I, O or Q)")
+		return
+	}
+	v, err := c.d.Store.GetVehicle(vin)
+	if errors.Is(err, store.ErrNotFound) {
+		httpapi.Error(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no car "+vin)
+		return
+	}
+	if err != nil {
+		httpapi.Fail(w, c.log, err)
+		return
+	}
+	page := CarPage{Car: c.summarize(v), CreatedMs: v.CreatedMs, Signals: map[string]any{}, Users: []CarUser{}, Keys: []CarKey{},
+		NowMs: c.now().UnixMilli()}
+	if tw, ok := c.d.Twins.Twin(vin); ok && tw.Signals != nil {
+		page.Signals = tw.Signals
+	}
+	for u, role := range v.Users {
+		page.Users = append(page.Users, CarUser{User: u, Role: string(role)})
+	}
+	sort.Slice(page.Users, func(i, j int) bool { return page.Users[i].User < page.Users[j].User })
+	if c.d.Whitelists != nil {
+		st := c.d.Whitelists.Status(vin)
+		for _, k := range st.Keys {
+			page.Keys = append(page.Keys, CarKey{ID: k.ID, User: k.User, Role: string(k.Role), Channels: k.Channels, Label: k.Label,
+				NotBeforeMs: k.NotBeforeMs, NotAfterMs: k.NotAfterMs, RevokedAtMs: k.RevokedAtMs, Acked: st.InSync})
+		}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, page)
+}

@@ -1,0 +1,398 @@
+// The operator console: login (with TOTP enrollment at the first login), the fleet (list and
+// map, live over Server-Sent Events) and a car's page. Everything it needs is in this bundle:
+// Leaflet draws the map over Natural Earth's countries (world-atlas), no tile server.
+import L from 'leaflet';
+import 'leaflet/dist/leaflet.css';
+import { feature } from 'topojson-client';
+import countries110m from 'world-atlas/countries-110m.json';
+import './style.css';
+
+const api = '/console/api';
+const maxRows = 500;
+
+const state = {
+  session: null, // {operator, role, stage, csrf}
+  cars: new Map(), // vin -> Car
+  events: null,
+  eventsOK: false,
+  view: null, // {name, vin?}
+  map: null,
+  markers: new Map(),
+  carTimer: null,
+};
+
+const $ = (sel) => document.querySelector(sel);
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(c ?? ''));
+  return e;
+}
+
+async function call(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET' && state.session) headers['X-CSRF-Token'] = state.session.csrf;
+  const res = await fetch(api + path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  if (res.status !== 204) {
+    try { data = await res.json(); } catch { data = null; }
+  }
+  if (!res.ok) {
+    const err = new Error((data && data.message) || res.statusText);
+    err.status = res.status;
+    err.reason = data && data.error;
+    throw err;
+  }
+  return data;
+}
+
+// Routing: #fleet, #car/VIN; the login page is shown whenever there is no session.
+function route() {
+  const h = location.hash.replace(/^#/, '');
+  if (!state.session || state.session.stage !== 'full') return showLogin();
+  if (h.startsWith('car/')) return showCar(decodeURIComponent(h.slice(4)));
+  return showFleet();
+}
+
+function header() {
+  const s = state.session;
+  $('#who').textContent = s && s.stage === 'full' ? `${s.operator} (${s.role})` : '';
+  $('#logout').hidden = !(s && s.stage === 'full');
+}
+
+function setMain(...nodes) {
+  if (state.carTimer) { clearInterval(state.carTimer); state.carTimer = null; }
+  state.map = null;
+  state.markers.clear();
+  $('#app').replaceChildren(...nodes);
+}
+
+// --- login and enrollment ---
+
+function showLogin() {
+  state.view = { name: 'login' };
+  stopEvents();
+  header();
+  const msg = el('p', { class: 'error', id: 'login-error', role: 'alert' });
+  const form = el('form', { class: 'login card', id: 'login-form' },
+    el('h2', {}, 'Operator login'),
+    el('label', {}, 'Operator', el('input', { id: 'operator', name: 'operator', autocomplete: 'username', required: '' })),
+    el('label', {}, 'Password', el('input', { id: 'password', name: 'password', type: 'password', autocomplete: 'current-password', required: '' })),
+    el('label', {}, 'Code from your authenticator app (not needed at your first login)',
+      el('input', { id: 'code', name: 'code', inputmode: 'numeric', autocomplete: 'one-time-code' })),
+    el('button', { id: 'login-submit', type: 'submit' }, 'Log in'),
+    msg);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    msg.textContent = '';
+    try {
+      const s = await call('POST', '/login', { operator: $('#operator').value.trim(), password: $('#password').value, code: $('#code').value.trim() });
+      state.session = s;
+      if (s.enroll) return showEnroll(s.enroll);
+      onLoggedIn();
+    } catch (e) {
+      msg.textContent = `${e.reason || e.status}: ${e.message}`;
+    }
+  });
+  setMain(form);
+}
+
+function showEnroll(en) {
+  state.view = { name: 'enroll' };
+  const msg = el('p', { class: 'error', id: 'enroll-error', role: 'alert' });
+  const form = el('form', { class: 'login card', id: 'enroll-form' },
+    el('h2', {}, 'Set up your authenticator'),
+    el('p', {}, 'Scan this code with an authenticator app, then enter the code it shows.'),
+    el('img', { id: 'enroll-qr', src: en.qr_png, width: '256', height: '256', alt: 'TOTP QR code' }),
+    el('p', {}, 'Or type in the secret: ', el('span', { class: 'secret', id: 'enroll-secret' }, en.secret)),
+    el('label', {}, 'Code', el('input', { id: 'enroll-code', inputmode: 'numeric', autocomplete: 'one-time-code', required: '' })),
+    el('button', { id: 'enroll-submit', type: 'submit' }, 'Confirm'),
+    msg);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    msg.textContent = '';
+    try {
+      const s = await call('POST', '/enroll', { code: $('#enroll-code').value.trim() });
+      state.session = s;
+      showRecovery(s.recovery_codes || []);
+    } catch (e) {
+      msg.textContent = `${e.reason || e.status}: ${e.message}`;
+    }
+  });
+  setMain(form);
+}
+
+function showRecovery(codes) {
+  state.view = { name: 'recovery' };
+  header();
+  setMain(el('div', { class: 'login card', id: 'recovery' },
+    el('h2', {}, 'Recovery codes'),
+    el('p', {}, 'Keep these somewhere safe: each one logs you in once without the authenticator. They are not shown again.'),
+    el('ul', { class: 'codes' }, codes.map((c) => el('li', {}, c))),
+    el('button', { id: 'recovery-done', onclick: () => onLoggedIn() }, 'Continue')));
+}
+
+function onLoggedIn() {
+  header();
+  startEvents();
+  if (!location.hash || location.hash === '#login') location.hash = '#fleet';
+  else route();
+}
+
+// --- live fleet ---
+
+function startEvents() {
+  if (state.events) return;
+  const es = new EventSource(api + '/events');
+  state.events = es;
+  es.addEventListener('open', () => { state.eventsOK = true; setLive(true); });
+  es.addEventListener('error', async () => {
+    setLive(false);
+    if (es.readyState === EventSource.CLOSED) {
+      // The server refused the stream: the session may have ended.
+      state.events = null;
+      try {
+        state.session = await call('GET', '/session');
+        setTimeout(startEvents, 1000);
+      } catch (e) {
+        if (e.status === 401) { state.session = null; route(); } else setTimeout(startEvents, 2000);
+      }
+    }
+  });
+  es.addEventListener('fleet', (ev) => {
+    const f = JSON.parse(ev.data);
+    state.cars = new Map(f.cars.map((c) => [c.vin, c]));
+    refresh(null);
+  });
+  es.addEventListener('cars', (ev) => {
+    const changed = JSON.parse(ev.data);
+    for (const c of changed) {
+      if (c.gone) state.cars.delete(c.vin); else state.cars.set(c.vin, c);
+    }
+    refresh(changed.map((c) => c.vin));
+  });
+  es.addEventListener('ended', () => { stopEvents(); state.session = null; route(); });
+}
+
+function stopEvents() {
+  if (state.events) state.events.close();
+  state.events = null;
+}
+
+function setLive(on) {
+  const s = $('#live');
+  if (s) { s.textContent = on ? 'live' : 'reconnecting…'; s.className = on ? 'ok' : 'waiting'; }
+}
+
+function refresh(vins) {
+  if (!state.view) return;
+  if (state.view.name === 'fleet') renderFleetRows();
+  if (state.view.name === 'car' && (!vins || vins.includes(state.view.vin))) loadCar(state.view.vin);
+}
+
+// --- fleet page ---
+
+function showFleet() {
+  state.view = { name: 'fleet' };
+  header();
+  const search = el('input', { id: 'search', type: 'search', placeholder: 'Search VIN', oninput: renderFleetRows });
+  const filter = el('select', { id: 'filter', onchange: renderFleetRows },
+    el('option', { value: '' }, 'All cars'), el('option', { value: 'online' }, 'Online'), el('option', { value: 'offline' }, 'Offline'),
+    el('option', { value: 'unlocked' }, 'Unlocked'), el('option', { value: 'waiting' }, 'Whitelist not on the car'));
+  const adminUser = el('input', { id: 'admin-user', placeholder: 'user name' });
+  const adminResult = el('span', { id: 'admin-result' });
+  const admin = el('div', { class: 'card', id: 'admin' },
+    el('strong', {}, 'Clear a user\'s lockout '), adminUser,
+    el('button', { id: 'admin-unlock', onclick: async () => {
+      adminResult.textContent = '';
+      if (!confirm(`Clear the lockouts of ${adminUser.value}?`)) return;
+      try {
+        await call('POST', `/users/${encodeURIComponent(adminUser.value.trim())}/unlock`, {});
+        adminResult.textContent = 'done';
+        adminResult.className = 'ok';
+      } catch (e) {
+        adminResult.textContent = `${e.status} ${e.reason}: ${e.message}`;
+        adminResult.className = 'error';
+      }
+    } }, 'Unlock'), ' ', adminResult);
+  const table = el('table', { id: 'fleet-table' },
+    el('thead', {}, el('tr', {}, ['VIN', 'State', 'Lock', 'Battery', 'Speed', 'Last seen', 'Whitelist'].map((h) => el('th', {}, h)))),
+    el('tbody', { id: 'fleet-rows' }));
+  setMain(
+    el('div', { class: 'toolbar' }, search, filter, el('span', { id: 'count', class: 'muted' }), el('span', { id: 'live', class: 'waiting' }, 'connecting…')),
+    el('div', { class: 'fleet' }, el('div', { class: 'card' }, table), el('div', { class: 'card' }, el('div', { id: 'map' }))),
+    admin);
+  setLive(state.events && state.events.readyState === EventSource.OPEN);
+  initMap();
+  renderFleetRows();
+}
+
+function matches(c, q, f) {
+  if (q && !c.vin.includes(q)) return false;
+  switch (f) {
+    case 'online': return c.online;
+    case 'offline': return !c.online;
+    case 'unlocked': return c.locked === false;
+    case 'waiting': return c.wl_version > c.wl_acked;
+  }
+  return true;
+}
+
+function ago(ms, now) {
+  if (!ms) return 'never';
+  const s = Math.max(0, Math.round((now - ms) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  return `${Math.round(s / 3600)} h ago`;
+}
+
+function lockText(c) { return c.locked === true ? 'locked' : c.locked === false ? 'unlocked' : '–'; }
+
+function wlText(c, now) {
+  if (!c.wl_version) return 'none';
+  if (c.wl_version <= c.wl_acked) return `v${c.wl_version} on the car`;
+  return `v${c.wl_version} issued, car has v${c.wl_acked}` + (c.wl_waiting_from ? `, waiting ${ago(c.wl_waiting_from, now).replace(' ago', '')}` : '');
+}
+
+function renderFleetRows() {
+  const body = $('#fleet-rows');
+  if (!body) return;
+  const q = ($('#search').value || '').trim().toUpperCase();
+  const f = $('#filter').value;
+  const now = Date.now();
+  const all = [...state.cars.values()].sort((a, b) => (a.vin < b.vin ? -1 : 1));
+  const shown = all.filter((c) => matches(c, q, f));
+  const rows = shown.slice(0, maxRows).map((c) => el('tr', { id: `car-${c.vin}`, 'data-vin': c.vin },
+    el('td', {}, el('a', { href: `#car/${c.vin}` }, c.vin)),
+    el('td', { class: c.online ? 'online' : 'offline', 'data-field': 'state' }, c.online ? 'online' : 'offline'),
+    el('td', { 'data-field': 'lock' }, lockText(c)),
+    el('td', { class: 'num' }, c.battery == null ? '–' : `${Math.round(c.battery)} %`),
+    el('td', { class: 'num' }, c.speed == null ? '–' : `${Math.round(c.speed)} km/h`),
+    el('td', {}, ago(c.last_seen, now)),
+    el('td', { class: c.wl_version > c.wl_acked ? 'waiting' : '', 'data-field': 'whitelist' }, wlText(c, now))));
+  body.replaceChildren(...rows);
+  $('#count').textContent = shown.length > maxRows ? `${shown.length} of ${all.length} cars, first ${maxRows} listed: refine the search`
+    : `${shown.length} of ${all.length} cars`;
+  renderMarkers(shown);
+}
+
+function initMap() {
+  const map = L.map('map', { preferCanvas: true, worldCopyJump: true, minZoom: 1, maxZoom: 12, attributionControl: true });
+  map.attributionControl.setPrefix('Leaflet | Natural Earth');
+  L.geoJSON(feature(countries110m, countries110m.objects.countries), {
+    style: { color: '#8aa1b8', weight: 0.6, fillColor: '#eef2e6', fillOpacity: 1 },
+    interactive: false,
+  }).addTo(map);
+  map.setView([48, 10], 3);
+  state.map = map;
+  state.mapFitted = false;
+}
+
+function renderMarkers(cars) {
+  const map = state.map;
+  if (!map) return;
+  const seen = new Set();
+  const pts = [];
+  for (const c of cars) {
+    if (c.lat == null || c.lon == null) continue;
+    seen.add(c.vin);
+    pts.push([c.lat, c.lon]);
+    const color = c.online ? '#1b7f3b' : '#8a94a6';
+    let m = state.markers.get(c.vin);
+    if (!m) {
+      m = L.circleMarker([c.lat, c.lon], { radius: 5, weight: 1, color: '#1d2430', fillColor: color, fillOpacity: 0.9 });
+      m.bindTooltip(c.vin);
+      m.on('click', () => { location.hash = `#car/${c.vin}`; });
+      m.addTo(map);
+      state.markers.set(c.vin, m);
+    } else {
+      m.setLatLng([c.lat, c.lon]);
+      m.setStyle({ fillColor: color });
+    }
+  }
+  for (const [vin, m] of state.markers) {
+    if (!seen.has(vin)) { m.remove(); state.markers.delete(vin); }
+  }
+  if (!state.mapFitted && pts.length) {
+    map.fitBounds(L.latLngBounds(pts).pad(0.3), { maxZoom: 10 });
+    state.mapFitted = true;
+  }
+}
+
+// --- car page ---
+
+function showCar(vin) {
+  state.view = { name: 'car', vin };
+  header();
+  setMain(el('p', {}, el('a', { href: '#fleet' }, '← Fleet')), el('div', { id: 'car' }, el('p', {}, 'Loading…')));
+  loadCar(vin);
+}
+
+let carLoading = false;
+async function loadCar(vin) {
+  if (carLoading) return;
+  carLoading = true;
+  try {
+    const p = await call('GET', `/cars/${encodeURIComponent(vin)}`);
+    if (state.view.name === 'car' && state.view.vin === vin) renderCar(p);
+  } catch (e) {
+    if (e.status === 401) { state.session = null; route(); return; }
+    const box = $('#car');
+    if (box) box.replaceChildren(el('p', { class: 'error' }, `${e.status}: ${e.message}`));
+  } finally {
+    carLoading = false;
+  }
+}
+
+function renderCar(p) {
+  const box = $('#car');
+  if (!box) return;
+  const fmt = (v) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(5)) : String(v));
+  const signals = Object.keys(p.signals).sort().map((k) => el('tr', {}, el('td', {}, k), el('td', { class: 'num' }, fmt(p.signals[k]))));
+  const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').replace(/\..*/, ' UTC') : '–');
+  box.replaceChildren(
+    el('div', { class: 'card' },
+      el('h2', {}, p.vin),
+      el('p', {}, el('span', { id: 'car-state', class: p.online ? 'online' : 'offline' }, p.online ? 'online' : 'offline'),
+        ' · ', el('span', { id: 'car-lock' }, lockText(p)), ' · last seen ', ago(p.last_seen, p.now)),
+      el('p', { id: 'car-whitelist', class: p.wl_version > p.wl_acked ? 'waiting' : '' }, 'Whitelist: ', wlText(p, p.now))),
+    el('div', { class: 'card' }, el('h3', {}, 'Signals'), el('table', { id: 'car-signals' }, el('tbody', {}, signals))),
+    el('div', { class: 'card' }, el('h3', {}, 'Users'),
+      p.users.length ? el('table', { id: 'car-users' }, el('tbody', {}, p.users.map((u) => el('tr', {}, el('td', {}, u.user), el('td', {}, u.role)))))
+        : el('p', { class: 'muted' }, 'Nobody has a role on this car.')),
+    el('div', { class: 'card' }, el('h3', {}, 'Keys'),
+      p.keys.length ? el('table', { id: 'car-keys' },
+        el('thead', {}, el('tr', {}, ['Key', 'User', 'Role', 'Channels', 'Valid', 'State'].map((h) => el('th', {}, h)))),
+        el('tbody', {}, p.keys.map((k) => el('tr', {},
+          el('td', {}, el('code', {}, k.id.slice(0, 12)), k.label ? ` ${k.label}` : ''),
+          el('td', {}, k.user), el('td', {}, k.role), el('td', {}, (k.channels || []).join(', ')),
+          el('td', {}, `${when(k.not_before)} – ${when(k.not_after)}`),
+          el('td', { class: k.acked ? '' : 'waiting' }, (k.revoked_at ? 'revoked' : 'active') + (k.acked ? ', on the car' : ', not yet on the car'))))))
+        : el('p', { class: 'muted' }, 'No keys.')));
+}
+
+// --- start ---
+
+$('#logout').addEventListener('click', async () => {
+  try { await call('POST', '/logout', {}); } catch { /* ended already */ }
+  stopEvents();
+  state.session = null;
+  location.hash = '#login';
+  route();
+});
+window.addEventListener('hashchange', route);
+
+(async () => {
+  try {
+    state.session = await call('GET', '/session');
+    onLoggedIn();
+  } catch {
+    state.session = null;
+    route();
+  }
+})();
