@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"telematics/pkg/sign"
 )
@@ -19,6 +20,11 @@ import (
 // shared and cannot keep it. Not a secret (0644); a copied data directory must not carry it
 // to another replica (two replicas with one id take each other's session over, endlessly).
 const ReplicaIDFile = "replica.id"
+
+// replicaKeepAlive is a replica's MQTT keep-alive: the broker drops a silent replica (a lost
+// machine, a cut network) after 1.5 times it, and hands the requests of the shared
+// subscriptions to the live replicas from then on. One gateway keeps mqttc's 30 s.
+const replicaKeepAlive = 5 * time.Second
 
 // clustered reports whether this gateway is one replica of a cluster: its state in a store
 // other gateways share and its broker one they all connect to.

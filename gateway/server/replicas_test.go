@@ -18,7 +18,7 @@ import (
 )
 
 // Two replicas on one etcd behind the standalone broker: each connects with a client id of its
-// own (DATA/replica.id) and a clean session, subscribes to the requests and results through
+// own (DATA/replica.id), a clean session and a 5 s keep-alive, subscribes to the requests and results through
 // $share/gateway/…, and neither takes the other's session over.
 func TestReplicasHaveSessionsOfTheirOwn(t *testing.T) {
 	etcd := etcdtest.Start(t)
@@ -52,6 +52,10 @@ func TestReplicasHaveSessionsOfTheirOwn(t *testing.T) {
 			}
 			if !cl.Properties.Clean {
 				return fmt.Errorf("replica %s connected with a persistent session", id)
+			}
+			if cl.State.Keepalive != 5 {
+				// The broker gives a silent replica up after 1.5 keep-alives.
+				return fmt.Errorf("replica %s keep-alive %d s, want 5", id, cl.State.Keepalive)
 			}
 			for _, f := range []string{"$share/gateway/app/+/cmd", "$share/gateway/v/+/result", "$share/gateway/v/+/keys/ack", "$share/gateway/v/+/events"} {
 				if _, ok := cl.State.Subscriptions.Get(f); !ok {

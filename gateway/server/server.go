@@ -449,6 +449,12 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		keepAlive := time.Duration(0) // mqttc's default, 30 s
+		if clean {
+			// A replica whose machine is lost (no TCP close) keeps its share of the requests
+			// until the broker gives up on it, at 1.5 keep-alives: lost with it meanwhile.
+			keepAlive = replicaKeepAlive
+		}
 		c, err := mqttc.Dial(ctx, mqttc.Options{
 			// One gateway: a persistent session under a client id that stays with the data
 			// dir: while the gateway is away (a restart, a network break) the broker queues
@@ -456,7 +462,7 @@ func (g *Gateway) startBus(ctx context.Context) error {
 			// acknowledgements) and hands them over when it is back, instead of dropping them.
 			// A replica: a clean session (busClientID says why).
 			BrokerURL: g.cfg.ExternalBroker, ClientID: clientID,
-			Username: "gateway", Password: tok, Logger: g.log, CleanSession: clean,
+			Username: "gateway", Password: tok, Logger: g.log, CleanSession: clean, KeepAlive: keepAlive,
 			// Every car's traffic flows through this one client: decode in parallel (each
 			// topic, i.e. each car, stays in order on one worker).
 			Workers: 4 * runtime.GOMAXPROCS(0), QueueSize: 4096,
