@@ -165,6 +165,12 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 	rcfg.RateBurst = cfg.Commands.RateBurst
 	rcfg.ResultGrace = cfg.Commands.ResultGrace
 	rcfg.TwinFlushInterval = cfg.Commands.TwinFlushInterval
+	if g.clustered() {
+		// Requests and results through $share/gateway/…, pending commands in the store.
+		if rcfg.Replica, err = replicaID(cfg.Data); err != nil {
+			return nil, err
+		}
+	}
 	if g.twofa, err = g.openTwoFA(); err != nil {
 		return nil, err
 	}
@@ -183,6 +189,9 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	g.keys.CredentialsRetired = g.retireVehicleToken // a decommissioned car's, once it has its empty whitelist
+	if rcfg.Replica != "" {
+		g.keys.SharedGroup = "gateway" // each acknowledgement and journal to one replica
+	}
 	if g.router, err = commands.New(rcfg, g.store, g.audit, g.bus, g.keys, activeUsers{g.store, secondFactor{g.twofa}}, g.clock, g.log); err != nil {
 		return nil, err
 	}
@@ -241,7 +250,7 @@ func Start(ctx context.Context, cfg Config, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	g.http.set(handler)
-	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data)
+	g.log.Info("gateway started", "http", g.HTTPURL(), "mqtt", g.brokerURL, "data", cfg.Data, "replica", rcfg.Replica)
 	return g, nil
 }
 
@@ -432,6 +441,21 @@ func (g *Gateway) brokerClientID() (string, error) {
 	return string(id), nil
 }
 
+// busClientID is the client id and session kind of the connection to an external broker. One
+// gateway: the id kept in the store, persistent session. A replica of a cluster: its own id
+// (DATA/replica.id; the store is shared) and a clean session: the broker would otherwise keep a
+// dead replica's share of $share/gateway/… and go on handing it about 1/N of the requests and
+// results, queued for a process that may never return; with a clean session they go to the
+// live replicas, and a replica's pending commands are in the store for the others.
+func (g *Gateway) busClientID() (id string, clean bool, err error) {
+	if g.clustered() {
+		id, err = replicaID(g.cfg.Data)
+		return id, true, err
+	}
+	id, err = g.brokerClientID()
+	return id, false, err
+}
+
 func (g *Gateway) startBus(ctx context.Context) error {
 	if g.cfg.ExternalBroker != "" {
 		tok, _, err := g.issuer.Issue("gateway", protocol.RoleGateway, 365*24*time.Hour)
@@ -441,7 +465,7 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		if g.cfg.ExternalBrokerPassword != "" {
 			tok = g.cfg.ExternalBrokerPassword
 		}
-		clientID, err := g.brokerClientID()
+		clientID, clean, err := g.busClientID()
 		if err != nil {
 			return err
 		}
@@ -449,14 +473,21 @@ func (g *Gateway) startBus(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		keepAlive := time.Duration(0) // mqttc's default, 30 s
+		if clean {
+			// A replica whose machine is lost (no TCP close) keeps its share of the requests
+			// until the broker gives up on it, at 1.5 keep-alives: lost with it meanwhile.
+			keepAlive = replicaKeepAlive
+		}
 		c, err := mqttc.Dial(ctx, mqttc.Options{
 			TLS: tlsCfg,
-			// A persistent session under a client id that stays with the data dir: while the
-			// gateway is away (a restart, a network break) the broker queues the QoS 1
-			// messages of its subscriptions (results, journals, key acknowledgements) and
-			// hands them over when it is back, instead of dropping them.
+			// One gateway: a persistent session under a client id that stays with the data
+			// dir: while the gateway is away (a restart, a network break) the broker queues
+			// the QoS 1 messages of its subscriptions (results, journals, key
+			// acknowledgements) and hands them over when it is back, instead of dropping them.
+			// A replica: a clean session (busClientID says why).
 			BrokerURL: g.cfg.ExternalBroker, ClientID: clientID,
-			Username: "gateway", Password: tok, Logger: g.log, CleanSession: false,
+			Username: "gateway", Password: tok, Logger: g.log, CleanSession: clean, KeepAlive: keepAlive,
 			// Every car's traffic flows through this one client: decode in parallel (each
 			// topic, i.e. each car, stays in order on one worker).
 			Workers: 4 * runtime.GOMAXPROCS(0), QueueSize: 4096,

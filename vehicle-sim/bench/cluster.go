@@ -36,7 +36,10 @@ var ErrNoStoreFlag = errors.New("this gateway has no --store flag: it cannot kee
 // sharedFiles are the data directory's files every replica must hold alike: the signing key
 // (tokens and whitelists), the TOTP sealing key, the admin token. The bbolt file is not shared.
 func sharedFile(name string) bool {
-	return !strings.HasSuffix(name, ".db") && !strings.HasSuffix(name, ".lock") && !strings.HasSuffix(name, ".log")
+	// replica.id names one replica (its broker client id): a copy would make two replicas
+	// take each other's session over.
+	return !strings.HasSuffix(name, ".db") && !strings.HasSuffix(name, ".lock") && !strings.HasSuffix(name, ".log") &&
+		name != "replica.id"
 }
 
 // replica is one gateway process of a cluster, with what it takes to start it again.

@@ -87,6 +87,13 @@ func (o *Options) defaults() {
 type Store struct {
 	cli  *clientv3.Client
 	opts Options
+	// retrying is held (capacity 1) by the one Update of this process that runs an attempt
+	// after a conflict. Every audited write reads and bumps the audit sequence, so N
+	// concurrent writers of one process conflict with each other and only one wins a round;
+	// racing again, a loser could lose all its attempts (seen with 20 parallel enrollments on
+	// a loaded machine). In line, the losers of this process win in turn and only race the
+	// other replicas' writers and this process's first attempts.
+	retrying chan struct{}
 }
 
 var _ kv.Store = (*Store)(nil)
@@ -106,7 +113,7 @@ func Open(o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd store %s: %w", strings.Join(o.Endpoints, ","), err)
 	}
-	return &Store{cli: cli, opts: o}, nil
+	return &Store{cli: cli, opts: o, retrying: make(chan struct{}, 1)}, nil
 }
 
 // Close closes the client; it is idempotent.
@@ -136,6 +143,12 @@ func (s *Store) View(ctx context.Context, fn func(kv.Tx) error) error {
 func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, s.opts.Timeout, errTimeout)
 	defer cancel()
+	inLine := false
+	defer func() {
+		if inLine {
+			<-s.retrying
+		}
+	}()
 	for attempt := 1; ; attempt++ {
 		t := s.newTx(ctx, true)
 		err := fn(t)
@@ -146,6 +159,14 @@ func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 					f()
 				}
 				return nil
+			}
+		}
+		if errors.Is(err, errRetry) && !inLine {
+			select {
+			case s.retrying <- struct{}{}:
+				inLine = true
+			case <-ctx.Done():
+				return s.unavailable(ctx, ctx.Err())
 			}
 		}
 		if !errors.Is(err, errRetry) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -203,5 +204,47 @@ func TestBuckets(t *testing.T) {
 	got, err := s.Buckets(ctx)
 	if want := []string{"audit", "u", "users", "users_x"}; err != nil || !slices.Equal(got, want) {
 		t.Fatalf("Buckets = %q, %v; want %q", got, err, want)
+	}
+}
+
+// Many writers of one process on one hot key (what every audited write is: the audit sequence)
+// all commit: after a first conflict they retry one at a time, so none spends its attempts
+// losing to the others.
+func TestHotKeyWritersOfOneProcessAllCommit(t *testing.T) {
+	cluster := etcdtest.Start(t)
+	s, err := etcdkv.Open(etcdkv.Options{Endpoints: cluster.Endpoints(), Timeout: 60 * time.Second, MaxAttempts: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const writers = 40
+	bucket := []byte("hot")
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for range writers {
+		wg.Go(func() {
+			errs <- s.Update(context.Background(), func(tx kv.Tx) error {
+				_, err := tx.NextSequence(bucket)
+				return err
+			})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n uint64
+	if err := s.View(context.Background(), func(tx kv.Tx) error {
+		var err error
+		n, err = tx.Sequence(bucket)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != writers {
+		t.Fatalf("sequence %d after %d committed increments", n, writers)
 	}
 }
