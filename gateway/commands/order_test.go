@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/gateway/audit"
 	"telematics/gateway/kv"
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
@@ -127,4 +128,47 @@ func TestClusterCarOrder(t *testing.T) {
 	c.waitTurns()
 	c.waitTerminal(protocol.ReplyExpired, id1, id2, id3, id4)
 	c.checkOnce([]string{id1, id2, id3, id4})
+}
+
+// Requests for one car sent at once to both replicas: each is decided in its turn, so the car
+// receives the commands in the order their accepted decisions were recorded (the audit log's
+// order), and no turn is left behind.
+func TestClusterCarOrderUnderLoad(t *testing.T) {
+	c := newClusterRig(t)
+	a, b := c.replica("a"), c.replica("b")
+	testutil.EventuallyTrue(t, 10*time.Second, func() bool { return c.clk.Waiters() >= 6 })
+	c.online(a, b)
+	const perReplica = 6
+	var ids []string
+	var dones []<-chan struct{}
+	for range perReplica {
+		for _, r := range []*replica{a, b} {
+			req, id := c.signedRequest()
+			ids = append(ids, id)
+			dones = append(dones, r.r.Submit("alice", "", req))
+		}
+	}
+	for _, d := range dones {
+		<-d
+	}
+	for _, id := range ids {
+		if !c.accepted(id) {
+			t.Fatalf("%s not accepted: %+v", id, c.replies[id])
+		}
+	}
+	testutil.EventuallyTrue(t, 30*time.Second, func() bool { return len(c.heldCommands()) == len(ids) })
+	evs, err := a.log.Query(audit.Filter{Kind: audit.KindCommand, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decided []string // oldest first
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].Outcome == protocol.ReplyAccepted {
+			decided = append(decided, evs[i].CmdID)
+		}
+	}
+	if got := c.heldCommands(); !slices.Equal(got, decided) {
+		t.Fatalf("the car received\n%v\nthe decisions were recorded\n%v", got, decided)
+	}
+	c.waitTurns()
 }
