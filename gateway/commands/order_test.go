@@ -53,6 +53,20 @@ func (c *clusterRig) waitTurns(want ...string) {
 	})
 }
 
+// waitAccepted waits until each id's "accepted" reply reached the app (the broker delivers
+// it after the decision is done).
+func (c *clusterRig) waitAccepted(ids ...string) {
+	c.t.Helper()
+	testutil.Eventually(c.t, 30*time.Second, func() error {
+		for _, id := range ids {
+			if !c.accepted(id) {
+				return fmt.Errorf("%s not accepted (yet)", id)
+			}
+		}
+		return nil
+	})
+}
+
 // heldCommands is what the (silent) car received, in order.
 func (c *clusterRig) heldCommands() []string {
 	c.mu.Lock()
@@ -100,11 +114,7 @@ func TestClusterCarOrder(t *testing.T) {
 	if got, want := c.heldCommands(), []string{id1, id2, id3}; !slices.Equal(got, want) {
 		t.Fatalf("the car received %v, want acceptance order %v", got, want)
 	}
-	for _, id := range []string{id1, id2, id3} {
-		if !c.accepted(id) {
-			t.Errorf("%s not accepted: %+v", id, c.replies[id])
-		}
-	}
+	c.waitAccepted(id1, id2, id3)
 	c.waitTurns() // every turn given back
 
 	// 2. a died holding the car's turn for a command that expires in 3 s: b's request waits
@@ -120,9 +130,7 @@ func TestClusterCarOrder(t *testing.T) {
 	}
 	c.clk.Advance(3 * time.Second)
 	<-done4
-	if !c.accepted(id4) {
-		t.Fatalf("%s not accepted after the dead replica's turn expired: %+v", id4, c.replies[id4])
-	}
+	c.waitAccepted(id4)
 	testutil.EventuallyTrue(t, 30*time.Second, func() bool { return slices.Contains(c.heldCommands(), id4) })
 	c.expire()
 	c.waitTurns()
@@ -151,11 +159,7 @@ func TestClusterCarOrderUnderLoad(t *testing.T) {
 	for _, d := range dones {
 		<-d
 	}
-	for _, id := range ids {
-		if !c.accepted(id) {
-			t.Fatalf("%s not accepted: %+v", id, c.replies[id])
-		}
-	}
+	c.waitAccepted(ids...)
 	testutil.EventuallyTrue(t, 30*time.Second, func() bool { return len(c.heldCommands()) == len(ids) })
 	evs, err := a.log.Query(audit.Filter{Kind: audit.KindCommand, Limit: 100})
 	if err != nil {
