@@ -103,18 +103,24 @@ func rotateKeyCommand() *cobra.Command {
 		Long: `With the gateway stopped: the current signing key becomes the previous one and a new key is
 made; on its next start the gateway moves every car to the new key as the car acknowledges.
 Once every car is on the new key, --retire-previous ends the rotation: the previous key is
-deleted (refused while a car still depends on it). The data directory must hold a gateway.`,
+deleted (refused while a car still depends on it). The data directory holds the key files; the
+gateway's state is where --store says (as for serve; on etcd, stop every replica first).`,
 		Example: `  gateway rotate-key --data ./data
-  gateway rotate-key --retire-previous --data ./data`,
+  gateway rotate-key --retire-previous --data ./data
+  gateway rotate-key --data ./data --store etcd://10.0.0.1:2379`,
 		Args: cobra.NoArgs,
 	}
 	cmd.Flags().StringVar(&data, "data", server.DefaultConfig().Data, "the gateway's data `directory`")
 	cmd.Flags().BoolVar(&retire, "retire-previous", false, "end the rotation: drop the previous key (refused while a car still depends on it)")
+	cfg := server.DefaultConfig()
+	cmd.Flags().StringVar(&cfg.Store, "store", cfg.Store, "where the gateway's state is, as for serve: empty (DATA/gateway.db), bbolt://PATH or etcd://HOST:PORT[,HOST:PORT...]")
+	cmd.Flags().StringVar(&cfg.StorePrefix, "store-prefix", cfg.StorePrefix, "the key prefix of the gateway's state on etcd")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg.Data = data
 		if retire {
-			return server.RetirePreviousKey(data, cmd.OutOrStdout())
+			return server.RetirePreviousKeyStore(cfg, cmd.OutOrStdout())
 		}
-		return server.RotateSigningKey(data, cmd.OutOrStdout())
+		return server.RotateSigningKeyStore(cfg, cmd.OutOrStdout())
 	}
 	return cmd
 }

@@ -78,6 +78,22 @@ func (r *Router) decide(req request) {
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonForbidden, "command names user %q, sent by %q", cmd.User, req.user), true)
 		return
 	}
+	if r.clustered() {
+		// The cluster accepts the request here and decides it after the car's earlier ones
+		// (order.go); the turn is given back once it is refused or handed to the broker.
+		turn, err := r.takeTurn(cmd.VIN, cmd.ID, cmd.ExpiresAtMs)
+		if err == nil {
+			defer r.releaseTurn(cmd.VIN, turn)
+			err = r.waitTurn(cmd.VIN, turn, cmd.ExpiresAtMs)
+		}
+		if errors.Is(err, errTurnLost) {
+			err = protocol.Refuse(protocol.ReasonExpired, "expired while the car's earlier commands were decided")
+		}
+		if err != nil {
+			r.refuse(req, ev, cmd, err, false)
+			return
+		}
+	}
 	if !r.remember(cmd.ID, cmd.ExpiresAtMs) {
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
 		return

@@ -130,6 +130,7 @@ func (r *Router) sweepPending(nowMs, graceMs int64) {
 			return nil
 		})
 	})
+	r.sweepTurns(nowMs, graceMs)
 	if err != nil {
 		r.log.Warn("sweep of pending commands failed", "err", err)
 		return

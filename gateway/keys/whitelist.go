@@ -237,6 +237,12 @@ func (s *Service) PublishAll(ctx context.Context) int {
 		}
 	}
 	vins := s.vins()
+	s.publishVINs(ctx, vins)
+	return len(vins)
+}
+
+// publishVINs publishes the cached whitelist of each of vins, retained.
+func (s *Service) publishVINs(ctx context.Context, vins []string) {
 	for _, vin := range vins {
 		// Under the car's lock, so a change publishing a newer version cannot be overtaken
 		// by this older one.
@@ -248,5 +254,4 @@ func (s *Service) PublishAll(ctx context.Context) int {
 		s.publish(ctx, vin, env)
 		mu.Unlock()
 	}
-	return len(vins)
 }

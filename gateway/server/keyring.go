@@ -65,10 +65,14 @@ func loadKeyRing(dir string) (*keyRing, bool, error) {
 // re-provisioned: tokens signed by the previous key stay valid (the broker trusts both keys;
 // give the standalone broker --gateway-pubkey for gateway.pub and gateway.prev.pub).
 func RotateSigningKey(dir string, out io.Writer) error {
-	if err := existingGateway(dir); err != nil {
-		return err
-	}
-	st, err := openStopped(dir)
+	return RotateSigningKeyStore(keyCommandConfig(dir), out)
+}
+
+// RotateSigningKeyStore is RotateSigningKey for the gateway whose key files are in cfg.Data
+// and whose state is in the store cfg names (Store, StorePrefix: a bbolt file or etcd).
+func RotateSigningKeyStore(cfg Config, out io.Writer) error {
+	dir := cfg.Data
+	st, err := openStoppedStore(cfg)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/keys"
+	"telematics/gateway/kv"
+	"telematics/gateway/kv/etcdkv"
 	"telematics/gateway/store"
 	"telematics/pkg/token"
 )
@@ -33,10 +36,14 @@ const maxListedVINs = 20
 // any car has not acknowledged a whitelist signed by the current key, or holds a token that
 // the current key did not sign.
 func RetirePreviousKey(dir string, out io.Writer) error {
-	if err := existingGateway(dir); err != nil {
-		return err
-	}
-	st, err := openStopped(dir)
+	return RetirePreviousKeyStore(keyCommandConfig(dir), out)
+}
+
+// RetirePreviousKeyStore is RetirePreviousKey for the gateway whose key files are in cfg.Data
+// and whose state is in the store cfg names (Store, StorePrefix: a bbolt file or etcd).
+func RetirePreviousKeyStore(cfg Config, out io.Writer) error {
+	dir := cfg.Data
+	st, err := openStoppedStore(cfg)
 	if err != nil {
 		return err
 	}
@@ -110,6 +117,58 @@ func listVINs(vins []string) string {
 		return strings.Join(vins, ", ")
 	}
 	return strings.Join(vins[:maxListedVINs], ", ") + fmt.Sprintf(" and %d more", len(vins)-maxListedVINs)
+}
+
+// keyCommandConfig is the configuration of rotate-key on dir with the default store.
+func keyCommandConfig(dir string) Config {
+	cfg := DefaultConfig()
+	cfg.Data = dir
+	return cfg
+}
+
+// openStoppedStore opens the store cfg names for a command that needs the gateway stopped
+// and its state present: DATA/gateway.db or a bbolt://PATH must exist (and not be held by a
+// running gateway); an etcd prefix must hold a gateway's state. On etcd nothing can tell
+// whether replicas run: the operator stops them (docs/OPERATIONS.md).
+func openStoppedStore(cfg Config) (*store.Store, error) {
+	u, err := ParseStoreURL(cfg.Store)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if u.Etcd == nil {
+		if u.BoltPath == "" {
+			if err := existingGateway(cfg.Data); err != nil {
+				return nil, err
+			}
+			return openStopped(cfg.Data)
+		}
+		if _, err := os.Stat(u.BoltPath); err != nil {
+			return nil, fmt.Errorf("no gateway store %s: %w", u.BoltPath, err)
+		}
+		st, err := store.Open(u.BoltPath)
+		if errors.Is(err, store.ErrLocked) {
+			return nil, fmt.Errorf("stop the gateway first: %w", err)
+		}
+		return st, err
+	}
+	kvs, err := etcdkv.Open(etcdkv.Options{Endpoints: u.Etcd, Prefix: cfg.StorePrefix, Timeout: etcdTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w (is etcd running and reachable?)", cfg.Store, err)
+	}
+	var schema []byte
+	err = kvs.View(context.Background(), func(tx kv.Tx) error {
+		v, err := tx.Get([]byte("meta"), []byte("schema_version"))
+		schema = v
+		return err
+	})
+	if err == nil && schema == nil {
+		err = fmt.Errorf("no gateway state under prefix %s: check --store and --store-prefix", cfg.StorePrefix)
+	}
+	if err != nil {
+		kvs.Close()
+		return nil, fmt.Errorf("store %s: %w", cfg.Store, err)
+	}
+	return store.OpenKV(kvs)
 }
 
 // openStopped opens the store in dir for a command that needs the gateway stopped: while a

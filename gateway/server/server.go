@@ -479,6 +479,7 @@ func (g *Gateway) startBus(ctx context.Context) error {
 			// until the broker gives up on it, at 1.5 keep-alives: lost with it meanwhile.
 			keepAlive = replicaKeepAlive
 		}
+		var lostAtMs atomic.Int64 // when the connection to the broker was last lost; 0: never
 		c, err := mqttc.Dial(ctx, mqttc.Options{
 			TLS: tlsCfg,
 			// One gateway: a persistent session under a client id that stays with the data
@@ -491,12 +492,20 @@ func (g *Gateway) startBus(ctx context.Context) error {
 			// Every car's traffic flows through this one client: decode in parallel (each
 			// topic, i.e. each car, stays in order on one worker).
 			Workers: 4 * runtime.GOMAXPROCS(0), QueueSize: 4096,
+			OnConnectionLost: func(error) { lostAtMs.Store(g.clock.Now().UnixMilli()) },
 			OnConnect: func(c mqttc.Client) {
 				// A broker that runs apart from the gateway learns which car tokens are
 				// retired (again after its own restart, which forgets them).
 				g.publishCarTokens(context.Background(), c)
-				// After a broker restart the broker holds no retained whitelist.
-				if k := g.keysReady(); k != nil {
+				// After a broker restart the broker holds no retained whitelist: one
+				// replica of a cluster publishes them again, one gateway always does.
+				if k, lost := g.keysReady(), lostAtMs.Load(); k != nil && lost != 0 {
+					go func() {
+						if _, err := k.RepublishAfterReconnect(context.Background(), clientID, time.UnixMilli(lost)); err != nil {
+							g.log.Warn("whitelists not republished after a broker reconnect", "err", err)
+						}
+					}()
+				} else if k != nil {
 					go k.PublishAll(context.Background())
 				}
 			},

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -93,7 +94,7 @@ func OpenFile(path string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialize gateway store %q: %w", path, err)
 	}
-	s, err := OpenKV(boltkv.New(db))
+	s, err := openKV(boltkv.New(db))
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialize gateway store %q: %w", path, err)
@@ -105,6 +106,19 @@ func OpenFile(path string, o Options) (*Store, error) {
 // OpenKV serves the gateway's state from kvs (etcd: see etcdkv.Open), writing the schema
 // version on first use and refusing another one. Close closes kvs.
 func OpenKV(kvs kv.Store) (*Store, error) {
+	s, err := openKV(kvs)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.buildUserIndex(); err != nil {
+		kvs.Close()
+		return nil, fmt.Errorf("index users' cars: %w", err)
+	}
+	return s, nil
+}
+
+// openKV is OpenKV without the shared store's user index (a bbolt file keeps none).
+func openKV(kvs kv.Store) (*Store, error) {
 	err := kvs.Update(context.Background(), func(tx kv.Tx) error {
 		v, err := tx.Get(bucketMeta, keySchema)
 		if err != nil {
@@ -269,6 +283,9 @@ func (s *Store) AddVehicles(vs []Vehicle) error {
 				if err := tx.Put(bucketVehicles, []byte(vs[i].VIN), encoded[i]); err != nil {
 					return err
 				}
+				if err := indexRolesTx(tx, vs[i].VIN, nil, vs[i].Users); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -401,7 +418,11 @@ func updateVehicle(tx kv.Tx, vin string, change func(*Vehicle)) error {
 	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
+	before := maps.Clone(v.Users)
 	change(&v)
+	if err := indexRolesTx(tx, vin, before, v.Users); err != nil {
+		return err
+	}
 	nb, err := json.Marshal(v)
 	if err != nil {
 		return err

@@ -78,17 +78,9 @@ func (s *Store) DeleteUser(name string, also ...func(kv.Tx) error) error {
 		if u == nil {
 			return fmt.Errorf("user %q: %w", name, ErrNotFound)
 		}
-		var vins []string
-		err = tx.Scan(bucketVehicles, nil, nil, func(k, v []byte) error {
-			var veh Vehicle
-			if err := json.Unmarshal(v, &veh); err != nil {
-				return err
-			}
-			if _, ok := veh.Users[name]; ok {
-				vins = append(vins, string(k))
-			}
-			return nil
-		})
+		// On a shared store only the user's cars are read (userindex.go); a bbolt file
+		// scans every car, as it always did.
+		vins, err := userVINsTx(tx, name)
 		if err != nil {
 			return err
 		}
@@ -100,6 +92,9 @@ func (s *Store) DeleteUser(name string, also ...func(kv.Tx) error) error {
 			if err := fn(tx); err != nil {
 				return err
 			}
+		}
+		if err := deleteUserIndexTx(tx, name); err != nil {
+			return err
 		}
 		return tx.Delete(bucketUsers, []byte(name))
 	})

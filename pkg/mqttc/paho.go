@@ -42,6 +42,11 @@ type Options struct {
 	// subscriptions have been made again: a car publishes its retained "online" status here.
 	// It runs on the client's connection goroutine; it may Publish and Subscribe.
 	OnConnect func(Client)
+	// OnConnectionLost, if set, is called when an established connection drops (not on
+	// Close), before the reconnect attempts; it runs on a goroutine of paho's and must not
+	// block. A gateway replica notes the time, to tell a broker restart it already saw
+	// handled by another replica (keys.RepublishAfterReconnect).
+	OnConnectionLost func(error)
 	// CleanSession false (the zero value) keeps the broker session across reconnects, so QoS 1
 	// messages sent while the client was away are delivered when it comes back (for as long as
 	// the broker keeps them: mochi keeps sessions in memory only). true starts afresh each time.
@@ -313,6 +318,9 @@ func tlsFailure(err error) bool {
 // connectionLost is paho's callback (on a goroutine of paho's): wake the reconnect loop.
 func (p *Paho) connectionLost(_ paho.Client, err error) {
 	p.log.Warn("mqtt connection lost", "error", err)
+	if p.o.OnConnectionLost != nil {
+		p.o.OnConnectionLost(err)
+	}
 	// Messages kept for a subscription not yet made can no longer be acknowledged (paho drops
 	// an acknowledgement for a connection that is gone); the broker sends them again on the
 	// next connection, and keeping these too would deliver them twice.
