@@ -33,10 +33,11 @@ type SharedRedeliveryHook struct {
 	redelivered atomic.Int64 // messages handed to another member
 	lost        atomic.Int64 // messages no live member could take
 	lastLog     atomic.Int64 // unix ns of the last warning: one a second, not one per message
+	lastInfo    atomic.Int64 // likewise for the note of a redelivery
 }
 
-// NewSharedRedeliveryHook returns the hook for server; log receives a warning when a message
-// is lost (nil: discard).
+// NewSharedRedeliveryHook returns the hook for server; log receives a note when messages are
+// handed on and a warning when one is lost, each at most once a second (nil: discard).
 func NewSharedRedeliveryHook(server *mqtt.Server, log *slog.Logger) *SharedRedeliveryHook {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -128,7 +129,12 @@ func (h *SharedRedeliveryHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) 
 				break
 			}
 			if h.deliver(id, sub, pk) {
-				h.redelivered.Add(1)
+				total := h.redelivered.Add(1)
+				if now := time.Now().UnixNano(); now-h.lastInfo.Load() > int64(time.Second) {
+					h.lastInfo.Store(now)
+					h.log.Info("shared subscription message of a leaving member handed to another member",
+						"client_id", cl.ID, "to", id, "topic", pk.TopicName, "redelivered_total", total)
+				}
 				return
 			}
 			// Full or just closed: try another; at most once per member.
