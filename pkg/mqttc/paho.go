@@ -546,8 +546,9 @@ func filterMatches(filter, topic string) bool {
 
 // route is the callback paho's router calls, in arrival order, for a subscription. It only
 // queues the message; the acknowledgement goes out once the message is queued (handled or
-// not, it is ours then), or for SubscribeAckAfterHandler once handled. A message that could not be queued because the client is closing is
-// not acknowledged, so a persistent session gets it again.
+// not, it is ours then), or for SubscribeAckAfterHandler once handled. A message that could
+// not be queued because the client is closing is not acknowledged, so a persistent session
+// gets it again.
 func (p *Paho) route(s *subscription) paho.MessageHandler {
 	return func(_ paho.Client, pm paho.Message) { p.deliver(s, pm) }
 }
