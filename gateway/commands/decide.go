@@ -54,6 +54,9 @@ func (r *Router) decide(req request) {
 	if !protocol.ValidID(cmd.ID) {
 		ev.CmdID = ""
 	}
+	if r.redeliveredAndDecided(req, cmd.ID) {
+		return // another replica decided it and answers it (redelivery.go)
+	}
 	// A user whose refusals used up their budget is answered rate_limited before anything
 	// else is looked at, written or remembered: a flood of bad requests costs the gateway a
 	// decode and a reply each, and one audit record a second per user (throttled.go).
@@ -157,6 +160,9 @@ func (r *Router) decide(req request) {
 	err = r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs, true)
 	if errors.Is(err, errDecidedElsewhere) {
 		// Another replica sharing the store decided this id first (its seen map is not ours).
+		if req.redelivered {
+			return // and answers it (redelivery.go)
+		}
 		ev.Detail = ""
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
 		return

@@ -110,6 +110,8 @@ type request struct {
 	session string
 	app     *appRequest   // the payload, decoded once by Submit
 	done    chan struct{} // closed once handled; used by tests and by shutdown draining
+	// redelivered: the broker sent it with DUP, maybe to another replica before (redelivery.go)
+	redelivered bool
 }
 
 // New builds a router on clk (nil: the real clock): expiry, rate windows and the periodic
@@ -154,17 +156,18 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 // replicas of a cluster, status and telemetry seen by each.
 func (r *Router) Subscribe(ctx context.Context) error {
 	subs := []struct {
-		filter string
-		qos    byte
-		h      mqttc.Handler
+		filter   string
+		qos      byte
+		h        mqttc.Handler
+		ackAfter bool // a replica's: acknowledged once handled (redelivery.go)
 	}{
-		{r.filter("app/+/cmd", true), 1, r.onAppRequest},
-		{r.filter("v/+/result", true), 1, r.onResult},
-		{"v/+/status", 1, r.onStatus},
-		{"v/+/telemetry", 0, r.onTelemetry},
+		{r.filter("app/+/cmd", true), 1, r.onAppRequest, true},
+		{r.filter("v/+/result", true), 1, r.onResult, true},
+		{"v/+/status", 1, r.onStatus, false},
+		{"v/+/telemetry", 0, r.onTelemetry, false},
 	}
 	for _, s := range subs {
-		if err := r.bus.Subscribe(ctx, s.filter, s.qos, s.h); err != nil {
+		if err := r.subscribe(ctx, s.filter, s.qos, s.h, s.ackAfter); err != nil {
 			return err
 		}
 	}
@@ -196,6 +199,10 @@ func (r *Router) onAppRequest(m mqttc.Message) {
 	if !ok || suffix != protocol.SuffixCmd {
 		return
 	}
+	if r.clustered() {
+		r.onReplicaRequest(user, m)
+		return
+	}
 	r.Submit(user, m.Origin, m.Payload)
 }
 
@@ -205,7 +212,12 @@ func (r *Router) onAppRequest(m mqttc.Message) {
 // answered rejected with reason internal (not audited: it was never decided), and the channel
 // is closed at once.
 func (r *Router) Submit(user, session string, payload []byte) <-chan struct{} {
-	req := request{user: user, session: session, app: decodeAppRequest(payload), done: make(chan struct{})}
+	return r.submit(user, session, payload, false)
+}
+
+// submit is Submit for a request the broker may have delivered before (redelivered: DUP).
+func (r *Router) submit(user, session string, payload []byte, redelivered bool) <-chan struct{} {
+	req := request{user: user, session: session, app: decodeAppRequest(payload), redelivered: redelivered, done: make(chan struct{})}
 	// The shard is chosen by VIN so one car's commands are decided and sent in order. A
 	// request too broken to name a VIN goes to shard 0.
 	shard := 0

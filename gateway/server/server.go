@@ -474,7 +474,11 @@ func (g *Gateway) startBus(ctx context.Context) error {
 			return err
 		}
 		keepAlive := time.Duration(0) // mqttc's default, 30 s
+		workers := 4 * runtime.GOMAXPROCS(0)
 		if clean {
+			// A replica's request handler holds its worker until the request is decided
+			// (acknowledged only then): more workers keep decisions parallel.
+			workers *= 4
 			// A replica whose machine is lost (no TCP close) keeps its share of the requests
 			// until the broker gives up on it, at 1.5 keep-alives: lost with it meanwhile.
 			keepAlive = replicaKeepAlive
@@ -491,7 +495,7 @@ func (g *Gateway) startBus(ctx context.Context) error {
 			Username: "gateway", Password: tok, Logger: g.log, CleanSession: clean, KeepAlive: keepAlive,
 			// Every car's traffic flows through this one client: decode in parallel (each
 			// topic, i.e. each car, stays in order on one worker).
-			Workers: 4 * runtime.GOMAXPROCS(0), QueueSize: 4096,
+			Workers: workers, QueueSize: 4096,
 			OnConnectionLost: func(error) { lostAtMs.Store(g.clock.Now().UnixMilli()) },
 			OnConnect: func(c mqttc.Client) {
 				// A broker that runs apart from the gateway learns which car tokens are

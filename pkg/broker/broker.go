@@ -177,8 +177,9 @@ func capabilities(cfg Config) *mqtt.Capabilities {
 	return c
 }
 
-// AddHooks registers the project's hooks on server: the AuthHook (token authentication) and
-// the ACLHook (topic policy), with cfg's limits and the clock clk (nil: the real clock). It
+// AddHooks registers the project's hooks on server: the AuthHook (token authentication),
+// the ACLHook (topic policy) and the delivery hooks (GatewayDeliveryHook, StatusWillHook,
+// SharedRedeliveryHook), with cfg's limits and the clock clk (nil: the real clock). It
 // returns the AuthHook, which knows each connected client's Identity. Packet size is bounded
 // by the server's Capabilities.MaximumPacketSize, not by a hook.
 func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, clk clock.Clock) (*AuthHook, error) {
@@ -196,6 +197,9 @@ func AddHooks(server *mqtt.Server, cfg Config, keys []*ecdsa.PublicKey, clk cloc
 	}
 	if err := server.AddHook(NewStatusWillHook(auth, clk), nil); err != nil {
 		return nil, fmt.Errorf("add status will hook: %w", err)
+	}
+	if err := server.AddHook(NewSharedRedeliveryHook(server, server.Log), nil); err != nil {
+		return nil, fmt.Errorf("add shared redelivery hook: %w", err)
 	}
 	return auth, nil
 }

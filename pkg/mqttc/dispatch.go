@@ -40,8 +40,9 @@ type dispatcher struct {
 
 // job is one message for one handler.
 type job struct {
-	h Handler
-	m Message
+	h   Handler
+	m   Message
+	ack func() // nil, or called once h has returned (SubscribeAckAfterHandler)
 }
 
 // waiter is a caller blocked on a full queue, holding the job it could not queue yet. ready
@@ -98,8 +99,12 @@ func shardOf(topic string, n int) int {
 // (unless mayExceed or an acknowledgement is awaited) and returns ErrClosed once the
 // dispatcher is closed; the message is then not handled.
 func (d *dispatcher) dispatch(h Handler, m Message, mayExceed bool) error {
-	s := d.shards[shardOf(m.Topic, len(d.shards))]
-	j := job{h: h, m: m}
+	return d.dispatchJob(job{h: h, m: m}, mayExceed)
+}
+
+// dispatchJob is dispatch for a job that may carry an acknowledgement to send after it ran.
+func (d *dispatcher) dispatchJob(j job, mayExceed bool) error {
+	s := d.shards[shardOf(j.m.Topic, len(d.shards))]
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -199,7 +204,12 @@ func (d *dispatcher) work(s *shard) {
 
 // run calls one handler. A panicking handler is logged and the worker goes on: one malformed
 // message from one car must not stop the handling of every other car's messages.
+// A job's ack goes out after its handler, also after a panic (handling it again would panic
+// again).
 func (d *dispatcher) run(j job) {
+	if j.ack != nil {
+		defer j.ack()
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			d.log.Error("mqtt handler panicked", "topic", j.m.Topic, "panic", r, "stack", string(debug.Stack()))

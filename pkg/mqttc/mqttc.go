@@ -15,12 +15,25 @@ type Message struct {
 	// Origin is the publishing client's id where the broker tells it (mochi's inline client
 	// does); empty otherwise.
 	Origin string
+	// Duplicate is the MQTT DUP flag: the broker (or the publisher) sent this message before,
+	// to this client or, after a shared-subscription member left, to another one.
+	Duplicate bool
 }
 
 // Handler receives messages. Handlers for one topic are called in order, one at a time;
 // handlers of different topics may run in parallel. A handler must not block for long: a slow
 // handler pushes back on the broker (and so on the publishers) rather than losing messages.
 type Handler func(Message)
+
+// AckAfterHandler is implemented by a client that can acknowledge a subscription's QoS 1
+// messages only once their handler has returned (the paho client), instead of once they are
+// queued for it. A message whose handler had not returned when the connection ended is then
+// still the broker's to deliver again (a shared subscription's other member gets it when this
+// one leaves). Per-topic order and the worker pool are those of Subscribe; a handler that
+// blocks holds its worker, so such a client wants more workers.
+type AckAfterHandler interface {
+	SubscribeAckAfterHandler(ctx context.Context, filter string, qos byte, h Handler) error
+}
 
 // Client publishes and subscribes.
 type Client interface {

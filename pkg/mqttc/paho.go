@@ -174,9 +174,14 @@ const maxEarly = 65535
 type subscription struct {
 	qos byte
 	h   Handler
+	// ackAfter: acknowledge a message once h returned, not once it is queued.
+	ackAfter bool
 }
 
-var _ Client = (*Paho)(nil)
+var (
+	_ Client          = (*Paho)(nil)
+	_ AckAfterHandler = (*Paho)(nil)
+)
 
 // Dial connects to the broker and returns once the first connection is up, the remembered
 // subscriptions (none yet) are made and OnConnect has run.
@@ -407,13 +412,24 @@ func (p *Paho) Publish(ctx context.Context, topic string, qos byte, retain bool,
 // on the next connect and Subscribe returns nil. A subscription the broker refuses is
 // forgotten (ErrSubscribeRefused). Subscribing to the same filter again replaces the handler.
 func (p *Paho) Subscribe(ctx context.Context, filter string, qos byte, h Handler) error {
+	return p.subscribeWith(ctx, filter, &subscription{qos: qos, h: h})
+}
+
+// SubscribeAckAfterHandler is Subscribe, but a message is acknowledged only once h has
+// returned for it (AckAfterHandler). A message still queued or in h when the client closes
+// or the connection drops is never acknowledged on that connection.
+func (p *Paho) SubscribeAckAfterHandler(ctx context.Context, filter string, qos byte, h Handler) error {
+	return p.subscribeWith(ctx, filter, &subscription{qos: qos, h: h, ackAfter: true})
+}
+
+func (p *Paho) subscribeWith(ctx context.Context, filter string, s *subscription) error {
+	qos, h := s.qos, s.h
 	if p.ctx.Err() != nil {
 		return ErrClosed
 	}
 	if !validFilter(filter) || qos > 2 || h == nil {
 		return fmt.Errorf("subscribe %q qos %d: %w", filter, qos, ErrInvalidTopic)
 	}
-	s := &subscription{qos: qos, h: h}
 	p.earlyMu.Lock()
 	p.mu.Lock()
 	p.subs[filter] = s
@@ -426,7 +442,7 @@ func (p *Paho) Subscribe(ctx context.Context, filter string, qos byte, h Handler
 			keep = append(keep, pm)
 			continue
 		}
-		p.deliver(h, pm)
+		p.deliver(s, pm)
 	}
 	clear(p.early[len(keep):])
 	p.early = keep
@@ -442,7 +458,7 @@ func (p *Paho) Subscribe(ctx context.Context, filter string, qos byte, h Handler
 func (p *Paho) subscribe(ctx context.Context, filter string, s *subscription) error {
 	p.disp.beginAckWait()
 	defer p.disp.endAckWait()
-	tok := p.client.Subscribe(filter, s.qos, p.route(s.h))
+	tok := p.client.Subscribe(filter, s.qos, p.route(s))
 	if err := p.wait(ctx, tok); err != nil {
 		return fmt.Errorf("subscribe %q: %w", filter, err)
 	}
@@ -472,16 +488,16 @@ func (p *Paho) unrouted(_ paho.Client, pm paho.Message) {
 	p.earlyMu.Lock()
 	defer p.earlyMu.Unlock()
 	p.mu.Lock()
-	var h Handler
+	var sub *subscription
 	for filter, s := range p.subs {
 		if filterMatches(filter, pm.Topic()) {
-			h = s.h
+			sub = s
 			break
 		}
 	}
 	p.mu.Unlock()
-	if h != nil {
-		p.deliver(h, pm)
+	if sub != nil {
+		p.deliver(sub, pm)
 		return
 	}
 	if len(p.early) < maxEarly {
@@ -491,10 +507,15 @@ func (p *Paho) unrouted(_ paho.Client, pm paho.Message) {
 	p.log.Warn("message for no subscription left unacknowledged", "topic", pm.Topic())
 }
 
-// deliver queues a message for h and acknowledges it once queued (see route).
-func (p *Paho) deliver(h Handler, pm paho.Message) {
-	m := Message{Topic: pm.Topic(), Payload: pm.Payload(), QoS: pm.Qos(), Retained: pm.Retained()}
-	if err := p.disp.dispatch(h, m, false); err != nil {
+// deliver queues a message for s's handler and acknowledges it once queued (see route), or,
+// for an ackAfter subscription, once the handler returned.
+func (p *Paho) deliver(s *subscription, pm paho.Message) {
+	m := Message{Topic: pm.Topic(), Payload: pm.Payload(), QoS: pm.Qos(), Retained: pm.Retained(), Duplicate: pm.Duplicate()}
+	if s.ackAfter {
+		_ = p.disp.dispatchJob(job{h: s.h, m: m, ack: pm.Ack}, false)
+		return
+	}
+	if err := p.disp.dispatch(s.h, m, false); err != nil {
 		return
 	}
 	pm.Ack()
@@ -533,10 +554,11 @@ func filterMatches(filter, topic string) bool {
 
 // route is the callback paho's router calls, in arrival order, for a subscription. It only
 // queues the message; the acknowledgement goes out once the message is queued (handled or
-// not, it is ours then). A message that could not be queued because the client is closing is
-// not acknowledged, so a persistent session gets it again.
-func (p *Paho) route(h Handler) paho.MessageHandler {
-	return func(_ paho.Client, pm paho.Message) { p.deliver(h, pm) }
+// not, it is ours then), or for SubscribeAckAfterHandler once handled. A message that could
+// not be queued because the client is closing is not acknowledged, so a persistent session
+// gets it again.
+func (p *Paho) route(s *subscription) paho.MessageHandler {
+	return func(_ paho.Client, pm paho.Message) { p.deliver(s, pm) }
 }
 
 // wait waits for a token, bounded by ctx, PublishTimeout and Close: never an unbounded Wait.
