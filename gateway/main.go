@@ -7,6 +7,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -88,6 +90,10 @@ func probeCommand() *cobra.Command {
 			return cmdline.UsageError("%v", err)
 		}
 		resp, err := c.Do(req)
+		var unverified *tls.CertificateVerificationError
+		if errors.As(err, &unverified) {
+			return fmt.Errorf("%w\nthe certificate did not verify: pass its CA certificate with --ca FILE (the gateway writes DATA/ca.pem)", err)
+		}
 		if err != nil {
 			return err
 		}

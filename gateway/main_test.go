@@ -306,7 +306,7 @@ func TestProbeHTTPSWithCA(t *testing.T) {
 	if out, errs, code := run(t, nil, nil, "probe", "--timeout", "20s", "--ca", c.CAFile(), url); code != 0 {
 		t.Fatalf("probe --ca: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
-	if _, errs, code := run(t, nil, nil, "probe", "--timeout", "20s", url); code != 1 || !strings.Contains(errs, "certificate") {
+	if _, errs, code := run(t, nil, nil, "probe", "--timeout", "20s", url); code != 1 || !strings.Contains(errs, "certificate") || !strings.Contains(errs, "--ca FILE") {
 		t.Errorf("probe without the CA: exit %d, stderr %q; want 1 and a certificate error", code, errs)
 	}
 	if _, errs, code := run(t, nil, nil, "probe", "--ca", filepath.Join(t.TempDir(), "absent.pem"), url); code != 2 || !strings.Contains(errs, "--ca") {
