@@ -94,14 +94,15 @@ func checkMounts(t *testing.T, compose compose, want map[string]map[string]bool,
 func TestComposeClusterGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 	compose := readCompose(t, "docker-compose.cluster.yml")
 	want := map[string]map[string]bool{
+		"certs":       {"tls-ca": false, "tls": false},
 		"etcd-1":      {"etcd-1-data": false},
 		"etcd-2":      {"etcd-2-data": false},
 		"etcd-3":      {"etcd-3-data": false},
 		"secrets":     {"gateway-secrets": false, "admin-token": false, "gateway-public": false},
-		"gateway-1":   {"gateway-secrets": true, "admin-token": true, "gateway-1-data": false, "gateway-public": false},
-		"gateway-2":   {"gateway-secrets": true, "admin-token": true, "gateway-2-data": false, "gateway-public": false},
-		"broker":      {"gateway-public": true, "broker-data": false},
-		"provision":   {"admin-token": true, "fleet": false},
+		"gateway-1":   {"gateway-secrets": true, "admin-token": true, "gateway-1-data": false, "gateway-public": false, "tls": true},
+		"gateway-2":   {"gateway-secrets": true, "admin-token": true, "gateway-2-data": false, "gateway-public": false, "tls": true},
+		"broker":      {"gateway-public": true, "broker-data": false, "tls": true},
+		"provision":   {"admin-token": true, "gateway-public": true, "fleet": false},
 		"vehicle-sim": {"fleet": true, "sim-data": false},
 	}
 	checkMounts(t, compose, want, "gateway-1", "gateway-2")
@@ -122,7 +123,7 @@ func TestComposeClusterGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 	for _, name := range []string{"gateway-1", "gateway-2"} {
 		svc := compose.Services[name]
 		args := strings.Join(svc.Command, " ")
-		if !strings.Contains(args, "--external-broker tcp://broker:1883") ||
+		if !strings.Contains(args, "--external-broker ssl://broker:8883") ||
 			!strings.Contains(args, "--store etcd://etcd-1:2379,etcd-2:2379,etcd-3:2379") {
 			t.Errorf("%s is not a replica on the broker and all of etcd: %s", name, args)
 		}
@@ -136,19 +137,34 @@ func TestComposeClusterGivesEachServiceOnlyWhatItNeeds(t *testing.T) {
 		if entry := strings.Join(svc.Entrypoint, " "); !strings.Contains(entry, "cp /data/secrets/gateway.key /data/gateway/gateway.key") {
 			t.Errorf("%s does not take the shared signing key: %s", name, entry)
 		}
+		if entry := strings.Join(svc.Entrypoint, " "); !strings.Contains(entry, "cp /data/secrets/device-ca.crt /data/secrets/device-ca.key /data/gateway/") {
+			t.Errorf("%s does not take the shared device CA (the broker trusts one): %s", name, entry)
+		}
 	}
 }
 
-// TestComposeRunsWithTLS: every connection that leaves a container is TLS: the broker listens
-// with a certificate and no plain text, the gateway serves HTTPS and uses the broker over TLS,
-// provisioning verifies HTTPS with the CA, and the cars use ssl://.
+// TestComposeRunsWithTLS: in docker-compose.yml and docker-compose.cluster.yml every
+// connection that leaves a container is TLS: the broker listens with a certificate and no
+// plain text, and trusts the gateway's device CA (the certificate the gateway writes to its
+// public directory) for cars' device certificates; every gateway serves HTTPS and uses the
+// broker over TLS, provisioning verifies HTTPS with the CA, and the cars use ssl://.
 func TestComposeRunsWithTLS(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join("..", "docker-compose.yml"))
+	for file, gateways := range map[string][]string{
+		"docker-compose.yml":         {"gateway"},
+		"docker-compose.cluster.yml": {"gateway-1", "gateway-2"},
+	} {
+		t.Run(file, func(t *testing.T) { checkComposeTLS(t, file, gateways) })
+	}
+}
+
+func checkComposeTLS(t *testing.T, file string, gateways []string) {
+	raw, err := os.ReadFile(filepath.Join("..", file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var compose struct {
 		Services map[string]struct {
+			Entrypoint  []string          `yaml:"entrypoint"`
 			Command     []string          `yaml:"command"`
 			Environment map[string]string `yaml:"environment"`
 			Ports       []string          `yaml:"ports"`
@@ -161,13 +177,22 @@ func TestComposeRunsWithTLS(t *testing.T) {
 	if b["BROKER_TLS_CERT"] == "" || b["BROKER_TLS_KEY"] == "" || b["BROKER_MQTT_ADDR"] != "off" || b["BROKER_WS_ADDR"] != "off" {
 		t.Errorf("broker environment %v: want a certificate and the plain listeners off", b)
 	}
-	g := compose.Services["gateway"]
-	if args := strings.Join(g.Command, " "); !strings.Contains(args, "ssl://broker:8883") {
-		t.Errorf("the gateway does not use the broker over TLS: %s", args)
+	if b["BROKER_CLIENT_CA"] != "/data/public/device-ca.crt" {
+		t.Errorf("broker environment %v: want BROKER_CLIENT_CA on the device CA of the public directory", b)
 	}
-	if g.Environment["GATEWAY_TLS_HTTP_ADDR"] == "" || !strings.HasPrefix(g.Environment["GATEWAY_HTTP_ADDR"], "127.0.0.1:") ||
-		g.Environment["GATEWAY_ALLOW_PLAINTEXT"] != "" {
-		t.Errorf("gateway environment %v: want HTTPS outside, plain HTTP on loopback only", g.Environment)
+	// The broker cannot start before the file is there: it waits for it as for gateway.pub.
+	if entry := strings.Join(compose.Services["broker"].Entrypoint, " "); !strings.Contains(entry, "[ -s /data/public/device-ca.crt ]") {
+		t.Errorf("the broker does not wait for the device CA certificate: %s", entry)
+	}
+	for _, name := range gateways {
+		g := compose.Services[name]
+		if args := strings.Join(g.Command, " "); !strings.Contains(args, "ssl://broker:8883") {
+			t.Errorf("%s does not use the broker over TLS: %s", name, args)
+		}
+		if g.Environment["GATEWAY_TLS_HTTP_ADDR"] == "" || !strings.HasPrefix(g.Environment["GATEWAY_HTTP_ADDR"], "127.0.0.1:") ||
+			g.Environment["GATEWAY_ALLOW_PLAINTEXT"] != "" || !strings.HasPrefix(g.Environment["GATEWAY_ADVERTISE_MQTT_URL"], "ssl://") {
+			t.Errorf("%s environment %v: want HTTPS outside, plain HTTP on loopback only, cars sent to ssl://", name, g.Environment)
+		}
 	}
 	for name, svc := range compose.Services {
 		for _, p := range svc.Ports {

@@ -50,12 +50,16 @@ A listener address is HOST:PORT, or off to disable it.
 
 TLS: with --tls-cert and --tls-key (PEM; the key 0600) the broker also serves MQTT over TLS
 (--tls-mqtt-addr) and over secure WebSocket (--tls-ws-addr), TLS 1.2 at least; --client-ca
-requests client certificates from that CA. SIGHUP reloads the three files; connections stay.
+is the gateway's device CA (device-ca.crt, in its data and public directories): cars connect by
+the device certificates it signed (gateway admin vehicle add --cert), and a reissued car's old
+certificate is refused (kept across restarts with --state-file). SIGHUP reloads the three
+files; connections stay.
 A plain-text listener (--mqtt-addr, --ws-addr) on a non-loopback address is refused unless
 --allow-plaintext says so.`
 	root.Example = `  broker --gateway-pubkey data/gateway.pub
   broker --config configs/broker.yaml --gateway-pubkey data/gateway.pub --ws-addr off
   broker --gateway-pubkey data/gateway.pub --tls-cert data/server.pem --tls-key data/server.key --mqtt-addr off
+  broker --gateway-pubkey data/gateway.pub --tls-cert data/server.pem --tls-key data/server.key --client-ca data/device-ca.crt
   BROKER_GATEWAY_PUBKEY=data/gateway.pub,data/gateway.prev.pub broker --state-file broker/state.json`
 	root.Args = cobra.NoArgs
 	broker.AddFlags(root.Flags())

@@ -7,6 +7,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -60,11 +62,15 @@ Every flag can also be set by the environment variable shown beside it. Exit sta
 
 // probeCommand is a health check for images without curl.
 func probeCommand() *cobra.Command {
-	var timeout time.Duration
+	var (
+		timeout time.Duration
+		ca      string
+	)
 	cmd := &cobra.Command{
-		Use:     "probe URL",
-		Short:   "Exit 0 if URL answers 2xx within the timeout (container health checks: /readyz)",
-		Example: "  gateway probe http://127.0.0.1:8080/readyz",
+		Use:   "probe URL",
+		Short: "Exit 0 if URL answers 2xx within the timeout (container health checks: /readyz)",
+		Example: `  gateway probe http://127.0.0.1:8080/readyz
+  gateway probe --ca data/ca.pem https://127.0.0.1:8443/readyz`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("needs one URL, got %s", cmdline.Plural(len(args), "argument"))
@@ -73,13 +79,21 @@ func probeCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long to wait for the answer")
+	cmd.Flags().StringVar(&ca, "ca", "", "PEM `file` of the CA that signed an https:// URL's certificate (the gateway's DATA/ca.pem); default: the system's roots")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		c := &http.Client{Timeout: timeout}
+		c, err := tlsconf.HTTPClient(ca, timeout)
+		if err != nil {
+			return cmdline.UsageError("--ca: %v", err)
+		}
 		req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, args[0], nil)
 		if err != nil {
 			return cmdline.UsageError("%v", err)
 		}
 		resp, err := c.Do(req)
+		var unverified *tls.CertificateVerificationError
+		if errors.As(err, &unverified) {
+			return fmt.Errorf("%w\nthe certificate did not verify: pass its CA certificate with --ca FILE (the gateway writes DATA/ca.pem)", err)
+		}
 		if err != nil {
 			return err
 		}

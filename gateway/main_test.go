@@ -294,3 +294,22 @@ func TestUserAddPromptsWithoutEchoOnATerminal(t *testing.T) {
 		t.Fatalf("the password was echoed: %q", term.Shown())
 	}
 }
+
+// `gateway probe --ca` checks an https:// readiness URL against the gateway's CA; without the
+// CA the certificate is not trusted and the probe fails, never falling back to plain text.
+func TestProbeHTTPSWithCA(t *testing.T) {
+	c := harness.MustStart(t, harness.Options{TLS: true, PasswordParams: &cheap})
+	url := c.HTTPURL() + "/readyz"
+	if !strings.HasPrefix(url, "https://") {
+		t.Fatalf("the cloud's URL %s is not https://", url)
+	}
+	if out, errs, code := run(t, nil, nil, "probe", "--timeout", "20s", "--ca", c.CAFile(), url); code != 0 {
+		t.Fatalf("probe --ca: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if _, errs, code := run(t, nil, nil, "probe", "--timeout", "20s", url); code != 1 || !strings.Contains(errs, "certificate") || !strings.Contains(errs, "--ca FILE") {
+		t.Errorf("probe without the CA: exit %d, stderr %q; want 1 and a certificate error", code, errs)
+	}
+	if _, errs, code := run(t, nil, nil, "probe", "--ca", filepath.Join(t.TempDir(), "absent.pem"), url); code != 2 || !strings.Contains(errs, "--ca") {
+		t.Errorf("probe with a missing CA file: exit %d, stderr %q; want 2 naming --ca", code, errs)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"telematics/gateway/server"
 	"telematics/gateway/twofa"
 	"telematics/pkg/cmdline"
+	"telematics/pkg/devicecert"
 	"telematics/pkg/sign"
 )
 
@@ -24,11 +25,12 @@ func initSecretsCommand() *cobra.Command {
 	var dir, publicDir, tokenFile string
 	cmd := &cobra.Command{
 		Use:   "init-secrets",
-		Short: "Make the secrets every replica of a cluster shares (signing key, TOTP sealing key, admin token), once",
+		Short: "Make the secrets every replica of a cluster shares (signing key, TOTP sealing key, device CA, admin token), once",
 		Long: `Makes, in --dir, the secrets that every gateway replica of a cluster must share: gateway.key (the
-signing key of tokens, whitelists and grants), totp.key (the key that seals TOTP secrets) and
-admin.token (or --admin-token-file), each 0600, and gateway.pub (the public half, for the broker's --gateway-pubkey)
-there and in --public-dir. A file that is already there is kept, so running it again changes
+signing key of tokens, whitelists and grants), totp.key (the key that seals TOTP secrets),
+device-ca.key with device-ca.crt (the CA of cars' device certificates) and admin.token (or
+--admin-token-file), each 0600, and gateway.pub (the public half, for the broker's
+--gateway-pubkey) and device-ca.crt (for the broker's --client-ca) there and in --public-dir. A file that is already there is kept, so running it again changes
 nothing; a secret file that group or others may read is refused.
 
 Rotating the signing key of a cluster: with every replica stopped, rename gateway.key to
@@ -36,7 +38,7 @@ gateway.prev.key in --dir and run this again: it makes the new gateway.key and w
 gateway.prev.pub beside gateway.pub, so the broker trusts both. Once the previous key is
 removed, a run removes gateway.prev.pub.
 
-Each replica then gets gateway.key in its data directory (copied), and totp.key and admin.token
+Each replica then gets gateway.key and the device CA in its data directory (copied), and totp.key and admin.token
 through twofa_key_file and admin_token_file (docs/OPERATIONS.md, "Running a cluster").`,
 		Example: `  gateway init-secrets --dir /srv/gateway-secrets --public-dir /srv/broker-public`,
 		Args:    cobra.NoArgs,
@@ -67,7 +69,7 @@ func initSecrets(dir, publicDir, tokPath string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "%s %s\n", verb, path)
 	}
-	for _, path := range []string{filepath.Join(dir, server.SigningKeyFile), filepath.Join(dir, server.TOTPKeyFile), tokPath} {
+	for _, path := range []string{filepath.Join(dir, server.SigningKeyFile), filepath.Join(dir, server.TOTPKeyFile), filepath.Join(dir, server.DeviceCAKeyFile), tokPath} {
 		if err := checkSecret(path); err != nil {
 			return err
 		}
@@ -83,6 +85,13 @@ func initSecrets(dir, publicDir, tokPath string, out io.Writer) error {
 		return err
 	}
 	say(totpPath, errors.Is(statErr, os.ErrNotExist))
+	// One device CA for every replica, so that the broker trusts the certificates any of them
+	// issues.
+	deviceCA, made, err := devicecert.LoadOrCreate(dir, nil)
+	if err != nil {
+		return fmt.Errorf("device CA: %w", err)
+	}
+	say(filepath.Join(dir, server.DeviceCAKeyFile), made)
 	if _, err := os.Stat(tokPath); errors.Is(err, os.ErrNotExist) {
 		raw := make([]byte, 32) // as the gateway makes its own admin token
 		if _, err := rand.Read(raw); err != nil {
@@ -125,6 +134,12 @@ func initSecrets(dir, publicDir, tokPath string, out io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "wrote %s\n", filepath.Join(d, server.PublicKeyFile))
+		if d != dir { // dir holds it already, made with its key
+			if err := sign.WriteFileAtomic(filepath.Join(d, server.DeviceCAFile), deviceCA.CertPEM(), 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "wrote %s\n", filepath.Join(d, server.DeviceCAFile))
+		}
 		prevPubPath := filepath.Join(d, server.PrevPublicKeyFile)
 		if prevPub == nil {
 			if err := os.Remove(prevPubPath); err != nil && !errors.Is(err, os.ErrNotExist) {

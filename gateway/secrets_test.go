@@ -7,16 +7,17 @@ import (
 	"testing"
 )
 
-// init-secrets makes the shared secrets 0600 and the public key for the broker; a second run
+// init-secrets makes the shared secrets 0600 and the public key and device CA certificate for
+// the broker; a second run
 // keeps them; a secret readable by others is refused; --dir is required.
 func TestInitSecrets(t *testing.T) {
 	dir, pub := filepath.Join(t.TempDir(), "secrets"), t.TempDir()
 	out, errs, code := run(t, nil, nil, "init-secrets", "--dir", dir, "--public-dir", pub)
-	if code != 0 || strings.Count(out, "made ") != 3 {
+	if code != 0 || strings.Count(out, "made ") != 4 {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 	first := map[string]string{}
-	for _, name := range []string{"gateway.key", "totp.key", "admin.token"} {
+	for _, name := range []string{"gateway.key", "totp.key", "admin.token", "device-ca.key"} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v, mode %v; want 0600", name, err, fi.Mode().Perm())
@@ -29,8 +30,17 @@ func TestInitSecrets(t *testing.T) {
 	if errA != nil || errB != nil || string(a) != string(b) || !strings.Contains(string(a), "PUBLIC KEY") {
 		t.Fatalf("gateway.pub: %v, %v, %q vs %q", errA, errB, a, b)
 	}
+	caA, errA := os.ReadFile(filepath.Join(dir, "device-ca.crt"))
+	caB, errB := os.ReadFile(filepath.Join(pub, "device-ca.crt"))
+	if errA != nil || errB != nil || string(caA) != string(caB) || !strings.Contains(string(caA), "CERTIFICATE") {
+		t.Fatalf("device-ca.crt: %v, %v, %q vs %q", errA, errB, caA, caB)
+	}
+	if _, err := os.Stat(filepath.Join(pub, "device-ca.key")); !os.IsNotExist(err) {
+		t.Fatalf("the device CA's key in the public directory (%v)", err)
+	}
+	first["device-ca.crt"] = string(caA)
 	out, errs, code = run(t, nil, nil, "init-secrets", "--dir", dir)
-	if code != 0 || strings.Count(out, "kept ") != 3 {
+	if code != 0 || strings.Count(out, "kept ") != 4 {
 		t.Fatalf("second run: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 	tok := filepath.Join(t.TempDir(), "admin", "token")

@@ -23,6 +23,7 @@ import (
 	"telematics/gateway/server"
 	"telematics/pkg/api"
 	"telematics/pkg/broker"
+	"telematics/pkg/devicecert"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 	"telematics/pkg/tlsconf"
@@ -58,7 +59,8 @@ type Options struct {
 	StorePrefix string
 	// TLS runs every connection over TLS: the gateway's plain listeners are off, HTTPURL and
 	// BrokerURL are https:// and ssl://, verified with the local CA the gateway makes in Dir
-	// (CAFile; ClientTLS for cars), and a standalone broker listens with TLS only.
+	// (CAFile; ClientTLS for cars), and a standalone broker listens with TLS only, trusting
+	// the gateway's device CA (--client-ca) for cars' device certificates.
 	TLS bool
 	// Configure adjusts the gateway's configuration (server.DefaultConfig) after the harness
 	// set its data directory, its store, its loopback addresses and, with StandaloneBroker,
@@ -203,8 +205,13 @@ func (c *Cloud) startBroker(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			// The device CA likewise, as a standalone broker is given it (--client-ca).
+			if _, _, err := devicecert.LoadOrCreate(c.Dir, nil); err != nil {
+				return err
+			}
 			cfg.MQTTAddr, cfg.TLSMQTTAddr = "", or(c.brokerAddr, "127.0.0.1:0")
 			cfg.TLSCert, cfg.TLSKey = ca.Files.Cert, ca.Files.Key
+			cfg.ClientCA = filepath.Join(c.Dir, server.DeviceCAFile)
 		}
 		b, err := startBroker(c.Dir, cfg, c.log.With("component", "broker"))
 		if err != nil {

@@ -2,12 +2,19 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"telematics/gateway/accounts"
+	"telematics/internal/testutil"
+	"telematics/pkg/api"
+	"telematics/pkg/protocol"
 )
 
 var cheap = accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
@@ -98,5 +105,55 @@ func TestCloudRemovesItsTemporaryDirectory(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("%s is still there: %v", dir, err)
+	}
+}
+
+// With StandaloneBroker and TLS the broker trusts the gateway's device CA, as docker-compose's
+// does: a car connects by its device certificate alone, and its old one is refused once the
+// gateway reissued its credentials.
+func TestStandaloneTLSBrokerTrustsTheDeviceCA(t *testing.T) {
+	ctx := context.Background()
+	c := MustStart(t, Options{StandaloneBroker: true, TLS: true, PasswordParams: &cheap})
+	creds, err := c.Client().AddVehicles(ctx, api.AddVehiclesRequest{Count: 1, Cert: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect := func(cr protocol.Credentials) error {
+		cfg, err := c.ClientTLS()
+		if err != nil {
+			return err
+		}
+		pair, err := tls.X509KeyPair([]byte(cr.Cert), []byte(cr.CertKey))
+		if err != nil {
+			return err
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+		cl := paho.NewClient(paho.NewClientOptions().AddBroker(c.BrokerURL()).SetClientID(cr.VIN).SetTLSConfig(cfg).
+			SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second))
+		tok := cl.Connect()
+		if !tok.WaitTimeout(10 * time.Second) {
+			return errors.New("connect timed out")
+		}
+		if err := tok.Error(); err != nil {
+			return err
+		}
+		cl.Disconnect(50)
+		return nil
+	}
+	if err := connect(creds[0]); err != nil {
+		t.Fatalf("the car's device certificate: %v", err)
+	}
+	fresh, err := c.Client().Reissue(ctx, creds[0].VIN, api.ReissueRequest{Cert: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if connect(creds[0]) == nil {
+			return errors.New("the retired certificate is still admitted")
+		}
+		return nil
+	})
+	if err := connect(fresh); err != nil {
+		t.Fatalf("the reissued certificate: %v", err)
 	}
 }

@@ -246,10 +246,13 @@ func (a *API) admin(h http.HandlerFunc) http.Handler {
 	})
 }
 
-// Serve runs an http.Server on ln until ctx ends, then shuts it down gracefully.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+// Serve runs an http.Server on ln until ctx ends, then shuts it down gracefully. What the
+// server itself reports (a failed TLS handshake, a panic in a handler) goes to logger, not to
+// the standard logger (ErrorLog).
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
+		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
+		ErrorLog: ErrorLog(logger)}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

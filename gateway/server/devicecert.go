@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"telematics/pkg/devicecert"
+	"telematics/pkg/sign"
 )
 
 // Files of the device CA in the data directory (package devicecert): the certificate a
@@ -16,7 +17,8 @@ const (
 
 // loadDeviceCA reads the device CA from the data directory, or makes it on first start. It
 // is not the CA of the gateway's TLS server certificate: it signs cars' client certificates
-// only, so that a server certificate can never name a car.
+// only, so that a server certificate can never name a car. Its certificate (not its key) goes
+// to the public directory too, for a standalone broker's --client-ca.
 func (g *Gateway) loadDeviceCA() error {
 	ca, created, err := devicecert.LoadOrCreate(g.cfg.Data, g.clock)
 	if err != nil {
@@ -26,6 +28,11 @@ func (g *Gateway) loadDeviceCA() error {
 		g.log.Info("created the device CA", "cert", filepath.Join(g.cfg.Data, DeviceCAFile))
 	}
 	g.deviceCA = ca
+	if g.cfg.PublicDir != "" {
+		if err := sign.WriteFileAtomic(filepath.Join(g.cfg.PublicDir, DeviceCAFile), ca.CertPEM(), 0o644); err != nil {
+			return fmt.Errorf("write the device CA certificate to the public directory: %w", err)
+		}
+	}
 	return nil
 }
 

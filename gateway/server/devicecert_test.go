@@ -32,7 +32,8 @@ func startForCerts(t *testing.T, dir string) (*Gateway, string) {
 	cfg := DefaultConfig()
 	cfg.Data = dir
 	cfg.MQTTAddr, cfg.WSAddr, cfg.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "", "", "" // fixed ports would collide with parallel tests
+	// Not the default ports 8883/8884/8443, which another gateway on the machine may hold.
+	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0"
 	g, err := Start(context.Background(), cfg, Options{PasswordParams: &accounts.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}})
 	if err != nil {
 		t.Fatal(err)

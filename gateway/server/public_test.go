@@ -45,7 +45,7 @@ func TestPublicDirAndAdminTokenFile(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, server.AdminTokenFile)); !os.IsNotExist(err) {
 		t.Errorf("an admin token in the data directory too: %v", err)
 	}
-	if got := files(); !slices.Equal(got, []string{tlsconf.CAFile, server.PublicKeyFile}) {
+	if got := files(); !slices.Equal(got, []string{tlsconf.CAFile, server.DeviceCAFile, server.PublicKeyFile}) {
 		t.Fatalf("public dir holds %v", got)
 	}
 	g.Close()
@@ -54,14 +54,14 @@ func TestPublicDirAndAdminTokenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	startGateway(t, dir, with).Close()
-	if got := files(); !slices.Equal(got, []string{tlsconf.CAFile, server.PrevPublicKeyFile, server.PublicKeyFile}) {
+	if got := files(); !slices.Equal(got, []string{tlsconf.CAFile, server.DeviceCAFile, server.PrevPublicKeyFile, server.PublicKeyFile}) {
 		t.Fatalf("public dir during a rotation holds %v", got)
 	}
 	if err := server.RetirePreviousKey(dir, io.Discard); err != nil { // no cars: nothing to wait for
 		t.Fatal(err)
 	}
 	startGateway(t, dir, with).Close()
-	if got := files(); !slices.Equal(got, []string{tlsconf.CAFile, server.PublicKeyFile}) {
+	if got := files(); !slices.Equal(got, []string{tlsconf.CAFile, server.DeviceCAFile, server.PublicKeyFile}) {
 		t.Fatalf("public dir after the rotation ended holds %v", got)
 	}
 }

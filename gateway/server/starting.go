@@ -62,7 +62,7 @@ func (g *Gateway) serveHTTPS() {
 // serveHTTP serves ln until Close; each server reports on httpDone.
 func (g *Gateway) serveHTTP(ln net.Listener) {
 	g.httpServing++
-	go func() { g.httpDone <- httpapi.Serve(g.httpCtx, ln, &g.http) }()
+	go func() { g.httpDone <- httpapi.Serve(g.httpCtx, ln, &g.http, g.log.With("component", "http")) }()
 }
 
 func startingHandler(cfg Config) http.Handler {

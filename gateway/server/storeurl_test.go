@@ -73,7 +73,7 @@ func TestStartWithUnreachableEtcd(t *testing.T) {
 	cfg.Data = t.TempDir()
 	cfg.Store = "etcd://" + testutil.FreeAddr(t) // nobody listens there
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.WSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
-	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "", "", "" // fixed ports would collide with parallel tests
+	cfg.TLS.MQTTAddr, cfg.TLS.WSAddr, cfg.TLS.HTTPAddr = "127.0.0.1:0", "", "127.0.0.1:0" // not 8883/8443, which another gateway may hold
 	done := make(chan error, 1)
 	go func() {
 		g, err := Start(context.Background(), cfg, Options{})

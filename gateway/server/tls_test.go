@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -301,4 +303,32 @@ func TestTLSReloadOnSIGHUP(t *testing.T) {
 	if !strings.Contains(logs.String(), "TLS certificates reloaded") {
 		t.Errorf("no reload in the log")
 	}
+}
+
+// A stranger's failed TLS handshake on the HTTPS port (a scanner speaking plain HTTP) is a
+// debug line of the gateway's logger, not a line Go's standard logger prints to stderr.
+func TestTLSHandshakeErrorsGoToTheLogger(t *testing.T) {
+	t.Parallel()
+	var logs testutil.Buffer
+	c := harness.MustStart(t, harness.Options{PasswordParams: &cheap,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(c.G.HTTPSURL(), "https://"), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprint(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	_, _ = io.Copy(io.Discard, conn) // the server answers with a TLS alert or closes
+	conn.Close()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, "TLS handshake error") {
+				if !strings.Contains(line, "level=DEBUG") || !strings.Contains(line, "component=http") {
+					return fmt.Errorf("logged as %q, want a debug line of component http", line)
+				}
+				return nil
+			}
+		}
+		return errors.New("no TLS handshake error logged")
+	})
 }

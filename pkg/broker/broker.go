@@ -6,6 +6,7 @@ package broker
 
 import (
 	"crypto/ecdsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -148,8 +149,21 @@ func (b *Broker) ReloadTLS() error {
 	if b.certs == nil {
 		return nil
 	}
+	// The auth hook trusts the client CA file as the device CA (New): a replaced file must
+	// reach it too, else the listener would verify a new CA's certificates that the hook then
+	// refuses. Read first, so that a broken file changes nothing.
+	var devicePool *x509.CertPool
+	if b.cfg.ClientCA != "" {
+		var err error
+		if devicePool, err = tlsconf.LoadPool(b.cfg.ClientCA); err != nil {
+			return err
+		}
+	}
 	if err := b.certs.Reload(); err != nil {
 		return err
+	}
+	if devicePool != nil {
+		b.auth.SetDeviceCAs(devicePool)
 	}
 	b.log.Info("TLS certificates reloaded", "cert", b.cfg.TLSCert, "not_after", b.certs.Leaf().NotAfter)
 	return nil

@@ -28,6 +28,7 @@ import (
 	"telematics/pkg/devicecert"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 	"telematics/pkg/token"
 )
 
@@ -611,5 +612,71 @@ func TestPeerCertificatesThroughWrappers(t *testing.T) {
 	}
 	if got := peerCertificates(a); got != nil {
 		t.Errorf("plain connection: %d certificates", len(got))
+	}
+}
+
+// TestReloadTLSRenewsTheDeviceCA: with TLS files and a client CA file (the standalone broker's
+// --client-ca), a reload after the file was replaced by another device CA admits that CA's
+// certificates (the listener and the auth hook both trust it) and no longer the old CA's.
+func TestReloadTLSRenewsTheDeviceCA(t *testing.T) {
+	t.Parallel()
+	w := newCertWorld(t)
+	server := localCA(t)
+	clientCA := filepath.Join(t.TempDir(), devicecert.CertFile)
+	if err := os.WriteFile(clientCA, w.ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := startBroker(t, func(c *Config) {
+		c.TLSMQTTAddr, c.TLSCert, c.TLSKey, c.ClientCA = "127.0.0.1:0", server.Files.Cert, server.Files.Key, clientCA
+	})
+	next, _, err := devicecert.LoadOrCreate(t.TempDir(), w.clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCert, newCert := issueCert(t, w.ca, w.dir, vinA, "kid.a1"), issueCert(t, next, w.dir, vinA, "kid.a1")
+	connect := func(c carCert) error {
+		cl, err := dialPaho(t, "tls://"+f.b.TLSMQTTAddr(), creds{clientID: vinA}, func(o *paho.ClientOptions) {
+			cfg, err := tlsconf.ClientConfig(server.CA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Certificates = []tls.Certificate{c.pair}
+			o.SetTLSConfig(cfg)
+		})
+		if err == nil {
+			cl.Disconnect(50)
+			waitGoneB(t, f.b, vinA)
+		}
+		return err
+	}
+	if err := connect(oldCert); err != nil {
+		t.Fatalf("a certificate of the device CA in --client-ca: %v", err)
+	}
+	if err := connect(newCert); err == nil {
+		t.Fatal("a certificate of another CA was admitted")
+	}
+
+	if err := os.WriteFile(clientCA, next.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.b.ReloadTLS(); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(newCert); err != nil {
+		t.Errorf("after the reload, a certificate of the new device CA: %v", err)
+	}
+	if err := connect(oldCert); err == nil {
+		t.Error("after the reload, a certificate of the old device CA was admitted")
+	}
+
+	// A broken client CA file changes nothing.
+	if err := os.WriteFile(clientCA, []byte("not a certificate"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.b.ReloadTLS(); err == nil {
+		t.Error("a broken client CA file was loaded")
+	}
+	if err := connect(newCert); err != nil {
+		t.Errorf("after a failed reload: %v", err)
 	}
 }
