@@ -55,6 +55,16 @@ type Whitelists interface {
 	Whitelist(vin string) *protocol.Whitelist
 }
 
+// Credentials reissues a car's credentials (httpapi.API.Reissue); actor goes to the audit.
+type Credentials interface {
+	Reissue(vin string, cert bool, actor string) (protocol.Credentials, error)
+}
+
+// Members removes a user from a car (keys.Service): role, share and keys in one whitelist.
+type Members interface {
+	Unassign(ctx context.Context, vin, user string) (keys.RoleChange, error)
+}
+
 // Deps are what the console reads and writes.
 type Deps struct {
 	Store      *store.Store
@@ -63,6 +73,9 @@ type Deps struct {
 	Audit      *audit.Log
 	Twins      Twins
 	Whitelists Whitelists
+	// Credentials and Members serve the admin actions on cars; nil: those actions answer 501.
+	Credentials Credentials
+	Members     Members
 	// Hashes bounds the password hashes computed at once (the API's gate).
 	Hashes         *accounts.Gate
 	PasswordParams accounts.Params
@@ -148,6 +161,10 @@ func (c *Console) routes() http.Handler {
 	mux.Handle("GET /console/api/events", c.authed(stageFull, "", c.events))
 	mux.Handle("GET /console/api/operators", c.authed(stageFull, operators.RoleAdmin, c.listOperators))
 	mux.Handle("POST /console/api/users/{user}/unlock", c.authed(stageFull, operators.RoleAdmin, c.unlockUser))
+	mux.Handle("POST /console/api/users/{user}/reset-2fa", c.authed(stageFull, operators.RoleAdmin, c.resetUser2FA))
+	mux.Handle("POST /console/api/cars/{vin}/credentials", c.authed(stageFull, operators.RoleAdmin, c.reissueCredentials))
+	mux.Handle("DELETE /console/api/cars/{vin}/users/{user}", c.authed(stageFull, operators.RoleAdmin, c.removeUserFromCar))
+	mux.Handle("GET /console/api/users", c.authed(stageFull, "", c.users))
 	mux.Handle("/console/api/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.Error(w, http.StatusNotFound, protocol.ReasonBadRequest, "no console endpoint "+r.Method+" "+r.URL.Path)
 	}))
