@@ -159,6 +159,7 @@ func (c *Console) routes() http.Handler {
 	mux.Handle("GET /console/api/fleet", c.authed(stageFull, "", c.fleet))
 	mux.Handle("GET /console/api/cars/{vin}", c.authed(stageFull, "", c.car))
 	mux.Handle("GET /console/api/events", c.authed(stageFull, "", c.events))
+	mux.Handle("GET /console/api/cars/{vin}/commands", c.authed(stageFull, "", c.commands))
 	mux.Handle("GET /console/api/operators", c.authed(stageFull, operators.RoleAdmin, c.listOperators))
 	mux.Handle("POST /console/api/users/{user}/unlock", c.authed(stageFull, operators.RoleAdmin, c.unlockUser))
 	mux.Handle("POST /console/api/users/{user}/reset-2fa", c.authed(stageFull, operators.RoleAdmin, c.resetUser2FA))

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"telematics/gateway/audit"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
@@ -58,6 +59,7 @@ type watcher struct {
 	vehicles []store.Vehicle
 	looks    int
 	streams  int
+	auditSeq uint64 // the newest audit record looked at (newTimeline)
 
 	stopc chan struct{}
 	done  chan struct{}
@@ -133,6 +135,7 @@ func (w *watcher) look() error {
 		}
 		cars[v.VIN], enc[v.VIN] = car, b
 	}
+	pings := w.newTimeline(looks == 0)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.vehicles = vs
@@ -149,6 +152,7 @@ func (w *watcher) look() error {
 		}
 	}
 	w.cars, w.decoded = enc, cars
+	news = append(news, pings...)
 	if len(news) == 0 {
 		return nil
 	}
@@ -162,6 +166,44 @@ func (w *watcher) look() error {
 	close(w.changed)
 	w.changed = make(chan struct{})
 	return nil
+}
+
+// newTimeline returns a {"vin":…,"commands":true} change for each car with new timeline
+// records in the audit log since the last look: the car page reads its timeline again. Only
+// the newest records are read (at most timelineRecords since the last look): a car missed in a
+// burst still shows its requests at the page's next reload or car change.
+//
+// Only look (one goroutine) touches auditSeq.
+func (w *watcher) newTimeline(first bool) []json.RawMessage {
+	log := w.c.d.Audit
+	if log == nil {
+		return nil
+	}
+	last, err := log.LastSeq()
+	if err != nil || last <= w.auditSeq {
+		return nil
+	}
+	from := w.auditSeq
+	w.auditSeq = last
+	if first {
+		return nil // the first look: nothing is new to an open page
+	}
+	evs, err := log.Query(audit.Filter{Limit: int(min(last-from, timelineRecords))})
+	if err != nil {
+		w.c.log.Warn("console: audit not read", "err", err)
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []json.RawMessage
+	for _, ev := range evs {
+		if ev.Seq <= from || ev.VIN == "" || !timelineKind(ev.Kind) || seen[ev.VIN] {
+			continue
+		}
+		seen[ev.VIN] = true
+		b, _ := json.Marshal(map[string]any{"vin": ev.VIN, "commands": true})
+		out = append(out, b)
+	}
+	return out
 }
 
 // snapshot returns every car in VIN order and the id of the last change they include.
