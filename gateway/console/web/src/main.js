@@ -153,7 +153,8 @@ function startEvents() {
   if (state.events) return;
   const es = new EventSource(api + '/events');
   state.events = es;
-  es.addEventListener('open', () => { state.eventsOK = true; setLive(true); });
+  es.addEventListener('open', () => { state.eventsOK = true; setLive(true); renderAlerts([]); });
+  es.addEventListener('alerts', (ev) => renderAlerts(JSON.parse(ev.data)));
   es.addEventListener('error', async () => {
     setLive(false);
     if (es.readyState === EventSource.CLOSED) {
@@ -188,6 +189,18 @@ function startEvents() {
 function stopEvents() {
   if (state.events) state.events.close();
   state.events = null;
+  renderAlerts([]);
+}
+
+// The alerts panel: the server sends the whole list whenever it changes.
+function renderAlerts(list) {
+  const box = $('#alerts');
+  if (!box) return;
+  box.hidden = list.length === 0;
+  const since = (ms) => (ms ? ` (${new Date(ms).toISOString().slice(11, 19)} UTC)` : '');
+  box.replaceChildren(el('strong', {}, `Alerts (${list.length})`),
+    el('ul', { id: 'alerts-list' }, list.map((a) => el('li', { class: `alert-${a.kind}`, 'data-kind': a.kind },
+      a.subject && a.subject.length === 17 ? el('a', { href: `#car/${a.subject}` }, a.message) : a.message, since(a.since)))));
 }
 
 function setLive(on) {
