@@ -95,7 +95,7 @@ func (w *watcher) computeAlerts(fleet map[string]Car, storeErr error) bool {
 		out = append(out, Alert{Kind: "totp_failures", Message: fmt.Sprintf("%d 2FA failures in the last minute", n), SinceMs: a.failures[0]})
 	}
 	var perCar []Alert
-	for _, car := range cars0(fleet) {
+	for _, car := range fleet {
 		switch {
 		case car.Decommission:
 		case car.WLWaitingFromMs != 0 && nowMs-car.WLWaitingFromMs >= cfg.AlertRevocationAfter.Milliseconds():
@@ -111,7 +111,16 @@ func (w *watcher) computeAlerts(fleet map[string]Car, storeErr error) bool {
 				Message: car.VIN + " is online but sends no telemetry"})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Kind+out[i].Subject < out[j].Kind+out[j].Subject })
+	byKindSubject := func(as []Alert) {
+		sort.Slice(as, func(i, j int) bool {
+			if as[i].Kind != as[j].Kind {
+				return as[i].Kind < as[j].Kind
+			}
+			return as[i].Subject < as[j].Subject
+		})
+	}
+	byKindSubject(out)
+	byKindSubject(perCar) // only the cars with an alert are sorted, not the fleet
 	out = append(out, perCar...)
 	if len(out) > maxAlerts {
 		more := len(out) - maxAlerts + 1
@@ -127,14 +136,4 @@ func (w *watcher) computeAlerts(fleet map[string]Car, storeErr error) bool {
 	a.list, a.key = out, key
 	a.seq++
 	return true
-}
-
-// cars0 is the cars in VIN order.
-func cars0(m map[string]Car) []Car {
-	out := make([]Car, 0, len(m))
-	for _, c := range m {
-		out = append(out, c)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].VIN < out[j].VIN })
-	return out
 }
