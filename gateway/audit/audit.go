@@ -188,6 +188,18 @@ func (l *Log) Query(f Filter) ([]Event, error) {
 	return out, err
 }
 
+// LastSeq returns the sequence number of the newest record ever appended (0: none): a cheap
+// "has anything been appended since" for readers that poll (the console).
+func (l *Log) LastSeq() (uint64, error) {
+	var last uint64
+	err := l.kv.View(context.Background(), func(tx kv.Tx) error {
+		var err error
+		last, err = tx.Sequence(bucketAudit)
+		return err
+	})
+	return last, err
+}
+
 // Count returns how many records the log holds.
 func (l *Log) Count() (int, error) {
 	var n int

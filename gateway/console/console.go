@@ -36,12 +36,22 @@ type Config struct {
 	// KeepAlive is how often an idle event stream gets a comment (and its session is looked at
 	// again).
 	KeepAlive time.Duration
+	// AlertRevocationAfter: a car that has not acknowledged its whitelist (a revocation) for
+	// this long is an alert.
+	AlertRevocationAfter time.Duration
+	// AlertTelemetryAfter: an online car without telemetry for this long is an alert.
+	AlertTelemetryAfter time.Duration
+	// AlertFailureBurst: this many 2FA failures (all users) within a minute are an alert.
+	AlertFailureBurst int
 }
 
-// DefaultConfig is 30 minutes idle, 12 hours at most, the fleet looked at 4 times a second.
+// DefaultConfig is 30 minutes idle, 12 hours at most, the fleet looked at 4 times a second;
+// alerts for a whitelist unacknowledged for 5 minutes, telemetry silent for a minute, and 10
+// 2FA failures within a minute.
 func DefaultConfig() Config {
 	return Config{IdleTimeout: 30 * time.Minute, AbsoluteTimeout: 12 * time.Hour,
-		WatchInterval: 250 * time.Millisecond, KeepAlive: 15 * time.Second}
+		WatchInterval: 250 * time.Millisecond, KeepAlive: 15 * time.Second,
+		AlertRevocationAfter: 5 * time.Minute, AlertTelemetryAfter: time.Minute, AlertFailureBurst: 10}
 }
 
 // Twins reads the live vehicle twin (commands.Router).
@@ -55,6 +65,16 @@ type Whitelists interface {
 	Whitelist(vin string) *protocol.Whitelist
 }
 
+// Credentials reissues a car's credentials (httpapi.API.Reissue); actor goes to the audit.
+type Credentials interface {
+	Reissue(vin string, cert bool, actor string) (protocol.Credentials, error)
+}
+
+// Members removes a user from a car (keys.Service): role, share and keys in one whitelist.
+type Members interface {
+	Unassign(ctx context.Context, vin, user string) (keys.RoleChange, error)
+}
+
 // Deps are what the console reads and writes.
 type Deps struct {
 	Store      *store.Store
@@ -63,6 +83,12 @@ type Deps struct {
 	Audit      *audit.Log
 	Twins      Twins
 	Whitelists Whitelists
+	// Credentials and Members serve the admin actions on cars; nil: those actions answer 501.
+	Credentials Credentials
+	Members     Members
+	// Ready reports whether the gateway can serve (httpapi's readiness); nil: always. A
+	// refusal is an alert.
+	Ready func() error
 	// Hashes bounds the password hashes computed at once (the API's gate).
 	Hashes         *accounts.Gate
 	PasswordParams accounts.Params
@@ -103,6 +129,15 @@ func New(cfg Config, d Deps) (*Console, error) {
 	}
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = def.KeepAlive
+	}
+	if cfg.AlertRevocationAfter <= 0 {
+		cfg.AlertRevocationAfter = def.AlertRevocationAfter
+	}
+	if cfg.AlertTelemetryAfter <= 0 {
+		cfg.AlertTelemetryAfter = def.AlertTelemetryAfter
+	}
+	if cfg.AlertFailureBurst <= 0 {
+		cfg.AlertFailureBurst = def.AlertFailureBurst
 	}
 	c := &Console{cfg: cfg, d: d, clock: clock.Or(d.Clock), log: d.Log}
 	if c.log == nil {
@@ -146,8 +181,13 @@ func (c *Console) routes() http.Handler {
 	mux.Handle("GET /console/api/fleet", c.authed(stageFull, "", c.fleet))
 	mux.Handle("GET /console/api/cars/{vin}", c.authed(stageFull, "", c.car))
 	mux.Handle("GET /console/api/events", c.authed(stageFull, "", c.events))
+	mux.Handle("GET /console/api/cars/{vin}/commands", c.authed(stageFull, "", c.commands))
 	mux.Handle("GET /console/api/operators", c.authed(stageFull, operators.RoleAdmin, c.listOperators))
 	mux.Handle("POST /console/api/users/{user}/unlock", c.authed(stageFull, operators.RoleAdmin, c.unlockUser))
+	mux.Handle("POST /console/api/users/{user}/reset-2fa", c.authed(stageFull, operators.RoleAdmin, c.resetUser2FA))
+	mux.Handle("POST /console/api/cars/{vin}/credentials", c.authed(stageFull, operators.RoleAdmin, c.reissueCredentials))
+	mux.Handle("DELETE /console/api/cars/{vin}/users/{user}", c.authed(stageFull, operators.RoleAdmin, c.removeUserFromCar))
+	mux.Handle("GET /console/api/users", c.authed(stageFull, "", c.users))
 	mux.Handle("/console/api/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.Error(w, http.StatusNotFound, protocol.ReasonBadRequest, "no console endpoint "+r.Method+" "+r.URL.Path)
 	}))

@@ -12,6 +12,7 @@ import (
 	"telematics/gateway/audit"
 	"telematics/gateway/kv"
 	"telematics/gateway/store"
+	"telematics/gateway/twofa"
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 )
@@ -381,5 +382,36 @@ func TestEndedSessionsArePruned(t *testing.T) {
 	}
 	if r := b.do("GET", "/console/api/session", nil); r.status != http.StatusOK {
 		t.Errorf("victor's session after the pruning: %d", r.status)
+	}
+}
+
+func TestUsersPageShowsLockoutsAndTheirCause(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"ursula", "walter"} {
+		if err := f.st.AddUser(store.User{Name: u, PasswordHash: "x", CreatedMs: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	viewer, _ := f.enrolled("victor")
+	for i := 0; i < 20; i++ {
+		if err := f.tfa.RecordFailure("ursula", "test", twofa.FactorPassword); protocol.ReasonOf(err) == protocol.ReasonLockedOut {
+			break
+		}
+	}
+	r := viewer.do("GET", "/console/api/users", nil)
+	var us Users
+	if err := json.Unmarshal(r.body, &us); r.status != http.StatusOK || err != nil || len(us.Users) != 2 {
+		t.Fatalf("users: %d %s", r.status, r.body)
+	}
+	u, w := us.Users[0], us.Users[1]
+	if u.Name != "ursula" || len(u.Lockouts) != 1 || u.Lockouts[0].Factor != "2fa" || u.Lockouts[0].Cause != "wrong password" ||
+		u.Lockouts[0].UntilMs <= f.clock.Now().UnixMilli() || u.Enrolled {
+		t.Errorf("ursula: %+v", u)
+	}
+	if w.Name != "walter" || len(w.Lockouts) != 0 {
+		t.Errorf("walter: %+v", w)
+	}
+	if r := f.browser().do("GET", "/console/api/users", nil); r.status != http.StatusUnauthorized {
+		t.Errorf("users without a session: %d", r.status)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"telematics/gateway/audit"
 	"telematics/gateway/httpapi"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
@@ -58,6 +59,8 @@ type watcher struct {
 	vehicles []store.Vehicle
 	looks    int
 	streams  int
+	auditSeq uint64     // the newest audit record looked at (readAudit); only look touches it
+	alerts   alertState // lockouts and failures: only look; list and seq: under mu
 
 	stopc chan struct{}
 	done  chan struct{}
@@ -117,6 +120,12 @@ func (w *watcher) look() error {
 	if vs == nil || looks%vehiclesEvery == 0 {
 		var err error
 		if vs, err = w.c.d.Store.ListVehicles(); err != nil {
+			w.mu.Lock()
+			if w.computeAlerts(w.decoded, err) {
+				close(w.changed)
+				w.changed = make(chan struct{})
+			}
+			w.mu.Unlock()
 			return err
 		}
 		if vs == nil {
@@ -132,6 +141,11 @@ func (w *watcher) look() error {
 			return err
 		}
 		cars[v.VIN], enc[v.VIN] = car, b
+	}
+	pings := w.readAudit(looks == 0)
+	if w.c.d.Ready != nil && looks%vehiclesEvery == 0 {
+		// Not at every look: readiness pings the store (an etcd round trip).
+		w.alerts.readyErr = w.c.d.Ready()
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -149,7 +163,9 @@ func (w *watcher) look() error {
 		}
 	}
 	w.cars, w.decoded = enc, cars
-	if len(news) == 0 {
+	news = append(news, pings...)
+	alerted := w.computeAlerts(cars, nil)
+	if len(news) == 0 && !alerted {
 		return nil
 	}
 	for _, b := range news {
@@ -162,6 +178,49 @@ func (w *watcher) look() error {
 	close(w.changed)
 	w.changed = make(chan struct{})
 	return nil
+}
+
+// readAudit reads the audit records appended since the last look, notes the lockouts and 2FA
+// failures among them for the alerts, and returns a {"vin":…,"commands":true} change for each
+// car with new timeline records: the car page reads its timeline again. Only the newest
+// records are read (at most timelineRecords since the last look): a car missed in a burst
+// still shows its requests at the page's next reload or car change. The first look reads the
+// newest records for lockouts still running and reports no change.
+func (w *watcher) readAudit(first bool) []json.RawMessage {
+	log := w.c.d.Audit
+	if log == nil {
+		return nil
+	}
+	last, err := log.LastSeq()
+	if err != nil || last <= w.auditSeq {
+		return nil
+	}
+	from := w.auditSeq
+	w.auditSeq = last
+	n := last - from
+	if first {
+		n = timelineRecords
+	}
+	evs, err := log.Query(audit.Filter{Limit: int(min(n, timelineRecords))})
+	if err != nil {
+		w.c.log.Warn("console: audit not read", "err", err)
+		return nil
+	}
+	w.noteAudit(evs, from)
+	if first {
+		return nil // nothing is new to an open page
+	}
+	seen := map[string]bool{}
+	var out []json.RawMessage
+	for _, ev := range evs {
+		if ev.Seq <= from || ev.VIN == "" || !timelineKind(ev.Kind) || seen[ev.VIN] {
+			continue
+		}
+		seen[ev.VIN] = true
+		b, _ := json.Marshal(map[string]any{"vin": ev.VIN, "commands": true})
+		out = append(out, b)
+	}
+	return out
 }
 
 // snapshot returns every car in VIN order and the id of the last change they include.
@@ -235,6 +294,7 @@ func (w *watcher) closeStream() {
 //
 //	event: fleet  data: Fleet            the whole fleet (first, and whenever a stream must resync)
 //	event: cars   data: [Car | {"vin","gone":true}, …]   the cars that changed
+//	event: alerts data: [Alert, …]       the whole alerts list, at the start and when it changes
 //	event: ended  data: {}               the session ended: log in again
 //
 // Each event's id is the number of the last change it includes; a client that reconnects
@@ -268,6 +328,24 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 		}
 		return rc.Flush()
 	}
+	// A stream starts with no alerts (the page clears its panel when a stream opens): an empty
+	// list is not sent until it changes.
+	wt.mu.Lock()
+	sentAlerts := wt.alerts.seq
+	if len(wt.alerts.list) > 0 {
+		sentAlerts--
+	}
+	wt.mu.Unlock()
+	sendAlerts := func() error {
+		wt.mu.Lock()
+		list, seq := wt.alerts.list, wt.alerts.seq
+		wt.mu.Unlock()
+		if seq == sentAlerts {
+			return nil
+		}
+		sentAlerts = seq
+		return send("alerts", "", list)
+	}
 	resync := func() (uint64, error) {
 		wt.mu.Lock()
 		cars, id := wt.snapshotLocked()
@@ -298,6 +376,9 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			last = seq
+		}
+		if err := sendAlerts(); err != nil {
+			return
 		}
 		select {
 		case <-r.Context().Done():

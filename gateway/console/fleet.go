@@ -29,6 +29,8 @@ type Car struct {
 	WLVersion       uint64 `json:"wl_version"`
 	WLAcked         uint64 `json:"wl_acked"`
 	WLWaitingFromMs int64  `json:"wl_waiting_from,omitempty"`
+
+	telemetryMs int64 // the newest telemetry (alerts)
 }
 
 // Fleet is GET /console/api/fleet: every car, and the id of the last change it includes, from
@@ -76,6 +78,7 @@ func (c *Console) summarize(v store.Vehicle) Car {
 		car.Status = tw.Status
 		car.Online = tw.Status == protocol.StatusOnline
 		car.LastSeenMs = max(tw.StatusMs, tw.TelemetryMs)
+		car.telemetryMs = tw.TelemetryMs
 		car.Locked = boolSignal(tw.Signals, protocol.VSSIsLocked)
 		car.BatteryPct = numSignal(tw.Signals, protocol.VSSSoC)
 		car.SpeedKmh = numSignal(tw.Signals, protocol.VSSSpeed)

@@ -52,6 +52,9 @@ type Options struct {
 	DataDir string // "" means a temporary directory removed at the end
 	Out     io.Writer
 	Logger  *slog.Logger
+	// Console keeps the world running after the story (gateway, broker, cars) and prints the
+	// operator console's URL and a fresh operator login, until ctx ends (Ctrl-C).
+	Console bool
 }
 
 // ErrOutputClosed means the reader of the demo's output went away (`gateway demo | head -1`):
@@ -79,6 +82,7 @@ line: gateway demo --json | jq .ok`,
 	cmd.Flags().IntVar(&o.Cars, "cars", 20, "simulated cars (2 to 5000)")
 	cmd.Flags().StringVar(&o.DataDir, "data", "", "keep the demo's data in this `directory` instead of a temporary one")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the components' logs")
+	cmd.Flags().BoolVar(&o.Console, "console", false, "after the story, keep everything running and print the operator console's URL and a login, until Ctrl-C")
 	// GATEWAY_DATA names the gateway's own data directory, never the demo's.
 	cmdline.SetEnv(cmd, "data", "GATEWAY_DEMO_DATA")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -472,7 +476,32 @@ func Run(ctx context.Context, o Options) Summary {
 		}
 		return fmt.Sprintf("%d records checked", len(all)), nil
 	})
-	return finish()
+	sum = finish()
+	if o.Console && sum.OK {
+		serveConsole(ctx, o.Out, cloud)
+	}
+	return sum
+}
+
+// serveConsole adds an operator with a random password, prints the console's URL and the
+// login, and waits for ctx to end: the gateway, the broker and the cars keep running.
+func serveConsole(ctx context.Context, out io.Writer, cloud *harness.Cloud) {
+	password := randomPassword()
+	if _, err := cloud.Client().AddOperator(ctx, "demo", "admin", password); err != nil {
+		fmt.Fprintf(out, "\nThe console's operator could not be created: %v\n", err)
+		return
+	}
+	fmt.Fprintf(out, `
+The operator console: %s/
+  (HTTPS with the demo's own CA: trust %s, or accept the browser's warning)
+  Log in as operator: demo
+           password: %s
+  (an operator of this run only: the demo's data goes when it stops; at the first login you
+  enroll an authenticator app from the QR code)
+Everything keeps running; Ctrl-C stops the demo.
+`, cloud.HTTPURL(), cloud.CAFile(), password)
+	<-ctx.Done()
+	fmt.Fprintln(out, "Stopping.")
 }
 
 // containsToken reports whether s holds secret on its own: not as part of a longer run of

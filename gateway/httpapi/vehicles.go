@@ -26,51 +26,56 @@ func (a *API) reissue(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
-	if req.Cert && a.DeviceCA == nil {
-		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, errNoDeviceCA)
+	cred, err := a.Reissue(vin, req.Cert, "")
+	if err != nil {
+		Fail(w, a.Log, err)
 		return
+	}
+	writeJSON(w, http.StatusOK, cred)
+}
+
+// Reissue issues the car vin new credentials (with a device certificate if cert) and retires
+// its old token; actor (the console's operator, "" for the admin API) is the audit record's
+// client id. Refusals: an unknown car (vehicle_unknown), a decommissioned one, a certificate
+// without a device CA (bad_request).
+func (a *API) Reissue(vin string, cert bool, actor string) (protocol.Credentials, error) {
+	if cert && a.DeviceCA == nil {
+		return protocol.Credentials{}, protocol.Refuse(protocol.ReasonBadRequest, errNoDeviceCA)
 	}
 	v, err := a.Store.GetVehicle(vin)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			Error(w, http.StatusNotFound, protocol.ReasonVehicleUnknown, "no such vehicle")
-			return
+			return protocol.Credentials{}, protocol.Refuse(protocol.ReasonVehicleUnknown, "no such vehicle")
 		}
-		Fail(w, a.Log, err)
-		return
+		return protocol.Credentials{}, err
 	}
 	if v.DecommissionedMs != 0 {
 		// New credentials would undo the retirement of the old ones.
-		Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, vin+" is decommissioned: it gets no new credentials")
-		return
+		return protocol.Credentials{}, protocol.Refuse(protocol.ReasonBadRequest, "%s is decommissioned: it gets no new credentials", vin)
 	}
 	tok, jti, exp, err := a.Issuer.IssueID(vin, protocol.RoleVehicle, a.VehicleTokenTTL)
 	if err != nil {
-		Fail(w, a.Log, err)
-		return
+		return protocol.Credentials{}, err
 	}
 	linkKey, linkCert, err := sign.NewLinkIdentity(a.GatewayKey, vin, a.Now(), exp)
 	if err != nil {
-		Fail(w, a.Log, err)
-		return
+		return protocol.Credentials{}, err
 	}
 	cred := protocol.Credentials{VIN: vin, ClientID: vin, Username: vin, Token: tok, LinkKey: linkKey, LinkCert: &linkCert, CAPEM: a.CAPEM}
-	serial, err := a.issueCert(req.Cert, &cred, jti)
+	serial, err := a.issueCert(cert, &cred, jti)
 	if err != nil {
-		Fail(w, a.Log, err)
-		return
+		return protocol.Credentials{}, err
 	}
 	// The old certificate names the old token's id: recording the new id retires both.
 	if err := a.Store.SetVehicleCredentials(vin, jti, serial); err != nil {
-		Fail(w, a.Log, err)
-		return
+		return protocol.Credentials{}, err
 	}
-	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, Outcome: "credentials_reissued"})
+	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, ClientID: actor, Outcome: "credentials_reissued"})
 	if a.Hooks.TokenRetired != nil {
 		a.Hooks.TokenRetired(vin, jti)
 	}
 	cred.GatewayKey, _ = sign.EncodePublic(a.Hooks.CarKey(vin).Public())
-	writeJSON(w, http.StatusOK, cred)
+	return cred, nil
 }
 
 // MaxVehiclesPerRequest bounds one provisioning call.

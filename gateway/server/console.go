@@ -14,7 +14,7 @@ func (g *Gateway) startConsole() (http.Handler, error) {
 	g.api.Operators = operators.New(g.store.KV())
 	c, err := console.New(console.DefaultConfig(), console.Deps{
 		Store: g.store, Operators: g.api.Operators, TwoFA: g.twofa, Audit: g.audit,
-		Twins: g.router, Whitelists: g.keys,
+		Twins: g.router, Whitelists: g.keys, Credentials: g.api, Members: g.keys, Ready: g.ready,
 		Hashes: g.api.Hashes, PasswordParams: g.api.PasswordParams, UserLockout: g.api.Lockout,
 		Clock: g.clock, Log: g.log.With("component", "console"),
 	})

@@ -1,5 +1,6 @@
 // The operator console: login (with TOTP enrollment at the first login), the fleet (list and
-// map, live over Server-Sent Events) and a car's page. Everything it needs is in this bundle:
+// map, live over Server-Sent Events), a car's page (with its command timeline), the users
+// page, and the admin actions (each confirmed first; the server checks the role). Everything it needs is in this bundle:
 // Leaflet draws the map over Natural Earth's countries (world-atlas), no tile server.
 import L from 'leaflet';
 import 'leaflet/dist/leaflet.css';
@@ -56,6 +57,7 @@ function route() {
   const h = location.hash.replace(/^#/, '');
   if (!state.session || state.session.stage !== 'full') return showLogin();
   if (h.startsWith('car/')) return showCar(decodeURIComponent(h.slice(4)));
+  if (h === 'users') return showUsers();
   return showFleet();
 }
 
@@ -63,6 +65,7 @@ function header() {
   const s = state.session;
   $('#who').textContent = s && s.stage === 'full' ? `${s.operator} (${s.role})` : '';
   $('#logout').hidden = !(s && s.stage === 'full');
+  $('#nav').hidden = !(s && s.stage === 'full');
 }
 
 function setMain(...nodes) {
@@ -150,7 +153,8 @@ function startEvents() {
   if (state.events) return;
   const es = new EventSource(api + '/events');
   state.events = es;
-  es.addEventListener('open', () => { state.eventsOK = true; setLive(true); });
+  es.addEventListener('open', () => { state.eventsOK = true; setLive(true); renderAlerts([]); });
+  es.addEventListener('alerts', (ev) => renderAlerts(JSON.parse(ev.data)));
   es.addEventListener('error', async () => {
     setLive(false);
     if (es.readyState === EventSource.CLOSED) {
@@ -171,10 +175,13 @@ function startEvents() {
   });
   es.addEventListener('cars', (ev) => {
     const changed = JSON.parse(ev.data);
+    const timelines = [];
     for (const c of changed) {
-      if (c.gone) state.cars.delete(c.vin); else state.cars.set(c.vin, c);
+      if (c.commands) timelines.push(c.vin); // new requests on the car's timeline
+      else if (c.gone) state.cars.delete(c.vin); else state.cars.set(c.vin, c);
     }
-    refresh(changed.map((c) => c.vin));
+    refresh(changed.filter((c) => !c.commands).map((c) => c.vin));
+    if (state.view && state.view.name === 'car' && timelines.includes(state.view.vin)) loadTimeline(state.view.vin);
   });
   es.addEventListener('ended', () => { stopEvents(); state.session = null; route(); });
 }
@@ -182,6 +189,18 @@ function startEvents() {
 function stopEvents() {
   if (state.events) state.events.close();
   state.events = null;
+  renderAlerts([]);
+}
+
+// The alerts panel: the server sends the whole list whenever it changes.
+function renderAlerts(list) {
+  const box = $('#alerts');
+  if (!box) return;
+  box.hidden = list.length === 0;
+  const since = (ms) => (ms ? ` (${new Date(ms).toISOString().slice(11, 19)} UTC)` : '');
+  box.replaceChildren(el('strong', {}, `Alerts (${list.length})`),
+    el('ul', { id: 'alerts-list' }, list.map((a) => el('li', { class: `alert-${a.kind}`, 'data-kind': a.kind },
+      a.subject && a.subject.length === 17 ? el('a', { href: `#car/${a.subject}` }, a.message) : a.message, since(a.since)))));
 }
 
 function setLive(on) {
@@ -193,6 +212,8 @@ function refresh(vins) {
   if (!state.view) return;
   if (state.view.name === 'fleet') renderFleetRows();
   if (state.view.name === 'car' && (!vins || vins.includes(state.view.vin))) loadCar(state.view.vin);
+  if (state.view.name === 'car' && !vins) loadTimeline(state.view.vin);
+  if (state.view.name === 'users' && !vins) loadUsers();
 }
 
 // --- fleet page ---
@@ -329,8 +350,17 @@ function renderMarkers(cars) {
 function showCar(vin) {
   state.view = { name: 'car', vin };
   header();
-  setMain(el('p', {}, el('a', { href: '#fleet' }, '← Fleet')), el('div', { id: 'car' }, el('p', {}, 'Loading…')));
+  setMain(el('p', {}, el('a', { href: '#fleet' }, '← Fleet')), el('div', { id: 'car' }, el('p', {}, 'Loading…')),
+    el('div', { class: 'card' }, el('h3', {}, 'Commands'), el('div', { id: 'car-commands' }, el('p', { class: 'muted' }, 'Loading…'))),
+    adminBox(`car-admin`, [
+      ['Reissue credentials', 'reissue', () => `Issue ${vin} new credentials? Its current token stops working.`,
+        async () => {
+          const cred = await call('POST', `/cars/${encodeURIComponent(vin)}/credentials`, {});
+          return el('pre', { id: 'reissued', class: 'secret' }, JSON.stringify(cred, null, 1));
+        }],
+    ]));
   loadCar(vin);
+  loadTimeline(vin);
 }
 
 let carLoading = false;
@@ -363,7 +393,9 @@ function renderCar(p) {
       el('p', { id: 'car-whitelist', class: p.wl_version > p.wl_acked ? 'waiting' : '' }, 'Whitelist: ', wlText(p, p.now))),
     el('div', { class: 'card' }, el('h3', {}, 'Signals'), el('table', { id: 'car-signals' }, el('tbody', {}, signals))),
     el('div', { class: 'card' }, el('h3', {}, 'Users'),
-      p.users.length ? el('table', { id: 'car-users' }, el('tbody', {}, p.users.map((u) => el('tr', {}, el('td', {}, u.user), el('td', {}, u.role)))))
+      p.users.length ? el('table', { id: 'car-users' }, el('tbody', {}, p.users.map((u) => el('tr', { 'data-user': u.user }, el('td', {}, u.user), el('td', {}, u.role),
+        el('td', {}, actionButton(`remove-${u.user}`, 'Remove from the car', `Remove ${u.user} from ${p.vin}? Their keys are revoked.`,
+          () => call('DELETE', `/cars/${encodeURIComponent(p.vin)}/users/${encodeURIComponent(u.user)}`)))))))
         : el('p', { class: 'muted' }, 'Nobody has a role on this car.')),
     el('div', { class: 'card' }, el('h3', {}, 'Keys'),
       p.keys.length ? el('table', { id: 'car-keys' },
@@ -374,6 +406,126 @@ function renderCar(p) {
           el('td', {}, `${when(k.not_before)} – ${when(k.not_after)}`),
           el('td', { class: k.acked ? '' : 'waiting' }, (k.revoked_at ? 'revoked' : 'active') + (k.acked ? ', on the car' : ', not yet on the car'))))))
         : el('p', { class: 'muted' }, 'No keys.')));
+}
+
+// --- command timeline ---
+
+let timelineLoading = false;
+async function loadTimeline(vin) {
+  if (timelineLoading) return;
+  timelineLoading = true;
+  try {
+    const tl = await call('GET', `/cars/${encodeURIComponent(vin)}/commands`);
+    if (state.view.name === 'car' && state.view.vin === vin) renderTimeline(tl);
+  } catch (e) {
+    const box = $('#car-commands');
+    if (box) box.replaceChildren(el('p', { class: 'error' }, `${e.status}: ${e.message}`));
+  } finally {
+    timelineLoading = false;
+  }
+}
+
+function clock(ms) { return ms ? new Date(ms).toISOString().slice(11, 23) : '–'; }
+
+function renderTimeline(tl) {
+  const box = $('#car-commands');
+  if (!box) return;
+  if (!tl.commands.length) { box.replaceChildren(el('p', { class: 'muted' }, 'No requests recorded.')); return; }
+  const day = (ms) => new Date(ms).toISOString().slice(0, 10);
+  box.replaceChildren(el('table', { id: 'timeline' },
+    el('thead', {}, el('tr', {}, ['Request', 'Who', 'Path', 'Factors', 'States', 'Latency'].map((h) => el('th', {}, h)))),
+    el('tbody', {}, tl.commands.map((c) => el('tr', { id: `cmd-${c.id}` },
+      el('td', {}, `${c.action || '?'} `, el('code', { class: 'muted' }, c.id.slice(0, 10)), el('div', { class: 'muted' }, day(c.states[0].at))),
+      el('td', {}, c.user || '–'),
+      el('td', {}, c.path === 'local' ? 'local (journal)' : 'cloud'),
+      el('td', {}, c.factors.join(' + ') || '–'),
+      el('td', { class: 'states' }, c.states.map((st) => el('div', { class: stateClass(st.state) },
+        `${clock(st.at)} ${st.state}` + (st.reason ? ` (${st.reason})` : '') + (st.detail ? ` · ${st.detail}` : '')))),
+      el('td', { class: 'num' }, c.latency_ms ? `${c.latency_ms} ms` : '–'))))));
+}
+
+function stateClass(s) {
+  if (s === 'executed' || s === 'accepted') return 'ok';
+  if (s === 'rejected' || s === 'failed' || s === 'expired' || s === 'refused' || s === 'late_result') return 'error';
+  return '';
+}
+
+// --- users page ---
+
+function showUsers() {
+  state.view = { name: 'users' };
+  header();
+  setMain(el('div', { class: 'card' }, el('h2', {}, 'Users'), el('div', { id: 'users' }, el('p', { class: 'muted' }, 'Loading…'))));
+  loadUsers();
+}
+
+async function loadUsers() {
+  try {
+    const u = await call('GET', '/users');
+    if (state.view.name === 'users') renderUsers(u);
+  } catch (e) {
+    if (e.status === 401) { state.session = null; route(); return; }
+    const box = $('#users');
+    if (box) box.replaceChildren(el('p', { class: 'error' }, `${e.status}: ${e.message}`));
+  }
+}
+
+function renderUsers(u) {
+  const box = $('#users');
+  if (!box) return;
+  const when = (ms) => new Date(ms).toISOString().replace('T', ' ').replace(/\..*/, ' UTC');
+  box.replaceChildren(el('table', { id: 'users-table' },
+    el('thead', {}, el('tr', {}, ['User', '2FA', 'Lockouts', 'Cars', 'Keys', ''].map((h) => el('th', {}, h)))),
+    el('tbody', {}, u.users.map((x) => el('tr', { id: `user-${x.name}` },
+      el('td', {}, x.name, x.disabled ? el('span', { class: 'muted' }, ' (disabled)') : ''),
+      el('td', { 'data-field': '2fa', class: x.totp_enrolled ? 'ok' : 'muted' }, x.totp_enrolled ? 'enrolled' : x.totp_pending ? 'pending' : 'not enrolled'),
+      el('td', { 'data-field': 'lockouts', class: x.lockouts.length ? 'waiting' : '' },
+        x.lockouts.length ? x.lockouts.map((l) => el('div', {}, `${l.factor}: ${l.cause || 'failures'}` + (l.failures ? `, ${l.failures} failures` : '') + ` until ${when(l.until)}`)) : 'none'),
+      el('td', {}, x.cars.map((c) => el('div', {}, el('a', { href: `#car/${c.vin}` }, c.vin), ` ${c.role}`))),
+      el('td', {}, x.keys.map((k) => el('div', {}, el('code', {}, k.id.slice(0, 10)), ` ${k.vin.slice(-6)} ${k.role}` + (k.revoked_at ? ' revoked' : '') + (k.acked ? '' : ' (not yet on the car)')))),
+      el('td', {},
+        actionButton(`unlock-${x.name}`, 'Clear lockout', `Clear the lockouts of ${x.name}?`, () => call('POST', `/users/${encodeURIComponent(x.name)}/unlock`, {})), ' ',
+        actionButton(`reset2fa-${x.name}`, 'Reset 2FA', `Remove the 2FA enrollment of ${x.name}? They must enroll again.`,
+          () => call('POST', `/users/${encodeURIComponent(x.name)}/reset-2fa`, {}))))))));
+}
+
+// --- admin actions: each asks first; the answer (or the server's refusal) is shown ---
+
+function actionButton(id, label, question, act) {
+  const out = el('span', { id: `${id}-result` });
+  const b = el('button', { id, class: 'action', onclick: async () => {
+    out.textContent = '';
+    if (!confirm(question)) return;
+    try {
+      await act();
+      out.textContent = ' done';
+      out.className = 'ok';
+      if (state.view.name === 'users') loadUsers();
+      if (state.view.name === 'car') loadCar(state.view.vin);
+    } catch (e) {
+      out.textContent = ` ${e.status} ${e.reason}: ${e.message}`;
+      out.className = 'error';
+    }
+  } }, label);
+  return el('span', {}, b, out);
+}
+
+function adminBox(id, actions) {
+  const result = el('div', { id: `${id}-result` });
+  return el('div', { class: 'card', id },
+    el('strong', {}, 'Admin '),
+    actions.map(([label, key, question, act]) => el('button', { id: `${id}-${key}`, onclick: async () => {
+      result.replaceChildren();
+      if (!confirm(question())) return;
+      try {
+        result.replaceChildren(await act());
+        result.className = 'ok';
+      } catch (e) {
+        result.replaceChildren(`${e.status} ${e.reason}: ${e.message}`);
+        result.className = 'error';
+      }
+    } }, label)),
+    result);
 }
 
 // --- start ---
