@@ -10,6 +10,7 @@ import (
 
 	"telematics/gateway/audit"
 	"telematics/gateway/commands"
+	"telematics/gateway/console"
 	"telematics/gateway/twofa"
 	"telematics/pkg/broker"
 	"telematics/pkg/cmdline"
@@ -78,6 +79,7 @@ type Config struct {
 	TwoFA    twofa.Policy   `yaml:"twofa"`
 	Login    LoginConfig    `yaml:"login"`
 	Audit    AuditConfig    `yaml:"audit"`
+	Console  ConsoleConfig  `yaml:"console"`
 	// TwoFAKeyFile holds the AES-256 key that seals TOTP secrets at rest (base64, 0600; made
 	// on first start). GATEWAY_TWOFA_KEY (base64) replaces the file.
 	TwoFAKeyFile string `yaml:"twofa_key_file" env:"GATEWAY_TWOFA_KEY_FILE"`
@@ -133,6 +135,30 @@ type AuditConfig struct {
 	Retention audit.Retention `yaml:"retention"`
 }
 
+// ConsoleConfig is the operator console's sessions and alert thresholds (console.Config).
+type ConsoleConfig struct {
+	// IdleTimeout ends a session not used for this long; AbsoluteTimeout ends it this long
+	// after login, used or not.
+	IdleTimeout     time.Duration `yaml:"idle_timeout" env:"GATEWAY_CONSOLE_IDLE_TIMEOUT"`
+	AbsoluteTimeout time.Duration `yaml:"absolute_timeout" env:"GATEWAY_CONSOLE_ABSOLUTE_TIMEOUT"`
+	// AlertRevocationAfter: a car that has not acknowledged its whitelist (a revocation) for
+	// this long is an alert. AlertTelemetryAfter: an online car without telemetry for this
+	// long is an alert. AlertFailureBurst: this many 2FA failures (all users) within a minute
+	// are an alert.
+	AlertRevocationAfter time.Duration `yaml:"alert_revocation_after" env:"GATEWAY_CONSOLE_ALERT_REVOCATION_AFTER"`
+	AlertTelemetryAfter  time.Duration `yaml:"alert_telemetry_after" env:"GATEWAY_CONSOLE_ALERT_TELEMETRY_AFTER"`
+	AlertFailureBurst    int           `yaml:"alert_failure_burst" env:"GATEWAY_CONSOLE_ALERT_FAILURE_BURST"`
+}
+
+// config is the console.Config these settings make; the rest are the console's defaults.
+func (c ConsoleConfig) config() console.Config {
+	cc := console.DefaultConfig()
+	cc.IdleTimeout, cc.AbsoluteTimeout = c.IdleTimeout, c.AbsoluteTimeout
+	cc.AlertRevocationAfter, cc.AlertTelemetryAfter = c.AlertRevocationAfter, c.AlertTelemetryAfter
+	cc.AlertFailureBurst = c.AlertFailureBurst
+	return cc
+}
+
 // BrokerConfig tunes the embedded broker.
 type BrokerConfig struct {
 	MaxPacketBytes         int `yaml:"max_packet_bytes" env:"GATEWAY_BROKER_MAX_PACKET_BYTES"`
@@ -145,7 +171,7 @@ type BrokerConfig struct {
 // DefaultConfig returns the defaults documented in configs/gateway.yaml. The command path's
 // and the embedded broker's numbers come from their packages, which own them.
 func DefaultConfig() Config {
-	rc, bc := commands.DefaultConfig(), broker.DefaultConfig()
+	rc, bc, cc := commands.DefaultConfig(), broker.DefaultConfig(), console.DefaultConfig()
 	return Config{
 		Data:        "./data",
 		StorePrefix: "/telematics/",
@@ -179,6 +205,13 @@ func DefaultConfig() Config {
 		TwoFA: twofa.DefaultPolicy(),
 		Login: LoginConfig{PerIPRatePerMinute: 10, PerIPBurst: 20},
 		Audit: AuditConfig{Retention: audit.DefaultRetention()},
+		Console: ConsoleConfig{
+			IdleTimeout:          cc.IdleTimeout,
+			AbsoluteTimeout:      cc.AbsoluteTimeout,
+			AlertRevocationAfter: cc.AlertRevocationAfter,
+			AlertTelemetryAfter:  cc.AlertTelemetryAfter,
+			AlertFailureBurst:    cc.AlertFailureBurst,
+		},
 	}
 }
 
@@ -317,6 +350,25 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Audit.Retention.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"console.idle_timeout", c.Console.IdleTimeout},
+		{"console.absolute_timeout", c.Console.AbsoluteTimeout},
+		{"console.alert_revocation_after", c.Console.AlertRevocationAfter},
+		{"console.alert_telemetry_after", c.Console.AlertTelemetryAfter},
+	} {
+		if d.v <= 0 {
+			bad(d.key, "must be positive, got %v", d.v)
+		}
+	}
+	if c.Console.IdleTimeout > 0 && c.Console.AbsoluteTimeout > 0 && c.Console.AbsoluteTimeout < c.Console.IdleTimeout {
+		bad("console.absolute_timeout", "must be at least console.idle_timeout (%v), got %v", c.Console.IdleTimeout, c.Console.AbsoluteTimeout)
+	}
+	if c.Console.AlertFailureBurst < 1 {
+		bad("console.alert_failure_burst", "must be at least 1, got %d", c.Console.AlertFailureBurst)
 	}
 	return errors.Join(errs...)
 }

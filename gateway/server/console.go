@@ -12,7 +12,7 @@ import (
 // else.
 func (g *Gateway) startConsole() (http.Handler, error) {
 	g.api.Operators = operators.New(g.store.KV())
-	c, err := console.New(console.DefaultConfig(), console.Deps{
+	c, err := console.New(g.cfg.Console.config(), console.Deps{
 		Store: g.store, Operators: g.api.Operators, TwoFA: g.twofa, Audit: g.audit,
 		Twins: g.router, Whitelists: g.keys, Credentials: g.api, Members: g.keys, Ready: g.ready,
 		Hashes: g.api.Hashes, PasswordParams: g.api.PasswordParams, UserLockout: g.api.Lockout,
