@@ -22,8 +22,8 @@ import (
 	"telematics/gateway/server"
 	"telematics/internal/testutil"
 	"telematics/pkg/api"
-	"telematics/pkg/devicecert"
 	"telematics/pkg/protocol"
+	"telematics/pkg/tlsconf"
 )
 
 // TestDeviceCertificateRetiredOnTheStandaloneBroker: behind a standalone broker that trusts
@@ -33,7 +33,7 @@ import (
 func TestDeviceCertificateRetiredOnTheStandaloneBroker(t *testing.T) {
 	t.Parallel()
 	c := harness.MustStart(t, harness.Options{StandaloneBroker: true, PasswordParams: &cheap})
-	pool, err := devicecert.LoadPool(filepath.Join(c.Dir, server.DeviceCAFile))
+	pool, err := tlsconf.LoadPool(filepath.Join(c.Dir, server.DeviceCAFile))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -295,19 +295,6 @@ func identityOf(c *x509.Certificate) (Identity, error) {
 	return Identity{VIN: vin, CredentialsID: creds[0], Serial: SerialHex(c.SerialNumber), NotAfter: c.NotAfter}, nil
 }
 
-// LoadPool reads a PEM file of CA certificates (a device CA's CertFile) into a pool.
-func LoadPool(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("device CA file: %w", err)
-	}
-	p := x509.NewCertPool()
-	if !p.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("device CA file %q: no PEM certificate", path)
-	}
-	return p, nil
-}
-
 // SerialHex is how serial numbers are written: lower-case hex, as openssl prints them without
 // the colons.
 func SerialHex(n *big.Int) string { return fmt.Sprintf("%x", n) }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"telematics/pkg/clock/clocktest"
+	"telematics/pkg/tlsconf"
 )
 
 const (
@@ -75,7 +76,7 @@ func TestIssueAndVerify(t *testing.T) {
 	if iss2.Serial == iss.Serial {
 		t.Error("two certificates with one serial")
 	}
-	pool, err := LoadPool(filepath.Join(dir, CertFile))
+	pool, err := tlsconf.LoadPool(filepath.Join(dir, CertFile))
 	if err != nil {
 		t.Fatal(err)
 	}
