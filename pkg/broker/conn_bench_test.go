@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"sync/atomic"
 	"testing"
@@ -39,7 +40,9 @@ func benchVIN(i int) string { return fmt.Sprintf("WVWZZZ1JZXW%06d", i) }
 // loopback TCP connection, nothing else), to subtract. Sizes are per MaxClientWritesPending,
 // which sizes mochi's per-client outbound channel; "after-telemetry" has every car publish
 // one message to an inline subscriber (as the embedded gateway is) before the measurement,
-// which is where the reader goroutines' stacks grow.
+// which is where the reader goroutines' stacks grow; "connect-only" cars send CONNECT and
+// nothing else (what verifying the token leaves on the reader's stack). grown-stack-B/conn is
+// the stacks before the collections that halve them.
 func BenchmarkIdleConnections(b *testing.B) {
 	const cars = 500
 	b.Run(fmt.Sprintf("tcp-only/cars=%d", cars), func(b *testing.B) {
@@ -75,13 +78,17 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 	})
 	type variant struct {
-		pending   int
-		telemetry bool // each car publishes one telemetry message to an inline subscriber
+		pending     int
+		telemetry   bool // each car publishes one telemetry message to an inline subscriber
+		connectOnly bool // each car sends CONNECT and nothing else: what the token check leaves
 	}
-	for _, v := range []variant{{128, false}, {1024, false}, {8192, false}, {1024, true}} {
+	for _, v := range []variant{{128, false, false}, {128, false, true}, {1024, false, false}, {8192, false, false}, {1024, true, false}} {
 		name := fmt.Sprintf("writes-pending=%d/cars=%d", v.pending, cars)
 		if v.telemetry {
 			name += "/after-telemetry"
+		}
+		if v.connectOnly {
+			name += "/connect-only"
 		}
 		b.Run(name, func(b *testing.B) {
 			pending := v.pending
@@ -101,7 +108,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 				before := memNow()
 				conns := make([]net.Conn, 0, cars)
 				for i := range cars {
-					conns = append(conns, connectCar(b, f.b.MQTTAddr(), creds[i]))
+					conns = append(conns, connectCar(b, f.b.MQTTAddr(), creds[i], v.connectOnly))
 				}
 				if v.telemetry {
 					for i, c := range conns {
@@ -174,9 +181,19 @@ func startQuietBroker(b *testing.B, writesPending int) *fixture {
 type memSample struct {
 	heap, stack uint64
 	goroutines  int
+	// grownStack is the stacks before the collections: as the connections' packets left them
+	// (each collection halves a stack that uses under a quarter of it).
+	grownStack uint64
+	// startingStack is the size new goroutines start with (GODEBUG adaptivestackstart, on by
+	// default: the average stack in use at the last collection plus a guard, rounded up to a
+	// power of two). mochi's writer goroutine never grows past 8 KB: started at 8 KB, it keeps
+	// it; started smaller, it is halved back to 4 KB.
+	startingStack uint64
 }
 
 func memNow() memSample {
+	var grown runtime.MemStats
+	runtime.ReadMemStats(&grown)
 	runtime.GC()
 	runtime.GC() // the second cycle frees what the first one's finalizers released
 	for range 4 {
@@ -184,13 +201,18 @@ func memNow() memSample {
 	}
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return memSample{heap: m.HeapInuse, stack: m.StackInuse, goroutines: runtime.NumGoroutine()}
+	start := []metrics.Sample{{Name: "/gc/stack/starting-size:bytes"}}
+	metrics.Read(start)
+	return memSample{heap: m.HeapInuse, stack: m.StackInuse, goroutines: runtime.NumGoroutine(),
+		grownStack: grown.StackInuse, startingStack: start[0].Value.Uint64()}
 }
 
 func reportPerConn(b *testing.B, before, after memSample, n int) {
 	b.ReportMetric(float64(int64(after.heap)-int64(before.heap))/float64(n), "heap-B/conn")
 	b.ReportMetric(float64(int64(after.stack)-int64(before.stack))/float64(n), "stack-B/conn")
 	b.ReportMetric(float64(after.goroutines-before.goroutines)/float64(n), "goroutines/conn")
+	b.ReportMetric(float64(int64(after.grownStack)-int64(before.stack))/float64(n), "grown-stack-B/conn")
+	b.ReportMetric(float64(after.startingStack), "start-stack-B")
 }
 
 func writeHeapProfile(b *testing.B, path string) {
@@ -206,8 +228,9 @@ func writeHeapProfile(b *testing.B, path string) {
 
 // connectCar opens a car's session the way a car does and leaves it idle (keep-alive 0, so
 // the broker never expects a ping): CONNECT with the offline will, SUBSCRIBE to v/VIN/cmd and
-// v/VIN/keys, PUBLISH the retained online status at QoS 1.
-func connectCar(b *testing.B, addr string, c creds) net.Conn {
+// v/VIN/keys, PUBLISH the retained online status at QoS 1. With connectOnly it sends the
+// CONNECT alone.
+func connectCar(b *testing.B, addr string, c creds, connectOnly bool) net.Conn {
 	b.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -227,11 +250,17 @@ func connectCar(b *testing.B, addr string, c creds) net.Conn {
 	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}, ProtocolVersion: 4,
 		PacketID: 2, TopicName: "v/" + c.username + "/status", Payload: status("online")}
 	must(b, pub.PublishEncode(&buf))
+	wants := []byte{packets.Connack, packets.Suback, packets.Puback}
+	if connectOnly {
+		buf.Reset()
+		must(b, pk.ConnectEncode(&buf))
+		wants = wants[:1]
+	}
 	if _, err := conn.Write(buf.Bytes()); err != nil {
 		b.Fatal(err)
 	}
 	r := bufio.NewReader(conn)
-	for _, want := range []byte{packets.Connack, packets.Suback, packets.Puback} {
+	for _, want := range wants {
 		first, err := r.ReadByte()
 		if err != nil {
 			b.Fatalf("car %s: waiting for packet type %d: %v", c.clientID, want, err)
