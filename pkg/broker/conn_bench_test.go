@@ -18,6 +18,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/internal/testutil"
@@ -75,6 +76,37 @@ func BenchmarkIdleConnections(b *testing.B) {
 			for _, c := range conns {
 				_ = c.Close()
 			}
+		}
+	})
+	// mochi with the project's listener and capabilities but none of its hooks (mochi's
+	// allow-all hook instead): what mochi's own read path leaves on the stacks.
+	b.Run(fmt.Sprintf("mochi-alone/writes-pending=128/cars=%d", cars), func(b *testing.B) {
+		cfg := testConfig()
+		cfg.MaxClientWritesPending = 128
+		server := mqtt.New(&mqtt.Options{Capabilities: capabilities(cfg), ClientNetReadBufferSize: clientReadBufferBytes,
+			InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+		must(b, server.AddHook(new(auth.AllowHook), nil)) // a benchmark only: admits anyone
+		l := newTCPListener(ListenerTCP, "127.0.0.1:0", waitFor)
+		must(b, server.AddListener(l))
+		must(b, server.Serve())
+		defer server.Close()
+		for b.Loop() {
+			before := memNow()
+			conns := make([]net.Conn, 0, cars)
+			for i := range cars {
+				vin := benchVIN(i)
+				conns = append(conns, connectCar(b, l.Address(), creds{clientID: vin, username: vin, password: "unchecked"}, false))
+			}
+			reportPerConn(b, before, memNow(), cars)
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			testutil.Eventually(b, waitFor, func() error {
+				if n := server.Info.ClientsConnected; n != 0 {
+					return fmt.Errorf("%d clients left", n)
+				}
+				return nil
+			})
 		}
 	})
 	type variant struct {
