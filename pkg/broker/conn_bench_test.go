@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 	"telematics/pkg/token"
 )
 
@@ -38,7 +40,8 @@ func benchVIN(i int) string { return fmt.Sprintf("WVWZZZ1JZXW%06d", i) }
 // goroutine stacks per connection, after a GC, with the car's session as a real car makes it
 // (CONNECT with its will, SUBSCRIBE to its cmd and keys topics, its retained online status).
 // The cars' own sockets live in this process too; "tcp-only" is that share (both ends of a
-// loopback TCP connection, nothing else), to subtract. Sizes are per MaxClientWritesPending,
+// loopback TCP connection, nothing else), to subtract; "tls-only" the same over TLS, to
+// subtract from the "tls" variant. Sizes are per MaxClientWritesPending,
 // which sizes mochi's per-client outbound channel; "after-telemetry" has every car publish
 // one message to an inline subscriber (as the embedded gateway is) before the measurement,
 // which is where the reader goroutines' stacks grow; "connect-only" cars send CONNECT and
@@ -78,6 +81,51 @@ func BenchmarkIdleConnections(b *testing.B) {
 			}
 		}
 	})
+	ca := localCA(b)
+	clientTLS, err := tlsconf.ClientConfig(ca.CA)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run(fmt.Sprintf("tls-only/cars=%d", cars), func(b *testing.B) {
+		certs, err := tlsconf.Load(ca.Files)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		accepted := make(chan net.Conn, cars)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					tc := tls.Server(c, certs.ServerConfig())
+					_ = tc.Handshake()
+					accepted <- tc
+				}()
+			}
+		}()
+		for b.Loop() {
+			before := memNow()
+			conns := make([]net.Conn, 0, 2*cars)
+			for range cars {
+				c, err := tls.Dial("tcp", ln.Addr().String(), clientTLS)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns = append(conns, c, <-accepted)
+			}
+			reportPerConn(b, before, memNow(), cars)
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}
+	})
 	// mochi with the project's listener and capabilities but none of its hooks (mochi's
 	// allow-all hook instead): what mochi's own read path leaves on the stacks.
 	b.Run(fmt.Sprintf("mochi-alone/writes-pending=128/cars=%d", cars), func(b *testing.B) {
@@ -95,7 +143,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			conns := make([]net.Conn, 0, cars)
 			for i := range cars {
 				vin := benchVIN(i)
-				conns = append(conns, connectCar(b, l.Address(), creds{clientID: vin, username: vin, password: "unchecked"}, false))
+				conns = append(conns, connectCar(b, l.Address(), nil, creds{clientID: vin, username: vin, password: "unchecked"}, false))
 			}
 			reportPerConn(b, before, memNow(), cars)
 			for _, c := range conns {
@@ -113,8 +161,10 @@ func BenchmarkIdleConnections(b *testing.B) {
 		pending     int
 		telemetry   bool // each car publishes one telemetry message to an inline subscriber
 		connectOnly bool // each car sends CONNECT and nothing else: what the token check leaves
+		tls         bool // MQTT over TLS (the broker's TLS listener; subtract tls-only)
 	}
-	for _, v := range []variant{{128, false, false}, {128, false, true}, {1024, false, false}, {8192, false, false}, {1024, true, false}} {
+	for _, v := range []variant{{128, false, false, false}, {128, false, true, false}, {128, false, false, true},
+		{1024, false, false, false}, {8192, false, false, false}, {1024, true, false, false}} {
 		name := fmt.Sprintf("writes-pending=%d/cars=%d", v.pending, cars)
 		if v.telemetry {
 			name += "/after-telemetry"
@@ -122,9 +172,21 @@ func BenchmarkIdleConnections(b *testing.B) {
 		if v.connectOnly {
 			name += "/connect-only"
 		}
+		if v.tls {
+			name += "/tls"
+		}
 		b.Run(name, func(b *testing.B) {
 			pending := v.pending
-			f := startQuietBroker(b, pending)
+			var serverCA *tlsconf.LocalCA
+			var carTLS *tls.Config
+			if v.tls {
+				serverCA, carTLS = &ca, clientTLS
+			}
+			f := startQuietBroker(b, pending, serverCA)
+			addr := f.b.MQTTAddr()
+			if v.tls {
+				addr = f.b.TLSMQTTAddr()
+			}
 			if v.telemetry {
 				// The gateway's subscriber: mochi calls it on the publisher's reader goroutine.
 				var got atomic.Int64
@@ -140,7 +202,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 				before := memNow()
 				conns := make([]net.Conn, 0, cars)
 				for i := range cars {
-					conns = append(conns, connectCar(b, f.b.MQTTAddr(), creds[i], v.connectOnly))
+					conns = append(conns, connectCar(b, addr, carTLS, creds[i], v.connectOnly))
 				}
 				if v.telemetry {
 					for i, c := range conns {
@@ -189,8 +251,9 @@ func BenchmarkIdleConnections(b *testing.B) {
 }
 
 // startQuietBroker is startBroker without the debug log (a test's log buffer would grow with
-// every connection and be counted as the broker's memory).
-func startQuietBroker(b *testing.B, writesPending int) *fixture {
+// every connection and be counted as the broker's memory); with ca, also MQTT over TLS with
+// ca's server certificate.
+func startQuietBroker(b *testing.B, writesPending int, ca *tlsconf.LocalCA) *fixture {
 	signer, err := sign.Generate()
 	if err != nil {
 		b.Fatal(err)
@@ -198,6 +261,9 @@ func startQuietBroker(b *testing.B, writesPending int) *fixture {
 	cfg := testConfig()
 	cfg.WSAddr = ""
 	cfg.MaxClientWritesPending = writesPending
+	if ca != nil {
+		cfg.TLSMQTTAddr, cfg.TLSCert, cfg.TLSKey = "127.0.0.1:0", ca.Files.Cert, ca.Files.Key
+	}
 	clock := newTestClock()
 	br, err := newBroker(cfg, []*ecdsa.PublicKey{signer.Public()}, slog.New(slog.DiscardHandler), clock)
 	if err != nil {
@@ -261,10 +327,16 @@ func writeHeapProfile(b *testing.B, path string) {
 // connectCar opens a car's session the way a car does and leaves it idle (keep-alive 0, so
 // the broker never expects a ping): CONNECT with the offline will, SUBSCRIBE to v/VIN/cmd and
 // v/VIN/keys, PUBLISH the retained online status at QoS 1. With connectOnly it sends the
-// CONNECT alone.
-func connectCar(b *testing.B, addr string, c creds, connectOnly bool) net.Conn {
+// CONNECT alone. With tlsCfg it connects over TLS.
+func connectCar(b *testing.B, addr string, tlsCfg *tls.Config, c creds, connectOnly bool) net.Conn {
 	b.Helper()
-	conn, err := net.Dial("tcp", addr)
+	var conn net.Conn
+	var err error
+	if tlsCfg != nil {
+		conn, err = tls.Dial("tcp", addr, tlsCfg)
+	} else {
+		conn, err = net.Dial("tcp", addr)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
