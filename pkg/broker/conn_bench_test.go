@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -11,17 +12,20 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 	"telematics/pkg/token"
 )
 
@@ -36,10 +40,13 @@ func benchVIN(i int) string { return fmt.Sprintf("WVWZZZ1JZXW%06d", i) }
 // goroutine stacks per connection, after a GC, with the car's session as a real car makes it
 // (CONNECT with its will, SUBSCRIBE to its cmd and keys topics, its retained online status).
 // The cars' own sockets live in this process too; "tcp-only" is that share (both ends of a
-// loopback TCP connection, nothing else), to subtract. Sizes are per MaxClientWritesPending,
+// loopback TCP connection, nothing else), to subtract; "tls-only" the same over TLS, to
+// subtract from the "tls" variant. Sizes are per MaxClientWritesPending,
 // which sizes mochi's per-client outbound channel; "after-telemetry" has every car publish
 // one message to an inline subscriber (as the embedded gateway is) before the measurement,
-// which is where the reader goroutines' stacks grow.
+// which is where the reader goroutines' stacks grow; "connect-only" cars send CONNECT and
+// nothing else (what verifying the token leaves on the reader's stack). grown-stack-B/conn is
+// the stacks before the collections that halve them.
 func BenchmarkIdleConnections(b *testing.B) {
 	const cars = 500
 	b.Run(fmt.Sprintf("tcp-only/cars=%d", cars), func(b *testing.B) {
@@ -74,18 +81,112 @@ func BenchmarkIdleConnections(b *testing.B) {
 			}
 		}
 	})
-	type variant struct {
-		pending   int
-		telemetry bool // each car publishes one telemetry message to an inline subscriber
+	ca := localCA(b)
+	clientTLS, err := tlsconf.ClientConfig(ca.CA)
+	if err != nil {
+		b.Fatal(err)
 	}
-	for _, v := range []variant{{128, false}, {1024, false}, {8192, false}, {1024, true}} {
+	b.Run(fmt.Sprintf("tls-only/cars=%d", cars), func(b *testing.B) {
+		certs, err := tlsconf.Load(ca.Files)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		accepted := make(chan net.Conn, cars)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					tc := tls.Server(c, certs.ServerConfig())
+					_ = tc.Handshake()
+					accepted <- tc
+				}()
+			}
+		}()
+		for b.Loop() {
+			before := memNow()
+			conns := make([]net.Conn, 0, 2*cars)
+			for range cars {
+				c, err := tls.Dial("tcp", ln.Addr().String(), clientTLS)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns = append(conns, c, <-accepted)
+			}
+			reportPerConn(b, before, memNow(), cars)
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}
+	})
+	// mochi with the project's listener and capabilities but none of its hooks (mochi's
+	// allow-all hook instead): what mochi's own read path leaves on the stacks.
+	b.Run(fmt.Sprintf("mochi-alone/writes-pending=128/cars=%d", cars), func(b *testing.B) {
+		cfg := testConfig()
+		cfg.MaxClientWritesPending = 128
+		server := mqtt.New(&mqtt.Options{Capabilities: capabilities(cfg), ClientNetReadBufferSize: clientReadBufferBytes,
+			InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+		must(b, server.AddHook(new(auth.AllowHook), nil)) // a benchmark only: admits anyone
+		l := newTCPListener(ListenerTCP, "127.0.0.1:0", waitFor)
+		must(b, server.AddListener(l))
+		must(b, server.Serve())
+		defer server.Close()
+		for b.Loop() {
+			before := memNow()
+			conns := make([]net.Conn, 0, cars)
+			for i := range cars {
+				vin := benchVIN(i)
+				conns = append(conns, connectCar(b, l.Address(), nil, creds{clientID: vin, username: vin, password: "unchecked"}, false))
+			}
+			reportPerConn(b, before, memNow(), cars)
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			testutil.Eventually(b, waitFor, func() error {
+				if n := server.Info.ClientsConnected; n != 0 {
+					return fmt.Errorf("%d clients left", n)
+				}
+				return nil
+			})
+		}
+	})
+	type variant struct {
+		pending     int
+		telemetry   bool // each car publishes one telemetry message to an inline subscriber
+		connectOnly bool // each car sends CONNECT and nothing else: what the token check leaves
+		tls         bool // MQTT over TLS (the broker's TLS listener; subtract tls-only)
+	}
+	for _, v := range []variant{{128, false, false, false}, {128, false, true, false}, {128, false, false, true},
+		{1024, false, false, false}, {8192, false, false, false}, {1024, true, false, false}} {
 		name := fmt.Sprintf("writes-pending=%d/cars=%d", v.pending, cars)
 		if v.telemetry {
 			name += "/after-telemetry"
 		}
+		if v.connectOnly {
+			name += "/connect-only"
+		}
+		if v.tls {
+			name += "/tls"
+		}
 		b.Run(name, func(b *testing.B) {
 			pending := v.pending
-			f := startQuietBroker(b, pending)
+			var serverCA *tlsconf.LocalCA
+			var carTLS *tls.Config
+			if v.tls {
+				serverCA, carTLS = &ca, clientTLS
+			}
+			f := startQuietBroker(b, pending, serverCA)
+			addr := f.b.MQTTAddr()
+			if v.tls {
+				addr = f.b.TLSMQTTAddr()
+			}
 			if v.telemetry {
 				// The gateway's subscriber: mochi calls it on the publisher's reader goroutine.
 				var got atomic.Int64
@@ -101,7 +202,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 				before := memNow()
 				conns := make([]net.Conn, 0, cars)
 				for i := range cars {
-					conns = append(conns, connectCar(b, f.b.MQTTAddr(), creds[i]))
+					conns = append(conns, connectCar(b, addr, carTLS, creds[i], v.connectOnly))
 				}
 				if v.telemetry {
 					for i, c := range conns {
@@ -150,8 +251,9 @@ func BenchmarkIdleConnections(b *testing.B) {
 }
 
 // startQuietBroker is startBroker without the debug log (a test's log buffer would grow with
-// every connection and be counted as the broker's memory).
-func startQuietBroker(b *testing.B, writesPending int) *fixture {
+// every connection and be counted as the broker's memory); with ca, also MQTT over TLS with
+// ca's server certificate.
+func startQuietBroker(b *testing.B, writesPending int, ca *tlsconf.LocalCA) *fixture {
 	signer, err := sign.Generate()
 	if err != nil {
 		b.Fatal(err)
@@ -159,6 +261,9 @@ func startQuietBroker(b *testing.B, writesPending int) *fixture {
 	cfg := testConfig()
 	cfg.WSAddr = ""
 	cfg.MaxClientWritesPending = writesPending
+	if ca != nil {
+		cfg.TLSMQTTAddr, cfg.TLSCert, cfg.TLSKey = "127.0.0.1:0", ca.Files.Cert, ca.Files.Key
+	}
 	clock := newTestClock()
 	br, err := newBroker(cfg, []*ecdsa.PublicKey{signer.Public()}, slog.New(slog.DiscardHandler), clock)
 	if err != nil {
@@ -174,9 +279,19 @@ func startQuietBroker(b *testing.B, writesPending int) *fixture {
 type memSample struct {
 	heap, stack uint64
 	goroutines  int
+	// grownStack is the stacks before the collections: as the connections' packets left them
+	// (each collection halves a stack that uses under a quarter of it).
+	grownStack uint64
+	// startingStack is the size new goroutines start with (GODEBUG adaptivestackstart, on by
+	// default: the average stack in use at the last collection plus a guard, rounded up to a
+	// power of two). mochi's writer goroutine never grows past 8 KB: started at 8 KB, it keeps
+	// it; started smaller, it is halved back to 4 KB.
+	startingStack uint64
 }
 
 func memNow() memSample {
+	var grown runtime.MemStats
+	runtime.ReadMemStats(&grown)
 	runtime.GC()
 	runtime.GC() // the second cycle frees what the first one's finalizers released
 	for range 4 {
@@ -184,13 +299,18 @@ func memNow() memSample {
 	}
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return memSample{heap: m.HeapInuse, stack: m.StackInuse, goroutines: runtime.NumGoroutine()}
+	start := []metrics.Sample{{Name: "/gc/stack/starting-size:bytes"}}
+	metrics.Read(start)
+	return memSample{heap: m.HeapInuse, stack: m.StackInuse, goroutines: runtime.NumGoroutine(),
+		grownStack: grown.StackInuse, startingStack: start[0].Value.Uint64()}
 }
 
 func reportPerConn(b *testing.B, before, after memSample, n int) {
 	b.ReportMetric(float64(int64(after.heap)-int64(before.heap))/float64(n), "heap-B/conn")
 	b.ReportMetric(float64(int64(after.stack)-int64(before.stack))/float64(n), "stack-B/conn")
 	b.ReportMetric(float64(after.goroutines-before.goroutines)/float64(n), "goroutines/conn")
+	b.ReportMetric(float64(int64(after.grownStack)-int64(before.stack))/float64(n), "grown-stack-B/conn")
+	b.ReportMetric(float64(after.startingStack), "start-stack-B")
 }
 
 func writeHeapProfile(b *testing.B, path string) {
@@ -206,10 +326,17 @@ func writeHeapProfile(b *testing.B, path string) {
 
 // connectCar opens a car's session the way a car does and leaves it idle (keep-alive 0, so
 // the broker never expects a ping): CONNECT with the offline will, SUBSCRIBE to v/VIN/cmd and
-// v/VIN/keys, PUBLISH the retained online status at QoS 1.
-func connectCar(b *testing.B, addr string, c creds) net.Conn {
+// v/VIN/keys, PUBLISH the retained online status at QoS 1. With connectOnly it sends the
+// CONNECT alone. With tlsCfg it connects over TLS.
+func connectCar(b *testing.B, addr string, tlsCfg *tls.Config, c creds, connectOnly bool) net.Conn {
 	b.Helper()
-	conn, err := net.Dial("tcp", addr)
+	var conn net.Conn
+	var err error
+	if tlsCfg != nil {
+		conn, err = tls.Dial("tcp", addr, tlsCfg)
+	} else {
+		conn, err = net.Dial("tcp", addr)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -227,11 +354,17 @@ func connectCar(b *testing.B, addr string, c creds) net.Conn {
 	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}, ProtocolVersion: 4,
 		PacketID: 2, TopicName: "v/" + c.username + "/status", Payload: status("online")}
 	must(b, pub.PublishEncode(&buf))
+	wants := []byte{packets.Connack, packets.Suback, packets.Puback}
+	if connectOnly {
+		buf.Reset()
+		must(b, pk.ConnectEncode(&buf))
+		wants = wants[:1]
+	}
 	if _, err := conn.Write(buf.Bytes()); err != nil {
 		b.Fatal(err)
 	}
 	r := bufio.NewReader(conn)
-	for _, want := range []byte{packets.Connack, packets.Suback, packets.Puback} {
+	for _, want := range wants {
 		first, err := r.ReadByte()
 		if err != nil {
 			b.Fatalf("car %s: waiting for packet type %d: %v", c.clientID, want, err)
