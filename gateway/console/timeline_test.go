@@ -101,7 +101,7 @@ func TestCommandTimelineStatesAndTimes(t *testing.T) {
 		return strings.Join(s, " ")
 	}
 	want := []struct {
-		id, steps          string
+		id, steps         string
 		latency, decision int64
 	}{
 		{"c-silent", "received:received@2001 decided:accepted@2005 sent:sent@2006 result:expired@9000(expired)", 6999, 4},
