@@ -44,11 +44,14 @@ type Fleet struct {
 // CarPage is GET /console/api/cars/{vin}.
 type CarPage struct {
 	Car
-	CreatedMs int64          `json:"created"`
-	Signals   map[string]any `json:"signals"`
-	Users     []CarUser      `json:"users"`
-	Keys      []CarKey       `json:"keys"`
-	NowMs     int64          `json:"now"`
+	CreatedMs int64 `json:"created"`
+	// DeviceCert: the car's current credentials include a device certificate (the console's
+	// reissue then offers a new one by default).
+	DeviceCert bool           `json:"device_cert"`
+	Signals    map[string]any `json:"signals"`
+	Users      []CarUser      `json:"users"`
+	Keys       []CarKey       `json:"keys"`
+	NowMs      int64          `json:"now"`
 }
 
 // CarUser is a user's role on the car.
@@ -138,7 +141,7 @@ func (c *Console) car(w http.ResponseWriter, r *http.Request) {
 		httpapi.Fail(w, c.log, err)
 		return
 	}
-	page := CarPage{Car: c.summarize(v), CreatedMs: v.CreatedMs, Signals: map[string]any{}, Users: []CarUser{}, Keys: []CarKey{},
+	page := CarPage{Car: c.summarize(v), CreatedMs: v.CreatedMs, DeviceCert: v.CertSerial != "", Signals: map[string]any{}, Users: []CarUser{}, Keys: []CarKey{},
 		NowMs: c.now().UnixMilli()}
 	if tw, ok := c.d.Twins.Twin(vin); ok && tw.Signals != nil {
 		page.Signals = tw.Signals

@@ -348,19 +348,33 @@ function renderMarkers(cars) {
 // --- car page ---
 
 function showCar(vin) {
-  state.view = { name: 'car', vin };
+  state.view = { name: 'car', vin, certDefaulted: false };
   header();
+  // Checked once the car is loaded if its credentials have a device certificate.
+  const withCert = el('input', { type: 'checkbox', id: 'reissue-cert' });
   setMain(el('p', {}, el('a', { href: '#fleet' }, '← Fleet')), el('div', { id: 'car' }, el('p', {}, 'Loading…')),
     el('div', { class: 'card' }, el('h3', {}, 'Commands'), el('div', { id: 'car-commands' }, el('p', { class: 'muted' }, 'Loading…'))),
     adminBox(`car-admin`, [
-      ['Reissue credentials', 'reissue', () => `Issue ${vin} new credentials? Its current token stops working.`,
-        async () => {
-          const cred = await call('POST', `/cars/${encodeURIComponent(vin)}/credentials`, {});
-          return el('pre', { id: 'reissued', class: 'secret' }, JSON.stringify(cred, null, 1));
-        }],
-    ]));
+      ['Reissue credentials', 'reissue', () => `Issue ${vin} new credentials${withCert.checked ? ' and a new device certificate' : ''}? Its current token stops working.`,
+        async () => reissued(vin, await call('POST', `/cars/${encodeURIComponent(vin)}/credentials`, { cert: withCert.checked }))],
+    ], el('label', { class: 'muted' }, withCert, ' also issue a device certificate')));
   loadCar(vin);
   loadTimeline(vin);
+}
+
+// reissued shows new credentials once, with each secret as a file to download: the gateway
+// keeps no copy.
+function reissued(vin, cred) {
+  const file = (name, text, type = 'application/x-pem-file') => el('a', {
+    id: `download-${name.replace(/^.*-/, '').replace(/\..*$/, '')}`, download: name, class: 'download',
+    href: URL.createObjectURL(new Blob([text], { type })) }, name);
+  const files = [file(`${vin}-credentials.json`, JSON.stringify(cred, null, 1), 'application/json')];
+  if (cred.cert) files.push(file(`${vin}-cert.pem`, cred.cert), file(`${vin}-key.pem`, cred.cert_key), file(`${vin}-device-ca.pem`, cred.device_ca));
+  return el('div', { id: 'reissued-box' },
+    el('p', {}, 'Shown once: download them now and install them in the car. ',
+      cred.cert ? el('span', { id: 'reissued-cert' }, 'With a device certificate. ') : ''),
+    el('p', { class: 'downloads' }, files.map((f) => [f, ' '])),
+    el('pre', { id: 'reissued', class: 'secret' }, JSON.stringify(cred, null, 1)));
 }
 
 let carLoading = false;
@@ -382,6 +396,8 @@ async function loadCar(vin) {
 function renderCar(p) {
   const box = $('#car');
   if (!box) return;
+  const cb = $('#reissue-cert');
+  if (cb && !state.view.certDefaulted) { cb.checked = p.device_cert; state.view.certDefaulted = true; }
   const fmt = (v) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(5)) : String(v));
   const signals = Object.keys(p.signals).sort().map((k) => el('tr', {}, el('td', {}, k), el('td', { class: 'num' }, fmt(p.signals[k]))));
   const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').replace(/\..*/, ' UTC') : '–');
@@ -439,9 +455,26 @@ function renderTimeline(tl) {
       el('td', {}, c.user || '–'),
       el('td', {}, c.path === 'local' ? 'local (journal)' : 'cloud'),
       el('td', {}, c.factors.join(' + ') || '–'),
-      el('td', { class: 'states' }, c.states.map((st) => el('div', { class: stateClass(st.state) },
-        `${clock(st.at)} ${st.state}` + (st.reason ? ` (${st.reason})` : '') + (st.detail ? ` · ${st.detail}` : '')))),
-      el('td', { class: 'num' }, c.latency_ms ? `${c.latency_ms} ms` : '–'))))));
+      el('td', { class: 'states' }, c.states.map((st) => el('div', { class: stateClass(st.state), 'data-step': st.step },
+        `${clock(st.at)} ${stateLabel(st)}` + (st.detail && st.step !== 'late' ? ` · ${st.detail}` : '')))),
+      el('td', { class: 'num latency' }, c.latency_ms ? `${c.latency_ms} ms` : '–',
+        c.decision_ms ? el('div', { class: 'muted' }, `decided in ${c.decision_ms} ms`) : ''))))));
+}
+
+// stateLabel says what a step of a request's life was (the server names the step).
+function stateLabel(st) {
+  const why = st.reason ? ` (${st.reason})` : '';
+  const outcome = st.state === 'rejected' ? `refused${why}` : st.state + why;
+  switch (st.step) {
+    case 'received': return 'received';
+    case 'decided': return `decided: ${outcome}`;
+    case 'sent': return 'sent to the car';
+    case 'car': return `${st.state === 'rejected' ? `refused by the car${why}` : outcome} (car's clock)`;
+    case 'result': return st.state === 'expired' ? 'expired: no result from the car' : `result: ${outcome}`;
+    case 'late': return `late result: ${st.detail || '?'}`;
+    case 'journal': return `${outcome} on the local link (car's clock)`;
+  }
+  return outcome;
 }
 
 function stateClass(s) {
@@ -510,7 +543,7 @@ function actionButton(id, label, question, act) {
   return el('span', {}, b, out);
 }
 
-function adminBox(id, actions) {
+function adminBox(id, actions, ...options) {
   const result = el('div', { id: `${id}-result` });
   return el('div', { class: 'card', id },
     el('strong', {}, 'Admin '),
@@ -525,6 +558,7 @@ function adminBox(id, actions) {
         result.className = 'error';
       }
     } }, label)),
+    ' ', options,
     result);
 }
 
