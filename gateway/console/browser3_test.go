@@ -80,7 +80,7 @@ func TestTimelineStatesAndReissueWithCertificate(t *testing.T) {
 
 	p := newPage(t, cloud.HTTPURL())
 	p.enroll("olga")
-	p.do("open the answering car's page", chromedp.Navigate(p.base+"/#car/"+answering), chromedp.WaitVisible("#car-state"))
+	p.openCar(answering)
 
 	// Executed: every state with its time, and the latency.
 	rep, err := apps["alice"].Send(ctx, phone.Request{VIN: answering, Action: protocol.ActionUnlock}, nil)
@@ -105,7 +105,7 @@ func TestTimelineStatesAndReissueWithCertificate(t *testing.T) {
 	p.screenshot("car-timeline-states")
 
 	// Expired: the silent car never answers.
-	p.do("open the silent car's page", chromedp.Navigate(p.base+"/#car/"+silent.VIN), chromedp.WaitVisible("#car-state"))
+	p.openCar(silent.VIN)
 	rep, err = apps["bob"].Send(ctx, phone.Request{VIN: silent.VIN, Action: protocol.ActionHonk, Lifetime: time.Second}, nil)
 	if err != nil || rep.Status != protocol.ReplyExpired {
 		t.Fatalf("honk of the silent car: %+v %v", rep, err)
@@ -130,7 +130,7 @@ func TestTimelineStatesAndReissueWithCertificate(t *testing.T) {
 	// A viewer's reissue is refused by the server.
 	p.logout()
 	p.enroll("vera")
-	p.do("open the car page as a viewer", chromedp.Navigate(p.base+"/#car/"+silent.VIN), chromedp.WaitVisible("#car-state"))
+	p.openCar(silent.VIN)
 	p.until("box on", `document.querySelector('#reissue-cert')?.checked === true`)
 	p.do("reissue as a viewer", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`), chromedp.Click("#car-admin-reissue"))
 	p.until("viewer refused with 403", `(document.querySelector('#car-admin-result')?.textContent ?? '').startsWith('403')`)
@@ -169,4 +169,12 @@ func TestFleetListReachesEveryCar(t *testing.T) {
 	p.do("clear the search and filter offline", chromedp.Evaluate[chromedp.Void](`document.querySelector('#search').value = '';
 		const f = document.querySelector('#filter'); f.value = 'offline'; f.dispatchEvent(new Event('change'))`))
 	p.until("the offline tenth", `(document.querySelector('#count')?.textContent ?? '').startsWith('300 of 3000 cars')`)
+}
+
+// openCar shows vin's car page by its link's hash, as a click would: a same-document
+// navigation, which chromedp.Navigate may wait on for a load that never comes.
+func (p *page) openCar(vin string) {
+	p.t.Helper()
+	p.do("open the car page of "+vin, chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`location.hash = '#car/%s'`, vin)))
+	p.until("the car page of "+vin, fmt.Sprintf(`document.querySelector('#car h2')?.textContent === '%s' && document.querySelector('#car-state') !== null`, vin))
 }
