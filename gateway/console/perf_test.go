@@ -49,8 +49,11 @@ func TestFleetPageLoadRecorded(t *testing.T) {
 	p.do("read the timing", chromedp.Evaluate[chromedp.Void](`window.__m = (() => {
 		const nav = performance.getEntriesByType('navigation')[0];
 		const fcp = performance.getEntriesByName('first-contentful-paint')[0];
+		const mark = (name) => { const m = performance.getEntriesByName(name)[0]; return m ? m.startTime : -1; };
 		return {fcp_ms: fcp ? fcp.startTime : -1, dom_interactive_ms: nav.domInteractive, dom_content_loaded_ms: nav.domContentLoadedEventEnd,
-			load_ms: nav.loadEventEnd, fleet_drawn_ms: performance.now(), markers: document.querySelectorAll('#map path.leaflet-interactive').length};
+			load_ms: nav.loadEventEnd, fleet_drawn_ms: performance.now(),
+			first_rows_ms: mark('console:fleet-first-part'), fleet_complete_ms: mark('console:fleet-complete'),
+			dom_rows: document.querySelectorAll('#fleet-rows tr').length, markers: document.querySelectorAll('#map path.leaflet-interactive').length};
 	})()`))
 	if _, err := chromedp.Run(p.ctx, chromedp.Poll[map[string]float64](`window.__m`, chromedp.WithPollingTimeout(pageWait))); err != nil {
 		t.Fatal(err)

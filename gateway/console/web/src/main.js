@@ -187,11 +187,14 @@ function startEvents() {
     state.sorted = null;
     if (f.more) {
       if (state.cars === state.incoming && state.view && state.view.name === 'fleet') renderFleetRows(false);
+      if (first) performance.mark('console:fleet-first-part'); // the page-load measurement reads these
       return;
     }
     state.cars = state.incoming;
     state.incoming = null;
     refresh(null);
+    if (first) performance.mark('console:fleet-first-part');
+    performance.mark('console:fleet-complete');
   });
   es.addEventListener('cars', (ev) => {
     const changed = JSON.parse(ev.data);
