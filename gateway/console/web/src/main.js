@@ -21,6 +21,8 @@ const state = {
   sorted: null, // state.cars in VIN order; null when a car came or went
   shown: [], // the fleet list's matching cars, in VIN order
   rowHeight: 28,
+  fleetMarked: false,
+  blobs: [], // object URLs of reissued credentials: revoked when the page changes
   events: null,
   eventsOK: false,
   view: null, // {name, vin?}
@@ -78,6 +80,8 @@ function header() {
 function setMain(...nodes) {
   if (state.carTimer) { clearInterval(state.carTimer); state.carTimer = null; }
   state.shown = [];
+  for (const u of state.blobs) URL.revokeObjectURL(u);
+  state.blobs = [];
   state.map = null;
   state.markers.clear();
   $('#app').replaceChildren(...nodes);
@@ -194,7 +198,7 @@ function startEvents() {
     state.incoming = null;
     refresh(null);
     if (first) performance.mark('console:fleet-first-part');
-    performance.mark('console:fleet-complete');
+    if (!state.fleetMarked) { performance.mark('console:fleet-complete'); state.fleetMarked = true; }
   });
   es.addEventListener('cars', (ev) => {
     const changed = JSON.parse(ev.data);
@@ -431,9 +435,11 @@ function showCar(vin) {
 // reissued shows new credentials once, with each secret as a file to download: the gateway
 // keeps no copy.
 function reissued(vin, cred) {
-  const file = (name, text, type = 'application/x-pem-file') => el('a', {
-    id: `download-${name.replace(/^.*-/, '').replace(/\..*$/, '')}`, download: name, class: 'download',
-    href: URL.createObjectURL(new Blob([text], { type })) }, name);
+  const file = (name, text, type = 'application/x-pem-file') => {
+    const href = URL.createObjectURL(new Blob([text], { type }));
+    state.blobs.push(href);
+    return el('a', { id: `download-${name.replace(/^.*-/, '').replace(/\..*$/, '')}`, download: name, class: 'download', href }, name);
+  };
   const files = [file(`${vin}-credentials.json`, JSON.stringify(cred, null, 1), 'application/json')];
   if (cred.cert) files.push(file(`${vin}-cert.pem`, cred.cert), file(`${vin}-key.pem`, cred.cert_key), file(`${vin}-device-ca.pem`, cred.device_ca));
   return el('div', { id: 'reissued-box' },
