@@ -113,13 +113,24 @@ func writeJSONLines(w io.Writer, evs []api.AuditEvent) error {
 // writeCSV writes records with a header row, times in RFC 3339 UTC with milliseconds.
 func writeCSV(w io.Writer, evs []api.AuditEvent) error {
 	cw := csv.NewWriter(w)
-	cw.Write([]string{"seq", "time", "kind", "user", "client_id", "vin", "cmd_id", "action", "outcome", "reason", "detail"})
+	// Columns are only ever added at the end, so spreadsheets and scripts keep working.
+	cw.Write([]string{"seq", "time", "kind", "user", "client_id", "vin", "cmd_id", "action", "outcome", "reason", "detail",
+		"received", "sent", "car_time"})
 	for _, e := range evs {
 		cw.Write([]string{strconv.FormatUint(e.Seq, 10), time.UnixMilli(e.TsMs).UTC().Format("2006-01-02T15:04:05.000Z07:00"),
-			e.Kind, e.User, e.ClientID, e.VIN, e.CmdID, e.Action, e.Outcome, e.Reason, e.Detail})
+			e.Kind, e.User, e.ClientID, e.VIN, e.CmdID, e.Action, e.Outcome, e.Reason, e.Detail,
+			csvTime(e.ReceivedMs), csvTime(e.SentMs), csvTime(e.CarMs)})
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// csvTime is ms in RFC 3339 UTC with milliseconds; "" for 0 (a time the record does not have).
+func csvTime(ms int64) string {
+	if ms == 0 {
+		return ""
+	}
+	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }
 
 // parseWhen reads --since/--until: RFC 3339, a date (local midnight) or a duration before now.

@@ -71,7 +71,8 @@ func TestAuditCommand(t *testing.T) {
 	if err != nil || len(rows) != 4 {
 		t.Fatalf("--csv: %v %q", err, rows)
 	}
-	if want := []string{"seq", "time", "kind", "user", "client_id", "vin", "cmd_id", "action", "outcome", "reason", "detail"}; !slices.Equal(rows[0], want) {
+	if want := []string{"seq", "time", "kind", "user", "client_id", "vin", "cmd_id", "action", "outcome", "reason", "detail",
+		"received", "sent", "car_time"}; !slices.Equal(rows[0], want) {
 		t.Fatalf("CSV header %q", rows[0])
 	}
 	if ts, err := time.Parse(time.RFC3339, rows[1][1]); err != nil || !strings.HasSuffix(rows[1][1], "Z") || rows[1][2] != "login" || rows[1][3] != "alice" || ts.IsZero() {

@@ -29,6 +29,15 @@ type Event struct {
 	Outcome  string `json:"outcome,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	Detail   string `json:"detail,omitempty"`
+	// The times of a command's life (Unix ms) that the record knows, 0 where it knows none.
+	// A command record's TsMs is the decision, ReceivedMs the request's arrival at the
+	// gateway. A result record's TsMs is the result's arrival (or the expiry), SentMs when
+	// the gateway handed the command to the broker for the car (0: another replica sent it,
+	// or it was never sent), and CarMs the car's own time of its result (when it executed or
+	// refused the command; also on a late_reply).
+	ReceivedMs int64 `json:"received,omitempty"`
+	SentMs     int64 `json:"sent,omitempty"`
+	CarMs      int64 `json:"car_ts,omitempty"`
 }
 
 // Kinds of events.

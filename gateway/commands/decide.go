@@ -43,7 +43,7 @@ func decodeAppRequest(payload []byte) *appRequest {
 // that applies; an accepted command is audited, sent to the car and awaited.
 func (r *Router) decide(req request) {
 	nowMs := r.clock.Now().UnixMilli()
-	ev := audit.Event{TsMs: nowMs, Kind: audit.KindCommand, User: req.user, ClientID: req.session}
+	ev := audit.Event{TsMs: nowMs, Kind: audit.KindCommand, User: req.user, ClientID: req.session, ReceivedMs: req.receivedMs}
 
 	ar, cmd, err := &req.app.ar, req.app.cmd, req.app.err
 	if err == nil {
@@ -182,6 +182,11 @@ func (r *Router) decide(req request) {
 	r.pending[cmd.ID] = &pending{user: req.user, session: req.session, vin: cmd.VIN, action: cmd.Action, expiresAtMs: cmd.ExpiresAtMs}
 	r.mu.Unlock()
 	r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyAccepted, VIN: cmd.VIN, Action: cmd.Action})
+	r.mu.Lock()
+	if p := r.pending[cmd.ID]; p != nil {
+		p.sentMs = r.clock.Now().UnixMilli() // the terminal audit record's "sent"
+	}
+	r.mu.Unlock()
 
 	// The publish may take until the command expires, by the router's clock.
 	ctx, cancel := context.WithTimeout(r.ctx, r.clock.Until(time.UnixMilli(cmd.ExpiresAtMs)))

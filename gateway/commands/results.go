@@ -13,6 +13,7 @@ type pending struct {
 	vin         string
 	action      protocol.Action
 	expiresAtMs int64
+	sentMs      int64 // when the command was handed to the broker (0: not yet)
 }
 
 // onResult relays a car's result to the app that asked, once.
@@ -46,7 +47,7 @@ func (r *Router) onResult(m mqttc.Message) {
 	}
 	if !ok {
 		_ = r.audit.Append(audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindLate, VIN: vin, CmdID: res.ID,
-			Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request"})
+			Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request", CarMs: res.TsMs})
 		return
 	}
 	status, reason, message := protocol.ReplyExecuted, protocol.ReasonNone, ""
@@ -72,7 +73,7 @@ func (r *Router) onResult(m mqttc.Message) {
 // the audit record's detail).
 func (r *Router) finishWithMessage(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, message string) {
 	r.mu.Lock()
-	_, wasPending := r.pending[id]
+	p, wasPending := r.pending[id]
 	delete(r.pending, id)
 	r.mu.Unlock()
 	if !wasPending && !r.clustered() { // a replica's claim in terminalReply decides
@@ -82,32 +83,37 @@ func (r *Router) finishWithMessage(id, user, vin string, action protocol.Action,
 	if message != "" {
 		detail = "car: " + message
 	}
-	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, detail, message)
+	var sentMs int64
+	if wasPending {
+		sentMs = p.sentMs
+	}
+	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, sentMs, detail, message)
 }
 
 // finish answers a pending request with its terminal reply, at most once. carTsMs is the car's
 // result timestamp (0 when the reply does not come from a result).
 func (r *Router) finish(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail string) {
 	r.mu.Lock()
-	_, wasPending := r.pending[id]
+	p, wasPending := r.pending[id]
 	delete(r.pending, id)
 	r.mu.Unlock()
 	if wasPending {
-		r.terminal(id, user, vin, action, status, reason, state, carTsMs, detail)
+		r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, p.sentMs, detail, "")
 	}
 }
 
 // terminal audits and sends a terminal reply.
 func (r *Router) terminal(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail string) {
-	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, detail, "")
+	r.terminalReply(id, user, vin, action, status, reason, state, carTsMs, 0, detail, "")
 }
 
-// terminalReply is terminal with the car's message for the user.
+// terminalReply is terminal with the car's message for the user and the time the command was
+// sent to the car (sentMs, 0 if unknown here), both for the audit record.
 // A replica first claims the command's pending record (replica.go): only the one that claims
 // it answers.
-func (r *Router) terminalReply(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs int64, detail, message string) {
+func (r *Router) terminalReply(id, user, vin string, action protocol.Action, status string, reason protocol.Reason, state map[string]any, carTsMs, sentMs int64, detail, message string) {
 	ev := audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
-		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail}
+		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail, SentMs: sentMs, CarMs: carTsMs}
 	if r.clustered() {
 		claimed, err := r.claim(id, ev)
 		if err != nil {

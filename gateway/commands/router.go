@@ -112,6 +112,7 @@ type request struct {
 	done    chan struct{} // closed once handled; used by tests and by shutdown draining
 	// redelivered: the broker sent it with DUP, maybe to another replica before (redelivery.go)
 	redelivered bool
+	receivedMs  int64 // when the request reached the router (its audit record's "received")
 }
 
 // New builds a router on clk (nil: the real clock): expiry, rate windows and the periodic
@@ -217,7 +218,8 @@ func (r *Router) Submit(user, session string, payload []byte) <-chan struct{} {
 
 // submit is Submit for a request the broker may have delivered before (redelivered: DUP).
 func (r *Router) submit(user, session string, payload []byte, redelivered bool) <-chan struct{} {
-	req := request{user: user, session: session, app: decodeAppRequest(payload), redelivered: redelivered, done: make(chan struct{})}
+	req := request{user: user, session: session, app: decodeAppRequest(payload), redelivered: redelivered, done: make(chan struct{}),
+		receivedMs: r.clock.Now().UnixMilli()}
 	// The shard is chosen by VIN so one car's commands are decided and sent in order. A
 	// request too broken to name a VIN goes to shard 0.
 	shard := 0

@@ -39,7 +39,7 @@ func TestExpirySweepRunsByItself(t *testing.T) {
 	// An accepted command, expiring in 5 s, whose car stays silent.
 	r.mu.Lock()
 	r.pending["c-silent"] = &pending{user: "alice", session: "alice-1", vin: "1HGCM82633A004352", action: "honk",
-		expiresAtMs: t0.Add(5 * time.Second).UnixMilli()}
+		expiresAtMs: t0.Add(5 * time.Second).UnixMilli(), sentMs: t0.Add(20 * time.Millisecond).UnixMilli()}
 	r.mu.Unlock()
 	// The housekeeping loop has made its three tickers (sweep, twin flush, id pruning).
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -80,5 +80,10 @@ func TestExpirySweepRunsByItself(t *testing.T) {
 	clk.Advance(sweepInterval)
 	if n := len(replied()); n != 1 {
 		t.Fatalf("%d replies after more sweeps, want 1", n)
+	}
+	// Its audit record says when it was sent to the car (the console's timeline shows it).
+	evs, err := lg.Query(audit.Filter{Kind: audit.KindResult})
+	if err != nil || len(evs) != 1 || evs[0].Outcome != protocol.ReplyExpired || evs[0].SentMs != t0.Add(20*time.Millisecond).UnixMilli() || evs[0].CarMs != 0 {
+		t.Fatalf("expiry record %+v %v: want expired, sent at t0+20ms, no car time", evs, err)
 	}
 }

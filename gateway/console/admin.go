@@ -10,6 +10,7 @@ import (
 	"telematics/gateway/httpapi"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
+	"telematics/pkg/api"
 	"telematics/pkg/protocol"
 )
 
@@ -151,19 +152,26 @@ func (c *Console) resetUser2FA(w http.ResponseWriter, r *http.Request) {
 	httpapi.WriteJSON(w, http.StatusOK, Reset2FAResult{User: name, EnrollmentRemoved: removed})
 }
 
-// reissueCredentials is POST /console/api/cars/{vin}/credentials (admin): new credentials for
-// the car, the old token retired (a leaked head unit); the answer holds them once, for the
-// operator to install in the car. Audited with the operator's name.
+// reissueCredentials is POST /console/api/cars/{vin}/credentials {"cert":bool} (admin): new
+// credentials for the car, the old token retired (a leaked head unit), with a new device
+// certificate and its key when cert is set (as `gateway admin vehicle reissue --cert`); the
+// answer holds them once, for the operator to install in the car, and nothing secret is
+// kept. Audited with the operator's name.
 func (c *Console) reissueCredentials(w http.ResponseWriter, r *http.Request) {
 	vin, ok := pathVIN(w, r)
 	if !ok {
+		return
+	}
+	var req api.ReissueRequest
+	if err := httpapi.DecodeBody(r, &req); err != nil {
+		httpapi.Fail(w, c.log, err)
 		return
 	}
 	if c.d.Credentials == nil {
 		httpapi.Error(w, http.StatusNotImplemented, protocol.ReasonBadRequest, "this console cannot issue credentials")
 		return
 	}
-	cred, err := c.d.Credentials.Reissue(vin, false, actorOf(r))
+	cred, err := c.d.Credentials.Reissue(vin, req.Cert, actorOf(r))
 	if err != nil {
 		httpapi.Fail(w, c.log, err)
 		return

@@ -3,7 +3,10 @@ package console_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -192,6 +195,116 @@ func TestAdminActionsOnAGateway(t *testing.T) {
 	for outcome, seen := range want {
 		if !seen {
 			t.Errorf("no %s audited with console:olga in %+v", outcome, evs)
+		}
+	}
+}
+
+// The console's reissue with a device certificate, as `gateway admin vehicle reissue --cert`:
+// the answer holds the certificate (signed by the gateway's device CA, naming the car) and its
+// key once; the car page then says the car has one; the action is audited with the operator's
+// name and the certificate's serial, never the key. A viewer is refused by the server.
+func TestReissueWithDeviceCertificate(t *testing.T) {
+	ctx := context.Background()
+	cloud := harness.MustStart(t, harness.Options{PasswordParams: &cheap, Configure: func(cfg *server.Config) {
+		cfg.TwoFA.Mode = twofa.ModeOff
+	}})
+	creds, err := cloud.Provision(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vin := creds[0].VIN
+	admin := cloud.Client()
+	for name, role := range map[string]string{"olga": "admin", "vera": "viewer"} {
+		if _, err := admin.AddOperator(ctx, name, role, opPassword); err != nil {
+			t.Fatal(err)
+		}
+	}
+	olga := consoleLogin(t, cloud.HTTPURL(), "olga", opPassword)
+	vera := consoleLogin(t, cloud.HTTPURL(), "vera", opPassword)
+	path := "/console/api/cars/" + vin + "/credentials"
+	carPage := func() console.CarPage {
+		t.Helper()
+		var p console.CarPage
+		status, body := vera.do("GET", "/console/api/cars/"+vin, nil)
+		if err := json.Unmarshal(body, &p); status != http.StatusOK || err != nil {
+			t.Fatalf("car page: %d %s", status, body)
+		}
+		return p
+	}
+	if carPage().DeviceCert {
+		t.Fatal("a car provisioned without a certificate shows one")
+	}
+
+	if status, body := vera.do("POST", path, api.ReissueRequest{Cert: true}); status != http.StatusForbidden || reasonOf(body) != string(protocol.ReasonForbidden) {
+		t.Errorf("viewer's reissue with a certificate: %d %s", status, body)
+	}
+	if status, body := olga.do("POST", path, api.ReissueRequest{Cert: true}, console.CSRFHeader, "wrong"); status != http.StatusForbidden {
+		t.Errorf("reissue without the CSRF token: %d %s", status, body)
+	}
+	if status, body := olga.do("POST", path, json.RawMessage(`{"cert":"yes"}`)); status != http.StatusBadRequest {
+		t.Errorf("reissue with a malformed body: %d %s", status, body)
+	}
+	if evs, err := admin.Audit(ctx, api.AuditQuery{VIN: vin, Kind: "admin"}); err != nil || len(evs) != 0 {
+		t.Fatalf("refused reissues audited as done: %+v %v", evs, err)
+	}
+
+	status, body := olga.do("POST", path, api.ReissueRequest{Cert: true})
+	var cred protocol.Credentials
+	if err := json.Unmarshal(body, &cred); status != http.StatusOK || err != nil || cred.Token == "" || cred.Token == creds[0].Token {
+		t.Fatalf("reissue with a certificate: %d %.300s", status, body)
+	}
+	block, _ := pem.Decode([]byte(cred.Cert))
+	caBlock, _ := pem.Decode([]byte(cred.DeviceCA))
+	keyBlock, _ := pem.Decode([]byte(cred.CertKey))
+	if block == nil || caBlock == nil || keyBlock == nil {
+		t.Fatalf("certificate, key or CA missing or not PEM: %.300s", body)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caBlock.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("certificate not signed by the device CA for client auth: %v", err)
+	}
+	if cert.Subject.CommonName != vin {
+		t.Errorf("certificate names %q, want %s", cert.Subject.CommonName, vin)
+	}
+	if !carPage().DeviceCert {
+		t.Error("car page does not show the new device certificate")
+	}
+
+	// Without the box checked: new credentials, no certificate.
+	status, body = olga.do("POST", path, api.ReissueRequest{})
+	var plain protocol.Credentials
+	if err := json.Unmarshal(body, &plain); status != http.StatusOK || err != nil || plain.Token == "" || plain.Cert != "" || plain.CertKey != "" {
+		t.Fatalf("reissue without a certificate: %d %.300s", status, body)
+	}
+	if carPage().DeviceCert {
+		t.Error("car page still shows the retired device certificate")
+	}
+
+	evs, err := admin.Audit(ctx, api.AuditQuery{VIN: vin, Kind: "admin"})
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("audit: %+v %v", evs, err)
+	}
+	serial := fmt.Sprintf("%x", cert.SerialNumber)
+	withCert, without := evs[1], evs[0] // newest first
+	if withCert.Outcome != "credentials_reissued" || withCert.ClientID != "console:olga" || !strings.Contains(withCert.Detail, "device_cert=") ||
+		!strings.EqualFold(strings.TrimPrefix(withCert.Detail, "device_cert="), serial) {
+		t.Errorf("reissue with a certificate audited as %+v, want console:olga and serial %s", withCert, serial)
+	}
+	if without.Outcome != "credentials_reissued" || without.ClientID != "console:olga" || without.Detail != "" {
+		t.Errorf("reissue without a certificate audited as %+v", without)
+	}
+	for _, ev := range evs {
+		if strings.Contains(ev.Detail, "PRIVATE") || strings.Contains(ev.Detail, cred.Token) {
+			t.Errorf("audit holds a secret: %+v", ev)
 		}
 	}
 }

@@ -292,7 +292,8 @@ func (w *watcher) closeStream() {
 
 // events is GET /console/api/events, a Server-Sent Events stream:
 //
-//	event: fleet  data: Fleet            the whole fleet (first, and whenever a stream must resync)
+//	event: fleet  data: Fleet            the whole fleet (first, and whenever a stream must resync),
+//	                                     in parts of at most fleetChunk cars: "more" on all but the last
 //	event: cars   data: [Car | {"vin","gone":true}, …]   the cars that changed
 //	event: alerts data: [Alert, …]       the whole alerts list, at the start and when it changes
 //	event: ended  data: {}               the session ended: log in again
@@ -346,12 +347,22 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 		sentAlerts = seq
 		return send("alerts", "", list)
 	}
+	// The whole fleet goes in parts (a page at 20,000 cars draws the first ones while the rest
+	// arrive); only the last part carries the id, so a stream cut in between resumes from the
+	// change before (or from the start) and the page drops the parts it got.
 	resync := func() (uint64, error) {
 		wt.mu.Lock()
 		cars, id := wt.snapshotLocked()
 		seq := wt.seq
 		wt.mu.Unlock()
-		return seq, send("fleet", id, Fleet{Cars: cars, EventID: id, NowMs: c.now().UnixMilli()})
+		now := c.now().UnixMilli()
+		for len(cars) > fleetChunk {
+			if err := send("fleet", "", Fleet{Cars: cars[:fleetChunk], EventID: id, NowMs: now, More: true}); err != nil {
+				return seq, err
+			}
+			cars = cars[fleetChunk:]
+		}
+		return seq, send("fleet", id, Fleet{Cars: cars, EventID: id, NowMs: now})
 	}
 
 	var last uint64

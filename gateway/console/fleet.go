@@ -2,8 +2,10 @@ package console
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 
 	"telematics/gateway/httpapi"
@@ -33,22 +35,56 @@ type Car struct {
 	telemetryMs int64 // the newest telemetry (alerts)
 }
 
-// Fleet is GET /console/api/fleet: every car, and the id of the last change it includes, from
-// which GET /console/api/events continues.
+// Fleet is the event stream's "fleet" event: the whole fleet in VIN order, sent in parts of
+// at most fleetChunk cars (More set on every part but the last), and the id of the last
+// change it includes, from which the stream continues.
 type Fleet struct {
 	Cars    []Car  `json:"cars"`
 	EventID string `json:"event_id"`
 	NowMs   int64  `json:"now"`
+	More    bool   `json:"more,omitempty"`
+}
+
+// FleetPage is GET /console/api/fleet?after=VIN&limit=N&q=TEXT&filter=F: the cars matching q
+// (part of the VIN) and filter (online, offline, unlocked, waiting: a whitelist not yet on
+// the car) in VIN order after the cursor, at most limit of them.
+type FleetPage struct {
+	Cars  []Car `json:"cars"`
+	Total int   `json:"total"` // the cars matching q and filter
+	Fleet int   `json:"fleet"` // every car
+	// Next is the cursor of the next page (its after=), "" when this page is the last.
+	Next    string `json:"next,omitempty"`
+	EventID string `json:"event_id"`
+	NowMs   int64  `json:"now"`
+}
+
+// Bounds of GET /console/api/fleet and of the stream's fleet event.
+const (
+	fleetPageDefault = 500
+	fleetPageMax     = 2000
+	fleetChunk       = 2000 // cars per part of the stream's fleet event
+)
+
+// fleetFilters are the fleet list's filters, by the name the page and the API use.
+var fleetFilters = map[string]func(Car) bool{
+	"":         func(Car) bool { return true },
+	"online":   func(c Car) bool { return c.Online },
+	"offline":  func(c Car) bool { return !c.Online },
+	"unlocked": func(c Car) bool { return c.Locked != nil && !*c.Locked },
+	"waiting":  func(c Car) bool { return c.WLVersion > c.WLAcked },
 }
 
 // CarPage is GET /console/api/cars/{vin}.
 type CarPage struct {
 	Car
-	CreatedMs int64          `json:"created"`
-	Signals   map[string]any `json:"signals"`
-	Users     []CarUser      `json:"users"`
-	Keys      []CarKey       `json:"keys"`
-	NowMs     int64          `json:"now"`
+	CreatedMs int64 `json:"created"`
+	// DeviceCert: the car's current credentials include a device certificate (the console's
+	// reissue then offers a new one by default).
+	DeviceCert bool           `json:"device_cert"`
+	Signals    map[string]any `json:"signals"`
+	Users      []CarUser      `json:"users"`
+	Keys       []CarKey       `json:"keys"`
+	NowMs      int64          `json:"now"`
 }
 
 // CarUser is a user's role on the car.
@@ -118,9 +154,55 @@ func numSignal(s map[string]any, k string) *float64 {
 	return nil
 }
 
-func (c *Console) fleet(w http.ResponseWriter, _ *http.Request) {
-	cars, id := c.watch.snapshot()
-	httpapi.WriteJSON(w, http.StatusOK, Fleet{Cars: cars, EventID: id, NowMs: c.now().UnixMilli()})
+func (c *Console) fleet(w http.ResponseWriter, r *http.Request) {
+	qv := r.URL.Query()
+	limit := fleetPageDefault
+	if s := qv.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > fleetPageMax {
+			httpapi.Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, fmt.Sprintf("limit: want 1 to %d", fleetPageMax))
+			return
+		}
+		limit = n
+	}
+	keep, ok := fleetFilters[qv.Get("filter")]
+	if !ok {
+		httpapi.Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "filter: want online, offline, unlocked or waiting")
+		return
+	}
+	q := strings.ToUpper(qv.Get("q"))
+	after := strings.ToUpper(qv.Get("after"))
+	if len(q) > 17 || len(after) > 17 || !vinChars(q) || !vinChars(after) {
+		httpapi.Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "q and after: at most 17 letters and digits")
+		return
+	}
+	cars, id := c.watch.snapshot() // in VIN order
+	page := FleetPage{Cars: []Car{}, Fleet: len(cars), EventID: id, NowMs: c.now().UnixMilli()}
+	for _, car := range cars {
+		if !strings.Contains(car.VIN, q) || !keep(car) {
+			continue
+		}
+		page.Total++
+		if car.VIN <= after && after != "" {
+			continue
+		}
+		if len(page.Cars) < limit {
+			page.Cars = append(page.Cars, car)
+		} else if page.Next == "" {
+			page.Next = page.Cars[len(page.Cars)-1].VIN
+		}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, page)
+}
+
+// vinChars reports whether s holds only letters and digits (a VIN or a part of one).
+func vinChars(s string) bool {
+	for _, r := range s {
+		if (r < '0' || r > '9') && (r < 'A' || r > 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Console) car(w http.ResponseWriter, r *http.Request) {
@@ -138,7 +220,7 @@ func (c *Console) car(w http.ResponseWriter, r *http.Request) {
 		httpapi.Fail(w, c.log, err)
 		return
 	}
-	page := CarPage{Car: c.summarize(v), CreatedMs: v.CreatedMs, Signals: map[string]any{}, Users: []CarUser{}, Keys: []CarKey{},
+	page := CarPage{Car: c.summarize(v), CreatedMs: v.CreatedMs, DeviceCert: v.CertSerial != "", Signals: map[string]any{}, Users: []CarUser{}, Keys: []CarKey{},
 		NowMs: c.now().UnixMilli()}
 	if tw, ok := c.d.Twins.Twin(vin); ok && tw.Signals != nil {
 		page.Signals = tw.Signals

@@ -11,12 +11,12 @@ import (
 )
 
 // The command timeline of a car page is read from the audit log, where the router records
-// each decision (kind command: accepted with its factors, or rejected with the reason) and
-// each end (kind result: executed, failed or expired; kind late_reply: a result after the
-// expiry), and where the car's local-link journal is filed (kind vehicle). The log holds no
-// separate "received" or "sent" time: a request is decided as it is received, and an
-// accepted one is sent once its decision is durable, so the decision's time stands for all
-// three.
+// each decision (kind command: accepted with its factors, or rejected with the reason; with
+// the request's arrival), each end (kind result: executed, rejected by the car, failed or
+// expired; with when the command was sent to the car and the car's own time of its result;
+// kind late_reply: a result after the expiry), and where the car's local-link journal is
+// filed (kind vehicle). A request's states are assembled from its decision record and its
+// result record (the same cmd_id): the router writes no record for the states in between.
 
 // timelineRecords bounds the audit records read for one car's timeline.
 const timelineRecords = 400
@@ -30,16 +30,30 @@ type Command struct {
 	// from its journal).
 	Path    string         `json:"path"`
 	Factors []string       `json:"factors"`
-	States  []CommandState `json:"states"` // oldest first
-	// LatencyMs is from the decision to the car's result (0 until there is one, or for a
-	// request refused by the gateway).
+	States  []CommandState `json:"states"` // in the order of the request's life
+	// LatencyMs is from the request's arrival at the gateway (the decision, on records that
+	// predate arrival times) to the car's result reaching the gateway: 0 until there is one,
+	// and for a request refused by the gateway.
 	LatencyMs int64 `json:"latency_ms,omitempty"`
+	// DecisionMs is from the request's arrival to the gateway's decision (0: unknown).
+	DecisionMs int64 `json:"decision_ms,omitempty"`
 }
 
-// CommandState is one step of a request: accepted or rejected (the gateway's decision),
-// executed, failed or expired (its end), late_result (a result after the expiry), or what
-// the car's journal says it did locally.
+// Steps of a request's life, CommandState.Step.
+const (
+	StepReceived = "received" // the request reached the gateway
+	StepDecided  = "decided"  // the gateway's decision: State accepted, or rejected with the reason
+	StepSent     = "sent"     // the command was handed to the broker for the car
+	StepCar      = "car"      // the car's result by its own clock: executed, rejected (reason) or failed
+	StepResult   = "result"   // the result reached the gateway (State as the car's), or expired
+	StepLate     = "late"     // a result after the expiry
+	StepJournal  = "journal"  // what the car did over its local link, by its clock (its journal)
+)
+
+// CommandState is one step of a request: State is the step's outcome (received, accepted,
+// rejected, sent, executed, failed, expired, late_result, or what the car's journal says).
 type CommandState struct {
+	Step   string `json:"step"`
 	State  string `json:"state"`
 	AtMs   int64  `json:"at"`
 	Reason string `json:"reason,omitempty"`
@@ -65,6 +79,7 @@ func timelineKind(kind string) bool {
 // buildTimeline groups records (newest first, as audit.Query returns them) by command id.
 func buildTimeline(evs []audit.Event) []Command {
 	byID := map[string]*Command{}
+	startMs := map[string]int64{} // the request's arrival, or its decision
 	var order []string
 	for i := len(evs) - 1; i >= 0; i-- { // oldest first
 		ev := evs[i]
@@ -86,24 +101,40 @@ func buildTimeline(evs []audit.Event) []Command {
 		st := CommandState{State: ev.Outcome, AtMs: ev.TsMs, Reason: ev.Reason}
 		switch ev.Kind {
 		case audit.KindCommand:
+			st.Step = StepDecided
 			if f, ok := strings.CutPrefix(ev.Detail, "factors="); ok {
 				c.Factors = strings.Split(f, ",")
 			} else {
 				st.Detail = ev.Detail
 			}
+			startMs[c.ID] = ev.TsMs
+			if ev.ReceivedMs != 0 {
+				c.States = append(c.States, CommandState{Step: StepReceived, State: "received", AtMs: ev.ReceivedMs})
+				startMs[c.ID] = ev.ReceivedMs
+				c.DecisionMs = ev.TsMs - ev.ReceivedMs
+			}
 		case audit.KindVehicle:
+			st.Step = StepJournal
 			c.Path = "local"
 			if len(c.Factors) == 0 {
 				c.Factors = []string{"key"}
 			}
 			st.Detail = ev.Detail
 		case audit.KindLate:
+			st.Step = StepLate
 			st.State = "late_result"
 			st.Detail = ev.Outcome
 		case audit.KindResult:
+			st.Step = StepResult
 			st.Detail = ev.Detail
-			if len(c.States) > 0 && c.States[0].State == protocol.ReplyAccepted {
-				c.LatencyMs = ev.TsMs - c.States[0].AtMs
+			if ev.SentMs != 0 {
+				c.States = append(c.States, CommandState{Step: StepSent, State: "sent", AtMs: ev.SentMs})
+			}
+			if ev.CarMs != 0 {
+				c.States = append(c.States, CommandState{Step: StepCar, State: ev.Outcome, AtMs: ev.CarMs, Reason: ev.Reason})
+			}
+			if from, ok := startMs[c.ID]; ok && decidedAccepted(c.States) {
+				c.LatencyMs = ev.TsMs - from
 			}
 		}
 		c.States = append(c.States, st)
@@ -114,6 +145,16 @@ func buildTimeline(evs []audit.Event) []Command {
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].States[0].AtMs > out[j].States[0].AtMs })
 	return out
+}
+
+// decidedAccepted reports whether states hold the gateway's acceptance.
+func decidedAccepted(states []CommandState) bool {
+	for _, st := range states {
+		if st.Step == StepDecided {
+			return st.State == protocol.ReplyAccepted
+		}
+	}
+	return false
 }
 
 // commands is GET /console/api/cars/{vin}/commands.

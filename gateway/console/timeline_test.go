@@ -2,6 +2,7 @@ package console
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -67,5 +68,58 @@ func TestCommandTimelineFromTheAuditLog(t *testing.T) {
 	}
 	if r := f.browser().do("GET", "/console/api/cars/"+vin1+"/commands", nil); r.status != http.StatusUnauthorized {
 		t.Errorf("without a session: %d", r.status)
+	}
+}
+
+// Every state of a request is assembled from its decision record and its result record: the
+// arrival, the decision, the send, the car's result by its clock and the result's arrival;
+// the latency runs from the arrival to the result's arrival.
+func TestCommandTimelineStatesAndTimes(t *testing.T) {
+	const t0 = int64(1_800_000_000_000)
+	evs := []audit.Event{ // newest first, as audit.Query returns them
+		{TsMs: t0 + 9000, Kind: audit.KindResult, VIN: vin1, CmdID: "c-silent", Outcome: protocol.ReplyExpired,
+			Reason: string(protocol.ReasonExpired), SentMs: t0 + 2006},
+		{TsMs: t0 + 2005, Kind: audit.KindCommand, User: "alice", VIN: vin1, CmdID: "c-silent", Action: "honk",
+			Outcome: protocol.ReplyAccepted, Detail: "factors=token,key", ReceivedMs: t0 + 2001},
+		{TsMs: t0 + 1500, Kind: audit.KindResult, VIN: vin1, CmdID: "c-trunk", Outcome: protocol.ReplyRejected,
+			Reason: string(protocol.ReasonForbidden), Detail: "car: moving", SentMs: t0 + 1406, CarMs: t0 + 1450},
+		{TsMs: t0 + 1405, Kind: audit.KindCommand, User: "alice", VIN: vin1, CmdID: "c-trunk", Action: "trunk",
+			Outcome: protocol.ReplyAccepted, Detail: "factors=token,key", ReceivedMs: t0 + 1400},
+		{TsMs: t0 + 1003, Kind: audit.KindCommand, User: "bob", VIN: vin1, CmdID: "c-bob", Action: "unlock",
+			Outcome: protocol.ReplyRejected, Reason: string(protocol.ReasonKeyRevoked), ReceivedMs: t0 + 1000},
+		{TsMs: t0 + 90, Kind: audit.KindResult, VIN: vin1, CmdID: "c-unlock", Outcome: protocol.ReplyExecuted,
+			SentMs: t0 + 12, CarMs: t0 + 60},
+		{TsMs: t0 + 10, Kind: audit.KindCommand, User: "alice", VIN: vin1, CmdID: "c-unlock", Action: "unlock",
+			Outcome: protocol.ReplyAccepted, Detail: "factors=token,key,totp", ReceivedMs: t0 + 4},
+	}
+	tl := buildTimeline(evs)
+	steps := func(c Command) string {
+		var s []string
+		for _, st := range c.States {
+			s = append(s, fmt.Sprintf("%s:%s@%d%s", st.Step, st.State, st.AtMs-t0, map[bool]string{true: "(" + st.Reason + ")"}[st.Reason != ""]))
+		}
+		return strings.Join(s, " ")
+	}
+	want := []struct {
+		id, steps         string
+		latency, decision int64
+	}{
+		{"c-silent", "received:received@2001 decided:accepted@2005 sent:sent@2006 result:expired@9000(expired)", 6999, 4},
+		{"c-trunk", "received:received@1400 decided:accepted@1405 sent:sent@1406 car:rejected@1450(forbidden) result:rejected@1500(forbidden)", 100, 5},
+		{"c-bob", "received:received@1000 decided:rejected@1003(key_revoked)", 0, 3},
+		{"c-unlock", "received:received@4 decided:accepted@10 sent:sent@12 car:executed@60 result:executed@90", 86, 6},
+	}
+	if len(tl) != len(want) {
+		t.Fatalf("%d commands, want %d: %+v", len(tl), len(want), tl)
+	}
+	for i, w := range want {
+		c := tl[i]
+		if c.ID != w.id || steps(c) != w.steps || c.LatencyMs != w.latency || c.DecisionMs != w.decision {
+			t.Errorf("command %d: %s %q latency %d decision %d; want %s %q %d %d", i, c.ID, steps(c), c.LatencyMs, c.DecisionMs,
+				w.id, w.steps, w.latency, w.decision)
+		}
+	}
+	if got := strings.Join(tl[3].Factors, ","); got != "token,key,totp" {
+		t.Errorf("factors %q", got)
 	}
 }

@@ -49,7 +49,8 @@ func (a *API) queryAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	for i, e := range evs {
 		out[i] = api.AuditEvent{Seq: e.Seq, TsMs: e.TsMs, Kind: e.Kind, User: e.User, ClientID: e.ClientID, VIN: e.VIN,
-			CmdID: e.CmdID, Action: e.Action, Outcome: e.Outcome, Reason: e.Reason, Detail: e.Detail}
+			CmdID: e.CmdID, Action: e.Action, Outcome: e.Outcome, Reason: e.Reason, Detail: e.Detail,
+			ReceivedMs: e.ReceivedMs, SentMs: e.SentMs, CarMs: e.CarMs}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -70,7 +70,12 @@ func (a *API) Reissue(vin string, cert bool, actor string) (protocol.Credentials
 	if err := a.Store.SetVehicleCredentials(vin, jti, serial); err != nil {
 		return protocol.Credentials{}, err
 	}
-	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, ClientID: actor, Outcome: "credentials_reissued"})
+	detail := ""
+	if serial != "" {
+		detail = "device_cert=" + serial
+	}
+	_ = a.Audit.Append(audit.Event{TsMs: a.Now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, ClientID: actor, Outcome: "credentials_reissued",
+		Detail: detail})
 	if a.Hooks.TokenRetired != nil {
 		a.Hooks.TokenRetired(vin, jti)
 	}

@@ -99,7 +99,8 @@ func TestAuditEventView(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, nil)
 	e := audit.Event{TsMs: 1_800_000_000_123, Kind: audit.KindCommand, User: "alice", ClientID: "alice-phone", VIN: vinA,
-		CmdID: "c1", Action: "unlock", Outcome: "refused", Reason: "forbidden", Detail: "role=valet"}
+		CmdID: "c1", Action: "unlock", Outcome: "refused", Reason: "forbidden", Detail: "role=valet",
+		ReceivedMs: 1_800_000_000_100, SentMs: 1_800_000_000_130, CarMs: 1_800_000_000_150}
 	if err := f.api.Audit.Append(e); err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,8 @@ func TestAuditEventView(t *testing.T) {
 		t.Fatalf("audit: %+v %v", evs, err)
 	}
 	want := api.AuditEvent{Seq: evs[0].Seq, TsMs: e.TsMs, Kind: e.Kind, User: e.User, ClientID: e.ClientID, VIN: e.VIN,
-		CmdID: e.CmdID, Action: e.Action, Outcome: e.Outcome, Reason: e.Reason, Detail: e.Detail}
+		CmdID: e.CmdID, Action: e.Action, Outcome: e.Outcome, Reason: e.Reason, Detail: e.Detail,
+		ReceivedMs: e.ReceivedMs, SentMs: e.SentMs, CarMs: e.CarMs}
 	if evs[0] != want {
 		t.Fatalf("audit record:\n got %+v\nwant %+v", evs[0], want)
 	}

@@ -14,6 +14,12 @@ type AuditEvent struct {
 	Outcome  string `json:"outcome,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	Detail   string `json:"detail,omitempty"`
+	// Times of a command's life, Unix ms (see docs/PROTOCOL.md): on a command record the
+	// request's arrival; on a result record when the command was sent to the car and the
+	// car's time of its result.
+	ReceivedMs int64 `json:"received,omitempty"`
+	SentMs     int64 `json:"sent,omitempty"`
+	CarMs      int64 `json:"car_ts,omitempty"`
 }
 
 // AuditKinds are the kinds of audit records, for a query that names one.

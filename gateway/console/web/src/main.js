@@ -9,11 +9,20 @@ import countries110m from 'world-atlas/countries-110m.json';
 import './style.css';
 
 const api = '/console/api';
-const maxRows = 500;
+// The fleet list draws only the rows in view (and a few around them): every car can be
+// scrolled to, and 20,000 cars cost 20,000 rows of data, not of DOM. Rows are styled 28 px
+// high; the height drawn is measured (state.rowHeight) so the spacers stay exact.
+const overscanRows = 8;
 
 const state = {
   session: null, // {operator, role, stage, csrf}
   cars: new Map(), // vin -> Car
+  incoming: null, // the parts of a fleet event received so far (Map), until the last
+  sorted: null, // state.cars in VIN order; null when a car came or went
+  shown: [], // the fleet list's matching cars, in VIN order
+  rowHeight: 28,
+  fleetMarked: false,
+  blobs: [], // object URLs of reissued credentials: revoked when the page changes
   events: null,
   eventsOK: false,
   view: null, // {name, vin?}
@@ -70,6 +79,9 @@ function header() {
 
 function setMain(...nodes) {
   if (state.carTimer) { clearInterval(state.carTimer); state.carTimer = null; }
+  state.shown = [];
+  for (const u of state.blobs) URL.revokeObjectURL(u);
+  state.blobs = [];
   state.map = null;
   state.markers.clear();
   $('#app').replaceChildren(...nodes);
@@ -153,7 +165,7 @@ function startEvents() {
   if (state.events) return;
   const es = new EventSource(api + '/events');
   state.events = es;
-  es.addEventListener('open', () => { state.eventsOK = true; setLive(true); renderAlerts([]); });
+  es.addEventListener('open', () => { state.eventsOK = true; state.incoming = null; setLive(true); renderAlerts([]); });
   es.addEventListener('alerts', (ev) => renderAlerts(JSON.parse(ev.data)));
   es.addEventListener('error', async () => {
     setLive(false);
@@ -168,17 +180,35 @@ function startEvents() {
       }
     }
   });
+  // The whole fleet comes in parts; a first load lists each part as it comes (the map waits
+  // for the last), a resync swaps the list once it is complete.
   es.addEventListener('fleet', (ev) => {
     const f = JSON.parse(ev.data);
-    state.cars = new Map(f.cars.map((c) => [c.vin, c]));
+    const first = state.incoming === null && state.cars.size === 0;
+    if (state.incoming === null) state.incoming = new Map();
+    for (const c of f.cars) state.incoming.set(c.vin, c);
+    if (first) state.cars = state.incoming;
+    state.sorted = null;
+    if (f.more) {
+      if (state.cars === state.incoming && state.view && state.view.name === 'fleet') renderFleetRows(false);
+      if (first) performance.mark('console:fleet-first-part'); // the page-load measurement reads these
+      return;
+    }
+    state.cars = state.incoming;
+    state.incoming = null;
     refresh(null);
+    if (first) performance.mark('console:fleet-first-part');
+    if (!state.fleetMarked) { performance.mark('console:fleet-complete'); state.fleetMarked = true; }
   });
   es.addEventListener('cars', (ev) => {
     const changed = JSON.parse(ev.data);
     const timelines = [];
     for (const c of changed) {
       if (c.commands) timelines.push(c.vin); // new requests on the car's timeline
-      else if (c.gone) state.cars.delete(c.vin); else state.cars.set(c.vin, c);
+      else if (c.gone) { state.cars.delete(c.vin); state.sorted = null; } else {
+        if (!state.cars.has(c.vin)) state.sorted = null;
+        state.cars.set(c.vin, c);
+      }
     }
     refresh(changed.filter((c) => !c.commands).map((c) => c.vin));
     if (state.view && state.view.name === 'car' && timelines.includes(state.view.vin)) loadTimeline(state.view.vin);
@@ -221,8 +251,9 @@ function refresh(vins) {
 function showFleet() {
   state.view = { name: 'fleet' };
   header();
-  const search = el('input', { id: 'search', type: 'search', placeholder: 'Search VIN', oninput: renderFleetRows });
-  const filter = el('select', { id: 'filter', onchange: renderFleetRows },
+  const relist = () => { $('#fleet-scroll').scrollTop = 0; renderFleetRows(); };
+  const search = el('input', { id: 'search', type: 'search', placeholder: 'Search VIN', oninput: relist });
+  const filter = el('select', { id: 'filter', onchange: relist },
     el('option', { value: '' }, 'All cars'), el('option', { value: 'online' }, 'Online'), el('option', { value: 'offline' }, 'Offline'),
     el('option', { value: 'unlocked' }, 'Unlocked'), el('option', { value: 'waiting' }, 'Whitelist not on the car'));
   const adminUser = el('input', { id: 'admin-user', placeholder: 'user name' });
@@ -244,9 +275,13 @@ function showFleet() {
   const table = el('table', { id: 'fleet-table' },
     el('thead', {}, el('tr', {}, ['VIN', 'State', 'Lock', 'Battery', 'Speed', 'Last seen', 'Whitelist'].map((h) => el('th', {}, h)))),
     el('tbody', { id: 'fleet-rows' }));
+  let frame = 0;
+  const scroller = el('div', { id: 'fleet-scroll', onscroll: () => {
+    if (!frame) frame = requestAnimationFrame(() => { frame = 0; renderWindow(); });
+  } }, table);
   setMain(
     el('div', { class: 'toolbar' }, search, filter, el('span', { id: 'count', class: 'muted' }), el('span', { id: 'live', class: 'waiting' }, 'connecting…')),
-    el('div', { class: 'fleet' }, el('div', { class: 'card' }, table), el('div', { class: 'card' }, el('div', { id: 'map' }))),
+    el('div', { class: 'fleet' }, el('div', { class: 'card' }, scroller), el('div', { class: 'card' }, el('div', { id: 'map' }))),
     admin);
   setLive(state.events && state.events.readyState === EventSource.OPEN);
   initMap();
@@ -280,26 +315,61 @@ function wlText(c, now) {
   return `v${c.wl_version} issued, car has v${c.wl_acked}` + (c.wl_waiting_from ? `, waiting ${ago(c.wl_waiting_from, now).replace(' ago', '')}` : '');
 }
 
-function renderFleetRows() {
-  const body = $('#fleet-rows');
-  if (!body) return;
+// renderFleetRows filters the fleet again (after a change, a search or a filter) and draws
+// the rows in view; the map's markers too unless markers is false.
+function renderFleetRows(markers = true) {
+  if (!$('#fleet-rows')) return;
   const q = ($('#search').value || '').trim().toUpperCase();
   const f = $('#filter').value;
-  const now = Date.now();
-  const all = [...state.cars.values()].sort((a, b) => (a.vin < b.vin ? -1 : 1));
-  const shown = all.filter((c) => matches(c, q, f));
-  const rows = shown.slice(0, maxRows).map((c) => el('tr', { id: `car-${c.vin}`, 'data-vin': c.vin },
+  if (!state.sorted) state.sorted = [...state.cars.values()].sort((a, b) => (a.vin < b.vin ? -1 : 1));
+  else state.sorted = state.sorted.map((c) => state.cars.get(c.vin)); // same cars, newer values
+  state.shown = state.sorted.filter((c) => matches(c, q, f));
+  renderWindow();
+  if (markers) renderMarkers(state.shown);
+}
+
+function fleetRow(c, now) {
+  return el('tr', { id: `car-${c.vin}`, 'data-vin': c.vin },
     el('td', {}, el('a', { href: `#car/${c.vin}` }, c.vin)),
     el('td', { class: c.online ? 'online' : 'offline', 'data-field': 'state' }, c.online ? 'online' : 'offline'),
     el('td', { 'data-field': 'lock' }, lockText(c)),
     el('td', { class: 'num' }, c.battery == null ? '–' : `${Math.round(c.battery)} %`),
     el('td', { class: 'num' }, c.speed == null ? '–' : `${Math.round(c.speed)} km/h`),
     el('td', {}, ago(c.last_seen, now)),
-    el('td', { class: c.wl_version > c.wl_acked ? 'waiting' : '', 'data-field': 'whitelist' }, wlText(c, now))));
-  body.replaceChildren(...rows);
-  $('#count').textContent = shown.length > maxRows ? `${shown.length} of ${all.length} cars, first ${maxRows} listed: refine the search`
-    : `${shown.length} of ${all.length} cars`;
-  renderMarkers(shown);
+    el('td', { class: c.wl_version > c.wl_acked ? 'waiting' : '', 'data-field': 'whitelist' }, wlText(c, now)));
+}
+
+// spacer is a row standing for n rows not drawn (the scroll bar stays true to the list).
+function spacer(n, id) {
+  const td = el('td', { colspan: '7' });
+  td.style.height = `${n * state.rowHeight}px`;
+  return el('tr', { class: 'spacer', id }, td);
+}
+
+// renderWindow draws the matching cars in view of the list's scroll box, and spacers for
+// the rest.
+function renderWindow() {
+  const body = $('#fleet-rows');
+  const box = $('#fleet-scroll');
+  if (!body || !box) return;
+  const shown = state.shown;
+  const rowHeight = state.rowHeight;
+  const top = Math.floor(box.scrollTop / rowHeight);
+  const inView = Math.ceil(box.clientHeight / rowHeight);
+  const first = Math.max(0, Math.min(top, shown.length - inView) - overscanRows);
+  const last = Math.min(shown.length, first + inView + 2 * overscanRows);
+  const now = Date.now();
+  body.replaceChildren(spacer(first, 'fleet-above'), ...shown.slice(first, last).map((c) => fleetRow(c, now)),
+    spacer(shown.length - last, 'fleet-below'));
+  const drawn = body.children[1] && body.children[1].id !== 'fleet-below' ? body.children[1].getBoundingClientRect().height : 0;
+  if (drawn > 0 && Math.abs(drawn - rowHeight) > 0.01) {
+    state.rowHeight = drawn;
+    renderWindow();
+    return;
+  }
+  const from = Math.min(shown.length, top + 1);
+  const to = Math.min(shown.length, top + inView - 1);
+  $('#count').textContent = `${shown.length} of ${state.cars.size} cars` + (shown.length ? `, showing ${from}–${Math.max(from, to)}` : '');
 }
 
 function initMap() {
@@ -348,19 +418,35 @@ function renderMarkers(cars) {
 // --- car page ---
 
 function showCar(vin) {
-  state.view = { name: 'car', vin };
+  state.view = { name: 'car', vin, certDefaulted: false };
   header();
+  // Checked once the car is loaded if its credentials have a device certificate.
+  const withCert = el('input', { type: 'checkbox', id: 'reissue-cert' });
   setMain(el('p', {}, el('a', { href: '#fleet' }, '← Fleet')), el('div', { id: 'car' }, el('p', {}, 'Loading…')),
     el('div', { class: 'card' }, el('h3', {}, 'Commands'), el('div', { id: 'car-commands' }, el('p', { class: 'muted' }, 'Loading…'))),
     adminBox(`car-admin`, [
-      ['Reissue credentials', 'reissue', () => `Issue ${vin} new credentials? Its current token stops working.`,
-        async () => {
-          const cred = await call('POST', `/cars/${encodeURIComponent(vin)}/credentials`, {});
-          return el('pre', { id: 'reissued', class: 'secret' }, JSON.stringify(cred, null, 1));
-        }],
-    ]));
+      ['Reissue credentials', 'reissue', () => `Issue ${vin} new credentials${withCert.checked ? ' and a new device certificate' : ''}? Its current token stops working.`,
+        async () => reissued(vin, await call('POST', `/cars/${encodeURIComponent(vin)}/credentials`, { cert: withCert.checked }))],
+    ], el('label', { class: 'muted' }, withCert, ' also issue a device certificate')));
   loadCar(vin);
   loadTimeline(vin);
+}
+
+// reissued shows new credentials once, with each secret as a file to download: the gateway
+// keeps no copy.
+function reissued(vin, cred) {
+  const file = (name, text, type = 'application/x-pem-file') => {
+    const href = URL.createObjectURL(new Blob([text], { type }));
+    state.blobs.push(href);
+    return el('a', { id: `download-${name.replace(/^.*-/, '').replace(/\..*$/, '')}`, download: name, class: 'download', href }, name);
+  };
+  const files = [file(`${vin}-credentials.json`, JSON.stringify(cred, null, 1), 'application/json')];
+  if (cred.cert) files.push(file(`${vin}-cert.pem`, cred.cert), file(`${vin}-key.pem`, cred.cert_key), file(`${vin}-device-ca.pem`, cred.device_ca));
+  return el('div', { id: 'reissued-box' },
+    el('p', {}, 'Shown once: download them now and install them in the car. ',
+      cred.cert ? el('span', { id: 'reissued-cert' }, 'With a device certificate. ') : ''),
+    el('p', { class: 'downloads' }, files.flatMap((f) => [f, ' '])),
+    el('pre', { id: 'reissued', class: 'secret' }, JSON.stringify(cred, null, 1)));
 }
 
 let carLoading = false;
@@ -382,6 +468,8 @@ async function loadCar(vin) {
 function renderCar(p) {
   const box = $('#car');
   if (!box) return;
+  const cb = $('#reissue-cert');
+  if (cb && !state.view.certDefaulted) { cb.checked = p.device_cert; state.view.certDefaulted = true; }
   const fmt = (v) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(5)) : String(v));
   const signals = Object.keys(p.signals).sort().map((k) => el('tr', {}, el('td', {}, k), el('td', { class: 'num' }, fmt(p.signals[k]))));
   const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').replace(/\..*/, ' UTC') : '–');
@@ -439,9 +527,26 @@ function renderTimeline(tl) {
       el('td', {}, c.user || '–'),
       el('td', {}, c.path === 'local' ? 'local (journal)' : 'cloud'),
       el('td', {}, c.factors.join(' + ') || '–'),
-      el('td', { class: 'states' }, c.states.map((st) => el('div', { class: stateClass(st.state) },
-        `${clock(st.at)} ${st.state}` + (st.reason ? ` (${st.reason})` : '') + (st.detail ? ` · ${st.detail}` : '')))),
-      el('td', { class: 'num' }, c.latency_ms ? `${c.latency_ms} ms` : '–'))))));
+      el('td', { class: 'states' }, c.states.map((st) => el('div', { class: stateClass(st.state), 'data-step': st.step },
+        `${clock(st.at)} ${stateLabel(st)}` + (st.detail && st.step !== 'late' ? ` · ${st.detail}` : '')))),
+      el('td', { class: 'num latency' }, c.latency_ms ? `${c.latency_ms} ms` : '–',
+        c.decision_ms ? el('div', { class: 'muted' }, `decided in ${c.decision_ms} ms`) : ''))))));
+}
+
+// stateLabel says what a step of a request's life was (the server names the step).
+function stateLabel(st) {
+  const why = st.reason ? ` (${st.reason})` : '';
+  const outcome = st.state === 'rejected' ? `refused${why}` : st.state + why;
+  switch (st.step) {
+    case 'received': return 'received';
+    case 'decided': return `decided: ${outcome}`;
+    case 'sent': return 'sent to the car';
+    case 'car': return `${st.state === 'rejected' ? `refused by the car${why}` : outcome} (car's clock)`;
+    case 'result': return st.state === 'expired' ? 'expired: no result from the car' : `result: ${outcome}`;
+    case 'late': return `late result: ${st.detail || '?'}`;
+    case 'journal': return `${outcome} on the local link (car's clock)`;
+  }
+  return outcome;
 }
 
 function stateClass(s) {
@@ -510,7 +615,7 @@ function actionButton(id, label, question, act) {
   return el('span', {}, b, out);
 }
 
-function adminBox(id, actions) {
+function adminBox(id, actions, ...options) {
   const result = el('div', { id: `${id}-result` });
   return el('div', { class: 'card', id },
     el('strong', {}, 'Admin '),
@@ -525,6 +630,7 @@ function adminBox(id, actions) {
         result.className = 'error';
       }
     } }, label)),
+    ' ', options,
     result);
 }
 
