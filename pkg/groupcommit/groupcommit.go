@@ -20,7 +20,17 @@ const MaxGroup = 1000
 
 type write struct {
 	fn   func(*bolt.Tx) error
-	done chan error
+	done chan error  // Update's, or nil
+	then func(error) // Enqueue's, or nil
+}
+
+// finish hands the write its outcome.
+func (w write) finish(err error) {
+	if w.then != nil {
+		w.then(err)
+		return
+	}
+	w.done <- err
 }
 
 // Committer serializes writes to one bbolt file.
@@ -55,6 +65,25 @@ func (c *Committer) Update(fn func(*bolt.Tx) error) error {
 	c.queue <- w
 	c.mu.RUnlock()
 	return <-w.done
+}
+
+// Enqueue queues fn for the next commit and returns without waiting for it (it waits only
+// while MaxGroup writes are queued already); then, if not nil, is called with the outcome on
+// the committing goroutine once the commit is durable or failed, and must be quick. fn is
+// what Update takes. A write enqueued before Close is committed by Close; after Close, then
+// gets ErrClosed at once.
+func (c *Committer) Enqueue(fn func(*bolt.Tx) error, then func(error)) {
+	if then == nil {
+		then = func(error) {}
+	}
+	c.mu.RLock()
+	if c.quit {
+		c.mu.RUnlock()
+		then(ErrClosed)
+		return
+	}
+	c.queue <- write{fn: fn, then: then}
+	c.mu.RUnlock()
 }
 
 func (c *Committer) run() {
@@ -93,14 +122,14 @@ func (c *Committer) commit(group []write) {
 		switch {
 		case err == nil || len(group) == 1:
 			for _, w := range group {
-				w.done <- err
+				w.finish(err)
 			}
 			return
 		case failed < 0:
 			// The commit itself failed (a full disk, an I/O error): each write alone, so that
 			// each gets its own answer.
 			for _, w := range group {
-				w.done <- c.db.Update(w.fn)
+				w.finish(c.db.Update(w.fn))
 			}
 			return
 		}
@@ -108,7 +137,7 @@ func (c *Committer) commit(group []write) {
 		// the retry commits), and the others share one transaction again. A refusal rolls
 		// back without an fsync, so a batch with a refusing write still costs one fsync, not
 		// one per write.
-		group[failed].done <- err
+		group[failed].finish(err)
 		group = append(group[:failed], group[failed+1:]...)
 		if len(group) == 0 {
 			return
