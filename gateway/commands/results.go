@@ -120,9 +120,10 @@ func (r *Router) terminalReply(id, user, vin string, action protocol.Action, sta
 			return
 		}
 	} else {
-		// One gateway: the reply goes out now and its record joins the next group commit
-		// (docs/OPERATIONS.md, "What a crash loses"): the decision, committed before the
-		// command went out, is the only commit a command waits for.
+		// One gateway: the reply goes out now and its record joins the next commit (the
+		// next decision's, the twin's flush, or its own within a second: docs/OPERATIONS.md,
+		// "What a crash loses"): the decision, committed before the command went out, is the
+		// only commit a command waits for, and mostly the only one it costs.
 		r.store.UpdateLater(func(tx kv.Tx) error { return r.audit.AppendTx(tx, ev) }, func(err error) {
 			if err != nil {
 				r.log.Error("audit write failed", "cmd_id", id, "err", err)

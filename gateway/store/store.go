@@ -157,11 +157,12 @@ func (s *Store) Shared() bool { return s.file == nil }
 func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error { return s.kv.Update(ctx, fn) }
 
 // UpdateLater runs fn in a read-write transaction without waiting for it to be durable: on
-// bbolt it joins the next group commit and UpdateLater returns once it is queued; then, if
-// not nil, gets the outcome when the commit is durable or failed, on the committing goroutine
-// (it must be quick). On a store without group commit (etcd) fn commits before UpdateLater
-// returns, and then is called first. Close commits what was queued before it; a crash loses
-// what had not committed yet. fn may run more than once, as with Update.
+// bbolt it joins the next Update's group commit, or commits within a second
+// (groupcommit.MaxLaterDelay) when no Update comes, and UpdateLater returns once it is queued;
+// then, if not nil, gets the outcome when the commit is durable or failed, on the committing
+// goroutine (it must be quick). On a store without group commit (etcd) fn commits before
+// UpdateLater returns, and then is called first. Close commits what was queued before it; a
+// crash loses what had not committed yet. fn may run more than once, as with Update.
 func (s *Store) UpdateLater(fn func(kv.Tx) error, then func(error)) {
 	if l, ok := s.kv.(interface {
 		UpdateLater(fn func(kv.Tx) error, then func(error))

@@ -8,6 +8,7 @@ package groupcommit
 import (
 	"errors"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -67,11 +68,17 @@ func (c *Committer) Update(fn func(*bolt.Tx) error) error {
 	return <-w.done
 }
 
-// Enqueue queues fn for the next commit and returns without waiting for it (it waits only
-// while MaxGroup writes are queued already); then, if not nil, is called with the outcome on
-// the committing goroutine once the commit is durable or failed, and must be quick. fn is
-// what Update takes. A write enqueued before Close is committed by Close; after Close, then
-// gets ErrClosed at once.
+// MaxLaterDelay bounds how long a write queued with Enqueue waits for an Update to share a
+// commit with before it is committed without one.
+const MaxLaterDelay = time.Second
+
+// Enqueue queues fn and returns without waiting for it to commit (it waits only while MaxGroup
+// writes are queued already): fn joins the next Update's commit, or is committed MaxLaterDelay
+// after the first of the writes queued this way, whichever comes first, so that it costs no
+// fsync of its own while Updates come at least that often. then, if not nil, is called with
+// the outcome on the committing goroutine once the commit is durable or failed, and must be
+// quick. fn is what Update takes. A write enqueued before Close is committed by Close; after
+// Close, then gets ErrClosed at once. A crash loses what was enqueued and not yet committed.
 func (c *Committer) Enqueue(fn func(*bolt.Tx) error, then func(error)) {
 	if then == nil {
 		then = func(error) {}
@@ -89,8 +96,32 @@ func (c *Committer) Enqueue(fn func(*bolt.Tx) error, then func(error)) {
 func (c *Committer) run() {
 	defer c.wg.Done()
 	group := make([]write, 0, MaxGroup)
-	for w := range c.queue {
-		group = append(group[:0], w)
+	// held are Enqueue's writes waiting for an Update to commit with, at most MaxLaterDelay
+	// (laterC fires then; nil while nothing is held).
+	var held []write
+	later := time.NewTimer(MaxLaterDelay)
+	later.Stop()
+	defer later.Stop()
+	var laterC <-chan time.Time
+	for {
+		var w write
+		open := true
+		select {
+		case w, open = <-c.queue:
+		case <-laterC:
+			laterC = nil
+			c.commit(held)
+			held = held[:0]
+			continue
+		}
+		if !open {
+			if len(held) > 0 {
+				c.commit(held)
+			}
+			return
+		}
+		group = append(append(group[:0], held...), w)
+		waits := w.done != nil // an Update waits for this commit
 	drain:
 		for len(group) < MaxGroup {
 			select {
@@ -99,9 +130,23 @@ func (c *Committer) run() {
 					break drain
 				}
 				group = append(group, w)
+				waits = waits || w.done != nil
 			default:
 				break drain
 			}
+		}
+		if !waits && len(group) < MaxGroup {
+			held = append(held[:0], group...)
+			if laterC == nil {
+				later.Reset(MaxLaterDelay)
+				laterC = later.C
+			}
+			continue
+		}
+		held = held[:0]
+		if laterC != nil {
+			later.Stop()
+			laterC = nil
 		}
 		c.commit(group)
 	}

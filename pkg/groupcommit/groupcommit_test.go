@@ -101,6 +101,32 @@ func TestEnqueueCommitsWithoutWaiting(t *testing.T) {
 	}
 }
 
+// A write queued with Enqueue commits with the next Update (it is durable when that Update
+// returns), and alone, without any Update, within MaxLaterDelay.
+func TestEnqueueRidesOnTheNextUpdate(t *testing.T) {
+	db := open(t)
+	c := New(db)
+	defer c.Close()
+	put := func(key string) func(*bolt.Tx) error {
+		return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(key), []byte("x")) }
+	}
+	c.Enqueue(put("later"), nil)
+	if err := c.Update(put("now")); err != nil {
+		t.Fatal(err)
+	}
+	if found, _ := has(db, "later"); !found {
+		t.Fatal("the enqueued write was not committed with the Update after it")
+	}
+	committed := make(chan error, 1)
+	c.Enqueue(put("alone"), func(err error) { committed <- err })
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	if found, _ := has(db, "alone"); !found {
+		t.Fatal("the enqueued write is not in the store")
+	}
+}
+
 func has(db *bolt.DB, key string) (bool, error) {
 	var found bool
 	err := db.View(func(tx *bolt.Tx) error { found = tx.Bucket([]byte("b")).Get([]byte(key)) != nil; return nil })

@@ -56,10 +56,10 @@ func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 	return s.commit.Update(func(btx *bolt.Tx) error { return runTx(btx, fn) })
 }
 
-// UpdateLater queues fn for the next group commit and returns without waiting for it; then,
-// if not nil, gets the outcome once the commit is durable or failed (on the committing
-// goroutine: it must be quick). fn is what Update takes. An update queued before Close is
-// committed by Close.
+// UpdateLater queues fn to commit with the next Update, or within groupcommit.MaxLaterDelay,
+// and returns without waiting for it; then, if not nil, gets the outcome once the commit is
+// durable or failed (on the committing goroutine: it must be quick). fn is what Update takes.
+// An update queued before Close is committed by Close.
 func (s *Store) UpdateLater(fn func(kv.Tx) error, then func(error)) {
 	s.commit.Enqueue(func(btx *bolt.Tx) error { return runTx(btx, fn) }, then)
 }
