@@ -180,8 +180,9 @@ func TestResultRelayedThenRecordedInTheNextCommit(t *testing.T) {
 	}
 }
 
-// An idle gateway arms no expiry sweep; an accepted command arms it for its expiry plus the
-// grace, and a car that stays silent gets its command answered "expired" then, once.
+// An idle gateway arms no expiry sweep and no twin flush; an accepted command arms the sweep
+// for its expiry plus the grace, and a car that stays silent gets its command answered
+// "expired" then, once.
 func TestIdleGatewaySweepsAtTheDeadline(t *testing.T) {
 	g := newGatewayRig(t)
 	waiters := func(n int) {
@@ -212,9 +213,32 @@ func TestIdleGatewaySweepsAtTheDeadline(t *testing.T) {
 		}
 		return nil
 	})
-	waiters(2)
+	waiters(1) // idle again: the twin was flushed, nothing is pending; only the id pruning
 	g.clk.Advance(time.Minute)
 	if got := g.bus.statuses(id); len(got) != 2 {
 		t.Fatalf("replies to %s after more time: %v", id, got)
 	}
+
+	// The car's online status was flushed by the first flush; its next change arms another.
+	storedStatus := func() string {
+		twins, err := g.st.LoadTwins()
+		if err != nil || len(twins) != 1 {
+			t.Fatalf("stored twins %+v, %v", twins, err)
+		}
+		return twins[0].Status
+	}
+	if got := storedStatus(); got != protocol.StatusOnline {
+		t.Fatalf("stored status %q, want online", got)
+	}
+	b, _ := json.Marshal(protocol.VehicleStatus{V: protocol.Version, Status: protocol.StatusOffline, TsMs: g.clk.Now().UnixMilli()})
+	g.r.onStatus(mqttc.Message{Topic: protocol.VehicleTopic(g.vin, protocol.SuffixStatus), Payload: b})
+	waiters(2) // the flush, armed by the change
+	g.clk.Advance(g.r.cfg.TwinFlushInterval)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if got := storedStatus(); got != protocol.StatusOffline {
+			return fmt.Errorf("stored status %q, want offline", got)
+		}
+		return nil
+	})
+	waiters(1)
 }

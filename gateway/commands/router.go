@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"telematics/gateway/audit"
@@ -95,6 +96,11 @@ type Router struct {
 	// armSweep moves it earlier and wakes housekeeping through sweepWake.
 	sweepAtMs int64
 	sweepWake chan struct{}
+	// flushArmed is set while the twin flush timer runs (or is about to); the first change
+	// to a clean twin arms it through flushWake, so a fleet that reports nothing costs no
+	// wake-up a second.
+	flushArmed atomic.Bool
+	flushWake  chan struct{}
 
 	shards []chan request
 	// The shutdown protocol between Submit and Close, so that no request is sent on a closed
@@ -143,7 +149,7 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 		cfg: cfg, store: st, audit: log, bus: bus, twofa: twofa, clock: clk,
 		log: logger, keys: keys, twins: newTwins(stored), rate: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst),
 		refusals: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst), throttled: throttled{users: map[string]*throttledRun{}},
-		seen: clampSeen(seen, clk.Now().UnixMilli()), pending: map[string]*pending{}, sweepWake: make(chan struct{}, 1), stopping: make(chan struct{}),
+		seen: clampSeen(seen, clk.Now().UnixMilli()), pending: map[string]*pending{}, sweepWake: make(chan struct{}, 1), flushWake: make(chan struct{}, 1), stopping: make(chan struct{}),
 		ctx: ctx, cancel: cancel,
 	}
 	r.shards = make([]chan request, cfg.Shards)
@@ -152,6 +158,7 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 		r.wg.Add(1)
 		go r.work(r.shards[i])
 	}
+	r.flushArmed.Store(true) // housekeeping's first flush comes after TwinFlushInterval
 	r.wg.Add(1)
 	go r.housekeeping()
 	return r, nil
@@ -318,7 +325,7 @@ func (r *Router) housekeeping() {
 	if flushEvery <= 0 {
 		flushEvery = time.Second
 	}
-	flush, flushC := r.clock.NewTicker(flushEvery)
+	flush, flushC := r.clock.NewTimer(flushEvery)
 	defer flush.Stop()
 	prune, pruneC := r.clock.NewTicker(time.Minute)
 	defer prune.Stop()
@@ -345,7 +352,10 @@ func (r *Router) housekeeping() {
 				sweepTimer.Reset(time.Duration(atMs-r.clock.Now().UnixMilli()) * time.Millisecond)
 			}
 		case <-flushC:
+			r.flushArmed.Store(false) // a change from now on arms the next flush
 			r.flushTwins()
+		case <-r.flushWake:
+			flush.Reset(flushEvery)
 		case <-pruneC:
 			r.SweepExpired() // also forgets ids past their horizon, which an idle gateway's sweep does not
 			nowMs := r.clock.Now().UnixMilli()
@@ -397,5 +407,17 @@ func (r *Router) flushTwins() {
 	if err := r.store.PutTwins(dirty); err != nil {
 		r.log.Error("twin flush failed", "err", err, "cars", len(dirty))
 		r.twins.markDirty(dirty)
+		r.armFlush()
+	}
+}
+
+// armFlush makes the twin flush run TwinFlushInterval from now, unless it is armed already.
+func (r *Router) armFlush() {
+	if r.flushArmed.Load() || !r.flushArmed.CompareAndSwap(false, true) {
+		return
+	}
+	select {
+	case r.flushWake <- struct{}{}:
+	default:
 	}
 }
