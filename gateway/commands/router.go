@@ -49,7 +49,8 @@ type Config struct {
 	// own, each user's refused ones (0: no limit).
 	RatePerMinute float64
 	RateBurst     int
-	// TwinFlushInterval is how often the in-memory twin is written to bbolt.
+	// TwinFlushInterval is how often the in-memory twin is written to bbolt while cars report
+	// changes: the first change to a clean twin arms a flush this long after it.
 	TwinFlushInterval time.Duration
 	// Replica names this router when it is one replica of a cluster (an external broker and
 	// the etcd store shared with other replicas): requests and results then come through
