@@ -181,6 +181,7 @@ func (r *Router) decide(req request) {
 	r.mu.Lock()
 	r.pending[cmd.ID] = &pending{user: req.user, session: req.session, vin: cmd.VIN, action: cmd.Action, expiresAtMs: cmd.ExpiresAtMs}
 	r.mu.Unlock()
+	r.armSweep(cmd.ExpiresAtMs + r.cfg.ResultGrace.Milliseconds())
 	r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyAccepted, VIN: cmd.VIN, Action: cmd.Action})
 	r.mu.Lock()
 	if p := r.pending[cmd.ID]; p != nil {

@@ -45,6 +45,13 @@ func (r *Router) subscribe(ctx context.Context, filter string, qos byte, h mqttc
 	if a, ok := r.ackAfterHandler(); ok && ackAfter {
 		return a.SubscribeAckAfterHandler(ctx, filter, qos, h)
 	}
+	if d, ok := r.bus.(mqttc.DirectSubscriber); ok && ackAfter {
+		// Requests and results on the embedded broker: handled on the publishing client's
+		// reader, one goroutine hand-off less each. Submit queues a request on its car's
+		// shard (a full shard pushes back on that app, as the worker pool's queue did), and a
+		// result's relay does not wait for the store.
+		return d.SubscribeDirect(ctx, filter, qos, h)
+	}
 	return r.bus.Subscribe(ctx, filter, qos, h)
 }
 

@@ -2,6 +2,7 @@ package commands
 
 import (
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
 )
@@ -124,8 +125,16 @@ func (r *Router) terminalReply(id, user, vin string, action protocol.Action, sta
 			r.log.Debug("command answered by another replica", "cmd_id", id, "vin", vin, "status", status)
 			return
 		}
-	} else if err := r.audit.Append(ev); err != nil {
-		r.log.Error("audit write failed", "cmd_id", id, "err", err)
+	} else {
+		// One gateway: the reply goes out now and its record joins the next commit (the
+		// next decision's, the twin's flush, or its own within a second: docs/OPERATIONS.md,
+		// "What a crash loses"): the decision, committed before the command went out, is the
+		// only commit a command waits for, and mostly the only one it costs.
+		r.store.UpdateLater(func(tx kv.Tx) error { return r.audit.AppendTx(tx, ev) }, func(err error) {
+			if err != nil {
+				r.log.Error("audit write failed", "cmd_id", id, "err", err)
+			}
+		})
 	}
 	r.reply(user, protocol.Reply{ID: id, Status: status, Reason: reason, Message: message, VIN: vin, Action: action, State: state, CarTsMs: carTsMs})
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"telematics/gateway/audit"
@@ -48,7 +49,8 @@ type Config struct {
 	// own, each user's refused ones (0: no limit).
 	RatePerMinute float64
 	RateBurst     int
-	// TwinFlushInterval is how often the in-memory twin is written to bbolt.
+	// TwinFlushInterval is how often the in-memory twin is written to bbolt while cars report
+	// changes: the first change to a clean twin arms a flush this long after it.
 	TwinFlushInterval time.Duration
 	// Replica names this router when it is one replica of a cluster (an external broker and
 	// the etcd store shared with other replicas): requests and results then come through
@@ -90,6 +92,16 @@ type Router struct {
 	mu      sync.Mutex
 	seen    map[string]int64 // command id -> remembered until (unix ms)
 	pending map[string]*pending
+	// sweepAtMs is when one gateway's expiry sweep is armed for (unix ms; 0: not armed): at
+	// the earliest deadline it has to meet, so that an idle gateway does not wake for it.
+	// armSweep moves it earlier and wakes housekeeping through sweepWake.
+	sweepAtMs int64
+	sweepWake chan struct{}
+	// flushArmed is set while the twin flush timer runs (or is about to); the first change
+	// to a clean twin arms it through flushWake, so a fleet that reports nothing costs no
+	// wake-up a second.
+	flushArmed atomic.Bool
+	flushWake  chan struct{}
 
 	shards []chan request
 	// The shutdown protocol between Submit and Close, so that no request is sent on a closed
@@ -139,7 +151,7 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 		cfg: cfg, store: st, audit: log, bus: bus, twofa: twofa, clock: clk,
 		log: logger, keys: keys, twins: newTwins(stored), rate: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst),
 		refusals: newRateLimiter(cfg.RatePerMinute, cfg.RateBurst), throttled: throttled{users: map[string]*throttledRun{}},
-		seen: clampSeen(seen, clk.Now().UnixMilli()), pending: map[string]*pending{}, stopping: make(chan struct{}),
+		seen: clampSeen(seen, clk.Now().UnixMilli()), pending: map[string]*pending{}, sweepWake: make(chan struct{}, 1), flushWake: make(chan struct{}, 1), stopping: make(chan struct{}),
 		ctx: ctx, cancel: cancel,
 	}
 	r.shards = make([]chan request, cfg.Shards)
@@ -148,6 +160,7 @@ func New(cfg Config, st *store.Store, log *audit.Log, bus mqttc.Client, keys Key
 		r.wg.Add(1)
 		go r.work(r.shards[i])
 	}
+	r.flushArmed.Store(true) // housekeeping's first flush comes after TwinFlushInterval
 	r.wg.Add(1)
 	go r.housekeeping()
 	return r, nil
@@ -284,21 +297,38 @@ func (r *Router) reply(user string, rep protocol.Reply) {
 	}
 }
 
-// sweepInterval is how often the router answers "expired" for commands whose car did not
-// answer in time (SweepExpired): an expiry is reported at most this late.
+// sweepInterval is how often a replica answers "expired" for commands whose car did not
+// answer in time (SweepExpired): an expiry is reported at most this late. One gateway sweeps
+// when its earliest pending command is due instead (armSweep), and every sweepInterval while
+// summaries of throttled requests are due.
 const sweepInterval = 100 * time.Millisecond
 
 // housekeeping runs the router's periodic work on its clock: the expiry sweep, the twin
 // flush and the pruning of remembered command ids.
 func (r *Router) housekeeping() {
 	defer r.wg.Done()
-	sweep, sweepC := r.clock.NewTicker(sweepInterval)
-	defer sweep.Stop()
+	// A replica sweeps on a ticker: the store's pending commands are every replica's, and it
+	// is not told of the others'. One gateway knows its own and arms a timer for the earliest
+	// deadline; the first sweep comes after sweepInterval, as a replica's does.
+	var sweepC <-chan time.Time
+	var sweepTimer clock.Timer
+	if r.clustered() {
+		sweep, c := r.clock.NewTicker(sweepInterval)
+		defer sweep.Stop()
+		sweepC = c
+	} else {
+		r.mu.Lock()
+		r.sweepAtMs = r.clock.Now().Add(sweepInterval).UnixMilli()
+		r.mu.Unlock()
+		sweep, c := r.clock.NewTimer(sweepInterval)
+		defer sweep.Stop()
+		sweepTimer, sweepC = sweep, c
+	}
 	flushEvery := r.cfg.TwinFlushInterval
 	if flushEvery <= 0 {
 		flushEvery = time.Second
 	}
-	flush, flushC := r.clock.NewTicker(flushEvery)
+	flush, flushC := r.clock.NewTimer(flushEvery)
 	defer flush.Stop()
 	prune, pruneC := r.clock.NewTicker(time.Minute)
 	defer prune.Stop()
@@ -307,11 +337,30 @@ func (r *Router) housekeeping() {
 		case <-r.ctx.Done():
 			return
 		case <-sweepC:
+			if sweepTimer != nil {
+				r.mu.Lock()
+				r.sweepAtMs = 0 // fired: what is armed from now on wakes housekeeping
+				r.mu.Unlock()
+			}
 			r.SweepExpired()
 			r.flushThrottled(false)
+			if sweepTimer != nil {
+				r.armSweep(r.nextSweepMs())
+			}
+		case <-r.sweepWake:
+			r.mu.Lock()
+			atMs := r.sweepAtMs
+			r.mu.Unlock()
+			if atMs != 0 && sweepTimer != nil {
+				sweepTimer.Reset(time.Duration(atMs-r.clock.Now().UnixMilli()) * time.Millisecond)
+			}
 		case <-flushC:
+			r.flushArmed.Store(false) // a change from now on arms the next flush
 			r.flushTwins()
+		case <-r.flushWake:
+			flush.Reset(flushEvery)
 		case <-pruneC:
+			r.SweepExpired() // also forgets ids past their horizon, which an idle gateway's sweep does not
 			nowMs := r.clock.Now().UnixMilli()
 			if _, err := r.store.PruneCommandIDs(nowMs, nowMs+maxRememberMs); err != nil {
 				r.log.Warn("prune command ids", "err", err)
@@ -320,10 +369,58 @@ func (r *Router) housekeeping() {
 	}
 }
 
+// armSweep makes one gateway's expiry sweep run by atMs (unix ms on the router's clock; 0:
+// nothing to arm). It wakes housekeeping only when atMs is earlier than what is armed, which,
+// as commands expire in the order they came, is rarely the case under load.
+func (r *Router) armSweep(atMs int64) {
+	if atMs == 0 || r.clustered() {
+		return
+	}
+	r.mu.Lock()
+	wake := r.sweepAtMs == 0 || atMs < r.sweepAtMs
+	if wake {
+		r.sweepAtMs = atMs
+	}
+	r.mu.Unlock()
+	if wake {
+		select {
+		case r.sweepWake <- struct{}{}:
+		default: // housekeeping has a wake-up coming and reads sweepAtMs then
+		}
+	}
+}
+
+// nextSweepMs is when one gateway's sweep next has work: the earliest expiry plus grace of a
+// pending command, or a throttled user's summary (0: nothing).
+func (r *Router) nextSweepMs() int64 {
+	graceMs := r.cfg.ResultGrace.Milliseconds()
+	at := r.throttledDueMs()
+	r.mu.Lock()
+	for _, p := range r.pending {
+		if d := p.expiresAtMs + graceMs; at == 0 || d < at {
+			at = d
+		}
+	}
+	r.mu.Unlock()
+	return at
+}
+
 func (r *Router) flushTwins() {
 	dirty := r.twins.takeDirty()
 	if err := r.store.PutTwins(dirty); err != nil {
 		r.log.Error("twin flush failed", "err", err, "cars", len(dirty))
 		r.twins.markDirty(dirty)
+		r.armFlush()
+	}
+}
+
+// armFlush makes the twin flush run TwinFlushInterval from now, unless it is armed already.
+func (r *Router) armFlush() {
+	if r.flushArmed.Load() || !r.flushArmed.CompareAndSwap(false, true) {
+		return
+	}
+	select {
+	case r.flushWake <- struct{}{}:
+	default:
 	}
 }

@@ -30,6 +30,28 @@ type throttledRun struct {
 	lastMs int64 // when the last summary record was written
 }
 
+// dueMs is when flushThrottled next has work for the run: its summary record, or forgetting
+// its quiet user.
+func (run *throttledRun) dueMs() int64 {
+	if run.count > 0 {
+		return run.lastMs + throttleSummaryEveryMs
+	}
+	return run.lastMs + 60_000
+}
+
+// throttledDueMs is the earliest dueMs of all runs (0: none).
+func (r *Router) throttledDueMs() int64 {
+	r.throttled.mu.Lock()
+	defer r.throttled.mu.Unlock()
+	at := int64(0)
+	for _, run := range r.throttled.users {
+		if d := run.dueMs(); at == 0 || d < at {
+			at = d
+		}
+	}
+	return at
+}
+
 // throttle answers a request refused for an exhausted refusal budget: rate_limited, nothing
 // remembered, and counted towards the user's next summary record.
 func (r *Router) throttle(req request, ev audit.Event) {
@@ -45,7 +67,9 @@ func (r *Router) throttle(req request, ev audit.Event) {
 	if nowMs-run.lastMs >= throttleSummaryEveryMs {
 		n, run.count, run.lastMs = run.count, 0, nowMs
 	}
+	dueMs := run.dueMs()
 	r.throttled.mu.Unlock()
+	r.armSweep(dueMs) // the sweep writes the summary, or forgets the quiet user
 	if n > 0 {
 		r.auditThrottled(req.user, n, nowMs)
 	}

@@ -151,6 +151,7 @@ func (r *Router) onStatus(m mqttc.Message) {
 	}
 	tw.Status, tw.StatusMs = st.Status, st.TsMs
 	sh.dirty[vin] = true
+	r.armFlush()
 }
 
 func (r *Router) onTelemetry(m mqttc.Message) {
@@ -187,6 +188,7 @@ func (r *Router) onTelemetry(m mqttc.Message) {
 	}
 	tw.TelemetryMs, tw.TelemetrySeq = tel.TsMs, tel.Seq
 	sh.dirty[vin] = true
+	r.armFlush()
 }
 
 // Twin returns the last known state of a car.

@@ -3,12 +3,14 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/vehicle"
 	"telematics/pkg/vehicle/carstore"
@@ -55,10 +57,14 @@ func TestCarsRefusalMessageReachesTheReply(t *testing.T) {
 	if !strings.Contains(r.Message, "cannot open while the car moves") {
 		t.Fatalf("reply message %q", r.Message)
 	}
-	evs, _ := g.Audit().Query(audit.Filter{VIN: vin, Kind: audit.KindResult})
-	if len(evs) == 0 || !strings.Contains(evs[0].Detail, "cannot open while the car moves") {
-		t.Fatalf("audit: %+v", evs)
-	}
+	// The result's record joins the gateway's next commit, after the reply went out.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		evs, _ := g.Audit().Query(audit.Filter{VIN: vin, Kind: audit.KindResult})
+		if len(evs) == 0 || !strings.Contains(evs[0].Detail, "cannot open while the car moves") {
+			return fmt.Errorf("audit: %+v", evs)
+		}
+		return nil
+	})
 	// What the state allows still goes through.
 	expect(t, send(t, app, vin, protocol.ActionUnlock), protocol.ReplyExecuted, "")
 }

@@ -156,6 +156,26 @@ func (s *Store) Shared() bool { return s.file == nil }
 // tx.OnCommit.
 func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error { return s.kv.Update(ctx, fn) }
 
+// UpdateLater runs fn in a read-write transaction without waiting for it to be durable: on
+// bbolt it joins the next Update's group commit, or commits within a second
+// (groupcommit.MaxLaterDelay) when no Update comes, and UpdateLater returns once it is queued;
+// then, if not nil, gets the outcome when the commit is durable or failed, on the committing
+// goroutine (it must be quick). On a store without group commit (etcd) fn commits before
+// UpdateLater returns, and then is called first. Close commits what was queued before it; a
+// crash loses what had not committed yet. fn may run more than once, as with Update.
+func (s *Store) UpdateLater(fn func(kv.Tx) error, then func(error)) {
+	if l, ok := s.kv.(interface {
+		UpdateLater(fn func(kv.Tx) error, then func(error))
+	}); ok {
+		l.UpdateLater(fn, then)
+		return
+	}
+	err := s.kv.Update(context.Background(), fn)
+	if then != nil {
+		then(err)
+	}
+}
+
 // View runs fn in a read-only transaction that sees one snapshot.
 func (s *Store) View(ctx context.Context, fn func(kv.Tx) error) error { return s.kv.View(ctx, fn) }
 

@@ -8,6 +8,7 @@ package groupcommit
 import (
 	"errors"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -20,7 +21,17 @@ const MaxGroup = 1000
 
 type write struct {
 	fn   func(*bolt.Tx) error
-	done chan error
+	done chan error  // Update's, or nil
+	then func(error) // Enqueue's, or nil
+}
+
+// finish hands the write its outcome.
+func (w write) finish(err error) {
+	if w.then != nil {
+		w.then(err)
+		return
+	}
+	w.done <- err
 }
 
 // Committer serializes writes to one bbolt file.
@@ -57,11 +68,60 @@ func (c *Committer) Update(fn func(*bolt.Tx) error) error {
 	return <-w.done
 }
 
+// MaxLaterDelay bounds how long a write queued with Enqueue waits for an Update to share a
+// commit with before it is committed without one.
+const MaxLaterDelay = time.Second
+
+// Enqueue queues fn and returns without waiting for it to commit (it waits only while MaxGroup
+// writes are queued already): fn joins the next Update's commit, or is committed MaxLaterDelay
+// after the first of the writes queued this way, whichever comes first, so that it costs no
+// fsync of its own while Updates come at least that often. then, if not nil, is called with
+// the outcome on the committing goroutine once the commit is durable or failed, and must be
+// quick. fn is what Update takes. A write enqueued before Close is committed by Close; after
+// Close, then gets ErrClosed at once. A crash loses what was enqueued and not yet committed.
+func (c *Committer) Enqueue(fn func(*bolt.Tx) error, then func(error)) {
+	if then == nil {
+		then = func(error) {}
+	}
+	c.mu.RLock()
+	if c.quit {
+		c.mu.RUnlock()
+		then(ErrClosed)
+		return
+	}
+	c.queue <- write{fn: fn, then: then}
+	c.mu.RUnlock()
+}
+
 func (c *Committer) run() {
 	defer c.wg.Done()
 	group := make([]write, 0, MaxGroup)
-	for w := range c.queue {
-		group = append(group[:0], w)
+	// held are Enqueue's writes waiting for an Update to commit with, at most MaxLaterDelay
+	// (laterC fires then; nil while nothing is held).
+	var held []write
+	later := time.NewTimer(MaxLaterDelay)
+	later.Stop()
+	defer later.Stop()
+	var laterC <-chan time.Time
+	for {
+		var w write
+		open := true
+		select {
+		case w, open = <-c.queue:
+		case <-laterC:
+			laterC = nil
+			c.commit(held)
+			held = held[:0]
+			continue
+		}
+		if !open {
+			if len(held) > 0 {
+				c.commit(held)
+			}
+			return
+		}
+		group = append(append(group[:0], held...), w)
+		waits := w.done != nil // an Update waits for this commit
 	drain:
 		for len(group) < MaxGroup {
 			select {
@@ -70,9 +130,23 @@ func (c *Committer) run() {
 					break drain
 				}
 				group = append(group, w)
+				waits = waits || w.done != nil
 			default:
 				break drain
 			}
+		}
+		if !waits && len(group) < MaxGroup {
+			held = append(held[:0], group...)
+			if laterC == nil {
+				later.Reset(MaxLaterDelay)
+				laterC = later.C
+			}
+			continue
+		}
+		held = held[:0]
+		if laterC != nil {
+			later.Stop()
+			laterC = nil
 		}
 		c.commit(group)
 	}
@@ -93,14 +167,14 @@ func (c *Committer) commit(group []write) {
 		switch {
 		case err == nil || len(group) == 1:
 			for _, w := range group {
-				w.done <- err
+				w.finish(err)
 			}
 			return
 		case failed < 0:
 			// The commit itself failed (a full disk, an I/O error): each write alone, so that
 			// each gets its own answer.
 			for _, w := range group {
-				w.done <- c.db.Update(w.fn)
+				w.finish(c.db.Update(w.fn))
 			}
 			return
 		}
@@ -108,7 +182,7 @@ func (c *Committer) commit(group []write) {
 		// the retry commits), and the others share one transaction again. A refusal rolls
 		// back without an fsync, so a batch with a refusing write still costs one fsync, not
 		// one per write.
-		group[failed].done <- err
+		group[failed].finish(err)
 		group = append(group[:failed], group[failed+1:]...)
 		if len(group) == 0 {
 			return

@@ -56,6 +56,83 @@ func TestConcurrentWritesAllDurableAndIsolated(t *testing.T) {
 	}
 }
 
+// Enqueue returns before the commit; its callback sees the write durable (or its error),
+// Close commits what was enqueued before it, and an Enqueue after Close is told ErrClosed.
+func TestEnqueueCommitsWithoutWaiting(t *testing.T) {
+	db := open(t)
+	c := New(db)
+	outcomes := make(chan error, 101)
+	for i := range 100 {
+		c.Enqueue(func(tx *bolt.Tx) error {
+			if i == 7 {
+				return errors.New("write 7 refuses")
+			}
+			return tx.Bucket([]byte("b")).Put([]byte(fmt.Sprint(i)), []byte("x"))
+		}, func(err error) {
+			if err == nil && i == 0 {
+				// Called once the commit is durable: another transaction sees the write.
+				if ok, _ := has(db, "0"); !ok {
+					t.Error("callback ran before the write was committed")
+				}
+			}
+			outcomes <- err
+		})
+	}
+	c.Enqueue(func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte("nil-callback"), []byte("x")) }, nil)
+	c.Close()
+	c.Enqueue(func(*bolt.Tx) error { return nil }, func(err error) { outcomes <- err })
+	close(outcomes)
+	failed, ok := 0, 0
+	for err := range outcomes {
+		switch {
+		case errors.Is(err, ErrClosed):
+			failed += 100
+		case err != nil:
+			failed++
+		default:
+			ok++
+		}
+	}
+	if ok != 99 || failed != 101 {
+		t.Fatalf("%d committed, %d failed (+100 per ErrClosed): want 99 committed, write 7 failed, the late one closed", ok, failed)
+	}
+	if found, _ := has(db, "nil-callback"); !found {
+		t.Fatal("a write enqueued before Close was not committed")
+	}
+}
+
+// A write queued with Enqueue commits with the next Update (it is durable when that Update
+// returns), and alone, without any Update, within MaxLaterDelay.
+func TestEnqueueRidesOnTheNextUpdate(t *testing.T) {
+	db := open(t)
+	c := New(db)
+	defer c.Close()
+	put := func(key string) func(*bolt.Tx) error {
+		return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(key), []byte("x")) }
+	}
+	c.Enqueue(put("later"), nil)
+	if err := c.Update(put("now")); err != nil {
+		t.Fatal(err)
+	}
+	if found, _ := has(db, "later"); !found {
+		t.Fatal("the enqueued write was not committed with the Update after it")
+	}
+	committed := make(chan error, 1)
+	c.Enqueue(put("alone"), func(err error) { committed <- err })
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	if found, _ := has(db, "alone"); !found {
+		t.Fatal("the enqueued write is not in the store")
+	}
+}
+
+func has(db *bolt.DB, key string) (bool, error) {
+	var found bool
+	err := db.View(func(tx *bolt.Tx) error { found = tx.Bucket([]byte("b")).Get([]byte(key)) != nil; return nil })
+	return found, err
+}
+
 func BenchmarkLoneWrite(b *testing.B) {
 	db := open(b)
 	c := New(db)

@@ -108,6 +108,18 @@ func (i *Inline) Publish(ctx context.Context, topic string, qos byte, retain boo
 // Retained messages that match are queued before Subscribe returns. The qos caps the QoS
 // reported in Message.QoS; Message.Retained is the publisher's retain flag.
 func (i *Inline) Subscribe(ctx context.Context, filter string, qos byte, h Handler) error {
+	return i.subscribe(ctx, filter, qos, h, false)
+}
+
+// SubscribeDirect is Subscribe with h called on the goroutine that delivers the message, as
+// DirectSubscriber says: mochi's reader goroutine of the publishing client (after its PUBACK),
+// or the caller of an in-process Publish. No worker, no queue: h must return quickly and must
+// not wait for anything another delivery of this subscription would have to do.
+func (i *Inline) SubscribeDirect(ctx context.Context, filter string, qos byte, h Handler) error {
+	return i.subscribe(ctx, filter, qos, h, true)
+}
+
+func (i *Inline) subscribe(ctx context.Context, filter string, qos byte, h Handler, direct bool) error {
 	if !validFilter(filter) || qos > 2 || h == nil {
 		return fmt.Errorf("subscribe %q qos %d: %w", filter, qos, ErrInvalidTopic)
 	}
@@ -134,6 +146,12 @@ func (i *Inline) Subscribe(ctx context.Context, filter string, qos byte, h Handl
 			QoS:      min(pk.FixedHeader.Qos, qos),
 			Retained: pk.FixedHeader.Retain,
 			Origin:   pk.Origin, // the publishing client's id; "inline" for in-process
+		}
+		if direct {
+			if i.usable() == nil { // closed: the message belongs to nobody, as below
+				h(m)
+			}
+			return
 		}
 		// Fails only once closed; the message then belongs to nobody, as with any client
 		// that has gone away.

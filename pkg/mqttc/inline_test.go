@@ -170,3 +170,43 @@ func TestInlineCloseIdempotentNoLeak(t *testing.T) {
 	}
 	check()
 }
+
+// A direct subscription's handler runs on the delivering goroutine: a car's messages arrive
+// in the order it sent them, a handler may publish in-process (here to another direct
+// subscription, which then runs nested), and after Close nothing is handled.
+func TestInlineSubscribeDirect(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t, brokerConfig{})
+	gw := NewInline(b.Server, InlineOptions{Logger: discard})
+	ctx := context.Background()
+	var results, replies inbox
+	must(t, gw.SubscribeDirect(ctx, "app/+/reply", 1, replies.handle))
+	must(t, gw.SubscribeDirect(ctx, "v/+/result", 1, func(m Message) {
+		results.handle(m)
+		if err := gw.Publish(ctx, "app/alice/reply", 1, false, m.Payload); err != nil {
+			t.Error(err)
+		}
+	}))
+	car := dialTest(t, b.URL(), "car1", nil)
+	const n = 50
+	for i := range n {
+		must(t, car.Publish(ctx, "v/car1/result", 1, false, fmt.Appendf(nil, "%d", i)))
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if got := len(replies.all()); got != n {
+			return fmt.Errorf("%d of %d replies", got, n)
+		}
+		return nil
+	})
+	for i, m := range results.all() {
+		if string(m.Payload) != fmt.Sprint(i) || m.Origin != "car1" {
+			t.Fatalf("result %d: %+v", i, m)
+		}
+	}
+	must(t, gw.Close())
+	_ = car.Publish(ctx, "v/car1/result", 1, false, []byte("after close"))
+	must(t, car.Publish(ctx, "v/car1/sync", 1, false, nil)) // the broker has handled the one before
+	if got := len(results.all()); got != n {
+		t.Fatalf("%d results handled, %d after Close", got, got-n)
+	}
+}

@@ -35,6 +35,15 @@ type AckAfterHandler interface {
 	SubscribeAckAfterHandler(ctx context.Context, filter string, qos byte, h Handler) error
 }
 
+// DirectSubscriber is implemented by a client that can call a subscription's handler on the
+// goroutine that delivers the message (the embedded broker's inline client: the publishing
+// client's reader), without the worker pool of Subscribe: one goroutine hand-off less per
+// message. Messages of one publisher are handled in order, those of different publishers at
+// once; a handler that blocks holds up its publisher, which is the backpressure.
+type DirectSubscriber interface {
+	SubscribeDirect(ctx context.Context, filter string, qos byte, h Handler) error
+}
+
 // Client publishes and subscribes.
 type Client interface {
 	// Publish sends a message. With qos 1 it returns once the broker acknowledged it, ctx

@@ -53,17 +53,28 @@ func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.commit.Update(func(btx *bolt.Tx) error {
-		t := &tx{btx: btx, writable: true}
-		if err := fn(t); err != nil {
-			return err
-		}
-		// bbolt runs these only if the shared transaction commits.
-		for _, f := range t.onCommit {
-			btx.OnCommit(f)
-		}
-		return nil
-	})
+	return s.commit.Update(func(btx *bolt.Tx) error { return runTx(btx, fn) })
+}
+
+// UpdateLater queues fn to commit with the next Update, or within groupcommit.MaxLaterDelay,
+// and returns without waiting for it; then, if not nil, gets the outcome once the commit is
+// durable or failed (on the committing goroutine: it must be quick). fn is what Update takes.
+// An update queued before Close is committed by Close.
+func (s *Store) UpdateLater(fn func(kv.Tx) error, then func(error)) {
+	s.commit.Enqueue(func(btx *bolt.Tx) error { return runTx(btx, fn) }, then)
+}
+
+// runTx runs fn in btx, the shared transaction, with its commit hooks.
+func runTx(btx *bolt.Tx, fn func(kv.Tx) error) error {
+	t := &tx{btx: btx, writable: true}
+	if err := fn(t); err != nil {
+		return err
+	}
+	// bbolt runs these only if the shared transaction commits.
+	for _, f := range t.onCommit {
+		btx.OnCommit(f)
+	}
+	return nil
 }
 
 // Close waits for queued updates; it does not close the bbolt file.
