@@ -45,11 +45,15 @@ var bucketInbox = []byte("auditin")
 // the sequence's compare and put.
 const moveBatch = 50
 
-// Background moves: moverDelay after an append (so that the appends of that moment are
-// numbered together), and every moverIdle in any case.
+// Background moves: moverSettle after an append (so that the appends of that moment are
+// numbered together), and every moverIdle in any case. A background move takes only the
+// records whose key is moverSettle old: an append still in flight (its key made, its
+// transaction not committed) would land inside the range the move read and make the move
+// conflict and run again, and appends are in flight all the time on a busy replica. Readers
+// move everything, whatever that costs.
 const (
-	moverDelay = 50 * time.Millisecond
-	moverIdle  = time.Second
+	moverSettle = 100 * time.Millisecond
+	moverIdle   = time.Second
 )
 
 // inboxKey returns a new inbox key of l: 8 bytes of big-endian Unix nanoseconds, strictly
@@ -92,14 +96,21 @@ func (l *Log) appendInboxTx(tx kv.Tx, events []Event) error {
 // moveInbox numbers every record in the inbox into the log, in transactions of at most
 // moveBatch records, until a look at the inbox finds fewer than that: every record committed
 // before it was called is then in the log. It does nothing on a store that is not shared.
-func (l *Log) moveInbox(ctx context.Context) error {
+func (l *Log) moveInbox(ctx context.Context) error { return l.moveOlder(ctx, 0) }
+
+// moveOlder is moveInbox for the records whose keys are older than age (0: all).
+func (l *Log) moveOlder(ctx context.Context, age time.Duration) error {
 	if !l.inbox {
 		return nil
+	}
+	var before []byte // keys from here on are too young
+	if age > 0 {
+		before = binary.BigEndian.AppendUint64(nil, uint64(time.Now().Add(-age).UnixNano()))
 	}
 	l.moving.Lock()
 	defer l.moving.Unlock()
 	for {
-		n, err := l.moveOnce(ctx)
+		n, err := l.moveOnce(ctx, before)
 		if err != nil {
 			return fmt.Errorf("number the audit inbox: %w", err)
 		}
@@ -109,16 +120,19 @@ func (l *Log) moveInbox(ctx context.Context) error {
 	}
 }
 
-// moveOnce moves the oldest records of the inbox (at most moveBatch) and returns how many it
-// found there. It finds them in a View first, and the Update reads the inbox only up to the
-// last of them: an Update that scanned to the end of the inbox would conflict with every
-// record appended meanwhile (etcd compares the scanned range), and appends go on all the time.
-func (l *Log) moveOnce(ctx context.Context) (int, error) {
+// moveOnce moves the oldest records of the inbox (at most moveBatch, keys before before if
+// not nil) and returns how many it found there. It finds them in a View first, and the Update
+// reads the inbox only up to the last of them: an Update that scanned to the end of the inbox
+// would conflict with every record appended meanwhile (etcd compares the scanned range).
+func (l *Log) moveOnce(ctx context.Context, before []byte) (int, error) {
 	var found int
 	var last []byte
 	err := l.kv.View(ctx, func(tx kv.Tx) error {
 		found, last = 0, nil
 		return tx.Scan(bucketInbox, nil, nil, func(k, _ []byte) error {
+			if before != nil && bytes.Compare(k, before) >= 0 {
+				return kv.Stop
+			}
 			found++
 			last = bytes.Clone(k)
 			if found == moveBatch {
@@ -188,7 +202,7 @@ func (l *Log) RunMover(ctx context.Context, log *slog.Logger) {
 			return
 		case <-idle.C:
 		case <-l.nudge:
-			wait := time.NewTimer(moverDelay)
+			wait := time.NewTimer(moverSettle)
 			select {
 			case <-ctx.Done():
 				wait.Stop()
@@ -196,7 +210,7 @@ func (l *Log) RunMover(ctx context.Context, log *slog.Logger) {
 			case <-wait.C:
 			}
 		}
-		if err := l.moveInbox(ctx); err != nil && ctx.Err() == nil {
+		if err := l.moveOlder(ctx, moverSettle); err != nil && ctx.Err() == nil {
 			log.Warn("audit inbox not numbered yet; the next move tries again", "err", err)
 		}
 		idle.Reset(moverIdle)
