@@ -110,24 +110,25 @@ func (l *Log) moveOlder(ctx context.Context, age time.Duration) error {
 	l.moving.Lock()
 	defer l.moving.Unlock()
 	for {
-		n, err := l.moveOnce(ctx, before)
+		found, moved, err := l.moveOnce(ctx, before)
 		if err != nil {
 			return fmt.Errorf("number the audit inbox: %w", err)
 		}
-		if n < moveBatch {
+		if found < moveBatch && moved < moveBatch {
 			return nil
 		}
 	}
 }
 
 // moveOnce moves the oldest records of the inbox (at most moveBatch, keys before before if
-// not nil) and returns how many it found there. It finds them in a View first, and the Update
-// reads the inbox only up to the last of them: an Update that scanned to the end of the inbox
-// would conflict with every record appended meanwhile (etcd compares the scanned range).
-func (l *Log) moveOnce(ctx context.Context, before []byte) (int, error) {
-	var found int
+// not nil) and returns how many it found there and how many it moved. It finds them in a View
+// first, and the Update reads the inbox only up to the last of them: an Update that scanned to
+// the end of the inbox would conflict with every record appended meanwhile (etcd compares the
+// scanned range). Appends committed in between with older keys (made before, committed after)
+// are moved too, up to moveBatch in all: moved == moveBatch means some found may be left.
+func (l *Log) moveOnce(ctx context.Context, before []byte) (found, moved int, err error) {
 	var last []byte
-	err := l.kv.View(ctx, func(tx kv.Tx) error {
+	err = l.kv.View(ctx, func(tx kv.Tx) error {
 		found, last = 0, nil
 		return tx.Scan(bucketInbox, nil, nil, func(k, _ []byte) error {
 			if before != nil && bytes.Compare(k, before) >= 0 {
@@ -142,7 +143,7 @@ func (l *Log) moveOnce(ctx context.Context, before []byte) (int, error) {
 		})
 	})
 	if err != nil || found == 0 {
-		return 0, err
+		return 0, 0, err
 	}
 	err = l.kv.Update(ctx, func(tx kv.Tx) error {
 		type record struct{ k, v []byte }
@@ -152,7 +153,7 @@ func (l *Log) moveOnce(ctx context.Context, before []byte) (int, error) {
 				return kv.Stop // moved by another mover meanwhile
 			}
 			recs = append(recs, record{bytes.Clone(k), bytes.Clone(v)})
-			if bytes.Equal(k, last) {
+			if bytes.Equal(k, last) || len(recs) == moveBatch {
 				return kv.Stop
 			}
 			return nil
@@ -181,9 +182,10 @@ func (l *Log) moveOnce(ctx context.Context, before []byte) (int, error) {
 				return err
 			}
 		}
+		moved = len(recs)
 		return nil
 	})
-	return found, err
+	return found, moved, err
 }
 
 // RunMover numbers the inbox into the log until ctx ends: moverDelay after an append of l,
