@@ -233,7 +233,11 @@ func (s *Store) unavailable(ctx context.Context, err error) error {
 	if ctx.Err() != nil && context.Cause(ctx) != errTimeout {
 		return fmt.Errorf("etcd store: %w", context.Cause(ctx))
 	}
+	// The server's own time-outs (no quorum to commit, a leader lost mid-request) can come
+	// back before the client's bound: unavailable too.
 	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrLeaderChanged) ||
 		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded {
 		return fmt.Errorf("%w: etcd at %s did not answer within %v: %v", kv.ErrUnavailable,
 			strings.Join(s.opts.Endpoints, ","), s.opts.Timeout, err)
