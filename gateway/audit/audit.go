@@ -1,14 +1,17 @@
 // Package audit is the gateway's append-only decision log, kept in the gateway's store
 // (gateway/kv: its bbolt file, or etcd), keyed by an 8-byte big-endian sequence number.
 // Every command decision, every result and every security event is one record, written before
-// the gateway acts on it. Records never hold secrets, tokens or TOTP codes.
+// the gateway acts on it. Records never hold secrets, tokens or TOTP codes. On a store shared
+// by replicas (etcd) a record is first written to an inbox and numbered soon after (inbox.go).
 package audit
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"telematics/gateway/kv"
@@ -59,10 +62,28 @@ var Kinds = []string{KindCommand, KindResult, KindAdmin, KindLogin, KindTwoFacto
 type Log struct {
 	kv       kv.Store
 	observer atomic.Pointer[func(Event)]
+
+	// On a shared store (kv.IsShared) appends go to the inbox (inbox.go).
+	inbox  bool
+	writer [8]byte // this Log's part of its inbox keys, random
+	mu     sync.Mutex
+	lastNs int64         // the time part of this Log's newest inbox key
+	moving sync.Mutex    // one move of this Log at a time (its moves would only conflict)
+	nudge  chan struct{} // capacity 1: an append committed, RunMover moves soon
 }
 
-// Open serves the audit log kept in kvs (the gateway store's, see store.Store.KV).
-func Open(kvs kv.Store) (*Log, error) { return &Log{kv: kvs}, nil }
+// Open serves the audit log kept in kvs (the gateway store's, see store.Store.KV). On a
+// shared store (etcd) appends go to an inbox that RunMover and every reader number into the
+// log (inbox.go); elsewhere (bbolt) each append takes its number at once.
+func Open(kvs kv.Store) (*Log, error) {
+	l := &Log{kv: kvs, inbox: kv.IsShared(kvs), nudge: make(chan struct{}, 1)}
+	if l.inbox {
+		if _, err := rand.Read(l.writer[:]); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
 
 // Append writes events durably in a transaction of their own; concurrent callers share a
 // commit on bbolt.
@@ -96,6 +117,9 @@ func (l *Log) AppendTx(tx kv.Tx, events ...Event) error {
 				(*fn)(e)
 			}
 		})
+	}
+	if l.inbox {
+		return l.appendInboxTx(tx, events)
 	}
 	for _, e := range events {
 		seq, err := tx.NextSequence(bucketAudit)
@@ -152,6 +176,9 @@ func (l *Log) Query(f Filter) ([]Event, error) {
 	if f.Limit <= 0 {
 		f.Limit = 100
 	}
+	if err := l.moveInbox(context.Background()); err != nil {
+		return nil, err
+	}
 	var out []Event
 	err := l.kv.View(context.Background(), func(tx kv.Tx) error {
 		first, err := firstSeq(tx)
@@ -162,11 +189,17 @@ func (l *Log) Query(f Filter) ([]Event, error) {
 		if err != nil {
 			return err
 		}
+		// A query that takes every record needs only its Limit newest (the console asks for
+		// the few appended since its last look, several times a second, on every replica).
+		step := uint64(queryWindow)
+		if f.VIN == "" && f.User == "" && f.Kind == "" && f.SinceMs == 0 && f.UntilMs == 0 && f.Limit < queryWindow {
+			step = uint64(f.Limit)
+		}
 		var window []Event
 		for hi >= first && len(out) < f.Limit {
 			lo := first
-			if hi-first >= queryWindow {
-				lo = hi - queryWindow + 1
+			if hi-first >= step {
+				lo = hi - step + 1
 			}
 			window = window[:0]
 			err := tx.Scan(bucketAudit, nil, seqKey(lo), func(k, v []byte) error {
@@ -200,6 +233,9 @@ func (l *Log) Query(f Filter) ([]Event, error) {
 // LastSeq returns the sequence number of the newest record ever appended (0: none): a cheap
 // "has anything been appended since" for readers that poll (the console).
 func (l *Log) LastSeq() (uint64, error) {
+	if err := l.moveInbox(context.Background()); err != nil {
+		return 0, err
+	}
 	var last uint64
 	err := l.kv.View(context.Background(), func(tx kv.Tx) error {
 		var err error
@@ -211,6 +247,9 @@ func (l *Log) LastSeq() (uint64, error) {
 
 // Count returns how many records the log holds.
 func (l *Log) Count() (int, error) {
+	if err := l.moveInbox(context.Background()); err != nil {
+		return 0, err
+	}
 	var n int
 	err := l.kv.View(context.Background(), func(tx kv.Tx) error {
 		first, err := firstSeq(tx)

@@ -2,30 +2,21 @@ package audit
 
 import (
 	"errors"
-	"path/filepath"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"telematics/gateway/kv"
-	"telematics/gateway/kv/boltkv"
 )
 
 // The observer sees an event once its transaction commits, and never an event of a
 // transaction that failed (the group committer then retries each write alone: counted once).
 func TestObserveSeesCommittedEventsOnly(t *testing.T) {
 	t.Parallel()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "a.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	kvs := boltkv.New(db)
-	defer kvs.Close()
-	l, err := Open(kvs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	backends(t, testObserveSeesCommittedEventsOnly)
+}
+
+func testObserveSeesCommittedEventsOnly(t *testing.T, open func() kv.Store) {
+	kvs := open()
+	l := openLog(t, kvs)
 	var seen []string
 	l.Observe(func(e Event) { seen = append(seen, e.Outcome) })
 	defer l.Observe(nil)

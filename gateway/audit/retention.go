@@ -62,6 +62,9 @@ func (l *Log) Prune(ctx context.Context, r Retention, now time.Time) (int, error
 	if r.MaxAge > 0 {
 		cutoffMs = now.Add(-r.MaxAge).UnixMilli()
 	}
+	if err := l.moveInbox(ctx); err != nil {
+		return 0, fmt.Errorf("prune audit log: %w", err)
+	}
 	total := 0
 	for ctx.Err() == nil {
 		var n int

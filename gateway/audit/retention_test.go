@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"telematics/gateway/kv"
 	"telematics/internal/testutil"
 	"telematics/pkg/clock/clocktest"
 )
@@ -14,7 +15,11 @@ import (
 // RunRetention prunes when it starts and then by itself every SweepInterval of its clock:
 // records that age past MaxAge while it runs go at the next sweep, not before.
 func TestRunRetentionSweepsOnItsInterval(t *testing.T) {
-	l, _ := openLog(t)
+	backends(t, testRunRetentionSweepsOnItsInterval)
+}
+
+func testRunRetentionSweepsOnItsInterval(t *testing.T, open func() kv.Store) {
+	l := openLog(t, open())
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clk := clocktest.New(t0)
 	if err := l.Append(

@@ -108,7 +108,11 @@ type CarKey struct {
 }
 
 // summarize is v's fleet-list line from the twin and the whitelist state.
-func (c *Console) summarize(v store.Vehicle) Car {
+func (c *Console) summarize(v store.Vehicle) Car { return c.summarizeWith(v, nil) }
+
+// summarizeWith is summarize with the whitelist state of prev, when not nil, instead of
+// reading it again.
+func (c *Console) summarizeWith(v store.Vehicle, prev *Car) Car {
 	car := Car{VIN: v.VIN, Decommission: v.DecommissionedMs != 0}
 	if tw, ok := c.d.Twins.Twin(v.VIN); ok {
 		car.Status = tw.Status
@@ -121,7 +125,9 @@ func (c *Console) summarize(v store.Vehicle) Car {
 		car.Lat = numSignal(tw.Signals, protocol.VSSLatitude)
 		car.Lon = numSignal(tw.Signals, protocol.VSSLongitude)
 	}
-	if c.d.Whitelists != nil {
+	if prev != nil {
+		car.WLVersion, car.WLAcked, car.WLWaitingFromMs = prev.WLVersion, prev.WLAcked, prev.WLWaitingFromMs
+	} else if c.d.Whitelists != nil {
 		st := c.d.Whitelists.Status(v.VIN)
 		car.WLVersion, car.WLAcked = st.Version, st.AckedVersion
 		if st.Version > st.AckedVersion {

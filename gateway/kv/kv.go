@@ -75,6 +75,15 @@ type Tx interface {
 	OnCommit(fn func())
 }
 
+// IsShared reports whether s is written by several processes at once (etcdkv: gateway
+// replicas), which it says by a method Shared() bool. Every key that all writers read and write
+// (a counter) then makes their transactions conflict and run again, so data that every writer
+// touches is better laid out per writer there (the audit log's inbox, package audit).
+func IsShared(s Store) bool {
+	sh, ok := s.(interface{ Shared() bool })
+	return ok && sh.Shared()
+}
+
 // Sentinel errors.
 var (
 	// Stop, returned by a Scan callback, ends the scan early; Scan then returns nil.

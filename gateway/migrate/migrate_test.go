@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"telematics/gateway/accounts"
+	"telematics/gateway/audit"
 	"telematics/gateway/harness"
 	"telematics/gateway/kv"
 	"telematics/gateway/kv/etcdkv"
@@ -396,5 +397,81 @@ func TestMigrateRefusesAForeignFile(t *testing.T) {
 	target := openEtcd(t, etcdtest.Start(t), "/telematics/")
 	if _, err := migrate.Run(context.Background(), migrate.Options{From: path, To: target}); !errors.Is(err, migrate.ErrNotGateway) {
 		t.Fatalf("foreign file: %v, want ErrNotGateway", err)
+	}
+}
+
+// The audit log goes on where the single gateway left it: replicas on the target append
+// through the inbox (package audit) and their records are numbered after the migrated ones. A
+// target where a cluster ran (records left in the inbox) is refused, naming the inbox, and
+// --force replaces it, inbox included.
+func TestMigrateAuditGoesOnInTheCluster(t *testing.T) {
+	dir, _ := gatewayFile(t, false)
+	path := filepath.Join(dir, server.DBFile)
+	source := dumpBolt(t, path)
+	var seq uint64
+	if _, err := fmt.Sscanf(source["audit"][0], "#seq=%d", &seq); err != nil || seq == 0 {
+		t.Fatalf("the source's audit sequence: %q, %v", source["audit"][0], err)
+	}
+	records := len(source["audit"]) - 1
+	cluster := etcdtest.Start(t)
+	ctx := context.Background()
+
+	// A cluster ran on the target: records numbered and some still in the inbox.
+	ran := openEtcd(t, cluster, "/telematics/")
+	lg, err := audit.Open(ran)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := lg.Append(audit.Event{Kind: audit.KindAdmin, Outcome: fmt.Sprint("old-cluster-", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := lg.Count(); err != nil || n != 3 {
+		t.Fatalf("count %d, %v", n, err)
+	}
+	if err := lg.Append(audit.Event{Kind: audit.KindAdmin, Outcome: "old-cluster-unnumbered"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = migrate.Run(ctx, migrate.Options{From: path, To: ran})
+	if !errors.Is(err, migrate.ErrTargetNotEmpty) || !strings.Contains(err.Error(), "auditin (1 keys, sequence 0)") {
+		t.Fatalf("target with an inbox: %v, want ErrTargetNotEmpty naming auditin", err)
+	}
+	rep, err := migrate.Run(ctx, migrate.Options{From: path, To: ran, Force: true})
+	if err != nil || !rep.Verified {
+		t.Fatalf("forced: %+v, %v", rep, err)
+	}
+	compare(t, source, dumpEtcd(t, ran))
+
+	// Two replicas append; the log goes on from the single gateway's numbers.
+	a, b := openEtcd(t, cluster, "/telematics/"), openEtcd(t, cluster, "/telematics/")
+	la, err := audit.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := audit.Open(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := lb.Count(); err != nil || n != records {
+		t.Fatalf("count after the migration %d, %v; want the source's %d", n, err, records)
+	}
+	if err := la.Append(audit.Event{Kind: audit.KindAdmin, Outcome: "replica-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.Append(audit.Event{Kind: audit.KindAdmin, Outcome: "replica-b"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := la.Query(audit.Filter{Limit: records + 10})
+	if err != nil || len(got) != records+2 {
+		t.Fatalf("%d records, %v; want %d", len(got), err, records+2)
+	}
+	if got[1].Seq != seq+1 || got[0].Seq != seq+2 || got[1].Outcome != "replica-a" || got[0].Outcome != "replica-b" {
+		t.Fatalf("the replicas' records: %+v, %+v; want numbers %d and %d", got[1], got[0], seq+1, seq+2)
+	}
+	for _, e := range got {
+		if strings.HasPrefix(e.Outcome, "old-cluster") {
+			t.Fatalf("a record of the replaced target survived --force: %+v", e)
+		}
 	}
 }

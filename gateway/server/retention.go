@@ -1,20 +1,28 @@
 package server
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
-// startRetention runs the audit log's retention sweep until stopRetention.
+// startRetention runs the audit log's retention sweep and, on a shared store, the mover of its
+// inbox (audit.Log.RunMover) until stopRetention.
 func (g *Gateway) startRetention() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	g.retentionStop, g.retentionDone = cancel, done
 	go func() {
 		defer close(done)
-		g.audit.RunRetention(ctx, g.cfg.Audit.Retention, g.clock, g.log.With("component", "audit"))
+		log := g.log.With("component", "audit")
+		var wg sync.WaitGroup
+		wg.Go(func() { g.audit.RunMover(ctx, log) })
+		g.audit.RunRetention(ctx, g.cfg.Audit.Retention, g.clock, log)
+		wg.Wait()
 	}()
 }
 
-// stopRetention ends the sweep and waits for it (a sweep in progress stops between
-// transactions).
+// stopRetention ends the sweep and the mover and waits for them (a sweep in progress stops
+// between transactions).
 func (g *Gateway) stopRetention() {
 	if g.retentionStop != nil {
 		g.retentionStop()

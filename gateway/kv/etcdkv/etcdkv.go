@@ -88,10 +88,10 @@ type Store struct {
 	cli  *clientv3.Client
 	opts Options
 	// retrying is held (capacity 1) by the one Update of this process that runs an attempt
-	// after a conflict. Every audited write reads and bumps the audit sequence, so N
-	// concurrent writers of one process conflict with each other and only one wins a round;
-	// racing again, a loser could lose all its attempts (seen with 20 parallel enrollments on
-	// a loaded machine). In line, the losers of this process win in turn and only race the
+	// after a conflict. N concurrent writers of one hot key conflict with each other and only
+	// one wins a round; racing again, a loser could lose all its attempts (seen with 20
+	// parallel enrollments on a loaded machine, when every audited write still bumped the
+	// audit sequence). In line, the losers of this process win in turn and only race the
 	// other replicas' writers and this process's first attempts.
 	retrying chan struct{}
 }
@@ -115,6 +115,9 @@ func Open(o Options) (*Store, error) {
 	}
 	return &Store{cli: cli, opts: o, retrying: make(chan struct{}, 1)}, nil
 }
+
+// Shared reports true: the store is meant for several gateway replicas (kv.IsShared).
+func (s *Store) Shared() bool { return true }
 
 // Close closes the client; it is idempotent.
 func (s *Store) Close() error {
@@ -230,7 +233,11 @@ func (s *Store) unavailable(ctx context.Context, err error) error {
 	if ctx.Err() != nil && context.Cause(ctx) != errTimeout {
 		return fmt.Errorf("etcd store: %w", context.Cause(ctx))
 	}
+	// The server's own time-outs (no quorum to commit, a leader lost mid-request) can come
+	// back before the client's bound: unavailable too.
 	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrLeaderChanged) ||
 		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded {
 		return fmt.Errorf("%w: etcd at %s did not answer within %v: %v", kv.ErrUnavailable,
 			strings.Join(s.opts.Endpoints, ","), s.opts.Timeout, err)
