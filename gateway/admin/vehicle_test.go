@@ -151,12 +151,12 @@ func TestKeyRevokeCommand(t *testing.T) {
 	g.ok("", "vehicle", "assign", vinA, "bob", "--role", "driver")
 	alice := g.pair("alice", vinA)
 	bob := g.pair("bob", vinA)
-	out := g.ok("", "key", "revoke", vinA, alice.ID)
+	out := g.ok("", "key", "revoke", vinA, "--", alice.ID) // key ids may start with -
 	if want := fmt.Sprintf("key %s of alice revoked on %s in whitelist version 3 (the car applies it once it acknowledges it)\n", alice.ID, vinA); out != want {
 		t.Fatalf("key revoke:\n%q\nwant\n%q", out, want)
 	}
 	var rv api.Revocation
-	decode(t, g.ok("", "key", "revoke", vinA, bob.ID, "--keep-share", "--json"), &rv)
+	decode(t, g.ok("", "key", "revoke", vinA, "--keep-share", "--json", "--", bob.ID), &rv)
 	if rv != (api.Revocation{VIN: vinA, KeyID: bob.ID, User: "bob", Version: 4}) {
 		t.Fatalf("key revoke --keep-share --json: %+v", rv)
 	}
