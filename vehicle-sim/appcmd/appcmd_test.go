@@ -135,7 +135,7 @@ func TestKeyCreate(t *testing.T) {
 		t.Fatal("the refused create replaced the key")
 	}
 	code, out, errs = p.run("key", "create", "--force")
-	if code != 0 || strings.TrimSpace(out) == k.KID() || !strings.Contains(errs, "revoke VIN "+k.KID()) {
+	if code != 0 || strings.TrimSpace(out) == k.KID() || !strings.Contains(errs, "revoke VIN --totp CODE -- "+k.KID()) {
 		t.Fatalf("create --force: %d %q %q", code, out, errs)
 	}
 

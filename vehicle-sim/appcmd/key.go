@@ -96,7 +96,7 @@ func keyCreate(g *globals, env Env) *cobra.Command {
 			fmt.Fprintln(env.Stdout, key.KID())
 			fmt.Fprintf(env.Stderr, "phone key %s created in %s (mode 0600; its private half never leaves this file)\n", key.KID(), g.key)
 			if old != nil && old.KID() != key.KID() {
-				fmt.Fprintf(env.Stderr, "it replaces key %s: revoke that one on its cars (vehicle-sim app key revoke VIN %s --totp CODE)\n", old.KID(), old.KID())
+				fmt.Fprintf(env.Stderr, "it replaces key %s: revoke that one on its cars (vehicle-sim app key revoke VIN --totp CODE -- %s)\n", old.KID(), old.KID())
 			}
 			fmt.Fprintln(env.Stderr, "next: vehicle-sim app key pair VIN --totp CODE")
 			return nil
