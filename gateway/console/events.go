@@ -58,8 +58,7 @@ type watcher struct {
 	interval time.Duration
 	epoch    string
 
-	// lookMu serializes the looks (run's ticks and fresh's looks on demand): what "only look
-	// touches" below is touched under it.
+	// lookMu serializes the looks and the ticks (run's, and fresh's looks on demand).
 	lookMu   sync.Mutex
 	lookedAt time.Time // the end of the last look at the cars (real time)
 	listedAt time.Time // the last read of the list of cars (real time)
@@ -75,8 +74,8 @@ type watcher struct {
 	encodes  int // cars encoded by the looks
 	ticks    int // run's ticks
 	streams  int
-	auditSeq uint64     // the newest audit record looked at (readAudit); only look touches it
-	alerts   alertState // lockouts and failures: only look; list and seq: under mu
+	auditSeq uint64     // the newest audit record looked at (readAudit); only under lookMu
+	alerts   alertState // lockouts and failures: only under lookMu; list and seq: under mu
 
 	stopc chan struct{}
 	done  chan struct{}
