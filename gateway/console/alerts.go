@@ -85,12 +85,7 @@ func (w *watcher) computeAlerts(fleet map[string]Car, storeErr error) bool {
 		out = append(out, Alert{Kind: "lockout", Subject: user, Message: fmt.Sprintf("%s is locked out until %s", user,
 			time.UnixMilli(until).UTC().Format("15:04:05 UTC")), SinceMs: until})
 	}
-	window := nowMs - time.Minute.Milliseconds()
-	i := 0
-	for i < len(a.failures) && a.failures[i] < window {
-		i++
-	}
-	a.failures = a.failures[i:]
+	a.failures = recentFailures(a.failures, now)
 	if n := len(a.failures); n >= cfg.AlertFailureBurst {
 		out = append(out, Alert{Kind: "totp_failures", Message: fmt.Sprintf("%d 2FA failures in the last minute", n), SinceMs: a.failures[0]})
 	}
@@ -136,4 +131,14 @@ func (w *watcher) computeAlerts(fleet map[string]Car, storeErr error) bool {
 	a.list, a.key = out, key
 	a.seq++
 	return true
+}
+
+// recentFailures drops the failures (Unix ms, oldest first) older than the burst's minute.
+func recentFailures(failures []int64, now time.Time) []int64 {
+	window := now.UnixMilli() - time.Minute.Milliseconds()
+	i := 0
+	for i < len(failures) && failures[i] < window {
+		i++
+	}
+	return failures[i:]
 }

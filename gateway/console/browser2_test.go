@@ -92,7 +92,8 @@ func TestRevocationAckFlipsOnTheCarPage(t *testing.T) {
 
 	p := newPage(t, cloud.HTTPURL())
 	p.enroll("olga")
-	p.do("open the car page", chromedp.Navigate(p.base+"/#car/"+vin), chromedp.WaitVisible("#car-state"))
+	p.goHash("open the car page", "#car/"+vin)
+	p.do("see the car page", chromedp.WaitVisible("#car-state"))
 	keys := `(document.querySelector('#car-keys')?.textContent ?? '')`
 	p.until("bob's key on the car", keys+`.includes('bob') && !`+keys+`.includes('not yet on the car')`)
 	p.do("mark the page", chromedp.Evaluate[chromedp.Void](`window.__sameDocument = true`))
@@ -136,7 +137,8 @@ func TestRevocationAckFlipsOnTheCarPage(t *testing.T) {
 	p.until("alice gone from the car's users", `!(document.querySelector('#car-users')?.textContent ?? '').includes('alice')`)
 
 	// The users page: both enrolled.
-	p.do("open the users page", chromedp.Navigate(p.base+"/#users"), chromedp.WaitVisible("#users-table"))
+	p.goHash("open the users page", "#users")
+	p.do("see the users page", chromedp.WaitVisible("#users-table"))
 	p.until("alice enrolled", `document.querySelector('#user-alice td[data-field="2fa"]')?.textContent === 'enrolled'`)
 	p.screenshot("users")
 }

@@ -102,10 +102,24 @@ func (p *page) screenshot(name string) {
 	}
 }
 
+// goHash shows the console's page at hash: the first time by loading the page, after that by
+// setting location.hash, as a link does. Not chromedp.Navigate on the loaded page: that is a
+// same-document navigation, on which it may wait for a load event that never comes.
+func (p *page) goHash(what, hash string) {
+	p.t.Helper()
+	loaded, err := chromedp.Run(p.ctx, chromedp.Evaluate[bool](`document.querySelector('#app') !== null`))
+	if err == nil && loaded {
+		p.do(what, chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`location.hash = %q`, hash)))
+		return
+	}
+	p.do(what, chromedp.Navigate(p.base+"/"+hash))
+}
+
 // login fills the login form; code may be "".
 func (p *page) login(name, code string) {
 	p.t.Helper()
-	p.do("open the login page", chromedp.Navigate(p.base+"/#login"), chromedp.WaitVisible("#login-form"))
+	p.goHash("open the login page", "#login")
+	p.do("see the login form", chromedp.WaitVisible("#login-form"))
 	fill := fmt.Sprintf(`document.querySelector('#operator').value = %q; document.querySelector('#password').value = %q;
 		document.querySelector('#code').value = %q`, name, opPassword, code)
 	p.do("fill the login form", chromedp.Evaluate[chromedp.Void](fill), chromedp.Click("#login-submit"))

@@ -26,6 +26,14 @@ import (
 //
 // Looking (rather than being told by the router) keeps the console apart from the command
 // path: a slow console never slows a command, and a change is at most one interval late.
+//
+// The cars are looked at only while an event stream is open, and on demand (fresh) when a
+// stream opens or a REST call needs them: with no console open the watcher reads only the new
+// audit records (the alerts' lockouts and 2FA failures, and the car pages' timeline pings), so
+// an idle gateway does not summarize and encode its fleet four times a second. The look made
+// on demand compares with what the streams were last told, so a stream resuming from an id
+// gets every change it missed, in one batch. A car whose summary did not change since the last
+// look is not encoded again.
 
 // ringSize bounds the changes kept for streams that reconnect.
 const ringSize = 8192
@@ -50,6 +58,11 @@ type watcher struct {
 	interval time.Duration
 	epoch    string
 
+	// lookMu serializes the looks and the ticks (run's, and fresh's looks on demand).
+	lookMu   sync.Mutex
+	lookedAt time.Time // the end of the last look at the cars (real time)
+	listedAt time.Time // the last read of the list of cars (real time)
+
 	mu       sync.Mutex
 	seq      uint64
 	cars     map[string]json.RawMessage // vin -> encoded Car
@@ -57,10 +70,12 @@ type watcher struct {
 	ring     []change      // ascending seq, at most ringSize
 	changed  chan struct{} // closed and replaced at every change
 	vehicles []store.Vehicle
-	looks    int
+	looks    int // looks at the cars
+	encodes  int // cars encoded by the looks
+	ticks    int // run's ticks
 	streams  int
-	auditSeq uint64     // the newest audit record looked at (readAudit); only look touches it
-	alerts   alertState // lockouts and failures: only look; list and seq: under mu
+	auditSeq uint64     // the newest audit record looked at (readAudit); only under lookMu
+	alerts   alertState // lockouts and failures: only under lookMu; list and seq: under mu
 
 	stopc chan struct{}
 	done  chan struct{}
@@ -73,7 +88,10 @@ func newWatcher(c *Console, interval time.Duration) (*watcher, error) {
 	}
 	w := &watcher{c: c, interval: interval, epoch: tok[:10], cars: map[string]json.RawMessage{}, decoded: map[string]Car{},
 		changed: make(chan struct{}), stopc: make(chan struct{}), done: make(chan struct{})}
-	if err := w.look(); err != nil {
+	w.lookMu.Lock()
+	err = w.look()
+	w.lookMu.Unlock()
+	if err != nil {
 		return nil, fmt.Errorf("console: read the fleet: %w", err)
 	}
 	go w.run()
@@ -91,7 +109,7 @@ func (w *watcher) run() {
 		case <-w.stopc:
 			return
 		case <-t.C:
-			if err := w.look(); err != nil {
+			if err := w.tick(); err != nil {
 				w.c.log.Warn("console: fleet not read", "err", err)
 			}
 			if now := w.c.now(); now.Sub(lastPrune) >= pruneEvery {
@@ -111,10 +129,51 @@ func (w *watcher) stop() {
 	<-w.done
 }
 
-// look compares every car with what the streams were last told and records the changes.
+// tick is run's work at each interval: a look at every car while a stream is open; with none,
+// only the new audit records (a few, and the records are read at most timelineRecords at a
+// time, so a lockout is not missed however long nobody watches).
+func (w *watcher) tick() error {
+	w.lookMu.Lock()
+	defer w.lookMu.Unlock()
+	w.mu.Lock()
+	w.ticks++
+	streams := w.streams
+	w.mu.Unlock()
+	if streams > 0 {
+		return w.look()
+	}
+	pings := w.readAudit(false)
+	w.alerts.failures = recentFailures(w.alerts.failures, w.c.now())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.publish(pings, false)
+	return nil
+}
+
+// fresh looks at the cars unless a look ended less than an interval ago: a stream that opens,
+// or a REST call that reads the fleet, gets the cars as they are. After a longer pause than
+// the list's own period, the look reads the list of cars and the readiness again.
+func (w *watcher) fresh() error {
+	w.lookMu.Lock()
+	defer w.lookMu.Unlock()
+	if time.Since(w.lookedAt) < w.interval {
+		return nil
+	}
+	if time.Since(w.listedAt) >= vehiclesEvery*w.interval {
+		w.mu.Lock()
+		w.looks += (vehiclesEvery - w.looks%vehiclesEvery) % vehiclesEvery // a look that reads everything
+		w.mu.Unlock()
+	}
+	return w.look()
+}
+
+// look compares every car with what the streams were last told and records the changes; the
+// caller holds lookMu.
 func (w *watcher) look() error {
+	defer func() { w.lookedAt = time.Now() }()
 	w.mu.Lock()
 	vs, looks := w.vehicles, w.looks
+	prevCars, prevEnc := w.decoded, w.cars
 	w.looks++
 	w.mu.Unlock()
 	if vs == nil || looks%vehiclesEvery == 0 {
@@ -131,6 +190,7 @@ func (w *watcher) look() error {
 		if vs == nil {
 			vs = []store.Vehicle{}
 		}
+		w.listedAt = time.Now()
 	}
 	// On a shared store (etcd) each car's whitelist state is a read of the store: it is read
 	// with the list of cars, not at every look (for every car, on every replica: 1,200 reads
@@ -138,16 +198,22 @@ func (w *watcher) look() error {
 	readWL := looks%vehiclesEvery == 0 || !w.c.d.Store.Shared()
 	cars := make(map[string]Car, len(vs))
 	enc := make(map[string]json.RawMessage, len(vs))
+	encodes := 0
 	for _, v := range vs {
 		var prev *Car
-		if old, ok := w.decoded[v.VIN]; ok && !readWL { // w.decoded is written only by look
+		if old, ok := prevCars[v.VIN]; ok && !readWL {
 			prev = &old
 		}
 		car := w.c.summarizeWith(v, prev)
+		if b, ok := prevEnc[v.VIN]; ok && car.same(prevCars[v.VIN]) {
+			cars[v.VIN], enc[v.VIN] = car, b // unchanged: not encoded again
+			continue
+		}
 		b, err := json.Marshal(car)
 		if err != nil {
 			return err
 		}
+		encodes++
 		cars[v.VIN], enc[v.VIN] = car, b
 	}
 	pings := w.readAudit(looks == 0)
@@ -158,6 +224,7 @@ func (w *watcher) look() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.vehicles = vs
+	w.encodes += encodes
 	var news []json.RawMessage
 	for vin, b := range enc {
 		if old, ok := w.cars[vin]; !ok || !bytes.Equal(old, b) {
@@ -172,9 +239,15 @@ func (w *watcher) look() error {
 	}
 	w.cars, w.decoded = enc, cars
 	news = append(news, pings...)
-	alerted := w.computeAlerts(cars, nil)
+	w.publish(news, w.computeAlerts(cars, nil))
+	return nil
+}
+
+// publish numbers the changes, keeps them in the ring and wakes the streams (also for a change
+// of the alerts alone); the caller holds mu.
+func (w *watcher) publish(news []json.RawMessage, alerted bool) {
 	if len(news) == 0 && !alerted {
-		return nil
+		return
 	}
 	for _, b := range news {
 		w.seq++
@@ -185,7 +258,6 @@ func (w *watcher) look() error {
 	}
 	close(w.changed)
 	w.changed = make(chan struct{})
-	return nil
 }
 
 // readAudit reads the audit records appended since the last look, notes the lockouts and 2FA
@@ -231,8 +303,12 @@ func (w *watcher) readAudit(first bool) []json.RawMessage {
 	return out
 }
 
-// snapshot returns every car in VIN order and the id of the last change they include.
+// snapshot returns every car in VIN order, as they are (fresh), and the id of the last change
+// they include.
 func (w *watcher) snapshot() ([]Car, string) {
+	if err := w.fresh(); err != nil {
+		w.c.log.Warn("console: fleet not read", "err", err)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.snapshotLocked()
@@ -315,6 +391,10 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer wt.closeStream()
+	// The cars and the alerts as they are now: nobody may have watched before this stream.
+	if err := wt.fresh(); err != nil {
+		c.log.Warn("console: fleet not read", "err", err)
+	}
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")

@@ -35,6 +35,20 @@ type Car struct {
 	telemetryMs int64 // the newest telemetry (alerts)
 }
 
+// same reports whether c and o hold the same values (the watcher does not encode a car again
+// that is the same as at its last look).
+func (c Car) same(o Car) bool {
+	if !samePtr(c.Locked, o.Locked) || !samePtr(c.BatteryPct, o.BatteryPct) || !samePtr(c.SpeedKmh, o.SpeedKmh) ||
+		!samePtr(c.Lat, o.Lat) || !samePtr(c.Lon, o.Lon) {
+		return false
+	}
+	c.Locked, c.BatteryPct, c.SpeedKmh, c.Lat, c.Lon = nil, nil, nil, nil, nil
+	o.Locked, o.BatteryPct, o.SpeedKmh, o.Lat, o.Lon = nil, nil, nil, nil, nil
+	return c == o
+}
+
+func samePtr[T comparable](a, b *T) bool { return a == b || (a != nil && b != nil && *a == *b) }
+
 // Fleet is the event stream's "fleet" event: the whole fleet in VIN order, sent in parts of
 // at most fleetChunk cars (More set on every part but the last), and the id of the last
 // change it includes, from which the stream continues.

@@ -27,7 +27,7 @@ const state = {
   eventsOK: false,
   view: null, // {name, vin?}
   map: null,
-  markers: new Map(),
+  markers: new Map(), // vin -> {m, lat, lon, color}: the marker and what it shows
   carTimer: null,
 };
 
@@ -210,7 +210,7 @@ function startEvents() {
         state.cars.set(c.vin, c);
       }
     }
-    refresh(changed.filter((c) => !c.commands).map((c) => c.vin));
+    refresh([...new Set(changed.filter((c) => !c.commands).map((c) => c.vin))]);
     if (state.view && state.view.name === 'car' && timelines.includes(state.view.vin)) loadTimeline(state.view.vin);
   });
   es.addEventListener('ended', () => { stopEvents(); state.session = null; route(); });
@@ -240,7 +240,7 @@ function setLive(on) {
 
 function refresh(vins) {
   if (!state.view) return;
-  if (state.view.name === 'fleet') renderFleetRows();
+  if (state.view.name === 'fleet') renderFleetRows(vins || true);
   if (state.view.name === 'car' && (!vins || vins.includes(state.view.vin))) loadCar(state.view.vin);
   if (state.view.name === 'car' && !vins) loadTimeline(state.view.vin);
   if (state.view.name === 'users' && !vins) loadUsers();
@@ -316,7 +316,8 @@ function wlText(c, now) {
 }
 
 // renderFleetRows filters the fleet again (after a change, a search or a filter) and draws
-// the rows in view; the map's markers too unless markers is false.
+// the rows in view, and the map's markers: all of them (markers true), none (false), or only
+// those of the cars that changed (markers: their VINs; the others stay as they are drawn).
 function renderFleetRows(markers = true) {
   if (!$('#fleet-rows')) return;
   const q = ($('#search').value || '').trim().toUpperCase();
@@ -325,7 +326,12 @@ function renderFleetRows(markers = true) {
   else state.sorted = state.sorted.map((c) => state.cars.get(c.vin)); // same cars, newer values
   state.shown = state.sorted.filter((c) => matches(c, q, f));
   renderWindow();
-  if (markers) renderMarkers(state.shown);
+  if (Array.isArray(markers) && state.mapFitted) {
+    for (const vin of markers) {
+      const c = state.cars.get(vin);
+      placeMarker(vin, c && matches(c, q, f) ? c : null);
+    }
+  } else if (markers) renderMarkers(state.shown);
 }
 
 function fleetRow(c, now) {
@@ -384,34 +390,52 @@ function initMap() {
   state.mapFitted = false;
 }
 
+// renderMarkers draws the markers of cars and removes the others.
 function renderMarkers(cars) {
-  const map = state.map;
-  if (!map) return;
+  if (!state.map) return;
   const seen = new Set();
   const pts = [];
   for (const c of cars) {
     if (c.lat == null || c.lon == null) continue;
     seen.add(c.vin);
     pts.push([c.lat, c.lon]);
-    const color = c.online ? '#1b7f3b' : '#8a94a6';
-    let m = state.markers.get(c.vin);
-    if (!m) {
-      m = L.circleMarker([c.lat, c.lon], { radius: 5, weight: 1, color: '#1d2430', fillColor: color, fillOpacity: 0.9 });
-      m.bindTooltip(c.vin);
-      m.on('click', () => { location.hash = `#car/${c.vin}`; });
-      m.addTo(map);
-      state.markers.set(c.vin, m);
-    } else {
-      m.setLatLng([c.lat, c.lon]);
-      m.setStyle({ fillColor: color });
-    }
+    placeMarker(c.vin, c);
   }
-  for (const [vin, m] of state.markers) {
-    if (!seen.has(vin)) { m.remove(); state.markers.delete(vin); }
+  for (const vin of state.markers.keys()) {
+    if (!seen.has(vin)) placeMarker(vin, null);
   }
   if (!state.mapFitted && pts.length) {
-    map.fitBounds(L.latLngBounds(pts).pad(0.3), { maxZoom: 10 });
+    state.map.fitBounds(L.latLngBounds(pts).pad(0.3), { maxZoom: 10 });
     state.mapFitted = true;
+  }
+}
+
+// placeMarker adds, moves, recolors or removes vin's marker to show c (null or no position: no
+// marker); a marker whose position and color are unchanged is not touched, so the canvas
+// redraws only what changed.
+function placeMarker(vin, c) {
+  const mk = state.markers.get(vin);
+  if (!state.map || !c || c.lat == null || c.lon == null) {
+    if (mk) { mk.m.remove(); state.markers.delete(vin); }
+    return;
+  }
+  const color = c.online ? '#1b7f3b' : '#8a94a6';
+  if (!mk) {
+    const m = L.circleMarker([c.lat, c.lon], { radius: 5, weight: 1, color: '#1d2430', fillColor: color, fillOpacity: 0.9 });
+    m.bindTooltip(vin);
+    m.on('click', () => { location.hash = `#car/${vin}`; });
+    m.addTo(state.map);
+    state.markers.set(vin, { m, lat: c.lat, lon: c.lon, color });
+    return;
+  }
+  if (mk.lat !== c.lat || mk.lon !== c.lon) {
+    mk.m.setLatLng([c.lat, c.lon]);
+    mk.lat = c.lat;
+    mk.lon = c.lon;
+  }
+  if (mk.color !== color) {
+    mk.m.setStyle({ fillColor: color });
+    mk.color = color;
   }
 }
 
@@ -449,10 +473,30 @@ function reissued(vin, cred) {
     el('pre', { id: 'reissued', class: 'secret' }, JSON.stringify(cred, null, 1)));
 }
 
-let carLoading = false;
-async function loadCar(vin) {
-  if (carLoading) return;
-  carLoading = true;
+// oneAtATime runs load(key) once at a time per key: a call while the same key loads asks for
+// one more load after it (the change it was called for may be newer than that answer); a call
+// for another key (another car's page) runs at once, so a newer page never waits on, or is
+// dropped for, an older one's load.
+function oneAtATime(load) {
+  let busy = null;
+  let again = false;
+  const run = async (key) => {
+    if (busy === key) { again = true; return; }
+    busy = key;
+    again = false;
+    try {
+      await load(key);
+    } finally {
+      if (busy === key) {
+        busy = null;
+        if (again) run(key);
+      }
+    }
+  };
+  return run;
+}
+
+const loadCar = oneAtATime(async (vin) => {
   try {
     const p = await call('GET', `/cars/${encodeURIComponent(vin)}`);
     if (state.view.name === 'car' && state.view.vin === vin) renderCar(p);
@@ -460,10 +504,8 @@ async function loadCar(vin) {
     if (e.status === 401) { state.session = null; route(); return; }
     const box = $('#car');
     if (box) box.replaceChildren(el('p', { class: 'error' }, `${e.status}: ${e.message}`));
-  } finally {
-    carLoading = false;
   }
-}
+});
 
 function renderCar(p) {
   const box = $('#car');
@@ -498,20 +540,15 @@ function renderCar(p) {
 
 // --- command timeline ---
 
-let timelineLoading = false;
-async function loadTimeline(vin) {
-  if (timelineLoading) return;
-  timelineLoading = true;
+const loadTimeline = oneAtATime(async (vin) => {
   try {
     const tl = await call('GET', `/cars/${encodeURIComponent(vin)}/commands`);
     if (state.view.name === 'car' && state.view.vin === vin) renderTimeline(tl);
   } catch (e) {
     const box = $('#car-commands');
     if (box) box.replaceChildren(el('p', { class: 'error' }, `${e.status}: ${e.message}`));
-  } finally {
-    timelineLoading = false;
   }
-}
+});
 
 function clock(ms) { return ms ? new Date(ms).toISOString().slice(11, 23) : '–'; }
 
