@@ -161,7 +161,10 @@ func (r *Router) decide(req request) {
 	if errors.Is(err, errDecidedElsewhere) {
 		// Another replica sharing the store decided this id first (its seen map is not ours).
 		if req.redelivered {
-			return // and answers it (redelivery.go)
+			// It answers it (redelivery.go), unless it recorded a refusal and died before
+			// sending it.
+			r.sendRecordedRefusal(cmd.ID, "redelivered")
+			return
 		}
 		ev.Detail = ""
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
@@ -232,13 +235,24 @@ func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err e
 		r.log.Debug("request rejected", "user", req.user, "cmd_id", ev.CmdID, "vin", ev.VIN, "reason", reason)
 	}
 	var aerr error
+	recorded := false
 	if persistID && ev.CmdID != "" {
 		aerr = r.recordDecision(ev, ev.CmdID, cmd.ExpiresAtMs, false)
+		recorded = aerr == nil && r.clustered()
 	} else {
 		aerr = r.audit.Append(ev)
 	}
 	if aerr != nil {
 		r.log.Error("audit write failed", "cmd_id", ev.CmdID, "err", aerr)
+	}
+	if recorded {
+		// A replica recorded the refusal it owes with the decision: it goes out once, from
+		// whichever replica claims it (refusal.go).
+		if hook := r.afterRefusalRecorded.Load(); hook != nil && (*hook)(ev.CmdID) {
+			return
+		}
+		r.sendRecordedRefusal(ev.CmdID, "refused here")
+		return
 	}
 	r.reply(req.user, protocol.Reply{ID: ev.CmdID, Status: protocol.ReplyRejected, Reason: reason, VIN: ev.VIN, Action: protocol.Action(ev.Action)})
 }

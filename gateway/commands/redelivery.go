@@ -21,7 +21,9 @@ import (
 //   - a redelivered request whose id is already decided in the store gets no answer here:
 //     the replica that decided it has sent its reply, and an accepted command's pending
 //     record gives it its one terminal reply (relayed result or the sweep's expired) from
-//     whichever replica gets there first.
+//     whichever replica gets there first. Except a refusal the deciding replica recorded and
+//     had not sent (it died between the two): its record is still there, and the replica
+//     that claims it sends it (refusal.go), so the app has its answer with the redelivery.
 //
 // A redelivery is told by the DUP flag alone, not by identical bytes: a request sent again
 // by a client (a replay, with or without the same bytes, and without DUP) keeps its
@@ -62,9 +64,10 @@ func (r *Router) onReplicaRequest(user string, m mqttc.Message) {
 }
 
 // redeliveredAndDecided reports whether req is a broker redelivery (DUP) of a request whose id
-// the cluster has already decided, in which case the replica answers nothing. A store that
-// cannot be read says no: the request is then decided as usual (and its recordDecision
-// finds the id taken, errDecidedElsewhere, if it is).
+// the cluster has already decided, in which case the replica answers nothing but a recorded
+// refusal not sent yet, if it claims it. A store that cannot be read says no: the request is
+// then decided as usual (and its recordDecision finds the id taken, errDecidedElsewhere, if
+// it is).
 func (r *Router) redeliveredAndDecided(req request, id string) bool {
 	if !req.redelivered || !r.clustered() || !protocol.ValidID(id) {
 		return false
@@ -80,7 +83,7 @@ func (r *Router) redeliveredAndDecided(req request, id string) bool {
 		r.log.Warn("redelivered request: decided ids unreadable; deciding it", "cmd_id", id, "err", err)
 		return false
 	}
-	if taken {
+	if taken && !r.sendRecordedRefusal(id, "redelivered") {
 		r.log.Info("redelivered request already decided by another replica; its answer comes from there",
 			"user", req.user, "cmd_id", id)
 	}

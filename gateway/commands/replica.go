@@ -23,17 +23,27 @@ import (
 //     that claim at once (a result relayed while another replica's sweep expires the
 //     command) etcd's compare lets one commit; the other finds no record and says nothing.
 //     So each request gets exactly one terminal reply, also when the replica that accepted it
-//     is gone.
+//     is gone;
+//   - a refusal whose id is recorded (refuse with persistID) is written to the same bucket, as
+//     a record of kind "refusal" under refusal/ID, in the transaction that records the
+//     decision, and claimed the same way before it is sent: by the replica that refused, by
+//     a replica the broker gives the redelivered request to, or by a sweep once it is older
+//     than refusalSweepAfter (refusal.go). So a refusal is not lost with a replica that dies
+//     between its commit and its reply, and never sent twice.
 
 // sharedGroup is the shared-subscription group of the gateway's replicas.
 const sharedGroup = "gateway"
 
 // bucketPending holds the accepted commands awaiting their car's result: command id ->
-// pendingRecord (JSON).
+// pendingRecord (JSON); and the refusals recorded and not yet sent: refusal/ID ->
+// pendingRecord of kind "refusal" (a key apart from the id's, as one id may be accepted by
+// one replica and refused by another).
 var bucketPending = []byte("pending")
 
-// pendingRecord is an accepted command as every replica can see it.
+// pendingRecord is an accepted command, or a refusal to send, as every replica can see it.
 type pendingRecord struct {
+	// Kind is "" for an accepted command and kindRefusal for a refusal to send.
+	Kind string `json:"kind,omitempty"`
 	ID   string `json:"id"`
 	VIN  string `json:"vin"`
 	User string `json:"user"` // the requester: the reply goes to app/USER/reply
@@ -42,8 +52,14 @@ type pendingRecord struct {
 	ReplyTopic  string          `json:"reply_topic"`
 	Action      protocol.Action `json:"action"`
 	ExpiresAtMs int64           `json:"expires_at"`
-	// Replica is the replica that accepted the command (for the log and for operators).
+	// Replica is the replica that accepted (or refused) the command (for the log and for
+	// operators).
 	Replica string `json:"replica"`
+	// A refusal's reply, and when it was recorded (unix ms, the refusing replica's clock).
+	Status      string          `json:"status,omitempty"`
+	Reason      protocol.Reason `json:"reason,omitempty"`
+	Message     string          `json:"message,omitempty"`
+	RefusedAtMs int64           `json:"refused_at,omitempty"`
 }
 
 // clustered reports whether the router is a replica of a cluster.
@@ -57,19 +73,31 @@ func (r *Router) filter(f string, shared bool) string {
 	return f
 }
 
-// putPendingTx writes, in the transaction that records an accepted command's decision (ev),
-// its pending record, when the router is a replica; one gateway keeps them in memory only.
+// putPendingTx writes, in the transaction that records a decision (ev), an accepted command's
+// pending record, or a refusal's record of what to send (refusal.go), when the router is a
+// replica; one gateway keeps pending commands in memory only and sends its refusals at once.
 func (r *Router) putPendingTx(tx kv.Tx, ev audit.Event, expiresAtMs int64) error {
-	if !r.clustered() || ev.Outcome != protocol.ReplyAccepted {
+	if !r.clustered() {
 		return nil
 	}
-	b, err := json.Marshal(pendingRecord{ID: ev.CmdID, VIN: ev.VIN, User: ev.User,
+	rec := pendingRecord{ID: ev.CmdID, VIN: ev.VIN, User: ev.User,
 		ReplyTopic: protocol.AppTopic(ev.User, protocol.SuffixReply), Action: protocol.Action(ev.Action),
-		ExpiresAtMs: expiresAtMs, Replica: r.cfg.Replica})
+		ExpiresAtMs: expiresAtMs, Replica: r.cfg.Replica}
+	key := []byte(ev.CmdID)
+	switch ev.Outcome {
+	case protocol.ReplyAccepted:
+	case protocol.ReplyRejected:
+		rec.Kind, rec.Status, rec.Reason = kindRefusal, ev.Outcome, protocol.Reason(ev.Reason)
+		rec.RefusedAtMs = r.clock.Now().UnixMilli()
+		key = refusalKey(ev.CmdID)
+	default:
+		return nil
+	}
+	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	return tx.Put(bucketPending, []byte(ev.CmdID), b)
+	return tx.Put(bucketPending, key, b)
 }
 
 // claim takes the pending record of id and appends ev, the terminal audit record, in one
@@ -113,18 +141,27 @@ func (r *Router) lookupPending(id string) (rec pendingRecord, ok bool, err error
 
 // sweepPending answers "expired" for every pending command of the cluster whose car has not
 // answered by its expiry plus the grace period, whichever replica accepted it: each is claimed
-// first, so a command another replica answers meanwhile is not answered twice.
+// first, so a command another replica answers meanwhile is not answered twice. In the same
+// scan it finds the recorded refusals older than refusalSweepAfter (their replica died
+// before sending them, and no redelivery came) and sends each it claims.
 func (r *Router) sweepPending(nowMs, graceMs int64) {
-	var expired []pendingRecord
+	var expired, refusals []pendingRecord
 	err := r.store.View(context.Background(), func(tx kv.Tx) error {
-		expired = expired[:0]
+		expired, refusals = expired[:0], refusals[:0]
 		return tx.Scan(bucketPending, nil, nil, func(k, v []byte) error {
 			var rec pendingRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				r.log.Error("unreadable pending record", "cmd_id", string(k), "err", err)
 				return nil
 			}
-			if nowMs >= rec.ExpiresAtMs+graceMs {
+			switch {
+			case rec.Kind == kindRefusal:
+				if nowMs >= rec.RefusedAtMs+refusalSweepAfter.Milliseconds() {
+					refusals = append(refusals, rec)
+				}
+			case rec.Kind != "":
+				r.log.Error("pending record of unknown kind", "key", string(k), "kind", rec.Kind)
+			case nowMs >= rec.ExpiresAtMs+graceMs:
 				expired = append(expired, rec)
 			}
 			return nil
@@ -144,5 +181,8 @@ func (r *Router) sweepPending(nowMs, graceMs int64) {
 			detail += " (accepted by replica " + rec.Replica + ")"
 		}
 		r.terminal(rec.ID, rec.User, rec.VIN, rec.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, detail)
+	}
+	for _, rec := range refusals {
+		r.sendRecordedRefusal(rec.ID, "swept")
 	}
 }

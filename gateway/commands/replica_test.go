@@ -55,14 +55,18 @@ type clusterRig struct {
 	app     mqttc.Client
 }
 
-func newClusterRig(t *testing.T) *clusterRig {
+func newClusterRig(t *testing.T) *clusterRig { return newClusterRigWith(t, nil) }
+
+// newClusterRigWith is newClusterRig with beforeServe run on the broker before it serves (to
+// add a hook that needs the server).
+func newClusterRigWith(t *testing.T, beforeServe func(*mqtt.Server)) *clusterRig {
 	gw, err := sign.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &clusterRig{
 		t: t, etcd: etcdtest.Start(t), clk: clocktest.New(time.UnixMilli(1_800_000_000_000)),
-		broker: testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(auth.AllowHook)}}),
+		broker: testutil.StartMochi(t, testutil.MochiOptions{Hooks: []mqtt.Hook{new(auth.AllowHook)}, BeforeServe: beforeServe}),
 		vin:    vehicletest.VIN, owner: vehicletest.NewPhone(t, "alice", protocol.RoleOwner, protocol.ChannelCloud),
 		replies: map[string][]protocol.Reply{},
 	}

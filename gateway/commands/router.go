@@ -103,6 +103,11 @@ type Router struct {
 	flushArmed atomic.Bool
 	flushWake  chan struct{}
 
+	// afterRefusalRecorded, when set (by tests, at any time), runs between the commit of a
+	// replica's recorded refusal and its claim; true stops the refusal there, as if the
+	// replica died.
+	afterRefusalRecorded atomic.Pointer[func(id string) (stop bool)]
+
 	shards []chan request
 	// The shutdown protocol between Submit and Close, so that no request is sent on a closed
 	// shard: stopping is closed when Close begins, so a Submit waiting for room in a full shard
