@@ -195,7 +195,17 @@ func (r *Router) decide(req request) {
 	// The publish may take until the command expires, by the router's clock.
 	ctx, cancel := context.WithTimeout(r.ctx, r.clock.Until(time.UnixMilli(cmd.ExpiresAtMs)))
 	defer cancel()
-	if err := r.bus.Publish(ctx, protocol.VehicleTopic(cmd.VIN, protocol.SuffixCmd), 1, false, out); err != nil {
+	// A replica publishes at QoS 2: mochi acknowledges a QoS 1 publish before it queues the
+	// message for the car, so after a QoS 1 Publish returned the next replica's command for
+	// this car (decided once this one gives its turn back) could still reach the car first.
+	// A QoS 2 publish completes after the broker read the client's PUBREL, that is after it
+	// queued the command. One gateway publishes all of a car's commands on one connection,
+	// in order.
+	qos := byte(1)
+	if r.clustered() {
+		qos = 2
+	}
+	if err := r.bus.Publish(ctx, protocol.VehicleTopic(cmd.VIN, protocol.SuffixCmd), qos, false, out); err != nil {
 		r.log.Warn("command not delivered to broker", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
 		r.finish(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyFailed, protocol.ReasonInternal, nil, 0, "publish to car failed: "+err.Error())
 	}
