@@ -93,7 +93,7 @@ func TestRevocationAckFlipsOnTheCarPage(t *testing.T) {
 	p := newPage(t, cloud.HTTPURL())
 	p.enroll("olga")
 	p.goHash("open the car page", "#car/"+vin)
-	p.do("see the car page", chromedp.WaitVisible("#car-state"))
+	p.until("see the car page", `document.querySelector('#car-state')?.offsetParent != null`)
 	keys := `(document.querySelector('#car-keys')?.textContent ?? '')`
 	p.until("bob's key on the car", keys+`.includes('bob') && !`+keys+`.includes('not yet on the car')`)
 	p.do("mark the page", chromedp.Evaluate[chromedp.Void](`window.__sameDocument = true`))
@@ -133,12 +133,13 @@ func TestRevocationAckFlipsOnTheCarPage(t *testing.T) {
 	p.screenshot("car-revocation-acknowledged")
 
 	// An admin removes alice from the car (confirmed): she is gone from its users.
-	p.do("remove alice from the car", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`), chromedp.Click("#remove-alice"))
+	p.do("accept the confirmation", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`))
+	p.click("remove alice from the car", "#remove-alice")
 	p.until("alice gone from the car's users", `!(document.querySelector('#car-users')?.textContent ?? '').includes('alice')`)
 
 	// The users page: both enrolled.
 	p.goHash("open the users page", "#users")
-	p.do("see the users page", chromedp.WaitVisible("#users-table"))
+	p.until("see the users page", `document.querySelector('#users-table')?.offsetParent != null`)
 	p.until("alice enrolled", `document.querySelector('#user-alice td[data-field="2fa"]')?.textContent === 'enrolled'`)
 	p.screenshot("users")
 }

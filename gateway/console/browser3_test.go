@@ -117,14 +117,15 @@ func TestTimelineStatesAndReissueWithCertificate(t *testing.T) {
 	// Reissue with a device certificate: off for a car that has none; checked, the page shows
 	// the certificate and its key once, as downloads.
 	p.until("certificate box off", `document.querySelector('#car-state') && document.querySelector('#reissue-cert')?.checked === false`)
-	p.do("reissue with a certificate", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`),
-		chromedp.Click("#reissue-cert"), chromedp.Click("#car-admin-reissue"))
+	p.do("accept the confirmation", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`))
+	p.click("reissue with a certificate", "#reissue-cert", "#car-admin-reissue")
 	p.until("certificate shown once", `document.querySelector('#reissued-cert') !== null && `+
 		`(document.querySelector('#reissued')?.textContent ?? '').includes('BEGIN CERTIFICATE') && `+
 		`(document.querySelector('#download-cert')?.getAttribute('download') ?? '').endsWith('-cert.pem') && `+
 		`(document.querySelector('#download-key')?.href ?? '').startsWith('blob:')`)
 	p.screenshot("car-reissued-with-certificate")
-	p.do("reload the car page", chromedp.Reload(), chromedp.WaitVisible("#car-state"))
+	p.do("reload the car page", chromedp.Reload())
+	p.until("the reloaded car page", `document.querySelector('#car-state')?.offsetParent != null`)
 	p.until("certificate box on for a car that has one", `document.querySelector('#reissue-cert')?.checked === true`)
 
 	// A viewer's reissue is refused by the server.
@@ -132,7 +133,8 @@ func TestTimelineStatesAndReissueWithCertificate(t *testing.T) {
 	p.enroll("vera")
 	p.openCar(silent.VIN)
 	p.until("box on", `document.querySelector('#reissue-cert')?.checked === true`)
-	p.do("reissue as a viewer", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`), chromedp.Click("#car-admin-reissue"))
+	p.do("accept the confirmation as a viewer", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`))
+	p.click("reissue as a viewer", "#car-admin-reissue")
 	p.until("viewer refused with 403", `(document.querySelector('#car-admin-result')?.textContent ?? '').startsWith('403')`)
 	p.screenshot("viewer-reissue-refused")
 }

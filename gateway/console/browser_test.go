@@ -71,6 +71,21 @@ func (p *page) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
+// click clicks the elements sels, in order, in one script run once they all exist: a live
+// update re-renders rows and car pages, so a node looked up first and clicked later (as
+// chromedp.Click does) may be gone by then ("Could not find node with given id").
+func (p *page) click(what string, sels ...string) {
+	p.t.Helper()
+	var exist, clicks []string
+	for _, sel := range sels {
+		q := fmt.Sprintf("document.querySelector(%q)", sel)
+		exist = append(exist, q+" !== null")
+		clicks = append(clicks, q+".click();")
+	}
+	p.until(what+": "+strings.Join(sels, ", ")+" shown", strings.Join(exist, " && "))
+	p.do(what, chromedp.Evaluate[chromedp.Void](strings.Join(clicks, " ")))
+}
+
 // until polls a JavaScript predicate in the page.
 func (p *page) until(what, js string) {
 	p.t.Helper()
@@ -140,7 +155,8 @@ func (p *page) enroll(name string) string {
 	p.do("confirm the enrollment", chromedp.SendKeys("#enroll-code", code(p.t, secret, time.Now())), chromedp.Click("#enroll-submit"),
 		chromedp.WaitVisible("#recovery"))
 	p.screenshot("recovery-codes-" + name)
-	p.do("continue to the fleet", chromedp.Click("#recovery-done"), chromedp.WaitVisible("#fleet-rows"))
+	p.do("continue to the fleet", chromedp.Click("#recovery-done"))
+	p.until("the fleet", `document.querySelector('#fleet-rows')?.offsetParent != null`)
 	return secret
 }
 
@@ -232,7 +248,8 @@ func TestConsoleInChromium(t *testing.T) {
 	p.screenshot("fleet-after-lock")
 
 	// The car page: twin signals, users, keys.
-	p.do("open the car page", chromedp.Click(fmt.Sprintf(`#car-%s a`, mine)), chromedp.WaitVisible("#car-state"))
+	p.click("open the car page", fmt.Sprintf(`#car-%s a`, mine))
+	p.until("the car page", `document.querySelector('#car-state')?.offsetParent != null`)
 	p.until("car page shows alice's key", `document.querySelector('#car-keys')?.textContent.includes('alice')`)
 	p.until("car page shows signals", `document.querySelector('#car-signals')?.textContent.includes('Vehicle.Speed')`)
 	p.screenshot("car")
@@ -244,7 +261,7 @@ func TestConsoleInChromium(t *testing.T) {
 	p.screenshot("login-wrong-code")
 	next := code(t, secret, time.Now().Add(30*time.Second)) // after the enrollment's step, inside the skew
 	p.login("olga", next)
-	p.do("log in with a code", chromedp.WaitVisible("#fleet-rows"))
+	p.until("log in with a code", `document.querySelector('#fleet-rows')?.offsetParent != null`)
 	p.logout()
 	p.login("olga", next)
 	p.until("replayed code refused", `document.querySelector('#login-error')?.textContent.includes('totp_replayed')`)
