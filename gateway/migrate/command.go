@@ -2,10 +2,8 @@ package migrate
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -115,32 +113,29 @@ source's state.`,
 // SourcePath is the bbolt file of a --from value: bbolt://FILE, or bbolt://DIR for the
 // gateway.db in a data directory.
 func SourcePath(from string) (string, error) {
-	path, ok := strings.CutPrefix(from, "bbolt://")
-	if !ok || path == "" {
+	if !strings.HasPrefix(from, "bbolt://") {
 		return "", fmt.Errorf("%q is not bbolt://DATA_DIR or bbolt://FILE", from)
 	}
+	u, err := server.ParseStoreURL(from)
+	if err != nil {
+		return "", err
+	}
+	path := u.BoltPath
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, server.DBFile)
 	}
 	return path, nil
 }
 
-// EtcdEndpoints are the client URLs of an etcd://HOST:PORT[,HOST:PORT...] value.
+// EtcdEndpoints are the client URLs of an etcd://HOST:PORT[,HOST:PORT...] value, by the rules
+// of the gateway's store setting (server.ParseStoreURL).
 func EtcdEndpoints(to string) ([]string, error) {
-	list, ok := strings.CutPrefix(to, "etcd://")
-	if !ok || list == "" {
+	if !strings.HasPrefix(to, "etcd://") {
 		return nil, fmt.Errorf("%q is not etcd://HOST:PORT[,HOST:PORT...]", to)
 	}
-	var out []string
-	for _, hp := range strings.Split(list, ",") {
-		host, port, err := net.SplitHostPort(hp)
-		if err != nil || host == "" {
-			return nil, fmt.Errorf("%q in %q is not HOST:PORT", hp, to)
-		}
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-			return nil, fmt.Errorf("%q in %q has no valid port (1 to 65535)", hp, to)
-		}
-		out = append(out, "http://"+hp)
+	u, err := server.ParseStoreURL(to)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return u.Etcd, nil
 }

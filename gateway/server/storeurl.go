@@ -45,10 +45,10 @@ func ParseStoreURL(s string) (StoreURL, error) {
 		for _, h := range hosts {
 			host, port, err := net.SplitHostPort(h)
 			if err != nil || host == "" {
-				return StoreURL{}, fmt.Errorf("%q: %q is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])", s, h)
+				return StoreURL{}, fmt.Errorf("%q in %q is not HOST:PORT (etcd://HOST:PORT[,HOST:PORT...])", h, s)
 			}
 			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-				return StoreURL{}, fmt.Errorf("%q: port %q is not 1..65535", s, port)
+				return StoreURL{}, fmt.Errorf("%q in %q has no valid port (1..65535)", h, s)
 			}
 			out.Etcd = append(out.Etcd, "http://"+h)
 		}
