@@ -97,8 +97,11 @@ type Deps struct {
 	UserLockout *accounts.Lockout
 	// OperatorLockout counts operators' wrong passwords (nil: 5 in 5 minutes lock for 15).
 	OperatorLockout *accounts.Lockout
-	Clock           clock.Clock
-	Log             *slog.Logger
+	// LoginLimit is the per-address limit of failed console logins (httpapi.NewAddrLimiter;
+	// nil: none), so one address cannot try passwords across operator names.
+	LoginLimit *httpapi.AddrLimiter
+	Clock      clock.Clock
+	Log        *slog.Logger
 }
 
 // Console serves the console. Close stops its fleet watcher.
@@ -149,6 +152,7 @@ func New(cfg Config, d Deps) (*Console, error) {
 	if c.d.OperatorLockout == nil {
 		c.d.OperatorLockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, c.clock)
 	}
+	c.dummyHash() // now, so the first login with an unknown name costs one hash like any other
 	w, err := newWatcher(c, cfg.WatchInterval)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/httpapi"
 	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/gateway/twofa"
@@ -125,6 +126,33 @@ func TestLoginRefusals(t *testing.T) {
 		}
 	}
 	t.Error("ten wrong codes did not lock the operator out")
+}
+
+// One address's failed logins are limited across operator names (a password tried against
+// every name), and a successful login gives its token back.
+func TestLoginsLimitedPerAddress(t *testing.T) {
+	f := newFixtureWith(t, func(d *Deps) { d.LoginLimit = httpapi.NewAddrLimiter(1, 3, d.Clock) })
+	_, secret := f.enrolled("alice")
+	if r, _ := f.browser().login("alice", f.code(secret)); r.status != 200 {
+		t.Fatalf("first login: %d %s", r.status, r.body)
+	}
+	for i, name := range []string{"bob", "carol", "dave"} {
+		r := f.browser().do("POST", "/console/api/login", LoginRequest{Operator: name, Password: "guess"})
+		if r.status != 401 || r.reason() != string(protocol.ReasonUnauthenticated) {
+			t.Fatalf("failed login %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	r := f.browser().do("POST", "/console/api/login", LoginRequest{Operator: "erin", Password: "guess"})
+	if r.status != 429 || r.reason() != string(protocol.ReasonRateLimited) {
+		t.Fatalf("fourth failure from one address: %d %s, want 429 rate_limited", r.status, r.body)
+	}
+	if r, _ := f.browser().login("alice", f.code(secret)); r.status != 429 {
+		t.Fatalf("right password from the limited address: %d %s, want 429", r.status, r.body)
+	}
+	f.clock.Advance(time.Minute) // one token back
+	if r, _ := f.browser().login("alice", f.code(secret)); r.status != 200 {
+		t.Fatalf("login after the bucket refilled: %d %s", r.status, r.body)
+	}
 }
 
 func TestEndpointsNeedASession(t *testing.T) {

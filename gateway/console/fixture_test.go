@@ -62,7 +62,10 @@ type fixture struct {
 	srv   *httptest.Server
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { t.Helper(); return newFixtureWith(t, nil) }
+
+// newFixtureWith is newFixture with deps changed by with (when not nil) before New.
+func newFixtureWith(t *testing.T, with func(*Deps)) *fixture {
 	t.Helper()
 	f := &fixture{t: t, clock: clocktest.New(time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)), twins: &memTwins{m: map[string]store.Twin{}}}
 	var err error
@@ -82,8 +85,11 @@ func newFixture(t *testing.T) *fixture {
 	}
 	cfg := DefaultConfig()
 	cfg.WatchInterval = 10 * time.Millisecond
-	f.c, err = New(cfg, Deps{Store: f.st, Operators: f.ops, TwoFA: f.tfa, Audit: f.log, Twins: f.twins,
-		PasswordParams: cheap, Clock: f.clock})
+	deps := Deps{Store: f.st, Operators: f.ops, TwoFA: f.tfa, Audit: f.log, Twins: f.twins, PasswordParams: cheap, Clock: f.clock}
+	if with != nil {
+		with(&deps)
+	}
+	f.c, err = New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,7 +58,13 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		httpapi.Fail(w, c.log, err)
 		return
 	}
-	ev := audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindLogin, ClientID: "console@" + clientIP(r), Action: "console_login", Outcome: "refused"}
+	ip := clientIP(r)
+	// Every attempt takes a token from its address's bucket, a successful one gives it back.
+	if !c.d.LoginLimit.Take(ip) {
+		httpapi.Error(w, http.StatusTooManyRequests, protocol.ReasonRateLimited, "too many failed logins from this address; wait a few minutes")
+		return
+	}
+	ev := audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindLogin, ClientID: "console@" + ip, Action: "console_login", Outcome: "refused"}
 	if !operators.ValidName(req.Operator) || req.Password == "" || len(req.Code) > 64 {
 		httpapi.Error(w, http.StatusBadRequest, protocol.ReasonBadRequest, "give operator, password and (once enrolled) code")
 		return
@@ -99,6 +105,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		}
 		ev.Outcome, ev.Detail = "enrollment_started", "password=right"
 		_ = c.d.Audit.Append(ev)
+		c.d.LoginLimit.Refund(ip)
 		httpapi.WriteJSON(w, http.StatusOK, Session{Operator: op.Name, Stage: stageEnroll, CSRF: rec.CSRF, Expires: rec.ExpiresMs,
 			Enroll: &Enrollment{QRPNG: "data:image/png;base64," + base64.StdEncoding.EncodeToString(en.PNG), Secret: en.Secret, URL: en.URL}})
 		return
@@ -124,6 +131,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Outcome, ev.Reason = "ok", ""
 	_ = c.d.Audit.Append(ev)
+	c.d.LoginLimit.Refund(ip)
 	httpapi.WriteJSON(w, http.StatusOK, Session{Operator: op.Name, Role: string(op.Role), Stage: stageFull, CSRF: rec.CSRF, Expires: rec.ExpiresMs})
 }
 

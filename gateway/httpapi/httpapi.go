@@ -99,7 +99,7 @@ type API struct {
 	gateOnce  sync.Once
 	dummy     string
 	loginOnce sync.Once
-	perAddr   *addrLimiter
+	perAddr   *AddrLimiter
 }
 
 // Hooks are the API's calls into the rest of the gateway. CarKey is required; a nil hook

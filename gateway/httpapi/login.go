@@ -40,7 +40,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	ip := clientIP(r)
 	// Every attempt takes a token from its address's bucket, before anything is checked or
 	// written; a successful login gives it back.
-	if !a.loginLimits().take(ip) {
+	if !a.loginLimits().Take(ip) {
 		Error(w, http.StatusTooManyRequests, protocol.ReasonRateLimited, "too many failed logins from this address; wait a few minutes")
 		return
 	}
@@ -93,7 +93,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) {
 		Fail(w, a.Log, err)
 		return
 	}
-	a.loginLimits().refund(ip)
+	a.loginLimits().Refund(ip)
 	writeJSON(w, http.StatusOK, api.LoginResponse{User: req.Username, Token: tok, ExpiresAtMs: exp.UnixMilli(),
 		ClientIDPrefix: req.Username + "-", BrokerURL: a.BrokerURL, GatewayKey: pub, GatewayKeys: keys})
 }
@@ -153,7 +153,7 @@ func (a *API) lockout() *accounts.Lockout {
 }
 
 // loginLimits is the per-address limit of failed logins.
-func (a *API) loginLimits() *addrLimiter {
+func (a *API) loginLimits() *AddrLimiter {
 	a.loginOnce.Do(a.initLogin)
 	return a.perAddr
 }
@@ -162,7 +162,7 @@ func (a *API) initLogin() {
 	if a.Lockout == nil {
 		a.Lockout = accounts.NewLockout(5, 5*time.Minute, 15*time.Minute, a.Clock)
 	}
-	a.perAddr = newAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Clock)
+	a.perAddr = NewAddrLimiter(a.LoginRatePerMinute, a.LoginBurst, a.Clock)
 	// Made now, so the first login with an unknown name costs one hash like any other.
 	a.dummyHash()
 }

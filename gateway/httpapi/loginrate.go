@@ -11,11 +11,12 @@ import (
 // each).
 const maxTrackedAddrs = 1 << 16
 
-// addrLimiter is a token bucket per client address for password logins: every attempt takes a
+// AddrLimiter is a token bucket per client address for password logins (the API's and the
+// operator console's, each with its own): every attempt takes a
 // token and a successful one gives it back, so an address is slowed down by its failures
 // (wrong passwords, unknown or malformed names), never by its users' logins. IPv6 addresses
 // count per /64, the block one subscriber usually gets.
-type addrLimiter struct {
+type AddrLimiter struct {
 	perMs float64 // tokens added per millisecond
 	burst float64
 	clock clock.Clock
@@ -30,18 +31,18 @@ type addrBucket struct {
 	atMs   int64
 }
 
-// newAddrLimiter returns a limiter of perMinute tokens a minute up to burst, on clk (nil: the
+// NewAddrLimiter returns a limiter of perMinute tokens a minute up to burst, on clk (nil: the
 // real clock); nil (no limit) when perMinute is 0.
-func newAddrLimiter(perMinute float64, burst int, clk clock.Clock) *addrLimiter {
+func NewAddrLimiter(perMinute float64, burst int, clk clock.Clock) *AddrLimiter {
 	if perMinute <= 0 {
 		return nil
 	}
-	return &addrLimiter{perMs: perMinute / 60_000, burst: float64(max(burst, 1)), clock: clock.Or(clk),
+	return &AddrLimiter{perMs: perMinute / 60_000, burst: float64(max(burst, 1)), clock: clock.Or(clk),
 		buckets: map[string]*addrBucket{}}
 }
 
-// take takes a token for addr; false means the address is over its limit.
-func (l *addrLimiter) take(addr string) bool {
+// Take takes a token for addr; false means the address is over its limit.
+func (l *AddrLimiter) Take(addr string) bool {
 	if l == nil {
 		return true
 	}
@@ -65,8 +66,8 @@ func (l *addrLimiter) take(addr string) bool {
 	return true
 }
 
-// refund gives back the token of a successful login.
-func (l *addrLimiter) refund(addr string) {
+// Refund gives back the token of a successful login.
+func (l *AddrLimiter) Refund(addr string) {
 	if l == nil {
 		return
 	}
@@ -78,7 +79,7 @@ func (l *addrLimiter) refund(addr string) {
 	}
 }
 
-func (l *addrLimiter) refill(b *addrBucket, nowMs int64) {
+func (l *AddrLimiter) refill(b *addrBucket, nowMs int64) {
 	if nowMs > b.atMs {
 		b.tokens = min(l.burst, b.tokens+float64(nowMs-b.atMs)*l.perMs)
 		b.atMs = nowMs
@@ -88,7 +89,7 @@ func (l *addrLimiter) refill(b *addrBucket, nowMs int64) {
 // makeRoom forgets the addresses whose bucket is full again (they would start full anyway),
 // walking the map at most once a second; otherwise, or if that freed nothing, one address at
 // random. l.mu is held.
-func (l *addrLimiter) makeRoom(nowMs int64) {
+func (l *AddrLimiter) makeRoom(nowMs int64) {
 	if nowMs-l.lastSweep < 1000 {
 		for k := range l.buckets {
 			delete(l.buckets, k)

@@ -9,29 +9,29 @@ import (
 
 func TestAddrLimiter(t *testing.T) {
 	clk := clocktest.New(time.Unix(1_700_000_000, 0))
-	l := newAddrLimiter(6, 2, clk) // one token per 10 s
-	if !l.take("192.0.2.1") || !l.take("192.0.2.1") || l.take("192.0.2.1") {
+	l := NewAddrLimiter(6, 2, clk) // one token per 10 s
+	if !l.Take("192.0.2.1") || !l.Take("192.0.2.1") || l.Take("192.0.2.1") {
 		t.Fatal("burst of 2 not enforced")
 	}
-	if !l.take("192.0.2.2") {
+	if !l.Take("192.0.2.2") {
 		t.Fatal("another address is limited")
 	}
-	l.refund("192.0.2.1")
-	if !l.take("192.0.2.1") {
+	l.Refund("192.0.2.1")
+	if !l.Take("192.0.2.1") {
 		t.Fatal("a refunded token is not given back")
 	}
 	clk.Advance(10 * time.Second)
-	if !l.take("192.0.2.1") || l.take("192.0.2.1") {
+	if !l.Take("192.0.2.1") || l.Take("192.0.2.1") {
 		t.Fatal("refill: one token per 10 s")
 	}
 	// IPv6 counts per /64.
-	if !l.take("2001:db8::1") || !l.take("2001:db8::2") || l.take("2001:db8::3") {
+	if !l.Take("2001:db8::1") || !l.Take("2001:db8::2") || l.Take("2001:db8::3") {
 		t.Fatal("IPv6 addresses of one /64 do not share a bucket")
 	}
-	if !l.take("2001:db8:0:1::1") {
+	if !l.Take("2001:db8:0:1::1") {
 		t.Fatal("another /64 is limited")
 	}
-	if newAddrLimiter(0, 5, nil) != nil || !(*addrLimiter)(nil).take("x") {
+	if NewAddrLimiter(0, 5, nil) != nil || !(*AddrLimiter)(nil).Take("x") {
 		t.Fatal("rate 0 must turn the limit off")
 	}
 }

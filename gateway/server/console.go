@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"telematics/gateway/console"
+	"telematics/gateway/httpapi"
 	"telematics/gateway/operators"
 )
 
@@ -16,7 +17,8 @@ func (g *Gateway) startConsole() (http.Handler, error) {
 		Store: g.store, Operators: g.api.Operators, TwoFA: g.twofa, Audit: g.audit,
 		Twins: g.router, Whitelists: g.keys, Credentials: g.api, Members: g.keys, Ready: g.ready,
 		Hashes: g.api.Hashes, PasswordParams: g.api.PasswordParams, UserLockout: g.api.Lockout,
-		Clock: g.clock, Log: g.log.With("component", "console"),
+		LoginLimit: httpapi.NewAddrLimiter(g.cfg.Login.PerIPRatePerMinute, g.cfg.Login.PerIPBurst, g.clock),
+		Clock:      g.clock, Log: g.log.With("component", "console"),
 	})
 	if err != nil {
 		return nil, err
