@@ -6,7 +6,6 @@ package broker
 
 import (
 	"crypto/ecdsa"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -113,13 +112,9 @@ func newBroker(cfg Config, keys []*ecdsa.PublicKey, logger *slog.Logger, clk clo
 			return nil, err
 		}
 		tlsCfg = b.certs.ServerConfig()
-		if cfg.ClientCA != "" {
+		if pool := b.certs.ClientCAs(); pool != nil {
 			// The client CA is the gateway's device CA (device-ca.crt): the cars whose
 			// certificates it signed are admitted by them (devicecert.go).
-			pool, err := tlsconf.LoadPool(cfg.ClientCA)
-			if err != nil {
-				return nil, err
-			}
 			b.auth.SetDeviceCAs(pool)
 		}
 	}
@@ -151,19 +146,13 @@ func (b *Broker) ReloadTLS() error {
 	}
 	// The auth hook trusts the client CA file as the device CA (New): a replaced file must
 	// reach it too, else the listener would verify a new CA's certificates that the hook then
-	// refuses. Read first, so that a broken file changes nothing.
-	var devicePool *x509.CertPool
-	if b.cfg.ClientCA != "" {
-		var err error
-		if devicePool, err = tlsconf.LoadPool(b.cfg.ClientCA); err != nil {
-			return err
-		}
-	}
+	// refuses. The pool the listener now uses, from the same read; a broken file changes
+	// nothing.
 	if err := b.certs.Reload(); err != nil {
 		return err
 	}
-	if devicePool != nil {
-		b.auth.SetDeviceCAs(devicePool)
+	if pool := b.certs.ClientCAs(); pool != nil {
+		b.auth.SetDeviceCAs(pool)
 	}
 	b.log.Info("TLS certificates reloaded", "cert", b.cfg.TLSCert, "not_after", b.certs.Leaf().NotAfter)
 	return nil

@@ -78,6 +78,10 @@ func (c *Certs) Reload() error {
 // Leaf is the server certificate in use.
 func (c *Certs) Leaf() *x509.Certificate { return c.cur.Load().Certificates[0].Leaf }
 
+// ClientCAs is the client CA pool in use (nil without Files.ClientCA): what a listener's
+// handshakes verify client certificates against, for code that must trust the same CAs.
+func (c *Certs) ClientCAs() *x509.CertPool { return c.cur.Load().ClientCAs }
+
 // ServerConfig is the configuration of a listener: each handshake takes the certificates
 // current at that moment (GetConfigForClient), so a Reload needs no new listener.
 func (c *Certs) ServerConfig() *tls.Config {
