@@ -54,6 +54,9 @@ func (f *certFlags) output(w io.Writer, cr protocol.Credentials) error {
 // writeCertFiles writes a car's certificate, its key (0600) and the device CA certificate to
 // dir, and returns their paths.
 func writeCertFiles(dir string, cr protocol.Credentials) ([3]string, error) {
+	if !protocol.ValidVIN(cr.VIN) { // the name of a file: never a path from the server's answer
+		return [3]string{}, fmt.Errorf("the gateway answered with %q, not a VIN: no certificate written", cr.VIN)
+	}
 	p := [3]string{filepath.Join(dir, cr.VIN+".crt"), filepath.Join(dir, cr.VIN+".key"), filepath.Join(dir, "device-ca.crt")}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return p, err
