@@ -79,7 +79,7 @@ func (c *Console) unlockUser(w http.ResponseWriter, r *http.Request) {
 	if password {
 		detail = "password_lockout=true " + detail
 	}
-	_ = c.d.Audit.Append(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindAdmin, User: name, ClientID: actor,
+	c.audit(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindAdmin, User: name, ClientID: actor,
 		Outcome: "lockout_cleared", Detail: detail})
 	httpapi.WriteJSON(w, http.StatusOK, UnlockResult{User: name, LockoutCleared: true})
 }
@@ -147,7 +147,7 @@ func (c *Console) resetUser2FA(w http.ResponseWriter, r *http.Request) {
 	if c.d.UserLockout != nil {
 		c.d.UserLockout.Clear(name)
 	}
-	_ = c.d.Audit.Append(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindAdmin, User: name, ClientID: actor,
+	c.audit(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindAdmin, User: name, ClientID: actor,
 		Outcome: "reset_2fa", Detail: fmt.Sprintf("enrollment_removed=%t", removed)})
 	httpapi.WriteJSON(w, http.StatusOK, Reset2FAResult{User: name, EnrollmentRemoved: removed})
 }
@@ -211,7 +211,7 @@ func (c *Console) removeUserFromCar(w http.ResponseWriter, r *http.Request) {
 		httpapi.Fail(w, c.log, err)
 		return
 	}
-	_ = c.d.Audit.Append(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, User: name, ClientID: actorOf(r),
+	c.audit(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindAdmin, VIN: vin, User: name, ClientID: actorOf(r),
 		Outcome: "user_removed", Detail: fmt.Sprintf("keys_revoked=%d wl_version=%d", rc.KeysChanged, rc.Version)})
 	httpapi.WriteJSON(w, http.StatusOK, RemoveResult{VIN: vin, User: name, KeysRevoked: rc.KeysChanged, WLVersion: rc.Version})
 }

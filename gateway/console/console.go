@@ -233,3 +233,11 @@ func clientIP(r *http.Request) string {
 	}
 	return host
 }
+
+// audit appends ev to the audit log; a record that could not be written is logged (the action
+// it records has happened, or the refusal is sent, either way).
+func (c *Console) audit(ev audit.Event) {
+	if err := c.d.Audit.Append(ev); err != nil {
+		c.log.Error("console: audit record not written", "kind", ev.Kind, "action", ev.Action, "user", ev.User, "err", err)
+	}
+}

@@ -73,7 +73,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	ev.User = subject
 	fail := func(err error) {
 		ev.Reason = string(protocol.ReasonOf(err))
-		_ = c.d.Audit.Append(ev)
+		c.audit(ev)
 		httpapi.Fail(w, c.log, err)
 	}
 	op, err := c.checkPassword(r, req.Operator, req.Password, &ev)
@@ -104,7 +104,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		ev.Outcome, ev.Detail = "enrollment_started", "password=right"
-		_ = c.d.Audit.Append(ev)
+		c.audit(ev)
 		c.d.LoginLimit.Refund(ip)
 		httpapi.WriteJSON(w, http.StatusOK, Session{Operator: op.Name, Stage: stageEnroll, CSRF: rec.CSRF, Expires: rec.ExpiresMs,
 			Enroll: &Enrollment{QRPNG: "data:image/png;base64," + base64.StdEncoding.EncodeToString(en.PNG), Secret: en.Secret, URL: en.URL}})
@@ -130,7 +130,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ev.Outcome, ev.Reason = "ok", ""
-	_ = c.d.Audit.Append(ev)
+	c.audit(ev)
 	c.d.LoginLimit.Refund(ip)
 	httpapi.WriteJSON(w, http.StatusOK, Session{Operator: op.Name, Role: string(op.Role), Stage: stageFull, CSRF: rec.CSRF, Expires: rec.ExpiresMs})
 }
@@ -161,7 +161,7 @@ func (c *Console) confirmEnrollment(w http.ResponseWriter, r *http.Request) {
 		httpapi.Fail(w, c.log, err)
 		return
 	}
-	_ = c.d.Audit.Append(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindLogin, User: subject,
+	c.audit(audit.Event{TsMs: c.now().UnixMilli(), Kind: audit.KindLogin, User: subject,
 		ClientID: "console@" + clientIP(r), Action: "console_login", Outcome: "ok", Detail: "enrollment confirmed"})
 	httpapi.WriteJSON(w, http.StatusOK, Session{Operator: s.op.Name, Role: string(s.op.Role), Stage: stageFull, CSRF: rec.CSRF,
 		Expires: rec.ExpiresMs, RecoveryCodes: codes})
