@@ -25,6 +25,7 @@ import (
 	"telematics/pkg/clock"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
+	"telematics/pkg/tlsconf"
 )
 
 // Files in the gateway's data directory.
@@ -50,8 +51,9 @@ const (
 
 var (
 	// ErrKeyFileMode means the CA's key file may be read by other users of the machine:
-	// whoever reads it can make certificates for any car.
-	ErrKeyFileMode = errors.New("device CA key readable by group or others")
+	// whoever reads it can make certificates for any car. It is tlsconf's, whose check Load
+	// uses.
+	ErrKeyFileMode = tlsconf.ErrKeyFileMode
 	// ErrNotDeviceCert means a certificate is not a car certificate of this CA: not signed by
 	// it, expired, not for client authentication, or without a valid VIN.
 	ErrNotDeviceCert = errors.New("not a device certificate of this gateway")
@@ -83,12 +85,8 @@ func LoadOrCreate(dir string, clk clock.Clock) (ca *CA, created bool, err error)
 
 // Load reads an existing CA: the certificate and its key (checked to be 0600 or stricter).
 func Load(certPath, keyPath string, clk clock.Clock) (*CA, error) {
-	fi, err := os.Stat(keyPath)
-	if err != nil {
+	if err := tlsconf.CheckKeyFile(keyPath); err != nil {
 		return nil, fmt.Errorf("device CA key: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w: %s has mode %v; run `chmod 600 %s`", ErrKeyFileMode, keyPath, perm, keyPath)
 	}
 	keyPEM, err := os.ReadFile(keyPath)
 	if err != nil {

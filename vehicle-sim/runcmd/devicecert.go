@@ -8,18 +8,15 @@ import (
 	"slices"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/tlsconf"
 )
 
 // withCertFiles gives the car whose VIN the certificate in certPath names (its common name)
 // that certificate and the private key in keyPath (run.cert, run.key), for mutual TLS. The key
 // file must not be readable by group or others.
 func withCertFiles(creds []protocol.Credentials, certPath, keyPath string) ([]protocol.Credentials, error) {
-	fi, err := os.Stat(keyPath)
-	if err != nil {
+	if err := tlsconf.CheckKeyFile(keyPath); err != nil {
 		return nil, fmt.Errorf("run.key: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("run.key: %s has mode %v, readable by others; run `chmod 600 %s`", keyPath, perm, keyPath)
 	}
 	certPEM, err := os.ReadFile(certPath)
 	if err != nil {

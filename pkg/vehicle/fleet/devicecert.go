@@ -3,9 +3,10 @@ package fleet
 import (
 	"crypto/tls"
 	"fmt"
-	"strings"
+	"net/url"
 
 	"telematics/pkg/protocol"
+	"telematics/pkg/tlsconf"
 )
 
 // carTLS is the TLS configuration car creds connects with: the fleet's, plus the car's device
@@ -20,7 +21,7 @@ func (f *Fleet) carTLS(creds protocol.Credentials) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("car %s: device certificate and key: %w", creds.VIN, err)
 	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	c, _ := tlsconf.ClientConfig("") // the project's versions and suites; no CA file, no error
 	if f.cfg.TLS != nil {
 		c = f.cfg.TLS.Clone()
 	}
@@ -29,11 +30,7 @@ func (f *Fleet) carTLS(creds protocol.Credentials) (*tls.Config, error) {
 }
 
 // secureURL reports whether a broker URL is one of TLS (mqttc's schemes).
-func secureURL(u string) bool {
-	for _, p := range []string{"ssl://", "tls://", "mqtts://", "wss://"} {
-		if strings.HasPrefix(strings.ToLower(u), p) {
-			return true
-		}
-	}
-	return false
+func secureURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && tlsconf.SecureScheme(u.Scheme)
 }
