@@ -133,6 +133,11 @@ func (r *Router) releaseTurn(vin string, key []byte) {
 	}
 }
 
+// turnSweepEvery is how often a replica's sweep also scans the turns (its clock): expired
+// turns are passed over by waiting requests, so deleting them is housekeeping, and a scan
+// of the whole bucket 10 times a second on every replica costs etcd for nothing.
+const turnSweepEvery = time.Second
+
 // sweepTurnsBatch bounds the turns one sweep transaction deletes (etcd's --max-txn-ops).
 const sweepTurnsBatch = 100
 

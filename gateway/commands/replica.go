@@ -167,7 +167,11 @@ func (r *Router) sweepPending(nowMs, graceMs int64) {
 			return nil
 		})
 	})
-	r.sweepTurns(nowMs, graceMs)
+	// A dead turn does no harm until it is deleted (myTurn passes over expired ones), so the
+	// turns are scanned once every turnSweepEvery, not at every sweep of the pending commands.
+	if last := r.turnsSweptMs.Load(); nowMs-last >= turnSweepEvery.Milliseconds() && r.turnsSweptMs.CompareAndSwap(last, nowMs) {
+		r.sweepTurns(nowMs, graceMs)
+	}
 	if err != nil {
 		r.log.Warn("sweep of pending commands failed", "err", err)
 		return

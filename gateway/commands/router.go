@@ -97,6 +97,8 @@ type Router struct {
 	// armSweep moves it earlier and wakes housekeeping through sweepWake.
 	sweepAtMs int64
 	sweepWake chan struct{}
+	// turnsSweptMs is when a replica last swept the turns (unix ms, its clock).
+	turnsSweptMs atomic.Int64
 	// flushArmed is set while the twin flush timer runs (or is about to); the first change
 	// to a clean twin arms it through flushWake, so a fleet that reports nothing costs no
 	// wake-up a second.
