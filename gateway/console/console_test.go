@@ -155,6 +155,23 @@ func TestLoginsLimitedPerAddress(t *testing.T) {
 	}
 }
 
+// One operator's event streams are bounded apart from the total, so a session (or a script
+// with it) cannot take every other operator's streams.
+func TestStreamsBoundedPerOperator(t *testing.T) {
+	f := newFixture(t)
+	v, _ := f.enrolled("victor")
+	for range maxStreamsPerOperator {
+		v.events("").next(t)
+	}
+	if r := v.do("GET", "/console/api/events", nil); r.status != 503 || r.reason() != string(protocol.ReasonRateLimited) {
+		t.Fatalf("stream %d of one operator: %d %s, want 503 rate_limited", maxStreamsPerOperator+1, r.status, r.body)
+	}
+	a, _ := f.enrolled("alice")
+	if ev := a.events("").next(t); ev.event != "fleet" {
+		t.Fatalf("another operator's stream: %+v, want the fleet first", ev)
+	}
+}
+
 func TestEndpointsNeedASession(t *testing.T) {
 	f := newFixture(t)
 	for _, p := range []string{"/console/api/session", "/console/api/fleet", "/console/api/cars/1HGCM82633A004352", "/console/api/events", "/console/api/operators"} {

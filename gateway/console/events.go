@@ -45,6 +45,9 @@ const vehiclesEvery = 8
 // pruneEvery: ended sessions whose cookie never came back are deleted this often.
 const pruneEvery = time.Minute
 
+// maxStreamsPerOperator bounds one operator's event streams (a tab each).
+const maxStreamsPerOperator = 16
+
 // maxStreams bounds the event streams open at once.
 const maxStreams = 256
 
@@ -63,19 +66,20 @@ type watcher struct {
 	lookedAt time.Time // the end of the last look at the cars (real time)
 	listedAt time.Time // the last read of the list of cars (real time)
 
-	mu       sync.Mutex
-	seq      uint64
-	cars     map[string]json.RawMessage // vin -> encoded Car
-	decoded  map[string]Car
-	ring     []change      // ascending seq, at most ringSize
-	changed  chan struct{} // closed and replaced at every change
-	vehicles []store.Vehicle
-	looks    int // looks at the cars
-	encodes  int // cars encoded by the looks
-	ticks    int // run's ticks
-	streams  int
-	auditSeq uint64     // the newest audit record looked at (readAudit); only under lookMu
-	alerts   alertState // lockouts and failures: only under lookMu; list and seq: under mu
+	mu        sync.Mutex
+	seq       uint64
+	cars      map[string]json.RawMessage // vin -> encoded Car
+	decoded   map[string]Car
+	ring      []change      // ascending seq, at most ringSize
+	changed   chan struct{} // closed and replaced at every change
+	vehicles  []store.Vehicle
+	looks     int // looks at the cars
+	encodes   int // cars encoded by the looks
+	ticks     int // run's ticks
+	streams   int
+	streamsOf map[string]int // operator -> open streams
+	auditSeq  uint64         // the newest audit record looked at (readAudit); only under lookMu
+	alerts    alertState     // lockouts and failures: only under lookMu; list and seq: under mu
 
 	stopc chan struct{}
 	done  chan struct{}
@@ -86,7 +90,7 @@ func newWatcher(c *Console, interval time.Duration) (*watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &watcher{c: c, interval: interval, epoch: tok[:10], cars: map[string]json.RawMessage{}, decoded: map[string]Car{},
+	w := &watcher{c: c, interval: interval, epoch: tok[:10], cars: map[string]json.RawMessage{}, decoded: map[string]Car{}, streamsOf: map[string]int{},
 		changed: make(chan struct{}), stopc: make(chan struct{}), done: make(chan struct{})}
 	w.lookMu.Lock()
 	err = w.look()
@@ -358,19 +362,25 @@ func (w *watcher) parseID(s string) (uint64, bool) {
 	return n, err == nil
 }
 
-func (w *watcher) openStream() bool {
+// openStream counts a stream of operator op, unless maxStreams are open or op has
+// maxStreamsPerOperator: one session cannot take every other operator's streams.
+func (w *watcher) openStream(op string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.streams >= maxStreams {
+	if w.streams >= maxStreams || w.streamsOf[op] >= maxStreamsPerOperator {
 		return false
 	}
 	w.streams++
+	w.streamsOf[op]++
 	return true
 }
 
-func (w *watcher) closeStream() {
+func (w *watcher) closeStream(op string) {
 	w.mu.Lock()
 	w.streams--
+	if w.streamsOf[op]--; w.streamsOf[op] <= 0 {
+		delete(w.streamsOf, op)
+	}
 	w.mu.Unlock()
 }
 
@@ -386,11 +396,12 @@ func (w *watcher) closeStream() {
 // with it in Last-Event-ID (EventSource does) continues from there.
 func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 	wt := c.watch
-	if !wt.openStream() {
-		httpapi.Error(w, http.StatusServiceUnavailable, protocol.ReasonRateLimited, "too many console streams open; try again later")
+	op := sessionOf(r).op.Name
+	if !wt.openStream(op) {
+		httpapi.Error(w, http.StatusServiceUnavailable, protocol.ReasonRateLimited, "too many console streams open; close other console tabs or try again later")
 		return
 	}
-	defer wt.closeStream()
+	defer wt.closeStream(op)
 	// The cars and the alerts as they are now: nobody may have watched before this stream.
 	if err := wt.fresh(); err != nil {
 		c.log.Warn("console: fleet not read", "err", err)
