@@ -1,14 +1,18 @@
 package commands
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"telematics/gateway/audit"
+	"telematics/gateway/kv"
 	"telematics/gateway/kv/etcdkv"
 	"telematics/gateway/store"
 	"telematics/internal/etcdtest"
@@ -82,5 +86,64 @@ func TestClusterCommandIDDecidedOnce(t *testing.T) {
 	events, err := lg.Query(audit.Filter{Kind: audit.KindCommand, Limit: 100})
 	if err != nil || len(events) != 2*rounds {
 		t.Fatalf("%d command records, %v; want %d (one decision and one refusal per id)", len(events), err, 2*rounds)
+	}
+}
+
+// A replica's decision rests on what it read when it commits: the vehicle's record is read in
+// the transaction that records the decision, so a change another replica commits between the
+// checks and the commit makes the decision run again, and a car decommissioned meanwhile gets
+// no command.
+func TestClusterDecisionRunsAgainOnAChangeItRestsOn(t *testing.T) {
+	c := newClusterRig(t)
+	a := c.replica("a")
+	c.online(a)
+	c.answer = true
+	other := c.store() // another replica's connection
+
+	// A change to the vehicle's record: the decision runs again and is accepted.
+	var runs atomic.Int32
+	hook := func(string) {
+		if runs.Add(1) == 1 {
+			if err := other.Update(context.Background(), func(tx kv.Tx) error {
+				return store.UpdateVehicleTx(tx, c.vin, func(v *store.Vehicle) { v.TokenID = "changed" })
+			}); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	a.r.duringDecision.Store(&hook)
+	id := c.request()
+	c.waitTerminal(protocol.ReplyExecuted, id)
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("decision ran %d times, want 2 (the first run's commit must fail on the changed vehicle)", n)
+	}
+
+	// The vehicle removed meanwhile: the run again refuses it, and the car gets nothing.
+	runs.Store(0)
+	removed := func(string) {
+		if runs.Add(1) == 1 {
+			// As a decommission by another replica would leave it for this check: no record.
+			if err := other.Update(context.Background(), func(tx kv.Tx) error { return tx.Delete([]byte("vehicles"), []byte(c.vin)) }); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	a.r.duringDecision.Store(&removed)
+	c.mu.Lock()
+	c.answer = false
+	c.mu.Unlock()
+	id = c.request()
+	c.waitTerminal(protocol.ReplyRejected, id)
+	if got := c.terminal(id)[0].Reason; got != protocol.ReasonVehicleUnknown {
+		t.Fatalf("reason %s, want %s", got, protocol.ReasonVehicleUnknown)
+	}
+	if c.accepted(id) {
+		t.Fatal("the command was accepted for a vehicle removed before its decision committed")
+	}
+	c.mu.Lock()
+	held := slices.Clone(c.held)
+	c.mu.Unlock()
+	if slices.Contains(held, id) {
+		t.Fatal("the car received a command decided on a vehicle removed before the decision committed")
 	}
 }

@@ -82,90 +82,28 @@ func (r *Router) decide(req request) {
 		return
 	}
 	if r.clustered() {
-		// The cluster accepts the request here and decides it after the car's earlier ones
-		// (order.go); the turn is given back once it is refused or handed to the broker.
-		turn, err := r.takeTurn(cmd.VIN, cmd.ID, cmd.ExpiresAtMs)
-		if err == nil {
-			defer r.releaseTurn(cmd.VIN, turn)
-			err = r.waitTurn(cmd.VIN, turn, cmd.ExpiresAtMs)
-		}
-		if errors.Is(err, errTurnLost) {
-			err = protocol.Refuse(protocol.ReasonExpired, "expired while the car's earlier commands were decided")
-		}
-		if err != nil {
-			r.refuse(req, ev, cmd, err, false)
-			return
-		}
+		r.decideReplica(req, ev, cmd)
+		return
 	}
 	if !r.remember(cmd.ID, cmd.ExpiresAtMs) {
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
 		return
 	}
-	if err := r.check(&cmd, nowMs); err != nil {
-		r.refuse(req, ev, cmd, err, true)
-		return
-	}
-	// The user holds an active key of the car whose role allows the action, and the command
-	// carries that key's signature: the same rule the car applies to its own whitelist.
-	_, key, err := whitelist.VerifyCommand(r.keys.Whitelist(cmd.VIN), ar.Command, protocol.ChannelCloud, r.clock.Now())
-	if err == nil && key.User != req.user {
-		err = protocol.Refuse(protocol.ReasonForbidden, "key %s belongs to another user", key.ID)
+	var rate rateOnce
+	factors, _, err := r.judge(nil, req, &cmd, nil, &rate)
+	var out []byte
+	if err == nil {
+		out, err = r.vehicleCommand(req, cmd, factors)
 	}
 	if err != nil {
 		r.refuse(req, ev, cmd, err, true)
 		return
 	}
-	factors := []string{"token", "key"}
-	if r.twofa != nil {
-		session := req.session
-		if session == "" {
-			// A broker that does not say which client published (any broker but the embedded
-			// one): the step-up is bound to the phone key whose signature was just verified,
-			// that is to the device, whose private key never leaves it. Another device of the
-			// same user, with a stolen password or not, has another key and no step-up.
-			session = stepUpKeySession(key.ID)
-		}
-		f, err := r.twofa.Authorize(req.user, session, cmd.Action, ar.TOTP)
-		if err != nil {
-			r.refuse(req, ev, cmd, err, true)
-			return
-		}
-		factors = append(factors, f...)
-	}
-	if !r.rate.allow(req.user, r.clock.Now()) {
-		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonRateLimited, "over %v requests per minute", r.cfg.RatePerMinute), true)
-		return
-	}
-	if !r.twins.online(cmd.VIN) {
-		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonVehicleOffline, "car is offline"), true)
-		return
-	}
-
-	sum, _ := ar.Command.DocSHA256()
-	grant, err := r.keys.GrantSigner(cmd.VIN).Seal(protocol.Grant{V: protocol.Version, CmdSHA256: sum, VIN: cmd.VIN,
-		User: req.user, Factors: factors, ExpiresAtMs: cmd.ExpiresAtMs})
-	if err != nil {
-		r.refuse(req, ev, cmd, err, true)
-		return
-	}
-	out, err := json.Marshal(protocol.VehicleCommand{V: protocol.Version, Command: ar.Command, Grant: grant})
-	if err != nil {
-		r.refuse(req, ev, cmd, err, true)
-		return
-	}
-
 	// The decision is durable before the command goes out.
 	ev.Outcome = protocol.ReplyAccepted
 	ev.Detail = "factors=" + joinFactors(factors)
 	err = r.recordDecision(ev, cmd.ID, cmd.ExpiresAtMs, true)
 	if errors.Is(err, errDecidedElsewhere) {
-		// Another replica sharing the store decided this id first (its seen map is not ours).
-		if req.redelivered {
-			// It answers it (redelivery.go), unless it recorded a refusal and died before
-			// sending it.
-			r.sendRecordedRefusal(cmd.ID, "redelivered")
-			return
-		}
 		ev.Detail = ""
 		r.refuse(req, ev, cmd, protocol.Refuse(protocol.ReasonDuplicate, "command id seen before"), false)
 		return
@@ -176,6 +114,100 @@ func (r *Router) decide(req request) {
 		r.reply(req.user, protocol.Reply{ID: cmd.ID, Status: protocol.ReplyFailed, Reason: protocol.ReasonInternal, VIN: cmd.VIN, Action: cmd.Action})
 		return
 	}
+	r.send(req, cmd, out)
+}
+
+// rateOnce is a request's answer from the rate limiter, asked once however often the
+// decision's transaction runs.
+type rateOnce struct{ asked, allowed bool }
+
+// errVerifyCode is judge's answer, inside a replica's decision transaction, for a request
+// that carries a code: verifying it writes (the code's time step, the failures that lead to a
+// lockout) whatever the decision, so it is done by Authorize outside the transaction, which
+// then runs again with the factors the code gave.
+var errVerifyCode = errors.New("the request's code is verified outside the decision")
+
+// judge runs the checks of the lifecycle that read the store, in order: the vehicle is known;
+// the command carries the signature of an active key of the requester whose role allows the
+// action (the rule the car applies to its own whitelist); the second factor; the requester's
+// rate; the car online. It returns the factors for the grant or the refusal. tx nil: each
+// read is its own (one gateway, whose reads are local); a replica passes the transaction that
+// records its decision, so that what the decision rests on is compared when it commits.
+// codeFactors are the factors of the request's code once Authorize verified it (replicas).
+// session is the step-up session the second factor is asked about, once judge got that far.
+func (r *Router) judge(tx kv.Tx, req request, cmd *protocol.Command, codeFactors []string, rate *rateOnce) (factors []string, session string, err error) {
+	if err := r.checkVehicle(tx, cmd.VIN); err != nil {
+		return nil, "", err
+	}
+	var wl *protocol.Whitelist
+	if k, ok := r.keys.(txKeys); ok && tx != nil {
+		if wl, err = k.WhitelistTx(tx, cmd.VIN); err != nil {
+			return nil, "", err
+		}
+	} else {
+		wl = r.keys.Whitelist(cmd.VIN)
+	}
+	ar := &req.app.ar
+	_, key, err := whitelist.VerifyCommand(wl, ar.Command, protocol.ChannelCloud, r.clock.Now())
+	if err == nil && key.User != req.user {
+		err = protocol.Refuse(protocol.ReasonForbidden, "key %s belongs to another user", key.ID)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	factors = []string{"token", "key"}
+	if r.twofa != nil {
+		session = req.session
+		if session == "" {
+			// A broker that does not say which client published (any broker but the embedded
+			// one): the step-up is bound to the phone key whose signature was just verified,
+			// that is to the device, whose private key never leaves it. Another device of the
+			// same user, with a stolen password or not, has another key and no step-up.
+			session = stepUpKeySession(key.ID)
+		}
+		var f []string
+		switch tf, inTx := r.twofa.(TxSecondFactor); {
+		case codeFactors != nil:
+			f = codeFactors
+		case tx != nil && ar.TOTP != "":
+			return nil, session, errVerifyCode
+		case tx != nil && inTx:
+			f, err = tf.AuthorizeTx(tx, req.user, session, cmd.Action)
+		default:
+			f, err = r.twofa.Authorize(req.user, session, cmd.Action, ar.TOTP)
+		}
+		if err != nil {
+			return nil, session, err
+		}
+		factors = append(factors, f...)
+	}
+	if !rate.asked {
+		rate.asked, rate.allowed = true, r.rate.allow(req.user, r.clock.Now())
+	}
+	if !rate.allowed {
+		return nil, session, protocol.Refuse(protocol.ReasonRateLimited, "over %v requests per minute", r.cfg.RatePerMinute)
+	}
+	if !r.twins.online(cmd.VIN) {
+		return nil, session, protocol.Refuse(protocol.ReasonVehicleOffline, "car is offline")
+	}
+	return factors, session, nil
+}
+
+// vehicleCommand is the command as it goes to the car: the app's signed document and the
+// gateway's grant naming the factors that authorized it.
+func (r *Router) vehicleCommand(req request, cmd protocol.Command, factors []string) ([]byte, error) {
+	ar := &req.app.ar
+	sum, _ := ar.Command.DocSHA256()
+	grant, err := r.keys.GrantSigner(cmd.VIN).Seal(protocol.Grant{V: protocol.Version, CmdSHA256: sum, VIN: cmd.VIN,
+		User: req.user, Factors: factors, ExpiresAtMs: cmd.ExpiresAtMs})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(protocol.VehicleCommand{V: protocol.Version, Command: ar.Command, Grant: grant})
+}
+
+// send answers an accepted command, whose decision is durable, and hands it to the broker.
+func (r *Router) send(req request, cmd protocol.Command, out []byte) {
 	if r.clock.Now().UnixMilli() >= cmd.ExpiresAtMs {
 		// Deciding took longer than the command lives: never send a stale command.
 		r.terminal(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "expired before it could be sent")
@@ -223,11 +255,17 @@ func checkExpiry(cmd *protocol.Command, nowMs int64) error {
 	return nil
 }
 
-// check runs the checks that need the store: vehicle known.
-func (r *Router) check(cmd *protocol.Command, nowMs int64) error {
-	_, err := r.store.GetVehicle(cmd.VIN)
+// checkVehicle refuses a command for a car the gateway does not know, reading in tx (nil: a
+// read of its own).
+func (r *Router) checkVehicle(tx kv.Tx, vin string) error {
+	var err error
+	if tx != nil {
+		_, err = store.GetVehicleTx(tx, vin)
+	} else {
+		_, err = r.store.GetVehicle(vin)
+	}
 	if errors.Is(err, store.ErrNotFound) {
-		return protocol.Refuse(protocol.ReasonVehicleUnknown, "no vehicle %s", cmd.VIN)
+		return protocol.Refuse(protocol.ReasonVehicleUnknown, "no vehicle %s", vin)
 	}
 	return err
 }
@@ -276,28 +314,30 @@ var errDecidedElsewhere = errors.New("command id decided by another replica")
 // same moment), and the transaction fails with errDecidedElsewhere if it is. Across replicas
 // this, not the per-replica seen map, is what decides an id once.
 func (r *Router) recordDecision(ev audit.Event, id string, untilMs int64, first bool) error {
+	return r.store.Update(context.Background(), func(tx kv.Tx) error { return r.recordDecisionTx(tx, ev, id, untilMs, first) })
+}
+
+// recordDecisionTx is recordDecision inside tx.
+func (r *Router) recordDecisionTx(tx kv.Tx, ev audit.Event, id string, untilMs int64, first bool) error {
 	// Ids are remembered past their command's expiry by the car's replay horizon, so no
 	// replay of a still-valid command can pass.
 	until := untilMs + protocol.MaxCommandAheadMs
-	nowMs := r.clock.Now().UnixMilli()
-	return r.store.Update(context.Background(), func(tx kv.Tx) error {
-		if first {
-			taken, err := store.CommandIDTaken(tx, id, nowMs)
-			if err != nil {
-				return err
-			}
-			if taken {
-				return errDecidedElsewhere
-			}
-		}
-		if err := store.PutCommandID(tx, id, until); err != nil {
+	if first {
+		taken, err := store.CommandIDTaken(tx, id, r.clock.Now().UnixMilli())
+		if err != nil {
 			return err
 		}
-		if err := r.putPendingTx(tx, ev, untilMs); err != nil { // a replica's (replica.go)
-			return err
+		if taken {
+			return errDecidedElsewhere
 		}
-		return r.audit.AppendTx(tx, ev)
-	})
+	}
+	if err := store.PutCommandID(tx, id, until); err != nil {
+		return err
+	}
+	if err := r.putPendingTx(tx, ev, untilMs); err != nil { // a replica's (replica.go)
+		return err
+	}
+	return r.audit.AppendTx(tx, ev)
 }
 
 // remember marks id as seen; false if it was seen already.

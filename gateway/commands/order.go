@@ -14,12 +14,17 @@ import (
 // Per-car order across replicas. One gateway decides a car's commands in the order they
 // arrive, one at a time, because they share the car's shard (Submit). Replicas do not share
 // shards, so a replica orders a car's commands through the store:
-//   - a request is accepted by the cluster when it takes a turn: one Update that increments
+//   - a request is accepted by the cluster when it takes a turn: an Update that increments
 //     the car's counter (carseq/VIN) and writes carturns/VIN/N (N in 16 hex digits, so keys
 //     sort by N). Two replicas taking turns for one car at once conflict on the counter and
 //     etcd orders them: that order is the acceptance order;
 //   - it is decided when every earlier turn of the car is gone or past its command's expiry:
 //     the replica polls a scan of carturns/VIN/ (one range read) until then;
+//   - mostly the car has no turn in flight: then the request takes its turn in the very
+//     transaction that records its decision (decide_replica.go), which scanned carturns/VIN/
+//     and found no live turn; a turn taken meanwhile by another replica changes that range
+//     and makes the transaction run again, and then wait. So a lone request costs one commit
+//     before its command goes out, and the order is the same: by the counter's commits;
 //   - the turn is given back (deleted) once the command is refused or, if accepted, handed to
 //     the broker: so the next command is decided after it and reaches the car after it.
 //
@@ -51,26 +56,11 @@ var errTurnLost = errors.New("no turn before expiry")
 
 // takeTurn gives the command id for vin the next place in the car's order and returns its key.
 func (r *Router) takeTurn(vin, id string, expiresAtMs int64) ([]byte, error) {
-	rec, err := json.Marshal(turnRecord{ID: id, Replica: r.cfg.Replica, ExpiresAtMs: expiresAtMs})
-	if err != nil {
-		return nil, err
-	}
 	var key []byte
-	err = r.store.Update(context.Background(), func(tx kv.Tx) error {
-		v, err := tx.Get(bucketTurnSeq, []byte(vin))
-		if err != nil {
-			return err
-		}
-		var n uint64
-		if len(v) == 8 {
-			n = binary.BigEndian.Uint64(v)
-		}
-		n++
-		if err := tx.Put(bucketTurnSeq, []byte(vin), binary.BigEndian.AppendUint64(nil, n)); err != nil {
-			return err
-		}
-		key = fmt.Appendf(nil, "%s/%016x", vin, n)
-		return tx.Put(bucketTurns, key, rec)
+	err := r.store.Update(context.Background(), func(tx kv.Tx) error {
+		var err error
+		key, err = r.takeTurnTx(tx, vin, id, expiresAtMs)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("take the car's turn: %w", err)
@@ -78,28 +68,56 @@ func (r *Router) takeTurn(vin, id string, expiresAtMs int64) ([]byte, error) {
 	return key, nil
 }
 
+// takeTurnTx is takeTurn inside tx.
+func (r *Router) takeTurnTx(tx kv.Tx, vin, id string, expiresAtMs int64) ([]byte, error) {
+	rec, err := json.Marshal(turnRecord{ID: id, Replica: r.cfg.Replica, ExpiresAtMs: expiresAtMs})
+	if err != nil {
+		return nil, err
+	}
+	v, err := tx.Get(bucketTurnSeq, []byte(vin))
+	if err != nil {
+		return nil, err
+	}
+	var n uint64
+	if len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
+	}
+	n++
+	if err := tx.Put(bucketTurnSeq, []byte(vin), binary.BigEndian.AppendUint64(nil, n)); err != nil {
+		return nil, err
+	}
+	key := fmt.Appendf(nil, "%s/%016x", vin, n)
+	return key, tx.Put(bucketTurns, key, rec)
+}
+
+// firstLiveTurnTx returns the key of vin's first turn whose command has not expired at nowMs
+// (nil: none), in tx.
+func (r *Router) firstLiveTurnTx(tx kv.Tx, vin string, nowMs int64) ([]byte, error) {
+	var first []byte
+	err := tx.Scan(bucketTurns, []byte(vin+"/"), nil, func(k, v []byte) error {
+		var rec turnRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			r.log.Error("unreadable turn record", "key", string(k), "err", err)
+			return nil
+		}
+		if nowMs >= rec.ExpiresAtMs {
+			return nil // its command can no longer be sent
+		}
+		first = append([]byte(nil), k...)
+		return kv.Stop
+	})
+	return first, err
+}
+
 // myTurn reports whether every turn of vin before key is gone or expired at nowMs.
 func (r *Router) myTurn(vin string, key []byte, nowMs int64) (bool, error) {
-	mine := false
+	var first []byte
 	err := r.store.View(context.Background(), func(tx kv.Tx) error {
-		mine = false
-		return tx.Scan(bucketTurns, []byte(vin+"/"), nil, func(k, v []byte) error {
-			if string(k) == string(key) {
-				mine = true
-				return kv.Stop
-			}
-			var rec turnRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				r.log.Error("unreadable turn record", "key", string(k), "err", err)
-				return nil
-			}
-			if nowMs >= rec.ExpiresAtMs {
-				return nil // its command can no longer be sent
-			}
-			return kv.Stop // an earlier command is being decided
-		})
+		var err error
+		first, err = r.firstLiveTurnTx(tx, vin, nowMs)
+		return err
 	})
-	return mine, err
+	return string(first) == string(key), err
 }
 
 // waitTurn waits until key is vin's first live turn; errTurnLost if the command expires

@@ -101,42 +101,36 @@ func (r *Router) putPendingTx(tx kv.Tx, ev audit.Event, expiresAtMs int64) error
 }
 
 // claim takes the pending record of id and appends ev, the terminal audit record, in one
-// Update; false when there is no record (another replica answered already, or none was
-// ever made). ev's user and action are the record's.
-func (r *Router) claim(id string, ev audit.Event) (bool, error) {
-	var claimed bool
-	err := r.store.Update(context.Background(), func(tx kv.Tx) error {
+// Update; claimed false when there is no record (another replica answered already, or none was
+// ever made) or it is another car's (ev.VIN). ev's user and action become the record's, which
+// claim returns: a replica that relays a result for a command another replica accepted learns
+// there whom to answer.
+func (r *Router) claim(id string, ev audit.Event) (rec pendingRecord, claimed bool, err error) {
+	err = r.store.Update(context.Background(), func(tx kv.Tx) error {
 		claimed = false // the function may run again
 		v, err := tx.Get(bucketPending, []byte(id))
 		if err != nil || v == nil {
 			return err
 		}
+		rec = pendingRecord{}
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("pending record %s: %w", id, err)
+		}
+		if rec.Kind != "" || rec.VIN != ev.VIN {
+			return nil // a refusal's record (refusal.go), or a car answering another's command
+		}
 		if err := tx.Delete(bucketPending, []byte(id)); err != nil {
 			return err
 		}
-		if err := r.audit.AppendTx(tx, ev); err != nil {
+		e := ev
+		e.User, e.Action = rec.User, string(rec.Action)
+		if err := r.audit.AppendTx(tx, e); err != nil {
 			return err
 		}
 		claimed = true
 		return nil
 	})
-	return claimed, err
-}
-
-// lookupPending reads the pending record of id from the store (ok false: none).
-func (r *Router) lookupPending(id string) (rec pendingRecord, ok bool, err error) {
-	err = r.store.View(context.Background(), func(tx kv.Tx) error {
-		v, err := tx.Get(bucketPending, []byte(id))
-		if err != nil || v == nil {
-			return err
-		}
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("pending record %s: %w", id, err)
-		}
-		ok = true
-		return nil
-	})
-	return rec, ok, err
+	return rec, claimed, err
 }
 
 // sweepPending answers "expired" for every pending command of the cluster whose car has not

@@ -28,29 +28,6 @@ func (r *Router) onResult(m mqttc.Message) {
 		r.log.Warn("malformed result from car", "vin", vin, "err", err)
 		return
 	}
-	r.mu.Lock()
-	p, ok := r.pending[res.ID]
-	if ok && p.vin != vin {
-		// A car can only answer its own commands.
-		ok = false
-	}
-	r.mu.Unlock()
-	if !ok && r.clustered() {
-		// Another replica accepted the command: its pending record is in the store.
-		rec, found, err := r.lookupPending(res.ID)
-		if err != nil {
-			r.log.Error("result not relayed: pending commands unreadable; the sweep answers expired", "cmd_id", res.ID, "vin", vin, "err", err)
-			return
-		}
-		if found && rec.VIN == vin {
-			p, ok = &pending{user: rec.User, vin: rec.VIN, action: rec.Action, expiresAtMs: rec.ExpiresAtMs}, true
-		}
-	}
-	if !ok {
-		_ = r.audit.Append(audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindLate, VIN: vin, CmdID: res.ID,
-			Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request", CarMs: res.TsMs})
-		return
-	}
 	status, reason, message := protocol.ReplyExecuted, protocol.ReasonNone, ""
 	switch res.Status {
 	case protocol.ResultExecuted:
@@ -67,7 +44,50 @@ func (r *Router) onResult(m mqttc.Message) {
 	default:
 		status, reason = protocol.ReplyFailed, protocol.ReasonInternal
 	}
-	r.finishWithMessage(res.ID, p.user, vin, p.action, status, reason, res.State, res.TsMs, message)
+	r.mu.Lock()
+	p, ok := r.pending[res.ID]
+	if ok && p.vin != vin {
+		// A car can only answer its own commands.
+		ok = false
+	}
+	r.mu.Unlock()
+	switch {
+	case ok:
+		r.finishWithMessage(res.ID, p.user, vin, p.action, status, reason, res.State, res.TsMs, message)
+	case r.clustered():
+		// Another replica accepted the command: its pending record is in the store, and
+		// claiming it tells whom to answer.
+		r.relayClaimed(res, vin, status, reason, message)
+	default:
+		r.auditLate(res, vin)
+	}
+}
+
+// relayClaimed answers a car's result for a command this replica did not accept, if it claims
+// the command's pending record; a result for no pending command is audited as late.
+func (r *Router) relayClaimed(res protocol.Result, vin, status string, reason protocol.Reason, message string) {
+	detail := ""
+	if message != "" {
+		detail = "car: " + message
+	}
+	ev := audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, VIN: vin,
+		CmdID: res.ID, Outcome: status, Reason: string(reason), Detail: detail, CarMs: res.TsMs}
+	rec, claimed, err := r.claim(res.ID, ev)
+	switch {
+	case err != nil:
+		r.log.Error("result not relayed: pending command not claimed; the sweep answers expired", "cmd_id", res.ID, "vin", vin, "err", err)
+	case !claimed:
+		r.auditLate(res, vin)
+	default:
+		r.reply(rec.User, protocol.Reply{ID: res.ID, Status: status, Reason: reason, Message: message, VIN: vin,
+			Action: rec.Action, State: res.State, CarTsMs: res.TsMs})
+	}
+}
+
+// auditLate records a car's result that answers no pending request.
+func (r *Router) auditLate(res protocol.Result, vin string) {
+	_ = r.audit.Append(audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindLate, VIN: vin, CmdID: res.ID,
+		Outcome: res.Status, Reason: string(res.Reason), Detail: "result for no pending request", CarMs: res.TsMs})
 }
 
 // finishWithMessage is finish for a car's result, with the car's message for the user (also in
@@ -116,7 +136,7 @@ func (r *Router) terminalReply(id, user, vin string, action protocol.Action, sta
 	ev := audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, User: user, VIN: vin,
 		CmdID: id, Action: string(action), Outcome: status, Reason: string(reason), Detail: detail, SentMs: sentMs, CarMs: carTsMs}
 	if r.clustered() {
-		claimed, err := r.claim(id, ev)
+		_, claimed, err := r.claim(id, ev)
 		if err != nil {
 			r.log.Error("terminal reply not sent: pending command not claimed; a sweep answers it", "cmd_id", id, "vin", vin, "status", status, "err", err)
 			return

@@ -109,6 +109,9 @@ type Router struct {
 	// replica's recorded refusal and its claim; true stops the refusal there, as if the
 	// replica died.
 	afterRefusalRecorded atomic.Pointer[func(id string) (stop bool)]
+	// duringDecision, when set (by tests), runs in each run of a replica's decision
+	// transaction once its checks passed, before it commits.
+	duringDecision atomic.Pointer[func(id string)]
 
 	shards []chan request
 	// The shutdown protocol between Submit and Close, so that no request is sent on a closed

@@ -138,20 +138,28 @@ func (s *Service) refresh(vin string) {
 		return
 	}
 	err := s.st.View(context.Background(), func(tx kv.Tx) error {
-		v, err := tx.Get(bucketWhitelists, []byte(vin))
-		if err != nil || v == nil {
-			return err
-		}
-		r, wl, err := decodeRecord([]byte(vin), v)
-		if err != nil {
-			return err
-		}
-		s.cacheRecord(vin, r, wl)
-		return nil
+		_, err := s.WhitelistTx(tx, vin)
+		return err
 	})
 	if err != nil {
 		s.log.Warn("whitelist not refreshed from the store", "vin", vin, "err", err)
 	}
+}
+
+// WhitelistTx returns vin's current whitelist as tx reads it (nil: none), and caches it: a
+// replica's command decision reads it in the transaction that records the decision, so a key
+// change committed meanwhile by another replica makes that transaction run again.
+func (s *Service) WhitelistTx(tx kv.Tx, vin string) (*protocol.Whitelist, error) {
+	v, err := tx.Get(bucketWhitelists, []byte(vin))
+	if err != nil || v == nil {
+		return nil, err
+	}
+	r, wl, err := decodeRecord([]byte(vin), v)
+	if err != nil {
+		return nil, err
+	}
+	s.cacheRecord(vin, r, wl)
+	return wl, nil
 }
 
 func keyOf(vin, id string) []byte { return []byte(vin + "/" + id) }

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"errors"
+
 	"telematics/gateway/httpapi"
+	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
 )
@@ -36,4 +39,24 @@ func (g *Gateway) userTokensEnded(user string) {
 	if g.broker != nil {
 		g.broker.DropUser(user)
 	}
+}
+
+// AuthorizeTx is Authorize for a request without a code, reading the user and the 2FA state
+// in tx (commands.TxSecondFactor): a replica decides in the transaction that records it.
+func (a activeUsers) AuthorizeTx(tx kv.Tx, user, session string, action protocol.Action) ([]string, error) {
+	u, err := store.GetUserTx(tx, user)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, protocol.Refuse(protocol.ReasonUnauthenticated, "this account no longer exists")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if u.Disabled {
+		return nil, protocol.Refuse(protocol.ReasonUnauthenticated, "this account is disabled; ask the administrator")
+	}
+	d, err := a.next.svc.DecideTx(tx, user, session, string(action))
+	if err != nil {
+		return nil, err
+	}
+	return d.Factors, nil
 }

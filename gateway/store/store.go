@@ -241,16 +241,24 @@ func (s *Store) AddUser(u User) error {
 func (s *Store) GetUser(name string) (User, error) {
 	var u User
 	err := s.view(func(tx kv.Tx) error {
-		v, err := tx.Get(bucketUsers, []byte(name))
-		if err != nil {
-			return err
-		}
-		if v == nil {
-			return fmt.Errorf("user %q: %w", name, ErrNotFound)
-		}
-		return json.Unmarshal(v, &u)
+		var err error
+		u, err = GetUserTx(tx, name)
+		return err
 	})
 	return u, err
+}
+
+// GetUserTx is GetUser inside tx, for a decision that commits with what it read.
+func GetUserTx(tx kv.Tx, name string) (User, error) {
+	var u User
+	v, err := tx.Get(bucketUsers, []byte(name))
+	if err != nil {
+		return u, err
+	}
+	if v == nil {
+		return u, fmt.Errorf("user %q: %w", name, ErrNotFound)
+	}
+	return u, json.Unmarshal(v, &u)
 }
 
 // Vehicle is a car the gateway knows, with the users who may command it and their roles.

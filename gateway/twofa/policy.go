@@ -159,9 +159,30 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 	if !s.guards(action) {
 		return Decision{}, nil
 	}
-	st, err := s.Status(user)
-	if err != nil {
+	var d Decision
+	err := s.kv.View(context.Background(), func(tx kv.Tx) error {
+		var err error
+		d, err = s.DecideTx(tx, user, clientID, action)
+		return err
+	})
+	return d, err
+}
+
+// DecideTx is Decide for a request that carries no code, reading the user's enrollment,
+// lockout and step-up in tx: a gateway replica reads them in the transaction that records its
+// decision, so a lockout or an enrollment change committed meanwhile by another replica makes
+// that transaction run again. It writes nothing.
+func (s *Service) DecideTx(tx kv.Tx, user, clientID, action string) (Decision, error) {
+	if err := checkUser(user); err != nil {
 		return Decision{}, err
+	}
+	if !s.guards(action) {
+		return Decision{}, nil
+	}
+	now := s.clock.Now()
+	st, err := s.statusTx(tx, user, now)
+	if err != nil {
+		return Decision{}, fmt.Errorf("2fa status of %q: %w", user, err)
 	}
 	if !st.Enrolled && s.policy.Mode != ModeRequired {
 		return Decision{}, nil
@@ -172,7 +193,7 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 	if !st.Enrolled {
 		return Decision{}, refuse(ErrEnrollmentRequired, "user %q, action %q", user, truncate(action))
 	}
-	if up, err := s.elevated(user, clientID, s.clock.Now()); err != nil {
+	if up, err := s.elevatedTx(tx, user, clientID, now); err != nil {
 		return Decision{}, fmt.Errorf("2fa step-up of %q: %w", user, err)
 	} else if up {
 		return Decision{Factors: []string{FactorStepUp}}, nil
@@ -292,21 +313,17 @@ func (s *Service) deleteStepUps(dead func(v []byte) bool) error {
 // sweepBatch bounds the elevations one sweep transaction deletes.
 const sweepBatch = 50
 
-// elevated reports whether the session is elevated at now; the elevation ends exactly
-// StepUpTTL after the code was accepted.
-func (s *Service) elevated(user, clientID string, now time.Time) (bool, error) {
+// elevatedTx reports whether clientID's session of user is elevated at now, in tx; the
+// elevation ends exactly StepUpTTL after the code was accepted.
+func (s *Service) elevatedTx(tx kv.Tx, user, clientID string, now time.Time) (bool, error) {
 	if clientID == "" || len(clientID) > maxStepUpClientID {
 		return false, nil
 	}
-	var until int64
-	err := s.kv.View(context.Background(), func(tx kv.Tx) error {
-		v, err := tx.Get(bucketStepUp, stepUpKey(user, clientID))
-		if len(v) == 8 {
-			until = int64(binary.BigEndian.Uint64(v))
-		}
-		return err
-	})
-	return now.UnixMilli() < until, err
+	v, err := tx.Get(bucketStepUp, stepUpKey(user, clientID))
+	if err != nil || len(v) != 8 {
+		return false, err
+	}
+	return now.UnixMilli() < int64(binary.BigEndian.Uint64(v)), nil
 }
 
 // endUserSessions drops every elevation of user, when the user's secret changes or goes.

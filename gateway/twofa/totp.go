@@ -430,32 +430,40 @@ func (s *Service) Status(user string) (Status, error) {
 	now := s.clock.Now()
 	var st Status
 	err := s.kv.View(context.Background(), func(tx kv.Tx) error {
-		rec, err := getTOTP(tx, user)
-		if err != nil {
-			return err
-		}
-		if rec != nil {
-			st.Enrolled = rec.Active != nil
-			st.Pending = rec.Pending != nil
-			st.RecoveryCodesLeft = len(rec.Recovery)
-		}
-		lr, err := getLock(tx, user)
-		if err != nil {
-			return err
-		}
-		if lr.lockedAt(now) {
-			st.LockedUntil = time.UnixMilli(lr.LockedUntilMs)
-		}
-		oldest := now.UnixMilli() - s.policy.FailureWindow.Milliseconds()
-		for _, t := range lr.Failures {
-			if t > oldest {
-				st.RecentFailures++
-			}
-		}
-		return nil
+		var err error
+		st, err = s.statusTx(tx, user, now)
+		return err
 	})
 	if err != nil {
 		return Status{}, fmt.Errorf("2fa status of %q: %w", user, err)
+	}
+	return st, nil
+}
+
+// statusTx is Status inside tx, at now.
+func (s *Service) statusTx(tx kv.Tx, user string, now time.Time) (Status, error) {
+	var st Status
+	rec, err := getTOTP(tx, user)
+	if err != nil {
+		return st, err
+	}
+	if rec != nil {
+		st.Enrolled = rec.Active != nil
+		st.Pending = rec.Pending != nil
+		st.RecoveryCodesLeft = len(rec.Recovery)
+	}
+	lr, err := getLock(tx, user)
+	if err != nil {
+		return st, err
+	}
+	if lr.lockedAt(now) {
+		st.LockedUntil = time.UnixMilli(lr.LockedUntilMs)
+	}
+	oldest := now.UnixMilli() - s.policy.FailureWindow.Milliseconds()
+	for _, t := range lr.Failures {
+		if t > oldest {
+			st.RecentFailures++
+		}
 	}
 	return st, nil
 }
