@@ -109,7 +109,7 @@ func newCache(cli *clientv3.Client, o Options) (*cache, error) {
 			add(o.Prefix + "b/" + name + "/")
 		}
 	}
-	add(o.Prefix + "s/") // every sequence key: few, and written seldom; covers() picks
+	add(o.Prefix + "s/") // every sequence (one key a bucket); covers() picks the cached ones
 	ctx, stop := context.WithCancel(context.Background())
 	c.stop = stop
 	go c.run(ctx)
@@ -163,12 +163,15 @@ func (c *cache) wrote(rev int64, writes map[string]*[]byte) {
 			continue
 		}
 		for _, r := range c.ranges {
-			if k >= r.start && k < r.end && r.rev < rev {
-				var val []byte // nil: deleted
-				if v != nil {
-					val = clone(*v)
+			if k >= r.start && k < r.end {
+				if r.rev < rev {
+					var val []byte // nil: deleted
+					if v != nil {
+						val = clone(*v)
+					}
+					c.set(k, val, rev)
 				}
-				c.set(k, val, rev)
+				break
 			}
 		}
 	}
@@ -320,7 +323,12 @@ func (c *cache) apply(r *keyRange, resp clientv3.WatchResponse) {
 			c.set(k, clone(e.Kv.Value), e.Kv.ModRevision)
 		}
 	}
-	r.rev = max(r.rev, resp.Header.Revision)
+	// What the watch delivered up to: a catching-up watch's header can be ahead of its events.
+	if n := len(resp.Events); n > 0 {
+		r.rev = max(r.rev, resp.Events[n-1].Kv.ModRevision)
+	} else if resp.IsProgressNotify() {
+		r.rev = max(r.rev, resp.Header.Revision)
+	}
 }
 
 // clone copies v; an empty value stays non-nil (nil is "absent").
