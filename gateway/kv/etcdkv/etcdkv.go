@@ -13,6 +13,25 @@
 // new snapshot, a bounded number of times (Options.MaxAttempts) within a bounded time
 // (Options.Timeout).
 //
+// Options.Cache names buckets ("*": all) whose point reads in an Update cost no RPC, because
+// each etcd RPC costs milliseconds on a loaded host and a decision makes several in a row. A
+// goroutine of the Store loads those buckets' keys and sequences at one revision, then
+// follows their changes with watches (and loads again, after a bounded wait, whenever a watch
+// breaks); the Store's own commits go into it at once, so that its next Update does not read
+// its own last write stale. On the first run of an Update's function, Get and
+// Sequence/NextSequence of a cached bucket read that copy and record the key's mod revision
+// as any read does. Views and scans never use it. A cached read may be stale, which is
+// harmless: nothing based on it is returned before etcd confirmed it. A commit compares every
+// read key's mod revision as always; an Update that wrote nothing, or whose function returned
+// an error, sends the compares alone (a Txn without writes); a key read twice at two mod
+// revisions fails at once. When that confirmation fails the function runs again at once on
+// etcd's own reads (one run more, not counted in MaxAttempts). So a first run may see values
+// that never were together in one revision: a function must not panic on such a pair (an
+// error it returns is confirmed before it is believed). The cache costs memory for all the
+// cached buckets' keys and values, a watch event for every write to them (and to any
+// sequence), and, for an Update that used it and wrote nothing, one Txn in place of its
+// reads. Store.CacheStats counts hits, misses (cache not ready), stale reruns and reloads.
+//
 // concurrency.NewSTM (serializable snapshot) was evaluated and not used: it has no range
 // reads, so scans (a car's keys, the journal, the audit log) would be unprotected against
 // phantoms; it retries without bound; its Get returns a string that cannot tell an absent key
@@ -58,8 +77,12 @@ type Options struct {
 	// MaxTxnOps is the etcd server's --max-txn-ops (compares, and writes, per Txn); a larger
 	// transaction fails with kv.ErrTooLarge before it is sent. Default 128, etcd's default.
 	MaxTxnOps int
-	// PageSize is how many keys a scan reads per request. Default 256.
+	// PageSize is how many keys a scan, or the cache's load, reads per request. Default 256.
 	PageSize int
+	// Cache names the buckets whose keys and sequence an Update reads from a copy in memory
+	// that a watch keeps current (see the package comment); "*" is every bucket of Prefix.
+	// Empty: no cache, every read asks etcd.
+	Cache []string
 }
 
 func (o *Options) defaults() {
@@ -94,6 +117,7 @@ type Store struct {
 	// audit sequence). In line, the losers of this process win in turn and only race the
 	// other replicas' writers and this process's first attempts.
 	retrying chan struct{}
+	cache    *cache // nil without Options.Cache
 }
 
 var _ kv.Store = (*Store)(nil)
@@ -113,14 +137,25 @@ func Open(o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd store %s: %w", strings.Join(o.Endpoints, ","), err)
 	}
-	return &Store{cli: cli, opts: o, retrying: make(chan struct{}, 1)}, nil
+	s := &Store{cli: cli, opts: o, retrying: make(chan struct{}, 1)}
+	if len(o.Cache) > 0 {
+		if s.cache, err = newCache(cli, o); err != nil {
+			cli.Close()
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // Shared reports true: the store is meant for several gateway replicas (kv.IsShared).
 func (s *Store) Shared() bool { return true }
 
-// Close closes the client; it is idempotent.
+// Close stops the cache's goroutine, if any, and closes the client; it is idempotent.
 func (s *Store) Close() error {
+	if s.cache != nil {
+		s.cache.stop()
+		<-s.cache.done
+	}
 	err := s.cli.Close()
 	if errors.Is(err, context.Canceled) {
 		return nil // a second Close
@@ -152,8 +187,10 @@ func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 			<-s.retrying
 		}
 	}()
+	useCache := s.cache != nil // on the first run only
 	for attempt := 1; ; attempt++ {
 		t := s.newTx(ctx, true)
+		t.useCache, useCache = useCache, false
 		err := fn(t)
 		if err == nil {
 			err = t.commit()
@@ -163,6 +200,20 @@ func (s *Store) Update(ctx context.Context, fn func(kv.Tx) error) error {
 				}
 				return nil
 			}
+		} else if t.usedCache && !errors.Is(err, errRetry) && !errors.Is(err, kv.ErrUnavailable) {
+			// The error may come from a stale read: it stands once the reads are confirmed.
+			if cerr := t.confirm(); cerr != nil {
+				err = cerr
+			}
+		}
+		if t.usedCache && errors.Is(err, errRetry) {
+			// Cached reads not confirmed: the cache was behind, or another writer changed a
+			// key after it (not told apart). Run fn again at once on etcd's reads, as the same
+			// attempt and outside the retrying line, which is for writers that conflict on
+			// etcd's own reads; a second failure goes through both.
+			s.cache.stale.Add(1)
+			attempt--
+			continue
 		}
 		if errors.Is(err, errRetry) && !inLine {
 			select {
@@ -263,14 +314,17 @@ func (s *Store) seqKey(bucket []byte) string { return s.opts.Prefix + "s/" + str
 type span struct{ start, end string }
 
 type tx struct {
-	s        *Store
-	ctx      context.Context
-	writable bool
-	rev      int64            // the snapshot; 0 until the first read
-	reads    map[string]int64 // key -> mod revision seen (0: absent)
-	spans    []span
-	writes   map[string]*[]byte // key -> value; nil: deleted
-	onCommit []func()
+	s         *Store
+	ctx       context.Context
+	writable  bool
+	useCache  bool             // point reads of cached buckets may come from s.cache
+	usedCache bool             // some did: commit must confirm them even without writes
+	torn      bool             // a key was read twice with different mod revisions (one from the cache)
+	rev       int64            // the snapshot; 0 until the first read from etcd (never, if all came from the cache)
+	reads     map[string]int64 // key -> mod revision seen (0: absent)
+	spans     []span
+	writes    map[string]*[]byte // key -> value; nil: deleted
+	onCommit  []func()
 }
 
 // get reads from the snapshot (fixing it on the first read).
@@ -298,6 +352,13 @@ func (t *tx) getKey(key string) ([]byte, error) {
 		}
 		return *v, nil
 	}
+	if t.useCache {
+		if v, mod, ok := t.s.cache.get(key); ok {
+			t.usedCache = true
+			t.read(key, mod)
+			return v, nil
+		}
+	}
 	resp, err := t.get(key)
 	if err != nil {
 		return nil, err
@@ -317,9 +378,13 @@ func (t *tx) getKey(key string) ([]byte, error) {
 // read records what an Update's commit must compare; a View commits nothing and records
 // nothing (a scan of a large bucket would fill memory for no use).
 func (t *tx) read(key string, mod int64) {
-	if t.writable {
-		t.reads[key] = mod
+	if !t.writable {
+		return
 	}
+	if old, ok := t.reads[key]; ok && old != mod {
+		t.torn = true // only with the cache: etcd's reads are all of one snapshot
+	}
+	t.reads[key] = mod
 }
 
 func (t *tx) put(key string, value []byte) error {
@@ -497,19 +562,14 @@ func (t *tx) merge(page []pair, lo, hi string) []pair {
 }
 
 // commit sends the buffered writes in one Txn guarded by the read set. A transaction that
-// wrote nothing has nothing to commit: its reads were one snapshot.
+// wrote nothing has nothing to commit when its reads were one snapshot of etcd's; when some
+// came from the cache it has them confirmed.
 func (t *tx) commit() error {
 	if len(t.writes) == 0 {
+		if t.usedCache {
+			return t.confirm()
+		}
 		return nil
-	}
-	var cmps []clientv3.Cmp
-	for k, mod := range t.reads {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
-	}
-	for _, sp := range t.spans {
-		// Catches a key changed or created in the range after the snapshot; a key deleted
-		// from it is caught by the compare of that key above.
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(sp.start), "<", t.rev+1).WithRange(sp.end))
 	}
 	ops := make([]clientv3.Op, 0, len(t.writes))
 	for k, v := range t.writes {
@@ -519,16 +579,53 @@ func (t *tx) commit() error {
 			ops = append(ops, clientv3.OpPut(k, string(*v)))
 		}
 	}
+	resp, err := t.txn(ops)
+	if err != nil {
+		return err
+	}
+	if t.s.cache != nil {
+		t.s.cache.wrote(resp.Header.Revision, t.writes)
+	}
+	return nil
+}
+
+// confirm checks, with a Txn of the compares alone, that every key read still has the mod
+// revision seen (so cached reads were current) and no scanned range changed.
+func (t *tx) confirm() error {
+	_, err := t.txn(nil)
+	return err
+}
+
+// txn sends ops guarded by the read set.
+func (t *tx) txn(ops []clientv3.Op) (*clientv3.TxnResponse, error) {
+	if t.torn {
+		return nil, fmt.Errorf("%w: a key changed between two reads of it (the cache was behind)", errRetry)
+	}
+	var cmps []clientv3.Cmp
+	for k, mod := range t.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+	}
+	for _, sp := range t.spans {
+		// Catches a key changed or created in the range after the snapshot; a key deleted
+		// from it is caught by the compare of that key above. A scan read from etcd, so
+		// t.rev is set.
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(sp.start), "<", t.rev+1).WithRange(sp.end))
+	}
 	if len(cmps) > t.s.opts.MaxTxnOps || len(ops) > t.s.opts.MaxTxnOps {
-		return fmt.Errorf("%w: %d reads and %d writes, etcd takes at most %d of each per transaction (--max-txn-ops)",
+		if len(ops) == 0 {
+			// Cached reads that one Txn cannot confirm: run again on etcd's reads, which a
+			// transaction without writes needs not confirm.
+			return nil, fmt.Errorf("%w: %d reads, more than one transaction compares", errRetry, len(cmps))
+		}
+		return nil, fmt.Errorf("%w: %d reads and %d writes, etcd takes at most %d of each per transaction (--max-txn-ops)",
 			kv.ErrTooLarge, len(cmps), len(ops), t.s.opts.MaxTxnOps)
 	}
 	resp, err := t.s.cli.Txn(t.ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return t.s.unavailable(t.ctx, err)
+		return nil, t.s.unavailable(t.ctx, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("%w: conflict at revision %d", errRetry, t.rev)
+		return nil, fmt.Errorf("%w: conflict at revision %d", errRetry, t.rev)
 	}
-	return nil
+	return resp, nil
 }
