@@ -127,9 +127,11 @@ func (c *clusterRig) dial(id string) mqttc.Client {
 	return cl
 }
 
-// store is a new connection to the shared etcd, as each replica has its own.
+// store is a new connection to the shared etcd, as each replica has its own, with a watched
+// copy of every bucket, as a replica keeps of those its decisions read (etcdkv.Options.Cache):
+// its Updates read what may be behind and must still decide on what is current.
 func (c *clusterRig) store() *store.Store {
-	s, err := etcdkv.Open(etcdkv.Options{Endpoints: c.etcd.Endpoints(), Timeout: 20 * time.Second})
+	s, err := etcdkv.Open(etcdkv.Options{Endpoints: c.etcd.Endpoints(), Timeout: 20 * time.Second, Cache: []string{"*"}})
 	if err != nil {
 		c.t.Fatal(err)
 	}

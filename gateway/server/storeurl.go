@@ -62,6 +62,15 @@ func ParseStoreURL(s string) (StoreURL, error) {
 // does not answer makes the request fail with `internal` after this long, not hang.
 const etcdTimeout = 5 * time.Second
 
+// cachedBuckets are the buckets a replica keeps a watched copy of (etcdkv.Options.Cache): those
+// a command's decision and its result's claim read (gateway/commands: the car's turn counter,
+// pending commands; gateway/store: users, vehicles, command ids; gateway/keys: whitelist
+// records; gateway/twofa: enrollments, lockouts, step-ups), so that an Update reads them
+// without a round trip each and its commit's compares catch a stale copy. They are small: one
+// record per user, car, command in flight or id of the last minute. Not the audit log, the
+// journal, the twin or the cars' keys, which grow or are written in bulk.
+var cachedBuckets = []string{"carseq", "pending", "users", "vehicles", "cmdids", "whitelists", "totp", "totp_lockout", "totp_stepup"}
+
 // openStore opens the store cfg names. On etcd an unreachable cluster is an error within
 // etcdTimeout.
 func openStore(cfg Config) (*store.Store, error) {
@@ -76,7 +85,7 @@ func openStore(cfg Config) (*store.Store, error) {
 		}
 		return store.Open(path)
 	}
-	kvs, err := etcdkv.Open(etcdkv.Options{Endpoints: u.Etcd, Prefix: cfg.StorePrefix, Timeout: etcdTimeout})
+	kvs, err := etcdkv.Open(etcdkv.Options{Endpoints: u.Etcd, Prefix: cfg.StorePrefix, Timeout: etcdTimeout, Cache: cachedBuckets})
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", cfg.Store, err)
 	}
