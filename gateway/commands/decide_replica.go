@@ -40,7 +40,7 @@ func (r *Router) decideReplica(req request, ev audit.Event, cmd protocol.Command
 		return
 	}
 	var (
-		turn        []byte // the car's turn this request holds; given back once it is decided
+		turn        *carTurn // the car's turn this request holds; given back once it is decided
 		codeFactors []string
 		rate        rateOnce
 		session     string // the step-up session, once judge got to the second factor
@@ -52,7 +52,7 @@ func (r *Router) decideReplica(req request, ev audit.Event, cmd protocol.Command
 		}
 	}()
 	for {
-		var taken []byte
+		var taken *carTurn
 		err := r.store.Update(context.Background(), func(tx kv.Tx) error {
 			taken = nil
 			if turn == nil {

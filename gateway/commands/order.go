@@ -2,10 +2,11 @@ package commands
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"telematics/pkg/protocol"
 	"time"
 
 	"telematics/gateway/kv"
@@ -13,38 +14,57 @@ import (
 
 // Per-car order across replicas. One gateway decides a car's commands in the order they
 // arrive, one at a time, because they share the car's shard (Submit). Replicas do not share
-// shards, so a replica orders a car's commands through the store:
-//   - a request is accepted by the cluster when it takes a turn: an Update that increments
-//     the car's counter (carseq/VIN) and writes carturns/VIN/N (N in 16 hex digits, so keys
-//     sort by N). Two replicas taking turns for one car at once conflict on the counter and
-//     etcd orders them: that order is the acceptance order;
+// shards, so a replica orders a car's commands through the store, in one record per car:
+// carqueue/VIN holds the car's turns in flight, in order, and the last turn number given.
+//   - a request is accepted by the cluster when it takes a turn: an Update that reads the
+//     car's queue, appends {n: last+1, id, replica, expires_at} and writes it back. Two
+//     replicas taking turns for one car at once conflict on the record and etcd orders them:
+//     that order is the acceptance order;
 //   - it is decided when every earlier turn of the car is gone or past its command's expiry:
-//     the replica polls a scan of carturns/VIN/ (one range read) until then;
-//   - mostly the car has no turn in flight: then the request takes its turn in the very
-//     transaction that records its decision (decide_replica.go), which scanned carturns/VIN/
-//     and found no live turn; a turn taken meanwhile by another replica changes that range
-//     and makes the transaction run again, and then wait. So a lone request costs one commit
-//     before its command goes out, and the order is the same: by the counter's commits;
-//   - the turn is given back (deleted) once the command is refused or, if accepted, handed to
-//     the broker: so the next command is decided after it and reaches the car after it.
+//     the replica polls a read of the car's queue (one range read) until then;
+//   - mostly the car has no live turn: then the request takes its turn in the very
+//     transaction that records its decision (decide_replica.go), which read the queue (from
+//     the replica's watched copy, no round trip) and found no live turn; a turn taken
+//     meanwhile by another replica changes the record and makes the transaction run again,
+//     and then wait. So a lone request costs one commit before its command goes out, and the
+//     order is the same: by the record's commits;
+//   - the turn is given back (removed from the queue) once the command is refused or, if
+//     accepted, handed to the broker: so the next command is decided after it and reaches
+//     the car after it.
 //
 // A turn is held at most until its command expires (a replica never sends a command after
 // its expiry), so the turn of a replica that died mid-decision delays the car's next commands
-// until then and no longer; the sweep deletes such turns. Expiry is judged by each replica's
-// clock: replicas' clocks must agree to well under a command's lifetime (NTP).
+// until then and no longer; every write of the queue drops the turns expired longer than the
+// result grace ago, and the sweep does for cars no request comes for. Expiry is judged by each
+// replica's clock: replicas' clocks must agree to well under a command's lifetime (NTP).
 
-var (
-	// bucketTurns holds the turns in flight: VIN/N -> turnRecord (JSON).
-	bucketTurns = []byte("carturns")
-	// bucketTurnSeq holds each car's last turn number: VIN -> uint64 (big endian).
-	bucketTurnSeq = []byte("carseq")
-)
+// bucketTurns holds each car's turns in flight: VIN -> turnQueue (JSON).
+var bucketTurns = []byte("carqueue")
+
+// maxTurnsPerCar bounds a car's turns in flight (its queue record): a request that finds as
+// many live turns is refused rate_limited. Commands wait at most their lifetime, so this is
+// reached only by a flood of commands for one car.
+const maxTurnsPerCar = 64
+
+// turnQueue is a car's order: the turns in flight, oldest first, and the last number given.
+type turnQueue struct {
+	Last  uint64       `json:"last"`
+	Turns []turnRecord `json:"turns,omitempty"`
+}
 
 // turnRecord is a request's place in its car's order.
 type turnRecord struct {
+	N           uint64 `json:"n"`
 	ID          string `json:"id"`
 	Replica     string `json:"replica"`
 	ExpiresAtMs int64  `json:"expires_at"`
+}
+
+// carTurn names a turn: its number and its command id (numbers start again once a car's
+// queue is empty, so a late give-back matches both).
+type carTurn struct {
+	N  uint64
+	ID string
 }
 
 // turnPollInterval is how often a waiting request reads its car's turns again (real time: a
@@ -54,120 +74,160 @@ const turnPollInterval = 10 * time.Millisecond
 // errTurnLost means a request waited for its turn until its command expired.
 var errTurnLost = errors.New("no turn before expiry")
 
-// takeTurn gives the command id for vin the next place in the car's order and returns its key.
-func (r *Router) takeTurn(vin, id string, expiresAtMs int64) ([]byte, error) {
-	var key []byte
+// readQueueTx reads vin's queue in tx (empty: none). An unreadable record is logged and read
+// as empty: its turns can no longer be honoured, and the next write replaces it.
+func (r *Router) readQueueTx(tx kv.Tx, vin string) (turnQueue, error) {
+	var q turnQueue
+	v, err := tx.Get(bucketTurns, []byte(vin))
+	if err != nil || v == nil {
+		return q, err
+	}
+	if err := json.Unmarshal(v, &q); err != nil {
+		r.log.Error("unreadable turn queue", "vin", vin, "err", err)
+		return turnQueue{}, nil
+	}
+	return q, nil
+}
+
+// writeQueueTx writes vin's queue without the turns expired before nowMs-grace (deleting an
+// empty one).
+func (r *Router) writeQueueTx(tx kv.Tx, vin string, q turnQueue, nowMs int64) error {
+	graceMs := r.cfg.ResultGrace.Milliseconds()
+	q.Turns = slices.DeleteFunc(q.Turns, func(t turnRecord) bool { return nowMs >= t.ExpiresAtMs+graceMs })
+	if len(q.Turns) == 0 {
+		return tx.Delete(bucketTurns, []byte(vin))
+	}
+	b, err := json.Marshal(q)
+	if err != nil {
+		return err
+	}
+	return tx.Put(bucketTurns, []byte(vin), b)
+}
+
+// takeTurn gives the command id for vin the next place in the car's order.
+func (r *Router) takeTurn(vin, id string, expiresAtMs int64) (*carTurn, error) {
+	var t *carTurn
 	err := r.store.Update(context.Background(), func(tx kv.Tx) error {
 		var err error
-		key, err = r.takeTurnTx(tx, vin, id, expiresAtMs)
+		t, err = r.takeTurnTx(tx, vin, id, expiresAtMs)
 		return err
 	})
-	if err != nil {
+	if err != nil && protocol.ReasonOf(err) == protocol.ReasonInternal {
 		return nil, fmt.Errorf("take the car's turn: %w", err)
 	}
-	return key, nil
+	return t, err
 }
 
-// takeTurnTx is takeTurn inside tx.
-func (r *Router) takeTurnTx(tx kv.Tx, vin, id string, expiresAtMs int64) ([]byte, error) {
-	rec, err := json.Marshal(turnRecord{ID: id, Replica: r.cfg.Replica, ExpiresAtMs: expiresAtMs})
+// takeTurnTx is takeTurn inside tx; a refusal (rate_limited) when the car has maxTurnsPerCar
+// live turns.
+func (r *Router) takeTurnTx(tx kv.Tx, vin, id string, expiresAtMs int64) (*carTurn, error) {
+	q, err := r.readQueueTx(tx, vin)
 	if err != nil {
 		return nil, err
 	}
-	v, err := tx.Get(bucketTurnSeq, []byte(vin))
+	nowMs := r.clock.Now().UnixMilli()
+	live := 0
+	for _, t := range q.Turns {
+		if nowMs < t.ExpiresAtMs {
+			live++
+		}
+	}
+	if live >= maxTurnsPerCar {
+		return nil, protocol.Refuse(protocol.ReasonRateLimited, "%d commands for this car are in flight already", live)
+	}
+	if len(q.Turns) == 0 {
+		q.Last = 0 // numbers start again: nobody holds one
+	}
+	q.Last++
+	q.Turns = append(q.Turns, turnRecord{N: q.Last, ID: id, Replica: r.cfg.Replica, ExpiresAtMs: expiresAtMs})
+	return &carTurn{N: q.Last, ID: id}, r.writeQueueTx(tx, vin, q, nowMs)
+}
+
+// firstLiveTurnTx returns vin's first turn whose command has not expired at nowMs (nil:
+// none), in tx.
+func (r *Router) firstLiveTurnTx(tx kv.Tx, vin string, nowMs int64) (*carTurn, error) {
+	q, err := r.readQueueTx(tx, vin)
 	if err != nil {
 		return nil, err
 	}
-	var n uint64
-	if len(v) == 8 {
-		n = binary.BigEndian.Uint64(v)
+	for _, t := range q.Turns {
+		if nowMs < t.ExpiresAtMs {
+			return &carTurn{N: t.N, ID: t.ID}, nil
+		}
 	}
-	n++
-	if err := tx.Put(bucketTurnSeq, []byte(vin), binary.BigEndian.AppendUint64(nil, n)); err != nil {
-		return nil, err
-	}
-	key := fmt.Appendf(nil, "%s/%016x", vin, n)
-	return key, tx.Put(bucketTurns, key, rec)
+	return nil, nil
 }
 
-// firstLiveTurnTx returns the key of vin's first turn whose command has not expired at nowMs
-// (nil: none), in tx.
-func (r *Router) firstLiveTurnTx(tx kv.Tx, vin string, nowMs int64) ([]byte, error) {
-	var first []byte
-	err := tx.Scan(bucketTurns, []byte(vin+"/"), nil, func(k, v []byte) error {
-		var rec turnRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			r.log.Error("unreadable turn record", "key", string(k), "err", err)
-			return nil
-		}
-		if nowMs >= rec.ExpiresAtMs {
-			return nil // its command can no longer be sent
-		}
-		first = append([]byte(nil), k...)
-		return kv.Stop
-	})
-	return first, err
-}
-
-// myTurn reports whether every turn of vin before key is gone or expired at nowMs.
-func (r *Router) myTurn(vin string, key []byte, nowMs int64) (bool, error) {
-	var first []byte
+// myTurn reports whether every turn of vin before t is gone or expired at nowMs.
+func (r *Router) myTurn(vin string, t *carTurn, nowMs int64) (bool, error) {
+	var first *carTurn
 	err := r.store.View(context.Background(), func(tx kv.Tx) error {
 		var err error
 		first, err = r.firstLiveTurnTx(tx, vin, nowMs)
 		return err
 	})
-	return string(first) == string(key), err
+	return first != nil && *first == *t, err
 }
 
-// waitTurn waits until key is vin's first live turn; errTurnLost if the command expires
-// first.
-func (r *Router) waitTurn(vin string, key []byte, expiresAtMs int64) error {
+// waitTurn waits until t is vin's first live turn; errTurnLost if the command expires first.
+func (r *Router) waitTurn(vin string, t *carTurn, expiresAtMs int64) error {
 	for {
 		nowMs := r.clock.Now().UnixMilli()
 		if nowMs >= expiresAtMs {
 			return errTurnLost
 		}
-		ok, err := r.myTurn(vin, key, nowMs)
+		ok, err := r.myTurn(vin, t, nowMs)
 		if err != nil || ok {
 			return err
 		}
-		t := time.NewTimer(turnPollInterval)
+		timer := time.NewTimer(turnPollInterval)
 		select {
 		case <-r.ctx.Done():
-			t.Stop()
+			timer.Stop()
 			return fmt.Errorf("router closing while waiting for the car's turn: %w", r.ctx.Err())
-		case <-t.C:
+		case <-timer.C:
 		}
 	}
 }
 
-// releaseTurn gives key back; a turn not given back (store unreachable) is swept after its
-// command's expiry.
-func (r *Router) releaseTurn(vin string, key []byte) {
-	err := r.store.Update(context.Background(), func(tx kv.Tx) error { return tx.Delete(bucketTurns, key) })
+// releaseTurn gives t back; a turn not given back (store unreachable) ends with its command's
+// expiry and is dropped by the next write of the car's queue or the sweep.
+func (r *Router) releaseTurn(vin string, t *carTurn) {
+	err := r.store.Update(context.Background(), func(tx kv.Tx) error {
+		q, err := r.readQueueTx(tx, vin)
+		if err != nil {
+			return err
+		}
+		n := len(q.Turns)
+		q.Turns = slices.DeleteFunc(q.Turns, func(x turnRecord) bool { return x.N == t.N && x.ID == t.ID })
+		if len(q.Turns) == n {
+			return nil // dropped already
+		}
+		return r.writeQueueTx(tx, vin, q, r.clock.Now().UnixMilli())
+	})
 	if err != nil {
 		r.log.Warn("car's turn not given back; it ends with its command's expiry", "vin", vin, "err", err)
 	}
 }
 
-// turnSweepEvery is how often a replica's sweep also scans the turns (its clock): expired
-// turns are passed over by waiting requests, so deleting them is housekeeping, and a scan
-// of the whole bucket 10 times a second on every replica costs etcd for nothing.
+// turnSweepEvery is how often a replica's sweep also reads the cars' queues (its clock):
+// expired turns are passed over by waiting requests and dropped by the next write of their
+// queue, so the sweep is housekeeping for cars no request comes for, and a scan of the whole
+// bucket 10 times a second on every replica costs etcd for nothing.
 const turnSweepEvery = time.Second
 
-// sweepTurnsBatch bounds the turns one sweep transaction deletes (etcd's --max-txn-ops).
+// sweepTurnsBatch bounds the queues one sweep transaction writes (etcd's --max-txn-ops).
 const sweepTurnsBatch = 100
 
-// sweepTurns deletes the turns whose command expired before nowMs-graceMs: those of replicas
+// sweepTurns drops the turns whose command expired before nowMs-graceMs: those of replicas
 // that stopped mid-decision, or that could not give them back.
 func (r *Router) sweepTurns(nowMs, graceMs int64) {
 	var stale [][]byte
 	err := r.store.View(context.Background(), func(tx kv.Tx) error {
 		stale = stale[:0]
 		return tx.Scan(bucketTurns, nil, nil, func(k, v []byte) error {
-			var rec turnRecord
-			if json.Unmarshal(v, &rec) != nil || nowMs >= rec.ExpiresAtMs+graceMs {
+			var q turnQueue
+			if json.Unmarshal(v, &q) != nil || slices.ContainsFunc(q.Turns, func(t turnRecord) bool { return nowMs >= t.ExpiresAtMs+graceMs }) || len(q.Turns) == 0 {
 				stale = append(stale, append([]byte(nil), k...))
 			}
 			if len(stale) == sweepTurnsBatch {
@@ -180,8 +240,12 @@ func (r *Router) sweepTurns(nowMs, graceMs int64) {
 		return
 	}
 	err = r.store.Update(context.Background(), func(tx kv.Tx) error {
-		for _, k := range stale {
-			if err := tx.Delete(bucketTurns, k); err != nil {
+		for _, vin := range stale {
+			q, err := r.readQueueTx(tx, string(vin))
+			if err != nil {
+				return err
+			}
+			if err := r.writeQueueTx(tx, string(vin), q, nowMs); err != nil {
 				return err
 			}
 		}

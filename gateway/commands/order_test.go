@@ -22,17 +22,19 @@ func (c *clusterRig) signedRequest() ([]byte, string) {
 	return b, cmd.ID
 }
 
-// turns is the store's carturns bucket: command ids in the car's order.
+// turns is the store's turn queues: command ids in the car's order.
 func (c *clusterRig) turns() []string {
 	var ids []string
 	err := c.store().View(context.Background(), func(tx kv.Tx) error {
 		ids = ids[:0]
 		return tx.Scan(bucketTurns, nil, nil, func(_, v []byte) error {
-			var rec turnRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
+			var q turnQueue
+			if err := json.Unmarshal(v, &q); err != nil {
 				return err
 			}
-			ids = append(ids, rec.ID)
+			for _, t := range q.Turns {
+				ids = append(ids, t.ID)
+			}
 			return nil
 		})
 	})
@@ -175,4 +177,33 @@ func TestClusterCarOrderUnderLoad(t *testing.T) {
 		t.Fatalf("the car received\n%v\nthe decisions were recorded\n%v", got, decided)
 	}
 	c.waitTurns()
+}
+
+// A car's queue of turns is bounded: with maxTurnsPerCar live turns (commands of one car
+// waiting their turn on the replicas), a further request for it is refused rate_limited, and
+// it is taken again once turns expire.
+func TestClusterCarQueueBounded(t *testing.T) {
+	c := newClusterRig(t)
+	a := c.replica("a")
+	c.online(a)
+	until := c.clk.Now().Add(20 * time.Second).UnixMilli()
+	for i := range maxTurnsPerCar {
+		if _, err := a.r.takeTurn(c.vin, fmt.Sprintf("waiting-%d", i), until); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.r.takeTurn(c.vin, "one-too-many", until); protocol.ReasonOf(err) != protocol.ReasonRateLimited {
+		t.Fatalf("turn beyond the bound: %v, want a rate_limited refusal", err)
+	}
+	id := c.request()
+	c.waitTerminal(protocol.ReplyRejected, id)
+	if got := c.terminal(id)[0].Reason; got != protocol.ReasonRateLimited {
+		t.Fatalf("request for a car with a full queue: %s, want %s", got, protocol.ReasonRateLimited)
+	}
+	// Past their expiry the waiting turns no longer count, and the next write drops them.
+	c.clk.Advance(21 * time.Second)
+	if _, err := a.r.takeTurn(c.vin, "after-expiry", c.clk.Now().Add(20*time.Second).UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	c.waitTurns("after-expiry")
 }

@@ -69,7 +69,7 @@ const etcdTimeout = 5 * time.Second
 // without a round trip each and its commit's compares catch a stale copy. They are small: one
 // record per user, car, command in flight or id of the last minute. Not the audit log, the
 // journal, the twin or the cars' keys, which grow or are written in bulk.
-var cachedBuckets = []string{"carseq", "pending", "users", "vehicles", "cmdids", "whitelists", "totp", "totp_lockout", "totp_stepup"}
+var cachedBuckets = []string{"carqueue", "pending", "users", "vehicles", "cmdids", "whitelists", "totp", "totp_lockout", "totp_stepup"}
 
 // openStore opens the store cfg names. On etcd an unreachable cluster is an error within
 // etcdTimeout.
