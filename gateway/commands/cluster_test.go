@@ -16,6 +16,7 @@ import (
 	"telematics/gateway/kv/etcdkv"
 	"telematics/gateway/store"
 	"telematics/internal/etcdtest"
+	"telematics/internal/testutil"
 	"telematics/pkg/protocol"
 	"telematics/pkg/sign"
 )
@@ -145,5 +146,33 @@ func TestClusterDecisionRunsAgainOnAChangeItRestsOn(t *testing.T) {
 	c.mu.Unlock()
 	if slices.Contains(held, id) {
 		t.Fatal("the car received a command decided on a vehicle removed before the decision committed")
+	}
+}
+
+// An id another replica decided is answered duplicate, as one gateway answers it, before
+// anything else is judged: b, whose own rate limiter has no budget left for alice, does not
+// refuse a's accepted command rate_limited (a refusal that would be recorded and sent for a
+// command the car executes).
+func TestClusterIDDecidedElsewhereIsDuplicateFirst(t *testing.T) {
+	c := newClusterRig(t)
+	a, b := c.replica("a"), c.replica("b")
+	c.online(a, b)
+	b.r.rate = newRateLimiter(1, 1)
+	b.r.rate.allow("alice", c.clk.Now()) // b's budget for alice is spent (a per-replica limiter)
+	req, id := c.signedRequest()
+	<-a.r.Submit("alice", "", req)
+	c.waitAccepted(id)
+	<-b.r.Submit("alice", "", req) // the app sends the same request again; b gets it
+	c.waitTerminal(protocol.ReplyRejected, id)
+	if got := c.terminal(id)[0].Reason; got != protocol.ReasonDuplicate {
+		t.Fatalf("the second sending answered %s, want %s", got, protocol.ReasonDuplicate)
+	}
+	c.result(id)
+	testutil.EventuallyTrue(t, 30*time.Second, func() bool { return len(c.terminal(id)) == 2 })
+	if got := c.terminal(id)[1].Status; got != protocol.ReplyExecuted {
+		t.Fatalf("a's command answered %s, want %s", got, protocol.ReplyExecuted)
+	}
+	if recs := c.pendingRecords(); len(recs) != 0 {
+		t.Fatalf("records left in the pending bucket: %v", recs)
 	}
 }

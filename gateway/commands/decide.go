@@ -140,7 +140,7 @@ func (r *Router) judge(tx kv.Tx, req request, cmd *protocol.Command, codeFactors
 		return nil, "", err
 	}
 	var wl *protocol.Whitelist
-	if k, ok := r.keys.(txKeys); ok && tx != nil {
+	if k, ok := r.keys.(TxKeys); ok && tx != nil {
 		if wl, err = k.WhitelistTx(tx, cmd.VIN); err != nil {
 			return nil, "", err
 		}
@@ -167,12 +167,12 @@ func (r *Router) judge(tx kv.Tx, req request, cmd *protocol.Command, codeFactors
 		}
 		var f []string
 		switch tf, inTx := r.twofa.(TxSecondFactor); {
-		case codeFactors != nil:
-			f = codeFactors
-		case tx != nil && ar.TOTP != "":
+		case tx != nil && ar.TOTP != "" && codeFactors == nil:
 			return nil, session, errVerifyCode
 		case tx != nil && inTx:
-			f, err = tf.AuthorizeTx(tx, req.user, session, cmd.Action)
+			f, err = tf.AuthorizeTx(tx, req.user, session, cmd.Action, codeFactors)
+		case codeFactors != nil:
+			f = codeFactors
 		default:
 			f, err = r.twofa.Authorize(req.user, session, cmd.Action, ar.TOTP)
 		}
@@ -273,15 +273,7 @@ func (r *Router) checkVehicle(tx kv.Tx, vin string) error {
 // refuse audits and answers a rejected request. persistID records the id as used, so a
 // replay of the same request is a duplicate even after a restart.
 func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err error, persistID bool) {
-	r.refusals.allow(req.user, r.clock.Now())
-	reason := protocol.ReasonOf(err)
-	ev.Outcome = protocol.ReplyRejected
-	ev.Reason = string(reason)
-	if reason == protocol.ReasonInternal {
-		r.log.Error("request failed", "user", req.user, "cmd_id", ev.CmdID, "err", err)
-	} else {
-		r.log.Debug("request rejected", "user", req.user, "cmd_id", ev.CmdID, "vin", ev.VIN, "reason", reason)
-	}
+	ev = r.noteRefusal(req, ev, err)
 	var aerr error
 	recorded := false
 	if persistID && ev.CmdID != "" {
@@ -294,15 +286,39 @@ func (r *Router) refuse(req request, ev audit.Event, cmd protocol.Command, err e
 		r.log.Error("audit write failed", "cmd_id", ev.CmdID, "err", aerr)
 	}
 	if recorded {
-		// A replica recorded the refusal it owes with the decision: it goes out once, from
-		// whichever replica claims it (refusal.go).
-		if hook := r.afterRefusalRecorded.Load(); hook != nil && (*hook)(ev.CmdID) {
-			return
-		}
-		r.sendRecordedRefusal(ev.CmdID, "refused here")
+		r.sendRefusalRecordedHere(ev.CmdID)
 		return
 	}
-	r.reply(req.user, protocol.Reply{ID: ev.CmdID, Status: protocol.ReplyRejected, Reason: reason, VIN: ev.VIN, Action: protocol.Action(ev.Action)})
+	r.reply(req.user, protocol.Reply{ID: ev.CmdID, Status: protocol.ReplyRejected, Reason: protocol.Reason(ev.Reason), VIN: ev.VIN, Action: protocol.Action(ev.Action)})
+}
+
+// rejectedEvent is ev as the audit record of a refusal for err.
+func rejectedEvent(ev audit.Event, err error) audit.Event {
+	ev.Outcome = protocol.ReplyRejected
+	ev.Reason = string(protocol.ReasonOf(err))
+	return ev
+}
+
+// noteRefusal counts a refusal against the user's budget of refused requests, logs it, and
+// returns ev as its audit record.
+func (r *Router) noteRefusal(req request, ev audit.Event, err error) audit.Event {
+	r.refusals.allow(req.user, r.clock.Now())
+	ev = rejectedEvent(ev, err)
+	if ev.Reason == string(protocol.ReasonInternal) {
+		r.log.Error("request failed", "user", req.user, "cmd_id", ev.CmdID, "err", err)
+	} else {
+		r.log.Debug("request rejected", "user", req.user, "cmd_id", ev.CmdID, "vin", ev.VIN, "reason", ev.Reason)
+	}
+	return ev
+}
+
+// sendRefusalRecordedHere sends the refusal this replica recorded with the decision: it goes
+// out once, from whichever replica claims it (refusal.go).
+func (r *Router) sendRefusalRecordedHere(id string) {
+	if hook := r.afterRefusalRecorded.Load(); hook != nil && (*hook)(id) {
+		return
+	}
+	r.sendRecordedRefusal(id, "refused here")
 }
 
 // errDecidedElsewhere is recordDecision's answer when the id is in the store already,

@@ -222,19 +222,18 @@ const sweepTurnsBatch = 100
 // sweepTurns drops the turns whose command expired before nowMs-graceMs: those of replicas
 // that stopped mid-decision, or that could not give them back.
 func (r *Router) sweepTurns(nowMs, graceMs int64) {
+	dead := func(t turnRecord) bool { return nowMs >= t.ExpiresAtMs+graceMs }
 	var stale [][]byte
-	err := r.store.View(context.Background(), func(tx kv.Tx) error {
-		stale = stale[:0]
-		return tx.Scan(bucketTurns, nil, nil, func(k, v []byte) error {
-			var q turnQueue
-			if json.Unmarshal(v, &q) != nil || slices.ContainsFunc(q.Turns, func(t turnRecord) bool { return nowMs >= t.ExpiresAtMs+graceMs }) || len(q.Turns) == 0 {
-				stale = append(stale, append([]byte(nil), k...))
-			}
-			if len(stale) == sweepTurnsBatch {
-				return kv.Stop
-			}
-			return nil
-		})
+	// Found in the replica's watched copy when it keeps one; the Update reads each queue again.
+	err := kv.ScanCandidates(context.Background(), r.store.KV(), bucketTurns, func(k, v []byte) error {
+		var q turnQueue
+		if json.Unmarshal(v, &q) != nil || slices.ContainsFunc(q.Turns, dead) || len(q.Turns) == 0 {
+			stale = append(stale, append([]byte(nil), k...))
+		}
+		if len(stale) == sweepTurnsBatch {
+			return kv.Stop
+		}
+		return nil
 	})
 	if err != nil || len(stale) == 0 {
 		return
@@ -244,6 +243,9 @@ func (r *Router) sweepTurns(nowMs, graceMs int64) {
 			q, err := r.readQueueTx(tx, string(vin))
 			if err != nil {
 				return err
+			}
+			if len(q.Turns) > 0 && !slices.ContainsFunc(q.Turns, dead) {
+				continue // a request gave its turn back or took one meanwhile: nothing to drop
 			}
 			if err := r.writeQueueTx(tx, string(vin), q, nowMs); err != nil {
 				return err

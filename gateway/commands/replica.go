@@ -140,26 +140,26 @@ func (r *Router) claim(id string, ev audit.Event) (rec pendingRecord, claimed bo
 // before sending them, and no redelivery came) and sends each it claims.
 func (r *Router) sweepPending(nowMs, graceMs int64) {
 	var expired, refusals []pendingRecord
-	err := r.store.View(context.Background(), func(tx kv.Tx) error {
-		expired, refusals = expired[:0], refusals[:0]
-		return tx.Scan(bucketPending, nil, nil, func(k, v []byte) error {
-			var rec pendingRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				r.log.Error("unreadable pending record", "cmd_id", string(k), "err", err)
-				return nil
-			}
-			switch {
-			case rec.Kind == kindRefusal:
-				if nowMs >= rec.RefusedAtMs+refusalSweepAfter.Milliseconds() {
-					refusals = append(refusals, rec)
-				}
-			case rec.Kind != "":
-				r.log.Error("pending record of unknown kind", "key", string(k), "kind", rec.Kind)
-			case nowMs >= rec.ExpiresAtMs+graceMs:
-				expired = append(expired, rec)
-			}
+	// Found in the replica's watched copy when it keeps one: each is claimed (confirmed) before
+	// it is answered, and a scan of etcd 10 times a second on every replica would visit every
+	// pending record deleted since etcd's last compaction.
+	err := kv.ScanCandidates(context.Background(), r.store.KV(), bucketPending, func(k, v []byte) error {
+		var rec pendingRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			r.log.Error("unreadable pending record", "cmd_id", string(k), "err", err)
 			return nil
-		})
+		}
+		switch {
+		case rec.Kind == kindRefusal:
+			if nowMs >= rec.RefusedAtMs+refusalSweepAfter.Milliseconds() {
+				refusals = append(refusals, rec)
+			}
+		case rec.Kind != "":
+			r.log.Error("pending record of unknown kind", "key", string(k), "kind", rec.Kind)
+		case nowMs >= rec.ExpiresAtMs+graceMs:
+			expired = append(expired, rec)
+		}
+		return nil
 	})
 	// A dead turn does no harm until it is deleted (myTurn passes over expired ones), so the
 	// turns are scanned once every turnSweepEvery, not at every sweep of the pending commands.

@@ -84,6 +84,29 @@ func IsShared(s Store) bool {
 	return ok && sh.Shared()
 }
 
+// CopyScanner is a Store that keeps an in-memory copy of some buckets (etcdkv with
+// Options.Cache). ScanCopy calls fn for the keys of bucket in that copy, in no particular
+// order, and reports false when it keeps none of bucket (or is not ready).
+type CopyScanner interface {
+	ScanCopy(bucket []byte, fn func(k, v []byte) error) (ok bool, err error)
+}
+
+// ScanCandidates calls fn for every key of bucket: from the store's in-memory copy when it
+// keeps one (CopyScanner), else in a View, in key order. The copy may be behind: it is for
+// housekeeping that confirms what it finds in a transaction before acting on it (a sweep of
+// expired records), so that a periodic scan costs the shared store nothing. An etcd range
+// read of a bucket whose keys come and go visits every key deleted since etcd's last
+// compaction, which makes a frequent scan of a busy bucket grow with the compaction window.
+// fn returning Stop ends the scan without error.
+func ScanCandidates(ctx context.Context, s Store, bucket []byte, fn func(k, v []byte) error) error {
+	if cs, ok := s.(CopyScanner); ok {
+		if ok, err := cs.ScanCopy(bucket, fn); ok {
+			return err
+		}
+	}
+	return s.View(ctx, func(tx Tx) error { return tx.Scan(bucket, nil, nil, fn) })
+}
+
 // Sentinel errors.
 var (
 	// Stop, returned by a Scan callback, ends the scan early; Scan then returns nil.

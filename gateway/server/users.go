@@ -3,7 +3,9 @@ package server
 import (
 	"errors"
 
+	"telematics/gateway/commands"
 	"telematics/gateway/httpapi"
+	"telematics/gateway/keys"
 	"telematics/gateway/kv"
 	"telematics/gateway/store"
 	"telematics/pkg/protocol"
@@ -41,9 +43,11 @@ func (g *Gateway) userTokensEnded(user string) {
 	}
 }
 
-// AuthorizeTx is Authorize for a request without a code, reading the user and the 2FA state
-// in tx (commands.TxSecondFactor): a replica decides in the transaction that records it.
-func (a activeUsers) AuthorizeTx(tx kv.Tx, user, session string, action protocol.Action) ([]string, error) {
+// AuthorizeTx is Authorize inside tx (commands.TxSecondFactor): a replica reads the user and
+// the 2FA state in the transaction that records its decision. For a request whose code
+// Authorize verified (codeFactors), it checks what may have changed since: the user still
+// active and not locked out.
+func (a activeUsers) AuthorizeTx(tx kv.Tx, user, session string, action protocol.Action, codeFactors []string) ([]string, error) {
 	u, err := store.GetUserTx(tx, user)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, protocol.Refuse(protocol.ReasonUnauthenticated, "this account no longer exists")
@@ -54,9 +58,16 @@ func (a activeUsers) AuthorizeTx(tx kv.Tx, user, session string, action protocol
 	if u.Disabled {
 		return nil, protocol.Refuse(protocol.ReasonUnauthenticated, "this account is disabled; ask the administrator")
 	}
+	if codeFactors != nil {
+		return codeFactors, a.next.svc.LockoutTx(tx, user)
+	}
 	d, err := a.next.svc.DecideTx(tx, user, session, string(action))
 	if err != nil {
 		return nil, err
 	}
 	return d.Factors, nil
 }
+
+var _ commands.TxSecondFactor = activeUsers{}
+
+var _ commands.TxKeys = (*keys.Service)(nil)

@@ -168,6 +168,20 @@ func (s *Service) Decide(user, clientID, action, code string) (Decision, error) 
 	return d, err
 }
 
+// LockoutTx refuses locked_out while user is locked out, reading tx: a gateway replica checks
+// it in the transaction that records its decision, after the request's code was verified in
+// transactions of its own.
+func (s *Service) LockoutTx(tx kv.Tx, user string) error {
+	st, err := s.statusTx(tx, user, s.clock.Now())
+	if err != nil {
+		return fmt.Errorf("2fa status of %q: %w", user, err)
+	}
+	if !st.LockedUntil.IsZero() {
+		return refuse(ErrLockedOut, "user %q until %s", user, st.LockedUntil.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 // DecideTx is Decide for a request that carries no code, reading the user's enrollment,
 // lockout and step-up in tx: a gateway replica reads them in the transaction that records its
 // decision, so a lockout or an enrollment change committed meanwhile by another replica makes

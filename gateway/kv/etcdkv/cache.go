@@ -338,3 +338,45 @@ func clone(v []byte) []byte {
 	}
 	return bytes.Clone(v)
 }
+
+// ScanCopy implements kv.CopyScanner: fn sees the key and value of every key of bucket in the
+// cache, in no particular order; ok is false (and fn is not called) when bucket is not
+// cached or the cache is not ready. The copy may be behind etcd: what fn finds is a
+// candidate, to be confirmed in an Update before anything is answered on it. fn runs without
+// the cache's lock held, on a snapshot of the bucket's entries taken first, and may call the
+// Store.
+func (s *Store) ScanCopy(bucket []byte, fn func(k, v []byte) error) (bool, error) {
+	c := s.cache
+	if c == nil || kv.CheckBucket(bucket) != nil {
+		return false, nil
+	}
+	prefix := s.bucketPrefix(bucket)
+	if !c.covers(prefix + "x") {
+		return false, nil
+	}
+	type kvPair struct {
+		k string
+		v []byte
+	}
+	var snap []kvPair
+	c.mu.RLock()
+	if !c.ready {
+		c.mu.RUnlock()
+		return false, nil
+	}
+	for k, e := range c.m {
+		if strings.HasPrefix(k, prefix) {
+			snap = append(snap, kvPair{k[len(prefix):], e.value})
+		}
+	}
+	c.mu.RUnlock()
+	for _, p := range snap {
+		if err := fn([]byte(p.k), p.v); err != nil {
+			if err == kv.Stop {
+				return true, nil
+			}
+			return true, err
+		}
+	}
+	return true, nil
+}
