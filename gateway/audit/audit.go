@@ -69,6 +69,9 @@ type Log struct {
 	mu     sync.Mutex
 	lastNs int64         // the time part of this Log's newest inbox key
 	moving sync.Mutex    // one move of this Log at a time (its moves would only conflict)
+	// movedNs is the time part of the newest inbox key this Log moved: background moves scan
+	// the inbox from inboxLookback before it (inbox.go).
+	movedNs atomic.Int64
 	nudge  chan struct{} // capacity 1: an append committed, RunMover moves soon
 }
 

@@ -56,6 +56,18 @@ const (
 	moverIdle   = time.Second
 )
 
+// A background move scans the inbox from inboxLookback before the newest key its Log moved,
+// not from the inbox's start: etcd's range read visits every key deleted since its last
+// compaction (with periodic compaction, an hour of moved records), and the inbox's keys come
+// and go all the time. An append's key is made just before its transaction, which takes at
+// most the store's time bound (5 s), so what commits after a move is not older than that;
+// replicas' clocks may differ more, so every fullMoveEvery a background move scans the whole
+// inbox, and so does every reader.
+const (
+	inboxLookback = 10 * time.Second
+	fullMoveEvery = 30 * time.Second
+)
+
 // inboxKey returns a new inbox key of l: 8 bytes of big-endian Unix nanoseconds, strictly
 // increasing per Log (a clock stepped back does not reorder l's records), then l's 8-byte
 // writer id. Unique without coordination: no other Log has the writer id.
@@ -96,10 +108,11 @@ func (l *Log) appendInboxTx(tx kv.Tx, events []Event) error {
 // moveInbox numbers every record in the inbox into the log, in transactions of at most
 // moveBatch records, until a look at the inbox finds fewer than that: every record committed
 // before it was called is then in the log. It does nothing on a store that is not shared.
-func (l *Log) moveInbox(ctx context.Context) error { return l.moveOlder(ctx, 0) }
+func (l *Log) moveInbox(ctx context.Context) error { return l.moveOlder(ctx, 0, nil) }
 
-// moveOlder is moveInbox for the records whose keys are older than age (0: all).
-func (l *Log) moveOlder(ctx context.Context, age time.Duration) error {
+// moveOlder is moveInbox for the records whose keys are older than age (0: all) and not before
+// from (nil: from the start).
+func (l *Log) moveOlder(ctx context.Context, age time.Duration, from []byte) error {
 	if !l.inbox {
 		return nil
 	}
@@ -110,7 +123,7 @@ func (l *Log) moveOlder(ctx context.Context, age time.Duration) error {
 	l.moving.Lock()
 	defer l.moving.Unlock()
 	for {
-		found, moved, err := l.moveOnce(ctx, before)
+		found, moved, err := l.moveOnce(ctx, before, from)
 		if err != nil {
 			return fmt.Errorf("number the audit inbox: %w", err)
 		}
@@ -126,11 +139,11 @@ func (l *Log) moveOlder(ctx context.Context, age time.Duration) error {
 // the end of the inbox would conflict with every record appended meanwhile (etcd compares the
 // scanned range). Appends committed in between with older keys (made before, committed after)
 // are moved too, up to moveBatch in all: moved == moveBatch means some found may be left.
-func (l *Log) moveOnce(ctx context.Context, before []byte) (found, moved int, err error) {
+func (l *Log) moveOnce(ctx context.Context, before, from []byte) (found, moved int, err error) {
 	var last []byte
 	err = l.kv.View(ctx, func(tx kv.Tx) error {
 		found, last = 0, nil
-		return tx.Scan(bucketInbox, nil, nil, func(k, _ []byte) error {
+		return tx.Scan(bucketInbox, nil, from, func(k, _ []byte) error {
 			if before != nil && bytes.Compare(k, before) >= 0 {
 				return kv.Stop
 			}
@@ -148,7 +161,7 @@ func (l *Log) moveOnce(ctx context.Context, before []byte) (found, moved int, er
 	err = l.kv.Update(ctx, func(tx kv.Tx) error {
 		type record struct{ k, v []byte }
 		var recs []record // collected first, written after: a Scan callback must not write
-		err := tx.Scan(bucketInbox, nil, nil, func(k, v []byte) error {
+		err := tx.Scan(bucketInbox, nil, from, func(k, v []byte) error {
 			if bytes.Compare(k, last) > 0 {
 				return kv.Stop // moved by another mover meanwhile
 			}
@@ -185,6 +198,15 @@ func (l *Log) moveOnce(ctx context.Context, before []byte) (found, moved int, er
 		moved = len(recs)
 		return nil
 	})
+	if err == nil && len(last) >= 8 {
+		ns := int64(binary.BigEndian.Uint64(last))
+		for {
+			cur := l.movedNs.Load()
+			if ns <= cur || l.movedNs.CompareAndSwap(cur, ns) {
+				break
+			}
+		}
+	}
 	return found, moved, err
 }
 
@@ -198,6 +220,7 @@ func (l *Log) RunMover(ctx context.Context, log *slog.Logger) {
 	}
 	idle := time.NewTimer(moverIdle)
 	defer idle.Stop()
+	lastFull := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -212,7 +235,13 @@ func (l *Log) RunMover(ctx context.Context, log *slog.Logger) {
 			case <-wait.C:
 			}
 		}
-		if err := l.moveOlder(ctx, moverSettle); err != nil && ctx.Err() == nil {
+		var from []byte
+		if moved := l.movedNs.Load(); moved != 0 && time.Since(lastFull) < fullMoveEvery {
+			from = binary.BigEndian.AppendUint64(nil, uint64(moved-inboxLookback.Nanoseconds()))
+		} else {
+			lastFull = time.Now()
+		}
+		if err := l.moveOlder(ctx, moverSettle, from); err != nil && ctx.Err() == nil {
 			log.Warn("audit inbox not numbered yet; the next move tries again", "err", err)
 		}
 		idle.Reset(moverIdle)

@@ -104,12 +104,16 @@ func newCache(cli *clientv3.Client, o Options) (*cache, error) {
 	}
 	if c.all {
 		add(o.Prefix + "b/")
+		add(o.Prefix + "s/") // every sequence (one key a bucket)
 	} else {
 		for name := range c.buckets {
 			add(o.Prefix + "b/" + name + "/")
+			// The bucket's sequence key alone: a watch of all of s/ would bring every other
+			// bucket's sequence changes too (the audit log's, at each move of its inbox).
+			seq := o.Prefix + "s/" + name
+			c.ranges = append(c.ranges, &keyRange{start: seq, end: seq + "\x00"})
 		}
 	}
-	add(o.Prefix + "s/") // every sequence (one key a bucket); covers() picks the cached ones
 	ctx, stop := context.WithCancel(context.Background())
 	c.stop = stop
 	go c.run(ctx)

@@ -15,6 +15,7 @@ import (
 	"telematics/gateway/kv/etcdkv"
 	"telematics/gateway/kv/kvtest"
 	"telematics/internal/etcdtest"
+	"telematics/internal/testutil"
 )
 
 // The contract holds with every bucket cached.
@@ -241,6 +242,24 @@ func TestCacheServesOthersWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	hitReads(t, a, "k", "")
+
+	// A cached bucket's sequence is watched too (its key alone, not every bucket's).
+	if err := b.Update(bctx, func(tx kv.Tx) error { _, err := tx.NextSequence(cnt); return err }); err != nil {
+		t.Fatal(err)
+	}
+	testutil.EventuallyTrue(t, 30*time.Second, func() bool {
+		before := a.CacheStats()
+		var n uint64
+		if err := a.Update(bctx, func(tx kv.Tx) error {
+			var err error
+			n, err = tx.Sequence(cnt)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		after := a.CacheStats()
+		return n == 1 && after.Hits > before.Hits && after.StaleReruns == before.StaleReruns
+	})
 
 	refused, runs := errors.New("refused"), 0
 	err := a.Update(bctx, func(tx kv.Tx) error {
