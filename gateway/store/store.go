@@ -554,14 +554,14 @@ func CommandIDTaken(tx kv.Tx, id string, nowMs int64) (bool, error) {
 func (s *Store) PruneCommandIDs(nowMs, maxUntilMs int64) (int, error) {
 	// Found in one snapshot, changed in small transactions that look at each id again: an
 	// etcd transaction carries at most a few hundred keys (kv.ErrTooLarge).
+	// On a replica the candidates come from its watched copy of the ids (kv.ScanCandidates):
+	// each is looked at again in its transaction.
 	var todo [][]byte
-	err := s.view(func(tx kv.Tx) error {
-		return tx.Scan(bucketCmdIDs, nil, nil, func(k, v []byte) error {
-			if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs || int64(binary.BigEndian.Uint64(v)) > maxUntilMs {
-				todo = append(todo, bytes.Clone(k))
-			}
-			return nil
-		})
+	err := kv.ScanCandidates(context.Background(), s.kv, bucketCmdIDs, func(k, v []byte) error {
+		if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= nowMs || int64(binary.BigEndian.Uint64(v)) > maxUntilMs {
+			todo = append(todo, bytes.Clone(k))
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, err
