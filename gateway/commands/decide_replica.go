@@ -3,6 +3,7 @@ package commands
 import (
 	"context"
 	"errors"
+	"time"
 
 	"telematics/gateway/audit"
 	"telematics/gateway/kv"
@@ -78,14 +79,14 @@ func (r *Router) decideReplica(req request, ev audit.Event, cmd protocol.Command
 			} else if dup {
 				return errDecidedElsewhere
 			}
-			if turn == nil {
-				live, err := r.firstLiveTurnTx(tx, cmd.VIN, r.clock.Now().UnixMilli())
-				if err != nil {
-					return err
-				}
-				if live != nil {
-					return errWaitTurn
-				}
+			live, err := r.firstLiveTurnTx(tx, cmd.VIN, r.clock.Now().UnixMilli())
+			switch {
+			case err != nil:
+				return err
+			case turn == nil && live != nil:
+				return errWaitTurn
+			case turn != nil && (live == nil || *live != *turn):
+				return errNotYourTurn
 			}
 			factors, sess, err := r.judge(tx, req, &cmd, codeFactors, &rate)
 			session = sess
@@ -142,6 +143,17 @@ func (r *Router) decideReplica(req request, ev audit.Event, cmd protocol.Command
 				err = protocol.Refuse(protocol.ReasonExpired, "expired while the car's earlier commands were decided")
 			}
 			if err != nil {
+				notRecorded(err)
+				return
+			}
+		case errors.Is(err, errNotYourTurn):
+			// waitTurn read a copy that was behind: wait on (a poll's time first, so that a
+			// copy that stays behind costs a transaction a poll, not a tight loop).
+			time.Sleep(turnPollInterval)
+			if err := r.waitTurn(cmd.VIN, turn, cmd.ExpiresAtMs); err != nil {
+				if errors.Is(err, errTurnLost) {
+					err = protocol.Refuse(protocol.ReasonExpired, "expired while the car's earlier commands were decided")
+				}
 				notRecorded(err)
 				return
 			}

@@ -28,6 +28,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 )
@@ -89,6 +90,26 @@ func IsShared(s Store) bool {
 // order, and reports false when it keeps none of bucket (or is not ready).
 type CopyScanner interface {
 	ScanCopy(bucket []byte, fn func(k, v []byte) error) (ok bool, err error)
+	// GetCopy is the value of key in that copy (nil: none); ok false as for ScanCopy.
+	GetCopy(bucket, key []byte) (value []byte, ok bool)
+}
+
+// GetCandidate reads key of bucket from the store's in-memory copy when it keeps one
+// (CopyScanner), else in a View. Like ScanCandidates it may be behind: for polling what a
+// transaction then confirms. The value must not be modified.
+func GetCandidate(ctx context.Context, s Store, bucket, key []byte) ([]byte, error) {
+	if cs, ok := s.(CopyScanner); ok {
+		if v, ok := cs.GetCopy(bucket, key); ok {
+			return v, nil
+		}
+	}
+	var v []byte
+	err := s.View(ctx, func(tx Tx) error {
+		got, err := tx.Get(bucket, key)
+		v = bytes.Clone(got)
+		return err
+	})
+	return v, err
 }
 
 // ScanCandidates calls fn for every key of bucket: from the store's in-memory copy when it

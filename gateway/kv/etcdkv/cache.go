@@ -384,3 +384,23 @@ func (s *Store) ScanCopy(bucket []byte, fn func(k, v []byte) error) (bool, error
 	}
 	return true, nil
 }
+
+// GetCopy implements kv.CopyScanner's point read: the value of key in bucket in the cache
+// (nil: absent); ok is false when bucket is not cached or the cache is not ready. Like
+// ScanCopy it may be behind etcd: for candidates to confirm in an Update.
+func (s *Store) GetCopy(bucket, key []byte) ([]byte, bool) {
+	c := s.cache
+	if c == nil || kv.Check(bucket, key) != nil {
+		return nil, false
+	}
+	k := s.dataKey(bucket, key)
+	if !c.covers(k) {
+		return nil, false
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if !c.ready {
+		return nil, false
+	}
+	return c.m[k].value, true
+}
