@@ -5,6 +5,7 @@ import (
 	"telematics/gateway/kv"
 	"telematics/pkg/mqttc"
 	"telematics/pkg/protocol"
+	"time"
 )
 
 // pending is an accepted request that awaits its car's result.
@@ -72,6 +73,7 @@ func (r *Router) relayClaimed(res protocol.Result, vin, status string, reason pr
 	}
 	ev := audit.Event{TsMs: r.clock.Now().UnixMilli(), Kind: audit.KindResult, VIN: vin,
 		CmdID: res.ID, Outcome: status, Reason: string(reason), Detail: detail, CarMs: res.TsMs}
+	r.awaitCopy(bucketPending, []byte(res.ID))
 	rec, claimed, err := r.claim(res.ID, ev)
 	switch {
 	case err != nil:
@@ -203,4 +205,28 @@ func (r *Router) PendingCount() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.pending)
+}
+
+// copyWait bounds how long awaitCopy waits for a record to reach the replica's watched copy.
+const copyWait = 20 * time.Millisecond
+
+// awaitCopy waits, at most copyWait (real time), until key of bucket is in the replica's
+// watched copy of the store. A car's result often reaches a replica a few milliseconds after
+// another replica committed the command's pending record: a claim that read the copy before
+// the record's watch event arrived would find nothing, have that confirmed by etcd in vain,
+// and run again on etcd (three requests instead of one). Without a copy, or once the record is
+// there, it returns at once; a record that never comes (a late result) costs copyWait.
+func (r *Router) awaitCopy(bucket, key []byte) {
+	cs, ok := r.store.KV().(kv.CopyScanner)
+	if !ok {
+		return
+	}
+	deadline := time.Now().Add(copyWait)
+	for {
+		v, ok := cs.GetCopy(bucket, key)
+		if !ok || v != nil || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
