@@ -67,12 +67,12 @@ type Log struct {
 	inbox  bool
 	writer [8]byte // this Log's part of its inbox keys, random
 	mu     sync.Mutex
-	lastNs int64         // the time part of this Log's newest inbox key
-	moving sync.Mutex    // one move of this Log at a time (its moves would only conflict)
+	lastNs int64      // the time part of this Log's newest inbox key
+	moving sync.Mutex // one move of this Log at a time (its moves would only conflict)
 	// movedNs is the time part of the newest inbox key this Log moved: background moves scan
 	// the inbox from inboxLookback before it (inbox.go).
 	movedNs atomic.Int64
-	nudge  chan struct{} // capacity 1: an append committed, RunMover moves soon
+	nudge   chan struct{} // capacity 1: an append committed, RunMover moves soon
 }
 
 // Open serves the audit log kept in kvs (the gateway store's, see store.Store.KV). On a
