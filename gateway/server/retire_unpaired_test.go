@@ -33,6 +33,9 @@ func TestRetirePreviousKeyWithUnpairedCar(t *testing.T) {
 	fresh := reissue(t, g, car.VIN)
 	runFleet(t, g.BrokerURL(), []protocol.Credentials{fresh})
 	waitOnline(t, g, car.VIN)
+	// Back on new credentials the car may be sent its whitelist again: retiring waits for the
+	// car's acknowledgement of the newest, so the test does too before it stops the gateway.
+	waitSynced(t, g, car.VIN)
 	g.Close()
 
 	if err := server.RetirePreviousKey(dir, io.Discard); err != nil {
