@@ -208,7 +208,10 @@ func (r *Router) vehicleCommand(req request, cmd protocol.Command, factors []str
 
 // send answers an accepted command, whose decision is durable, and hands it to the broker.
 func (r *Router) send(req request, cmd protocol.Command, out []byte) {
-	if r.clock.Now().UnixMilli() >= cmd.ExpiresAtMs {
+	// The publish may take until the command expires, by the router's clock: how long that is
+	// is read once, here, so that the check and the publish's bound agree.
+	wait := r.clock.Until(time.UnixMilli(cmd.ExpiresAtMs))
+	if wait <= 0 {
 		// Deciding took longer than the command lives: never send a stale command.
 		r.terminal(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "expired before it could be sent")
 		return
@@ -224,8 +227,7 @@ func (r *Router) send(req request, cmd protocol.Command, out []byte) {
 	}
 	r.mu.Unlock()
 
-	// The publish may take until the command expires, by the router's clock.
-	ctx, cancel := context.WithTimeout(r.ctx, r.clock.Until(time.UnixMilli(cmd.ExpiresAtMs)))
+	ctx, cancel := context.WithTimeout(r.ctx, wait)
 	defer cancel()
 	// A replica publishes at QoS 2: mochi acknowledges a QoS 1 publish before it queues the
 	// message for the car, so after a QoS 1 Publish returned the next replica's command for
@@ -239,6 +241,11 @@ func (r *Router) send(req request, cmd protocol.Command, out []byte) {
 	}
 	if err := r.bus.Publish(ctx, protocol.VehicleTopic(cmd.VIN, protocol.SuffixCmd), qos, false, out); err != nil {
 		r.log.Warn("command not delivered to broker", "cmd_id", cmd.ID, "vin", cmd.VIN, "err", err)
+		if r.clock.Now().UnixMilli() >= cmd.ExpiresAtMs {
+			// It expired before the broker took it (a car refuses it after its expiry anyway).
+			r.finish(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyExpired, protocol.ReasonExpired, nil, 0, "expired before the broker took it: "+err.Error())
+			return
+		}
 		r.finish(cmd.ID, req.user, cmd.VIN, cmd.Action, protocol.ReplyFailed, protocol.ReasonInternal, nil, 0, "publish to car failed: "+err.Error())
 	}
 }
