@@ -150,7 +150,10 @@ type replica struct {
 }
 
 // replica starts a router named name on its own store connection and broker client.
-func (c *clusterRig) replica(name string) *replica {
+func (c *clusterRig) replica(name string) *replica { return c.startReplica(name, nil) }
+
+// startReplica is replica with the second factor f (nil: none).
+func (c *clusterRig) startReplica(name string, f SecondFactor) *replica {
 	st := c.store()
 	lg, err := audit.Open(st.KV())
 	if err != nil {
@@ -159,7 +162,7 @@ func (c *clusterRig) replica(name string) *replica {
 	bus := c.dial("gateway-" + name)
 	cfg := DefaultConfig()
 	cfg.Replica, cfg.Shards, cfg.RatePerMinute, cfg.ResultGrace = name, 4, 0, time.Second
-	r, err := New(cfg, st, lg, bus, c.keys, nil, c.clk, slog.New(slog.DiscardHandler))
+	r, err := New(cfg, st, lg, bus, c.keys, f, c.clk, slog.New(slog.DiscardHandler))
 	if err != nil {
 		c.t.Fatal(err)
 	}
