@@ -122,7 +122,9 @@ func (r *Router) decideReplica(req request, ev audit.Event, cmd protocol.Command
 			complete = true
 			return nil
 		})
-		if taken != nil && err == nil {
+		if taken != nil && (err == nil || complete) {
+			// Taken, or maybe taken by a commit whose answer was lost: given back either way
+			// (a give-back of a turn that is not there changes nothing).
 			turn = taken
 		}
 		switch {
@@ -139,9 +141,6 @@ func (r *Router) decideReplica(req request, ev audit.Event, cmd protocol.Command
 			if turn, err = r.takeTurn(cmd.VIN, cmd.ID, cmd.ExpiresAtMs); err == nil {
 				err = r.waitTurn(cmd.VIN, turn, cmd.ExpiresAtMs)
 			}
-			if errors.Is(err, errTurnLost) {
-				err = protocol.Refuse(protocol.ReasonExpired, "expired while the car's earlier commands were decided")
-			}
 			if err != nil {
 				notRecorded(err)
 				return
@@ -151,9 +150,6 @@ func (r *Router) decideReplica(req request, ev audit.Event, cmd protocol.Command
 			// copy that stays behind costs a transaction a poll, not a tight loop).
 			time.Sleep(turnPollInterval)
 			if err := r.waitTurn(cmd.VIN, turn, cmd.ExpiresAtMs); err != nil {
-				if errors.Is(err, errTurnLost) {
-					err = protocol.Refuse(protocol.ReasonExpired, "expired while the car's earlier commands were decided")
-				}
 				notRecorded(err)
 				return
 			}

@@ -71,8 +71,19 @@ type carTurn struct {
 // read of the replica's watched copy, or one etcd request without one).
 const turnPollInterval = 5 * time.Millisecond
 
-// errTurnLost means a request waited for its turn until its command expired.
-var errTurnLost = errors.New("no turn before expiry")
+// errTurnLost is waitTurn's refusal for a request that waited for its turn until its command
+// expired.
+var errTurnLost = protocol.Refuse(protocol.ReasonExpired, "expired while the car's earlier commands were decided")
+
+// firstLive is the queue's first turn whose command has not expired at nowMs (nil: none).
+func (q turnQueue) firstLive(nowMs int64) *carTurn {
+	for _, t := range q.Turns {
+		if nowMs < t.ExpiresAtMs {
+			return &carTurn{N: t.N, ID: t.ID}
+		}
+	}
+	return nil
+}
 
 // readQueueTx reads vin's queue in tx (empty: none). An unreadable record is logged and read
 // as empty: its turns can no longer be honoured, and the next write replaces it.
@@ -150,12 +161,7 @@ func (r *Router) firstLiveTurnTx(tx kv.Tx, vin string, nowMs int64) (*carTurn, e
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range q.Turns {
-		if nowMs < t.ExpiresAtMs {
-			return &carTurn{N: t.N, ID: t.ID}, nil
-		}
-	}
-	return nil, nil
+	return q.firstLive(nowMs), nil
 }
 
 // myTurn reports whether every turn of vin before t is gone or expired at nowMs, as the
@@ -172,19 +178,16 @@ func (r *Router) myTurn(vin string, t *carTurn, nowMs int64) (bool, error) {
 			return false, fmt.Errorf("turn queue of %s: %w", vin, err)
 		}
 	}
-	for _, x := range q.Turns {
-		if nowMs < x.ExpiresAtMs {
-			return x.N == t.N && x.ID == t.ID, nil
-		}
-	}
-	return false, nil
+	first := q.firstLive(nowMs)
+	return first != nil && *first == *t, nil
 }
 
 // errNotYourTurn is the decision transaction's answer when the request holds a turn that is
 // not (yet) the car's first live one: the copy waitTurn read was behind.
 var errNotYourTurn = errors.New("an earlier turn of the car is live")
 
-// waitTurn waits until t is vin's first live turn; errTurnLost if the command expires first.
+// waitTurn waits until t is vin's first live turn; errTurnLost (a refusal, expired) if the
+// command expires first.
 func (r *Router) waitTurn(vin string, t *carTurn, expiresAtMs int64) error {
 	for {
 		nowMs := r.clock.Now().UnixMilli()
@@ -242,7 +245,7 @@ func (r *Router) sweepTurns(nowMs, graceMs int64) {
 	// Found in the replica's watched copy when it keeps one; the Update reads each queue again.
 	err := kv.ScanCandidates(context.Background(), r.store.KV(), bucketTurns, func(k, v []byte) error {
 		var q turnQueue
-		if json.Unmarshal(v, &q) != nil || slices.ContainsFunc(q.Turns, dead) || len(q.Turns) == 0 {
+		if json.Unmarshal(v, &q) != nil || slices.ContainsFunc(q.Turns, dead) {
 			stale = append(stale, append([]byte(nil), k...))
 		}
 		if len(stale) == sweepTurnsBatch {
