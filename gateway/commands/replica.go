@@ -40,6 +40,11 @@ const sharedGroup = "gateway"
 // one replica and refused by another).
 var bucketPending = []byte("pending")
 
+// CachedBuckets are this package's buckets that a replica keeps a watched copy of
+// (etcdkv.Options.Cache): the cars' turns, which every decision reads, and the pending
+// commands, which every result's claim reads.
+var CachedBuckets = []string{string(bucketTurns), string(bucketPending)}
+
 // pendingRecord is an accepted command, or a refusal to send, as every replica can see it.
 type pendingRecord struct {
 	// Kind is "" for an accepted command and kindRefusal for a refusal to send.

@@ -29,6 +29,10 @@ var (
 	bucketJournal    = []byte("journal")    // vin/seq -> filed vehicle events
 )
 
+// CachedBuckets are this package's buckets that a gateway replica keeps a watched copy of
+// (etcdkv.Options.Cache): the whitelist records every command's decision reads.
+var CachedBuckets = []string{string(bucketWhitelists)}
+
 // Key-change actions: the 2FA policy's names for them.
 const (
 	ActionPair   = twofa.ActionKeyPair

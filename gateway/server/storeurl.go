@@ -5,12 +5,16 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"telematics/gateway/commands"
+	"telematics/gateway/keys"
 	"telematics/gateway/kv/etcdkv"
 	"telematics/gateway/store"
+	"telematics/gateway/twofa"
 )
 
 // StoreURL is a parsed `store` setting.
@@ -62,14 +66,13 @@ func ParseStoreURL(s string) (StoreURL, error) {
 // does not answer makes the request fail with `internal` after this long, not hang.
 const etcdTimeout = 5 * time.Second
 
-// cachedBuckets are the buckets a replica keeps a watched copy of (etcdkv.Options.Cache): those
-// a command's decision and its result's claim read (gateway/commands: the car's turn counter,
-// pending commands; gateway/store: users, vehicles, command ids; gateway/keys: whitelist
-// records; gateway/twofa: enrollments, lockouts, step-ups), so that an Update reads them
-// without a round trip each and its commit's compares catch a stale copy. They are small: one
-// record per user, car, command in flight or id of the last minute. Not the audit log, the
-// journal, the twin or the cars' keys, which grow or are written in bulk.
-var cachedBuckets = []string{"carqueue", "pending", "users", "vehicles", "cmdids", "whitelists", "totp", "totp_lockout", "totp_stepup"}
+// cachedBuckets are the buckets a replica keeps a watched copy of (etcdkv.Options.Cache):
+// those a command's decision and its result's claim read, named by the packages that own
+// them, so that an Update reads them without a round trip each and its commit's compares
+// catch a copy that is behind. They are small: one record per user, car, command in flight or
+// id of the last minute. Not the audit log, the journal, the twin or the cars' keys, which
+// grow or are written in bulk.
+var cachedBuckets = slices.Concat(commands.CachedBuckets, store.CachedBuckets, keys.CachedBuckets, twofa.CachedBuckets)
 
 // openStore opens the store cfg names. On etcd an unreachable cluster is an error within
 // etcdTimeout.

@@ -47,6 +47,10 @@ var (
 	keySchema      = []byte("schema_version")
 )
 
+// CachedBuckets are this package's buckets that a gateway replica keeps a watched copy of
+// (etcdkv.Options.Cache): those every command's decision reads.
+var CachedBuckets = []string{string(bucketUsers), string(bucketVehicles), string(bucketCmdIDs)}
+
 // fileBuckets are created when a bbolt file is opened: kv makes a bucket when it is first
 // written, and a build from before kv expects every bucket of the file to exist.
 var fileBuckets = []string{"meta", "users", "vehicles", "twin", "cmdids", "audit",

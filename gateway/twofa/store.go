@@ -19,6 +19,11 @@ var (
 	keySchema     = []byte("schema")       // recordVersion as a decimal string
 )
 
+// CachedBuckets are this package's buckets that a gateway replica keeps a watched copy of
+// (etcdkv.Options.Cache): enrollments, lockouts and step-ups, which every guarded command's
+// decision reads.
+var CachedBuckets = []string{string(bucketTOTP), string(bucketLockout), string(bucketStepUp)}
+
 // recordVersion is the "v" of every record this build writes and the only one it reads.
 const recordVersion = 1
 
