@@ -354,10 +354,10 @@ func (s *Store) ScanCopy(bucket []byte, fn func(k, v []byte) error) (bool, error
 	if c == nil || kv.CheckBucket(bucket) != nil {
 		return false, nil
 	}
-	prefix := s.bucketPrefix(bucket)
-	if !c.covers(prefix + "x") {
+	if !c.all && !c.buckets[string(bucket)] {
 		return false, nil
 	}
+	prefix := s.bucketPrefix(bucket)
 	type kvPair struct {
 		k string
 		v []byte
