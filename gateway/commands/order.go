@@ -60,8 +60,7 @@ type turnRecord struct {
 	ExpiresAtMs int64  `json:"expires_at"`
 }
 
-// carTurn names a turn: its number and its command id (numbers start again once a car's
-// queue is empty, so a late give-back matches both).
+// carTurn names a turn: its number and its command id (a give-back matches both).
 type carTurn struct {
 	N  uint64
 	ID string
@@ -100,14 +99,14 @@ func (r *Router) readQueueTx(tx kv.Tx, vin string) (turnQueue, error) {
 	return q, nil
 }
 
-// writeQueueTx writes vin's queue without the turns expired before nowMs-grace (deleting an
-// empty one).
+// writeQueueTx writes vin's queue without the turns expired before nowMs-grace. An empty queue
+// is written too, not deleted: its record changes with every turn taken and given back, so a
+// decision that read "no live turn" before another took and gave back a turn (absent, then
+// present, then absent again would compare equal) runs again, and its audit record is made
+// after the other's, in the order the car got them.
 func (r *Router) writeQueueTx(tx kv.Tx, vin string, q turnQueue, nowMs int64) error {
 	graceMs := r.cfg.ResultGrace.Milliseconds()
 	q.Turns = slices.DeleteFunc(q.Turns, func(t turnRecord) bool { return nowMs >= t.ExpiresAtMs+graceMs })
-	if len(q.Turns) == 0 {
-		return tx.Delete(bucketTurns, []byte(vin))
-	}
 	b, err := json.Marshal(q)
 	if err != nil {
 		return err
@@ -145,9 +144,6 @@ func (r *Router) takeTurnTx(tx kv.Tx, vin, id string, expiresAtMs int64) (*carTu
 	}
 	if live >= maxTurnsPerCar {
 		return nil, protocol.Refuse(protocol.ReasonRateLimited, "%d commands for this car are in flight already", live)
-	}
-	if len(q.Turns) == 0 {
-		q.Last = 0 // numbers start again: nobody holds one
 	}
 	q.Last++
 	q.Turns = append(q.Turns, turnRecord{N: q.Last, ID: id, Replica: r.cfg.Replica, ExpiresAtMs: expiresAtMs})
@@ -262,7 +258,7 @@ func (r *Router) sweepTurns(nowMs, graceMs int64) {
 			if err != nil {
 				return err
 			}
-			if len(q.Turns) > 0 && !slices.ContainsFunc(q.Turns, dead) {
+			if !slices.ContainsFunc(q.Turns, dead) {
 				continue // a request gave its turn back or took one meanwhile: nothing to drop
 			}
 			if err := r.writeQueueTx(tx, string(vin), q, nowMs); err != nil {
