@@ -109,6 +109,28 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 			mode = ModeBinary
 		}
 	}
+	// A port FreeURL found free can be taken by another process before a member listens on it
+	// (tests of several packages start etcds at once): an embedded start that finds its port
+	// in use is made again on other ports, a bounded number of times.
+	for attempt := 1; ; attempt++ {
+		c, err := start(ctx, o, mode)
+		if err == nil || mode != ModeEmbedded || attempt == maxPortAttempts || !portInUse(err) {
+			return c, err
+		}
+	}
+}
+
+// maxPortAttempts bounds the starts of an embedded cluster whose ports were taken meanwhile.
+const maxPortAttempts = 5
+
+// portInUse reports whether err is a listener's "address already in use".
+func portInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+// start plans the members on free ports and starts them in mode; on error nothing is left
+// running and the members' directories are removed (a new plan starts them afresh).
+func start(ctx context.Context, o Options, mode string) (*Cluster, error) {
 	plan, err := planMembers(o)
 	if err != nil {
 		return nil, err
@@ -127,6 +149,9 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 	}
 	if err != nil {
 		c.Close()
+		for _, p := range plan {
+			_ = os.RemoveAll(p.dir)
+		}
 		return nil, err
 	}
 	return c, nil
